@@ -1,0 +1,74 @@
+"""FastAPI application for NOC tools."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field
+
+from twin.pue import MeterReading
+from twin.state import Twin
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    return None if t is None else t.replace(tzinfo=UTC)
+
+
+class ReadingOut(BaseModel):
+    device_id: str
+    metric: str
+    value: float
+    read_time: datetime = Field(description="when the device was read (RFC 3339, UTC)")
+    age_s: float
+
+    @classmethod
+    def of(cls, r: MeterReading, now: datetime) -> ReadingOut:
+        return cls(device_id=r.device_id, metric=r.metric, value=r.value,
+                   read_time=_utc(r.read_time), age_s=round(r.age_s(now), 3))
+
+
+class PueOut(BaseModel):
+    value: float | None = Field(description="facility power / IT power; null when unknown")
+    dcie: float | None
+    category: str | None = Field(description="ISO/IEC 30134-2 category: PUE1, PUE2 or PUE3")
+    time: datetime | None
+    inputs: list[ReadingOut]
+    stale_inputs: list[str]
+    reason: str | None = Field(None, description="why the value is unknown")
+
+
+class DeviceOut(BaseModel):
+    device_id: str
+    device_class: str | None
+    metrics: list[ReadingOut]
+
+
+def create_app(twin: Twin, health=None) -> FastAPI:
+    app = FastAPI(title="dctwin", version="0.1.0",
+                  description="Digital-twin monitoring API for AI data centers")
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok", **(health() if health else {})}
+
+    @app.get("/v1/pue", response_model=PueOut)
+    def pue() -> PueOut:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        fig = twin.pue(now)
+        return PueOut(value=fig.value, dcie=fig.dcie, category=fig.category, time=_utc(fig.time),
+                      inputs=[ReadingOut.of(r, now) for r in fig.inputs],
+                      stale_inputs=fig.stale_inputs, reason=fig.reason)
+
+    @app.get("/v1/devices/{device_id:path}", response_model=DeviceOut)
+    def device(device_id: str) -> DeviceOut:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        ref = twin.known_devices.get(device_id)
+        readings = twin.device(device_id)
+        if ref is None and not readings:
+            raise HTTPException(404, f"unknown device id {device_id!r}: not in the site model "
+                                     "and never reported")
+        return DeviceOut(device_id=device_id, device_class=ref.device_class if ref else None,
+                         metrics=[ReadingOut.of(r, now) for r in readings])
+
+    return app

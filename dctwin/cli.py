@@ -1,0 +1,134 @@
+"""`dctwin` command line: one thin entry point wiring collectors, ingest, twin and API."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="dctwin: telemetry ingestion and digital-twin monitoring for AI "
+                       "data centers.", no_args_is_help=True, add_completion=False)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def _settings(**overrides):
+    from dctwin.settings import Settings
+
+    s = Settings()
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(s, k, v)
+    return s
+
+
+@app.command()
+def demo(
+    port: int = typer.Option(None, help="API port (default DCTWIN_API_PORT or 8000)"),
+    workdir: Path = typer.Option(Path("var/demo"), help="where the demo keeps its files"),
+    interval_s: float = typer.Option(1.0, help="collection interval, seconds"),
+) -> None:
+    """Run broker, simulated collectors, ingest, twin and API on localhost."""
+    from dctwin.demo import run_demo
+
+    _logging(False)
+    # uvicorn re-raises Ctrl-C after its clean shutdown; that is a normal exit
+    with contextlib.suppress(KeyboardInterrupt):
+        run_demo(_settings(api_port=port), workdir, interval_s)
+
+
+@app.command()
+def serve(
+    bootstrap: str = typer.Option(None, help="Kafka bootstrap (default KAFKA_BOOTSTRAP or "
+                                             "DCTWIN_KAFKA_BOOTSTRAP)"),
+    db: Path = typer.Option(None, help="DuckDB file (default DCTWIN_DB_PATH)"),
+    site: Path = typer.Option(None, help="site TOML (default DCTWIN_SITE_FILE)"),
+    host: str = typer.Option(None, help="API bind address"),
+    port: int = typer.Option(None, help="API port"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run ingest + twin + API against a broker."""
+    from dctwin.server import Server
+
+    _logging(verbose)
+    server = Server(_settings(kafka_bootstrap=bootstrap, db_path=db, site_file=site,
+                              api_host=host, api_port=port))
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C after clean shutdown
+        server.run_forever()
+
+
+@app.command()
+def collect(
+    config: Path = typer.Option(..., "--config", "-c", help="collector TOML file"),
+    intervals: int = typer.Option(None, help="stop after this many intervals"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run a collector daemon: read sources every interval and produce to Kafka."""
+    from collectors.config import CollectorConfigError, load_collector_config
+    from collectors.daemon import CollectorDaemon
+
+    _logging(verbose)
+    try:
+        cfg = load_collector_config(config)
+        daemon = CollectorDaemon(cfg)
+    except (CollectorConfigError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    _stop_on_signals(daemon.stop_event)
+    try:
+        daemon.run(max_intervals=intervals)
+    finally:
+        daemon.close()
+
+
+@app.command()
+def broker(
+    port: int = typer.Option(9092, help="listen port on 127.0.0.1"),
+) -> None:
+    """Start a development Kafka-protocol broker (tansu) on loopback until Ctrl-C."""
+    from dctwin.broker import DevBroker
+    from dctwin.settings import Settings
+    from ingest.kafka import ensure_topics
+
+    _logging(False)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    with DevBroker(port=port) as b:
+        ensure_topics(b.bootstrap, Settings().topic_partitions)
+        typer.echo(f"broker ready: KAFKA_BOOTSTRAP={b.bootstrap}")
+        while not stop.wait(0.5):
+            if b.proc is not None and b.proc.poll() is not None:
+                typer.echo(f"broker exited with code {b.proc.returncode}", err=True)
+                raise typer.Exit(1)
+    typer.echo("broker stopped")
+
+
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, help="smaller sizes, for a smoke run"),
+) -> None:
+    """Run the benchmarks in bench/ and print a table against targets."""
+    from bench.run import main as bench_main
+
+    sys.exit(bench_main(quick=quick))
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum, frame):  # noqa: ARG001
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,78 @@
+"""`dctwin serve`: ingest + twin + API in one process against a given broker."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import uvicorn
+
+from api.app import create_app
+from dctwin.settings import Settings
+from ingest.consumer import Ingestor
+from ingest.kafka import ensure_topics
+from ingest.site import load_site
+from ingest.store import Store
+from twin.state import Twin
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.site = load_site(settings.site_file)
+        self.store = Store(settings.db_path)
+        self.twin = Twin(self.site, self.store, settings.stale_after_s)
+        self.ingestor: Ingestor | None = None
+        self.ingest_thread: threading.Thread | None = None
+        self.started = time.time()
+
+    def health(self) -> dict:
+        alive = self.ingest_thread is not None and self.ingest_thread.is_alive()
+        stats = self.ingestor.stats if self.ingestor else None
+        return {
+            "ingest_running": alive,
+            "samples_stored": stats.samples_stored if stats else 0,
+            "dead_letters": sum(stats.dead_letters.values()) if stats else 0,
+            "uptime_s": round(time.time() - self.started, 1),
+        }
+
+    def start_ingest(self) -> None:
+        s = self.settings
+        ensure_topics(s.kafka_bootstrap, s.topic_partitions)
+        self.ingestor = Ingestor(self.store, s.kafka_bootstrap, s.consumer_group)
+        self.ingest_thread = threading.Thread(target=self._ingest_loop, name="ingest",
+                                              daemon=True)
+        self.ingest_thread.start()
+
+    def _ingest_loop(self) -> None:
+        assert self.ingestor is not None
+        try:
+            self.ingestor.run()
+        except Exception:
+            log.exception("ingest loop died")
+            raise
+
+    def uvicorn_server(self) -> uvicorn.Server:
+        app = create_app(self.twin, health=self.health)
+        config = uvicorn.Config(app, host=self.settings.api_host, port=self.settings.api_port,
+                                log_level="warning", lifespan="off")
+        return uvicorn.Server(config)
+
+    def stop(self) -> None:
+        if self.ingestor is not None:
+            self.ingestor.stop_event.set()
+        if self.ingest_thread is not None:
+            self.ingest_thread.join(timeout=15)
+        if self.ingestor is not None:
+            self.ingestor.close()
+        self.store.close()
+
+    def run_forever(self) -> None:
+        self.start_ingest()
+        try:
+            self.uvicorn_server().run()  # returns on SIGINT/SIGTERM
+        finally:
+            self.stop()

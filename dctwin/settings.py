@@ -1,0 +1,28 @@
+"""Process-wide settings from `DCTWIN_*` environment variables (see README)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ingest.site import EXAMPLE_SITE
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DCTWIN_", extra="ignore")
+
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092",
+        # KAFKA_BOOTSTRAP wins so that one variable points every command and test at a cluster
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP", "DCTWIN_KAFKA_BOOTSTRAP"),
+        description="Kafka bootstrap servers, host:port[,host:port]",
+    )
+    topic_partitions: int = Field(8, ge=1, description="partitions per topic when creating")
+    consumer_group: str = "dctwin-ingest"
+    db_path: Path = Field(Path("var/dctwin.duckdb"), description="DuckDB file of the twin")
+    site_file: Path = EXAMPLE_SITE
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    stale_after_s: float = Field(30.0, gt=0, description="age after which a reading is stale")
