@@ -4,8 +4,9 @@ Chilled water returns at T_chwr = T_chws + Q / C_chw. A waterside economizer (pl
 between condenser and chilled water, 1.5 K approach) pre-cools it whenever the tower can
 make water colder than the return; the chillers take the rest. Chiller COP is a fixed
 fraction of the Carnot COP between evaporating (chw supply - 1.5 K) and condensing
-(condenser water leaving + 1.5 K) temperatures, calibrated to COP 6.3 at AHRI 550/590
-rating conditions, times the DOE-2 style part-load curve EIR(PLR) = 0.2 + 0.3 PLR +
+(condenser water leaving + 1.5 K) temperatures plus a fixed irreversibility term,
+1/COP = 1/COP_Carnot + 0.05, which gives COP 6.2 at AHRI 550/590 rating conditions and
+about 9 at 18/27 degC; times the DOE-2 style part-load curve EIR(PLR) = 0.2 + 0.3 PLR +
 0.5 PLR^2; units are staged at 90 % load each (N+1: three units of half the plant rating).
 Tower approach = 4 K * load fraction / fan speed^0.8; the fan speed is the lowest that
 makes the condenser-water setpoint, fan power P_rated s^3. Pump power = V dp / eta.
@@ -23,7 +24,7 @@ KELVIN = 273.15
 N_CHILLERS = 3
 UNIT_FRACTION = 0.5  # each unit's capacity as a share of the plant rating (N+1)
 STAGE_UP_PLR = 0.9
-CARNOT_FRACTION = 0.71
+IRREVERSIBILITY = 0.05  # 1/COP = 1/COP_carnot + this
 REFRIGERANT_APPROACH_K = 1.5
 CW_DESIGN_DT_K = 5.0
 COP_MAX = 12.0
@@ -53,8 +54,8 @@ def chiller_cop(chw_supply_c, cw_supply_c, plr=1.0, evap_extra_k=0.0):
     t_evap = np.asarray(chw_supply_c, float) - REFRIGERANT_APPROACH_K - evap_extra_k
     t_cond = np.asarray(cw_supply_c, float) + CW_DESIGN_DT_K * plr + REFRIGERANT_APPROACH_K
     lift = np.maximum(t_cond - t_evap, 5.0)
-    full = np.minimum(CARNOT_FRACTION * (t_evap + KELVIN) / lift, COP_MAX)
-    return full * plr / part_load_eir(plr)
+    full = 1.0 / (lift / (t_evap + KELVIN) + IRREVERSIBILITY)
+    return np.minimum(full * plr / part_load_eir(plr), COP_MAX)
 
 
 def tower_approach_k(load_fraction, speed):
