@@ -39,9 +39,10 @@ class FaultType:
 
 CATALOG: dict[str, FaultType] = {t.name: t for t in (
     FaultType("pump_degradation", "cdu", "gradual", True,
-              {"fail_after": 24 * H, "severity": 0.4},
+              {"fail_after": 24 * H, "severity": 0.4, "redundant": 1.0},
               "impeller/wear-ring wear: pump head falls by `severity` (accelerating) until "
-              "the pump seizes at onset+fail_after; speed and power rise for the same flow"),
+              "the pump seizes at onset+fail_after; speed and power rise for the same flow; "
+              "the standby pump takes over (redundant=0: none, the loop stops)"),
     FaultType("hx_fouling", "cdu", "gradual", False, {"duration": 48 * H, "severity": 0.6},
               "fouling resistance grows linearly; UA falls by `severity` over `duration`"),
     FaultType("tim_degradation", "gpu", "gradual", False, {"duration": 72 * H, "severity": 1.0},

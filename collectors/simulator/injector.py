@@ -97,11 +97,13 @@ class FaultInjector:
 
     def _pump_degradation(self, f, sim, e, t_prev, t):
         p = _progress(t, f.onset_s, f.failure_s)
-        if t >= f.failure_s:
-            e.cdu_pump_wear[f.index] = 0.0
+        if t >= f.failure_s:  # the standby pump takes over, if the CDU has one
+            standby = f.params["redundant"] >= 1
+            e.cdu_pump_wear[f.index] = 1.0 if standby else 0.0
             if self._once(f, "fail", f.failure_s, t_prev, t):
                 self._emit(f.failure_s, f.device_id, "pump_failed", "critical",
-                           "secondary pump failed (seized)", pump=1)
+                           "secondary pump 1 failed (seized)" + (
+                               "; standby pump 2 running" if standby else ""), pump=1)
         else:
             e.cdu_pump_wear[f.index] *= 1.0 - f.params["severity"] * p**1.5
 

@@ -25,7 +25,7 @@ PRIMARY_MIN_RATIO = 0.02  # valve leakage / minimum position
 LOOP_LITRES_PER_KW = 0.6  # secondary loop water volume per kW rated
 MIN_FLOW_FRACTION = 0.03  # thermosiphon / check-valve leakage with the pump stopped
 PUMP_TAU_S = 5.0
-VALVE_TAU_S = 20.0
+VALVE_TAU_S = 60.0
 MIN_SPEED = 0.2
 WATER_CP_KJ_KG_K = 4.186  # facility (primary) side is water
 WATER_DENSITY_KG_M3 = 997.0
@@ -88,11 +88,14 @@ class CduModel:
                                 out=np.zeros_like(flow), where=eta > 0)
         self.c_s = self.flow_lpm / 60000.0 * self.rho * self.cp
 
-    def _valve_target(self, supply_setpoint_c: np.ndarray, ua: np.ndarray,
-                      facility_supply_c: np.ndarray) -> np.ndarray:
-        """Primary heat-capacity rate that makes the HX deliver the setpoint (bisection)."""
-        need = self.c_s * (self.return_c - supply_setpoint_c)
-        dt_in = np.maximum(self.return_c - facility_supply_c, 1e-6)
+    def _valve_target(self, heat_in_kw: np.ndarray, supply_setpoint_c: np.ndarray,
+                      ua: np.ndarray, facility_supply_c: np.ndarray) -> np.ndarray:
+        """Primary heat-capacity rate at which the exchanger would remove this step's heat
+        with the secondary supply at its setpoint (steady-state target, bisection). A
+        target rather than feedback on the current temperature: stable at any step size."""
+        need = np.maximum(heat_in_kw, 0.0)
+        return_c = supply_setpoint_c + need / self.c_s
+        dt_in = np.maximum(return_c - facility_supply_c, 1e-6)
         lo = np.log(PRIMARY_MIN_RATIO * self.c_s_nom)
         hi = np.log(PRIMARY_MAX_RATIO * self.c_s_nom)
         for _ in range(24):
@@ -107,7 +110,7 @@ class CduModel:
         """Valve, exchanger and loop temperatures for this step's heat input."""
         t_ps = np.broadcast_to(np.asarray(facility_supply_c, float), heat_in_kw.shape)
         ua = self.ua0 * ua_factor
-        target = self._valve_target(supply_setpoint_c, ua, t_ps)
+        target = self._valve_target(heat_in_kw, supply_setpoint_c, ua, t_ps)
         self.c_p = self.c_p + (target - self.c_p) * (1.0 - np.exp(-dt_s / VALVE_TAU_S))
         k = hx_conductance(self.c_s, self.c_p, ua)
         # M c dT/dt = Q_in - k (T - T_ps): exact over the step for constant inputs
