@@ -242,7 +242,7 @@ def test_driver_reload_restarts_the_energy_counters_of_one_node():
     step_mj = np.diff(e)[0]  # one minute of energy
     after = np.flatnonzero(t > 1 / 3 - 1e-9)[0]  # the read at the onset already shows it
     assert (np.diff(e[:after]) > 0).all()
-    assert e[after] < step_mj and e[after] < e[after - 1]  # restarted from zero
+    assert e[after] <= step_mj + 1 and e[after] < e[after - 1]  # restarted from zero
     assert (np.diff(e[after:]) > 0).all()
     other = rec.series("syn/h1/row1/r10102/n02/gpu3", "energy_mj")
     assert (np.diff(other) > 0).all()
