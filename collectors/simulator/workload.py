@@ -1,8 +1,8 @@
 """GPU utilization over time: synchronized training jobs, diurnal inference, idle racks.
 
 Racks are cut into contiguous blocks (jobs are placed on neighbouring racks for network
-locality); each block is a training job group, an inference pool or idle, drawn with
-the mix's probabilities. Training schedules are a stateless hash of (seed, group, slot),
+locality); blocks, taken in a seeded random order, become training job groups, inference
+pools or idle racks until each role has its share of the mix. Training schedules are a stateless hash of (seed, group, slot),
 so the utilization at any instant is the same whatever the step size or start time.
 Within a job every GPU of every rack follows the same signal (data-parallel training is
 bulk-synchronous): a start-up phase, steady compute with a slow iteration ripple, and
@@ -54,19 +54,26 @@ class Workload:
         self.constant_util = constant_util
         self.utc_offset_s = utc_offset_h * 3600.0
         rng = np.random.default_rng([seed, 0x30B])
-        role = np.empty(lay.n_rack, dtype=int)
+        role = np.full(lay.n_rack, ROLE_IDLE, dtype=int)
         group = np.full(lay.n_rack, -1, dtype=int)
-        p = np.array([mix.training, mix.inference, mix.idle], dtype=float)
-        p = p / p.sum()
-        start, n_groups = 0, 0
+        blocks, start = [], 0
         while start < lay.n_rack:
             size = int(rng.integers(mix.job_racks_min, mix.job_racks_max + 1))
-            r = int(rng.choice(3, p=p))
-            role[start:start + size] = r
-            if r == ROLE_TRAINING:
-                group[start:start + size] = n_groups
-                n_groups += 1
+            blocks.append((start, min(start + size, lay.n_rack)))
             start += size
+        # blocks in random order take roles until each role has its share of the racks
+        total = mix.training + mix.inference + mix.idle
+        quota = np.cumsum([mix.training, mix.inference]) / total * lay.n_rack
+        assigned, n_groups = 0, 0
+        for b in rng.permutation(len(blocks)):
+            lo, hi = blocks[b]
+            r = ROLE_TRAINING if assigned < quota[0] else (
+                ROLE_INFERENCE if assigned < quota[1] else ROLE_IDLE)
+            role[lo:hi] = r
+            if r == ROLE_TRAINING:
+                group[lo:hi] = n_groups
+                n_groups += 1
+            assigned += hi - lo
         self.rack_role, self.rack_group, self.n_groups = role, group, n_groups
         self.group_slot_s = rng.uniform(6.0, 20.0, n_groups) * 3600.0
         self.group_offset_s = rng.uniform(0.0, 1.0, n_groups) * self.group_slot_s
