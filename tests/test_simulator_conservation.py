@@ -9,7 +9,7 @@ import pytest
 
 from collectors.simulator.air import AIR_CP_KJ_KG_K, AIR_DENSITY_KG_M3
 from collectors.simulator.model import SiteSimulator
-from tests.simtools import JAN, JUL, H, Recorder, small_site
+from tests.simtools import JAN, JUL, Recorder, small_site
 
 SITE = small_site(256)
 

@@ -66,8 +66,11 @@ def test_hx_fouling_raises_approach_and_primary_flow():
     rec = Recorder(sim).run(3.0, 60.0)
     only_label(sim, "hx_fouling", dev, 0.25, None)
     t = rec.t_h()
-    approach = np.minimum(rec.series(dev, "return_temp_c") - rec.series(dev, "primary_return_temp_c"),
-                          rec.series(dev, "supply_temp_c") - rec.series(dev, "primary_supply_temp_c"))
+    def s(m):
+        return rec.series(dev, m)
+
+    approach = np.minimum(s("return_temp_c") - s("primary_return_temp_c"),
+                          s("supply_temp_c") - s("primary_supply_temp_c"))
     pflow = rec.series(dev, "primary_flow_lpm")
     assert approach[t > 2.5].mean() > approach[t < 0.25].mean() + 1.0
     assert pflow[t > 2.5].mean() > 1.1 * pflow[t < 0.25].mean()

@@ -2,8 +2,9 @@
 
 Racks are cut into contiguous blocks (jobs are placed on neighbouring racks for network
 locality); blocks, taken in a seeded random order, become training job groups, inference
-pools or idle racks until each role has its share of the mix. Training schedules are a stateless hash of (seed, group, slot),
-so the utilization at any instant is the same whatever the step size or start time.
+pools or idle racks until each role has its share of the mix. Training schedules are a
+stateless hash of (seed, group, slot), so the utilization at any instant is the same
+whatever the step size or start time.
 Within a job every GPU of every rack follows the same signal (data-parallel training is
 bulk-synchronous): a start-up phase, steady compute with a slow iteration ripple, and
 periodic checkpoint dips. Inference follows the local time of day with per-rack scale
