@@ -202,7 +202,7 @@ class KafkaSink:
 def run_simulation(sim: SiteSimulator, hours: float, out: Path | None, *, step_s: float = 10.0,
                    fmt: str = "auto", kafka_bootstrap: str | None = None,
                    faults: str | None = None, progress: bool = True,
-                   chunk_rows: int = 4_000_000) -> RunSummary:
+                   chunk_rows: int = 4_000_000, collector: str = "simulate") -> RunSummary:
     """Run `hours` of `sim` in batch mode into the chosen outputs."""
     if fmt == "auto":
         fmt = "duckdb" if out is not None and out.suffix == ".duckdb" else "parquet"
@@ -221,8 +221,8 @@ def run_simulation(sim: SiteSimulator, hours: float, out: Path | None, *, step_s
         sinks.append(ParquetSink(out))
     if out is not None and fmt in ("duckdb", "both"):
         sinks.append(DuckDBSink(out / "sim.duckdb" if fmt == "both" else out))
-    kafka = KafkaSink(kafka_bootstrap, plan, sim.site.site.id, step_s) if kafka_bootstrap \
-        else None
+    kafka = KafkaSink(kafka_bootstrap, plan, sim.site.site.id, step_s, collector) \
+        if kafka_bootstrap else None
     run_id = uuid.uuid4().hex
     start_iso = datetime.fromtimestamp(sim.time_s, UTC).isoformat()
     events: list[SimEvent] = []

@@ -150,6 +150,8 @@ class SiteSimulator:
             self._advance(10.0, settle=True)
         if warmup_s <= 0:
             self._advance(1.0, settle=True)
+        # faults whose onset is the start time show from the first read on
+        self.faults.effects(self, self.time_s - 1e-3, self.time_s)
 
     # -- public API ---------------------------------------------------------------------
 
