@@ -23,8 +23,8 @@ def test_source_config_faults_events_and_stopped_telemetry(tmp_path):
     source = SimulatedSource(cfg, simulator=sim)
     first = source.snapshot(1)
     assert GPU in first.device_id and not first.events
-    for k in first.kind and set(zip(first.kind, first.metric, strict=True)):
-        assert known_metric(*k)  # every metric is in the wire contract
+    for kind, metric in set(zip(first.kind, first.metric, strict=True)):
+        assert known_metric(kind, metric)  # every metric is in the wire contract
     sim.step(40.0)
     later = source.snapshot(2)
     assert GPU not in later.device_id  # telemetry stops
