@@ -149,6 +149,8 @@ def simulate(
     from dataclasses import asdict
     from datetime import datetime
 
+    from kafka.errors import KafkaError
+
     from collectors.simulator.faults import FaultSpecError
     from collectors.simulator.model import SiteSimulator
     from collectors.simulator.weather import CLIMATES
@@ -186,6 +188,8 @@ def simulate(
                                  faults=faults, progress=not quiet)
     except (SiteFileError, FaultSpecError, ValueError) as exc:
         fail(str(exc))
+    except KafkaError as exc:
+        fail(f"--kafka {kafka}: {exc}")
     typer.echo(_json.dumps(asdict(summary), indent=2))
 
 
