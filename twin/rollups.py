@@ -25,6 +25,9 @@ COLUMNS = (
     "gpus_reporting", "stale_inputs", "missing_inputs", "cdu_pump_kw", "crah_fan_kw",
     "heat_liquid_kw", "heat_air_kw", "heat_it_kw", "hb_residual_kw", "hb_residual_pct",
 )
+CDU_INPUTS = ("supply_temp_c", "return_temp_c", "flow_lpm", "pump_power_w")
+CRAH_INPUTS = ("fan_power_w", "cooling_kw", "airflow_m3h", "supply_air_temp_c",
+               "return_air_temp_c", "fan_speed_pct")
 UNITS = {c: c.rsplit("_", 1)[-1] for c in COLUMNS} | {
     "throttled_gpus": "count", "gpus_reporting": "count", "stale_inputs": "count",
     "missing_inputs": "count", "hb_residual_pct": "%"}
@@ -196,6 +199,17 @@ class RollupEngine:
                                                         len(lay.hall_ids))
         out["crah_fan_kw"][sc.slices["site"]] = fan_kw.sum()
         out["power_kw"][sc.slices["cdu"]] = _sum_by(lay.rack_cdu, rack_kw, len(lay.cdu_ids))
+
+        # Facility inputs count too: a hall's figures use its CDUs' and CRAHs' readings.
+        cdu_stale = sum(cdu.row(x.stale, m).astype(float) for m in CDU_INPUTS)
+        crah_stale = sum(crah.row(x.stale, m).astype(float) for m in CRAH_INPUTS)
+        n_h = len(lay.hall_ids)
+        rack_all = rack_stale + g_stale
+        out["stale_inputs"][sc.slices["cdu"]] = cdu_stale + _sum_by(lay.rack_cdu, rack_all,
+                                                                    len(lay.cdu_ids))
+        out["stale_inputs"][sc.slices["hall"]] += _sum_by(lay.cdu_hall, cdu_stale, n_h) + \
+            _sum_by(lay.crah_hall, crah_stale, n_h)
+        out["stale_inputs"][sc.slices["site"]] += np.sum(cdu_stale) + np.sum(crah_stale)
         return out
 
     def _rack_energy(self, x: TickInputs, rack_kw: np.ndarray, now_ms: int) -> np.ndarray:
