@@ -113,7 +113,7 @@ def test_heat_balance_rollups_and_series(env):
     s = client.get("/v1/series", params={"id": "t1/h1/row1/r11", "metric": "power_kw",
                                          "start": iso(start), "end": iso(h.time_ms + 1),
                                          "step": "1m"}).json()
-    assert s["source"].startswith("rollup_1m") and sum(p["count"] for p in s["points"]) == 36
+    assert s["source"] == "rollup_tick" and sum(p["count"] for p in s["points"]) == 36
     d = client.get("/v1/series", params={"id": "t1/h1/row1/r11/n01/gpu0", "metric": "power_w",
                                          "start": iso(start), "end": iso(h.time_ms + 1),
                                          "step": "60"}).json()

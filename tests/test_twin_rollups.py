@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ingest.store import Store
-from tests.twin_sim import SimHarness, drop_metric, override
+from tests.twin_sim import START_S, SimHarness, drop_metric, override
 from twin.config import TwinConfig
 from twin.rollup_store import to_ts
 from twin.state import Twin
@@ -74,7 +74,9 @@ def test_missing_psu_makes_power_unknown_not_low(h):
     assert np.isnan(hb.residual_pct[0]) and "PSU input_power_w" in hb.reasons[0]
 
 
-def test_rollup_history_minute_and_tick_tables(h):
+def test_rollup_history_minute_and_tick_tables(tmp_path):
+    store = Store(tmp_path / "hist.duckdb")
+    h = SimHarness(store, start_time_s=START_S + 57 * 60)  # 5 minutes across 04:00
     twin = Twin(h.site, h.store, config=TwinConfig())
     start = h.write()
     values = []
@@ -94,12 +96,16 @@ def test_rollup_history_minute_and_tick_tables(h):
         assert row["mean"] == pytest.approx(p[sel].mean(), rel=1e-12)
         assert row["max"] == pytest.approx(p[sel].max()) and row["last"] == p[sel][-1]
     assert df["count"].sum() == len(values)
+    n_minute_rows = store.cursor().execute(
+        "SELECT count(*) FROM twin_rollups_1m WHERE scope_id = ?", [RACK]).fetchall()[0][0]
+    assert n_minute_rows == 3  # 03:57, 03:58, 03:59: the hour before 04:00 is compacted
     src, df10 = twin.series(RACK, "power_kw", to_ts(start), to_ts(end), 10.0)
     assert src == "rollup_tick" and df10.height == len(values)
     # energy sums per bucket: the minute table keeps sums, so energy adds up
     _, de = twin.series(RACK, "energy_kwh", to_ts(start), to_ts(end), 300.0)
     assert de["sum"].sum() == pytest.approx(
         sum(tick_e for tick_e in _tick_values(twin, RACK, "energy_kwh")), rel=1e-9)
+    store.close()
 
 
 def _tick_values(twin: Twin, scope: str, col: str) -> list[float]:

@@ -22,6 +22,12 @@ UNTRACKED = -1  # a row of a device or metric the site model does not know
 VERIFY_SAMPLE = 16
 
 
+def _np(col: pa.ChunkedArray, dtype) -> np.ndarray:
+    if col.num_chunks == 0:
+        return np.empty(0, dtype=dtype)
+    return np.asarray(col.to_numpy(), dtype=dtype)
+
+
 @dataclass(slots=True)
 class RefreshStats:
     rows: int
@@ -46,9 +52,11 @@ class LiveState:
     # -- refresh ------------------------------------------------------------------------
 
     def refresh(self) -> RefreshStats:
-        cols = self._cur.execute(
-            "SELECT rowid, value, epoch_ms(read_time) AS t FROM latest").fetchnumpy()
-        rowid = np.asarray(cols["rowid"], dtype=np.int64)
+        # Arrow out of DuckDB is zero-copy for these plain columns; timestamps are int64 us.
+        table = self._cur.sql("SELECT rowid, value, read_time FROM latest").to_arrow_table()
+        rowid = _np(table.column(0), np.int64)
+        cols = {"value": _np(table.column(1), float),
+                "t": _np(table.column(2).cast(pa.int64()), np.int64) // 1000}
         rebuilt, mapped = False, 0
         if rowid.size and not self._verified():
             self._rowid_slot = np.empty(0, dtype=np.int64)

@@ -1,9 +1,11 @@
 """Persisted rollups: one row per scope per tick, and per scope per minute.
 
 `twin_rollups` holds every tick (kept `tick_retention_h`); `twin_rollups_1m` holds, per
-minute and column, sum/count/min/max/last (kept until deleted), so a day of 1-minute
-points for one rack reads 1,440 rows. A series query with a whole-minute step reads the
-minute table up to the last flushed minute and the tick table after it.
+minute and column, sum/count/min/max/last (kept until deleted). Minute rows are written
+once an hour by `maintain()`, for the completed hours, sorted by scope: a scope's rows
+then sit together on disk, so a day of 1-minute points for one rack decodes 24 short
+runs instead of touching every block. Series with a whole-minute step read the minute
+table up to the last compacted hour and bucket the tick rows after it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ _MINUTE_SELECT = ", ".join(
     for c in COLUMNS)
 
 
+def _hour(t: datetime) -> datetime:
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
 def to_ts(ms: int) -> datetime:
     return datetime(1970, 1, 1) + timedelta(milliseconds=ms)
 
@@ -58,9 +64,10 @@ class RollupStore:
         self.scopes = scopes
         self.retention_h = retention_h
         self.cur.execute(SCHEMA)
-        last = self.cur.execute("SELECT max(time) FROM twin_rollups_1m").fetchone()[0]
+        last = self.cur.execute("SELECT max(time) FROM twin_rollups_1m").fetchall()[0][0]
         # Minutes before this are in the minute table; ticks from here on are not yet.
-        self.flushed_until: datetime | None = None if last is None else last + timedelta(minutes=1)
+        self.flushed_until: datetime | None = None if last is None else \
+            _hour(last + timedelta(minutes=1))
         self._last_cleanup: datetime | None = None
         self._ids = pa.array(scopes.ids)
         self._levels = pa.array(scopes.levels)
@@ -73,27 +80,30 @@ class RollupStore:
             **{c: pa.array(columns[c], from_pandas=True) for c in COLUMNS}})
         self.cur.execute(f"INSERT INTO twin_rollups (time, scope_id, level, {', '.join(COLUMNS)})"
                          " SELECT * FROM frame")
-        self._flush_minutes(to_ts(now_ms))
 
-    def _flush_minutes(self, now: datetime) -> None:
-        """Aggregate every complete minute not yet in the minute table."""
-        minute = now.replace(second=0, microsecond=0)
+    def maintain(self, now: datetime) -> bool:
+        """Compact completed hours into minute rows (sorted by scope) and drop tick rows
+        past retention. Cheap when there is nothing to do; returns whether it worked."""
+        hour = _hour(now)
         if self.flushed_until is None:
-            first = self.cur.execute("SELECT min(time) FROM twin_rollups").fetchone()[0]
-            self.flushed_until = first.replace(second=0, microsecond=0) if first else minute
-        if minute <= self.flushed_until:
-            return
+            first = self.cur.execute("SELECT min(time) FROM twin_rollups").fetchall()[0][0]
+            if first is None:
+                return False
+            self.flushed_until = _hour(first)
+        if hour <= self.flushed_until:
+            return False
         self.cur.execute(
             f"""INSERT INTO twin_rollups_1m
                 SELECT time_bucket(INTERVAL 1 MINUTE, time) AS m, scope_id, any_value(level),
                        {_MINUTE_SELECT}
-                FROM twin_rollups WHERE time >= ? AND time < ? GROUP BY m, scope_id""",
-            [self.flushed_until, minute])
-        self.flushed_until = minute
-        if self._last_cleanup is None or now - self._last_cleanup > timedelta(hours=1):
+                FROM twin_rollups WHERE time >= ? AND time < ? GROUP BY m, scope_id
+                ORDER BY scope_id, m""", [self.flushed_until, hour])
+        self.flushed_until = hour
+        if self._last_cleanup is None or now - self._last_cleanup >= timedelta(hours=1):
             cutoff = now - timedelta(hours=self.retention_h)
             self.cur.execute("DELETE FROM twin_rollups WHERE time < ?", [cutoff])
             self._last_cleanup = now
+        return True
 
     # -- reads --------------------------------------------------------------------------
 
@@ -102,7 +112,7 @@ class RollupStore:
         """Buckets of `step_s` over [start, end): min, max, mean, last, count, sum.
 
         With a whole-minute step the minute table serves everything before the last
-        flushed minute (start rounded down to its minute), the tick table the rest."""
+        compacted hour (start rounded down to its minute), the tick table the rest."""
         if column not in COLUMNS:
             raise ValueError(f"unknown rollup metric {column!r}")
         step_us = int(step_s * 1_000_000)
@@ -128,8 +138,8 @@ class RollupStore:
             FROM src GROUP BY bucket ORDER BY bucket""",
             params={"id": scope_id, "start": start, "mid": mid, "end": end, "step": step_us},
         ).pl()
-        source = "rollup_1m+tick" if use_minutes and mid < end else (
-            "rollup_1m" if use_minutes else "rollup_tick")
+        source = "rollup_tick" if mid <= start else "rollup_1m" if mid >= end else \
+            "rollup_1m+tick"
         return source, df
 
     def points(self, scope_id: str, column: str, start: datetime, end: datetime,

@@ -72,6 +72,10 @@ class Twin:
         self.scope_index = ScopeIndex(self.layout)
         self.scopes: dict[str, ScopeDef] = scopes(site)
         self.persist = persist
+        # Hourly compaction of rollups into minute rows runs after the tick that crosses
+        # the hour (timed apart as "maintain"); a host may turn it off and call
+        # `rollup_store.maintain` itself.
+        self.auto_maintain = True
         self._lock = threading.RLock()
         self._cursor = store.cursor()
         self.live = LiveState(self.layout, self._cursor)
@@ -115,6 +119,9 @@ class Twin:
             t5 = time.perf_counter()
             ms = {"refresh": t1 - t0, "rollups": t2 - t1, "heat_balance": t3 - t2,
                   "pue": t4 - t3, "persist": t5 - t4, "total": t5 - t0}
+            if self.persist and self.auto_maintain:
+                self.rollup_store.maintain(to_ts(at))
+                ms["maintain"] = time.perf_counter() - t5
             self.last = TickResult(at, cols, hb, pue, stats,
                                    {k: v * 1000 for k, v in ms.items()})
             return self.last
