@@ -307,7 +307,7 @@ class RedfishSource:
             out.events.append(Event(
                 device_id=self.config.device_prefix, kind=EventKind.source_error,
                 severity="warning", read_time_ms=now_ms(),
-                message=f"{len(errors)} Redfish resource(s) failed: {errors[0]}",
+                message=f"{len(errors)} Redfish resource(s) failed: {'; '.join(errors[:3])}",
                 attrs={"source": self.name, "failed": len(errors)}))
         return out
 
