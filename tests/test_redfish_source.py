@@ -17,8 +17,8 @@ from collectors.base import Readings
 from collectors.batching import Batcher
 from collectors.sources import build_source
 from collectors.sources.redfish import RedfishError, RedfishSource, RedfishSourceConfig
+from dctwin.redfish_mockup import MOCKUPS, MockupServer, mockup_json
 from ingest.contract import EventKind, Kind, decode, encode
-from tests.redfish_mockup import MOCKUPS, MockupServer, mockup_json
 
 PREFIX = "sv1/h1/rf"
 
