@@ -76,6 +76,9 @@ class MockupServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as BMCs do; every reply has a length
+            disable_nagle_algorithm = True  # headers and body are separate small writes
+
             def log_message(self, *args: object) -> None:  # keep test output quiet
                 pass
 
