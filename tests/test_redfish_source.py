@@ -15,10 +15,15 @@ import pytest
 
 from collectors.base import Readings
 from collectors.batching import Batcher
+from collectors.config import CollectorConfig
+from collectors.daemon import CollectorDaemon
 from collectors.sources import build_source
 from collectors.sources.redfish import RedfishError, RedfishSource, RedfishSourceConfig
 from dctwin.redfish_mockup import MOCKUPS, MockupServer, mockup_json
+from ingest.consumer import Ingestor
 from ingest.contract import EventKind, Kind, decode, encode
+from ingest.store import Store
+from tests.helpers import ingest_until
 
 PREFIX = "sv1/h1/rf"
 
@@ -353,3 +358,42 @@ def test_one_broken_resource_is_reported_and_the_rest_still_read(tmp_path):
     [err] = [e for e in r.events if e.kind == EventKind.source_error]
     assert err.attrs["failed"] == 2
     assert "invalid JSON" in err.message
+
+
+def test_cdu_through_the_daemon_into_duckdb(settings, unique):
+    """dctwin's daemon built from config: the CDU's readings and its failed pump arrive in
+    DuckDB with the mockup's values."""
+    m = "public-cooling-unit"
+    cdu = f"sv1/h1/cdu-{unique}"
+    with MockupServer(m, auth="session") as srv:
+        cfg = CollectorConfig(
+            name=f"rf-{unique}", site="sv1", interval_s=1.0,
+            kafka={"bootstrap": settings.kafka_bootstrap},
+            sources=[{"type": "redfish", "base_url": srv.url, "username": srv.username,
+                      "password": srv.password, "device_prefix": cdu, "rack": "h1",
+                      "chassis_kind": "cooling", "sections": ["cdus"],
+                      "devices": {"ThermalEquipment/CDUs/1": cdu}}])
+        daemon = CollectorDaemon(cfg)
+        daemon.run_once()
+        daemon.close()
+    store = Store(settings.db_path)
+    ingestor = Ingestor(store, settings.kafka_bootstrap, settings.consumer_group)
+    cur = store.cursor()
+    try:
+        ingest_until(ingestor, lambda: cur.execute(
+            "SELECT count(*) FROM ingested_batches WHERE collector = ?",
+            [cfg.name]).fetchone()[0] >= daemon.batches_sent)
+        latest = dict(((d, mt), v) for d, mt, v in cur.execute(
+            "SELECT device_id, metric, value FROM latest WHERE device_id LIKE ?",
+            [f"{cdu}%"]).fetchall())
+        events = cur.execute("SELECT device_id, kind, severity FROM events WHERE collector = ?",
+                             [cfg.name]).fetchall()
+    finally:
+        ingestor.close()
+        store.close()
+    sec = mockup_json(m, "ThermalEquipment/CDUs/1/SecondaryCoolantConnectors/1")
+    assert latest[(cdu, "supply_temp_c")] == reading(sec, "SupplyTemperatureCelsius")
+    assert latest[(cdu, "return_temp_c")] == reading(sec, "ReturnTemperatureCelsius")
+    assert latest[(cdu, "flow_lpm")] == reading(sec, "FlowLitersPerMinute")
+    assert latest[(f"{cdu}/Pumps/2", "pump_running")] == 0.0
+    assert (f"{cdu}/Pumps/2", "pump_failed", "critical") in events
