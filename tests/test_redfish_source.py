@@ -65,7 +65,7 @@ def cdu_server():
 def test_cdu_loop_pumps_leaks_and_failed_pump_event(cdu_server):
     m = "public-cooling-unit"
     src = make_source(cdu_server, chassis_kind="cooling",
-                      devices={"ThermalEquipment/CDUs/1": "sv1/h1/cdu-row1"})
+                      devices={"/redfish/v1/ThermalEquipment/CDUs/1/": "sv1/h1/cdu-row1"})
     try:
         r = src.read()
     finally:

@@ -89,6 +89,13 @@ class RedfishSourceConfig(BaseModel):
             raise ValueError(f"not an http(s) URL: {v!r}")
         return v.rstrip("/")
 
+    @field_validator("devices")
+    @classmethod
+    def _relative_paths(cls, v: dict[str, str]) -> dict[str, str]:
+        # "/redfish/v1/Chassis/1U/" and "Chassis/1U" name the same resource
+        return {k.strip("/").removeprefix("redfish/v1").strip("/"): d.rstrip("/")
+                for k, d in v.items()}
+
     @model_validator(mode="after")
     def _credentials(self) -> RedfishSourceConfig:
         if self.auth != "none" and not self.username:
@@ -162,10 +169,9 @@ class RedfishSource:
     # -- naming ------------------------------------------------------------------------
     def device_id(self, uri: str) -> str:
         path = uri.rstrip("/").removeprefix(ROOT).strip("/")
-        for key in self._device_keys:
-            k = key.strip("/")
+        for k in self._device_keys:
             if path == k or path.startswith(k + "/"):
-                return self.config.devices[key] + path[len(k):]
+                return self.config.devices[k] + path[len(k):]
         return f"{self.config.device_prefix}/{path}" if path else self.config.device_prefix
 
     # -- discovery ---------------------------------------------------------------------
