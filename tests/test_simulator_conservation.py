@@ -70,21 +70,23 @@ def test_heat_removed_equals_heat_produced_in_steady_state():
               * (rec.series(d, "return_air_temp_c") - rec.series(d, "supply_air_temp_c"))
               for d in lay.crah_ids)
     truth = {k: np.array([x[k] for x in rec.truth])[last].mean() for k in rec.truth[0]}
-    # heat produced, from telemetry only: PSU input, PDU losses, CDU pumps, CRAH fans
+    # heat produced in the hall, from telemetry only: PSU input, CDU pumps, CRAH fans
     produced_w = (sum(rec.series(d, "input_power_w") for d in lay.psu_ids)
-                  + sum(rec.series(d, "input_power_w") - rec.series(d, "power_w")
-                        for d in lay.pdu_ids)
                   + sum(rec.series(d, "pump_power_w") for d in lay.cdu_ids)
                   + sum(rec.series(d, "fan_power_w") for d in lay.crah_ids))
     produced = float(np.mean(produced_w[last])) / 1000.0
-    assert produced == pytest.approx(truth["it"] + truth["pdu_loss"] + truth["pumps"]
-                                     + truth["fans"], rel=1e-9)
+    assert produced == pytest.approx(truth["it"] + truth["pumps"] + truth["fans"], rel=1e-9)
     removed = float(np.mean((liquid + air)[last]))
     assert removed == pytest.approx(produced, rel=0.01)
     assert float(np.mean(liquid[last])) > 0.75 * produced  # liquid-cooled hall
-    # the chilled water takes it all, plus the electrical room and its own pump work
+    # the chilled water takes it all, plus the electrical rooms (PDU and UPS losses, read
+    # from PDU input - output and the UPS meters) and its own pump work
+    pdu_loss = float(np.mean(sum(rec.series(d, "input_power_w") - rec.series(d, "power_w")
+                                 for d in lay.pdu_ids)[last])) / 1000.0
+    assert pdu_loss == pytest.approx(truth["pdu_loss"], rel=1e-9)
     plant_load = rec.series(SITE.plant_id(), "cooling_load_kw")[last].mean()
-    assert plant_load == pytest.approx(removed + truth["ups_loss"] + truth["chw_pump"], rel=0.01)
+    assert plant_load == pytest.approx(removed + pdu_loss + truth["ups_loss"]
+                                       + truth["chw_pump"], rel=0.01)
 
 
 def test_energy_counters_only_increase_and_runs_are_deterministic():

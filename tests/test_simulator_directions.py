@@ -64,16 +64,27 @@ def test_degrading_pump_needs_more_speed_for_the_same_flow():
     dev = SiteSimulator(SITE, warmup_s=0).layout.cdu_ids[0]
     spec = f"pump_degradation@{dev}:onset=0,fail_after=4h,severity=0.35"
     healthy, worn = settle(SITE, 3.0), settle(SITE, 3.0, faults=spec)
-    assert worn.cdu_flow_lpm[0] == pytest.approx(healthy.cdu_flow_lpm[0], rel=1e-3)
+    assert worn.cdu.flow_lpm[0] == pytest.approx(healthy.cdu.flow_lpm[0], rel=1e-3)
     assert worn.cdu_pump_speed[0] > healthy.cdu_pump_speed[0] + 0.05
     assert worn.cdu_pump_w[0] > healthy.cdu_pump_w[0]
 
 
 def test_pump_differential_pressure_trades_pump_power_for_gpu_temperature():
-    low, high = (settle(SITE, setpoints={"cdu_dp_setpoint_kpa": dp}) for dp in (60.0, 160.0))
-    assert high.cdu_flow_lpm[0] > 1.5 * low.cdu_flow_lpm[0]
-    assert high.cdu_pump_w[0] > 3 * low.cdu_pump_w[0]
+    # a low floor leaves the flow to the delta-T control; a high one forces more flow
+    low, high = (settle(SITE, setpoints={"cdu_dp_setpoint_kpa": dp}) for dp in (20.0, 150.0))
+    assert high.cdu.flow_lpm[0] > 1.3 * low.cdu.flow_lpm[0]
+    assert high.cdu_pump_w[0] > 2 * low.cdu_pump_w[0]
     assert high.gpu_temp_c.mean() < low.gpu_temp_c.mean()
+    # above the floor the pump follows the load at the delta-T setpoint
+    dt = low.cdu.return_c[0] - low.cdu.supply_c[0]
+    assert dt == pytest.approx(low.controls.get("cdu_dt_setpoint_k"), abs=0.1)
+
+
+def test_cdu_flow_follows_load_at_its_delta_t_setpoint():
+    light, heavy = (settle(SITE, util=u, setpoints={"cdu_dp_setpoint_kpa": 5.0})
+                    for u in (0.3, 0.9))
+    assert heavy.cdu.flow_lpm[0] > 1.5 * light.cdu.flow_lpm[0]
+    assert heavy.cdu_pump_speed[0] > light.cdu_pump_speed[0]
 
 
 def test_condenser_water_setpoint_trades_tower_fans_for_chiller_power():

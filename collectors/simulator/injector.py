@@ -21,7 +21,7 @@ ECC_GROWTH = 8.0  # corrected-error rate grows e^8 (~3000x) from onset to failur
 ECC_XID92_PER_H = 100.0
 ECC_REMAP_AT = (0.6, 0.75, 0.9)
 ECC_CONTAINED_AT = 0.85
-CAVITATION_HEAD = 0.15
+CAVITATION_HEAD = 0.08
 
 
 @dataclass
