@@ -7,8 +7,9 @@ stateless hash of (seed, group, slot), so the utilization at any instant is the 
 whatever the step size or start time.
 Within a job every GPU of every rack follows the same signal (data-parallel training is
 bulk-synchronous): a start-up phase, steady compute (iteration-level swings average out
-in 1-10 s power readings; a slow +-1 % ripple remains), and periodic checkpoint dips. Inference follows the local time of day with per-rack scale
-and AR(1) noise; weekends are lighter.
+in 1-10 s power readings; a slow +-1 % ripple remains), and periodic checkpoint dips.
+Inference follows the local time of day with per-rack scale and AR(1) noise; weekends
+are lighter.
 """
 
 from __future__ import annotations
