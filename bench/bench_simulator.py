@@ -23,8 +23,11 @@ def _simulate(gpus: int, hours: float, out: Path, fmt: str = "parquet") -> dict:
     cmd = [sys.executable, "-m", "dctwin.cli", "simulate", "--gpus", str(gpus), "--hours",
            str(hours), "--step-s", "10", "--seed", "1", "--faults", "random:n=20",
            "--out", str(out), "--format", fmt, "--quiet"]
+    t = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout)
+    summary = json.loads(done.stdout)
+    summary["command_s"] = time.perf_counter() - t  # with start-up, site build and warm-up
+    return summary
 
 
 def run(quick: bool = False) -> list[Result]:
@@ -32,9 +35,9 @@ def run(quick: bool = False) -> list[Result]:
     hours = 0.1 if quick else 1.0
     with tempfile.TemporaryDirectory() as tmp:
         s = _simulate(10_000, hours, Path(tmp) / "pq")
-        per_hour = s["wall_s"] / hours
-        note = f"{s['samples']:,} samples to Parquet" + (
-            f", extrapolated from {hours} h" if quick else "")
+        per_hour = s["command_s"] / hours
+        note = (f"{s['samples']:,} samples; whole command (run alone: {s['wall_s']:.1f} s)"
+                + (f", extrapolated from {hours} h" if quick else ""))
         results += [
             Result("simulate 10k GPUs, 10 s steps -> Parquet", "s per simulated hour",
                    per_hour, f"< {TARGET_S_PER_HOUR:.0f}", per_hour < TARGET_S_PER_HOUR,
@@ -44,12 +47,14 @@ def run(quick: bool = False) -> list[Result]:
         ]
         d = _simulate(10_000, hours, Path(tmp) / "h.duckdb", "duckdb")
         results.append(Result("simulate 10k GPUs, 10 s steps -> DuckDB", "s per simulated hour",
-                              d["wall_s"] / hours, note=f"peak RSS {d['peak_rss_mb']:.0f} MB"))
+                              d["command_s"] / hours,
+                              note=f"whole command; peak RSS {d['peak_rss_mb']:.0f} MB"))
         big_h = 0.02 if quick else 0.25
         b = _simulate(100_000, big_h, Path(tmp) / "big")
         results += [
             Result("simulate 100k GPUs -> Parquet", "s per simulated hour", b["wall_s"] / big_h,
-                   note=f"{b['samples']:,} samples in {big_h} h"),
+                   note=f"{b['samples']:,} samples in {big_h} h; run alone, the command took "
+                        f"{b['command_s']:.0f} s"),
             Result("simulate 100k GPUs -> Parquet", "peak RSS MB", b["peak_rss_mb"],
                    note="chunked in time: bounded by chunk size, not run length"),
         ]
