@@ -30,12 +30,18 @@ def _simulate(gpus: int, hours: float, out: Path, fmt: str = "parquet") -> dict:
     return summary
 
 
+def _per_hour(s: dict, hours: float) -> float:
+    """Seconds per simulated hour for the whole command: the batch work scales with the
+    hours, the start-up (imports, site build, warm-up) is paid once."""
+    return s["wall_s"] / hours + (s["command_s"] - s["wall_s"])
+
+
 def run(quick: bool = False) -> list[Result]:
     results = []
     hours = 0.1 if quick else 1.0
     with tempfile.TemporaryDirectory() as tmp:
         s = _simulate(10_000, hours, Path(tmp) / "pq")
-        per_hour = s["command_s"] / hours
+        per_hour = _per_hour(s, hours)
         note = (f"{s['samples']:,} samples; whole command (run alone: {s['wall_s']:.1f} s)"
                 + (f", extrapolated from {hours} h" if quick else ""))
         results += [
@@ -47,7 +53,7 @@ def run(quick: bool = False) -> list[Result]:
         ]
         d = _simulate(10_000, hours, Path(tmp) / "h.duckdb", "duckdb")
         results.append(Result("simulate 10k GPUs, 10 s steps -> DuckDB", "s per simulated hour",
-                              d["command_s"] / hours,
+                              _per_hour(d, hours),
                               note=f"whole command; peak RSS {d['peak_rss_mb']:.0f} MB"))
         big_h = 0.02 if quick else 0.25
         b = _simulate(100_000, big_h, Path(tmp) / "big")
