@@ -88,7 +88,7 @@ class FaultInjector:
                     np.zeros(lay.n_psu, dtype=bool), np.zeros(lay.n_crah, dtype=bool),
                     np.ones(lay.n_crah))
         for f in self.physical:
-            if t < f.onset_s and f.type != "crah_fan_failure":
+            if t < f.onset_s:
                 continue
             getattr(self, f"_{f.type}")(f, sim, e, t_prev, t)
         return e
