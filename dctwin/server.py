@@ -14,6 +14,7 @@ from ingest.consumer import Ingestor
 from ingest.kafka import ensure_topics
 from ingest.site import load_site
 from ingest.store import Store
+from twin.alerts.service import AlertService
 from twin.state import Twin
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,11 @@ class Server:
         self.site = load_site(settings.site_file)
         self.store = Store(settings.db_path)
         self.twin = Twin(self.site, self.store, settings.stale_after_s)
+        self.alerts = AlertService.from_files(
+            self.store, self.site, settings.alert_rules_file, settings.alert_receivers_file,
+            settings.alerts_topic, kafka_bootstrap=settings.kafka_bootstrap,
+            interval_s=settings.alert_interval_s, external_url=settings.external_url
+            or f"http://{settings.api_host}:{settings.api_port}")
         self.ingestor: Ingestor | None = None
         self.ingest_thread: threading.Thread | None = None
         self.started = time.time()
@@ -37,15 +43,21 @@ class Server:
             "samples_stored": stats.samples_stored if stats else 0,
             "dead_letters": sum(stats.dead_letters.values()) if stats else 0,
             "uptime_s": round(time.time() - self.started, 1),
+            **self.alerts.health(),
         }
 
     def start_ingest(self) -> None:
         s = self.settings
         ensure_topics(s.kafka_bootstrap, s.topic_partitions)
-        self.ingestor = Ingestor(self.store, s.kafka_bootstrap, s.consumer_group)
+        if s.alerts_topic:
+            ensure_topics(s.kafka_bootstrap, s.topic_partitions, (s.alerts_topic,))
+        # evaluate alerts right after each stored poll, not only on the 1 s tick
+        self.ingestor = Ingestor(self.store, s.kafka_bootstrap, s.consumer_group,
+                                 on_stored=self.alerts.wake)
         self.ingest_thread = threading.Thread(target=self._ingest_loop, name="ingest",
                                               daemon=True)
         self.ingest_thread.start()
+        self.alerts.start()
 
     def _ingest_loop(self) -> None:
         assert self.ingestor is not None
@@ -57,11 +69,13 @@ class Server:
 
     def uvicorn_server(self) -> uvicorn.Server:
         app = create_app(self.twin, health=self.health)
+        app.state.alerts = self.alerts
         config = uvicorn.Config(app, host=self.settings.api_host, port=self.settings.api_port,
                                 log_level="warning", lifespan="off")
         return uvicorn.Server(config)
 
     def stop(self) -> None:
+        self.alerts.stop()
         if self.ingestor is not None:
             self.ingestor.stop_event.set()
         if self.ingest_thread is not None:

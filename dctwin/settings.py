@@ -26,3 +26,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     stale_after_s: float = Field(30.0, gt=0, description="age after which a reading is stale")
+    # alerts (docs/alerts.md)
+    alert_rules_file: Path | None = Field(None, description="rules YAML (default: packaged)")
+    alert_receivers_file: Path | None = Field(None, description="receivers YAML (secrets)")
+    alert_interval_s: float = Field(1.0, gt=0, description="alert evaluation interval")
+    alerts_topic: str = Field("alerts", description="Kafka topic for alerts; empty: off")
+    external_url: str = Field("", description="this API's URL as on-call sees it "
+                                              "(default http://api_host:api_port)")

@@ -19,6 +19,7 @@ import polars as pl
 from twin.alerts.context import RuleContext
 from twin.alerts.rules import (
     AbsenceRule,
+    ConditionRule,
     EventRule,
     HeatBalanceRule,
     LeakRule,
@@ -26,7 +27,6 @@ from twin.alerts.rules import (
     RateRule,
     ThresholdRule,
     XidRule,
-    ConditionRule,
 )
 
 _CMP = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal}

@@ -74,11 +74,11 @@ ALERT_COLUMNS = ("id", "fingerprint", "rule", "series_key", "status", "severity"
 _SELECT = "SELECT " + ", ".join(ALERT_COLUMNS) + " FROM alerts"
 
 
-class NotFound(LookupError):
+class NotFoundError(LookupError):
     pass
 
 
-class Conflict(ValueError):
+class ConflictError(ValueError):
     pass
 
 
@@ -175,10 +175,10 @@ class AlertDb:
         with self.transaction() as cur:
             row = cur.execute(_SELECT + " WHERE id = ?", [alert_id]).fetchone()
             if row is None:
-                raise NotFound(f"no alert with id {alert_id}")
+                raise NotFoundError(f"no alert with id {alert_id}")
             alert = alert_row(row)
             if alert["acked_by"] is not None:
-                raise Conflict(f"alert {alert_id} was already acknowledged by "
+                raise ConflictError(f"alert {alert_id} was already acknowledged by "
                                f"{alert['acked_by']} at {alert['acked_at']:%Y-%m-%dT%H:%M:%SZ}")
             cur.execute("UPDATE alerts SET acked_by = ?, acked_at = ?, ack_comment = ?, "
                         "updated_at = ? WHERE id = ?", [by, now, comment, now, alert_id])
@@ -204,9 +204,9 @@ class AlertDb:
             row = cur.execute("SELECT ends_at, expired_at FROM silences WHERE id = ?",
                               [sid]).fetchone()
             if row is None:
-                raise NotFound(f"no silence with id {sid!r}")
+                raise NotFoundError(f"no silence with id {sid!r}")
             if row[1] is not None or row[0] <= now:
-                raise Conflict(f"silence {sid} has already expired")
+                raise ConflictError(f"silence {sid} has already expired")
             cur.execute("UPDATE silences SET expired_at = ?, ends_at = least(ends_at, ?) "
                         "WHERE id = ?", [now, now, sid])
         return self.get_silence(sid, now)
@@ -214,7 +214,7 @@ class AlertDb:
     def get_silence(self, sid: str, now: datetime) -> dict[str, Any]:
         rows = self._silences("WHERE id = ?", [sid], now)
         if not rows:
-            raise NotFound(f"no silence with id {sid!r}")
+            raise NotFoundError(f"no silence with id {sid!r}")
         return rows[0]
 
     def list_silences(self, now: datetime, state: str | None = None) -> list[dict[str, Any]]:
@@ -245,15 +245,15 @@ class AlertDb:
     def get_alert(self, alert_id: int) -> dict[str, Any]:
         row = self.cur().execute(_SELECT + " WHERE id = ?", [alert_id]).fetchone()
         if row is None:
-            raise NotFound(f"no alert with id {alert_id}")
+            raise NotFoundError(f"no alert with id {alert_id}")
         return alert_row(row)
 
     def transitions(self, alert_id: int) -> list[dict[str, Any]]:
         rows = self.cur().execute(
             "SELECT occurred_at, transition, actor, comment, value FROM alert_transitions "
             "WHERE alert_id = ? ORDER BY occurred_at, rowid", [alert_id]).fetchall()
-        return [dict(zip(("occurred_at", "transition", "actor", "comment", "value"), r, strict=True))
-                for r in rows]
+        names = ("occurred_at", "transition", "actor", "comment", "value")
+        return [dict(zip(names, r, strict=True)) for r in rows]
 
     def list_alerts(self, f: AlertFilter, limit: int, cursor: str | None
                     ) -> tuple[list[dict[str, Any]], str | None]:
