@@ -52,11 +52,12 @@ class Request:
 
 
 class HttpReceiver:
-    """A real HTTP server on 127.0.0.1. `fail_first` requests get 503; every request is
-    recorded with the status it got."""
+    """A real HTTP server on 127.0.0.1. The first `fail_first` requests get `fail_status`;
+    every request is recorded with the status it got."""
 
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, fail_status: int = 503) -> None:
         self.fail_first = fail_first
+        self.fail_status = fail_status
         self.requests: list[Request] = []
         self.lock = threading.Lock()
         self.arrived = threading.Condition(self.lock)
@@ -66,7 +67,8 @@ class HttpReceiver:
             def do_POST(self) -> None:  # noqa: N802 - stdlib API
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with outer.lock:
-                    status = 503 if len(outer.requests) < outer.fail_first else 200
+                    failing = len(outer.requests) < outer.fail_first
+                    status = outer.fail_status if failing else 200
                     outer.requests.append(Request(self.path, dict(self.headers), body, status))
                     outer.arrived.notify_all()
                 self.send_response(status)
