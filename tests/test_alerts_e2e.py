@@ -127,7 +127,8 @@ def test_fault_to_signed_webhook_and_kafka_then_resolution(settings, unique, tmp
         docs = [orjson.loads(m.value) for m in got]
         # keyed by group: one partition, so in order; one message per state change
         assert [d["status"] for d in docs] == ["firing", "resolved"]
-        assert {m.key for m in got} == {fired.group_key.encode()}
+        assert {m.key for m in got} == {fired.group_key.replace("oncall", "kafka-alerts")
+                                        .encode()}
         assert all(dict(m.headers)["Idempotency-Key"] for m in got)
         for d in docs:
             AmWebhookV4.model_validate(d)
