@@ -118,8 +118,10 @@ class AlertService:
 
     def rules_view(self) -> list[dict[str, Any]]:
         firing: dict[str, int] = {}
-        for a in list(self.engine.open.values()):
-            firing[a.rule] = firing.get(a.rule, 0) + 1
+        with self.engine.lock:  # a consistent view, not one mid-evaluation
+            for a in self.engine.open.values():
+                firing[a.rule] = firing.get(a.rule, 0) + 1
+            pending = {name: len(p) for name, p in self.engine.pending.items()}
         out = []
         for rule in self.rules.rules:
             st = self.engine.status[rule.name]
@@ -132,7 +134,7 @@ class AlertService:
                 "last_evaluated": st.last_evaluated,
                 "duration_ms": round(st.duration_ms, 3),
                 "firing": firing.get(rule.name, 0),
-                "pending": len(self.engine.pending.get(rule.name, {})),
+                "pending": pending.get(rule.name, 0),
             }
             out.append(doc)
         return out
