@@ -49,6 +49,7 @@ class Topology:
     downstream_racks: dict[str, list[str]]  # cdu / pdu device id -> rack ids it serves
     site_id: str = ""
     _cache: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    _classes: pl.DataFrame | None = field(default=None, repr=False)
 
     def labels_for(self, device_id: str) -> dict[str, str]:
         """Topology labels of a device: its own class plus those of the nearest known
@@ -85,8 +86,10 @@ class Topology:
         return self.downstream_racks.get(entity_id, [])
 
     def class_frame(self) -> pl.DataFrame:
-        return pl.DataFrame({"device_id": list(self.device_class),
-                             "device_class": list(self.device_class.values())})
+        if self._classes is None:
+            self._classes = pl.DataFrame({"device_id": list(self.device_class),
+                                          "device_class": list(self.device_class.values())})
+        return self._classes
 
 
 def site_topology(site: Site) -> Topology:
