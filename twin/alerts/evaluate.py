@@ -116,9 +116,9 @@ def _threshold(rule: ThresholdRule, ctx: RuleContext, latched: set[str]) -> Outc
 
 
 def _rate(rule: RateRule, ctx: RuleContext, latched: set[str]) -> Outcome:
-    """(last - first) / elapsed over the window, scaled to `per`. Needs samples spanning
+    """(latest - first in the window) / elapsed, scaled to `per`. Needs samples spanning
     at least half the window so that two jittery readings a second apart do not count."""
-    frame = ctx.select(ctx.series_window(rule.metric, rule.window), rule.select)
+    frame = ctx.select(ctx.window_edges(rule.metric, rule.window), rule.select)
     frame = frame.with_columns(span_s=(pl.col("t1") - pl.col("t0")).dt.total_microseconds()
                                / 1e6).filter(pl.col("span_s") >= rule.window / 2)
     rate = ((frame["v1"] - frame["v0"]) / frame["span_s"] * rule.per).to_numpy()
