@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 import orjson
+import pyarrow as pa
 
 from ingest.store import Store
 from twin.alerts.config import Matcher
@@ -72,6 +73,19 @@ ALERT_COLUMNS = ("id", "fingerprint", "rule", "series_key", "status", "severity"
                  "silenced_by", "inhibited_by", "flapping", "notified", "acked_by", "acked_at",
                  "ack_comment")
 _SELECT = "SELECT " + ", ".join(ALERT_COLUMNS) + " FROM alerts"
+
+
+_TS = pa.timestamp("us")
+_CHANGED = pa.schema([("id", pa.int64()), ("status", pa.string()), ("ends_at", _TS),
+                      ("value", pa.float64()), ("silenced_by", pa.list_(pa.string())),
+                      ("inhibited_by", pa.string()), ("flapping", pa.bool_()),
+                      ("notified", pa.bool_()), ("updated_at", _TS)])
+_NEW = pa.schema([*_CHANGED, ("fingerprint", pa.string()), ("rule", pa.string()),
+                  ("series_key", pa.string()), ("severity", pa.string()),
+                  ("labels", pa.string()), ("annotations", pa.string()),
+                  ("starts_at", _TS), ("fired_at", _TS)])
+_TRANSITION_TYPES = (pa.int64(), pa.string(), _TS, pa.string(), pa.string(), pa.string(),
+                     pa.float64())
 
 
 class NotFoundError(LookupError):
@@ -154,6 +168,30 @@ class AlertDb:
             "SELECT nextval('alert_id_seq') FROM range(?)", [n]).fetchall()]
 
     # -- engine side --------------------------------------------------------------------
+
+    def write_changes(self, cur: duckdb.DuckDBPyConnection, new: list[dict[str, Any]],
+                      changed: list[dict[str, Any]], transitions: list[tuple]) -> None:
+        """Inside the engine's transaction: new alert rows, updated rows, transitions, as
+        Arrow batches (a collector going silent can fire thousands of alerts at once)."""
+        if new:
+            cur.register("new_alerts", pa.Table.from_pylist(new, schema=_NEW))
+            cur.execute("INSERT INTO alerts (" + ", ".join(_NEW.names) + ") SELECT "
+                        + ", ".join(_NEW.names) + " FROM new_alerts")
+            cur.unregister("new_alerts")
+        if changed:
+            cur.register("changed_alerts", pa.Table.from_pylist(changed, schema=_CHANGED))
+            cur.execute("UPDATE alerts SET " + ", ".join(
+                f"{c} = u.{c}" for c in _CHANGED.names if c != "id")
+                + " FROM changed_alerts u WHERE alerts.id = u.id")
+            cur.unregister("changed_alerts")
+        if transitions:
+            cols = list(zip(*transitions, strict=True))
+            cur.register("new_transitions", pa.table(
+                [pa.array(c, t) for c, t in zip(cols, _TRANSITION_TYPES, strict=True)],
+                names=["alert_id", "fingerprint", "occurred_at", "transition", "actor",
+                       "comment", "value"]))
+            cur.execute("INSERT INTO alert_transitions SELECT * FROM new_transitions")
+            cur.unregister("new_transitions")
 
     def open_alerts(self) -> list[dict[str, Any]]:
         rows = self.cur().execute(_SELECT + " WHERE status = 'firing' ORDER BY id").fetchall()
