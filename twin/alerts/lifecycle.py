@@ -140,14 +140,22 @@ class AlertDb:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.lock = threading.RLock()
-        self._local = threading.local()
+        # one cursor per thread, kept here (not in a threading.local) so close() reaches all
+        self._cursors: dict[int, duckdb.DuckDBPyConnection] = {}
         self.cur().execute(SCHEMA)
 
     def cur(self) -> duckdb.DuckDBPyConnection:
-        cur = getattr(self._local, "cur", None)
-        if cur is None:
-            cur = self._local.cur = self.store.cursor()
+        ident = threading.get_ident()
+        cur = self._cursors.get(ident)
+        if cur is None:  # a reused thread id belongs to a thread that has ended
+            cur = self._cursors[ident] = self.store.cursor()
         return cur
+
+    def close(self) -> None:
+        with self.lock:
+            for cur in self._cursors.values():
+                cur.close()
+            self._cursors.clear()
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:

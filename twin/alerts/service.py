@@ -121,6 +121,7 @@ class AlertService:
         for t in self._threads:
             t.join(timeout=15)
         self.deliverer.close()
+        self.db.close()
 
     # -- views for the API --------------------------------------------------------------
 
