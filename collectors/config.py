@@ -89,6 +89,11 @@ class CollectorConfig(BaseModel):
             if d > self.interval_s:
                 raise ValueError(f"sources[{i}].deadline_s: {d} s is longer than interval_s "
                                  f"({self.interval_s} s)")
+        send_s = (self.kafka.max_block_ms + self.kafka.delivery_timeout_ms) / 1000
+        if self.shutdown_timeout_s < send_s + 2:
+            raise ValueError(f"shutdown_timeout_s: {self.shutdown_timeout_s} s is too short for a "
+                             f"send in flight to finish: needs >= {send_s + 2:g} s "
+                             "(kafka.max_block_ms + kafka.delivery_timeout_ms + 2 s)")
         if self.spool.replay_backoff_max_s < self.spool.replay_backoff_initial_s:
             raise ValueError("spool.replay_backoff_max_s: must be >= "
                              "spool.replay_backoff_initial_s")

@@ -78,6 +78,8 @@ def collect(
     from collectors.spool import SpoolError
 
     _logging(verbose)
+    # an outage makes kafka-python log every reconnect; the daemon logs one line per outage
+    logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
     try:
         cfg = load_collector_config(config)
         daemon = CollectorDaemon(cfg)
