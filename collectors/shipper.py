@@ -11,6 +11,7 @@ the next attempt (a restarted broker does not know the old producer's id).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -218,12 +219,22 @@ class Shipper:
         return self._producer
 
     def _close_producer(self, timeout_s: float) -> None:
-        if self._producer is not None:
-            p, self._producer = self._producer, None
-            try:
-                p.close(timeout=timeout_s)
-            except (KafkaError, OSError) as exc:
-                log.debug("producer close: %s", exc)
+        if self._producer is None:
+            return
+        p, self._producer = self._producer, None
+        try:
+            p.close(timeout=timeout_s)
+        except KafkaError as exc:
+            # kafka-python's close() raises from flush() while records are pending and then
+            # leaves its sender thread running. Those records are in the spool already (their
+            # sends failed): abort them and close again.
+            log.debug("producer close: %r; forcing", exc)
+            sender = getattr(p, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+                sender.join(1.0)
+            with contextlib.suppress(KafkaError):
+                p.close(timeout=0)
 
     def _report_dropped(self, dropped: Dropped) -> None:
         self.stats.batches_dropped += dropped.records

@@ -471,3 +471,48 @@ racks = {RACKS!r}
         store.close()
         if broker is not None:
             broker.stop()
+
+
+@pytest.mark.slow
+def test_hung_broker_times_out_to_the_spool_and_duplicates_are_stored_once(tmp_path, unique):
+    """A broker that accepts connections but never answers (SIGSTOP): sends time out and
+    are spooled; after SIGCONT the broker may still write the timed-out requests, so the
+    replay produces copies, which ingest recognises by batch id."""
+    broker = DevBroker(log_path=tmp_path / "broker.log").start()
+    ensure_topics(broker.bootstrap, 2)
+    source = RecordingSource()
+    daemon = CollectorDaemon(config(f"hung-{unique}", broker.bootstrap, tmp_path / "spool"),
+                             sources=[source])
+    loop = threading.Thread(target=daemon.run)
+    store = Store(tmp_path / "twin.duckdb")
+    try:
+        loop.start()
+        wait_for(lambda: daemon.stats.batches_sent >= 4, what="live sends")
+        broker.proc.send_signal(signal.SIGSTOP)
+        try:
+            reads = source.reads
+            wait_for(lambda: source.reads >= reads + 6 and daemon.stats.spool_batches > 0,
+                     what="reads while the broker hangs")
+            assert not daemon.stats.broker_up
+        finally:
+            broker.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: daemon.stats.spool_batches == 0 and daemon.stats.samples_replayed > 0,
+                 what="spool replay")
+        reads = source.reads
+        wait_for(lambda: source.reads >= reads + 2, what="live reads after")
+    finally:
+        daemon.stop()
+        loop.join(30)
+        daemon.close()
+    try:
+        taken = source.rows()
+        ingestor = Ingestor(store, broker.bootstrap, f"hung-{unique}")
+        ingest_until(ingestor, lambda: len(stored_rows(store, RACKS)) >= len(taken))
+        for _ in range(5):
+            ingestor.poll_once(timeout_ms=200)
+        ingestor.close()
+        assert stored_rows(store, RACKS) == taken
+        assert_in_read_order(store, RACKS)
+    finally:
+        store.close()
+        broker.stop()
