@@ -210,9 +210,10 @@ class CollectorDaemon:
             return
         self._closed = True
         self.stop_event.set()
-        if not self.shipper.stop(self.config.shutdown_timeout_s):
+        stopped = self.shipper.stop(self.config.shutdown_timeout_s)
+        if not stopped:
             log.error("shutdown timed out: batches still queued may be lost")
-        if self._events:  # e.g. a spool_dropped from the final flush: keep it in the spool
+        elif self._events:  # e.g. a spool_dropped from the final flush: keep it in the spool
             records = [to_record(b) for b in self.batcher.batches(
                 Readings(events=list(self._events)))]
             self._events.clear()
@@ -223,6 +224,7 @@ class CollectorDaemon:
                  s.samples_read, s.batches_sent, s.batches_spooled, s.batches_replayed,
                  s.batches_dropped, self.spool.records, self.spool.samples)
         self.reader.close()
-        self.spool.close()
+        if stopped:  # else the shipper thread may still be using it; the exit releases it
+            self.spool.close()
         if self.metrics_server is not None:
             self.metrics_server.close()

@@ -392,8 +392,7 @@ class Spool:
         if pos.segment != head.id:
             raise SpoolError(f"commit to segment {pos.segment}, head is {head.id}")
         consumed = (self._head_consumed[0] + records, self._head_consumed[1] + samples)
-        if pos.offset >= head.size and (head is not self._segments[-1]
-                                        or self._head_consumed[0] + records >= head.records):
+        if pos.offset >= head.size:  # the whole segment is done
             if head is self._segments[-1]:
                 self._roll()  # everything is sent: the active segment goes too
             self._segments.pop(0)
