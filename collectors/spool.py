@@ -24,41 +24,30 @@ import contextlib
 import fcntl
 import logging
 import os
-import struct
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import zstandard
 
+from collectors.spool_format import (
+    HEADER,
+    MAGIC,
+    VERSION,
+    Record,
+    crc_ok,
+    decode_payload,
+    encode_record,
+)
+
+__all__ = ["Dropped", "Position", "Record", "Spool", "SpoolError"]
+
 log = logging.getLogger(__name__)
 
-MAGIC = b"DS"
-VERSION = 1
-FLAG_ZSTD = 1
-_HEADER = struct.Struct(">2sBBIII")
 SEGMENT_SUFFIX = ".seg"
 
 
 class SpoolError(RuntimeError):
     pass
-
-
-@dataclass(slots=True)
-class Record:
-    """One Kafka message as it will be produced: the spool keeps exactly this."""
-
-    topic: str
-    key: bytes | None
-    headers: list[tuple[str, bytes]]
-    value: bytes
-    n_samples: int = 0
-
-    def header(self, name: str) -> str | None:
-        for k, v in self.headers:
-            if k == name:
-                return v.decode()
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,59 +82,6 @@ class _Segment:
     size: int = 0
     records: int = 0  # records in the file
     samples: int = 0
-
-
-def _encode_payload(r: Record, compress: zstandard.ZstdCompressor | None) -> tuple[int, bytes]:
-    value, flags = r.value, 0
-    if compress is not None:
-        value, flags = compress.compress(r.value), FLAG_ZSTD
-    topic = r.topic.encode()
-    parts = [struct.pack(">H", len(topic)), topic]
-    if r.key is None:
-        parts.append(struct.pack(">i", -1))
-    else:
-        parts += [struct.pack(">i", len(r.key)), r.key]
-    parts.append(struct.pack(">H", len(r.headers)))
-    for name, v in r.headers:
-        nb = name.encode()
-        parts += [struct.pack(">H", len(nb)), nb, struct.pack(">I", len(v)), v]
-    parts += [struct.pack(">I", len(value)), value]
-    return flags, b"".join(parts)
-
-
-def encode_record(r: Record, compress: zstandard.ZstdCompressor | None = None) -> bytes:
-    flags, payload = _encode_payload(r, compress)
-    tail = struct.pack(">BI", flags, r.n_samples) + payload
-    return _HEADER.pack(MAGIC, VERSION, flags, len(payload), zlib.crc32(tail), r.n_samples) \
-        + payload
-
-
-def _decode_payload(flags: int, n_samples: int, p: bytes) -> Record:
-    i = 0
-
-    def take(fmt: str) -> int:
-        nonlocal i
-        (v,) = struct.unpack_from(fmt, p, i)
-        i += struct.calcsize(fmt)
-        return v
-
-    def raw(n: int) -> bytes:
-        nonlocal i
-        out = p[i:i + n]
-        i += n
-        return out
-
-    topic = raw(take(">H")).decode()
-    key_len = take(">i")
-    key = None if key_len < 0 else raw(key_len)
-    headers = []
-    for _ in range(take(">H")):
-        name = raw(take(">H")).decode()
-        headers.append((name, raw(take(">I"))))
-    value = raw(take(">I"))
-    if flags & FLAG_ZSTD:
-        value = zstandard.ZstdDecompressor().decompress(value)
-    return Record(topic, key, headers, value, n_samples)
 
 
 class Spool:
@@ -223,14 +159,14 @@ class Spool:
         good = 0
         with open(seg.path, "rb") as f:
             while True:
-                head = f.read(_HEADER.size)
-                if len(head) < _HEADER.size:
+                head = f.read(HEADER.size)
+                if len(head) < HEADER.size:
                     break
-                magic, version, _flags, length, _crc, n = _HEADER.unpack(head)
-                if magic != MAGIC or version != VERSION or good + _HEADER.size + length > size:
+                magic, version, _flags, length, _crc, n = HEADER.unpack(head)
+                if magic != MAGIC or version != VERSION or good + HEADER.size + length > size:
                     break
                 f.seek(length, os.SEEK_CUR)
-                good += _HEADER.size + length
+                good += HEADER.size + length
                 seg.records += 1
                 seg.samples += n
         if good < size:
@@ -247,9 +183,9 @@ class Spool:
         records = samples = pos = 0
         with open(seg.path, "rb") as f:
             while pos < offset:
-                magic, _v, _fl, length, _crc, n = _HEADER.unpack(f.read(_HEADER.size))
+                magic, _v, _fl, length, _crc, n = HEADER.unpack(f.read(HEADER.size))
                 f.seek(length, os.SEEK_CUR)
-                pos += _HEADER.size + length
+                pos += HEADER.size + length
                 records += 1
                 samples += n
         return records, samples
@@ -351,9 +287,9 @@ class Spool:
             out: list[Record] = []
             seen: set[tuple[str, bytes | None]] = set()
             while offset < head.size and len(out) < max_records:
-                magic, version, flags, length, crc, n = _HEADER.unpack(f.read(_HEADER.size))
+                magic, version, flags, length, crc, n = HEADER.unpack(f.read(HEADER.size))
                 payload = f.read(length)
-                nxt = offset + _HEADER.size + length
+                nxt = offset + HEADER.size + length
                 if magic != MAGIC or version != VERSION or len(payload) != length:
                     if out:
                         break
@@ -366,7 +302,7 @@ class Spool:
                     bad.add(lost)
                     self.commit(Position(head.id, head.size), lost.records, lost.samples)
                     break
-                if zlib.crc32(struct.pack(">BI", flags, n) + payload) != crc:
+                if not crc_ok(flags, n, payload, crc):
                     if out:
                         break
                     log.error("spool %s@%d: checksum mismatch, record discarded", head.path,
@@ -375,7 +311,7 @@ class Spool:
                     self.commit(Position(head.id, nxt), 1, n)
                     offset = nxt
                     continue
-                rec = _decode_payload(flags, n, payload)
+                rec = decode_payload(flags, n, payload)
                 if distinct_keys and (rec.topic, rec.key) in seen:
                     break
                 seen.add((rec.topic, rec.key))
