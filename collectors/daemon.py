@@ -67,26 +67,38 @@ class CollectorDaemon:
         self.sources = sources if sources is not None else build_sources(config)
         deadlines = [config.source_deadline_s(config.sources[i] if i < len(config.sources)
                                               else {}) for i in range(len(self.sources))]
+        names = [src.name for src in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:  # metrics and events name sources: each needs its own name
+            raise CollectorConfigError(f"sources: duplicate source names {dupes}; give each "
+                                       "[[sources]] table its own `name`")
         self.device_id = f"{config.site}/collector/{config.name}"
-        self.reader = SourceReader(self.sources, deadlines, self.stats, self.device_id,
-                                   config.error_event_interval_s)
+        self._events: deque[Event] = deque()  # from other threads, sent with the next tick
         # seq keeps increasing across restarts: it starts from the clock, not from zero
         self.batcher = Batcher(config.name, config.site, config.interval_s,
                                start_seq=now_ms() * 1000)
-        sp = config.spool
+        k, sp = config.kafka, config.spool
+        self.send_timeout_s = (k.max_block_ms + k.delivery_timeout_ms) / 1000 + 1.0
+        # the parts that can fail to start (spool locked, port taken) come before any thread
         self.spool = Spool(config.spool_dir(), sp.max_bytes, sp.segment_bytes, sp.fsync,
                            sp.compress)
-        k = config.kafka
-        self.send_timeout_s = (k.max_block_ms + k.delivery_timeout_ms) / 1000 + 1.0
-        self._events: deque[Event] = deque()  # from other threads, sent with the next tick
-        self.shipper = Shipper(self.spool, self.stats, self._make_producer, self._on_dropped,
-                               sp.replay_backoff_initial_s, sp.replay_backoff_max_s,
-                               sp.replay_chunk_records, self.send_timeout_s)
         self.metrics_server = None
         if config.metrics.port:
             from collectors.metrics_server import MetricsServer
 
-            self.metrics_server = MetricsServer(self, config.metrics.host, config.metrics.port)
+            try:
+                self.metrics_server = MetricsServer(self, config.metrics.host,
+                                                    config.metrics.port)
+            except OSError as exc:
+                self.spool.close()
+                raise CollectorConfigError(f"metrics.port: cannot listen on "
+                                           f"{config.metrics.host}:{config.metrics.port}: "
+                                           f"{exc}") from exc
+        self.reader = SourceReader(self.sources, deadlines, self.stats, self.device_id,
+                                   config.error_event_interval_s)
+        self.shipper = Shipper(self.spool, self.stats, self._make_producer, self._on_dropped,
+                               sp.replay_backoff_initial_s, sp.replay_backoff_max_s,
+                               sp.replay_chunk_records, self.send_timeout_s)
         self.shipper.start()
         self._closed = False
 
@@ -192,7 +204,7 @@ class CollectorDaemon:
             status = "stopping"
         elif age > max_age:
             status = "stalled"
-        elif not s.broker_up or s.spool_batches or failing:
+        elif (s.send_errors and not s.broker_up) or s.spool_batches or failing:
             status = "degraded"
         else:
             status = "ok"

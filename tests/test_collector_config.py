@@ -100,3 +100,27 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
     problems = [ln for ln in (result.stdout + result.stderr).splitlines()
                 if "dctwin-collector.service" in ln]
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
+def test_two_sources_with_one_name_are_refused(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(BASE + f'[spool]\ndir = "{tmp_path / "spool"}"\n' + SOURCE + SOURCE)
+    result = CliRunner().invoke(app, ["collect", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "duplicate source names ['simulated']" in result.output
+    assert not (tmp_path / "spool").exists()  # refused before the spool was opened
+
+
+def test_metrics_port_in_use_names_the_field(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "c.toml"
+        path.write_text(BASE + f'[spool]\ndir = "{tmp_path / "spool"}"\n'
+                        f"[metrics]\nport = {port}\n" + SOURCE)
+        result = CliRunner().invoke(app, ["collect", "--config", str(path)])
+    assert result.exit_code == 2
+    assert f"metrics.port: cannot listen on 127.0.0.1:{port}" in result.output
