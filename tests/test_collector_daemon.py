@@ -206,8 +206,8 @@ def test_stuck_and_failing_sources_do_not_delay_the_others_and_are_reported(
         tmp_path, kafka_bootstrap, unique):
     fast, stuck, broken = RecordingSource(["rk103"], name="fast"), StuckSource(), BrokenSource()
     port = free_port()
-    cfg = config(f"slow-{unique}", kafka_bootstrap, tmp_path / "spool", interval_s=0.4,
-                 deadline_s=0.2, metrics={"port": port},
+    cfg = config(f"slow-{unique}", kafka_bootstrap, tmp_path / "spool", interval_s=0.5,
+                 deadline_s=0.45, metrics={"port": port},
                  sources=[{"type": "simulated", "name": "fast", "racks": ["rk103"]},
                           {"type": "simulated", "name": "stuck", "deadline_s": 0.1},
                           {"type": "simulated", "name": "broken"}])
