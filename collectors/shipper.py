@@ -153,6 +153,9 @@ class Shipper:
         if bad:
             self._report_dropped(bad)
         if not records:
+            if not self.spool.empty:  # counts and files disagree: never spin on it
+                log.error("spool reports %d batches but none is readable", self.spool.records)
+                self._next_replay_mono = time.monotonic() + self._backoff_max_s
             return
         ok = self._send(records)
         n_ok = next((i for i, good in enumerate(ok) if not good), len(ok))
