@@ -229,6 +229,8 @@ class CollectorDaemon:
             records = [to_record(b) for b in self.batcher.batches(
                 Readings(events=list(self._events)))]
             self._events.clear()
+            self.stats.batches_read += len(records)
+            self.stats.batches_spooled += len(records)
             self.spool.append(records)
         s = self.stats
         log.info("stopped: read %d batches (%d samples); sent %d, spooled %d, replayed %d, "
