@@ -226,9 +226,10 @@ class CollectorDaemon:
         if not stopped:
             log.error("shutdown timed out: batches still queued may be lost")
         elif self._events:  # e.g. a spool_dropped from the final flush: keep it in the spool
-            records = [to_record(b) for b in self.batcher.batches(
-                Readings(events=list(self._events)))]
+            events = list(self._events)
             self._events.clear()
+            records = [to_record(b) for b in self.batcher.batches(Readings(events=events))]
+            self.stats.events_read += len(events)
             self.stats.batches_read += len(records)
             self.stats.batches_spooled += len(records)
             self.spool.append(records)
