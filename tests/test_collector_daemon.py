@@ -1,129 +1,34 @@
 """The collector daemon against real parts: a real broker (the session's, or a dedicated
-one that the test stops and restarts), a real spool directory, real DuckDB via the real
-ingest consumer, and the metrics endpoint over real HTTP."""
+one that the test stops, hangs and restarts), a real spool directory, real DuckDB via the
+real ingest consumer, and the metrics endpoint over real HTTP."""
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections import Counter
 
 import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from collectors.base import Readings
-from collectors.config import CollectorConfig
 from collectors.daemon import CollectorDaemon
-from collectors.sources.simulated import SimulatedSource, SimulatedSourceConfig
 from dctwin.broker import DevBroker, free_port
 from ingest.consumer import Ingestor
 from ingest.kafka import ensure_topics
 from ingest.store import Store
+from tests.collector_helpers import (
+    RACKS,
+    BrokenSource,
+    RecordingSource,
+    StuckSource,
+    assert_in_read_order,
+    config,
+    stored_rows,
+    wait_for,
+)
 from tests.helpers import ingest_until
-
-RACKS = ["rk101", "rk102"]
-FAST_KAFKA = {"max_block_ms": 500, "request_timeout_ms": 1000, "delivery_timeout_ms": 1500}
-
-
-class RecordingSource:
-    """A simulated source that keeps a copy of everything it hands to the daemon.
-    While `quiet` is set it reads nothing (so the test can pick a moment with no send
-    in flight without stopping the daemon)."""
-
-    def __init__(self, racks: list[str] = RACKS, name: str = "sim") -> None:
-        self.inner = SimulatedSource(SimulatedSourceConfig(name=name, racks=racks, seed=5))
-        self.name = name
-        self.taken: list[Readings] = []
-        self.quiet = threading.Event()
-        self.reads = 0
-
-    def read(self) -> Readings:
-        if self.quiet.is_set():
-            return Readings()
-        r = self.inner.read()
-        self.taken.append(r)
-        self.reads += 1
-        return r
-
-    def rows(self) -> list[tuple[str, str, int, float]]:
-        return sorted((d, m, t, v) for r in self.taken for d, m, t, v in
-                      zip(r.device_id, r.metric, r.read_time_ms, r.value, strict=True))
-
-    def close(self) -> None:
-        pass
-
-
-class StuckSource:
-    """A device that never answers (until released)."""
-
-    name = "stuck"
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-
-    def read(self) -> Readings:
-        self.release.wait(60)
-        return Readings()
-
-    def close(self) -> None:
-        pass
-
-
-class BrokenSource:
-    name = "broken"
-
-    def read(self) -> Readings:
-        raise ConnectionRefusedError("device at 10.0.0.9:502 refused the connection")
-
-    def close(self) -> None:
-        pass
-
-
-def config(name: str, bootstrap: str, spool_dir, **extra) -> CollectorConfig:
-    raw = {"name": name, "site": "sv1", "interval_s": 0.3,
-           "kafka": {"bootstrap": bootstrap, "compression": "zstd", **FAST_KAFKA},
-           "spool": {"dir": str(spool_dir), "replay_backoff_initial_s": 0.2,
-                     "replay_backoff_max_s": 0.5},
-           "sources": [{"type": "simulated", "racks": RACKS}]}
-    for key, value in extra.items():
-        if isinstance(value, dict):
-            raw.setdefault(key, {}).update(value)
-        else:
-            raw[key] = value
-    return CollectorConfig.model_validate(raw)
-
-
-def wait_for(predicate, timeout_s: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def stored_rows(store: Store, racks: list[str]) -> list[tuple[str, str, int, float]]:
-    return sorted(store.cursor().execute(
-        "SELECT device_id, metric, epoch_ms(read_time), value FROM samples "
-        "WHERE rack IN (SELECT unnest(?)) ORDER BY ALL", [racks]).fetchall())
-
-
-def assert_in_read_order(store: Store, racks: list[str]) -> None:
-    """Rows are appended in the order ingest stored them (rowid), so per device and metric
-    the read times must increase along rowid."""
-    bad = store.cursor().execute("""
-        SELECT count(*) FROM (
-            SELECT read_time - lag(read_time) OVER (PARTITION BY device_id, metric
-                                                    ORDER BY rowid) AS step
-            FROM samples WHERE rack IN (SELECT unnest(?)))
-        WHERE step <= INTERVAL 0 SECOND""", [racks]).fetchone()[0]
-    assert bad == 0, f"{bad} samples stored out of read order"
 
 
 @pytest.mark.slow
@@ -333,140 +238,6 @@ def test_spool_bound_drops_oldest_counts_it_and_reports_spool_dropped(tmp_path, 
             got = kept.get(key, [])
             assert got == times[len(times) - len(got):]
         assert set(rows) <= set(taken)
-    finally:
-        store.close()
-        if broker is not None:
-            broker.stop()
-
-
-BATCH_LINE = re.compile(r"read batch (?P<id>[0-9a-f]{32}) seq=(?P<seq>\d+) topic=(?P<topic>\S+) "
-                        r"rack=(?P<rack>\S+) (?:samples=(?P<n>\d+) read_ms=(?P<t0>\d+)\.\."
-                        r"(?P<t1>\d+)|events=(?P<events>\d+))")
-STOPPED_LINE = re.compile(r"stopped: read (\d+) batches \((\d+) samples\); sent (\d+), "
-                          r"spooled (\d+), replayed (\d+), dropped (\d+); spool holds (\d+) "
-                          r"batches \((\d+) samples\)")
-
-
-def _batches(log_text: str) -> list[re.Match]:
-    return list(BATCH_LINE.finditer(log_text))
-
-
-def _collect(cfg_path, log_path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "dctwin.cli", "collect", "--config", str(cfg_path), "-v"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            cwd=cfg_path.parent)
-
-
-def _sigterm(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 0
-
-
-@pytest.mark.slow
-def test_sigterm_mid_stream_then_restart_loses_nothing(tmp_path, unique):
-    """`dctwin collect` is killed with SIGTERM while the broker is down, restarted once
-    the broker is back, and killed again mid-stream. Every batch the daemon logged as
-    read (its id, rack, sample count and read time) is in DuckDB, once."""
-    port, metrics_port = free_port(), free_port()
-    name = f"term-{unique}"
-    cfg = tmp_path / "collector.toml"
-    cfg.write_text(f"""
-name = "{name}"
-site = "sv1"
-interval_s = 0.3
-
-[kafka]
-bootstrap = "127.0.0.1:{port}"
-max_block_ms = 500
-request_timeout_ms = 1000
-delivery_timeout_ms = 1500
-
-[spool]
-dir = "{tmp_path / 'spool'}"
-replay_backoff_initial_s = 0.2
-replay_backoff_max_s = 0.5
-
-[metrics]
-port = {metrics_port}
-
-[[sources]]
-type = "simulated"
-racks = {RACKS!r}
-""".replace("'", '"'))
-    log1, log2 = tmp_path / "run1.log", tmp_path / "run2.log"
-    broker = None
-    store = Store(tmp_path / "twin.duckdb")
-    proc = _collect(cfg, log1)
-    try:
-        # run 1: no broker at all; SIGTERM while batches stream into the spool
-        wait_for(lambda: len(_batches(log1.read_text())) >= 24, what="run 1 reads")
-        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
-        fams = {f.name: f for f in text_string_to_metric_families(metrics)}
-        assert fams["dctwin_collector_spool_batches"].samples[0].value > 0
-        assert fams["dctwin_collector_broker_up"].samples[0].value == 0
-        _sigterm(proc)
-        text1 = log1.read_text()
-        read1 = _batches(text1)
-        stopped = [int(x) for x in STOPPED_LINE.search(text1).groups()]
-        n_batches, n_samples, sent, spooled, replayed, dropped, held, held_samples = stopped
-        assert n_batches == len(read1)  # the summary agrees with the per-batch log
-        assert n_samples == sum(int(m["n"] or 0) for m in read1)
-        assert sent == replayed == dropped == 0
-        assert spooled == held == n_batches and held_samples == n_samples  # all in the spool
-
-        # run 2: broker back; the restart replays the spool first, then runs live
-        broker = DevBroker(port=port, log_path=tmp_path / "broker.log").start()
-        ensure_topics(broker.bootstrap, 2)
-        proc = _collect(cfg, log2)
-        wait_for(lambda: "spool replayed" in log2.read_text()
-                 and len(_batches(log2.read_text())) >= 16, what="run 2 replay and reads")
-        _sigterm(proc)
-        text2 = log2.read_text()
-        read2 = _batches(text2)
-        stopped = [int(x) for x in STOPPED_LINE.search(text2).groups()]
-        assert stopped[0] == len(read2)
-        _read, _samples, _sent, spooled2, replayed2, dropped2, held2, _ = stopped
-        # run 1's spool, and what run 2 read while it was still replaying (queued behind)
-        assert replayed2 == n_batches + spooled2
-        assert dropped2 == held2 == 0
-        assert not (tmp_path / "spool").exists()
-        assert min(int(m["seq"]) for m in read2) > max(int(m["seq"]) for m in read1)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    try:
-        read = read1 + read2
-        total = sum(int(m["n"] or 0) for m in read)
-        ingestor = Ingestor(store, broker.bootstrap, f"term-{unique}")
-
-        def stored_samples() -> int:
-            return store.cursor().execute(
-                "SELECT coalesce(sum(n_samples), 0) FROM ingested_batches WHERE collector = ?",
-                [name]).fetchone()[0]
-
-        ingest_until(ingestor, lambda: stored_samples() >= total)
-        for _ in range(5):
-            ingestor.poll_once(timeout_ms=200)
-        ingestor.close()
-        batches = dict(store.cursor().execute(
-            "SELECT batch_id, n_samples FROM ingested_batches WHERE collector = ?",
-            [name]).fetchall())
-        assert batches == {m["id"]: int(m["n"] or 0) for m in read}
-        # each logged batch's samples are stored under its rack, kind and read time
-        per_batch = Counter()
-        for m in read:
-            if m["n"] is not None:
-                assert m["t0"] == m["t1"]  # one simulated read: one read time
-                per_batch[(m["rack"], m["topic"].split(".", 1)[1], int(m["t0"]))] += int(m["n"])
-        stored = Counter({(r, k, t): n for r, k, t, n in store.cursor().execute(
-            "SELECT rack, kind, epoch_ms(read_time), count(*) FROM samples "
-            "WHERE rack IN (SELECT unnest(?)) GROUP BY ALL", [RACKS]).fetchall()})
-        assert stored == per_batch
-        assert sum(stored.values()) == total
-        assert_in_read_order(store, RACKS)
     finally:
         store.close()
         if broker is not None:
