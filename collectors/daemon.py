@@ -126,7 +126,11 @@ class CollectorDaemon:
             read_time_ms=now_ms(),
             message=f"spool dropped {d.records} batches ({d.samples} samples, {d.bytes} bytes): "
                     f"{', '.join(sorted(d.reasons))}",
+            # Running totals as well as this drop: a later drop can discard the event that
+            # reported an earlier one, but the newest event always carries the whole count.
             attrs={"batches": d.records, "samples": d.samples, "bytes": d.bytes,
+                   "batches_total": self.stats.batches_dropped,
+                   "samples_total": self.stats.samples_dropped,
                    "reasons": ",".join(sorted(d.reasons)),
                    "spool_max_bytes": self.config.spool.max_bytes}))
 
