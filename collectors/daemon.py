@@ -18,29 +18,24 @@ from pydantic import ValidationError
 from collectors.base import Readings, Source, now_ms
 from collectors.batching import Batcher
 from collectors.config import CollectorConfig, CollectorConfigError
+from collectors.publish import topic_for
 from collectors.reader import SourceReader
 from collectors.shipper import Shipper
 from collectors.sources import build_source
 from collectors.spool import Dropped, Record, Spool
 from collectors.stats import DaemonStats
 from ingest.contract import (
-    EVENTS_TOPIC,
     Event,
     EventBatch,
     EventKind,
     TelemetryBatch,
     encode,
     headers_for,
-    telemetry_topic,
 )
 from ingest.kafka import make_producer
 from ingest.site import format_validation_error
 
 log = logging.getLogger(__name__)
-
-
-def topic_for(batch: TelemetryBatch | EventBatch) -> str:
-    return EVENTS_TOPIC if isinstance(batch, EventBatch) else telemetry_topic(batch.kind)
 
 
 def to_record(batch: TelemetryBatch | EventBatch) -> Record:

@@ -163,7 +163,7 @@ class KafkaSink:
     def __init__(self, bootstrap: str, plan: TelemetryPlan, site_id: str, step_s: float,
                  collector: str = "simulate") -> None:
         from collectors.batching import Batcher
-        from collectors.daemon import Publisher
+        from collectors.publish import Publisher
 
         self.plan = plan
         self.batcher = Batcher(collector, site_id, step_s)
