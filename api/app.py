@@ -71,4 +71,5 @@ def create_app(twin: Twin, health=None) -> FastAPI:
         return DeviceOut(device_id=device_id, device_class=ref.device_class if ref else None,
                          metrics=[ReadingOut.of(r, now) for r in readings])
 
+    app.include_router(__import__("api.routes_failure", fromlist=["x"]).router_for(twin))
     return app
