@@ -40,7 +40,8 @@ def fault_spec(seed: int, hours: float) -> str:
     end_h = 0.92 * hours
 
     def onset_fail(min_lead_h: float, max_lead_h: float) -> tuple[float, float]:
-        lead = rng.uniform(min_lead_h, min(max_lead_h, end_h * 0.8))
+        lo = min(min_lead_h, 0.3 * end_h)  # short runs: shorter leads
+        lead = rng.uniform(lo, max(lo, min(max_lead_h, end_h * 0.8)))
         onset = rng.uniform(0.05 * hours, max(0.05 * hours, end_h - lead))
         return onset, lead
 

@@ -58,7 +58,7 @@ def compute_features(con: duckdb.DuckDBPyConnection, start: datetime, end: datet
     device_id, device_class, rack, t, then the union of FEATURES (null where a class does
     not have a feature)."""
     end = end.replace(tzinfo=None, microsecond=0)
-    start = start.replace(tzinfo=None)
+    start = min(start.replace(tzinfo=None), end)  # `now` with microseconds: score at end
     n_steps = int((end - start).total_seconds() // bucket_s)
     lo = end - timedelta(seconds=n_steps * bucket_s + LOOKBACK_S)
     anchor, b = _ts(end), bucket_s
