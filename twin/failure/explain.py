@@ -63,7 +63,7 @@ PHRASES: dict[str, str] = {
 def phrase(feature: str, value: float, baseline: float) -> str:
     tmpl = PHRASES.get(feature, feature + " = {v:.3g} (healthy {b:.3g})")
     try:
-        return tmpl.format(v=value, b=baseline, e=float(np.exp(value)))
+        return tmpl.format(v=value, b=baseline, e=float(np.exp(min(value, 50.0))))
     except (ValueError, TypeError):
         return f"{feature} = {value}"
 
