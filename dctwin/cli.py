@@ -208,5 +208,9 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+from dctwin.failure_cli import failure_app  # noqa: E402
+
+app.add_typer(failure_app, name="failure")
+
 if __name__ == "__main__":
     app()
