@@ -54,7 +54,7 @@ def test_registry_serves_only_approved_models(trained):
 def test_failure_risks_ranked_with_reasons(trained):
     root, paths, model, v, _ = trained
     registry.approve(v.version, root / "models")
-    store = Store(paths[-1], read_only=True)
+    store = Store(paths[-1])  # the twin keeps its rollup tables in the same file
     try:
         ft = store.cursor().execute(
             "SELECT device_id, failure_time FROM labels WHERE fault = 'gpu_off_bus'"
@@ -78,7 +78,7 @@ def test_api_failure_risk(trained, monkeypatch):
     monkeypatch.setenv("DCTWIN_FAILURE_MODELS", str(root / "models"))
     # serve the last run's store "now": shift its data to the present is not needed,
     # the route scores at wall-clock now, where this store has no recent data
-    store = Store(paths[-1], read_only=True)
+    store = Store(paths[-1])  # the twin keeps its rollup tables in the same file
     try:
         site = synthetic_site(64, racks_per_row=1, rows_per_hall=2)
         client = TestClient(create_app(Twin(site, store)))
