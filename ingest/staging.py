@@ -1,0 +1,225 @@
+"""Bulk decode and validation of one poll's telemetry messages, inside DuckDB.
+
+The raw values go, one per line and wrapped as `{"i": N, "m": <raw>}`, into a
+newline-delimited JSON file that DuckDB's JSON reader parses in C++: no Python object
+is made per sample. Two reads of that file fill the staging tables:
+
+  _env  one row per message, envelope fields as JSON (so types are checked strictly)
+  _rows one row per sample: i, device_id, metric, value, read_time_ms
+
+`validate.py` turns them into verdicts. Only messages that fail get looked at one by one
+(`diagnose`), to name the reason precisely. The outcome is `_acc` (messages to store, with
+their sample counts) plus a `Staged` summary for Python: dead letters, events, counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from ingest.contract import ContractError, EventBatch, TelemetryBatch, decode
+from ingest.validate import (
+    SAMPLE_REASONS,
+    IngestPolicy,
+    envelope_sql,
+    install_reference_tables,
+    row_bad_sql,
+    row_joins_sql,
+    summarize_rejections,
+    unknown_device_sql,
+)
+
+_ENVELOPE_TYPE = ("STRUCT(version JSON, type JSON, batch_id JSON, collector JSON, kind JSON, "
+                  "site JSON, rack JSON, seq JSON, interval_s JSON, sent_time_ms JSON)")
+_SAMPLES_TYPE = ("STRUCT(samples STRUCT(device_id VARCHAR[], metric VARCHAR[], value DOUBLE[], "
+                 "read_time_ms BIGINT[]))")
+_ids = itertools.count()
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    record: Any  # a kafka ConsumerRecord: topic, partition, offset, key, value, headers
+    reason: str
+    detail: str
+    samples_rejected: int = 0
+    samples_kept: int = 0  # > 0: a partly bad batch whose valid samples were stored
+
+
+@dataclass
+class Staged:
+    messages: int = 0
+    accepted: int = 0  # telemetry messages with samples to store (temp table _acc)
+    partial: bool = False  # some accepted message has rejected samples (rows need filtering)
+    dead: list[DeadLetter] = field(default_factory=list)
+    events: list[tuple[Any, EventBatch]] = field(default_factory=list)
+    samples_rejected: Counter[str] = field(default_factory=Counter)
+    unknown_device_samples: int = 0
+    lo_ms: int = 0
+    hi_ms: int = 0
+
+
+def diagnose(raw: bytes) -> tuple[str, str, TelemetryBatch | EventBatch | None]:
+    """Name what is wrong with one message the bulk reader could not take (slow, exact)."""
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:  # the standard library also reads NaN/Infinity literals: say so precisely
+            json.loads(raw)
+        except (ValueError, RecursionError):
+            return "invalid_json", str(exc), None
+        return "non_finite", "NaN or Infinity literal: not JSON, and not a finite number", None
+    try:
+        batch = decode(raw)
+    except ContractError as err:
+        return err.reason, err.detail, None
+    if isinstance(batch, TelemetryBatch) and len(batch.samples) == 0:
+        return "empty_batch", "telemetry batch carries no samples", batch
+    return "ok", "", batch
+
+
+class Stager:
+    """Stages polls on one DuckDB connection (its temp tables are per connection)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, policy: IngestPolicy,
+                 spool_dir: str | None = None) -> None:
+        self.con = con
+        self.policy = policy
+        install_reference_tables(con, policy)
+        base = spool_dir or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+        base = base or tempfile.gettempdir()
+        self.path = os.path.join(base, f"dctwin-ingest-{os.getpid()}-{next(_ids)}.ndjson")
+
+    def close(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def _read_json(self, columns: str) -> str:
+        size = self.policy.max_message_bytes + 4096
+        return (f"read_json('{self.path}', format='newline_delimited', ignore_errors=true, "
+                f"maximum_object_size={size}, columns={{i: 'INTEGER', m: '{columns}'}})")
+
+    def stage(self, records: list[Any], now_ms: int) -> Staged:
+        p = self.policy
+        out = Staged(messages=len(records))
+        out.lo_ms = now_ms - int(p.max_past_s * 1000)
+        out.hi_ms = now_ms + int(p.max_future_s * 1000)
+        lines: list[bytes] = []
+        staged: list[Any] = []
+        for rec in records:  # per message, never per sample
+            value = rec.value
+            if not value:
+                out.dead.append(DeadLetter(rec, "invalid_json", "empty message value"))
+                continue
+            if len(value) > p.max_message_bytes:
+                out.dead.append(DeadLetter(rec, "too_large", f"{len(value)} bytes is over the "
+                                           f"{p.max_message_bytes} byte limit"))
+                continue
+            if b"\n" in value or b"\r" in value:  # one message per line: re-encode compactly
+                try:
+                    value = orjson.dumps(orjson.loads(value))
+                except orjson.JSONDecodeError:
+                    self._dead_or_event(out, rec)
+                    continue
+            lines.append(b'{"i":%d,"m":%b}' % (len(staged), value))
+            staged.append(rec)
+        if not staged:
+            return out
+        with open(self.path, "wb") as f:
+            f.write(b"\n".join(lines))
+        del lines
+        con = self.con
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _env AS
+            SELECT i, m IS NULL AS m_null, m.* FROM {self._read_json(_ENVELOPE_TYPE)}""")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _msg AS {envelope_sql('_env')} "
+                    "WHERE i IS NOT NULL")
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _rows AS
+            SELECT i, unnest(m.samples.device_id) AS device_id,
+                   unnest(m.samples.metric) AS metric, unnest(m.samples.value) AS value,
+                   unnest(m.samples.read_time_ms) AS read_time_ms
+            FROM {self._read_json(_SAMPLES_TYPE)}
+            WHERE i IN (SELECT i FROM _msg WHERE status = 'ok')""")
+        bad = row_bad_sql(p, out.lo_ms, out.hi_ms)
+        counts = ", ".join(f"count(*) FILTER (WHERE bad = {k + 1}) AS n_{r}"
+                           for k, r in enumerate(SAMPLE_REASONS))
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _agg AS
+            SELECT i, count(*) AS n,
+                   count(*) FILTER (WHERE device_id IS NULL OR metric IS NULL OR value IS NULL
+                                    OR read_time_ms IS NULL) AS n_null,
+                   {counts}, count(*) FILTER (WHERE unknown_dev AND bad = 0) AS n_unknown_dev,
+                   min(device_id) AS dmin, max(device_id) AS dmax,
+                   min(read_time_ms) AS tmin, max(read_time_ms) AS tmax
+            FROM (SELECT r.*, {bad} AS bad, {unknown_device_sql(p)} AS unknown_dev
+                  FROM _rows r {row_joins_sql(p)})
+            GROUP BY i""")
+        verdicts = con.execute(f"""
+            SELECT m.i, m.status, m.detail, a.n, a.n_null, a.n_unknown_dev,
+                   {", ".join(f"a.n_{r}" for r in SAMPLE_REASONS)}
+            FROM _msg m LEFT JOIN _agg a USING (i) ORDER BY m.i""").fetchall()
+        accepted: list[int] = []
+        n_bad: list[int] = []
+        seen: set[int] = set()
+        for i, status, detail, n, n_null, n_unknown, *by_reason in verdicts:
+            seen.add(i)
+            rec = staged[i]
+            if status == "ok":
+                if n is None:  # no samples came out: empty, or the arrays are not arrays
+                    self._dead_or_event(out, rec)
+                elif n_null:
+                    reason, why, _ = diagnose(rec.value)
+                    out.dead.append(DeadLetter(rec, "schema", why if reason != "ok" else
+                                               "sample columns differ in length or hold "
+                                               "values of the wrong type"))
+                elif rejected := sum(by_reason):
+                    reason, why = summarize_rejections(zip(SAMPLE_REASONS, by_reason,
+                                                           strict=True), n)
+                    keep = p.partial == "keep_valid" and rejected < n
+                    out.dead.append(DeadLetter(rec, reason, why, rejected,
+                                               n - rejected if keep else 0))
+                    out.samples_rejected.update(dict(zip(SAMPLE_REASONS, by_reason,
+                                                         strict=True)))
+                    if not keep:
+                        out.samples_rejected["batch_rejected"] += n - rejected
+                        continue
+                    out.partial = True
+                    accepted.append(i)
+                    n_bad.append(rejected)
+                    out.unknown_device_samples += n_unknown
+                else:
+                    accepted.append(i)
+                    n_bad.append(0)
+                    out.unknown_device_samples += n_unknown
+            elif status in ("events", "unparsed"):
+                self._dead_or_event(out, rec)
+            else:
+                out.dead.append(DeadLetter(rec, status, detail or status))
+        for i in range(len(staged)):  # lines the JSON reader could not read at all
+            if i not in seen:
+                self._dead_or_event(out, staged[i])
+        acc = pa.table({"i": pa.array(accepted, pa.int32()),  # noqa: F841 - used by SQL
+                        "n_bad": pa.array(n_bad, pa.int64())})
+        con.execute("""CREATE OR REPLACE TEMP TABLE _acc AS
+            SELECT m.i, m.batch_id, m.collector, m.seq, m.kind, m.rack, m.site, a.n, acc.n_bad,
+                   a.dmin, a.dmax, a.tmin, a.tmax
+            FROM acc JOIN _msg m USING (i) JOIN _agg a USING (i)""")
+        out.accepted = len(accepted)
+        return out
+
+    def _dead_or_event(self, out: Staged, rec: Any) -> None:
+        reason, detail, batch = diagnose(rec.value)
+        if reason == "ok" and isinstance(batch, EventBatch):
+            out.events.append((rec, batch))
+        elif reason == "ok":  # valid to pydantic, unreadable in bulk (e.g. a huge integer)
+            out.dead.append(DeadLetter(rec, "schema", "the bulk decoder could not read this "
+                                       "batch's fields with their contract types"))
+        else:
+            out.dead.append(DeadLetter(rec, reason, detail))
