@@ -41,6 +41,10 @@ from ingest.validate import (
 
 _ENVELOPE_TYPE = ("STRUCT(version JSON, type JSON, batch_id JSON, collector JSON, kind JSON, "
                   "site JSON, rack JSON, seq JSON, interval_s JSON, sent_time_ms JSON)")
+# what the reader makes of a value that is not an object: look at it one by one
+_ALL_NULL = "{" + ", ".join(f"'{f}': NULL::JSON" for f in (
+    "version", "type", "batch_id", "collector", "kind", "site", "rack", "seq", "interval_s",
+    "sent_time_ms")) + "}"
 _SAMPLES_TYPE = ("STRUCT(samples STRUCT(device_id VARCHAR[], metric VARCHAR[], value DOUBLE[], "
                  "read_time_ms BIGINT[]))")
 _ids = itertools.count()
@@ -139,7 +143,8 @@ class Stager:
         del lines
         con = self.con
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _env AS
-            SELECT i, m IS NULL AS m_null, m.* FROM {self._read_json(_ENVELOPE_TYPE)}""")
+            SELECT i, m IS NULL OR m = {_ALL_NULL} AS m_null, m.*
+            FROM {self._read_json(_ENVELOPE_TYPE)}""")
         con.execute(f"CREATE OR REPLACE TEMP TABLE _msg AS {envelope_sql('_env')} "
                     "WHERE i IS NOT NULL")
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _rows AS
@@ -185,8 +190,8 @@ class Stager:
                     keep = p.partial == "keep_valid" and rejected < n
                     out.dead.append(DeadLetter(rec, reason, why, rejected,
                                                n - rejected if keep else 0))
-                    out.samples_rejected.update(dict(zip(SAMPLE_REASONS, by_reason,
-                                                         strict=True)))
+                    out.samples_rejected.update({r: n for r, n in zip(
+                        SAMPLE_REASONS, by_reason, strict=True) if n})
                     if not keep:
                         out.samples_rejected["batch_rejected"] += n - rejected
                         continue

@@ -253,6 +253,9 @@ class Store:
             SELECT DISTINCT x.i FROM a x JOIN a y
             ON x.i <> y.i AND x.dmin <= y.dmax AND y.dmin <= x.dmax
                AND x.tmin <= y.tmax AND y.tmin <= x.tmax""")
+        if policy is not None and policy.exact_dedupe:  # every message gets the exact check
+            cur.execute("CREATE OR REPLACE TEMP TABLE _susp AS SELECT i FROM _acc "
+                        "WHERE i NOT IN (SELECT i FROM _skip)")
         n_late, n_susp = cur.execute(
             "SELECT (SELECT count(*) FROM _late), (SELECT count(*) FROM _susp)").fetchone()
         cols = "epoch_ms(read_time_ms), device_id, metric, value, kind, rack"
@@ -275,8 +278,8 @@ class Store:
                 SELECT i, count(*) AS dropped FROM _fix WHERE rid NOT IN (SELECT rid FROM _keep)
                 GROUP BY i""")
             dupes = cur.execute("SELECT coalesce(sum(dropped), 0) FROM _dropped").fetchone()[0]
-            source = ("(SELECT * FROM _ins WHERE rid NOT IN (SELECT rid FROM _fix) "
-                      "UNION ALL SELECT * FROM _keep) ORDER BY rid")
+            source = ("(SELECT * FROM (SELECT * FROM _ins WHERE rid NOT IN (SELECT rid FROM "
+                      "_fix) UNION ALL SELECT * FROM _keep) ORDER BY rid)")
         else:
             cur.execute("CREATE OR REPLACE TEMP TABLE _dropped (i INTEGER, dropped BIGINT)")
             source = "_ins"
