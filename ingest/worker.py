@@ -19,7 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ingest.consumer import IngestConfig, Ingestor
+from ingest.consumer import INGEST_TOPICS, IngestConfig, Ingestor
 from ingest.rollup import Retention
 from ingest.shards import ShardedStore
 from ingest.site import load_site
@@ -42,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--db", type=Path, help="one DuckDB file (single worker)")
     where.add_argument("--shard-dir", type=Path, help="one DuckDB file per partition number")
     p.add_argument("--group", default="dctwin-ingest", help="consumer group")
+    p.add_argument("--topics", default=",".join(INGEST_TOPICS),
+                   help="comma-separated topics (default: telemetry.* and events)")
     p.add_argument("--client-id", default=f"dctwin-ingest-{os.getpid()}")
     p.add_argument("--site", type=Path, help="site TOML: device ids are checked against it")
     p.add_argument("--unknown-device", choices=("accept", "reject"), default="accept")
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                           heartbeat_interval_ms=max(100, args.session_timeout_ms // 6),
                           max_poll_interval_ms=args.max_poll_interval_ms)
     ingestor = Ingestor(store, args.bootstrap, args.group, client_id=args.client_id,
+                        topics=tuple(t for t in args.topics.split(",") if t),
                         policy=policy, config=config)
     extra = {"pid": os.getpid(), "client_id": args.client_id, "running": True}
 
