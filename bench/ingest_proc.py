@@ -45,12 +45,13 @@ def fast(args: argparse.Namespace) -> dict:
     ing = Ingestor(store, args.bootstrap, args.group, policy=policy, config=config,
                    client_id=f"bench-{args.tag}")
     t_assigned = t_last = None
+    cpu0 = 0.0
     last = 0
     worker = threading.Thread(target=ing.run, daemon=True)
     worker.start()
     while ing.stats.samples_stored < args.expect and worker.is_alive():
         if t_assigned is None and ing.consumer.assignment():
-            t_assigned = time.time()
+            t_assigned, cpu0 = time.time(), _usage()["cpu_s"]
         if ing.stats.samples_stored != last:
             last, t_last = ing.stats.samples_stored, time.time()
             if args.progress:
@@ -73,7 +74,7 @@ def fast(args: argparse.Namespace) -> dict:
             "dead_letters": dict(ing.stats.dead_letters), "polls": ing.stats.polls,
             "pauses": ing.stats.pauses, "stage_s": ing.stats.stage_seconds,
             "commit_s": ing.stats.commit_seconds, "maintenance": ing.stats.maintenance_runs,
-            **cpu}
+            "cpu_s": cpu["cpu_s"] - cpu0, "peak_rss_mb": cpu["peak_rss_mb"]}
 
 
 class Sample(BaseModel):

@@ -1,7 +1,9 @@
 """1-minute and 1-hour rollups, maintained incrementally, and retention.
 
 Each closed minute is aggregated from raw samples exactly once (a watermark in
-`rollup_state`); each closed hour from the minute rollups. A sample that arrives for a
+`rollup_state`); each closed hour from the minute rollups. A minute is closed once both
+the clock and the newest stored sample are `lateness_s` past its end (by the clock alone
+once nothing new has arrived for `idle_close_s`). A sample that arrives for a
 minute already rolled up marks its (device, metric, minute) in `rollup_dirty`, in the
 same transaction that stores it; the next `advance` recomputes those buckets and the
 hours they fall in. Retention never deletes what the next tier has not yet covered.
@@ -60,6 +62,7 @@ class Retention:
     rollup_1m_s: float = 90 * 86400.0
     rollup_1h_s: float = 730 * 86400.0
     lateness_s: float = 120.0  # a minute is rolled up this long after it ends
+    idle_close_s: float = 3600.0  # no new samples for this long: close minutes by the clock
     counter_lookback_s: float = 86400.0  # how far back a counter's previous value is sought
 
 
@@ -136,7 +139,13 @@ class Rollups:
         con.execute("BEGIN TRANSACTION")
         try:
             marks = self.watermarks()
-            target = floor_to(now - timedelta(seconds=self.retention.lateness_s), MINUTE)
+            # Data time, not only wall time: while ingest catches up on a backlog, a minute
+            # is closed once newer samples have arrived, not when the clock says so.
+            newest = con.execute("SELECT max(read_time) FROM latest").fetchone()[0]
+            upto = now
+            if newest is not None and now - newest < timedelta(seconds=self.retention.idle_close_s):
+                upto = min(now, newest)  # else the stream stopped: close by the clock
+            target = floor_to(upto - timedelta(seconds=self.retention.lateness_s), MINUTE)
             start = marks["1m"]
             if start is None:
                 first = con.execute("SELECT min(read_time) FROM samples").fetchone()[0]

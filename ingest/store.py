@@ -27,7 +27,7 @@ import pyarrow as pa
 from ingest.contract import EventBatch, TelemetryBatch
 from ingest.rollup import ROLLUP_SCHEMA, Retention, Rollups
 from ingest.staging import Staged, Stager
-from ingest.validate import IngestPolicy, row_bad_sql, row_joins_sql
+from ingest.validate import IngestPolicy
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -146,7 +146,7 @@ class Store:
             if before_commit is not None:
                 before_commit(staged)
             result = self._transaction(lambda cur: self._append(
-                cur, staged.accepted > 0, staged.partial, policy, staged,
+                cur, staged.accepted > 0, policy, staged,
                 [b for _, b in staged.events], offsets, now))
             return IngestResult(result, staged, time.perf_counter() - t1, t1 - t0)
 
@@ -167,7 +167,9 @@ class Store:
                     "rack": [b.rack for b in telemetry],
                     "site": [b.site for b in telemetry],
                 })
-                self.con.execute("CREATE OR REPLACE TEMP TABLE _rows AS SELECT * FROM rows")
+                self.con.execute("""CREATE OR REPLACE TEMP TABLE _rows AS
+                    SELECT r.i, m.kind, m.rack, m.site, r.device_id, r.metric, r.value,
+                           r.read_time_ms FROM rows r JOIN msgs m USING (i) ORDER BY r.k""")
                 self.con.execute("""CREATE OR REPLACE TEMP TABLE _acc AS
                     SELECT m.*, coalesce(a.n, 0) AS n, 0::BIGINT AS n_bad, a.dmin, a.dmax,
                            a.tmin, a.tmax
@@ -177,7 +179,7 @@ class Store:
                         FROM _rows GROUP BY i) a USING (i)""")
             now = utc_now()
             return self._transaction(lambda cur: self._append(
-                cur, bool(telemetry), False, None, None, events, offsets, now))
+                cur, bool(telemetry), None, None, events, offsets, now))
 
     def _transaction(self, body: Callable[[duckdb.DuckDBPyConnection], WriteResult]
                      ) -> WriteResult:
@@ -191,14 +193,13 @@ class Store:
             raise
         return result
 
-    def _append(self, cur: duckdb.DuckDBPyConnection, has_rows: bool, partial: bool,
+    def _append(self, cur: duckdb.DuckDBPyConnection, has_rows: bool,
                 policy: IngestPolicy | None, staged: Staged | None, events: list[EventBatch],
                 offsets: dict[tuple[str, int], int], now: datetime) -> WriteResult:
         since = now - timedelta(seconds=self.batch_dedupe_window_s)
         n_samples = skipped = dupes = 0
         if has_rows:
-            n_samples, skipped, dupes = self._append_samples(cur, partial, policy, staged,
-                                                             since, now)
+            n_samples, skipped, dupes = self._append_samples(cur, policy, staged, since, now)
         n_events, skipped_events = self._append_events(cur, events, since, now)
         if offsets:
             off = pa.table({  # noqa: F841 - referenced by SQL below
@@ -211,7 +212,7 @@ class Store:
                 ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset""")
         return WriteResult(n_samples, n_events, skipped + skipped_events, dupes)
 
-    def _append_samples(self, cur: duckdb.DuckDBPyConnection, partial: bool,
+    def _append_samples(self, cur: duckdb.DuckDBPyConnection,
                         policy: IngestPolicy | None, staged: Staged | None,
                         since: datetime, now: datetime) -> tuple[int, int, int]:
         # 1. whole batches already stored (replay, re-send) or twice in this poll
@@ -222,23 +223,27 @@ class Store:
                                           WHERE ingested_at >= $since) USING (batch_id)""",
                     {"since": since})
         skipped = cur.execute("SELECT count(*) FROM _skip").fetchone()[0]
-        where = "WHERE r.i NOT IN (SELECT i FROM _skip)" if skipped else ""
-        if partial:
-            assert policy is not None and staged is not None
-            bad = row_bad_sql(policy, staged.lo_ms, staged.hi_ms)
-            joins = row_joins_sql(policy)
-            where = (where + " AND " if where else "WHERE ") + f"{bad} = 0"
-        else:
-            joins = ""
+        pairs_valid = staged is not None and staged.pairs_valid
+        where = []
+        if not pairs_valid:  # rows of messages that are not stored are still in _rows
+            where.append("r.i IN (SELECT i FROM _acc)")
+        if skipped:
+            where.append("r.i NOT IN (SELECT i FROM _skip)")
+        if staged is not None and staged.row_filter:
+            where.append(staged.row_filter)
         cur.execute(f"""CREATE OR REPLACE TEMP VIEW _ins AS
             SELECT r.rowid AS rid, r.i, r.device_id, r.metric, r.value, r.read_time_ms,
-                   a.kind, a.rack
-            FROM _rows r JOIN _acc a ON a.i = r.i {joins} {where}""")
+                   r.kind, r.rack
+            FROM _rows r {"WHERE " + " AND ".join(where) if where else ""}""")
         # 2. per series in this poll: the newest sample (for `latest`) and the oldest
-        cur.execute("""CREATE OR REPLACE TEMP TABLE _series AS
-            SELECT device_id, metric, any_value(kind) AS kind, min(read_time_ms) AS t0,
-                   max(read_time_ms) AS t1, arg_max(value, read_time_ms) AS v1
-            FROM _ins GROUP BY ALL""")
+        series_source = ("(SELECT device_id, metric, kind, t0, t1, v1 FROM _pairs)"
+                         if pairs_valid and not skipped else """(
+            SELECT device_id, metric, kind, min(read_time_ms) AS t0, max(read_time_ms) AS t1,
+                   arg_max(value, read_time_ms) AS v1 FROM _ins GROUP BY ALL)""")
+        cur.execute(f"""CREATE OR REPLACE TEMP TABLE _series AS
+            SELECT device_id, metric, any_value(kind) AS kind, min(t0) AS t0, max(t1) AS t1,
+                   arg_max(v1, t1) AS v1
+            FROM {series_source} GROUP BY device_id, metric""")
         # 3. A sample can only be a duplicate if (a) its series already has a stored
         #    sample at least as new (series-level join with `latest`), or (b) another
         #    message of this poll overlaps it in both device-id range and time range.
@@ -368,6 +373,7 @@ def telemetry_frame(batches: list[TelemetryBatch]) -> pa.Table:
         read_time_ms += s.read_time_ms
         index += [i] * len(s.device_id)
     return pa.table({
+        "k": pa.array(range(len(index)), pa.int64()),
         "i": pa.array(index, pa.int32()),
         "device_id": pa.array(device_id, pa.string()),
         "metric": pa.array(metric, pa.string()),

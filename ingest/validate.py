@@ -135,29 +135,24 @@ def envelope_sql(source: str) -> str:
         FROM {source}"""
 
 
-def row_bad_sql(policy: IngestPolicy, lo_ms: int, hi_ms: int) -> str:
-    """Per-sample reason code (0 = good) over `r` (_rows) joined with `m` (_msg),
-    `km` (_known_metrics) and, when the policy checks devices, `kd` (_known_devices)."""
-    unknown_device = ("WHEN kd.device_id IS NULL THEN 5 "
-                      if policy.checks_devices and policy.unknown_device == "reject" else "")
-    return f"""CASE
-        WHEN NOT isfinite(r.value) THEN 1
-        WHEN r.read_time_ms < {lo_ms} OR r.read_time_ms > {hi_ms} THEN 2
-        WHEN km.metric IS NULL THEN 3
-        WHEN NOT starts_with(r.device_id, m.site || '/') THEN 4
-        {unknown_device}ELSE 0 END"""
-
-
-def row_joins_sql(policy: IngestPolicy) -> str:
-    devices = ("LEFT JOIN _known_devices kd ON kd.device_id = r.device_id"
+def pair_check_sql(policy: IngestPolicy) -> str:
+    """SELECT the (device, metric, kind, site) pairs of `_pairs` that break a rule (code =
+    index in SAMPLE_REASONS + 1) or whose device is unknown but accepted (code 0)."""
+    reject = policy.checks_devices and policy.unknown_device == "reject"
+    unknown = "kd.device_id IS NULL" if policy.checks_devices else "false"
+    devices = ("LEFT JOIN _known_devices kd ON kd.device_id = p.device_id"
                if policy.checks_devices else "")
-    return f"""JOIN _msg m ON m.i = r.i AND m.status = 'ok'
-        LEFT JOIN _known_metrics km ON km.kind = m.kind AND km.metric = r.metric
-        {devices}"""
-
-
-def unknown_device_sql(policy: IngestPolicy) -> str:
-    return "kd.device_id IS NULL" if policy.checks_devices else "false"
+    return f"""
+        SELECT * FROM (
+            SELECT p.device_id, p.metric, p.kind, p.site, p.n, CASE
+                WHEN km.metric IS NULL THEN 3
+                WHEN NOT starts_with(p.device_id, p.site || '/') THEN 4
+                {"WHEN kd.device_id IS NULL THEN 5" if reject else ""}
+                WHEN {unknown} THEN 0 END AS code
+            FROM _pairs p
+            LEFT JOIN _known_metrics km ON km.kind = p.kind AND km.metric = p.metric
+            {devices})
+        WHERE code IS NOT NULL"""
 
 
 def sample_reason(code: int) -> str:

@@ -49,7 +49,7 @@ def series(start_k: int, end_k: int, offset_s: float = 0.0) -> list[TelemetryBat
 
 @pytest.fixture
 def store(tmp_path):
-    s = Store(tmp_path / "rollups.duckdb", retention=Retention(lateness_s=60))
+    s = Store(tmp_path / "rollups.duckdb", retention=Retention(lateness_s=60, idle_close_s=120))
     n = HOURS * 3600 // STEP_S
     for chunk in range(0, n, 100):  # the reference (pydantic) write path, in many batches
         s.write(series(chunk, min(n, chunk + 100)), [], {})
@@ -158,7 +158,7 @@ def test_query_series_reads_rollups_and_matches_raw(store, step_s, start_s, end_
 
 def test_retention_deletes_only_what_is_old_and_rollups_keep_answering(tmp_path):
     retention = Retention(raw_s=3600, rollup_1m_s=2 * 3600, rollup_1h_s=30 * 86400,
-                          lateness_s=60)
+                          lateness_s=60, idle_close_s=120)
     store = Store(tmp_path / "retention.duckdb", retention=retention)
     try:
         store.write(series(0, HOURS * 360), [], {})
