@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import threading
@@ -62,6 +63,12 @@ def fast(args: argparse.Namespace) -> dict:
     if ing.stats.samples_stored != last:
         t_last = time.time()
     cpu = _usage()
+    if os.environ.get("DCTWIN_BENCH_THREADS"):  # development: CPU seconds per thread
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        for task in sorted(Path("/proc/self/task").iterdir()):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            secs = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            print(f"thread {names.get(int(task.name), 'native')}: {secs:.2f} s", file=sys.stderr)
     ing.stop_event.set()
     worker.join()
     for s in ing.router.stores():

@@ -42,7 +42,7 @@ class Server:
     def start_ingest(self) -> None:
         s = self.settings
         ensure_topics(s.kafka_bootstrap, s.topic_partitions)
-        self.ingestor = Ingestor(self.store, s.kafka_bootstrap, s.consumer_group)
+        self.ingestor = Ingestor(self.store, s.kafka_bootstrap, s.consumer_group, site=self.site)
         self.ingest_thread = threading.Thread(target=self._ingest_loop, name="ingest",
                                               daemon=True)
         self.ingest_thread.start()

@@ -88,6 +88,13 @@ def test_bad_messages_are_dead_lettered_and_ingest_keeps_consuming(settings, uni
         wait_for(lambda: stored_batches() == len(want_ids), what="valid batches stored")
         wait_for(lambda: sum(ingestor.stats.dead_letters.values()) >= len(bad) - 1,
                  what="dead letters")
+        # lag, for /metrics: the high watermark minus the next offset stored
+        part = sent["ten_mb"][0]
+        wait_for(lambda: ingestor.stats.lag.get((topic, part)) is not None
+                 and ingestor.stats.lag[(topic, part)].lag == 0, what="lag 0")
+        snap = ingestor.stats.snapshot()
+        samples = {(name, tuple(sorted(labels.items()))): v
+                   for name, labels, v in ingestor.stats.metric_samples()}
     finally:
         ingestor.stop_event.set()
         loop.join(60)
@@ -104,6 +111,14 @@ def test_bad_messages_are_dead_lettered_and_ingest_keeps_consuming(settings, uni
         store.close()
     for name, (_, reason) in bad.items():
         assert ingestor.stats.dead_letters[reason] >= 1, name
+    # the same counters as plain data and as metric samples for /metrics
+    assert snap["dead_letters"]["too_large"] >= 1 and snap["samples_stored"] >= n
+    assert {"topic": topic, "partition": part, "lag": 0} in [
+        {k: p[k] for k in ("topic", "partition", "lag")} for p in snap["lag"]]
+    assert samples[("dctwin_ingest_dead_letters_total", (("reason", "non_finite"),))] >= 2
+    assert samples[("dctwin_ingest_samples_rejected_total", (("reason", "non_finite"),))] >= 13
+    assert samples[("dctwin_ingest_partition_lag_records",
+                    (("partition", str(part)), ("topic", topic)))] == 0
 
     consumer = KafkaConsumer(DEAD_LETTER_TOPIC, bootstrap_servers=settings.kafka_bootstrap,
                              group_id=f"dlq-reader-{unique}", auto_offset_reset="earliest",

@@ -183,3 +183,17 @@ def test_retention_deletes_only_what_is_old_and_rollups_keep_answering(tmp_path)
             assert_frame_equal(after, frame, rel_tol=1e-12)
     finally:
         store.close()
+
+
+def test_minutes_close_by_data_time_while_catching_up_then_by_the_clock(tmp_path):
+    store = Store(tmp_path / "watermark.duckdb",
+                  retention=Retention(lateness_s=60, idle_close_s=3600))
+    try:
+        store.write(series(0, 60), [], {})  # 10 minutes of samples, the last at 0:09:50
+        store.maintain(T0 + timedelta(minutes=50))  # a backlog: the clock is far ahead
+        assert store.rollups.watermarks()["1m"] == T0 + timedelta(minutes=8)
+        store.maintain(T0 + timedelta(hours=2))  # nothing new for over an hour: the clock
+        assert store.rollups.watermarks()["1m"] == T0 + timedelta(hours=1, minutes=59)
+        assert store.cursor().execute("SELECT count(*) FROM rollup_1m").fetchone()[0] == 40
+    finally:
+        store.close()
