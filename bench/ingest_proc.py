@@ -81,6 +81,7 @@ def fast(args: argparse.Namespace) -> dict:
             "dead_letters": dict(ing.stats.dead_letters), "polls": ing.stats.polls,
             "pauses": ing.stats.pauses, "stage_s": ing.stats.stage_seconds,
             "commit_s": ing.stats.commit_seconds, "maintenance": ing.stats.maintenance_runs,
+            "maintenance_s": ing.stats.maintenance_seconds,
             "cpu_s": cpu["cpu_s"] - cpu0, "peak_rss_mb": cpu["peak_rss_mb"]}
 
 

@@ -204,10 +204,12 @@ class Ingestor:
         every = self.config.maintenance_every_s
         if every is None or time.monotonic() - self._last_maintenance < every:
             return
-        self._last_maintenance = time.monotonic()
+        t0 = time.monotonic()
         for store in self.router.stores():
             store.maintain()
+        self._last_maintenance = time.monotonic()
         self.stats.maintenance_runs += 1
+        self.stats.maintenance_seconds += self._last_maintenance - t0
 
     # -- pipelined loop -------------------------------------------------------------------
 

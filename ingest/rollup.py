@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS rollup_dirty (
 
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
+# a late counter sample's step is taken from raw samples this far back at most
+DIRTY_LOOKBACK = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,18 @@ class Rollups:
                    time_bucket(INTERVAL 1 minute, epoch_ms(read_time_ms))
             FROM {source} WHERE read_time_ms < {cut}""")
 
+    def _data_time(self) -> datetime | None:
+        """How far the stored data has got: the least advanced partition's newest sample
+        (partitions idle for `idle_close_s` do not hold the others back). Without Kafka
+        bookkeeping (the reference write path), the newest sample overall."""
+        idle = timedelta(seconds=self.retention.idle_close_s)
+        t = self.con.execute("""SELECT min(max_read_time) FROM kafka_offsets
+            WHERE max_read_time >= (SELECT max(max_read_time) FROM kafka_offsets) - $idle""",
+                             {"idle": idle}).fetchone()[0]
+        if t is None:
+            t = self.con.execute("SELECT max(read_time) FROM latest").fetchone()[0]
+        return t
+
     def _set(self, tier: str, until: datetime) -> None:
         self.con.execute("INSERT INTO rollup_state VALUES ($t, $u) ON CONFLICT (tier) "
                          "DO UPDATE SET done_until = excluded.done_until", {"t": tier, "u": until})
@@ -141,7 +155,7 @@ class Rollups:
             marks = self.watermarks()
             # Data time, not only wall time: while ingest catches up on a backlog, a minute
             # is closed once newer samples have arrived, not when the clock says so.
-            newest = con.execute("SELECT max(read_time) FROM latest").fetchone()[0]
+            newest = self._data_time()
             upto = now
             if newest is not None and now - newest < timedelta(seconds=self.retention.idle_close_s):
                 upto = min(now, newest)  # else the stream stopped: close by the clock
@@ -214,7 +228,7 @@ class Rollups:
                 SEMI JOIN (SELECT DISTINCT device_id, metric FROM _dirty) d
                      ON d.device_id = s.device_id AND d.metric = s.metric
                 WHERE s.read_time >= $lb AND s.read_time < $hi""",
-                        {"lb": lo - HOUR, "hi": hi + MINUTE})
+                        {"lb": lo - DIRTY_LOOKBACK, "hi": hi + MINUTE})
             con.execute(f"""INSERT INTO rollup_1m (bucket, device_id, metric, min, max, sum,
                     count, last, last_time, increase)
                 WITH base AS ({_aggregate_sql("_dsamples", "1 minute")}),

@@ -113,12 +113,22 @@ class Stager:
         return (f"read_json('{self.path}', format='newline_delimited', ignore_errors=true, "
                 f"maximum_object_size={size}, columns={{i: 'INTEGER', m: '{columns}'}})")
 
+    def _read_envelopes(self, lines: list[bytes]) -> None:
+        with open(self.path, "wb") as f:
+            f.write(b"\n".join(lines))
+        self.con.execute(f"""CREATE OR REPLACE TEMP TABLE _env AS
+            SELECT i, m IS NULL OR m = {_ALL_NULL} AS m_null, m.*
+            FROM {self._read_json(_ENVELOPE_TYPE)}""")
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE _msg AS {envelope_sql('_env')} "
+                         "WHERE i IS NOT NULL")
+
     def stage(self, records: list[Any], now_ms: int) -> Staged:
         p = self.policy
         out = Staged(messages=len(records))
         out.lo_ms = now_ms - int(p.max_past_s * 1000)
         out.hi_ms = now_ms + int(p.max_future_s * 1000)
         lines: list[bytes] = []
+        env_lines: list[bytes] = []
         staged: list[Any] = []
         for rec in records:  # per message, never per sample
             value = rec.value
@@ -135,19 +145,32 @@ class Stager:
                 except orjson.JSONDecodeError:
                     self._dead_or_event(out, rec)
                     continue
-            lines.append(b'{"i":%d,"m":%b}' % (len(staged), value))
+            i = len(staged)
+            lines.append(b'{"i":%d,"m":%b}' % (i, value))
+            # The envelope alone, to read it without parsing the samples: collectors put
+            # "samples" last. `,"samples":` unescaped can only be a key; a message for which
+            # the cut is wrong just gets its envelope read again in full (below).
+            cut = value.rfind(b',"samples":')
+            env_lines.append(b'{"i":%d,"m":%b}}' % (i, value[:cut]) if cut > 0 else lines[-1])
             staged.append(rec)
         if not staged:
             return out
+        con = self.con
+        self._read_envelopes(env_lines)
+        retry = [i for i, status in con.execute("SELECT i, status FROM _msg").fetchall()
+                 if status not in ("ok", "events")]
+        retry += sorted(set(range(len(staged))) - {i for (i,) in con.execute(
+            "SELECT i FROM _msg").fetchall()})
+        retry = [i for i in retry if env_lines[i] is not lines[i]]
+        if retry:  # the cut envelope was not conclusive: read those in full
+            con.execute("CREATE OR REPLACE TEMP TABLE _msg_cut AS SELECT * FROM _msg")
+            self._read_envelopes([lines[i] for i in retry])
+            con.execute("""INSERT INTO _msg SELECT * FROM _msg_cut
+                           WHERE i NOT IN (SELECT i FROM _msg)""")
+        del env_lines
         with open(self.path, "wb") as f:
             f.write(b"\n".join(lines))
         del lines
-        con = self.con
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE _env AS
-            SELECT i, m IS NULL OR m = {_ALL_NULL} AS m_null, m.*
-            FROM {self._read_json(_ENVELOPE_TYPE)}""")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _msg AS {envelope_sql('_env')} "
-                    "WHERE i IS NOT NULL")
         # kind, rack and site ride along (short strings): no join per sample later on
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _rows AS
             SELECT i, m.kind AS kind, m.rack AS rack, m.site AS site,
@@ -239,10 +262,13 @@ class Stager:
                           "b.metric = r.metric AND b.kind = r.kind AND b.site = r.site)"
                           if out.partial else None)
         acc = pa.table({"i": pa.array(accepted, pa.int32()),  # noqa: F841 - used by SQL
-                        "n_bad": pa.array(n_bad, pa.int64())})
+                        "n_bad": pa.array(n_bad, pa.int64()),
+                        "topic": pa.array([staged[i].topic for i in accepted], pa.string()),
+                        "partition": pa.array([staged[i].partition for i in accepted],
+                                              pa.int32())})
         con.execute("""CREATE OR REPLACE TEMP TABLE _acc AS
             SELECT m.i, m.batch_id, m.collector, m.seq, m.kind, m.rack, m.site, a.n, acc.n_bad,
-                   a.dmin, a.dmax, a.tmin, a.tmax
+                   a.dmin, a.dmax, a.tmin, a.tmax, acc.topic, acc.partition
             FROM acc JOIN _msg m USING (i) JOIN _agg a USING (i)""")
         out.accepted = len(accepted)
         return out

@@ -45,6 +45,7 @@ class IngestStats:
     stage_seconds: float = 0.0
     commit_seconds: float = 0.0
     maintenance_runs: int = 0
+    maintenance_seconds: float = 0.0  # rollups + retention, in the writer thread
     started_at: float = field(default_factory=time.time)
     lag: dict[tuple[str, int], PartitionLag] = field(default_factory=dict)
     _rate: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
@@ -86,6 +87,7 @@ class IngestStats:
             "stage_seconds": self.stage_seconds,
             "commit_seconds": self.commit_seconds,
             "maintenance_runs": self.maintenance_runs,
+            "maintenance_seconds": self.maintenance_seconds,
             "uptime_s": time.time() - self.started_at,
             "lag_total": sum(known),
             "lag": [{"topic": p.topic, "partition": p.partition, "next_offset": p.next_offset,

@@ -73,6 +73,8 @@ CREATE TABLE IF NOT EXISTS kafka_offsets (
     next_offset BIGINT NOT NULL,
     PRIMARY KEY (topic, partition)
 );
+-- newest read time stored per partition: the rollups' data clock (see rollup.py)
+ALTER TABLE kafka_offsets ADD COLUMN IF NOT EXISTS max_read_time TIMESTAMP;
 """
 
 
@@ -101,7 +103,7 @@ class Store:
     """One DuckDB file. Writes are serialized; readers use `cursor()` from any thread."""
 
     def __init__(self, path: str | Path, read_only: bool = False, *,
-                 retention: Retention | None = None, memory_limit: str | None = "1GB",
+                 retention: Retention | None = None, memory_limit: str | None = "512MB",
                  batch_dedupe_window_s: float = 3600.0) -> None:
         self.path = str(path)
         if self.path != ":memory:":
@@ -208,8 +210,14 @@ class Store:
                 "next_offset": pa.array(list(offsets.values()), pa.int64()),
             })
             cur.execute("""
-                INSERT INTO kafka_offsets SELECT * FROM off
+                INSERT INTO kafka_offsets (topic, partition, next_offset) SELECT * FROM off
                 ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset""")
+            if has_rows and staged is not None:
+                cur.execute("""UPDATE kafka_offsets k
+                    SET max_read_time = greatest(coalesce(k.max_read_time, n.t), n.t)
+                    FROM (SELECT topic, partition, epoch_ms(max(tmax)) AS t FROM _acc
+                          WHERE i NOT IN (SELECT i FROM _skip) GROUP BY ALL) n
+                    WHERE k.topic = n.topic AND k.partition = n.partition""")
         return WriteResult(n_samples, n_events, skipped + skipped_events, dupes)
 
     def _append_samples(self, cur: duckdb.DuckDBPyConnection,

@@ -56,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-poll-interval-ms", type=int,
                    default=IngestConfig.max_poll_interval_ms)
     p.add_argument("--raw-retention-s", type=float, default=Retention.raw_s)
-    p.add_argument("--memory-limit", default="1GB", help="DuckDB memory limit per file")
+    p.add_argument("--memory-limit", default="512MB", help="DuckDB memory limit per file")
     p.add_argument("--stats-json", type=Path)
     p.add_argument("-v", "--verbose", action="store_true")
     return p

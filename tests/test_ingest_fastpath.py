@@ -209,3 +209,22 @@ def test_too_large_messages_are_refused_before_parsing(store):
     result = store.ingest([rec(raw)], rec.offsets(), policy)
     assert reasons(result) == {0: "too_large"}
     assert store.offsets() == {("telemetry.gpu", 0): 1}  # consumed, not retried forever
+
+
+def test_envelope_fields_after_the_samples_are_read_too(store):
+    """Collectors put "samples" last and ingest reads the envelope from the part before
+    it; any other key order must give the same verdicts."""
+    rec = Records()
+    t = now_ms()
+    first = batch_doc("rk13", t)
+    samples_first = {"samples": first.pop("samples"), **first}
+    middle = batch_doc("rk13", t + 1000)
+    items = list(middle.items())
+    in_middle = dict(items[:3] + [items[-1]] + items[3:-1])
+    bad = batch_doc("rk13", t + 2000, version=7)
+    bad_items = list(bad.items())
+    version_after = dict(bad_items[1:] + bad_items[:1])
+    result = store.ingest([rec(samples_first), rec(in_middle), rec(version_after)],
+                          rec.offsets(), IngestPolicy())
+    assert reasons(result) == {2: "unknown_version"}
+    assert result.write.samples_stored == 24
