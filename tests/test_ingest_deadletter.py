@@ -11,7 +11,7 @@ from kafka import KafkaConsumer
 
 from ingest.consumer import IngestConfig, Ingestor
 from ingest.contract import DEAD_LETTER_TOPIC, Kind, telemetry_topic
-from ingest.kafka import MAX_MESSAGE_BYTES, make_producer
+from ingest.kafka import MAX_MESSAGE_BYTES, ensure_topics, make_producer
 from ingest.store import Store
 from ingest.validate import IngestPolicy
 from tests.ingest_messages import batch_doc, encode, now_ms
@@ -29,7 +29,7 @@ def test_bad_messages_are_dead_lettered_and_ingest_keeps_consuming(settings, uni
     rack = f"rk-{unique}"
     collector = f"dlq-{unique}"
     known = [d.id for d in site.devices() if d.device_class == "gpu"][:4]
-    t = now_ms()
+    t = now_ms() - 600_000  # in the past: other tests' twins must not see these as latest
 
     def doc(k: int, **kw) -> dict:
         kw.setdefault("devices", known)
@@ -58,8 +58,10 @@ def test_bad_messages_are_dead_lettered_and_ingest_keeps_consuming(settings, uni
     valid = [doc(100 + k) for k in range(len(bad) + 1)]
     unknown_device = doc(200, devices=[*known[:2], f"sv1/h1/row1/{rack}/n99/gpu0"])
 
+    # a topic of its own (same broker): real device ids must not reach other tests' twins
+    topic = f"{telemetry_topic(Kind.gpu)}-{unique}"
+    ensure_topics(settings.kafka_bootstrap, 4, topics=(topic,))
     producer = make_producer(settings.kafka_bootstrap, "zstd")
-    topic = telemetry_topic(Kind.gpu)
     sent: dict[str, tuple[int, int]] = {}
     for k, (name, (raw, _)) in enumerate(bad.items()):
         producer.send(topic, key=rack.encode(), value=encode(valid[k]))
@@ -73,7 +75,7 @@ def test_bad_messages_are_dead_lettered_and_ingest_keeps_consuming(settings, uni
 
     store = Store(settings.db_path)
     ingestor = Ingestor(store, settings.kafka_bootstrap, settings.consumer_group,
-                        policy=IngestPolicy.for_site(site),
+                        topics=(topic,), policy=IngestPolicy.for_site(site),
                         config=IngestConfig(max_poll_records=4))  # many small polls
     loop = threading.Thread(target=ingestor.run)
     loop.start()
