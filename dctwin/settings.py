@@ -26,3 +26,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     stale_after_s: float = Field(30.0, gt=0, description="age after which a reading is stale")
+    # Twin (docs/twin.md). Staleness: `stale_after_intervals` x `telemetry_interval_s` when
+    # set, else `stale_after_s`.
+    telemetry_interval_s: float = Field(10.0, gt=0, description="expected reporting interval")
+    stale_after_intervals: float | None = Field(None, gt=0, description="stale after N intervals")
+    twin_tick_s: float = Field(10.0, gt=0, description="background twin tick interval")
+    heat_balance_threshold_pct: float = Field(5.0, gt=0, description="heat-balance residual flag")
