@@ -171,14 +171,15 @@ class Stager:
         with open(self.path, "wb") as f:
             f.write(b"\n".join(lines))
         del lines
-        # kind, rack and site ride along (short strings): no join per sample later on
+        # kind, rack and site ride along (short strings): no join per sample later on.
+        # No filter here: a scan keeps poll order (a semi-join would not), and per series
+        # rowid order must follow read order. Rows of messages that fail stay out later.
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _rows AS
             SELECT i, m.kind AS kind, m.rack AS rack, m.site AS site,
                    unnest(m.samples.device_id) AS device_id,
                    unnest(m.samples.metric) AS metric, unnest(m.samples.value) AS value,
                    unnest(m.samples.read_time_ms) AS read_time_ms
-            FROM {self._read_json(_SAMPLES_TYPE)}
-            WHERE i IN (SELECT i FROM _msg WHERE status = 'ok')""")
+            FROM {self._read_json(_SAMPLES_TYPE)}""")
         window = f"read_time_ms BETWEEN {out.lo_ms} AND {out.hi_ms}"
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _agg AS
             SELECT i, count(*) AS n,
@@ -194,7 +195,8 @@ class Stager:
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _pairs AS
             SELECT device_id, metric, kind, site, count(*) AS n, min(read_time_ms) AS t0,
                    max(read_time_ms) AS t1, arg_max(value, read_time_ms) AS v1
-            FROM _rows WHERE isfinite(value) AND {window} GROUP BY ALL""")
+            FROM _rows WHERE isfinite(value) AND {window}
+                 AND i IN (SELECT i FROM _msg WHERE status = 'ok') GROUP BY ALL""")
         con.execute(f"CREATE OR REPLACE TEMP TABLE _badpairs AS {pair_check_sql(p)}")
         n_bad_pairs, unknown = con.execute(
             "SELECT count(*) FILTER (WHERE code > 0), coalesce(sum(n) FILTER (WHERE code = 0), 0)"
@@ -256,7 +258,8 @@ class Stager:
                 self._dead_or_event(out, staged[i])
         # Counted over pairs: exact unless a rejected message carries an unknown device
         out.unknown_device_samples = int(unknown)
-        out.pairs_valid = not excluded
+        with_rows = con.execute("SELECT count(*) FROM _agg").fetchone()[0]
+        out.pairs_valid = not excluded and with_rows == len(accepted)
         out.row_filter = (f"isfinite(r.value) AND r.{window} AND NOT EXISTS (SELECT 1 FROM "
                           "_badpairs b WHERE b.code > 0 AND b.device_id = r.device_id AND "
                           "b.metric = r.metric AND b.kind = r.kind AND b.site = r.site)"

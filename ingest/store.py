@@ -239,10 +239,13 @@ class Store:
             where.append("r.i NOT IN (SELECT i FROM _skip)")
         if staged is not None and staged.row_filter:
             where.append(staged.row_filter)
+        # A plain scan keeps poll order; filters may become joins that do not, so then the
+        # order is restored (per series, rowid order must follow read order).
         cur.execute(f"""CREATE OR REPLACE TEMP VIEW _ins AS
             SELECT r.rowid AS rid, r.i, r.device_id, r.metric, r.value, r.read_time_ms,
                    r.kind, r.rack
-            FROM _rows r {"WHERE " + " AND ".join(where) if where else ""}""")
+            FROM _rows r {"WHERE " + " AND ".join(where) + " ORDER BY r.rowid" if where else ""}
+            """)
         # 2. per series in this poll: the newest sample (for `latest`) and the oldest
         series_source = ("(SELECT device_id, metric, kind, t0, t1, v1 FROM _pairs)"
                          if pairs_valid and not skipped else """(

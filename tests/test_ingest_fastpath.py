@@ -228,3 +228,32 @@ def test_envelope_fields_after_the_samples_are_read_too(store):
                           rec.offsets(), IngestPolicy())
     assert reasons(result) == {2: "unknown_version"}
     assert result.write.samples_stored == 24
+
+
+def test_rows_are_appended_in_read_order_per_series_whatever_is_filtered(store):
+    """Per device and metric, rowid order follows read order, also when some messages of
+    the poll are skipped, rejected or partly rejected (filters must not reorder)."""
+    rec = Records()
+    t = now_ms() - 500_000
+    devices = gpu_ids("rk14", 16)
+    docs = [batch_doc("rk14", t + k * 1000, devices=devices, value=float(k))
+            for k in range(400)]  # 19,200 samples: many vectors, so parallel operators
+    records = []
+    for k, doc in enumerate(docs):
+        records.append(rec(doc))
+        if k % 9 == 0:
+            records.append(rec(doc))  # a re-send: skipped
+        if k % 11 == 0:
+            records.append(rec(batch_doc("rk14", t + k * 1000 + 500, version=3)))
+        if k % 13 == 0:
+            raw = encode(batch_doc("rk14", t + k * 1000 + 700)).replace(b'"value":[1.0',
+                                                                        b'"value":[NaN')
+            records.append(rec(raw))  # partly bad: the rest is stored
+    result = store.ingest(records, rec.offsets(), IngestPolicy())
+    assert result.write.batches_skipped == 45 and result.staged.partial
+    bad = store.cursor().execute("""
+        SELECT count(*) FROM (
+            SELECT read_time - lag(read_time) OVER (PARTITION BY device_id, metric
+                                                    ORDER BY rowid) AS step
+            FROM samples WHERE rack = 'rk14') WHERE step <= INTERVAL 0 SECOND""").fetchone()[0]
+    assert bad == 0
