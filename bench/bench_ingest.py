@@ -125,7 +125,7 @@ def run_two(bootstrap: str, tmp: Path, expect: int, group: str) -> list[dict]:
 
 def run(quick: bool = False) -> list[Result]:
     n = 1_000_000 if quick else 10_000_000
-    n_base = 20_000 if quick else 100_000
+    n_base = 5_000 if quick else 20_000
     with DevBroker() as broker, tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         ensure_topics(broker.bootstrap, 8)

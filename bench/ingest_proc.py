@@ -103,7 +103,7 @@ def baseline(args: argparse.Namespace) -> dict:
     stored = 0
     t0 = None
     while stored < args.expect:
-        polled = consumer.poll(timeout_ms=500, max_records=50)
+        polled = consumer.poll(timeout_ms=500, max_records=8)
         if t0 is None and consumer.assignment():
             t0 = time.perf_counter()
         for msgs in polled.values():
