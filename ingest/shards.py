@@ -95,7 +95,7 @@ class ShardedStore:
     assignors = (PartitionNumberAssignor,)
 
     def __init__(self, directory: str | Path, *, retention: Retention | None = None,
-                 memory_limit: str = "512MB", lock_timeout_s: float = 60.0) -> None:
+                 memory_limit: str = "256MB", lock_timeout_s: float = 60.0) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.retention = retention

@@ -192,11 +192,12 @@ class Stager:
             FROM _rows GROUP BY i""")
         # Metric and device rules depend on (device, metric, kind, site) only: check each
         # distinct pair once (tens of thousands) instead of every sample (a million).
+        not_ok = con.execute("SELECT count(*) FROM _msg WHERE status <> 'ok'").fetchone()[0]
+        only_ok = " AND i IN (SELECT i FROM _msg WHERE status = 'ok')" if not_ok else ""
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _pairs AS
             SELECT device_id, metric, kind, site, count(*) AS n, min(read_time_ms) AS t0,
                    max(read_time_ms) AS t1, arg_max(value, read_time_ms) AS v1
-            FROM _rows WHERE isfinite(value) AND {window}
-                 AND i IN (SELECT i FROM _msg WHERE status = 'ok') GROUP BY ALL""")
+            FROM _rows WHERE isfinite(value) AND {window}{only_ok} GROUP BY ALL""")
         con.execute(f"CREATE OR REPLACE TEMP TABLE _badpairs AS {pair_check_sql(p)}")
         n_bad_pairs, unknown = con.execute(
             "SELECT count(*) FILTER (WHERE code > 0), coalesce(sum(n) FILTER (WHERE code = 0), 0)"
