@@ -51,7 +51,7 @@ def fast(args: argparse.Namespace) -> dict:
     worker = threading.Thread(target=ing.run, daemon=True)
     worker.start()
     while ing.stats.samples_stored < args.expect and worker.is_alive():
-        if t_assigned is None and ing.consumer.assignment():
+        if t_assigned is None and ing.assigned:
             t_assigned, cpu0 = time.time(), _usage()["cpu_s"]
         if ing.stats.samples_stored != last:
             last, t_last = ing.stats.samples_stored, time.time()

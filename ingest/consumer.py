@@ -114,6 +114,9 @@ class Ingestor:
         )
         self.dlq = make_producer(bootstrap, cfg.dlq_compression)
         self._next: dict[tuple[str, int], int] = {}  # next offset stored, per partition
+        # kept by the rebalance callbacks, so other threads can read it (the consumer is
+        # not thread-safe)
+        self.assigned: frozenset[tuple[str, int]] = frozenset()
         self._pending: queue.Queue[_Poll | None] = queue.Queue()
         self._done: queue.Queue[_Done] = queue.Queue()
         self._writer: threading.Thread | None = None
@@ -294,6 +297,7 @@ class Ingestor:
     def _on_revoked(self, revoked) -> None:
         self._drain()  # everything handed over is stored and committed before we let go
         self.router.release({tp.partition for tp in revoked})  # eager: all of them
+        self.assigned = self.assigned - {(tp.topic, tp.partition) for tp in revoked}
         for tp in revoked:
             self.stats.lag.pop((tp.topic, tp.partition), None)
 
@@ -307,6 +311,7 @@ class Ingestor:
                 self._next[(tp.topic, tp.partition)] = offset
         if self.stats.paused and assigned:
             self.consumer.pause(*assigned)
+        self.assigned = self.assigned | {(tp.topic, tp.partition) for tp in assigned}
 
     def _update_lag(self) -> None:
         for tp in self.consumer.assignment():

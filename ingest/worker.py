@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stats_json:
         def report() -> None:
             while not ingestor.stop_event.wait(0.5):
-                extra["assigned"] = sorted(
-                    [tp.topic, tp.partition] for tp in ingestor.consumer.assignment())
+                extra["assigned"] = sorted([t, p] for t, p in ingestor.assigned)
                 write_stats(args.stats_json, ingestor, extra)
 
         threading.Thread(target=report, name="stats", daemon=True).start()

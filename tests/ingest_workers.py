@@ -53,8 +53,10 @@ class Worker:
     def stop(self) -> dict:
         """SIGTERM: the worker stores what it polled, commits and writes final stats."""
         self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(60) == 0
+        code = self.proc.wait(60)
         self.log.close()
+        log = self.stats_path.with_suffix(".log")
+        assert code == 0, f"worker exited {code}: {log.read_text()[-3000:]}"
         return self.stats()
 
 

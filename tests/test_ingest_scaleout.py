@@ -42,6 +42,9 @@ def test_two_workers_split_partitions_and_store_each_sample_once(
         producer.flush()
         producer.close()
         expected = sum(len(d["samples"]["value"]) for d in docs)
+        # (lag alone could read 0 before the first fetch of the new data comes back)
+        a.wait(lambda _s: sum(w.stats().get("samples_stored", 0) for w in (a, b)) >= expected,
+               what="all samples stored")
         for w in (a, b):
             w.wait(lambda s: caught_up(s, PARTITIONS // 2), what="catching up")
         assigned = {w: {p for _, p in w.stats()["assigned"]} for w in (a, b)}
