@@ -239,6 +239,7 @@ class Ingestor:
             self._pending.put(None)
             self._writer.join()
             self._writer = None
+            self._resume()  # nothing is in flight any more (poll_once may follow)
 
     def _hand_over(self, poll: _Poll) -> None:
         s = self.stats
