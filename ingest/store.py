@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,6 @@ class IngestResult:
     staged: Staged
     commit_s: float = 0.0
     stage_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def utc_now() -> datetime:
@@ -118,7 +117,7 @@ class Store:
         self.rollups = Rollups(self.con, self.retention)
         self.batch_dedupe_window_s = batch_dedupe_window_s
         self._write_lock = threading.Lock()
-        self._stagers: dict[int, Stager] = {}
+        self._stagers: dict[IngestPolicy, Stager] = {}
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         return self.con.cursor()
@@ -140,9 +139,9 @@ class Store:
         now = now or utc_now()
         with self._write_lock:
             t0 = time.perf_counter()
-            stager = self._stagers.get(id(policy))
-            if stager is None:
-                stager = self._stagers[id(policy)] = Stager(self.con, policy)
+            stager = self._stagers.get(policy)
+            if stager is None:  # reference tables are per connection and policy
+                stager = self._stagers[policy] = Stager(self.con, policy)
             staged = stager.stage(records, int(now.replace(tzinfo=UTC).timestamp() * 1000))
             t1 = time.perf_counter()
             if before_commit is not None:
