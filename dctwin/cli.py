@@ -119,6 +119,18 @@ def broker(
     typer.echo("broker stopped")
 
 
+@app.command(add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ingest(ctx: typer.Context) -> None:
+    """Run a standalone ingest worker (one DuckDB file, or shards for scale-out).
+
+    Options are the worker's: `dctwin ingest --help`; see docs/ingest.md.
+    """
+    from ingest.worker import main as worker_main
+
+    sys.exit(worker_main(ctx.args))
+
+
 @app.command()
 def bench(
     quick: bool = typer.Option(False, help="smaller sizes, for a smoke run"),
@@ -207,6 +219,10 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
 
+
+from dctwin.failure_cli import failure_app  # noqa: E402
+
+app.add_typer(failure_app, name="failure")
 
 if __name__ == "__main__":
     app()

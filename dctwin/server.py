@@ -62,7 +62,7 @@ class Server:
             ensure_topics(s.kafka_bootstrap, s.topic_partitions, (s.alerts_topic,))
         # evaluate alerts right after each stored poll, not only on the 1 s tick
         self.ingestor = Ingestor(self.store, s.kafka_bootstrap, s.consumer_group,
-                                 on_stored=self.alerts.wake)
+                                 on_stored=self.alerts.wake, site=self.site)
         self.ingest_thread = threading.Thread(target=self._ingest_loop, name="ingest",
                                               daemon=True)
         self.ingest_thread.start()

@@ -163,11 +163,11 @@ class KafkaSink:
     def __init__(self, bootstrap: str, plan: TelemetryPlan, site_id: str, step_s: float,
                  collector: str = "simulate") -> None:
         from collectors.batching import Batcher
-        from ingest.kafka import make_producer
+        from collectors.publish import Publisher
 
         self.plan = plan
         self.batcher = Batcher(collector, site_id, step_s)
-        self.producer = make_producer(bootstrap, "zstd")
+        self.publisher = Publisher(bootstrap, "zstd")
         self.kinds = plan.kind_dict
         self.sent = 0
 
@@ -190,28 +190,17 @@ class KafkaSink:
                          read_time_ms=chunk.read_time_ms[sl].tolist(),
                          kind=kinds[chunk.kind_code[sl]].tolist(),
                          rack=racks[chunk.rack_code[sl]].tolist())
-            self._publish(self.batcher.batches(r))
+            self.publisher.publish(self.batcher.batches(r))
             self.sent += len(r)
         if chunk.events:
             ev = Readings(events=[Event(device_id=e.device_id, kind=EventKind(e.kind),
                                         severity=e.severity, read_time_ms=e.time_ms,
                                         message=e.message, attrs=e.attrs)
                                   for e in chunk.events])
-            self._publish(self.batcher.batches(ev))
-
-    def _publish(self, batches) -> None:
-        """acks=all and wait for every acknowledgement: a failed send fails the run."""
-        from ingest.contract import EVENTS_TOPIC, EventBatch, encode, headers_for, telemetry_topic
-
-        futures = [self.producer.send(
-            EVENTS_TOPIC if isinstance(b, EventBatch) else telemetry_topic(b.kind),
-            key=b.rack.encode(), value=encode(b), headers=headers_for(b)) for b in batches]
-        self.producer.flush()
-        for f in futures:
-            f.get(timeout=30)
+            self.publisher.publish(self.batcher.batches(ev))
 
     def close(self) -> None:
-        self.producer.close(timeout=10)
+        self.publisher.close()
 
 
 def run_simulation(sim: SiteSimulator, hours: float, out: Path | None, *, step_s: float = 10.0,
