@@ -156,7 +156,8 @@ def simulate(
     fmt: str = typer.Option("auto", "--format", help="auto, parquet, duckdb or both"),
     kafka: str = typer.Option(None, "--kafka", help="also produce the batches to this "
                                                     "Kafka bootstrap"),
-    start: str = typer.Option("2025-01-15T00:00:00Z", "--start", help="simulated start (UTC)"),
+    start: str = typer.Option("2025-01-15T00:00:00Z", "--start",
+                              help="simulated start: ISO time (UTC), 'now' or 'now-6h'"),
     climate: str = typer.Option("temperate", "--climate",
                                 help="temperate, hot-humid, hot-dry or cold"),
     write_site: Path = typer.Option(None, "--write-site", help="with --gpus: also save the "
@@ -186,9 +187,19 @@ def simulate(
     if climate not in CLIMATES:
         fail(f"--climate: {climate!r} is not one of {sorted(CLIMATES)}")
     try:
-        start_s = datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp()
+        if start.startswith("now"):  # now, now-6h: recent enough for a live ingest's window
+            import time as _time
+
+            from collectors.simulator.faults import parse_duration
+
+            back = start[3:].lstrip()
+            start_s = _time.time() - (parse_duration(back[1:], "--start") if back else 0.0)
+            if back and not back.startswith("-"):
+                raise ValueError(start)
+        else:
+            start_s = datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp()
     except ValueError:
-        fail(f"--start: {start!r} is not an ISO time")
+        fail(f"--start: {start!r} is not an ISO time, 'now' or 'now-DURATION' (now-6h)")
     try:
         if gpus is not None:
             if gpus < 1:
