@@ -130,5 +130,9 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+from dctwin.cli_apikey import apikey_app  # noqa: E402
+
+app.add_typer(apikey_app, name="apikey")
+
 if __name__ == "__main__":
     app()

@@ -9,11 +9,15 @@ import time
 import uvicorn
 
 from api.app import create_app
+from api.keys import KeyStore
+from api.live import LiveState
+from api.metrics import kafka_lag_of
 from dctwin.settings import Settings
 from ingest.consumer import Ingestor
 from ingest.kafka import ensure_topics
 from ingest.site import load_site
 from ingest.store import Store
+from twin.events import EventBus
 from twin.state import Twin
 
 log = logging.getLogger(__name__)
@@ -28,6 +32,9 @@ class Server:
         self.ingestor: Ingestor | None = None
         self.ingest_thread: threading.Thread | None = None
         self.started = time.time()
+        self.bus = EventBus()
+        self.live = LiveState(self.twin, self.bus, settings.live_interval_s)
+        self.keys = KeyStore(settings.apikey_db)
 
     def health(self) -> dict:
         alive = self.ingest_thread is not None and self.ingest_thread.is_alive()
@@ -46,6 +53,7 @@ class Server:
         self.ingest_thread = threading.Thread(target=self._ingest_loop, name="ingest",
                                               daemon=True)
         self.ingest_thread.start()
+        self.live.start()
 
     def _ingest_loop(self) -> None:
         assert self.ingestor is not None
@@ -56,12 +64,19 @@ class Server:
             raise
 
     def uvicorn_server(self) -> uvicorn.Server:
-        app = create_app(self.twin, health=self.health)
+        s = self.settings
+        app = create_app(self.twin, health=self.health, keys=self.keys, bus=self.bus,
+                         live=self.live, open_healthz=s.api_open_healthz,
+                         open_metrics=s.api_open_metrics,
+                         ingest_stats=lambda: self.ingestor.stats if self.ingestor else None,
+                         kafka_lag=lambda: kafka_lag_of(self.ingestor.consumer)()
+                         if self.ingestor else None)
         config = uvicorn.Config(app, host=self.settings.api_host, port=self.settings.api_port,
                                 log_level="warning", lifespan="off")
         return uvicorn.Server(config)
 
     def stop(self) -> None:
+        self.live.stop()
         if self.ingestor is not None:
             self.ingestor.stop_event.set()
         if self.ingest_thread is not None:

@@ -1,0 +1,92 @@
+"""Bearer-token authentication and role checks as FastAPI dependencies.
+
+- no token, a malformed one, an unknown or revoked one: 401 with `WWW-Authenticate: Bearer`;
+- a valid token whose role is below what the endpoint needs: 403.
+
+Roles are ordered viewer < operator < admin. Routers are included with
+`dependencies=[Depends(require_role(Role.viewer))]`; an endpoint that changes state adds
+`require_role(Role.operator)` (acknowledge, accept, reject) or `Role.admin`
+(configuration: keys, rules, receivers). The required role is recorded on the dependency
+so tests and the OpenAPI document can read it from the route table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from fastapi import Depends, Request, Security
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.keys import ApiKey, KeyStore, Role
+from api.problems import ProblemError
+
+SCHEME_NAME = "bearerAuth"
+
+bearer = HTTPBearer(
+    auto_error=False, scheme_name=SCHEME_NAME, bearerFormat="dct_<key id>_<secret>",
+    description="API key from `dctwin apikey create` (or the demo key `dctwin demo` "
+                "prints), sent as `Authorization: Bearer <key>`. Roles: viewer (read), "
+                "operator (acknowledge, accept, reject), admin (configuration).")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str
+    name: str
+    role: Role
+
+
+def _unauthorized(detail: str, error: str | None) -> ProblemError:
+    challenge = 'Bearer realm="dctwin"'
+    if error:
+        challenge += f', error="{error}"'
+    return ProblemError(401, detail, "unauthorized", headers={"WWW-Authenticate": challenge})
+
+
+def authenticate(request: Request,
+                 creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> Principal:
+    """The caller's key; 401 unless a valid, unrevoked bearer token was sent."""
+    if creds is None:
+        raise _unauthorized("missing API key: send `Authorization: Bearer <key>`", None)
+    keys: KeyStore = request.app.state.keys
+    key: ApiKey | None = keys.verify(creds.credentials)
+    if key is None:
+        raise _unauthorized("invalid API key: unknown, malformed or revoked", "invalid_token")
+    principal = Principal(key.key_id, key.name, key.role)
+    request.state.principal = principal
+    return principal
+
+
+@cache
+def require_role(role: Role | str):
+    """A dependency that admits keys of `role` or above (one callable per role, so
+    FastAPI runs it once per request however often it is declared)."""
+    required = Role(role)
+
+    def dependency(principal: Principal = Depends(authenticate)) -> Principal:
+        if not principal.role.allows(required):
+            raise ProblemError(403, f"this needs the {required.value} role; key "
+                                    f"{principal.key_id} has {principal.role.value}",
+                               "forbidden")
+        return principal
+
+    dependency.required_role = required  # type: ignore[attr-defined]
+    dependency.__name__ = f"require_{required.value}"
+    return dependency
+
+
+def route_role(route: APIRoute) -> Role | None:
+    """The highest role any dependency of this route requires (None: open)."""
+    found: list[Role] = []
+    stack = list(route.dependant.dependencies)
+    while stack:
+        dep = stack.pop()
+        role = getattr(dep.call, "required_role", None)
+        if role is not None:
+            found.append(role)
+        elif dep.call is authenticate:
+            found.append(Role.viewer)
+        stack.extend(dep.dependencies)
+    return max(found, key=lambda r: r.rank) if found else None
