@@ -15,11 +15,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Response
 from fastapi.openapi.utils import get_openapi
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 
 from api import dashboard, problems, routes_core, routes_keys, stream
-from api.auth import SCHEME_NAME, require_role, route_role
+from api.auth import SCHEME_NAME, api_routes, require_role
 from api.keys import KeyStore, Role
 from api.live import LiveState
 from api.metrics import CONTENT_TYPE_LATEST, MetricsRegistry, platform_provider, twin_provider
@@ -110,8 +109,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     prob = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     prob.pop("$defs", None)
     schemas["Problem"] = prob
-    roles = {(r.path_format, m.lower()): route_role(r) for r in app.routes
-             if isinstance(r, APIRoute) for m in r.methods}
+    roles = {(r.path, m.lower()): r.role for r in api_routes(app) for m in r.methods}
     for path, ops in doc.get("paths", {}).items():
         for method, op in ops.items():
             role = roles.get((path, method))

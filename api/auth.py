@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-from fastapi import Depends, Request, Security
-from fastapi.routing import APIRoute
+from fastapi import Depends, Request, Security, routing
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.keys import ApiKey, KeyStore, Role
@@ -77,7 +76,27 @@ def require_role(role: Role | str):
     return dependency
 
 
-def route_role(route: APIRoute) -> Role | None:
+@dataclass(frozen=True, slots=True)
+class RouteInfo:
+    path: str  # as in the OpenAPI document: /v1/devices/{device_id}
+    methods: frozenset[str]
+    role: Role | None  # None: open to anyone
+    include_in_schema: bool
+
+
+def api_routes(app) -> list[RouteInfo]:
+    """Every endpoint of the app, with included routers flattened, and its role."""
+    out = []
+    for rc in routing.iter_route_contexts(app.routes):
+        dependant = getattr(rc, "dependant", None)
+        if dependant is None:
+            continue
+        out.append(RouteInfo(rc.path_format, frozenset(rc.methods or ()), route_role(rc),
+                             bool(getattr(rc, "include_in_schema", True))))
+    return out
+
+
+def route_role(route) -> Role | None:
     """The highest role any dependency of this route requires (None: open)."""
     found: list[Role] = []
     stack = list(route.dependant.dependencies)
