@@ -119,11 +119,14 @@ class PuePoint(BaseModel):
 
 class OverviewOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "time": T0, "pue": 1.2834, "category": "PUE1", "reason": None,
+        "site": "sv1", "site_name": "Example AI hall", "time": T0, "pue": 1.2834,
+        "category": "PUE1", "reason": None,
         "facility_kw": 1540.2, "it_kw": 1200.1, "cooling_kw": 290.4,
         "cooling_overhead": 0.242, "other_kw": 49.7, "step_s": 300,
         "pue_history": [{"time": T0, "value": 1.2811}]}]})
 
+    site: str = Field(description="site id")
+    site_name: str
     time: datetime = Field(description="when the twin computed this (RFC 3339, UTC)")
     pue: float | None
     category: str | None
@@ -194,7 +197,7 @@ def router(twin: Twin, live: LiveState | None) -> APIRouter:
         p, pw = snap.pue, snap.power
         hist = _pue_history(twin, snap.time, hours, step_s)
         return OverviewOut(
-            time=utc(snap.time), pue=p.value, category=p.category, reason=p.reason,
+            site=twin.site.site.id, site_name=twin.site.site.name or twin.site.site.id, time=utc(snap.time), pue=p.value, category=p.category, reason=p.reason,
             facility_kw=pw.facility_kw, it_kw=pw.it_kw, cooling_kw=pw.cooling_kw,
             cooling_overhead=(pw.cooling_kw / pw.it_kw) if pw.cooling_kw is not None
             and pw.it_kw else None,
