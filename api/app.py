@@ -18,7 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict
 
 from api import dashboard, problems, routes_core, routes_keys, stream
-from api.auth import SCHEME_NAME, api_routes, require_role
+from api.auth import SCHEME_NAME, AuthGate, api_routes, require_role
 from api.keys import KeyStore, Role
 from api.live import LiveState
 from api.metrics import CONTENT_TYPE_LATEST, MetricsRegistry, platform_provider, twin_provider
@@ -57,6 +57,7 @@ def create_app(twin: Twin, health: Callable[[], dict] | None = None, *,
     app.state.live = live
     app.state.twin = twin
     problems.install(app)
+    app.add_middleware(AuthGate, keys_of=lambda: app.state.keys)
 
     viewer = [Depends(require_role(Role.viewer))]
 

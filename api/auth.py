@@ -19,7 +19,7 @@ from fastapi import Depends, Request, Security, routing
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.keys import ApiKey, KeyStore, Role
-from api.problems import ProblemError
+from api.problems import ProblemError, problem_response
 
 SCHEME_NAME = "bearerAuth"
 
@@ -109,3 +109,38 @@ def route_role(route) -> Role | None:
             found.append(Role.viewer)
         stack.extend(dep.dependencies)
     return max(found, key=lambda r: r.rank) if found else None
+
+
+class AuthGate:
+    """ASGI middleware: every `/v1` request needs a valid key before anything else runs.
+
+    Role checks stay with the routes (403); this gate makes sure no `/v1` path, including
+    one from a router included without `require_role`, answers anything (not even a body
+    parse error) to a caller without a valid, unrevoked key.
+    """
+
+    def __init__(self, app, keys_of, prefix: str = "/v1") -> None:
+        self.app = app
+        self.keys_of = keys_of  # () -> KeyStore, read per request (tests swap stores)
+        self.prefix = prefix
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path == self.prefix or path.startswith(self.prefix + "/"):
+            token = None
+            for name, value in scope.get("headers", ()):
+                if name == b"authorization":
+                    scheme, _, cred = value.decode("latin-1").partition(" ")
+                    if scheme.lower() == "bearer" and cred.strip():
+                        token = cred.strip()
+                    break
+            if token is None or self.keys_of().verify(token) is None:
+                exc = _unauthorized(
+                    "missing API key: send `Authorization: Bearer <key>`" if token is None
+                    else "invalid API key: unknown, malformed or revoked",
+                    None if token is None else "invalid_token")
+                response = problem_response(401, exc.detail, path, exc.type, exc.title,
+                                            exc.headers)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -197,7 +197,8 @@ def router(twin: Twin, live: LiveState | None) -> APIRouter:
         p, pw = snap.pue, snap.power
         hist = _pue_history(twin, snap.time, hours, step_s)
         return OverviewOut(
-            site=twin.site.site.id, site_name=twin.site.site.name or twin.site.site.id, time=utc(snap.time), pue=p.value, category=p.category, reason=p.reason,
+            site=twin.site.site.id, site_name=twin.site.site.name or twin.site.site.id,
+            time=utc(snap.time), pue=p.value, category=p.category, reason=p.reason,
             facility_kw=pw.facility_kw, it_kw=pw.it_kw, cooling_kw=pw.cooling_kw,
             cooling_overhead=(pw.cooling_kw / pw.it_kw) if pw.cooling_kw is not None
             and pw.it_kw else None,

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import uvicorn
 
 from api.keys import KeyStore, Role
 from collectors.batching import Batcher
 from collectors.simulator.model import SiteSimulator
 from collectors.sources.simulated import SimulatedSource, SimulatedSourceConfig
+from dctwin.broker import free_port
 from ingest.contract import EventBatch, TelemetryBatch
 from ingest.site import Site
 from ingest.store import Store
@@ -41,3 +47,23 @@ def keys_per_role(path: Path) -> tuple[KeyStore, dict[Role, str]]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@contextlib.contextmanager
+def serve(app, timeout_s: float = 15.0) -> Iterator[str]:
+    """Run `app` on a real uvicorn server on a free loopback port; yields the base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise AssertionError("uvicorn test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
