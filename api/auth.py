@@ -44,9 +44,13 @@ def _unauthorized(detail: str, error: str | None) -> ProblemError:
     return ProblemError(401, detail, "unauthorized", headers={"WWW-Authenticate": challenge})
 
 
-def authenticate(request: Request,
-                 creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> Principal:
-    """The caller's key; 401 unless a valid, unrevoked bearer token was sent."""
+async def authenticate(request: Request, creds: HTTPAuthorizationCredentials | None = Security(
+        bearer)) -> Principal:
+    """The caller's key; 401 unless a valid, unrevoked bearer token was sent.
+
+    Async on purpose: it never blocks (stat calls and a dict lookup; the rare reload after
+    a key change reads a small table), and running it in the thread pool would cost more
+    than the check itself."""
     if creds is None:
         raise _unauthorized("missing API key: send `Authorization: Bearer <key>`", None)
     keys: KeyStore = request.app.state.keys
@@ -64,7 +68,8 @@ def require_role(role: Role | str):
     FastAPI runs it once per request however often it is declared)."""
     required = Role(role)
 
-    def dependency(principal: Principal = Depends(authenticate)) -> Principal:
+    # async: a sync dependency would cost a thread-pool hop on every request
+    async def dependency(principal: Principal = Depends(authenticate)) -> Principal:
         if not principal.role.allows(required):
             raise ProblemError(403, f"this needs the {required.value} role; key "
                                     f"{principal.key_id} has {principal.role.value}",

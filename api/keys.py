@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import threading
@@ -107,6 +108,7 @@ def _utc(t: datetime | None) -> datetime | None:
 class KeyStore:
     def __init__(self, path: str | Path, lock_timeout_s: float = 10.0) -> None:
         self.path = Path(path)
+        self._watched = (str(self.path), f"{self.path}.wal")  # stat()ed on every request
         self.lock_timeout_s = lock_timeout_s
         self._lock = threading.RLock()  # one DuckDB handle at a time in this process
         self._cache: dict[str, ApiKey] = {}
@@ -138,9 +140,9 @@ class KeyStore:
 
     def _signature(self) -> tuple:
         sig = []
-        for p in (self.path, Path(f"{self.path}.wal")):
+        for p in self._watched:
             try:
-                st = p.stat()
+                st = os.stat(p)
                 sig.append((st.st_mtime_ns, st.st_size))
             except FileNotFoundError:
                 sig.append(None)

@@ -19,10 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
+
 from api.shape import now_naive_utc
 from ingest.site import MeterRole
 from twin.events import EventBus
-from twin.pue import PueFigure
+from twin.pue import MeterReading, PueFigure
 from twin.state import Twin
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,36 @@ class SitePower:
     cooling_kw: float | None
 
 
+class LatestTable:
+    """The whole `latest` table as columns sorted by (device, metric), read once per tick:
+    a device lookup is a dict hit and a slice instead of a DuckDB query per request."""
+
+    def __init__(self, cols: dict[str, np.ndarray]) -> None:
+        self.device_id = cols["device_id"]
+        self.metric = cols["metric"]
+        self.value = cols["value"]
+        self.read_time = cols["read_time"]  # datetime64[us], naive UTC
+        # rows arrive sorted by device: run starts by comparing neighbours (no dict build,
+        # no re-sort while holding the GIL), binary search per lookup
+        dev = self.device_id
+        starts = np.flatnonzero(np.r_[True, dev[1:] != dev[:-1]]) if len(dev) else \
+            np.array([], dtype=np.int64)
+        self._ids = dev[starts]
+        self._bounds = np.r_[starts, len(dev)]
+
+    def __len__(self) -> int:
+        return len(self.device_id)
+
+    def device(self, device_id: str) -> list[MeterReading]:
+        i = int(np.searchsorted(self._ids, device_id))
+        if i >= len(self._ids) or self._ids[i] != device_id:
+            return []
+        lo, hi = int(self._bounds[i]), int(self._bounds[i + 1])
+        times = self.read_time[lo:hi].astype("datetime64[us]").tolist()
+        return [MeterReading(device_id, str(m), float(v), t) for m, v, t in
+                zip(self.metric[lo:hi], self.value[lo:hi], times, strict=True)]
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     time: datetime  # naive UTC, when the tick ran
@@ -58,6 +90,7 @@ class Snapshot:
     power: SitePower
     racks: list[RackSummary]
     tick_s: float  # how long the tick took
+    latest: LatestTable | None = None
 
 
 class LiveState:
@@ -117,7 +150,10 @@ class LiveState:
                 r.rack, r.hall, r.row, r.prefix, mx, mean, n,
                 r.template.nodes * r.template.gpus_per_node, psu.get(r.rack),
                 {name: s.get(r.rack) for name, s in scores.items()}))
-        return Snapshot(now, pue, power, racks, time.perf_counter() - t0)
+        latest = LatestTable(cur.execute(
+            "SELECT device_id, metric, value, read_time FROM latest ORDER BY device_id, metric"
+        ).fetchnumpy())
+        return Snapshot(now, pue, power, racks, time.perf_counter() - t0, latest)
 
     def tick(self) -> Snapshot:
         snap = self.compute()

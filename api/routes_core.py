@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from api.live import LiveState, RackSummary, Snapshot
 from api.problems import ProblemError, problem_responses
@@ -183,7 +184,7 @@ def router(twin: Twin, live: LiveState | None) -> APIRouter:
         return snap
 
     @r.get("/pue", response_model=PueOut, summary="Site PUE now")
-    def pue() -> PueOut:
+    async def pue() -> PueOut:
         """Instantaneous PUE from the facility and IT meters (refreshed every tick)."""
         now = now_naive_utc()
         snap = live.fresh_snapshot() if live is not None else None
@@ -224,8 +225,20 @@ def router(twin: Twin, live: LiveState | None) -> APIRouter:
            responses=problem_responses(404, e404="unknown device id 'sv1/x': not in the "
                                                  "site model and never reported"),
            summary="Latest state of one device")
-    def device(device_id: DeviceId) -> DeviceOut:
-        return _device_out(twin, device_id, now_naive_utc())
+    async def device(device_id: DeviceId) -> DeviceOut:
+        """Latest value of every metric of one device, as of the last tick (≤ 1 s)."""
+        now = now_naive_utc()
+        snap = live.fresh_snapshot() if live is not None else None
+        if snap is None or snap.latest is None:  # no live view: one query, off the loop
+            return await run_in_threadpool(_device_out, twin, device_id, now)
+        ref = twin.known_devices.get(device_id)
+        readings = snap.latest.device(device_id)
+        if ref is None and not readings:
+            raise ProblemError(404, f"unknown device id {device_id!r}: not in the site model "
+                                    "and never reported", "not-found")
+        return DeviceOut(device_id=device_id, device_class=ref.device_class if ref else None,
+                         rack=ref.rack if ref else None,
+                         metrics=[ReadingOut.of(x, now) for x in readings])
 
     @r.get("/racks", response_model=Page[RackOut], summary="Rack summaries (heat map)")
     def racks(limit: Limit = 100, cursor: Cursor = None,

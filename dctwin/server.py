@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -71,6 +72,7 @@ class Server:
                          ingest_stats=lambda: self.ingestor.stats if self.ingestor else None,
                          kafka_lag=lambda: kafka_lag_of(self.ingestor.consumer)()
                          if self.ingestor else None)
+        gc.freeze()  # long-lived startup objects (site, app) leave the GC's scans: fewer pauses
         config = uvicorn.Config(app, host=self.settings.api_host, port=self.settings.api_port,
                                 log_level="warning", lifespan="off")
         return uvicorn.Server(config)
