@@ -23,9 +23,7 @@ from api.keys import KeyStore, Role
 from api.live import LiveState
 from api.metrics import CONTENT_TYPE_LATEST, MetricsRegistry, platform_provider, twin_provider
 from api.problems import FieldError, Problem, problem_content, problem_example
-
-# Re-exported for code written against the foundation's app module.
-from api.routes_core import DeviceOut, PueOut, ReadingOut  # noqa: E402, F401, I001
+from api.routes_twin import twin_router
 from twin.events import EventBus
 from twin.state import Twin
 
@@ -83,8 +81,8 @@ def create_app(twin: Twin, health: Callable[[], dict] | None = None, *,
     def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    for r in (routes_core.router(twin, live), stream.router(bus), routes_keys.router(),
-              *routers):
+    for r in (twin_router(twin), routes_core.router(twin, live), stream.router(bus),
+              routes_keys.router(), *routers):
         include(app, r)
     dashboard.mount(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -152,11 +150,22 @@ def _document_errors(op: dict[str, Any], role: Role | None) -> None:
                                 "errors": [{"location": "query", "parameter": "start",
                                             "message": "Input should have timezone info",
                                             "type": "timezone_aware"}]})}
-    if any(p.get("name") == "cursor" for p in params):
-        responses["400"] = {"description": "the cursor is not from this list",
-                            "content": problem_content(problem_example(
-                                400, "cursor is not valid: pass `next_cursor` from the "
-                                     "previous page unchanged"))}
+    if params or "requestBody" in op:
+        responses.setdefault("400", {
+            "description": "a parameter value the endpoint cannot use (unknown scope, "
+                           "a cursor from another list, ...)",
+            "content": problem_content(problem_example(
+                400, "cursor is not valid: pass `next_cursor` from the previous page "
+                     "unchanged"))})
+    if params:  # a path or query parameter can name something that does not exist
+        responses.setdefault("404", {"description": "no such resource",
+                                     "content": problem_content(problem_example(
+                                         404, "unknown rack 'rk999'"))})
+    if op.get("x-required-role") in ("operator", "admin") and "requestBody" in op:
+        responses.setdefault("409", {"description": "the resource is not in a state that "
+                                                    "allows this (e.g. already acknowledged)",
+                                     "content": problem_content(problem_example(
+                                         409, "alert 7 is resolved"))})
     responses["500"] = {"description": "unexpected server error (logged with a reference)",
                         "content": problem_content(problem_example(
                             500, "unexpected server error; logged with reference "

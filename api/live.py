@@ -117,7 +117,9 @@ class LiveState:
     def compute(self) -> Snapshot:
         t0 = time.perf_counter()
         now = now_naive_utc()
-        pue = self.twin.pue(now)
+        # the twin's own tick (rollups, heat balance, PUE per scope) runs at most once per
+        # its tick interval; this loop is what drives it in a server
+        pue = self.twin.current().pue["site"]
         cur = self.twin.store.cursor()
         meters = {d: v for d, v in cur.execute(
             "SELECT device_id, value FROM latest WHERE metric = 'power_kw' AND "

@@ -7,12 +7,13 @@ metric families. A provider is any callable returning an iterable of
 - `platform_provider`: ingest counters (messages, samples, dead letters by reason),
   ingest rate between scrapes, data lag (age of the newest stored reading), Kafka
   consumer lag, live tick time, stream subscribers;
-- `twin_provider`: PUE and DCiE by scope and category, site power split, per rack GPU
-  max temperature, power, and any rack score (anomaly score, failure risk) the live
-  view carries.
+- `twin_provider`: PUE (site) and pPUE (halls, cooling subsystems) by scope with their
+  ISO category, DCiE, heat-balance residual per CDU loop / hall / site, site power split,
+  per rack GPU max temperature, power, and any rack score (anomaly score, failure risk)
+  the live view carries.
 
-Features that come later register theirs with `MetricsRegistry.register(fn)`: pPUE by
-scope and heat-balance residual (twin core), active alerts by severity (alerts).
+Features register theirs with `MetricsRegistry.register(name, fn)`: active alerts by
+severity (alerts), anomaly and risk providers, ...
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+import numpy as np
 from prometheus_client import generate_latest
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as CONTENT_TYPE_LATEST
@@ -123,15 +125,32 @@ def twin_provider(live: LiveState) -> Provider:
     def collect():
         snap = live.fresh_snapshot() or live.compute()
         p = snap.pue
-        pue = GaugeMetricFamily("dctwin_pue", "power usage effectiveness (instantaneous)",
-                                labels=["scope", "category"])
+        tick = live.twin.current()  # the twin's last tick: PUE/pPUE per scope, heat balance
+        pue = GaugeMetricFamily("dctwin_pue", "power usage effectiveness (instantaneous): "
+                                "PUE for the site, pPUE for halls and cooling subsystems",
+                                labels=["scope", "category", "figure"])
         dcie = GaugeMetricFamily("dctwin_dcie", "data centre infrastructure efficiency, 1/PUE",
                                  labels=["scope", "category"])
-        if p.value is not None:
-            pue.add_metric(["site", p.category or ""], p.value)
-            dcie.add_metric(["site", p.category or ""], p.dcie)
+        for scope, fig in sorted(tick.pue.items()):
+            if fig.value is not None:
+                pue.add_metric([scope, fig.category or "", fig.figure], fig.value)
+                if scope == "site":
+                    dcie.add_metric([scope, fig.category or ""], fig.dcie)
         yield pue
         yield dcie
+        hb = tick.heat_balance
+        res_kw = GaugeMetricFamily("dctwin_heat_balance_residual_kw",
+                                   "(liquid + air heat removed) - IT power cooled",
+                                   labels=["scope", "level"])
+        res_pct = GaugeMetricFamily("dctwin_heat_balance_residual_pct",
+                                    "heat-balance residual in % of the IT power cooled",
+                                    labels=["scope", "level"])
+        for i, sid in enumerate(hb.ids):
+            if hb.reasons[i] is None and np.isfinite(hb.residual_kw[i]):
+                res_kw.add_metric([sid, hb.levels[i]], float(hb.residual_kw[i]))
+                res_pct.add_metric([sid, hb.levels[i]], float(hb.residual_pct[i]))
+        yield res_kw
+        yield res_pct
         yield GaugeMetricFamily("dctwin_pue_stale_inputs",
                                 "PUE inputs older than the staleness limit",
                                 len(p.stale_inputs))

@@ -11,15 +11,14 @@ from starlette.concurrency import run_in_threadpool
 
 from api.live import LiveState, RackSummary, Snapshot
 from api.problems import ProblemError, problem_responses
-from api.shape import Cursor, Limit, Page, UtcDatetime, naive_utc, now_naive_utc, paginate, utc
-from ingest.history import query_series
-from twin.pue import MeterReading, PueFigure
+from api.shape import Cursor, Limit, Page, now_naive_utc, paginate, utc
+from twin.pue import MeterReading
 from twin.state import Twin
 
 T0 = "2025-06-01T12:00:00Z"
 
 
-class ReadingOut(BaseModel):
+class LatestReading(BaseModel):
     device_id: str
     metric: str
     value: float
@@ -27,33 +26,9 @@ class ReadingOut(BaseModel):
     age_s: float = Field(description="seconds between the read time and this response")
 
     @classmethod
-    def of(cls, r: MeterReading, now: datetime) -> ReadingOut:
+    def of(cls, r: MeterReading, now: datetime) -> LatestReading:
         return cls(device_id=r.device_id, metric=r.metric, value=r.value,
                    read_time=utc(r.read_time), age_s=round(r.age_s(now), 3))
-
-
-class PueOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "value": 1.2834, "dcie": 0.7792, "category": "PUE1", "time": T0,
-        "inputs": [{"device_id": "sv1/facility/utility", "metric": "power_kw",
-                    "value": 1540.2, "read_time": T0, "age_s": 0.41},
-                   {"device_id": "sv1/facility/ups-out", "metric": "power_kw",
-                    "value": 1200.1, "read_time": T0, "age_s": 0.41}],
-        "stale_inputs": [], "reason": None}]})
-
-    value: float | None = Field(description="facility power / IT power; null when unknown")
-    dcie: float | None = Field(description="1 / PUE")
-    category: str | None = Field(description="ISO/IEC 30134-2 category: PUE1, PUE2 or PUE3")
-    time: datetime | None = Field(description="read time of the older input (RFC 3339, UTC)")
-    inputs: list[ReadingOut]
-    stale_inputs: list[str] = Field(description="inputs older than the staleness limit")
-    reason: str | None = Field(None, description="why the value is unknown")
-
-    @classmethod
-    def of(cls, fig: PueFigure, now: datetime) -> PueOut:
-        return cls(value=fig.value, dcie=fig.dcie, category=fig.category, time=utc(fig.time),
-                   inputs=[ReadingOut.of(r, now) for r in fig.inputs],
-                   stale_inputs=fig.stale_inputs, reason=fig.reason)
 
 
 class DeviceOut(BaseModel):
@@ -66,7 +41,7 @@ class DeviceOut(BaseModel):
     device_class: str | None = Field(description="gpu, psu, cdu, pdu, crah, ups, meter, "
                                                  "chiller_plant; null if not in the site model")
     rack: str | None
-    metrics: list[ReadingOut] = Field(description="latest value of every metric, by name")
+    metrics: list[LatestReading] = Field(description="latest value of every metric, by name")
 
 
 class DeviceRefOut(BaseModel):
@@ -143,30 +118,6 @@ class OverviewOut(BaseModel):
                     "over the bucket); empty buckets are absent")
 
 
-class SeriesPoint(BaseModel):
-    time: datetime = Field(description="bucket start (RFC 3339, UTC)")
-    min: float
-    max: float
-    mean: float
-    last: float
-    count: int
-
-
-class SeriesOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "device_id": "sv1/h1/row1/rk101/n01/gpu0", "metric": "gpu_temp_c",
-        "start": "2025-06-01T11:00:00Z", "end": T0, "step_s": 60,
-        "points": [{"time": "2025-06-01T11:00:00Z", "min": 60.1, "max": 62.3, "mean": 61.0,
-                    "last": 61.7, "count": 60}]}]})
-
-    device_id: str
-    metric: str
-    start: datetime
-    end: datetime
-    step_s: float
-    points: list[SeriesPoint]
-
-
 DeviceId = Annotated[str, Path(description="hierarchical device id, e.g. "
                                            "sv1/h1/row1/rk101/n01/gpu0",
                                examples=["sv1/h1/row1/rk101/n01/gpu0"])]
@@ -182,13 +133,6 @@ def router(twin: Twin, live: LiveState | None) -> APIRouter:
         if snap is None:  # no live loop (tests, tools) or it stalled: read the store now
             snap = LiveState(twin, _NullBus()).compute()
         return snap
-
-    @r.get("/pue", response_model=PueOut, summary="Site PUE now")
-    async def pue() -> PueOut:
-        """Instantaneous PUE from the facility and IT meters (refreshed every tick)."""
-        now = now_naive_utc()
-        snap = live.fresh_snapshot() if live is not None else None
-        return PueOut.of(snap.pue if snap is not None else twin.pue(now), now)
 
     @r.get("/overview", response_model=OverviewOut, summary="Site overview for dashboards")
     def overview(request: Request,
@@ -238,7 +182,7 @@ def router(twin: Twin, live: LiveState | None) -> APIRouter:
                                     "and never reported", "not-found")
         return DeviceOut(device_id=device_id, device_class=ref.device_class if ref else None,
                          rack=ref.rack if ref else None,
-                         metrics=[ReadingOut.of(x, now) for x in readings])
+                         metrics=[LatestReading.of(x, now) for x in readings])
 
     @r.get("/racks", response_model=Page[RackOut], summary="Rack summaries (heat map)")
     def racks(limit: Limit = 100, cursor: Cursor = None,
@@ -259,40 +203,12 @@ def router(twin: Twin, live: LiveState | None) -> APIRouter:
         now = now_naive_utc()
         ids = [d.id for d in refs if d.rack == rack]
         latest = twin.latest_for(ids)
-        by_dev: dict[str, list[ReadingOut]] = {i: [] for i in ids}
+        by_dev: dict[str, list[LatestReading]] = {i: [] for i in ids}
         for (dev, _m), reading in sorted(latest.items()):
-            by_dev[dev].append(ReadingOut.of(reading, now))
+            by_dev[dev].append(LatestReading.of(reading, now))
         devs = [DeviceOut(device_id=i, device_class=twin.known_devices[i].device_class,
                           rack=rack, metrics=by_dev[i]) for i in ids]
         return RackDetailOut(**RackOut.of(summary).model_dump(), devices=devs)
-
-    @r.get("/history/{device_id:path}", response_model=SeriesOut,
-           responses=problem_responses(404, e404="unknown device id 'sv1/x'"),
-           summary="Downsampled history of one device metric")
-    def history(device_id: DeviceId,
-                metric: Annotated[str, Query(min_length=1, max_length=100,
-                                             examples=["gpu_temp_c"])],
-                start: Annotated[UtcDatetime | None, Query(
-                    description="RFC 3339 with offset; default end - 1 h")] = None,
-                end: Annotated[UtcDatetime | None, Query(
-                    description="RFC 3339 with offset; default now")] = None,
-                step_s: Annotated[float, Query(ge=1, le=86400)] = 60) -> SeriesOut:
-        if device_id not in twin.known_devices and not twin.device(device_id):
-            raise ProblemError(404, f"unknown device id {device_id!r}", "not-found")
-        end_n = naive_utc(end) if end else now_naive_utc()
-        start_n = naive_utc(start) if start else end_n - timedelta(hours=1)
-        if end_n <= start_n:
-            raise ProblemError(422, f"end ({utc(end_n).isoformat()}) must be after start "
-                                    f"({utc(start_n).isoformat()})", "validation")
-        if (end_n - start_n).total_seconds() / step_s > 10_000:
-            raise ProblemError(422, "more than 10,000 buckets: raise step_s or narrow the "
-                                    "range", "validation")
-        df = query_series(twin.store.cursor(), device_id, metric, start_n, end_n, step_s)
-        pts = [SeriesPoint(time=utc(row["bucket"]), min=row["min"], max=row["max"],
-                           mean=row["mean"], last=row["last"], count=row["count"])
-               for row in df.iter_rows(named=True)]
-        return SeriesOut(device_id=device_id, metric=metric, start=utc(start_n),
-                         end=utc(end_n), step_s=step_s, points=pts)
 
     return r
 
@@ -305,7 +221,7 @@ def _device_out(twin: Twin, device_id: str, now: datetime) -> DeviceOut:
                                 "never reported", "not-found")
     return DeviceOut(device_id=device_id, device_class=ref.device_class if ref else None,
                      rack=ref.rack if ref else None,
-                     metrics=[ReadingOut.of(x, now) for x in readings])
+                     metrics=[LatestReading.of(x, now) for x in readings])
 
 
 def _pue_history(twin: Twin, now: datetime, hours: float, step_s: int) -> list[PuePoint]:

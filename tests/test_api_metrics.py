@@ -55,8 +55,14 @@ def test_metrics_expose_platform_and_twin_state(populated):
     res = client.get("/metrics", headers=h)
     assert res.headers["content-type"].startswith("text/plain; version=0.0.4")
     fams = _families(res.text)
-    pue = fams["dctwin_pue"].samples
-    assert len(pue) == 1 and pue[0].labels == {"scope": "site", "category": "PUE1"}
+    by_scope = {s.labels["scope"]: s for s in fams["dctwin_pue"].samples}
+    assert {"site", "hall:h1", "cooling:chiller_plant"} <= by_scope.keys()  # PUE and pPUE
+    pue = [by_scope["site"]]
+    assert pue[0].labels == {"scope": "site", "category": "PUE1", "figure": "PUE"}
+    assert by_scope["hall:h1"].labels["figure"] == "pPUE"
+    residual = {s.labels["scope"]: s.value
+                for s in fams["dctwin_heat_balance_residual_kw"].samples}
+    assert residual and all(abs(v) < 1e4 for v in residual.values())
     api_pue = client.get("/v1/pue", headers=h).json()["value"]
     assert pue[0].value == pytest.approx(api_pue, rel=1e-12)
     dead = {s.labels["reason"]: s.value for s in fams["dctwin_ingest_dead_letters"].samples

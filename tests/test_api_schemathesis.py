@@ -64,7 +64,7 @@ def _fuzz(app, headers: dict[str, str], max_examples: int, extra=None) -> list[s
 
 
 def test_fuzz_with_admin_key_no_5xx_no_schema_violation(api_app):
-    failures = _fuzz(api_app, bearer(api_app.state.test_tokens[Role.admin]), 40)
+    failures = _fuzz(api_app, bearer(api_app.state.test_tokens[Role.admin]), 25)
     assert not failures, "\n\n".join(failures)
 
 

@@ -49,17 +49,19 @@ def test_unknown_path_and_method_are_problems(client):
 
 
 def test_validation_errors_name_each_parameter(client):
-    res = client.get(f"/v1/history/{GPU}", params={"start": "2025-06-01T12:00:00",
-                                                   "step_s": "-3"})
+    res = client.get("/v1/series", params={"id": GPU, "start": "2025-06-01T12:00:00",
+                                           "end": "2025-06-01T13:00:00+02:00"})
     body = _is_problem(res, 422)
     errors = {(e["location"], e["parameter"]): e for e in body["errors"]}
     assert ("query", "metric") in errors  # missing
-    assert "timezone" in errors[("query", "start")]["message"]
-    assert ("query", "step_s") in errors
+    assert "timezone" in errors[("query", "start")]["message"]  # naive: rejected, not guessed
+    assert ("query", "end") not in errors  # an offset is fine
     assert "query.start" in body["detail"]
-    body = _is_problem(client.get(f"/v1/history/{GPU}", params={"metric": "gpu_temp_c",
-                                                               "start": "yesterday"}), 422)
+    body = _is_problem(client.get("/v1/series", params={"id": GPU, "metric": "gpu_temp_c",
+                                                        "start": "yesterday"}), 422)
     assert body["errors"][0]["parameter"] == "start"
+    body = _is_problem(client.get("/v1/devices", params={"limit": 0}), 422)
+    assert body["errors"][0]["parameter"] == "limit"
 
 
 def test_times_are_rfc3339_utc_out_and_offsets_are_honoured_in(client):
@@ -70,17 +72,17 @@ def test_times_are_rfc3339_utc_out_and_offsets_are_honoured_in(client):
     start_utc = now - timedelta(minutes=2)
     # the same instant written with a +02:00 offset must select the same buckets
     as_plus2 = start_utc.astimezone(__import__("datetime").timezone(timedelta(hours=2)))
-    a = client.get(f"/v1/history/{GPU}", params={
-        "metric": "gpu_temp_c", "start": start_utc.isoformat().replace("+00:00", "Z"),
-        "end": now.isoformat(), "step_s": 10}).json()
-    b = client.get(f"/v1/history/{GPU}", params={
-        "metric": "gpu_temp_c", "start": as_plus2.isoformat(), "end": now.isoformat(),
-        "step_s": 10}).json()
+    a = client.get("/v1/series", params={
+        "id": GPU, "metric": "gpu_temp_c", "start": start_utc.isoformat().replace("+00:00", "Z"),
+        "end": now.isoformat(), "step": "10"}).json()
+    b = client.get("/v1/series", params={
+        "id": GPU, "metric": "gpu_temp_c", "start": as_plus2.isoformat(), "end": now.isoformat(),
+        "step": "10"}).json()
     assert a["points"] and a["points"] == b["points"]
     assert a["start"] == b["start"] and RFC3339_Z.match(a["start"])
     assert all(RFC3339_Z.match(p["time"]) for p in a["points"])
-    body = _is_problem(client.get(f"/v1/history/{GPU}", params={
-        "metric": "gpu_temp_c", "start": now.isoformat(),
+    body = _is_problem(client.get("/v1/series", params={
+        "id": GPU, "metric": "gpu_temp_c", "start": now.isoformat(),
         "end": (now - timedelta(hours=1)).isoformat()}), 422)
     assert "after start" in body["detail"]
 

@@ -274,7 +274,9 @@ async function openDevice(id, cell) {
   const targets = [$("device-chart-temp"), $("device-chart-power")];
   await Promise.all(names.map(async (metric, i) => {
     if (!metric) { targets[i].replaceChildren(); return; }
-    const s = await api(`/v1/history/${id}?metric=${encodeURIComponent(metric)}&step_s=10`);
+    const start = new Date(Date.now() - 3600e3).toISOString();
+    const s = await api(`/v1/series?id=${encodeURIComponent(id)}&metric=` +
+                        `${encodeURIComponent(metric)}&step=10&start=${start}`);
     lineChart(targets[i], [{ colour: i ? "#57d3c6" : "#f5b942",
       points: s.points.map((p) => [Date.parse(p.time), p.mean]) }],
       { unit: metric.endsWith("_c") ? "°" : "", title: `${metric}, last hour (10 s mean)` });
