@@ -23,6 +23,7 @@ from api.keys import KeyStore, Role
 from api.live import LiveState
 from api.metrics import CONTENT_TYPE_LATEST, MetricsRegistry, platform_provider, twin_provider
 from api.problems import FieldError, Problem, problem_content, problem_example
+from api.routes_alerts import router as alerts_router
 from api.routes_twin import twin_router
 from twin.events import EventBus
 from twin.state import Twin
@@ -82,7 +83,7 @@ def create_app(twin: Twin, health: Callable[[], dict] | None = None, *,
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     for r in (twin_router(twin), routes_core.router(twin, live), stream.router(bus),
-              routes_keys.router(), *routers):
+              routes_keys.router(), alerts_router, *routers):
         include(app, r)
     dashboard.mount(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -166,6 +167,12 @@ def _document_errors(op: dict[str, Any], role: Role | None) -> None:
                                                     "allows this (e.g. already acknowledged)",
                                      "content": problem_content(problem_example(
                                          409, "alert 7 is resolved"))})
+    if role is not None:
+        responses.setdefault("503", {
+            "description": "the feature behind this endpoint (e.g. the alert engine) is not "
+                           "running in this process",
+            "content": problem_content(problem_example(
+                503, "the alert engine is not running in this process"))})
     responses["500"] = {"description": "unexpected server error (logged with a reference)",
                         "content": problem_content(problem_example(
                             500, "unexpected server error; logged with reference "

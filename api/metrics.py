@@ -196,3 +196,38 @@ def kafka_lag_of(consumer) -> Callable[[], float | None]:
         return None
 
     return lag
+
+
+def alerts_provider(service) -> Provider:
+    """Active alerts by severity (and muted ones) from the alert engine's open set."""
+    def collect():
+        active = GaugeMetricFamily("dctwin_alerts_active", "firing alerts by severity",
+                                   labels=["severity", "muted"])
+        counts: dict[tuple[str, str], int] = {}
+        with service.engine.lock:
+            for a in service.engine.open.values():
+                k = (a.severity, "true" if a.muted else "false")
+                counts[k] = counts.get(k, 0) + 1
+        for sev in ("critical", "warning", "info"):
+            for muted in ("false", "true"):
+                active.add_metric([sev, muted], counts.pop((sev, muted), 0))
+        for (sev, muted), n in counts.items():
+            active.add_metric([sev, muted], n)
+        yield active
+
+    return collect
+
+
+def alert_events(bus: EventBus) -> Callable:
+    """An AlertService.on_tick listener: each alert transition onto the live stream."""
+    def on_tick(tick) -> None:
+        for alert_id, fingerprint, at, transition, actor, comment, value in tick.transitions:
+            bus.publish("alert", {"id": alert_id, "fingerprint": fingerprint,
+                                  "transition": transition, "time": _iso(at), "actor": actor,
+                                  "comment": comment, "value": value})
+
+    return on_tick
+
+
+def _iso(t) -> str | None:
+    return None if t is None else t.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

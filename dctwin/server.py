@@ -12,12 +12,13 @@ import uvicorn
 from api.app import create_app
 from api.keys import KeyStore
 from api.live import LiveState
-from api.metrics import kafka_lag_of
+from api.metrics import alert_events, alerts_provider, kafka_lag_of
 from dctwin.settings import Settings
 from ingest.consumer import Ingestor
 from ingest.kafka import ensure_topics
 from ingest.site import load_site
 from ingest.store import Store
+from twin.alerts.service import AlertService
 from twin.events import EventBus
 from twin.state import Twin
 
@@ -30,6 +31,11 @@ class Server:
         self.site = load_site(settings.site_file)
         self.store = Store(settings.db_path)
         self.twin = Twin(self.site, self.store, settings.stale_after_s)
+        self.alerts = AlertService.from_files(
+            self.store, self.site, settings.alert_rules_file, settings.alert_receivers_file,
+            settings.alerts_topic, kafka_bootstrap=settings.kafka_bootstrap,
+            interval_s=settings.alert_interval_s, external_url=settings.external_url
+            or f"http://{settings.api_host}:{settings.api_port}")
         self.ingestor: Ingestor | None = None
         self.ingest_thread: threading.Thread | None = None
         self.started = time.time()
@@ -45,16 +51,22 @@ class Server:
             "samples_stored": stats.samples_stored if stats else 0,
             "dead_letters": sum(stats.dead_letters.values()) if stats else 0,
             "uptime_s": round(time.time() - self.started, 1),
+            **self.alerts.health(),
         }
 
     def start_ingest(self) -> None:
         s = self.settings
         ensure_topics(s.kafka_bootstrap, s.topic_partitions)
-        self.ingestor = Ingestor(self.store, s.kafka_bootstrap, s.consumer_group)
+        if s.alerts_topic:
+            ensure_topics(s.kafka_bootstrap, s.topic_partitions, (s.alerts_topic,))
+        # evaluate alerts right after each stored poll, not only on the 1 s tick
+        self.ingestor = Ingestor(self.store, s.kafka_bootstrap, s.consumer_group,
+                                 on_stored=self.alerts.wake)
         self.ingest_thread = threading.Thread(target=self._ingest_loop, name="ingest",
                                               daemon=True)
         self.ingest_thread.start()
         self.live.start()
+        self.alerts.start()
 
     def _ingest_loop(self) -> None:
         assert self.ingestor is not None
@@ -72,6 +84,9 @@ class Server:
                          ingest_stats=lambda: self.ingestor.stats if self.ingestor else None,
                          kafka_lag=lambda: kafka_lag_of(self.ingestor.consumer)()
                          if self.ingestor else None)
+        app.state.alerts = self.alerts
+        app.state.metrics.register("alerts", alerts_provider(self.alerts))
+        self.alerts.on_tick = alert_events(self.bus)
         gc.freeze()  # long-lived startup objects (site, app) leave the GC's scans: fewer pauses
         config = uvicorn.Config(app, host=self.settings.api_host, port=self.settings.api_port,
                                 log_level="warning", lifespan="off")
@@ -79,6 +94,7 @@ class Server:
 
     def stop(self) -> None:
         self.live.stop()
+        self.alerts.stop()
         if self.ingestor is not None:
             self.ingestor.stop_event.set()
         if self.ingest_thread is not None:

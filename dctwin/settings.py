@@ -32,3 +32,10 @@ class Settings(BaseSettings):
     api_open_healthz: bool = Field(True, description="serve /healthz without a key")
     api_open_metrics: bool = Field(False, description="serve /metrics without a key")
     live_interval_s: float = Field(1.0, gt=0, description="live view tick (PUE, racks, SSE)")
+    # alerts (docs/alerts.md)
+    alert_rules_file: Path | None = Field(None, description="rules YAML (default: packaged)")
+    alert_receivers_file: Path | None = Field(None, description="receivers YAML (secrets)")
+    alert_interval_s: float = Field(1.0, gt=0, description="alert evaluation interval")
+    alerts_topic: str = Field("alerts", description="Kafka topic for alerts; empty: off")
+    external_url: str = Field("", description="this API's URL as on-call sees it "
+                                              "(default http://api_host:api_port)")

@@ -10,6 +10,8 @@ operation's hypothesis strategy is driven directly; failures name the operation.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -18,7 +20,11 @@ from schemathesis import checks as st_checks
 from api.app import create_app
 from api.keys import Role
 from ingest.store import Store
+from tests.alerting import write_samples
 from tests.apihelpers import bearer, fill_store, keys_per_role
+from twin.alerts.outbox import utcnow
+from twin.alerts.rules import load_rules
+from twin.alerts.service import AlertService
 from twin.state import Twin
 
 CHECKS = [st_checks.not_a_server_error, st_checks.status_code_conformance,
@@ -35,6 +41,13 @@ def api_app(tmp_path_factory, site):
     keys, tokens = keys_per_role(d / "keys.duckdb")
     app = create_app(Twin(site, store), lambda: {"ingest_running": False}, keys=keys)
     app.state.test_tokens = tokens
+    # the real alert engine with the packaged rules, so /v1/alerts... are fuzzed too
+    alerts = AlertService(store, site, load_rules(None), [])
+    t0 = utcnow() - timedelta(minutes=2)
+    write_samples(store, "gpu", [("sv1/h1/row1/rk101/n01/gpu0", "gpu_temp_c", 95.0, t0)])
+    alerts.evaluate(t0)
+    alerts.evaluate(t0 + timedelta(seconds=31))
+    app.state.alerts = alerts
     yield app
     store.close()
 

@@ -91,9 +91,12 @@ function lineChart(container, series, { unit = "", digits = 1, title = "" } = {}
   const y = (v) => T + (1 - (v - vmin) / (vmax - vmin)) * (H - T - B);
   root.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }));
   root.append(svg("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" }));
+  // enough decimals that three tick labels differ, however flat the series
+  const span = Math.max(vmax - vmin - 2 * pad, 1e-9);
+  const dg = Math.min(6, Math.max(digits, Math.ceil(-Math.log10(span / 2)) + 1));
   for (const v of [vmin + pad, (vmin + vmax) / 2, vmax - pad]) {
     root.append(svg("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end" },
-                    `${v.toFixed(digits)}${unit}`));
+                    `${v.toFixed(dg)}${unit}`));
   }
   const secs = tmax - tmin < 15 * 60000; // short spans need seconds to tell labels apart
   for (const [t, anchor] of [[tmin, "start"], [(tmin + tmax) / 2, "middle"], [tmax, "end"]]) {
@@ -371,10 +374,11 @@ async function loadRecommendations() {
 
 // ---------------------------------------------------------------- device events
 function addDeviceEvent(e) {
-  S.events.unshift(e);
+  if (e) S.events.unshift(e);
   S.events.length = Math.min(S.events.length, 50);
   const list = $("events");
   list.replaceChildren();
+  if (!S.events.length) list.append(el("li", "none", "no device events since this page opened"));
   for (const x of S.events) {
     const li = el("li");
     li.append(el("span", `sev ${x.severity}`, x.severity));
@@ -451,6 +455,7 @@ function report(e) {
 }
 
 async function refreshAll() {
+  if (!S.events.length) addDeviceEvent(null);
   const pue = await api("/v1/pue");
   showPue(pue);
   await Promise.all([loadOverview(), loadRacks(), loadAlerts(), loadRecommendations()]);
