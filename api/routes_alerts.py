@@ -49,7 +49,21 @@ class Acknowledgement(BaseModel):
     comment: str
 
 
+ALERT_EXAMPLE = {
+        "id": 7, "fingerprint": "9f2c4e1a7b3d5e60", "alertname": "GpuTemperatureCritical",
+        "status": "firing", "severity": "critical",
+        "labels": {"alertname": "GpuTemperatureCritical", "device_id":
+                   "sv1/h1/row1/rk104/n01/gpu0", "rack": "rk104", "severity": "critical"},
+        "annotations": {"summary": "GPU sv1/h1/row1/rk104/n01/gpu0 at 96.5 C: thermal "
+                                   "slowdown"},
+        "value": 96.5, "starts_at": "2025-06-01T11:59:20Z", "fired_at": "2025-06-01T11:59:50Z",
+        "ends_at": None, "updated_at": "2025-06-01T11:59:50Z", "silenced_by": [],
+        "inhibited_by": None, "flapping": False, "notified": True, "acknowledged": None}
+
+
 class AlertOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [ALERT_EXAMPLE]})
+
     id: int
     fingerprint: str = Field(description="Alertmanager label-set fingerprint")
     alertname: str
@@ -95,6 +109,11 @@ class Transition(BaseModel):
 
 
 class AlertDetail(AlertOut):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        **ALERT_EXAMPLE, "transitions": [
+            {"occurred_at": "2025-06-01T11:59:50Z", "transition": "firing",
+             "actor": "engine", "comment": None, "value": 96.5}]}]})
+
     transitions: list[Transition]
 
 
@@ -133,6 +152,13 @@ class SilenceIn(_In):
 
 
 class SilenceOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "0b6f5c1e-3d0a-4a36-9a53-1f2e0f4f8c11",
+        "matchers": [{"name": "rack", "value": "rk101", "isRegex": False, "isEqual": True}],
+        "starts_at": "2025-06-01T12:00:00Z", "ends_at": "2025-06-01T14:00:00Z",
+        "created_by": "alice", "comment": "CDU maintenance", "created_at":
+        "2025-06-01T11:58:00Z", "state": "active"}]})
+
     id: str
     matchers: list[dict[str, Any]]
     starts_at: datetime
@@ -259,14 +285,25 @@ def expire_silence(request: Request, silence_id: str) -> SilenceOut:
     return SilenceOut.of(silence)
 
 
-@router.get("/rules")
+@router.get("/rules", summary="Alert rules with their evaluation state",
+            responses={200: {"content": {"application/json": {"example": [{
+                "name": "GpuTemperatureCritical", "kind": "threshold", "severity": "critical",
+                "metric": "gpu_temp_c", "op": ">", "value": 87.0, "for": 30.0,
+                "annotations": {"summary": "GPU {device_id} at {value:.1f} °C"},
+                "state": {"health": "ok", "reason": None, "firing": 0, "pending": 0,
+                          "last_evaluated": "2025-06-01T12:00:00", "duration_ms": 1.2}}]}}}})
 def list_rules(request: Request) -> list[dict[str, Any]]:
     """Every rule as configured, with its evaluation state (health, firing, pending)."""
     return _svc(request).rules_view()
 
 
 @router.get("/receivers", dependencies=[Depends(require_role(Role.admin))],
-            summary="Receivers configuration, secrets redacted (admin)")
+            summary="Receivers configuration, secrets redacted (admin)",
+            responses={200: {"content": {"application/json": {"example": [{
+                "name": "oncall", "type": "webhook", "url": "https://hooks.example/…",
+                "has_secret": True, "outbox": {"pending": 0, "delivered": 12, "failed": 0,
+                                               "last_delivered_at": "2025-06-01T11:59:51",
+                                               "last_error": None}}]}}}})
 def list_receivers(request: Request) -> list[dict[str, Any]]:
     """Receivers without secrets (has_secret only; URL paths redacted), with outbox counts."""
     return _svc(request).receivers_view()

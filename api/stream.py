@@ -59,23 +59,26 @@ def router(bus: EventBus) -> APIRouter:
         resume = last_event_id or last_event_id_q
         flag = bus.subscribe()
         try:
-            yield ServerSentEvent(retry=RETRY_MS, comment="dctwin stream")
+            # decided before the first byte goes out: nothing published after this is lost
+            head, snapshot = bus.snapshot()
+            reset = None
+            seq = bus.parse_id(resume) if resume else None
             if resume:
-                seq = bus.parse_id(resume)
                 replay = bus.since(seq if seq is not None else -1)
                 if seq is None or replay.gap:
-                    yield _reset(bus, resume, replay.missed)
-                    # events before a reset would be refetched anyway: start at the newest
-                    pending = bus.latest_by_type()
-                else:
-                    pending = replay.events
-            else:
-                pending = bus.latest_by_type()
-            last = bus.head if not pending else 0
+                    reset = _reset(bus, resume, replay.missed)
+            if resume and reset is None:
+                pending, last = replay.events, seq
+            else:  # a new client, or one that must refetch: current state, then live
+                pending, last = snapshot, head
+            yield ServerSentEvent(retry=RETRY_MS, comment="dctwin stream")
+            if reset is not None:
+                yield reset
             while True:
                 for ev in pending:
                     last = max(last, ev.seq)
                     yield _sse(bus, ev)
+                pending = []
                 if await request.is_disconnected():
                     return
                 flag.clear()

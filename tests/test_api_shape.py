@@ -134,15 +134,7 @@ def test_openapi_document_is_complete(client):
             ok = op["responses"].get("200") or op["responses"].get("201")
             assert ok, label
             media = next(iter(ok["content"].values()))
-            schema = media.get("schema", {})
-            ref = schema.get("$ref", "")
-            has_example = "example" in media or "examples" in media or (
-                ref and "examples" in schemas[ref.rsplit("/", 1)[1]])
-            if not ref and schema.get("$ref") is None and "items" in schema:
-                has_example = True  # generic pages: item models carry examples
-            if ref.rsplit("/", 1)[-1].startswith("Page_"):
-                item_ref = schemas[ref.rsplit("/", 1)[1]]["properties"]["items"]["items"]["$ref"]
-                has_example = "examples" in schemas[item_ref.rsplit("/", 1)[1]]
+            has_example = _has_example(media, schemas)
             assert has_example, f"{label}: no example for the success response"
             assert "500" in op["responses"], label
             for code, resp in op["responses"].items():
@@ -151,3 +143,22 @@ def test_openapi_document_is_complete(client):
             if path.startswith("/v1/"):
                 assert op["security"] == [{"bearerAuth": []}], label
                 assert "401" in op["responses"], label
+
+
+def _has_example(media: dict, schemas: dict) -> bool:
+    """An example on the media type, on the schema, or on the item schema of a page/list."""
+    if "example" in media or "examples" in media:
+        return True
+
+    def named(ref: str) -> dict:
+        return schemas[ref.rsplit("/", 1)[1]]
+
+    schema = media.get("schema", {})
+    if "$ref" in schema:
+        schema = named(schema["$ref"])
+        if "examples" in schema:
+            return True
+        items = schema.get("properties", {}).get("items", {}).get("items", {})
+    else:
+        items = schema.get("items", {})
+    return "$ref" in items and "examples" in named(items["$ref"])

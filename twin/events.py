@@ -101,6 +101,11 @@ class EventBus:
                 return Replay([self._buf[i] for i in range(start, len(self._buf))], False, 0)
             return Replay(list(self._buf), True, oldest - seq - 1)
 
+    def snapshot(self) -> tuple[int, list[BusEvent]]:
+        """(head, newest event of each type) taken together: a new subscriber's state."""
+        with self._lock:
+            return self._seq, sorted(self._latest_by_type.values(), key=lambda e: e.seq)
+
     def latest_by_type(self) -> list[BusEvent]:
         """The newest event of each type, oldest first: a new subscriber's snapshot."""
         with self._lock:
