@@ -187,7 +187,7 @@ def run(quick: bool = False) -> list[Result]:
 
         # History: a rack's last 24 h at 1-minute steps. Worst case: the current hour is
         # not compacted yet, so 23 h come from minute rows and 1 h is bucketed from ticks.
-        end = populate_history(twin, 24, 1 if quick else 2)
+        end = populate_history(twin, 24, 1)
         start = end - timedelta(hours=24)
         rack = twin.layout.rack_ids[len(twin.layout.rack_ids) // 2]
         repeat = 5 if quick else 20

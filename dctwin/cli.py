@@ -75,19 +75,22 @@ def collect(
     """Run a collector daemon: read sources every interval and produce to Kafka."""
     from collectors.config import CollectorConfigError, load_collector_config
     from collectors.daemon import CollectorDaemon
+    from collectors.spool import SpoolError
 
     _logging(verbose)
+    # an outage makes kafka-python log every reconnect; the daemon logs one line per outage
+    logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
     try:
         cfg = load_collector_config(config)
         daemon = CollectorDaemon(cfg)
-    except (CollectorConfigError, ValueError) as exc:
+    except (CollectorConfigError, ValueError, SpoolError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     _stop_on_signals(daemon.stop_event)
     try:
         daemon.run(max_intervals=intervals)
     finally:
-        daemon.close()
+        daemon.close()  # flushes queued batches to Kafka or the spool (SIGTERM included)
 
 
 @app.command()

@@ -19,6 +19,7 @@ from ingest.kafka import ensure_topics
 from ingest.site import load_site
 from ingest.store import Store
 from twin.alerts.service import AlertService
+from twin.config import TwinConfig
 from twin.events import EventBus
 from twin.state import Twin
 
@@ -30,7 +31,9 @@ class Server:
         self.settings = settings
         self.site = load_site(settings.site_file)
         self.store = Store(settings.db_path)
-        self.twin = Twin(self.site, self.store, settings.stale_after_s)
+        self.twin = Twin(self.site, self.store, config=twin_config(settings))
+        self.twin_thread: threading.Thread | None = None
+        self._stop_twin = threading.Event()
         self.alerts = AlertService.from_files(
             self.store, self.site, settings.alert_rules_file, settings.alert_receivers_file,
             settings.alerts_topic, kafka_bootstrap=settings.kafka_bootstrap,
@@ -66,7 +69,20 @@ class Server:
                                               daemon=True)
         self.ingest_thread.start()
         self.live.start()
+        self.start_twin()
         self.alerts.start()
+
+    def start_twin(self) -> None:
+        """Tick the twin in the background: rollups, heat balance and PUE stay current and
+        rollup history accrues whether or not anyone reads the API."""
+        def loop() -> None:
+            while not self._stop_twin.wait(self.settings.twin_tick_s):
+                try:
+                    self.twin.tick()
+                except Exception:
+                    log.exception("twin tick failed")
+        self.twin_thread = threading.Thread(target=loop, name="twin", daemon=True)
+        self.twin_thread.start()
 
     def _ingest_loop(self) -> None:
         assert self.ingestor is not None
@@ -95,6 +111,9 @@ class Server:
     def stop(self) -> None:
         self.live.stop()
         self.alerts.stop()
+        self._stop_twin.set()
+        if self.twin_thread is not None:
+            self.twin_thread.join(timeout=15)
         if self.ingestor is not None:
             self.ingestor.stop_event.set()
         if self.ingest_thread is not None:
@@ -109,3 +128,15 @@ class Server:
             self.uvicorn_server().run()  # returns on SIGINT/SIGTERM
         finally:
             self.stop()
+
+
+def twin_config(settings: Settings) -> TwinConfig:
+    if settings.stale_after_intervals is not None:
+        return TwinConfig(telemetry_interval_s=settings.telemetry_interval_s,
+                          stale_intervals=settings.stale_after_intervals,
+                          tick_interval_s=settings.twin_tick_s,
+                          heat_balance_threshold_pct=settings.heat_balance_threshold_pct)
+    return TwinConfig.with_stale_after(
+        settings.stale_after_s, telemetry_interval_s=settings.telemetry_interval_s,
+        tick_interval_s=settings.twin_tick_s,
+        heat_balance_threshold_pct=settings.heat_balance_threshold_pct)

@@ -125,3 +125,41 @@ def test_heat_balance_rollups_and_series(env):
     assert d["source"] == "samples" and sum(p["count"] for p in d["points"]) == 37
     st = client.get("/v1/twin/status").json()
     assert st["rows_tracked"] > 0 and st["tick_ms"]["total"] > 0
+
+
+def test_reads_while_the_twin_ticks_in_another_thread(tmp_path):
+    """The server ticks in a background thread while API threads read: no shared cursor,
+    no errors, every read answers."""
+    import threading
+
+    store = Store(tmp_path / "threads.duckdb")
+    h = SimHarness(store)
+    twin = Twin(h.site, store, config=TwinConfig(stale_intervals=1e9, tick_interval_s=1e9))
+    start = h.write()
+    twin.tick(h.step(10.0))
+    client = TestClient(create_app(twin))
+    errors: list[BaseException] = []
+
+    def ticker() -> None:
+        try:
+            for _ in range(25):
+                twin.tick(h.step(10.0))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    t = threading.Thread(target=ticker)
+    t.start()
+    statuses = []
+    while t.is_alive():
+        end = iso(h.time_ms)
+        statuses += [
+            client.get("/v1/series", params={"id": "t1/h1/row1", "metric": "power_kw",
+                                             "start": iso(start), "end": end}).status_code,
+            client.get("/v1/pue", params={"start": iso(start), "end": end,
+                                          "scope": "hall:h1"}).status_code,
+            client.get("/v1/heat-balance").status_code,
+            client.get("/v1/rollups").status_code,
+        ]
+    t.join()
+    store.close()
+    assert not errors and statuses and set(statuses) == {200}

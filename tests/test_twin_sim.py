@@ -35,6 +35,7 @@ def truth(e0: dict, e1: dict, it_key: str) -> float:
     return (e1["facility"] - e0["facility"]) / (e1[it_key] - e0[it_key])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("counters", [True, False], ids=["counters", "power-integration"])
 def test_energy_pue_matches_simulator_ground_truth(store, counters):
     h = SimHarness(store)

@@ -10,6 +10,7 @@ table up to the last compacted hour and bucket the tick rows after it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import duckdb
@@ -59,8 +60,12 @@ def to_ts(ms: int) -> datetime:
 
 class RollupStore:
     def __init__(self, cursor: duckdb.DuckDBPyConnection, scopes: ScopeIndex,
-                 retention_h: float) -> None:
-        self.cur = cursor
+                 retention_h: float,
+                 reader: Callable[[], duckdb.DuckDBPyConnection] | None = None) -> None:
+        self.cur = cursor  # the writer's: used by the tick, under the twin's lock
+        # Readers (API threads) get their own cursor per query: a DuckDB connection
+        # must not be used by two threads at once.
+        self.reader = reader or cursor.cursor
         self.scopes = scopes
         self.retention_h = retention_h
         self.cur.execute(SCHEMA)
@@ -121,7 +126,7 @@ class RollupStore:
             start = start.replace(second=0, microsecond=0)
         mid = min(max(self.flushed_until, start), end) if use_minutes else start
         c = column
-        df = self.cur.sql(
+        df = self.reader().sql(
             f"""
             WITH src AS (
                 SELECT time, {c}_sum AS s, {c}_n AS n, {c}_min AS mn, {c}_max AS mx,
@@ -150,7 +155,7 @@ class RollupStore:
             raise ValueError(f"unknown rollup metric {column!r}")
         lo, hi = start - timedelta(seconds=margin_s), end + timedelta(seconds=margin_s)
         c = column
-        cols = self.cur.execute(
+        cols = self.reader().execute(
             f"""WITH first_tick AS (SELECT coalesce(min(time), TIMESTAMP '9999-01-01') AS t
                                     FROM twin_rollups WHERE scope_id = $1)
                 SELECT epoch_us(ts) - epoch_us($2::TIMESTAMP) AS t_us, v FROM (

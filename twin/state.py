@@ -80,7 +80,7 @@ class Twin:
         self._cursor = store.cursor()
         self.live = LiveState(self.layout, self._cursor)
         self.rollup_store = RollupStore(store.cursor(), self.scope_index,
-                                        self.config.tick_retention_h)
+                                        self.config.tick_retention_h, reader=store.cursor)
         self.rollups = RollupEngine(self.layout, self.scope_index, self.config.gap_s)
         self.heat = HeatBalanceEngine(self.layout, self.config)
         self._topology: Topology | None = None
