@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.auth import Principal, authenticate, require_role
 from api.keys import ApiKey, KeyStore, Role
@@ -41,6 +41,15 @@ class KeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200, pattern=r"\S",
                       description="who or what uses the key")
     role: Role = Role.viewer
+
+    @field_validator("name")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        # Python's idea of whitespace is wider than the pattern's (e.g. U+001F): strip
+        # here so a name that is blank by either rule is a 422, not a 500 later
+        if not v.strip():
+            raise ValueError("must contain a visible character")
+        return v.strip()
 
 
 class KeyCreated(KeyOut):
@@ -87,7 +96,10 @@ def router() -> APIRouter:
     @r.post("/apikeys", response_model=KeyCreated, status_code=201, dependencies=admin,
             summary="Create an API key (admin)")
     def create_key(request: Request, body: KeyCreate) -> KeyCreated:
-        key, token = keys(request).create(body.name.strip(), body.role)
+        try:
+            key, token = keys(request).create(body.name, body.role)
+        except ValueError as exc:
+            raise ProblemError(422, f"body.name: {exc}", "validation") from exc
         return KeyCreated(**KeyOut.of(key).model_dump(), token=token)
 
     @r.delete("/apikeys/{key_id}", response_model=KeyOut, dependencies=admin,

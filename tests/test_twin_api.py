@@ -137,7 +137,8 @@ def test_reads_while_the_twin_ticks_in_another_thread(tmp_path):
     twin = Twin(h.site, store, config=TwinConfig(stale_intervals=1e9, tick_interval_s=1e9))
     start = h.write()
     twin.tick(h.step(10.0))
-    client = TestClient(create_app(twin))
+    keys, tokens = keys_per_role(tmp_path / "keys.duckdb")
+    client = TestClient(create_app(twin, keys=keys), headers=bearer(tokens[Role.viewer]))
     errors: list[BaseException] = []
 
     def ticker() -> None:
