@@ -60,8 +60,12 @@ def serve(
     from dctwin.server import Server
 
     _logging(verbose)
-    server = Server(_settings(kafka_bootstrap=bootstrap, db_path=db, site_file=site,
-                              api_host=host, api_port=port))
+    try:
+        server = Server(_settings(kafka_bootstrap=bootstrap, db_path=db, site_file=site,
+                                  api_host=host, api_port=port))
+    except ValueError as exc:  # site, alert rules or receivers file: names file and line
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C after clean shutdown
         server.run_forever()
 

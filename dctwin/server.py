@@ -18,7 +18,9 @@ from ingest.consumer import Ingestor
 from ingest.kafka import ensure_topics
 from ingest.site import load_site
 from ingest.store import Store
+from twin.alerts.providers import twin_providers
 from twin.alerts.service import AlertService
+from twin.alerts.service import load_config as load_alert_config
 from twin.config import TwinConfig
 from twin.events import EventBus
 from twin.state import Twin
@@ -30,13 +32,17 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.site = load_site(settings.site_file)
+        # alert rules and receivers are checked before anything is opened
+        rules, receivers = load_alert_config(settings.alert_rules_file,
+                                             settings.alert_receivers_file,
+                                             settings.alerts_topic)
         self.store = Store(settings.db_path)
         self.twin = Twin(self.site, self.store, config=twin_config(settings))
         self.twin_thread: threading.Thread | None = None
         self._stop_twin = threading.Event()
-        self.alerts = AlertService.from_files(
-            self.store, self.site, settings.alert_rules_file, settings.alert_receivers_file,
-            settings.alerts_topic, kafka_bootstrap=settings.kafka_bootstrap,
+        self.alerts = AlertService(
+            self.store, self.site, rules, receivers, providers=twin_providers(self.twin),
+            kafka_bootstrap=settings.kafka_bootstrap,
             interval_s=settings.alert_interval_s, external_url=settings.external_url
             or f"http://{settings.api_host}:{settings.api_port}")
         self.ingestor: Ingestor | None = None

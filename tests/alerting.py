@@ -55,7 +55,7 @@ class HttpReceiver:
     """A real HTTP server on 127.0.0.1. The first `fail_first` requests get `fail_status`;
     every request is recorded with the status it got."""
 
-    def __init__(self, fail_first: int = 0, fail_status: int = 503) -> None:
+    def __init__(self, fail_first: int = 0, fail_status: int = 503, port: int = 0) -> None:
         self.fail_first = fail_first
         self.fail_status = fail_status
         self.requests: list[Request] = []
@@ -78,7 +78,7 @@ class HttpReceiver:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

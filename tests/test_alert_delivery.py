@@ -16,6 +16,7 @@ from datetime import timedelta
 
 import orjson
 
+from dctwin.broker import free_port
 from ingest.store import Store
 from tests.alerting import AmWebhookV4, HttpReceiver, write_samples
 from twin.alerts.grouping import fingerprint
@@ -121,6 +122,33 @@ def test_a_4xx_answer_is_not_retried(tmp_path, site):
     finally:
         svc.stop()
         rx.close()
+
+
+def test_receiver_not_listening_gets_the_notification_once_it_is_up(tmp_path, site):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/hook"
+    store = Store(tmp_path / "a.duckdb")
+    svc = service(store, site, url)
+    rx = None
+    try:
+        now = utcnow()
+        write_samples(store, "gpu", [(GPU, "gpu_temp_c", 91.5, now)])
+        svc.evaluate(now)
+        for _ in range(3):  # connection refused: retried, not lost
+            svc.deliverer.deliver_due(utcnow() + timedelta(seconds=10))
+        (stats,) = svc.receivers_view()
+        assert stats["outbox"]["pending"] == 1 and "ConnectError" in \
+            stats["outbox"]["last_error"]
+        rx = HttpReceiver(port=port)
+        svc.deliverer.deliver_due(utcnow() + timedelta(seconds=10))
+        (req,) = rx.wait_for(1)
+        check_signature(req)
+        svc.deliverer.deliver_due(utcnow() + timedelta(seconds=60))
+        assert len(rx.requests) == 1
+    finally:
+        svc.stop()
+        if rx is not None:
+            rx.close()
 
 
 def test_backoff_doubles_up_to_its_cap():

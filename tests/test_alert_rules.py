@@ -117,3 +117,16 @@ def test_topology_from_the_site_model(site):
     assert topo.class_of("sv1/h1/cdu-row3/pump2") == "cdu"
     assert topo.downstream("sv1/h1/cdu-row4") == [f"rk40{i}" for i in range(1, 9)]
     assert topo.downstream("sv1/h1/pdu-row1") == [f"rk10{i}" for i in range(1, 9)]
+
+
+def test_serve_refuses_a_bad_rules_file_naming_the_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from dctwin.cli import app
+
+    bad = tmp_path / "rules.yaml"
+    bad.write_text(BASE.replace("value: 85", "value: 85\n    for: soon"))
+    monkeypatch.setenv("DCTWIN_ALERT_RULES_FILE", str(bad))
+    result = CliRunner().invoke(app, ["serve", "--db", str(tmp_path / "x.duckdb")])
+    assert result.exit_code == 2
+    assert f"{bad}:6: rules[0].for: invalid duration 'soon'" in result.output

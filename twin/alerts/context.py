@@ -50,16 +50,30 @@ class RuleContext:
     topology: Topology
     providers: Providers
     started_at: datetime  # first evaluation of this engine (absence rules wait for it)
+    # what the rule set reads, so that one query per table serves every rule
+    metrics: frozenset[str] = frozenset()
+    event_kinds: frozenset[str] = frozenset()
+    event_lookback_s: float = 0.0
     _latest: dict[str | None, pl.DataFrame] = field(default_factory=dict)
+    _all_latest: pl.DataFrame | None = None
     _events: pl.DataFrame | None = None
     _classes: pl.DataFrame | None = None
 
     def latest(self, metric: str) -> pl.DataFrame:
         """device_id, value, read_time for one metric."""
         if metric not in self._latest:
-            self._latest[metric] = self.cursor.sql(
-                "SELECT device_id, value, read_time FROM latest WHERE metric = $m",
-                params={"m": metric}).pl()
+            if metric in self.metrics:
+                if self._all_latest is None:
+                    self._all_latest = self.cursor.sql(
+                        "SELECT metric, device_id, value, read_time FROM latest "
+                        "WHERE list_contains($ms, metric)",
+                        params={"ms": sorted(self.metrics)}).pl()
+                frame = self._all_latest.filter(pl.col("metric") == metric).drop("metric")
+            else:
+                frame = self.cursor.sql(
+                    "SELECT device_id, value, read_time FROM latest WHERE metric = $m",
+                    params={"m": metric}).pl()
+            self._latest[metric] = frame
         return self._latest[metric]
 
     def last_seen(self, metric: str | None) -> pl.DataFrame:
@@ -92,6 +106,16 @@ class RuleContext:
 
     def events(self, kinds: list[str], lookback_s: float) -> pl.DataFrame:
         """read_time, device_id, kind, severity, message, attrs of recent events."""
+        start = self.now - timedelta(seconds=lookback_s)
+        if set(kinds) <= self.event_kinds and lookback_s <= self.event_lookback_s:
+            if self._events is None:
+                self._events = self._query_events(sorted(self.event_kinds),
+                                                  self.event_lookback_s)
+            return self._events.filter(pl.col("kind").is_in(kinds)
+                                       & (pl.col("read_time") > start))
+        return self._query_events(kinds, lookback_s)
+
+    def _query_events(self, kinds: list[str], lookback_s: float) -> pl.DataFrame:
         start = self.now - timedelta(seconds=lookback_s)
         end = self.now + timedelta(seconds=EVENT_SKEW_S)
         return self.cursor.sql(

@@ -28,7 +28,7 @@ from twin.alerts.grouping import Topology, fingerprint, group_key, group_labels,
 from twin.alerts.lifecycle import AlertDb
 from twin.alerts.outbox import Outbox, utcnow
 from twin.alerts.receivers import AlertmanagerReceiver, Receiver
-from twin.alerts.rules import RulesFile
+from twin.alerts.rules import EventRule, LeakRule, RulesFile
 from twin.alerts.webhook import AlertView, webhook_payload
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,24 @@ class Tick:
                     or self.notifications)
 
 
+def reads_of(rules: RulesFile) -> tuple[frozenset[str], frozenset[str], float]:
+    """Metrics and event kinds the enabled rules read, and the longest event lookback."""
+    metrics: set[str] = set()
+    kinds: set[str] = set()
+    lookback = 0.0
+    for r in rules.rules:
+        if not r.enabled:
+            continue
+        if getattr(r, "metric", None):
+            metrics.add(r.metric)
+        if isinstance(r, LeakRule):
+            metrics.add("leak_detected")
+        if isinstance(r, EventRule):
+            kinds.update(e.value for e in r.events)
+            lookback = max(lookback, r.resolve_after)
+    return frozenset(metrics), frozenset(kinds), lookback
+
+
 class _Fields(dict):
     def __missing__(self, key: str) -> str:
         return "{" + key + "}"
@@ -120,6 +138,8 @@ class AlertEngine:
         self.pending: dict[str, dict[str, datetime]] = {r.name: {} for r in rules.rules}
         self._am_sent: dict[str, datetime] = {}
         self.evaluations = 0
+        self._reads = reads_of(rules)
+        self._ids: list[int] = []
         self._load()
 
     def _load(self) -> None:
@@ -145,7 +165,8 @@ class AlertEngine:
             if self.started_at is None:
                 self.started_at = now
             tick = Tick(now)
-            ctx = RuleContext(now, self.db.cur(), self.topology, self.providers, self.started_at)
+            ctx = RuleContext(now, self.db.cur(), self.topology, self.providers,
+                              self.started_at, *self._reads)
             by_rule: dict[str, dict[str, OpenAlert]] = {}
             for a in self.open.values():
                 by_rule.setdefault(a.rule, {})[a.key] = a
@@ -231,10 +252,11 @@ class AlertEngine:
         fields = {**labels, "value": hit.value, "runbook_base": self.rules.settings.runbook_base,
                   "downstream": self._downstream(labels), **hit.context}
         annotations = {k: render(v, fields) for k, v in rule.annotations.as_dict().items()}
-        with self.db.lock:
-            alert_id = self.db.next_ids(self.db.cur(), 1)[0]
-        alert = OpenAlert(alert_id, fp, rule.name, hit.key, rule.severity, labels, annotations,
-                          hit.value, since, now)
+        if not self._ids:  # ids come from a DuckDB sequence, a block at a time
+            with self.db.lock:
+                self._ids = self.db.next_ids(self.db.cur(), 256)[::-1]
+        alert = OpenAlert(self._ids.pop(), fp, rule.name, hit.key, rule.severity, labels,
+                          annotations, hit.value, since, now)
         self.open[fp] = alert
         self._changed_state(fp, now)
         tick.new.append(alert)
@@ -337,32 +359,22 @@ class AlertEngine:
     # -- persistence --------------------------------------------------------------------
 
     def _persist(self, tick: Tick) -> None:
+        def row(a: OpenAlert) -> dict[str, Any]:
+            return {"id": a.id, "status": "resolved" if a.ends_at else "firing",
+                    "ends_at": a.ends_at, "value": a.value, "silenced_by": list(a.silenced_by),
+                    "inhibited_by": a.inhibited_by, "flapping": a.flapping,
+                    "notified": a.notified, "updated_at": tick.now}
+
         new_ids = {a.id for a in tick.new}
+        new = [{**row(a), "fingerprint": a.fingerprint, "rule": a.rule, "series_key": a.key,
+                "severity": a.severity, "labels": orjson.dumps(a.labels).decode(),
+                "annotations": orjson.dumps(a.annotations).decode(),
+                "starts_at": a.starts_at, "fired_at": a.fired_at, "updated_at": a.fired_at}
+               for a in tick.new]
+        changed = [row(a) for a in ({a.id: a for a in tick.resolved} | tick.updated).values()
+                   if a.id not in new_ids]
         with self.db.transaction() as cur:
-            for a in tick.new:
-                cur.execute(
-                    "INSERT INTO alerts (id, fingerprint, rule, series_key, status, severity, "
-                    "labels, annotations, value, starts_at, fired_at, ends_at, updated_at, "
-                    "silenced_by, inhibited_by, flapping, notified) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [a.id, a.fingerprint, a.rule, a.key, "resolved" if a.ends_at else "firing",
-                     a.severity, orjson.dumps(a.labels).decode(),
-                     orjson.dumps(a.annotations).decode(), a.value, a.starts_at, a.fired_at,
-                     a.ends_at, a.fired_at, list(a.silenced_by), a.inhibited_by, a.flapping,
-                     a.notified])
-            changed = {a.id: a for a in tick.resolved} | tick.updated
-            for a in changed.values():
-                if a.id in new_ids:
-                    continue
-                cur.execute(
-                    "UPDATE alerts SET status = ?, ends_at = ?, value = ?, silenced_by = ?, "
-                    "inhibited_by = ?, flapping = ?, notified = ?, updated_at = ? WHERE id = ?",
-                    ["resolved" if a.ends_at else "firing", a.ends_at, a.value,
-                     list(a.silenced_by), a.inhibited_by, a.flapping, a.notified,
-                     tick.now, a.id])
-            if tick.transitions:
-                cur.executemany("INSERT INTO alert_transitions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                tick.transitions)
+            self.db.write_changes(cur, new, changed, tick.transitions)
             for receiver, gkey, payload in tick.notifications:
                 # delivery runs on wall-clock time, whatever time the evaluation was for
                 self.outbox.enqueue(cur, receiver, gkey, payload, utcnow())

@@ -1,7 +1,7 @@
 """Topology labels, Alertmanager fingerprints, inhibition and notification groups.
 
-Topology comes from the site model through `site_topology` (the one function to swap for
-twin.topology later): every alert about a device carries the labels of where it sits and
+Topology comes from the twin's topology graph (twin.topology) through `site_topology`, the
+one function that knows it: every alert about a device carries the labels of where it sits and
 what serves it (`rack`, `row`, `hall`, the `cdu` whose loop cools it, the `pdu` that feeds
 it). Inhibition is Alertmanager's (`source_matchers`, `target_matchers`, `equal`), so with
 `equal: [cdu]` a failed pump mutes GPU-temperature alerts of exactly the racks its loop
@@ -17,6 +17,7 @@ import polars as pl
 
 from ingest.site import Site
 from twin.alerts.rules import InhibitRule
+from twin.topology import Topology as TwinTopology
 
 # -- fingerprint ------------------------------------------------------------------------
 
@@ -93,30 +94,33 @@ class Topology:
 
 
 def site_topology(site: Site) -> Topology:
-    """What each CDU loop cools and what each PDU feeds, from the site model's rows."""
+    """What each CDU loop cools and what each PDU feeds, read from the twin's topology graph
+    (twin.topology: cooling chain CDU -> rack, power chain PDU -> rack power shelf)."""
+    graph = TwinTopology(site)
     sid = site.site.id
-    entity: dict[str, dict[str, str]] = {}
+    entity: dict[str, dict[str, str]] = {sid: {"site": sid}}
     downstream: dict[str, list[str]] = {}
-    for hall in site.halls:
-        for c in hall.cdus:
-            cid = f"{sid}/{hall.id}/{c.id}"
-            entity[cid] = {"site": sid, "hall": hall.id, "cdu": cid}
-        for p in hall.pdus:
-            pid = f"{sid}/{hall.id}/{p.id}"
-            entity[pid] = {"site": sid, "hall": hall.id, "pdu": pid}
-        for a in hall.crahs:
-            entity[f"{sid}/{hall.id}/{a.id}"] = {"site": sid, "hall": hall.id}
-    for r in site.racks():
-        cdu, pdu = f"{sid}/{r.hall}/{r.cdu}", f"{sid}/{r.hall}/{r.pdu}"
-        entity[r.prefix] = {"site": sid, "hall": r.hall, "row": r.row, "rack": r.rack,
-                            "cdu": cdu, "pdu": pdu}
-        downstream.setdefault(cdu, []).append(r.rack)
-        downstream.setdefault(pdu, []).append(r.rack)
-    for m in site.meters:
-        entity[site.meter_id(m)] = {"site": sid}
-    entity[site.plant_id()] = {"site": sid}
-    entity[f"{sid}/facility/{site.ups.id}"] = {"site": sid}
-    entity[sid] = {"site": sid}
+    for n in graph.nodes.values():
+        if n.cls == "rack":
+            entity[n.id] = {"site": sid, "hall": n.hall or "", "row": n.row or "",
+                            "rack": n.rack or ""}
+        elif n.cls in ("cdu", "pdu", "crah"):
+            entity[n.id] = {"site": sid, "hall": n.hall or ""}
+            if n.cls != "crah":
+                entity[n.id][n.cls] = n.id
+        elif n.cls in ("meter", "ups", "chiller_plant"):
+            entity[n.id] = {"site": sid}
+    for n in graph.nodes.values():
+        if n.cls == "cdu":
+            racks = graph.cools(n.id, "rack")
+        elif n.cls == "pdu":  # PDU -> each rack's power shelf
+            racks = [shelf.rsplit("/", 1)[0] for shelf in graph.downstream(n.id, "power",
+                                                                             "shelf")]
+        else:
+            continue
+        for rack in racks:
+            entity[rack][n.cls] = n.id
+            downstream.setdefault(n.id, []).append(graph.nodes[rack].rack or rack)
     classes = {d.id: d.device_class for d in site.devices()}
     return Topology(entity, classes, downstream, site_id=sid)
 

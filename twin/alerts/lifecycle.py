@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 import orjson
+import pyarrow as pa
 
 from ingest.store import Store
 from twin.alerts.config import Matcher
@@ -74,6 +75,19 @@ ALERT_COLUMNS = ("id", "fingerprint", "rule", "series_key", "status", "severity"
 _SELECT = "SELECT " + ", ".join(ALERT_COLUMNS) + " FROM alerts"
 
 
+_TS = pa.timestamp("us")
+_CHANGED = pa.schema([("id", pa.int64()), ("status", pa.string()), ("ends_at", _TS),
+                      ("value", pa.float64()), ("silenced_by", pa.list_(pa.string())),
+                      ("inhibited_by", pa.string()), ("flapping", pa.bool_()),
+                      ("notified", pa.bool_()), ("updated_at", _TS)])
+_NEW = pa.schema([*_CHANGED, ("fingerprint", pa.string()), ("rule", pa.string()),
+                  ("series_key", pa.string()), ("severity", pa.string()),
+                  ("labels", pa.string()), ("annotations", pa.string()),
+                  ("starts_at", _TS), ("fired_at", _TS)])
+_TRANSITION_TYPES = (pa.int64(), pa.string(), _TS, pa.string(), pa.string(), pa.string(),
+                     pa.float64())
+
+
 class NotFoundError(LookupError):
     pass
 
@@ -126,14 +140,22 @@ class AlertDb:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.lock = threading.RLock()
-        self._local = threading.local()
+        # one cursor per thread, kept here (not in a threading.local) so close() reaches all
+        self._cursors: dict[int, duckdb.DuckDBPyConnection] = {}
         self.cur().execute(SCHEMA)
 
     def cur(self) -> duckdb.DuckDBPyConnection:
-        cur = getattr(self._local, "cur", None)
-        if cur is None:
-            cur = self._local.cur = self.store.cursor()
+        ident = threading.get_ident()
+        cur = self._cursors.get(ident)
+        if cur is None:  # a reused thread id belongs to a thread that has ended
+            cur = self._cursors[ident] = self.store.cursor()
         return cur
+
+    def close(self) -> None:
+        with self.lock:
+            for cur in self._cursors.values():
+                cur.close()
+            self._cursors.clear()
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -154,6 +176,30 @@ class AlertDb:
             "SELECT nextval('alert_id_seq') FROM range(?)", [n]).fetchall()]
 
     # -- engine side --------------------------------------------------------------------
+
+    def write_changes(self, cur: duckdb.DuckDBPyConnection, new: list[dict[str, Any]],
+                      changed: list[dict[str, Any]], transitions: list[tuple]) -> None:
+        """Inside the engine's transaction: new alert rows, updated rows, transitions, as
+        Arrow batches (a collector going silent can fire thousands of alerts at once)."""
+        if new:
+            cur.register("new_alerts", pa.Table.from_pylist(new, schema=_NEW))
+            cur.execute("INSERT INTO alerts (" + ", ".join(_NEW.names) + ") SELECT "
+                        + ", ".join(_NEW.names) + " FROM new_alerts")
+            cur.unregister("new_alerts")
+        if changed:
+            cur.register("changed_alerts", pa.Table.from_pylist(changed, schema=_CHANGED))
+            cur.execute("UPDATE alerts SET " + ", ".join(
+                f"{c} = u.{c}" for c in _CHANGED.names if c != "id")
+                + " FROM changed_alerts u WHERE alerts.id = u.id")
+            cur.unregister("changed_alerts")
+        if transitions:
+            cols = list(zip(*transitions, strict=True))
+            cur.register("new_transitions", pa.table(
+                [pa.array(c, t) for c, t in zip(cols, _TRANSITION_TYPES, strict=True)],
+                names=["alert_id", "fingerprint", "occurred_at", "transition", "actor",
+                       "comment", "value"]))
+            cur.execute("INSERT INTO alert_transitions SELECT * FROM new_transitions")
+            cur.unregister("new_transitions")
 
     def open_alerts(self) -> list[dict[str, Any]]:
         rows = self.cur().execute(_SELECT + " WHERE status = 'firing' ORDER BY id").fetchall()

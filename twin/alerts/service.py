@@ -16,6 +16,7 @@ from typing import Any
 
 from ingest.site import Site
 from ingest.store import Store
+from twin.alerts.config import ConfigError
 from twin.alerts.context import Providers
 from twin.alerts.engine import AlertEngine, Tick
 from twin.alerts.grouping import site_topology
@@ -25,6 +26,37 @@ from twin.alerts.receivers import KafkaReceiver, Receiver, load_receivers, parse
 from twin.alerts.rules import RulesFile, load_rules, parse_rules
 
 log = logging.getLogger(__name__)
+
+
+def load_config(rules_file: Path | None = None, receivers_file: Path | None = None,
+                alerts_topic: str = "") -> tuple[RulesFile, list[Receiver]]:
+    """Rules (packaged defaults when None), receivers from the rules file and the receivers
+    file, plus a Kafka receiver on `alerts_topic` when it is set. ConfigError names the
+    file and line."""
+    if rules_file is None:
+        rules = load_rules(None)
+        receivers: list[Receiver] = []
+    else:
+        rules, lines = parse_rules(_read(rules_file, "rules"), str(rules_file))
+        receivers = parse_receivers(rules.receivers, str(rules_file), lines)
+    if receivers_file is not None:
+        receivers += load_receivers(receivers_file)
+    if alerts_topic and not any(isinstance(r, KafkaReceiver) and r.topic == alerts_topic
+                                for r in receivers):
+        receivers.append(KafkaReceiver(name="kafka-alerts", type="kafka", topic=alerts_topic))
+    names = [r.name for r in receivers]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(str(receivers_file or rules_file), None,
+                          f"receivers defined twice: {dupes}")
+    return rules, receivers
+
+
+def _read(path: Path, what: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), None, f"cannot read {what} file: {exc.strerror}") from exc
 
 
 class AlertService:
@@ -48,30 +80,6 @@ class AlertService:
         self.last_error: str | None = None
         # called with each evaluation that changed something (the API's live stream)
         self.on_tick: Callable[[Tick], None] | None = None
-
-    @classmethod
-    def from_files(cls, store: Store, site: Site, rules_file: Path | None = None,
-                   receivers_file: Path | None = None, alerts_topic: str = "",
-                   **kwargs: Any) -> AlertService:
-        """Rules (packaged defaults when None), receivers from the rules file and the
-        receivers file, plus a Kafka receiver on `alerts_topic` when it is set."""
-        if rules_file is None:
-            rules = load_rules(None)
-            receivers: list[Receiver] = []
-        else:
-            rules, lines = parse_rules(Path(rules_file).read_text(), str(rules_file))
-            receivers = parse_receivers(rules.receivers, str(rules_file), lines)
-        if receivers_file is not None:
-            receivers += load_receivers(receivers_file)
-        if alerts_topic and not any(isinstance(r, KafkaReceiver) and r.topic == alerts_topic
-                                    for r in receivers):
-            receivers.append(KafkaReceiver(name="kafka-alerts", type="kafka",
-                                           topic=alerts_topic))
-        names = [r.name for r in receivers]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"receivers defined twice (rules and receivers file): {dupes}")
-        return cls(store, site, rules, receivers, **kwargs)
 
     # -- running ------------------------------------------------------------------------
 
@@ -121,6 +129,7 @@ class AlertService:
         for t in self._threads:
             t.join(timeout=15)
         self.deliverer.close()
+        self.db.close()
 
     # -- views for the API --------------------------------------------------------------
 
