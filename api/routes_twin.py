@@ -33,6 +33,9 @@ from twin.state import Twin, now_ms
 from twin.topology import CHAINS, DEPTH_ORDER
 
 MAX_BUCKETS = 10_000
+# Energy figures integrate at `energy_resolution_s` cells: an unbounded range (start in
+# year 1) would allocate hundreds of millions of cells (found by the API fuzz test).
+MAX_RANGE = timedelta(days=400)
 _STEP = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)?\s*$")
 _UNIT_S = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -72,6 +75,9 @@ def parse_range(start: datetime | None, end: datetime | None, step_s: float | No
     if e <= s:
         raise HTTPException(422, f"end: must be after start (start={s.isoformat()}Z, "
                                  f"end={e.isoformat()}Z)")
+    if e - s > MAX_RANGE:
+        raise HTTPException(400, f"start: the range {s.isoformat()}Z .. {e.isoformat()}Z is "
+                                 f"longer than {MAX_RANGE.days} days; query it in parts")
     if step_s is not None and (e - s).total_seconds() / step_s > MAX_BUCKETS:
         raise HTTPException(400, f"step: {step_s:g} s gives more than {MAX_BUCKETS} buckets "
                                  "over this range; use a larger step")
