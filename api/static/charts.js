@@ -33,7 +33,8 @@ function svg(tag, attrs, text) {
 function lineChart(container, series, { unit = "", digits = 1, title = "" } = {}) {
   // drawn in CSS pixels of the container, so text keeps its shape at any size
   const W = Math.max(container.clientWidth, 200), H = Math.max(container.clientHeight, 80);
-  const L = 52, R = 10, T = 10, B = 22;
+  const R = 10, T = 10, B = Math.round(parseFloat(getComputedStyle(container).fontSize) * 1.4);
+  let L = 52; // widened below to fit the y labels
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
   const pts = series.flatMap((s) => s.points).filter((p) => p[1] != null);
   container.replaceChildren(root);
@@ -47,16 +48,19 @@ function lineChart(container, series, { unit = "", digits = 1, title = "" } = {}
   const pad = (vmax - vmin) * 0.1 || Math.abs(vmax) * 0.01 || 1;
   vmin -= pad; vmax += pad;
   if (tmax === tmin) tmax = tmin + 1;
+  // enough decimals that three tick labels differ, however flat the series
+  const span = Math.max(vmax - vmin - 2 * pad, 1e-9);
+  const dg = Math.min(6, Math.max(digits, Math.ceil(-Math.log10(span / 2)) + 1));
+  const yLabels = [vmin + pad, (vmin + vmax) / 2, vmax - pad].map((v) => [v,
+    `${v.toFixed(dg)}${unit}`]);
+  const charW = parseFloat(getComputedStyle(container).fontSize) * 0.72 * 0.62; // tick text
+  L = Math.max(L, 10 + charW * Math.max(...yLabels.map(([, s]) => s.length)));
   const x = (t) => L + ((t - tmin) / (tmax - tmin)) * (W - L - R);
   const y = (v) => T + (1 - (v - vmin) / (vmax - vmin)) * (H - T - B);
   root.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }));
   root.append(svg("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" }));
-  // enough decimals that three tick labels differ, however flat the series
-  const span = Math.max(vmax - vmin - 2 * pad, 1e-9);
-  const dg = Math.min(6, Math.max(digits, Math.ceil(-Math.log10(span / 2)) + 1));
-  for (const v of [vmin + pad, (vmin + vmax) / 2, vmax - pad]) {
-    root.append(svg("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end" },
-                    `${v.toFixed(dg)}${unit}`));
+  for (const [v, label] of yLabels) {
+    root.append(svg("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end" }, label));
   }
   const secs = tmax - tmin < 15 * 60000; // short spans need seconds to tell labels apart
   for (const [t, anchor] of [[tmin, "start"], [(tmin + tmax) / 2, "middle"], [tmax, "end"]]) {
