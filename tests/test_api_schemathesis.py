@@ -27,7 +27,11 @@ from twin.alerts.rules import load_rules
 from twin.alerts.service import AlertService
 from twin.state import Twin
 
-CHECKS = [st_checks.not_a_server_error, st_checks.status_code_conformance,
+# Features that answer a documented 503 problem until an operator sets them up: the
+# failure-risk model needs a trained, approved model (docs/failure-prediction.md).
+NOT_CONFIGURED_HERE = {"/v1/failure-risk"}
+
+CHECKS = [st_checks.status_code_conformance,
           st_checks.content_type_conformance, st_checks.response_headers_conformance,
           st_checks.response_schema_conformance, st_checks.negative_data_rejection,
           st_checks.missing_required_header, st_checks.unsupported_method]
@@ -66,6 +70,11 @@ def _fuzz(app, headers: dict[str, str], max_examples: int, extra=None) -> list[s
                   derandomize=True, suppress_health_check=list(HealthCheck))
         def run(case):
             response = case.call_and_validate(headers=headers, checks=CHECKS)
+            # not_a_server_error, less a feature this test app does not set up
+            if response.status_code >= 500:
+                assert response.status_code == 503 and case.path in NOT_CONFIGURED_HERE, (
+                    f"{case.method} {case.path}: {response.status_code} "
+                    f"{response.text[:500]}")
             if extra is not None:
                 extra(case, response)
 
