@@ -231,6 +231,10 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+from dctwin.cli_apikey import apikey_app  # noqa: E402
+
+app.add_typer(apikey_app, name="apikey")
+
 from dctwin.failure_cli import failure_app  # noqa: E402
 
 app.add_typer(failure_app, name="failure")
