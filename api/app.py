@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
+from api.routes_optimizer import optimizer_router
 from api.routes_twin import twin_router
 from twin.pue import MeterReading
 from twin.state import Twin
@@ -44,6 +45,7 @@ def create_app(twin: Twin, health=None) -> FastAPI:
         return {"status": "ok", **(health() if health else {})}
 
     app.include_router(twin_router(twin))  # topology, pue, heat balance, rollups, series
+    app.include_router(optimizer_router(twin))  # setpoint recommendations (optimizer)
 
     @app.get("/v1/devices/{device_id:path}", response_model=DeviceOut)
     def device(device_id: str) -> DeviceOut:

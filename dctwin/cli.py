@@ -201,5 +201,9 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+from dctwin.optimize_cli import optimize_app  # noqa: E402
+
+app.add_typer(optimize_app, name="optimize")
+
 if __name__ == "__main__":
     app()
