@@ -94,7 +94,7 @@ def train(
                              hours=period_days * 24, climate=clim, step_s=step_s, progress=tick)
                 save_history(con, df)
         history = load_history(con)
-        n_models = 6 * members + 5
+        n_models = 6 * members + 4
         task = bar.add_task("training", total=n_models)
         models = fit(history, members=members, progress=lambda _m: bar.advance(task))
     models.save(model)

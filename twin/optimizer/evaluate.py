@@ -217,7 +217,7 @@ def evaluate(models: PlantModels, site: Site, *, seed: int = 7, start: datetime,
             apply_setpoints(ml_sim.controls, np.array([dec.recommended[n] for n in SETPOINTS]))
             res.per_rec_predicted_kwh += dec.predicted_savings_kw * h
         else:
-            key = dec.reason.split(":")[0]
+            key = dec.category
             res.no_recommendation[key] = res.no_recommendation.get(key, 0) + 1
         # predicted saving of what is now commanded against the fixed baseline setpoints
         state = np.array([obs[n] for n in STATE])

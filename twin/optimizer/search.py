@@ -28,6 +28,7 @@ ACTIVE_TOL = 1e-6
 class Decision:
     recommended: dict[str, float] | None  # None: keep the current setpoints (see reason)
     reason: str
+    category: str  # recommended, out_of_distribution, out_of_trained_range, infeasible, no_gain
     current: dict[str, float]
     state: dict[str, float]
     model_version: str
@@ -93,7 +94,8 @@ class Optimizer:
 
     def recommend(self, state: dict[str, float], current: dict[str, float]) -> Decision:
         s, cur = _vec(state, STATE), _vec(current, SETPOINTS)
-        dec = Decision(None, "", dict(zip(SETPOINTS, cur.tolist(), strict=True)),
+        dec = Decision(None, "", "out_of_distribution",
+                       dict(zip(SETPOINTS, cur.tolist(), strict=True)),
                        dict(zip(STATE, s.tolist(), strict=True)), self.models.version)
         ood = self.models.domain.state_reasons(s)
         if ood:
@@ -104,6 +106,7 @@ class Optimizer:
             bad = [SETPOINTS[i] for i in np.flatnonzero(lo > hi + ACTIVE_TOL)]
             dec.reason = (f"current {bad} are outside the trained range by more than one "
                           "ramp step: no safe move within the models' domain")
+            dec.category = "out_of_trained_range"
             return dec
         hi = np.maximum(hi, lo)
         cand = np.vstack([np.clip(cur, lo, hi)[None, :], self._sample(lo, hi, N_GLOBAL)])
@@ -120,6 +123,7 @@ class Optimizer:
         if best_sp is None:
             dec.reason = ("no candidate within the ramp limit satisfies the GPU temperature "
                           "limit, the loop class limits and the trained domain")
+            dec.category = "infeasible"
             return dec
         both = self.predict_setpoints(np.vstack([cur, best_sp]), s)
         pc, pb = both.row(0), both.row(1)
@@ -138,13 +142,18 @@ class Optimizer:
         dec.active_constraints = self._active(best_sp, cur, lo, hi, pb)
         dec.binding_constraint = self._binding(best_sp, s, float(both.row(1, False).facility_kw[0]),
                                                dec.active_constraints)
-        if dec.predicted_savings_kw < self.c.min_savings_kw:
+        cur_ok = bool(self._feasible(cur[None, :], s, pc)[0])
+        if cur_ok and dec.predicted_savings_kw < self.c.min_savings_kw:
             dec.reason = (f"current setpoints are within {self.c.min_savings_kw} kW of the best "
                           f"found (predicted saving {dec.predicted_savings_kw:.3f} kW)")
+            dec.category = "no_gain"
             return dec
         best_sp[ECON] = round(best_sp[ECON])
         dec.recommended = dict(zip(SETPOINTS, best_sp.tolist(), strict=True))
-        dec.reason = f"predicted saving {dec.predicted_savings_kw:.2f} kW"
+        dec.category = "recommended"
+        dec.reason = f"predicted saving {dec.predicted_savings_kw:.2f} kW" + (
+            "" if cur_ok else "; the current setpoints break a constraint or leave the trained "
+            "domain, this is the best safe move")
         return dec
 
     def _best(self, cand: np.ndarray, s: np.ndarray) -> np.ndarray | None:
@@ -188,7 +197,7 @@ class Optimizer:
         """The active constraint whose relaxation the models say would save the most: each
         active bound is nudged outward by a small amount and re-predicted."""
         if not active:
-            return None
+            return "none (interior optimum of the predicted facility power)"
         probes = []
         for a in active:
             name = next((n for n in SETPOINTS if f":{n} " in a), None)
