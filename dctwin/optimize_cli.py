@@ -175,11 +175,16 @@ def format_result(s: dict) -> str:
         f"cooling energy saved: ML {_pct(s['cooling_savings_pct'])}, "
         f"oracle {_pct(s['oracle_cooling_savings_pct'])}; ML reaches "
         f"{'n/a' if frac is None else f'{100 * frac:.1f} %'} of the oracle's savings",
-        f"facility savings vs fixed setpoints: predicted {s['predicted_savings_kwh']:.1f} kWh, "
-        f"realised {s['realised_facility_savings_kwh']:.1f} kWh "
-        f"(predicted/realised {'n/a' if ratio_f is None else f'{ratio_f:.3f}'})",
+        f"facility savings vs fixed setpoints over the {s['predicted_intervals']} intervals "
+        f"the models could judge: predicted {s['predicted_savings_kwh']:.1f} kWh, realised "
+        f"{s['realised_on_predicted_kwh']:.1f} kWh (predicted/realised "
+        f"{'n/a' if ratio_f is None else f'{ratio_f:.3f}'}); cooling: predicted "
+        f"{s['predicted_cooling_savings_kwh']:.1f}, realised "
+        f"{s['realised_cooling_on_predicted_kwh']:.1f} kWh",
         f"per recommendation (vs keeping the previous setpoints, counterfactual): predicted "
-        f"{s['per_rec_predicted_kwh']:.1f} kWh, realised {s['per_rec_realised_kwh']:.1f} kWh",
+        f"{s['per_rec_predicted_kwh']:.1f} kWh, realised {s['per_rec_realised_kwh']:.1f} kWh "
+        f"over the 15 min with the ramps, {s['per_rec_realised_settled_kwh']:.1f} kWh at the "
+        f"rate of the interval's last 5 min",
         f"wall time {s['wall_s']:.0f} s",
         "acceptance:",
         f"  cooling savings >= 15 %: {_ok(s['cooling_savings_pct'] >= 15.0)}",

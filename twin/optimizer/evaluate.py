@@ -78,8 +78,13 @@ class EvalResult:
     no_recommendation: dict[str, int] = field(default_factory=dict)
     predicted_savings_kwh: float = 0.0  # vs baseline setpoints, facility
     predicted_cooling_savings_kwh: float = 0.0
+    # realised savings over the same intervals (those whose state the models could judge)
+    realised_on_predicted_kwh: float = 0.0
+    realised_cooling_on_predicted_kwh: float = 0.0
+    predicted_intervals: int = 0
     per_rec_predicted_kwh: float = 0.0  # each recommendation vs keeping the previous ones
-    per_rec_realised_kwh: float = 0.0
+    per_rec_realised_kwh: float = 0.0  # counterfactual over the whole interval
+    per_rec_realised_settled_kwh: float = 0.0  # ... over its last SETTLED_TAIL_S, x interval
     wall_s: float = 0.0
 
     def savings_pct(self, run: RunTotals) -> float:
@@ -111,26 +116,32 @@ class EvalResult:
         out["realised_cooling_savings_kwh"] = self.realised_cooling_kwh
         out["realised_facility_savings_kwh"] = self.realised_facility_kwh
         out["predicted_over_realised_facility"] = (
-            self.predicted_savings_kwh / self.realised_facility_kwh
-            if self.realised_facility_kwh else None)
+            self.predicted_savings_kwh / self.realised_on_predicted_kwh
+            if self.realised_on_predicted_kwh else None)
         out["predicted_over_realised_cooling"] = (
-            self.predicted_cooling_savings_kwh / self.realised_cooling_kwh
-            if self.realised_cooling_kwh else None)
+            self.predicted_cooling_savings_kwh / self.realised_cooling_on_predicted_kwh
+            if self.realised_cooling_on_predicted_kwh else None)
         return out
 
 
+SETTLED_TAIL_S = 300.0  # a recommendation's outcome is measured over the interval's end
+
+
 def _advance(sim: SiteSimulator, seconds: float, step_s: float, totals: RunTotals | None,
-             limit_c: float) -> tuple[float, float]:
-    """Step `seconds`; returns (mean facility kW, max GPU temp) over the steps."""
+             limit_c: float) -> tuple[float, float, float]:
+    """Step `seconds`; returns (mean facility kW, mean facility kW over the last
+    SETTLED_TAIL_S, max GPU temp) over the steps."""
     n = max(1, int(round(seconds / step_s)))
-    fac, tmax = 0.0, -np.inf
-    for _ in range(n):
+    n_tail = max(1, min(n, int(round(SETTLED_TAIL_S / step_s))))
+    kw = np.empty(n)
+    tmax = -np.inf
+    for i in range(n):
         sim.step(step_s)
-        fac += sim.plant.facility_kw
+        kw[i] = sim.plant.facility_kw
         tmax = max(tmax, float(sim.gpu.temp_c.max()))
         if totals is not None:
             totals.add(sim, step_s, limit_c)
-    return fac / n, tmax
+    return float(kw.mean()), float(kw[-n_tail:].mean()), tmax
 
 
 class Oracle:
@@ -169,7 +180,7 @@ class Oracle:
         for cand in self.candidates(cur):
             trial = copy.deepcopy(sim)
             apply_setpoints(trial.controls, cand)
-            kw, tmax = _advance(trial, control_s, self.step_s, None, 0.0)
+            kw, _, tmax = _advance(trial, control_s, self.step_s, None, 0.0)
             cdu_ok = float(trial.cdu.supply_c.max()) <= self.c.tcs_max_c
             if tmax <= self.c.gpu_temp_cap_c and cdu_ok and kw < best_kw:
                 best, best_kw = cand, kw
@@ -200,6 +211,8 @@ def evaluate(models: PlantModels, site: Site, *, seed: int = 7, start: datetime,
     h = control_s / 3600.0
     wall0 = datetime.now(UTC)
     for k in range(n_ctrl):
+        b0 = (res.baseline.facility_kwh, res.baseline.cooling_kwh)
+        m0 = (res.ml.facility_kwh, res.ml.cooling_kwh)
         _advance(base_sim, control_s, step_s, res.baseline, c.gpu_temp_limit_c)
         # ML loop: observe, recommend, accept, apply; counterfactual on the old setpoints
         obs = observe(ml_sim)
@@ -222,18 +235,28 @@ def evaluate(models: PlantModels, site: Site, *, seed: int = 7, start: datetime,
         # predicted saving of what is now commanded against the fixed baseline setpoints
         state = np.array([obs[n] for n in STATE])
         now_sp = read_setpoints(ml_sim.controls)
-        if not models.domain.state_reasons(state):
+        judged = not models.domain.state_reasons(state)
+        if judged:
             p = opt.predict_setpoints(np.vstack([baseline_sp, now_sp]), state)
             res.predicted_savings_kwh += float(p.facility_kw[0] - p.facility_kw[1]) * h
             res.predicted_cooling_savings_kwh += float(p.cooling_kw[0] - p.cooling_kw[1]) * h
-        ml_kw, _ = _advance(ml_sim, control_s, step_s, res.ml, c.gpu_temp_limit_c)
+            res.predicted_intervals += 1
+        ml_kw, ml_end_kw, _ = _advance(ml_sim, control_s, step_s, res.ml, c.gpu_temp_limit_c)
+        if judged:
+            res.realised_on_predicted_kwh += ((res.baseline.facility_kwh - b0[0])
+                                              - (res.ml.facility_kwh - m0[0]))
+            res.realised_cooling_on_predicted_kwh += ((res.baseline.cooling_kwh - b0[1])
+                                                      - (res.ml.cooling_kwh - m0[1]))
         if dec.recommended is not None:
-            cf_kw, _ = _advance(cf, control_s, step_s, None, c.gpu_temp_limit_c)
+            cf_kw, cf_end_kw, _ = _advance(cf, control_s, step_s, None, c.gpu_temp_limit_c)
             res.per_rec_realised_kwh += (cf_kw - ml_kw) * h
+            res.per_rec_realised_settled_kwh += (cf_end_kw - ml_end_kw) * h
             if store is not None and rec_id is not None:
-                store.record_outcome(rec_id, cf_kw - ml_kw, note="counterfactual: same "
-                                     "simulator state kept on the previous setpoints",
-                                     at=datetime.fromtimestamp(ml_sim.time_s, UTC))
+                store.record_outcome(
+                    rec_id, cf_end_kw - ml_end_kw, at=datetime.fromtimestamp(ml_sim.time_s, UTC),
+                    note=f"counterfactual (same state kept on the previous setpoints), last "
+                         f"{SETTLED_TAIL_S:g} s of the interval; over the whole interval, "
+                         f"ramps included: {cf_kw - ml_kw:.3f} kW")
         if orc is not None and or_sim is not None:
             apply_setpoints(or_sim.controls, orc.choose(or_sim, control_s))
             _advance(or_sim, control_s, step_s, res.oracle, c.gpu_temp_limit_c)
