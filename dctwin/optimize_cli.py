@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -74,7 +73,6 @@ def train(
     from twin.optimizer.dataset import explore, load_history, save_history
     from twin.optimizer.models import train as fit
 
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
     model_site, clim = _site(site, gpus), _climate(climate)
     t0 = _time(start, "--start")
     db.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +127,6 @@ def evaluate(
     from twin.optimizer.models import PlantModels
     from twin.optimizer.recommendations import RecommendationStore
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     model_site, clim = _site(site, gpus), _climate(climate)
     try:
         models = PlantModels.load(model)

@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.neighbors import KDTree
+from threadpoolctl import threadpool_limits
 
 from twin.optimizer.dataset import COOLING_TARGETS, POWER_TARGETS, THERMAL_TARGETS
 from twin.optimizer.space import FEATURES, N_SP, STATE
@@ -231,10 +232,17 @@ def _errors(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
             "mean": float(y.mean())}
 
 
-def train(history: pl.DataFrame, members: int = 4, seed: int = 0,
-          progress: Callable[[str], None] | None = None) -> PlantModels:
+def train(history: pl.DataFrame, members: int = 3, seed: int = 0,
+          progress: Callable[[str], None] | None = None, threads: int = 1) -> PlantModels:
     """Fit every model on the earliest (1 - HOLDOUT_FRACTION) of the rows in time and
-    report the error on the latest rows; the held-out rows calibrate the domain."""
+    report the error on the latest rows; the held-out rows calibrate the domain.
+    `threads` caps OpenMP: unbounded, it oversubscribes a shared machine badly."""
+    with threadpool_limits(threads):
+        return _train(history, members, seed, progress)
+
+
+def _train(history: pl.DataFrame, members: int, seed: int,
+           progress: Callable[[str], None] | None) -> PlantModels:
     if history.height < 200:
         raise ValueError(f"training history has {history.height} settled rows; need >= 200 "
                          "(run `dctwin optimize train` with more hours)")
