@@ -25,6 +25,7 @@ from api.metrics import CONTENT_TYPE_LATEST, MetricsRegistry, platform_provider,
 from api.problems import FieldError, Problem, problem_content, problem_example
 from api.routes_alerts import router as alerts_router
 from api.routes_failure import router_for as failure_router_for
+from api.routes_optimizer import optimizer_router
 from api.routes_twin import twin_router
 from twin.events import EventBus
 from twin.state import Twin
@@ -84,7 +85,8 @@ def create_app(twin: Twin, health: Callable[[], dict] | None = None, *,
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     for r in (twin_router(twin), routes_core.router(twin, live), stream.router(bus),
-              routes_keys.router(), alerts_router, failure_router_for(twin), *routers):
+              routes_keys.router(), alerts_router, failure_router_for(twin),
+              optimizer_router(twin), *routers):
         include(app, r)
     dashboard.mount(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -239,5 +239,9 @@ from dctwin.failure_cli import failure_app  # noqa: E402
 
 app.add_typer(failure_app, name="failure")
 
+from dctwin.optimize_cli import optimize_app  # noqa: E402
+
+app.add_typer(optimize_app, name="optimize")
+
 if __name__ == "__main__":
     app()
