@@ -9,7 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.keys import Role
 from ingest.store import Store
+from tests.apihelpers import bearer, keys_per_role
 from tests.optimizer_fixtures import START, small_site, trained
 from twin.optimizer.evaluate import evaluate
 from twin.optimizer.models import MONOTONIC, PlantModels
@@ -170,7 +172,11 @@ def test_api_lists_and_takes_operator_decisions(env, tmp_path):
     recs = RecommendationStore(store.cursor())
     d = _decision(models, history)
     ids = [recs.propose(d, "syn") for _ in range(3)]
-    client = TestClient(create_app(twin))
+    keys, tokens = keys_per_role(tmp_path / "keys.duckdb")
+    viewer = TestClient(create_app(twin, keys=keys), headers=bearer(tokens[Role.viewer]))
+    assert viewer.post(f"/v1/recommendations/{ids[0]}/accept",
+                       json={"who": "eve"}).status_code == 403  # deciding needs an operator
+    client = TestClient(create_app(twin, keys=keys), headers=bearer(tokens[Role.operator]))
     r = client.get("/v1/recommendations")
     assert r.status_code == 200 and [x["id"] for x in r.json()] == ids[::-1]
     body = r.json()[0]

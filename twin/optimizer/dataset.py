@@ -35,8 +35,8 @@ EXTRA = ("it_kw", "facility_kw", "cooling_kw")
 SETTLE_S = 300.0  # rows this soon after the setpoints stopped ramping are transients
 
 # exploration box, inside the envelopes: wide enough to cover where the optimizer goes
-EXPLORE_LO = np.array([8.0, 16.0, 24.0, 40.0, 18.0, 0.0])
-EXPLORE_HI = np.array([26.0, 34.0, 42.0, 200.0, 27.0, 1.0])
+EXPLORE_LO = np.array([8.0, 16.0, 24.0, 5.0, 18.0, 0.0])
+EXPLORE_HI = np.array([26.0, 34.0, 42.0, 150.0, 27.0, 1.0])  # inside the simulator envelopes
 
 SCHEMA = ("CREATE TABLE IF NOT EXISTS optimizer_history (run_id VARCHAR, time TIMESTAMP, "
           "since_change_s DOUBLE, " + ", ".join(f"{c} DOUBLE" for c in FEATURES + TARGETS
