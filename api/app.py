@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
+from api.routes_anomaly import anomaly_router, device_anomaly_state
 from twin.pue import MeterReading
 from twin.state import Twin
 
@@ -42,6 +43,8 @@ class DeviceOut(BaseModel):
     device_id: str
     device_class: str | None
     metrics: list[ReadingOut]
+    anomaly: dict | None = Field(None, description="anomaly score now: score, p, time, "
+                                                   "top_metrics (see GET /v1/anomalies)")
 
 
 def create_app(twin: Twin, health=None) -> FastAPI:
@@ -69,6 +72,8 @@ def create_app(twin: Twin, health=None) -> FastAPI:
             raise HTTPException(404, f"unknown device id {device_id!r}: not in the site model "
                                      "and never reported")
         return DeviceOut(device_id=device_id, device_class=ref.device_class if ref else None,
-                         metrics=[ReadingOut.of(r, now) for r in readings])
+                         metrics=[ReadingOut.of(r, now) for r in readings],
+                         anomaly=device_anomaly_state(twin, device_id))
 
+    app.include_router(anomaly_router(twin))
     return app

@@ -34,7 +34,7 @@ def p_to_score(p: np.ndarray | float) -> np.ndarray:
     p = np.asarray(p, dtype=np.float64)
     with np.errstate(divide="ignore"):
         s = -np.log10(np.clip(p, 0.0, 1.0)) / P_DECADES
-    return np.clip(s, 0.0, 1.0)
+    return np.clip(s, 0.0, 1.0) + 0.0  # no -0.0
 
 
 def score_to_p(score: np.ndarray | float) -> np.ndarray:

@@ -15,9 +15,10 @@ it (and the state carried from earlier calls):
    baseline catches up). The residual z uses the state *before* the point (predictive).
 3. **Calibrated deviation** — ``|z|`` goes through the series' own tail fit
    (calibration.py) to a tail probability ``p_dev``.
-4. **Stuck values** — a run of r exactly repeated values (at distinct timestamps) has
-   probability ``q**r`` where q is the series' own repeat rate when the run began: noisy
-   signals stuck at one value alarm within a few points; quantized or flat signals never.
+4. **Stuck values** — a run of exactly repeated values (at distinct timestamps) has
+   probability ``prod(q)``, q the series' own predictive repeat rate at each repeat:
+   noisy signals stuck at one value alarm within a few points; quantized or flat
+   signals never.
 5. ``p = min(1, 2 * min(p_dev, p_flat))``; ``score = -log10(p)/8`` in [0, 1];
    NaN during the warm-up (fewer than ``warmup_points`` effective points).
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 import numpy as np
+import polars as pl
 
 from twin.anomaly.calibration import combine_p, p_to_score, tail_moments, tail_p
 from twin.anomaly.scan import ew_scan
@@ -52,7 +54,8 @@ class DetectorParams:
 
 
 _STATE_FIELDS = ("last_t", "last_x", "wdt", "ldt", "wl", "x1", "x2", "ws", "v1", "v2",
-                 "wc", "nc", "s1", "s2", "wr", "rr", "run", "q_run")
+                 "wc", "nc", "s1", "s2", "wr", "rr", "run", "log_run", "xmax", "xmin",
+                 "run_sat")
 
 
 @dataclass
@@ -76,13 +79,18 @@ class DetectorState:
     wr: np.ndarray = field(default_factory=lambda: np.empty(0))
     rr: np.ndarray = field(default_factory=lambda: np.empty(0))
     run: np.ndarray = field(default_factory=lambda: np.empty(0))
-    q_run: np.ndarray = field(default_factory=lambda: np.empty(0))
+    log_run: np.ndarray = field(default_factory=lambda: np.empty(0))
+    xmax: np.ndarray = field(default_factory=lambda: np.empty(0))
+    xmin: np.ndarray = field(default_factory=lambda: np.empty(0))
+    run_sat: np.ndarray = field(default_factory=lambda: np.empty(0))
 
     @classmethod
     def empty(cls, n: int) -> DetectorState:
         st = cls(**{f: np.zeros(n) for f in _STATE_FIELDS})
         st.last_t[:] = np.nan
         st.last_x[:] = np.nan
+        st.xmax[:] = -np.inf
+        st.xmin[:] = np.inf
         return st
 
     def __len__(self) -> int:
@@ -112,7 +120,7 @@ class PointScores:
     baseline: np.ndarray  # predictive baseline the point was compared with
 
 
-class _Segments:
+class Segments:
     """Series laid end to end: offsets of each series' first point."""
 
     def __init__(self, starts: np.ndarray, n: int) -> None:
@@ -154,7 +162,7 @@ def score_points(t_s: np.ndarray, x: np.ndarray, starts: np.ndarray,
     t_s = np.asarray(t_s, dtype=np.float64)
     x = np.asarray(x, dtype=np.float64)
     n = len(x)
-    sg = _Segments(starts, n)
+    sg = Segments(starts, n)
     st = state if state is not None else DetectorState.empty(len(sg.starts))
     if len(st) != len(sg.starts):
         raise ValueError(f"state has {len(st)} series, input {len(sg.starts)}")
@@ -226,13 +234,21 @@ def score_points(t_s: np.ndarray, x: np.ndarray, starts: np.ndarray,
     wr, rr = sg.run([one, repf], decay(p_.repeat_intervals), [st.wr[seg0], st.rr[seg0]])
     a0 = p_.repeat_prior
     q_p = (rr - repf + a0) / (wr - 1.0 + 2.0 * a0)
+    # sequential probability of the run: the product of the predictive repeat rate over
+    # each repeat (warm points only), so a signal that is always flat never alarms
     idx = np.arange(n)
     anchor = np.maximum.accumulate(np.where(~rep | sg.is_start, idx, 0))
     continues = rep[anchor] & sg.is_start[anchor]  # run carried over from the state
+    # a value held at the series' all-time high or low is a saturated actuator or a
+    # clipped range (pump at 100 %, fan at minimum), not a frozen sensor
+    hi_prev, lo_prev, hi_end, lo_end = _extremes(sg, x, st.xmax, st.xmin)
+    at_extreme = (x >= hi_prev) | (x <= lo_prev)
+    saturated = np.where(continues, st.run_sat[sg.seg] > 0, at_extreme[anchor])
+    log_q = np.where(rep & warm & ~saturated, np.log(np.maximum(q_p, 1e-300)), 0.0)
+    cum = np.cumsum(log_q)
     run = np.where(continues, idx - anchor + 1 + st.run[sg.seg], idx - anchor)
-    q_ref = np.where(continues, st.q_run[sg.seg], q_p[anchor])
-    p_flat = np.where(warm & (run > 0), q_ref ** run, 1.0)
-    p_flat = np.where(warm, p_flat, np.nan)
+    log_run = cum - cum[anchor] + np.where(continues, log_q[anchor] + st.log_run[sg.seg], 0.0)
+    p_flat = np.where(warm, np.exp(log_run), np.nan)
 
     p = combine_p(np.stack([p_dev, p_flat]))
     ends = sg.ends
@@ -240,8 +256,18 @@ def score_points(t_s: np.ndarray, x: np.ndarray, starts: np.ndarray,
         last_t=t_s[ends], last_x=x[ends], wdt=wdt[ends], ldt=ldt[ends], wl=wl[ends],
         x1=x1[ends], x2=x2[ends], ws=ws[ends], v1=v1[ends], v2=v2[ends], wc=tails[0, ends],
         nc=tails[1, ends], s1=tails[2, ends], s2=tails[3, ends], wr=wr[ends], rr=rr[ends],
-        run=run[ends].astype(np.float64), q_run=q_ref[ends])
+        run=run[ends].astype(np.float64), log_run=log_run[ends], xmax=hi_end, xmin=lo_end,
+        run_sat=saturated[ends].astype(np.float64))
     return PointScores(p_to_score(p), p, z, p_dev, p_flat, m2p), new
+
+
+def _extremes(sg: Segments, x: np.ndarray, xmax0: np.ndarray, xmin0: np.ndarray):
+    """Running max/min of each series before each point, and at its end (with state)."""
+    f = pl.DataFrame({"s": sg.seg, "x": x}).select(
+        hi=pl.col("x").cum_max().over("s"), lo=pl.col("x").cum_min().over("s"))
+    hi = np.maximum(f["hi"].to_numpy(), xmax0[sg.seg])
+    lo = np.minimum(f["lo"].to_numpy(), xmin0[sg.seg])
+    return sg.prev(hi, xmax0), sg.prev(lo, xmin0), hi[sg.ends], lo[sg.ends]
 
 
 def _floor(level: np.ndarray, p_: DetectorParams) -> np.ndarray:

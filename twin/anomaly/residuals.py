@@ -1,0 +1,230 @@
+"""Physics residuals: per-device models fitted on healthy history, scored causally.
+
+For each `Residual` (features.py) and each device, ``target ~ 1 + drivers`` is fitted
+by robust (Huber-reweighted) ridge least squares, all devices of a class at once. The
+history is split in time: coefficients come from its first 70%, and the residual's
+centre and scale, and the class's tail fit, from the last 30% — so the calibration is
+measured out of sample, as it will be used.
+
+Scoring a new point yields the normalized residual ``c = (r - mu) / sigma``, smoothed by
+exponentially weighted means over a few time constants (state carried between calls)
+so that a slow drift — a fouling exchanger, a drying thermal interface — stands out of
+the noise long before a single reading would. Each smoothed z goes through the class's
+tail fit to a p-value; the smallest, Bonferroni-corrected, is the reference p. Because
+the reference is frozen at fit time, a gradual fault cannot teach the model that it is
+normal; the fleet scorer refits on a schedule, leaving out devices that were alarming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from twin.anomaly.calibration import combine_p, tail_moments, tail_p
+from twin.anomaly.features import Residual
+from twin.anomaly.streaming import Segments
+
+SMOOTHING_INTERVALS = (1.0, 6.0, 30.0)
+FIT_FRACTION = 0.7
+MIN_FIT_ROWS = 30
+RIDGE = 1e-3
+HUBER_C = 2.0
+SIGMA_REL_FLOOR = 5e-3  # of the target's spread across the class: model error
+SHRINK_ROWS = 200.0  # weight of the class slopes in a device's fit
+
+
+@dataclass
+class ResidualModel:
+    residual: Residual
+    coef: pl.DataFrame  # device_id, b0..bk, mu, sigma, sd_1.. (one per smoothing scale)
+    x_mean: np.ndarray
+    x_std: np.ndarray
+    tail: np.ndarray  # (scales, 4) pooled tail sums of |z| on the calibration split
+    fitted_until: int  # last bucket of the history it saw
+
+
+def _design(frame: pl.DataFrame, res: Residual, x_mean: np.ndarray | None = None,
+            x_std: np.ndarray | None = None):
+    f = frame.drop_nulls(list(res.columns)).filter(
+        pl.all_horizontal([pl.col(c).is_finite() for c in res.columns]))
+    x = f.select(res.drivers).to_numpy().astype(np.float64)
+    if x_mean is None:
+        x_mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
+        x_std = x.std(axis=0) if len(x) else np.ones(x.shape[1])
+        x_std = np.where(x_std > 1e-12, x_std, 1.0)
+    xs = np.column_stack([np.ones(len(x)), (x - x_mean) / x_std])
+    return f, xs, f[res.target].to_numpy().astype(np.float64), x_mean, x_std
+
+
+def _solve(dev: np.ndarray, n_dev: int, xs: np.ndarray, y: np.ndarray, w: np.ndarray,
+           prior: np.ndarray | None = None, prior_rows: float = 0.0) -> np.ndarray:
+    """Weighted least squares per device (coefficients (n_dev, k+1)).
+
+    Slopes are shrunk towards ``prior`` (the class fit) with the weight of ``prior_rows``
+    rows of unit-variance drivers: a device whose drivers barely moved in its history
+    (a GPU always at full load) borrows its slopes from the class; the intercept is free.
+    """
+    k = xs.shape[1]
+    xtx = np.empty((n_dev, k, k))
+    xty = np.empty((n_dev, k))
+    for i in range(k):
+        xty[:, i] = np.bincount(dev, w * xs[:, i] * y, n_dev)
+        for j in range(i, k):
+            xtx[:, i, j] = xtx[:, j, i] = np.bincount(dev, w * xs[:, i] * xs[:, j], n_dev)
+    cnt = np.maximum(np.bincount(dev, w, n_dev), 1.0)
+    lam = np.full(k, RIDGE)[None, :] * cnt[:, None] + prior_rows
+    lam[:, 0] = 1e-9
+    target = np.zeros(k) if prior is None else prior
+    reg = lam[:, :, None] * np.eye(k)[None]
+    return np.linalg.solve(xtx + reg, (xty + lam * target)[..., None])[..., 0]
+
+
+def _robust_fit(grp: np.ndarray, n_grp: int, xs: np.ndarray, y: np.ndarray,
+                fit_rows: np.ndarray, prior: np.ndarray | None = None,
+                prior_rows: float = 0.0) -> np.ndarray:
+    w = fit_rows.astype(np.float64)
+    coef = _solve(grp, n_grp, xs, y, w, prior, prior_rows)
+    for _ in range(2):  # Huber reweighting: a faulty stretch in history weighs less
+        r = y - np.einsum("nk,nk->n", xs, coef[grp])
+        s = np.sqrt(np.bincount(grp, w * r * r, n_grp) / np.maximum(
+            np.bincount(grp, w, n_grp), 1.0))
+        u = np.abs(r) / np.maximum(s[grp], 1e-12)
+        w = fit_rows * np.minimum(1.0, HUBER_C / np.maximum(u, 1e-12))
+        coef = _solve(grp, n_grp, xs, y, w, prior, prior_rows)
+    return coef
+
+
+def fit_residual(frame: pl.DataFrame, res: Residual) -> ResidualModel | None:
+    """Fit one residual for every device in a class frame (rows of healthy history)."""
+    f, xs, y, x_mean, x_std = _design(frame, res)
+    if f.height < MIN_FIT_ROWS:
+        return None
+    ids, dev = np.unique(f["device_id"].to_numpy(), return_inverse=True)
+    buckets = f["bucket"].to_numpy()
+    # time-ordered split per device: the last 30% of each device's rows calibrate
+    order = np.lexsort((buckets, dev))
+    rank = np.empty(len(dev), np.int64)
+    counts = np.bincount(dev, minlength=len(ids))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank[order] = np.arange(len(dev)) - np.repeat(starts, counts)
+    fit_rows = rank < np.floor(FIT_FRACTION * counts[dev])
+    # the class fit covers every operating range; each device departs from it where its
+    # own history says so (all the way for per-device models, not at all if pooled)
+    pooled = _robust_fit(np.zeros_like(dev), 1, xs, y, fit_rows)[0]
+    if res.pooled:
+        coef = np.tile(pooled, (len(ids), 1))
+    else:
+        coef = _robust_fit(dev, len(ids), xs, y, fit_rows, pooled, SHRINK_ROWS)
+    cal = ~fit_rows
+    n_cal = np.bincount(dev, cal, len(ids))
+    r = y - np.einsum("nk,nk->n", xs, coef[dev])
+    mu = np.bincount(dev, cal * r, len(ids)) / np.maximum(n_cal, 1)
+    floor = SIGMA_REL_FLOOR * max(float(np.std(y)), 1e-9)
+    sigma = np.sqrt(np.bincount(dev, cal * (r - mu[dev]) ** 2, len(ids))
+                    / np.maximum(n_cal - 1, 1))
+    sigma = np.maximum(sigma, floor)
+    c = (r - mu[dev]) / sigma[dev]
+    # smoothed calibration residuals, in time order per device
+    c_o, b_o, cal_o = c[order], buckets[order], cal[order]
+    seg = Segments(starts, len(c_o))
+    sds, tails = [], []
+    for tau in SMOOTHING_INTERVALS:
+        sm = _ew_mean(seg, b_o, c_o, tau, None)[0]
+        sd = np.sqrt(np.bincount(dev[order], cal_o * sm * sm, len(ids))
+                     / np.maximum(n_cal, 1))
+        sd = np.maximum(sd, 0.05)
+        sds.append(sd)
+        z = np.where(cal_o, np.abs(sm) / sd[dev[order]], np.nan)
+        tails.append(tail_moments(z).sum(axis=1))
+    ok = n_cal >= max(5, MIN_FIT_ROWS // 3)
+    table = pl.DataFrame({"device_id": ids, "mu": mu, "sigma": sigma,
+                          **{f"b{i}": coef[:, i] for i in range(coef.shape[1])},
+                          **{f"sd{j}": sds[j] for j in range(len(sds))}}).filter(ok)
+    return ResidualModel(res, table, x_mean, x_std, np.array(tails), int(buckets.max()))
+
+
+def _ew_mean(seg: Segments, bucket: np.ndarray, c: np.ndarray, tau: float,
+             state: tuple[np.ndarray, np.ndarray, np.ndarray] | None):
+    """EW mean of c with time constant tau buckets; state = (last_bucket, W, S) per series."""
+    prev_b = seg.prev(bucket.astype(np.float64),
+                      state[0] if state is not None else np.full(len(seg.starts), np.nan))
+    steps = bucket - prev_b
+    d = np.where(np.isnan(steps), 0.0, np.exp(-np.nan_to_num(steps, nan=0.0) / tau))
+    y0 = [np.zeros(len(seg.starts)), np.zeros(len(seg.starts))] if state is None else [
+        state[1], state[2]]
+    w, s = seg.run([np.ones(len(c)), c], d, y0)
+    ends = seg.ends
+    return s / w, (bucket[ends].astype(np.float64), w[ends], s[ends])
+
+
+@dataclass
+class SmootherState:
+    """EW-mean state per (device, residual) and smoothing scale, across calls."""
+
+    index: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(
+        schema={"device_id": pl.String, "residual": pl.String, "_idx": pl.Int64}))
+    last_bucket: np.ndarray = field(default_factory=lambda: np.empty(0))
+    w: np.ndarray = field(default_factory=lambda: np.empty((len(SMOOTHING_INTERVALS), 0)))
+    s: np.ndarray = field(default_factory=lambda: np.empty((len(SMOOTHING_INTERVALS), 0)))
+
+    def indices(self, keys: pl.DataFrame) -> np.ndarray:
+        on = ["device_id", "residual"]
+        known = keys.join(self.index, on=on, how="left", maintain_order="left")
+        missing = known.filter(pl.col("_idx").is_null()).select(on)
+        if missing.height:
+            n0, m = len(self.last_bucket), missing.height
+            self.index = pl.concat([self.index, missing.with_columns(
+                _idx=pl.int_range(n0, n0 + m, dtype=pl.Int64))])
+            self.last_bucket = np.concatenate([self.last_bucket, np.full(m, np.nan)])
+            pad = np.zeros((len(SMOOTHING_INTERVALS), m))
+            self.w, self.s = np.hstack([self.w, pad]), np.hstack([self.s, pad])
+            known = keys.join(self.index, on=on, how="left", maintain_order="left")
+        return known["_idx"].to_numpy()
+
+
+def apply_residual(model: ResidualModel, frame: pl.DataFrame) -> pl.DataFrame:
+    """Normalized residual c per (device, bucket) of a class frame, for fitted devices."""
+    res = model.residual
+    f, xs, y, _, _ = _design(frame.join(model.coef, on="device_id", how="inner"), res,
+                             model.x_mean, model.x_std)
+    b = f.select([f"b{i}" for i in range(xs.shape[1])]).to_numpy()
+    r = y - np.einsum("nk,nk->n", xs, b)
+    c = (r - f["mu"].to_numpy()) / f["sigma"].to_numpy()
+    return f.select("device_id", "bucket", *[f"sd{j}" for j in range(
+        len(SMOOTHING_INTERVALS))]).with_columns(residual=pl.lit(res.name), c=c)
+
+
+def reference_p(model_tails: dict[str, np.ndarray], points: pl.DataFrame,
+                state: SmootherState) -> pl.DataFrame:
+    """Reference p for residual points (device_id, residual, bucket, c, sd*), causally.
+
+    Points must come after those of earlier calls for the same series.
+    """
+    pts = points.sort("device_id", "residual", "bucket")
+    if pts.height == 0:
+        return pts.with_columns(p_ref=pl.lit(None, pl.Float64))
+    ids = pts.select(pl.struct("device_id", "residual").rle_id().alias("i"))["i"].to_numpy()
+    starts = np.flatnonzero(np.diff(ids, prepend=-1) != 0)
+    idx = state.indices(pts[starts].select("device_id", "residual"))
+    seg = Segments(starts, pts.height)
+    bucket = pts["bucket"].to_numpy()
+    c = pts["c"].to_numpy()
+    names = pts["residual"].to_numpy()
+    ps = []
+    new_last = state.last_bucket[idx]
+    for j, tau in enumerate(SMOOTHING_INTERVALS):
+        sm, (new_last, w_end, s_end) = _ew_mean(
+            seg, bucket, c, tau, (state.last_bucket[idx], state.w[j, idx], state.s[j, idx]))
+        state.w[j, idx], state.s[j, idx] = w_end, s_end
+        z = np.abs(sm) / pts[f"sd{j}"].to_numpy()
+        p = np.full(len(z), np.nan)
+        for name, tails in model_tails.items():
+            sel = names == name
+            if sel.any():
+                t = tails[j]
+                p[sel] = tail_p(z[sel], t[0], t[1], t[2], t[3])
+        ps.append(p)
+    state.last_bucket[idx] = new_last
+    return pts.with_columns(p_ref=combine_p(np.stack(ps)))
