@@ -26,7 +26,8 @@ TAIL_U0 = 3.0  # |z| above this is an exceedance
 PRIOR_RATE = math.erfc(TAIL_U0 / math.sqrt(2.0))
 PRIOR_SCALE = 0.5
 PRIOR_WEIGHT = 10.0
-MAX_SHAPE = 0.45  # keep the GPD mean and variance finite
+MAX_SHAPE = 0.45
+MAX_EXCESS = 50.0  # |z| beyond TAIL_U0 + MAX_EXCESS counts as that: a glitch of 1e9 sigma
 
 
 def p_to_score(p: np.ndarray | float) -> np.ndarray:
@@ -49,7 +50,8 @@ def tail_moments(abs_z: np.ndarray) -> np.ndarray:
     """
     valid = np.isfinite(abs_z)
     a = np.where(valid, abs_z, 0.0)
-    excess = np.where(valid, np.maximum(a - TAIL_U0, 0.0), 0.0)
+    # capped, so that one absurd glitch cannot make the fitted tail arbitrarily heavy
+    excess = np.where(valid, np.clip(a - TAIL_U0, 0.0, MAX_EXCESS), 0.0)
     exceeded = (excess > 0).astype(np.float64)
     return np.stack([valid.astype(np.float64), exceeded, excess, excess * excess])
 
