@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import polars as pl
 
-from twin.anomaly.calibration import combine_p, p_to_score, tail_moments, tail_p
+from twin.anomaly.calibration import p_to_score, tail_moments, tail_p
 from twin.anomaly.scan import ew_scan
 
 
@@ -250,7 +250,7 @@ def score_points(t_s: np.ndarray, x: np.ndarray, starts: np.ndarray,
     log_run = cum - cum[anchor] + np.where(continues, log_q[anchor] + st.log_run[sg.seg], 0.0)
     p_flat = np.where(warm, np.exp(log_run), np.nan)
 
-    p = combine_p(np.stack([p_dev, p_flat]))
+    p = np.minimum(1.0, 2.0 * np.fmin(p_dev, p_flat))  # Bonferroni over the two
     ends = sg.ends
     new = DetectorState(
         last_t=t_s[ends], last_x=x[ends], wdt=wdt[ends], ldt=ldt[ends], wl=wl[ends],
