@@ -43,15 +43,17 @@ class Residual:
 
 RESIDUALS: tuple[Residual, ...] = (
     Residual("gpu_thermal", "gpu", "gpu_temp_c",
-             ("power_w", "power_w_lag1", "power_w_lag2", "coolant_c"), "gpu_temp_c"),
+             ("power_w", "power_w_lag1", "power_w_lag2", "coolant_c", "rack_heat_per_flow"),
+             "gpu_temp_c"),
     Residual("gpu_mem_thermal", "gpu", "mem_temp_c",
-             ("power_w", "power_w_lag1", "power_w_lag2", "coolant_c"), "mem_temp_c"),
+             ("power_w", "power_w_lag1", "power_w_lag2", "coolant_c", "rack_heat_per_flow"),
+             "mem_temp_c"),
     Residual("gpu_power_peer", "gpu", "power_w", ("peer_power_w",), "power_w"),
-    Residual("gpu_clock_peer", "gpu", "sm_clock_mhz", ("peer_sm_clock_mhz",), "sm_clock_mhz"),
-    Residual("psu_loss", "psu", "input_power_w",
-             ("output_power_w", "output_power_w_sq", "output_power_w_cu"), "input_power_w",
-             pooled=True),
-    Residual("psu_temp", "psu", "temp_c", ("output_power_w",), "temp_c", pooled=True),
+    Residual("psu_loss", "psu", "input_power_w", ("output_power_w", "output_power_w_sq"),
+             "input_power_w", pooled=True),
+    Residual("psu_temp", "psu", "temp_c",
+             ("output_power_w", "output_power_w_sq", "hall_supply_air_c", "hall_air_load"),
+             "temp_c", pooled=True),
     Residual("psu_share", "psu", "output_power_w", ("peer_output_power_w",), "output_power_w"),
     Residual("cdu_flow", "cdu", "flow_lpm", ("pump_speed_pct", "pump_speed_sq"), "flow_lpm",
              pooled=True),
@@ -62,10 +64,12 @@ RESIDUALS: tuple[Residual, ...] = (
     Residual("cdu_heat_balance", "cdu", "heat_flow", ("loop_it_w",), "return_temp_c"),
     Residual("cdu_supply", "cdu", "supply_temp_c", ("chw_supply_c", "loop_it_w"),
              "supply_temp_c"),
-    Residual("crah_fan_speed", "crah", "fan_speed_pct", ("hall_it_w",), "fan_speed_pct"),
+    Residual("crah_fan_speed", "crah", "fan_speed_pct", ("hall_it_w", "hall_it_per_running"),
+             "fan_speed_pct"),
     Residual("crah_fan_power", "crah", "fan_power_w", ("fan_speed_sq", "fan_speed_cu"),
              "fan_power_w", pooled=True),
-    Residual("crah_air_rise", "crah", "air_rise_k", ("hall_it_w",), "return_air_temp_c"),
+    Residual("crah_air_rise", "crah", "air_rise_k", ("hall_it_w", "hall_it_per_running"),
+             "return_air_temp_c"),
     Residual("plant_chiller", "chiller_plant", "chiller_power_kw",
              ("cooling_load_kw", "load_x_chw", "load_x_cw"), "chiller_power_kw"),
     Residual("pdu_power", "pdu", "power_w", ("pdu_psu_in_w",), "power_w"),
@@ -104,26 +108,56 @@ def class_frames(g: pl.DataFrame, devices: pl.DataFrame) -> dict[str, pl.DataFra
     f = wide(g, gpus["device_id"])
     if f.height:
         f = f.join(gpus.select("device_id", "rack_id", "cdu_id"), on="device_id", how="left")
-        coolant = (g.filter(pl.col("metric") == "supply_temp_c")
-                   .select(pl.col("device_id").alias("cdu_id"), "bucket",
-                           pl.col("value").alias("coolant_c")))
-        f = f.join(coolant, on=["cdu_id", "bucket"], how="left")
+        # coolant at the rack: CDU supply plus half the rack's rise, which goes with the
+        # rack's heat over the loop's flow (Q = m_dot c_p dT)
+        loop = (g.filter(pl.col("metric").is_in(["supply_temp_c", "flow_lpm"]))
+                .pivot(on="metric", index=["device_id", "bucket"], values="value",
+                       aggregate_function="last")
+                .rename({"device_id": "cdu_id", "supply_temp_c": "coolant_c"}, strict=False))
+        f = f.join(loop, on=["cdu_id", "bucket"], how="left")
+        rack_w = (_sum_by(g, psus, "input_power_w", "rack_id", "rack_in_w")
+                  .rename({"device_id": "rack_id"}))
+        f = f.join(rack_w, on=["rack_id", "bucket"], how="left")
+        if {"rack_in_w", "flow_lpm"} <= set(f.columns):
+            f = f.with_columns(rack_heat_per_flow=pl.col("rack_in_w")
+                               / pl.col("flow_lpm").clip(lower_bound=1.0))
         if "power_w" in f.columns:
             f = f.with_columns(_lag("power_w", 1), _lag("power_w", 2))
-        for col in ("power_w", "sm_clock_mhz"):
-            f = _peer(f, "rack_id", col)
+        f = _peer(f, "rack_id", "power_w")
         out["gpu"] = f
 
+    # hall air as the racks see it: supply of the running CRAHs, and heat per airflow
+    # (above what the fans move, hot air recirculates to the inlets)
+    crahs = by_class["crah"]
+    psu_cdu = psus.select("device_id", "cdu_id", "hall", "pdu_id")
+    hall_it = (_sum_by(g, psu_cdu, "input_power_w", "hall", "hall_it_w")
+               .rename({"device_id": "hall"}))
+    air = wide(g, crahs["device_id"])
+    hall_air = None
+    if {"fan_speed_pct", "supply_air_temp_c", "airflow_m3h"} <= set(air.columns):
+        run = pl.col("fan_speed_pct") > 1.0
+        hall_air = (air.join(crahs.select("device_id", "hall"), on="device_id")
+                    .group_by("hall", "bucket").agg(
+                        hall_supply_air_c=pl.col("supply_air_temp_c").filter(run).mean(),
+                        hall_airflow_m3h=pl.col("airflow_m3h").sum(),
+                        running=run.sum())
+                    .join(hall_it, on=["hall", "bucket"], how="left")
+                    .with_columns(
+                        hall_air_load=pl.col("hall_it_w") / pl.col("hall_airflow_m3h").clip(
+                            lower_bound=1.0),
+                        hall_it_per_running=pl.col("hall_it_w") / pl.col("running").clip(
+                            lower_bound=1)))
     f = wide(g, psus["device_id"])
     if f.height:
-        f = f.join(psus.select("device_id", "rack_id"), on="device_id", how="left")
+        f = f.join(psus.select("device_id", "rack_id", "hall"), on="device_id", how="left")
+        if hall_air is not None:
+            f = f.join(hall_air.select("hall", "bucket", "hall_supply_air_c", "hall_air_load"),
+                       on=["hall", "bucket"], how="left")
         if "output_power_w" in f.columns:
-            out_kw = pl.col("output_power_w") / 1e3
-            f = f.with_columns(output_power_w_sq=out_kw**2, output_power_w_cu=out_kw**3)
+            f = f.with_columns(output_power_w_sq=(pl.col("output_power_w") / 1e3) ** 2)
         out["psu"] = _peer(f, "rack_id", "output_power_w")
 
-    # IT power per CDU loop and per hall, from PSU input power
-    psu_cdu = psus.select("device_id", "cdu_id", "hall", "pdu_id")
+    # IT power per CDU loop, from PSU input power
     f = wide(g, by_class["cdu"]["device_id"])
     if f.height:
         f = f.join(_sum_by(g, psu_cdu, "input_power_w", "cdu_id", "loop_it_w"),
@@ -139,13 +173,13 @@ def class_frames(g: pl.DataFrame, devices: pl.DataFrame) -> dict[str, pl.DataFra
                                * (pl.col("return_temp_c") - pl.col("supply_temp_c")))
         out["cdu"] = f
 
-    crahs = by_class["crah"]
-    f = wide(g, crahs["device_id"])
+    f = air
     if f.height:
         f = f.join(crahs.select("device_id", "hall"), on="device_id", how="left")
-        hall_it = (_sum_by(g, psu_cdu, "input_power_w", "hall", "hall_it_w")
-                   .rename({"device_id": "hall"}))
         f = f.join(hall_it, on=["hall", "bucket"], how="left")
+        if hall_air is not None:
+            f = f.join(hall_air.select("hall", "bucket", "hall_it_per_running"),
+                       on=["hall", "bucket"], how="left")
         if "fan_speed_pct" in f.columns:
             sp = pl.col("fan_speed_pct") / 100.0
             f = f.with_columns(fan_speed_sq=sp**2, fan_speed_cu=sp**3)

@@ -27,6 +27,7 @@ import polars as pl
 from twin.anomaly.bank import SeriesBank
 from twin.anomaly.calibration import combine_p, p_to_score
 from twin.anomaly.features import RESIDUALS, class_frames, residuals_for
+from twin.anomaly.frames import RESET_SUFFIX
 from twin.anomaly.multivariate import MultivariateModel, fit_multivariate
 from twin.anomaly.residuals import (
     ResidualModel,
@@ -48,6 +49,8 @@ ADAPTIVE_METRICS = frozenset({
 })
 RESIDUAL_PARAMS = DetectorParams(abs_floor=0.25)  # residuals arrive in units of sigma
 MISSING_PRIOR = (1.0, 50.0)  # pseudo-counts (empty, full) for a device's empty-bucket rate
+PRIME_BUCKETS = 360  # history the streaming states are primed on at each fit
+COUNTER_RESET_P = 1e-7  # a monotonic counter going backwards: reset (driver reload, meter)
 
 
 @dataclass
@@ -77,27 +80,28 @@ class FleetScorer:
 
     def fit(self, history: pl.DataFrame, until_bucket: int,
             exclude_devices: set[str] | None = None) -> Models:
-        """(Re)train on a long grid (frames.grid) of history, buckets <= until_bucket."""
+        """(Re)train on a long grid (frames.grid) of history, buckets <= until_bucket.
+
+        Devices in ``exclude_devices`` (alarming in this history) keep their earlier fits.
+        The streaming states are then primed on the end of the history, so scoring starts
+        warm and a refit does not show up as a jump in the residuals.
+        """
         if until_bucket < self.scored_until:
             raise ValueError(f"refit up to bucket {until_bucket} but bucket "
                              f"{self.scored_until} is already scored: train on the past only")
-        g = history.filter(pl.col("bucket") <= until_bucket)
+        hist = history.filter(pl.col("bucket") <= until_bucket)
+        frames_all = class_frames(hist, self.devices)
+        g, frames = hist, frames_all
         if exclude_devices:
-            g = g.filter(~pl.col("device_id").is_in(list(exclude_devices)))
-        frames = class_frames(g, self.devices)
+            out = ~pl.col("device_id").is_in(list(exclude_devices))
+            g = g.filter(out)
+            frames = {c: f.filter(out) for c, f in frames_all.items()}
         models = Models(fitted_until=until_bucket)
         for cls, frame in frames.items():
             for res in residuals_for(cls, frame):
                 m = fit_residual(frame, res)
                 if m is not None:
                     models.residual[res.name] = m
-        if self.use_multivariate:
-            for cls, frame in frames.items():
-                feats = self._mv_features(cls, frame, models)
-                cols = [c for c in feats.columns if c not in ("device_id", "bucket")]
-                mv = fit_multivariate(cls, feats, cols, until_bucket, self.seed)
-                if mv is not None:
-                    models.multivariate[cls] = mv
         lo = int(g["bucket"].min()) if g.height else until_bucket
         span = until_bucket - lo + 1
         present = g.group_by("device_id").agg(pl.col("bucket").n_unique().alias("n"))
@@ -105,19 +109,45 @@ class FleetScorer:
         models.missing_rate = present.with_columns(
             q=((span - pl.col("n")).clip(lower_bound=0) + a) / (span + a + b)).select(
             "device_id", "q")
-        # keep earlier fits for devices this history left out (they were alarming)
+        self._keep_left_out(models)
+        if self.use_multivariate:
+            for cls, frame in frames.items():
+                feats = self._mv_features(cls, frame, models)
+                cols = [c for c in feats.columns if c not in ("device_id", "bucket")]
+                mv = fit_multivariate(cls, feats, cols, until_bucket, self.seed)
+                if mv is not None:
+                    models.multivariate[cls] = mv
+        self.models = models
+        recent = pl.col("bucket") > until_bucket - PRIME_BUCKETS
+        self._prime(hist.filter(recent), {c: f.filter(recent) for c, f in frames_all.items()})
+        self.scored_until = max(self.scored_until, until_bucket)
+        return models
+
+    def _keep_left_out(self, models: Models) -> None:
+        """Devices missing from a refit (left out, or silent) keep their earlier fits."""
         old = self.models
         for name, m in old.residual.items():
             new = models.residual.get(name)
             if new is None:
                 models.residual[name] = m
-            else:
-                keep = m.coef.join(new.coef, on="device_id", how="anti")
-                if keep.height:
-                    new.coef = pl.concat([new.coef, keep.select(new.coef.columns)],
-                                         how="vertical_relaxed")
-        self.models = models
-        return models
+                continue
+            keep = m.coef.join(new.coef, on="device_id", how="anti")
+            if keep.height:
+                new.coef = pl.concat([new.coef, keep.select(new.coef.columns)],
+                                     how="vertical_relaxed")
+        keep = old.missing_rate.join(models.missing_rate, on="device_id", how="anti")
+        models.missing_rate = pl.concat([models.missing_rate, keep])
+
+    def _prime(self, recent: pl.DataFrame, frames: dict[str, pl.DataFrame]) -> None:
+        """Run the streaming states over recent history (scores discarded)."""
+        if self.scored_until < 0:  # first fit: raw series start warm
+            self.raw.score(recent.select("device_id", "metric", "bucket", "t_s", "value")
+                           .filter(~pl.col("metric").str.ends_with(RESET_SUFFIX)))
+        # residuals under the new models, from scratch
+        self.resid = SeriesBank(["device_id", "residual"], RESIDUAL_PARAMS)
+        self.smooth = SmootherState()
+        for cls, frame in frames.items():
+            self._residual_components(cls, frame)
 
     def _mv_features(self, cls: str, frame: pl.DataFrame, models: Models) -> pl.DataFrame:
         base = frame.select("device_id", "bucket")
@@ -175,13 +205,17 @@ class FleetScorer:
         return dev, comp
 
     def _raw_components(self, new: pl.DataFrame) -> pl.DataFrame:
-        scored = self.raw.score(new.select("device_id", "metric", "bucket", "t_s", "value"))
+        resets = new.filter(pl.col("metric").str.ends_with(RESET_SUFFIX))
+        scored = self.raw.score(new.filter(~pl.col("metric").str.ends_with(RESET_SUFFIX))
+                                .select("device_id", "metric", "bucket", "t_s", "value"))
         adaptive = pl.col("metric").is_in(list(ADAPTIVE_METRICS))
         p = pl.when(adaptive).then(pl.min_horizontal(pl.col("p_dev"), pl.col("p_flat")) * 2.0)
         p = p.otherwise(pl.col("p_flat")).clip(upper_bound=1.0)
-        return scored.select("device_id", "bucket",
-                             component=pl.col("metric"), metric=pl.col("metric").str.replace(
-                                 ":rate", ""), p=p)
+        base = pl.col("metric").str.replace(r":\w+$", "")
+        return pl.concat([
+            scored.select("device_id", "bucket", component=pl.col("metric"), metric=base, p=p),
+            resets.select("device_id", "bucket", component=pl.col("metric"), metric=base,
+                          p=pl.lit(COUNTER_RESET_P))])
 
     def _residual_components(self, cls: str, frame: pl.DataFrame) -> pl.DataFrame:
         parts = []

@@ -17,6 +17,7 @@ import polars as pl
 from ingest.site import Site
 
 # Counters: scored as increase per second (a reset counts as no increase).
+RATE_SUFFIX, RESET_SUFFIX = ":rate", ":reset"
 COUNTER_METRICS = frozenset({
     "energy_mj", "energy_kwh", "ecc_corrected_total", "ecc_uncorrected_total",
     "remapped_rows_correctable", "remapped_rows_uncorrectable", "pcie_replay_total",
@@ -74,20 +75,22 @@ GROUP BY ALL
 
 
 def add_rates(g: pl.DataFrame) -> pl.DataFrame:
-    """Sort a grid and add ``<counter>:rate`` rows: increase per second since the previous
-    bucket (a counter reset counts as no increase; the raw counter stays for stuck checks).
+    """Add, for counters, ``<counter>:rate`` rows (increase per second since
+    the previous bucket; a reset counts as no increase) and ``<counter>:reset`` rows where
+    the counter went backwards. The raw counter stays (for stuck checks).
     """
-    g = g.select("device_id", "metric", "bucket", "value", "t_s").sort(
-        "device_id", "metric", "bucket")
+    g = g.select("device_id", "metric", "bucket", "value", "t_s")
     counters = g.filter(pl.col("metric").is_in(list(COUNTER_METRICS)))
     if counters.height:
-        prev = [pl.col(c).shift(1).over("device_id", "metric") for c in ("value", "t_s")]
-        rates = (counters.with_columns(dv=pl.col("value") - prev[0], dt=pl.col("t_s") - prev[1])
-                 .filter(pl.col("dt") > 0)
-                 .with_columns(value=pl.col("dv").clip(lower_bound=0.0) / pl.col("dt"),
-                               metric=pl.col("metric") + ":rate")
-                 .select(g.columns))
-        g = pl.concat([g, rates])
+        prev = [pl.col(c).shift(1).over("device_id", "metric", order_by="bucket")
+                for c in ("value", "t_s")]
+        d = (counters.with_columns(dv=pl.col("value") - prev[0], dt=pl.col("t_s") - prev[1])
+             .filter(pl.col("dt") > 0))
+        rates = d.with_columns(value=pl.col("dv").clip(lower_bound=0.0) / pl.col("dt"),
+                               metric=pl.col("metric") + RATE_SUFFIX).select(g.columns)
+        resets = d.filter(pl.col("dv") < 0).with_columns(
+            value=pl.lit(1.0), metric=pl.col("metric") + RESET_SUFFIX).select(g.columns)
+        g = pl.concat([g, rates, resets])
     return g
 
 

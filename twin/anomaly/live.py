@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -56,8 +57,10 @@ def _naive_utc(t: datetime) -> datetime:
 
 
 class LiveAnomalies:
-    def __init__(self, site: Site, store: Store, config: LiveConfig | None = None) -> None:
+    def __init__(self, site: Site, store: Store, config: LiveConfig | None = None,
+                 sink: Callable[[pl.DataFrame], None] | None = None) -> None:
         self.site = site
+        self.sink = sink  # receives every interval's device scores (evaluation, history)
         self.store = store
         self.config = config or LiveConfig()
         self.devices = device_table(site)
@@ -139,6 +142,8 @@ class LiveAnomalies:
     def _record(self, dev: pl.DataFrame, comp: pl.DataFrame) -> None:
         if dev.height == 0:
             return
+        if self.sink is not None:
+            self.sink(dev)
         alarms = (dev.filter(pl.col("score") >= self.config.alarm_score)
                   .group_by("device_id").agg(pl.col("bucket").max()))
         for d, b in alarms.iter_rows():

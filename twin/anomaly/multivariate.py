@@ -27,10 +27,10 @@ from sklearn.ensemble import IsolationForest
 from twin.anomaly.calibration import tail_moments, tail_p
 
 FIT_FRACTION = 0.7
-MAX_FIT_ROWS = 20_000
-MAX_CAL_ROWS = 50_000
+MAX_FIT_ROWS = 4_096
+MAX_CAL_ROWS = 20_000
 MIN_ROWS = 200
-N_TREES = 100
+N_TREES = 50
 
 
 class LeakageError(RuntimeError):

@@ -29,7 +29,7 @@ from twin.anomaly.streaming import Segments
 SMOOTHING_INTERVALS = (1.0, 6.0, 30.0)
 FIT_FRACTION = 0.7
 MIN_FIT_ROWS = 30
-RIDGE = 1e-3
+RIDGE = 1e-7  # numerical only: exact physical relations must fit exactly
 HUBER_C = 2.0
 SIGMA_REL_FLOOR = 5e-3  # of the target's spread across the class: model error
 SHRINK_ROWS = 200.0  # weight of the class slopes in a device's fit
@@ -38,22 +38,19 @@ SHRINK_ROWS = 200.0  # weight of the class slopes in a device's fit
 @dataclass
 class ResidualModel:
     residual: Residual
-    coef: pl.DataFrame  # device_id, b0..bk, mu, sigma, sd_1.. (one per smoothing scale)
-    x_mean: np.ndarray
-    x_std: np.ndarray
+    coef: pl.DataFrame  # device_id, b0..bk (drivers' units), mu, sigma, sd0.. (per scale)
     tail: np.ndarray  # (scales, 4) pooled tail sums of |z| on the calibration split
     fitted_until: int  # last bucket of the history it saw
 
 
-def _design(frame: pl.DataFrame, res: Residual, x_mean: np.ndarray | None = None,
-            x_std: np.ndarray | None = None):
+def _design(frame: pl.DataFrame, res: Residual):
+    """Rows with every column present; drivers standardized (for a well-posed solve)."""
     f = frame.drop_nulls(list(res.columns)).filter(
         pl.all_horizontal([pl.col(c).is_finite() for c in res.columns]))
     x = f.select(res.drivers).to_numpy().astype(np.float64)
-    if x_mean is None:
-        x_mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
-        x_std = x.std(axis=0) if len(x) else np.ones(x.shape[1])
-        x_std = np.where(x_std > 1e-12, x_std, 1.0)
+    x_mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
+    x_std = x.std(axis=0) if len(x) else np.ones(x.shape[1])
+    x_std = np.where(x_std > 1e-12, x_std, 1.0)
     xs = np.column_stack([np.ones(len(x)), (x - x_mean) / x_std])
     return f, xs, f[res.target].to_numpy().astype(np.float64), x_mean, x_std
 
@@ -117,6 +114,10 @@ def fit_residual(frame: pl.DataFrame, res: Residual) -> ResidualModel | None:
         coef = np.tile(pooled, (len(ids), 1))
     else:
         coef = _robust_fit(dev, len(ids), xs, y, fit_rows, pooled, SHRINK_ROWS)
+    # back to the drivers' own units, so fits made at different times can be mixed
+    slopes = coef[:, 1:] / x_std
+    coef = np.column_stack([coef[:, 0] - slopes @ x_mean, slopes])
+    xs = np.column_stack([np.ones(len(xs)), f.select(res.drivers).to_numpy()])
     cal = ~fit_rows
     n_cal = np.bincount(dev, cal, len(ids))
     r = y - np.einsum("nk,nk->n", xs, coef[dev])
@@ -142,7 +143,7 @@ def fit_residual(frame: pl.DataFrame, res: Residual) -> ResidualModel | None:
     table = pl.DataFrame({"device_id": ids, "mu": mu, "sigma": sigma,
                           **{f"b{i}": coef[:, i] for i in range(coef.shape[1])},
                           **{f"sd{j}": sds[j] for j in range(len(sds))}}).filter(ok)
-    return ResidualModel(res, table, x_mean, x_std, np.array(tails), int(buckets.max()))
+    return ResidualModel(res, table, np.array(tails), int(buckets.max()))
 
 
 def _ew_mean(seg: Segments, bucket: np.ndarray, c: np.ndarray, tau: float,
@@ -187,10 +188,11 @@ class SmootherState:
 def apply_residual(model: ResidualModel, frame: pl.DataFrame) -> pl.DataFrame:
     """Normalized residual c per (device, bucket) of a class frame, for fitted devices."""
     res = model.residual
-    f, xs, y, _, _ = _design(frame.join(model.coef, on="device_id", how="inner"), res,
-                             model.x_mean, model.x_std)
-    b = f.select([f"b{i}" for i in range(xs.shape[1])]).to_numpy()
-    r = y - np.einsum("nk,nk->n", xs, b)
+    f = frame.join(model.coef, on="device_id", how="inner").drop_nulls(list(res.columns))
+    f = f.filter(pl.all_horizontal([pl.col(c).is_finite() for c in res.columns]))
+    x = f.select(res.drivers).to_numpy().astype(np.float64)
+    b = f.select([f"b{i}" for i in range(len(res.drivers) + 1)]).to_numpy()
+    r = f[res.target].to_numpy() - b[:, 0] - np.einsum("nk,nk->n", x, b[:, 1:])
     c = (r - f["mu"].to_numpy()) / f["sigma"].to_numpy()
     return f.select("device_id", "bucket", *[f"sd{j}" for j in range(
         len(SMOOTHING_INTERVALS))]).with_columns(residual=pl.lit(res.name), c=c)
