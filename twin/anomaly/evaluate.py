@@ -97,7 +97,8 @@ def make_scenario(seed: int, hours: float = 12.0, step_s: float = 30.0,
 
     items = []
     cdus = list(by_class["cdu"])
-    for ftype in CATALOG:
+    # device faults first, then sensor faults on devices still untouched
+    for ftype in sorted(CATALOG, key=lambda t: CATALOG[t].device_class == "sensor"):
         kind = CATALOG[ftype]
         if ftype in ("pump_degradation", "hx_fouling", "coolant_leak"):
             target = pick(cdus)
@@ -112,7 +113,8 @@ def make_scenario(seed: int, hours: float = 12.0, step_s: float = 30.0,
         elif kind.device_class == "plant":
             target = by_class["chiller_plant"][0]
         else:  # sensor faults: a measured metric of a device no other fault touches
-            cls = str(rng.choice(sorted(SENSOR_METRICS)))
+            free = sorted(c for c in SENSOR_METRICS if set(by_class.get(c, [])) - used)
+            cls = str(rng.choice(free))
             metric = str(rng.choice(SENSOR_METRICS[cls]))
             target = f"{pick(by_class[cls], spread=cls in ('gpu', 'psu'))}#{metric}"
         params = [onset()]

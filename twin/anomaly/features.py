@@ -64,6 +64,10 @@ RESIDUALS: tuple[Residual, ...] = (
     Residual("cdu_heat_balance", "cdu", "heat_flow", ("loop_it_w",), "return_temp_c"),
     Residual("cdu_supply", "cdu", "supply_temp_c", ("chw_supply_c", "loop_it_w"),
              "supply_temp_c"),
+    # exchanger hot-end approach (secondary return - primary return): near zero while the
+    # exchanger is clean; fouling opens it long before the supply temperature moves
+    Residual("cdu_hx", "cdu", "hx_approach_k", (),
+             "primary_return_temp_c"),
     Residual("crah_fan_speed", "crah", "fan_speed_pct", ("hall_it_w", "hall_it_per_running"),
              "fan_speed_pct"),
     Residual("crah_fan_power", "crah", "fan_power_w", ("fan_speed_sq", "fan_speed_cu"),
@@ -171,6 +175,9 @@ def class_frames(g: pl.DataFrame, devices: pl.DataFrame) -> dict[str, pl.DataFra
         if {"flow_lpm", "return_temp_c", "supply_temp_c"} <= set(f.columns):
             f = f.with_columns(heat_flow=pl.col("flow_lpm")
                                * (pl.col("return_temp_c") - pl.col("supply_temp_c")))
+        if {"return_temp_c", "primary_return_temp_c"} <= set(f.columns):
+            f = f.with_columns(hx_approach_k=pl.col("return_temp_c")
+                               - pl.col("primary_return_temp_c"))
         out["cdu"] = f
 
     f = air

@@ -96,7 +96,8 @@ def add_rates(g: pl.DataFrame) -> pl.DataFrame:
 
 def wide(long_grid: pl.DataFrame, device_ids: list[str] | pl.Series) -> pl.DataFrame:
     """Rows (device_id, bucket), one column per metric, for the given devices."""
-    sub = long_grid.filter(pl.col("device_id").is_in(device_ids))
+    ids = device_ids.to_list() if isinstance(device_ids, pl.Series) else list(device_ids)
+    sub = long_grid.filter(pl.col("device_id").is_in(ids))
     if sub.height == 0:
         return pl.DataFrame(schema={"device_id": pl.String, "bucket": pl.Int64})
     return (sub.pivot(on="metric", index=["device_id", "bucket"], values="value",

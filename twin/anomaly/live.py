@@ -86,6 +86,12 @@ class LiveAnomalies:
             "end": self._bucket_time(hi_bucket + 1)}).pl()
         return add_rates(g)
 
+    def _newest_bucket(self) -> int | None:
+        row = self.store.cursor().execute("SELECT max(read_time) FROM samples").fetchone()
+        if row is None or row[0] is None:
+            return None
+        return math.floor(row[0].replace(tzinfo=UTC).timestamp() / self.config.interval_s)
+
     def _first_bucket(self) -> int | None:
         row = self.store.cursor().execute("SELECT min(read_time) FROM samples").fetchone()
         if row is None or row[0] is None:
@@ -103,6 +109,10 @@ class LiveAnomalies:
         c = self.config
         now_s = now.replace(tzinfo=UTC).timestamp()
         upto = math.floor((now_s - c.lag_s) / c.interval_s) - 1
+        # event time: never past the newest reading stored (its interval may still be
+        # filling), so an ingest outage does not look like every device going silent
+        newest = self._newest_bucket()
+        upto = min(upto, newest - 1) if newest is not None else upto
         per = lambda s: max(1, round(s / c.interval_s))  # noqa: E731
         if not self.fitted:
             first = self._first_bucket()
@@ -246,7 +256,7 @@ _LIVE_LOCK = threading.Lock()
 
 
 def live_for(site: Site, store: Store, config: LiveConfig | None = None) -> LiveAnomalies:
-    """The one live scorer of a store (created on first use)."""
+    """The one live scorer of a store (created on first use; ``config`` applies then)."""
     with _LIVE_LOCK:
         live = _LIVE.get(id(store))
         if live is None or live.store is not store:

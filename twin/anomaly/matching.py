@@ -10,8 +10,9 @@
 - An alarm event is **true** if it starts after the onset of a fault on the same device
   (*strict*), or on a device the fault physically acts on (*topological*:
   the racks a CDU cools, a PSU's rack-mates that take its load, a GPU's node and power
-  shelf, the CRAHs sharing a hall, the cooling plant's loops, and the site meters for
-  faults that change site power). Precision = true alarm events / all alarm events.
+  shelf, the CRAHs and air-cooled PSUs sharing a hall, everything the chilled-water
+  plant cools, and the site meters for faults that change site power).
+  Precision = true alarm events / all alarm events.
 """
 
 from __future__ import annotations
@@ -67,9 +68,9 @@ def _affected(label: dict, targets: set[str], devices: pl.DataFrame) -> set[str]
     if cls == "cdu":
         racks = d.filter(pl.col("cdu_id") == dev)
         out |= set(racks["device_id"]) | set(racks["pdu_id"].drop_nulls())
-    elif cls == "crah":
+    elif cls == "crah":  # the hall's air: the other CRAHs and the air-cooled PSUs
         hall = d.filter(pl.col("device_id") == dev)["hall"].to_list()
-        out |= set(d.filter((pl.col("device_class") == "crah")
+        out |= set(d.filter(pl.col("device_class").is_in(["crah", "psu"])
                             & pl.col("hall").is_in(hall))["device_id"])
     elif cls in ("plant", "chiller_plant"):  # warmer water reaches everything it cools
         out |= set(d.filter(pl.col("device_class").is_in(["cdu", "crah", "gpu", "psu"]))[

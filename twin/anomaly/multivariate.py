@@ -95,7 +95,7 @@ def fit_multivariate(device_class: str, frame: pl.DataFrame, columns: list[str],
     if len(cal_idx) > MAX_CAL_ROWS:
         cal_idx = rng.choice(cal_idx, MAX_CAL_ROWS, replace=False)
     model = MultivariateModel(device_class, columns, mean, std, IsolationForest(
-        n_estimators=N_TREES, max_samples=256, random_state=seed), 0.0, 1.0,
+        n_estimators=N_TREES, max_samples=min(256, len(fit_idx)), random_state=seed), 0.0, 1.0,
         np.zeros(4), int(hi))
     xm = model._matrix(hist)
     model.forest.fit(xm[fit_idx])

@@ -43,11 +43,17 @@ class ResidualModel:
     fitted_until: int  # last bucket of the history it saw
 
 
+def _drivers(f: pl.DataFrame, res: Residual) -> np.ndarray:
+    if not res.drivers:  # a level only: the target against its own healthy value
+        return np.zeros((f.height, 0))
+    return f.select(res.drivers).to_numpy().astype(np.float64)
+
+
 def _design(frame: pl.DataFrame, res: Residual):
     """Rows with every column present; drivers standardized (for a well-posed solve)."""
     f = frame.drop_nulls(list(res.columns)).filter(
         pl.all_horizontal([pl.col(c).is_finite() for c in res.columns]))
-    x = f.select(res.drivers).to_numpy().astype(np.float64)
+    x = _drivers(f, res)
     x_mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
     x_std = x.std(axis=0) if len(x) else np.ones(x.shape[1])
     x_std = np.where(x_std > 1e-12, x_std, 1.0)
@@ -117,7 +123,7 @@ def fit_residual(frame: pl.DataFrame, res: Residual) -> ResidualModel | None:
     # back to the drivers' own units, so fits made at different times can be mixed
     slopes = coef[:, 1:] / x_std
     coef = np.column_stack([coef[:, 0] - slopes @ x_mean, slopes])
-    xs = np.column_stack([np.ones(len(xs)), f.select(res.drivers).to_numpy()])
+    xs = np.column_stack([np.ones(len(xs)), _drivers(f, res)])
     cal = ~fit_rows
     n_cal = np.bincount(dev, cal, len(ids))
     r = y - np.einsum("nk,nk->n", xs, coef[dev])
@@ -132,7 +138,8 @@ def fit_residual(frame: pl.DataFrame, res: Residual) -> ResidualModel | None:
     seg = Segments(starts, len(c_o))
     sds, tails = [], []
     for tau in SMOOTHING_INTERVALS:
-        sm = _ew_mean(seg, b_o, c_o, tau, None)[0]
+        sm, infl, _ = _ew_mean(seg, b_o, c_o, tau, None)
+        sm = sm / infl
         sd = np.sqrt(np.bincount(dev[order], cal_o * sm * sm, len(ids))
                      / np.maximum(n_cal, 1))
         sd = np.maximum(sd, 0.05)
@@ -147,17 +154,27 @@ def fit_residual(frame: pl.DataFrame, res: Residual) -> ResidualModel | None:
 
 
 def _ew_mean(seg: Segments, bucket: np.ndarray, c: np.ndarray, tau: float,
-             state: tuple[np.ndarray, np.ndarray, np.ndarray] | None):
-    """EW mean of c with time constant tau buckets; state = (last_bucket, W, S) per series."""
+             state: tuple[np.ndarray, ...] | None):
+    """EW mean of c with time constant tau buckets, and how much wider its spread is than
+    in steady state (few points so far, or a gap: sum(w^2)/sum(w)^2 against its limit).
+
+    ``state`` = (last_bucket, W, S, W2) per series; returns (mean, inflation, new state).
+    """
+    n_ser = len(seg.starts)
     prev_b = seg.prev(bucket.astype(np.float64),
-                      state[0] if state is not None else np.full(len(seg.starts), np.nan))
+                      state[0] if state is not None else np.full(n_ser, np.nan))
     steps = bucket - prev_b
     d = np.where(np.isnan(steps), 0.0, np.exp(-np.nan_to_num(steps, nan=0.0) / tau))
-    y0 = [np.zeros(len(seg.starts)), np.zeros(len(seg.starts))] if state is None else [
-        state[1], state[2]]
-    w, s = seg.run([np.ones(len(c)), c], d, y0)
+    zeros = np.zeros(n_ser)
+    w0, s0, w20 = (zeros, zeros, zeros) if state is None else state[1:]
+    one = np.ones(len(c))
+    w, s = seg.run([one, c], d, [w0, s0])
+    (w2,) = seg.run([one], d * d, [w20])
+    d1 = np.exp(-1.0 / tau)
+    steady = (1.0 - d1) / (1.0 + d1)
+    infl = np.sqrt(np.maximum(w2 / (w * w) / steady, 1.0))
     ends = seg.ends
-    return s / w, (bucket[ends].astype(np.float64), w[ends], s[ends])
+    return s / w, infl, (bucket[ends].astype(np.float64), w[ends], s[ends], w2[ends])
 
 
 @dataclass
@@ -169,6 +186,7 @@ class SmootherState:
     last_bucket: np.ndarray = field(default_factory=lambda: np.empty(0))
     w: np.ndarray = field(default_factory=lambda: np.empty((len(SMOOTHING_INTERVALS), 0)))
     s: np.ndarray = field(default_factory=lambda: np.empty((len(SMOOTHING_INTERVALS), 0)))
+    w2: np.ndarray = field(default_factory=lambda: np.empty((len(SMOOTHING_INTERVALS), 0)))
 
     def indices(self, keys: pl.DataFrame) -> np.ndarray:
         on = ["device_id", "residual"]
@@ -181,6 +199,7 @@ class SmootherState:
             self.last_bucket = np.concatenate([self.last_bucket, np.full(m, np.nan)])
             pad = np.zeros((len(SMOOTHING_INTERVALS), m))
             self.w, self.s = np.hstack([self.w, pad]), np.hstack([self.s, pad])
+            self.w2 = np.hstack([self.w2, pad])
             known = keys.join(self.index, on=on, how="left", maintain_order="left")
         return known["_idx"].to_numpy()
 
@@ -190,7 +209,7 @@ def apply_residual(model: ResidualModel, frame: pl.DataFrame) -> pl.DataFrame:
     res = model.residual
     f = frame.join(model.coef, on="device_id", how="inner").drop_nulls(list(res.columns))
     f = f.filter(pl.all_horizontal([pl.col(c).is_finite() for c in res.columns]))
-    x = f.select(res.drivers).to_numpy().astype(np.float64)
+    x = _drivers(f, res)
     b = f.select([f"b{i}" for i in range(len(res.drivers) + 1)]).to_numpy()
     r = f[res.target].to_numpy() - b[:, 0] - np.einsum("nk,nk->n", x, b[:, 1:])
     c = (r - f["mu"].to_numpy()) / f["sigma"].to_numpy()
@@ -217,10 +236,11 @@ def reference_p(model_tails: dict[str, np.ndarray], points: pl.DataFrame,
     ps = []
     new_last = state.last_bucket[idx]
     for j, tau in enumerate(SMOOTHING_INTERVALS):
-        sm, (new_last, w_end, s_end) = _ew_mean(
-            seg, bucket, c, tau, (state.last_bucket[idx], state.w[j, idx], state.s[j, idx]))
-        state.w[j, idx], state.s[j, idx] = w_end, s_end
-        z = np.abs(sm) / pts[f"sd{j}"].to_numpy()
+        sm, infl, (new_last, w_end, s_end, w2_end) = _ew_mean(
+            seg, bucket, c, tau, (state.last_bucket[idx], state.w[j, idx], state.s[j, idx],
+                                  state.w2[j, idx]))
+        state.w[j, idx], state.s[j, idx], state.w2[j, idx] = w_end, s_end, w2_end
+        z = np.abs(sm) / (pts[f"sd{j}"].to_numpy() * infl)
         p = np.full(len(z), np.nan)
         for name, tails in model_tails.items():
             sel = names == name
