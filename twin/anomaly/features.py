@@ -35,6 +35,7 @@ class Residual:
     drivers: tuple[str, ...]
     blame: str  # metric named in explanations
     pooled: bool = False  # one fit for the class (+ per-device offset) instead of per device
+    common: str | None = None  # group whose shared residual (median) is removed
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -42,18 +43,21 @@ class Residual:
 
 
 RESIDUALS: tuple[Residual, ...] = (
-    Residual("gpu_thermal", "gpu", "gpu_temp_c",
-             ("power_w", "power_w_lag1", "power_w_lag2", "coolant_c", "rack_heat_per_flow"),
-             "gpu_temp_c"),
-    Residual("gpu_mem_thermal", "gpu", "mem_temp_c",
-             ("power_w", "power_w_lag1", "power_w_lag2", "coolant_c", "rack_heat_per_flow"),
-             "mem_temp_c"),
+    # die (and memory) temperature above the coolant against power, with the thermal lag
+    # and the rack's coolant rise: the coolant's own coefficient is 1 by physics (it barely
+    # moves in healthy history, so it could not be learned)
+    Residual("gpu_thermal", "gpu", "gpu_rise_k",
+             ("power_w", "power_w_lag1", "power_w_lag2", "rack_heat_per_flow"), "gpu_temp_c",
+             common="cdu_id"),
+    Residual("gpu_mem_thermal", "gpu", "mem_rise_k",
+             ("power_w", "power_w_lag1", "power_w_lag2", "rack_heat_per_flow"), "mem_temp_c",
+             common="cdu_id"),
     Residual("gpu_power_peer", "gpu", "power_w", ("peer_power_w",), "power_w"),
     Residual("psu_loss", "psu", "input_power_w", ("output_power_w", "output_power_w_sq"),
              "input_power_w", pooled=True),
     Residual("psu_temp", "psu", "temp_c",
              ("output_power_w", "output_power_w_sq", "hall_supply_air_c", "hall_air_load"),
-             "temp_c", pooled=True),
+             "temp_c", pooled=True, common="hall"),
     Residual("psu_share", "psu", "output_power_w", ("peer_output_power_w",), "output_power_w"),
     Residual("cdu_flow", "cdu", "flow_lpm", ("pump_speed_pct", "pump_speed_sq"), "flow_lpm",
              pooled=True),
@@ -122,6 +126,9 @@ def class_frames(g: pl.DataFrame, devices: pl.DataFrame) -> dict[str, pl.DataFra
         rack_w = (_sum_by(g, psus, "input_power_w", "rack_id", "rack_in_w")
                   .rename({"device_id": "rack_id"}))
         f = f.join(rack_w, on=["rack_id", "bucket"], how="left")
+        for metric, rise in (("gpu_temp_c", "gpu_rise_k"), ("mem_temp_c", "mem_rise_k")):
+            if {metric, "coolant_c"} <= set(f.columns):
+                f = f.with_columns((pl.col(metric) - pl.col("coolant_c")).alias(rise))
         if {"rack_in_w", "flow_lpm"} <= set(f.columns):
             f = f.with_columns(rack_heat_per_flow=pl.col("rack_in_w")
                                / pl.col("flow_lpm").clip(lower_bound=1.0))

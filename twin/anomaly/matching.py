@@ -3,7 +3,8 @@
 - An **alarm event** is a maximal run of intervals in which a device's score is at or
   above the threshold (runs less than ``merge_gap`` intervals apart are one event).
 - A **fault** is detected when one of its devices (the faulted device; for a node fault,
-  its GPUs) starts an alarm between its onset and its failure (or, for faults that do not
+  its GPUs) starts an alarm (for a sensor fault: or an alarm names that sensor's metric
+  as its top contributor) between its onset and its failure (or, for faults that do not
   end in failure, the end of the run), plus ``grace`` intervals. Detection delay is
   counted in intervals from the onset. Gradual faults with a failure time also report
   whether the first alarm came before the failure.
@@ -110,6 +111,13 @@ def match(scores: pl.DataFrame, labels: pl.DataFrame, devices: pl.DataFrame,
         starts = events.filter(pl.col("device_id").is_in(list(targets))
                                & pl.col("start").is_between(onset_b, end_b))
         det_b = int(starts["start"].min()) if starts.height else None
+        if lab["metric"]:  # a sensor fault: also when a running alarm names that sensor
+            named = first_alarm.filter(pl.col("device_id").is_in(list(targets))
+                                       & pl.col("bucket").is_between(onset_b, end_b)
+                                       & (pl.col("top_metric") == lab["metric"]))
+            if named.height:
+                b = int(named["bucket"].min())
+                det_b = b if det_b is None else min(det_b, b)
         hit = first_alarm.filter(pl.col("device_id").is_in(list(targets))
                                  & (pl.col("bucket") == det_b)) if det_b is not None else None
         top = hit.row(0, named=True)["top_component"] if hit is not None and hit.height \

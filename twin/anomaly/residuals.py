@@ -43,6 +43,27 @@ class ResidualModel:
     fitted_until: int  # last bucket of the history it saw
 
 
+def _less_common_mode(f: pl.DataFrame, c: np.ndarray, res: Residual) -> np.ndarray:
+    """Remove what a residual's group shares at each interval (its median), if it has one.
+
+    GPUs on one coolant loop, PSUs in one hall's air share the model's errors and their
+    environment's changes; one device departing from its group is what is left.
+    """
+    if res.common is None or res.common not in f.columns:
+        return c
+    med = (f.select(res.common, "bucket").with_columns(c=c)
+           .select(pl.col("c").median().over(res.common, "bucket"))["c"].to_numpy())
+    return c - med
+
+
+def _resolution(col: pl.Series) -> float:
+    """Step between the distinct values a reading takes (0 for a continuous one)."""
+    u = np.unique(col.drop_nulls().to_numpy())
+    steps = np.diff(u[np.isfinite(u)])
+    steps = steps[steps > 1e-9]
+    return float(np.quantile(steps, 0.1)) if len(steps) >= 5 else 0.0
+
+
 def _drivers(f: pl.DataFrame, res: Residual) -> np.ndarray:
     if not res.drivers:  # a level only: the target against its own healthy value
         return np.zeros((f.height, 0))
@@ -128,11 +149,14 @@ def fit_residual(frame: pl.DataFrame, res: Residual) -> ResidualModel | None:
     n_cal = np.bincount(dev, cal, len(ids))
     r = y - np.einsum("nk,nk->n", xs, coef[dev])
     mu = np.bincount(dev, cal * r, len(ids)) / np.maximum(n_cal, 1)
-    floor = SIGMA_REL_FLOOR * max(float(np.std(y)), 1e-9)
+    # noise floor: model error, and the reading's resolution (whole degrees from NVML)
+    floor = max(SIGMA_REL_FLOOR * max(float(np.std(y)), 1e-9),
+                _resolution(f[res.blame] if res.blame in f.columns else f[res.target])
+                / np.sqrt(12.0))
     sigma = np.sqrt(np.bincount(dev, cal * (r - mu[dev]) ** 2, len(ids))
                     / np.maximum(n_cal - 1, 1))
     sigma = np.maximum(sigma, floor)
-    c = (r - mu[dev]) / sigma[dev]
+    c = _less_common_mode(f, (r - mu[dev]) / sigma[dev], res)
     # smoothed calibration residuals, in time order per device
     c_o, b_o, cal_o = c[order], buckets[order], cal[order]
     seg = Segments(starts, len(c_o))
@@ -212,7 +236,7 @@ def apply_residual(model: ResidualModel, frame: pl.DataFrame) -> pl.DataFrame:
     x = _drivers(f, res)
     b = f.select([f"b{i}" for i in range(len(res.drivers) + 1)]).to_numpy()
     r = f[res.target].to_numpy() - b[:, 0] - np.einsum("nk,nk->n", x, b[:, 1:])
-    c = (r - f["mu"].to_numpy()) / f["sigma"].to_numpy()
+    c = _less_common_mode(f, (r - f["mu"].to_numpy()) / f["sigma"].to_numpy(), res)
     return f.select("device_id", "bucket", *[f"sd{j}" for j in range(
         len(SMOOTHING_INTERVALS))]).with_columns(residual=pl.lit(res.name), c=c)
 
