@@ -47,7 +47,7 @@ ADAPTIVE_METRICS = frozenset({
     "nvlink_errors_total:rate", "remapped_rows_correctable:rate",
     "remapped_rows_uncorrectable:rate", "xid_total:rate",
 })
-RESIDUAL_PARAMS = DetectorParams(abs_floor=0.25)  # residuals arrive in units of sigma
+RESIDUAL_PARAMS = DetectorParams(abs_floor=1.0)  # residuals arrive in units of their sigma
 MISSING_PRIOR = (1.0, 50.0)  # pseudo-counts (empty, full) for a device's empty-bucket rate
 PRIME_BUCKETS = 360  # history the streaming states are primed on at each fit
 COUNTER_RESET_P = 1e-7  # a monotonic counter going backwards: reset (driver reload, meter)

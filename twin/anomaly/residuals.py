@@ -157,18 +157,28 @@ def fit_residual(frame: pl.DataFrame, res: Residual) -> ResidualModel | None:
                     / np.maximum(n_cal - 1, 1))
     sigma = np.maximum(sigma, floor)
     c = _less_common_mode(f, (r - mu[dev]) / sigma[dev], res)
-    # smoothed calibration residuals, in time order per device
+    # smoothed residuals, in time order per device. A slow smoother has few independent
+    # values in the calibration split, so its spread and tail come from the whole history
+    # (past its warm-up), and its spread is never below what white noise would give
     c_o, b_o, cal_o = c[order], buckets[order], cal[order]
+    dev_o = dev[order]
     seg = Segments(starts, len(c_o))
+    sd0 = None
     sds, tails = [], []
-    for tau in SMOOTHING_INTERVALS:
+    for j, tau in enumerate(SMOOTHING_INTERVALS):
         sm, infl, _ = _ew_mean(seg, b_o, c_o, tau, None)
         sm = sm / infl
-        sd = np.sqrt(np.bincount(dev[order], cal_o * sm * sm, len(ids))
-                     / np.maximum(n_cal, 1))
-        sd = np.maximum(sd, 0.05)
+        use = cal_o if j == 0 else rank[order] >= 3 * tau
+        n_use = np.bincount(dev_o, use, len(ids))
+        sd = np.sqrt(np.bincount(dev_o, use * sm * sm, len(ids)) / np.maximum(n_use, 1))
+        d1 = np.exp(-1.0 / tau)
+        white = (sd0 if sd0 is not None else sd) * np.sqrt((1.0 - d1) / (1.0 + d1))
+        # and a reading can always move by its noise floor (a quantum, when it sat still
+        # on one value all through the calibration)
+        sd = np.maximum(np.maximum(sd, white), floor / sigma if j == 0 else 0.05)
+        sd0 = sd if j == 0 else sd0
         sds.append(sd)
-        z = np.where(cal_o, np.abs(sm) / sd[dev[order]], np.nan)
+        z = np.where(use, np.abs(sm) / sd[dev_o], np.nan)
         tails.append(tail_moments(z).sum(axis=1))
     ok = n_cal >= max(5, MIN_FIT_ROWS // 3)
     table = pl.DataFrame({"device_id": ids, "mu": mu, "sigma": sigma,
