@@ -47,6 +47,8 @@ ADAPTIVE_METRICS = frozenset({
     "nvlink_errors_total:rate", "remapped_rows_correctable:rate",
     "remapped_rows_uncorrectable:rate", "xid_total:rate",
 })
+# Discrete states (a bitmask, a flag): holding one is not a frozen sensor
+CATEGORICAL_METRICS = frozenset({"throttle_reasons", "leak_detected"})
 RESIDUAL_PARAMS = DetectorParams(abs_floor=1.0)  # residuals arrive in units of their sigma
 MISSING_PRIOR = (1.0, 50.0)  # pseudo-counts (empty, full) for a device's empty-bucket rate
 PRIME_BUCKETS = 360  # history the streaming states are primed on at each fit
@@ -209,8 +211,10 @@ class FleetScorer:
         scored = self.raw.score(new.filter(~pl.col("metric").str.ends_with(RESET_SUFFIX))
                                 .select("device_id", "metric", "bucket", "t_s", "value"))
         adaptive = pl.col("metric").is_in(list(ADAPTIVE_METRICS))
-        p = pl.when(adaptive).then(pl.min_horizontal(pl.col("p_dev"), pl.col("p_flat")) * 2.0)
-        p = p.otherwise(pl.col("p_flat")).clip(upper_bound=1.0)
+        flat = pl.when(pl.col("metric").is_in(list(CATEGORICAL_METRICS))).then(1.0).otherwise(
+            pl.col("p_flat"))
+        p = pl.when(adaptive).then(pl.min_horizontal(pl.col("p_dev"), flat) * 2.0)
+        p = p.otherwise(flat).clip(upper_bound=1.0)
         base = pl.col("metric").str.replace(r":\w+$", "")
         return pl.concat([
             scored.select("device_id", "bucket", component=pl.col("metric"), metric=base, p=p),
