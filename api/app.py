@@ -7,7 +7,10 @@ from datetime import UTC, datetime
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
+from api.routes_alerts import router as alerts_router
 from api.routes_anomaly import anomaly_router, device_anomaly_state
+from api.routes_failure import router_for as failure_router_for
+from api.routes_twin import twin_router
 from twin.pue import MeterReading
 from twin.state import Twin
 
@@ -29,16 +32,6 @@ class ReadingOut(BaseModel):
                    read_time=_utc(r.read_time), age_s=round(r.age_s(now), 3))
 
 
-class PueOut(BaseModel):
-    value: float | None = Field(description="facility power / IT power; null when unknown")
-    dcie: float | None
-    category: str | None = Field(description="ISO/IEC 30134-2 category: PUE1, PUE2 or PUE3")
-    time: datetime | None
-    inputs: list[ReadingOut]
-    stale_inputs: list[str]
-    reason: str | None = Field(None, description="why the value is unknown")
-
-
 class DeviceOut(BaseModel):
     device_id: str
     device_class: str | None
@@ -55,13 +48,7 @@ def create_app(twin: Twin, health=None) -> FastAPI:
     def healthz() -> dict:
         return {"status": "ok", **(health() if health else {})}
 
-    @app.get("/v1/pue", response_model=PueOut)
-    def pue() -> PueOut:
-        now = datetime.now(UTC).replace(tzinfo=None)
-        fig = twin.pue(now)
-        return PueOut(value=fig.value, dcie=fig.dcie, category=fig.category, time=_utc(fig.time),
-                      inputs=[ReadingOut.of(r, now) for r in fig.inputs],
-                      stale_inputs=fig.stale_inputs, reason=fig.reason)
+    app.include_router(twin_router(twin))  # topology, pue, heat balance, rollups, series
 
     @app.get("/v1/devices/{device_id:path}", response_model=DeviceOut)
     def device(device_id: str) -> DeviceOut:
@@ -75,5 +62,7 @@ def create_app(twin: Twin, health=None) -> FastAPI:
                          metrics=[ReadingOut.of(r, now) for r in readings],
                          anomaly=device_anomaly_state(twin, device_id))
 
+    app.include_router(alerts_router)  # alerts, silences, rules, receivers (503 w/o engine)
+    app.include_router(failure_router_for(twin))  # failure risk per component
     app.include_router(anomaly_router(twin))
     return app

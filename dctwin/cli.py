@@ -60,8 +60,12 @@ def serve(
     from dctwin.server import Server
 
     _logging(verbose)
-    server = Server(_settings(kafka_bootstrap=bootstrap, db_path=db, site_file=site,
-                              api_host=host, api_port=port))
+    try:
+        server = Server(_settings(kafka_bootstrap=bootstrap, db_path=db, site_file=site,
+                                  api_host=host, api_port=port))
+    except ValueError as exc:  # site, alert rules or receivers file: names file and line
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C after clean shutdown
         server.run_forever()
 
@@ -75,19 +79,22 @@ def collect(
     """Run a collector daemon: read sources every interval and produce to Kafka."""
     from collectors.config import CollectorConfigError, load_collector_config
     from collectors.daemon import CollectorDaemon
+    from collectors.spool import SpoolError
 
     _logging(verbose)
+    # an outage makes kafka-python log every reconnect; the daemon logs one line per outage
+    logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
     try:
         cfg = load_collector_config(config)
         daemon = CollectorDaemon(cfg)
-    except (CollectorConfigError, ValueError) as exc:
+    except (CollectorConfigError, ValueError, SpoolError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     _stop_on_signals(daemon.stop_event)
     try:
         daemon.run(max_intervals=intervals)
     finally:
-        daemon.close()
+        daemon.close()  # flushes queued batches to Kafka or the spool (SIGTERM included)
 
 
 @app.command()
@@ -149,6 +156,8 @@ def simulate(
     from dataclasses import asdict
     from datetime import datetime
 
+    from kafka.errors import KafkaError
+
     from collectors.simulator.faults import FaultSpecError
     from collectors.simulator.model import SiteSimulator
     from collectors.simulator.weather import CLIMATES
@@ -186,6 +195,8 @@ def simulate(
                                  faults=faults, progress=not quiet)
     except (SiteFileError, FaultSpecError, ValueError) as exc:
         fail(str(exc))
+    except KafkaError as exc:
+        fail(f"--kafka {kafka}: {exc}")
     typer.echo(_json.dumps(asdict(summary), indent=2))
 
 
@@ -292,6 +303,10 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
 
+
+from dctwin.failure_cli import failure_app  # noqa: E402
+
+app.add_typer(failure_app, name="failure")
 
 if __name__ == "__main__":
     app()

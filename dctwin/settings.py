@@ -26,3 +26,16 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     stale_after_s: float = Field(30.0, gt=0, description="age after which a reading is stale")
+    # Twin (docs/twin.md). Staleness: `stale_after_intervals` x `telemetry_interval_s` when
+    # set, else `stale_after_s`.
+    telemetry_interval_s: float = Field(10.0, gt=0, description="expected reporting interval")
+    stale_after_intervals: float | None = Field(None, gt=0, description="stale after N intervals")
+    twin_tick_s: float = Field(10.0, gt=0, description="background twin tick interval")
+    heat_balance_threshold_pct: float = Field(5.0, gt=0, description="heat-balance residual flag")
+    # alerts (docs/alerts.md)
+    alert_rules_file: Path | None = Field(None, description="rules YAML (default: packaged)")
+    alert_receivers_file: Path | None = Field(None, description="receivers YAML (secrets)")
+    alert_interval_s: float = Field(1.0, gt=0, description="alert evaluation interval")
+    alerts_topic: str = Field("alerts", description="Kafka topic for alerts; empty: off")
+    external_url: str = Field("", description="this API's URL as on-call sees it "
+                                              "(default http://api_host:api_port)")

@@ -103,9 +103,13 @@ class ParquetSink:
     def __init__(self, out_dir: Path) -> None:
         self.dir = out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
+        # dictionary pages for the id columns only, min/max statistics only where they
+        # prune (time, value): each row group holds every device, so id stats are useless
         self.writer = pq.ParquetWriter(out_dir / "samples.parquet", SAMPLES_SCHEMA,
                                        compression="zstd", compression_level=1,
-                                       store_schema=False)
+                                       store_schema=False,
+                                       use_dictionary=["device_id", "metric", "kind", "rack"],
+                                       write_statistics=["read_time", "value"])
 
     def write(self, table: pa.Table) -> None:
         self.writer.write_table(table)
@@ -159,7 +163,7 @@ class KafkaSink:
     def __init__(self, bootstrap: str, plan: TelemetryPlan, site_id: str, step_s: float,
                  collector: str = "simulate") -> None:
         from collectors.batching import Batcher
-        from collectors.daemon import Publisher
+        from collectors.publish import Publisher
 
         self.plan = plan
         self.batcher = Batcher(collector, site_id, step_s)
@@ -202,7 +206,7 @@ class KafkaSink:
 def run_simulation(sim: SiteSimulator, hours: float, out: Path | None, *, step_s: float = 10.0,
                    fmt: str = "auto", kafka_bootstrap: str | None = None,
                    faults: str | None = None, progress: bool = True,
-                   chunk_rows: int = 4_000_000) -> RunSummary:
+                   chunk_rows: int = 4_000_000, collector: str = "simulate") -> RunSummary:
     """Run `hours` of `sim` in batch mode into the chosen outputs."""
     if fmt == "auto":
         fmt = "duckdb" if out is not None and out.suffix == ".duckdb" else "parquet"
@@ -221,8 +225,8 @@ def run_simulation(sim: SiteSimulator, hours: float, out: Path | None, *, step_s
         sinks.append(ParquetSink(out))
     if out is not None and fmt in ("duckdb", "both"):
         sinks.append(DuckDBSink(out / "sim.duckdb" if fmt == "both" else out))
-    kafka = KafkaSink(kafka_bootstrap, plan, sim.site.site.id, step_s) if kafka_bootstrap \
-        else None
+    kafka = KafkaSink(kafka_bootstrap, plan, sim.site.site.id, step_s, collector) \
+        if kafka_bootstrap else None
     run_id = uuid.uuid4().hex
     start_iso = datetime.fromtimestamp(sim.time_s, UTC).isoformat()
     events: list[SimEvent] = []

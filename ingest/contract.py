@@ -87,6 +87,10 @@ METRICS: dict[Kind, dict[str, str]] = {
         "filter_dp_kpa": "kPa",
         "leak_detected": "bool",
         "coolant_temp_c": "Cel",
+        # Redfish readings that need a home (see docs/collectors.md)
+        "temp_c": "Cel",  # a non-coolant temperature on cooling equipment (cabinet, controller)
+        "pressure_kpa": "kPa",  # a liquid pressure sensor not tied to supply/return
+        "pump_running": "bool",  # 1 while a pump is enabled and not failed
     },
     Kind.power: {
         "input_power_w": "W",
@@ -103,6 +107,7 @@ METRICS: dict[Kind, dict[str, str]] = {
         "voltage_v": "V",
         "power_factor": "1",
         "frequency_hz": "Hz",
+        "fan_speed_pct": "%",  # PSU / power-shelf fan
     },
     Kind.air: {
         "supply_air_temp_c": "Cel",

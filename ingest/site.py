@@ -37,6 +37,9 @@ class Meter(_Strict):
     id: str = Field(min_length=1)
     role: MeterRole
     description: str = ""
+    energy_rollover_kwh: float | None = Field(
+        None, gt=0, description="value at which the energy register wraps to zero (e.g. "
+        "999999.9 kWh); a drop near it is a wrap, any other drop a reset")
 
 
 class RackTemplate(_Strict):
@@ -92,6 +95,9 @@ class Crah(_Strict):
     rated_kw: float = Field(gt=0)
     fan_rated_w: float = Field(gt=0)
     supply_air_setpoint_c: float = Field(22.0, ge=10, le=35)
+    rated_airflow_m3h: float | None = Field(
+        None, gt=0, description="airflow at 100% fan speed; lets the twin estimate air-side "
+        "heat from fan speed when the unit reports neither cooling_kw nor airflow_m3h")
 
 
 class Hall(_Strict):

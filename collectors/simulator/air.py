@@ -1,7 +1,7 @@
 """CRAH units: fans, coils and the hall air they serve.
 
-The air heat of a hall (rack air-side heat, PDU losses, fan heat) is shared by its
-running CRAHs. Each moves up to its rated airflow, sized for its rated capacity at a
+The air heat of a hall (rack air-side heat plus fan heat) is shared by its running
+CRAHs. Each moves up to its rated airflow, sized for its rated capacity at a
 12 K air temperature rise; fan speed follows the airflow the load needs (minimum 30 %),
 fan power follows the affinity law P = P_rated s^3. Return air = supply + Q / (rho c_p V).
 The coil holds the supply-air setpoint while chilled water is cold enough (coil approach

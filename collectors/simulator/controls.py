@@ -39,8 +39,10 @@ ENVELOPES: dict[str, Envelope] = {e.name: e for e in (
     Envelope("cdu_supply_setpoint_c", "Cel", 17.0, 45.0, 0.5, "cdu",
              "CDU secondary (technology cooling system) supply temperature; "
              "ASHRAE TC9.9 liquid classes W17..W45"),
-    Envelope("cdu_dp_setpoint_kpa", "kPa", 40.0, 200.0, 30.0, "cdu",
-             "CDU secondary pump differential pressure (sets rack flow)"),
+    Envelope("cdu_dp_setpoint_kpa", "kPa", 5.0, 150.0, 30.0, "cdu",
+             "CDU secondary pump minimum differential pressure (the rack flow floor)"),
+    Envelope("cdu_dt_setpoint_k", "K", 3.0, 12.0, 1.0, "cdu",
+             "CDU secondary delta-T the pump speed holds above the flow floor"),
     Envelope("crah_supply_setpoint_c", "Cel", 18.0, 27.0, 0.5, "crah",
              "CRAH supply air; ASHRAE TC9.9 recommended inlet range 18-27 degC"),
     Envelope("economizer_enabled", "bool", 0.0, 1.0, 1e9, "site",
@@ -51,12 +53,13 @@ ENVELOPES: dict[str, Envelope] = {e.name: e for e in (
 class Controls:
     def __init__(self, layout: SiteLayout, chw_supply_c: float, cw_supply_c: float,
                  cdu_supply_c: np.ndarray, crah_supply_c: np.ndarray,
-                 cdu_dp_kpa: float) -> None:
+                 cdu_dp_kpa: float, cdu_dt_k: float) -> None:
         self.layout = layout
         sizes = {"site": 1, "cdu": layout.n_cdu, "crah": layout.n_crah}
         init = {
             "chw_supply_setpoint_c": chw_supply_c, "cw_supply_setpoint_c": cw_supply_c,
             "cdu_supply_setpoint_c": cdu_supply_c, "cdu_dp_setpoint_kpa": cdu_dp_kpa,
+            "cdu_dt_setpoint_k": cdu_dt_k,
             "crah_supply_setpoint_c": crah_supply_c, "economizer_enabled": 1.0,
         }
         self.commanded: dict[str, np.ndarray] = {}

@@ -136,10 +136,10 @@ class FaultPlan:
         return len(self.faults)
 
 
-def _class_of(layout: SiteLayout, device: str) -> tuple[str, int]:
+def _class_of(layout: SiteLayout, device: str, where: str) -> tuple[str, int]:
     found = layout.index().get(device)
     if found is None:
-        raise FaultSpecError(f"device {device!r} is not in site {layout.site.site.id}")
+        raise FaultSpecError(f"{where}: device {device!r} is not in site {layout.site.site.id}")
     return found
 
 
@@ -150,22 +150,30 @@ def _ids(layout: SiteLayout, cls: str) -> list[str]:
             "crah": layout.crah_ids, "pdu": layout.pdu_ids, "node": layout.node_ids}[cls]
 
 
+def _pick(ids: list[str], rng: np.random.Generator, used: set[str]) -> str:
+    """A random device, preferring ones no other fault of this plan has taken."""
+    free = [i for i in ids if i not in used] if len(used) < len(ids) else ids
+    return (free or ids)[int(rng.integers(len(free or ids)))]
+
+
 def _make(layout: SiteLayout, n: int, ftype: str, target: str, params: dict[str, str],
-          start_s: float, rng: np.random.Generator, where: str) -> Fault:
+          start_s: float, rng: np.random.Generator, where: str,
+          used: set[str] | None = None) -> Fault:
     kind = CATALOG[ftype]
+    used = used if used is not None else set()
     device, _, metric = target.partition("#")
     metric = metric or None
     if kind.device_class == "sensor":
         if metric is None:
             raise FaultSpecError(f"{where}: {ftype} needs a metric: DEVICE#METRIC")
         if device == "any":
-            cls = "cdu" if metric in CLASS_METRICS["cdu"] else next(
-                (c for c, ms in SENSOR_METRICS.items() if metric in ms), None)
+            cls = next((c for c, ms in CLASS_METRICS.items()
+                        if metric in ms and c not in ("meter", "plant") and _ids(layout, c)),
+                       None)
             if cls is None:
-                raise FaultSpecError(f"{where}: no device class reports {metric!r}")
-            ids = _ids(layout, cls)
-            device = ids[int(rng.integers(len(ids)))]
-        cls, idx = _class_of(layout, device)
+                raise FaultSpecError(f"{where}: no device of this site reports {metric!r}")
+            device = _pick(_ids(layout, cls), rng, used)
+        cls, idx = _class_of(layout, device, where)
         if metric not in CLASS_METRICS.get(cls, ()):
             raise FaultSpecError(f"{where}: a {cls} does not report {metric!r} "
                                  f"(it reports {CLASS_METRICS.get(cls, [])})")
@@ -174,9 +182,10 @@ def _make(layout: SiteLayout, n: int, ftype: str, target: str, params: dict[str,
             raise FaultSpecError(f"{where}: {ftype} takes a device, not DEVICE#METRIC")
         cls = kind.device_class
         if device == "any":
-            ids = _ids(layout, cls)
-            device = ids[int(rng.integers(len(ids)))]
-        found_cls, idx = _class_of(layout, device)
+            if not _ids(layout, cls):
+                raise FaultSpecError(f"{where}: this site has no {cls} for {ftype}")
+            device = _pick(_ids(layout, cls), rng, used)
+        found_cls, idx = _class_of(layout, device, where)
         if cls == "node" and found_cls == "gpu":  # a GPU names its node
             found_cls, idx = "node", int(layout.gpu_node[idx])
             device = layout.node_ids[idx]
@@ -216,14 +225,17 @@ def _make(layout: SiteLayout, n: int, ftype: str, target: str, params: dict[str,
         failure_s = onset_s + values["precursor"]
     elif ftype == "gpu_off_bus":
         failure_s = onset_s
+    used.add(device)
     return Fault(f"F{n:03d}", ftype, device, cls, idx, onset_s, failure_s, values, metric)
 
 
 def random_faults(layout: SiteLayout, n: int, start_s: float, horizon_s: float,
-                  rng: np.random.Generator, first_id: int = 0) -> list[Fault]:
+                  rng: np.random.Generator, first_id: int = 0,
+                  used: set[str] | None = None) -> list[Fault]:
     """n faults cycling through the whole catalog, onsets and failures inside the horizon."""
     names = list(CATALOG)
     out: list[Fault] = []
+    used = used if used is not None else set()
     order: list[str] = []
     while len(order) < n:
         order += list(rng.permutation(names))
@@ -236,7 +248,7 @@ def random_faults(layout: SiteLayout, n: int, start_s: float, horizon_s: float,
             if not ids:
                 cls, ids = "cdu", _ids(layout, "cdu")
             metric = str(rng.choice(SENSOR_METRICS[cls]))
-            target = f"{ids[int(rng.integers(len(ids)))]}#{metric}"
+            target = f"{_pick(ids, rng, used)}#{metric}"
         elif not _ids(layout, kind.device_class):
             continue
         params = {"onset": f"{rng.uniform(0.05, 0.5) * horizon_s:.0f}"}
@@ -246,8 +258,8 @@ def random_faults(layout: SiteLayout, n: int, start_s: float, horizon_s: float,
             params["duration"] = f"{rng.uniform(0.3, 0.6) * horizon_s:.0f}"
         if ftype == "coolant_leak":
             params["rate"] = f"{70.0 / (rng.uniform(0.2, 0.45) * horizon_s / H):.3f}"
-        out.append(_make(layout, first_id + i, ftype, target, params, start_s, rng,
-                         f"random fault {i}"))
+        out.append(_make(layout, first_id + len(out), ftype, target, params, start_s, rng,
+                         f"random fault {i}", used))
     return out
 
 
@@ -258,6 +270,7 @@ def parse_faults(spec: str | None, layout: SiteLayout, start_s: float, seed: int
     if not spec or not spec.strip():
         return plan
     rng = np.random.default_rng([seed, 0xFA17])
+    used: set[str] = set()
     items = [s.strip() for line in spec.splitlines() if not line.strip().startswith("//")
              for s in line.split(";")]
     for pos, item in enumerate(i for i in items if i):
@@ -278,7 +291,8 @@ def parse_faults(spec: str | None, layout: SiteLayout, start_s: float, seed: int
                 sub = np.random.default_rng([int(params.get("seed", seed)), 0xFA17])
             except ValueError:
                 raise FaultSpecError(f"{where}: n and seed must be integers") from None
-            plan.faults += random_faults(layout, n, start_s, horizon_s, sub, len(plan.faults))
+            plan.faults += random_faults(layout, n, start_s, horizon_s, sub, len(plan.faults),
+                                         used)
             continue
         ftype, at, target = head.partition("@")
         ftype, target = ftype.strip(), target.strip()
@@ -287,5 +301,5 @@ def parse_faults(spec: str | None, layout: SiteLayout, start_s: float, seed: int
         if not at or not target:
             raise FaultSpecError(f"{where}: expected TYPE@DEVICE[:KEY=VALUE,...]")
         plan.faults.append(_make(layout, len(plan.faults), ftype, target, params, start_s,
-                                 rng, where))
+                                 rng, where, used))
     return plan

@@ -21,7 +21,7 @@ ECC_GROWTH = 8.0  # corrected-error rate grows e^8 (~3000x) from onset to failur
 ECC_XID92_PER_H = 100.0
 ECC_REMAP_AT = (0.6, 0.75, 0.9)
 ECC_CONTAINED_AT = 0.85
-CAVITATION_HEAD = 0.15
+CAVITATION_HEAD = 0.08
 
 
 @dataclass
@@ -88,7 +88,7 @@ class FaultInjector:
                     np.zeros(lay.n_psu, dtype=bool), np.zeros(lay.n_crah, dtype=bool),
                     np.ones(lay.n_crah))
         for f in self.physical:
-            if t < f.onset_s and f.type != "crah_fan_failure":
+            if t < f.onset_s:
                 continue
             getattr(self, f"_{f.type}")(f, sim, e, t_prev, t)
         return e

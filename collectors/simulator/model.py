@@ -23,7 +23,7 @@ from collectors.simulator.controls import Controls
 from collectors.simulator.faults import FaultPlan, parse_faults
 from collectors.simulator.injector import FaultInjector, SimEvent
 from collectors.simulator.layout import SiteLayout
-from collectors.simulator.liquid import DP_DESIGN_KPA, CduModel
+from collectors.simulator.liquid import DP_MIN_DEFAULT_KPA, DT_DEFAULT_K, CduModel
 from collectors.simulator.plant import PlantModel
 from collectors.simulator.telemetry import TelemetryPlan
 from collectors.simulator.thermal import GpuModel
@@ -37,6 +37,15 @@ psu_efficiency = pw.psu_efficiency
 COIL_DESIGN_DT_K = 6.0  # chilled-water rise across CRAH coils and electrical-room fan coils
 NODE_OVERHEAD_IDLE = 0.6  # node overhead (CPUs, NICs, fans) at zero GPU activity
 WARMUP_S = 900.0
+# facility sensor noise, 1 sigma: (absolute in the reading's unit, relative to the reading).
+# RTDs resolve a hundredth of a kelvin, flow meters a few tenths of a percent (their
+# accuracy is a bias, not modeled); GPU,
+# power and meter readings are exact (NVML and revenue meters are far better than these).
+SENSOR_NOISE = {"cdu_supply_c": (0.01, 0.0), "cdu_return_c": (0.01, 0.0),
+                "cdu_primary_supply_c": (0.01, 0.0), "cdu_primary_return_c": (0.01, 0.0),
+                "cdu_flow_lpm": (0.0, 0.003), "cdu_primary_flow_lpm": (0.0, 0.003),
+                "cdu_dp_kpa": (0.1, 0.0), "psu_temp_c": (0.2, 0.0), "crah_supply_c": (0.1, 0.0),
+                "crah_return_c": (0.1, 0.0)}
 
 
 @dataclass
@@ -63,8 +72,8 @@ class PlantState:
     free_cooling_kw: float = 0.0
     chiller_cop: float = 0.0
     chillers_on: int = 0
-    heat_produced_kw: float = 0.0  # IT + PDU/UPS losses + CDU pumps + CRAH fans
-    heat_removed_kw: float = 0.0  # CDU exchangers + CRAH coils + electrical room
+    heat_produced_kw: float = 0.0  # in the hall: IT + CDU pumps + CRAH fans
+    heat_removed_kw: float = 0.0  # CDU exchangers + CRAH coils
     chw_supply_c: float = 18.0
     chw_return_c: float = 24.0
     cw_supply_c: float = 27.0
@@ -114,7 +123,8 @@ class SiteSimulator:
         cdu_sp = np.array([c.secondary_supply_setpoint_c for c in lay.cdu_spec])
         crah_sp = np.array([a.supply_air_setpoint_c for a in lay.crah_spec])
         self.controls = Controls(lay, site.plant.chw_supply_setpoint_c,
-                                 site.plant.cw_supply_setpoint_c, cdu_sp, crah_sp, DP_DESIGN_KPA)
+                                 site.plant.cw_supply_setpoint_c, cdu_sp, crah_sp,
+                                 DP_MIN_DEFAULT_KPA, DT_DEFAULT_K)
         plan = faults if isinstance(faults, FaultPlan) else parse_faults(
             faults, lay, start_time_s, seed, horizon_s)
         self.fault_plan = plan
@@ -132,7 +142,8 @@ class SiteSimulator:
                             self.rng.uniform(1e9, 5e9, lay.n_gpu))
         self.ups_coef = pw.ups_loss_coefficients(site.ups.efficiency)
         self.rack_dt_k = np.zeros(lay.n_rack)
-        self.psu_temp_c = np.full(lay.n_psu, 35.0)
+        self.psu_temp_true_c = np.full(lay.n_psu, 35.0)
+        self.sensor_rng = np.random.default_rng([seed, 0x5E45])
         self.psu_energy_kwh = np.zeros(lay.n_psu)
         self.pdu_energy_kwh = np.zeros(lay.n_pdu)
         self.gpu_ecc_corrected = np.zeros(lay.n_gpu)
@@ -150,6 +161,8 @@ class SiteSimulator:
             self._advance(10.0, settle=True)
         if warmup_s <= 0:
             self._advance(1.0, settle=True)
+        # faults whose onset is the start time show from the first read on
+        self.faults.effects(self, self.time_s - 1e-3, self.time_s)
 
     # -- public API ---------------------------------------------------------------------
 
@@ -161,7 +174,7 @@ class SiteSimulator:
     @property
     def telemetry(self) -> TelemetryPlan:
         if self._telemetry is None:
-            self._telemetry = TelemetryPlan(self, self.seed)
+            self._telemetry = TelemetryPlan(self)
         return self._telemetry
 
     def drain_events(self) -> list[SimEvent]:
@@ -223,23 +236,16 @@ class SiteSimulator:
     gpu_util = property(lambda s: s.gpu.util)
     gpu_sm_clock_mhz = property(lambda s: s.gpu.sm_clock_mhz)
     gpu_throttle_reasons = property(lambda s: s.gpu.throttle_reasons)
-    cdu_supply_c = property(lambda s: s.cdu.supply_c)
-    cdu_return_c = property(lambda s: s.cdu.return_c)
-    cdu_flow_lpm = property(lambda s: s.cdu.flow_lpm)
     cdu_pump_speed = property(lambda s: s.cdu.speed)
     cdu_pump_w = property(lambda s: s.cdu.pump_w)
-    cdu_dp_kpa = property(lambda s: s.cdu.dp_kpa)
     cdu_heat_kw = property(lambda s: s.cdu.heat_removed_kw)
-    cdu_primary_supply_c = property(lambda s: s.cdu.primary_supply_c)
-    cdu_primary_return_c = property(lambda s: s.cdu.primary_return_c)
-    cdu_primary_flow_lpm = property(lambda s: s.cdu.primary_flow_lpm)
     cdu_approach_k = property(lambda s: s.cdu.approach_k)
-    crah_supply_c = property(lambda s: s.crah.supply_c)
-    crah_return_c = property(lambda s: s.crah.return_c)
     crah_fan_speed = property(lambda s: s.crah.fan_speed)
     crah_fan_w = property(lambda s: s.crah.fan_w)
     crah_airflow_m3h = property(lambda s: s.crah.airflow_m3h)
-    crah_load_w = property(lambda s: s.crah.load_kw * 1000.0)
+    # air heat a CRAH takes from the hall, its own fan heat excluded (v0 meaning)
+    crah_load_w = property(lambda s: s.crah.load_kw * 1000.0 - s.crah.fan_w)
+    rack_is_training = property(lambda s: s.workload.is_training)  # writable: v0 tests
 
     # -- one time step ------------------------------------------------------------------
 
@@ -255,7 +261,8 @@ class SiteSimulator:
 
         # hydraulics first: flows depend on controls and pump health, not on this step's heat
         wear = eff.cdu_pump_wear * np.where(eff.cdu_reservoir_pct > 0, 1.0, 0.0)
-        self.cdu.hydraulics(dt_s, ctl.value("cdu_dp_setpoint_kpa"), wear)
+        self.cdu.hydraulics(dt_s, ctl.value("cdu_dp_setpoint_kpa"),
+                            ctl.value("cdu_dt_setpoint_k"), self.cdu.heat_in_kw, wear)
         self.cdu_reservoir_pct, self.cdu_leak_detected = (eff.cdu_reservoir_pct,
                                                           eff.cdu_leak_detected)
 
@@ -302,20 +309,23 @@ class SiteSimulator:
                 + self.cdu.pump_w / 1000.0
             self.cdu.thermal(dt_s, heat_in, ctl.value("cdu_supply_setpoint_c"), chw_supply,
                              eff.cdu_ua_factor)
-        hall_air_kw = (np.bincount(lay.rack_hall, air_w, lay.n_hall)
-                       + np.bincount(lay.pdu_hall, pdu_loss_w, lay.n_hall)) / 1000.0
+        # PDUs (transformers, switchboards) and the UPS sit in electrical rooms next to the
+        # hall, cooled by chilled-water fan coils; the hall air gets the racks' air share
+        hall_air_kw = np.bincount(lay.rack_hall, air_w, lay.n_hall) / 1000.0
         self.crah.step(dt_s, hall_air_kw, ctl.value("crah_supply_setpoint_c"), chw_supply,
                        eff.crah_failed, eff.crah_fan_power_factor)
         inlet = self.crah.hall_inlet_c[lay.rack_hall][lay.psu_rack]
         target = inlet + pw.PSU_TEMP_RISE_K * (self.psu_in_w > 0) + pw.PSU_TEMP_K_PER_W * psu_loss_w
-        self.psu_temp_c += (target - self.psu_temp_c) * (1 - np.exp(-dt_s / pw.PSU_TIME_CONSTANT_S))
+        self.psu_temp_true_c += (target - self.psu_temp_true_c) * (
+            1 - np.exp(-dt_s / pw.PSU_TIME_CONSTANT_S))
 
-        # chilled-water plant: CDU exchangers, CRAH coils, electrical-room coils (UPS heat)
+        # chilled-water plant: CDU exchangers, CRAH coils, electrical-room coils
         q_liquid = float(self.cdu.heat_removed_kw.sum())
         q_air = float(self.crah.removed_kw.sum())
-        c_chw = float(self.cdu.c_p.sum()) + (q_air + ups_loss) / COIL_DESIGN_DT_K
+        q_elec = ups_loss + float(pdu_loss_w.sum()) / 1000.0
+        c_chw = float(self.cdu.c_p.sum()) + (q_air + q_elec) / COIL_DESIGN_DT_K
         po = self.plant_model.step(
-            dt_s, q_liquid + q_air + ups_loss, c_chw, float(ctl.value("chw_supply_setpoint_c")[0]),
+            dt_s, q_liquid + q_air + q_elec, c_chw, float(ctl.value("chw_supply_setpoint_c")[0]),
             float(ctl.value("cw_supply_setpoint_c")[0]), wetbulb,
             bool(ctl.value("economizer_enabled")[0] >= 0.5), eff.refrigerant_severity,
             eff.chillers_tripped)
@@ -339,11 +349,27 @@ class SiteSimulator:
         p.ups_input_kw = ups_out_kw + ups_loss
         p.facility_kw = (p.ups_input_kw + p.plant_kw + p.cdu_pump_kw + p.crah_fan_kw
                          + p.misc_kw)
-        p.heat_produced_kw = p.it_kw + p.pdu_loss_kw + ups_loss + p.cdu_pump_kw + p.crah_fan_kw
-        p.heat_removed_kw = q_liquid + q_air + ups_loss
+        p.heat_produced_kw = p.it_kw + p.cdu_pump_kw + p.crah_fan_kw  # in the hall
+        p.heat_removed_kw = q_liquid + q_air
+        self._measure()
         if not settle:
             self._account(dt_s, p, float(self.gpu.power_w.sum()) / 1000.0,
                           float(overhead_w.sum()) / 1000.0)
+
+    def _measure(self) -> None:
+        """What the facility sensors read this step: truth plus their noise. The physics
+        keeps using the truth (self.cdu, self.crah, psu_temp_true_c)."""
+        rng, c, a = self.sensor_rng, self.cdu, self.crah
+        for name, truth in (("cdu_supply_c", c.supply_c), ("cdu_return_c", c.return_c),
+                            ("cdu_primary_supply_c", c.primary_supply_c),
+                            ("cdu_primary_return_c", c.primary_return_c),
+                            ("cdu_flow_lpm", c.flow_lpm),
+                            ("cdu_primary_flow_lpm", c.primary_flow_lpm),
+                            ("cdu_dp_kpa", c.dp_kpa), ("psu_temp_c", self.psu_temp_true_c),
+                            ("crah_supply_c", a.supply_c), ("crah_return_c", a.return_c)):
+            absolute, relative = SENSOR_NOISE[name]
+            sigma = absolute + relative * np.abs(truth)
+            setattr(self, name, truth + rng.normal(0.0, 1.0, truth.shape) * sigma)
 
     def _account(self, dt_s: float, p: PlantState, gpu_kw: float, overhead_kw: float) -> None:
         hours = dt_s / 3600.0

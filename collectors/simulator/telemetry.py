@@ -1,9 +1,10 @@
 """What the simulated devices report: the (device, metric) pairs, their values per read,
-sensor noise and quantization, sensor faults, and devices whose telemetry has stopped.
+quantization, sensor faults, and devices whose telemetry has stopped.
 
 Shared by the real-time source and batch mode so that both emit the same samples. The
 flat order is block by block (GPUs, PSUs, CDUs, PDUs, CRAHs, meters, plant), metric-major
-within a block. Physics arrays are ground truth; readings are what sensors would say.
+within a block. Readings come from the model's measured arrays (truth plus sensor
+noise, see model.SENSOR_NOISE) and its exact ones (GPU, power, meters).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ CLASS_METRICS: dict[str, list[str]] = {
     "cdu": ["supply_temp_c", "return_temp_c", "flow_lpm", "pump_speed_pct", "pump_power_w",
             "diff_pressure_kpa", "primary_supply_temp_c", "primary_return_temp_c",
             "primary_flow_lpm", "reservoir_level_pct", "leak_detected"],
-    "pdu": ["power_w", "energy_kwh"],
+    "pdu": ["power_w", "energy_kwh", "input_power_w"],
     "crah": ["supply_air_temp_c", "return_air_temp_c", "fan_speed_pct", "fan_power_w",
              "airflow_m3h", "supply_air_setpoint_c"],
     "meter": ["power_kw", "energy_kwh"],
@@ -40,18 +41,8 @@ SENSOR_METRICS: dict[str, list[str]] = {
     "psu": ["temp_c", "input_power_w"],
     "gpu": ["gpu_temp_c", "power_w"],
 }
-# sensor noise (1 sigma, metric units) and quantization step; unlisted: exact
-NOISE: dict[tuple[str, str], float] = {
-    ("cdu", "supply_temp_c"): 0.05, ("cdu", "return_temp_c"): 0.05,
-    ("cdu", "primary_supply_temp_c"): 0.05, ("cdu", "primary_return_temp_c"): 0.05,
-    ("cdu", "flow_lpm"): 2.0, ("cdu", "primary_flow_lpm"): 2.0,
-    ("cdu", "diff_pressure_kpa"): 0.3, ("psu", "temp_c"): 0.2,
-    ("crah", "supply_air_temp_c"): 0.1, ("crah", "return_air_temp_c"): 0.1,
-}
-QUANTUM: dict[tuple[str, str], float] = {  # NVML reports whole degrees, MHz and percent
-    ("gpu", "gpu_temp_c"): 1.0, ("gpu", "mem_temp_c"): 1.0, ("gpu", "sm_clock_mhz"): 1.0,
-    ("gpu", "util_gpu_pct"): 1.0, ("gpu", "energy_mj"): 1.0,
-}
+# NVML's energy counter is whole millijoules (sensor noise is applied by the model)
+QUANTUM: dict[tuple[str, str], float] = {("gpu", "energy_mj"): 1.0}
 H = 3600.0
 
 
@@ -89,7 +80,7 @@ def _blocks(sim) -> list[Block]:
                          s.cdu_primary_supply_c, s.cdu_primary_return_c,
                          s.cdu_primary_flow_lpm, s.cdu_reservoir_pct, s.cdu_leak_detected]),
         Block(Kind.power, "pdu", lay.pdu_ids, hall_of(lay.pdu_ids), CLASS_METRICS["pdu"],
-              lambda s: [s.pdu_out_w, s.pdu_energy_kwh]),
+              lambda s: [s.pdu_out_w, s.pdu_energy_kwh, s.pdu_in_w]),
         Block(Kind.air, "crah", lay.crah_ids, hall_of(lay.crah_ids), CLASS_METRICS["crah"],
               lambda s: [s.crah_supply_c, s.crah_return_c, s.crah_fan_speed * 100.0,
                          s.crah_fan_w, s.crah_airflow_m3h, s.crah_supply_setpoint_c]),
@@ -118,14 +109,13 @@ def _blocks(sim) -> list[Block]:
 class TelemetryPlan:
     """Flat (device, metric) layout plus per-read state (noise, stuck values)."""
 
-    def __init__(self, sim, seed: int = 0) -> None:
+    def __init__(self, sim) -> None:
         self.blocks = _blocks(sim)
         pos = 0
         for b in self.blocks:
             b.start = pos
             pos += b.size
         self.size = pos
-        self.rng = np.random.default_rng([seed, 0x5E45])
         # dictionary codes, for columnar writers
         self.device_dict: list[str] = []
         self.metric_dict: list[str] = sorted({m for b in self.blocks for m in b.metrics})
@@ -134,7 +124,7 @@ class TelemetryPlan:
         m_code = {m: i for i, m in enumerate(self.metric_dict)}
         r_code = {r: i for i, r in enumerate(self.rack_dict)}
         dev_code, met, kind, rack = [], [], [], []
-        sigma, quantum = np.zeros(self.size), np.zeros(self.size)
+        quantum = np.zeros(self.size)
         for b in self.blocks:
             first = len(self.device_dict)
             self.device_dict += b.devices
@@ -147,14 +137,11 @@ class TelemetryPlan:
                 kind.append(np.full(n, self.kind_dict.index(b.kind.value), dtype=np.int32))
                 rack.append(racks)
                 sl = slice(b.start + j * n, b.start + (j + 1) * n)
-                sigma[sl] = NOISE.get((b.device_class, m), 0.0)
                 quantum[sl] = QUANTUM.get((b.device_class, m), 0.0)
         self.device_code = np.concatenate(dev_code)
         self.metric_code = np.concatenate(met)
         self.kind_code = np.concatenate(kind)
         self.rack_code = np.concatenate(rack)
-        self.noisy = np.flatnonzero(sigma)
-        self.noise_sigma = sigma[self.noisy]
         self.quantized = np.flatnonzero(quantum)
         self.quantum = quantum[self.quantized]
         self.gpu_block = next((b for b in self.blocks if b.device_class == "gpu"), None)
@@ -176,8 +163,6 @@ class TelemetryPlan:
     def read(self, sim) -> tuple[np.ndarray, np.ndarray | None]:
         """(values, present mask or None when everything reports) for the current state."""
         values = self.true_values(sim)
-        if len(self.noisy):
-            values[self.noisy] += self.rng.normal(0.0, 1.0, len(self.noisy)) * self.noise_sigma
         if len(self.quantized):
             q = self.quantum
             values[self.quantized] = np.floor(values[self.quantized] / q + 0.5) * q

@@ -1,9 +1,9 @@
 """GPU power, clocks, die temperature and the throttle reasons NVML would report.
 
-Power:  P = P_static(T) + D * f^2, with D = (1.06 * TDP - P_idle) * util the dynamic
-demand at full clock (training at full utilization asks for slightly more than the power
-limit, as it does on real H100s, so the power cap engages) and f the clock fraction.
-Static power rises 2 %/K with die temperature (leakage).
+Power:  P = P_static(T) + D * f^2, with D = (TDP - P_idle) * util the dynamic demand at
+full clock and f the clock fraction. Static power rises 2 %/K with die temperature
+(leakage), so a hot GPU near full utilization asks for more than its power limit and the
+power cap engages, as it does on real H100s.
 Clocks: f = min(f_power_cap, f_thermal, f_hw): the power cap solves P = limit; the
 software thermal controller settles f where the equilibrium temperature is 1 K above the
 slowdown temperature (an equilibrium target, so it is stable at any step size); the
@@ -29,7 +29,7 @@ IDLE_SM_CLOCK_MHZ = 345.0
 R_TH_K_PER_W = 0.055  # coolant to die: ~38 K above coolant at 700 W
 R_MEM_K_PER_W = 0.022
 TIME_CONSTANT_S = 20.0
-DEMAND_HEADROOM = 1.06
+DEMAND_HEADROOM = 1.0
 LEAKAGE_PER_K = 0.02  # static power +2 %/K above 50 degC
 SW_SLOWDOWN_C = 85.0  # GPU max operating temperature: software thermal slowdown
 HW_SLOWDOWN_C = 90.0  # hardware slowdown

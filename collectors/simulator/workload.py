@@ -1,13 +1,15 @@
 """GPU utilization over time: synchronized training jobs, diurnal inference, idle racks.
 
 Racks are cut into contiguous blocks (jobs are placed on neighbouring racks for network
-locality); each block is a training job group, an inference pool or idle, drawn with
-the mix's probabilities. Training schedules are a stateless hash of (seed, group, slot),
-so the utilization at any instant is the same whatever the step size or start time.
+locality); blocks, taken in a seeded random order, become training job groups, inference
+pools or idle racks until each role has its share of the mix. Training schedules are a
+stateless hash of (seed, group, slot), so the utilization at any instant is the same
+whatever the step size or start time.
 Within a job every GPU of every rack follows the same signal (data-parallel training is
-bulk-synchronous): a start-up phase, steady compute with a slow iteration ripple, and
-periodic checkpoint dips. Inference follows the local time of day with per-rack scale
-and AR(1) noise; weekends are lighter.
+bulk-synchronous): a start-up phase, steady compute (iteration-level swings average out
+in 1-10 s power readings; a slow +-1 % ripple remains), and periodic checkpoint dips.
+Inference follows the local time of day with per-rack scale and AR(1) noise; weekends
+are lighter.
 """
 
 from __future__ import annotations
@@ -54,27 +56,38 @@ class Workload:
         self.constant_util = constant_util
         self.utc_offset_s = utc_offset_h * 3600.0
         rng = np.random.default_rng([seed, 0x30B])
-        role = np.empty(lay.n_rack, dtype=int)
+        role = np.full(lay.n_rack, ROLE_IDLE, dtype=int)
         group = np.full(lay.n_rack, -1, dtype=int)
-        p = np.array([mix.training, mix.inference, mix.idle], dtype=float)
-        p = p / p.sum()
-        start, n_groups = 0, 0
+        blocks, start = [], 0
         while start < lay.n_rack:
             size = int(rng.integers(mix.job_racks_min, mix.job_racks_max + 1))
-            r = int(rng.choice(3, p=p))
-            role[start:start + size] = r
-            if r == ROLE_TRAINING:
-                group[start:start + size] = n_groups
-                n_groups += 1
+            blocks.append((start, min(start + size, lay.n_rack)))
             start += size
+        # blocks in random order take roles until each role has its share of the racks
+        total = mix.training + mix.inference + mix.idle
+        quota = np.cumsum([mix.training, mix.inference]) / total * lay.n_rack
+        assigned, n_groups = 0, 0
+        for b in rng.permutation(len(blocks)):
+            lo, hi = blocks[b]
+            r = ROLE_TRAINING if assigned < quota[0] else (
+                ROLE_INFERENCE if assigned < quota[1] else ROLE_IDLE)
+            role[lo:hi] = r
+            if r == ROLE_TRAINING:
+                group[lo:hi] = n_groups
+                n_groups += 1
+            assigned += hi - lo
         self.rack_role, self.rack_group, self.n_groups = role, group, n_groups
+        # which racks train now; writable (a test or a scenario can move a job). A rack
+        # made to train outside any job group runs a job that never ends; a training rack
+        # made not to train serves inference.
+        self.is_training = role == ROLE_TRAINING
         self.group_slot_s = rng.uniform(6.0, 20.0, n_groups) * 3600.0
         self.group_offset_s = rng.uniform(0.0, 1.0, n_groups) * self.group_slot_s
         self.group_ckpt_s = rng.uniform(30.0, 60.0, n_groups) * 60.0
         self.group_phase = rng.uniform(0, 2 * np.pi, n_groups)
         self.rack_scale = rng.uniform(0.6, 1.0, lay.n_rack)
         self.rack_ar = np.zeros(lay.n_rack)
-        self.gpu_noise_sigma = np.where(role == ROLE_INFERENCE, 0.06, 0.01)[lay.gpu_rack]
+        self.gpu_noise_sigma = np.where(role == ROLE_INFERENCE, 0.02, 0.01)[lay.gpu_rack]
         self.gpu_role = role[lay.gpu_rack]
 
     # -- per-rack signals ---------------------------------------------------------------
@@ -89,7 +102,7 @@ class Workload:
         u_gap = _hash01(self.seed, g, k.astype(np.int64), 2)
         job_start = slot_start + (0.01 + 0.12 * u_gap) * slot_s
         elapsed = t_s - job_start
-        ripple = 0.93 + 0.04 * np.sin(2 * np.pi * t_s / 37.0 + self.group_phase)
+        ripple = 0.90 + 0.01 * np.sin(2 * np.pi * t_s / 300.0 + self.group_phase)
         in_ckpt = (elapsed % self.group_ckpt_s) > self.group_ckpt_s - 120.0
         util = np.where(elapsed < 300.0, 0.35, np.where(in_ckpt, 0.10, ripple))
         return np.where((u_idle < 0.1) | (elapsed < 0), 0.0, util)
@@ -100,9 +113,9 @@ class Workload:
         weekday = int(local // DAY_S + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
         daily = 0.5 + 0.5 * np.cos(2 * np.pi * (hour - 15.0) / 24.0)
         level = (0.18 + 0.62 * daily) * (0.8 if weekday >= 5 else 1.0)
-        rho = np.exp(-max(dt_s, 0.0) / 600.0)
+        rho = np.exp(-max(dt_s, 0.0) / 1800.0)
         self.rack_ar = rho * self.rack_ar + np.sqrt(1 - rho**2) * rng.normal(
-            0.0, 0.06, self.layout.n_rack)
+            0.0, 0.04, self.layout.n_rack)
         return self.rack_scale * level + self.rack_ar
 
     def rack_util(self, t_s: float, dt_s: float, rng: np.random.Generator) -> np.ndarray:
@@ -110,9 +123,13 @@ class Workload:
             return np.full(self.layout.n_rack, self.constant_util)
         inference = self.inference_util(t_s, dt_s, rng)
         training = self.training_util(t_s)
-        util = np.where(self.rack_role == ROLE_INFERENCE, inference, 0.0)
-        is_train = self.rack_role == ROLE_TRAINING
-        util[is_train] = training[self.rack_group[is_train]]
+        train = self.is_training
+        serve = ~train & ((self.rack_role == ROLE_INFERENCE) | (self.rack_role == ROLE_TRAINING))
+        util = np.where(serve, inference, 0.0)
+        grouped = train & (self.rack_group >= 0)
+        util[grouped] = training[self.rack_group[grouped]]
+        steady = 0.90 + 0.01 * np.sin(2 * np.pi * t_s / 300.0)
+        util[train & (self.rack_group < 0)] = steady
         return np.clip(util, 0.0, 1.0)
 
     def gpu_util(self, t_s: float, dt_s: float, rng: np.random.Generator) -> np.ndarray:

@@ -10,11 +10,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from pydantic import ValidationError
+
 from collectors.base import Source
+from ingest.site import format_validation_error
 
 # type -> (module, config class, source class)
 REGISTRY: dict[str, tuple[str, str, str]] = {
     "simulated": ("collectors.sources.simulated", "SimulatedSourceConfig", "SimulatedSource"),
+    "nvml": ("collectors.sources.nvml", "NvmlSourceConfig", "NvmlSource"),
+    "redfish": ("collectors.sources.redfish", "RedfishSourceConfig", "RedfishSource"),
+    "modbus": ("collectors.sources.modbus", "ModbusSourceConfig", "ModbusSource"),
 }
 
 
@@ -26,5 +32,8 @@ def build_source(raw: dict[str, Any], index: int) -> Source:
                          f"(known: {sorted(REGISTRY)})")
     module_name, config_name, source_name = REGISTRY[kind]
     module = importlib.import_module(module_name)
-    config = getattr(module, config_name).model_validate(raw)
+    try:
+        config = getattr(module, config_name).model_validate(raw)
+    except ValidationError as exc:  # name the field the operator has to fix
+        raise ValueError(f"sources[{index}] ({kind}): {format_validation_error(exc)}") from exc
     return getattr(module, source_name)(config)

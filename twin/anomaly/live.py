@@ -15,6 +15,7 @@ Bonferroni rule as components roll up into a device, so a threshold keeps its me
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from twin.anomaly.calibration import p_to_score
 from twin.anomaly.fleet import FleetScorer
 from twin.anomaly.frames import GRID_SQL, add_rates, device_table
 
+log = logging.getLogger(__name__)
 TOP_K = 3
 LATEST_TABLE = """
 CREATE TABLE IF NOT EXISTS anomaly_latest (
@@ -71,6 +73,8 @@ class LiveAnomalies:
         self.latest = _empty_latest()
         self.status = "waiting for history"
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self.store.cursor().execute(LATEST_TABLE)
 
     # -- data ------------------------------------------------------------------------
@@ -224,6 +228,29 @@ class LiveAnomalies:
         out.sort(key=lambda x: -x["score"])
         return out[:limit]
 
+    def start_background(self, every_s: float | None = None) -> None:
+        """Refresh in a daemon thread every ``every_s`` (default: the scoring interval), so
+        callers such as the alert engine read scores without waiting for a refit."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        every = every_s or self.config.interval_s
+
+        def loop() -> None:
+            while not self._stop.wait(every):
+                try:
+                    self.refresh()
+                except Exception:  # keep scoring; the next round retries
+                    log.exception("anomaly refresh failed")
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=loop, name="anomaly-scorer", daemon=True)
+        self._thread.start()
+
+    def stop_background(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
     def scores(self) -> dict[str, float]:
         return dict(zip(self.latest["device_id"].to_list(), self.latest["score"].to_list(),
                         strict=True))
@@ -282,3 +309,15 @@ def anomaly_scores(store: Store, now: datetime | None = None,
     live = live_for(site, store) if site is not None else _LIVE[id(store)]
     live.refresh(now)
     return live.scores()
+
+
+def anomaly_provider(site: Site, store: Store) -> Callable[[datetime], dict[str, float]]:
+    """Provider for the alert engine (``Providers(anomaly_score=...)``): the latest scores,
+    kept current by a background refresh started on first use, never blocking a rule."""
+    live = live_for(site, store)
+
+    def provide(now: datetime) -> dict[str, float]:  # noqa: ARG001 - scores are "now"
+        live.start_background()
+        return live.scores()
+
+    return provide

@@ -1,0 +1,141 @@
+"""A real HTTP(S) server on loopback that serves a DMTF Redfish mockup directory unchanged.
+
+`GET /redfish/v1/<path>` returns the bytes of `<mockup>/<path>/index.json` as they are on
+disk (query strings such as `$expand` are ignored, as a service without that feature
+would). Optional auth mirrors a BMC: HTTP basic, or Redfish sessions
+(`POST /redfish/v1/SessionService/Sessions` -> `X-Auth-Token` + `Location`, `DELETE`
+to log out). The service root stays readable without credentials, as the spec requires.
+Used by the Redfish tests and by bench/bench_collector_footprint.py; stdlib only.
+Mockups are looked up in `$DCTWIN_REDFISH_MOCKUPS`, else `../shared/data/redfish` beside
+the repository clone.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import ssl
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Literal
+
+MOCKUPS = Path(os.environ.get("DCTWIN_REDFISH_MOCKUPS") or
+               Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "redfish")
+SESSIONS = "/redfish/v1/SessionService/Sessions"
+
+
+class MockupServer:
+    def __init__(self, mockup: str | Path, auth: Literal["none", "basic", "session"] = "none",
+                 username: str = "admin", password: str = "secret",
+                 tls: tuple[Path, Path] | None = None) -> None:
+        self.root = Path(mockup) if Path(mockup).is_absolute() else MOCKUPS / mockup
+        if not (self.root / "index.json").is_file():
+            raise FileNotFoundError(f"no Redfish mockup at {self.root}")
+        self.auth, self.username, self.password = auth, username, password
+        self.tokens: dict[str, str] = {}  # token -> session uri
+        self.requests: Counter[str] = Counter()  # "METHOD path" -> count
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        scheme = "http"
+        if tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> MockupServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def file_for(self, path: str) -> Path | None:
+        rel = path.split("?", 1)[0].rstrip("/").removeprefix("/redfish/v1").strip("/")
+        if ".." in rel.split("/"):
+            return None
+        f = self.root / rel / "index.json"
+        return f if f.is_file() else None
+
+    def _authorized(self, h: BaseHTTPRequestHandler) -> bool:
+        if self.auth == "basic":
+            want = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+            return h.headers.get("Authorization") == f"Basic {want}"
+        if self.auth == "session":
+            return h.headers.get("X-Auth-Token") in self.tokens
+        return True
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as BMCs do; every reply has a length
+            disable_nagle_algorithm = True  # headers and body are separate small writes
+
+            def log_message(self, *args: object) -> None:  # keep test output quiet
+                pass
+
+            def _send(self, code: int, body: bytes = b"", headers: dict | None = None) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+                server.requests[f"GET {self.path}"] += 1
+                is_root = self.path.split("?")[0].rstrip("/") in ("/redfish/v1", "/redfish")
+                if not is_root and not server._authorized(self):
+                    self._send(401, b'{"error": "unauthorized"}')
+                    return
+                f = server.file_for(self.path)
+                if f is None:
+                    self._send(404, b'{"error": "not found"}')
+                    return
+                self._send(200, f.read_bytes())
+
+            def do_POST(self) -> None:  # noqa: N802
+                server.requests[f"POST {self.path}"] += 1
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if self.path.rstrip("/") != SESSIONS or server.auth != "session":
+                    self._send(405)
+                    return
+                if (body.get("UserName"), body.get("Password")) != (server.username,
+                                                                     server.password):
+                    self._send(401, b'{"error": "bad credentials"}')
+                    return
+                token = secrets.token_hex(16)
+                uri = f"{SESSIONS}/{secrets.token_hex(4)}"
+                server.tokens[token] = uri
+                self._send(201, json.dumps({"@odata.id": uri, "UserName": body["UserName"]})
+                           .encode(), {"X-Auth-Token": token, "Location": uri})
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                server.requests[f"DELETE {self.path}"] += 1
+                token = self.headers.get("X-Auth-Token")
+                if server.tokens.get(token or "") == self.path:
+                    del server.tokens[token]
+                    self._send(204)
+                else:
+                    self._send(401)
+
+        return Handler
+
+    def expire_sessions(self) -> None:
+        """What a BMC reboot does: every token stops working."""
+        self.tokens.clear()
+
+
+def mockup_json(mockup: str, path: str) -> dict:
+    """The mockup's own JSON for `path` (below /redfish/v1), read from disk for assertions."""
+    return json.loads((MOCKUPS / mockup / path / "index.json").read_text())

@@ -1,0 +1,126 @@
+"""Collector TOML: the shipped examples load, and a bad value is named by its field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from collectors.config import CollectorConfigError, load_collector_config
+from dctwin.cli import app
+
+REPO = Path(__file__).resolve().parent.parent
+BASE = 'name = "x"\nsite = "sv1"\ninterval_s = 1.0\n'
+SOURCE = '\n[[sources]]\ntype = "simulated"\n'
+
+
+def test_shipped_example_config_loads_with_every_section():
+    cfg = load_collector_config(REPO / "deploy" / "collector.example.toml")
+    assert cfg.spool.dir == Path("/var/lib/dctwin-collector/spool")
+    assert cfg.metrics.port > 0
+    assert cfg.source_deadline_s(cfg.sources[0]) <= cfg.interval_s
+    assert all("deadline_s" not in cfg.source_table(raw) for raw in cfg.sources)
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    (BASE + "[spool]\nmax_bytes = 10\n" + SOURCE, "spool.max_bytes"),
+    (BASE + "[spool]\nmax_byte = 10\n" + SOURCE, "spool.max_byte"),
+    (BASE + "[metrics]\nport = 70000\n" + SOURCE, "metrics.port"),
+    (BASE + "[kafka]\nrequest_timeout_ms = 20000\n" + SOURCE, "delivery_timeout_ms"),
+    (BASE + "deadline_s = 2.0\n" + SOURCE, "deadline_s"),
+    (BASE + SOURCE + "deadline_s = 5\n", "sources[0].deadline_s"),
+    (BASE + SOURCE + 'deadline_s = "soon"\n', "sources[0].deadline_s"),
+    (BASE + "shutdown_timeout_s = 5\n" + SOURCE, "shutdown_timeout_s"),
+])
+def test_invalid_value_names_its_field(tmp_path, text, field):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(CollectorConfigError, match=field.replace("[", r"\[")):
+        load_collector_config(path)
+
+
+def test_collect_names_the_bad_field_of_a_source_table(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(BASE + f'[spool]\ndir = "{tmp_path / "spool"}"\n' + SOURCE
+                    + "seed = 1\ndeadline_s = 0.5\n" + SOURCE + 'seed = "many"\n')
+    result = CliRunner().invoke(app, ["collect", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "sources[1]" in result.output and "seed" in result.output
+
+
+def test_a_second_daemon_on_the_same_spool_is_refused(tmp_path):
+    from collectors.daemon import CollectorDaemon
+
+    path = tmp_path / "c.toml"
+    path.write_text(BASE + f'[spool]\ndir = "{tmp_path / "spool"}"\n' + SOURCE)
+    first = CollectorDaemon(load_collector_config(path))
+    try:
+        result = CliRunner().invoke(app, ["collect", "--config", str(path)])
+        assert result.exit_code == 2
+        assert "in use by another process" in result.output
+    finally:
+        first.close()
+
+
+def _unit() -> dict[str, str]:
+    out = {}
+    for line in (REPO / "deploy" / "dctwin-collector.service").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            out.setdefault(key.strip(), value.strip())
+    return out
+
+
+def test_systemd_unit_runs_collect_and_outwaits_the_flush():
+    unit = _unit()
+    example = load_collector_config(REPO / "deploy" / "collector.example.toml")
+    assert unit["ExecStart"].split()[1:] == ["collect", "--config", "/etc/dctwin/collector.toml"]
+    assert unit["KillSignal"] == "SIGTERM"
+    assert float(unit["TimeoutStopSec"]) > example.shutdown_timeout_s
+    assert example.spool.dir == Path("/var/lib") / unit["StateDirectory"] / "spool"
+    assert unit["Restart"] == "always"
+
+
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
+    """systemd's own checker (Debian package `systemd`), with ExecStart pointed at this
+    environment's dctwin since /opt/dctwin does not exist here."""
+    import shutil
+    import subprocess
+    import sys
+
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze missing: install the Debian package `systemd`"
+    dctwin = Path(sys.executable).parent / "dctwin"
+    text = (REPO / "deploy" / "dctwin-collector.service").read_text()
+    unit = tmp_path / "dctwin-collector.service"
+    unit.write_text(text.replace("/opt/dctwin/bin/dctwin", str(dctwin)))
+    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
+                            timeout=60)
+    problems = [ln for ln in (result.stdout + result.stderr).splitlines()
+                if "dctwin-collector.service" in ln]
+    assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
+def test_two_sources_with_one_name_are_refused(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(BASE + f'[spool]\ndir = "{tmp_path / "spool"}"\n' + SOURCE + SOURCE)
+    result = CliRunner().invoke(app, ["collect", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "duplicate source names ['simulated']" in result.output
+    assert not (tmp_path / "spool").exists()  # refused before the spool was opened
+
+
+def test_metrics_port_in_use_names_the_field(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "c.toml"
+        path.write_text(BASE + f'[spool]\ndir = "{tmp_path / "spool"}"\n'
+                        f"[metrics]\nport = {port}\n" + SOURCE)
+        result = CliRunner().invoke(app, ["collect", "--config", str(path)])
+    assert result.exit_code == 2
+    assert f"metrics.port: cannot listen on 127.0.0.1:{port}" in result.output
