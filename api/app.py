@@ -24,6 +24,7 @@ from api.live import LiveState
 from api.metrics import CONTENT_TYPE_LATEST, MetricsRegistry, platform_provider, twin_provider
 from api.problems import FieldError, Problem, problem_content, problem_example
 from api.routes_alerts import router as alerts_router
+from api.routes_anomaly import anomaly_router
 from api.routes_failure import router_for as failure_router_for
 from api.routes_optimizer import optimizer_router
 from api.routes_twin import twin_router
@@ -86,7 +87,7 @@ def create_app(twin: Twin, health: Callable[[], dict] | None = None, *,
 
     for r in (twin_router(twin), routes_core.router(twin, live), stream.router(bus),
               routes_keys.router(), alerts_router, failure_router_for(twin),
-              optimizer_router(twin), *routers):
+              optimizer_router(twin), anomaly_router(twin), *routers):
         include(app, r)
     dashboard.mount(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

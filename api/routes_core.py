@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.live import LiveState, RackSummary, Snapshot
 from api.problems import ProblemError, problem_responses
+from api.routes_anomaly import device_anomaly_state
 from api.shape import Cursor, Limit, Page, now_naive_utc, paginate, utc
 from twin.pue import MeterReading
 from twin.state import Twin
@@ -42,6 +43,8 @@ class DeviceOut(BaseModel):
                                                  "chiller_plant; null if not in the site model")
     rack: str | None
     metrics: list[LatestReading] = Field(description="latest value of every metric, by name")
+    anomaly: dict | None = Field(None, description="anomaly score now: score, p, time, "
+                                                   "top_metrics (see GET /v1/anomalies)")
 
 
 class DeviceRefOut(BaseModel):
@@ -182,7 +185,8 @@ def router(twin: Twin, live: LiveState | None) -> APIRouter:
                                     "and never reported", "not-found")
         return DeviceOut(device_id=device_id, device_class=ref.device_class if ref else None,
                          rack=ref.rack if ref else None,
-                         metrics=[LatestReading.of(x, now) for x in readings])
+                         metrics=[LatestReading.of(x, now) for x in readings],
+                         anomaly=device_anomaly_state(twin, device_id))
 
     @r.get("/racks", response_model=Page[RackOut], summary="Rack summaries (heat map)")
     def racks(limit: Limit = 100, cursor: Cursor = None,
@@ -221,7 +225,8 @@ def _device_out(twin: Twin, device_id: str, now: datetime) -> DeviceOut:
                                 "never reported", "not-found")
     return DeviceOut(device_id=device_id, device_class=ref.device_class if ref else None,
                      rack=ref.rack if ref else None,
-                     metrics=[LatestReading.of(x, now) for x in readings])
+                     metrics=[LatestReading.of(x, now) for x in readings],
+                     anomaly=device_anomaly_state(twin, device_id))
 
 
 def _pue_history(twin: Twin, now: datetime, hours: float, step_s: int) -> list[PuePoint]:

@@ -34,4 +34,7 @@ def twin_providers(twin, max_tick_age_s: float | None = None) -> Providers:
         # both intervals shifted back a little, so the newest readings are in
         return twin.pue_interval("site", start - lag, end - lag).overall.value
 
-    return Providers(heat_balance_residual=heat_balance_residual, pue_interval=pue_interval)
+    from twin.anomaly.live import anomaly_provider  # issue 7: calibrated anomaly scores
+
+    return Providers(heat_balance_residual=heat_balance_residual, pue_interval=pue_interval,
+                     anomaly_score=anomaly_provider(twin.site, twin.store))
