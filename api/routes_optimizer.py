@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import require_role
 from api.keys import Role
@@ -35,6 +35,22 @@ class OperatorAction(BaseModel):
 
 
 class RecommendationOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": 12, "status": "proposed", "site_id": "sv1",
+        "created_at": "2026-11-22T03:00:00Z", "for_time": "2026-11-22T03:00:00Z",
+        "current_setpoints": {"chw_supply_setpoint_c": 18.0, "cdu_supply_setpoint_c": 32.0},
+        "recommended_setpoints": {"chw_supply_setpoint_c": 20.0,
+                                  "cdu_supply_setpoint_c": 33.5},
+        "state": {"it_kw": 1290.0, "outdoor_wetbulb_c": 14.2},
+        "predicted_savings_kw": 41.5, "savings_low_kw": 33.0, "savings_high_kw": 47.9,
+        "predicted_cooling_savings_kw": 41.5, "predicted_facility_kw": 1612.0,
+        "pue_current": 1.282, "pue_recommended": 1.25, "pue_delta": -0.032,
+        "binding_constraint": "ramp:chw_supply_setpoint_c",
+        "active_constraints": ["ramp:chw_supply_setpoint_c"],
+        "predicted_gpu_temp_max_c": 78.4, "model_version": "opt-20261122-0300",
+        "decided_by": None, "decided_at": None, "decision_note": None, "measured_at": None,
+        "realised_savings_kw": None, "outcome_note": None}]})
+
     id: int
     status: str
     site_id: str
@@ -85,7 +101,10 @@ def optimizer_router(twin: Twin) -> APIRouter:
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
 
-    @router.get("/report")
+    @router.get("/report", summary="Predicted vs realised savings of decided recommendations",
+                responses={200: {"content": {"application/json": {"example": {
+                    "counts": {"proposed": 2, "accepted": 1, "rejected": 0, "measured": 1},
+                    "realised_over_predicted": 0.97}}}}})
     def report() -> dict[str, Any]:
         return store().report()
 
