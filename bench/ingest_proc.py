@@ -82,6 +82,7 @@ def fast(args: argparse.Namespace) -> dict:
             "pauses": ing.stats.pauses, "stage_s": ing.stats.stage_seconds,
             "commit_s": ing.stats.commit_seconds, "maintenance": ing.stats.maintenance_runs,
             "maintenance_s": ing.stats.maintenance_seconds,
+            "late_rollup_buckets": ing.stats.late_rollup_buckets,
             "cpu_s": cpu["cpu_s"] - cpu0, "peak_rss_mb": cpu["peak_rss_mb"]}
 
 
