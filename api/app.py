@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
+from api.routes_alerts import router as alerts_router
+from api.routes_failure import router_for as failure_router_for
 from api.routes_twin import twin_router
 from twin.pue import MeterReading
 from twin.state import Twin
@@ -56,4 +58,6 @@ def create_app(twin: Twin, health=None) -> FastAPI:
         return DeviceOut(device_id=device_id, device_class=ref.device_class if ref else None,
                          metrics=[ReadingOut.of(r, now) for r in readings])
 
+    app.include_router(alerts_router)  # alerts, silences, rules, receivers (503 w/o engine)
+    app.include_router(failure_router_for(twin))  # failure risk per component
     return app

@@ -18,29 +18,24 @@ from pydantic import ValidationError
 from collectors.base import Readings, Source, now_ms
 from collectors.batching import Batcher
 from collectors.config import CollectorConfig, CollectorConfigError
+from collectors.publish import topic_for
 from collectors.reader import SourceReader
 from collectors.shipper import Shipper
 from collectors.sources import build_source
 from collectors.spool import Dropped, Record, Spool
 from collectors.stats import DaemonStats
 from ingest.contract import (
-    EVENTS_TOPIC,
     Event,
     EventBatch,
     EventKind,
     TelemetryBatch,
     encode,
     headers_for,
-    telemetry_topic,
 )
 from ingest.kafka import make_producer
 from ingest.site import format_validation_error
 
 log = logging.getLogger(__name__)
-
-
-def topic_for(batch: TelemetryBatch | EventBatch) -> str:
-    return EVENTS_TOPIC if isinstance(batch, EventBatch) else telemetry_topic(batch.kind)
 
 
 def to_record(batch: TelemetryBatch | EventBatch) -> Record:
@@ -126,7 +121,11 @@ class CollectorDaemon:
             read_time_ms=now_ms(),
             message=f"spool dropped {d.records} batches ({d.samples} samples, {d.bytes} bytes): "
                     f"{', '.join(sorted(d.reasons))}",
+            # Running totals as well as this drop: a later drop can discard the event that
+            # reported an earlier one, but the newest event always carries the whole count.
             attrs={"batches": d.records, "samples": d.samples, "bytes": d.bytes,
+                   "batches_total": self.stats.batches_dropped,
+                   "samples_total": self.stats.samples_dropped,
                    "reasons": ",".join(sorted(d.reasons)),
                    "spool_max_bytes": self.config.spool.max_bytes}))
 

@@ -60,8 +60,12 @@ def serve(
     from dctwin.server import Server
 
     _logging(verbose)
-    server = Server(_settings(kafka_bootstrap=bootstrap, db_path=db, site_file=site,
-                              api_host=host, api_port=port))
+    try:
+        server = Server(_settings(kafka_bootstrap=bootstrap, db_path=db, site_file=site,
+                                  api_host=host, api_port=port))
+    except ValueError as exc:  # site, alert rules or receivers file: names file and line
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C after clean shutdown
         server.run_forever()
 
@@ -137,6 +141,77 @@ def bench(
     sys.exit(bench_main(quick=quick))
 
 
+@app.command()
+def simulate(
+    site: Path = typer.Option(None, "--site", help="site TOML (default: the example site)"),
+    gpus: int = typer.Option(None, "--gpus", help="instead of --site: a synthetic site with "
+                                                  "this many GPUs (dctwin.sitegen)"),
+    hours: float = typer.Option(1.0, "--hours", help="simulated hours"),
+    step_s: float = typer.Option(10.0, "--step-s", help="seconds between reads"),
+    faults: str = typer.Option(None, "--faults", help="fault spec or a file holding one "
+                                                      "(docs/simulator.md); 'random' for a "
+                                                      "seeded random catalog"),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(None, "--out", help="directory for Parquet, or FILE.duckdb"),
+    fmt: str = typer.Option("auto", "--format", help="auto, parquet, duckdb or both"),
+    kafka: str = typer.Option(None, "--kafka", help="also produce the batches to this "
+                                                    "Kafka bootstrap"),
+    start: str = typer.Option("2025-01-15T00:00:00Z", "--start", help="simulated start (UTC)"),
+    climate: str = typer.Option("temperate", "--climate",
+                                help="temperate, hot-humid, hot-dry or cold"),
+    write_site: Path = typer.Option(None, "--write-site", help="with --gpus: also save the "
+                                                                "generated site TOML here"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Generate simulated history (samples, events, fault labels) as fast as possible."""
+    import json as _json
+    from dataclasses import asdict
+    from datetime import datetime
+
+    from kafka.errors import KafkaError
+
+    from collectors.simulator.faults import FaultSpecError
+    from collectors.simulator.model import SiteSimulator
+    from collectors.simulator.weather import CLIMATES
+    from dctwin.simulate import run_simulation
+    from dctwin.sitegen import site_toml, synthetic_site
+    from ingest.site import EXAMPLE_SITE, SiteFileError, load_site
+
+    def fail(msg: str) -> None:
+        typer.echo(f"error: {msg}", err=True)
+        raise typer.Exit(2)
+
+    if site is not None and gpus is not None:
+        fail("--site and --gpus: give one of them")
+    if climate not in CLIMATES:
+        fail(f"--climate: {climate!r} is not one of {sorted(CLIMATES)}")
+    try:
+        start_s = datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        fail(f"--start: {start!r} is not an ISO time")
+    try:
+        if gpus is not None:
+            if gpus < 1:
+                fail(f"--gpus: must be >= 1, got {gpus}")
+            model = synthetic_site(gpus)
+            if write_site is not None:
+                write_site.write_text(site_toml(gpus))
+        else:
+            model = load_site(site or EXAMPLE_SITE)
+        spec = faults
+        if faults and Path(faults).is_file():
+            spec = Path(faults).read_text()
+        sim = SiteSimulator(model, seed=seed, start_time_s=start_s, faults=spec,
+                            climate=climate, horizon_s=hours * 3600.0)
+        summary = run_simulation(sim, hours, out, step_s=step_s, fmt=fmt, kafka_bootstrap=kafka,
+                                 faults=faults, progress=not quiet)
+    except (SiteFileError, FaultSpecError, ValueError) as exc:
+        fail(str(exc))
+    except KafkaError as exc:
+        fail(f"--kafka {kafka}: {exc}")
+    typer.echo(_json.dumps(asdict(summary), indent=2))
+
+
 def _stop_on_signals(stop: threading.Event) -> None:
     def handler(signum, frame):  # noqa: ARG001
         stop.set()
@@ -144,6 +219,10 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
 
+
+from dctwin.failure_cli import failure_app  # noqa: E402
+
+app.add_typer(failure_app, name="failure")
 
 if __name__ == "__main__":
     app()

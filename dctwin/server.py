@@ -14,6 +14,9 @@ from ingest.consumer import Ingestor
 from ingest.kafka import ensure_topics
 from ingest.site import load_site
 from ingest.store import Store
+from twin.alerts.providers import twin_providers
+from twin.alerts.service import AlertService
+from twin.alerts.service import load_config as load_alert_config
 from twin.config import TwinConfig
 from twin.state import Twin
 
@@ -24,10 +27,19 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.site = load_site(settings.site_file)
+        # alert rules and receivers are checked before anything is opened
+        rules, receivers = load_alert_config(settings.alert_rules_file,
+                                             settings.alert_receivers_file,
+                                             settings.alerts_topic)
         self.store = Store(settings.db_path)
         self.twin = Twin(self.site, self.store, config=twin_config(settings))
         self.twin_thread: threading.Thread | None = None
         self._stop_twin = threading.Event()
+        self.alerts = AlertService(
+            self.store, self.site, rules, receivers, providers=twin_providers(self.twin),
+            kafka_bootstrap=settings.kafka_bootstrap,
+            interval_s=settings.alert_interval_s, external_url=settings.external_url
+            or f"http://{settings.api_host}:{settings.api_port}")
         self.ingestor: Ingestor | None = None
         self.ingest_thread: threading.Thread | None = None
         self.started = time.time()
@@ -40,16 +52,22 @@ class Server:
             "samples_stored": stats.samples_stored if stats else 0,
             "dead_letters": sum(stats.dead_letters.values()) if stats else 0,
             "uptime_s": round(time.time() - self.started, 1),
+            **self.alerts.health(),
         }
 
     def start_ingest(self) -> None:
         s = self.settings
         ensure_topics(s.kafka_bootstrap, s.topic_partitions)
-        self.ingestor = Ingestor(self.store, s.kafka_bootstrap, s.consumer_group, site=self.site)
+        if s.alerts_topic:
+            ensure_topics(s.kafka_bootstrap, s.topic_partitions, (s.alerts_topic,))
+        # evaluate alerts right after each stored poll, not only on the 1 s tick
+        self.ingestor = Ingestor(self.store, s.kafka_bootstrap, s.consumer_group,
+                                 on_stored=self.alerts.wake, site=self.site)
         self.ingest_thread = threading.Thread(target=self._ingest_loop, name="ingest",
                                               daemon=True)
         self.ingest_thread.start()
         self.start_twin()
+        self.alerts.start()
 
     def start_twin(self) -> None:
         """Tick the twin in the background: rollups, heat balance and PUE stay current and
@@ -73,11 +91,13 @@ class Server:
 
     def uvicorn_server(self) -> uvicorn.Server:
         app = create_app(self.twin, health=self.health)
+        app.state.alerts = self.alerts
         config = uvicorn.Config(app, host=self.settings.api_host, port=self.settings.api_port,
                                 log_level="warning", lifespan="off")
         return uvicorn.Server(config)
 
     def stop(self) -> None:
+        self.alerts.stop()
         self._stop_twin.set()
         if self.twin_thread is not None:
             self.twin_thread.join(timeout=15)

@@ -32,3 +32,10 @@ class Settings(BaseSettings):
     stale_after_intervals: float | None = Field(None, gt=0, description="stale after N intervals")
     twin_tick_s: float = Field(10.0, gt=0, description="background twin tick interval")
     heat_balance_threshold_pct: float = Field(5.0, gt=0, description="heat-balance residual flag")
+    # alerts (docs/alerts.md)
+    alert_rules_file: Path | None = Field(None, description="rules YAML (default: packaged)")
+    alert_receivers_file: Path | None = Field(None, description="receivers YAML (secrets)")
+    alert_interval_s: float = Field(1.0, gt=0, description="alert evaluation interval")
+    alerts_topic: str = Field("alerts", description="Kafka topic for alerts; empty: off")
+    external_url: str = Field("", description="this API's URL as on-call sees it "
+                                              "(default http://api_host:api_port)")

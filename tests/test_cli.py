@@ -12,7 +12,7 @@ from dctwin.cli import app
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
-SUBCOMMANDS = ["demo", "serve", "collect", "broker", "bench"]
+SUBCOMMANDS = ["demo", "serve", "collect", "broker", "bench", "simulate"]
 
 
 def _commands() -> set[str]:

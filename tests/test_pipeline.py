@@ -36,7 +36,7 @@ def test_simulated_batches_are_stored_exactly_and_pue_matches_hand_computation(
     try:
         collector.run(max_intervals=INTERVALS)
         produced = collector.samples_sent
-        assert produced == INTERVALS * 17215  # every sample of the example site, each interval
+        assert produced == INTERVALS * 23393  # every sample of the example site, each interval
 
         def stored() -> int:
             return store.cursor().execute(

@@ -121,7 +121,9 @@ def test_rack_bypass_reads_hot_return_and_crosses_threshold(store):
         lambda v: sim.cdu_supply_c[1] + (v - sim.cdu_supply_c[1]) / 0.75))
     ticks = run(h, twin, 5)
     hb = ticks[-1].heat_balance
-    assert hb.residual_pct[1] == pytest.approx(100 / 3, rel=0.02)
+    # the physics simulator's sensors are noisy and its loops have thermal mass, so the
+    # loop closes to about +-1 % before the bypass: +33 % within 2 points
+    assert hb.residual_pct[1] == pytest.approx(100 / 3, abs=2.0)
     assert hb.over_threshold[1] and not hb.over_threshold[0]
     assert [t.heat_balance.over_threshold[1] for t in ticks] == [False, False, True, True,
                                                                   True]

@@ -1,125 +1,51 @@
 """Vectorized physics of a simulated site (numpy only, so it runs on a rack).
 
 Energy flows IT -> PSU losses -> PDU losses -> UPS losses -> utility meter; heat flows
-IT -> liquid loops (CDUs) and air (CRAHs) -> chiller plant. PUE is never set: it emerges
-from these. Every array is indexed by device in the order of `SiteLayout`.
-See docs/simulator.md for equations and parameters.
+IT -> liquid loops (CDUs) and air (CRAHs) -> chilled-water plant -> cooling tower. PUE is
+never set: it emerges from these. Every array is indexed by device in the order of
+`SiteLayout`. The parts live in their own modules (power, thermal, liquid, air, plant,
+controls, workload, weather, faults, injector, telemetry); this one wires them together
+and keeps the energy books. See docs/simulator.md for equations and parameters.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 
+from collectors.simulator import power as pw
+from collectors.simulator.air import CrahModel
+from collectors.simulator.controls import Controls
+from collectors.simulator.faults import FaultPlan, parse_faults
+from collectors.simulator.injector import FaultInjector, SimEvent
+from collectors.simulator.layout import SiteLayout
+from collectors.simulator.liquid import DP_MIN_DEFAULT_KPA, DT_DEFAULT_K, CduModel
+from collectors.simulator.plant import PlantModel
+from collectors.simulator.telemetry import TelemetryPlan
+from collectors.simulator.thermal import GpuModel
+from collectors.simulator.weather import Climate, Weather
+from collectors.simulator.workload import Workload, WorkloadMix
 from ingest.site import Site
 
-WATER_CP_KJ_KG_K = 4.186
-WATER_DENSITY_KG_M3 = 997.0
-GPU_THERMAL_RESISTANCE_K_PER_W = 0.055  # cold plate + TIM, coolant to die
-GPU_THERMAL_TIME_CONSTANT_S = 20.0
-GPU_SLOWDOWN_TEMP_C = 87.0
+__all__ = ["PlantState", "SiteLayout", "SiteSimulator", "psu_efficiency"]
 
-
-def psu_efficiency(load_fraction: np.ndarray) -> np.ndarray:
-    """80 PLUS Titanium-like curve: 90% at 10% load, 96% at 50%, 94% at 100%."""
-    x = np.clip(load_fraction, 0.02, 1.2)
-    return 0.962 - 0.09 * (x - 0.5) ** 2 - 0.05 * np.exp(-x / 0.06)
-
-
-def chiller_cop(chw_supply_c: float, cw_supply_c: float) -> float:
-    """COP rises with chilled-water supply temperature and falls with condenser water."""
-    cop = 6.2 + 0.20 * (chw_supply_c - 18.0) - 0.17 * (cw_supply_c - 27.0)
-    return float(np.clip(cop, 2.0, 12.0))
-
-
-@dataclass
-class SiteLayout:
-    """Index arrays mapping each device to its parents, built once from the site."""
-
-    site: Site
-    rack_ids: list[str] = field(init=False)
-    rack_keys: list[str] = field(init=False)
-    gpu_ids: list[str] = field(init=False)
-    gpu_rack: np.ndarray = field(init=False)  # rack index per GPU
-    psu_ids: list[str] = field(init=False)
-    psu_rack: np.ndarray = field(init=False)
-    rack_row: np.ndarray = field(init=False)  # row index per rack
-    row_ids: list[str] = field(init=False)
-    cdu_ids: list[str] = field(init=False)
-    pdu_ids: list[str] = field(init=False)
-    row_cdu: np.ndarray = field(init=False)
-    row_pdu: np.ndarray = field(init=False)
-    crah_ids: list[str] = field(init=False)
-    crah_hall: np.ndarray = field(init=False)
-    rack_hall: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        s = self.site
-        sid = s.site.id
-        racks = s.racks()
-        self.rack_ids = [r.prefix for r in racks]
-        self.rack_keys = [r.rack for r in racks]
-        self.row_ids, self.cdu_ids, self.pdu_ids, self.crah_ids = [], [], [], []
-        row_cdu, row_pdu, crah_hall, rack_row, rack_hall = [], [], [], [], []
-        self.cdu_spec, self.pdu_spec, self.crah_spec = [], [], []
-        for h_idx, hall in enumerate(s.halls):
-            cdu_index = {}
-            for c in hall.cdus:
-                cdu_index[c.id] = len(self.cdu_ids)
-                self.cdu_ids.append(f"{sid}/{hall.id}/{c.id}")
-                self.cdu_spec.append(c)
-            pdu_index = {}
-            for p in hall.pdus:
-                pdu_index[p.id] = len(self.pdu_ids)
-                self.pdu_ids.append(f"{sid}/{hall.id}/{p.id}")
-                self.pdu_spec.append(p)
-            for a in hall.crahs:
-                self.crah_ids.append(f"{sid}/{hall.id}/{a.id}")
-                self.crah_spec.append(a)
-                crah_hall.append(h_idx)
-            for row in hall.rows:
-                r_idx = len(self.row_ids)
-                self.row_ids.append(f"{sid}/{hall.id}/{row.id}")
-                row_cdu.append(cdu_index[row.cdu])
-                row_pdu.append(pdu_index[row.pdu])
-                for _ in row.racks:
-                    rack_row.append(r_idx)
-                    rack_hall.append(h_idx)
-        self.row_cdu = np.array(row_cdu)
-        self.row_pdu = np.array(row_pdu)
-        self.crah_hall = np.array(crah_hall, dtype=int)
-        self.rack_row = np.array(rack_row)
-        self.rack_hall = np.array(rack_hall)
-        self.gpu_ids, gpu_rack, self.psu_ids, psu_rack = [], [], [], []
-        self.gpu_tdp_w, self.gpu_idle_w, self.node_overhead_w = [], [], []
-        self.rack_nodes, self.rack_psus, self.rack_psu_rated_w, self.rack_liquid = [], [], [], []
-        for k, r in enumerate(racks):
-            t = r.template
-            for n in range(t.nodes):
-                for g in range(t.gpus_per_node):
-                    self.gpu_ids.append(r.gpu_id(n, g))
-                    gpu_rack.append(k)
-                    self.gpu_tdp_w.append(t.gpu_tdp_w)
-                    self.gpu_idle_w.append(t.gpu_idle_w)
-            for i in range(t.psus):
-                self.psu_ids.append(r.psu_id(i))
-                psu_rack.append(k)
-            self.node_overhead_w.append(t.node_overhead_w * t.nodes)
-            self.rack_nodes.append(t.nodes)
-            self.rack_psus.append(t.psus)
-            self.rack_psu_rated_w.append(t.psu_rated_w)
-            self.rack_liquid.append(t.liquid_fraction)
-        self.gpu_rack = np.array(gpu_rack, dtype=int)
-        self.psu_rack = np.array(psu_rack, dtype=int)
-        self.gpu_tdp_w = np.array(self.gpu_tdp_w)
-        self.gpu_idle_w = np.array(self.gpu_idle_w)
-        self.node_overhead_w = np.array(self.node_overhead_w)
-        self.rack_psus = np.array(self.rack_psus)
-        self.rack_psu_rated_w = np.array(self.rack_psu_rated_w)
-        self.rack_liquid = np.array(self.rack_liquid)
-        self.rack_cdu = self.row_cdu[self.rack_row]
-        self.rack_pdu = self.row_pdu[self.rack_row]
+psu_efficiency = pw.psu_efficiency
+COIL_DESIGN_DT_K = 6.0  # chilled-water rise across CRAH coils and electrical-room fan coils
+NODE_OVERHEAD_IDLE = 0.6  # node overhead (CPUs, NICs, fans) at zero GPU activity
+WARMUP_S = 900.0
+# facility sensor noise, 1 sigma: (absolute in the reading's unit, relative to the reading).
+# RTDs resolve a hundredth of a kelvin, flow meters a few tenths of a percent (their
+# accuracy is a bias, not modeled); GPU,
+# power and meter readings are exact (NVML and revenue meters are far better than these).
+SENSOR_NOISE = {"cdu_supply_c": (0.01, 0.0), "cdu_return_c": (0.01, 0.0),
+                "cdu_primary_supply_c": (0.01, 0.0), "cdu_primary_return_c": (0.01, 0.0),
+                "cdu_flow_lpm": (0.0, 0.003), "cdu_primary_flow_lpm": (0.0, 0.003),
+                "cdu_dp_kpa": (0.1, 0.0), "psu_temp_c": (0.2, 0.0), "crah_supply_c": (0.1, 0.0),
+                "crah_return_c": (0.1, 0.0)}
 
 
 @dataclass
@@ -130,138 +56,322 @@ class PlantState:
     pdu_output_kw: float = 0.0
     ups_output_kw: float = 0.0
     ups_input_kw: float = 0.0
+    psu_loss_kw: float = 0.0
+    pdu_loss_kw: float = 0.0
+    ups_loss_kw: float = 0.0
     chiller_kw: float = 0.0
     tower_kw: float = 0.0
     chw_pump_kw: float = 0.0
+    cw_pump_kw: float = 0.0
     cdu_pump_kw: float = 0.0
     crah_fan_kw: float = 0.0
     misc_kw: float = 0.0
     facility_kw: float = 0.0
-    cooling_load_kw: float = 0.0
+    cooling_load_kw: float = 0.0  # heat picked up by the chilled water
+    chiller_load_kw: float = 0.0
+    free_cooling_kw: float = 0.0
+    chiller_cop: float = 0.0
+    chillers_on: int = 0
+    heat_produced_kw: float = 0.0  # in the hall: IT + CDU pumps + CRAH fans
+    heat_removed_kw: float = 0.0  # CDU exchangers + CRAH coils
     chw_supply_c: float = 18.0
     chw_return_c: float = 24.0
     cw_supply_c: float = 27.0
     outdoor_drybulb_c: float = 20.0
     outdoor_wetbulb_c: float = 15.0
+    outdoor_rh_pct: float = 60.0
+
+    @property
+    def plant_kw(self) -> float:
+        """Chilled-water plant sub-meter: chillers, towers and plant pumps."""
+        return self.chiller_kw + self.tower_kw + self.chw_pump_kw + self.cw_pump_kw
+
+    @property
+    def pue(self) -> float:
+        return self.facility_kw / self.it_kw if self.it_kw > 0 else float("nan")
+
+
+LEDGER_KEYS = ("facility", "it_input", "gpu", "node_overhead", "psu_loss", "pdu_loss",
+               "ups_loss", "chiller", "tower", "chw_pump", "cw_pump", "cdu_pump", "crah_fan",
+               "misc")
+
+
+def _utc_offset_h(tz: str, at_s: float) -> float:
+    try:
+        from zoneinfo import ZoneInfo
+
+        off = datetime.fromtimestamp(at_s, UTC).astimezone(ZoneInfo(tz)).utcoffset()
+        return off.total_seconds() / 3600.0 if off else 0.0
+    except Exception:  # unknown zone name: the weather just runs on UTC
+        return 0.0
 
 
 class SiteSimulator:
-    """Steps the site forward in time. Deterministic for a given seed."""
+    """Steps the site forward in time. Deterministic for a given seed and step sequence."""
 
-    def __init__(self, site: Site, seed: int = 0, start_time_s: float = 0.0) -> None:
-        self.site = site
+    def __init__(self, site: Site, seed: int = 0, start_time_s: float = 0.0,
+                 faults: str | FaultPlan | None = None, climate: str | Climate = "temperate",
+                 workload: WorkloadMix | None = None, constant_util: float | None = None,
+                 horizon_s: float = 24 * 3600.0, warmup_s: float = WARMUP_S) -> None:
+        self.site, self.seed = site, seed
         self.layout = lay = SiteLayout(site)
         self.rng = np.random.default_rng(seed)
-        self.time_s = start_time_s
-        n_gpu, n_rack = len(lay.gpu_ids), len(lay.rack_ids)
-        # Training racks run flat out; others follow a diurnal inference load.
-        self.rack_is_training = self.rng.random(n_rack) < 0.6
-        self.chw_supply_setpoint_c = site.plant.chw_supply_setpoint_c
-        self.cw_supply_setpoint_c = site.plant.cw_supply_setpoint_c
-        self.cdu_supply_setpoint_c = np.array([c.secondary_supply_setpoint_c for c in lay.cdu_spec])
-        self.crah_supply_setpoint_c = np.array([a.supply_air_setpoint_c for a in lay.crah_spec])
-        self.cdu_pump_speed = np.full(len(lay.cdu_ids), 0.8)
-        self.gpu_temp_c = self.cdu_supply_setpoint_c[lay.rack_cdu][lay.gpu_rack] + 10.0
-        self.gpu_energy_mj = self.rng.uniform(1e9, 5e9, n_gpu)
-        self.psu_energy_kwh = np.zeros(len(lay.psu_ids))
-        self.pdu_energy_kwh = np.zeros(len(lay.pdu_ids))
+        self.start_time_s = self.time_s = float(start_time_s)
+        utc_h = _utc_offset_h(site.site.timezone, start_time_s)
+        self.weather = Weather(climate, seed, utc_h)
+        self.workload = Workload(lay, seed, workload, utc_h, constant_util)
+        cdu_sp = np.array([c.secondary_supply_setpoint_c for c in lay.cdu_spec])
+        crah_sp = np.array([a.supply_air_setpoint_c for a in lay.crah_spec])
+        self.controls = Controls(lay, site.plant.chw_supply_setpoint_c,
+                                 site.plant.cw_supply_setpoint_c, cdu_sp, crah_sp,
+                                 DP_MIN_DEFAULT_KPA, DT_DEFAULT_K)
+        plan = faults if isinstance(faults, FaultPlan) else parse_faults(
+            faults, lay, start_time_s, seed, horizon_s)
+        self.fault_plan = plan
+        self.faults = FaultInjector(plan, lay, seed)
+        chw0 = self.controls.get("chw_supply_setpoint_c")
+        self.cdu = CduModel(lay.cdu_rated_kw, lay.cdu_nominal_flow_lpm, lay.cdu_cp, lay.cdu_rho,
+                            self.controls.value("cdu_supply_setpoint_c"), chw0)
+        self.crah = CrahModel(lay.crah_rated_kw, lay.crah_fan_rated_w, lay.crah_hall,
+                              lay.n_hall, self.controls.value("crah_supply_setpoint_c"))
+        self.plant_model = PlantModel(site.plant.rated_kw, chw0,
+                                      self.controls.get("cw_supply_setpoint_c"))
+        coolant0 = self.controls.value("cdu_supply_setpoint_c")[lay.rack_cdu][lay.gpu_rack] \
+            if lay.n_cdu else np.full(lay.n_gpu, 30.0)
+        self.gpu = GpuModel(lay.gpu_tdp_w, lay.gpu_idle_w, coolant0,
+                            self.rng.uniform(1e9, 5e9, lay.n_gpu))
+        self.ups_coef = pw.ups_loss_coefficients(site.ups.efficiency)
+        self.rack_dt_k = np.zeros(lay.n_rack)
+        self.psu_temp_true_c = np.full(lay.n_psu, 35.0)
+        self.sensor_rng = np.random.default_rng([seed, 0x5E45])
+        self.psu_energy_kwh = np.zeros(lay.n_psu)
+        self.pdu_energy_kwh = np.zeros(lay.n_pdu)
+        self.gpu_ecc_corrected = np.zeros(lay.n_gpu)
+        self.gpu_ecc_uncorrected = np.zeros(lay.n_gpu)
+        self.gpu_remapped_correctable = np.zeros(lay.n_gpu)
+        self.gpu_remapped_uncorrectable = np.zeros(lay.n_gpu)
         self.meter_energy_kwh = {"facility": 0.0, "ups_output": 0.0, "pdu_output": 0.0,
                                  "it_input": 0.0, "cooling": 0.0}
+        self.ledger_kwh = dict.fromkeys(LEDGER_KEYS, 0.0)
         self.plant = PlantState()
-        self.step(1.0)
+        self._telemetry: TelemetryPlan | None = None
+        # settle loops, valves and temperatures at the start conditions; the clock, the
+        # counters and the faults do not move
+        for _ in range(int(warmup_s // 10.0)):
+            self._advance(10.0, settle=True)
+        if warmup_s <= 0:
+            self._advance(1.0, settle=True)
+        # faults whose onset is the start time show from the first read on
+        self.faults.effects(self, self.time_s - 1e-3, self.time_s)
 
-    # -- one time step -----------------------------------------------------------------
+    # -- public API ---------------------------------------------------------------------
 
     def step(self, dt_s: float) -> None:
-        lay, rng = self.layout, self.rng
-        self.time_s += dt_s
-        hour = (self.time_s / 3600.0) % 24.0
-        diurnal = 0.55 + 0.35 * np.sin((hour - 9.0) / 24.0 * 2 * np.pi)
-        rack_util = np.where(self.rack_is_training, 0.9, diurnal)
-        util = np.clip(rack_util[lay.gpu_rack] + rng.normal(0, 0.03, len(lay.gpu_ids)), 0, 1)
-        self.gpu_util = util
-        self.gpu_power_w = lay.gpu_idle_w + (lay.gpu_tdp_w - lay.gpu_idle_w) * util
+        """Advance the site by dt_s seconds."""
+        if dt_s > 0:
+            self._advance(float(dt_s), settle=False)
 
-        # IT power per rack: GPUs plus node overhead that scales with activity.
-        gpu_per_rack = np.bincount(lay.gpu_rack, self.gpu_power_w, len(lay.rack_ids))
-        util_per_rack = np.bincount(lay.gpu_rack, util, len(lay.rack_ids)) / np.maximum(
-            np.bincount(lay.gpu_rack, minlength=len(lay.rack_ids)), 1)
-        rack_dc_w = gpu_per_rack + lay.node_overhead_w * (0.6 + 0.4 * util_per_rack)
-        self.rack_dc_w = rack_dc_w
+    @property
+    def telemetry(self) -> TelemetryPlan:
+        if self._telemetry is None:
+            self._telemetry = TelemetryPlan(self)
+        return self._telemetry
 
-        # PSUs share the rack load equally.
-        psu_out_w = (rack_dc_w / lay.rack_psus)[lay.psu_rack]
-        psu_eff = psu_efficiency(psu_out_w / lay.rack_psu_rated_w[lay.psu_rack])
-        self.psu_out_w, self.psu_eff = psu_out_w, psu_eff
-        self.psu_in_w = psu_out_w / psu_eff
-        self.psu_temp_c = 30.0 + 12.0 * psu_out_w / lay.rack_psu_rated_w[lay.psu_rack]
-        rack_in_w = np.bincount(lay.psu_rack, self.psu_in_w, len(lay.rack_ids))
-        self.rack_in_w = rack_in_w
+    def drain_events(self) -> list[SimEvent]:
+        """Device events raised since the last call (XIDs, leaks, failed pumps, ...)."""
+        return self.faults.drain_events()
 
-        pdu_eff = np.array([p.efficiency for p in lay.pdu_spec])
-        self.pdu_out_w = np.bincount(lay.rack_pdu, rack_in_w, len(lay.pdu_ids))
-        self.pdu_in_w = self.pdu_out_w / pdu_eff
-        ups_out_kw = self.pdu_in_w.sum() / 1000.0
-        ups_in_kw = ups_out_kw / self.site.ups.efficiency
+    def labels(self) -> list[dict]:
+        """Ground truth: one row per injected fault."""
+        return self.fault_plan.labels()
 
-        # Heat: all electrical power in a rack ends up as heat, split liquid/air.
+    def write_labels(self, path: str | Path) -> Path:
+        """Ground truth as JSON lines (onset/failure as Unix ms and ISO time)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as fh:
+            for row in self.labels():
+                iso = {k.replace("_ms", "_time"): None if row[k] is None else
+                       datetime.fromtimestamp(row[k] / 1000, UTC).isoformat()
+                       for k in ("onset_ms", "failure_ms")}
+                fh.write(json.dumps({**row, **iso}) + "\n")
+        return path
+
+    @property
+    def gpu_lost(self) -> np.ndarray:
+        return self.faults.gpu_lost
+
+    # v0 names for setpoints: reading gives the commanded value, writing goes through the
+    # controls (and their envelopes)
+    @property
+    def chw_supply_setpoint_c(self) -> float:
+        return self.controls.get("chw_supply_setpoint_c")
+
+    @chw_supply_setpoint_c.setter
+    def chw_supply_setpoint_c(self, value: float) -> None:
+        self.controls.set("chw_supply_setpoint_c", value)
+
+    @property
+    def cw_supply_setpoint_c(self) -> float:
+        return self.controls.get("cw_supply_setpoint_c")
+
+    @cw_supply_setpoint_c.setter
+    def cw_supply_setpoint_c(self, value: float) -> None:
+        self.controls.set("cw_supply_setpoint_c", value)
+
+    @property
+    def cdu_supply_setpoint_c(self) -> np.ndarray:
+        return self.controls.commanded["cdu_supply_setpoint_c"].copy()
+
+    @property
+    def crah_supply_setpoint_c(self) -> np.ndarray:
+        return self.controls.commanded["crah_supply_setpoint_c"].copy()
+
+    # -- per-device views the telemetry reads ------------------------------------------
+
+    gpu_temp_c = property(lambda s: s.gpu.temp_c)
+    gpu_mem_temp_c = property(lambda s: s.gpu.mem_temp_c)
+    gpu_power_w = property(lambda s: s.gpu.power_w)
+    gpu_energy_mj = property(lambda s: s.gpu.energy_mj)
+    gpu_util = property(lambda s: s.gpu.util)
+    gpu_sm_clock_mhz = property(lambda s: s.gpu.sm_clock_mhz)
+    gpu_throttle_reasons = property(lambda s: s.gpu.throttle_reasons)
+    cdu_pump_speed = property(lambda s: s.cdu.speed)
+    cdu_pump_w = property(lambda s: s.cdu.pump_w)
+    cdu_heat_kw = property(lambda s: s.cdu.heat_removed_kw)
+    cdu_approach_k = property(lambda s: s.cdu.approach_k)
+    crah_fan_speed = property(lambda s: s.crah.fan_speed)
+    crah_fan_w = property(lambda s: s.crah.fan_w)
+    crah_airflow_m3h = property(lambda s: s.crah.airflow_m3h)
+    # air heat a CRAH takes from the hall, its own fan heat excluded (v0 meaning)
+    crah_load_w = property(lambda s: s.crah.load_kw * 1000.0 - s.crah.fan_w)
+    rack_is_training = property(lambda s: s.workload.is_training)  # writable: v0 tests
+
+    # -- one time step ------------------------------------------------------------------
+
+    def _advance(self, dt_s: float, settle: bool) -> None:
+        lay, ctl, rng = self.layout, self.controls, self.rng
+        t_prev = self.time_s
+        t = t_prev if settle else t_prev + dt_s
+        self.time_s = t
+        ctl.step(dt_s)
+        eff = self.faults.effects(self, t_prev, t) if not settle else \
+            self.faults.effects(self, t_prev - 1.0, t_prev - 1.0)
+        drybulb, rh, wetbulb = (float(x) for x in self.weather.at(t))
+
+        # hydraulics first: flows depend on controls and pump health, not on this step's heat
+        wear = eff.cdu_pump_wear * np.where(eff.cdu_reservoir_pct > 0, 1.0, 0.0)
+        self.cdu.hydraulics(dt_s, ctl.value("cdu_dp_setpoint_kpa"),
+                            ctl.value("cdu_dt_setpoint_k"), self.cdu.heat_in_kw, wear)
+        self.cdu_reservoir_pct, self.cdu_leak_detected = (eff.cdu_reservoir_pct,
+                                                          eff.cdu_leak_detected)
+
+        # GPUs: work offered, minus nodes drained for a lost or failed GPU
+        util = self.workload.gpu_util(t, dt_s, rng)
+        bad = self.faults.gpu_lost | self.faults.gpu_failed
+        if bad.any():
+            drained = np.bincount(lay.gpu_node, bad, lay.n_node)[lay.gpu_node] > 0
+            util = np.where(drained, 0.0, util)
+        if lay.n_cdu:
+            rack_cs = self.cdu.c_s[lay.rack_cdu] / lay.cdu_rack_count[lay.rack_cdu]
+            coolant = (self.cdu.supply_c[lay.rack_cdu] + 0.5 * self.rack_dt_k)[lay.gpu_rack]
+        else:
+            rack_cs, coolant = np.ones(lay.n_rack), np.full(lay.n_gpu, 30.0)
+        self.gpu.step(dt_s, util, coolant, eff.gpu_rth_factor, self.faults.gpu_lost)
+
+        # electrical chain
+        n_gpus = np.maximum(lay.rack_gpu_count, 1)
+        rack_util = np.bincount(lay.gpu_rack, self.gpu.util, lay.n_rack) / n_gpus
+        rack_gpu_w = np.bincount(lay.gpu_rack, self.gpu.power_w, lay.n_rack)
+        overhead_w = lay.node_overhead_w * (NODE_OVERHEAD_IDLE
+                                            + (1 - NODE_OVERHEAD_IDLE) * rack_util)
+        rack_dc_w = rack_gpu_w + overhead_w
+        rated = lay.rack_psu_rated_w[lay.psu_rack]
+        self.psu_out_w, self.psu_in_w, psu_loss_w = pw.psu_stage(
+            rack_dc_w, lay.psu_rack, lay.rack_psus, rated, eff.psu_failed, eff.psu_loss_factor)
+        self.psu_eff = np.divide(self.psu_out_w, self.psu_in_w, out=np.zeros(lay.n_psu),
+                                 where=self.psu_in_w > 0)
+        rack_in_w = np.bincount(lay.psu_rack, self.psu_in_w, lay.n_rack)
+        self.rack_dc_w, self.rack_in_w = rack_dc_w, rack_in_w
+        self.pdu_out_w = np.bincount(lay.rack_pdu, rack_in_w, lay.n_pdu)
+        pdu_loss_w = self.pdu_out_w * (1.0 / lay.pdu_eff - 1.0)
+        self.pdu_in_w = self.pdu_out_w + pdu_loss_w
+        ups_out_kw = float(self.pdu_in_w.sum()) / 1000.0
+        ups_loss = pw.ups_loss_kw(ups_out_kw, self.site.ups.rated_kw, self.ups_coef)
+
+        # heat: rack power to liquid and air; pumps heat the loop, fans the air
         liquid_w = rack_in_w * lay.rack_liquid
         air_w = rack_in_w - liquid_w
-        cdu_heat_w = np.bincount(lay.rack_cdu, liquid_w, len(lay.cdu_ids))
-        nominal_flow = np.array([c.nominal_flow_lpm for c in lay.cdu_spec])
-        cp = np.array([c.fluid.cp_kj_per_kg_k for c in lay.cdu_spec])
-        rho = np.array([c.fluid.density_kg_per_m3 for c in lay.cdu_spec])
-        # Pump speed follows load to hold a design ΔT of ~6 K.
-        target = np.clip(cdu_heat_w / 1000.0 / (nominal_flow / 60000.0 * rho * cp * 6.0), 0.3, 1.0)
-        self.cdu_pump_speed += (target - self.cdu_pump_speed) * min(1.0, dt_s / 30.0)
-        self.cdu_flow_lpm = nominal_flow * self.cdu_pump_speed
-        m_dot = self.cdu_flow_lpm / 60000.0 * rho  # kg/s
-        self.cdu_supply_c = self.cdu_supply_setpoint_c + rng.normal(0, 0.05, len(lay.cdu_ids))
-        self.cdu_dt_k = cdu_heat_w / 1000.0 / (m_dot * cp)
-        self.cdu_return_c = self.cdu_supply_c + self.cdu_dt_k
-        self.cdu_heat_kw = cdu_heat_w / 1000.0
-        self.cdu_pump_w = 2200.0 * self.cdu_pump_speed**3
-        self.cdu_dp_kpa = 150.0 * self.cdu_pump_speed**2
+        self.rack_dt_k = liquid_w / 1000.0 / rack_cs
+        chw_supply = self.plant_model.chw_supply_c
+        if lay.n_cdu:
+            heat_in = np.bincount(lay.rack_cdu, liquid_w, lay.n_cdu) / 1000.0 \
+                + self.cdu.pump_w / 1000.0
+            self.cdu.thermal(dt_s, heat_in, ctl.value("cdu_supply_setpoint_c"), chw_supply,
+                             eff.cdu_ua_factor)
+        # PDUs (transformers, switchboards) and the UPS sit in electrical rooms next to the
+        # hall, cooled by chilled-water fan coils; the hall air gets the racks' air share
+        hall_air_kw = np.bincount(lay.rack_hall, air_w, lay.n_hall) / 1000.0
+        self.crah.step(dt_s, hall_air_kw, ctl.value("crah_supply_setpoint_c"), chw_supply,
+                       eff.crah_failed, eff.crah_fan_power_factor)
+        inlet = self.crah.hall_inlet_c[lay.rack_hall][lay.psu_rack]
+        target = inlet + pw.PSU_TEMP_RISE_K * (self.psu_in_w > 0) + pw.PSU_TEMP_K_PER_W * psu_loss_w
+        self.psu_temp_true_c += (target - self.psu_temp_true_c) * (
+            1 - np.exp(-dt_s / pw.PSU_TIME_CONSTANT_S))
 
-        # GPU die temperature: first-order lag towards coolant + P * R_th.
-        coolant = self.cdu_supply_c[lay.rack_cdu][lay.gpu_rack]
-        target_t = coolant + self.gpu_power_w * GPU_THERMAL_RESISTANCE_K_PER_W
-        alpha = 1.0 - np.exp(-dt_s / GPU_THERMAL_TIME_CONSTANT_S)
-        self.gpu_temp_c = self.gpu_temp_c + (target_t - self.gpu_temp_c) * alpha
-        self.gpu_energy_mj = self.gpu_energy_mj + self.gpu_power_w * dt_s * 1000.0
+        # chilled-water plant: CDU exchangers, CRAH coils, electrical-room coils
+        q_liquid = float(self.cdu.heat_removed_kw.sum())
+        q_air = float(self.crah.removed_kw.sum())
+        q_elec = ups_loss + float(pdu_loss_w.sum()) / 1000.0
+        c_chw = float(self.cdu.c_p.sum()) + (q_air + q_elec) / COIL_DESIGN_DT_K
+        po = self.plant_model.step(
+            dt_s, q_liquid + q_air + q_elec, c_chw, float(ctl.value("chw_supply_setpoint_c")[0]),
+            float(ctl.value("cw_supply_setpoint_c")[0]), wetbulb,
+            bool(ctl.value("economizer_enabled")[0] >= 0.5), eff.refrigerant_severity,
+            eff.chillers_tripped)
 
-        # Air side: CRAHs share their hall's air heat.
-        n_crah_per_hall = np.bincount(lay.crah_hall, minlength=len(self.site.halls))
-        hall_air_w = np.bincount(lay.rack_hall, air_w, len(self.site.halls))
-        crah_rated_w = np.array([a.rated_kw for a in lay.crah_spec]) * 1000.0
-        crah_fan_rated = np.array([a.fan_rated_w for a in lay.crah_spec])
-        self.crah_load_w = hall_air_w[lay.crah_hall] / np.maximum(n_crah_per_hall[lay.crah_hall], 1)
-        self.crah_fan_speed = np.clip(self.crah_load_w / crah_rated_w, 0.25, 1.0)
-        self.crah_fan_w = crah_fan_rated * self.crah_fan_speed**3
-        self.crah_supply_c = self.crah_supply_setpoint_c + rng.normal(0, 0.1, len(lay.crah_ids))
-        self.crah_return_c = self.crah_supply_c + 12.0 * self.crah_load_w / crah_rated_w
-
-        # Chiller plant removes all heat delivered to it: IT heat plus pump and fan heat.
         p = self.plant
-        p.outdoor_drybulb_c = 18.0 + 6.0 * np.sin((hour - 15.0) / 24.0 * 2 * np.pi)
-        p.outdoor_wetbulb_c = p.outdoor_drybulb_c - 5.0
-        p.chw_supply_c = self.chw_supply_setpoint_c
-        p.cw_supply_c = max(self.cw_supply_setpoint_c, p.outdoor_wetbulb_c + 4.0)
-        p.cdu_pump_kw = self.cdu_pump_w.sum() / 1000.0
-        p.crah_fan_kw = self.crah_fan_w.sum() / 1000.0
-        p.cooling_load_kw = rack_in_w.sum() / 1000.0 + p.cdu_pump_kw + p.crah_fan_kw
-        p.chiller_kw = p.cooling_load_kw / chiller_cop(p.chw_supply_c, p.cw_supply_c)
-        p.tower_kw = 0.012 * p.cooling_load_kw + 0.2 * p.chiller_kw * 0.1
-        p.chw_pump_kw = 0.015 * p.cooling_load_kw
-        p.chw_return_c = p.chw_supply_c + 6.0 * min(p.cooling_load_kw / self.site.plant.rated_kw
-                                                    * 1.5, 1.2)
+        p.outdoor_drybulb_c, p.outdoor_wetbulb_c, p.outdoor_rh_pct = drybulb, wetbulb, rh
+        p.chw_supply_c, p.chw_return_c = self.plant_model.chw_supply_c, po.chw_return_c
+        p.cw_supply_c = self.plant_model.cw_supply_c
+        p.chiller_kw, p.tower_kw = po.chiller_kw, po.tower_kw
+        p.chw_pump_kw, p.cw_pump_kw = po.chw_pump_kw, po.cw_pump_kw
+        p.chiller_load_kw, p.free_cooling_kw = po.chiller_load_kw, po.free_cooling_kw
+        p.chiller_cop, p.chillers_on, p.cooling_load_kw = po.cop, po.chillers_on, po.chw_load_kw
+        p.cdu_pump_kw = float(self.cdu.pump_w.sum()) / 1000.0
+        p.crah_fan_kw = float(self.crah.fan_w.sum()) / 1000.0
         p.misc_kw = self.site.site.misc_load_kw
-        p.it_kw = rack_in_w.sum() / 1000.0
-        p.pdu_output_kw = self.pdu_out_w.sum() / 1000.0
-        p.ups_output_kw, p.ups_input_kw = ups_out_kw, ups_in_kw
-        plant_kw = p.chiller_kw + p.tower_kw + p.chw_pump_kw
-        p.facility_kw = ups_in_kw + plant_kw + p.cdu_pump_kw + p.crah_fan_kw + p.misc_kw
+        p.it_kw = float(rack_in_w.sum()) / 1000.0
+        p.psu_loss_kw = float(psu_loss_w.sum()) / 1000.0
+        p.pdu_output_kw = float(self.pdu_out_w.sum()) / 1000.0
+        p.pdu_loss_kw = float(pdu_loss_w.sum()) / 1000.0
+        p.ups_output_kw, p.ups_loss_kw = ups_out_kw, ups_loss
+        p.ups_input_kw = ups_out_kw + ups_loss
+        p.facility_kw = (p.ups_input_kw + p.plant_kw + p.cdu_pump_kw + p.crah_fan_kw
+                         + p.misc_kw)
+        p.heat_produced_kw = p.it_kw + p.cdu_pump_kw + p.crah_fan_kw  # in the hall
+        p.heat_removed_kw = q_liquid + q_air
+        self._measure()
+        if not settle:
+            self._account(dt_s, p, float(self.gpu.power_w.sum()) / 1000.0,
+                          float(overhead_w.sum()) / 1000.0)
 
+    def _measure(self) -> None:
+        """What the facility sensors read this step: truth plus their noise. The physics
+        keeps using the truth (self.cdu, self.crah, psu_temp_true_c)."""
+        rng, c, a = self.sensor_rng, self.cdu, self.crah
+        for name, truth in (("cdu_supply_c", c.supply_c), ("cdu_return_c", c.return_c),
+                            ("cdu_primary_supply_c", c.primary_supply_c),
+                            ("cdu_primary_return_c", c.primary_return_c),
+                            ("cdu_flow_lpm", c.flow_lpm),
+                            ("cdu_primary_flow_lpm", c.primary_flow_lpm),
+                            ("cdu_dp_kpa", c.dp_kpa), ("psu_temp_c", self.psu_temp_true_c),
+                            ("crah_supply_c", a.supply_c), ("crah_return_c", a.return_c)):
+            absolute, relative = SENSOR_NOISE[name]
+            sigma = absolute + relative * np.abs(truth)
+            setattr(self, name, truth + rng.normal(0.0, 1.0, truth.shape) * sigma)
+
+    def _account(self, dt_s: float, p: PlantState, gpu_kw: float, overhead_kw: float) -> None:
         hours = dt_s / 3600.0
         self.psu_energy_kwh += self.psu_in_w / 1000.0 * hours
         self.pdu_energy_kwh += self.pdu_out_w / 1000.0 * hours
@@ -270,4 +380,13 @@ class SiteSimulator:
         m["ups_output"] += p.ups_output_kw * hours
         m["pdu_output"] += p.pdu_output_kw * hours
         m["it_input"] += p.it_kw * hours
-        m["cooling"] += plant_kw * hours
+        m["cooling"] += p.plant_kw * hours
+        led = self.ledger_kwh
+        for key, kw in (("facility", p.facility_kw), ("it_input", p.it_kw), ("gpu", gpu_kw),
+                        ("node_overhead", overhead_kw), ("psu_loss", p.psu_loss_kw),
+                        ("pdu_loss", p.pdu_loss_kw), ("ups_loss", p.ups_loss_kw),
+                        ("chiller", p.chiller_kw), ("tower", p.tower_kw),
+                        ("chw_pump", p.chw_pump_kw), ("cw_pump", p.cw_pump_kw),
+                        ("cdu_pump", p.cdu_pump_kw), ("crah_fan", p.crah_fan_kw),
+                        ("misc", p.misc_kw)):
+            led[key] += kw * hours

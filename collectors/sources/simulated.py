@@ -1,12 +1,15 @@
 """Simulated source: reads a `SiteSimulator` as if it were real devices.
 
 Lets the daemon, the demo and the tests run anywhere. In real-time mode each `read`
-advances the simulation by the wall-clock time since the previous read.
+advances the simulation by the wall-clock time since the previous read. Readings are what
+sensors report (noise, quantization, sensor faults); a GPU fallen off the bus stops
+reporting; device events (XIDs, leaks, failed pumps/PSUs/fans) come with the readings.
 """
 
 from __future__ import annotations
 
 import time
+from itertools import compress
 from pathlib import Path
 from typing import Literal
 
@@ -15,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from collectors.base import Readings, now_ms
 from collectors.simulator.model import SiteSimulator
-from ingest.contract import Kind
-from ingest.site import EXAMPLE_SITE, MeterRole, Site, load_site
+from collectors.simulator.weather import CLIMATES
+from ingest.contract import Event, EventKind
+from ingest.site import EXAMPLE_SITE, load_site
 
 
 class SimulatedSourceConfig(BaseModel):
@@ -29,84 +33,12 @@ class SimulatedSourceConfig(BaseModel):
     racks: list[str] | None = Field(
         None, description="rack ids to emit (default: the whole site, facility included)"
     )
-
-
-class _Block:
-    """A fixed set of (device, metric) pairs whose values come from one array function."""
-
-    def __init__(self, kind: Kind, racks: list[str], devices: list[str], metrics: list[str],
-                 values) -> None:  # values: Callable[[SiteSimulator], np.ndarray] (metric-major)
-        n_dev = len(devices)
-        self.kind = kind
-        self.device_id = devices * len(metrics)
-        self.metric = [m for m in metrics for _ in range(n_dev)]
-        self.rack = racks * len(metrics)
-        self.values = values
-        self.mask: np.ndarray | None = None
-
-    def select(self, keep_racks: set[str] | None) -> None:
-        if keep_racks is not None:
-            self.mask = np.array([r in keep_racks for r in self.rack])
-            self.device_id = [d for d, k in zip(self.device_id, self.mask, strict=True) if k]
-            self.metric = [m for m, k in zip(self.metric, self.mask, strict=True) if k]
-            self.rack = [r for r, k in zip(self.rack, self.mask, strict=True) if k]
-
-
-def _blocks(site: Site, sim: SiteSimulator) -> list[_Block]:
-    lay = sim.layout
-    gpu_racks = [lay.rack_keys[i] for i in lay.gpu_rack]
-    psu_racks = [lay.rack_keys[i] for i in lay.psu_rack]
-    hall_of = [cid.split("/")[1] for cid in lay.cdu_ids]
-    pdu_hall = [pid.split("/")[1] for pid in lay.pdu_ids]
-    crah_hall = [cid.split("/")[1] for cid in lay.crah_ids]
-    blocks = [
-        _Block(Kind.gpu, gpu_racks, lay.gpu_ids,
-               ["gpu_temp_c", "mem_temp_c", "power_w", "energy_mj", "util_gpu_pct",
-                "sm_clock_mhz", "throttle_reasons", "ecc_uncorrected_total"],
-               lambda s: np.concatenate([
-                   s.gpu_temp_c, s.gpu_temp_c - 4.0, s.gpu_power_w, np.floor(s.gpu_energy_mj),
-                   s.gpu_util * 100.0, np.where(s.gpu_util > 0.05, 1980.0, 345.0),
-                   np.zeros_like(s.gpu_util), np.zeros_like(s.gpu_util)])),
-        _Block(Kind.power, psu_racks, lay.psu_ids,
-               ["input_power_w", "output_power_w", "temp_c", "energy_kwh"],
-               lambda s: np.concatenate([s.psu_in_w, s.psu_out_w, s.psu_temp_c,
-                                         s.psu_energy_kwh])),
-        _Block(Kind.cooling, hall_of, lay.cdu_ids,
-               ["supply_temp_c", "return_temp_c", "flow_lpm", "pump_speed_pct",
-                "pump_power_w", "diff_pressure_kpa"],
-               lambda s: np.concatenate([s.cdu_supply_c, s.cdu_return_c, s.cdu_flow_lpm,
-                                         s.cdu_pump_speed * 100.0, s.cdu_pump_w, s.cdu_dp_kpa])),
-        _Block(Kind.power, pdu_hall, lay.pdu_ids, ["power_w", "energy_kwh"],
-               lambda s: np.concatenate([s.pdu_out_w, s.pdu_energy_kwh])),
-        _Block(Kind.air, crah_hall, lay.crah_ids,
-               ["supply_air_temp_c", "return_air_temp_c", "fan_speed_pct", "fan_power_w"],
-               lambda s: np.concatenate([s.crah_supply_c, s.crah_return_c,
-                                         s.crah_fan_speed * 100.0, s.crah_fan_w])),
-    ]
-    meter_values = {
-        MeterRole.facility_input: lambda s: (s.plant.facility_kw, s.meter_energy_kwh["facility"]),
-        MeterRole.ups_output: lambda s: (s.plant.ups_output_kw, s.meter_energy_kwh["ups_output"]),
-        MeterRole.pdu_output: lambda s: (s.plant.pdu_output_kw, s.meter_energy_kwh["pdu_output"]),
-        MeterRole.it_input: lambda s: (s.plant.it_kw, s.meter_energy_kwh["it_input"]),
-        MeterRole.cooling_plant: lambda s: (
-            s.plant.chiller_kw + s.plant.tower_kw + s.plant.chw_pump_kw,
-            s.meter_energy_kwh["cooling"]),
-    }
-    for meter in site.meters:
-        fn = meter_values[meter.role]
-        blocks.append(_Block(Kind.facility, ["facility"], [site.meter_id(meter)],
-                             ["power_kw", "energy_kwh"],
-                             lambda s, fn=fn: np.array(fn(s), dtype=float)))
-    blocks.append(_Block(
-        Kind.facility, ["facility"], [site.plant_id()],
-        ["chw_supply_temp_c", "chw_return_temp_c", "cw_supply_temp_c", "chiller_power_kw",
-         "tower_power_kw", "pump_power_kw", "cooling_load_kw", "outdoor_drybulb_c",
-         "outdoor_wetbulb_c"],
-        lambda s: np.array([s.plant.chw_supply_c, s.plant.chw_return_c, s.plant.cw_supply_c,
-                            s.plant.chiller_kw, s.plant.tower_kw, s.plant.chw_pump_kw,
-                            s.plant.cooling_load_kw, s.plant.outdoor_drybulb_c,
-                            s.plant.outdoor_wetbulb_c], dtype=float)))
-    return blocks
+    faults: str | None = Field(
+        None, description="fault spec (docs/simulator.md), e.g. "
+                          "'gpu_off_bus@any:onset=10m; coolant_leak@any:onset=1h'")
+    labels_file: Path | None = Field(
+        None, description="where to write the ground-truth labels (JSON lines)")
+    climate: Literal[tuple(CLIMATES)] = "temperate"  # type: ignore[valid-type]
 
 
 class SimulatedSource:
@@ -117,17 +49,34 @@ class SimulatedSource:
         self.name = config.name
         self.site = load_site(config.site_file)
         self.sim = simulator or SiteSimulator(self.site, seed=config.seed,
-                                              start_time_s=time.time())
+                                              start_time_s=time.time(), faults=config.faults,
+                                              climate=config.climate)
+        if config.labels_file is not None:
+            self.sim.write_labels(config.labels_file)
+        plan = self.sim.telemetry
         keep = None
         if config.racks is not None:
             unknown = set(config.racks) - set(self.sim.layout.rack_keys)
             if unknown:
                 raise ValueError(f"racks: not in site {self.site.site.id}: {sorted(unknown)}")
             keep = set(config.racks)
-        self.blocks = _blocks(self.site, self.sim)
-        for b in self.blocks:
-            b.select(keep)
-        self.blocks = [b for b in self.blocks if b.device_id]
+        # per block: the slice of the flat readings it owns, and the rows this source emits
+        self.blocks = []
+        for b in plan.blocks:
+            n = len(b.devices)
+            rows = np.ones(b.size, dtype=bool) if keep is None else np.tile(
+                np.array([r in keep for r in b.racks]), len(b.metrics))
+            if not rows.any():
+                continue
+            device_id = [d for _ in b.metrics for d in b.devices]
+            metric = [m for m in b.metrics for _ in range(n)]
+            rack = b.racks * len(b.metrics)
+            if not rows.all():
+                device_id, metric, rack = (list(compress(x, rows)) for x in
+                                           (device_id, metric, rack))
+            self.blocks.append((b, slice(b.start, b.start + b.size), rows, device_id, metric,
+                                rack))
+        self._keep = keep
         self._last_monotonic = time.monotonic()
 
     def advance(self) -> None:
@@ -140,12 +89,30 @@ class SimulatedSource:
     def snapshot(self, read_time_ms: int) -> Readings:
         """Readings of the current simulator state, without advancing it."""
         out = Readings()
-        for b in self.blocks:
-            values = b.values(self.sim)
-            if b.mask is not None:
-                values = values[b.mask]
-            out.add_columns(b.kind, b.rack, b.device_id, b.metric, values.tolist(), read_time_ms)
+        values, present = self.sim.telemetry.read(self.sim)
+        for b, sl, rows, device_id, metric, rack in self.blocks:
+            v = values[sl]
+            if present is not None and not present[sl].all():
+                keep = present[sl][rows]
+                out.add_columns(b.kind, list(compress(rack, keep)),
+                                list(compress(device_id, keep)), list(compress(metric, keep)),
+                                v[rows][keep].tolist(), read_time_ms)
+            else:
+                out.add_columns(b.kind, rack, device_id, metric,
+                                (v if rows.all() else v[rows]).tolist(), read_time_ms)
+        out.events = self._events()
         return out
+
+    def _events(self) -> list[Event]:
+        events = []
+        for e in self.sim.drain_events():
+            parts = e.device_id.split("/")
+            if self._keep is not None and (len(parts) < 5 or parts[3] not in self._keep):
+                continue
+            events.append(Event(device_id=e.device_id, kind=EventKind(e.kind),
+                                severity=e.severity, read_time_ms=e.time_ms, message=e.message,
+                                attrs=e.attrs))
+        return events
 
     def read(self) -> Readings:
         self.advance()

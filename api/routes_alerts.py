@@ -1,0 +1,255 @@
+"""Alert API: alerts (filters, cursor pagination), acknowledgements, silences, rules and
+receivers. The alert service is `app.state.alerts` (set by dctwin.server); without it
+these routes answer 503."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from twin.alerts.config import LABEL_NAME, Matcher, parse_duration
+from twin.alerts.lifecycle import AlertFilter, ConflictError, NotFoundError
+from twin.alerts.outbox import utcnow
+from twin.alerts.service import AlertService
+
+router = APIRouter(prefix="/v1", tags=["alerts"])
+
+
+def _svc(request: Request) -> AlertService:
+    svc = getattr(request.app.state, "alerts", None)
+    if svc is None:
+        raise HTTPException(503, "the alert engine is not running in this process")
+    return svc
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    return None if t is None else t.replace(tzinfo=UTC)
+
+
+def _naive(t: datetime | None) -> datetime | None:
+    """API times are RFC 3339; naive ones are taken as UTC. Stored naive UTC."""
+    if t is None or t.tzinfo is None:
+        return t
+    return t.astimezone(UTC).replace(tzinfo=None)
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Acknowledgement(BaseModel):
+    by: str
+    at: datetime
+    comment: str
+
+
+class AlertOut(BaseModel):
+    id: int
+    fingerprint: str = Field(description="Alertmanager label-set fingerprint")
+    alertname: str
+    status: Literal["firing", "resolved"]
+    severity: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    value: float | None = Field(description="value when the alert last changed state")
+    starts_at: datetime = Field(description="when the condition began")
+    fired_at: datetime
+    ends_at: datetime | None
+    updated_at: datetime
+    silenced_by: list[str]
+    inhibited_by: str | None = Field(description="fingerprint of the inhibiting alert")
+    flapping: bool
+    notified: bool = Field(description="a firing notification was queued for delivery")
+    acknowledged: Acknowledgement | None
+
+    @classmethod
+    def of(cls, a: dict[str, Any]) -> AlertOut:
+        ack = None if a["acked_by"] is None else Acknowledgement(
+            by=a["acked_by"], at=_utc(a["acked_at"]), comment=a["ack_comment"] or "")
+        return cls(id=a["id"], fingerprint=a["fingerprint"], alertname=a["rule"],
+                   status=a["status"], severity=a["severity"], labels=a["labels"],
+                   annotations=a["annotations"], value=a["value"],
+                   starts_at=_utc(a["starts_at"]), fired_at=_utc(a["fired_at"]),
+                   ends_at=_utc(a["ends_at"]), updated_at=_utc(a["updated_at"]),
+                   silenced_by=a["silenced_by"], inhibited_by=a["inhibited_by"],
+                   flapping=a["flapping"], notified=a["notified"], acknowledged=ack)
+
+
+class AlertPage(BaseModel):
+    items: list[AlertOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+
+
+class Transition(BaseModel):
+    occurred_at: datetime
+    transition: str
+    actor: str | None
+    comment: str | None
+    value: float | None
+
+
+class AlertDetail(AlertOut):
+    transitions: list[Transition]
+
+
+class AckIn(_In):
+    by: str = Field(min_length=1, max_length=200, description="who acknowledges")
+    comment: str = Field("", max_length=2000)
+
+
+class SilenceIn(_In):
+    matchers: list[str | dict[str, Any]] = Field(
+        min_length=1, description='e.g. ["rack=\\"rk101\\"", "alertname=~\\"Gpu.*\\""] or '
+                                  "Alertmanager v2 objects {name, value, isRegex, isEqual}")
+    starts_at: datetime | None = Field(None, description="default: now")
+    ends_at: datetime | None = None
+    duration: str | None = Field(None, description="instead of ends_at, e.g. 2h")
+    created_by: str = Field(min_length=1, max_length=200)
+    comment: str = Field(min_length=1, max_length=2000, description="why (maintenance...)")
+
+    @field_validator("matchers")
+    @classmethod
+    def _parse(cls, v: list) -> list:
+        parsed = [Matcher.parse(m) for m in v]
+        if all(m.matches({}) for m in parsed):
+            raise ValueError("at least one matcher must not match the empty label set; "
+                             "a silence must not mute everything")
+        return v
+
+    @model_validator(mode="after")
+    def _window(self) -> SilenceIn:
+        if (self.ends_at is None) == (self.duration is None):
+            raise ValueError("give exactly one of ends_at and duration")
+        if self.duration is not None and parse_duration(self.duration) <= 0:
+            raise ValueError("duration must be positive")
+        return self
+
+
+class SilenceOut(BaseModel):
+    id: str
+    matchers: list[dict[str, Any]]
+    starts_at: datetime
+    ends_at: datetime
+    created_by: str
+    comment: str
+    created_at: datetime
+    state: Literal["active", "pending", "expired"]
+
+    @classmethod
+    def of(cls, s: dict[str, Any]) -> SilenceOut:
+        return cls(**{**s, "starts_at": _utc(s["starts_at"]), "ends_at": _utc(s["ends_at"]),
+                      "created_at": _utc(s["created_at"])})
+
+
+@router.get("/alerts", response_model=AlertPage)
+def list_alerts(
+    request: Request,
+    status: Literal["firing", "resolved"] | None = None,
+    severity: Literal["info", "warning", "critical"] | None = None,
+    alertname: str | None = None,
+    acknowledged: bool | None = None,
+    silenced: bool | None = None,
+    inhibited: bool | None = None,
+    label: Annotated[list[str], Query(description="name=value, repeatable")] = (),  # type: ignore[assignment]
+    since: datetime | None = Query(None, description="startsAt >= since"),
+    until: datetime | None = Query(None, description="startsAt < until"),
+    limit: int = Query(100, ge=1, le=1000),
+    cursor: str | None = None,
+) -> AlertPage:
+    labels = []
+    for item in label:
+        name, sep, value = item.partition("=")
+        if not sep or not LABEL_NAME.match(name):
+            raise HTTPException(400, f"label filter {item!r}: use name=value with a valid "
+                                     "label name")
+        labels.append((name, value))
+    f = AlertFilter(status, severity, alertname, acknowledged, silenced, inhibited,
+                    tuple(labels), _naive(since), _naive(until))
+    try:
+        items, nxt = _svc(request).db.list_alerts(f, limit, cursor)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    return AlertPage(items=[AlertOut.of(a) for a in items], next_cursor=nxt)
+
+
+@router.get("/alerts/{alert_id}", response_model=AlertDetail)
+def get_alert(request: Request, alert_id: int) -> AlertDetail:
+    db = _svc(request).db
+    try:
+        alert = db.get_alert(alert_id)
+    except NotFoundError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    return AlertDetail(**AlertOut.of(alert).model_dump(), transitions=[
+        Transition(**{**t, "occurred_at": _utc(t["occurred_at"])})
+        for t in db.transitions(alert_id)])
+
+
+@router.post("/alerts/{alert_id}/ack", response_model=AlertOut)
+def ack_alert(request: Request, alert_id: int, body: AckIn) -> AlertOut:
+    try:
+        alert = _svc(request).db.ack(alert_id, body.by, body.comment, utcnow())
+    except NotFoundError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except ConflictError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return AlertOut.of(alert)
+
+
+@router.get("/silences", response_model=list[SilenceOut])
+def list_silences(request: Request,
+                  state: Literal["active", "pending", "expired"] | None = None
+                  ) -> list[SilenceOut]:
+    return [SilenceOut.of(s) for s in _svc(request).db.list_silences(utcnow(), state)]
+
+
+@router.post("/silences", response_model=SilenceOut, status_code=201)
+def create_silence(request: Request, body: SilenceIn) -> SilenceOut:
+    svc = _svc(request)
+    now = utcnow()
+    starts = _naive(body.starts_at) or now
+    ends = _naive(body.ends_at) if body.ends_at else starts + timedelta(
+        seconds=parse_duration(body.duration))
+    if ends <= starts:
+        raise HTTPException(422, "ends_at must be after starts_at")
+    if ends <= now:
+        raise HTTPException(422, "the silence would already have ended")
+    silence = svc.db.create_silence([Matcher.parse(m) for m in body.matchers], starts, ends,
+                                    body.created_by, body.comment, now)
+    svc.wake()  # apply it at the next evaluation, not a tick later
+    return SilenceOut.of(silence)
+
+
+@router.get("/silences/{silence_id}", response_model=SilenceOut)
+def get_silence(request: Request, silence_id: str) -> SilenceOut:
+    try:
+        return SilenceOut.of(_svc(request).db.get_silence(silence_id, utcnow()))
+    except NotFoundError as exc:
+        raise HTTPException(404, str(exc)) from exc
+
+
+@router.delete("/silences/{silence_id}", response_model=SilenceOut)
+def expire_silence(request: Request, silence_id: str) -> SilenceOut:
+    svc = _svc(request)
+    try:
+        silence = svc.db.expire_silence(silence_id, utcnow())
+    except NotFoundError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except ConflictError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    svc.wake()
+    return SilenceOut.of(silence)
+
+
+@router.get("/rules")
+def list_rules(request: Request) -> list[dict[str, Any]]:
+    """Every rule as configured, with its evaluation state (health, firing, pending)."""
+    return _svc(request).rules_view()
+
+
+@router.get("/receivers")
+def list_receivers(request: Request) -> list[dict[str, Any]]:
+    """Receivers without secrets (has_secret only; URL paths redacted), with outbox counts."""
+    return _svc(request).receivers_view()

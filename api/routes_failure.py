@@ -1,0 +1,88 @@
+"""GET /v1/failure-risk: ranked per-component failure risk with reasons."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, Field
+
+
+class RiskOut(BaseModel):
+    device_id: str
+    device_class: str
+    rack: str
+    risk: float = Field(description="calibrated probability of failure within the horizon")
+    alarm: bool = Field(description="risk at or above the model's operating threshold")
+    status: str = Field(description="ok, at_risk, lost (telemetry stopped) or failed")
+    reasons: list[str] = Field(description="top contributing features, operator words")
+
+
+class FailureRiskOut(BaseModel):
+    time: datetime
+    horizon_s: float
+    model_version: str = Field(description="the approved model that scored this")
+    devices: list[RiskOut]
+
+
+def _registry_root() -> Path:
+    return Path(os.environ.get("DCTWIN_FAILURE_MODELS", "var/models/failure"))
+
+
+def router_for(twin) -> APIRouter:
+    """The failure-risk routes over a twin's store (included from api/app.py)."""
+    router = APIRouter()
+
+    @router.get("/v1/failure-risk", response_model=FailureRiskOut)
+    def failure_risk(
+            horizon: str = Query("1h", description="30m, 1h, 24h: needs an approved model "
+                                                   "for that horizon"),
+            device_class: str | None = Query(None, alias="class",
+                                             description="gpu, psu, cdu or crah"),
+            scope: str | None = Query(None, description="device id prefix: hall, row, rack"),
+            min_risk: float = Query(0.0, ge=0.0, le=1.0),
+            limit: int = Query(100, ge=1, le=100_000)) -> FailureRiskOut:
+        return _failure_risk(twin, horizon, device_class, scope, min_risk, limit)
+
+    return router
+
+
+def _failure_risk(twin, horizon: str, device_class: str | None, scope: str | None,
+                  min_risk: float, limit: int) -> FailureRiskOut:
+    from twin.failure.features import CLASSES
+    from twin.failure.model import parse_horizon_s
+    from twin.failure.registry import RegistryError
+    from twin.failure.risk import failure_risks
+
+    try:
+        horizon_s = parse_horizon_s(horizon)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    if device_class is not None and device_class not in CLASSES:
+        raise HTTPException(422, f"class: {device_class!r} is not one of {list(CLASSES)}")
+    now = datetime.now(UTC)
+    try:
+        table = failure_risks(twin.store, now, horizon_s, _registry_root())
+    except RegistryError as exc:
+        raise HTTPException(503, str(exc)) from None
+    if device_class:
+        table = table.filter(table["device_class"] == device_class)
+    if scope:
+        table = table.filter(table["device_id"].str.starts_with(scope))
+    table = table.filter(table["risk"] >= min_risk).head(limit)
+    version = table["model_version"][0] if table.height else \
+        _newest(horizon_s)
+    return FailureRiskOut(
+        time=now, horizon_s=horizon_s, model_version=version,
+        devices=[RiskOut(device_id=d, device_class=c, rack=r, risk=round(k, 4), alarm=a,
+                         status=s, reasons=rs)
+                 for d, c, r, k, a, s, rs in table.select(
+                     "device_id", "device_class", "rack", "risk", "alarm", "status",
+                     "reasons").iter_rows()])
+
+
+def _newest(horizon_s: float) -> str:
+    from twin.failure.registry import newest_approved
+    return newest_approved(_registry_root(), horizon_s).version

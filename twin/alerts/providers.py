@@ -1,0 +1,37 @@
+"""Providers backed by the twin core (twin.state.Twin): heat-balance residual per cooling
+loop from the twin's last tick, and energy-based site PUE over an interval. Anomaly
+scores and failure risk plug in the same way once those parts of the twin exist."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+
+from twin.alerts.context import Providers
+
+
+def twin_providers(twin, max_tick_age_s: float | None = None) -> Providers:
+    """`twin` is a twin.state.Twin. A tick older than `max_tick_age_s` (default three
+    tick intervals) gives no heat-balance values, so its alerts are left as they are."""
+    max_age_s = max_tick_age_s or 3 * twin.config.tick_interval_s
+
+    def heat_balance_residual(now: datetime) -> Mapping[str, float]:
+        last = twin.last
+        if last is None:
+            return {}
+        now_ms = now.replace(tzinfo=UTC).timestamp() * 1000
+        if now_ms - last.time_ms > max_age_s * 1000:
+            return {}
+        hb = last.heat_balance
+        return {i: float(pct) / 100.0 for i, level, pct, stale in zip(
+                    hb.ids, hb.levels, hb.residual_pct, hb.stale_inputs, strict=True)
+                if level == "cdu" and math.isfinite(pct) and not stale}
+
+    lag = timedelta(seconds=2 * twin.config.telemetry_interval_s)
+
+    def pue_interval(start: datetime, end: datetime) -> float | None:
+        # both intervals shifted back a little, so the newest readings are in
+        return twin.pue_interval("site", start - lag, end - lag).overall.value
+
+    return Providers(heat_balance_residual=heat_balance_residual, pue_interval=pue_interval)

@@ -1,0 +1,214 @@
+"""Per-device failure features from DuckDB windows, with as-of semantics.
+
+A feature row for (device, t) uses only samples and events with read_time <= t. Samples
+are first reduced to buckets of `bucket_s` seconds that END on a grid anchored at the
+last snapshot time ((end - bucket_s, end]); windows are frames over those buckets, so a
+row at t sees buckets ending at or before t and nothing later. The whole computation is
+SQL (no per-sample Python). tests/test_failure_leakage.py recomputes features on history
+truncated at t and requires identical rows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import duckdb
+import polars as pl
+
+from twin.failure.xids import CRITICAL_XIDS
+
+CLASSES = ("gpu", "psu", "cdu", "crah")
+LOOKBACK_S = 6 * 3600  # the longest window: what a single as-of computation reads
+THROTTLE_MASK = 0x08 | 0x20 | 0x40  # HwSlowdown | SwThermalSlowdown | HwThermalSlowdown
+XID_WINDOW_S = 2 * 3600
+
+COMMON = ["stale_reads", "read_ratio_15m", "metrics_missing", "collector_errors_1h"]
+XID_COLS = [f"xid{x}_2h" for x in sorted(CRITICAL_XIDS)]
+FEATURES: dict[str, list[str]] = {
+    "gpu": ["temp_c", "temp_dev_c", "temp_slope_kph", "power_w", "throttle_frac_1h",
+            "ecc_corr_1h", "ecc_corr_rate_15m_ph", "ecc_accel", "ecc_uncorr_6h",
+            "remap_corr_6h", "remap_uncorr_6h", *XID_COLS, *COMMON],
+    "psu": ["eff_pct", "eff_dev_pct", "eff_slope_pph", "eff_drift_6h_pct", "load_w",
+            "psu_temp_dev_c", "psu_temp_slope_kph", *COMMON],
+    "cdu": ["speed_per_flow", "speed_per_flow_drift_6h", "speed_per_flow_slope_ph",
+            "pump_w_per_lpm", "flow_lpm", "reservoir_pct", "reservoir_slope_pph",
+            "hours_to_reservoir_30", "leak_detected", *COMMON],
+    "crah": ["fan_power_ratio", "fan_power_ratio_dev", "fan_power_ratio_slope_ph",
+             "fan_power_ratio_drift_6h", "fan_speed_pct", "return_air_c", *COMMON],
+}
+
+
+def _ts(t: datetime) -> str:
+    return t.replace(tzinfo=None).isoformat(sep=" ")
+
+
+def _frame(window_s: int, bucket_s: int) -> str:
+    """A window over the buckets ending in (t - window_s, t]."""
+    back = max(window_s - bucket_s, 0)
+    return (f"(PARTITION BY device_id ORDER BY bucket_end RANGE BETWEEN "
+            f"INTERVAL {back} SECOND PRECEDING AND CURRENT ROW)")
+
+
+def compute_features(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime,
+                     bucket_s: int = 300, classes: tuple[str, ...] = CLASSES,
+                     samples: str = "samples", events: str = "events") -> pl.DataFrame:
+    """Feature rows for every device of `classes` at every t = end - k*bucket_s >= start.
+
+    One row per (device, t) for devices seen before t (within LOOKBACK_S); columns
+    device_id, device_class, rack, t, then the union of FEATURES (null where a class does
+    not have a feature)."""
+    end = end.replace(tzinfo=None, microsecond=0)
+    start = min(start.replace(tzinfo=None), end)  # `now` with microseconds: score at end
+    n_steps = int((end - start).total_seconds() // bucket_s)
+    lo = end - timedelta(seconds=n_steps * bucket_s + LOOKBACK_S)
+    anchor, b = _ts(end), bucket_s
+    f15, f1h, f2h, f6h = (_frame(w, b) for w in (900, 3600, 7200, LOOKBACK_S))
+    con.execute(f"""
+    CREATE OR REPLACE TEMP TABLE _fb AS
+    WITH s AS (
+      SELECT *, TIMESTAMP '{anchor}' - to_seconds(
+               {b} * floor(epoch(TIMESTAMP '{anchor}' - read_time) / {b})) AS bucket_end
+      FROM {samples}
+      WHERE read_time > TIMESTAMP '{_ts(lo)}' AND read_time <= TIMESTAMP '{anchor}'
+        AND kind IN ('gpu', 'power', 'cooling', 'air'))
+    SELECT device_id, bucket_end, any_value(rack) AS rack,
+      CASE WHEN any_value(kind) = 'gpu' THEN 'gpu' WHEN any_value(kind) = 'cooling' THEN 'cdu'
+           WHEN any_value(kind) = 'air' THEN 'crah'
+           WHEN bool_or(metric = 'output_power_w') THEN 'psu' END AS device_class,
+      max(read_time) AS last_read, count(DISTINCT read_time) AS n_reads,
+      count(DISTINCT metric) AS n_metrics,
+      avg(value) FILTER (metric = 'gpu_temp_c') AS temp_c,
+      avg(value) FILTER (metric = 'power_w') AS power_w,
+      avg((((value::BIGINT) & {THROTTLE_MASK}) > 0)::INT)
+          FILTER (metric = 'throttle_reasons') AS throttled,
+      max(value) FILTER (metric = 'ecc_corrected_total') AS ecc_corr,
+      max(value) FILTER (metric = 'ecc_uncorrected_total') AS ecc_uncorr,
+      max(value) FILTER (metric = 'remapped_rows_correctable') AS remap_corr,
+      max(value) FILTER (metric = 'remapped_rows_uncorrectable') AS remap_uncorr,
+      100 * sum(value) FILTER (metric = 'output_power_w')
+          / nullif(sum(value) FILTER (metric = 'input_power_w'), 0) AS eff_pct,
+      avg(value) FILTER (metric = 'output_power_w') AS load_w,
+      avg(value) FILTER (metric = 'temp_c') AS psu_temp_c,
+      avg(value) FILTER (metric = 'pump_speed_pct')
+          / nullif(avg(value) FILTER (metric = 'flow_lpm'), 0) * 100 AS speed_per_flow,
+      avg(value) FILTER (metric = 'pump_power_w')
+          / nullif(avg(value) FILTER (metric = 'flow_lpm'), 0) AS pump_w_per_lpm,
+      avg(value) FILTER (metric = 'flow_lpm') AS flow_lpm,
+      avg(value) FILTER (metric = 'reservoir_level_pct') AS reservoir_pct,
+      max(value) FILTER (metric = 'leak_detected') AS leak_detected,
+      avg(value) FILTER (metric = 'fan_power_w')
+          / nullif(pow(avg(value) FILTER (metric = 'fan_speed_pct') / 100, 3), 0)
+          AS fan_power_ratio,
+      avg(value) FILTER (metric = 'fan_speed_pct') AS fan_speed_pct,
+      avg(value) FILTER (metric = 'return_air_temp_c') AS return_air_c
+    FROM s GROUP BY device_id, bucket_end
+    """)
+    # peer deviations (same class and rack/hall, same bucket), then windows over buckets
+    con.execute(f"""
+    CREATE OR REPLACE TEMP TABLE _fw AS
+    WITH p AS (
+      SELECT *, epoch(bucket_end - TIMESTAMP '{anchor}') / 3600.0 AS th,
+        temp_c - median(temp_c) OVER (PARTITION BY device_class, rack, bucket_end) AS tdev,
+        eff_pct - median(eff_pct) OVER (PARTITION BY device_class, rack, bucket_end) AS edev,
+        psu_temp_c - median(psu_temp_c) OVER (PARTITION BY device_class, rack, bucket_end)
+            AS ptdev,
+        fan_power_ratio / nullif(median(fan_power_ratio)
+            OVER (PARTITION BY device_class, rack, bucket_end), 0) - 1 AS fdev
+      FROM _fb WHERE device_class IS NOT NULL)
+    SELECT device_id, device_class, rack, bucket_end, last_read,
+      {b}.0 / nullif(max(n_reads) OVER {f6h}, 0) AS read_interval_s,
+      sum(n_reads) OVER {f15} / nullif(3 * max(n_reads) OVER {f6h}, 0) AS read_ratio_15m,
+      max(n_metrics) OVER {f6h} - n_metrics AS metrics_missing,
+      avg(temp_c) OVER {f15} AS temp_c, avg(tdev) OVER {f15} AS temp_dev_c,
+      regr_slope(temp_c, th) OVER {f2h} AS temp_slope_kph,
+      avg(power_w) OVER {f15} AS power_w, avg(throttled) OVER {f1h} AS throttle_frac_1h,
+      ecc_corr - min(ecc_corr) OVER {f1h} AS ecc_corr_1h,
+      4 * (ecc_corr - min(ecc_corr) OVER {f15}) AS ecc_corr_rate_15m_ph,
+      ln(1 + 4 * (ecc_corr - min(ecc_corr) OVER {f15}))
+        - ln(1 + (ecc_corr - min(ecc_corr) OVER {f6h}) * 3600.0
+                 / greatest(epoch(bucket_end - min(bucket_end) OVER {f6h}) + {b}, {b}))
+        AS ecc_accel,
+      ecc_uncorr - min(ecc_uncorr) OVER {f6h} AS ecc_uncorr_6h,
+      remap_corr - min(remap_corr) OVER {f6h} AS remap_corr_6h,
+      remap_uncorr - min(remap_uncorr) OVER {f6h} AS remap_uncorr_6h,
+      avg(eff_pct) OVER {f15} AS eff_pct, avg(edev) OVER {f15} AS eff_dev_pct,
+      regr_slope(eff_pct, th) OVER {f2h} AS eff_slope_pph,
+      avg(edev) OVER {f15} - first_value(edev) OVER {f6h} AS eff_drift_6h_pct,
+      avg(load_w) OVER {f15} AS load_w, avg(ptdev) OVER {f15} AS psu_temp_dev_c,
+      regr_slope(psu_temp_c, th) OVER {f2h} AS psu_temp_slope_kph,
+      avg(speed_per_flow) OVER {f15} AS speed_per_flow,
+      avg(speed_per_flow) OVER {f15} - first_value(speed_per_flow) OVER {f6h}
+        AS speed_per_flow_drift_6h,
+      regr_slope(speed_per_flow, th) OVER {f2h} AS speed_per_flow_slope_ph,
+      avg(pump_w_per_lpm) OVER {f15} AS pump_w_per_lpm, avg(flow_lpm) OVER {f15} AS flow_lpm,
+      reservoir_pct, regr_slope(reservoir_pct, th) OVER {f1h} AS reservoir_slope_pph,
+      leak_detected,
+      avg(fan_power_ratio) OVER {f15} AS fan_power_ratio, avg(fdev) OVER {f15}
+        AS fan_power_ratio_dev,
+      regr_slope(fan_power_ratio, th) OVER {f2h} AS fan_power_ratio_slope_ph,
+      avg(fan_power_ratio) OVER {f15} - first_value(fan_power_ratio) OVER {f6h}
+        AS fan_power_ratio_drift_6h,
+      avg(fan_speed_pct) OVER {f15} AS fan_speed_pct, avg(return_air_c) OVER {f15}
+        AS return_air_c
+    FROM p
+    """)
+    xid_counts = ",\n".join(
+        f"count(*) FILTER (e.kind = 'xid' AND e.attrs->>'xid' = '{x}') AS xid{x}_2h"
+        for x in sorted(CRITICAL_XIDS))
+    cls = ", ".join(f"'{c}'" for c in classes)
+    # grid: every device seen within the lookback before t, at every t; as-of join to
+    # its newest bucket (a silent device keeps its last features and grows stale_reads)
+    out = con.sql(f"""
+    WITH g AS (
+      SELECT d.device_id, t.t FROM (SELECT DISTINCT device_id FROM _fw
+                                    WHERE device_class IN ({cls})) d,
+        (SELECT TIMESTAMP '{anchor}' - to_seconds({b} * k) AS t
+         FROM range(0, {n_steps + 1}) r(k)) t),
+    j AS (
+      SELECT g.t, w.* FROM g ASOF JOIN _fw w
+        ON g.device_id = w.device_id AND w.bucket_end <= g.t
+      WHERE w.bucket_end > g.t - INTERVAL {LOOKBACK_S} SECOND),
+    ev AS (
+      SELECT j.device_id, j.t, {xid_counts},
+        count(*) FILTER (e.kind = 'source_error' AND e.read_time > j.t - INTERVAL 1 HOUR)
+          AS collector_errors_1h
+      FROM j JOIN {events} e
+        ON (e.device_id = j.device_id OR e.device_id = j.rack)
+       AND e.read_time <= j.t AND e.read_time > j.t - INTERVAL {XID_WINDOW_S} SECOND
+      GROUP BY j.device_id, j.t)
+    SELECT j.* EXCLUDE (bucket_end, last_read, read_interval_s),
+      epoch(j.t - j.last_read) / nullif(j.read_interval_s, 0) AS stale_reads,
+      j.read_interval_s,
+      least((j.reservoir_pct - 30) / nullif(greatest(-j.reservoir_slope_pph, 0), 0), 100)
+        AS hours_to_reservoir_30,
+      {", ".join(f"coalesce(ev.{c}, 0) AS {c}" for c in XID_COLS)},
+      coalesce(ev.collector_errors_1h, 0) AS collector_errors_1h
+    FROM j LEFT JOIN ev ON ev.device_id = j.device_id AND ev.t = j.t
+    ORDER BY j.t, j.device_id
+    """).pl()
+    out = out.with_columns(
+        pl.when(pl.col("device_class") != "cdu").then(None)
+        .otherwise(pl.col("hours_to_reservoir_30").fill_null(100.0))
+        .alias("hours_to_reservoir_30"))
+    return out.filter(pl.col("t") >= start)
+
+
+def features_asof(con: duckdb.DuckDBPyConnection, now: datetime, bucket_s: int = 300,
+                  **kw) -> pl.DataFrame:
+    """The feature rows of every device at `now` (reads only the lookback window)."""
+    return compute_features(con, now, now, bucket_s, **kw)
+
+
+def failed_devices(con: duckdb.DuckDBPyConnection, now: datetime,
+                   events: str = "events") -> pl.DataFrame:
+    """Devices with a failure event (XID 79/48/95/64, device lost, pump/PSU/fan failed) in
+    the lookback: they are not at risk, they have failed."""
+    crit = "('79', '48', '95', '64')"
+    return con.sql(f"""
+    SELECT device_id, max(read_time) AS failed_at, arg_max(message, read_time) AS message
+    FROM {events}
+    WHERE read_time <= TIMESTAMP '{_ts(now)}'
+      AND read_time > TIMESTAMP '{_ts(now)}' - INTERVAL {LOOKBACK_S} SECOND
+      AND (kind IN ('device_lost', 'pump_failed', 'psu_fault', 'fan_failed')
+           OR (kind = 'xid' AND attrs->>'xid' IN {crit}))
+    GROUP BY device_id""").pl()
