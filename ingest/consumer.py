@@ -242,7 +242,10 @@ class Ingestor:
                 if self.stats.inflight_polls >= self.config.max_inflight:
                     self._pause()
                     self._collect(timeout_s=0.1)
-                    self.consumer.poll(timeout_ms=0)  # rebalances; paused: no records
+                    # services rebalances; paused partitions return nothing, but whatever
+                    # does come back has advanced the position and must be stored
+                    if records := self.consumer.poll(timeout_ms=0):
+                        self._hand_over(self._prepare(records))
                     continue
                 self._resume()
                 records = self.consumer.poll(timeout_ms=200)
