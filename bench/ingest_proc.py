@@ -46,13 +46,19 @@ def fast(args: argparse.Namespace) -> dict:
     ing = Ingestor(store, args.bootstrap, args.group, policy=policy, config=config,
                    client_id=f"bench-{args.tag}")
     t_assigned = t_last = None
-    cpu0 = 0.0
+    cpu0 = cpu_settled = t_settled = 0.0
+    at_settled = 0
+    seen: frozenset = frozenset()
     last = 0
     worker = threading.Thread(target=ing.run, daemon=True)
     worker.start()
     while ing.stats.samples_stored < args.expect and worker.is_alive():
         if t_assigned is None and ing.assigned:
             t_assigned, cpu0 = time.time(), _usage()["cpu_s"]
+        if ing.assigned != seen:  # a rebalance: the group's split settles at the last one
+            seen = ing.assigned
+            t_settled, at_settled, cpu_settled = (time.time(), ing.stats.samples_stored,
+                                                  _usage()["cpu_s"])
         if ing.stats.samples_stored != last:
             last, t_last = ing.stats.samples_stored, time.time()
             if args.progress:
@@ -78,10 +84,13 @@ def fast(args: argparse.Namespace) -> dict:
     t_assigned = t_assigned or time.time()
     return {"samples": ing.stats.samples_stored, "seconds": (t_last or t_assigned) - t_assigned,
             "t_assigned": t_assigned, "t_last": t_last or t_assigned,
+            "t_settled": t_settled, "samples_at_settled": at_settled,
+            "cpu_after_settled_s": cpu["cpu_s"] - cpu_settled,
             "dead_letters": dict(ing.stats.dead_letters), "polls": ing.stats.polls,
             "pauses": ing.stats.pauses, "stage_s": ing.stats.stage_seconds,
             "commit_s": ing.stats.commit_seconds, "maintenance": ing.stats.maintenance_runs,
             "maintenance_s": ing.stats.maintenance_seconds,
+            "late_rollup_buckets": ing.stats.late_rollup_buckets,
             "cpu_s": cpu["cpu_s"] - cpu0, "peak_rss_mb": cpu["peak_rss_mb"]}
 
 

@@ -208,11 +208,26 @@ class Ingestor:
         if every is None or time.monotonic() - self._last_maintenance < every:
             return
         t0 = time.monotonic()
-        for store in self.router.stores():
-            store.maintain()
+        unknown = self._partitions_without_data_time()
+        for store, partitions in self.router.by_store():
+            held = bool(unknown if partitions is None else unknown & partitions)
+            done = store.maintain(hold_rollups=held)
+            self.stats.late_rollup_buckets += done.get("dirty", 0)
         self._last_maintenance = time.monotonic()
         self.stats.maintenance_runs += 1
         self.stats.maintenance_seconds += self._last_maintenance - t0
+
+    def _partitions_without_data_time(self) -> set[int]:
+        """Partition numbers holding telemetry that nothing has been stored from yet: while
+        there are any, the stored data says nothing about how far their data has got, so
+        the rollups wait (a backlog being caught up would otherwise roll minutes up
+        before their last samples arrive, and recompute them)."""
+        out = set()
+        for (topic, p), lag in list(self.stats.lag.items()):
+            if topic != EVENTS_TOPIC and self._next.get((topic, p)) is None and (
+                    lag.highwater is None or lag.highwater > 0):
+                out.add(p)
+        return out
 
     # -- pipelined loop -------------------------------------------------------------------
 
@@ -227,7 +242,10 @@ class Ingestor:
                 if self.stats.inflight_polls >= self.config.max_inflight:
                     self._pause()
                     self._collect(timeout_s=0.1)
-                    self.consumer.poll(timeout_ms=0)  # rebalances; paused: no records
+                    # services rebalances; paused partitions return nothing, but whatever
+                    # does come back has advanced the position and must be stored
+                    if records := self.consumer.poll(timeout_ms=0):
+                        self._hand_over(self._prepare(records))
                     continue
                 self._resume()
                 records = self.consumer.poll(timeout_ms=200)

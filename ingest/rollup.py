@@ -144,9 +144,9 @@ class Rollups:
         self.con.execute("INSERT INTO rollup_state VALUES ($t, $u) ON CONFLICT (tier) "
                          "DO UPDATE SET done_until = excluded.done_until", {"t": tier, "u": until})
 
-    def advance(self, now: datetime | None = None) -> dict[str, int]:
-        """Roll up every minute (hour) that ended `lateness_s` before `now`; recompute
-        dirty buckets. One transaction."""
+    def advance(self, now: datetime | None = None, hold: bool = False) -> dict[str, int]:
+        """Roll up every minute (hour) that ended `lateness_s` before `now` and before the
+        data clock; recompute dirty buckets. `hold`: only the latter. One transaction."""
         now = _now(now)
         con = self.con
         out = {"minutes": 0, "hours": 0, "dirty": 0}
@@ -165,7 +165,7 @@ class Rollups:
                 first = con.execute("SELECT min(read_time) FROM samples").fetchone()[0]
                 start = floor_to(first, MINUTE) if first is not None else None
             out["dirty"] = self._recompute_dirty(marks["1m"], marks["1h"])
-            if start is not None and target > start:
+            if start is not None and target > start and not hold:
                 self._roll_minutes(start, target)
                 self._set("1m", target)
                 out["minutes"] = int((target - start) / MINUTE)

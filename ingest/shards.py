@@ -88,6 +88,9 @@ class SingleStore:
     def stores(self) -> list[Store]:
         return [self.store]
 
+    def by_store(self) -> list[tuple[Store, set[int] | None]]:
+        return [(self.store, None)]  # every partition
+
 
 class ShardedStore:
     """One Store per partition number under `directory`, opened while assigned."""
@@ -145,6 +148,9 @@ class ShardedStore:
 
     def stores(self) -> list[Store]:
         return list(self._open.values())
+
+    def by_store(self) -> list[tuple[Store, set[int] | None]]:
+        return [(store, {p}) for p, store in self._open.items()]
 
     def close(self) -> None:
         self.release(list(self._open))

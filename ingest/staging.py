@@ -46,6 +46,24 @@ _ALL_NULL = "{" + ", ".join(f"'{f}': NULL::JSON" for f in (
 _SAMPLES_TYPE = ("STRUCT(kind VARCHAR, rack VARCHAR, site VARCHAR, samples STRUCT("
                  "device_id VARCHAR[], metric VARCHAR[], value DOUBLE[], read_time_ms BIGINT[]))")
 _ids = itertools.count()
+_PREFIX = "dctwin-ingest-"
+
+
+def _sweep(directory: str) -> None:
+    """Remove staging files of processes that died (a SIGKILL skips every cleanup)."""
+    for name in os.listdir(directory):
+        if not name.startswith(_PREFIX):
+            continue
+        try:
+            pid = int(name[len(_PREFIX):].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+        except PermissionError:  # alive, someone else's
+            continue
 
 
 @dataclass(slots=True)
@@ -102,7 +120,8 @@ class Stager:
         install_reference_tables(con, policy)
         base = spool_dir or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
         base = base or tempfile.gettempdir()
-        self.path = os.path.join(base, f"dctwin-ingest-{os.getpid()}-{next(_ids)}.ndjson")
+        _sweep(base)
+        self.path = os.path.join(base, f"{_PREFIX}{os.getpid()}-{next(_ids)}.ndjson")
 
     def close(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -180,6 +199,7 @@ class Stager:
                    unnest(m.samples.metric) AS metric, unnest(m.samples.value) AS value,
                    unnest(m.samples.read_time_ms) AS read_time_ms
             FROM {self._read_json(_SAMPLES_TYPE)}""")
+        self.close()  # read; a poll's JSON should not sit in /dev/shm until the next one
         window = f"read_time_ms BETWEEN {out.lo_ms} AND {out.hi_ms}"
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _agg AS
             SELECT i, count(*) AS n,

@@ -46,6 +46,7 @@ class IngestStats:
     commit_seconds: float = 0.0
     maintenance_runs: int = 0
     maintenance_seconds: float = 0.0  # rollups + retention, in the writer thread
+    late_rollup_buckets: int = 0  # (device, metric, minute) rollups recomputed for late data
     started_at: float = field(default_factory=time.time)
     lag: dict[tuple[str, int], PartitionLag] = field(default_factory=dict)
     _rate: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
@@ -88,6 +89,7 @@ class IngestStats:
             "commit_seconds": self.commit_seconds,
             "maintenance_runs": self.maintenance_runs,
             "maintenance_seconds": self.maintenance_seconds,
+            "late_rollup_buckets": self.late_rollup_buckets,
             "uptime_s": time.time() - self.started_at,
             "lag_total": sum(known),
             "lag": [{"topic": p.topic, "partition": p.partition, "next_offset": p.next_offset,

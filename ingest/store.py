@@ -355,10 +355,12 @@ class Store:
 
     # -- maintenance ----------------------------------------------------------------------
 
-    def maintain(self, now: datetime | None = None) -> dict[str, int]:
-        """Advance rollups, then apply retention. Cheap when there is nothing to do."""
+    def maintain(self, now: datetime | None = None, hold_rollups: bool = False
+                 ) -> dict[str, int]:
+        """Advance rollups (unless held: late data is still recomputed), then apply
+        retention. Cheap when there is nothing to do."""
         with self._write_lock:
-            done = self.rollups.advance(now)
+            done = self.rollups.advance(now, hold=hold_rollups)
             done.update(self.rollups.apply_retention(now))
             return done
 

@@ -35,7 +35,9 @@ class IngestPolicy:
     """What ingest accepts. Defaults suit a live site; tests and backfills widen the window."""
 
     max_future_s: float = 300.0  # read times further ahead than this are clock errors
-    max_past_s: float = 30 * 86400.0  # older than this: a replay beyond any use
+    # Older than this is a broken clock (a device at 1970), not data: backfills and
+    # simulated history of the last years are accepted.
+    max_past_s: float = 5 * 365 * 86400.0
     # Device ids absent from the site model: "accept" stores them and counts them
     # (stats.unknown_device_samples); "reject" treats them like any other bad sample.
     unknown_device: Literal["accept", "reject"] = "accept"

@@ -257,3 +257,23 @@ def test_rows_are_appended_in_read_order_per_series_whatever_is_filtered(store):
                                                     ORDER BY rowid) AS step
             FROM samples WHERE rack = 'rk14') WHERE step <= INTERVAL 0 SECOND""").fetchone()[0]
     assert bad == 0
+
+
+def test_staging_files_do_not_outlive_a_poll_or_a_killed_process(store, tmp_path):
+    import os
+    import subprocess
+
+    from ingest.staging import Stager
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"dctwin-ingest-{dead.pid}-0.ndjson"  # left by a SIGKILLed worker
+    stale.write_bytes(b"{}")
+    mine = tmp_path / f"dctwin-ingest-{os.getpid()}-99.ndjson"  # a live process's file
+    mine.write_bytes(b"{}")
+    stager = Stager(store.con, IngestPolicy(), spool_dir=str(tmp_path))
+    assert not stale.exists() and mine.exists()
+    rec = Records()
+    staged = stager.stage([rec(batch_doc("rk15", now_ms()))], now_ms())
+    assert staged.accepted == 1
+    assert not os.path.exists(stager.path)  # read and removed within the poll
