@@ -48,10 +48,10 @@ RESIDUALS: tuple[Residual, ...] = (
     # moves in healthy history, so it could not be learned)
     Residual("gpu_thermal", "gpu", "gpu_rise_k",
              ("power_w", "power_w_lag1", "power_w_lag2", "rack_heat_per_flow"), "gpu_temp_c",
-             common="cdu_id"),
+             common="rack_id"),
     Residual("gpu_mem_thermal", "gpu", "mem_rise_k",
              ("power_w", "power_w_lag1", "power_w_lag2", "rack_heat_per_flow"), "mem_temp_c",
-             common="cdu_id"),
+             common="rack_id"),
     Residual("gpu_power_peer", "gpu", "power_w", ("peer_power_w",), "power_w"),
     Residual("psu_loss", "psu", "input_power_w", ("output_power_w", "output_power_w_sq"),
              "input_power_w", pooled=True),

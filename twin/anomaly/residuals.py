@@ -46,7 +46,7 @@ class ResidualModel:
 def _less_common_mode(f: pl.DataFrame, c: np.ndarray, res: Residual) -> np.ndarray:
     """Remove what a residual's group shares at each interval (its median), if it has one.
 
-    GPUs on one coolant loop, PSUs in one hall's air share the model's errors and their
+    GPUs in one rack (one coolant branch), PSUs in one hall's air share the model's errors and their
     environment's changes; one device departing from its group is what is left.
     """
     if res.common is None or res.common not in f.columns:
