@@ -47,8 +47,10 @@ CREATE TABLE IF NOT EXISTS anomaly_latest (
 class LiveConfig:
     interval_s: float = 10.0  # scoring interval (samples are bucketed to it)
     train_s: float = 3600.0  # history needed before the first score
-    history_s: float = 6 * 3600.0  # trailing window each refit trains on
-    refit_every_s: float = 3600.0
+    # refits follow new operating regimes; a slow fault must not be learned as normal, so
+    # they are infrequent and the window long (healthy history keeps most of the weight)
+    history_s: float = 12 * 3600.0  # trailing window each refit trains on
+    refit_every_s: float = 6 * 3600.0
     lag_s: float = 5.0  # an interval is scored this long after it closes
     alarm_score: float = 0.5  # devices at or above it in a window are left out of refits
     max_chunk_buckets: int = 360  # catch up in pieces of this many intervals
