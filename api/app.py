@@ -1,68 +1,184 @@
-"""FastAPI application for NOC tools."""
+"""FastAPI application for NOC tools: composes every router under one auth and error shape.
+
+`create_app(twin, health, routers=[...])` includes the core routers and any feature
+router (alerts, anomalies, recommendations, ...) with `require_role(viewer)`, so every
+`/v1` endpoint needs a key; a router raises the bar per endpoint with
+`dependencies=[Depends(require_role(Role.operator))]` (acknowledge, accept, reject) or
+`Role.admin` (configuration). Errors from any router leave as RFC 9457 problem details,
+and the OpenAPI document is post-processed so every operation lists them.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, FastAPI, Response
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ConfigDict
 
+from api import dashboard, problems, routes_core, routes_keys, stream
+from api.auth import SCHEME_NAME, AuthGate, api_routes, require_role
+from api.keys import KeyStore, Role
+from api.live import LiveState
+from api.metrics import CONTENT_TYPE_LATEST, MetricsRegistry, platform_provider, twin_provider
+from api.problems import FieldError, Problem, problem_content, problem_example
 from api.routes_alerts import router as alerts_router
-from api.routes_anomaly import anomaly_router, device_anomaly_state
+from api.routes_anomaly import anomaly_router
 from api.routes_failure import router_for as failure_router_for
+from api.routes_optimizer import optimizer_router
 from api.routes_twin import twin_router
-from twin.pue import MeterReading
+from twin.events import EventBus
 from twin.state import Twin
 
 
-def _utc(t: datetime | None) -> datetime | None:
-    return None if t is None else t.replace(tzinfo=UTC)
+class HealthOut(BaseModel):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "status": "ok", "ingest_running": True, "samples_stored": 1203456,
+        "dead_letters": 0, "uptime_s": 3600.2}]})
+
+    status: str
 
 
-class ReadingOut(BaseModel):
-    device_id: str
-    metric: str
-    value: float
-    read_time: datetime = Field(description="when the device was read (RFC 3339, UTC)")
-    age_s: float
+def create_app(twin: Twin, health: Callable[[], dict] | None = None, *,
+               keys: KeyStore | None = None, bus: EventBus | None = None,
+               live: LiveState | None = None, routers: Sequence[APIRouter] = (),
+               metrics: MetricsRegistry | None = None, open_healthz: bool = True,
+               open_metrics: bool = False, ingest_stats: Callable[[], Any] | None = None,
+               kafka_lag: Callable[[], float | None] | None = None) -> FastAPI:
+    from dctwin.settings import Settings
 
-    @classmethod
-    def of(cls, r: MeterReading, now: datetime) -> ReadingOut:
-        return cls(device_id=r.device_id, metric=r.metric, value=r.value,
-                   read_time=_utc(r.read_time), age_s=round(r.age_s(now), 3))
+    settings = Settings()
+    app = FastAPI(title="dctwin", version="1.0.0",
+                  description="Digital-twin monitoring API for AI data centers. Every `/v1` "
+                              "endpoint needs an API key (`Authorization: Bearer <key>`); "
+                              "errors are RFC 9457 problem details; times are RFC 3339 "
+                              "UTC. See docs/api.md.")
+    app.state.keys = keys if keys is not None else KeyStore(settings.apikey_db)
+    app.state.bus = bus = bus if bus is not None else EventBus()
+    app.state.live = live
+    app.state.twin = twin
+    problems.install(app)
+    app.add_middleware(AuthGate, keys_of=lambda: app.state.keys)
 
+    viewer = [Depends(require_role(Role.viewer))]
 
-class DeviceOut(BaseModel):
-    device_id: str
-    device_class: str | None
-    metrics: list[ReadingOut]
-    anomaly: dict | None = Field(None, description="anomaly score now: score, p, time, "
-                                                   "top_metrics (see GET /v1/anomalies)")
+    @app.get("/healthz", response_model=HealthOut, tags=["ops"], summary="Liveness",
+             dependencies=[] if open_healthz else viewer)
+    def healthz() -> HealthOut:
+        return HealthOut(status="ok", **(health() if health else {}))
 
+    if metrics is None:
+        metrics = MetricsRegistry()
+        metrics.register("platform", platform_provider(ingest_stats or (lambda: None), live,
+                                                        bus, kafka_lag))
+        metrics.register("twin", twin_provider(live or LiveState(twin, EventBus())))
+    app.state.metrics = metrics
 
-def create_app(twin: Twin, health=None) -> FastAPI:
-    app = FastAPI(title="dctwin", version="0.1.0",
-                  description="Digital-twin monitoring API for AI data centers")
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics",
+             dependencies=[] if open_metrics else viewer, response_class=Response,
+             responses={200: {"description": "Prometheus text exposition format 0.0.4",
+                              "content": {"text/plain": {
+                                  "schema": {"type": "string"},
+                                  "example": '# TYPE dctwin_pue gauge\n'
+                                             'dctwin_pue{scope="site",category="PUE1"} 1.28\n'}}}})
+    def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/healthz")
-    def healthz() -> dict:
-        return {"status": "ok", **(health() if health else {})}
-
-    app.include_router(twin_router(twin))  # topology, pue, heat balance, rollups, series
-
-    @app.get("/v1/devices/{device_id:path}", response_model=DeviceOut)
-    def device(device_id: str) -> DeviceOut:
-        now = datetime.now(UTC).replace(tzinfo=None)
-        ref = twin.known_devices.get(device_id)
-        readings = twin.device(device_id)
-        if ref is None and not readings:
-            raise HTTPException(404, f"unknown device id {device_id!r}: not in the site model "
-                                     "and never reported")
-        return DeviceOut(device_id=device_id, device_class=ref.device_class if ref else None,
-                         metrics=[ReadingOut.of(r, now) for r in readings],
-                         anomaly=device_anomaly_state(twin, device_id))
-
-    app.include_router(alerts_router)  # alerts, silences, rules, receivers (503 w/o engine)
-    app.include_router(failure_router_for(twin))  # failure risk per component
-    app.include_router(anomaly_router(twin))
+    for r in (twin_router(twin), routes_core.router(twin, live), stream.router(bus),
+              routes_keys.router(), alerts_router, failure_router_for(twin),
+              optimizer_router(twin), anomaly_router(twin), *routers):
+        include(app, r)
+    dashboard.mount(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def include(app: FastAPI, router: APIRouter) -> None:
+    """Include a feature router: every endpoint needs at least a viewer key."""
+    app.include_router(router, dependencies=[Depends(require_role(Role.viewer))])
+
+
+# -- OpenAPI post-processing ---------------------------------------------------------------
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version=app.version, description=app.description,
+                      routes=app.routes, tags=app.openapi_tags)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    schemas["FieldError"] = FieldError.model_json_schema()
+    prob = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    prob.pop("$defs", None)
+    schemas["Problem"] = prob
+    roles = {(r.path, m.lower()): r.role for r in api_routes(app) for m in r.methods}
+    for path, ops in doc.get("paths", {}).items():
+        for method, op in ops.items():
+            role = roles.get((path, method))
+            _document_errors(op, role)
+    app.openapi_schema = doc
+    return doc
+
+
+def _document_errors(op: dict[str, Any], role: Role | None) -> None:
+    responses = op.setdefault("responses", {})
+    params = op.get("parameters", [])
+    if role is not None:
+        op["security"] = [{SCHEME_NAME: []}]
+        op["x-required-role"] = role.value
+        op["description"] = (op.get("description", "") +
+                             f"\n\nRequires an API key with role **{role.value}** or above."
+                             ).strip()
+        responses["401"] = {"description": "missing, invalid or revoked API key",
+                            "headers": {"WWW-Authenticate": {
+                                "schema": {"type": "string"},
+                                "description": 'Bearer realm="dctwin"'}},
+                            "content": problem_content(problem_example(
+                                401, "missing API key: send `Authorization: Bearer <key>`"))}
+        if role is not Role.viewer:
+            responses["403"] = {"description": f"the key's role is below {role.value}",
+                                "content": problem_content(problem_example(
+                                    403, f"this needs the {role.value} role; key "
+                                         "3f9a1c0b7d2e has viewer"))}
+    else:
+        op["security"] = []
+    if params or "requestBody" in op:
+        responses["422"] = {"description": "invalid parameters, one entry per parameter",
+                            "content": problem_content({
+                                "type": "/problems/validation",
+                                "title": "Request validation failed", "status": 422,
+                                "detail": "1 invalid parameter(s): query.start: Input should "
+                                          "have timezone info",
+                                "instance": "/v1/history/sv1/facility/utility",
+                                "errors": [{"location": "query", "parameter": "start",
+                                            "message": "Input should have timezone info",
+                                            "type": "timezone_aware"}]})}
+    if params or "requestBody" in op:
+        responses.setdefault("400", {
+            "description": "a parameter value the endpoint cannot use (unknown scope, "
+                           "a cursor from another list, ...)",
+            "content": problem_content(problem_example(
+                400, "cursor is not valid: pass `next_cursor` from the previous page "
+                     "unchanged"))})
+    if params:  # a path or query parameter can name something that does not exist
+        responses.setdefault("404", {"description": "no such resource",
+                                     "content": problem_content(problem_example(
+                                         404, "unknown rack 'rk999'"))})
+    if op.get("x-required-role") in ("operator", "admin") and "requestBody" in op:
+        responses.setdefault("409", {"description": "the resource is not in a state that "
+                                                    "allows this (e.g. already acknowledged)",
+                                     "content": problem_content(problem_example(
+                                         409, "alert 7 is resolved"))})
+    if role is not None:
+        responses.setdefault("503", {
+            "description": "the feature behind this endpoint (e.g. the alert engine) is not "
+                           "running in this process",
+            "content": problem_content(problem_example(
+                503, "the alert engine is not running in this process"))})
+    responses["500"] = {"description": "unexpected server error (logged with a reference)",
+                        "content": problem_content(problem_example(
+                            500, "unexpected server error; logged with reference "
+                                 "3f2a9c1d0b7e"))}
+

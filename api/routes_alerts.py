@@ -7,9 +7,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from api.auth import Principal, require_role
+from api.keys import Role
+from api.shape import UtcDatetime
 from twin.alerts.config import LABEL_NAME, Matcher, parse_duration
 from twin.alerts.lifecycle import AlertFilter, ConflictError, NotFoundError
 from twin.alerts.outbox import utcnow
@@ -46,7 +49,21 @@ class Acknowledgement(BaseModel):
     comment: str
 
 
+ALERT_EXAMPLE = {
+        "id": 7, "fingerprint": "9f2c4e1a7b3d5e60", "alertname": "GpuTemperatureCritical",
+        "status": "firing", "severity": "critical",
+        "labels": {"alertname": "GpuTemperatureCritical", "device_id":
+                   "sv1/h1/row1/rk104/n01/gpu0", "rack": "rk104", "severity": "critical"},
+        "annotations": {"summary": "GPU sv1/h1/row1/rk104/n01/gpu0 at 96.5 C: thermal "
+                                   "slowdown"},
+        "value": 96.5, "starts_at": "2025-06-01T11:59:20Z", "fired_at": "2025-06-01T11:59:50Z",
+        "ends_at": None, "updated_at": "2025-06-01T11:59:50Z", "silenced_by": [],
+        "inhibited_by": None, "flapping": False, "notified": True, "acknowledged": None}
+
+
 class AlertOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [ALERT_EXAMPLE]})
+
     id: int
     fingerprint: str = Field(description="Alertmanager label-set fingerprint")
     alertname: str
@@ -92,11 +109,17 @@ class Transition(BaseModel):
 
 
 class AlertDetail(AlertOut):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        **ALERT_EXAMPLE, "transitions": [
+            {"occurred_at": "2025-06-01T11:59:50Z", "transition": "firing",
+             "actor": "engine", "comment": None, "value": 96.5}]}]})
+
     transitions: list[Transition]
 
 
 class AckIn(_In):
-    by: str = Field(min_length=1, max_length=200, description="who acknowledges")
+    by: str | None = Field(None, min_length=1, max_length=200,
+                           description="who acknowledges; default: the API key's name")
     comment: str = Field("", max_length=2000)
 
 
@@ -104,8 +127,8 @@ class SilenceIn(_In):
     matchers: list[str | dict[str, Any]] = Field(
         min_length=1, description='e.g. ["rack=\\"rk101\\"", "alertname=~\\"Gpu.*\\""] or '
                                   "Alertmanager v2 objects {name, value, isRegex, isEqual}")
-    starts_at: datetime | None = Field(None, description="default: now")
-    ends_at: datetime | None = None
+    starts_at: UtcDatetime | None = Field(None, description="default: now")
+    ends_at: UtcDatetime | None = None
     duration: str | None = Field(None, description="instead of ends_at, e.g. 2h")
     created_by: str = Field(min_length=1, max_length=200)
     comment: str = Field(min_length=1, max_length=2000, description="why (maintenance...)")
@@ -129,6 +152,13 @@ class SilenceIn(_In):
 
 
 class SilenceOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "0b6f5c1e-3d0a-4a36-9a53-1f2e0f4f8c11",
+        "matchers": [{"name": "rack", "value": "rk101", "isRegex": False, "isEqual": True}],
+        "starts_at": "2025-06-01T12:00:00Z", "ends_at": "2025-06-01T14:00:00Z",
+        "created_by": "alice", "comment": "CDU maintenance", "created_at":
+        "2025-06-01T11:58:00Z", "state": "active"}]})
+
     id: str
     matchers: list[dict[str, Any]]
     starts_at: datetime
@@ -154,8 +184,8 @@ def list_alerts(
     silenced: bool | None = None,
     inhibited: bool | None = None,
     label: Annotated[list[str], Query(description="name=value, repeatable")] = (),  # type: ignore[assignment]
-    since: datetime | None = Query(None, description="startsAt >= since"),
-    until: datetime | None = Query(None, description="startsAt < until"),
+    since: UtcDatetime | None = Query(None, description="startsAt >= since"),
+    until: UtcDatetime | None = Query(None, description="startsAt < until"),
     limit: int = Query(100, ge=1, le=1000),
     cursor: str | None = None,
 ) -> AlertPage:
@@ -187,14 +217,22 @@ def get_alert(request: Request, alert_id: int) -> AlertDetail:
         for t in db.transitions(alert_id)])
 
 
-@router.post("/alerts/{alert_id}/ack", response_model=AlertOut)
-def ack_alert(request: Request, alert_id: int, body: AckIn) -> AlertOut:
+@router.post("/alerts/{alert_id}/ack", response_model=AlertOut,
+             summary="Acknowledge an alert (operator)")
+def ack_alert(request: Request, alert_id: int, body: AckIn,
+              who: Principal = Depends(require_role(Role.operator))) -> AlertOut:
+    by = body.by or who.name
     try:
-        alert = _svc(request).db.ack(alert_id, body.by, body.comment, utcnow())
+        alert = _svc(request).db.ack(alert_id, by, body.comment, utcnow())
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
     except ConflictError as exc:
         raise HTTPException(409, str(exc)) from exc
+    bus = getattr(request.app.state, "bus", None)
+    if bus is not None:  # the live stream shows the acknowledgement at once
+        bus.publish("alert", {"id": alert_id, "fingerprint": alert["fingerprint"],
+                              "transition": "acknowledged", "actor": by,
+                              "comment": body.comment})
     return AlertOut.of(alert)
 
 
@@ -205,7 +243,9 @@ def list_silences(request: Request,
     return [SilenceOut.of(s) for s in _svc(request).db.list_silences(utcnow(), state)]
 
 
-@router.post("/silences", response_model=SilenceOut, status_code=201)
+@router.post("/silences", response_model=SilenceOut, status_code=201,
+             dependencies=[Depends(require_role(Role.operator))],
+             summary="Silence alerts matching label matchers for a window (operator)")
 def create_silence(request: Request, body: SilenceIn) -> SilenceOut:
     svc = _svc(request)
     now = utcnow()
@@ -230,7 +270,9 @@ def get_silence(request: Request, silence_id: str) -> SilenceOut:
         raise HTTPException(404, str(exc)) from exc
 
 
-@router.delete("/silences/{silence_id}", response_model=SilenceOut)
+@router.delete("/silences/{silence_id}", response_model=SilenceOut,
+               dependencies=[Depends(require_role(Role.operator))],
+               summary="Expire a silence now (operator)")
 def expire_silence(request: Request, silence_id: str) -> SilenceOut:
     svc = _svc(request)
     try:
@@ -243,13 +285,25 @@ def expire_silence(request: Request, silence_id: str) -> SilenceOut:
     return SilenceOut.of(silence)
 
 
-@router.get("/rules")
+@router.get("/rules", summary="Alert rules with their evaluation state",
+            responses={200: {"content": {"application/json": {"example": [{
+                "name": "GpuTemperatureCritical", "kind": "threshold", "severity": "critical",
+                "metric": "gpu_temp_c", "op": ">", "value": 87.0, "for": 30.0,
+                "annotations": {"summary": "GPU {device_id} at {value:.1f} °C"},
+                "state": {"health": "ok", "reason": None, "firing": 0, "pending": 0,
+                          "last_evaluated": "2025-06-01T12:00:00", "duration_ms": 1.2}}]}}}})
 def list_rules(request: Request) -> list[dict[str, Any]]:
     """Every rule as configured, with its evaluation state (health, firing, pending)."""
     return _svc(request).rules_view()
 
 
-@router.get("/receivers")
+@router.get("/receivers", dependencies=[Depends(require_role(Role.admin))],
+            summary="Receivers configuration, secrets redacted (admin)",
+            responses={200: {"content": {"application/json": {"example": [{
+                "name": "oncall", "type": "webhook", "url": "https://hooks.example/…",
+                "has_secret": True, "outbox": {"pending": 0, "delivered": 12, "failed": 0,
+                                               "last_delivered_at": "2025-06-01T11:59:51",
+                                               "last_error": None}}]}}}})
 def list_receivers(request: Request) -> list[dict[str, Any]]:
     """Receivers without secrets (has_secret only; URL paths redacted), with outbox counts."""
     return _svc(request).receivers_view()

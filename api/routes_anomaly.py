@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from twin.anomaly.live import live_for
 
@@ -23,7 +23,15 @@ class Contributor(BaseModel):
     score: float = Field(ge=0, le=1)
 
 
+_EXAMPLE = {"id": "sv1/h1/row1/rk101/n01/gpu3", "scope": "device", "device_class": "gpu",
+            "score": 0.91, "p": 5.2e-08, "time": "2026-11-22T03:00:00Z",
+            "top_metrics": [{"metric": "gpu_temp_c", "component": "gpu_thermal",
+                             "score": 0.91}],
+            "devices": None, "devices_alarming": None, "top_device": None}
+
+
 class AnomalyOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE]})
     id: str = Field(description="device id, rack id (site/hall/row/rack) or hall id")
     scope: Literal["device", "rack", "hall"]
     device_class: str | None = None
@@ -38,6 +46,9 @@ class AnomalyOut(BaseModel):
 
 
 class AnomaliesOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"status": "scoring", "items": [_EXAMPLE]}]})
+
     status: str = Field(description="warm-up progress or how far scoring has got")
     items: list[AnomalyOut]
 

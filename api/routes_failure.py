@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class RiskOut(BaseModel):
@@ -21,6 +21,13 @@ class RiskOut(BaseModel):
 
 
 class FailureRiskOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "time": "2025-06-01T12:00:00Z", "horizon_s": 3600.0,
+        "model_version": "gpu-1h-20250601T000000Z", "devices": [{
+            "device_id": "sv1/h1/row1/rk104/n03/gpu5", "device_class": "gpu", "rack": "rk104",
+            "risk": 0.83, "alarm": True, "status": "at_risk",
+            "reasons": ["ECC uncorrected errors accelerating", "XID 63 in the last hour"]}]}]})
+
     time: datetime
     horizon_s: float
     model_version: str = Field(description="the approved model that scored this")

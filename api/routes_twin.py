@@ -1,7 +1,8 @@
 """Twin endpoints: topology, (p)PUE, heat balance, rollups and history series.
 
-Times in and out are RFC 3339; a time without an offset is taken as UTC. Errors are
-4xx with a message naming the bad parameter.
+Times in and out are RFC 3339 UTC; a time without an offset is rejected (422, see
+docs/api.md). Errors are problem details naming the bad parameter. Response models with
+examples live in api/twin_schemas.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,17 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from api.shape import UtcDatetime
+from api.twin_schemas import (
+    PUE_EXAMPLE,
+    HeatBalanceOut,
+    PueScopeOut,
+    RollupsOut,
+    SeriesOut,
+    TopologyNodeOut,
+    TopologyOut,
+    TwinStatusOut,
+)
 from twin.pue import PueFigure, Quality
 from twin.rollup_store import to_ts
 from twin.rollups import COLUMNS, LEVELS, UNITS
@@ -21,6 +33,9 @@ from twin.state import Twin, now_ms
 from twin.topology import CHAINS, DEPTH_ORDER
 
 MAX_BUCKETS = 10_000
+# Energy figures integrate at `energy_resolution_s` cells: an unbounded range (start in
+# year 1) would allocate hundreds of millions of cells (found by the API fuzz test).
+MAX_RANGE = timedelta(days=400)
 _STEP = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)?\s*$")
 _UNIT_S = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -60,6 +75,9 @@ def parse_range(start: datetime | None, end: datetime | None, step_s: float | No
     if e <= s:
         raise HTTPException(422, f"end: must be after start (start={s.isoformat()}Z, "
                                  f"end={e.isoformat()}Z)")
+    if e - s > MAX_RANGE:
+        raise HTTPException(400, f"start: the range {s.isoformat()}Z .. {e.isoformat()}Z is "
+                                 f"longer than {MAX_RANGE.days} days; query it in parts")
     if step_s is not None and (e - s).total_seconds() / step_s > MAX_BUCKETS:
         raise HTTPException(400, f"step: {step_s:g} s gives more than {MAX_BUCKETS} buckets "
                                  "over this range; use a larger step")
@@ -156,9 +174,11 @@ def twin_router(twin: Twin) -> APIRouter:
         if scope not in twin.scopes:
             raise HTTPException(400, f"scope: unknown {scope!r} (known: {sorted(twin.scopes)})")
 
-    @r.get("/v1/pue", response_model=PueOut)
-    def pue(start: datetime | None = Query(None, description="energy-based from here"),
-            end: datetime | None = Query(None, description="default now"),
+    @r.get("/v1/pue", response_model=PueOut, summary="Site PUE or a scope's pPUE, now or "
+           "energy-based over an interval",
+           responses={200: {"content": {"application/json": {"example": PUE_EXAMPLE}}}})
+    def pue(start: UtcDatetime | None = Query(None, description="energy-based from here"),
+            end: UtcDatetime | None = Query(None, description="default now"),
             step: str | None = Query(None, description="per-step series, e.g. 3600, 15m, 1h"),
             scope: str = Query("site", description="site, hall:<id>, cooling:<subsystem>")
             ) -> PueOut:
@@ -177,17 +197,17 @@ def twin_router(twin: Twin) -> APIRouter:
                                       quality=QualityOut.of(f.quality)) for f in res.series]
         return out
 
-    @r.get("/v1/pue/scopes")
+    @r.get("/v1/pue/scopes", response_model=list[PueScopeOut])
     def pue_scopes() -> list[dict]:
         return [{"scope": s.name, "figure": s.figure, "category": s.category,
                  "it": s.it and s.it.id, "terms": [t.id if t.source == "meter" else
                                                    f"{t.id}:{t.column}" for t in s.extra],
                  "reason": s.reason} for s in twin.scopes.values()]
 
-    @r.get("/v1/heat-balance")
+    @r.get("/v1/heat-balance", response_model=HeatBalanceOut)
     def heat_balance(id: str | None = Query(None, description="a CDU, hall or site id"),
                      level: str | None = Query(None, description="cdu, hall or site"),
-                     start: datetime | None = None, end: datetime | None = None,
+                     start: UtcDatetime | None = None, end: UtcDatetime | None = None,
                      step: str | None = Query(None, description="trend series step")) -> dict:
         tick = twin.current()
         hb = tick.heat_balance
@@ -220,7 +240,7 @@ def twin_router(twin: Twin) -> APIRouter:
         return {"time": _utc(tick.time), "threshold_pct": twin.config.heat_balance_threshold_pct,
                 "persist_ticks": twin.config.heat_balance_persist_ticks, "scopes": entries}
 
-    @r.get("/v1/rollups")
+    @r.get("/v1/rollups", response_model=RollupsOut)
     def rollups(level: str = Query("rack", description=f"one of {LEVELS}"),
                 id: str | None = Query(None, description="one scope id")) -> dict:
         if level not in LEVELS:
@@ -238,9 +258,9 @@ def twin_router(twin: Twin) -> APIRouter:
             rows.append({"id": sid, **{c: _fin(tick.rollups[c][i]) for c in COLUMNS}})
         return {"time": _utc(tick.time), "level": level, "units": UNITS, "rollups": rows}
 
-    @r.get("/v1/series")
-    def series(id: str, metric: str, start: datetime | None = None,
-               end: datetime | None = None, step: str = Query("60", description="bucket")
+    @r.get("/v1/series", response_model=SeriesOut)
+    def series(id: str, metric: str, start: UtcDatetime | None = None,
+               end: UtcDatetime | None = None, step: str = Query("60", description="bucket")
                ) -> dict:
         metrics = twin.series_metrics(id)
         if metrics is None:
@@ -261,7 +281,7 @@ def twin_router(twin: Twin) -> APIRouter:
         return {"id": id, "metric": metric, "source": source, "start": _utc(s), "end": _utc(e),
                 "step_s": step_s, "points": points}
 
-    @r.get("/v1/topology")
+    @r.get("/v1/topology", response_model=TopologyOut)
     def topology(depth: str = Query("rack", description=f"one of {DEPTH_ORDER}"),
                  chain: str = Query("all", description="power, cooling, location or all")
                  ) -> dict:
@@ -275,7 +295,7 @@ def twin_router(twin: Twin) -> APIRouter:
                 "nodes": [_node(n) for n in nodes],
                 "edges": [{"chain": c, "from": p, "to": k} for c, p, k in edges]}
 
-    @r.get("/v1/topology/{node_id:path}")
+    @r.get("/v1/topology/{node_id:path}", response_model=TopologyNodeOut)
     def topology_node(node_id: str,
                       downstream_class: str | None = Query(None, description="list downstream "
                                                            "ids of this class (e.g. gpu)"),
@@ -302,7 +322,7 @@ def twin_router(twin: Twin) -> APIRouter:
         out["state"] = _state(twin, node_id)
         return out
 
-    @r.get("/v1/twin/status")
+    @r.get("/v1/twin/status", response_model=TwinStatusOut)
     def status() -> dict:
         tick = twin.current()
         hb = tick.heat_balance

@@ -119,6 +119,18 @@ def broker(
     typer.echo("broker stopped")
 
 
+@app.command(add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ingest(ctx: typer.Context) -> None:
+    """Run a standalone ingest worker (one DuckDB file, or shards for scale-out).
+
+    Options are the worker's: `dctwin ingest --help`; see docs/ingest.md.
+    """
+    from ingest.worker import main as worker_main
+
+    sys.exit(worker_main(ctx.args))
+
+
 @app.command()
 def bench(
     quick: bool = typer.Option(False, help="smaller sizes, for a smoke run"),
@@ -144,7 +156,8 @@ def simulate(
     fmt: str = typer.Option("auto", "--format", help="auto, parquet, duckdb or both"),
     kafka: str = typer.Option(None, "--kafka", help="also produce the batches to this "
                                                     "Kafka bootstrap"),
-    start: str = typer.Option("2025-01-15T00:00:00Z", "--start", help="simulated start (UTC)"),
+    start: str = typer.Option("2025-01-15T00:00:00Z", "--start",
+                              help="simulated start: ISO time (UTC), 'now' or 'now-6h'"),
     climate: str = typer.Option("temperate", "--climate",
                                 help="temperate, hot-humid, hot-dry or cold"),
     write_site: Path = typer.Option(None, "--write-site", help="with --gpus: also save the "
@@ -174,9 +187,19 @@ def simulate(
     if climate not in CLIMATES:
         fail(f"--climate: {climate!r} is not one of {sorted(CLIMATES)}")
     try:
-        start_s = datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp()
+        if start.startswith("now"):  # now, now-6h: recent enough for a live ingest's window
+            import time as _time
+
+            from collectors.simulator.faults import parse_duration
+
+            back = start[3:].lstrip()
+            start_s = _time.time() - (parse_duration(back[1:], "--start") if back else 0.0)
+            if back and not back.startswith("-"):
+                raise ValueError(start)
+        else:
+            start_s = datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp()
     except ValueError:
-        fail(f"--start: {start!r} is not an ISO time")
+        fail(f"--start: {start!r} is not an ISO time, 'now' or 'now-DURATION' (now-6h)")
     try:
         if gpus is not None:
             if gpus < 1:
@@ -304,9 +327,17 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+from dctwin.cli_apikey import apikey_app  # noqa: E402
+
+app.add_typer(apikey_app, name="apikey")
+
 from dctwin.failure_cli import failure_app  # noqa: E402
 
 app.add_typer(failure_app, name="failure")
+
+from dctwin.optimize_cli import optimize_app  # noqa: E402
+
+app.add_typer(optimize_app, name="optimize")
 
 if __name__ == "__main__":
     app()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from api.keys import DEMO_KEY, KeyStore, Role
 from dctwin.broker import DevBroker, free_port
 from dctwin.server import Server
 from dctwin.settings import Settings
@@ -42,6 +43,8 @@ def run_demo(settings: Settings, workdir: Path, interval_s: float = 1.0) -> None
         for stale in (db, Path(f"{db}.wal")):
             stale.unlink(missing_ok=True)  # a demo starts from an empty twin
         settings.db_path = db
+        settings.apikey_db = workdir / "apikeys.duckdb"
+        KeyStore(settings.apikey_db).ensure("demo (embedded key)", Role.operator, DEMO_KEY)
         cfg = collector_config(workdir / "collector.toml", settings.site_file.resolve(),
                                settings.kafka_bootstrap, interval_s)
         log = open(workdir / "collector.log", "ab")  # noqa: SIM115
@@ -56,6 +59,10 @@ def run_demo(settings: Settings, workdir: Path, interval_s: float = 1.0) -> None
         url = f"http://{settings.api_host}:{settings.api_port}"
         console.print(f"[bold green]dctwin is up:[/] {url}  (PUE: {url}/v1/pue, "
                       f"API docs: {url}/docs). Ctrl-C stops everything.")
+        console.print(f"[green]demo API key[/] (operator, demo only): {DEMO_KEY}", soft_wrap=True)
+        console.print(f"  dashboard: {url}/?key={DEMO_KEY}", soft_wrap=True)
+        console.print(f"  curl -H 'Authorization: Bearer {DEMO_KEY}' {url}/v1/pue",
+                      soft_wrap=True)
         server.uvicorn_server().run()
     finally:
         console.print("stopping…")

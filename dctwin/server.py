@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -9,6 +10,9 @@ import time
 import uvicorn
 
 from api.app import create_app
+from api.keys import KeyStore
+from api.live import LiveState
+from api.metrics import alert_events, alerts_provider, kafka_lag_of
 from dctwin.settings import Settings
 from ingest.consumer import Ingestor
 from ingest.kafka import ensure_topics
@@ -18,6 +22,7 @@ from twin.alerts.providers import twin_providers
 from twin.alerts.service import AlertService
 from twin.alerts.service import load_config as load_alert_config
 from twin.config import TwinConfig
+from twin.events import EventBus
 from twin.state import Twin
 
 log = logging.getLogger(__name__)
@@ -43,6 +48,9 @@ class Server:
         self.ingestor: Ingestor | None = None
         self.ingest_thread: threading.Thread | None = None
         self.started = time.time()
+        self.bus = EventBus()
+        self.live = LiveState(self.twin, self.bus, settings.live_interval_s)
+        self.keys = KeyStore(settings.apikey_db)
 
     def health(self) -> dict:
         alive = self.ingest_thread is not None and self.ingest_thread.is_alive()
@@ -62,10 +70,11 @@ class Server:
             ensure_topics(s.kafka_bootstrap, s.topic_partitions, (s.alerts_topic,))
         # evaluate alerts right after each stored poll, not only on the 1 s tick
         self.ingestor = Ingestor(self.store, s.kafka_bootstrap, s.consumer_group,
-                                 on_stored=self.alerts.wake)
+                                 on_stored=self.alerts.wake, site=self.site)
         self.ingest_thread = threading.Thread(target=self._ingest_loop, name="ingest",
                                               daemon=True)
         self.ingest_thread.start()
+        self.live.start()
         self.start_twin()
         self.alerts.start()
 
@@ -90,13 +99,23 @@ class Server:
             raise
 
     def uvicorn_server(self) -> uvicorn.Server:
-        app = create_app(self.twin, health=self.health)
+        s = self.settings
+        app = create_app(self.twin, health=self.health, keys=self.keys, bus=self.bus,
+                         live=self.live, open_healthz=s.api_open_healthz,
+                         open_metrics=s.api_open_metrics,
+                         ingest_stats=lambda: self.ingestor.stats if self.ingestor else None,
+                         kafka_lag=lambda: kafka_lag_of(self.ingestor.consumer)()
+                         if self.ingestor else None)
         app.state.alerts = self.alerts
+        app.state.metrics.register("alerts", alerts_provider(self.alerts))
+        self.alerts.on_tick = alert_events(self.bus)
+        gc.freeze()  # long-lived startup objects (site, app) leave the GC's scans: fewer pauses
         config = uvicorn.Config(app, host=self.settings.api_host, port=self.settings.api_port,
                                 log_level="warning", lifespan="off")
         return uvicorn.Server(config)
 
     def stop(self) -> None:
+        self.live.stop()
         self.alerts.stop()
         self._stop_twin.set()
         if self.twin_thread is not None:

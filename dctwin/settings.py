@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     stale_after_s: float = Field(30.0, gt=0, description="age after which a reading is stale")
+    # API (issue 11): key store, open endpoints, live view
+    apikey_db: Path = Field(Path("var/apikeys.duckdb"),
+                            description="API key store (hashed tokens), its own DuckDB file")
+    api_open_healthz: bool = Field(True, description="serve /healthz without a key")
+    api_open_metrics: bool = Field(False, description="serve /metrics without a key")
+    live_interval_s: float = Field(1.0, gt=0, description="live view tick (PUE, racks, SSE)")
     # Twin (docs/twin.md). Staleness: `stale_after_intervals` x `telemetry_interval_s` when
     # set, else `stale_after_s`.
     telemetry_interval_s: float = Field(10.0, gt=0, description="expected reporting interval")

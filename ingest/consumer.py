@@ -1,143 +1,347 @@
-"""Kafka -> DuckDB ingest loop with dead-lettering.
+"""Kafka -> DuckDB ingest loop with dead-lettering, backpressure and scale-out.
 
 Order of effects per poll, which is what makes storage exactly-once:
-1. invalid messages are produced to the dead-letter topic and flushed;
-2. valid batches and the next offsets are committed to DuckDB in one transaction;
-3. offsets are committed to Kafka (for lag monitoring; DuckDB is the source of truth).
-A crash between any two steps replays messages that step 2 then recognises or re-stores.
+1. the poll is decoded and validated in bulk (ingest/staging.py);
+2. invalid messages are produced to the dead-letter topic and flushed;
+3. valid samples and the next offsets are committed to DuckDB in one transaction;
+4. offsets are committed to Kafka (for lag monitoring; DuckDB is the source of truth).
+A crash between any two steps replays messages that step 3 then recognises or re-stores.
+
+`poll_once()` does all of that inline. `run()` pipelines it: this thread polls Kafka while
+a writer thread runs DuckDB (which releases the GIL), with at most `max_inflight` polls
+handed over and not yet committed. When the writer falls behind, the assigned partitions
+are paused (KafkaConsumer.pause) until it catches up, so memory stays bounded.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-from collections import Counter
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from ingest.contract import (
-    ALL_TELEMETRY_TOPICS,
-    DEAD_LETTER_TOPIC,
-    EVENTS_TOPIC,
-    ContractError,
-    EventBatch,
-    TelemetryBatch,
-    decode,
-)
+from ingest.contract import ALL_TELEMETRY_TOPICS, DEAD_LETTER_TOPIC, EVENTS_TOPIC
 from ingest.kafka import MAX_MESSAGE_BYTES, make_producer
-from ingest.store import Store
+from ingest.shards import ShardedStore, SingleStore
+from ingest.staging import Staged
+from ingest.stats import IngestStats, PartitionLag
+from ingest.store import IngestResult, Store
+from ingest.validate import IngestPolicy
 
 log = logging.getLogger(__name__)
 
 INGEST_TOPICS = (*ALL_TELEMETRY_TOPICS, EVENTS_TOPIC)
+__all__ = ["INGEST_TOPICS", "IngestConfig", "IngestStats", "Ingestor"]
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Consumer tuning; docs/ingest.md explains each choice."""
+
+    max_poll_records: int = 2000  # messages per poll (~1.3M samples at 640 per message)
+    fetch_max_bytes: int = 64 * 1024 * 1024
+    max_partition_fetch_bytes: int = MAX_MESSAGE_BYTES
+    fetch_max_wait_ms: int = 100
+    max_inflight: int = 2  # polls handed to the writer and not yet committed
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 1_000
+    max_poll_interval_ms: int = 60_000
+    maintenance_every_s: float | None = 30.0  # rollups + retention; None: never
+    dlq_compression: str = "zstd"
 
 
 @dataclass
-class IngestStats:
-    messages: int = 0
-    samples_stored: int = 0
-    events_stored: int = 0
-    batches_skipped: int = 0
-    dead_letters: Counter[str] = field(default_factory=Counter)
+class _Poll:
+    records: list[Any]
+    offsets: dict[tuple[str, int], int]
+    n_bytes: int
 
 
-class _SeekToStoredOffsets(ConsumerRebalanceListener):
-    """On assignment, resume from the offsets DuckDB committed, not Kafka's."""
+@dataclass
+class _Done:
+    poll: _Poll
+    results: list[IngestResult] = field(default_factory=list)
+    error: BaseException | None = None
 
+
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, ingestor: Ingestor) -> None:
         self.ingestor = ingestor
 
-    def on_partitions_revoked(self, revoked):  # noqa: D401 - kafka-python API
-        pass
+    def on_partitions_revoked(self, revoked):
+        self.ingestor._on_revoked(revoked)
 
     def on_partitions_assigned(self, assigned):
-        stored = self.ingestor.store.offsets()
-        for tp in assigned:
-            offset = stored.get((tp.topic, tp.partition))
-            if offset is not None:
-                self.ingestor.consumer.seek(tp, offset)
+        self.ingestor._on_assigned(assigned)
 
 
 class Ingestor:
-    def __init__(self, store: Store, bootstrap: str, group_id: str,
+    def __init__(self, store: Store | ShardedStore, bootstrap: str, group_id: str,
                  topics: tuple[str, ...] = INGEST_TOPICS, client_id: str = "dctwin-ingest",
-                 on_stored=None) -> None:
+                 on_stored=None, *, site=None, policy: IngestPolicy | None = None,
+                 config: IngestConfig | None = None) -> None:
         self.store = store
+        self.router = store if isinstance(store, ShardedStore) else SingleStore(store)
+        self.policy = policy or (IngestPolicy.for_site(site) if site is not None
+                                 else IngestPolicy())
+        self.config = cfg = config or IngestConfig()
         self.stats = IngestStats()
         self.stop_event = threading.Event()
-        self.on_stored = on_stored  # callback(telemetry batches) for the twin
+        self.on_stored = on_stored  # callback(list[IngestResult]) after each stored poll
+        extra = ({"partition_assignment_strategy": self.router.assignors}
+                 if self.router.assignors else {})
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=group_id,
             client_id=client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-            fetch_max_bytes=64 * 1024 * 1024,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
-            max_poll_interval_ms=60_000,
+            max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
+            fetch_max_bytes=cfg.fetch_max_bytes,
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+            max_poll_records=cfg.max_poll_records,
+            session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+            max_poll_interval_ms=cfg.max_poll_interval_ms,
+            **extra,
         )
-        self.consumer.subscribe(topics=list(topics), listener=_SeekToStoredOffsets(self))
-        self.dlq = make_producer(bootstrap, "zstd")
+        self.dlq = make_producer(bootstrap, cfg.dlq_compression)
+        self._next: dict[tuple[str, int], int] = {}  # next offset stored, per partition
+        # kept by the rebalance callbacks, so other threads can read it (the consumer is
+        # not thread-safe)
+        self.assigned: frozenset[tuple[str, int]] = frozenset()
+        self._pending: queue.Queue[_Poll | None] = queue.Queue()
+        self._done: queue.Queue[_Done] = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._last_maintenance = time.monotonic()
+        self.consumer.subscribe(topics=list(topics), listener=_Rebalance(self))
 
-    def poll_once(self, timeout_ms: int = 500, max_records: int = 2000) -> int:
+    # -- one poll, inline -----------------------------------------------------------------
+
+    def poll_once(self, timeout_ms: int = 500, max_records: int | None = None) -> int:
+        """Poll, store and commit synchronously; returns the samples stored."""
         records = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        self._update_lag()
         if not records:
+            self._maybe_maintain()
             return 0
-        telemetry: list[TelemetryBatch] = []
-        events: list[EventBatch] = []
-        next_offsets: dict[tuple[str, int], int] = {}
-        dead = []
-        for tp, messages in records.items():
-            for msg in messages:
-                next_offsets[(tp.topic, tp.partition)] = msg.offset + 1
-                try:
-                    batch = decode(msg.value)
-                except ContractError as err:
-                    dead.append((msg, err))
-                    continue
-                if isinstance(batch, TelemetryBatch):
-                    telemetry.append(batch)
-                else:
-                    events.append(batch)
-        for msg, err in dead:
-            self._dead_letter(msg, err.reason, err.detail)
-        if dead:
-            self.dlq.flush()
-        result = self.store.write(telemetry, events, next_offsets)
-        self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
-                              for (t, p), o in next_offsets.items()})
-        s = self.stats
-        s.messages += sum(len(m) for m in records.values())
-        s.samples_stored += result.samples_stored
-        s.events_stored += result.events_stored
-        s.batches_skipped += result.batches_skipped
-        if self.on_stored is not None and telemetry:
-            self.on_stored(telemetry)
-        return result.samples_stored
+        done = self._write(self._prepare(records))
+        self._finish(done)
+        self._maybe_maintain()
+        return sum(r.write.samples_stored for r in done.results)
 
-    def _dead_letter(self, msg, reason: str, detail: str) -> None:
-        """Forward the original bytes and headers, plus where they came from and why."""
-        headers = list(msg.headers or []) + [
-            ("dctwin-dlq-reason", reason.encode()),
-            ("dctwin-dlq-detail", detail[:2000].encode()),
-            ("dctwin-source-topic", msg.topic.encode()),
-            ("dctwin-source-partition", str(msg.partition).encode()),
-            ("dctwin-source-offset", str(msg.offset).encode()),
-        ]
-        self.dlq.send(DEAD_LETTER_TOPIC, key=msg.key, value=msg.value, headers=headers)
-        self.stats.dead_letters[reason] += 1
-        log.warning("dead-lettered %s[%d]@%d: %s: %s", msg.topic, msg.partition, msg.offset,
-                    reason, detail[:200])
+    def _prepare(self, records: dict) -> _Poll:
+        flat: list[Any] = []
+        offsets: dict[tuple[str, int], int] = {}
+        n_bytes = 0
+        for tp, msgs in records.items():
+            flat += msgs
+            offsets[(tp.topic, tp.partition)] = msgs[-1].offset + 1
+            n_bytes += sum(len(m.value or b"") for m in msgs)
+        return _Poll(flat, offsets, n_bytes)
+
+    def _write(self, poll: _Poll) -> _Done:
+        done = _Done(poll)
+        for store, records, offsets in self.router.split(poll.records, poll.offsets):
+            done.results.append(store.ingest(records, offsets, self.policy,
+                                             before_commit=self._dead_letter_all))
+        return done
+
+    def _finish(self, done: _Done) -> None:
+        """After DuckDB committed: count, and commit the offsets to Kafka."""
+        s = self.stats
+        s.polls += 1
+        s.messages += len(done.poll.records)
+        s.bytes_consumed += done.poll.n_bytes
+        for r in done.results:
+            w, st = r.write, r.staged
+            s.samples_stored += w.samples_stored
+            s.events_stored += w.events_stored
+            s.batches_skipped += w.batches_skipped
+            s.duplicate_samples += w.duplicate_samples
+            s.samples_rejected.update(st.samples_rejected)
+            s.unknown_device_samples += st.unknown_device_samples
+            s.stage_seconds += r.stage_s
+            s.commit_seconds += r.commit_s
+        s.note_stored()
+        self._next.update(done.poll.offsets)
+        try:
+            self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                                  for (t, p), o in done.poll.offsets.items()})
+        except KafkaError as exc:  # e.g. a rebalance took the partition: DuckDB has it
+            log.info("Kafka offset commit skipped (%s); DuckDB holds the offsets", exc)
+        if self.on_stored is not None:
+            self.on_stored(done.results)
+
+    def _dead_letter_all(self, staged: Staged) -> None:
+        """Forward each failed message's original bytes and headers, plus where it came
+        from and why; flushed before the DuckDB commit."""
+        for d in staged.dead:
+            m = d.record
+            headers = list(m.headers or []) + [
+                ("dctwin-dlq-reason", d.reason.encode()),
+                ("dctwin-dlq-detail", d.detail[:2000].encode()),
+                ("dctwin-source-topic", m.topic.encode()),
+                ("dctwin-source-partition", str(m.partition).encode()),
+                ("dctwin-source-offset", str(m.offset).encode()),
+            ]
+            if d.samples_rejected:
+                headers += [("dctwin-dlq-samples-rejected", str(d.samples_rejected).encode()),
+                            ("dctwin-dlq-samples-kept", str(d.samples_kept).encode())]
+            self.dlq.send(DEAD_LETTER_TOPIC, key=m.key, value=m.value, headers=headers)
+            log.warning("dead-lettered %s[%d]@%d: %s: %s", m.topic, m.partition, m.offset,
+                        d.reason, d.detail[:200])
+        if staged.dead:
+            self.dlq.flush()
+            for d in staged.dead:
+                self.stats.dead_letters[d.reason] += 1
+
+    def _maybe_maintain(self) -> None:
+        every = self.config.maintenance_every_s
+        if every is None or time.monotonic() - self._last_maintenance < every:
+            return
+        t0 = time.monotonic()
+        unknown = self._partitions_without_data_time()
+        for store, partitions in self.router.by_store():
+            held = bool(unknown if partitions is None else unknown & partitions)
+            done = store.maintain(hold_rollups=held)
+            self.stats.late_rollup_buckets += done.get("dirty", 0)
+        self._last_maintenance = time.monotonic()
+        self.stats.maintenance_runs += 1
+        self.stats.maintenance_seconds += self._last_maintenance - t0
+
+    def _partitions_without_data_time(self) -> set[int]:
+        """Partition numbers holding telemetry that nothing has been stored from yet: while
+        there are any, the stored data says nothing about how far their data has got, so
+        the rollups wait (a backlog being caught up would otherwise roll minutes up
+        before their last samples arrive, and recompute them)."""
+        out = set()
+        for (topic, p), lag in list(self.stats.lag.items()):
+            if topic != EVENTS_TOPIC and self._next.get((topic, p)) is None and (
+                    lag.highwater is None or lag.highwater > 0):
+                out.add(p)
+        return out
+
+    # -- pipelined loop -------------------------------------------------------------------
 
     def run(self) -> None:
-        while not self.stop_event.is_set():
-            self.poll_once()
+        """Poll until `stop_event`, storing in a writer thread; drains before returning."""
+        self._writer = threading.Thread(target=self._writer_loop, name="ingest-writer",
+                                        daemon=True)
+        self._writer.start()
+        try:
+            while not self.stop_event.is_set():
+                self._collect(timeout_s=0)
+                if self.stats.inflight_polls >= self.config.max_inflight:
+                    self._pause()
+                    self._collect(timeout_s=0.1)
+                    # services rebalances; paused partitions return nothing, but whatever
+                    # does come back has advanced the position and must be stored
+                    if records := self.consumer.poll(timeout_ms=0):
+                        self._hand_over(self._prepare(records))
+                    continue
+                self._resume()
+                records = self.consumer.poll(timeout_ms=200)
+                self._update_lag()
+                if records:
+                    self._hand_over(self._prepare(records))
+        finally:
+            self._drain()
+            self._pending.put(None)
+            self._writer.join()
+            self._writer = None
+            self._resume()  # nothing is in flight any more (poll_once may follow)
+
+    def _hand_over(self, poll: _Poll) -> None:
+        s = self.stats
+        s.inflight_polls += 1
+        s.inflight_records += len(poll.records)
+        s.max_inflight_polls = max(s.max_inflight_polls, s.inflight_polls)
+        s.max_inflight_records = max(s.max_inflight_records, s.inflight_records)
+        self._pending.put(poll)
+
+    def _writer_loop(self) -> None:
+        while (poll := self._pending.get()) is not None:
+            try:
+                done = self._write(poll)
+                self._maybe_maintain()
+            except BaseException as exc:  # surfaces in run(); later polls are not written
+                self._done.put(_Done(poll, error=exc))
+                return
+            self._done.put(done)
+
+    def _collect(self, timeout_s: float) -> None:
+        """Commit what the writer finished (this thread owns the consumer)."""
+        while self.stats.inflight_polls:
+            try:
+                done = self._done.get(timeout=timeout_s) if timeout_s else self._done.get_nowait()
+            except queue.Empty:
+                return
+            self.stats.inflight_polls -= 1
+            self.stats.inflight_records -= len(done.poll.records)
+            if done.error is not None:
+                raise RuntimeError("ingest writer failed; offsets not committed") \
+                    from done.error
+            self._finish(done)
+            timeout_s = 0
+
+    def _drain(self) -> None:
+        while self.stats.inflight_polls:
+            writer_gone = self._writer is None or not self._writer.is_alive()
+            if writer_gone and self._done.empty():
+                return
+            self._collect(timeout_s=0.5)
+
+    def _pause(self) -> None:
+        if not self.stats.paused:
+            self.consumer.pause(*self.consumer.assignment())
+            self.stats.paused = True
+            self.stats.pauses += 1
+
+    def _resume(self) -> None:
+        if self.stats.paused:
+            self.consumer.resume(*self.consumer.paused())
+            self.stats.paused = False
+            self.stats.resumes += 1
+
+    # -- rebalances -----------------------------------------------------------------------
+
+    def _on_revoked(self, revoked) -> None:
+        self._drain()  # everything handed over is stored and committed before we let go
+        self.router.release({tp.partition for tp in revoked})  # eager: all of them
+        self.assigned = self.assigned - {(tp.topic, tp.partition) for tp in revoked}
+        for tp in revoked:
+            self.stats.lag.pop((tp.topic, tp.partition), None)
+
+    def _on_assigned(self, assigned) -> None:
+        self.router.acquire({tp.partition for tp in assigned})
+        stored = self.router.stored_offsets()
+        for tp in assigned:
+            offset = stored.get((tp.topic, tp.partition))
+            if offset is not None:  # resume from DuckDB's offsets, not Kafka's
+                self.consumer.seek(tp, offset)
+                self._next[(tp.topic, tp.partition)] = offset
+        if self.stats.paused and assigned:
+            self.consumer.pause(*assigned)
+        self.assigned = self.assigned | {(tp.topic, tp.partition) for tp in assigned}
+
+    def _update_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            key = (tp.topic, tp.partition)
+            hw = self.consumer.highwater(tp)
+            nxt = self._next.get(key)
+            lag = hw - nxt if hw is not None and nxt is not None else (
+                hw if hw is not None and nxt is None else None)
+            self.stats.lag[key] = PartitionLag(tp.topic, tp.partition, nxt, hw, lag)
 
     def close(self) -> None:
-        self.consumer.close()
+        self.stop_event.set()
+        self.consumer.close(autocommit=False)
         self.dlq.close(timeout=10)

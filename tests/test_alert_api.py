@@ -9,8 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.keys import Role
 from ingest.store import Store
 from tests.alerting import write_samples
+from tests.apihelpers import bearer, keys_per_role
 from twin.alerts.outbox import utcnow
 from twin.alerts.receivers import WebhookReceiver
 from twin.alerts.rules import load_rules
@@ -27,19 +29,23 @@ def env(tmp_path, site):
                                url="https://hooks.example.invalid/T000/B000/XXXXSECRETPATH",
                                secret="very-secret-value")
     svc = AlertService(store, site, load_rules(None), [receiver])
-    app = create_app(Twin(site, store))
+    keys, tokens = keys_per_role(tmp_path / "keys.duckdb")
+    app = create_app(Twin(site, store), keys=keys)
     app.state.alerts = svc
     t0 = utcnow() - timedelta(minutes=5)
     for k, gpu in enumerate(GPUS):  # default rules: > 87 C for 30 s is critical
         write_samples(store, "gpu", [(gpu, "gpu_temp_c", 90.0 + k, t0)])
     svc.evaluate(t0)
     svc.evaluate(t0 + timedelta(seconds=31))
-    yield TestClient(app), svc, t0
+    # admin: these tests cover every alert route, receivers configuration included
+    yield TestClient(app, headers=bearer(tokens[Role.admin])), svc, t0
     svc.stop()
 
 
 def test_without_an_engine_alert_routes_answer_503(tmp_path, site):
-    client = TestClient(create_app(Twin(site, Store(tmp_path / "x.duckdb"))))
+    keys, tokens = keys_per_role(tmp_path / "keys.duckdb")
+    client = TestClient(create_app(Twin(site, Store(tmp_path / "x.duckdb")), keys=keys),
+                        headers=bearer(tokens[Role.viewer]))
     r = client.get("/v1/alerts")
     assert r.status_code == 503 and "not running" in r.json()["detail"]
 
@@ -90,7 +96,8 @@ def test_acknowledge_and_read_transitions(env):
     again = client.post(f"/v1/alerts/{alert['id']}/ack", json={"by": "bob"})
     assert again.status_code == 409 and "alice" in again.json()["detail"]
     assert client.post("/v1/alerts/999999/ack", json={"by": "x"}).status_code == 404
-    assert client.post(f"/v1/alerts/{alert['id']}/ack", json={}).status_code == 422
+    # `by` defaults to the API key's name; an empty one is a validation error
+    assert client.post(f"/v1/alerts/{alert['id']}/ack", json={"by": ""}).status_code == 422
     detail = client.get(f"/v1/alerts/{alert['id']}").json()
     assert [t["transition"] for t in detail["transitions"]] == ["fired", "acknowledged"]
     assert detail["transitions"][1]["actor"] == "alice"

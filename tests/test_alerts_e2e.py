@@ -112,7 +112,9 @@ def test_fault_to_signed_webhook_and_kafka_then_resolution(settings, unique, tmp
         assert len(rx.requests) == 2  # one notification per state change
 
         app = server.uvicorn_server().config.app
-        api = TestClient(app).get("/v1/alerts", params={"label": f"device_id={GPU}"}).json()
+        _, token = server.keys.create("e2e", "viewer")
+        api = TestClient(app, headers={"Authorization": f"Bearer {token}"}).get(
+            "/v1/alerts", params={"label": f"device_id={GPU}"}).json()
         assert [a["status"] for a in api["items"]] == ["resolved"]
 
         consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,

@@ -12,6 +12,7 @@ import httpx
 import psutil
 import pytest
 
+from api.keys import DEMO_KEY
 from dctwin.broker import free_port
 
 
@@ -28,7 +29,8 @@ def test_demo_serves_pue_within_30s_and_stops_on_ctrl_c(tmp_path):
     try:
         while time.monotonic() - t0 < 30:
             try:
-                body = httpx.get(f"http://127.0.0.1:{port}/v1/pue", timeout=2).json()
+                body = httpx.get(f"http://127.0.0.1:{port}/v1/pue", timeout=2,
+                                 headers={"Authorization": f"Bearer {DEMO_KEY}"}).json()
                 value = body.get("value")
                 if value is not None:
                     break
@@ -50,6 +52,7 @@ def test_demo_serves_pue_within_30s_and_stops_on_ctrl_c(tmp_path):
             out, _ = proc.communicate()
     assert proc.returncode == 0, out.decode()[-3000:]
     assert b"stopped." in out
+    assert DEMO_KEY.encode() in out, "the demo prints its API key"
     time.sleep(0.5)
     alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"children left running after Ctrl-C: {alive}"

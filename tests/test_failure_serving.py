@@ -11,9 +11,11 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from api.app import create_app
+from api.keys import Role
 from dctwin.cli import app as cli_app
 from dctwin.sitegen import synthetic_site
 from ingest.store import Store
+from tests.apihelpers import bearer, keys_per_role
 from twin.failure import registry
 from twin.failure.dataset import RunSpec, generate
 from twin.failure.evaluate import evaluate, load_rows
@@ -54,7 +56,7 @@ def test_registry_serves_only_approved_models(trained):
 def test_failure_risks_ranked_with_reasons(trained):
     root, paths, model, v, _ = trained
     registry.approve(v.version, root / "models")
-    store = Store(paths[-1], read_only=True)
+    store = Store(paths[-1])  # the twin keeps its rollup tables in the same file
     try:
         ft = store.cursor().execute(
             "SELECT device_id, failure_time FROM labels WHERE fault = 'gpu_off_bus'"
@@ -78,10 +80,12 @@ def test_api_failure_risk(trained, monkeypatch):
     monkeypatch.setenv("DCTWIN_FAILURE_MODELS", str(root / "models"))
     # serve the last run's store "now": shift its data to the present is not needed,
     # the route scores at wall-clock now, where this store has no recent data
-    store = Store(paths[-1], read_only=True)
+    store = Store(paths[-1])  # the twin keeps its rollup tables in the same file
     try:
         site = synthetic_site(64, racks_per_row=1, rows_per_hall=2)
-        client = TestClient(create_app(Twin(site, store)))
+        keys, tokens = keys_per_role(root / "keys.duckdb")
+        client = TestClient(create_app(Twin(site, store), keys=keys),
+                            headers=bearer(tokens[Role.viewer]))
         r = client.get("/v1/failure-risk", params={"horizon": "30m", "class": "gpu"})
         assert r.status_code == 200, r.text
         assert r.json()["model_version"] == v.version

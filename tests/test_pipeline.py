@@ -7,11 +7,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.keys import Role
 from collectors.config import CollectorConfig
 from collectors.daemon import CollectorDaemon
 from collectors.sources.simulated import SimulatedSource, SimulatedSourceConfig
 from ingest.consumer import Ingestor
 from ingest.store import Store
+from tests.apihelpers import bearer, keys_per_role
 from tests.helpers import ingest_until
 from twin.state import Twin
 
@@ -54,7 +56,8 @@ def test_simulated_batches_are_stored_exactly_and_pue_matches_hand_computation(
         plant = collector.sources[0].sim.plant
         expected = plant.facility_kw / plant.ups_output_kw
         twin = Twin(site, store)
-        client = TestClient(create_app(twin))
+        keys, tokens = keys_per_role(settings.db_path.parent / "keys.duckdb")
+        client = TestClient(create_app(twin, keys=keys), headers=bearer(tokens[Role.viewer]))
         body = client.get("/v1/pue").json()
         assert body["category"] == "PUE1"
         assert body["reason"] is None

@@ -6,7 +6,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.keys import Role
 from ingest.store import Store
+from tests.apihelpers import bearer, keys_per_role
 from tests.twin_sim import SimHarness
 from twin.config import TwinConfig
 from twin.rollup_store import to_ts
@@ -23,7 +25,10 @@ def env(tmp_path_factory):
     start = h.write()
     for _ in range(36):
         twin.tick(h.step(10.0))
-    yield TestClient(create_app(twin)), twin, h, start
+    # every /v1 endpoint needs a key (docs/api.md): a viewer key reads all of these
+    keys, tokens = keys_per_role(tmp_path_factory.mktemp("keys") / "keys.duckdb")
+    yield (TestClient(create_app(twin, keys=keys), headers=bearer(tokens[Role.viewer])), twin,
+           h, start)
     store.close()
 
 
@@ -132,7 +137,8 @@ def test_reads_while_the_twin_ticks_in_another_thread(tmp_path):
     twin = Twin(h.site, store, config=TwinConfig(stale_intervals=1e9, tick_interval_s=1e9))
     start = h.write()
     twin.tick(h.step(10.0))
-    client = TestClient(create_app(twin))
+    keys, tokens = keys_per_role(tmp_path / "keys.duckdb")
+    client = TestClient(create_app(twin, keys=keys), headers=bearer(tokens[Role.viewer]))
     errors: list[BaseException] = []
 
     def ticker() -> None:

@@ -132,7 +132,11 @@ class Twin:
         last = self.last
         if last is not None and now_ms() - last.time_ms <= limit * 1000:
             return last
-        return self.tick()
+        with self._lock:  # one caller ticks; callers queued behind it reuse that tick
+            last = self.last
+            if last is not None and now_ms() - last.time_ms <= limit * 1000:
+                return last
+            return self.tick()
 
     def _term_now(self, t: Term, cols: dict[str, np.ndarray], x: TickInputs,
                   at: int) -> TermValue | None:

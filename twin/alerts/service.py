@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,8 @@ class AlertService:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.last_error: str | None = None
+        # called with each evaluation that changed something (the API's live stream)
+        self.on_tick: Callable[[Tick], None] | None = None
 
     # -- running ------------------------------------------------------------------------
 
@@ -84,6 +87,11 @@ class AlertService:
         tick = self.engine.evaluate(now)
         if tick.notifications:
             self.deliverer.wake.set()
+        if self.on_tick is not None and tick.transitions:
+            try:
+                self.on_tick(tick)
+            except Exception:  # a listener must never break evaluation
+                log.exception("alert on_tick listener failed")
         return tick
 
     def wake(self, *_: Any) -> None:

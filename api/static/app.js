@@ -1,0 +1,449 @@
+// dctwin dashboard: vanilla JS, no dependencies. Reads /v1 with the API key from
+// sessionStorage and follows /v1/stream (SSE over fetch, so the key travels in the
+// Authorization header, never in a URL) for live updates.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const KEY_STORE = "dctwin.apikey";
+const S = {
+  key: null, role: null, paths: new Set(), lastEventId: null, racks: [], rackFields: [],
+  mode: "temp", selectedRack: null, selectedDevice: null, alertsTimer: null, events: [],
+};
+const ROLE_RANK = { viewer: 0, operator: 1, admin: 2 };
+
+// ---------------------------------------------------------------- API access
+class AuthError extends Error {}
+
+async function api(path, opts = {}) {
+  const res = await fetch(path, {
+    ...opts,
+    headers: { Authorization: `Bearer ${S.key}`, Accept: "application/json",
+               ...(opts.body ? { "Content-Type": "application/json" } : {}),
+               ...(opts.headers || {}) },
+  });
+  if (res.status === 401) throw new AuthError("the API key was rejected (unknown or revoked)");
+  const body = res.status === 204 ? null : await res.json();
+  if (!res.ok) throw new Error(body && body.detail ? body.detail : `HTTP ${res.status}`);
+  return body;
+}
+
+const has = (path) => S.paths.has(path);
+
+// ---------------------------------------------------------------- formatting
+const fmtPue = (v) => (v == null ? "–" : v.toFixed(3)); // the API's value, 3 decimals
+const fmtKw = (v) => (v == null ? "–" : Math.round(v).toLocaleString("en-US"));
+const fmtPct = (v) => (v == null ? "–" : `${(v * 100).toFixed(1)} %`);
+const fmtTime = (iso) => (iso ? new Date(iso).toISOString().slice(11, 19) + "Z" : "");
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text != null) e.textContent = text;
+  return e;
+}
+
+// ---------------------------------------------------------------- overview
+function showPue(p) {
+  $("pue-value").textContent = fmtPue(p.value);
+  $("pue-value").dataset.value = p.value == null ? "" : String(p.value);
+  $("pue-category").textContent = p.category || "";
+  $("pue-note").textContent = p.value == null ? (p.reason || "unknown")
+    : (p.stale_inputs && p.stale_inputs.length ? `stale: ${p.stale_inputs.join(", ")}`
+      : `as of ${fmtTime(p.time)}`);
+  if ("facility_kw" in p) showPower(p.facility_kw, p.it_kw, p.cooling_kw);
+  $("dcie").textContent = p.dcie == null ? "" : `DCiE ${fmtPct(p.dcie)}`;
+}
+
+function showPower(fac, it, cool) {
+  $("facility-kw").textContent = fmtKw(fac);
+  $("it-kw").textContent = fmtKw(it);
+  $("cooling-kw").textContent = fmtKw(cool);
+  $("cooling-overhead").textContent = cool != null && it ? `${fmtPct(cool / it)} of IT power` : "";
+  const split = $("power-split");
+  split.replaceChildren();
+  if (fac && it != null && cool != null) {
+    const other = Math.max(fac - it - cool, 0);
+    for (const [cls, v, label] of [["it", it, "IT"], ["cool", cool, "cooling"],
+                                   ["other", other, "other"]]) {
+      const d = el("div", cls, `${label} ${Math.round((v / fac) * 100)} %`);
+      d.style.flexBasis = `${(v / fac) * 100}%`;
+      d.title = `${label}: ${fmtKw(v)} kW`;
+      split.append(d);
+    }
+  }
+}
+
+async function loadOverview() {
+  let o = await api("/v1/overview?hours=24&step_s=300");
+  let step = "5 min";
+  if (o.pue_history.length < 12) { // a young twin: show what there is at a finer step
+    o = await api("/v1/overview?hours=24&step_s=10");
+    step = "10 s";
+  }
+  $("site-name").textContent = o.site_name;
+  $("pue-range").textContent = o.pue_history.length ? `${o.pue_history.length} × ${step}` : "";
+  lineChart($("pue-chart"), [{ colour: "#4fb3ff",
+    points: o.pue_history.map((p) => [Date.parse(p.time), p.value]) }], { digits: 3 });
+}
+
+// ---------------------------------------------------------------- heat map
+function rackValue(r) {
+  if (S.mode === "temp") return r.gpu_max_temp_c;
+  return r[S.mode];
+}
+
+function renderHeatmap() {
+  const map = $("heatmap");
+  const rows = new Map();
+  for (const r of S.racks) {
+    const k = `${r.hall}/${r.row}`;
+    if (!rows.has(k)) rows.set(k, []);
+    rows.get(k).push(r);
+  }
+  const cols = Math.max(1, ...[...rows.values()].map((x) => x.length));
+  map.replaceChildren();
+  for (const [k, racks] of rows) {
+    const row = el("div", "heat-row");
+    row.style.setProperty("--cols", cols);
+    row.append(el("div", "row-label", k.split("/")[1]));
+    for (const r of racks) {
+      const v = rackValue(r);
+      const cell = el("div", "rack");
+      cell.dataset.rack = r.rack;
+      cell.dataset.testid = "rack-cell";
+      const bg = colour(v, S.mode === "temp" ? TEMP_STOPS : SCORE_STOPS);
+      if (bg) cell.style.background = bg; else cell.classList.add("nodata");
+      if ((r.anomaly_score ?? 0) >= 0.8 || (r.failure_risk ?? 0) >= 0.8) cell.classList.add("flag");
+      if (r.rack === S.selectedRack) cell.classList.add("sel");
+      cell.append(el("div", "name", r.rack));
+      cell.append(el("div", "val", v == null ? "–" : S.mode === "temp" ? `${v.toFixed(0)}°`
+                                                                          : v.toFixed(2)));
+      cell.title = `${r.rack}: GPU max ${r.gpu_max_temp_c?.toFixed(1) ?? "–"} °C, ` +
+        `${r.power_kw?.toFixed(1) ?? "–"} kW, anomaly ${r.anomaly_score ?? "n/a"}, ` +
+        `risk ${r.failure_risk ?? "n/a"}`;
+      cell.addEventListener("click", () => openRack(r.rack));
+      row.append(cell);
+    }
+    map.append(row);
+  }
+  const legend = $("legend");
+  const stops = S.mode === "temp" ? TEMP_STOPS : SCORE_STOPS;
+  const bar = el("div", "bar");
+  bar.style.background = `linear-gradient(90deg, ${stops.map((s) => `rgb(${s[1]})`).join(",")})`;
+  const lo = S.mode === "temp" ? `${stops[0][0]} °C` : "0";
+  const hi = S.mode === "temp" ? `${stops[stops.length - 1][0]} °C` : "1";
+  const none = S.mode !== "temp" && S.racks.every((r) => r[S.mode] == null)
+    ? " (not computed yet on this server)" : "";
+  legend.replaceChildren(el("span", null, lo), bar, el("span", null, hi + none));
+}
+
+async function loadRacks() {
+  const page = await api("/v1/racks?limit=1000");
+  S.racks = page.items;
+  renderHeatmap();
+}
+
+function applyRacksEvent(ev) {
+  const idx = Object.fromEntries(ev.fields.map((f, i) => [f, i]));
+  for (const r of S.racks) {
+    const v = ev.racks[r.rack];
+    if (!v) continue;
+    r.gpu_max_temp_c = v[idx.gpu_max_temp_c];
+    r.power_kw = v[idx.power_kw];
+    if ("anomaly_score" in idx) r.anomaly_score = v[idx.anomaly_score];
+    if ("failure_risk" in idx) r.failure_risk = v[idx.failure_risk];
+  }
+  renderHeatmap();
+}
+
+// ---------------------------------------------------------------- drill-down
+async function openRack(rack) {
+  S.selectedRack = rack;
+  S.selectedDevice = null;
+  renderHeatmap();
+  const d = await api(`/v1/racks/${encodeURIComponent(rack)}`);
+  $("drill").hidden = false;
+  $("device").hidden = true;
+  $("drill-title").textContent = `Rack ${d.rack} · ${d.row} · ${d.hall}`;
+  $("drill-summary").textContent = `GPU max ${d.gpu_max_temp_c?.toFixed(1) ?? "–"} °C, ` +
+    `mean ${d.gpu_mean_temp_c?.toFixed(1) ?? "–"} °C, ${d.gpus_reporting}/${d.gpus_total} GPUs ` +
+    `reporting, ${d.power_kw?.toFixed(1) ?? "–"} kW`;
+  const gpus = $("rack-gpus");
+  gpus.replaceChildren();
+  for (const dev of d.devices) {
+    const temp = dev.metrics.find((m) => m.metric === "gpu_temp_c" || m.metric === "temp_c");
+    const cell = el("div", "gpu", `${dev.device_id.split("/").slice(-2).join("/")}` +
+      (temp ? ` ${temp.value.toFixed(0)}°` : ""));
+    const bg = colour(temp?.value, TEMP_STOPS);
+    if (bg) cell.style.background = bg;
+    cell.title = dev.device_id;
+    cell.addEventListener("click", () => openDevice(dev.device_id, cell));
+    gpus.append(cell);
+  }
+  $("drill").scrollIntoView({ behavior: "smooth", block: "nearest" });
+}
+
+async function openDevice(id, cell) {
+  S.selectedDevice = id;
+  document.querySelectorAll(".gpu.sel").forEach((c) => c.classList.remove("sel"));
+  if (cell) cell.classList.add("sel");
+  const dev = await api(`/v1/devices/${id}`);
+  $("device").hidden = false;
+  $("device-title").textContent = `${id} (${dev.device_class ?? "unknown class"})`;
+  const table = $("device-metrics");
+  table.replaceChildren();
+  for (const m of dev.metrics) {
+    const tr = el("tr");
+    tr.append(el("td", null, m.metric), el("td", null, `${+m.value.toFixed(2)}`));
+    table.append(tr);
+  }
+  const names = dev.device_class === "gpu" ? ["gpu_temp_c", "power_w"]
+    : dev.device_class === "psu" ? ["temp_c", "input_power_w"] : [dev.metrics[0]?.metric];
+  const targets = [$("device-chart-temp"), $("device-chart-power")];
+  await Promise.all(names.map(async (metric, i) => {
+    if (!metric) { targets[i].replaceChildren(); return; }
+    const start = new Date(Date.now() - 3600e3).toISOString();
+    const s = await api(`/v1/series?id=${encodeURIComponent(id)}&metric=` +
+                        `${encodeURIComponent(metric)}&step=10&start=${start}`);
+    lineChart(targets[i], [{ colour: i ? "#57d3c6" : "#f5b942",
+      points: s.points.map((p) => [Date.parse(p.time), p.mean]) }],
+      { unit: metric.endsWith("_c") ? "°" : "", title: `${metric}, last hour (10 s mean)` });
+  }));
+}
+
+// ---------------------------------------------------------------- alerts
+const alertId = (a) => a.id ?? a.alert_id ?? a.fingerprint;
+const isActive = (a) => !["resolved", "inactive"].includes(String(a.state ?? a.status ?? "firing"));
+const isAcked = (a) => Boolean(a.acknowledged ?? a.acked ?? a.ack ?? a.acknowledged_at ??
+                               (a.state === "acknowledged"));
+
+async function loadAlerts() {
+  const list = $("alerts");
+  if (!has("/v1/alerts")) {
+    list.replaceChildren(el("li", "none", "alerts are not available on this server"));
+    return;
+  }
+  const body = await api("/v1/alerts?status=firing&limit=200");
+  const alerts = (Array.isArray(body) ? body : body.items || []).filter(isActive);
+  $("alert-count").textContent = `${alerts.length} active`;
+  list.replaceChildren();
+  if (!alerts.length) list.append(el("li", "none", "no active alerts"));
+  const canAck = ROLE_RANK[S.role] >= ROLE_RANK.operator && has("/v1/alerts/{alert_id}/ack");
+  for (const a of alerts) {
+    const li = el("li");
+    li.dataset.alertId = alertId(a);
+    const sev = String(a.severity ?? a.labels?.severity ?? "info");
+    li.append(el("span", `sev ${isAcked(a) ? "acked" : sev}`, isAcked(a) ? "acked" : sev));
+    const text = el("div", "grow");
+    const summary = a.summary ?? a.annotations?.summary ?? a.name ?? a.rule ?? alertId(a);
+    text.append(el("div", "title", summary));
+    const where = a.device_id ?? a.labels?.device_id ?? a.labels?.rack ?? "";
+    text.append(el("div", "sub", `${where} · since ${fmtTime(a.starts_at ?? a.startsAt)}`));
+    li.append(text);
+    if (canAck && !isAcked(a)) {
+      const b = el("button", "ack", "Acknowledge");
+      b.dataset.testid = "ack";
+      b.addEventListener("click", async () => {
+        b.disabled = true;
+        try {
+          await api(`/v1/alerts/${encodeURIComponent(alertId(a))}/ack`, {
+            method: "POST",
+            body: JSON.stringify({ by: S.name, comment: "acknowledged from the dashboard" }) });
+        } catch (e) { b.disabled = false; b.title = e.message; }
+        await loadAlerts();
+      });
+      li.append(b);
+    }
+    list.append(li);
+  }
+}
+
+// ---------------------------------------------------------------- recommendations
+async function loadRecommendations() {
+  const list = $("recommendations");
+  if (!has("/v1/recommendations")) {
+    list.replaceChildren(el("li", "none", "none yet: no optimizer runs on this server"));
+    return;
+  }
+  const body = await api("/v1/recommendations?limit=50");
+  const recs = Array.isArray(body) ? body : body.items || [];
+  list.replaceChildren();
+  if (!recs.length) list.append(el("li", "none", "none yet"));
+  const canDecide = ROLE_RANK[S.role] >= ROLE_RANK.operator;
+  for (const r of recs) {
+    const li = el("li");
+    const text = el("div", "grow");
+    text.append(el("div", "title", r.summary ?? r.title ?? r.action ?? r.id));
+    text.append(el("div", "sub", r.state ?? r.status ?? ""));
+    li.append(text);
+    const kw = r.predicted_savings_kw ?? r.savings_kw;
+    if (kw != null) li.append(el("span", "saving", `−${kw.toFixed(1)} kW`));
+    const open = ["open", "proposed", "pending", undefined].includes(r.state ?? r.status);
+    if (canDecide && open) {
+      for (const verb of ["accept", "reject"]) {
+        if (!has(`/v1/recommendations/{recommendation_id}/${verb}`) &&
+            !has(`/v1/recommendations/{id}/${verb}`)) continue;
+        const b = el("button", verb === "reject" ? "ghost" : "", verb);
+        b.addEventListener("click", async () => {
+          b.disabled = true;
+          await api(`/v1/recommendations/${encodeURIComponent(r.id)}/${verb}`,
+                    { method: "POST", body: "{}" }).catch(() => {});
+          await loadRecommendations();
+        });
+        li.append(b);
+      }
+    }
+    list.append(li);
+  }
+}
+
+// ---------------------------------------------------------------- device events
+function addDeviceEvent(e) {
+  if (e) S.events.unshift(e);
+  S.events.length = Math.min(S.events.length, 50);
+  const list = $("events");
+  list.replaceChildren();
+  if (!S.events.length) list.append(el("li", "none", "no device events since this page opened"));
+  for (const x of S.events) {
+    const li = el("li");
+    li.append(el("span", `sev ${x.severity}`, x.severity));
+    li.append(el("div", "grow", `${fmtTime(x.time)} ${x.kind} ${x.device_id} ${x.message ?? ""}`));
+    list.append(li);
+  }
+}
+
+// ---------------------------------------------------------------- live stream
+function setLive(on) {
+  const l = $("live");
+  l.className = `live ${on ? "on" : "off"}`;
+  l.textContent = on ? "live" : "reconnecting";
+}
+
+function handleEvent(type, data, id) {
+  if (id) S.lastEventId = id;
+  const d = data ? JSON.parse(data) : null;
+  if (type === "pue") showPue(d);
+  else if (type === "racks") applyRacksEvent(d);
+  else if (type === "alert") loadAlerts().catch(report);
+  else if (type === "recommendations") loadRecommendations().catch(report);
+  else if (type === "device_event") addDeviceEvent(d);
+  else if (type === "reset") refreshAll().catch(report); // missed events: reload state
+}
+
+async function follow() {
+  let retryMs = 2000;
+  for (;;) {
+    try {
+      const headers = { Authorization: `Bearer ${S.key}`, Accept: "text/event-stream" };
+      if (S.lastEventId) headers["Last-Event-ID"] = S.lastEventId;
+      const res = await fetch("/v1/stream", { headers, cache: "no-store" });
+      if (res.status === 401) { signOut("the API key was rejected"); return; }
+      if (!res.ok || !res.body) throw new Error(`stream HTTP ${res.status}`);
+      setLive(true);
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value.replace(/\r\n?/g, "\n");
+        let cut;
+        while ((cut = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, cut);
+          buf = buf.slice(cut + 2);
+          let type = "message", data = [], id = null;
+          for (const line of block.split("\n")) {
+            if (line.startsWith(":")) continue;
+            const i = line.indexOf(":");
+            const f = i < 0 ? line : line.slice(0, i);
+            const v = i < 0 ? "" : line.slice(i + 1).replace(/^ /, "");
+            if (f === "event") type = v;
+            else if (f === "data") data.push(v);
+            else if (f === "id") id = v;
+            else if (f === "retry" && /^\d+$/.test(v)) retryMs = +v;
+          }
+          if (data.length || id) handleEvent(type, data.join("\n"), id);
+        }
+      }
+    } catch (e) {
+      if (!S.key) return;
+    }
+    setLive(false);
+    await new Promise((r) => setTimeout(r, retryMs));
+    if (!S.key) return;
+  }
+}
+
+// ---------------------------------------------------------------- session
+function report(e) {
+  if (e instanceof AuthError) signOut(e.message);
+  else console.warn("dctwin:", e.message || e);
+}
+
+async function refreshAll() {
+  if (!S.events.length) addDeviceEvent(null);
+  const pue = await api("/v1/pue");
+  showPue(pue);
+  await Promise.all([loadOverview(), loadRacks(), loadAlerts(), loadRecommendations()]);
+}
+
+async function signIn(key) {
+  S.key = key;
+  const who = await api("/v1/whoami");
+  S.role = who.role;
+  S.name = who.name;
+  sessionStorage.setItem(KEY_STORE, key);
+  const doc = await fetch("/openapi.json").then((r) => r.json());
+  S.paths = new Set(Object.keys(doc.paths || {}));
+  $("whoami").textContent = `${who.name} · ${who.role}`;
+  $("logout").hidden = false;
+  $("login").hidden = true;
+  $("main").hidden = false;
+  await refreshAll();
+  follow();
+  setInterval(() => loadOverview().catch(report), 60000);
+  setInterval(() => loadAlerts().catch(report), 15000);
+}
+
+function signOut(message) {
+  S.key = null;
+  sessionStorage.removeItem(KEY_STORE);
+  $("main").hidden = true;
+  $("logout").hidden = true;
+  $("whoami").textContent = "";
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+  setLive(false);
+}
+
+function start() {
+  // /?key=... (wall screens): keep it for this tab, then drop it from the address bar
+  const params = new URLSearchParams(location.search);
+  const fromUrl = params.get("key");
+  if (fromUrl) {
+    sessionStorage.setItem(KEY_STORE, fromUrl);
+    params.delete("key");
+    history.replaceState(null, "", location.pathname + (params.size ? `?${params}` : ""));
+  }
+  setInterval(() => { $("clock").textContent = new Date().toISOString().slice(11, 19) + "Z"; }, 1000);
+  $("login-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const key = $("key-input").value.trim();
+    if (key) signIn(key).catch((e) => signOut(e.message));
+  });
+  $("logout").addEventListener("click", () => signOut(""));
+  $("drill-close").addEventListener("click", () => {
+    $("drill").hidden = true; S.selectedRack = null; renderHeatmap();
+  });
+  for (const b of document.querySelectorAll(".mode")) {
+    b.addEventListener("click", () => {
+      document.querySelectorAll(".mode").forEach((x) => x.classList.toggle("on", x === b));
+      S.mode = b.dataset.mode;
+      renderHeatmap();
+    });
+  }
+  const key = sessionStorage.getItem(KEY_STORE);
+  if (key) signIn(key).catch((e) => signOut(e.message));
+  else signOut("");
+}
+
+document.addEventListener("DOMContentLoaded", start);

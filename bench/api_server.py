@@ -1,0 +1,37 @@
+"""The API as the load test sees it: uvicorn in its own process, the live view ticking.
+
+`python -m bench.api_server --db D --keys K --port P` (started by bench/bench_api.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+
+import uvicorn
+
+from api.app import create_app
+from api.keys import KeyStore
+from api.live import LiveState
+from ingest.site import EXAMPLE_SITE, load_site
+from ingest.store import Store
+from twin.events import EventBus
+from twin.state import Twin
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--keys", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    args = ap.parse_args()
+    twin = Twin(load_site(EXAMPLE_SITE), Store(args.db))
+    bus = EventBus()
+    live = LiveState(twin, bus, interval_s=1.0).start()
+    app = create_app(twin, keys=KeyStore(args.keys), bus=bus, live=live)
+    gc.freeze()  # long-lived startup objects leave the GC's scans
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
+
+
+if __name__ == "__main__":
+    main()

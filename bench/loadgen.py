@@ -1,0 +1,102 @@
+"""Open-loop HTTP load at a fixed rate with latency percentiles (wrk2-style).
+
+wrk (Debian) is closed-loop and cannot hold a fixed rate, and wrk2 is not packaged, so
+this generator does what wrk2 does: request i is *scheduled* at t0 + i / rate whatever
+happened before, and its latency is measured from that scheduled time, so a stalled
+server shows up in the tail instead of silently lowering the offered load (coordinated
+omission). Keep-alive HTTP/1.1 over a pool of asyncio connections; a minimal parser
+(status line, Content-Length) keeps the client's own cost far below the server's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class LoadResult:
+    rate_target: float
+    rate_achieved: float
+    requests: int
+    errors: int  # non-2xx or connection failures
+    latencies_ms: np.ndarray
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else 0.0
+
+
+class _Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def request(self, raw: bytes) -> int:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+                break
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+
+async def _run(host: str, port: int, paths: Callable[[int], str], headers: dict[str, str],
+               rate: float, duration_s: float, max_conns: int) -> LoadResult:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    idle: list[_Conn] = []
+    n_conns = 0
+    total = int(rate * duration_s)
+    lat = np.zeros(total)
+    errors = 0
+    done = 0
+
+    async def one(i: int, scheduled: float) -> None:
+        nonlocal n_conns, errors, done
+        conn = idle.pop() if idle else None
+        if conn is None:
+            if n_conns >= max_conns:  # all busy: wait for one (counts against latency)
+                while not idle:
+                    await asyncio.sleep(0.0005)
+                conn = idle.pop()
+            else:
+                n_conns += 1
+                conn = _Conn(*await asyncio.open_connection(host, port))
+        raw = (f"GET {paths(i)} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n").encode()
+        try:
+            status = await conn.request(raw)
+            if not 200 <= status < 300:
+                errors += 1
+            idle.append(conn)
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            errors += 1
+            n_conns -= 1
+        lat[i] = (time.perf_counter() - scheduled) * 1000
+        done += 1
+
+    loop_tasks = []
+    t0 = time.perf_counter() + 0.05
+    for i in range(total):
+        scheduled = t0 + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        loop_tasks.append(asyncio.create_task(one(i, scheduled)))
+    await asyncio.gather(*loop_tasks)
+    elapsed = time.perf_counter() - t0
+    for c in idle:
+        c.writer.close()
+    return LoadResult(rate, total / elapsed, total, errors, lat)
+
+
+def run_load(host: str, port: int, paths: Callable[[int], str], headers: dict[str, str],
+             rate: float = 500.0, duration_s: float = 10.0, max_conns: int = 128
+             ) -> LoadResult:
+    return asyncio.run(_run(host, port, paths, headers, rate, duration_s, max_conns))

@@ -1,0 +1,308 @@
+"""Bulk decode and validation of one poll's telemetry messages, inside DuckDB.
+
+The raw values go, one per line and wrapped as `{"i": N, "m": <raw>}`, into a
+newline-delimited JSON file that DuckDB's JSON reader parses in C++: no Python object
+is made per sample. Two reads of that file fill the staging tables:
+
+  _env  one row per message, envelope fields as JSON (so types are checked strictly)
+  _rows one row per sample: i, device_id, metric, value, read_time_ms
+
+`validate.py` turns them into verdicts. Only messages that fail get looked at one by one
+(`diagnose`), to name the reason precisely. The outcome is `_acc` (messages to store, with
+their sample counts) plus a `Staged` summary for Python: dead letters, events, counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from ingest.contract import ContractError, EventBatch, TelemetryBatch, decode
+from ingest.validate import (
+    SAMPLE_REASONS,
+    IngestPolicy,
+    envelope_sql,
+    install_reference_tables,
+    pair_check_sql,
+    summarize_rejections,
+)
+
+_ENVELOPE_TYPE = ("STRUCT(version JSON, type JSON, batch_id JSON, collector JSON, kind JSON, "
+                  "site JSON, rack JSON, seq JSON, interval_s JSON, sent_time_ms JSON)")
+# what the reader makes of a value that is not an object: look at it one by one
+_ALL_NULL = "{" + ", ".join(f"'{f}': NULL::JSON" for f in (
+    "version", "type", "batch_id", "collector", "kind", "site", "rack", "seq", "interval_s",
+    "sent_time_ms")) + "}"
+_SAMPLES_TYPE = ("STRUCT(kind VARCHAR, rack VARCHAR, site VARCHAR, samples STRUCT("
+                 "device_id VARCHAR[], metric VARCHAR[], value DOUBLE[], read_time_ms BIGINT[]))")
+_ids = itertools.count()
+_PREFIX = "dctwin-ingest-"
+
+
+def _sweep(directory: str) -> None:
+    """Remove staging files of processes that died (a SIGKILL skips every cleanup)."""
+    for name in os.listdir(directory):
+        if not name.startswith(_PREFIX):
+            continue
+        try:
+            pid = int(name[len(_PREFIX):].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+        except PermissionError:  # alive, someone else's
+            continue
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    record: Any  # a kafka ConsumerRecord: topic, partition, offset, key, value, headers
+    reason: str
+    detail: str
+    samples_rejected: int = 0
+    samples_kept: int = 0  # > 0: a partly bad batch whose valid samples were stored
+
+
+@dataclass
+class Staged:
+    messages: int = 0
+    accepted: int = 0  # telemetry messages with samples to store (temp table _acc)
+    partial: bool = False  # some accepted message has rejected samples (rows need filtering)
+    dead: list[DeadLetter] = field(default_factory=list)
+    events: list[tuple[Any, EventBatch]] = field(default_factory=list)
+    samples_rejected: Counter[str] = field(default_factory=Counter)
+    unknown_device_samples: int = 0
+    lo_ms: int = 0
+    hi_ms: int = 0
+    # _pairs holds exactly the (device, metric) aggregates of what will be stored
+    pairs_valid: bool = False
+    row_filter: str | None = None  # SQL over `r` (_rows) keeping the valid samples
+
+
+def diagnose(raw: bytes) -> tuple[str, str, TelemetryBatch | EventBatch | None]:
+    """Name what is wrong with one message the bulk reader could not take (slow, exact)."""
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:  # the standard library also reads NaN/Infinity literals: say so precisely
+            json.loads(raw)
+        except (ValueError, RecursionError):
+            return "invalid_json", str(exc), None
+        return "non_finite", "NaN or Infinity literal: not JSON, and not a finite number", None
+    try:
+        batch = decode(raw)
+    except ContractError as err:
+        return err.reason, err.detail, None
+    if isinstance(batch, TelemetryBatch) and len(batch.samples) == 0:
+        return "empty_batch", "telemetry batch carries no samples", batch
+    return "ok", "", batch
+
+
+class Stager:
+    """Stages polls on one DuckDB connection (its temp tables are per connection)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, policy: IngestPolicy,
+                 spool_dir: str | None = None) -> None:
+        self.con = con
+        self.policy = policy
+        install_reference_tables(con, policy)
+        base = spool_dir or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+        base = base or tempfile.gettempdir()
+        _sweep(base)
+        self.path = os.path.join(base, f"{_PREFIX}{os.getpid()}-{next(_ids)}.ndjson")
+
+    def close(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def _read_json(self, columns: str) -> str:
+        size = self.policy.max_message_bytes + 4096
+        return (f"read_json('{self.path}', format='newline_delimited', ignore_errors=true, "
+                f"maximum_object_size={size}, columns={{i: 'INTEGER', m: '{columns}'}})")
+
+    def _read_envelopes(self, lines: list[bytes]) -> None:
+        with open(self.path, "wb") as f:
+            f.write(b"\n".join(lines))
+        self.con.execute(f"""CREATE OR REPLACE TEMP TABLE _env AS
+            SELECT i, m IS NULL OR m = {_ALL_NULL} AS m_null, m.*
+            FROM {self._read_json(_ENVELOPE_TYPE)}""")
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE _msg AS {envelope_sql('_env')} "
+                         "WHERE i IS NOT NULL")
+
+    def stage(self, records: list[Any], now_ms: int) -> Staged:
+        p = self.policy
+        out = Staged(messages=len(records))
+        out.lo_ms = now_ms - int(p.max_past_s * 1000)
+        out.hi_ms = now_ms + int(p.max_future_s * 1000)
+        lines: list[bytes] = []
+        env_lines: list[bytes] = []
+        staged: list[Any] = []
+        for rec in records:  # per message, never per sample
+            value = rec.value
+            if not value:
+                out.dead.append(DeadLetter(rec, "invalid_json", "empty message value"))
+                continue
+            if len(value) > p.max_message_bytes:
+                out.dead.append(DeadLetter(rec, "too_large", f"{len(value)} bytes is over the "
+                                           f"{p.max_message_bytes} byte limit"))
+                continue
+            if b"\n" in value or b"\r" in value:  # one message per line: re-encode compactly
+                try:
+                    value = orjson.dumps(orjson.loads(value))
+                except orjson.JSONDecodeError:
+                    self._dead_or_event(out, rec)
+                    continue
+            i = len(staged)
+            lines.append(b'{"i":%d,"m":%b}' % (i, value))
+            # The envelope alone, to read it without parsing the samples: collectors put
+            # "samples" last. `,"samples":` unescaped can only be a key; a message for which
+            # the cut is wrong just gets its envelope read again in full (below).
+            cut = value.rfind(b',"samples":')
+            env_lines.append(b'{"i":%d,"m":%b}}' % (i, value[:cut]) if cut > 0 else lines[-1])
+            staged.append(rec)
+        if not staged:
+            return out
+        con = self.con
+        self._read_envelopes(env_lines)
+        retry = [i for i, status in con.execute("SELECT i, status FROM _msg").fetchall()
+                 if status not in ("ok", "events")]
+        retry += sorted(set(range(len(staged))) - {i for (i,) in con.execute(
+            "SELECT i FROM _msg").fetchall()})
+        retry = [i for i in retry if env_lines[i] is not lines[i]]
+        if retry:  # the cut envelope was not conclusive: read those in full
+            con.execute("CREATE OR REPLACE TEMP TABLE _msg_cut AS SELECT * FROM _msg")
+            self._read_envelopes([lines[i] for i in retry])
+            con.execute("""INSERT INTO _msg SELECT * FROM _msg_cut
+                           WHERE i NOT IN (SELECT i FROM _msg)""")
+        del env_lines
+        with open(self.path, "wb") as f:
+            f.write(b"\n".join(lines))
+        del lines
+        # kind, rack and site ride along (short strings): no join per sample later on.
+        # No filter here: a scan keeps poll order (a semi-join would not), and per series
+        # rowid order must follow read order. Rows of messages that fail stay out later.
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _rows AS
+            SELECT i, m.kind AS kind, m.rack AS rack, m.site AS site,
+                   unnest(m.samples.device_id) AS device_id,
+                   unnest(m.samples.metric) AS metric, unnest(m.samples.value) AS value,
+                   unnest(m.samples.read_time_ms) AS read_time_ms
+            FROM {self._read_json(_SAMPLES_TYPE)}""")
+        self.close()  # read; a poll's JSON should not sit in /dev/shm until the next one
+        window = f"read_time_ms BETWEEN {out.lo_ms} AND {out.hi_ms}"
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _agg AS
+            SELECT i, count(*) AS n,
+                   count(*) FILTER (WHERE device_id IS NULL OR metric IS NULL OR value IS NULL
+                                    OR read_time_ms IS NULL) AS n_null,
+                   count(*) FILTER (WHERE NOT isfinite(value)) AS n_non_finite,
+                   count(*) FILTER (WHERE isfinite(value) AND NOT ({window})) AS n_skew,
+                   min(device_id) AS dmin, max(device_id) AS dmax,
+                   min(read_time_ms) AS tmin, max(read_time_ms) AS tmax
+            FROM _rows GROUP BY i""")
+        # Metric and device rules depend on (device, metric, kind, site) only: check each
+        # distinct pair once (tens of thousands) instead of every sample (a million).
+        not_ok = con.execute("SELECT count(*) FROM _msg WHERE status <> 'ok'").fetchone()[0]
+        only_ok = " AND i IN (SELECT i FROM _msg WHERE status = 'ok')" if not_ok else ""
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _pairs AS
+            SELECT device_id, metric, kind, site, count(*) AS n, min(read_time_ms) AS t0,
+                   max(read_time_ms) AS t1, arg_max(value, read_time_ms) AS v1
+            FROM _rows WHERE isfinite(value) AND {window}{only_ok} GROUP BY ALL""")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _badpairs AS {pair_check_sql(p)}")
+        n_bad_pairs, unknown = con.execute(
+            "SELECT count(*) FILTER (WHERE code > 0), coalesce(sum(n) FILTER (WHERE code = 0), 0)"
+            " FROM _badpairs").fetchone()
+        by_pair: dict[int, dict[int, int]] = {}
+        if n_bad_pairs:  # rare: which messages carry those pairs
+            for i, code, n in con.execute(f"""
+                    SELECT r.i, b.code, count(*) FROM _rows r
+                    JOIN _badpairs b USING (device_id, metric, kind, site)
+                    WHERE b.code > 0 AND isfinite(r.value) AND r.{window}
+                    GROUP BY ALL""").fetchall():
+                by_pair.setdefault(i, {})[code] = n
+        verdicts = con.execute("""
+            SELECT m.i, m.status, m.detail, a.n, a.n_null, a.n_non_finite, a.n_skew
+            FROM _msg m LEFT JOIN _agg a USING (i) ORDER BY m.i""").fetchall()
+        accepted: list[int] = []
+        n_bad: list[int] = []
+        seen: set[int] = set()
+        excluded = False  # a staged message (or part of one) is not stored
+        for i, status, detail, n, n_null, n_non_finite, n_skew in verdicts:
+            seen.add(i)
+            rec = staged[i]
+            if status == "ok":
+                codes = by_pair.get(i, {})
+                by_reason = [n_non_finite or 0, n_skew or 0,
+                             *(codes.get(c, 0) for c in range(3, len(SAMPLE_REASONS) + 1))]
+                if n is None:  # no samples came out: empty, or the arrays are not arrays
+                    self._dead_or_event(out, rec)
+                elif n_null:
+                    excluded = True
+                    reason, why, _ = diagnose(rec.value)
+                    out.dead.append(DeadLetter(rec, "schema", why if reason != "ok" else
+                                               "sample columns differ in length or hold "
+                                               "values of the wrong type"))
+                elif rejected := sum(by_reason):
+                    excluded = True
+                    reason, why = summarize_rejections(zip(SAMPLE_REASONS, by_reason,
+                                                           strict=True), n)
+                    keep = p.partial == "keep_valid" and rejected < n
+                    out.dead.append(DeadLetter(rec, reason, why, rejected,
+                                               n - rejected if keep else 0))
+                    out.samples_rejected.update({r: k for r, k in zip(
+                        SAMPLE_REASONS, by_reason, strict=True) if k})
+                    if not keep:
+                        out.samples_rejected["batch_rejected"] += n - rejected
+                        continue
+                    out.partial = True
+                    accepted.append(i)
+                    n_bad.append(rejected)
+                else:
+                    accepted.append(i)
+                    n_bad.append(0)
+            elif status in ("events", "unparsed"):
+                self._dead_or_event(out, rec)
+            else:
+                out.dead.append(DeadLetter(rec, status, detail or status))
+        for i in range(len(staged)):  # lines the JSON reader could not read at all
+            if i not in seen:
+                self._dead_or_event(out, staged[i])
+        # Counted over pairs: exact unless a rejected message carries an unknown device
+        out.unknown_device_samples = int(unknown)
+        with_rows = con.execute("SELECT count(*) FROM _agg").fetchone()[0]
+        out.pairs_valid = not excluded and with_rows == len(accepted)
+        out.row_filter = (f"isfinite(r.value) AND r.{window} AND NOT EXISTS (SELECT 1 FROM "
+                          "_badpairs b WHERE b.code > 0 AND b.device_id = r.device_id AND "
+                          "b.metric = r.metric AND b.kind = r.kind AND b.site = r.site)"
+                          if out.partial else None)
+        acc = pa.table({"i": pa.array(accepted, pa.int32()),  # noqa: F841 - used by SQL
+                        "n_bad": pa.array(n_bad, pa.int64()),
+                        "topic": pa.array([staged[i].topic for i in accepted], pa.string()),
+                        "partition": pa.array([staged[i].partition for i in accepted],
+                                              pa.int32())})
+        con.execute("""CREATE OR REPLACE TEMP TABLE _acc AS
+            SELECT m.i, m.batch_id, m.collector, m.seq, m.kind, m.rack, m.site, a.n, acc.n_bad,
+                   a.dmin, a.dmax, a.tmin, a.tmax, acc.topic, acc.partition
+            FROM acc JOIN _msg m USING (i) JOIN _agg a USING (i)""")
+        out.accepted = len(accepted)
+        return out
+
+    def _dead_or_event(self, out: Staged, rec: Any) -> None:
+        reason, detail, batch = diagnose(rec.value)
+        if reason == "ok" and isinstance(batch, EventBatch):
+            out.events.append((rec, batch))
+        elif reason == "ok":  # valid to pydantic, unreadable in bulk (e.g. a huge integer)
+            out.dead.append(DeadLetter(rec, "schema", "the bulk decoder could not read this "
+                                       "batch's fields with their contract types"))
+        else:
+            out.dead.append(DeadLetter(rec, reason, detail))

@@ -1,0 +1,213 @@
+"""Optimizer: learned models, constrained search, out-of-distribution refusal, lifecycle."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.keys import Role
+from ingest.store import Store
+from tests.apihelpers import bearer, keys_per_role
+from tests.optimizer_fixtures import START, small_site, trained
+from twin.optimizer.evaluate import evaluate
+from twin.optimizer.models import MONOTONIC, PlantModels
+from twin.optimizer.recommendations import (
+    LifecycleError,
+    RecommendationStore,
+    UnknownRecommendationError,
+)
+from twin.optimizer.search import Optimizer
+from twin.optimizer.space import SETPOINTS, STATE, Constraints, envelope_arrays
+from twin.state import Twin
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    models, con = trained(tmp_path_factory.mktemp("opt") / "history.duckdb")
+    history = con.sql("SELECT * FROM optimizer_history WHERE since_change_s >= 300 "
+                      "ORDER BY time").pl()
+    yield models, history
+    con.close()
+
+
+def _states(history, n: int, seed: int = 0) -> list[dict[str, float]]:
+    rows = history.sample(n, seed=seed).select(STATE).to_dicts()
+    return rows
+
+
+def test_holdout_error_is_reported_on_a_time_ordered_split(env):
+    models, history = env
+    assert models.n_train + models.n_holdout == history.height
+    for t in ("facility_kw", "cooling_kw", "chiller_kw", "gpu_temp_max_c"):
+        e = models.holdout_error[t]
+        assert np.isfinite(e["mae"]) and e["mae"] >= 0
+    # facility power is mostly IT: a sane model is within a few percent of it
+    assert models.holdout_error["facility_kw"]["mape_pct"] < 5.0
+
+
+def test_monotonic_constraints_hold(env):
+    models, history = env
+    base = history.row(history.height // 2, named=True)
+    x = np.array([[base[f] for f in SETPOINTS + STATE]] * 41)
+    grid = np.linspace(8.0, 26.0, 41)
+    x[:, 0] = grid  # chilled-water setpoint up: chiller power never up
+    chiller = models.predict(x).mean["chiller_kw"]
+    assert np.all(np.diff(chiller) <= 1e-9)
+    assert MONOTONIC["gpu_temp_max_c"]["cdu_supply_setpoint_c"] == 1
+    x = np.array([[base[f] for f in SETPOINTS + STATE]] * 41)
+    x[:, 2] = np.linspace(24.0, 42.0, 41)  # CDU supply up: GPU temperature never down
+    p = models.predict(x)
+    assert np.all(np.diff(p.mean["gpu_temp_max_c"]) >= -1e-9)
+    assert np.all(np.diff(p.gpu_temp_upper_c) >= -1e-9)
+
+
+def test_out_of_distribution_state_gets_no_recommendation_and_says_why(env):
+    models, history = env
+    opt = Optimizer(models)
+    state = _states(history, 1)[0]
+    current = {n: history[n][0] for n in SETPOINTS}
+    hot = {**state, "outdoor_wetbulb_c": 38.0, "outdoor_drybulb_c": 45.0}
+    d = opt.recommend(hot, current)
+    assert d.recommended is None
+    assert d.reason.startswith("out of distribution")
+    assert "outdoor_wetbulb_c=38" in d.reason and "trained range" in d.reason
+    overload = {**state, "gpu_util_mean": 3.0}
+    d = opt.recommend(overload, current)
+    assert d.recommended is None and "gpu_util_mean=3" in d.reason
+    # each feature inside its own range, but a combination never seen: nearest-neighbour
+    lo, hi = models.domain.lo, models.domain.hi
+    odd = dict(state)
+    i_db, i_wb = (len(SETPOINTS) + STATE.index(n) for n in ("outdoor_drybulb_c",
+                                                             "outdoor_wetbulb_c"))
+    odd["outdoor_drybulb_c"], odd["outdoor_wetbulb_c"] = lo[i_db], hi[i_wb]
+    d = opt.recommend(odd, current)
+    assert d.recommended is None and "nearest-neighbour" in d.reason
+
+
+def test_recommendations_stay_in_envelope_ramp_and_class_limits(env):
+    models, history = env
+    c = Constraints(tcs_class="W32")  # a tighter loop class than the envelope
+    opt = Optimizer(models, c, seed=3)
+    env_lo, env_hi = envelope_arrays()
+    step = np.array([c.max_step[n] for n in SETPOINTS])
+    rng = np.random.default_rng(5)
+    made = 0
+    for state in _states(history, 12, seed=1):
+        cur = rng.uniform(models.domain.lo[:6], models.domain.hi[:6])
+        cur[-1] = round(cur[-1])
+        d = opt.recommend(state, dict(zip(SETPOINTS, cur, strict=True)))
+        if d.recommended is None:
+            assert d.reason
+            continue
+        made += 1
+        rec = np.array([d.recommended[n] for n in SETPOINTS])
+        assert np.all(rec >= env_lo - 1e-9) and np.all(rec <= env_hi + 1e-9)
+        assert np.all(np.abs(rec - cur) <= step + 1e-9)
+        assert rec[2] <= 32.0 + 1e-9 and rec[0] <= c.chw_max_c
+        assert rec[4] >= rec[0] + c.coil_approach_k - 1e-6
+        assert d.predicted_gpu_temp_max_c <= c.gpu_temp_cap_c
+        assert d.savings_low_kw <= d.predicted_savings_kw <= d.savings_high_kw
+        assert d.model_version == models.version and d.binding_constraint
+    assert made >= 3
+
+
+def test_current_setpoints_outside_the_trained_range_get_no_unsafe_move(env):
+    models, history = env
+    opt = Optimizer(models)
+    state = _states(history, 1)[0]
+    cur = {n: float(history[n][0]) for n in SETPOINTS}
+    cur["cdu_supply_setpoint_c"] = 45.0  # in the envelope, far above anything trained
+    d = opt.recommend(state, cur)
+    assert d.recommended is None and "trained range" in d.reason
+
+
+def _decision(models, history):
+    opt = Optimizer(models, seed=1)
+    for state in _states(history, 20, seed=2):
+        d = opt.recommend(state, {n: float(history[n][0]) for n in SETPOINTS})
+        if d.recommended is not None:
+            return d
+    raise AssertionError("no recommendation for any of 20 training states")
+
+
+def test_lifecycle_transitions(env, tmp_path):
+    import duckdb
+
+    models, history = env
+    store = RecommendationStore(duckdb.connect(str(tmp_path / "recs.duckdb")))
+    d = _decision(models, history)
+    a = store.propose(d, "syn", datetime(2025, 7, 2, tzinfo=UTC))
+    b = store.propose(d, "syn")
+    assert store.get(a)["status"] == "proposed"
+    with pytest.raises(ValueError, match="who"):
+        store.accept(a, "  ")
+    with pytest.raises(LifecycleError):
+        store.record_outcome(a, 1.0)  # not accepted yet
+    row = store.accept(a, "alice", note="ok for the night shift")
+    assert row["status"] == "accepted" and row["decided_by"] == "alice"
+    assert row["decided_at"] is not None
+    with pytest.raises(LifecycleError, match="accepted"):
+        store.reject(a, "bob")
+    assert store.reject(b, "bob")["status"] == "rejected"
+    with pytest.raises(LifecycleError):
+        store.record_outcome(b, 1.0)
+    row = store.record_outcome(a, 0.8 * d.predicted_savings_kw)
+    assert row["status"] == "measured"
+    with pytest.raises(UnknownRecommendationError):
+        store.accept(999, "alice")
+    rep = store.report()
+    assert rep["counts"] == {"proposed": 0, "accepted": 0, "rejected": 1, "measured": 1}
+    assert rep["realised_over_predicted"] == pytest.approx(0.8)
+    assert [r["id"] for r in store.list()] == [b, a]
+
+
+def test_api_lists_and_takes_operator_decisions(env, tmp_path):
+    models, history = env
+    store = Store(tmp_path / "api.duckdb")
+    twin = Twin(small_site(), store)
+    recs = RecommendationStore(store.cursor())
+    d = _decision(models, history)
+    ids = [recs.propose(d, "syn") for _ in range(3)]
+    keys, tokens = keys_per_role(tmp_path / "keys.duckdb")
+    viewer = TestClient(create_app(twin, keys=keys), headers=bearer(tokens[Role.viewer]))
+    assert viewer.post(f"/v1/recommendations/{ids[0]}/accept",
+                       json={"who": "eve"}).status_code == 403  # deciding needs an operator
+    client = TestClient(create_app(twin, keys=keys), headers=bearer(tokens[Role.operator]))
+    r = client.get("/v1/recommendations")
+    assert r.status_code == 200 and [x["id"] for x in r.json()] == ids[::-1]
+    body = r.json()[0]
+    assert body["recommended_setpoints"] and body["model_version"] == models.version
+    r = client.post(f"/v1/recommendations/{ids[0]}/accept", json={"who": "carol"})
+    assert r.status_code == 200 and r.json()["decided_by"] == "carol"
+    assert client.post(f"/v1/recommendations/{ids[0]}/reject",
+                       json={"who": "dave"}).status_code == 409
+    assert client.post(f"/v1/recommendations/{ids[1]}/reject", json={}).status_code == 422
+    assert client.post("/v1/recommendations/9999/accept",
+                       json={"who": "carol"}).status_code == 404
+    r = client.get("/v1/recommendations", params={"status": "accepted"})
+    assert [x["id"] for x in r.json()] == [ids[0]]
+    assert client.get("/v1/recommendations", params={"status": "bogus"}).status_code == 422
+    rep = client.get("/v1/recommendations/report").json()
+    assert rep["counts"]["accepted"] == 1 and rep["counts"]["proposed"] == 2
+    store.close()
+
+
+@pytest.mark.slow
+def test_short_closed_loop_has_no_gpu_violations_and_measures_outcomes(env, tmp_path):
+    import duckdb
+
+    models, _ = env
+    store = RecommendationStore(duckdb.connect(str(tmp_path / "eval.duckdb")))
+    res = evaluate(models, small_site(), seed=11, start=START.replace(day=2, hour=12),
+                   days=2 / 24, step_s=120.0, store=store, oracle=True)
+    assert res.decisions == 8
+    assert res.ml.gpu_violation_steps == 0 and res.oracle.gpu_violation_steps == 0
+    assert res.baseline.cooling_kwh > 0
+    rep = store.report()
+    assert rep["counts"]["measured"] == res.recommendations
+    assert sum(res.no_recommendation.values()) + res.recommendations == res.decisions
+    assert isinstance(PlantModels.load(models.save(tmp_path / "m.pkl")), PlantModels)

@@ -1,0 +1,266 @@
+"""Closed-loop evaluation on the simulator: fixed setpoints vs the ML optimizer vs an oracle.
+
+Three simulators start from the same seed, time, load and weather. Every `control_s`:
+* baseline keeps the site's fixed setpoints;
+* ML: the optimizer recommends from the observed state, the recommendation is proposed,
+  accepted (who = "closed-loop evaluator") and applied; a copy of the simulator kept on the
+  previous setpoints for the same interval is the counterfactual that measures the realised
+  saving of that recommendation (lifecycle -> measured);
+* oracle: searches the simulator's own true model: it evaluates the current setpoints, a
+  +/- one-step move of each setpoint, the economizer toggle and random moves (all inside
+  the same envelope, ramp, class and coil limits) on copies of its state over the interval,
+  and applies the lowest mean facility power that keeps every GPU under the same cap.
+Cooling = chillers + towers + plant pumps + CDU pumps + CRAH fans. A GPU violation is a
+simulator step where any GPU is above the limit.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from collectors.simulator.model import SiteSimulator
+from ingest.site import Site
+from twin.optimizer.dataset import observe
+from twin.optimizer.models import PlantModels
+from twin.optimizer.recommendations import RecommendationStore
+from twin.optimizer.search import CHW, CRAH, ECON, Optimizer
+from twin.optimizer.space import (
+    N_SP,
+    SETPOINTS,
+    STATE,
+    Constraints,
+    apply_setpoints,
+    read_setpoints,
+)
+
+EVALUATOR = "closed-loop evaluator"
+
+
+@dataclass
+class RunTotals:
+    cooling_kwh: float = 0.0
+    facility_kwh: float = 0.0
+    it_kwh: float = 0.0
+    gpu_violation_steps: int = 0
+    gpu_temp_max_c: float = -np.inf
+
+    def add(self, sim: SiteSimulator, dt_s: float, limit_c: float) -> None:
+        p, h = sim.plant, dt_s / 3600.0
+        self.cooling_kwh += (p.plant_kw + p.cdu_pump_kw + p.crah_fan_kw) * h
+        self.facility_kwh += p.facility_kw * h
+        self.it_kwh += p.it_kw * h
+        t = float(sim.gpu.temp_c.max())
+        self.gpu_temp_max_c = max(self.gpu_temp_max_c, t)
+        self.gpu_violation_steps += int(t > limit_c)
+
+    @property
+    def pue(self) -> float:
+        return self.facility_kwh / self.it_kwh if self.it_kwh else float("nan")
+
+
+@dataclass
+class EvalResult:
+    days: float
+    start: str
+    climate: str
+    seed: int
+    model_version: str
+    baseline: RunTotals
+    ml: RunTotals
+    oracle: RunTotals | None
+    decisions: int = 0
+    recommendations: int = 0
+    no_recommendation: dict[str, int] = field(default_factory=dict)
+    predicted_savings_kwh: float = 0.0  # vs baseline setpoints, facility
+    predicted_cooling_savings_kwh: float = 0.0
+    # realised savings over the same intervals (those whose state the models could judge)
+    realised_on_predicted_kwh: float = 0.0
+    realised_cooling_on_predicted_kwh: float = 0.0
+    predicted_intervals: int = 0
+    per_rec_predicted_kwh: float = 0.0  # each recommendation vs keeping the previous ones
+    per_rec_realised_kwh: float = 0.0  # counterfactual over the whole interval
+    per_rec_realised_settled_kwh: float = 0.0  # ... over its last SETTLED_TAIL_S, x interval
+    wall_s: float = 0.0
+
+    def savings_pct(self, run: RunTotals) -> float:
+        return 100.0 * (1.0 - run.cooling_kwh / self.baseline.cooling_kwh)
+
+    @property
+    def realised_cooling_kwh(self) -> float:
+        return self.baseline.cooling_kwh - self.ml.cooling_kwh
+
+    @property
+    def realised_facility_kwh(self) -> float:
+        return self.baseline.facility_kwh - self.ml.facility_kwh
+
+    @property
+    def oracle_fraction(self) -> float | None:
+        if self.oracle is None:
+            return None
+        return self.realised_cooling_kwh / (self.baseline.cooling_kwh - self.oracle.cooling_kwh)
+
+    def summary(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k not in ("baseline", "ml", "oracle")}
+        for name in ("baseline", "ml", "oracle"):
+            run = getattr(self, name)
+            if run is not None:
+                out[name] = {**asdict(run), "pue": run.pue}
+        out["cooling_savings_pct"] = self.savings_pct(self.ml)
+        out["oracle_cooling_savings_pct"] = self.savings_pct(self.oracle) if self.oracle else None
+        out["fraction_of_oracle_savings"] = self.oracle_fraction
+        out["realised_cooling_savings_kwh"] = self.realised_cooling_kwh
+        out["realised_facility_savings_kwh"] = self.realised_facility_kwh
+        out["predicted_over_realised_facility"] = (
+            self.predicted_savings_kwh / self.realised_on_predicted_kwh
+            if self.realised_on_predicted_kwh else None)
+        out["predicted_over_realised_cooling"] = (
+            self.predicted_cooling_savings_kwh / self.realised_cooling_on_predicted_kwh
+            if self.realised_cooling_on_predicted_kwh else None)
+        return out
+
+
+SETTLED_TAIL_S = 300.0  # a recommendation's outcome is measured over the interval's end
+
+
+def _advance(sim: SiteSimulator, seconds: float, step_s: float, totals: RunTotals | None,
+             limit_c: float) -> tuple[float, float, float]:
+    """Step `seconds`; returns (mean facility kW, mean facility kW over the last
+    SETTLED_TAIL_S, max GPU temp) over the steps."""
+    n = max(1, int(round(seconds / step_s)))
+    n_tail = max(1, min(n, int(round(SETTLED_TAIL_S / step_s))))
+    kw = np.empty(n)
+    tmax = -np.inf
+    for i in range(n):
+        sim.step(step_s)
+        kw[i] = sim.plant.facility_kw
+        tmax = max(tmax, float(sim.gpu.temp_c.max()))
+        if totals is not None:
+            totals.add(sim, step_s, limit_c)
+    return float(kw.mean()), float(kw[-n_tail:].mean()), tmax
+
+
+class Oracle:
+    """Greedy search over the simulator's true model (copies of the live state)."""
+
+    def __init__(self, c: Constraints, seed: int, n_random: int = 12,
+                 step_s: float = 300.0) -> None:
+        self.c, self.n_random, self.step_s = c, n_random, step_s
+        self.rng = np.random.default_rng([seed, 0x0AC])
+
+    def candidates(self, cur: np.ndarray) -> np.ndarray:
+        lo, hi = self.c.box(cur)
+        step = np.array([self.c.max_step[n] for n in SETPOINTS])
+        out = [cur.copy()]
+        for i in range(ECON):
+            for sign in (-1.0, 1.0):
+                v = cur.copy()
+                v[i] = np.clip(cur[i] + sign * step[i], lo[i], hi[i])
+                out.append(v)
+        v = cur.copy()
+        v[ECON] = 1.0 - round(cur[ECON])
+        out.append(v)
+        rnd = self.rng.uniform(lo, hi, (self.n_random, N_SP))
+        rnd[:, ECON] = np.round(rnd[:, ECON])
+        out.extend(rnd)
+        cand = np.array(out)
+        # the same coil rule the optimizer obeys: CRAH supply >= chw supply + approach
+        cand[:, CRAH] = np.clip(np.maximum(cand[:, CRAH], cand[:, CHW] + self.c.coil_approach_k),
+                                lo[CRAH], hi[CRAH])
+        keep = cand[:, CRAH] >= cand[:, CHW] + self.c.coil_approach_k - 1e-9
+        return np.unique(cand[keep], axis=0)
+
+    def choose(self, sim: SiteSimulator, control_s: float) -> np.ndarray:
+        cur = read_setpoints(sim.controls)
+        best, best_kw = cur, np.inf
+        for cand in self.candidates(cur):
+            trial = copy.deepcopy(sim)
+            apply_setpoints(trial.controls, cand)
+            kw, _, tmax = _advance(trial, control_s, self.step_s, None, 0.0)
+            cdu_ok = float(trial.cdu.supply_c.max()) <= self.c.tcs_max_c
+            if tmax <= self.c.gpu_temp_cap_c and cdu_ok and kw < best_kw:
+                best, best_kw = cand, kw
+        return best
+
+
+def evaluate(models: PlantModels, site: Site, *, seed: int = 7, start: datetime,
+             days: float = 7.0, climate: str = "temperate", control_s: float = 900.0,
+             step_s: float = 60.0, constraints: Constraints | None = None,
+             store: RecommendationStore | None = None, oracle: bool = True,
+             progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    c = constraints or Constraints()
+    t0 = start.astimezone(UTC).timestamp()
+    horizon = days * 86400.0
+
+    def make() -> SiteSimulator:
+        return SiteSimulator(site, seed=seed, start_time_s=t0, climate=climate,
+                             horizon_s=horizon)
+
+    base_sim, ml_sim = make(), make()
+    or_sim = make() if oracle else None
+    baseline_sp = read_setpoints(base_sim.controls)
+    opt = Optimizer(models, c, seed=seed)
+    orc = Oracle(c, seed) if oracle else None
+    res = EvalResult(days, start.isoformat(), climate, seed, models.version, RunTotals(),
+                     RunTotals(), RunTotals() if oracle else None)
+    n_ctrl = int(round(horizon / control_s))
+    h = control_s / 3600.0
+    wall0 = datetime.now(UTC)
+    for k in range(n_ctrl):
+        b0 = (res.baseline.facility_kwh, res.baseline.cooling_kwh)
+        m0 = (res.ml.facility_kwh, res.ml.cooling_kwh)
+        _advance(base_sim, control_s, step_s, res.baseline, c.gpu_temp_limit_c)
+        # ML loop: observe, recommend, accept, apply; counterfactual on the old setpoints
+        obs = observe(ml_sim)
+        cur = read_setpoints(ml_sim.controls)
+        dec = opt.recommend({n: obs[n] for n in STATE}, dict(zip(SETPOINTS, cur, strict=True)))
+        res.decisions += 1
+        rec_id = None
+        if dec.recommended is not None:
+            res.recommendations += 1
+            cf = copy.deepcopy(ml_sim)
+            if store is not None:
+                at = datetime.fromtimestamp(ml_sim.time_s, UTC)
+                rec_id = store.propose(dec, site.site.id, at)
+                store.accept(rec_id, EVALUATOR, at=at)
+            apply_setpoints(ml_sim.controls, np.array([dec.recommended[n] for n in SETPOINTS]))
+            res.per_rec_predicted_kwh += dec.predicted_savings_kw * h
+        else:
+            key = dec.category
+            res.no_recommendation[key] = res.no_recommendation.get(key, 0) + 1
+        # predicted saving of what is now commanded against the fixed baseline setpoints
+        state = np.array([obs[n] for n in STATE])
+        now_sp = read_setpoints(ml_sim.controls)
+        judged = not models.domain.state_reasons(state)
+        if judged:
+            p = opt.predict_setpoints(np.vstack([baseline_sp, now_sp]), state)
+            res.predicted_savings_kwh += float(p.facility_kw[0] - p.facility_kw[1]) * h
+            res.predicted_cooling_savings_kwh += float(p.cooling_kw[0] - p.cooling_kw[1]) * h
+            res.predicted_intervals += 1
+        ml_kw, ml_end_kw, _ = _advance(ml_sim, control_s, step_s, res.ml, c.gpu_temp_limit_c)
+        if judged:
+            res.realised_on_predicted_kwh += ((res.baseline.facility_kwh - b0[0])
+                                              - (res.ml.facility_kwh - m0[0]))
+            res.realised_cooling_on_predicted_kwh += ((res.baseline.cooling_kwh - b0[1])
+                                                      - (res.ml.cooling_kwh - m0[1]))
+        if dec.recommended is not None:
+            cf_kw, cf_end_kw, _ = _advance(cf, control_s, step_s, None, c.gpu_temp_limit_c)
+            res.per_rec_realised_kwh += (cf_kw - ml_kw) * h
+            res.per_rec_realised_settled_kwh += (cf_end_kw - ml_end_kw) * h
+            if store is not None and rec_id is not None:
+                store.record_outcome(
+                    rec_id, cf_end_kw - ml_end_kw, at=datetime.fromtimestamp(ml_sim.time_s, UTC),
+                    note=f"counterfactual (same state kept on the previous setpoints), last "
+                         f"{SETTLED_TAIL_S:g} s of the interval; over the whole interval, "
+                         f"ramps included: {cf_kw - ml_kw:.3f} kW")
+        if orc is not None and or_sim is not None:
+            apply_setpoints(or_sim.controls, orc.choose(or_sim, control_s))
+            _advance(or_sim, control_s, step_s, res.oracle, c.gpu_temp_limit_c)
+        if progress:
+            progress(k + 1, n_ctrl)
+    res.wall_s = (datetime.now(UTC) - wall0).total_seconds()
+    return res

@@ -1,0 +1,170 @@
+"""Recommendation lifecycle in DuckDB: proposed -> accepted | rejected (by whom, when) ->
+measured (realised savings after acceptance, next to the predicted ones).
+
+Transitions are checked in one UPDATE ... WHERE status = <expected> so two operators
+cannot both decide the same recommendation.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+
+from twin.optimizer.search import Decision
+
+PROPOSED, ACCEPTED, REJECTED, MEASURED = "proposed", "accepted", "rejected", "measured"
+STATUSES = (PROPOSED, ACCEPTED, REJECTED, MEASURED)
+
+SCHEMA = """
+CREATE SEQUENCE IF NOT EXISTS recommendation_seq START 1;
+CREATE TABLE IF NOT EXISTS recommendations (
+    id BIGINT PRIMARY KEY DEFAULT nextval('recommendation_seq'),
+    created_at TIMESTAMP NOT NULL,
+    for_time TIMESTAMP NOT NULL,
+    site_id VARCHAR NOT NULL,
+    status VARCHAR NOT NULL,
+    current_setpoints JSON NOT NULL,
+    recommended_setpoints JSON NOT NULL,
+    state JSON NOT NULL,
+    predicted_savings_kw DOUBLE NOT NULL,
+    savings_low_kw DOUBLE,
+    savings_high_kw DOUBLE,
+    predicted_cooling_savings_kw DOUBLE,
+    predicted_facility_kw DOUBLE,
+    pue_current DOUBLE,
+    pue_recommended DOUBLE,
+    pue_delta DOUBLE,
+    binding_constraint VARCHAR,
+    active_constraints JSON,
+    predicted_gpu_temp_max_c DOUBLE,
+    model_version VARCHAR NOT NULL,
+    decided_by VARCHAR,
+    decided_at TIMESTAMP,
+    decision_note VARCHAR,
+    measured_at TIMESTAMP,
+    realised_savings_kw DOUBLE,
+    outcome_note VARCHAR
+);
+"""
+
+
+class LifecycleError(ValueError):
+    """A transition the lifecycle does not allow (e.g. accepting a rejected one)."""
+
+
+class UnknownRecommendationError(KeyError):
+    pass
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _naive(t: datetime | None) -> datetime:
+    if t is None:
+        return _now()
+    return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
+
+
+class RecommendationStore:
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+        con.execute(SCHEMA)
+
+    def propose(self, d: Decision, site_id: str, for_time: datetime | None = None) -> int:
+        if d.recommended is None:
+            raise ValueError(f"no recommendation to propose: {d.reason}")
+        row = self.con.execute(
+            "INSERT INTO recommendations (created_at, for_time, site_id, status, "
+            "current_setpoints, recommended_setpoints, state, predicted_savings_kw, "
+            "savings_low_kw, savings_high_kw, predicted_cooling_savings_kw, "
+            "predicted_facility_kw, pue_current, pue_recommended, pue_delta, "
+            "binding_constraint, active_constraints, predicted_gpu_temp_max_c, model_version) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            [_now(), _naive(for_time), site_id, PROPOSED, json.dumps(d.current),
+             json.dumps(d.recommended), json.dumps(d.state), d.predicted_savings_kw,
+             d.savings_low_kw, d.savings_high_kw, d.predicted_cooling_savings_kw,
+             d.predicted_facility_kw, d.pue_current, d.pue_recommended, d.pue_delta,
+             d.binding_constraint, json.dumps(d.active_constraints),
+             d.predicted_gpu_temp_max_c, d.model_version]).fetchone()
+        return int(row[0])
+
+    def _transition(self, rec_id: int, expected: str, sets: str, params: list) -> None:
+        row = self.con.execute(
+            f"UPDATE recommendations SET {sets} WHERE id = ? AND status = ? RETURNING id",
+            [*params, rec_id, expected]).fetchone()
+        if row is None:
+            current = self.get(rec_id)["status"]  # raises UnknownRecommendationError
+            raise LifecycleError(f"recommendation {rec_id} is {current!r}; this action needs "
+                                 f"it {expected!r}")
+
+    def _decide(self, rec_id: int, status: str, who: str, note: str | None,
+                at: datetime | None) -> dict[str, Any]:
+        if not who or not who.strip():
+            raise ValueError("who: the operator taking the decision must be named")
+        self._transition(rec_id, PROPOSED,
+                         "status = ?, decided_by = ?, decided_at = ?, decision_note = ?",
+                         [status, who.strip(), _naive(at), note])
+        return self.get(rec_id)
+
+    def accept(self, rec_id: int, who: str, note: str | None = None,
+               at: datetime | None = None) -> dict[str, Any]:
+        return self._decide(rec_id, ACCEPTED, who, note, at)
+
+    def reject(self, rec_id: int, who: str, note: str | None = None,
+               at: datetime | None = None) -> dict[str, Any]:
+        return self._decide(rec_id, REJECTED, who, note, at)
+
+    def record_outcome(self, rec_id: int, realised_savings_kw: float, note: str | None = None,
+                       at: datetime | None = None) -> dict[str, Any]:
+        """Realised savings measured after an accepted recommendation was applied."""
+        if realised_savings_kw is None or realised_savings_kw != realised_savings_kw:
+            raise ValueError("realised_savings_kw: must be a number")
+        self._transition(rec_id, ACCEPTED,
+                         "status = ?, measured_at = ?, realised_savings_kw = ?, outcome_note = ?",
+                         [MEASURED, _naive(at), float(realised_savings_kw), note])
+        return self.get(rec_id)
+
+    def _rows(self, where: str, params: list, limit: int | None = None) -> list[dict[str, Any]]:
+        q = f"SELECT * FROM recommendations {where} ORDER BY id DESC"
+        if limit is not None:
+            q += f" LIMIT {int(limit)}"
+        cur = self.con.execute(q, params)
+        names = [c[0] for c in cur.description]
+        out = []
+        for r in cur.fetchall():
+            d = dict(zip(names, r, strict=True))
+            for k in ("current_setpoints", "recommended_setpoints", "state",
+                      "active_constraints"):
+                d[k] = json.loads(d[k]) if isinstance(d[k], str) else d[k]
+            out.append(d)
+        return out
+
+    def get(self, rec_id: int) -> dict[str, Any]:
+        rows = self._rows("WHERE id = ?", [int(rec_id)])
+        if not rows:
+            raise UnknownRecommendationError(f"no recommendation with id {rec_id}")
+        return rows[0]
+
+    def list(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status: {status!r} is not one of {list(STATUSES)}")
+        return self._rows("WHERE status = ?" if status else "", [status] if status else [],
+                          limit)
+
+    def report(self) -> dict[str, Any]:
+        """Counts per status and predicted vs realised savings over measured ones."""
+        counts = dict(self.con.execute(
+            "SELECT status, count(*) FROM recommendations GROUP BY status").fetchall())
+        n, pred, real, mae = self.con.execute(
+            "SELECT count(*), sum(predicted_savings_kw), sum(realised_savings_kw), "
+            "avg(abs(predicted_savings_kw - realised_savings_kw)) FROM recommendations "
+            "WHERE status = ?", [MEASURED]).fetchone()
+        ratio = (real / pred) if pred else None
+        return {"counts": {s: int(counts.get(s, 0)) for s in STATUSES},
+                "measured": int(n), "predicted_savings_kw_sum": pred,
+                "realised_savings_kw_sum": real, "realised_over_predicted": ratio,
+                "mean_abs_error_kw": mae}
