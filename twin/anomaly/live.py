@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import duckdb
 import polars as pl
 
 from ingest.site import Site
@@ -77,7 +78,11 @@ class LiveAnomalies:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.store.cursor().execute(LATEST_TABLE)
+        try:
+            self.store.cursor().execute(LATEST_TABLE)
+            self.persist = True
+        except duckdb.Error:  # a read-only store: scores stay in memory only
+            self.persist = False
 
     # -- data ------------------------------------------------------------------------
 
@@ -180,6 +185,8 @@ class LiveAnomalies:
                                   dtype=pl.String))
         self.latest = pl.concat([self.latest.join(latest, on="device_id", how="anti"), latest],
                                 how="vertical_relaxed")
+        if not self.persist:
+            return
         new_rows = latest.to_arrow()  # noqa: F841 - referenced by SQL below
         cur = self.store.cursor()
         cur.execute("BEGIN TRANSACTION")
