@@ -48,10 +48,10 @@ RESIDUALS: tuple[Residual, ...] = (
     # moves in healthy history, so it could not be learned)
     Residual("gpu_thermal", "gpu", "gpu_rise_k",
              ("power_w", "power_w_lag1", "power_w_lag2", "rack_heat_per_flow"), "gpu_temp_c",
-             common="cdu_id"),
+             common="rack_id"),
     Residual("gpu_mem_thermal", "gpu", "mem_rise_k",
              ("power_w", "power_w_lag1", "power_w_lag2", "rack_heat_per_flow"), "mem_temp_c",
-             common="cdu_id"),
+             common="rack_id"),
     Residual("gpu_power_peer", "gpu", "power_w", ("peer_power_w",), "power_w"),
     Residual("psu_loss", "psu", "input_power_w", ("output_power_w", "output_power_w_sq"),
              "input_power_w", pooled=True),
@@ -65,13 +65,13 @@ RESIDUALS: tuple[Residual, ...] = (
              "diff_pressure_kpa", pooled=True),
     Residual("cdu_pump_power", "cdu", "pump_power_w", ("pump_speed_sq", "pump_speed_cu"),
              "pump_power_w", pooled=True),
-    Residual("cdu_heat_balance", "cdu", "heat_flow", ("loop_it_w",), "return_temp_c"),
+    Residual("cdu_heat_balance", "cdu", "heat_flow", ("loop_it_w",), "return_temp_c",
+             common="hall"),
     Residual("cdu_supply", "cdu", "supply_temp_c", ("chw_supply_c", "loop_it_w"),
-             "supply_temp_c"),
+             "supply_temp_c", common="hall"),
     # exchanger hot-end approach (secondary return - primary return): near zero while the
     # exchanger is clean; fouling opens it long before the supply temperature moves
-    Residual("cdu_hx", "cdu", "hx_approach_k", (),
-             "primary_return_temp_c"),
+    Residual("cdu_hx", "cdu", "hx_approach_k", (), "primary_return_temp_c", common="hall"),
     Residual("crah_fan_speed", "crah", "fan_speed_pct", ("hall_it_w", "hall_it_per_running"),
              "fan_speed_pct"),
     Residual("crah_fan_power", "crah", "fan_power_w", ("fan_speed_sq", "fan_speed_cu"),
@@ -80,6 +80,8 @@ RESIDUALS: tuple[Residual, ...] = (
              "return_air_temp_c"),
     Residual("plant_chiller", "chiller_plant", "chiller_power_kw",
              ("cooling_load_kw", "load_x_chw", "load_x_cw"), "chiller_power_kw"),
+    Residual("plant_chw_hold", "chiller_plant", "chw_supply_temp_c", ("chw_supply_setpoint_c",),
+             "chw_supply_temp_c"),
     Residual("pdu_power", "pdu", "power_w", ("pdu_psu_in_w",), "power_w"),
 )
 
@@ -171,6 +173,7 @@ def class_frames(g: pl.DataFrame, devices: pl.DataFrame) -> dict[str, pl.DataFra
     # IT power per CDU loop, from PSU input power
     f = wide(g, by_class["cdu"]["device_id"])
     if f.height:
+        f = f.join(by_class["cdu"].select("device_id", "hall"), on="device_id", how="left")
         f = f.join(_sum_by(g, psu_cdu, "input_power_w", "cdu_id", "loop_it_w"),
                    on=["device_id", "bucket"], how="left")
         plant = g.filter(pl.col("metric") == "chw_supply_temp_c").group_by("bucket").agg(

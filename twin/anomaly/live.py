@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import duckdb
 import polars as pl
 
 from ingest.site import Site
@@ -47,8 +48,10 @@ CREATE TABLE IF NOT EXISTS anomaly_latest (
 class LiveConfig:
     interval_s: float = 10.0  # scoring interval (samples are bucketed to it)
     train_s: float = 3600.0  # history needed before the first score
-    history_s: float = 6 * 3600.0  # trailing window each refit trains on
-    refit_every_s: float = 3600.0
+    # refits follow new operating regimes; a slow fault must not be learned as normal, so
+    # they are infrequent and the window long (healthy history keeps most of the weight)
+    history_s: float = 12 * 3600.0  # trailing window each refit trains on
+    refit_every_s: float = 6 * 3600.0
     lag_s: float = 5.0  # an interval is scored this long after it closes
     alarm_score: float = 0.5  # devices at or above it in a window are left out of refits
     max_chunk_buckets: int = 360  # catch up in pieces of this many intervals
@@ -75,7 +78,11 @@ class LiveAnomalies:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.store.cursor().execute(LATEST_TABLE)
+        try:
+            self.store.cursor().execute(LATEST_TABLE)
+            self.persist = True
+        except duckdb.Error:  # a read-only store: scores stay in memory only
+            self.persist = False
 
     # -- data ------------------------------------------------------------------------
 
@@ -178,6 +185,8 @@ class LiveAnomalies:
                                   dtype=pl.String))
         self.latest = pl.concat([self.latest.join(latest, on="device_id", how="anti"), latest],
                                 how="vertical_relaxed")
+        if not self.persist:
+            return
         new_rows = latest.to_arrow()  # noqa: F841 - referenced by SQL below
         cur = self.store.cursor()
         cur.execute("BEGIN TRANSACTION")

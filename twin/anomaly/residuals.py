@@ -33,6 +33,7 @@ RIDGE = 1e-7  # numerical only: exact physical relations must fit exactly
 HUBER_C = 2.0
 SIGMA_REL_FLOOR = 5e-3  # of the target's spread across the class: model error
 SHRINK_ROWS = 200.0  # weight of the class slopes in a device's fit
+MIN_COMMON_GROUP = 3  # devices a group needs before its median is taken out
 
 
 @dataclass
@@ -46,14 +47,16 @@ class ResidualModel:
 def _less_common_mode(f: pl.DataFrame, c: np.ndarray, res: Residual) -> np.ndarray:
     """Remove what a residual's group shares at each interval (its median), if it has one.
 
-    GPUs on one coolant loop, PSUs in one hall's air share the model's errors and their
+    GPUs in one rack (one coolant branch), PSUs in one hall's air share the model's errors and their
     environment's changes; one device departing from its group is what is left.
     """
     if res.common is None or res.common not in f.columns:
         return c
-    med = (f.select(res.common, "bucket").with_columns(c=c)
-           .select(pl.col("c").median().over(res.common, "bucket"))["c"].to_numpy())
-    return c - med
+    g = (f.select(res.common, "bucket").with_columns(c=c).select(
+        med=pl.col("c").median().over(res.common, "bucket"),
+        n=pl.len().over(res.common, "bucket")))
+    # a group of one or two has no "rest of the group" to compare with
+    return c - np.where(g["n"].to_numpy() >= MIN_COMMON_GROUP, g["med"].to_numpy(), 0.0)
 
 
 def _resolution(col: pl.Series) -> float:
