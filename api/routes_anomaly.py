@@ -92,9 +92,13 @@ def anomaly_router(twin) -> APIRouter:
 
 
 def device_anomaly_state(twin, device_id: str) -> dict | None:
-    """The anomaly part of a device's state (for /v1/devices/{id}); None if not scored."""
+    """The anomaly part of a device's state (for /v1/devices/{id}); None if not scored.
+
+    Reads the scores a background refresh keeps current (started on first use, as for the
+    alert rules): a device lookup must not wait for a scoring round or a refit.
+    """
     lv = live_for(twin.site, twin.store)
-    lv.refresh()
+    lv.start_background()
     row = lv.device(device_id)
     if row is None:
         return None

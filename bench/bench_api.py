@@ -60,7 +60,8 @@ def run(quick: bool = False) -> list[Result]:
                 ok = res.pct(99) < P99_TARGET_MS and res.errors == 0
                 note = (f"p50 {res.pct(50):.2f} ms, max {res.latencies_ms.max():.1f} ms, "
                         f"{res.rate_achieved:.0f} req/s offered, {res.requests} requests, "
-                        f"{res.errors} errors")
+                        f"{res.errors} errors"
+                        + (f" ({dict(res.error_kinds)})" if res.errors else ""))
                 results.append(Result(f"API {name} at {RATE:.0f} req/s (open loop, loopback)",
                                       "p99 ms", res.pct(99), f"< {P99_TARGET_MS:.0f}", ok,
                                       note=note))

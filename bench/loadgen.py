@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,6 +26,7 @@ class LoadResult:
     requests: int
     errors: int  # non-2xx or connection failures
     latencies_ms: np.ndarray
+    error_kinds: Counter[str] = field(default_factory=Counter)  # "HTTP 503", "ConnectionResetError"
 
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else 0.0
@@ -56,6 +58,7 @@ async def _run(host: str, port: int, paths: Callable[[int], str], headers: dict[
     total = int(rate * duration_s)
     lat = np.zeros(total)
     errors = 0
+    error_kinds: Counter[str] = Counter()
     done = 0
 
     async def one(i: int, scheduled: float) -> None:
@@ -74,9 +77,11 @@ async def _run(host: str, port: int, paths: Callable[[int], str], headers: dict[
             status = await conn.request(raw)
             if not 200 <= status < 300:
                 errors += 1
+                error_kinds[f"HTTP {status}"] += 1
             idle.append(conn)
-        except (OSError, asyncio.IncompleteReadError, ValueError):
+        except (OSError, asyncio.IncompleteReadError, ValueError) as e:
             errors += 1
+            error_kinds[type(e).__name__] += 1
             n_conns -= 1
         lat[i] = (time.perf_counter() - scheduled) * 1000
         done += 1
@@ -93,7 +98,7 @@ async def _run(host: str, port: int, paths: Callable[[int], str], headers: dict[
     elapsed = time.perf_counter() - t0
     for c in idle:
         c.writer.close()
-    return LoadResult(rate, total / elapsed, total, errors, lat)
+    return LoadResult(rate, total / elapsed, total, errors, lat, error_kinds)
 
 
 def run_load(host: str, port: int, paths: Callable[[int], str], headers: dict[str, str],
