@@ -132,6 +132,27 @@ def test_condition_that_lapses_while_pending_restarts_its_timer(tmp_path, site, 
     assert alert.starts_at == t0 + timedelta(seconds=20)
 
 
+GLOB_RULES = """
+rules:
+  - name: Row1GpuHot
+    kind: threshold
+    select: {device: "sv1/h1/row1/*/gpu[0-3]"}
+    metric: gpu_temp_c
+    op: ">"
+    value: 85
+    annotations: {summary: "GPU {device_id} at {value:.1f}"}
+"""
+
+
+def test_device_glob_selects_only_matching_devices(tmp_path, site, t0):
+    svc = service(tmp_path, site, GLOB_RULES)
+    row1_gpu7 = "sv1/h1/row1/rk101/n01/gpu7"  # row1, but outside gpu[0-3]
+    write_samples(svc.db.store, "gpu", [(d, "gpu_temp_c", 95, t0)
+                                        for d in (GPU101, GPU102, GPU201, row1_gpu7)])
+    fired = sorted(a.labels["device_id"] for a in svc.evaluate(t0).new)
+    assert fired == [GPU101, GPU102]
+
+
 def test_cdu_pump_failure_is_one_loop_alert_and_inhibits_gpu_heat_of_its_racks(
         tmp_path, site, t0):
     svc = service(tmp_path, site)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fnmatch
+import re
+
+import polars as pl
 import pytest
 
 from twin.alerts.config import ConfigError, Matcher, parse_duration
 from twin.alerts.grouping import fingerprint, site_topology
 from twin.alerts.receivers import load_receivers
-from twin.alerts.rules import CRITICAL_XIDS, load_rules, parse_rules
+from twin.alerts.rules import CRITICAL_XIDS, glob_regex, load_rules, parse_rules
 
 BASE = """rules:
   - name: GpuHot
@@ -130,3 +134,14 @@ def test_serve_refuses_a_bad_rules_file_naming_the_line(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["serve", "--db", str(tmp_path / "x.duckdb")])
     assert result.exit_code == 2
     assert f"{bad}:6: rules[0].for: invalid duration 'soon'" in result.output
+
+
+@pytest.mark.parametrize("glob", ["sv1/h1/row1/*", "sv1/*/row?/*gpu[0-3]", "*cdu*", "a.b/c[[]1]",
+                                  "x[?]y", "*gpu[!0]", "sv1/h1/row1", "*", "(a)+{b}|c$"])
+def test_device_glob_regex_agrees_with_fnmatch_in_python_and_polars(glob):
+    ids = ["sv1/h1/row1/rk101/n01/gpu0", "sv1/h1/row2/rk201/n02/gpu7", "sv1/h1/cdu-row1",
+           "a.b/c[1]", "x?y", "(a)+{b}|c$", "sv1/h1/row1"]
+    want = [fnmatch.fnmatchcase(i, glob) for i in ids]
+    regex = glob_regex(glob)
+    assert [bool(re.match(regex, i)) for i in ids] == want
+    assert pl.Series(ids).str.contains(regex).to_list() == want

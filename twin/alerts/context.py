@@ -132,8 +132,7 @@ class RuleContext:
             frame = frame.join(self._classes, on="device_id", how="inner").filter(
                 pl.col("device_class").is_in(sel.device_class))
         if sel.device:
-            frame = frame.filter(pl.col("device_id").str.contains(
-                fnmatch.translate(sel.device)))
+            frame = frame.filter(pl.col("device_id").str.contains(sel.device_regex()))
         return frame
 
     def matches(self, device_id: str, sel: Selector) -> bool:

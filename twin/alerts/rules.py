@@ -99,6 +99,40 @@ class Selector(_Strict):
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
+    def device_regex(self) -> str | None:
+        """The id glob as an anchored regex both Python's re and polars (Rust) accept."""
+        return None if self.device is None else glob_regex(self.device)
+
+
+_REGEX_META = set("\\.^$|?*+()[]{}")
+
+
+def glob_regex(glob: str) -> str:
+    """fnmatch semantics (``*``, ``?``, ``[seq]``, ``[!seq]``; ``*`` crosses ``/``).
+
+    ``fnmatch.translate`` emits ``\\Z`` and atomic groups, which the Rust regex engine
+    behind polars rejects, so the translation is done here.
+    """
+    out, i, n = ["^"], 0, len(glob)
+    while i < n:
+        c = glob[i]
+        i += 1
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[" and (end := glob.find("]", i + 1 if glob[i:i + 1] in ("!", "]") else i)) > 0:
+            body = glob[i:end]
+            i = end + 1
+            neg = body.startswith("!")
+            body = body[1:] if neg else body
+            body = "".join("\\" + ch if ch in "\\[]^" else ch for ch in body)
+            out.append(f"[{'^' if neg else ''}{body}]")
+        else:
+            out.append("\\" + c if c in _REGEX_META else c)
+    out.append("$")
+    return "".join(out)
+
 
 class RuleBase(_Strict):
     name: str = Field(pattern=LABEL_NAME.pattern, description="alertname")
