@@ -74,10 +74,10 @@ def rack_messages(n_samples: int, racks_per_message: int = 1, seed: int = 0,
 
 
 def produce(bootstrap: str, n_samples: int, compression: str = "zstd",
-            racks_per_message: int = 1) -> tuple[int, int]:
+            racks_per_message: int = 1, topic: str | None = None) -> tuple[int, int]:
     producer = make_producer(bootstrap, compression, linger_ms=20, batch_size=1024 * 1024,
                              max_block_ms=60_000)
-    topic = telemetry_topic(Kind.gpu)
+    topic = topic or telemetry_topic(Kind.gpu)
     n = n_bytes = 0
     for key, value, count in rack_messages(n_samples, racks_per_message):
         producer.send(topic, key=key, value=value)
@@ -88,14 +88,19 @@ def produce(bootstrap: str, n_samples: int, compression: str = "zstd",
     return n, n_bytes
 
 
-def _proc(mode: str, bootstrap: str, group: str, expect: int, *extra: str) -> subprocess.Popen:
+def ingest_process(mode: str, bootstrap: str, group: str, expect: int,
+                   *extra: str) -> subprocess.Popen:
+    """`bench/ingest_proc.py` in its own process; its JSON result is the last stdout line."""
     cmd = [sys.executable, "-m", "bench.ingest_proc", mode, "--bootstrap", bootstrap,
            "--group", group, "--expect", str(expect), *extra]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-def _result(proc: subprocess.Popen, timeout_s: float) -> dict:
+
+
+
+def ingest_result(proc: subprocess.Popen, timeout_s: float) -> dict:
     out, _ = proc.communicate(timeout=timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"ingest process failed ({proc.returncode}): {out[-2000:]}")
@@ -103,15 +108,16 @@ def _result(proc: subprocess.Popen, timeout_s: float) -> dict:
 
 
 def run_one(bootstrap: str, tmp: Path, expect: int, group: str) -> dict:
-    return _result(_proc("fast", bootstrap, group, expect, "--db", str(tmp / f"{group}.duckdb")),
-                   900)
+    return ingest_result(ingest_process("fast", bootstrap, group, expect,
+                                        "--db", str(tmp / f"{group}.duckdb")), 900)
 
 
 def run_two(bootstrap: str, tmp: Path, expect: int, group: str) -> list[dict]:
     stop = tmp / f"{group}.stop"
     progress = [tmp / f"{group}-{k}.progress" for k in range(2)]
-    procs = [_proc("fast", bootstrap, group, expect, "--shard-dir", str(tmp / group),
-                   "--tag", str(k), "--stop-file", str(stop), "--progress", str(progress[k]))
+    procs = [ingest_process("fast", bootstrap, group, expect, "--shard-dir", str(tmp / group),
+                            "--tag", str(k), "--stop-file", str(stop),
+                            "--progress", str(progress[k]))
              for k in range(2)]
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline and all(p.poll() is None for p in procs):
@@ -120,7 +126,7 @@ def run_two(bootstrap: str, tmp: Path, expect: int, group: str) -> list[dict]:
             break
         time.sleep(0.05)
     stop.touch()
-    return [_result(p, 120) for p in procs]
+    return [ingest_result(p, 120) for p in procs]
 
 
 def run(quick: bool = False) -> list[Result]:
@@ -136,8 +142,8 @@ def run(quick: bool = False) -> list[Result]:
         loads = [os.getloadavg()[0]]
         two = run_two(broker.bootstrap, tmp, n, "bench-two")
         loads.append(os.getloadavg()[0])
-        base = _result(_proc("baseline", broker.bootstrap, "bench-base", n_base,
-                             "--db", str(tmp / "base.duckdb")), 900)
+        base = ingest_result(ingest_process("baseline", broker.bootstrap, "bench-base", n_base,
+                                            "--db", str(tmp / "base.duckdb")), 900)
     base_rate = base["samples"] / base["seconds"]
     one_rate = one["samples"] / one["seconds"]
     two_n = sum(r["samples"] for r in two)

@@ -44,7 +44,8 @@ def fast(args: argparse.Namespace) -> dict:
                           session_timeout_ms=6000, heartbeat_interval_ms=1000)
     policy = IngestPolicy.for_site(load_site(EXAMPLE_SITE))
     ing = Ingestor(store, args.bootstrap, args.group, policy=policy, config=config,
-                   client_id=f"bench-{args.tag}")
+                   client_id=f"bench-{args.tag}",
+                   **({"topics": (args.topic,)} if args.topic else {}))
     t_assigned = t_last = None
     cpu0 = cpu_settled = t_settled = 0.0
     at_settled = 0
@@ -148,6 +149,7 @@ def main() -> int:
     p.add_argument("--maintenance-every-s", type=float, default=5.0)
     p.add_argument("--stop-file")
     p.add_argument("--progress")
+    p.add_argument("--topic", help="read this topic only (default: every ingest topic)")
     args = p.parse_args()
     out = fast(args) if args.mode == "fast" else baseline(args)
     print(json.dumps(out), flush=True)
