@@ -13,6 +13,7 @@ from api.app import create_app
 from api.keys import KeyStore
 from api.live import LiveState
 from api.metrics import alert_events, alerts_provider, kafka_lag_of
+from api.rack_scores import anomaly_rack_scorer
 from dctwin.settings import Settings
 from ingest.consumer import Ingestor
 from ingest.kafka import ensure_topics
@@ -49,7 +50,8 @@ class Server:
         self.ingest_thread: threading.Thread | None = None
         self.started = time.time()
         self.bus = EventBus()
-        self.live = LiveState(self.twin, self.bus, settings.live_interval_s)
+        self.live = LiveState(self.twin, self.bus, settings.live_interval_s,
+                              scorers=[anomaly_rack_scorer(self.twin)])
         self.keys = KeyStore(settings.apikey_db)
 
     def health(self) -> dict:

@@ -13,6 +13,8 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.keys import Role
+from api.live import LiveState
+from api.rack_scores import anomaly_rack_scorer
 from collectors.simulator.model import SiteSimulator
 from dctwin.simulate import run_simulation
 from ingest.site import load_site
@@ -25,6 +27,7 @@ from twin.anomaly.frames import device_table
 from twin.anomaly.live import LiveConfig, anomaly_scores, live_for
 from twin.anomaly.multivariate import LeakageError, fit_multivariate
 from twin.anomaly.residuals import SmootherState, apply_residual, fit_residual, reference_p
+from twin.events import EventBus
 from twin.state import Twin
 
 SITE = Path(__file__).parent / "data" / "anomaly_site.toml"
@@ -151,6 +154,16 @@ def test_live_scores_api_and_alert_provider(faulty_store, tmp_path):
     dev = client.get(f"/v1/devices/{gpu}").json()
     assert dev["anomaly"]["score"] == mine["score"]
     assert dev["anomaly"]["top_metrics"][0]["metric"] == "no_data"
+
+    # the heat map's rack scores (/v1/racks, /metrics, the racks stream) are the same roll-up
+    twin = Twin(site, store)
+    view = LiveState(twin, EventBus(), scorers=[anomaly_rack_scorer(twin)])
+    view.tick()
+    heat = TestClient(create_app(twin, keys=keys, live=view),
+                      headers=bearer(tokens[Role.viewer])).get("/v1/racks").json()["items"]
+    by_rack = {r["rack"]: r["anomaly_score"] for r in heat}
+    assert by_rack["rk201"] == racks[0]["score"] and by_rack["rk201"] >= 0.75
+    assert sum(v is not None for v in by_rack.values()) > 1  # every scored rack has one
 
     # the provider alert rules call
     scores = anomaly_scores(store, end, site)
