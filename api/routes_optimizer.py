@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.auth import require_role
+from api.auth import Principal, require_role
 from api.keys import Role
 from twin.optimizer.recommendations import (
     STATUSES,
@@ -30,7 +30,9 @@ from twin.state import Twin
 
 
 class OperatorAction(BaseModel):
-    who: str = Field(min_length=1, max_length=200, description="operator taking the decision")
+    who: str | None = Field(None, min_length=1, max_length=200,
+                            description="operator taking the decision (default: the API "
+                                        "key's name)")
     note: str | None = Field(None, max_length=2000)
 
 
@@ -115,10 +117,12 @@ def optimizer_router(twin: Twin) -> APIRouter:
         except UnknownRecommendationError as exc:
             raise HTTPException(404, str(exc.args[0])) from None
 
-    def _act(rec_id: int, body: OperatorAction, accept: bool) -> RecommendationOut:
+    def _act(rec_id: int, body: OperatorAction | None, who: Principal,
+             accept: bool) -> RecommendationOut:
         s = store()
+        body = body or OperatorAction()
         try:
-            row = (s.accept if accept else s.reject)(rec_id, body.who, body.note)
+            row = (s.accept if accept else s.reject)(rec_id, body.who or who.name, body.note)
         except UnknownRecommendationError as exc:
             raise HTTPException(404, str(exc.args[0])) from None
         except LifecycleError as exc:
@@ -127,14 +131,14 @@ def optimizer_router(twin: Twin) -> APIRouter:
             raise HTTPException(422, str(exc)) from None
         return RecommendationOut.of(row)
 
-    @router.post("/{rec_id}/accept", response_model=RecommendationOut,
-                 dependencies=[Depends(require_role(Role.operator))])
-    def accept(rec_id: int, body: OperatorAction) -> RecommendationOut:
-        return _act(rec_id, body, True)
+    @router.post("/{rec_id}/accept", response_model=RecommendationOut)
+    def accept(rec_id: int, body: OperatorAction | None = None,
+               who: Principal = Depends(require_role(Role.operator))) -> RecommendationOut:
+        return _act(rec_id, body, who, True)
 
-    @router.post("/{rec_id}/reject", response_model=RecommendationOut,
-                 dependencies=[Depends(require_role(Role.operator))])
-    def reject(rec_id: int, body: OperatorAction) -> RecommendationOut:
-        return _act(rec_id, body, False)
+    @router.post("/{rec_id}/reject", response_model=RecommendationOut)
+    def reject(rec_id: int, body: OperatorAction | None = None,
+               who: Principal = Depends(require_role(Role.operator))) -> RecommendationOut:
+        return _act(rec_id, body, who, False)
 
     return router

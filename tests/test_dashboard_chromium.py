@@ -15,9 +15,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.keys import DEMO_KEY
+from api.app import create_app
+from api.keys import DEMO_KEY, Role
 from dctwin.broker import free_port
+from ingest.store import Store
+from tests.apihelpers import keys_per_role, serve
 from tests.conftest import REPO
+from twin.optimizer.recommendations import RecommendationStore
+from twin.optimizer.search import Decision
+from twin.state import Twin
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -160,3 +166,57 @@ def _acknowledge_an_alert(page, url: str) -> None:
     after = httpx.get(f"{url}/v1/alerts/{alert_id}", headers=AUTH).json()
     assert after["acknowledged"]["by"] == "demo (embedded key)"
     assert [t["transition"] for t in after["transitions"]][-1] == "acknowledged"
+
+
+def test_dashboard_recommendations_accept_and_reject(site, tmp_path):
+    """Proposed recommendations show their setpoint changes and predicted savings; an
+    operator accepts one and rejects another from the dashboard, recorded under the key."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed (APT_PACKAGES in .ci/run)")
+    from playwright.sync_api import expect, sync_playwright
+
+    store = Store(tmp_path / "twin.duckdb")
+    recs = RecommendationStore(store.cursor())
+    current = {"chw_supply_setpoint_c": 18.0, "cdu_supply_setpoint_c": 32.0}
+    ids = [recs.propose(Decision(
+        recommended={"chw_supply_setpoint_c": 20.5 + k, "cdu_supply_setpoint_c": 32.0},
+        reason="lower predicted facility power", category="recommended", current=current,
+        state={"it_kw": 1290.0, "outdoor_wetbulb_c": 14.2}, model_version="opt-test",
+        predicted_facility_kw=1612.0, predicted_savings_kw=41.5 + k, savings_low_kw=33.0,
+        savings_high_kw=47.9, pue_current=1.282, pue_recommended=1.25,
+        binding_constraint="ramp:chw_supply_setpoint_c"), site.site.id) for k in range(2)]
+    keys, tokens = keys_per_role(tmp_path / "keys.duckdb")
+    app = create_app(Twin(site, store), keys=keys)
+    console: list[tuple[str, str]] = []
+    with serve(app) as url, sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 900})
+        try:
+            page = ctx.new_page()
+            page.on("console", lambda m: console.append((m.type, m.text)))
+            page.on("pageerror", lambda e: console.append(("pageerror", str(e))))
+            page.goto(f"{url}/?key={tokens[Role.operator]}")
+            # this app runs no alert engine: that panel says so, the rest still works
+            expect(page.locator("[data-testid=alerts]")).to_contain_text(
+                "unavailable: the alert engine is not running", timeout=20_000)
+            items = page.locator("#recommendations li")
+            expect(items).to_have_count(2, timeout=20_000)
+            newest = items.nth(0)  # newest first: ids[1]
+            expect(newest).to_contain_text("chw supply °C 18.0 → 21.5")
+            expect(newest).to_contain_text("−42.5 kW (33–48)")
+            expect(newest).to_contain_text("PUE -0.032")
+            newest.locator("[data-testid=rec-accept]").click()
+            expect(items.nth(0)).to_contain_text("accepted", timeout=10_000)
+            items.nth(1).locator("[data-testid=rec-reject]").click()
+            expect(items.nth(1)).to_contain_text("rejected", timeout=10_000)
+        finally:
+            ctx.close()
+    got = {i: recs.get(i) for i in ids}
+    assert got[ids[1]]["status"] == "accepted" and got[ids[0]]["status"] == "rejected"
+    assert {r["decided_by"] for r in got.values()} == {"test-operator"}
+    # the browser logs the /v1/alerts 503 itself; anything else is a dashboard error
+    errors = [(t, m) for t, m in console if t in ("error", "pageerror")
+              and "status of 503 (Service Unavailable)" not in m]
+    assert not errors, f"console errors: {errors}"
+    store.close()

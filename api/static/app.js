@@ -269,25 +269,38 @@ async function loadRecommendations() {
   const recs = Array.isArray(body) ? body : body.items || [];
   list.replaceChildren();
   if (!recs.length) list.append(el("li", "none", "none yet"));
-  const canDecide = ROLE_RANK[S.role] >= ROLE_RANK.operator;
   for (const r of recs) {
     const li = el("li");
     const text = el("div", "grow");
-    text.append(el("div", "title", r.summary ?? r.title ?? r.action ?? r.id));
-    text.append(el("div", "sub", r.state ?? r.status ?? ""));
+    const cur = r.current_setpoints || {};
+    const changes = Object.entries(r.recommended_setpoints || {})
+      .filter(([k, v]) => cur[k] == null || Math.abs(cur[k] - v) >= 0.05)
+      .map(([k, v]) => `${setpointName(k)} ${cur[k]?.toFixed(1) ?? "?"} → ${v.toFixed(1)}`);
+    text.append(el("div", "title", changes.length ? changes.join(", ") : `#${r.id}: hold setpoints`));
+    const why = [r.status];
+    if (r.pue_delta != null) why.push(`PUE ${r.pue_delta > 0 ? "+" : ""}${r.pue_delta.toFixed(3)}`);
+    if (r.binding_constraint) why.push(`binding: ${r.binding_constraint}`);
+    if (r.decided_by) why.push(`by ${r.decided_by}`);
+    if (r.realised_savings_kw != null) why.push(`realised −${r.realised_savings_kw.toFixed(1)} kW`);
+    text.append(el("div", "sub", why.join(" · ")));
     li.append(text);
-    const kw = r.predicted_savings_kw ?? r.savings_kw;
-    if (kw != null) li.append(el("span", "saving", `−${kw.toFixed(1)} kW`));
-    const open = ["open", "proposed", "pending", undefined].includes(r.state ?? r.status);
-    if (canDecide && open) {
+    const kw = r.predicted_savings_kw;
+    if (kw != null) {
+      const range = r.savings_low_kw != null && r.savings_high_kw != null
+        ? ` (${r.savings_low_kw.toFixed(0)}–${r.savings_high_kw.toFixed(0)})` : "";
+      li.append(el("span", "saving", `−${kw.toFixed(1)} kW${range}`));
+    }
+    const canDecide = ROLE_RANK[S.role] >= ROLE_RANK.operator;
+    if (canDecide && r.status === "proposed") {
       for (const verb of ["accept", "reject"]) {
-        if (!has(`/v1/recommendations/{recommendation_id}/${verb}`) &&
-            !has(`/v1/recommendations/{id}/${verb}`)) continue;
+        if (!has(`/v1/recommendations/{rec_id}/${verb}`)) continue;
         const b = el("button", verb === "reject" ? "ghost" : "", verb);
+        b.dataset.testid = `rec-${verb}`;
         b.addEventListener("click", async () => {
           b.disabled = true;
+          // no body: the server records the API key's name as the operator
           await api(`/v1/recommendations/${encodeURIComponent(r.id)}/${verb}`,
-                    { method: "POST", body: "{}" }).catch(() => {});
+                    { method: "POST" }).catch(report);
           await loadRecommendations();
         });
         li.append(b);
@@ -295,6 +308,10 @@ async function loadRecommendations() {
     }
     list.append(li);
   }
+}
+
+function setpointName(k) {
+  return k.replace(/_setpoint/, "").replace(/_c$/, " °C").replace(/_kpa$/, " kPa").replace(/_/g, " ");
 }
 
 // ---------------------------------------------------------------- device events
@@ -383,7 +400,15 @@ async function refreshAll() {
   if (!S.events.length) addDeviceEvent(null);
   const pue = await api("/v1/pue");
   showPue(pue);
-  await Promise.all([loadOverview(), loadRacks(), loadAlerts(), loadRecommendations()]);
+  // one panel failing (a feature not running in this process) must not take the others
+  // down or sign the user out: it shows its own error
+  await Promise.all([[loadOverview, null], [loadRacks, null], [loadAlerts, "alerts"],
+                     [loadRecommendations, "recommendations"]].map(([load, list]) =>
+    load().catch((e) => {
+      if (e instanceof AuthError || !list) throw e;
+      $(list).replaceChildren(el("li", "none", `unavailable: ${e.message}`));
+      report(e);
+    })));
 }
 
 async function signIn(key) {
@@ -402,6 +427,7 @@ async function signIn(key) {
   follow();
   setInterval(() => loadOverview().catch(report), 60000);
   setInterval(() => loadAlerts().catch(report), 15000);
+  setInterval(() => loadRecommendations().catch(report), 60000);
 }
 
 function signOut(message) {
