@@ -178,15 +178,7 @@ def router(twin: Twin, live: LiveState | None) -> APIRouter:
         snap = live.fresh_snapshot() if live is not None else None
         if snap is None or snap.latest is None:  # no live view: one query, off the loop
             return await run_in_threadpool(_device_out, twin, device_id, now)
-        ref = twin.known_devices.get(device_id)
-        readings = snap.latest.device(device_id)
-        if ref is None and not readings:
-            raise ProblemError(404, f"unknown device id {device_id!r}: not in the site model "
-                                    "and never reported", "not-found")
-        return DeviceOut(device_id=device_id, device_class=ref.device_class if ref else None,
-                         rack=ref.rack if ref else None,
-                         metrics=[LatestReading.of(x, now) for x in readings],
-                         anomaly=device_anomaly_state(twin, device_id))
+        return _device_state(twin, device_id, snap.latest.device(device_id), now)
 
     @r.get("/racks", response_model=Page[RackOut], summary="Rack summaries (heat map)")
     def racks(limit: Limit = 100, cursor: Cursor = None,
@@ -218,8 +210,12 @@ def router(twin: Twin, live: LiveState | None) -> APIRouter:
 
 
 def _device_out(twin: Twin, device_id: str, now: datetime) -> DeviceOut:
+    return _device_state(twin, device_id, twin.device(device_id), now)
+
+
+def _device_state(twin: Twin, device_id: str, readings: list, now: datetime) -> DeviceOut:
+    """A device's state from its latest readings (404 if neither modelled nor reporting)."""
     ref = twin.known_devices.get(device_id)
-    readings = twin.device(device_id)
     if ref is None and not readings:
         raise ProblemError(404, f"unknown device id {device_id!r}: not in the site model and "
                                 "never reported", "not-found")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -83,6 +85,26 @@ def demo(tmp_path):
         log.close()
 
 
+@contextlib.contextmanager
+def _dashboard(url: str, key: str, profile: Path, console: list[tuple[str, str]],
+               viewport: dict[str, int]) -> Iterator:
+    """A Chromium page signed in to the dashboard at `url`; console messages collected."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport=viewport)
+        try:
+            page = ctx.new_page()
+            page.on("console", lambda m: console.append((m.type, m.text)))
+            page.on("pageerror", lambda e: console.append(("pageerror", str(e))))
+            page.goto(f"{url}/?key={key}")
+            yield page
+        finally:
+            ctx.close()
+
+
 def _api_pue_text(url: str) -> str:
     value = httpx.get(f"{url}/v1/pue", headers=AUTH, timeout=5).json()["value"]
     return f"{value:.3f}"  # the dashboard's rounding (fmtPue: toFixed(3))
@@ -93,61 +115,52 @@ def test_dashboard_against_running_demo(demo, tmp_path):
     if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
         pytest.fail("Debian's chromium is not installed: `apt-get install chromium` "
                     "(listed in APT_PACKAGES in .ci/run)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url = demo
     console: list[tuple[str, str]] = []
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
-    with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1600, "height": 1000})
-        try:
-            page = ctx.new_page()
-            page.on("console", lambda m: console.append((m.type, m.text)))
-            page.on("pageerror", lambda e: console.append(("pageerror", str(e))))
-            page.goto(f"{url}/?key={DEMO_KEY}")
-            assert "key=" not in page.url, "the key must leave the address bar"
-            # (locator waits, not wait_for_function: the page's CSP forbids eval)
-            expect(page.locator("[data-testid=pue-value]")).to_have_text(
-                re.compile(r"^\d\.\d{3}$"), timeout=20_000)
-            page.wait_for_selector(".live.on", timeout=20_000)
+    with _dashboard(url, DEMO_KEY, tmp_path / "profile", console,
+                    {"width": 1600, "height": 1000}) as page:
+        assert "key=" not in page.url, "the key must leave the address bar"
+        # (locator waits, not wait_for_function: the page's CSP forbids eval)
+        expect(page.locator("[data-testid=pue-value]")).to_have_text(
+            re.compile(r"^\d\.\d{3}$"), timeout=20_000)
+        page.wait_for_selector(".live.on", timeout=20_000)
 
-            # PUE shown == the API's PUE, same rounding (sampled around the read: it moves)
-            for _ in range(20):
-                before = _api_pue_text(url)
-                shown = page.inner_text("[data-testid=pue-value]").strip()
-                after = _api_pue_text(url)
-                if shown in (before, after):
-                    break
-                time.sleep(0.3)
-            else:
-                pytest.fail(f"dashboard shows PUE {shown}, API says {before} / {after}")
+        # PUE shown == the API's PUE, same rounding (sampled around the read: it moves)
+        for _ in range(20):
+            before = _api_pue_text(url)
+            shown = page.inner_text("[data-testid=pue-value]").strip()
+            after = _api_pue_text(url)
+            if shown in (before, after):
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail(f"dashboard shows PUE {shown}, API says {before} / {after}")
 
-            # one heat-map cell per rack of the site model
-            expect(page.locator("[data-testid=heatmap] .rack").first).to_be_visible()
-            cells = page.query_selector_all("[data-testid=heatmap] .rack")
-            api_racks = httpx.get(f"{url}/v1/racks", headers=AUTH).json()["items"]
-            assert len(cells) == len(api_racks) == 32
-            assert sorted(c.get_attribute("data-rack") for c in cells) == sorted(
-                r["rack"] for r in api_racks)
+        # one heat-map cell per rack of the site model
+        expect(page.locator("[data-testid=heatmap] .rack").first).to_be_visible()
+        cells = page.query_selector_all("[data-testid=heatmap] .rack")
+        api_racks = httpx.get(f"{url}/v1/racks", headers=AUTH).json()["items"]
+        assert len(cells) == len(api_racks) == 32
+        assert sorted(c.get_attribute("data-rack") for c in cells) == sorted(
+            r["rack"] for r in api_racks)
 
-            # drill down: rack -> device with charts
-            page.click("[data-rack=rk203]")
-            page.wait_for_selector("#rack-gpus .gpu")
-            assert len(page.query_selector_all("#rack-gpus .gpu")) == 64 + 6
-            page.click("#rack-gpus .gpu >> nth=0")
-            page.wait_for_selector("#device-chart-temp svg path", timeout=10_000)
+        # drill down: rack -> device with charts
+        page.click("[data-rack=rk203]")
+        page.wait_for_selector("#rack-gpus .gpu")
+        assert len(page.query_selector_all("#rack-gpus .gpu")) == 64 + 6
+        page.click("#rack-gpus .gpu >> nth=0")
+        page.wait_for_selector("#device-chart-temp svg path", timeout=10_000)
 
-            _acknowledge_an_alert(page, url)
+        _acknowledge_an_alert(page, url)
 
-            page.click("#drill-close")
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(shot), full_page=True)
-            print(f"\ndashboard screenshot: {shot}")
-        finally:
-            ctx.close()
+        page.click("#drill-close")
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"\ndashboard screenshot: {shot}")
     errors = [(t, m) for t, m in console if t in ("error", "pageerror")]
     assert not errors, f"console errors: {errors}"
 
@@ -173,7 +186,7 @@ def test_dashboard_recommendations_accept_and_reject(site, tmp_path):
     operator accepts one and rejects another from the dashboard, recorded under the key."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed (APT_PACKAGES in .ci/run)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     store = Store(tmp_path / "twin.duckdb")
     recs = RecommendationStore(store.cursor())
@@ -188,30 +201,21 @@ def test_dashboard_recommendations_accept_and_reject(site, tmp_path):
     keys, tokens = keys_per_role(tmp_path / "keys.duckdb")
     app = create_app(Twin(site, store), keys=keys)
     console: list[tuple[str, str]] = []
-    with serve(app) as url, sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 900})
-        try:
-            page = ctx.new_page()
-            page.on("console", lambda m: console.append((m.type, m.text)))
-            page.on("pageerror", lambda e: console.append(("pageerror", str(e))))
-            page.goto(f"{url}/?key={tokens[Role.operator]}")
-            # this app runs no alert engine: that panel says so, the rest still works
-            expect(page.locator("[data-testid=alerts]")).to_contain_text(
-                "unavailable: the alert engine is not running", timeout=20_000)
-            items = page.locator("#recommendations li")
-            expect(items).to_have_count(2, timeout=20_000)
-            newest = items.nth(0)  # newest first: ids[1]
-            expect(newest).to_contain_text("chw supply °C 18.0 → 21.5")
-            expect(newest).to_contain_text("−42.5 kW (33–48)")
-            expect(newest).to_contain_text("PUE -0.032")
-            newest.locator("[data-testid=rec-accept]").click()
-            expect(items.nth(0)).to_contain_text("accepted", timeout=10_000)
-            items.nth(1).locator("[data-testid=rec-reject]").click()
-            expect(items.nth(1)).to_contain_text("rejected", timeout=10_000)
-        finally:
-            ctx.close()
+    with serve(app) as url, _dashboard(url, tokens[Role.operator], tmp_path / "profile",
+                                       console, {"width": 1400, "height": 900}) as page:
+        # this app runs no alert engine: that panel says so, the rest still works
+        expect(page.locator("[data-testid=alerts]")).to_contain_text(
+            "unavailable: the alert engine is not running", timeout=20_000)
+        items = page.locator("#recommendations li")
+        expect(items).to_have_count(2, timeout=20_000)
+        newest = items.nth(0)  # newest first: ids[1]
+        expect(newest).to_contain_text("chw supply °C 18.0 → 21.5")
+        expect(newest).to_contain_text("−42.5 kW (33–48)")
+        expect(newest).to_contain_text("PUE -0.032")
+        newest.locator("[data-testid=rec-accept]").click()
+        expect(items.nth(0)).to_contain_text("accepted", timeout=10_000)
+        items.nth(1).locator("[data-testid=rec-reject]").click()
+        expect(items.nth(1)).to_contain_text("rejected", timeout=10_000)
     got = {i: recs.get(i) for i in ids}
     assert got[ids[1]]["status"] == "accepted" and got[ids[0]]["status"] == "rejected"
     assert {r["decided_by"] for r in got.values()} == {"test-operator"}
