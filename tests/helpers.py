@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ingest.consumer import Ingestor
 
@@ -15,3 +18,19 @@ def ingest_until(ingestor: Ingestor, done: Callable[[], bool], timeout_s: float 
             raise AssertionError(f"condition not met within {timeout_s}s; "
                                  f"stats={ingestor.stats}")
         ingestor.poll_once(timeout_ms=300)
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[int]:
+    """A loopback TCP port that accepts connections and never answers (a hung device)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        for c in held:
+            c.close()
+        listener.close()

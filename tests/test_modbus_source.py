@@ -6,8 +6,6 @@ implementation independent of the source's decoder.
 
 from __future__ import annotations
 
-import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -28,7 +26,7 @@ from ingest.consumer import Ingestor
 from ingest.contract import EventKind, Kind
 from ingest.store import Store
 from tests.conftest import REPO
-from tests.helpers import ingest_until
+from tests.helpers import ingest_until, silent_listener
 from tests.modbus_server import ModbusTestServer, free_port
 
 DT = ModbusTcpClient.DATATYPE
@@ -175,22 +173,15 @@ def test_unreachable_and_silent_devices_raise():
     src.close()
 
     # accepts the connection, never answers: the read times out instead of hanging
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    held: list[socket.socket] = []
-    threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
-    src = ModbusSource(ModbusSourceConfig(
-        host="127.0.0.1", port=listener.getsockname()[1], device_id="d", kind="air", rack="h1",
-        timeout_s=0.3, registers=[{"metric": "fan_speed_pct", "address": 0}]))
-    try:
-        with pytest.raises(ModbusError, match="holding registers 0"):
-            src.read()
-    finally:
-        src.close()
-        for c in held:
-            c.close()
-        listener.close()
+    with silent_listener() as port:
+        src = ModbusSource(ModbusSourceConfig(
+            host="127.0.0.1", port=port, device_id="d", kind="air", rack="h1",
+            timeout_s=0.3, registers=[{"metric": "fan_speed_pct", "address": 0}]))
+        try:
+            with pytest.raises(ModbusError, match="holding registers 0"):
+                src.read()
+        finally:
+            src.close()
 
 
 def test_unreachable_device_does_not_stop_the_daemon(settings, unique):

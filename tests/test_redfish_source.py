@@ -9,7 +9,6 @@ import json
 import shutil
 import socket
 import subprocess
-import threading
 
 import pytest
 
@@ -23,7 +22,7 @@ from dctwin.redfish_mockup import MOCKUPS, MockupServer, mockup_json
 from ingest.consumer import Ingestor
 from ingest.contract import EventKind, Kind, decode, encode
 from ingest.store import Store
-from tests.helpers import ingest_until
+from tests.helpers import ingest_until, silent_listener
 
 PREFIX = "sv1/h1/rf"
 
@@ -309,22 +308,15 @@ def test_unreachable_and_stalled_services_raise():
         src.read()
     src.close()
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    held: list[socket.socket] = []
-    threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
-    src = RedfishSource(RedfishSourceConfig(
-        base_url=f"http://127.0.0.1:{listener.getsockname()[1]}", auth="none",
-        device_prefix=PREFIX, rack="h1", timeout_s=0.3))
-    try:
-        with pytest.raises(RedfishError, match="Timeout"):
-            src.read()
-    finally:
-        src.close()
-        for c in held:
-            c.close()
-        listener.close()
+    with silent_listener() as port:
+        src = RedfishSource(RedfishSourceConfig(
+            base_url=f"http://127.0.0.1:{port}", auth="none", device_prefix=PREFIX, rack="h1",
+            timeout_s=0.3))
+        try:
+            with pytest.raises(RedfishError, match="Timeout"):
+                src.read()
+        finally:
+            src.close()
 
 
 def test_config_errors_name_the_field():
