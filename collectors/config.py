@@ -4,13 +4,12 @@ deploy/collector.example.toml; reference: docs/collector-daemon.md."""
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ingest.site import format_validation_error
+from ingest.site import load_toml_model
 
 # keys of a [[sources]] table that belong to the daemon, not to the source's own config
 DAEMON_SOURCE_KEYS = ("deadline_s",)
@@ -121,14 +120,4 @@ class CollectorConfigError(ValueError):
 
 
 def load_collector_config(path: str | Path) -> CollectorConfig:
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise CollectorConfigError(f"{path}: file not found") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise CollectorConfigError(f"{path}: not valid TOML: {exc}") from exc
-    try:
-        return CollectorConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise CollectorConfigError(f"{path}: {format_validation_error(exc)}") from exc
+    return load_toml_model(path, CollectorConfig, CollectorConfigError)

@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -237,22 +237,31 @@ class RackRef:
         return f"{self.prefix}/shelf/psu{psu + 1}"
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 class SiteFileError(ValueError):
     """The site file is unreadable or invalid; the message names the field."""
 
 
 def load_site(path: str | Path) -> Site:
-    path = Path(path)
+    return load_toml_model(path, Site, SiteFileError)
+
+
+def load_toml_model(path: str | Path, model: type[M], error: type[Exception] = ValueError,
+                    prefix: str = "") -> M:
+    """A pydantic model from a TOML file; `error("<prefix><path>: what is wrong")` else."""
+    where = f"{prefix}{path}"
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(Path(path).read_text())
     except FileNotFoundError as exc:
-        raise SiteFileError(f"{path}: file not found") from exc
+        raise error(f"{where}: file not found") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise SiteFileError(f"{path}: not valid TOML: {exc}") from exc
+        raise error(f"{where}: not valid TOML: {exc}") from exc
     try:
-        return Site.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        raise SiteFileError(f"{path}: {format_validation_error(exc)}") from exc
+        raise error(f"{where}: {format_validation_error(exc)}") from exc
 
 
 def format_validation_error(exc: ValidationError) -> str:

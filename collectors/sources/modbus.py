@@ -12,16 +12,15 @@ from __future__ import annotations
 import logging
 import math
 import struct
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from collectors.base import Readings, now_ms
 from ingest.contract import METRICS, Kind
-from ingest.site import format_validation_error
+from ingest.site import load_toml_model
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +98,7 @@ class ModbusSourceConfig(BaseModel):
 
 
 def load_register_map(path: Path) -> RegisterMapFile:
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise ValueError(f"register_map: {path}: file not found") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"register_map: {path}: not valid TOML: {exc}") from exc
-    try:
-        return RegisterMapFile.model_validate(raw)
-    except ValidationError as exc:
-        raise ValueError(f"register_map: {path}: {format_validation_error(exc)}") from exc
+    return load_toml_model(path, RegisterMapFile, prefix="register_map: ")
 
 
 def decode(words: list[int], data_type: DataType, word_order: str) -> float:
