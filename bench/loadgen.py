@@ -64,17 +64,29 @@ async def _run(host: str, port: int, paths: Callable[[int], str], headers: dict[
     async def one(i: int, scheduled: float) -> None:
         nonlocal n_conns, errors, done
         conn = idle.pop() if idle else None
+        reused = conn is not None
         if conn is None:
             if n_conns >= max_conns:  # all busy: wait for one (counts against latency)
                 while not idle:
                     await asyncio.sleep(0.0005)
                 conn = idle.pop()
+                reused = True
             else:
                 n_conns += 1
                 conn = _Conn(*await asyncio.open_connection(host, port))
         raw = (f"GET {paths(i)} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n").encode()
         try:
-            status = await conn.request(raw)
+            try:
+                status = await conn.request(raw)
+            except (ConnectionError, asyncio.IncompleteReadError) as e:
+                # the server closed an idle keep-alive connection (uvicorn: after 5 s);
+                # like any HTTP client, retry a GET once on a fresh one (latency still
+                # counts from the scheduled time)
+                if not reused or (isinstance(e, asyncio.IncompleteReadError) and e.partial):
+                    raise
+                conn.writer.close()
+                conn = _Conn(*await asyncio.open_connection(host, port))
+                status = await conn.request(raw)
             if not 200 <= status < 300:
                 errors += 1
                 error_kinds[f"HTTP {status}"] += 1

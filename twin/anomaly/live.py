@@ -74,6 +74,8 @@ class LiveAnomalies:
         self.last_fit_bucket = -1
         self.last_alarm: dict[str, int] = {}
         self.latest = _empty_latest()
+        self._index: dict[str, int] = {}  # device id -> row of `latest` (built on demand)
+        self._index_of: pl.DataFrame | None = None
         self.status = "waiting for history"
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -202,8 +204,13 @@ class LiveAnomalies:
     # -- views -----------------------------------------------------------------------
 
     def device(self, device_id: str) -> dict | None:
-        row = self.latest.filter(pl.col("device_id") == device_id)
-        return None if row.height == 0 else _row_out(row.row(0, named=True))
+        # a dict lookup, not a polars filter: API requests call this on the event loop
+        lat = self.latest
+        if self._index_of is not lat:
+            self._index = {d: i for i, d in enumerate(lat["device_id"].to_list())}
+            self._index_of = lat
+        i = self._index.get(device_id)
+        return None if i is None else _row_out(lat.row(i, named=True))
 
     def top(self, scope: str = "device", device_class: str | None = None,
             min_score: float = 0.0, limit: int = 20, prefix: str | None = None) -> list[dict]:
