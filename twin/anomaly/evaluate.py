@@ -5,7 +5,8 @@ One scenario per seed: a 256-GPU site (4 rows, 4 CDUs, 2 CRAHs) simulated for
 the training window, gradual faults running to failure inside the run. The samples go
 into a DuckDB store and the live scorer (live.py) works through them as it would in
 production: it trains on the first ``train_h`` hours, then scores each interval as it
-closes and refits hourly. Nothing from the fault labels reaches the scorer.
+closes and refits every 6 h (earlier for a class that alarms as a whole: live.py).
+Nothing from the fault labels reaches the scorer.
 
 Seeds: development and tuning used DEV_SEEDS only; the acceptance figures come from
 EVAL_SEEDS, which the code refuses to run in development mode (and vice versa).

@@ -72,6 +72,10 @@ RESIDUALS: tuple[Residual, ...] = (
     # exchanger hot-end approach (secondary return - primary return): near zero while the
     # exchanger is clean; fouling opens it long before the supply temperature moves
     Residual("cdu_hx", "cdu", "hx_approach_k", (), "primary_return_temp_c", common="hall"),
+    # the exchanger moves one heat: primary flow x rise against secondary flow x drop; the
+    # only check on the primary flow and supply sensors, which nothing else depends on
+    Residual("cdu_primary_balance", "cdu", "primary_heat_flow", ("heat_flow",),
+             "primary_flow_lpm"),
     Residual("crah_fan_speed", "crah", "fan_speed_pct", ("hall_it_w", "hall_it_per_running"),
              "fan_speed_pct"),
     Residual("crah_fan_power", "crah", "fan_power_w", ("fan_speed_sq", "fan_speed_cu"),
@@ -185,6 +189,10 @@ def class_frames(g: pl.DataFrame, devices: pl.DataFrame) -> dict[str, pl.DataFra
         if {"flow_lpm", "return_temp_c", "supply_temp_c"} <= set(f.columns):
             f = f.with_columns(heat_flow=pl.col("flow_lpm")
                                * (pl.col("return_temp_c") - pl.col("supply_temp_c")))
+        if {"primary_flow_lpm", "primary_return_temp_c", "primary_supply_temp_c"} <= set(
+                f.columns):
+            f = f.with_columns(primary_heat_flow=pl.col("primary_flow_lpm") * (
+                pl.col("primary_return_temp_c") - pl.col("primary_supply_temp_c")))
         if {"return_temp_c", "primary_return_temp_c"} <= set(f.columns):
             f = f.with_columns(hx_approach_k=pl.col("return_temp_c")
                                - pl.col("primary_return_temp_c"))

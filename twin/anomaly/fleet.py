@@ -52,6 +52,7 @@ CATEGORICAL_METRICS = frozenset({"throttle_reasons", "leak_detected"})
 RESIDUAL_PARAMS = DetectorParams(abs_floor=1.0)  # residuals arrive in units of their sigma
 MISSING_PRIOR = (1.0, 50.0)  # pseudo-counts (empty, full) for a device's empty-bucket rate
 PRIME_BUCKETS = 360  # history the streaming states are primed on at each fit
+STORM_P, STORM_MIN_DEVICES = 1e-4, 8  # see FleetScorer._less_storm
 COUNTER_RESET_P = 1e-7  # a monotonic counter going backwards: reset (driver reload, meter)
 
 
@@ -200,11 +201,33 @@ class FleetScorer:
                .agg(pl.col("p").min().alias("p_min"), pl.len().alias("m"),
                     pl.col("metric").sort_by("p").first().alias("top_metric"),
                     pl.col("component").sort_by("p").first().alias("top_component"))
-               .with_columns(p=(pl.col("p_min") * pl.col("m")).clip(upper_bound=1.0))
+               .with_columns(p=(pl.col("p_min") * pl.col("m")).clip(upper_bound=1.0)))
+        dev = (self._less_storm(dev)
                .with_columns(score=pl.col("p").map_batches(
                    lambda s: pl.Series(p_to_score(s.to_numpy())), return_dtype=pl.Float64))
                .drop("p_min").sort("device_id", "bucket"))
         return dev, comp
+
+    def _less_storm(self, dev: pl.DataFrame) -> pl.DataFrame:
+        """Score devices against their class when most of the class is anomalous at once.
+
+        More than half of a class (of at least STORM_MIN_DEVICES) at p <= STORM_P in one
+        interval is a shared cause (a job starting on racks idle all through training, a
+        hall losing a CRAH), not that many faults: each device's p is then divided by the
+        class median's (what is left is how much it stands out from its class).
+        """
+        cls = self.devices.select("device_id", "device_class")
+        n = cls.group_by("device_class").agg(n_class=pl.len())
+        d = dev.join(cls, on="device_id", how="left").join(n, on="device_class", how="left")
+        rank = pl.col("p").rank("ordinal").over("device_class", "bucket")
+        half = (pl.col("n_class") + 1) // 2
+        d = d.with_columns(p_med=pl.col("p").filter(rank == half).first().over(
+            "device_class", "bucket"))
+        storm = ((pl.col("n_class") >= STORM_MIN_DEVICES) & (pl.col("p_med") <= STORM_P)
+                 & pl.col("p_med").is_not_null())
+        return d.with_columns(p=pl.when(storm).then(
+            (pl.col("p") / pl.col("p_med").clip(lower_bound=1e-300)).clip(upper_bound=1.0))
+            .otherwise(pl.col("p"))).select(dev.columns)
 
     def _raw_components(self, new: pl.DataFrame) -> pl.DataFrame:
         resets = new.filter(pl.col("metric").str.ends_with(RESET_SUFFIX))

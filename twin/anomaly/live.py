@@ -54,6 +54,12 @@ class LiveConfig:
     refit_every_s: float = 6 * 3600.0
     lag_s: float = 5.0  # an interval is scored this long after it closes
     alarm_score: float = 0.5  # devices at or above it in a window are left out of refits
+    # most of a class alarming at once is a new operating regime (a job starting on racks
+    # that were idle all through training), not that many faults: such a class refits
+    # early, on all its devices, instead of being left out until the regime ends
+    regime_fraction: float = 0.5
+    regime_min_devices: int = 8  # classes this small (CRAHs, the plant) never count
+    regime_refit_after_s: float = 3600.0  # at most one early refit per this long
     max_chunk_buckets: int = 360  # catch up in pieces of this many intervals
 
 
@@ -149,7 +155,10 @@ class LiveAnomalies:
             self._record(dev, comp)
             done += hi - lo + 1
             lo = hi + 1
-            if hi - self.last_fit_bucket >= per(c.refit_every_s):
+            since = hi - self.last_fit_bucket
+            if since >= per(c.refit_every_s) or (
+                    since >= per(c.regime_refit_after_s) and self._regime_classes(
+                        set(dev.filter(pl.col("score") >= c.alarm_score)["device_id"]))):
                 self._fit(hi)
         self.status = f"scored up to {self._bucket_time(upto + 1).isoformat()}Z"
         return done
@@ -158,9 +167,24 @@ class LiveAnomalies:
         c = self.config
         lo = upto - max(1, round(c.history_s / c.interval_s)) + 1
         exclude = {d for d, b in self.last_alarm.items() if b >= lo}
+        regime = self._regime_classes(exclude)
+        if regime:
+            log.info("anomaly: classes %s alarm as a whole: refitting them on all devices",
+                     sorted(regime))
+            exclude -= set(self.devices.filter(pl.col("device_class").is_in(list(regime)))[
+                "device_id"])
         self.scorer.fit(self._load(lo - 4, upto), upto, exclude)
         self.fitted = True
         self.last_fit_bucket = upto
+
+    def _regime_classes(self, alarming: set[str]) -> set[str]:
+        """Classes (of enough devices) of which more than regime_fraction are alarming."""
+        c = self.config
+        frac = self.devices.group_by("device_class").agg(
+            n=pl.len(), hit=pl.col("device_id").is_in(list(alarming)).sum())
+        frac = frac.filter((pl.col("n") >= c.regime_min_devices)
+                           & (pl.col("hit") > c.regime_fraction * pl.col("n")))
+        return set(frac["device_class"])
 
     def _record(self, dev: pl.DataFrame, comp: pl.DataFrame) -> None:
         if dev.height == 0:

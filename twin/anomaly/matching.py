@@ -1,7 +1,12 @@
 """Event-level scoring of alarms against fault labels.
 
 - An **alarm event** is a maximal run of intervals in which a device's score is at or
-  above the threshold (runs less than ``merge_gap`` intervals apart are one event).
+  above the threshold (runs less than ``merge_gap`` intervals apart are one event), or,
+  inside such a run, a *new cause*: the device's top contributing component changes to
+  one that was not its top component at any alarming interval in the previous
+  ``cause_window`` intervals. That is what an operator is told anew (the explanation
+  changed); without it a fault on a device already alarming for another reason (a
+  neighbour's fault, a load change) could never be seen. Every event counts in precision.
 - A **fault** is detected when one of its devices (the faulted device; for a node fault,
   its GPUs) starts an alarm (for a sensor fault: or an alarm names that sensor's metric
   as its top contributor) between its onset and its failure (or, for faults that do not
@@ -34,20 +39,34 @@ class MatchConfig:
     threshold: float = 0.6
     merge_gap: int = 10  # intervals
     grace: int = 10  # intervals after failure (or run end) a detection still counts
+    cause_window: int = 30  # intervals: a top component not seen in this long is a new cause
 
 
 def alarm_events(scores: pl.DataFrame, cfg: MatchConfig) -> pl.DataFrame:
     """device_id, start, end (buckets) of each alarm event."""
-    a = scores.filter(pl.col("score") >= cfg.threshold).select("device_id", "bucket").sort(
-        "device_id", "bucket")
+    cols = ["device_id", "bucket"] + (["top_component"] if "top_component" in scores.columns
+                                      else [])
+    a = scores.filter(pl.col("score") >= cfg.threshold).select(cols).sort("device_id",
+                                                                          "bucket")
     if a.height == 0:
         return pl.DataFrame(schema={"device_id": pl.String, "start": pl.Int64,
                                     "end": pl.Int64})
     a = a.with_columns(gap=pl.col("bucket").diff().over("device_id"))
     a = a.with_columns(new=(pl.col("gap").is_null() | (pl.col("gap") > cfg.merge_gap))
                        .cast(pl.Int64).cum_sum())
-    return a.group_by("device_id", "new").agg(start=pl.col("bucket").min(),
-                                              end=pl.col("bucket").max()).drop("new")
+    a = a.with_columns(end=pl.col("bucket").max().over("new"))
+    runs = a.group_by("device_id", "new").agg(start=pl.col("bucket").min(),
+                                               end=pl.col("end").first()).drop("new")
+    if "top_component" not in a.columns:
+        return runs
+    # a new cause is reported at its interval; it ends with the run it belongs to
+    c = a.with_columns(prev_same=pl.col("bucket").shift(1).over("device_id", "top_component"))
+    causes = c.filter(pl.col("gap").is_not_null() & (pl.col("gap") <= cfg.cause_window)
+                      & (pl.col("prev_same").is_null()
+                         | (pl.col("bucket") - pl.col("prev_same") > cfg.cause_window)))
+    return pl.concat([runs, causes.select("device_id", start=pl.col("bucket"),
+                                          end=pl.col("end"))]).unique().sort(
+        "device_id", "start")
 
 
 def _targets(label: dict, devices: pl.DataFrame) -> set[str]:
