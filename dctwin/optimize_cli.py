@@ -178,10 +178,15 @@ def format_result(s: dict) -> str:
         f"{'n/a' if ratio_f is None else f'{ratio_f:.3f}'}); cooling: predicted "
         f"{s['predicted_cooling_savings_kwh']:.1f}, realised "
         f"{s['realised_cooling_on_predicted_kwh']:.1f} kWh",
-        f"per recommendation (vs keeping the previous setpoints, counterfactual): predicted "
-        f"{s['per_rec_predicted_kwh']:.1f} kWh, realised {s['per_rec_realised_kwh']:.1f} kWh "
-        f"over the 15 min with the ramps, {s['per_rec_realised_settled_kwh']:.1f} kWh at the "
-        f"rate of the interval's last 5 min",
+        f"per recommendation, measured after the plant settles (ramps done + "
+        f"{s['settle_s']:.0f} s, {s['window_s']:.0f} s window) vs a counterfactual on the "
+        f"previous setpoints, summed over {s['recommendations']}: predicted "
+        f"{s['per_rec_predicted_kw']:.1f} kW, realised {s['per_rec_realised_kw']:.1f} kW "
+        f"(predicted/realised {_ratio(s['per_rec_predicted_over_realised'])}); models at the "
+        f"window's load and weather {s['per_rec_predicted_at_window_kw']:.1f} kW; live "
+        f"estimate (models' counterfactual - metered) {s['per_rec_live_estimate_kw']:.1f} kW; "
+        f"first interval only (ramps) {s['per_rec_first_interval_kw']:.1f} kW; not settled "
+        f"{s['per_rec_unsettled']}",
         f"wall time {s['wall_s']:.0f} s",
         "acceptance:",
         f"  cooling savings >= 15 %: {_ok(s['cooling_savings_pct'] >= 15.0)}",
@@ -191,6 +196,10 @@ def format_result(s: dict) -> str:
         f"{_ok(ratio_f is not None and abs(ratio_f - 1.0) <= 0.2)}",
     ]
     return "\n".join(lines)
+
+
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _ok(flag: bool) -> str:
