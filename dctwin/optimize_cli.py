@@ -171,7 +171,9 @@ def format_result(s: dict) -> str:
         f"none: {s['no_recommendation']}",
         f"cooling energy saved: ML {_pct(s['cooling_savings_pct'])}, "
         f"oracle {_pct(s['oracle_cooling_savings_pct'])}; ML reaches "
-        f"{'n/a' if frac is None else f'{100 * frac:.1f} %'} of the oracle's savings",
+        f"{'n/a' if frac is None else f'{100 * frac:.1f} %'} of the oracle's cooling savings "
+        f"({_frac(s.get('fraction_of_oracle_facility_savings'))} of its facility savings, "
+        f"the objective both minimise)",
         f"facility savings vs fixed setpoints over the {s['predicted_intervals']} intervals "
         f"the models could judge: predicted {s['predicted_savings_kwh']:.1f} kWh, realised "
         f"{s['realised_on_predicted_kwh']:.1f} kWh (predicted/realised "
@@ -184,7 +186,9 @@ def format_result(s: dict) -> str:
         f"{s['per_rec_predicted_kw']:.1f} kW, realised {s['per_rec_realised_kw']:.1f} kW "
         f"(predicted/realised {_ratio(s['per_rec_predicted_over_realised'])}); models at the "
         f"window's load and weather {s['per_rec_predicted_at_window_kw']:.1f} kW; live "
-        f"estimate (models' counterfactual - metered) {s['per_rec_live_estimate_kw']:.1f} kW; "
+        f"estimate (models' adjusted counterfactual - metered) over the "
+        f"{s['per_rec_live_n']} with a settled window before the change: "
+        f"{s['per_rec_live_estimate_kw']:.1f} kW vs true {s['per_rec_live_true_kw']:.1f} kW; "
         f"first interval only (ramps) {s['per_rec_first_interval_kw']:.1f} kW; not settled "
         f"{s['per_rec_unsettled']}",
         f"wall time {s['wall_s']:.0f} s",
@@ -196,6 +200,10 @@ def format_result(s: dict) -> str:
         f"{_ok(ratio_f is not None and abs(ratio_f - 1.0) <= 0.2)}",
     ]
     return "\n".join(lines)
+
+
+def _frac(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
 
 
 def _ratio(x: float | None) -> str:
