@@ -24,6 +24,7 @@ import copy
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from collectors.simulator.model import SiteSimulator
 from twin.optimizer.dataset import SETTLE_S, observe
@@ -79,7 +80,8 @@ def model_counterfactual_savings(models: PlantModels, previous_setpoints: np.nda
             raise ValueError(f"{what}: need one state row of {len(STATE)} values per metered "
                              f"sample (>= 1), got states {st.shape} for {len(kw)} samples")
         sp = np.broadcast_to(np.asarray(previous_setpoints, float), (len(kw), len(SETPOINTS)))
-        return models.predict(np.hstack([sp, st])).facility_kw, kw
+        with threadpool_limits(1):  # a few rows: OpenMP threads only spin on shared cores
+            return models.predict(np.hstack([sp, st])).facility_kw, kw
 
     p_after, kw_after = pred(window_states, measured_facility_kw, "window")
     saving = float((p_after - kw_after).mean())
@@ -130,7 +132,8 @@ def measure_settled(sim: SiteSimulator, recommended: np.ndarray, models: PlantMo
         states[i] = [obs[k] for k in STATE]
     mean_state = states.mean(0)
     both = np.vstack([np.hstack([previous, mean_state]), np.hstack([recommended, mean_state])])
-    p = models.predict(both).facility_kw
+    with threadpool_limits(1):
+        p = models.predict(both).facility_kw
     while len(diff) * step_s < interval_s:
         step()
     first = float(np.mean(diff[:max(1, int(round(interval_s / step_s)))]))
