@@ -191,6 +191,7 @@ def format_result(s: dict) -> str:
         f"{s['per_rec_live_estimate_kw']:.1f} kW vs true {s['per_rec_live_true_kw']:.1f} kW; "
         f"first interval only (ramps) {s['per_rec_first_interval_kw']:.1f} kW; not settled "
         f"{s['per_rec_unsettled']}",
+        *_by_size(s.get("lifecycle_report", {}).get("by_predicted_size", [])),
         f"wall time {s['wall_s']:.0f} s",
         "acceptance:",
         f"  cooling savings >= 15 %: {_ok(s['cooling_savings_pct'] >= 15.0)}",
@@ -200,6 +201,20 @@ def format_result(s: dict) -> str:
         f"{_ok(ratio_f is not None and abs(ratio_f - 1.0) <= 0.2)}",
     ]
     return "\n".join(lines)
+
+
+def _by_size(buckets: list[dict]) -> list[str]:
+    """Measured recommendations by predicted size: predicted vs realised (settled)."""
+    parts = []
+    for b in buckets:
+        lo, hi = b["predicted_kw_from"], b["predicted_kw_to"]
+        name = f"< {hi:g} kW" if lo < -1e8 else f">= {lo:g} kW" if hi > 1e8 else \
+            f"{lo:g}-{hi:g} kW"
+        ratio = b["realised_over_predicted"]
+        pred, real = b["predicted_savings_kw_sum"] or 0.0, b["realised_savings_kw_sum"] or 0.0
+        parts.append(f"{name}: {b['measured']} recs, predicted {pred:.1f}, realised {real:.1f} "
+                     f"kW (realised/predicted {'n/a' if ratio is None else f'{ratio:.2f}'})")
+    return ["per recommendation by predicted saving: " + "; ".join(parts)] if parts else []
 
 
 def _frac(x: float | None) -> str:

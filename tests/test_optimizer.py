@@ -214,6 +214,10 @@ def test_short_closed_loop_has_no_gpu_violations_and_measures_outcomes(env, tmp_
         assert (r["measured_at"] - r["for_time"]).total_seconds() >= 300 + 600
     if res.recommendations:
         assert rep["realised_savings_kw_sum"] == pytest.approx(res.per_rec_realised_kw)
+    sizes = rep["by_predicted_size"]  # every measured one in exactly one size bucket
+    assert sum(b["measured"] for b in sizes) == rep["measured"]
+    assert sum(b["realised_savings_kw_sum"] or 0.0 for b in sizes) == pytest.approx(
+        rep["realised_savings_kw_sum"] or 0.0)
     assert sum(res.no_recommendation.values()) + res.recommendations == res.decisions
     assert isinstance(PlantModels.load(models.save(tmp_path / "m.pkl")), PlantModels)
 
