@@ -1,12 +1,12 @@
 """Measured outcome of an accepted recommendation: realised savings once the plant settles.
 
-The models predict settled power for commanded setpoints. Measured over the 15 minutes
-right after a change, the saving is mostly ramps and the plant's lags (the set-points ramp,
-the chilled-water and loop temperatures follow with ~5-minute lags), so a raw before/after
-or an immediate window understates what the change delivers. The outcome is therefore
-measured over a window that starts SETTLE_S after every setpoint has finished ramping
-(the same rule that makes a training row "settled"), and compared against a counterfactual
-for the same load and weather, never against the power before the change:
+The models predict settled power for commanded setpoints. The 15 minutes right after a
+change include the ramps and the plant's lags (setpoints ramp, the chilled-water and loop
+temperatures follow with ~5-minute lags), so an immediate window understates what the
+change delivers, and a raw before/after mixes in the change of load and weather. The
+outcome is therefore measured over a window that starts SETTLE_S after every setpoint has
+finished ramping (the same rule that makes a training row "settled"), and compared against
+a counterfactual for the same load and weather, never against the power before the change:
 
 * `measure_settled` (simulator, closed-loop evaluation): two copies of the live state, one
   on the recommended and one on the previous setpoints, run through the same load and
