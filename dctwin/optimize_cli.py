@@ -171,17 +171,27 @@ def format_result(s: dict) -> str:
         f"none: {s['no_recommendation']}",
         f"cooling energy saved: ML {_pct(s['cooling_savings_pct'])}, "
         f"oracle {_pct(s['oracle_cooling_savings_pct'])}; ML reaches "
-        f"{'n/a' if frac is None else f'{100 * frac:.1f} %'} of the oracle's savings",
+        f"{'n/a' if frac is None else f'{100 * frac:.1f} %'} of the oracle's cooling savings "
+        f"({_frac(s.get('fraction_of_oracle_facility_savings'))} of its facility savings, "
+        f"the objective both minimise)",
         f"facility savings vs fixed setpoints over the {s['predicted_intervals']} intervals "
         f"the models could judge: predicted {s['predicted_savings_kwh']:.1f} kWh, realised "
         f"{s['realised_on_predicted_kwh']:.1f} kWh (predicted/realised "
         f"{'n/a' if ratio_f is None else f'{ratio_f:.3f}'}); cooling: predicted "
         f"{s['predicted_cooling_savings_kwh']:.1f}, realised "
         f"{s['realised_cooling_on_predicted_kwh']:.1f} kWh",
-        f"per recommendation (vs keeping the previous setpoints, counterfactual): predicted "
-        f"{s['per_rec_predicted_kwh']:.1f} kWh, realised {s['per_rec_realised_kwh']:.1f} kWh "
-        f"over the 15 min with the ramps, {s['per_rec_realised_settled_kwh']:.1f} kWh at the "
-        f"rate of the interval's last 5 min",
+        f"per recommendation, measured after the plant settles (ramps done + "
+        f"{s['settle_s']:.0f} s, {s['window_s']:.0f} s window) vs a counterfactual on the "
+        f"previous setpoints, summed over {s['recommendations']}: predicted "
+        f"{s['per_rec_predicted_kw']:.1f} kW, realised {s['per_rec_realised_kw']:.1f} kW "
+        f"(predicted/realised {_ratio(s['per_rec_predicted_over_realised'])}); models at the "
+        f"window's load and weather {s['per_rec_predicted_at_window_kw']:.1f} kW; live "
+        f"estimate (models' adjusted counterfactual - metered) over the "
+        f"{s['per_rec_live_n']} with a settled window before the change: "
+        f"{s['per_rec_live_estimate_kw']:.1f} kW vs true {s['per_rec_live_true_kw']:.1f} kW; "
+        f"first interval only (ramps) {s['per_rec_first_interval_kw']:.1f} kW; not settled "
+        f"{s['per_rec_unsettled']}",
+        *_by_size(s.get("lifecycle_report", {}).get("by_predicted_size", [])),
         f"wall time {s['wall_s']:.0f} s",
         "acceptance:",
         f"  cooling savings >= 15 %: {_ok(s['cooling_savings_pct'] >= 15.0)}",
@@ -191,6 +201,28 @@ def format_result(s: dict) -> str:
         f"{_ok(ratio_f is not None and abs(ratio_f - 1.0) <= 0.2)}",
     ]
     return "\n".join(lines)
+
+
+def _by_size(buckets: list[dict]) -> list[str]:
+    """Measured recommendations by predicted size: predicted vs realised (settled)."""
+    parts = []
+    for b in buckets:
+        lo, hi = b["predicted_kw_from"], b["predicted_kw_to"]
+        name = f"< {hi:g} kW" if lo < -1e8 else f">= {lo:g} kW" if hi > 1e8 else \
+            f"{lo:g}-{hi:g} kW"
+        ratio = b["realised_over_predicted"]
+        pred, real = b["predicted_savings_kw_sum"] or 0.0, b["realised_savings_kw_sum"] or 0.0
+        parts.append(f"{name}: {b['measured']} recs, predicted {pred:.1f}, realised {real:.1f} "
+                     f"kW (realised/predicted {'n/a' if ratio is None else f'{ratio:.2f}'})")
+    return ["per recommendation by predicted saving: " + "; ".join(parts)] if parts else []
+
+
+def _frac(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _ok(flag: bool) -> str:

@@ -212,5 +212,91 @@ def test_short_closed_loop_has_no_gpu_violations_and_measures_outcomes(env, tmp_
     assert res.baseline.cooling_kwh > 0
     rep = store.report()
     assert rep["counts"]["measured"] == res.recommendations
+    for r in store.list("measured"):  # outcomes measured once settled, not right away
+        assert "settled window" in r["outcome_note"]
+        assert (r["measured_at"] - r["for_time"]).total_seconds() >= 300 + 600
+    if res.recommendations:
+        assert rep["realised_savings_kw_sum"] == pytest.approx(res.per_rec_realised_kw)
+    sizes = rep["by_predicted_size"]  # every measured one in exactly one size bucket
+    assert sum(b["measured"] for b in sizes) == rep["measured"]
+    assert sum(b["realised_savings_kw_sum"] or 0.0 for b in sizes) == pytest.approx(
+        rep["realised_savings_kw_sum"] or 0.0)
     assert sum(res.no_recommendation.values()) + res.recommendations == res.decisions
     assert isinstance(PlantModels.load(models.save(tmp_path / "m.pkl")), PlantModels)
+
+
+def _sim_at_noon():
+    from collectors.simulator.model import SiteSimulator
+
+    sim = SiteSimulator(small_site(), seed=11, start_time_s=START.replace(day=2, hour=12)
+                        .timestamp(), horizon_s=4 * 3600.0)
+    for _ in range(5):
+        sim.step(60.0)
+    return sim
+
+
+def test_outcome_is_measured_after_the_plant_settles_against_a_counterfactual(env):
+    import copy
+
+    from collectors.simulator.controls import ENVELOPES
+    from twin.optimizer.dataset import SETTLE_S
+    from twin.optimizer.outcome import OUTCOME_WINDOW_S, measure_settled
+    from twin.optimizer.space import apply_setpoints, read_setpoints
+
+    models, _ = env
+    sim = _sim_at_noon()
+    t0, prev = sim.time_s, read_setpoints(sim.controls)
+    rec = prev + np.array([2.0, -2.0, 1.5, 20.0, 2.0, 0.0])
+    out = measure_settled(sim, rec, models, step_s=60.0)
+    # the live plant is not advanced, nor its setpoints changed
+    assert sim.time_s == t0 and np.array_equal(read_setpoints(sim.controls), prev)
+    # the window starts only once every ramp has ended, plus the training settle time
+    ramp_s = max(abs(d) / ENVELOPES[n].ramp_per_min * 60.0
+                 for n, d in zip(SETPOINTS, rec - prev, strict=True))
+    assert out.settled and out.ramp_end_s >= ramp_s
+    assert out.window_start_s == out.ramp_end_s + SETTLE_S
+    assert out.window_s == OUTCOME_WINDOW_S
+    # realised = counterfactual (previous setpoints) - treatment over exactly that window,
+    # under the same load and weather: recomputed here independently
+    treat, cf = copy.deepcopy(sim), copy.deepcopy(sim)
+    apply_setpoints(treat.controls, rec)
+    n_skip = int(out.window_start_s / 60.0)
+    diff = []
+    for i in range(n_skip + int(out.window_s / 60.0)):
+        treat.step(60.0)
+        cf.step(60.0)
+        assert np.array_equal(treat.gpu.util, cf.gpu.util)  # same load
+        assert treat.plant.outdoor_wetbulb_c == cf.plant.outdoor_wetbulb_c  # same weather
+        if i >= n_skip:
+            diff.append(cf.plant.facility_kw - treat.plant.facility_kw)
+    assert out.realised_kw == pytest.approx(float(np.mean(diff)), abs=1e-9)
+    assert "settled window" in out.note() and "counterfactual" in out.note()
+
+
+def test_live_outcome_estimate_removes_model_bias_and_load_change(env):
+    from twin.optimizer.outcome import model_counterfactual_savings
+
+    models, history = env
+    states = np.array([[r[n] for n in STATE] for r in _states(history, 6, seed=4)])
+    prev = np.array([float(history[n][0]) for n in SETPOINTS])
+    new = prev.copy()
+    new[0] += 1.0
+
+    def model_kw(sp, st):
+        return models.predict(np.hstack([np.broadcast_to(sp, (len(st), len(sp))),
+                                         st])).facility_kw
+
+    before, after = states[:3], states[3:]  # the load and weather differ between the two
+    bias = 3.0  # the models read 3 kW low at this plant: metered = model + 3
+    metered_before, metered_after = model_kw(prev, before) + bias, model_kw(new, after) + bias
+    true_saving = float((model_kw(prev, after) - model_kw(new, after)).mean())
+    est = model_counterfactual_savings(models, prev, after, metered_after, before,
+                                       metered_before)
+    assert est == pytest.approx(true_saving, abs=1e-9)
+    raw_before_after = float(metered_before.mean() - metered_after.mean())
+    assert abs(raw_before_after - true_saving) > 1e-3  # what a raw comparison would report
+    # without a before window the models' bias stays in the estimate
+    assert model_counterfactual_savings(models, prev, after, metered_after) == pytest.approx(
+        true_saving - bias, abs=1e-9)
+    with pytest.raises(ValueError, match="window"):
+        model_counterfactual_savings(models, prev, after, metered_after[:2])

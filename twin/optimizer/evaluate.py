@@ -4,8 +4,8 @@ Three simulators start from the same seed, time, load and weather. Every `contro
 * baseline keeps the site's fixed setpoints;
 * ML: the optimizer recommends from the observed state, the recommendation is proposed,
   accepted (who = "closed-loop evaluator") and applied; a copy of the simulator kept on the
-  previous setpoints for the same interval is the counterfactual that measures the realised
-  saving of that recommendation (lifecycle -> measured);
+  previous setpoints is the counterfactual that measures the realised saving of that
+  recommendation after the plant settles (outcome.measure_settled; lifecycle -> measured);
 * oracle: searches the simulator's own true model: it evaluates the current setpoints, a
   +/- one-step move of each setpoint, the economizer toggle and random moves (all inside
   the same envelope, ramp, class and coil limits) on copies of its state over the interval,
@@ -19,14 +19,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
 from collectors.simulator.model import SiteSimulator
 from ingest.site import Site
-from twin.optimizer.dataset import observe
+from twin.optimizer.dataset import SETTLE_S, observe
 from twin.optimizer.models import PlantModels
+from twin.optimizer.outcome import OUTCOME_WINDOW_S, measure_settled
 from twin.optimizer.recommendations import RecommendationStore
 from twin.optimizer.search import CHW, CRAH, ECON, Optimizer
 from twin.optimizer.space import (
@@ -82,9 +83,18 @@ class EvalResult:
     realised_on_predicted_kwh: float = 0.0
     realised_cooling_on_predicted_kwh: float = 0.0
     predicted_intervals: int = 0
-    per_rec_predicted_kwh: float = 0.0  # each recommendation vs keeping the previous ones
-    per_rec_realised_kwh: float = 0.0  # counterfactual over the whole interval
-    per_rec_realised_settled_kwh: float = 0.0  # ... over its last SETTLED_TAIL_S, x interval
+    # each recommendation vs keeping the previous setpoints (outcome.measure_settled), kW
+    # summed over recommendations
+    per_rec_predicted_kw: float = 0.0  # at decision time
+    per_rec_realised_kw: float = 0.0  # true counterfactual, settled window
+    per_rec_predicted_at_window_kw: float = 0.0  # models, at the window's load and weather
+    # live method (models' adjusted counterfactual - metered), where the window before the
+    # change was settled (no change in the previous interval); true figure for the same ones
+    per_rec_live_n: int = 0
+    per_rec_live_estimate_kw: float = 0.0
+    per_rec_live_true_kw: float = 0.0
+    per_rec_first_interval_kw: float = 0.0  # true counterfactual, first interval (ramps)
+    per_rec_unsettled: int = 0  # a ramp outlasted the wait
     wall_s: float = 0.0
 
     def savings_pct(self, run: RunTotals) -> float:
@@ -104,6 +114,15 @@ class EvalResult:
             return None
         return self.realised_cooling_kwh / (self.baseline.cooling_kwh - self.oracle.cooling_kwh)
 
+    @property
+    def oracle_facility_fraction(self) -> float | None:
+        """The same on facility energy: the objective both the ML search and the oracle
+        minimise (cooling traded against GPU leakage in IT power)."""
+        if self.oracle is None:
+            return None
+        return self.realised_facility_kwh / (self.baseline.facility_kwh
+                                             - self.oracle.facility_kwh)
+
     def summary(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k not in ("baseline", "ml", "oracle")}
         for name in ("baseline", "ml", "oracle"):
@@ -113,27 +132,30 @@ class EvalResult:
         out["cooling_savings_pct"] = self.savings_pct(self.ml)
         out["oracle_cooling_savings_pct"] = self.savings_pct(self.oracle) if self.oracle else None
         out["fraction_of_oracle_savings"] = self.oracle_fraction
+        out["fraction_of_oracle_facility_savings"] = self.oracle_facility_fraction
         out["realised_cooling_savings_kwh"] = self.realised_cooling_kwh
         out["realised_facility_savings_kwh"] = self.realised_facility_kwh
         out["predicted_over_realised_facility"] = (
             self.predicted_savings_kwh / self.realised_on_predicted_kwh
             if self.realised_on_predicted_kwh else None)
+        out["settle_s"], out["window_s"] = SETTLE_S, OUTCOME_WINDOW_S
+        out["per_rec_predicted_over_realised"] = (
+            self.per_rec_predicted_kw / self.per_rec_realised_kw
+            if self.per_rec_realised_kw else None)
         out["predicted_over_realised_cooling"] = (
             self.predicted_cooling_savings_kwh / self.realised_cooling_on_predicted_kwh
             if self.realised_cooling_on_predicted_kwh else None)
         return out
 
 
-SETTLED_TAIL_S = 300.0  # a recommendation's outcome is measured over the interval's end
-
-
 def _advance(sim: SiteSimulator, seconds: float, step_s: float, totals: RunTotals | None,
-             limit_c: float) -> tuple[float, float, float]:
-    """Step `seconds`; returns (mean facility kW, mean facility kW over the last
-    SETTLED_TAIL_S, max GPU temp) over the steps."""
+             limit_c: float, tail: list | None = None) -> tuple[float, float]:
+    """Step `seconds`; returns (mean facility kW, max GPU temp) over the steps. `tail`
+    (a list) receives (states, facility kW) of the last SETTLE_S, as metered."""
     n = max(1, int(round(seconds / step_s)))
-    n_tail = max(1, min(n, int(round(SETTLED_TAIL_S / step_s))))
+    n_tail = max(1, min(n, int(round(SETTLE_S / step_s))))
     kw = np.empty(n)
+    states = []
     tmax = -np.inf
     for i in range(n):
         sim.step(step_s)
@@ -141,15 +163,20 @@ def _advance(sim: SiteSimulator, seconds: float, step_s: float, totals: RunTotal
         tmax = max(tmax, float(sim.gpu.temp_c.max()))
         if totals is not None:
             totals.add(sim, step_s, limit_c)
-    return float(kw.mean()), float(kw[-n_tail:].mean()), tmax
+        if tail is not None and i >= n - n_tail:
+            obs = observe(sim)
+            states.append([obs[k] for k in STATE])
+    if tail is not None:
+        tail[:] = [np.array(states), kw[-n_tail:]]
+    return float(kw.mean()), tmax
 
 
 class Oracle:
     """Greedy search over the simulator's true model (copies of the live state)."""
 
     def __init__(self, c: Constraints, seed: int, n_random: int = 12,
-                 step_s: float = 300.0) -> None:
-        self.c, self.n_random, self.step_s = c, n_random, step_s
+                 step_s: float = 300.0, n_verify: int = 4) -> None:
+        self.c, self.n_random, self.step_s, self.n_verify = c, n_random, step_s, n_verify
         self.rng = np.random.default_rng([seed, 0x0AC])
 
     def candidates(self, cur: np.ndarray) -> np.ndarray:
@@ -174,17 +201,32 @@ class Oracle:
         keep = cand[:, CRAH] >= cand[:, CHW] + self.c.coil_approach_k - 1e-9
         return np.unique(cand[keep], axis=0)
 
-    def choose(self, sim: SiteSimulator, control_s: float) -> np.ndarray:
+    def choose(self, sim: SiteSimulator, control_s: float, run_step_s: float) -> np.ndarray:
+        """Screen every candidate at the coarse step, then check the best ones, in order
+        of power, at the run's own step (a coarse step misses short load peaks): the first
+        that keeps every GPU under the cap and the loop in class is applied."""
         cur = read_setpoints(sim.controls)
-        best, best_kw = cur, np.inf
+        screened = []
         for cand in self.candidates(cur):
-            trial = copy.deepcopy(sim)
-            apply_setpoints(trial.controls, cand)
-            kw, _, tmax = _advance(trial, control_s, self.step_s, None, 0.0)
-            cdu_ok = float(trial.cdu.supply_c.max()) <= self.c.tcs_max_c
-            if tmax <= self.c.gpu_temp_cap_c and cdu_ok and kw < best_kw:
-                best, best_kw = cand, kw
-        return best
+            kw, tmax, cdu_ok = self._try(sim, cand, control_s, self.step_s)
+            if tmax <= self.c.gpu_temp_cap_c and cdu_ok:
+                screened.append((kw, cand))
+        screened.sort(key=lambda kc: kc[0])
+        safest, safest_t = cur, np.inf
+        for _, cand in screened[:self.n_verify]:
+            _, tmax, cdu_ok = self._try(sim, cand, control_s, run_step_s)
+            if tmax <= self.c.gpu_temp_cap_c and cdu_ok:
+                return cand
+            if tmax < safest_t:
+                safest, safest_t = cand, tmax
+        return safest
+
+    def _try(self, sim: SiteSimulator, cand: np.ndarray, control_s: float,
+             step_s: float) -> tuple[float, float, bool]:
+        trial = copy.deepcopy(sim)
+        apply_setpoints(trial.controls, cand)
+        kw, tmax = _advance(trial, control_s, step_s, None, 0.0)
+        return kw, tmax, float(trial.cdu.supply_c.max()) <= self.c.tcs_max_c
 
 
 def evaluate(models: PlantModels, site: Site, *, seed: int = 7, start: datetime,
@@ -210,6 +252,8 @@ def evaluate(models: PlantModels, site: Site, *, seed: int = 7, start: datetime,
     n_ctrl = int(round(horizon / control_s))
     h = control_s / 3600.0
     wall0 = datetime.now(UTC)
+    before: list = []  # the ML plant's metered last minutes before each decision
+    settled_before = False  # ... taken a whole interval after the last change
     for k in range(n_ctrl):
         b0 = (res.baseline.facility_kwh, res.baseline.cooling_kwh)
         m0 = (res.ml.facility_kwh, res.ml.cooling_kwh)
@@ -222,13 +266,27 @@ def evaluate(models: PlantModels, site: Site, *, seed: int = 7, start: datetime,
         rec_id = None
         if dec.recommended is not None:
             res.recommendations += 1
-            cf = copy.deepcopy(ml_sim)
+            rec_sp = np.array([dec.recommended[n] for n in SETPOINTS])
+            at = datetime.fromtimestamp(ml_sim.time_s, UTC)
             if store is not None:
-                at = datetime.fromtimestamp(ml_sim.time_s, UTC)
                 rec_id = store.propose(dec, site.site.id, at)
                 store.accept(rec_id, EVALUATOR, at=at)
-            apply_setpoints(ml_sim.controls, np.array([dec.recommended[n] for n in SETPOINTS]))
-            res.per_rec_predicted_kwh += dec.predicted_savings_kw * h
+            # its own outcome, after the plant settles, vs the previous setpoints
+            out = measure_settled(ml_sim, rec_sp, models, step_s, interval_s=control_s,
+                                  before=tuple(before) if settled_before else None)
+            res.per_rec_predicted_kw += dec.predicted_savings_kw
+            res.per_rec_realised_kw += out.realised_kw
+            res.per_rec_predicted_at_window_kw += out.predicted_at_window_kw
+            if settled_before:  # the live method needs a settled window before the change
+                res.per_rec_live_n += 1
+                res.per_rec_live_estimate_kw += out.model_counterfactual_kw
+                res.per_rec_live_true_kw += out.realised_kw
+            res.per_rec_first_interval_kw += out.first_interval_kw
+            res.per_rec_unsettled += int(not out.settled)
+            if store is not None and rec_id is not None:
+                end = at + timedelta(seconds=out.window_start_s + out.window_s)
+                store.record_outcome(rec_id, out.realised_kw, at=end, note=out.note())
+            apply_setpoints(ml_sim.controls, rec_sp)
         else:
             key = dec.category
             res.no_recommendation[key] = res.no_recommendation.get(key, 0) + 1
@@ -241,24 +299,15 @@ def evaluate(models: PlantModels, site: Site, *, seed: int = 7, start: datetime,
             res.predicted_savings_kwh += float(p.facility_kw[0] - p.facility_kw[1]) * h
             res.predicted_cooling_savings_kwh += float(p.cooling_kw[0] - p.cooling_kw[1]) * h
             res.predicted_intervals += 1
-        ml_kw, ml_end_kw, _ = _advance(ml_sim, control_s, step_s, res.ml, c.gpu_temp_limit_c)
+        _advance(ml_sim, control_s, step_s, res.ml, c.gpu_temp_limit_c, tail=before)
+        settled_before = dec.recommended is None and k > 0
         if judged:
             res.realised_on_predicted_kwh += ((res.baseline.facility_kwh - b0[0])
                                               - (res.ml.facility_kwh - m0[0]))
             res.realised_cooling_on_predicted_kwh += ((res.baseline.cooling_kwh - b0[1])
                                                       - (res.ml.cooling_kwh - m0[1]))
-        if dec.recommended is not None:
-            cf_kw, cf_end_kw, _ = _advance(cf, control_s, step_s, None, c.gpu_temp_limit_c)
-            res.per_rec_realised_kwh += (cf_kw - ml_kw) * h
-            res.per_rec_realised_settled_kwh += (cf_end_kw - ml_end_kw) * h
-            if store is not None and rec_id is not None:
-                store.record_outcome(
-                    rec_id, cf_end_kw - ml_end_kw, at=datetime.fromtimestamp(ml_sim.time_s, UTC),
-                    note=f"counterfactual (same state kept on the previous setpoints), last "
-                         f"{SETTLED_TAIL_S:g} s of the interval; over the whole interval, "
-                         f"ramps included: {cf_kw - ml_kw:.3f} kW")
         if orc is not None and or_sim is not None:
-            apply_setpoints(or_sim.controls, orc.choose(or_sim, control_s))
+            apply_setpoints(or_sim.controls, orc.choose(or_sim, control_s, step_s))
             _advance(or_sim, control_s, step_s, res.oracle, c.gpu_temp_limit_c)
         if progress:
             progress(k + 1, n_ctrl)

@@ -17,6 +17,7 @@ from twin.optimizer.search import Decision
 
 PROPOSED, ACCEPTED, REJECTED, MEASURED = "proposed", "accepted", "rejected", "measured"
 STATUSES = (PROPOSED, ACCEPTED, REJECTED, MEASURED)
+SIZE_BUCKETS_KW = ((-1e9, 0.5), (0.5, 1.0), (1.0, 1e9))  # predicted saving, kW
 
 SCHEMA = """
 CREATE SEQUENCE IF NOT EXISTS recommendation_seq START 1;
@@ -164,7 +165,18 @@ class RecommendationStore:
             "avg(abs(predicted_savings_kw - realised_savings_kw)) FROM recommendations "
             "WHERE status = ?", [MEASURED]).fetchone()
         ratio = (real / pred) if pred else None
+        # by predicted size: small predicted gains sit inside the models' error and are
+        # where selecting the best-looking candidate over-predicts most
+        by_size = []
+        for lo, hi in SIZE_BUCKETS_KW:
+            k, p_sum, r_sum = self.con.execute(
+                "SELECT count(*), sum(predicted_savings_kw), sum(realised_savings_kw) FROM "
+                "recommendations WHERE status = ? AND predicted_savings_kw >= ? AND "
+                "predicted_savings_kw < ?", [MEASURED, lo, hi]).fetchone()
+            by_size.append({"predicted_kw_from": lo, "predicted_kw_to": hi, "measured": int(k),
+                            "predicted_savings_kw_sum": p_sum, "realised_savings_kw_sum": r_sum,
+                            "realised_over_predicted": (r_sum / p_sum) if p_sum else None})
         return {"counts": {s: int(counts.get(s, 0)) for s in STATUSES},
                 "measured": int(n), "predicted_savings_kw_sum": pred,
                 "realised_savings_kw_sum": real, "realised_over_predicted": ratio,
-                "mean_abs_error_kw": mae}
+                "mean_abs_error_kw": mae, "by_predicted_size": by_size}
