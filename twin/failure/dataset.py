@@ -16,6 +16,7 @@ import numpy as np
 
 BASE_START = datetime(2025, 1, 15, tzinfo=UTC)
 DEFAULT_GPUS = 128
+CATALOG_VERSION = 2  # in run file names: a changed fault_spec must not reuse old runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +31,8 @@ class RunSpec:
         return BASE_START + timedelta(days=2 * self.seed)  # gap > any horizon between runs
 
     def path(self, root: Path) -> Path:
-        return root / f"run-s{self.seed}-{self.n_gpus}g-{self.hours:g}h-{self.step_s:g}s.duckdb"
+        return root / (f"run-s{self.seed}-{self.n_gpus}g-{self.hours:g}h-{self.step_s:g}s"
+                       f"-c{CATALOG_VERSION}.duckdb")
 
 
 def fault_spec(seed: int, hours: float) -> str:
@@ -57,8 +59,13 @@ def fault_spec(seed: int, hours: float) -> str:
     rate = rng.uniform(6.0, 12.0)  # %/h: fails 70/rate h after onset
     o = rng.uniform(0.05 * hours, max(0.05 * hours, end_h - 70.0 / rate))
     items.append(f"coolant_leak@any:onset={o:.3f}h,rate={rate:.2f}")
-    o, f = onset_fail(1.0, 4.0)
-    items.append(f"crah_fan_failure@any:onset={o:.3f}h,precursor={f:.3f}h")
+    # two CRAH fan failures (different fans: `any` prefers untaken devices), one in each
+    # half of the run so a hall's two fans are not both degrading against each other
+    for half in (0, 1):
+        lead = rng.uniform(min(1.0, 0.15 * end_h), min(4.0, 0.3 * end_h))
+        lo = 0.05 * hours + half * 0.5 * end_h
+        o = rng.uniform(lo, max(lo, lo + 0.5 * end_h - lead))
+        items.append(f"crah_fan_failure@any:onset={o:.3f}h,precursor={lead:.3f}h")
     items.append(f"gpu_off_bus@any:onset={rng.uniform(0.1, 0.9) * hours:.3f}h")
     # look-alikes that never fail
     items.append(f"tim_degradation@any:onset={rng.uniform(0, 0.5) * hours:.3f}h,duration=12h")
