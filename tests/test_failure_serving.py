@@ -147,3 +147,18 @@ def test_device_state_carries_failure_risk(trained, monkeypatch):
         assert r.status_code == 200 and r.json()["failure_risk"] is None
     finally:
         store.close()
+
+
+def test_telemetry_loss_flagged_within_two_reads(trained):
+    """Every GPU that falls off the bus is flagged within 2 read intervals, by XID 79 and
+    by silence alone (XID hidden), evaluated read by read from the failure on."""
+    from twin.failure.evaluate import loss_delays
+    _, paths, model, _, _ = trained
+    rep = loss_delays(paths[-1:])
+    assert rep["loss_failures"] >= 1
+    for tag in ("loss_", "silence_only_"):
+        assert rep[f"{tag}within_2_reads"] == rep["loss_failures"], rep
+        assert rep[f"{tag}delay_reads_max"] <= 2.0
+    assert rep["silence_only_delay_reads_p50"] > rep["loss_delay_reads_p50"]
+    # a few calibration episodes per class: Platt, not a collapsing isotonic step
+    assert {m.calibration for m in model.classes.values() if m.clf is not None} == {"platt"}

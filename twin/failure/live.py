@@ -24,8 +24,8 @@ from twin.failure import registry
 from twin.failure.risk import failure_risks
 
 log = logging.getLogger(__name__)
-TICK_S = 300.0  # the feature bucket: risk changes at most once per tick
-CHECK_EVERY_S = 15.0  # how often a request may start a (cheap) "is a tick due" check
+TICK_S = 30.0  # one read interval: a lost device shows within a read of the rule
+CHECK_EVERY_S = 5.0  # how often a request may start a (cheap) "is a tick due" check
 
 
 class LiveRisk:
