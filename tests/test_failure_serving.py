@@ -141,6 +141,10 @@ def test_device_state_carries_failure_risk(trained, monkeypatch):
         assert 0.0 <= ok["risk"] < 1.0 and ok["status"] in ("ok", "at_risk")
         assert isinstance(ok["reasons"], list)
         assert calls == []  # same tick: background checks do not rescore
+        # alert rules read the same table
+        from twin.failure.risk import risk_provider
+        provided = risk_provider(store, 1800, root / "models")()
+        assert provided[dev][0] == 1.0 and calls == []
         # no approved model for the state horizon: the state says nothing, not an error
         monkeypatch.setenv("DCTWIN_FAILURE_HORIZON", "24h")
         r = client.get(f"/v1/devices/{dev}")
