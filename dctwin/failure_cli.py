@@ -58,7 +58,8 @@ def _print_report(rep: dict) -> None:
     from rich.table import Table
     t = Table(title=f"failure prediction, horizon {rep['horizon_s'] / 3600:g} h")
     cols = ["class", "episodes", "pos rows", "PR-AUC", "calib", "threshold", "precision",
-            "prec (early ok)", "recall", "lead p10/p50/p90 min", "caught", "false-alarm devs"]
+            "prec (early ok)", "recall", "best prec at recall>=0.8", "lead p10/p50/p90 min",
+            "caught", "false-alarm devs"]
     for c in cols:
         t.add_column(c)
 
@@ -70,7 +71,8 @@ def _print_report(rep: dict) -> None:
         t.add_row(cls, str(r.get("episodes", 0)), str(r.get("positives", 0)), f(r.get("pr_auc")),
                   str(r.get("calibration") or "-"), f(r.get("threshold")),
                   f(r.get("precision_strict")),
-                  f(r.get("precision_early_ok")), f(r.get("recall")), lead,
+                  f(r.get("precision_early_ok")), f(r.get("recall")),
+                  f(r.get("precision_at_recall_0.8")), lead,
                   f"{r.get('episodes_caught', 0)}/{r.get('episodes', 0)}",
                   str(r.get("false_alarm_devices", "-")))
     Console().print(t)

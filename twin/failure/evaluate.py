@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import polars as pl
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from twin.failure.features import CLASSES, compute_features
 from twin.failure.model import FailureModel
@@ -79,6 +79,10 @@ def evaluate(model: FailureModel, test: pl.DataFrame) -> dict:
                               .n_unique())
         if y.sum() and (1 - y).sum():
             res["pr_auc"] = float(average_precision_score(y, risk))
+            # the best precision any threshold reaches at recall >= 0.8 on these rows: is
+            # the ranking good enough, whatever the calibrated threshold did
+            p_curve, r_curve, _ = precision_recall_curve(y, risk)
+            res["precision_at_recall_0.8"] = float(p_curve[r_curve >= 0.8].max())
             tp = int((alarm & (y == 1)).sum())
             fp_strict = int((alarm & (y == 0)).sum())
             fp_early = int((alarm & (y == 0) & ~early).sum())
