@@ -47,11 +47,10 @@ def _state_horizon_s() -> float:
 def device_failure_state(twin, device_id: str) -> dict | None:
     """The failure part of a device's state (for /v1/devices/{id}): risk, alarm, status,
     horizon_s, model_version, time, reasons as of the last scoring tick; None when no
-    model is approved for the horizon or the device is not scored. Reads the in-memory
-    table only; a due refresh runs in the background."""
+    model is approved for the horizon or the device is not scored yet. Reads the
+    in-memory table only (the server's background thread refreshes it)."""
     from twin.failure.live import live_risk_for
     lr = live_risk_for(twin.store, _state_horizon_s(), _registry_root())
-    lr.kick()
     state = lr.device(device_id)
     if state is not None and state["time"] is not None:
         state["time"] = state["time"].replace(tzinfo=UTC)
@@ -92,10 +91,8 @@ def _failure_risk(twin, horizon: str, device_class: str | None, scope: str | Non
     now = datetime.now(UTC)
     lr = live_risk_for(twin.store, horizon_s, _registry_root())
     try:
-        if lr.table is None:  # first ask for this horizon: score once, then per tick
+        if lr.table is None or not lr.running:  # no background thread: at most once a tick
             lr.refresh()
-        else:
-            lr.kick()
     except RegistryError as exc:
         raise HTTPException(503, str(exc)) from None
     table = lr.table

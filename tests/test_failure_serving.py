@@ -107,7 +107,8 @@ def test_cli_lists_and_approves(trained):
 
 def test_device_state_carries_failure_risk(trained, monkeypatch):
     """GET /v1/devices/{id} over HTTP includes the device's risk from the per-tick table,
-    and requests read that table: no feature computation per request."""
+    and requests read that table: no feature computation per request (the server's
+    background thread refreshes it; here the test calls refresh(), the tick)."""
     import twin.failure.live as live_mod
     root, paths, model, v, _ = trained
     registry.approve(v.version, root / "models")

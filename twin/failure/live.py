@@ -1,9 +1,11 @@
 """The latest failure-risk table, kept in memory and refreshed once per scoring tick.
 
 A request (device state, `GET /v1/failure-risk`) reads this table: a dict lookup, never a
-feature computation. `kick()` starts a background refresh when one may be due; the
-refresh recomputes only when the event-time tick (newest sample time, floored to
-`tick_s`) or the approved model changed, so the cost is one `failure_risks` per tick.
+feature computation. The server runs `start()`: a background thread calls `refresh()`
+every few seconds, which recomputes only when the event-time tick (newest sample time,
+floored to `tick_s`) or the approved model changed, so the cost is one `failure_risks`
+per tick. Without that thread (tests, an app over someone else's store) the failure-risk
+route refreshes in the request, at most once per tick; device state only reads.
 
 Event time, not wall-clock: the table is scored as of the newest reading stored (never
 later than now), so an ingest outage does not read as every device going silent.
@@ -14,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from twin.failure.risk import failure_risks
 
 log = logging.getLogger(__name__)
 TICK_S = 30.0  # one read interval: a lost device shows within a read of the rule
-CHECK_EVERY_S = 5.0  # how often a request may start a (cheap) "is a tick due" check
+CHECK_EVERY_S = 5.0  # how often the background thread checks whether a tick is due
 
 
 class LiveRisk:
@@ -42,8 +43,8 @@ class LiveRisk:
         self.error: registry.RegistryError | None = None  # e.g. no approved model
         self._key: tuple[int, str] | None = None  # (tick, model version) of the table
         self._lock = threading.Lock()
-        self._running = False
-        self._last_check = -math.inf
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def _as_of(self, now: datetime | None) -> datetime | None:
         row = self.store.cursor().execute("SELECT max(read_time) FROM samples").fetchone()
@@ -75,24 +76,34 @@ class LiveRisk:
             self.model_version = version
             return True
 
-    def kick(self) -> None:
-        """Start a background refresh if none runs and the last check is old enough; the
-        caller never waits for it."""
-        now = time.monotonic()
-        if self._running or now - self._last_check < CHECK_EVERY_S:
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, every_s: float = CHECK_EVERY_S) -> None:
+        """Refresh in a background thread every `every_s` (the server starts it; stop() it
+        before closing the store: DuckDB refuses to close a connection mid-query)."""
+        if self.running:
             return
-        self._last_check, self._running = now, True
+        self._stop.clear()
 
         def run() -> None:
-            try:
-                self.refresh()
-            except registry.RegistryError:
-                pass  # remembered in self.error; the API reports it
-            except Exception:  # a failed tick keeps the previous table
-                log.exception("failure-risk refresh failed")
-            finally:
-                self._running = False
-        threading.Thread(target=run, name="failure-risk", daemon=True).start()
+            while not self._stop.is_set():
+                try:
+                    self.refresh()
+                except registry.RegistryError:
+                    pass  # remembered in self.error; the API reports it
+                except Exception:  # a failed tick keeps the previous table
+                    log.exception("failure-risk refresh failed")
+                self._stop.wait(every_s)
+        self._thread = threading.Thread(target=run, name="failure-risk", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+            self._thread = None
 
     def device(self, device_id: str) -> dict | None:
         """The device's risk as of the last tick (None: no model, not scored yet)."""
