@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from api.live import LiveState, RackSummary, Snapshot
 from api.problems import ProblemError, problem_responses
 from api.routes_anomaly import device_anomaly_state
+from api.routes_failure import device_failure_state
 from api.shape import Cursor, Limit, Page, now_naive_utc, paginate, utc
 from twin.pue import MeterReading
 from twin.state import Twin
@@ -45,6 +46,10 @@ class DeviceOut(BaseModel):
     metrics: list[LatestReading] = Field(description="latest value of every metric, by name")
     anomaly: dict | None = Field(None, description="anomaly score now: score, p, time, "
                                                    "top_metrics (see GET /v1/anomalies)")
+    failure_risk: dict | None = Field(
+        None, description="failure risk as of the last scoring tick: risk (probability of "
+        "failure within horizon_s), alarm, status, horizon_s, model_version, time, reasons "
+        "(see GET /v1/failure-risk); null without an approved model")
 
 
 class DeviceRefOut(BaseModel):
@@ -222,7 +227,8 @@ def _device_state(twin: Twin, device_id: str, readings: list, now: datetime) -> 
     return DeviceOut(device_id=device_id, device_class=ref.device_class if ref else None,
                      rack=ref.rack if ref else None,
                      metrics=[LatestReading.of(x, now) for x in readings],
-                     anomaly=device_anomaly_state(twin, device_id))
+                     anomaly=device_anomaly_state(twin, device_id),
+                     failure_risk=device_failure_state(twin, device_id))
 
 
 def _pue_history(twin: Twin, now: datetime, hours: float, step_s: int) -> list[PuePoint]:

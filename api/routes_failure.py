@@ -38,6 +38,25 @@ def _registry_root() -> Path:
     return Path(os.environ.get("DCTWIN_FAILURE_MODELS", "var/models/failure"))
 
 
+def _state_horizon_s() -> float:
+    """The horizon shown in device state (DCTWIN_FAILURE_HORIZON, default 1h)."""
+    from twin.failure.model import parse_horizon_s
+    return parse_horizon_s(os.environ.get("DCTWIN_FAILURE_HORIZON", "1h"))
+
+
+def device_failure_state(twin, device_id: str) -> dict | None:
+    """The failure part of a device's state (for /v1/devices/{id}): risk, alarm, status,
+    horizon_s, model_version, time, reasons as of the last scoring tick; None when no
+    model is approved for the horizon or the device is not scored yet. Reads the
+    in-memory table only (the server's background thread refreshes it)."""
+    from twin.failure.live import live_risk_for
+    lr = live_risk_for(twin.store, _state_horizon_s(), _registry_root())
+    state = lr.device(device_id)
+    if state is not None and state["time"] is not None:
+        state["time"] = state["time"].replace(tzinfo=UTC)
+    return state
+
+
 def router_for(twin) -> APIRouter:
     """The failure-risk routes over a twin's store (included from api/app.py)."""
     router = APIRouter()
@@ -59,9 +78,9 @@ def router_for(twin) -> APIRouter:
 def _failure_risk(twin, horizon: str, device_class: str | None, scope: str | None,
                   min_risk: float, limit: int) -> FailureRiskOut:
     from twin.failure.features import CLASSES
+    from twin.failure.live import live_risk_for
     from twin.failure.model import parse_horizon_s
     from twin.failure.registry import RegistryError
-    from twin.failure.risk import failure_risks
 
     try:
         horizon_s = parse_horizon_s(horizon)
@@ -70,10 +89,18 @@ def _failure_risk(twin, horizon: str, device_class: str | None, scope: str | Non
     if device_class is not None and device_class not in CLASSES:
         raise HTTPException(422, f"class: {device_class!r} is not one of {list(CLASSES)}")
     now = datetime.now(UTC)
+    lr = live_risk_for(twin.store, horizon_s, _registry_root())
     try:
-        table = failure_risks(twin.store, now, horizon_s, _registry_root())
+        if lr.table is None or not lr.running:  # no background thread: at most once a tick
+            lr.refresh()
     except RegistryError as exc:
         raise HTTPException(503, str(exc)) from None
+    table = lr.table
+    if table is None:  # no samples yet
+        if lr.error is not None:
+            raise HTTPException(503, str(lr.error))
+        return FailureRiskOut(time=now, horizon_s=horizon_s, model_version=_newest(horizon_s),
+                              devices=[])
     if device_class:
         table = table.filter(table["device_class"] == device_class)
     if scope:

@@ -57,8 +57,9 @@ def _print_report(rep: dict) -> None:
     from rich.console import Console
     from rich.table import Table
     t = Table(title=f"failure prediction, horizon {rep['horizon_s'] / 3600:g} h")
-    cols = ["class", "episodes", "pos rows", "PR-AUC", "threshold", "precision", "prec (early ok)",
-            "recall", "lead p10/p50/p90 min", "caught", "false-alarm devs"]
+    cols = ["class", "episodes", "pos rows", "PR-AUC", "calib", "threshold", "precision",
+            "prec (early ok)", "recall", "best prec at recall>=0.8", "lead p10/p50/p90 min",
+            "caught", "false-alarm devs"]
     for c in cols:
         t.add_column(c)
 
@@ -68,16 +69,26 @@ def _print_report(rep: dict) -> None:
         lead = "/".join(f(r.get(k), "{:.0f}") for k in ("lead_min_p10", "lead_min_p50",
                                                           "lead_min_p90"))
         t.add_row(cls, str(r.get("episodes", 0)), str(r.get("positives", 0)), f(r.get("pr_auc")),
-                  f(r.get("threshold")), f(r.get("precision_strict")),
-                  f(r.get("precision_early_ok")), f(r.get("recall")), lead,
+                  str(r.get("calibration") or "-"), f(r.get("threshold")),
+                  f(r.get("precision_strict")),
+                  f(r.get("precision_early_ok")), f(r.get("recall")),
+                  f(r.get("precision_at_recall_0.8")), lead,
                   f"{r.get('episodes_caught', 0)}/{r.get('episodes', 0)}",
                   str(r.get("false_alarm_devices", "-")))
     Console().print(t)
     loss = rep.get("telemetry_loss")
     if loss:
-        Console().print(f"telemetry-loss failures: {loss['loss_flagged']}/{loss['loss_failures']}"
-                        f" flagged, max delay {f(loss['loss_delay_ticks_max'], '{:.0f}')} ticks"
-                        f" of {loss['tick_s']} s; within 2 ticks: {loss['loss_within_2_ticks']}")
+        n = loss["loss_failures"]
+        for tag, what in (("loss_", "all signals"), ("silence_only_", "silence only, XID 79 "
+                                                                      "hidden")):
+            delays = ", ".join("missed" if d is None else f"{d:g}"
+                               for d in loss[f"{tag}delays_reads"])
+            Console().print(
+                f"telemetry-loss failures ({what}): {loss[f'{tag}flagged']}/{n} flagged, "
+                f"{loss[f'{tag}within_2_reads']}/{n} within 2 read intervals; delay in read "
+                f"intervals p50/p90/max {f(loss[f'{tag}delay_reads_p50'], '{:g}')}/"
+                f"{f(loss[f'{tag}delay_reads_p90'], '{:g}')}/"
+                f"{f(loss[f'{tag}delay_reads_max'], '{:g}')} (per episode: {delays})")
 
 
 @failure_app.command()
@@ -88,6 +99,8 @@ def train(
     step_s: float = typer.Option(30.0, "--step-s", help="seconds between reads"),
     gpus: int = typer.Option(128, help="GPUs in the synthetic site"),
     horizon: str = typer.Option("1h", help="risk horizon (30m, 1h, 24h)"),
+    calibrate_runs: int = typer.Option(3, help="runs after the training runs that calibrate "
+                                               "the risk and set the operating threshold"),
     test_runs: int = typer.Option(2, help="latest runs held out for the test"),
     data: Path = typer.Option(DATA, help="where simulator runs are kept"),
     registry_root: Path = typer.Option(Path("var/models/failure"), "--registry"),
@@ -101,12 +114,12 @@ def train(
     horizon_s = _hours(horizon)
     paths = _runs(_seeds(seeds), hours, step_s, gpus, data)
     rows = _rows(paths, horizon_s)
-    split = time_split(rows, horizon_s, calibrate_runs=1, test_runs=test_runs)
+    split = time_split(rows, horizon_s, calibrate_runs=calibrate_runs, test_runs=test_runs)
     model = FailureModel(horizon_s).fit(split.train, split.calibrate,
                                         progress=lambda c: typer.echo(f"fitted {c}"))
     rep = evaluate(model, split.test)
     test_paths = [p for p in paths if p.stem in set(split.test["run"])]
-    rep["telemetry_loss"] = loss_delays(model, test_paths)
+    rep["telemetry_loss"] = loss_delays(test_paths)
     meta = {"data_window": {"train": [split.train["t"].min(), split.train["t"].max()],
                             "calibrate": [split.calibrate["t"].min(),
                                           split.calibrate["t"].max()],
@@ -160,7 +173,7 @@ def evaluate(
                         schema={"t": pl.Datetime("us"), "run": pl.String, "episode": pl.String})
     check_disjoint(seen, rows, model.horizon_s, ("model's training data", "evaluation runs"))
     rep = run_eval(model, rows)
-    rep["telemetry_loss"] = loss_delays(model, paths)
+    rep["telemetry_loss"] = loss_delays(paths)
     rep["model_version"] = v.version
     typer.echo(f"model {v.version} (approved: {v.approved}), runs {[p.stem for p in paths]}")
     _print_report(rep)

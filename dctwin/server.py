@@ -53,6 +53,10 @@ class Server:
         self.live = LiveState(self.twin, self.bus, settings.live_interval_s,
                               scorers=[anomaly_rack_scorer(self.twin)])
         self.keys = KeyStore(settings.apikey_db)
+        from api.routes_failure import _registry_root, _state_horizon_s
+        from twin.failure.live import live_risk_for
+        # the failure-risk table that device state and alert rules read, kept per tick
+        self.failure_risk = live_risk_for(self.store, _state_horizon_s(), _registry_root())
 
     def health(self) -> dict:
         alive = self.ingest_thread is not None and self.ingest_thread.is_alive()
@@ -77,6 +81,7 @@ class Server:
                                               daemon=True)
         self.ingest_thread.start()
         self.live.start()
+        self.failure_risk.start()
         self.start_twin()
         self.alerts.start()
 
@@ -118,6 +123,7 @@ class Server:
 
     def stop(self) -> None:
         self.live.stop()
+        self.failure_risk.stop()
         self.alerts.stop()
         self._stop_twin.set()
         if self.twin_thread is not None:

@@ -103,3 +103,67 @@ def test_cli_lists_and_approves(trained):
     res = CliRunner().invoke(cli_app, ["failure", "approve", v.version, "--registry",
                                        str(root / "models")])
     assert res.exit_code == 0 and "approved" in res.output
+
+
+def test_device_state_carries_failure_risk(trained, monkeypatch):
+    """GET /v1/devices/{id} over HTTP includes the device's risk from the per-tick table,
+    and requests read that table: no feature computation per request (the server's
+    background thread refreshes it; here the test calls refresh(), the tick)."""
+    import twin.failure.live as live_mod
+    root, paths, model, v, _ = trained
+    registry.approve(v.version, root / "models")
+    monkeypatch.setenv("DCTWIN_FAILURE_MODELS", str(root / "models"))
+    monkeypatch.setenv("DCTWIN_FAILURE_HORIZON", "30m")
+    store = Store(paths[-1])
+    try:
+        dev = store.cursor().execute(
+            "SELECT device_id FROM labels WHERE fault = 'gpu_off_bus'").fetchall()[0][0]
+        healthy = store.cursor().execute(
+            "SELECT DISTINCT device_id FROM samples WHERE kind = 'gpu' AND device_id NOT IN "
+            "(SELECT device_id FROM labels) ORDER BY 1 LIMIT 1").fetchall()[0][0]
+        site = synthetic_site(64, racks_per_row=1, rows_per_hall=2)
+        keys, tokens = keys_per_role(root / "keys-dev.duckdb")
+        client = TestClient(create_app(Twin(site, store), keys=keys),
+                            headers=bearer(tokens[Role.viewer]))
+        lr = live_mod.live_risk_for(store, 1800, root / "models")
+        assert lr.refresh() is True  # the scoring tick
+        calls = []
+        real = live_mod.failure_risks
+        monkeypatch.setattr(live_mod, "failure_risks",
+                            lambda *a, **k: calls.append(a) or real(*a, **k))
+        for _ in range(3):
+            r = client.get(f"/v1/devices/{dev}")
+            assert r.status_code == 200, r.text
+        risk = r.json()["failure_risk"]
+        assert risk["model_version"] == v.version and risk["horizon_s"] == 1800
+        assert risk["risk"] == 1.0 and risk["status"] in ("lost", "failed")
+        assert any("79" in x for x in risk["reasons"])
+        ok = client.get(f"/v1/devices/{healthy}").json()["failure_risk"]
+        assert 0.0 <= ok["risk"] < 1.0 and ok["status"] in ("ok", "at_risk")
+        assert isinstance(ok["reasons"], list)
+        assert calls == []  # same tick: background checks do not rescore
+        # alert rules read the same table
+        from twin.failure.risk import risk_provider
+        provided = risk_provider(store, 1800, root / "models")()
+        assert provided[dev][0] == 1.0 and calls == []
+        # no approved model for the state horizon: the state says nothing, not an error
+        monkeypatch.setenv("DCTWIN_FAILURE_HORIZON", "24h")
+        r = client.get(f"/v1/devices/{dev}")
+        assert r.status_code == 200 and r.json()["failure_risk"] is None
+    finally:
+        store.close()
+
+
+def test_telemetry_loss_flagged_within_two_reads(trained):
+    """Every GPU that falls off the bus is flagged within 2 read intervals, by XID 79 and
+    by silence alone (XID hidden), evaluated read by read from the failure on."""
+    from twin.failure.evaluate import loss_delays
+    _, paths, model, _, _ = trained
+    rep = loss_delays(paths[-1:])
+    assert rep["loss_failures"] >= 1
+    for tag in ("loss_", "silence_only_"):
+        assert rep[f"{tag}within_2_reads"] == rep["loss_failures"], rep
+        assert rep[f"{tag}delay_reads_max"] <= 2.0
+    assert rep["silence_only_delay_reads_p50"] > rep["loss_delay_reads_p50"]
+    # a few calibration episodes per class: Platt, not a collapsing isotonic step
+    assert {m.calibration for m in model.classes.values() if m.clf is not None} == {"platt"}

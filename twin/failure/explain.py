@@ -2,9 +2,9 @@
 
 Method (occlusion, a one-feature-at-a-time SHAP-like estimate): for each feature, set it
 to its healthy baseline (the median over devices that never failed in training) and
-re-score; the drop in the classifier's raw probability is that feature's contribution.
+re-score; the drop in the calibrated risk is that feature's contribution.
 Features at their baseline contribute nothing, so a healthy device gets no reasons. All
-rows and features are scored in one batched predict_proba call per class.
+rows and features are scored in one batched call per class (calibrated risk).
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ PHRASES: dict[str, str] = {
     "fan_power_ratio_dev": "fan draws {v:+.0%} more than its hall peers at the same speed",
     "fan_power_ratio_slope_ph": "fan power per speed³ rising {v:+.0f}/h",
     "fan_power_ratio_drift_6h": "fan power per speed³ up {v:+.0f} in 6 h",
+    "fan_power_ratio_rise_pct": "fan power per speed³ {v:+.1f} % above its 6-h low: "
+                                "bearing drag building",
+    "fan_power_ratio_rise_pct_30m": "fan power per speed³ {v:+.1f} % in 30 min",
     "fan_speed_pct": "fan at {v:.0f} % speed",
     "return_air_c": "return air {v:.1f} °C",
     "stale_reads": "no reading for {v:.0f} read intervals",
@@ -79,13 +82,13 @@ def explain(model: FailureModel, rows: pl.DataFrame, top: int = 3,
         if idx.size == 0 or m.clf is None:
             continue
         x = _x(rows[idx], m.features)
-        base = m.clf.predict_proba(x)[:, 1]
+        base = m.risk(x)
         n, f = x.shape
         # one batch: row i with feature j set to its baseline, for all (i, j)
         xs = np.repeat(x[None, :, :], f, axis=0)
         for j, feat in enumerate(m.features):
             xs[j, :, j] = m.baseline.get(feat, 0.0)
-        occluded = m.clf.predict_proba(xs.reshape(f * n, -1))[:, 1].reshape(f, n)
+        occluded = m.risk(xs.reshape(f * n, -1)).reshape(f, n)
         contrib = base[None, :] - occluded  # (features, rows)
         for k, i in enumerate(idx):
             order = np.argsort(-contrib[:, k])[:top]

@@ -34,7 +34,8 @@ FEATURES: dict[str, list[str]] = {
             "pump_w_per_lpm", "flow_lpm", "reservoir_pct", "reservoir_slope_pph",
             "hours_to_reservoir_30", "leak_detected", *COMMON],
     "crah": ["fan_power_ratio", "fan_power_ratio_dev", "fan_power_ratio_slope_ph",
-             "fan_power_ratio_drift_6h", "fan_speed_pct", "return_air_c", *COMMON],
+             "fan_power_ratio_drift_6h", "fan_power_ratio_rise_pct",
+             "fan_power_ratio_rise_pct_30m", "fan_speed_pct", "return_air_c", *COMMON],
 }
 
 
@@ -62,7 +63,7 @@ def compute_features(con: duckdb.DuckDBPyConnection, start: datetime, end: datet
     n_steps = int((end - start).total_seconds() // bucket_s)
     lo = end - timedelta(seconds=n_steps * bucket_s + LOOKBACK_S)
     anchor, b = _ts(end), bucket_s
-    f15, f1h, f2h, f6h = (_frame(w, b) for w in (900, 3600, 7200, LOOKBACK_S))
+    f15, f30, f1h, f2h, f6h = (_frame(w, b) for w in (900, 1800, 3600, 7200, LOOKBACK_S))
     con.execute(f"""
     CREATE OR REPLACE TEMP TABLE _fb AS
     WITH s AS (
@@ -148,6 +149,12 @@ def compute_features(con: duckdb.DuckDBPyConnection, start: datetime, end: datet
       regr_slope(fan_power_ratio, th) OVER {f2h} AS fan_power_ratio_slope_ph,
       avg(fan_power_ratio) OVER {f15} - first_value(fan_power_ratio) OVER {f6h}
         AS fan_power_ratio_drift_6h,
+      -- relative rise over the fan's own 6-h low and over the last 30 min: comparable
+      -- across fan models, and quick to show a rise that has only just begun
+      100 * (avg(fan_power_ratio) OVER {f15}
+             / nullif(min(fan_power_ratio) OVER {f6h}, 0) - 1) AS fan_power_ratio_rise_pct,
+      100 * (fan_power_ratio / nullif(first_value(fan_power_ratio) OVER {f30}, 0) - 1)
+        AS fan_power_ratio_rise_pct_30m,
       avg(fan_speed_pct) OVER {f15} AS fan_speed_pct, avg(return_air_c) OVER {f15}
         AS return_air_c
     FROM p

@@ -1,5 +1,6 @@
 """Failure-risk model: labels, a leakage-checked time split, per-class gradient boosting
-with isotonic calibration on a later time slice, and a telemetry-loss rule.
+calibrated on a later time slice (isotonic with enough failure episodes there, Platt
+otherwise), and a telemetry-loss rule.
 
 Labels: a row (device, t) is positive when the device fails in (t, t + horizon]. Rows at
 or after the failure are dropped (the device has failed: that is detection, not risk).
@@ -17,10 +18,19 @@ import numpy as np
 import polars as pl
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
 
 from twin.failure.features import CLASSES, FEATURES
 
-LOST_AFTER_READS = 2.0  # silent for more than 2 read intervals while rack peers report
+# isotonic regression needs many positive episodes: with few it learns a step at the few
+# scores it saw and the threshold lands on that step (a CRAH model calibrated on 2
+# episodes alarmed only in the last 25 min); below this, a 2-parameter Platt sigmoid
+MIN_ISOTONIC_EPISODES = 10
+# the operating threshold catches this share of the calibration positives: above the 0.8
+# target because recall over a few episodes (12 correlated rows each at 1 h) varies by
+# more than 0.1 from one slice of runs to the next
+CALIBRATION_RECALL = 0.9
+LOST_AFTER_READS = 2.0  # 2 missed reads in a row while rack peers report: lost
 
 
 def parse_horizon_s(text: str | float) -> float:
@@ -116,24 +126,53 @@ def _trainable(rows: pl.DataFrame, horizon_s: float) -> pl.DataFrame:  # noqa: A
     return rows.filter(pl.col("has_precursor"))
 
 
+class PlattCalibrator:
+    """Sigmoid on the classifier's log-odds (Platt scaling), fit on the calibration slice;
+    monotone, so it keeps the ranking and never collapses scores into steps."""
+
+    def __init__(self) -> None:
+        self.lr = LogisticRegression(C=1e4)
+
+    def fit(self, raw: np.ndarray, y: np.ndarray) -> PlattCalibrator:
+        self.lr.fit(raw.reshape(-1, 1), y)
+        return self
+
+    def predict(self, raw: np.ndarray) -> np.ndarray:
+        return self.lr.predict_proba(np.asarray(raw).reshape(-1, 1))[:, 1]
+
+
+def _calibrator(raw: np.ndarray, y: np.ndarray, episodes: int):
+    """Isotonic with >= MIN_ISOTONIC_EPISODES positive episodes in the slice, else Platt."""
+    if episodes >= MIN_ISOTONIC_EPISODES:
+        return IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw, y), \
+            "isotonic"
+    return PlattCalibrator().fit(raw, y), "platt"
+
+
 @dataclass
 class ClassModel:
     features: list[str]
     clf: HistGradientBoostingClassifier | None
-    iso: IsotonicRegression | None
+    iso: IsotonicRegression | PlattCalibrator | None  # maps log-odds to risk
     threshold: float
     baseline: dict[str, float]  # healthy medians, for explanations
     importance: dict[str, float]
     base_rate: float
     n_train: int
     n_pos: int
+    calibration: str = "none"  # isotonic | platt
+    calibration_episodes: int = 0
+
+    def risk(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated probability of failure within the horizon for feature rows x."""
+        return self.iso.predict(self.clf.decision_function(x))
 
 
 @dataclass
 class FailureModel:
     horizon_s: float
     classes: dict[str, ClassModel] = field(default_factory=dict)
-    target_recall: float = 0.8
+    target_recall: float = CALIBRATION_RECALL
 
     def fit(self, train: pl.DataFrame, calibrate: pl.DataFrame, progress=None) -> FailureModel:
         for cls in CLASSES:
@@ -147,19 +186,21 @@ class FailureModel:
                 self.classes[cls] = ClassModel(feats, None, None, 1.0, baseline, {}, 0.0,
                                                len(y), int(y.sum()))
                 continue
+            # small, regularised trees: a few dozen failure episodes per class, and
+            # scores that do not saturate keep the threshold stable from run to run
             clf = HistGradientBoostingClassifier(
-                max_iter=120, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=20,
+                max_iter=200, learning_rate=0.05, max_leaf_nodes=7, min_samples_leaf=50,
                 l2_regularization=1.0, class_weight="balanced", random_state=0)
             clf.fit(_x(tr, feats), y)
-            raw = clf.predict_proba(_x(ca, feats))[:, 1]
-            iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+            raw = clf.decision_function(_x(ca, feats))
             yc = ca["y"].to_numpy()
-            iso.fit(raw, yc)
+            n_eps = ca.filter(pl.col("y") == 1)["episode"].n_unique()
+            iso, how = _calibrator(raw, yc, n_eps)
             prob = iso.predict(raw)
             thr = _operating_threshold(prob, yc, self.target_recall)
             imp = _importance(clf, ca, feats, yc)
             self.classes[cls] = ClassModel(feats, clf, iso, thr, baseline, imp,
-                                           float(y.mean()), len(y), int(y.sum()))
+                                           float(y.mean()), len(y), int(y.sum()), how, n_eps)
             if progress is not None:
                 progress(cls)
         return self
@@ -174,7 +215,7 @@ class FailureModel:
             if idx.size == 0 or m.clf is None:
                 continue
             sub = rows[idx]
-            risk[idx] = m.iso.predict(m.clf.predict_proba(_x(sub, m.features))[:, 1])
+            risk[idx] = m.risk(_x(sub, m.features))
             thr[idx] = m.threshold
         out = rows.with_columns(pl.Series("model_risk", risk), pl.Series("threshold", thr))
         out = out.with_columns(lost_flag(out))
@@ -184,12 +225,12 @@ class FailureModel:
 
 
 def lost_flag(rows: pl.DataFrame) -> pl.Expr:
-    """Telemetry loss: an XID 79, or a device silent for > LOST_AFTER_READS read
-    intervals while a peer of its class in its rack still reports (so the collector is
-    up); a whole silent rack is a collector problem, not a device failure."""
+    """Telemetry loss: an XID 79, or a device silent for LOST_AFTER_READS read intervals
+    (its last 2 reads missing) while a peer of its class in its rack still reports (so the
+    collector is up); a whole silent rack is a collector problem, not a device failure."""
     peer_fresh = (pl.col("stale_reads").min().over(["t", "rack", "device_class"])
                   < LOST_AFTER_READS)
-    silent = (pl.col("stale_reads") > LOST_AFTER_READS) & peer_fresh
+    silent = (pl.col("stale_reads") >= LOST_AFTER_READS) & peer_fresh
     return ((pl.col("xid79_2h").fill_null(0) > 0) | silent.fill_null(False)).alias("lost")
 
 

@@ -75,12 +75,15 @@ def _empty() -> pl.DataFrame:
 
 def risk_provider(store, horizon_s: float = 3600.0, root: Path = registry.DEFAULT_ROOT):
     """For alert rules: a function () -> {device_id: (risk, status, reasons)}; empty when
-    no approved model exists (an alert rule then sees no risk, and the API says why)."""
+    no approved model exists (an alert rule then sees no risk, and the API says why).
+    Reads the shared per-tick table (twin/failure/live.py): rescored once per tick."""
     def provide() -> dict[str, tuple[float, str, list[str]]]:
+        from twin.failure.live import live_risk_for
+        lr = live_risk_for(store, horizon_s, root)
         try:
-            table = failure_risks(store, None, horizon_s, root)
+            lr.refresh()
         except registry.RegistryError:
             return {}
-        return {d: (r, s, reasons) for d, r, s, reasons in
-                table.select("device_id", "risk", "status", "reasons").iter_rows()}
+        return {d: (r["risk"], r["status"], list(r["reasons"] or []))
+                for d, r in lr.by_device.items()}
     return provide
