@@ -20,3 +20,16 @@ def anomaly_rack_scorer(twin) -> RackScorer:
         return {r["id"].rsplit("/", 1)[-1]: r["score"]
                 for r in lv.top("rack", limit=1_000_000)}
     return ("anomaly_score", scores)
+
+
+def failure_rack_scorer(live_risk) -> RackScorer:
+    """Highest failure risk among a rack's devices (twin.failure.live.LiveRisk's table,
+    rescored by its own thread once per tick); empty while no model is approved."""
+    def scores() -> dict[str, float]:
+        out: dict[str, float] = {}
+        for row in list(live_risk.by_device.values()):
+            rack = row.get("rack")
+            if rack:
+                out[rack] = max(out.get(rack, 0.0), float(row["risk"]))
+        return out
+    return ("failure_risk", scores)

@@ -13,7 +13,7 @@ from api.app import create_app
 from api.keys import KeyStore
 from api.live import LiveState
 from api.metrics import alert_events, alerts_provider, kafka_lag_of
-from api.rack_scores import anomaly_rack_scorer
+from api.rack_scores import anomaly_rack_scorer, failure_rack_scorer
 from dctwin.settings import Settings
 from ingest.consumer import Ingestor
 from ingest.kafka import ensure_topics
@@ -41,8 +41,13 @@ class Server:
         self.twin = Twin(self.site, self.store, config=twin_config(settings))
         self.twin_thread: threading.Thread | None = None
         self._stop_twin = threading.Event()
+        from api.routes_failure import _registry_root, _state_horizon_s
+        from twin.failure.live import live_risk_for
+        # the failure-risk table that device state, rack scores and alert rules read
+        self.failure_risk = live_risk_for(self.store, _state_horizon_s(), _registry_root())
         self.alerts = AlertService(
-            self.store, self.site, rules, receivers, providers=twin_providers(self.twin),
+            self.store, self.site, rules, receivers,
+            providers=twin_providers(self.twin, failure_risk=self.failure_risk),
             kafka_bootstrap=settings.kafka_bootstrap,
             interval_s=settings.alert_interval_s, external_url=settings.external_url
             or f"http://{settings.api_host}:{settings.api_port}")
@@ -51,12 +56,9 @@ class Server:
         self.started = time.time()
         self.bus = EventBus()
         self.live = LiveState(self.twin, self.bus, settings.live_interval_s,
-                              scorers=[anomaly_rack_scorer(self.twin)])
+                              scorers=[anomaly_rack_scorer(self.twin),
+                                       failure_rack_scorer(self.failure_risk)])
         self.keys = KeyStore(settings.apikey_db)
-        from api.routes_failure import _registry_root, _state_horizon_s
-        from twin.failure.live import live_risk_for
-        # the failure-risk table that device state and alert rules read, kept per tick
-        self.failure_risk = live_risk_for(self.store, _state_horizon_s(), _registry_root())
 
     def health(self) -> dict:
         alive = self.ingest_thread is not None and self.ingest_thread.is_alive()

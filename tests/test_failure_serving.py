@@ -142,10 +142,14 @@ def test_device_state_carries_failure_risk(trained, monkeypatch):
         assert 0.0 <= ok["risk"] < 1.0 and ok["status"] in ("ok", "at_risk")
         assert isinstance(ok["reasons"], list)
         assert calls == []  # same tick: background checks do not rescore
-        # alert rules read the same table
-        from twin.failure.risk import risk_provider
-        provided = risk_provider(store, 1800, root / "models")()
-        assert provided[dev][0] == 1.0 and calls == []
+        # alert rules and the heat map's rack scores read the same table
+        from api.rack_scores import failure_rack_scorer
+        from twin.alerts.providers import twin_providers
+        provided = twin_providers(Twin(site, store), failure_risk=lr).failure_risk(None)
+        assert provided[dev] == 1.0 and provided[healthy] == ok["risk"] and calls == []
+        name, rack_risk = failure_rack_scorer(lr)
+        dev_rack = lr.by_device[dev]["rack"]
+        assert name == "failure_risk" and dev_rack in dev and rack_risk()[dev_rack] == 1.0
         # no approved model for the state horizon: the state says nothing, not an error
         monkeypatch.setenv("DCTWIN_FAILURE_HORIZON", "24h")
         r = client.get(f"/v1/devices/{dev}")

@@ -1,6 +1,6 @@
 """Providers backed by the twin core (twin.state.Twin): heat-balance residual per cooling
 loop from the twin's last tick, and energy-based site PUE over an interval. Anomaly
-scores and failure risk plug in the same way once those parts of the twin exist."""
+scores and failure risk come from the tables their background jobs keep current."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from datetime import UTC, datetime, timedelta
 from twin.alerts.context import Providers
 
 
-def twin_providers(twin, max_tick_age_s: float | None = None) -> Providers:
+def twin_providers(twin, max_tick_age_s: float | None = None,
+                   failure_risk=None) -> Providers:
     """`twin` is a twin.state.Twin. A tick older than `max_tick_age_s` (default three
-    tick intervals) gives no heat-balance values, so its alerts are left as they are."""
+    tick intervals) gives no heat-balance values, so its alerts are left as they are.
+    `failure_risk` is the server's twin.failure.live.LiveRisk (None: no risk rules)."""
     max_age_s = max_tick_age_s or 3 * twin.config.tick_interval_s
 
     def heat_balance_residual(now: datetime) -> Mapping[str, float]:
@@ -36,5 +38,10 @@ def twin_providers(twin, max_tick_age_s: float | None = None) -> Providers:
 
     from twin.anomaly.live import anomaly_provider  # issue 7: calibrated anomaly scores
 
+    def failure_risk_now(now: datetime) -> Mapping[str, float]:  # noqa: ARG001 - per tick
+        # the table its own thread rescores once per tick; empty without an approved model
+        return {d: float(r["risk"]) for d, r in failure_risk.by_device.items()}
+
     return Providers(heat_balance_residual=heat_balance_residual, pue_interval=pue_interval,
-                     anomaly_score=anomaly_provider(twin.site, twin.store))
+                     anomaly_score=anomaly_provider(twin.site, twin.store),
+                     failure_risk=failure_risk_now if failure_risk is not None else None)

@@ -71,19 +71,3 @@ def _empty() -> pl.DataFrame:
                                 "alarm": pl.Boolean, "threshold": pl.Float64,
                                 "reasons": pl.List(pl.String), "status": pl.String,
                                 "model_version": pl.String, "horizon_s": pl.Float64})
-
-
-def risk_provider(store, horizon_s: float = 3600.0, root: Path = registry.DEFAULT_ROOT):
-    """For alert rules: a function () -> {device_id: (risk, status, reasons)}; empty when
-    no approved model exists (an alert rule then sees no risk, and the API says why).
-    Reads the shared per-tick table (twin/failure/live.py): rescored once per tick."""
-    def provide() -> dict[str, tuple[float, str, list[str]]]:
-        from twin.failure.live import live_risk_for
-        lr = live_risk_for(store, horizon_s, root)
-        try:
-            lr.refresh()
-        except registry.RegistryError:
-            return {}
-        return {d: (r["risk"], r["status"], list(r["reasons"] or []))
-                for d, r in lr.by_device.items()}
-    return provide
