@@ -7,7 +7,9 @@ instead of querying DuckDB per request; what changed is published to the event b
 `GET /v1/stream`.
 
 Rack scores from later features (anomaly score, failure risk) plug in as `RackScorer`s:
-a name and a callable returning `{rack: value}`, read once per tick.
+a name and a callable returning `{rack: value}`, read once per tick. Feeds (top
+anomalies, recommendations) plug in as `Feed`s: an event type and a callable returning
+JSON-able data, read once per tick and published when it differs from the last.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +33,7 @@ from twin.state import Twin
 log = logging.getLogger(__name__)
 
 RackScorer = tuple[str, Callable[[], dict[str, float]]]  # ("anomaly_score", fn)
+Feed = tuple[str, Callable[[], Any]]  # ("anomalies", fn): published when its value changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +99,14 @@ class Snapshot:
 
 class LiveState:
     def __init__(self, twin: Twin, bus: EventBus, interval_s: float = 1.0,
-                 scorers: list[RackScorer] | None = None) -> None:
+                 scorers: list[RackScorer] | None = None,
+                 feeds: list[Feed] | None = None) -> None:
         self.twin = twin
         self.bus = bus
         self.interval_s = interval_s
         self.scorers: list[RackScorer] = list(scorers or [])
+        self.feeds: list[Feed] = list(feeds or [])
+        self._published_feeds: dict[str, Any] = {}
         self.snapshot: Snapshot | None = None
         self.ticks = 0
         self.tick_seconds_total = 0.0
@@ -191,6 +198,18 @@ class LiveState:
                                                   *(n for n, _ in self.scorers)],
                                        "racks": racks})
         self._publish_device_events()
+        self._publish_feeds()
+
+    def _publish_feeds(self) -> None:
+        for type_, fn in self.feeds:
+            try:
+                data = fn()
+            except Exception:  # a broken feed must not stop the live view
+                log.exception("live feed %s failed", type_)
+                continue
+            if data != self._published_feeds.get(type_):
+                self._published_feeds[type_] = data
+                self.bus.publish(type_, data)
 
     def _publish_device_events(self) -> None:
         """New rows of the events table (XID, leak, pump or PSU failure) as they land."""

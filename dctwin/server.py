@@ -10,6 +10,7 @@ import time
 import uvicorn
 
 from api.app import create_app
+from api.feeds import anomalies_feed, recommendations_feed
 from api.keys import KeyStore
 from api.live import LiveState
 from api.metrics import alert_events, alerts_provider, kafka_lag_of
@@ -57,7 +58,9 @@ class Server:
         self.bus = EventBus()
         self.live = LiveState(self.twin, self.bus, settings.live_interval_s,
                               scorers=[anomaly_rack_scorer(self.twin),
-                                       failure_rack_scorer(self.failure_risk)])
+                                       failure_rack_scorer(self.failure_risk)],
+                              feeds=[anomalies_feed(self.twin),
+                                     recommendations_feed(self.twin)])
         self.keys = KeyStore(settings.apikey_db)
 
     def health(self) -> dict:

@@ -3,6 +3,7 @@ DuckDB store fed by the simulator, the API and the provider for alert rules."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.feeds import anomalies_feed
 from api.keys import Role
 from api.live import LiveState
 from api.rack_scores import anomaly_rack_scorer
@@ -164,6 +166,18 @@ def test_live_scores_api_and_alert_provider(faulty_store, tmp_path):
     by_rack = {r["rack"]: r["anomaly_score"] for r in heat}
     assert by_rack["rk201"] == racks[0]["score"] and by_rack["rk201"] >= 0.75
     assert sum(v is not None for v in by_rack.values()) > 1  # every scored rack has one
+
+    # the live stream's top-anomalies feed: published on the first tick, not again while
+    # the scores stand still
+    bus = EventBus()
+    view = LiveState(twin, bus, feeds=[anomalies_feed(twin)])
+    view.tick()
+    view.tick()
+    feed = [e for e in bus.since(0).events if e.type == "anomalies"]
+    assert len(feed) == 1
+    items = json.loads(feed[0].data_json)["items"]
+    assert gpu in [i["id"] for i in items] and all(i["score"] >= 0.5 for i in items)
+    assert next(i for i in items if i["id"] == gpu)["top_metric"] == "no_data"
 
     # the provider alert rules call
     scores = anomaly_scores(store, end, site)

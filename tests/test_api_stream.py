@@ -193,3 +193,50 @@ def test_bus_replay_bookkeeping():
     assert bus.since(99).gap  # an id from the future is not ours
     assert bus.parse_id(evs[0].event_id(bus.epoch)) == 1
     assert bus.parse_id("other-1") is None and bus.parse_id("junk") is None
+
+
+def test_recommendations_stream_as_they_are_proposed_and_decided(tmp_path, site):
+    """The live view's recommendations feed: an event when one is proposed and when an
+    operator decides it over the API, none while nothing changes."""
+    import json
+
+    from api.feeds import recommendations_feed
+    from twin.optimizer.recommendations import RecommendationStore
+    from twin.optimizer.search import Decision
+
+    store = Store(tmp_path / "twin.duckdb")
+    keys, tokens = keys_per_role(tmp_path / "keys.duckdb")
+    bus = EventBus()
+    twin = Twin(site, store)
+    live = LiveState(twin, bus, interval_s=0.2, feeds=[recommendations_feed(twin)])
+    app = create_app(twin, keys=keys, bus=bus, live=live)
+    try:
+        with serve(app) as url:
+            client, ctx = _open(url, bearer(tokens[Role.viewer]))
+            with client, ctx as res:
+                reader = SseReader(res)
+                reader.wait_open()
+                live.tick()  # nothing proposed yet
+                first = reader.take(1, skip=("pue", "racks"))[0]
+                rec_id = RecommendationStore(store.cursor()).propose(Decision(
+                    recommended={"chw_supply_setpoint_c": 20.0}, reason="saves power",
+                    category="recommended", current={"chw_supply_setpoint_c": 18.0},
+                    state={"it_kw": 1200.0}, model_version="opt-test",
+                    predicted_savings_kw=12.5), site.site.id)
+                live.tick()
+                live.tick()  # unchanged: no second event
+                proposed = reader.take(1, skip=("pue", "racks"))[0]
+                r = httpx.post(f"{url}/v1/recommendations/{rec_id}/accept",
+                               headers=bearer(tokens[Role.operator]))
+                assert r.status_code == 200, r.text
+                live.tick()
+                accepted = reader.take(1, skip=("pue", "racks"))[0]
+    finally:
+        store.close()
+    assert first["event"] == proposed["event"] == accepted["event"] == "recommendations"
+    assert json.loads(first["data"]) == {"items": []}
+    assert json.loads(proposed["data"])["items"] == [
+        {"id": rec_id, "status": "proposed", "predicted_savings_kw": 12.5,
+         "realised_savings_kw": None}]
+    assert json.loads(accepted["data"])["items"][0]["status"] == "accepted"
+    assert int(accepted["id"].rsplit("-", 1)[-1]) > int(proposed["id"].rsplit("-", 1)[-1])
