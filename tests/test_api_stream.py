@@ -3,6 +3,7 @@ the replay buffer, and the live view publishing PUE and rack changes."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import httpx
@@ -152,13 +153,17 @@ def test_new_subscriber_gets_latest_of_each_type_first(stream_env):
                                                       ("racks", '{"n":1}')]
 
 
-def test_live_view_publishes_pue_and_racks_from_the_store(tmp_path, site):
+@contextlib.contextmanager
+def _live_stream(tmp_path, site, minutes: int = 0, feeds_of=lambda twin: []):
+    """A served app whose live view ticks only when the test says, and an open stream:
+    yields (base url, SSE reader, live view, store, tokens per role)."""
     store = Store(tmp_path / "twin.duckdb")
-    fill_store(store, site, minutes=1)
+    if minutes:
+        fill_store(store, site, minutes=minutes)
     keys, tokens = keys_per_role(tmp_path / "keys.duckdb")
     bus = EventBus()
     twin = Twin(site, store)
-    live = LiveState(twin, bus, interval_s=0.2)
+    live = LiveState(twin, bus, interval_s=0.2, feeds=feeds_of(twin))
     app = create_app(twin, keys=keys, bus=bus, live=live)
     try:
         with serve(app) as url:
@@ -166,11 +171,16 @@ def test_live_view_publishes_pue_and_racks_from_the_store(tmp_path, site):
             with client, ctx as res:
                 reader = SseReader(res)
                 reader.wait_open()
-                threading.Thread(target=live.tick, daemon=True).start()
-                got = {e["event"]: e for e in reader.take(2)}
-            api_pue = httpx.get(f"{url}/v1/pue", headers=bearer(tokens[Role.viewer])).json()
+                yield url, reader, live, store, tokens
     finally:
         store.close()
+
+
+def test_live_view_publishes_pue_and_racks_from_the_store(tmp_path, site):
+    with _live_stream(tmp_path, site, minutes=1) as (url, reader, live, _, tokens):
+        threading.Thread(target=live.tick, daemon=True).start()
+        got = {e["event"]: e for e in reader.take(2)}
+        api_pue = httpx.get(f"{url}/v1/pue", headers=bearer(tokens[Role.viewer])).json()
     import json
 
     pue = json.loads(got["pue"]["data"])
@@ -204,35 +214,23 @@ def test_recommendations_stream_as_they_are_proposed_and_decided(tmp_path, site)
     from twin.optimizer.recommendations import RecommendationStore
     from twin.optimizer.search import Decision
 
-    store = Store(tmp_path / "twin.duckdb")
-    keys, tokens = keys_per_role(tmp_path / "keys.duckdb")
-    bus = EventBus()
-    twin = Twin(site, store)
-    live = LiveState(twin, bus, interval_s=0.2, feeds=[recommendations_feed(twin)])
-    app = create_app(twin, keys=keys, bus=bus, live=live)
-    try:
-        with serve(app) as url:
-            client, ctx = _open(url, bearer(tokens[Role.viewer]))
-            with client, ctx as res:
-                reader = SseReader(res)
-                reader.wait_open()
-                live.tick()  # nothing proposed yet
-                first = reader.take(1, skip=("pue", "racks"))[0]
-                rec_id = RecommendationStore(store.cursor()).propose(Decision(
-                    recommended={"chw_supply_setpoint_c": 20.0}, reason="saves power",
-                    category="recommended", current={"chw_supply_setpoint_c": 18.0},
-                    state={"it_kw": 1200.0}, model_version="opt-test",
-                    predicted_savings_kw=12.5), site.site.id)
-                live.tick()
-                live.tick()  # unchanged: no second event
-                proposed = reader.take(1, skip=("pue", "racks"))[0]
-                r = httpx.post(f"{url}/v1/recommendations/{rec_id}/accept",
-                               headers=bearer(tokens[Role.operator]))
-                assert r.status_code == 200, r.text
-                live.tick()
-                accepted = reader.take(1, skip=("pue", "racks"))[0]
-    finally:
-        store.close()
+    with _live_stream(tmp_path, site, feeds_of=lambda twin: [recommendations_feed(twin)]) as (
+            url, reader, live, store, tokens):
+        live.tick()  # nothing proposed yet
+        first = reader.take(1, skip=("pue", "racks"))[0]
+        rec_id = RecommendationStore(store.cursor()).propose(Decision(
+            recommended={"chw_supply_setpoint_c": 20.0}, reason="saves power",
+            category="recommended", current={"chw_supply_setpoint_c": 18.0},
+            state={"it_kw": 1200.0}, model_version="opt-test",
+            predicted_savings_kw=12.5), site.site.id)
+        live.tick()
+        live.tick()  # unchanged: no second event
+        proposed = reader.take(1, skip=("pue", "racks"))[0]
+        r = httpx.post(f"{url}/v1/recommendations/{rec_id}/accept",
+                       headers=bearer(tokens[Role.operator]))
+        assert r.status_code == 200, r.text
+        live.tick()
+        accepted = reader.take(1, skip=("pue", "racks"))[0]
     assert first["event"] == proposed["event"] == accepted["event"] == "recommendations"
     assert json.loads(first["data"]) == {"items": []}
     assert json.loads(proposed["data"])["items"] == [
