@@ -19,7 +19,7 @@ import httpx
 from api.keys import KeyStore
 from bench.harness import Result
 from bench.loadgen import run_load
-from dctwin.broker import free_port, wait_for_port
+from dctwin.broker import free_port, stop_process, wait_for_port
 from dctwin.simdata import fill_store
 from ingest.site import EXAMPLE_SITE, load_site
 from ingest.store import Store
@@ -66,9 +66,5 @@ def run(quick: bool = False) -> list[Result]:
                                       "p99 ms", res.pct(99), f"< {P99_TARGET_MS:.0f}", ok,
                                       note=note))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
     return results

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 
 from bench.harness import Result
-from dctwin.broker import DevBroker
+from dctwin.broker import DevBroker, stop_process
 from dctwin.redfish_mockup import MockupServer
 from ingest.kafka import ensure_topics
 
@@ -82,11 +82,7 @@ def run(quick: bool = False) -> list[Result]:
                 raise RuntimeError(f"daemon exited: {(Path(tmp) / 'daemon.log').read_text()}")
             gets = sum(n for k, n in bmc.requests.items() if k.startswith("GET")) - gets0
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
             log.close()
         if proc.returncode not in (0, -signal.SIGTERM):
             raise RuntimeError(f"daemon failed ({proc.returncode}): "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from api.keys import DEMO_KEY, KeyStore, Role
-from dctwin.broker import DevBroker, free_port
+from dctwin.broker import DevBroker, free_port, stop_process
 from dctwin.server import Server
 from dctwin.settings import Settings
 from ingest.kafka import ensure_topics
@@ -66,12 +65,8 @@ def run_demo(settings: Settings, workdir: Path, interval_s: float = 1.0) -> None
         server.uvicorn_server().run()
     finally:
         console.print("stopping…")
-        if collector is not None and collector.poll() is None:
-            collector.send_signal(signal.SIGTERM)
-            try:
-                collector.wait(15)
-            except subprocess.TimeoutExpired:
-                collector.kill()
+        if collector is not None:
+            stop_process(collector)
         if server is not None:
             server.stop()
         if broker is not None:

@@ -19,7 +19,7 @@ import pytest
 
 from api.app import create_app
 from api.keys import DEMO_KEY, Role
-from dctwin.broker import free_port
+from dctwin.broker import free_port, stop_process
 from ingest.store import Store
 from tests.apihelpers import keys_per_role, serve
 from tests.conftest import REPO
@@ -76,12 +76,7 @@ def demo(tmp_path):
             time.sleep(0.5)
         yield url
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, signal.SIGINT, 30)
         log.close()
 
 
