@@ -13,23 +13,21 @@ from twin.anomaly.live import live_for
 
 def anomaly_rack_scorer(twin) -> RackScorer:
     """Calibrated anomaly score per rack (the same Bonferroni roll-up as `/v1/anomalies`)."""
+    memo: dict[str, object] = {"of": None, "scores": {}}
+
     def scores() -> dict[str, float]:
         lv = live_for(twin.site, twin.store)
         lv.start_background()  # scoring runs there; this reads its latest table
-        # ids are site/hall/row/rack; the live view keys racks by name
-        return {r["id"].rsplit("/", 1)[-1]: r["score"]
-                for r in lv.top("rack", limit=1_000_000)}
+        if memo["of"] is not lv.latest:  # rolled up once per scoring round, not per tick
+            # ids are site/hall/row/rack; the live view keys racks by name
+            memo["scores"] = {r["id"].rsplit("/", 1)[-1]: r["score"]
+                              for r in lv.top("rack", limit=1_000_000)}
+            memo["of"] = lv.latest
+        return memo["scores"]
     return ("anomaly_score", scores)
 
 
 def failure_rack_scorer(live_risk) -> RackScorer:
-    """Highest failure risk among a rack's devices (twin.failure.live.LiveRisk's table,
-    rescored by its own thread once per tick); empty while no model is approved."""
-    def scores() -> dict[str, float]:
-        out: dict[str, float] = {}
-        for row in list(live_risk.by_device.values()):
-            rack = row.get("rack")
-            if rack:
-                out[rack] = max(out.get(rack, 0.0), float(row["risk"]))
-        return out
-    return ("failure_risk", scores)
+    """Highest failure risk among a rack's devices (twin.failure.live.LiveRisk rolls it up
+    once per rescore); empty while no model is approved."""
+    return ("failure_risk", lambda: live_risk.by_rack)

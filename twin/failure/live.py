@@ -38,6 +38,7 @@ class LiveRisk:
         self.tick_s = tick_s
         self.table: pl.DataFrame | None = None
         self.by_device: dict[str, dict] = {}
+        self.by_rack: dict[str, float] = {}  # highest risk in each rack (the heat map)
         self.model_version: str | None = None
         self.scored_at: datetime | None = None  # event time of the table
         self.error: registry.RegistryError | None = None  # e.g. no approved model
@@ -61,6 +62,7 @@ class LiveRisk:
                 version = registry.newest_approved(self.root, self.horizon_s).version
             except registry.RegistryError as exc:
                 self.error, self.table, self.by_device, self._key = exc, None, {}, None
+                self.by_rack = {}
                 self.model_version = None
                 raise
             self.error = None
@@ -72,6 +74,8 @@ class LiveRisk:
                 return False
             table = failure_risks(self.store, as_of, self.horizon_s, self.root)
             self.by_device = {r["device_id"]: r for r in table.iter_rows(named=True)}
+            self.by_rack = dict(table.filter(pl.col("rack").is_not_null()).group_by("rack")
+                                .agg(pl.col("risk").max()).iter_rows())
             self.table, self._key, self.scored_at = table, key, as_of
             self.model_version = version
             return True
