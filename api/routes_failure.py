@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,13 +34,13 @@ class FailureRiskOut(BaseModel):
 
 
 def _registry_root() -> Path:
-    return Path(os.environ.get("DCTWIN_FAILURE_MODELS", "var/models/failure"))
+    from twin.failure.live import serving_root
+    return serving_root()
 
 
 def _state_horizon_s() -> float:
-    """The horizon shown in device state (DCTWIN_FAILURE_HORIZON, default 1h)."""
-    from twin.failure.model import parse_horizon_s
-    return parse_horizon_s(os.environ.get("DCTWIN_FAILURE_HORIZON", "1h"))
+    from twin.failure.live import serving_horizon_s
+    return serving_horizon_s()
 
 
 def device_failure_state(twin, device_id: str) -> dict | None:

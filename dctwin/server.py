@@ -25,6 +25,7 @@ from twin.alerts.service import AlertService
 from twin.alerts.service import load_config as load_alert_config
 from twin.config import TwinConfig
 from twin.events import EventBus
+from twin.failure.live import live_risk_for, serving_horizon_s, serving_root
 from twin.state import Twin
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,8 @@ class Server:
         self.twin = Twin(self.site, self.store, config=twin_config(settings))
         self.twin_thread: threading.Thread | None = None
         self._stop_twin = threading.Event()
-        from api.routes_failure import _registry_root, _state_horizon_s
-        from twin.failure.live import live_risk_for
         # the failure-risk table that device state, rack scores and alert rules read
-        self.failure_risk = live_risk_for(self.store, _state_horizon_s(), _registry_root())
+        self.failure_risk = live_risk_for(self.store, serving_horizon_s(), serving_root())
         self.alerts = AlertService(
             self.store, self.site, rules, receivers,
             providers=twin_providers(self.twin, failure_risk=self.failure_risk),

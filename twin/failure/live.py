@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,6 +118,17 @@ class LiveRisk:
         return {"risk": row["risk"], "alarm": row["alarm"], "status": row["status"],
                 "horizon_s": self.horizon_s, "model_version": row["model_version"],
                 "time": self.scored_at, "reasons": list(row["reasons"] or [])}
+
+
+def serving_root() -> Path:
+    """The model registry the server scores with (DCTWIN_FAILURE_MODELS)."""
+    return Path(os.environ.get("DCTWIN_FAILURE_MODELS", str(registry.DEFAULT_ROOT)))
+
+
+def serving_horizon_s() -> float:
+    """The horizon of device state, rack scores and alert rules (DCTWIN_FAILURE_HORIZON)."""
+    from twin.failure.model import parse_horizon_s
+    return parse_horizon_s(os.environ.get("DCTWIN_FAILURE_HORIZON", "1h"))
 
 
 _live: dict[tuple[int, float, str], LiveRisk] = {}
