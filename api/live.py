@@ -15,7 +15,6 @@ JSON-able data, read once per tick and published when it differs from the last.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import numpy as np
 from api.shape import now_naive_utc
 from ingest.site import MeterRole
 from twin.events import EventBus
+from twin.periodic import Periodic
 from twin.pue import MeterReading, PueFigure
 from twin.state import Twin
 
@@ -110,8 +110,7 @@ class LiveState:
         self.snapshot: Snapshot | None = None
         self.ticks = 0
         self.tick_seconds_total = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._ticker = Periodic(self.tick, interval_s, "live")
         self._last_event_rowid = -1
         self._published_pue: tuple | None = None
         self._published_racks: tuple | None = None
@@ -225,28 +224,11 @@ class LiveState:
     # -- thread ------------------------------------------------------------------------
 
     def start(self) -> LiveState:
-        self._thread = threading.Thread(target=self._run, name="live", daemon=True)
-        self._thread.start()
+        self._ticker.start()
         return self
 
-    def _run(self) -> None:
-        next_t = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:
-                log.exception("live tick failed")
-            next_t += self.interval_s
-            delay = next_t - time.monotonic()
-            if delay < 0:  # fell behind: skip missed ticks instead of bursting
-                next_t = time.monotonic()
-                delay = 0
-            self._stop.wait(delay)
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._ticker.stop(10)
 
 
 def pue_event(snap: Snapshot) -> dict:

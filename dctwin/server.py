@@ -26,6 +26,7 @@ from twin.alerts.service import load_config as load_alert_config
 from twin.config import TwinConfig
 from twin.events import EventBus
 from twin.failure.live import live_risk_for, serving_horizon_s, serving_root
+from twin.periodic import Periodic
 from twin.state import Twin
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,10 @@ class Server:
                                              settings.alerts_topic)
         self.store = Store(settings.db_path)
         self.twin = Twin(self.site, self.store, config=twin_config(settings))
-        self.twin_thread: threading.Thread | None = None
-        self._stop_twin = threading.Event()
+        # the twin ticks in the background: rollups, heat balance and PUE stay current and
+        # rollup history accrues whether or not anyone reads the API
+        self.twin_ticker = Periodic(self.twin.tick, settings.twin_tick_s, "twin",
+                                    wait_first=True)
         # the failure-risk table that device state, rack scores and alert rules read
         self.failure_risk = live_risk_for(self.store, serving_horizon_s(), serving_root())
         self.alerts = AlertService(
@@ -86,20 +89,8 @@ class Server:
         self.ingest_thread.start()
         self.live.start()
         self.failure_risk.start()
-        self.start_twin()
+        self.twin_ticker.start()
         self.alerts.start()
-
-    def start_twin(self) -> None:
-        """Tick the twin in the background: rollups, heat balance and PUE stay current and
-        rollup history accrues whether or not anyone reads the API."""
-        def loop() -> None:
-            while not self._stop_twin.wait(self.settings.twin_tick_s):
-                try:
-                    self.twin.tick()
-                except Exception:
-                    log.exception("twin tick failed")
-        self.twin_thread = threading.Thread(target=loop, name="twin", daemon=True)
-        self.twin_thread.start()
 
     def _ingest_loop(self) -> None:
         assert self.ingestor is not None
@@ -129,9 +120,7 @@ class Server:
         self.live.stop()
         self.failure_risk.stop()
         self.alerts.stop()
-        self._stop_twin.set()
-        if self.twin_thread is not None:
-            self.twin_thread.join(timeout=15)
+        self.twin_ticker.stop(15)
         if self.ingestor is not None:
             self.ingestor.stop_event.set()
         if self.ingest_thread is not None:

@@ -30,6 +30,7 @@ from ingest.store import Store
 from twin.anomaly.calibration import p_to_score
 from twin.anomaly.fleet import FleetScorer
 from twin.anomaly.frames import GRID_SQL, add_rates, device_table
+from twin.periodic import Periodic
 
 log = logging.getLogger(__name__)
 TOP_K = 3
@@ -84,8 +85,7 @@ class LiveAnomalies:
         self._index_of: pl.DataFrame | None = None
         self.status = "waiting for history"
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background: Periodic | None = None
         try:
             self.store.cursor().execute(LATEST_TABLE)
             self.persist = True
@@ -271,25 +271,14 @@ class LiveAnomalies:
     def start_background(self, every_s: float | None = None) -> None:
         """Refresh in a daemon thread every ``every_s`` (default: the scoring interval), so
         callers such as the alert engine read scores without waiting for a refit."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        every = every_s or self.config.interval_s
-
-        def loop() -> None:
-            while not self._stop.wait(every):
-                try:
-                    self.refresh()
-                except Exception:  # keep scoring; the next round retries
-                    log.exception("anomaly refresh failed")
-
-        self._stop.clear()
-        self._thread = threading.Thread(target=loop, name="anomaly-scorer", daemon=True)
-        self._thread.start()
+        if self._background is None:
+            self._background = Periodic(self.refresh, every_s or self.config.interval_s,
+                                        "anomaly-scorer", wait_first=True)
+        self._background.start()
 
     def stop_background(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        if self._background is not None:
+            self._background.stop()
 
     def scores(self) -> dict[str, float]:
         return dict(zip(self.latest["device_id"].to_list(), self.latest["score"].to_list(),

@@ -24,6 +24,7 @@ import polars as pl
 
 from twin.failure import registry
 from twin.failure.risk import failure_risks
+from twin.periodic import Periodic
 
 log = logging.getLogger(__name__)
 TICK_S = 30.0  # one read interval: a lost device shows within a read of the rule
@@ -45,8 +46,7 @@ class LiveRisk:
         self.error: registry.RegistryError | None = None  # e.g. no approved model
         self._key: tuple[int, str] | None = None  # (tick, model version) of the table
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background: Periodic | None = None
 
     def _as_of(self, now: datetime | None) -> datetime | None:
         row = self.store.cursor().execute("SELECT max(read_time) FROM samples").fetchone()
@@ -83,32 +83,20 @@ class LiveRisk:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._background is not None and self._background.running
 
     def start(self, every_s: float = CHECK_EVERY_S) -> None:
         """Refresh in a background thread every `every_s` (the server starts it; stop() it
-        before closing the store: DuckDB refuses to close a connection mid-query)."""
-        if self.running:
-            return
-        self._stop.clear()
-
-        def run() -> None:
-            while not self._stop.is_set():
-                try:
-                    self.refresh()
-                except registry.RegistryError:
-                    pass  # remembered in self.error; the API reports it
-                except Exception:  # a failed tick keeps the previous table
-                    log.exception("failure-risk refresh failed")
-                self._stop.wait(every_s)
-        self._thread = threading.Thread(target=run, name="failure-risk", daemon=True)
-        self._thread.start()
+        before closing the store: DuckDB refuses to close a connection mid-query). No
+        approved model is remembered in `error`, which the API reports."""
+        if self._background is None:
+            self._background = Periodic(self.refresh, every_s, "failure-risk",
+                                        expected=(registry.RegistryError,))
+        self._background.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout_s)
-            self._thread = None
+        if self._background is not None:
+            self._background.stop(timeout_s)
 
     def device(self, device_id: str) -> dict | None:
         """The device's risk as of the last tick (None: no model, not scored yet)."""
