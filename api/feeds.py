@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 
 from api.live import Feed
-from twin.anomaly.live import live_for
+from twin.anomaly.live import kept_current
 
 TOP_ANOMALIES = 10
 ALARM_SCORE = 0.5
@@ -22,8 +22,7 @@ RECENT_RECOMMENDATIONS = 20
 def anomalies_feed(twin, limit: int = TOP_ANOMALIES, min_score: float = ALARM_SCORE) -> Feed:
     """Devices at or above `min_score`, top `limit`, with the metric that drives each."""
     def top() -> dict[str, Any]:
-        lv = live_for(twin.site, twin.store)
-        lv.start_background()
+        lv = kept_current(twin.site, twin.store)
         items = [{"id": r["id"], "device_class": r["device_class"],
                   "score": round(r["score"], 2),
                   "top_metric": r["top_metrics"][0]["metric"] if r["top_metrics"] else None}

@@ -8,7 +8,7 @@ score anything itself.
 from __future__ import annotations
 
 from api.live import RackScorer
-from twin.anomaly.live import live_for
+from twin.anomaly.live import kept_current
 
 
 def anomaly_rack_scorer(twin) -> RackScorer:
@@ -16,8 +16,7 @@ def anomaly_rack_scorer(twin) -> RackScorer:
     memo: dict[str, object] = {"of": None, "scores": {}}
 
     def scores() -> dict[str, float]:
-        lv = live_for(twin.site, twin.store)
-        lv.start_background()  # scoring runs there; this reads its latest table
+        lv = kept_current(twin.site, twin.store)  # scoring runs there; this reads it
         if memo["of"] is not lv.latest:  # rolled up once per scoring round, not per tick
             # ids are site/hall/row/rack; the live view keys racks by name
             memo["scores"] = {r["id"].rsplit("/", 1)[-1]: r["score"]

@@ -13,7 +13,7 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from twin.anomaly.live import live_for
+from twin.anomaly.live import kept_current, live_for
 
 
 class Contributor(BaseModel):
@@ -94,12 +94,10 @@ def anomaly_router(twin) -> APIRouter:
 def device_anomaly_state(twin, device_id: str) -> dict | None:
     """The anomaly part of a device's state (for /v1/devices/{id}); None if not scored.
 
-    Reads the scores a background refresh keeps current (started on first use, as for the
-    alert rules): a device lookup must not wait for a scoring round or a refit.
+    Reads the scores a background refresh keeps current: a device lookup must not wait
+    for a scoring round or a refit.
     """
-    lv = live_for(twin.site, twin.store)
-    lv.start_background()
-    row = lv.device(device_id)
+    row = kept_current(twin.site, twin.store).device(device_id)
     if row is None:
         return None
     return {"score": row["score"], "p": row["p"], "time": _utc(row["time"]),

@@ -320,6 +320,14 @@ def live_for(site: Site, store: Store, config: LiveConfig | None = None) -> Live
         return live
 
 
+def kept_current(site: Site, store: Store) -> LiveAnomalies:
+    """The store's live scorer with its background refresh running: for readers (API,
+    live view, alert rules) that must never wait for a scoring round or a refit."""
+    live = live_for(site, store)
+    live.start_background()
+    return live
+
+
 def anomaly_scores(store: Store, now: datetime | None = None,
                    site: Site | None = None) -> dict[str, float]:
     """Provider for alert rules: device id -> calibrated anomaly score in [0, 1], now.
@@ -343,10 +351,7 @@ def anomaly_scores(store: Store, now: datetime | None = None,
 def anomaly_provider(site: Site, store: Store) -> Callable[[datetime], dict[str, float]]:
     """Provider for the alert engine (``Providers(anomaly_score=...)``): the latest scores,
     kept current by a background refresh started on first use, never blocking a rule."""
-    live = live_for(site, store)
-
     def provide(now: datetime) -> dict[str, float]:  # noqa: ARG001 - scores are "now"
-        live.start_background()
-        return live.scores()
+        return kept_current(site, store).scores()
 
     return provide
