@@ -96,6 +96,19 @@ def test_blocks_join_nearby_registers_and_respect_the_protocol_limit():
     assert sorted(covered) == list(range(0, 300, 2))
 
 
+def _read_map(regmap: Path, spec: dict, device_id: str, rack: str):
+    """Serve `spec`'s raw values per `regmap` from a real Modbus server; read them back."""
+    holding, inputs = _values(spec, regmap)
+    with ModbusTestServer({1: (holding, inputs)}) as srv:
+        src = build_source({"type": "modbus", "host": "127.0.0.1", "port": srv.port,
+                            "device_id": device_id, "rack": rack,
+                            "register_map": str(regmap)}, 0)
+        try:
+            return src.read()
+        finally:
+            src.close()
+
+
 def _values(spec: dict[str, tuple[float, str]], regmap: Path) -> tuple[dict, dict]:
     """Holding/input registers holding each metric's raw value, per the shipped map."""
     cfg = ModbusSourceConfig(host="x", device_id="d", rack="r", register_map=regmap)
@@ -117,13 +130,7 @@ def test_shipped_crah_map():
             ":chw_valve_pct": (1000, 100.0), ":fan_power_w": (70_123, 70123.0),
             ":airflow_m3h": (41_000, 41000.0), ":cooling_kw": (187.25, 187.25),
             ":supply_air_setpoint_c": (220, 22.0)}
-    holding, inputs = _values(spec, regmap)
-    with ModbusTestServer({1: (holding, inputs)}) as srv:
-        src = build_source({"type": "modbus", "host": "127.0.0.1", "port": srv.port,
-                            "device_id": "sv1/h1/crah1", "rack": "h1",
-                            "register_map": str(regmap)}, 0)
-        r = src.read()
-        src.close()
+    r = _read_map(regmap, spec, "sv1/h1/crah1", "h1")
     got = {m: v for d, m, v in zip(r.device_id, r.metric, r.value, strict=True)
            if d == "sv1/h1/crah1"}
     assert got == pytest.approx({k[1:]: v[1] for k, v in spec.items()}, rel=1e-12)
@@ -139,13 +146,7 @@ def test_shipped_three_phase_meter_map():
         spec[f"{ph}:current_a"] = (a, a)
         spec[f"{ph}:voltage_v"] = (v, v)
         spec[f"{ph}:power_w"] = (kw, kw * 1000)
-    holding, inputs = _values(spec, regmap)
-    with ModbusTestServer({1: (holding, inputs)}) as srv:
-        src = build_source({"type": "modbus", "host": "127.0.0.1", "port": srv.port,
-                            "device_id": "sv1/facility/utility", "rack": "facility",
-                            "register_map": str(regmap)}, 0)
-        r = src.read()
-        src.close()
+    r = _read_map(regmap, spec, "sv1/facility/utility", "facility")
     got = {}
     for d, m, v, k in zip(r.device_id, r.metric, r.value, r.kind, strict=True):
         phase = d.removeprefix("sv1/facility/utility").strip("/")
