@@ -28,8 +28,11 @@ FEATURES: dict[str, list[str]] = {
     "gpu": ["temp_c", "temp_dev_c", "temp_slope_kph", "power_w", "throttle_frac_1h",
             "ecc_corr_1h", "ecc_corr_rate_15m_ph", "ecc_accel", "ecc_uncorr_6h",
             "remap_corr_6h", "remap_uncorr_6h", *XID_COLS, *COMMON],
-    "psu": ["eff_pct", "eff_dev_pct", "eff_slope_pph", "eff_drift_6h_pct", "load_w",
-            "psu_temp_dev_c", "psu_temp_slope_kph", *COMMON],
+    # losses, not efficiency: an ageing PSU's conversion losses grow (1 + 3p^2 in the
+    # simulator) while efficiency moves by fractions of a point; losses relative to the
+    # rack's other PSUs cancel load and inlet temperature
+    "psu": ["psu_loss_ratio", "psu_loss_slope_30m_ph", "psu_loss_slope_1h_ph",
+            "psu_loss_slope_2h_ph", "psu_loss_rise_age_h", "psu_loss_double_h", *COMMON],
     "cdu": ["speed_per_flow", "speed_per_flow_drift_6h", "speed_per_flow_slope_ph",
             "pump_w_per_lpm", "flow_lpm", "reservoir_pct", "reservoir_slope_pph",
             "hours_to_reservoir_30", "leak_detected", *COMMON],
@@ -88,8 +91,6 @@ def compute_features(con: duckdb.DuckDBPyConnection, start: datetime, end: datet
       max(value) FILTER (metric = 'remapped_rows_uncorrectable') AS remap_uncorr,
       100 * sum(value) FILTER (metric = 'output_power_w')
           / nullif(sum(value) FILTER (metric = 'input_power_w'), 0) AS eff_pct,
-      avg(value) FILTER (metric = 'output_power_w') AS load_w,
-      avg(value) FILTER (metric = 'temp_c') AS psu_temp_c,
       avg(value) FILTER (metric = 'pump_speed_pct')
           / nullif(avg(value) FILTER (metric = 'flow_lpm'), 0) * 100 AS speed_per_flow,
       avg(value) FILTER (metric = 'pump_power_w')
@@ -106,13 +107,13 @@ def compute_features(con: duckdb.DuckDBPyConnection, start: datetime, end: datet
     """)
     # peer deviations (same class and rack/hall, same bucket), then windows over buckets
     con.execute(f"""
-    CREATE OR REPLACE TEMP TABLE _fw AS
+    CREATE OR REPLACE TEMP TABLE _fw0 AS
     WITH p AS (
       SELECT *, epoch(bucket_end - TIMESTAMP '{anchor}') / 3600.0 AS th,
         temp_c - median(temp_c) OVER (PARTITION BY device_class, rack, bucket_end) AS tdev,
-        eff_pct - median(eff_pct) OVER (PARTITION BY device_class, rack, bucket_end) AS edev,
-        psu_temp_c - median(psu_temp_c) OVER (PARTITION BY device_class, rack, bucket_end)
-            AS ptdev,
+        -- losses (input/output - 1) over the rack median PSU's losses
+        (100 / nullif(eff_pct, 0) - 1) / nullif(100 / nullif(median(eff_pct)
+            OVER (PARTITION BY device_class, rack, bucket_end), 0) - 1, 0) AS lr,
         fan_power_ratio / nullif(median(fan_power_ratio)
             OVER (PARTITION BY device_class, rack, bucket_end), 0) - 1 AS fdev
       FROM _fb WHERE device_class IS NOT NULL)
@@ -132,11 +133,7 @@ def compute_features(con: duckdb.DuckDBPyConnection, start: datetime, end: datet
       ecc_uncorr - min(ecc_uncorr) OVER {f6h} AS ecc_uncorr_6h,
       remap_corr - min(remap_corr) OVER {f6h} AS remap_corr_6h,
       remap_uncorr - min(remap_uncorr) OVER {f6h} AS remap_uncorr_6h,
-      avg(eff_pct) OVER {f15} AS eff_pct, avg(edev) OVER {f15} AS eff_dev_pct,
-      regr_slope(eff_pct, th) OVER {f2h} AS eff_slope_pph,
-      avg(edev) OVER {f15} - first_value(edev) OVER {f6h} AS eff_drift_6h_pct,
-      avg(load_w) OVER {f15} AS load_w, avg(ptdev) OVER {f15} AS psu_temp_dev_c,
-      regr_slope(psu_temp_c, th) OVER {f2h} AS psu_temp_slope_kph,
+      avg(lr) OVER {f15} AS psu_loss_ratio,
       avg(speed_per_flow) OVER {f15} AS speed_per_flow,
       avg(speed_per_flow) OVER {f15} - first_value(speed_per_flow) OVER {f6h}
         AS speed_per_flow_drift_6h,
@@ -159,6 +156,13 @@ def compute_features(con: duckdb.DuckDBPyConnection, start: datetime, end: datet
         AS return_air_c
     FROM p
     """)
+    # trends of the 15-min loss ratio: change from the bucket `w` earlier, per hour
+    slopes = ",\n".join(
+        f"(psu_loss_ratio - first_value(psu_loss_ratio) OVER {_frame(w + b, b)}) / nullif("
+        f"epoch(bucket_end - first_value(bucket_end) OVER {_frame(w + b, b)}) / 3600.0, 0)"
+        f" AS psu_loss_slope_{name}_ph" for name, w in (("30m", 1800), ("1h", 3600),
+                                                         ("2h", 7200)))
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _fw AS SELECT *, {slopes} FROM _fw0")
     xid_counts = ",\n".join(
         f"count(*) FILTER (e.kind = 'xid' AND e.attrs->>'xid' = '{x}') AS xid{x}_2h"
         for x in sorted(CRITICAL_XIDS))
@@ -186,6 +190,12 @@ def compute_features(con: duckdb.DuckDBPyConnection, start: datetime, end: datet
     SELECT j.* EXCLUDE (bucket_end, last_read, read_interval_s),
       epoch(j.t - j.last_read) / nullif(j.read_interval_s, 0) AS stale_reads,
       j.read_interval_s,
+      -- linear extrapolation of the loss ratio: hours since it left 1 (the peers' level)
+      -- and hours until it doubles; capped at 100 h for flat or falling losses
+      CASE WHEN j.psu_loss_slope_1h_ph IS NOT NULL THEN least((j.psu_loss_ratio - 1)
+        / greatest(j.psu_loss_slope_1h_ph, 1e-3), 100) END AS psu_loss_rise_age_h,
+      CASE WHEN j.psu_loss_slope_1h_ph IS NOT NULL THEN least(j.psu_loss_ratio
+        / greatest(j.psu_loss_slope_1h_ph, 1e-3), 100) END AS psu_loss_double_h,
       least((j.reservoir_pct - 30) / nullif(greatest(-j.reservoir_slope_pph, 0), 0), 100)
         AS hours_to_reservoir_30,
       {", ".join(f"coalesce(ev.{c}, 0) AS {c}" for c in XID_COLS)},
