@@ -93,13 +93,13 @@ def _print_report(rep: dict) -> None:
 
 @failure_app.command()
 def train(
-    seeds: str = typer.Option("1-10", help="simulator seeds (N,A-B); each is a run, later "
+    seeds: str = typer.Option("1-16", help="simulator seeds (N,A-B); each is a run, later "
                                            "seeds are later in time"),
     hours: float = typer.Option(24.0, help="simulated hours per run"),
     step_s: float = typer.Option(30.0, "--step-s", help="seconds between reads"),
     gpus: int = typer.Option(128, help="GPUs in the synthetic site"),
     horizon: str = typer.Option("1h", help="risk horizon (30m, 1h, 24h)"),
-    calibrate_runs: int = typer.Option(3, help="runs after the training runs that calibrate "
+    calibrate_runs: int = typer.Option(5, help="runs after the training runs that calibrate "
                                                "the risk and set the operating threshold"),
     test_runs: int = typer.Option(2, help="latest runs held out for the test"),
     data: Path = typer.Option(DATA, help="where simulator runs are kept"),
@@ -138,7 +138,7 @@ def train(
 
 @failure_app.command()
 def evaluate(
-    seeds: str = typer.Option("11-12", help="held-out simulator seeds"),
+    seeds: str = typer.Option("17-24", help="held-out simulator seeds"),
     version: str = typer.Option(None, help="model version (default: newest approved, else "
                                            "newest)"),
     hours: float = typer.Option(None, help="simulated hours per run (default: as trained)"),
