@@ -55,10 +55,10 @@ def train(
     db: Path = typer.Option(DEFAULT_DIR / "history.duckdb", "--db",
                             help="DuckDB file for the exploration history"),
     model: Path = typer.Option(DEFAULT_DIR / "model.pkl", "--model", help="where to save"),
-    start: str = typer.Option("2025-06-02", "--start", help="first exploration period (UTC)"),
-    periods: int = typer.Option(3, "--periods", help="exploration periods"),
+    start: str = typer.Option("2024-05-20", "--start", help="first exploration period (UTC)"),
+    periods: int = typer.Option(12, "--periods", help="exploration periods"),
     period_days: float = typer.Option(7.0, "--period-days"),
-    spacing_days: float = typer.Option(30.0, "--spacing-days", help="between period starts"),
+    spacing_days: float = typer.Option(10.0, "--spacing-days", help="between period starts"),
     climate: str = typer.Option("temperate", "--climate"),
     seed: int = typer.Option(101, "--seed", help="seed of the first period (+1 per period)"),
     step_s: float = typer.Option(60.0, "--step-s", help="simulator step"),
@@ -123,6 +123,7 @@ def evaluate(
     import duckdb
     from rich.progress import Progress
 
+    from twin.optimizer.evaluate import LeakageError, check_after_training
     from twin.optimizer.evaluate import evaluate as run
     from twin.optimizer.models import PlantModels
     from twin.optimizer.recommendations import RecommendationStore
@@ -131,6 +132,10 @@ def evaluate(
     try:
         models = PlantModels.load(model)
     except (FileNotFoundError, TypeError) as exc:
+        _fail(str(exc))
+    try:
+        check_after_training(models, _time(start, "--start"))
+    except LeakageError as exc:
         _fail(str(exc))
     store.parent.mkdir(parents=True, exist_ok=True)
     if store.exists():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -13,7 +13,7 @@ from api.keys import Role
 from ingest.store import Store
 from tests.apihelpers import bearer, keys_per_role
 from tests.optimizer_fixtures import START, small_site, trained
-from twin.optimizer.evaluate import evaluate
+from twin.optimizer.evaluate import LeakageError, evaluate
 from twin.optimizer.models import MONOTONIC, PlantModels
 from twin.optimizer.recommendations import (
     LifecycleError,
@@ -199,13 +199,24 @@ def test_api_lists_and_takes_operator_decisions(env, tmp_path):
     store.close()
 
 
+def test_evaluation_inside_the_training_history_is_refused(env):
+    models, history = env
+    assert models.data_window is not None
+    last = history["time"].max().replace(tzinfo=UTC)
+    with pytest.raises(LeakageError, match="not after the end"):
+        evaluate(models, small_site(), start=last - timedelta(hours=1), days=0.01)
+    saved = PlantModels(**{**vars(models), "data_window": None})  # a pre-window model
+    with pytest.raises(LeakageError, match="retrain"):
+        evaluate(saved, small_site(), start=last + timedelta(days=1), days=0.01)
+
+
 @pytest.mark.slow
 def test_short_closed_loop_has_no_gpu_violations_and_measures_outcomes(env, tmp_path):
     import duckdb
 
     models, _ = env
     store = RecommendationStore(duckdb.connect(str(tmp_path / "eval.duckdb")))
-    res = evaluate(models, small_site(), seed=11, start=START.replace(day=2, hour=12),
+    res = evaluate(models, small_site(), seed=11, start=START.replace(day=3, hour=12),
                    days=2 / 24, step_s=120.0, store=store, oracle=True)
     assert res.decisions == 8
     assert res.ml.gpu_violation_steps == 0 and res.oracle.gpu_violation_steps == 0

@@ -28,6 +28,12 @@ def test_train_then_evaluate(tmp_path):
     out = json.loads(r.output)
     assert out["rows_train"] > out["rows_holdout"] > 0
     assert "facility_kw" in out["holdout_error"]
+    # a period inside the training history is refused before anything runs
+    r = runner.invoke(app, ["optimize", "evaluate", "--gpus", "64", "--model", str(model),
+                            "--store", str(tmp_path / "x.duckdb"), "--start", "2024-05-21",
+                            "--days", "0.05", "--no-oracle", "--quiet"])
+    assert r.exit_code == 2 and "not after the end" in r.output, r.output
+    assert not (tmp_path / "x.duckdb").exists()
     r = runner.invoke(app, ["optimize", "evaluate", "--gpus", "64", "--model", str(model),
                             "--store", str(tmp_path / "e.duckdb"), "--start", "2025-06-03T06:00",
                             "--days", "0.05", "--step-s", "120", "--no-oracle", "--quiet",

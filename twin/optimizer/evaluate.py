@@ -229,12 +229,31 @@ class Oracle:
         return kw, tmax, float(trial.cdu.supply_c.max()) <= self.c.tcs_max_c
 
 
+class LeakageError(ValueError):
+    """The evaluation period is not strictly after the models' training history."""
+
+
+def check_after_training(models: PlantModels, start: datetime) -> None:
+    """Refuse to evaluate on or before the history the models learned from: a week inside
+    (or before the end of) the training data would grade the models on what they saw."""
+    if models.data_window is None:
+        raise LeakageError(f"model {models.version} records no training data window; "
+                           "retrain it with `dctwin optimize train`")
+    end = datetime.fromisoformat(models.data_window[1])
+    if start.astimezone(UTC) <= end:
+        raise LeakageError(
+            f"evaluation starts {start.astimezone(UTC):%Y-%m-%d %H:%M} UTC, not after the end "
+            f"of model {models.version}'s training history ({end:%Y-%m-%d %H:%M} UTC): "
+            "evaluate on a later period or train on earlier data")
+
+
 def evaluate(models: PlantModels, site: Site, *, seed: int = 7, start: datetime,
              days: float = 7.0, climate: str = "temperate", control_s: float = 900.0,
              step_s: float = 60.0, constraints: Constraints | None = None,
              store: RecommendationStore | None = None, oracle: bool = True,
              progress: Callable[[int, int], None] | None = None) -> EvalResult:
     c = constraints or Constraints()
+    check_after_training(models, start)
     t0 = start.astimezone(UTC).timestamp()
     horizon = days * 86400.0
 

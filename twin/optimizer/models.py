@@ -191,6 +191,8 @@ class PlantModels:
     n_train: int
     n_holdout: int
     holdout_error: dict[str, dict[str, float]] = field(default_factory=dict)
+    # first and last history row (UTC ISO): an evaluation must start after the last
+    data_window: tuple[str, str] | None = None
 
     def predict(self, x: np.ndarray, ensemble: bool = True) -> Prediction:
         """Predictions for raw FEATURES rows; ensemble=False uses only the first (full-data)
@@ -222,6 +224,10 @@ class PlantModels:
         if not isinstance(obj, PlantModels):
             raise TypeError(f"{path} does not hold optimizer models")
         return obj
+
+
+def _iso(t: datetime) -> str:
+    return t.replace(tzinfo=UTC).isoformat()  # history times are naive UTC
 
 
 def _errors(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -276,7 +282,8 @@ def _train(history: pl.DataFrame, members: int, seed: int,
     now = datetime.now(UTC)
     models = PlantModels(power, thermal, upper, domain,
                          f"opt-{now:%Y%m%d}-{digest}", now.isoformat(timespec="seconds"),
-                         tr.height, ho.height)
+                         tr.height, ho.height,
+                         data_window=(_iso(history["time"].min()), _iso(history["time"].max())))
     pred = models.predict(x_ho)
     err = {t: _errors(ho[t].to_numpy(), pred.mean[t]) for t in (*POWER_TARGETS,
                                                                  *THERMAL_TARGETS)}
