@@ -63,11 +63,13 @@ def train(
     seed: int = typer.Option(101, "--seed", help="seed of the first period (+1 per period)"),
     step_s: float = typer.Option(60.0, "--step-s", help="simulator step"),
     members: int = typer.Option(3, "--members", help="ensemble members per power model"),
-    reuse: bool = typer.Option(False, "--reuse", help="train on the history already in --db"),
+    reuse: bool = typer.Option(False, "--reuse", help="train on all the history in --db "
+                               "(default: explore, then train on the periods just explored)"),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Explore setpoints on the simulator into DuckDB, train the models, report held-out error."""
     import duckdb
+    import polars as pl
     from rich.progress import Progress
 
     from twin.optimizer.dataset import explore, load_history, save_history
@@ -77,6 +79,7 @@ def train(
     t0 = _time(start, "--start")
     db.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(db))
+    explored: list[str] = []
     with Progress(disable=quiet) as bar:
         if not reuse:
             task = bar.add_task("exploring", total=periods * period_days * 24)
@@ -91,13 +94,17 @@ def train(
                 df = explore(model_site, seed=seed + i, start_s=begin.timestamp(),
                              hours=period_days * 24, climate=clim, step_s=step_s, progress=tick)
                 save_history(con, df)
+                explored.extend(df["run_id"].unique().to_list())
         history = load_history(con)
+        if explored:  # other runs kept in the file (older trainings) are not this model's
+            history = history.filter(pl.col("run_id").is_in(explored))
         n_models = 6 * members + 4
         task = bar.add_task("training", total=n_models)
         models = fit(history, members=members, progress=lambda _m: bar.advance(task))
     models.save(model)
     out = {"model": str(model), "version": models.version, "history": str(db),
            "rows_train": models.n_train, "rows_holdout": models.n_holdout,
+           "data_window": models.data_window,
            "holdout_error": models.holdout_error}
     typer.echo(json.dumps(out, indent=2))
 

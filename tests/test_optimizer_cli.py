@@ -28,6 +28,7 @@ def test_train_then_evaluate(tmp_path):
     out = json.loads(r.output)
     assert out["rows_train"] > out["rows_holdout"] > 0
     assert "facility_kw" in out["holdout_error"]
+    assert out["data_window"][0].startswith("2024-05-20")
     # a period inside the training history is refused before anything runs
     r = runner.invoke(app, ["optimize", "evaluate", "--gpus", "64", "--model", str(model),
                             "--store", str(tmp_path / "x.duckdb"), "--start", "2024-05-21",
@@ -42,3 +43,12 @@ def test_train_then_evaluate(tmp_path):
     assert "zero GPU limit violations" in r.output
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["decisions"] == 5 and res["ml"]["gpu_violation_steps"] == 0
+    # a second training into the same file learns only the period it explored
+    r = runner.invoke(app, ["optimize", "train", "--gpus", "64", "--db", str(db), "--model",
+                            str(model), "--start", "2024-08-01", "--periods", "1",
+                            "--period-days", "1.5", "--step-s", "120", "--members", "2",
+                            "--quiet"])
+    assert r.exit_code == 0, r.output
+    again = json.loads(r.output)
+    assert again["data_window"][0].startswith("2024-08-01")
+    assert again["rows_train"] + again["rows_holdout"] == out["rows_train"] + out["rows_holdout"]
