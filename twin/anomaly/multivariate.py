@@ -25,6 +25,7 @@ import polars as pl
 from sklearn.ensemble import IsolationForest
 
 from twin.anomaly.calibration import tail_moments, tail_p
+from twin.leakage import LeakageError  # noqa: F401 - raised here, re-exported
 
 FIT_FRACTION = 0.7
 MAX_FIT_ROWS = 4_096
@@ -33,8 +34,6 @@ MIN_ROWS = 200
 N_TREES = 50
 
 
-class LeakageError(RuntimeError):
-    """A model was asked to score data it was trained on (or older)."""
 
 
 @dataclass

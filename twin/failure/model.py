@@ -21,6 +21,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from twin.failure.features import CLASSES, FEATURES
+from twin.leakage import LeakageError  # noqa: F401 - raised here, re-exported
 
 # isotonic regression needs many positive episodes: with few it learns a step at the few
 # scores it saw and the threshold lands on that step (a CRAH model calibrated on 2
@@ -46,8 +47,6 @@ def parse_horizon_s(text: str | float) -> float:
     return value
 
 
-class LeakageError(ValueError):
-    """Training data overlaps the test data in time or shares a failure episode."""
 
 
 def label_rows(feats: pl.DataFrame, labels: pl.DataFrame, horizon_s: float,

@@ -25,6 +25,7 @@ import numpy as np
 
 from collectors.simulator.model import SiteSimulator
 from ingest.site import Site
+from twin.leakage import LeakageError  # noqa: F401 - raised here, re-exported
 from twin.optimizer.dataset import SETTLE_S, observe
 from twin.optimizer.models import PlantModels
 from twin.optimizer.outcome import OUTCOME_WINDOW_S, measure_settled
@@ -229,8 +230,6 @@ class Oracle:
         return kw, tmax, float(trial.cdu.supply_c.max()) <= self.c.tcs_max_c
 
 
-class LeakageError(ValueError):
-    """The evaluation period is not strictly after the models' training history."""
 
 
 def check_after_training(models: PlantModels, start: datetime) -> None:
