@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from api import dashboard, problems, routes_core, routes_keys, stream
 from api.auth import SCHEME_NAME, AuthGate, api_routes, require_role
 from api.keys import KeyStore, Role
-from api.live import LiveState
+from api.live_view import LiveView
 from api.metrics import CONTENT_TYPE_LATEST, MetricsRegistry, platform_provider, twin_provider
 from api.problems import FieldError, Problem, problem_content, problem_example
 from api.routes_alerts import router as alerts_router
@@ -33,28 +33,47 @@ from twin.state import Twin
 
 
 class HealthOut(BaseModel):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "status": "ok", "ingest_running": True, "samples_stored": 1203456,
-        "dead_letters": 0, "uptime_s": 3600.2}]})
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ok",
+                    "ingest_running": True,
+                    "samples_stored": 1203456,
+                    "dead_letters": 0,
+                    "uptime_s": 3600.2,
+                }
+            ]
+        },
+    )
 
     status: str
 
 
-def create_app(twin: Twin, health: Callable[[], dict] | None = None, *,
-               keys: KeyStore | None = None, bus: EventBus | None = None,
-               live: LiveState | None = None, routers: Sequence[APIRouter] = (),
-               metrics: MetricsRegistry | None = None, open_healthz: bool = True,
-               open_metrics: bool = False, ingest_stats: Callable[[], Any] | None = None,
-               kafka_lag: Callable[[], float | None] | None = None) -> FastAPI:
-    from dctwin.settings import Settings
-
-    settings = Settings()
-    app = FastAPI(title="dctwin", version="1.0.0",
-                  description="Digital-twin monitoring API for AI data centers. Every `/v1` "
-                              "endpoint needs an API key (`Authorization: Bearer <key>`); "
-                              "errors are RFC 9457 problem details; times are RFC 3339 "
-                              "UTC. See docs/api.md.")
-    app.state.keys = keys if keys is not None else KeyStore(settings.apikey_db)
+def create_app(
+    twin: Twin,
+    health: Callable[[], dict] | None = None,
+    *,
+    keys: KeyStore,
+    bus: EventBus | None = None,
+    live: LiveView | None = None,
+    routers: Sequence[APIRouter] = (),
+    metrics: MetricsRegistry | None = None,
+    open_healthz: bool = True,
+    open_metrics: bool = False,
+    ingest_stats: Callable[[], Any] | None = None,
+    kafka_lag: Callable[[], float | None] | None = None,
+) -> FastAPI:
+    app = FastAPI(
+        title="dctwin",
+        version="1.0.0",
+        description="Digital-twin monitoring API for AI data centers. Every `/v1` "
+        "endpoint needs an API key (`Authorization: Bearer <key>`); "
+        "errors are RFC 9457 problem details; times are RFC 3339 "
+        "UTC. See docs/api.md.",
+    )
+    app.state.keys = keys
     app.state.bus = bus = bus if bus is not None else EventBus()
     app.state.live = live
     app.state.twin = twin
@@ -63,31 +82,57 @@ def create_app(twin: Twin, health: Callable[[], dict] | None = None, *,
 
     viewer = [Depends(require_role(Role.viewer))]
 
-    @app.get("/healthz", response_model=HealthOut, tags=["ops"], summary="Liveness",
-             dependencies=[] if open_healthz else viewer)
+    @app.get(
+        "/healthz",
+        response_model=HealthOut,
+        tags=["ops"],
+        summary="Liveness",
+        dependencies=[] if open_healthz else viewer,
+    )
     def healthz() -> HealthOut:
         return HealthOut(status="ok", **(health() if health else {}))
 
     if metrics is None:
         metrics = MetricsRegistry()
-        metrics.register("platform", platform_provider(ingest_stats or (lambda: None), live,
-                                                        bus, kafka_lag))
-        metrics.register("twin", twin_provider(live or LiveState(twin, EventBus())))
+        metrics.register(
+            "platform", platform_provider(ingest_stats or (lambda: None), live, bus, kafka_lag)
+        )
+        metrics.register("twin", twin_provider(live or LiveView(twin, EventBus())))
     app.state.metrics = metrics
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics",
-             dependencies=[] if open_metrics else viewer, response_class=Response,
-             responses={200: {"description": "Prometheus text exposition format 0.0.4",
-                              "content": {"text/plain": {
-                                  "schema": {"type": "string"},
-                                  "example": '# TYPE dctwin_pue gauge\n'
-                                             'dctwin_pue{scope="site",category="PUE1"} 1.28\n'}}}})
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        summary="Prometheus metrics",
+        dependencies=[] if open_metrics else viewer,
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text exposition format 0.0.4",
+                "content": {
+                    "text/plain": {
+                        "schema": {"type": "string"},
+                        "example": "# TYPE dctwin_pue gauge\n"
+                        'dctwin_pue{scope="site",category="PUE1"} 1.28\n',
+                    }
+                },
+            }
+        },
+    )
     def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    for r in (twin_router(twin), routes_core.router(twin, live), stream.router(bus),
-              routes_keys.router(), alerts_router, failure_router_for(twin),
-              optimizer_router(twin), anomaly_router(twin), *routers):
+    for r in (
+        twin_router(twin),
+        routes_core.router(twin, live),
+        stream.router(bus),
+        routes_keys.router(),
+        alerts_router,
+        failure_router_for(twin),
+        optimizer_router(twin),
+        anomaly_router(twin),
+        *routers,
+    ):
         include(app, r)
     dashboard.mount(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -101,11 +146,17 @@ def include(app: FastAPI, router: APIRouter) -> None:
 
 # -- OpenAPI post-processing ---------------------------------------------------------------
 
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
-    doc = get_openapi(title=app.title, version=app.version, description=app.description,
-                      routes=app.routes, tags=app.openapi_tags)
+    doc = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+        tags=app.openapi_tags,
+    )
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
@@ -128,57 +179,100 @@ def _document_errors(op: dict[str, Any], role: Role | None) -> None:
     if role is not None:
         op["security"] = [{SCHEME_NAME: []}]
         op["x-required-role"] = role.value
-        op["description"] = (op.get("description", "") +
-                             f"\n\nRequires an API key with role **{role.value}** or above."
-                             ).strip()
-        responses["401"] = {"description": "missing, invalid or revoked API key",
-                            "headers": {"WWW-Authenticate": {
-                                "schema": {"type": "string"},
-                                "description": 'Bearer realm="dctwin"'}},
-                            "content": problem_content(problem_example(
-                                401, "missing API key: send `Authorization: Bearer <key>`"))}
+        op["description"] = (
+            op.get("description", "")
+            + f"\n\nRequires an API key with role **{role.value}** or above."
+        ).strip()
+        responses["401"] = {
+            "description": "missing, invalid or revoked API key",
+            "headers": {
+                "WWW-Authenticate": {
+                    "schema": {"type": "string"},
+                    "description": 'Bearer realm="dctwin"',
+                }
+            },
+            "content": problem_content(
+                problem_example(401, "missing API key: send `Authorization: Bearer <key>`")
+            ),
+        }
         if role is not Role.viewer:
-            responses["403"] = {"description": f"the key's role is below {role.value}",
-                                "content": problem_content(problem_example(
-                                    403, f"this needs the {role.value} role; key "
-                                         "3f9a1c0b7d2e has viewer"))}
+            responses["403"] = {
+                "description": f"the key's role is below {role.value}",
+                "content": problem_content(
+                    problem_example(
+                        403, f"this needs the {role.value} role; key 3f9a1c0b7d2e has viewer"
+                    )
+                ),
+            }
     else:
         op["security"] = []
     if params or "requestBody" in op:
-        responses["422"] = {"description": "invalid parameters, one entry per parameter",
-                            "content": problem_content({
-                                "type": "/problems/validation",
-                                "title": "Request validation failed", "status": 422,
-                                "detail": "1 invalid parameter(s): query.start: Input should "
-                                          "have timezone info",
-                                "instance": "/v1/history/sv1/facility/utility",
-                                "errors": [{"location": "query", "parameter": "start",
-                                            "message": "Input should have timezone info",
-                                            "type": "timezone_aware"}]})}
+        responses["422"] = {
+            "description": "invalid parameters, one entry per parameter",
+            "content": problem_content(
+                {
+                    "type": "/problems/validation",
+                    "title": "Request validation failed",
+                    "status": 422,
+                    "detail": "1 invalid parameter(s): query.start: Input should "
+                    "have timezone info",
+                    "instance": "/v1/history/sv1/facility/utility",
+                    "errors": [
+                        {
+                            "location": "query",
+                            "parameter": "start",
+                            "message": "Input should have timezone info",
+                            "type": "timezone_aware",
+                        }
+                    ],
+                }
+            ),
+        }
     if params or "requestBody" in op:
-        responses.setdefault("400", {
-            "description": "a parameter value the endpoint cannot use (unknown scope, "
-                           "a cursor from another list, ...)",
-            "content": problem_content(problem_example(
-                400, "cursor is not valid: pass `next_cursor` from the previous page "
-                     "unchanged"))})
+        responses.setdefault(
+            "400",
+            {
+                "description": "a parameter value the endpoint cannot use (unknown scope, "
+                "a cursor from another list, ...)",
+                "content": problem_content(
+                    problem_example(
+                        400,
+                        "cursor is not valid: pass `next_cursor` from the previous page unchanged",
+                    )
+                ),
+            },
+        )
     if params:  # a path or query parameter can name something that does not exist
-        responses.setdefault("404", {"description": "no such resource",
-                                     "content": problem_content(problem_example(
-                                         404, "unknown rack 'rk999'"))})
+        responses.setdefault(
+            "404",
+            {
+                "description": "no such resource",
+                "content": problem_content(problem_example(404, "unknown rack 'rk999'")),
+            },
+        )
     if op.get("x-required-role") in ("operator", "admin") and "requestBody" in op:
-        responses.setdefault("409", {"description": "the resource is not in a state that "
-                                                    "allows this (e.g. already acknowledged)",
-                                     "content": problem_content(problem_example(
-                                         409, "alert 7 is resolved"))})
+        responses.setdefault(
+            "409",
+            {
+                "description": "the resource is not in a state that "
+                "allows this (e.g. already acknowledged)",
+                "content": problem_content(problem_example(409, "alert 7 is resolved")),
+            },
+        )
     if role is not None:
-        responses.setdefault("503", {
-            "description": "the feature behind this endpoint (e.g. the alert engine) is not "
-                           "running in this process",
-            "content": problem_content(problem_example(
-                503, "the alert engine is not running in this process"))})
-    responses["500"] = {"description": "unexpected server error (logged with a reference)",
-                        "content": problem_content(problem_example(
-                            500, "unexpected server error; logged with reference "
-                                 "3f2a9c1d0b7e"))}
-
+        responses.setdefault(
+            "503",
+            {
+                "description": "the feature behind this endpoint (e.g. the alert engine) is not "
+                "running in this process",
+                "content": problem_content(
+                    problem_example(503, "the alert engine is not running in this process")
+                ),
+            },
+        )
+    responses["500"] = {
+        "description": "unexpected server error (logged with a reference)",
+        "content": problem_content(
+            problem_example(500, "unexpected server error; logged with reference 3f2a9c1d0b7e")
+        ),
+    }

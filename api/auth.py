@@ -24,10 +24,13 @@ from api.problems import ProblemError, problem_response
 SCHEME_NAME = "bearerAuth"
 
 bearer = HTTPBearer(
-    auto_error=False, scheme_name=SCHEME_NAME, bearerFormat="dct_<key id>_<secret>",
+    auto_error=False,
+    scheme_name=SCHEME_NAME,
+    bearerFormat="dct_<key id>_<secret>",
     description="API key from `dctwin apikey create` (or the demo key `dctwin demo` "
-                "prints), sent as `Authorization: Bearer <key>`. Roles: viewer (read), "
-                "operator (acknowledge, accept, reject), admin (configuration).")
+    "prints), sent as `Authorization: Bearer <key>`. Roles: viewer (read), "
+    "operator (acknowledge, accept, reject), admin (configuration).",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +47,9 @@ def _unauthorized(detail: str, error: str | None) -> ProblemError:
     return ProblemError(401, detail, "unauthorized", headers={"WWW-Authenticate": challenge})
 
 
-async def authenticate(request: Request, creds: HTTPAuthorizationCredentials | None = Security(
-        bearer)) -> Principal:
+async def authenticate(
+    request: Request, creds: HTTPAuthorizationCredentials | None = Security(bearer)
+) -> Principal:
     """The caller's key; 401 unless a valid, unrevoked bearer token was sent.
 
     Async on purpose: it never blocks (stat calls and a dict lookup; the rare reload after
@@ -71,9 +75,12 @@ def require_role(role: Role | str):
     # async: a sync dependency would cost a thread-pool hop on every request
     async def dependency(principal: Principal = Depends(authenticate)) -> Principal:
         if not principal.role.allows(required):
-            raise ProblemError(403, f"this needs the {required.value} role; key "
-                                    f"{principal.key_id} has {principal.role.value}",
-                               "forbidden")
+            raise ProblemError(
+                403,
+                f"this needs the {required.value} role; key "
+                f"{principal.key_id} has {principal.role.value}",
+                "forbidden",
+            )
         return principal
 
     dependency.required_role = required  # type: ignore[attr-defined]
@@ -96,8 +103,14 @@ def api_routes(app) -> list[RouteInfo]:
         dependant = getattr(rc, "dependant", None)
         if dependant is None:
             continue
-        out.append(RouteInfo(rc.path_format, frozenset(rc.methods or ()), route_role(rc),
-                             bool(getattr(rc, "include_in_schema", True))))
+        out.append(
+            RouteInfo(
+                rc.path_format,
+                frozenset(rc.methods or ()),
+                route_role(rc),
+                bool(getattr(rc, "include_in_schema", True)),
+            )
+        )
     return out
 
 
@@ -141,11 +154,12 @@ class AuthGate:
                     break
             if token is None or self.keys_of().verify(token) is None:
                 exc = _unauthorized(
-                    "missing API key: send `Authorization: Bearer <key>`" if token is None
+                    "missing API key: send `Authorization: Bearer <key>`"
+                    if token is None
                     else "invalid API key: unknown, malformed or revoked",
-                    None if token is None else "invalid_token")
-                response = problem_response(401, exc.detail, path, exc.type, exc.title,
-                                            exc.headers)
+                    None if token is None else "invalid_token",
+                )
+                response = problem_response(401, exc.detail, path, exc.type, exc.title, exc.headers)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -16,18 +16,28 @@ from fastapi.staticfiles import StaticFiles
 STATIC_DIR = Path(__file__).parent / "static"
 
 # The page may only talk to its own origin and load nothing from elsewhere.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 
 
 def mount(app: FastAPI) -> None:
     if not (STATIC_DIR / "index.html").is_file():
-        raise RuntimeError(f"dashboard files missing from {STATIC_DIR}: reinstall dctwin "
-                           "(package data api/static/*)")
+        raise RuntimeError(
+            f"dashboard files missing from {STATIC_DIR}: reinstall dctwin "
+            "(package data api/static/*)"
+        )
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={
-            "Content-Security-Policy": CSP, "Cache-Control": "no-cache",
-            "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"})
+        return FileResponse(
+            STATIC_DIR / "index.html",
+            headers={
+                "Content-Security-Policy": CSP,
+                "Cache-Control": "no-cache",
+                "Referrer-Policy": "no-referrer",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )

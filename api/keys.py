@@ -150,11 +150,15 @@ class KeyStore:
 
     def _load(self) -> None:
         sig = self._signature()  # taken first: a write during the load forces a reload
-        rows = self._run(lambda con: con.execute(
-            "SELECT key_id, name, role, created_at, revoked_at, token_sha256 "
-            "FROM api_keys").fetchall(), read_only=True)
-        self._cache = {r[0]: ApiKey(r[0], r[1], Role(r[2]), _utc(r[3]), _utc(r[4]), r[5])
-                       for r in rows}
+        rows = self._run(
+            lambda con: con.execute(
+                "SELECT key_id, name, role, created_at, revoked_at, token_sha256 FROM api_keys"
+            ).fetchall(),
+            read_only=True,
+        )
+        self._cache = {
+            r[0]: ApiKey(r[0], r[1], Role(r[2]), _utc(r[3]), _utc(r[4]), r[5]) for r in rows
+        }
         self._sig = sig
         self.reloads += 1
 
@@ -190,16 +194,20 @@ class KeyStore:
         else:
             key_id = split_token(token)
             if key_id is None:
-                raise ValueError(f"malformed token: expected {TOKEN_PREFIX}_<12 [0-9a-z]>_"
-                                 "<secret of 16+ characters>")
+                raise ValueError(
+                    f"malformed token: expected {TOKEN_PREFIX}_<12 [0-9a-z]>_"
+                    "<secret of 16+ characters>"
+                )
         now = datetime.now(UTC).replace(microsecond=0)
         digest = hash_token(token)
 
         def insert(con):
             if con.execute("SELECT 1 FROM api_keys WHERE key_id = ?", [key_id]).fetchone():
                 raise KeyStoreError(f"key id {key_id} already exists")
-            con.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
-                        [key_id, name, role.value, digest, now.replace(tzinfo=None)])
+            con.execute(
+                "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
+                [key_id, name, role.value, digest, now.replace(tzinfo=None)],
+            )
 
         self._run(insert, read_only=False)
         self.invalidate()
@@ -227,13 +235,16 @@ class KeyStore:
         now = datetime.now(UTC).replace(microsecond=0)
 
         def update(con):
-            row = con.execute("SELECT revoked_at FROM api_keys WHERE key_id = ?",
-                              [key_id]).fetchone()
+            row = con.execute(
+                "SELECT revoked_at FROM api_keys WHERE key_id = ?", [key_id]
+            ).fetchone()
             if row is None:
                 raise KeyError(key_id)
             if row[0] is None:
-                con.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ?",
-                            [now.replace(tzinfo=None), key_id])
+                con.execute(
+                    "UPDATE api_keys SET revoked_at = ? WHERE key_id = ?",
+                    [now.replace(tzinfo=None), key_id],
+                )
 
         self._run(update, read_only=False)
         self.invalidate()

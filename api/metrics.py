@@ -28,7 +28,7 @@ from prometheus_client.core import CollectorRegistry, CounterMetricFamily, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from api.live import LiveState
+from api.live_view import LiveView
 from twin.events import EventBus
 
 log = logging.getLogger(__name__)
@@ -55,82 +55,112 @@ class MetricsRegistry(Collector):
             except Exception:  # one broken provider must not blank the whole scrape
                 self.errors += 1
                 log.exception("metrics provider %s failed", name)
-        yield GaugeMetricFamily("dctwin_metrics_provider_errors",
-                                "metric providers that raised since start", self.errors)
+        yield GaugeMetricFamily(
+            "dctwin_metrics_provider_errors",
+            "metric providers that raised since start",
+            self.errors,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-def platform_provider(ingest_stats: Callable[[], object | None], live: LiveState | None,
-                      bus: EventBus | None, kafka_lag: Callable[[], float | None] | None = None
-                      ) -> Provider:
+def platform_provider(
+    ingest_stats: Callable[[], object | None],
+    live: LiveView | None,
+    bus: EventBus | None,
+    kafka_lag: Callable[[], float | None] | None = None,
+) -> Provider:
     last: dict[str, float] = {}
 
     def collect():
         stats = ingest_stats()
         if stats is not None:
-            yield CounterMetricFamily("dctwin_ingest_messages", "Kafka messages consumed",
-                                      stats.messages)
-            yield CounterMetricFamily("dctwin_ingest_samples", "samples stored",
-                                      stats.samples_stored)
-            yield CounterMetricFamily("dctwin_ingest_events", "device events stored",
-                                      stats.events_stored)
-            yield CounterMetricFamily("dctwin_ingest_batches_skipped",
-                                      "batches already stored (replays, re-sends)",
-                                      stats.batches_skipped)
-            dead = CounterMetricFamily("dctwin_ingest_dead_letters",
-                                       "messages dead-lettered, by reason", labels=["reason"])
+            yield CounterMetricFamily(
+                "dctwin_ingest_messages", "Kafka messages consumed", stats.messages
+            )
+            yield CounterMetricFamily(
+                "dctwin_ingest_samples", "samples stored", stats.samples_stored
+            )
+            yield CounterMetricFamily(
+                "dctwin_ingest_events", "device events stored", stats.events_stored
+            )
+            yield CounterMetricFamily(
+                "dctwin_ingest_batches_skipped",
+                "batches already stored (replays, re-sends)",
+                stats.batches_skipped,
+            )
+            dead = CounterMetricFamily(
+                "dctwin_ingest_dead_letters", "messages dead-lettered, by reason", labels=["reason"]
+            )
             for reason, n in sorted(stats.dead_letters.items()):
                 dead.add_metric([reason], n)
             yield dead
             now = time.monotonic()
             if "t" in last and now > last["t"]:
                 rate = (stats.samples_stored - last["n"]) / (now - last["t"])
-                yield GaugeMetricFamily("dctwin_ingest_samples_per_second",
-                                        "ingest rate since the previous scrape", rate)
+                yield GaugeMetricFamily(
+                    "dctwin_ingest_samples_per_second",
+                    "ingest rate since the previous scrape",
+                    rate,
+                )
             last.update(t=now, n=stats.samples_stored)
         if kafka_lag is not None:
             lag = kafka_lag()
             if lag is not None:
-                yield GaugeMetricFamily("dctwin_ingest_kafka_lag_records",
-                                        "max records behind the partition end", lag)
+                yield GaugeMetricFamily(
+                    "dctwin_ingest_kafka_lag_records", "max records behind the partition end", lag
+                )
         if live is not None:
-            newest = live.twin.store.cursor().execute(
-                "SELECT max(read_time) FROM latest").fetchone()[0]
+            newest = (
+                live.twin.store.cursor().execute("SELECT max(read_time) FROM latest").fetchone()[0]
+            )
             if newest is not None:
                 from api.shape import now_naive_utc
 
                 yield GaugeMetricFamily(
                     "dctwin_ingest_lag_seconds",
                     "age of the newest stored reading (read time to now)",
-                    (now_naive_utc() - newest).total_seconds())
+                    (now_naive_utc() - newest).total_seconds(),
+                )
             snap = live.snapshot
             if snap is not None:
-                yield GaugeMetricFamily("dctwin_twin_tick_seconds",
-                                        "duration of the last live tick", snap.tick_s)
+                yield GaugeMetricFamily(
+                    "dctwin_twin_tick_seconds", "duration of the last live tick", snap.tick_s
+                )
             yield CounterMetricFamily("dctwin_twin_ticks", "live ticks run", live.ticks)
-            yield CounterMetricFamily("dctwin_twin_tick_seconds_sum",
-                                      "total time spent in live ticks", live.tick_seconds_total)
+            yield CounterMetricFamily(
+                "dctwin_twin_tick_seconds_sum",
+                "total time spent in live ticks",
+                live.tick_seconds_total,
+            )
         if bus is not None:
-            yield GaugeMetricFamily("dctwin_stream_subscribers",
-                                    "open /v1/stream connections", bus.subscribers)
-            yield CounterMetricFamily("dctwin_stream_events", "events published to the bus",
-                                      bus.published_total)
+            yield GaugeMetricFamily(
+                "dctwin_stream_subscribers", "open /v1/stream connections", bus.subscribers
+            )
+            yield CounterMetricFamily(
+                "dctwin_stream_events", "events published to the bus", bus.published_total
+            )
 
     return collect
 
 
-def twin_provider(live: LiveState) -> Provider:
+def twin_provider(live: LiveView) -> Provider:
     def collect():
         snap = live.fresh_snapshot() or live.compute()
         p = snap.pue
         tick = live.twin.current()  # the twin's last tick: PUE/pPUE per scope, heat balance
-        pue = GaugeMetricFamily("dctwin_pue", "power usage effectiveness (instantaneous): "
-                                "PUE for the site, pPUE for halls and cooling subsystems",
-                                labels=["scope", "category", "figure"])
-        dcie = GaugeMetricFamily("dctwin_dcie", "data centre infrastructure efficiency, 1/PUE",
-                                 labels=["scope", "category"])
+        pue = GaugeMetricFamily(
+            "dctwin_pue",
+            "power usage effectiveness (instantaneous): "
+            "PUE for the site, pPUE for halls and cooling subsystems",
+            labels=["scope", "category", "figure"],
+        )
+        dcie = GaugeMetricFamily(
+            "dctwin_dcie",
+            "data centre infrastructure efficiency, 1/PUE",
+            labels=["scope", "category"],
+        )
         for scope, fig in sorted(tick.pue.items()):
             if fig.value is not None:
                 pue.add_metric([scope, fig.category or "", fig.figure], fig.value)
@@ -139,34 +169,46 @@ def twin_provider(live: LiveState) -> Provider:
         yield pue
         yield dcie
         hb = tick.heat_balance
-        res_kw = GaugeMetricFamily("dctwin_heat_balance_residual_kw",
-                                   "(liquid + air heat removed) - IT power cooled",
-                                   labels=["scope", "level"])
-        res_pct = GaugeMetricFamily("dctwin_heat_balance_residual_pct",
-                                    "heat-balance residual in % of the IT power cooled",
-                                    labels=["scope", "level"])
+        res_kw = GaugeMetricFamily(
+            "dctwin_heat_balance_residual_kw",
+            "(liquid + air heat removed) - IT power cooled",
+            labels=["scope", "level"],
+        )
+        res_pct = GaugeMetricFamily(
+            "dctwin_heat_balance_residual_pct",
+            "heat-balance residual in % of the IT power cooled",
+            labels=["scope", "level"],
+        )
         for i, sid in enumerate(hb.ids):
             if hb.reasons[i] is None and np.isfinite(hb.residual_kw[i]):
                 res_kw.add_metric([sid, hb.levels[i]], float(hb.residual_kw[i]))
                 res_pct.add_metric([sid, hb.levels[i]], float(hb.residual_pct[i]))
         yield res_kw
         yield res_pct
-        yield GaugeMetricFamily("dctwin_pue_stale_inputs",
-                                "PUE inputs older than the staleness limit",
-                                len(p.stale_inputs))
+        yield GaugeMetricFamily(
+            "dctwin_pue_stale_inputs",
+            "PUE inputs older than the staleness limit",
+            len(p.stale_inputs),
+        )
         power = GaugeMetricFamily("dctwin_power_kw", "site power by meter", labels=["meter"])
-        for name, v in (("facility", snap.power.facility_kw), ("it", snap.power.it_kw),
-                        ("cooling", snap.power.cooling_kw)):
+        for name, v in (
+            ("facility", snap.power.facility_kw),
+            ("it", snap.power.it_kw),
+            ("cooling", snap.power.cooling_kw),
+        ):
             if v is not None:
                 power.add_metric([name], v)
         yield power
         labels = ["rack", "row", "hall"]
-        temp = GaugeMetricFamily("dctwin_rack_gpu_max_temp_c", "hottest GPU in the rack",
-                                 labels=labels)
+        temp = GaugeMetricFamily(
+            "dctwin_rack_gpu_max_temp_c", "hottest GPU in the rack", labels=labels
+        )
         rpow = GaugeMetricFamily("dctwin_rack_power_kw", "rack PSU input power", labels=labels)
         score_names = sorted({n for r in snap.racks for n in r.scores})
-        scores = {n: GaugeMetricFamily(f"dctwin_rack_{n}_max", f"max {n} in the rack",
-                                       labels=labels) for n in score_names}
+        scores = {
+            n: GaugeMetricFamily(f"dctwin_rack_{n}_max", f"max {n} in the rack", labels=labels)
+            for n in score_names
+        }
         for r in snap.racks:
             lv = [r.rack, r.row, r.hall]
             if r.gpu_max_temp_c is not None:
@@ -185,6 +227,7 @@ def twin_provider(live: LiveState) -> Provider:
 
 def kafka_lag_of(consumer) -> Callable[[], float | None]:
     """records-lag-max from kafka-python's fetch-manager metrics (read-only access)."""
+
     def lag() -> float | None:
         try:
             for group, values in consumer.metrics().items():
@@ -200,9 +243,11 @@ def kafka_lag_of(consumer) -> Callable[[], float | None]:
 
 def alerts_provider(service) -> Provider:
     """Active alerts by severity (and muted ones) from the alert engine's open set."""
+
     def collect():
-        active = GaugeMetricFamily("dctwin_alerts_active", "firing alerts by severity",
-                                   labels=["severity", "muted"])
+        active = GaugeMetricFamily(
+            "dctwin_alerts_active", "firing alerts by severity", labels=["severity", "muted"]
+        )
         counts: dict[tuple[str, str], int] = {}
         with service.engine.lock:
             for a in service.engine.open.values():
@@ -220,11 +265,21 @@ def alerts_provider(service) -> Provider:
 
 def alert_events(bus: EventBus) -> Callable:
     """An AlertService.on_tick listener: each alert transition onto the live stream."""
+
     def on_tick(tick) -> None:
         for alert_id, fingerprint, at, transition, actor, comment, value in tick.transitions:
-            bus.publish("alert", {"id": alert_id, "fingerprint": fingerprint,
-                                  "transition": transition, "time": _iso(at), "actor": actor,
-                                  "comment": comment, "value": value})
+            bus.publish(
+                "alert",
+                {
+                    "id": alert_id,
+                    "fingerprint": fingerprint,
+                    "transition": transition,
+                    "time": _iso(at),
+                    "actor": actor,
+                    "comment": comment,
+                    "value": value,
+                },
+            )
 
     return on_tick
 

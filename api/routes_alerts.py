@@ -13,10 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from api.auth import Principal, require_role
 from api.keys import Role
 from api.shape import UtcDatetime
-from twin.alerts.config import LABEL_NAME, Matcher, parse_duration
 from twin.alerts.lifecycle import AlertFilter, ConflictError, NotFoundError
 from twin.alerts.outbox import utcnow
 from twin.alerts.service import AlertService
+from twin.alerts.yaml_files import LABEL_NAME, Matcher, parse_duration
 
 router = APIRouter(prefix="/v1", tags=["alerts"])
 
@@ -50,15 +50,29 @@ class Acknowledgement(BaseModel):
 
 
 ALERT_EXAMPLE = {
-        "id": 7, "fingerprint": "9f2c4e1a7b3d5e60", "alertname": "GpuTemperatureCritical",
-        "status": "firing", "severity": "critical",
-        "labels": {"alertname": "GpuTemperatureCritical", "device_id":
-                   "sv1/h1/row1/rk104/n01/gpu0", "rack": "rk104", "severity": "critical"},
-        "annotations": {"summary": "GPU sv1/h1/row1/rk104/n01/gpu0 at 96.5 C: thermal "
-                                   "slowdown"},
-        "value": 96.5, "starts_at": "2025-06-01T11:59:20Z", "fired_at": "2025-06-01T11:59:50Z",
-        "ends_at": None, "updated_at": "2025-06-01T11:59:50Z", "silenced_by": [],
-        "inhibited_by": None, "flapping": False, "notified": True, "acknowledged": None}
+    "id": 7,
+    "fingerprint": "9f2c4e1a7b3d5e60",
+    "alertname": "GpuTemperatureCritical",
+    "status": "firing",
+    "severity": "critical",
+    "labels": {
+        "alertname": "GpuTemperatureCritical",
+        "device_id": "sv1/h1/row1/rk104/n01/gpu0",
+        "rack": "rk104",
+        "severity": "critical",
+    },
+    "annotations": {"summary": "GPU sv1/h1/row1/rk104/n01/gpu0 at 96.5 C: thermal slowdown"},
+    "value": 96.5,
+    "starts_at": "2025-06-01T11:59:20Z",
+    "fired_at": "2025-06-01T11:59:50Z",
+    "ends_at": None,
+    "updated_at": "2025-06-01T11:59:50Z",
+    "silenced_by": [],
+    "inhibited_by": None,
+    "flapping": False,
+    "notified": True,
+    "acknowledged": None,
+}
 
 
 class AlertOut(BaseModel):
@@ -84,15 +98,32 @@ class AlertOut(BaseModel):
 
     @classmethod
     def of(cls, a: dict[str, Any]) -> AlertOut:
-        ack = None if a["acked_by"] is None else Acknowledgement(
-            by=a["acked_by"], at=_utc(a["acked_at"]), comment=a["ack_comment"] or "")
-        return cls(id=a["id"], fingerprint=a["fingerprint"], alertname=a["rule"],
-                   status=a["status"], severity=a["severity"], labels=a["labels"],
-                   annotations=a["annotations"], value=a["value"],
-                   starts_at=_utc(a["starts_at"]), fired_at=_utc(a["fired_at"]),
-                   ends_at=_utc(a["ends_at"]), updated_at=_utc(a["updated_at"]),
-                   silenced_by=a["silenced_by"], inhibited_by=a["inhibited_by"],
-                   flapping=a["flapping"], notified=a["notified"], acknowledged=ack)
+        ack = (
+            None
+            if a["acked_by"] is None
+            else Acknowledgement(
+                by=a["acked_by"], at=_utc(a["acked_at"]), comment=a["ack_comment"] or ""
+            )
+        )
+        return cls(
+            id=a["id"],
+            fingerprint=a["fingerprint"],
+            alertname=a["rule"],
+            status=a["status"],
+            severity=a["severity"],
+            labels=a["labels"],
+            annotations=a["annotations"],
+            value=a["value"],
+            starts_at=_utc(a["starts_at"]),
+            fired_at=_utc(a["fired_at"]),
+            ends_at=_utc(a["ends_at"]),
+            updated_at=_utc(a["updated_at"]),
+            silenced_by=a["silenced_by"],
+            inhibited_by=a["inhibited_by"],
+            flapping=a["flapping"],
+            notified=a["notified"],
+            acknowledged=ack,
+        )
 
 
 class AlertPage(BaseModel):
@@ -109,24 +140,44 @@ class Transition(BaseModel):
 
 
 class AlertDetail(AlertOut):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        **ALERT_EXAMPLE, "transitions": [
-            {"occurred_at": "2025-06-01T11:59:50Z", "transition": "firing",
-             "actor": "engine", "comment": None, "value": 96.5}]}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **ALERT_EXAMPLE,
+                    "transitions": [
+                        {
+                            "occurred_at": "2025-06-01T11:59:50Z",
+                            "transition": "firing",
+                            "actor": "engine",
+                            "comment": None,
+                            "value": 96.5,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
 
     transitions: list[Transition]
 
 
 class AckIn(_In):
-    by: str | None = Field(None, min_length=1, max_length=200,
-                           description="who acknowledges; default: the API key's name")
+    by: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="who acknowledges; default: the API key's name",
+    )
     comment: str = Field("", max_length=2000)
 
 
 class SilenceIn(_In):
     matchers: list[str | dict[str, Any]] = Field(
-        min_length=1, description='e.g. ["rack=\\"rk101\\"", "alertname=~\\"Gpu.*\\""] or '
-                                  "Alertmanager v2 objects {name, value, isRegex, isEqual}")
+        min_length=1,
+        description='e.g. ["rack=\\"rk101\\"", "alertname=~\\"Gpu.*\\""] or '
+        "Alertmanager v2 objects {name, value, isRegex, isEqual}",
+    )
     starts_at: UtcDatetime | None = Field(None, description="default: now")
     ends_at: UtcDatetime | None = None
     duration: str | None = Field(None, description="instead of ends_at, e.g. 2h")
@@ -138,8 +189,10 @@ class SilenceIn(_In):
     def _parse(cls, v: list) -> list:
         parsed = [Matcher.parse(m) for m in v]
         if all(m.matches({}) for m in parsed):
-            raise ValueError("at least one matcher must not match the empty label set; "
-                             "a silence must not mute everything")
+            raise ValueError(
+                "at least one matcher must not match the empty label set; "
+                "a silence must not mute everything"
+            )
         return v
 
     @model_validator(mode="after")
@@ -152,12 +205,24 @@ class SilenceIn(_In):
 
 
 class SilenceOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": "0b6f5c1e-3d0a-4a36-9a53-1f2e0f4f8c11",
-        "matchers": [{"name": "rack", "value": "rk101", "isRegex": False, "isEqual": True}],
-        "starts_at": "2025-06-01T12:00:00Z", "ends_at": "2025-06-01T14:00:00Z",
-        "created_by": "alice", "comment": "CDU maintenance", "created_at":
-        "2025-06-01T11:58:00Z", "state": "active"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0b6f5c1e-3d0a-4a36-9a53-1f2e0f4f8c11",
+                    "matchers": [
+                        {"name": "rack", "value": "rk101", "isRegex": False, "isEqual": True}
+                    ],
+                    "starts_at": "2025-06-01T12:00:00Z",
+                    "ends_at": "2025-06-01T14:00:00Z",
+                    "created_by": "alice",
+                    "comment": "CDU maintenance",
+                    "created_at": "2025-06-01T11:58:00Z",
+                    "state": "active",
+                }
+            ]
+        }
+    )
 
     id: str
     matchers: list[dict[str, Any]]
@@ -170,8 +235,14 @@ class SilenceOut(BaseModel):
 
     @classmethod
     def of(cls, s: dict[str, Any]) -> SilenceOut:
-        return cls(**{**s, "starts_at": _utc(s["starts_at"]), "ends_at": _utc(s["ends_at"]),
-                      "created_at": _utc(s["created_at"])})
+        return cls(
+            **{
+                **s,
+                "starts_at": _utc(s["starts_at"]),
+                "ends_at": _utc(s["ends_at"]),
+                "created_at": _utc(s["created_at"]),
+            }
+        )
 
 
 @router.get("/alerts", response_model=AlertPage)
@@ -193,11 +264,21 @@ def list_alerts(
     for item in label:
         name, sep, value = item.partition("=")
         if not sep or not LABEL_NAME.match(name):
-            raise HTTPException(400, f"label filter {item!r}: use name=value with a valid "
-                                     "label name")
+            raise HTTPException(
+                400, f"label filter {item!r}: use name=value with a valid label name"
+            )
         labels.append((name, value))
-    f = AlertFilter(status, severity, alertname, acknowledged, silenced, inhibited,
-                    tuple(labels), _naive(since), _naive(until))
+    f = AlertFilter(
+        status,
+        severity,
+        alertname,
+        acknowledged,
+        silenced,
+        inhibited,
+        tuple(labels),
+        _naive(since),
+        _naive(until),
+    )
     try:
         items, nxt = _svc(request).db.list_alerts(f, limit, cursor)
     except ValueError as exc:
@@ -212,15 +293,24 @@ def get_alert(request: Request, alert_id: int) -> AlertDetail:
         alert = db.get_alert(alert_id)
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
-    return AlertDetail(**AlertOut.of(alert).model_dump(), transitions=[
-        Transition(**{**t, "occurred_at": _utc(t["occurred_at"])})
-        for t in db.transitions(alert_id)])
+    return AlertDetail(
+        **AlertOut.of(alert).model_dump(),
+        transitions=[
+            Transition(**{**t, "occurred_at": _utc(t["occurred_at"])})
+            for t in db.transitions(alert_id)
+        ],
+    )
 
 
-@router.post("/alerts/{alert_id}/ack", response_model=AlertOut,
-             summary="Acknowledge an alert (operator)")
-def ack_alert(request: Request, alert_id: int, body: AckIn,
-              who: Principal = Depends(require_role(Role.operator))) -> AlertOut:
+@router.post(
+    "/alerts/{alert_id}/ack", response_model=AlertOut, summary="Acknowledge an alert (operator)"
+)
+def ack_alert(
+    request: Request,
+    alert_id: int,
+    body: AckIn,
+    who: Principal = Depends(require_role(Role.operator)),
+) -> AlertOut:
     by = body.by or who.name
     try:
         alert = _svc(request).db.ack(alert_id, by, body.comment, utcnow())
@@ -230,34 +320,49 @@ def ack_alert(request: Request, alert_id: int, body: AckIn,
         raise HTTPException(409, str(exc)) from exc
     bus = getattr(request.app.state, "bus", None)
     if bus is not None:  # the live stream shows the acknowledgement at once
-        bus.publish("alert", {"id": alert_id, "fingerprint": alert["fingerprint"],
-                              "transition": "acknowledged", "actor": by,
-                              "comment": body.comment})
+        bus.publish(
+            "alert",
+            {
+                "id": alert_id,
+                "fingerprint": alert["fingerprint"],
+                "transition": "acknowledged",
+                "actor": by,
+                "comment": body.comment,
+            },
+        )
     return AlertOut.of(alert)
 
 
 @router.get("/silences", response_model=list[SilenceOut])
-def list_silences(request: Request,
-                  state: Literal["active", "pending", "expired"] | None = None
-                  ) -> list[SilenceOut]:
+def list_silences(
+    request: Request, state: Literal["active", "pending", "expired"] | None = None
+) -> list[SilenceOut]:
     return [SilenceOut.of(s) for s in _svc(request).db.list_silences(utcnow(), state)]
 
 
-@router.post("/silences", response_model=SilenceOut, status_code=201,
-             dependencies=[Depends(require_role(Role.operator))],
-             summary="Silence alerts matching label matchers for a window (operator)")
+@router.post(
+    "/silences",
+    response_model=SilenceOut,
+    status_code=201,
+    dependencies=[Depends(require_role(Role.operator))],
+    summary="Silence alerts matching label matchers for a window (operator)",
+)
 def create_silence(request: Request, body: SilenceIn) -> SilenceOut:
     svc = _svc(request)
     now = utcnow()
     starts = _naive(body.starts_at) or now
-    ends = _naive(body.ends_at) if body.ends_at else starts + timedelta(
-        seconds=parse_duration(body.duration))
+    ends = (
+        _naive(body.ends_at)
+        if body.ends_at
+        else starts + timedelta(seconds=parse_duration(body.duration))
+    )
     if ends <= starts:
         raise HTTPException(422, "ends_at must be after starts_at")
     if ends <= now:
         raise HTTPException(422, "the silence would already have ended")
-    silence = svc.db.create_silence([Matcher.parse(m) for m in body.matchers], starts, ends,
-                                    body.created_by, body.comment, now)
+    silence = svc.db.create_silence(
+        [Matcher.parse(m) for m in body.matchers], starts, ends, body.created_by, body.comment, now
+    )
     svc.wake()  # apply it at the next evaluation, not a tick later
     return SilenceOut.of(silence)
 
@@ -270,9 +375,12 @@ def get_silence(request: Request, silence_id: str) -> SilenceOut:
         raise HTTPException(404, str(exc)) from exc
 
 
-@router.delete("/silences/{silence_id}", response_model=SilenceOut,
-               dependencies=[Depends(require_role(Role.operator))],
-               summary="Expire a silence now (operator)")
+@router.delete(
+    "/silences/{silence_id}",
+    response_model=SilenceOut,
+    dependencies=[Depends(require_role(Role.operator))],
+    summary="Expire a silence now (operator)",
+)
 def expire_silence(request: Request, silence_id: str) -> SilenceOut:
     svc = _svc(request)
     try:
@@ -285,25 +393,71 @@ def expire_silence(request: Request, silence_id: str) -> SilenceOut:
     return SilenceOut.of(silence)
 
 
-@router.get("/rules", summary="Alert rules with their evaluation state",
-            responses={200: {"content": {"application/json": {"example": [{
-                "name": "GpuTemperatureCritical", "kind": "threshold", "severity": "critical",
-                "metric": "gpu_temp_c", "op": ">", "value": 87.0, "for": 30.0,
-                "annotations": {"summary": "GPU {device_id} at {value:.1f} °C"},
-                "state": {"health": "ok", "reason": None, "firing": 0, "pending": 0,
-                          "last_evaluated": "2025-06-01T12:00:00", "duration_ms": 1.2}}]}}}})
+@router.get(
+    "/rules",
+    summary="Alert rules with their evaluation state",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": [
+                        {
+                            "name": "GpuTemperatureCritical",
+                            "kind": "threshold",
+                            "severity": "critical",
+                            "metric": "gpu_temp_c",
+                            "op": ">",
+                            "value": 87.0,
+                            "for": 30.0,
+                            "annotations": {"summary": "GPU {device_id} at {value:.1f} °C"},
+                            "state": {
+                                "health": "ok",
+                                "reason": None,
+                                "firing": 0,
+                                "pending": 0,
+                                "last_evaluated": "2025-06-01T12:00:00",
+                                "duration_ms": 1.2,
+                            },
+                        }
+                    ]
+                }
+            }
+        }
+    },
+)
 def list_rules(request: Request) -> list[dict[str, Any]]:
     """Every rule as configured, with its evaluation state (health, firing, pending)."""
     return _svc(request).rules_view()
 
 
-@router.get("/receivers", dependencies=[Depends(require_role(Role.admin))],
-            summary="Receivers configuration, secrets redacted (admin)",
-            responses={200: {"content": {"application/json": {"example": [{
-                "name": "oncall", "type": "webhook", "url": "https://hooks.example/…",
-                "has_secret": True, "outbox": {"pending": 0, "delivered": 12, "failed": 0,
-                                               "last_delivered_at": "2025-06-01T11:59:51",
-                                               "last_error": None}}]}}}})
+@router.get(
+    "/receivers",
+    dependencies=[Depends(require_role(Role.admin))],
+    summary="Receivers configuration, secrets redacted (admin)",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": [
+                        {
+                            "name": "oncall",
+                            "type": "webhook",
+                            "url": "https://hooks.example/…",
+                            "has_secret": True,
+                            "outbox": {
+                                "pending": 0,
+                                "delivered": 12,
+                                "failed": 0,
+                                "last_delivered_at": "2025-06-01T11:59:51",
+                                "last_error": None,
+                            },
+                        }
+                    ]
+                }
+            }
+        }
+    },
+)
 def list_receivers(request: Request) -> list[dict[str, Any]]:
     """Receivers without secrets (has_secret only; URL paths redacted), with outbox counts."""
     return _svc(request).receivers_view()

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.live import LiveState, RackSummary, Snapshot
+from api.live_view import LiveView, RackSummary, Snapshot
 from api.problems import ProblemError, problem_responses
 from api.routes_anomaly import device_anomaly_state
 from api.routes_failure import device_failure_state
@@ -29,33 +29,68 @@ class LatestReading(BaseModel):
 
     @classmethod
     def of(cls, r: MeterReading, now: datetime) -> LatestReading:
-        return cls(device_id=r.device_id, metric=r.metric, value=r.value,
-                   read_time=utc(r.read_time), age_s=round(r.age_s(now), 3))
+        return cls(
+            device_id=r.device_id,
+            metric=r.metric,
+            value=r.value,
+            read_time=utc(r.read_time),
+            age_s=round(r.age_s(now), 3),
+        )
 
 
 class DeviceOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "device_id": "sv1/h1/row1/rk101/n01/gpu0", "device_class": "gpu", "rack": "rk101",
-        "metrics": [{"device_id": "sv1/h1/row1/rk101/n01/gpu0", "metric": "gpu_temp_c",
-                     "value": 61.5, "read_time": T0, "age_s": 0.7}]}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "device_id": "sv1/h1/row1/rk101/n01/gpu0",
+                    "device_class": "gpu",
+                    "rack": "rk101",
+                    "metrics": [
+                        {
+                            "device_id": "sv1/h1/row1/rk101/n01/gpu0",
+                            "metric": "gpu_temp_c",
+                            "value": 61.5,
+                            "read_time": T0,
+                            "age_s": 0.7,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
 
     device_id: str
-    device_class: str | None = Field(description="gpu, psu, cdu, pdu, crah, ups, meter, "
-                                                 "chiller_plant; null if not in the site model")
+    device_class: str | None = Field(
+        description="gpu, psu, cdu, pdu, crah, ups, meter, "
+        "chiller_plant; null if not in the site model"
+    )
     rack: str | None
     metrics: list[LatestReading] = Field(description="latest value of every metric, by name")
-    anomaly: dict | None = Field(None, description="anomaly score now: score, p, time, "
-                                                   "top_metrics (see GET /v1/anomalies)")
+    anomaly: dict | None = Field(
+        None, description="anomaly score now: score, p, time, top_metrics (see GET /v1/anomalies)"
+    )
     failure_risk: dict | None = Field(
-        None, description="failure risk as of the last scoring tick: risk (probability of "
+        None,
+        description="failure risk as of the last scoring tick: risk (probability of "
         "failure within horizon_s), alarm, status, horizon_s, model_version, time, reasons "
-        "(see GET /v1/failure-risk); null without an approved model")
+        "(see GET /v1/failure-risk); null without an approved model",
+    )
 
 
 class DeviceRefOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "device_id": "sv1/h1/row1/rk101/n01/gpu0", "device_class": "gpu", "kind": "gpu",
-        "rack": "rk101"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "device_id": "sv1/h1/row1/rk101/n01/gpu0",
+                    "device_class": "gpu",
+                    "kind": "gpu",
+                    "rack": "rk101",
+                }
+            ]
+        }
+    )
 
     device_id: str
     device_class: str
@@ -64,10 +99,25 @@ class DeviceRefOut(BaseModel):
 
 
 class RackOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "rack": "rk101", "hall": "h1", "row": "row1", "path": "sv1/h1/row1/rk101",
-        "gpu_max_temp_c": 71.2, "gpu_mean_temp_c": 63.0, "gpus_reporting": 64,
-        "gpus_total": 64, "power_kw": 48.3, "anomaly_score": None, "failure_risk": None}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "rack": "rk101",
+                    "hall": "h1",
+                    "row": "row1",
+                    "path": "sv1/h1/row1/rk101",
+                    "gpu_max_temp_c": 71.2,
+                    "gpu_mean_temp_c": 63.0,
+                    "gpus_reporting": 64,
+                    "gpus_total": 64,
+                    "power_kw": 48.3,
+                    "anomaly_score": None,
+                    "failure_risk": None,
+                }
+            ]
+        }
+    )
 
     rack: str
     hall: str
@@ -78,18 +128,28 @@ class RackOut(BaseModel):
     gpus_reporting: int
     gpus_total: int
     power_kw: float | None = Field(description="PSU input power, the rack's electrical draw")
-    anomaly_score: float | None = Field(None, description="max over the rack's devices, "
-                                                          "0..1; null until scoring runs")
-    failure_risk: float | None = Field(None, description="max over the rack's devices, "
-                                                         "0..1; null until predicted")
+    anomaly_score: float | None = Field(
+        None, description="max over the rack's devices, 0..1; null until scoring runs"
+    )
+    failure_risk: float | None = Field(
+        None, description="max over the rack's devices, 0..1; null until predicted"
+    )
 
     @classmethod
     def of(cls, r: RackSummary) -> RackOut:
-        return cls(rack=r.rack, hall=r.hall, row=r.row, path=r.path,
-                   gpu_max_temp_c=r.gpu_max_temp_c, gpu_mean_temp_c=r.gpu_mean_temp_c,
-                   gpus_reporting=r.gpus_reporting, gpus_total=r.gpus_total,
-                   power_kw=r.power_kw, anomaly_score=r.scores.get("anomaly_score"),
-                   failure_risk=r.scores.get("failure_risk"))
+        return cls(
+            rack=r.rack,
+            hall=r.hall,
+            row=r.row,
+            path=r.path,
+            gpu_max_temp_c=r.gpu_max_temp_c,
+            gpu_mean_temp_c=r.gpu_mean_temp_c,
+            gpus_reporting=r.gpus_reporting,
+            gpus_total=r.gpus_total,
+            power_kw=r.power_kw,
+            anomaly_score=r.scores.get("anomaly_score"),
+            failure_risk=r.scores.get("failure_risk"),
+        )
 
 
 class RackDetailOut(RackOut):
@@ -102,12 +162,27 @@ class PuePoint(BaseModel):
 
 
 class OverviewOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "site": "sv1", "site_name": "Example AI hall", "time": T0, "pue": 1.2834,
-        "category": "PUE1", "reason": None,
-        "facility_kw": 1540.2, "it_kw": 1200.1, "cooling_kw": 290.4,
-        "cooling_overhead": 0.242, "other_kw": 49.7, "step_s": 300,
-        "pue_history": [{"time": T0, "value": 1.2811}]}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "site": "sv1",
+                    "site_name": "Example AI hall",
+                    "time": T0,
+                    "pue": 1.2834,
+                    "category": "PUE1",
+                    "reason": None,
+                    "facility_kw": 1540.2,
+                    "it_kw": 1200.1,
+                    "cooling_kw": 290.4,
+                    "cooling_overhead": 0.242,
+                    "other_kw": 49.7,
+                    "step_s": 300,
+                    "pue_history": [{"time": T0, "value": 1.2811}],
+                }
+            ]
+        }
+    )
 
     site: str = Field(description="site id")
     site_name: str
@@ -123,15 +198,20 @@ class OverviewOut(BaseModel):
     step_s: int
     pue_history: list[PuePoint] = Field(
         description="per bucket: mean facility power / mean IT power (the energy ratio "
-                    "over the bucket); empty buckets are absent")
+        "over the bucket); empty buckets are absent"
+    )
 
 
-DeviceId = Annotated[str, Path(description="hierarchical device id, e.g. "
-                                           "sv1/h1/row1/rk101/n01/gpu0",
-                               examples=["sv1/h1/row1/rk101/n01/gpu0"])]
+DeviceId = Annotated[
+    str,
+    Path(
+        description="hierarchical device id, e.g. sv1/h1/row1/rk101/n01/gpu0",
+        examples=["sv1/h1/row1/rk101/n01/gpu0"],
+    ),
+]
 
 
-def router(twin: Twin, live: LiveState | None) -> APIRouter:
+def router(twin: Twin, live: LiveView | None) -> APIRouter:
     r = APIRouter(prefix="/v1", tags=["twin"])
     refs = sorted(twin.known_devices.values(), key=lambda d: d.id)
     racks_by_name = {rr.rack: rr for rr in twin.site.racks()}
@@ -139,44 +219,70 @@ def router(twin: Twin, live: LiveState | None) -> APIRouter:
     def snapshot() -> Snapshot:
         snap = live.fresh_snapshot() if live is not None else None
         if snap is None:  # no live loop (tests, tools) or it stalled: read the store now
-            snap = LiveState(twin, _NullBus()).compute()
+            snap = LiveView(twin, _NullBus()).compute()
         return snap
 
     @r.get("/overview", response_model=OverviewOut, summary="Site overview for dashboards")
-    def overview(request: Request,
-                 hours: Annotated[float, Query(gt=0, le=168, description="history span")] = 24,
-                 step_s: Annotated[int, Query(ge=10, le=86400)] = 300) -> OverviewOut:
+    def overview(
+        request: Request,
+        hours: Annotated[float, Query(gt=0, le=168, description="history span")] = 24,
+        step_s: Annotated[int, Query(ge=10, le=86400)] = 300,
+    ) -> OverviewOut:
         snap = snapshot()
         p, pw = snap.pue, snap.power
         hist = _pue_history(twin, snap.time, hours, step_s)
         return OverviewOut(
-            site=twin.site.site.id, site_name=twin.site.site.name or twin.site.site.id,
-            time=utc(snap.time), pue=p.value, category=p.category, reason=p.reason,
-            facility_kw=pw.facility_kw, it_kw=pw.it_kw, cooling_kw=pw.cooling_kw,
-            cooling_overhead=(pw.cooling_kw / pw.it_kw) if pw.cooling_kw is not None
-            and pw.it_kw else None,
+            site=twin.site.site.id,
+            site_name=twin.site.site.name or twin.site.site.id,
+            time=utc(snap.time),
+            pue=p.value,
+            category=p.category,
+            reason=p.reason,
+            facility_kw=pw.facility_kw,
+            it_kw=pw.it_kw,
+            cooling_kw=pw.cooling_kw,
+            cooling_overhead=(pw.cooling_kw / pw.it_kw)
+            if pw.cooling_kw is not None and pw.it_kw
+            else None,
             other_kw=(pw.facility_kw - pw.it_kw - pw.cooling_kw)
-            if None not in (pw.facility_kw, pw.it_kw, pw.cooling_kw) else None,
-            step_s=step_s, pue_history=hist)
+            if None not in (pw.facility_kw, pw.it_kw, pw.cooling_kw)
+            else None,
+            step_s=step_s,
+            pue_history=hist,
+        )
 
     @r.get("/devices", response_model=Page[DeviceRefOut], summary="Devices of the site model")
-    def devices(limit: Limit = 100, cursor: Cursor = None,
-                rack: Annotated[str | None, Query(max_length=200)] = None,
-                device_class: Annotated[str | None, Query(max_length=50)] = None
-                ) -> Page[DeviceRefOut]:
-        items = [d for d in refs if (rack is None or d.rack == rack)
-                 and (device_class is None or d.device_class == device_class)]
-        page = paginate(items, lambda d: d.id, limit, cursor,
-                        scope=f"devices|{rack}|{device_class}")
+    def devices(
+        limit: Limit = 100,
+        cursor: Cursor = None,
+        rack: Annotated[str | None, Query(max_length=200)] = None,
+        device_class: Annotated[str | None, Query(max_length=50)] = None,
+    ) -> Page[DeviceRefOut]:
+        items = [
+            d
+            for d in refs
+            if (rack is None or d.rack == rack)
+            and (device_class is None or d.device_class == device_class)
+        ]
+        page = paginate(
+            items, lambda d: d.id, limit, cursor, scope=f"devices|{rack}|{device_class}"
+        )
         return Page[DeviceRefOut](
-            items=[DeviceRefOut(device_id=d.id, device_class=d.device_class, kind=d.kind,
-                                rack=d.rack) for d in page.items],
-            next_cursor=page.next_cursor)
+            items=[
+                DeviceRefOut(device_id=d.id, device_class=d.device_class, kind=d.kind, rack=d.rack)
+                for d in page.items
+            ],
+            next_cursor=page.next_cursor,
+        )
 
-    @r.get("/devices/{device_id:path}", response_model=DeviceOut,
-           responses=problem_responses(404, e404="unknown device id 'sv1/x': not in the "
-                                                 "site model and never reported"),
-           summary="Latest state of one device")
+    @r.get(
+        "/devices/{device_id:path}",
+        response_model=DeviceOut,
+        responses=problem_responses(
+            404, e404="unknown device id 'sv1/x': not in the site model and never reported"
+        ),
+        summary="Latest state of one device",
+    )
     async def device(device_id: DeviceId) -> DeviceOut:
         """Latest value of every metric of one device, as of the last tick (≤ 1 s)."""
         now = now_naive_utc()
@@ -186,18 +292,26 @@ def router(twin: Twin, live: LiveState | None) -> APIRouter:
         return _device_state(twin, device_id, snap.latest.device(device_id), now)
 
     @r.get("/racks", response_model=Page[RackOut], summary="Rack summaries (heat map)")
-    def racks(limit: Limit = 100, cursor: Cursor = None,
-              hall: Annotated[str | None, Query(max_length=100)] = None) -> Page[RackOut]:
+    def racks(
+        limit: Limit = 100,
+        cursor: Cursor = None,
+        hall: Annotated[str | None, Query(max_length=100)] = None,
+    ) -> Page[RackOut]:
         items = [x for x in snapshot().racks if hall is None or x.hall == hall]
         page = paginate(items, lambda x: x.path, limit, cursor, scope=f"racks|{hall}")
-        return Page[RackOut](items=[RackOut.of(x) for x in page.items],
-                             next_cursor=page.next_cursor)
+        return Page[RackOut](
+            items=[RackOut.of(x) for x in page.items], next_cursor=page.next_cursor
+        )
 
-    @r.get("/racks/{rack}", response_model=RackDetailOut,
-           responses=problem_responses(404, e404="unknown rack 'rk999'"),
-           summary="One rack with the latest state of every device in it")
-    def rack_detail(rack: Annotated[str, Path(max_length=100, examples=["rk101"])]
-                    ) -> RackDetailOut:
+    @r.get(
+        "/racks/{rack}",
+        response_model=RackDetailOut,
+        responses=problem_responses(404, e404="unknown rack 'rk999'"),
+        summary="One rack with the latest state of every device in it",
+    )
+    def rack_detail(
+        rack: Annotated[str, Path(max_length=100, examples=["rk101"])],
+    ) -> RackDetailOut:
         if rack not in racks_by_name:
             raise ProblemError(404, f"unknown rack {rack!r}", "not-found")
         summary = next(x for x in snapshot().racks if x.rack == rack)
@@ -207,8 +321,15 @@ def router(twin: Twin, live: LiveState | None) -> APIRouter:
         by_dev: dict[str, list[LatestReading]] = {i: [] for i in ids}
         for (dev, _m), reading in sorted(latest.items()):
             by_dev[dev].append(LatestReading.of(reading, now))
-        devs = [DeviceOut(device_id=i, device_class=twin.known_devices[i].device_class,
-                          rack=rack, metrics=by_dev[i]) for i in ids]
+        devs = [
+            DeviceOut(
+                device_id=i,
+                device_class=twin.known_devices[i].device_class,
+                rack=rack,
+                metrics=by_dev[i],
+            )
+            for i in ids
+        ]
         return RackDetailOut(**RackOut.of(summary).model_dump(), devices=devs)
 
     return r
@@ -222,26 +343,40 @@ def _device_state(twin: Twin, device_id: str, readings: list, now: datetime) -> 
     """A device's state from its latest readings (404 if neither modelled nor reporting)."""
     ref = twin.known_devices.get(device_id)
     if ref is None and not readings:
-        raise ProblemError(404, f"unknown device id {device_id!r}: not in the site model and "
-                                "never reported", "not-found")
-    return DeviceOut(device_id=device_id, device_class=ref.device_class if ref else None,
-                     rack=ref.rack if ref else None,
-                     metrics=[LatestReading.of(x, now) for x in readings],
-                     anomaly=device_anomaly_state(twin, device_id),
-                     failure_risk=device_failure_state(twin, device_id))
+        raise ProblemError(
+            404,
+            f"unknown device id {device_id!r}: not in the site model and never reported",
+            "not-found",
+        )
+    return DeviceOut(
+        device_id=device_id,
+        device_class=ref.device_class if ref else None,
+        rack=ref.rack if ref else None,
+        metrics=[LatestReading.of(x, now) for x in readings],
+        anomaly=device_anomaly_state(twin, device_id),
+        failure_risk=device_failure_state(twin, device_id),
+    )
 
 
 def _pue_history(twin: Twin, now: datetime, hours: float, step_s: int) -> list[PuePoint]:
-    from ingest.site import MeterRole
+    from domain.site import MeterRole
 
     site = twin.site
     fac = site.meter(MeterRole.facility_input)
-    it = next((site.meter(r) for r in (MeterRole.it_input, MeterRole.pdu_output,
-                                       MeterRole.ups_output) if site.meter(r)), None)
+    it = next(
+        (
+            site.meter(r)
+            for r in (MeterRole.it_input, MeterRole.pdu_output, MeterRole.ups_output)
+            if site.meter(r)
+        ),
+        None,
+    )
     if fac is None or it is None:
         return []
-    rows = twin.store.cursor().sql(
-        """
+    rows = (
+        twin.store.cursor()
+        .sql(
+            """
         SELECT time_bucket(to_microseconds($step), read_time) AS bucket,
                avg(value) FILTER (WHERE device_id = $fac) AS fac,
                avg(value) FILTER (WHERE device_id = $it) AS it
@@ -250,11 +385,19 @@ def _pue_history(twin: Twin, now: datetime, hours: float, step_s: int) -> list[P
           AND read_time >= $start AND read_time < $end
         GROUP BY bucket ORDER BY bucket
         """,
-        params={"step": step_s * 1_000_000, "fac": site.meter_id(fac),
-                "it": site.meter_id(it), "start": now - timedelta(hours=hours),
-                "end": now + timedelta(seconds=1)}).fetchall()
-    return [PuePoint(time=utc(b), value=(f / i) if f is not None and i else None)
-            for b, f, i in rows]
+            params={
+                "step": step_s * 1_000_000,
+                "fac": site.meter_id(fac),
+                "it": site.meter_id(it),
+                "start": now - timedelta(hours=hours),
+                "end": now + timedelta(seconds=1),
+            },
+        )
+        .fetchall()
+    )
+    return [
+        PuePoint(time=utc(b), value=(f / i) if f is not None and i else None) for b, f, i in rows
+    ]
 
 
 class _NullBus:

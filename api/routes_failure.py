@@ -20,12 +20,31 @@ class RiskOut(BaseModel):
 
 
 class FailureRiskOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "time": "2025-06-01T12:00:00Z", "horizon_s": 3600.0,
-        "model_version": "gpu-1h-20250601T000000Z", "devices": [{
-            "device_id": "sv1/h1/row1/rk104/n03/gpu5", "device_class": "gpu", "rack": "rk104",
-            "risk": 0.83, "alarm": True, "status": "at_risk",
-            "reasons": ["ECC uncorrected errors accelerating", "XID 63 in the last hour"]}]}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "time": "2025-06-01T12:00:00Z",
+                    "horizon_s": 3600.0,
+                    "model_version": "gpu-1h-20250601T000000Z",
+                    "devices": [
+                        {
+                            "device_id": "sv1/h1/row1/rk104/n03/gpu5",
+                            "device_class": "gpu",
+                            "rack": "rk104",
+                            "risk": 0.83,
+                            "alarm": True,
+                            "status": "at_risk",
+                            "reasons": [
+                                "ECC uncorrected errors accelerating",
+                                "XID 63 in the last hour",
+                            ],
+                        }
+                    ],
+                }
+            ]
+        }
+    )
 
     time: datetime
     horizon_s: float
@@ -34,12 +53,14 @@ class FailureRiskOut(BaseModel):
 
 
 def _registry_root() -> Path:
-    from twin.failure.live import serving_root
+    from twin.failure.service import serving_root
+
     return serving_root()
 
 
 def _state_horizon_s() -> float:
-    from twin.failure.live import serving_horizon_s
+    from twin.failure.service import serving_horizon_s
+
     return serving_horizon_s()
 
 
@@ -48,7 +69,8 @@ def device_failure_state(twin, device_id: str) -> dict | None:
     horizon_s, model_version, time, reasons as of the last scoring tick; None when no
     model is approved for the horizon or the device is not scored yet. Reads the
     in-memory table only (the server's background thread refreshes it)."""
-    from twin.failure.live import live_risk_for
+    from twin.failure.service import live_risk_for
+
     lr = live_risk_for(twin.store, _state_horizon_s(), _registry_root())
     state = lr.device(device_id)
     if state is not None and state["time"] is not None:
@@ -62,24 +84,26 @@ def router_for(twin) -> APIRouter:
 
     @router.get("/v1/failure-risk", response_model=FailureRiskOut)
     def failure_risk(
-            horizon: str = Query("1h", description="30m, 1h, 24h: needs an approved model "
-                                                   "for that horizon"),
-            device_class: str | None = Query(None, alias="class",
-                                             description="gpu, psu, cdu or crah"),
-            scope: str | None = Query(None, description="device id prefix: hall, row, rack"),
-            min_risk: float = Query(0.0, ge=0.0, le=1.0),
-            limit: int = Query(100, ge=1, le=100_000)) -> FailureRiskOut:
+        horizon: str = Query(
+            "1h", description="30m, 1h, 24h: needs an approved model for that horizon"
+        ),
+        device_class: str | None = Query(None, alias="class", description="gpu, psu, cdu or crah"),
+        scope: str | None = Query(None, description="device id prefix: hall, row, rack"),
+        min_risk: float = Query(0.0, ge=0.0, le=1.0),
+        limit: int = Query(100, ge=1, le=100_000),
+    ) -> FailureRiskOut:
         return _failure_risk(twin, horizon, device_class, scope, min_risk, limit)
 
     return router
 
 
-def _failure_risk(twin, horizon: str, device_class: str | None, scope: str | None,
-                  min_risk: float, limit: int) -> FailureRiskOut:
+def _failure_risk(
+    twin, horizon: str, device_class: str | None, scope: str | None, min_risk: float, limit: int
+) -> FailureRiskOut:
     from twin.failure.features import CLASSES
-    from twin.failure.live import live_risk_for
     from twin.failure.model import parse_horizon_s
     from twin.failure.registry import RegistryError
+    from twin.failure.service import live_risk_for
 
     try:
         horizon_s = parse_horizon_s(horizon)
@@ -98,24 +122,31 @@ def _failure_risk(twin, horizon: str, device_class: str | None, scope: str | Non
     if table is None:  # no samples yet
         if lr.error is not None:
             raise HTTPException(503, str(lr.error))
-        return FailureRiskOut(time=now, horizon_s=horizon_s, model_version=_newest(horizon_s),
-                              devices=[])
+        return FailureRiskOut(
+            time=now, horizon_s=horizon_s, model_version=_newest(horizon_s), devices=[]
+        )
     if device_class:
         table = table.filter(table["device_class"] == device_class)
     if scope:
         table = table.filter(table["device_id"].str.starts_with(scope))
     table = table.filter(table["risk"] >= min_risk).head(limit)
-    version = table["model_version"][0] if table.height else \
-        _newest(horizon_s)
+    version = table["model_version"][0] if table.height else _newest(horizon_s)
     return FailureRiskOut(
-        time=now, horizon_s=horizon_s, model_version=version,
-        devices=[RiskOut(device_id=d, device_class=c, rack=r, risk=round(k, 4), alarm=a,
-                         status=s, reasons=rs)
-                 for d, c, r, k, a, s, rs in table.select(
-                     "device_id", "device_class", "rack", "risk", "alarm", "status",
-                     "reasons").iter_rows()])
+        time=now,
+        horizon_s=horizon_s,
+        model_version=version,
+        devices=[
+            RiskOut(
+                device_id=d, device_class=c, rack=r, risk=round(k, 4), alarm=a, status=s, reasons=rs
+            )
+            for d, c, r, k, a, s, rs in table.select(
+                "device_id", "device_class", "rack", "risk", "alarm", "status", "reasons"
+            ).iter_rows()
+        ],
+    )
 
 
 def _newest(horizon_s: float) -> str:
     from twin.failure.registry import newest_approved
+
     return newest_approved(_registry_root(), horizon_s).version

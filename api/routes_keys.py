@@ -17,9 +17,20 @@ T0 = "2025-06-01T12:00:00Z"
 
 
 class KeyOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "key_id": "3f9a1c0b7d2e", "name": "grafana", "role": "viewer", "created_at": T0,
-        "revoked_at": None, "active": True}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "key_id": "3f9a1c0b7d2e",
+                    "name": "grafana",
+                    "role": "viewer",
+                    "created_at": T0,
+                    "revoked_at": None,
+                    "active": True,
+                }
+            ]
+        }
+    )
 
     key_id: str = Field(description="public id; the token is dct_<key_id>_<secret>")
     name: str
@@ -30,16 +41,24 @@ class KeyOut(BaseModel):
 
     @classmethod
     def of(cls, k: ApiKey) -> KeyOut:
-        return cls(key_id=k.key_id, name=k.name, role=k.role, created_at=k.created_at,
-                   revoked_at=k.revoked_at, active=k.active)
+        return cls(
+            key_id=k.key_id,
+            name=k.name,
+            role=k.role,
+            created_at=k.created_at,
+            revoked_at=k.revoked_at,
+            active=k.active,
+        )
 
 
 class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"name": "grafana", "role": "viewer"}]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "grafana", "role": "viewer"}]}
+    )
 
-    name: str = Field(min_length=1, max_length=200, pattern=r"\S",
-                      description="who or what uses the key")
+    name: str = Field(
+        min_length=1, max_length=200, pattern=r"\S", description="who or what uses the key"
+    )
     role: Role = Role.viewer
 
     @field_validator("name")
@@ -53,17 +72,31 @@ class KeyCreate(BaseModel):
 
 
 class KeyCreated(KeyOut):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "key_id": "3f9a1c0b7d2e", "name": "grafana", "role": "viewer", "created_at": T0,
-        "revoked_at": None, "active": True,
-        "token": "dct_3f9a1c0b7d2e_x8Qd0...secret...Zq"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "key_id": "3f9a1c0b7d2e",
+                    "name": "grafana",
+                    "role": "viewer",
+                    "created_at": T0,
+                    "revoked_at": None,
+                    "active": True,
+                    "token": "dct_3f9a1c0b7d2e_x8Qd0...secret...Zq",
+                }
+            ]
+        }
+    )
 
     token: str = Field(description="the bearer token; shown only in this response")
 
 
 class WhoAmI(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "key_id": "3f9a1c0b7d2e", "name": "noc-wall", "role": "operator"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"key_id": "3f9a1c0b7d2e", "name": "noc-wall", "role": "operator"}]
+        }
+    )
 
     key_id: str
     name: str
@@ -84,17 +117,21 @@ def router() -> APIRouter:
     def whoami(principal: Principal = Depends(authenticate)) -> WhoAmI:
         return WhoAmI(key_id=principal.key_id, name=principal.name, role=principal.role)
 
-    @r.get("/apikeys", response_model=Page[KeyOut], dependencies=admin,
-           summary="List API keys (admin)")
-    def list_keys(request: Request, limit: Limit = 100, cursor: Cursor = None
-                  ) -> Page[KeyOut]:
+    @r.get(
+        "/apikeys", response_model=Page[KeyOut], dependencies=admin, summary="List API keys (admin)"
+    )
+    def list_keys(request: Request, limit: Limit = 100, cursor: Cursor = None) -> Page[KeyOut]:
         items = sorted(keys(request).list(), key=lambda k: k.key_id)
         page = paginate(items, lambda k: k.key_id, limit, cursor, scope="apikeys")
-        return Page[KeyOut](items=[KeyOut.of(k) for k in page.items],
-                            next_cursor=page.next_cursor)
+        return Page[KeyOut](items=[KeyOut.of(k) for k in page.items], next_cursor=page.next_cursor)
 
-    @r.post("/apikeys", response_model=KeyCreated, status_code=201, dependencies=admin,
-            summary="Create an API key (admin)")
+    @r.post(
+        "/apikeys",
+        response_model=KeyCreated,
+        status_code=201,
+        dependencies=admin,
+        summary="Create an API key (admin)",
+    )
     def create_key(request: Request, body: KeyCreate) -> KeyCreated:
         try:
             key, token = keys(request).create(body.name, body.role)
@@ -102,9 +139,13 @@ def router() -> APIRouter:
             raise ProblemError(422, f"body.name: {exc}", "validation") from exc
         return KeyCreated(**KeyOut.of(key).model_dump(), token=token)
 
-    @r.delete("/apikeys/{key_id}", response_model=KeyOut, dependencies=admin,
-              responses=problem_responses(404, e404="no API key with id '3f9a1c0b7d2e'"),
-              summary="Revoke an API key at once (admin)")
+    @r.delete(
+        "/apikeys/{key_id}",
+        response_model=KeyOut,
+        dependencies=admin,
+        responses=problem_responses(404, e404="no API key with id '3f9a1c0b7d2e'"),
+        summary="Revoke an API key at once (admin)",
+    )
     def revoke_key(request: Request, key_id: KeyId) -> KeyOut:
         try:
             return KeyOut.of(keys(request).revoke(key_id))

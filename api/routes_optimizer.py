@@ -30,28 +30,56 @@ from twin.state import Twin
 
 
 class OperatorAction(BaseModel):
-    who: str | None = Field(None, min_length=1, max_length=200,
-                            description="operator taking the decision (default: the API "
-                                        "key's name)")
+    who: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="operator taking the decision (default: the API key's name)",
+    )
     note: str | None = Field(None, max_length=2000)
 
 
 class RecommendationOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": 12, "status": "proposed", "site_id": "sv1",
-        "created_at": "2026-11-22T03:00:00Z", "for_time": "2026-11-22T03:00:00Z",
-        "current_setpoints": {"chw_supply_setpoint_c": 18.0, "cdu_supply_setpoint_c": 32.0},
-        "recommended_setpoints": {"chw_supply_setpoint_c": 20.0,
-                                  "cdu_supply_setpoint_c": 33.5},
-        "state": {"it_kw": 1290.0, "outdoor_wetbulb_c": 14.2},
-        "predicted_savings_kw": 41.5, "savings_low_kw": 33.0, "savings_high_kw": 47.9,
-        "predicted_cooling_savings_kw": 41.5, "predicted_facility_kw": 1612.0,
-        "pue_current": 1.282, "pue_recommended": 1.25, "pue_delta": -0.032,
-        "binding_constraint": "ramp:chw_supply_setpoint_c",
-        "active_constraints": ["ramp:chw_supply_setpoint_c"],
-        "predicted_gpu_temp_max_c": 78.4, "model_version": "opt-20261122-0300",
-        "decided_by": None, "decided_at": None, "decision_note": None, "measured_at": None,
-        "realised_savings_kw": None, "outcome_note": None}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 12,
+                    "status": "proposed",
+                    "site_id": "sv1",
+                    "created_at": "2026-11-22T03:00:00Z",
+                    "for_time": "2026-11-22T03:00:00Z",
+                    "current_setpoints": {
+                        "chw_supply_setpoint_c": 18.0,
+                        "cdu_supply_setpoint_c": 32.0,
+                    },
+                    "recommended_setpoints": {
+                        "chw_supply_setpoint_c": 20.0,
+                        "cdu_supply_setpoint_c": 33.5,
+                    },
+                    "state": {"it_kw": 1290.0, "outdoor_wetbulb_c": 14.2},
+                    "predicted_savings_kw": 41.5,
+                    "savings_low_kw": 33.0,
+                    "savings_high_kw": 47.9,
+                    "predicted_cooling_savings_kw": 41.5,
+                    "predicted_facility_kw": 1612.0,
+                    "pue_current": 1.282,
+                    "pue_recommended": 1.25,
+                    "pue_delta": -0.032,
+                    "binding_constraint": "ramp:chw_supply_setpoint_c",
+                    "active_constraints": ["ramp:chw_supply_setpoint_c"],
+                    "predicted_gpu_temp_max_c": 78.4,
+                    "model_version": "opt-20261122-0300",
+                    "decided_by": None,
+                    "decided_at": None,
+                    "decision_note": None,
+                    "measured_at": None,
+                    "realised_savings_kw": None,
+                    "outcome_note": None,
+                }
+            ]
+        }
+    )
 
     id: int
     status: str
@@ -82,8 +110,11 @@ class RecommendationOut(BaseModel):
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> RecommendationOut:
-        utc = {k: row[k].replace(tzinfo=UTC) for k in ("created_at", "for_time", "decided_at",
-                                                       "measured_at") if row[k] is not None}
+        utc = {
+            k: row[k].replace(tzinfo=UTC)
+            for k in ("created_at", "for_time", "decided_at", "measured_at")
+            if row[k] is not None
+        }
         return cls(**{**row, **utc})
 
 
@@ -103,10 +134,22 @@ def optimizer_router(twin: Twin) -> APIRouter:
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
 
-    @router.get("/report", summary="Predicted vs realised savings of decided recommendations",
-                responses={200: {"content": {"application/json": {"example": {
-                    "counts": {"proposed": 2, "accepted": 1, "rejected": 0, "measured": 1},
-                    "realised_over_predicted": 0.97}}}}})
+    @router.get(
+        "/report",
+        summary="Predicted vs realised savings of decided recommendations",
+        responses={
+            200: {
+                "content": {
+                    "application/json": {
+                        "example": {
+                            "counts": {"proposed": 2, "accepted": 1, "rejected": 0, "measured": 1},
+                            "realised_over_predicted": 0.97,
+                        }
+                    }
+                }
+            }
+        },
+    )
     def report() -> dict[str, Any]:
         return store().report()
 
@@ -117,8 +160,9 @@ def optimizer_router(twin: Twin) -> APIRouter:
         except UnknownRecommendationError as exc:
             raise HTTPException(404, str(exc.args[0])) from None
 
-    def _act(rec_id: int, body: OperatorAction | None, who: Principal,
-             accept: bool) -> RecommendationOut:
+    def _act(
+        rec_id: int, body: OperatorAction | None, who: Principal, accept: bool
+    ) -> RecommendationOut:
         s = store()
         body = body or OperatorAction()
         try:
@@ -132,13 +176,19 @@ def optimizer_router(twin: Twin) -> APIRouter:
         return RecommendationOut.of(row)
 
     @router.post("/{rec_id}/accept", response_model=RecommendationOut)
-    def accept(rec_id: int, body: OperatorAction | None = None,
-               who: Principal = Depends(require_role(Role.operator))) -> RecommendationOut:
+    def accept(
+        rec_id: int,
+        body: OperatorAction | None = None,
+        who: Principal = Depends(require_role(Role.operator)),
+    ) -> RecommendationOut:
         return _act(rec_id, body, who, True)
 
     @router.post("/{rec_id}/reject", response_model=RecommendationOut)
-    def reject(rec_id: int, body: OperatorAction | None = None,
-               who: Principal = Depends(require_role(Role.operator))) -> RecommendationOut:
+    def reject(
+        rec_id: int,
+        body: OperatorAction | None = None,
+        who: Principal = Depends(require_role(Role.operator)),
+    ) -> RecommendationOut:
         return _act(rec_id, body, who, False)
 
     return router

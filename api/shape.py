@@ -55,14 +55,17 @@ def now_naive_utc() -> datetime:
 
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size (1..1000)")]
-Cursor = Annotated[str | None, Query(
-    max_length=2000, description="opaque cursor from the previous page's `next_cursor`")]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=2000, description="opaque cursor from the previous page's `next_cursor`"),
+]
 
 
 class Page(BaseModel, Generic[T]):
     items: list[T]
     next_cursor: str | None = Field(
-        None, description="pass as `cursor` for the next page; null on the last page")
+        None, description="pass as `cursor` for the next page; null on the last page"
+    )
 
 
 def _scope_tag(scope: str) -> str:
@@ -83,16 +86,23 @@ def decode_cursor(cursor: str, scope: str) -> Any:
     except (binascii.Error, ValueError, orjson.JSONDecodeError):
         ok = False
     if not ok:
-        raise ProblemError(400, "cursor is not valid: pass `next_cursor` from the previous "
-                                "page unchanged", "invalid-cursor")
+        raise ProblemError(
+            400,
+            "cursor is not valid: pass `next_cursor` from the previous page unchanged",
+            "invalid-cursor",
+        )
     if body.get("s") != _scope_tag(scope):
-        raise ProblemError(400, "cursor belongs to another list or other filters: "
-                                "restart without `cursor`", "invalid-cursor")
+        raise ProblemError(
+            400,
+            "cursor belongs to another list or other filters: restart without `cursor`",
+            "invalid-cursor",
+        )
     return body["k"]
 
 
-def paginate(items: Sequence[T], key: Callable[[T], Any], limit: int, cursor: str | None,
-             scope: str) -> Page[T]:
+def paginate(
+    items: Sequence[T], key: Callable[[T], Any], limit: int, cursor: str | None, scope: str
+) -> Page[T]:
     """One page of `items`, which must be sorted by `key` (unique, JSON-able)."""
     start = 0
     if cursor:
@@ -102,10 +112,11 @@ def paginate(items: Sequence[T], key: Callable[[T], Any], limit: int, cursor: st
             start = bisect_right(keys, _comparable(after))
         except TypeError as exc:
             raise ProblemError(400, "cursor does not fit this list", "invalid-cursor") from exc
-    page = list(items[start:start + limit])
+    page = list(items[start : start + limit])
     more = start + limit < len(items)
-    return Page[Any](items=page, next_cursor=encode_cursor(key(page[-1]), scope)
-                     if more and page else None)
+    return Page[Any](
+        items=page, next_cursor=encode_cursor(key(page[-1]), scope) if more and page else None
+    )
 
 
 def _comparable(k: Any) -> Any:

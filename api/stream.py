@@ -39,22 +39,38 @@ A `: ping` comment every 15 s keeps proxies from closing an idle stream.
 def router(bus: EventBus) -> APIRouter:
     r = APIRouter(prefix="/v1", tags=["stream"])
 
-    @r.get("/stream", response_class=EventSourceResponse, summary="Live event stream (SSE)",
-           description=STREAM_DOC,
-           responses={200: {"description": "an endless text/event-stream",
-                            "content": {"text/event-stream": {
-                                "schema": {"type": "string"},
-                                "example": 'event: pue\ndata: {"value":1.28,"category":'
-                                           '"PUE1"}\nid: 18c2f1a9b40-42\n\n'}}}})
+    @r.get(
+        "/stream",
+        response_class=EventSourceResponse,
+        summary="Live event stream (SSE)",
+        description=STREAM_DOC,
+        responses={
+            200: {
+                "description": "an endless text/event-stream",
+                "content": {
+                    "text/event-stream": {
+                        "schema": {"type": "string"},
+                        "example": 'event: pue\ndata: {"value":1.28,"category":'
+                        '"PUE1"}\nid: 18c2f1a9b40-42\n\n',
+                    }
+                },
+            }
+        },
+    )
     async def stream(
         request: Request,
-        last_event_id: Annotated[str | None, Header(
-            alias="Last-Event-ID", max_length=100,
-            description="resume after this event id")] = None,
-        last_event_id_q: Annotated[str | None, Query(
-            alias="last_event_id", max_length=100,
-            description="same as the Last-Event-ID header, for clients that cannot set "
-                        "headers")] = None,
+        last_event_id: Annotated[
+            str | None,
+            Header(alias="Last-Event-ID", max_length=100, description="resume after this event id"),
+        ] = None,
+        last_event_id_q: Annotated[
+            str | None,
+            Query(
+                alias="last_event_id",
+                max_length=100,
+                description="same as the Last-Event-ID header, for clients that cannot set headers",
+            ),
+        ] = None,
     ) -> AsyncIterator[ServerSentEvent]:
         resume = last_event_id or last_event_id_q
         flag = bus.subscribe()
@@ -108,8 +124,13 @@ def _sse(bus: EventBus, ev: BusEvent) -> ServerSentEvent:
 def _reset(bus: EventBus, resume: str, missed: int) -> ServerSentEvent:
     import orjson
 
-    data = {"reason": "last event id is older than the replay buffer or from another "
-                      "server run; refetch state", "last_event_id": resume,
-            "missed": missed, "buffer_size": bus.capacity}
-    return ServerSentEvent(raw_data=orjson.dumps(data).decode(), event="reset",
-                           id=f"{bus.epoch}-{bus.head}")
+    data = {
+        "reason": "last event id is older than the replay buffer or from another "
+        "server run; refetch state",
+        "last_event_id": resume,
+        "missed": missed,
+        "buffer_size": bus.capacity,
+    }
+    return ServerSentEvent(
+        raw_data=orjson.dumps(data).decode(), event="reset", id=f"{bus.epoch}-{bus.head}"
+    )

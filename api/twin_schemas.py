@@ -20,9 +20,21 @@ class _Open(BaseModel):
 
 
 class PueScopeOut(_Open):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "scope": "hall:h1", "figure": "pPUE", "category": None,
-        "it": "sv1/h1", "terms": ["sv1/h1:cooling_kw"], "reason": None}]})
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "scope": "hall:h1",
+                    "figure": "pPUE",
+                    "category": None,
+                    "it": "sv1/h1",
+                    "terms": ["sv1/h1:cooling_kw"],
+                    "reason": None,
+                }
+            ]
+        },
+    )
 
     scope: str
     figure: str = Field(description="PUE or pPUE")
@@ -50,12 +62,35 @@ class HeatBalanceEntry(_Open):
 
 
 class HeatBalanceOut(_Open):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "time": T0, "threshold_pct": 5.0, "persist_ticks": 3, "scopes": [{
-            "id": "sv1/h1/cdu-row1", "level": "cdu", "liquid_kw": 310.2, "air_kw": 0.0,
-            "it_kw": 312.0, "residual_kw": -1.8, "residual_pct": -0.58,
-            "trend_pct_per_h": 0.01, "over_threshold": False, "ticks_above_threshold": 0,
-            "stale_inputs": 0, "reason": None, "status": "ok"}]}]})
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "time": T0,
+                    "threshold_pct": 5.0,
+                    "persist_ticks": 3,
+                    "scopes": [
+                        {
+                            "id": "sv1/h1/cdu-row1",
+                            "level": "cdu",
+                            "liquid_kw": 310.2,
+                            "air_kw": 0.0,
+                            "it_kw": 312.0,
+                            "residual_kw": -1.8,
+                            "residual_pct": -0.58,
+                            "trend_pct_per_h": 0.01,
+                            "over_threshold": False,
+                            "ticks_above_threshold": 0,
+                            "stale_inputs": 0,
+                            "reason": None,
+                            "status": "ok",
+                        }
+                    ],
+                }
+            ]
+        },
+    )
 
     time: datetime
     threshold_pct: float
@@ -64,9 +99,21 @@ class HeatBalanceOut(_Open):
 
 
 class RollupsOut(_Open):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "time": T0, "level": "rack", "units": {"power_kw": "kW", "gpu_temp_max_c": "Cel"},
-        "rollups": [{"id": "sv1/h1/row1/rk101", "power_kw": 48.1, "gpu_temp_max_c": 66.0}]}]})
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "time": T0,
+                    "level": "rack",
+                    "units": {"power_kw": "kW", "gpu_temp_max_c": "Cel"},
+                    "rollups": [
+                        {"id": "sv1/h1/row1/rk101", "power_kw": 48.1, "gpu_temp_max_c": 66.0}
+                    ],
+                }
+            ]
+        },
+    )
 
     time: datetime
     level: str
@@ -79,11 +126,31 @@ class SeriesPointOut(_Open):
 
 
 class SeriesOut(_Open):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "id": "sv1/h1/row1/rk101/n01/gpu0", "metric": "gpu_temp_c", "source": "samples",
-        "start": "2025-06-01T11:00:00Z", "end": T0, "step_s": 60.0,
-        "points": [{"time": "2025-06-01T11:00:00Z", "min": 60.1, "max": 62.3, "mean": 61.0,
-                    "last": 61.7, "count": 60}]}]})
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "sv1/h1/row1/rk101/n01/gpu0",
+                    "metric": "gpu_temp_c",
+                    "source": "samples",
+                    "start": "2025-06-01T11:00:00Z",
+                    "end": T0,
+                    "step_s": 60.0,
+                    "points": [
+                        {
+                            "time": "2025-06-01T11:00:00Z",
+                            "min": 60.1,
+                            "max": 62.3,
+                            "mean": 61.0,
+                            "last": 61.7,
+                            "count": 60,
+                        }
+                    ],
+                }
+            ]
+        },
+    )
 
     id: str
     metric: str
@@ -91,17 +158,39 @@ class SeriesOut(_Open):
     start: datetime
     end: datetime
     step_s: float
-    points: list[SeriesPointOut] = Field(description="min, max, mean, last, count (and sum "
-                                                     "for rollups) per bucket; empty buckets "
-                                                     "are absent")
+    points: list[SeriesPointOut] = Field(
+        description="min, max, mean, last, count (and sum "
+        "for rollups) per bucket; empty buckets "
+        "are absent"
+    )
 
 
 class TopologyOut(_Open):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "site": "sv1", "depth": "rack", "chains": ["power", "cooling", "location"],
-        "nodes": [{"id": "sv1/h1/row1/rk101", "class": "rack", "hall": "h1", "row": "row1",
-                   "rack": "rk101", "attrs": {}}],
-        "edges": [{"chain": "power", "from": "sv1/h1/pdu-row1", "to": "sv1/h1/row1/rk101"}]}]})
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "site": "sv1",
+                    "depth": "rack",
+                    "chains": ["power", "cooling", "location"],
+                    "nodes": [
+                        {
+                            "id": "sv1/h1/row1/rk101",
+                            "class": "rack",
+                            "hall": "h1",
+                            "row": "row1",
+                            "rack": "rk101",
+                            "attrs": {},
+                        }
+                    ],
+                    "edges": [
+                        {"chain": "power", "from": "sv1/h1/pdu-row1", "to": "sv1/h1/row1/rk101"}
+                    ],
+                }
+            ]
+        },
+    )
 
     site: str
     depth: str
@@ -111,15 +200,42 @@ class TopologyOut(_Open):
 
 
 class TopologyNodeOut(_Open):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "node": {"id": "sv1/h1/cdu-row1", "class": "cdu", "hall": "h1", "row": None,
-                 "rack": None, "attrs": {}},
-        "parents": {"power": [], "cooling": ["sv1/plant/chiller-plant"], "location": ["sv1/h1"]},
-        "children": {"power": [], "cooling": ["sv1/h1/row1/rk101"], "location": []},
-        "upstream": {"power": [], "cooling": ["sv1/plant/chiller-plant"]},
-        "downstream_counts": {"power": {}, "cooling": {"rack": 8, "gpu": 512}},
-        "state": {"readings": [{"metric": "flow_lpm", "value": 410.0, "read_time": T0,
-                                "age_s": 0.8, "stale": False}]}}]})
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "node": {
+                        "id": "sv1/h1/cdu-row1",
+                        "class": "cdu",
+                        "hall": "h1",
+                        "row": None,
+                        "rack": None,
+                        "attrs": {},
+                    },
+                    "parents": {
+                        "power": [],
+                        "cooling": ["sv1/plant/chiller-plant"],
+                        "location": ["sv1/h1"],
+                    },
+                    "children": {"power": [], "cooling": ["sv1/h1/row1/rk101"], "location": []},
+                    "upstream": {"power": [], "cooling": ["sv1/plant/chiller-plant"]},
+                    "downstream_counts": {"power": {}, "cooling": {"rack": 8, "gpu": 512}},
+                    "state": {
+                        "readings": [
+                            {
+                                "metric": "flow_lpm",
+                                "value": 410.0,
+                                "read_time": T0,
+                                "age_s": 0.8,
+                                "stale": False,
+                            }
+                        ]
+                    },
+                }
+            ]
+        },
+    )
 
     node: dict[str, Any]
     parents: dict[str, Any]
@@ -130,10 +246,24 @@ class TopologyNodeOut(_Open):
 
 
 class TwinStatusOut(_Open):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "time": T0, "tick_ms": {"refresh": 3.1, "rollups": 2.0}, "rows_read": 17215,
-        "rows_tracked": 17215, "rows_untracked": 0, "remaps": 1, "stale_after_s": 30.0,
-        "stale_slots": 0, "heat_balance_over_threshold": []}]})
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "time": T0,
+                    "tick_ms": {"refresh": 3.1, "rollups": 2.0},
+                    "rows_read": 17215,
+                    "rows_tracked": 17215,
+                    "rows_untracked": 0,
+                    "remaps": 1,
+                    "stale_after_s": 30.0,
+                    "stale_slots": 0,
+                    "heat_balance_over_threshold": [],
+                }
+            ]
+        },
+    )
 
     time: datetime
     tick_ms: dict[str, float]
@@ -147,15 +277,49 @@ class TwinStatusOut(_Open):
 
 
 PUE_EXAMPLE = {
-    "value": 1.2536, "dcie": 0.7977, "category": "PUE1", "time": T0,
-    "inputs": [{"device_id": "sv1/facility/utility", "metric": "power_kw", "value": 1836.6,
-                "read_time": T0, "age_s": 0.4, "stale": False},
-               {"device_id": "sv1/facility/ups-out", "metric": "power_kw", "value": 1465.1,
-                "read_time": T0, "age_s": 0.4, "stale": False}],
-    "stale_inputs": [], "reason": None, "scope": "site", "figure": "PUE",
-    "method": "instantaneous", "unit": "kW", "total": 1836.6, "it": 1465.1, "start": None,
-    "end": None, "step_s": None,
-    "quality": {"status": "ok", "coverage": None, "missing_meters": [], "stale_inputs": [],
-                "counter_resets": 0, "counter_wraps": 0, "gaps": 0,
-                "methods": {"sv1/facility/utility": "power"}, "input_coverage": {}},
-    "series": None}
+    "value": 1.2536,
+    "dcie": 0.7977,
+    "category": "PUE1",
+    "time": T0,
+    "inputs": [
+        {
+            "device_id": "sv1/facility/utility",
+            "metric": "power_kw",
+            "value": 1836.6,
+            "read_time": T0,
+            "age_s": 0.4,
+            "stale": False,
+        },
+        {
+            "device_id": "sv1/facility/ups-out",
+            "metric": "power_kw",
+            "value": 1465.1,
+            "read_time": T0,
+            "age_s": 0.4,
+            "stale": False,
+        },
+    ],
+    "stale_inputs": [],
+    "reason": None,
+    "scope": "site",
+    "figure": "PUE",
+    "method": "instantaneous",
+    "unit": "kW",
+    "total": 1836.6,
+    "it": 1465.1,
+    "start": None,
+    "end": None,
+    "step_s": None,
+    "quality": {
+        "status": "ok",
+        "coverage": None,
+        "missing_meters": [],
+        "stale_inputs": [],
+        "counter_resets": 0,
+        "counter_wraps": 0,
+        "gaps": 0,
+        "methods": {"sv1/facility/utility": "power"},
+        "input_coverage": {},
+    },
+    "series": None,
+}

@@ -12,9 +12,9 @@ import uvicorn
 
 from api.app import create_app
 from api.keys import KeyStore
-from api.live import LiveState
+from api.live_view import LiveView
 from api.rack_scores import anomaly_rack_scorer
-from ingest.site import EXAMPLE_SITE, load_site
+from domain.site import EXAMPLE_SITE, load_site
 from ingest.store import Store
 from twin.events import EventBus
 from twin.state import Twin
@@ -28,7 +28,7 @@ def main() -> None:
     args = ap.parse_args()
     twin = Twin(load_site(EXAMPLE_SITE), Store(args.db))
     bus = EventBus()
-    live = LiveState(twin, bus, interval_s=1.0, scorers=[anomaly_rack_scorer(twin)]).start()
+    live = LiveView(twin, bus, interval_s=1.0, scorers=[anomaly_rack_scorer(twin)]).start()
     app = create_app(twin, keys=KeyStore(args.keys), bus=bus, live=live)
     gc.freeze()  # long-lived startup objects leave the GC's scans
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")

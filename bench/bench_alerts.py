@@ -31,19 +31,27 @@ import yaml
 from bench.bench_ingest import ingest_process, ingest_result, produce
 from bench.harness import Result
 from collectors.base import Readings
-from collectors.config import CollectorConfig
 from collectors.daemon import CollectorDaemon
-from collectors.sources.simulated import SimulatedSource, SimulatedSourceConfig
+from collectors.daemon_config import CollectorConfig
+from collectors.sources.simulated.source import SimulatedSource, SimulatedSourceConfig
 from dctwin.broker import DevBroker
 from dctwin.server import Server
 from dctwin.settings import Settings
-from ingest.kafka import ensure_topics
-from ingest.site import EXAMPLE_SITE, load_site
+from domain.site import EXAMPLE_SITE, load_site
+from domain.topics import ensure_topics
 
 TARGET_P99_MS = 2000.0
-BENCH_RULE = {"name": "BenchGpuHot", "kind": "threshold", "select": {"device_class": "gpu"},
-              "metric": "gpu_temp_c", "op": ">", "value": 95, "clear": 90,
-              "severity": "critical", "annotations": {"summary": "GPU {device_id} hot"}}
+BENCH_RULE = {
+    "name": "BenchGpuHot",
+    "kind": "threshold",
+    "select": {"device_class": "gpu"},
+    "metric": "gpu_temp_c",
+    "op": ">",
+    "value": 95,
+    "clear": 90,
+    "severity": "critical",
+    "annotations": {"summary": "GPU {device_id} hot"},
+}
 
 
 class _FaultySource:
@@ -58,9 +66,11 @@ class _FaultySource:
         dev = self.device
         if dev is not None:
             if not self.index:  # positions are the same every read: find them once
-                self.index = {d: k for k, (d, m) in enumerate(zip(r.device_id, r.metric,
-                                                                  strict=True))
-                              if m == "gpu_temp_c"}
+                self.index = {
+                    d: k
+                    for k, (d, m) in enumerate(zip(r.device_id, r.metric, strict=True))
+                    if m == "gpu_temp_c"
+                }
             i = self.index[dev]
             r.value[i] = 99.0
             self.read_ms.setdefault(dev, r.read_time_ms[i])
@@ -78,7 +88,7 @@ class _Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - stdlib API
+            def do_POST(self) -> None:
                 at = time.time()
                 body = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 self.send_response(200)
@@ -86,12 +96,15 @@ class _Receiver:
                 self.end_headers()
                 with outer.cond:
                     for a in body["alerts"]:
-                        if a["status"] == "firing" and a["labels"]["alertname"] == \
-                                "BenchGpuHot":
+                        if a["status"] == "firing" and a["labels"]["alertname"] == "BenchGpuHot":
                             dev = a["labels"]["device_id"]
                             outer.arrived.setdefault(dev, at)
-                            outer.fired.setdefault(dev, datetime.fromisoformat(
-                                a["startsAt"].replace("Z", "+00:00")).timestamp())
+                            outer.fired.setdefault(
+                                dev,
+                                datetime.fromisoformat(
+                                    a["startsAt"].replace("Z", "+00:00")
+                                ).timestamp(),
+                            )
                     outer.cond.notify_all()
 
             def log_message(self, *args) -> None:
@@ -107,11 +120,11 @@ class _Receiver:
 
 
 def _rules_file(path: Path, url: str) -> Path:
-    doc = yaml.safe_load(resources.files("twin.alerts").joinpath("default_rules.yaml")
-                         .read_text())
+    doc = yaml.safe_load(resources.files("twin.alerts").joinpath("default_rules.yaml").read_text())
     doc["rules"].append(BENCH_RULE)
-    doc["receivers"] = [{"name": "bench", "type": "webhook", "url": url, "secret": "bench",
-                         "retry_initial": 0.1}]
+    doc["receivers"] = [
+        {"name": "bench", "type": "webhook", "url": url, "secret": "bench", "retry_initial": 0.1}
+    ]
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
@@ -136,9 +149,20 @@ class _IngestLoad:
             db, progress = self.tmp / f"load-{k}.duckdb", self.tmp / f"load-{k}.progress"
             stop_file = self.tmp / f"load-{k}.stop"
             self.progress = progress
-            proc = ingest_process("fast", self.bootstrap, f"bench-load-{k}", self.backlog,
-                                  "--db", str(db), "--topic", LOAD_TOPIC, "--progress",
-                                  str(progress), "--stop-file", str(stop_file))
+            proc = ingest_process(
+                "fast",
+                self.bootstrap,
+                f"bench-load-{k}",
+                self.backlog,
+                "--db",
+                str(db),
+                "--topic",
+                LOAD_TOPIC,
+                "--progress",
+                str(progress),
+                "--stop-file",
+                str(stop_file),
+            )
             while proc.poll() is None:
                 if self.stop.wait(0.1):
                     stop_file.touch()
@@ -158,8 +182,14 @@ class _IngestLoad:
         return n / s if s else 0.0
 
 
-def _measure(faults: int, first: int, source: _FaultySource, rx: _Receiver, gpus: list[str],
-             ready=lambda: True) -> tuple[list[float], list[float], int]:
+def _measure(
+    faults: int,
+    first: int,
+    source: _FaultySource,
+    rx: _Receiver,
+    gpus: list[str],
+    ready=lambda: True,
+) -> tuple[list[float], list[float], int]:
     """Inject `faults` faults one after another; (latencies ms, read->fired ms, missed)."""
     lat, fired, missed = [], [], 0
     for k in range(first, first + faults):
@@ -178,18 +208,31 @@ def _measure(faults: int, first: int, source: _FaultySource, rx: _Receiver, gpus
     return lat, fired, missed
 
 
-def _latency_results(label: str, lat_ms: list[float], fired_ms: list[float], missed: int,
-                     note: str) -> list[Result]:
+def _latency_results(
+    label: str, lat_ms: list[float], fired_ms: list[float], missed: int, note: str
+) -> list[Result]:
     lat = np.array(lat_ms)
-    split = (f"median read->fired {np.median(fired_ms):.0f} ms, fired->received "
-             f"{np.median(lat - np.array(fired_ms)):.0f} ms; " if len(lat) else "")
+    split = (
+        f"median read->fired {np.median(fired_ms):.0f} ms, fired->received "
+        f"{np.median(lat - np.array(fired_ms)):.0f} ms; "
+        if len(lat)
+        else ""
+    )
     note = f"{len(lat)} faults, {missed} missed; {split}{note}"
     p50 = float(np.percentile(lat, 50)) if len(lat) else float("nan")
     p99 = float(np.percentile(lat, 99)) if len(lat) else float("nan")
     name = f"alerts: fault in a reading -> webhook received, {label}"
-    return [Result(name, "p50 ms", p50, note=note),
-            Result(name, "p99 ms", p99, f"<= {TARGET_P99_MS:,.0f}",
-                   bool(missed == 0 and p99 <= TARGET_P99_MS), note=note)]
+    return [
+        Result(name, "p50 ms", p50, note=note),
+        Result(
+            name,
+            "p99 ms",
+            p99,
+            f"<= {TARGET_P99_MS:,.0f}",
+            bool(missed == 0 and p99 <= TARGET_P99_MS),
+            note=note,
+        ),
+    ]
 
 
 def run(quick: bool = False) -> list[Result]:
@@ -203,15 +246,25 @@ def run(quick: bool = False) -> list[Result]:
         ensure_topics(broker.bootstrap, 8)
         ensure_topics(broker.bootstrap, 8, (LOAD_TOPIC,))
         produce(broker.bootstrap, backlog, topic=LOAD_TOPIC)  # before anything is timed
-        settings = Settings(kafka_bootstrap=broker.bootstrap, db_path=Path(tmp) / "b.duckdb",
-                            consumer_group="bench-alerts", alerts_topic="",
-                            alert_rules_file=_rules_file(Path(tmp) / "rules.yaml", rx.url))
+        settings = Settings(
+            kafka_bootstrap=broker.bootstrap,
+            db_path=Path(tmp) / "b.duckdb",
+            consumer_group="bench-alerts",
+            alerts_topic="",
+            alert_rules_file=_rules_file(Path(tmp) / "rules.yaml", rx.url),
+        )
         server = Server(settings)
         source = _FaultySource(SimulatedSource(SimulatedSourceConfig(seed=11)))
-        daemon = CollectorDaemon(CollectorConfig(
-            name="bench-alerts", site="sv1", interval_s=1.0,
-            kafka={"bootstrap": broker.bootstrap}, sources=[{"type": "simulated"}]),
-            sources=[source])
+        daemon = CollectorDaemon(
+            CollectorConfig(
+                name="bench-alerts",
+                site="sv1",
+                interval_s=1.0,
+                kafka={"bootstrap": broker.bootstrap},
+                sources=[{"type": "simulated"}],
+            ),
+            sources=[source],
+        )
         collector = threading.Thread(target=daemon.run, daemon=True)
         load = _IngestLoad(broker.bootstrap, Path(tmp), backlog)
         try:
@@ -219,8 +272,7 @@ def run(quick: bool = False) -> list[Result]:
             collector.start()
             # warm up: group join and first full site stored before any fault
             deadline = time.monotonic() + 60
-            while server.alerts.engine.evaluations < 3 or not server.ingestor.stats.\
-                    samples_stored:
+            while server.alerts.engine.evaluations < 3 or not server.ingestor.stats.samples_stored:
                 if time.monotonic() > deadline:
                     raise RuntimeError("ingest never stored a poll")
                 time.sleep(0.2)
@@ -241,15 +293,27 @@ def run(quick: bool = False) -> list[Result]:
     site_note = "1 s interval, whole example site"
     return [
         *_latency_results("site load only", *quiet, site_note),
-        *_latency_results("ingest benchmark running", *loaded,
-                          f"{site_note}; beside it the ingest benchmark stored "
-                          f"{sum(r['samples'] for r in load.passes):,} samples in "
-                          f"{len(load.passes)} passes at {load.rate():,.0f} samples/s"),
-        Result("alerts: ingest benchmark throughput during that phase", "samples/s",
-               load.rate(), note="its own figure on a machine to itself: bench_ingest"),
-        Result(f"alerts: one evaluation, default rules ({len(eval_ms) - 1}), example site", "ms",
-               float(sum(eval_ms)), note="sum of per-rule times of the last evaluation"),
+        *_latency_results(
+            "ingest benchmark running",
+            *loaded,
+            f"{site_note}; beside it the ingest benchmark stored "
+            f"{sum(r['samples'] for r in load.passes):,} samples in "
+            f"{len(load.passes)} passes at {load.rate():,.0f} samples/s",
+        ),
+        Result(
+            "alerts: ingest benchmark throughput during that phase",
+            "samples/s",
+            load.rate(),
+            note="its own figure on a machine to itself: bench_ingest",
+        ),
+        Result(
+            f"alerts: one evaluation, default rules ({len(eval_ms) - 1}), example site",
+            "ms",
+            float(sum(eval_ms)),
+            note="sum of per-rule times of the last evaluation",
+        ),
     ]
+
 
 if __name__ == "__main__":
     from bench.harness import print_table

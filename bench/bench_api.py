@@ -20,8 +20,8 @@ from api.keys import KeyStore
 from bench.harness import Result
 from bench.loadgen import run_load
 from dctwin.broker import free_port, stop_process, wait_for_port
-from dctwin.simdata import fill_store
-from ingest.site import EXAMPLE_SITE, load_site
+from domain.site import EXAMPLE_SITE, load_site
+from experiments.simdata import fill_store
 from ingest.store import Store
 
 RATE = 500.0
@@ -41,9 +41,20 @@ def run(quick: bool = False) -> list[Result]:
         _, token = KeyStore(Path(tmp) / "keys.duckdb").create("bench", "viewer")
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.api_server", "--db", str(db), "--keys",
-             str(Path(tmp) / "keys.duckdb"), "--port", str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                sys.executable,
+                "-m",
+                "bench.api_server",
+                "--db",
+                str(db),
+                "--keys",
+                str(Path(tmp) / "keys.duckdb"),
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             wait_for_port("127.0.0.1", port, 60)
             headers = {"Authorization": f"Bearer {token}"}
@@ -52,19 +63,29 @@ def run(quick: bool = False) -> list[Result]:
                 r = httpx.get(base + path, headers=headers, timeout=10)
                 r.raise_for_status()
             time.sleep(1.5)  # let the live view tick once
-            cases = [("/v1/pue", lambda i: "/v1/pue"),
-                     ("/v1/devices/{id}", lambda i: f"/v1/devices/{gpus[(i * 7919) % len(gpus)]}")]
+            cases = [
+                ("/v1/pue", lambda i: "/v1/pue"),
+                ("/v1/devices/{id}", lambda i: f"/v1/devices/{gpus[(i * 7919) % len(gpus)]}"),
+            ]
             for name, paths in cases:
                 run_load("127.0.0.1", port, paths, headers, RATE, 1.0)  # warm-up
                 res = run_load("127.0.0.1", port, paths, headers, RATE, duration_s)
                 ok = res.pct(99) < P99_TARGET_MS and res.errors == 0
-                note = (f"p50 {res.pct(50):.2f} ms, max {res.latencies_ms.max():.1f} ms, "
-                        f"{res.rate_achieved:.0f} req/s offered, {res.requests} requests, "
-                        f"{res.errors} errors"
-                        + (f" ({dict(res.error_kinds)})" if res.errors else ""))
-                results.append(Result(f"API {name} at {RATE:.0f} req/s (open loop, loopback)",
-                                      "p99 ms", res.pct(99), f"< {P99_TARGET_MS:.0f}", ok,
-                                      note=note))
+                note = (
+                    f"p50 {res.pct(50):.2f} ms, max {res.latencies_ms.max():.1f} ms, "
+                    f"{res.rate_achieved:.0f} req/s offered, {res.requests} requests, "
+                    f"{res.errors} errors" + (f" ({dict(res.error_kinds)})" if res.errors else "")
+                )
+                results.append(
+                    Result(
+                        f"API {name} at {RATE:.0f} req/s (open loop, loopback)",
+                        "p99 ms",
+                        res.pct(99),
+                        f"< {P99_TARGET_MS:.0f}",
+                        ok,
+                        note=note,
+                    )
+                )
         finally:
             stop_process(proc)
     return results

@@ -19,7 +19,7 @@ import psutil
 from bench.harness import Result
 from dctwin.broker import DevBroker, stop_process
 from dctwin.redfish_mockup import MockupServer
-from ingest.kafka import ensure_topics
+from domain.topics import ensure_topics
 
 HERE = Path(__file__).resolve().parent
 SITE = HERE / "sites" / "one-node.toml"
@@ -56,16 +56,29 @@ chassis_kind = "cooling"
 
 def run(quick: bool = False) -> list[Result]:
     window_s = 8.0 if quick else 30.0
-    with DevBroker() as broker, MockupServer("public-cooling-unit", auth="session") as bmc, \
-            tempfile.TemporaryDirectory() as tmp:
+    with (
+        DevBroker() as broker,
+        MockupServer("public-cooling-unit", auth="session") as bmc,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         ensure_topics(broker.bootstrap, 4)
         cfg = Path(tmp) / "collector.toml"
         cfg.write_text(_config(broker.bootstrap, bmc.url))
         env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}  # own broker
         log = open(Path(tmp) / "daemon.log", "w")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from dctwin.cli import app; app()", "collect",
-             "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT, env=env)
+            [
+                sys.executable,
+                "-c",
+                "from dctwin.cli.main import app; app()",
+                "collect",
+                "--config",
+                str(cfg),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         try:
             p = psutil.Process(proc.pid)
             time.sleep(WARMUP_S)
@@ -85,8 +98,10 @@ def run(quick: bool = False) -> list[Result]:
             stop_process(proc)
             log.close()
         if proc.returncode not in (0, -signal.SIGTERM):
-            raise RuntimeError(f"daemon failed ({proc.returncode}): "
-                               f"{(Path(tmp) / 'daemon.log').read_text()[-2000:]}")
+            raise RuntimeError(
+                f"daemon failed ({proc.returncode}): "
+                f"{(Path(tmp) / 'daemon.log').read_text()[-2000:]}"
+            )
     cpu_pct = ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / (t1 - t0) * 100
     peak = max(rss)
     intervals = round(t1 - t0)

@@ -12,11 +12,11 @@ from bench.harness import Result
 from collectors.batching import Batcher
 from collectors.daemon import to_record
 from collectors.shipper import Shipper
-from collectors.sources.simulated import SimulatedSource, SimulatedSourceConfig
+from collectors.sources.simulated.source import SimulatedSource, SimulatedSourceConfig
 from collectors.spool import Spool
 from collectors.stats import DaemonStats
 from dctwin.broker import DevBroker
-from ingest.kafka import ensure_topics, make_producer
+from domain.topics import ensure_topics, make_producer
 
 
 def run(quick: bool = False) -> list[Result]:
@@ -37,17 +37,35 @@ def run(quick: bool = False) -> list[Result]:
             spool.append(g)
             append_ms.append((time.perf_counter() - t) * 1000)
         mb = spool.bytes / 1e6
-        results.append(Result("spool append, one interval of one rack (fsync, zstd)",
-                              "p50 ms", statistics.median(append_ms), "< 10",
-                              statistics.median(append_ms) < 10,
-                              note=f"{len(groups[0])} batches, {samples // intervals} samples"))
-        results.append(Result("spool disk per hour of outage, one rack at 1 s", "MB",
-                              mb * 3600 / intervals, note=f"measured over {intervals} intervals"))
+        results.append(
+            Result(
+                "spool append, one interval of one rack (fsync, zstd)",
+                "p50 ms",
+                statistics.median(append_ms),
+                "< 10",
+                statistics.median(append_ms) < 10,
+                note=f"{len(groups[0])} batches, {samples // intervals} samples",
+            )
+        )
+        results.append(
+            Result(
+                "spool disk per hour of outage, one rack at 1 s",
+                "MB",
+                mb * 3600 / intervals,
+                note=f"measured over {intervals} intervals",
+            )
+        )
 
         ensure_topics(broker.bootstrap, 8)
         stats = DaemonStats()
-        shipper = Shipper(spool, stats, lambda: make_producer(broker.bootstrap, "zstd"),
-                          on_dropped=lambda d: None, backoff_initial_s=0.1, backoff_max_s=0.5)
+        shipper = Shipper(
+            spool,
+            stats,
+            lambda: make_producer(broker.bootstrap, "zstd"),
+            on_dropped=lambda d: None,
+            backoff_initial_s=0.1,
+            backoff_max_s=0.5,
+        )
         t = time.perf_counter()
         shipper.start()
         while not spool.empty:
@@ -57,8 +75,15 @@ def run(quick: bool = False) -> list[Result]:
         spool.close()
         assert stats.samples_replayed == samples, (stats.samples_replayed, samples)
         speedup = intervals / replay_s
-        results.append(Result("spool replay into the broker (acks=all)", "x real time",
-                              speedup, ">= 20", speedup >= 20,
-                              note=f"{intervals} intervals in {replay_s:.1f} s, "
-                                   f"{samples / replay_s:,.0f} samples/s"))
+        results.append(
+            Result(
+                "spool replay into the broker (acks=all)",
+                "x real time",
+                speedup,
+                ">= 20",
+                speedup >= 20,
+                note=f"{intervals} intervals in {replay_s:.1f} s, "
+                f"{samples / replay_s:,.0f} samples/s",
+            )
+        )
     return results

@@ -23,18 +23,28 @@ import orjson
 
 from bench.harness import Result
 from dctwin.broker import DevBroker
-from ingest.contract import Kind, telemetry_topic
-from ingest.kafka import ensure_topics, make_producer
-from ingest.site import EXAMPLE_SITE, load_site
+from domain.contract import Kind, telemetry_topic
+from domain.site import EXAMPLE_SITE, load_site
+from domain.topics import ensure_topics, make_producer
 
-GPU_METRICS = ("gpu_temp_c", "mem_temp_c", "power_w", "energy_mj", "util_gpu_pct",
-               "util_mem_pct", "sm_clock_mhz", "mem_clock_mhz", "throttle_reasons",
-               "fan_speed_pct")
+GPU_METRICS = (
+    "gpu_temp_c",
+    "mem_temp_c",
+    "power_w",
+    "energy_mj",
+    "util_gpu_pct",
+    "util_mem_pct",
+    "sm_clock_mhz",
+    "mem_clock_mhz",
+    "throttle_reasons",
+    "fan_speed_pct",
+)
 REPO = Path(__file__).resolve().parent.parent
 
 
-def rack_messages(n_samples: int, racks_per_message: int = 1, seed: int = 0,
-                  end_ms: int | None = None) -> Iterator[tuple[bytes, bytes, int]]:
+def rack_messages(
+    n_samples: int, racks_per_message: int = 1, seed: int = 0, end_ms: int | None = None
+) -> Iterator[tuple[bytes, bytes, int]]:
     """(key, value, samples) for whole rack intervals of the example site, 1 s apart and
     ending two minutes before `end_ms` (so they are inside the default skew window)."""
     site = load_site(EXAMPLE_SITE)
@@ -43,7 +53,7 @@ def rack_messages(n_samples: int, racks_per_message: int = 1, seed: int = 0,
         if d.device_class == "gpu":
             by_rack.setdefault(d.rack, []).append(d.id)
     racks = sorted(by_rack)
-    groups = [racks[i:i + racks_per_message] for i in range(0, len(racks), racks_per_message)]
+    groups = [racks[i : i + racks_per_message] for i in range(0, len(racks), racks_per_message)]
     per_interval = sum(len(g) for g in by_rack.values()) * len(GPU_METRICS)
     intervals = -(-n_samples // per_interval)
     end_ms = end_ms or int(time.time() * 1000)
@@ -52,31 +62,53 @@ def rack_messages(n_samples: int, racks_per_message: int = 1, seed: int = 0,
     layout = {}
     for g in groups:
         gpus = [d for r in g for d in by_rack[r]]
-        layout[g[0]] = ([d for _ in GPU_METRICS for d in gpus],
-                        [m for m in GPU_METRICS for _ in gpus], len(gpus))
+        layout[g[0]] = (
+            [d for _ in GPU_METRICS for d in gpus],
+            [m for m in GPU_METRICS for _ in gpus],
+            len(gpus),
+        )
     produced = seq = 0
     for k in range(intervals):
         t = t0 + k * 1000
         for g in groups:
             ids, metrics, n_gpu = layout[g[0]]
             vals = np.round(rng.uniform(20.0, 700.0, len(ids)), 3)
-            vals[3 * n_gpu:4 * n_gpu] = 3.6e9 + k * 700_000.0  # energy counter, mJ
+            vals[3 * n_gpu : 4 * n_gpu] = 3.6e9 + k * 700_000.0  # energy counter, mJ
             seq += 1
-            doc = {"version": 1, "type": "telemetry", "batch_id": uuid.uuid4().hex,
-                   "collector": f"bench-{g[0]}", "kind": Kind.gpu.value, "site": site.site.id,
-                   "rack": g[0], "seq": seq, "interval_s": 1.0, "sent_time_ms": t + 50,
-                   "samples": {"device_id": ids, "metric": metrics, "value": vals.tolist(),
-                               "read_time_ms": [t] * len(ids)}}
+            doc = {
+                "version": 1,
+                "type": "telemetry",
+                "batch_id": uuid.uuid4().hex,
+                "collector": f"bench-{g[0]}",
+                "kind": Kind.gpu.value,
+                "site": site.site.id,
+                "rack": g[0],
+                "seq": seq,
+                "interval_s": 1.0,
+                "sent_time_ms": t + 50,
+                "samples": {
+                    "device_id": ids,
+                    "metric": metrics,
+                    "value": vals.tolist(),
+                    "read_time_ms": [t] * len(ids),
+                },
+            }
             yield g[0].encode(), orjson.dumps(doc), len(ids)
             produced += len(ids)
             if produced >= n_samples:
                 return
 
 
-def produce(bootstrap: str, n_samples: int, compression: str = "zstd",
-            racks_per_message: int = 1, topic: str | None = None) -> tuple[int, int]:
-    producer = make_producer(bootstrap, compression, linger_ms=20, batch_size=1024 * 1024,
-                             max_block_ms=60_000)
+def produce(
+    bootstrap: str,
+    n_samples: int,
+    compression: str = "zstd",
+    racks_per_message: int = 1,
+    topic: str | None = None,
+) -> tuple[int, int]:
+    producer = make_producer(
+        bootstrap, compression, linger_ms=20, batch_size=1024 * 1024, max_block_ms=60_000
+    )
     topic = topic or telemetry_topic(Kind.gpu)
     n = n_bytes = 0
     for key, value, count in rack_messages(n_samples, racks_per_message):
@@ -88,16 +120,30 @@ def produce(bootstrap: str, n_samples: int, compression: str = "zstd",
     return n, n_bytes
 
 
-def ingest_process(mode: str, bootstrap: str, group: str, expect: int,
-                   *extra: str) -> subprocess.Popen:
+def ingest_process(
+    mode: str, bootstrap: str, group: str, expect: int, *extra: str
+) -> subprocess.Popen:
     """`bench/ingest_proc.py` in its own process; its JSON result is the last stdout line."""
-    cmd = [sys.executable, "-m", "bench.ingest_proc", mode, "--bootstrap", bootstrap,
-           "--group", group, "--expect", str(expect), *extra]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
-
-
-
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.ingest_proc",
+        mode,
+        "--bootstrap",
+        bootstrap,
+        "--group",
+        group,
+        "--expect",
+        str(expect),
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def ingest_result(proc: subprocess.Popen, timeout_s: float) -> dict:
@@ -108,17 +154,31 @@ def ingest_result(proc: subprocess.Popen, timeout_s: float) -> dict:
 
 
 def run_one(bootstrap: str, tmp: Path, expect: int, group: str) -> dict:
-    return ingest_result(ingest_process("fast", bootstrap, group, expect,
-                                        "--db", str(tmp / f"{group}.duckdb")), 900)
+    return ingest_result(
+        ingest_process("fast", bootstrap, group, expect, "--db", str(tmp / f"{group}.duckdb")), 900
+    )
 
 
 def run_two(bootstrap: str, tmp: Path, expect: int, group: str) -> list[dict]:
     stop = tmp / f"{group}.stop"
     progress = [tmp / f"{group}-{k}.progress" for k in range(2)]
-    procs = [ingest_process("fast", bootstrap, group, expect, "--shard-dir", str(tmp / group),
-                            "--tag", str(k), "--stop-file", str(stop),
-                            "--progress", str(progress[k]))
-             for k in range(2)]
+    procs = [
+        ingest_process(
+            "fast",
+            bootstrap,
+            group,
+            expect,
+            "--shard-dir",
+            str(tmp / group),
+            "--tag",
+            str(k),
+            "--stop-file",
+            str(stop),
+            "--progress",
+            str(progress[k]),
+        )
+        for k in range(2)
+    ]
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline and all(p.poll() is None for p in procs):
         done = sum(int(f.read_text() or 0) for f in progress if f.exists())
@@ -142,8 +202,12 @@ def run(quick: bool = False) -> list[Result]:
         loads = [os.getloadavg()[0]]
         two = run_two(broker.bootstrap, tmp, n, "bench-two")
         loads.append(os.getloadavg()[0])
-        base = ingest_result(ingest_process("baseline", broker.bootstrap, "bench-base", n_base,
-                                            "--db", str(tmp / "base.duckdb")), 900)
+        base = ingest_result(
+            ingest_process(
+                "baseline", broker.bootstrap, "bench-base", n_base, "--db", str(tmp / "base.duckdb")
+            ),
+            900,
+        )
     base_rate = base["samples"] / base["seconds"]
     one_rate = one["samples"] / one["seconds"]
     two_n = sum(r["samples"] for r in two)
@@ -163,28 +227,66 @@ def run(quick: bool = False) -> list[Result]:
     best = max(one_rate, two_rate)
     return [
         # both designs are measured; the target is on the better of the two in this run
-        Result("ingest, best of 1 and 2 processes (rows below)", "samples/s", best,
-               ">= 1,000,000", best >= 1e6, base_rate,
-               "1 process" if best == one_rate else "2 processes"),
-        Result("ingest, 1 process: Kafka -> bulk decode -> validate -> DuckDB", "samples/s",
-               one_rate, "", None, base_rate,
-               f"{note}; {one['seconds']:.1f} s, {one['cpu_s'] / n * 1e6:.2f} CPU s/M"),
-        Result("ingest, 2 processes in one group (scale-out shards)", "samples/s", two_rate,
-               "", None, base_rate,
-               f"{two_after:,} samples after the group settled in {two_s:.1f} s, "
-               f"{two_cpu:.2f} CPU s/M; split "
-               + "/".join(f"{r['samples']:,}" for r in two)),
-        Result("ingest peak RSS, 1 process", "MB", one["peak_rss_mb"], "< 1,500",
-               one["peak_rss_mb"] < 1500),
-        Result("ingest peak RSS, largest of 2 processes", "MB",
-               max(r["peak_rss_mb"] for r in two), "< 1,500",
-               max(r["peak_rss_mb"] for r in two) < 1500),
-        Result("baseline ingest: pydantic model + row insert per sample", "samples/s",
-               base_rate, note=f"{base['samples']:,} samples, {base['seconds']:.1f} s"),
-        Result("bench producer (not ingest work)", "samples/s", n / produce_s,
-               note=f"zstd, {n_bytes / 1e6:,.0f} MB JSON before compression"),
-        Result("machine load during the ingest runs", "load average", sum(loads) / len(loads),
-               note=f"{os.cpu_count()} CPUs; other work on the machine slows every figure"),
+        Result(
+            "ingest, best of 1 and 2 processes (rows below)",
+            "samples/s",
+            best,
+            ">= 1,000,000",
+            best >= 1e6,
+            base_rate,
+            "1 process" if best == one_rate else "2 processes",
+        ),
+        Result(
+            "ingest, 1 process: Kafka -> bulk decode -> validate -> DuckDB",
+            "samples/s",
+            one_rate,
+            "",
+            None,
+            base_rate,
+            f"{note}; {one['seconds']:.1f} s, {one['cpu_s'] / n * 1e6:.2f} CPU s/M",
+        ),
+        Result(
+            "ingest, 2 processes in one group (scale-out shards)",
+            "samples/s",
+            two_rate,
+            "",
+            None,
+            base_rate,
+            f"{two_after:,} samples after the group settled in {two_s:.1f} s, "
+            f"{two_cpu:.2f} CPU s/M; split " + "/".join(f"{r['samples']:,}" for r in two),
+        ),
+        Result(
+            "ingest peak RSS, 1 process",
+            "MB",
+            one["peak_rss_mb"],
+            "< 1,500",
+            one["peak_rss_mb"] < 1500,
+        ),
+        Result(
+            "ingest peak RSS, largest of 2 processes",
+            "MB",
+            max(r["peak_rss_mb"] for r in two),
+            "< 1,500",
+            max(r["peak_rss_mb"] for r in two) < 1500,
+        ),
+        Result(
+            "baseline ingest: pydantic model + row insert per sample",
+            "samples/s",
+            base_rate,
+            note=f"{base['samples']:,} samples, {base['seconds']:.1f} s",
+        ),
+        Result(
+            "bench producer (not ingest work)",
+            "samples/s",
+            n / produce_s,
+            note=f"zstd, {n_bytes / 1e6:,.0f} MB JSON before compression",
+        ),
+        Result(
+            "machine load during the ingest runs",
+            "load average",
+            sum(loads) / len(loads),
+            note=f"{os.cpu_count()} CPUs; other work on the machine slows every figure",
+        ),
     ]
 
 

@@ -7,15 +7,15 @@ import time
 from pathlib import Path
 
 from bench.harness import Result
-from collectors.config import CollectorConfig
 from collectors.daemon import CollectorDaemon
-from collectors.simulator.model import SiteSimulator
-from collectors.sources.simulated import SimulatedSource, SimulatedSourceConfig
+from collectors.daemon_config import CollectorConfig
+from collectors.sources.simulated.source import SimulatedSource, SimulatedSourceConfig
 from dctwin.broker import DevBroker
+from domain.site import EXAMPLE_SITE, load_site
+from domain.topics import ensure_topics
 from ingest.consumer import Ingestor
-from ingest.kafka import ensure_topics
-from ingest.site import EXAMPLE_SITE, load_site
 from ingest.store import Store
+from simulator.model import SiteSimulator
 
 
 def run(quick: bool = False) -> list[Result]:
@@ -27,15 +27,20 @@ def run(quick: bool = False) -> list[Result]:
     for _ in range(n):
         sim.step(1.0)
     ms = (time.perf_counter() - t) / n * 1000
-    results.append(Result("simulator step, example site (2,048 GPUs)", "ms per tick", ms,
-                          "< 100", ms < 100))
+    results.append(
+        Result("simulator step, example site (2,048 GPUs)", "ms per tick", ms, "< 100", ms < 100)
+    )
 
     intervals = 5 if quick else 30
     with DevBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         ensure_topics(broker.bootstrap, 8)
-        cfg = CollectorConfig(name="bench", site="sv1", interval_s=0.01,
-                              kafka={"bootstrap": broker.bootstrap},
-                              sources=[{"type": "simulated"}])
+        cfg = CollectorConfig(
+            name="bench",
+            site="sv1",
+            interval_s=0.01,
+            kafka={"bootstrap": broker.bootstrap},
+            sources=[{"type": "simulated"}],
+        )
         daemon = CollectorDaemon(cfg, sources=[SimulatedSource(SimulatedSourceConfig())])
         t = time.perf_counter()
         daemon.run(max_intervals=intervals)
@@ -53,8 +58,20 @@ def run(quick: bool = False) -> list[Result]:
         ingest_s = time.perf_counter() - t
         ingestor.close()
         store.close()
-    results.append(Result("collector produce (v0, simulated site)", "samples/s",
-                          daemon.samples_sent / produce_s, note=f"{daemon.samples_sent:,} samples"))
-    results.append(Result("ingest v0 (pydantic decode + Arrow insert)", "samples/s",
-                          daemon.samples_sent / ingest_s, note="issue 5 owns the 1M/s target"))
+    results.append(
+        Result(
+            "collector produce (v0, simulated site)",
+            "samples/s",
+            daemon.samples_sent / produce_s,
+            note=f"{daemon.samples_sent:,} samples",
+        )
+    )
+    results.append(
+        Result(
+            "ingest v0 (pydantic decode + Arrow insert)",
+            "samples/s",
+            daemon.samples_sent / ingest_s,
+            note="issue 5 owns the 1M/s target",
+        )
+    )
     return results

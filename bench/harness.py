@@ -38,8 +38,13 @@ def print_table(results: list[Result], console: Console | None = None) -> None:
         table.add_column(col, justify="right" if col in ("value", "baseline", "ratio") else "left")
     for r in results:
         table.add_row(
-            r.benchmark, r.figure, f"{r.value:,.2f}", r.target,
+            r.benchmark,
+            r.figure,
+            f"{r.value:,.2f}",
+            r.target,
             {True: "[green]yes[/]", False: "[red]NO[/]", None: ""}[r.ok],
             "" if r.baseline is None else f"{r.baseline:,.2f}",
-            "" if r.ratio is None else f"{r.ratio:,.1f}x", r.note)
+            "" if r.ratio is None else f"{r.ratio:,.1f}x",
+            r.note,
+        )
     console.print(table)

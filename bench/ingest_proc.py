@@ -22,10 +22,10 @@ import orjson
 from kafka import KafkaConsumer
 from pydantic import BaseModel
 
+from domain.site import EXAMPLE_SITE, load_site
 from ingest.consumer import INGEST_TOPICS, IngestConfig, Ingestor
-from ingest.rollup import Retention
+from ingest.downsampling import Retention
 from ingest.shards import ShardedStore
-from ingest.site import EXAMPLE_SITE, load_site
 from ingest.store import SCHEMA, Store
 from ingest.validate import IngestPolicy
 
@@ -37,15 +37,28 @@ def _usage() -> dict:
 
 def fast(args: argparse.Namespace) -> dict:
     retention = Retention(lateness_s=60.0)
-    store = (ShardedStore(args.shard_dir, retention=retention) if args.shard_dir
-             else Store(args.db, retention=retention))
-    config = IngestConfig(max_poll_records=args.max_poll_records, max_inflight=2,
-                          maintenance_every_s=args.maintenance_every_s,
-                          session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    store = (
+        ShardedStore(args.shard_dir, retention=retention)
+        if args.shard_dir
+        else Store(args.db, retention=retention)
+    )
+    config = IngestConfig(
+        max_poll_records=args.max_poll_records,
+        max_inflight=2,
+        maintenance_every_s=args.maintenance_every_s,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
     policy = IngestPolicy.for_site(load_site(EXAMPLE_SITE))
-    ing = Ingestor(store, args.bootstrap, args.group, policy=policy, config=config,
-                   client_id=f"bench-{args.tag}",
-                   **({"topics": (args.topic,)} if args.topic else {}))
+    ing = Ingestor(
+        store,
+        args.bootstrap,
+        args.group,
+        policy=policy,
+        config=config,
+        client_id=f"bench-{args.tag}",
+        **({"topics": (args.topic,)} if args.topic else {}),
+    )
     t_assigned = t_last = None
     cpu0 = cpu_settled = t_settled = 0.0
     at_settled = 0
@@ -58,8 +71,11 @@ def fast(args: argparse.Namespace) -> dict:
             t_assigned, cpu0 = time.time(), _usage()["cpu_s"]
         if ing.assigned != seen:  # a rebalance: the group's split settles at the last one
             seen = ing.assigned
-            t_settled, at_settled, cpu_settled = (time.time(), ing.stats.samples_stored,
-                                                  _usage()["cpu_s"])
+            t_settled, at_settled, cpu_settled = (
+                time.time(),
+                ing.stats.samples_stored,
+                _usage()["cpu_s"],
+            )
         if ing.stats.samples_stored != last:
             last, t_last = ing.stats.samples_stored, time.time()
             if args.progress:
@@ -83,16 +99,25 @@ def fast(args: argparse.Namespace) -> dict:
     ing.close()
     store.close()
     t_assigned = t_assigned or time.time()
-    return {"samples": ing.stats.samples_stored, "seconds": (t_last or t_assigned) - t_assigned,
-            "t_assigned": t_assigned, "t_last": t_last or t_assigned,
-            "t_settled": t_settled, "samples_at_settled": at_settled,
-            "cpu_after_settled_s": cpu["cpu_s"] - cpu_settled,
-            "dead_letters": dict(ing.stats.dead_letters), "polls": ing.stats.polls,
-            "pauses": ing.stats.pauses, "stage_s": ing.stats.stage_seconds,
-            "commit_s": ing.stats.commit_seconds, "maintenance": ing.stats.maintenance_runs,
-            "maintenance_s": ing.stats.maintenance_seconds,
-            "late_rollup_buckets": ing.stats.late_rollup_buckets,
-            "cpu_s": cpu["cpu_s"] - cpu0, "peak_rss_mb": cpu["peak_rss_mb"]}
+    return {
+        "samples": ing.stats.samples_stored,
+        "seconds": (t_last or t_assigned) - t_assigned,
+        "t_assigned": t_assigned,
+        "t_last": t_last or t_assigned,
+        "t_settled": t_settled,
+        "samples_at_settled": at_settled,
+        "cpu_after_settled_s": cpu["cpu_s"] - cpu_settled,
+        "dead_letters": dict(ing.stats.dead_letters),
+        "polls": ing.stats.polls,
+        "pauses": ing.stats.pauses,
+        "stage_s": ing.stats.stage_seconds,
+        "commit_s": ing.stats.commit_seconds,
+        "maintenance": ing.stats.maintenance_runs,
+        "maintenance_s": ing.stats.maintenance_seconds,
+        "late_rollup_buckets": ing.stats.late_rollup_buckets,
+        "cpu_s": cpu["cpu_s"] - cpu0,
+        "peak_rss_mb": cpu["peak_rss_mb"],
+    }
 
 
 class Sample(BaseModel):
@@ -107,9 +132,13 @@ class Sample(BaseModel):
 def baseline(args: argparse.Namespace) -> dict:
     con = duckdb.connect(str(args.db))
     con.execute(SCHEMA)
-    consumer = KafkaConsumer(*INGEST_TOPICS, bootstrap_servers=args.bootstrap,
-                             group_id=args.group, enable_auto_commit=False,
-                             auto_offset_reset="earliest")
+    consumer = KafkaConsumer(
+        *INGEST_TOPICS,
+        bootstrap_servers=args.bootstrap,
+        group_id=args.group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     stored = 0
     t0 = None
     while stored < args.expect:
@@ -121,13 +150,26 @@ def baseline(args: argparse.Namespace) -> dict:
             for m in msgs:
                 doc = orjson.loads(m.value)
                 s = doc["samples"]
-                rows = [Sample(device_id=d, metric=k, value=v, read_time_ms=t,
-                               kind=doc["kind"], rack=doc["rack"])
-                        for d, k, v, t in zip(s["device_id"], s["metric"], s["value"],
-                                              s["read_time_ms"], strict=True)]
-                con.executemany("INSERT INTO samples VALUES (make_timestamp(? * 1000), ?, ?, ?, "
-                                "?, ?)", [[r.read_time_ms, r.device_id, r.metric, r.value,
-                                           r.kind, r.rack] for r in rows])
+                rows = [
+                    Sample(
+                        device_id=d,
+                        metric=k,
+                        value=v,
+                        read_time_ms=t,
+                        kind=doc["kind"],
+                        rack=doc["rack"],
+                    )
+                    for d, k, v, t in zip(
+                        s["device_id"], s["metric"], s["value"], s["read_time_ms"], strict=True
+                    )
+                ]
+                con.executemany(
+                    "INSERT INTO samples VALUES (make_timestamp(? * 1000), ?, ?, ?, ?, ?)",
+                    [
+                        [r.read_time_ms, r.device_id, r.metric, r.value, r.kind, r.rack]
+                        for r in rows
+                    ],
+                )
                 stored += len(rows)
             con.execute("COMMIT")
     seconds = time.perf_counter() - (t0 or time.perf_counter())

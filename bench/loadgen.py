@@ -50,8 +50,15 @@ class _Conn:
         return status
 
 
-async def _run(host: str, port: int, paths: Callable[[int], str], headers: dict[str, str],
-               rate: float, duration_s: float, max_conns: int) -> LoadResult:
+async def _run(
+    host: str,
+    port: int,
+    paths: Callable[[int], str],
+    headers: dict[str, str],
+    rate: float,
+    duration_s: float,
+    max_conns: int,
+) -> LoadResult:
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     idle: list[_Conn] = []
     n_conns = 0
@@ -113,7 +120,13 @@ async def _run(host: str, port: int, paths: Callable[[int], str], headers: dict[
     return LoadResult(rate, total / elapsed, total, errors, lat, error_kinds)
 
 
-def run_load(host: str, port: int, paths: Callable[[int], str], headers: dict[str, str],
-             rate: float = 500.0, duration_s: float = 10.0, max_conns: int = 128
-             ) -> LoadResult:
+def run_load(
+    host: str,
+    port: int,
+    paths: Callable[[int], str],
+    headers: dict[str, str],
+    rate: float = 500.0,
+    duration_s: float = 10.0,
+    max_conns: int = 128,
+) -> LoadResult:
     return asyncio.run(_run(host, port, paths, headers, rate, duration_s, max_conns))

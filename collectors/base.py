@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from ingest.contract import Event, Kind
+from domain.contract import Event, Kind
 
 
 def now_ms() -> int:
@@ -35,8 +35,9 @@ class Readings:
     rack: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
 
-    def add(self, kind: Kind, rack: str, device_id: str, metric: str, value: float,
-            read_time_ms: int) -> None:
+    def add(
+        self, kind: Kind, rack: str, device_id: str, metric: str, value: float, read_time_ms: int
+    ) -> None:
         self.device_id.append(device_id)
         self.metric.append(metric)
         self.value.append(float(value))
@@ -44,9 +45,15 @@ class Readings:
         self.kind.append(kind)
         self.rack.append(rack)
 
-    def add_columns(self, kind: Kind, rack: str | Sequence[str], device_id: Sequence[str],
-                    metric: Sequence[str], value: Iterable[float],
-                    read_time_ms: int) -> None:
+    def add_columns(
+        self,
+        kind: Kind,
+        rack: str | Sequence[str],
+        device_id: Sequence[str],
+        metric: Sequence[str],
+        value: Iterable[float],
+        read_time_ms: int,
+    ) -> None:
         """Append many samples taken at one read time (vectorized sources)."""
         n = len(device_id)
         self.device_id.extend(device_id)

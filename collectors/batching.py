@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from collectors.base import Readings, now_ms
-from ingest.contract import EventBatch, Kind, SampleColumns, TelemetryBatch
+from domain.contract import EventBatch, Kind, SampleColumns, TelemetryBatch
 
 
 class Batcher:
@@ -34,15 +34,32 @@ class Batcher:
                 value=[readings.value[i] for i in idx],
                 read_time_ms=[readings.read_time_ms[i] for i in idx],
             )
-            out.append(TelemetryBatch(collector=self.collector, kind=kind, site=self.site,
-                                      rack=rack, seq=self._next_seq(), interval_s=self.interval_s,
-                                      sent_time_ms=sent, samples=cols))
+            out.append(
+                TelemetryBatch(
+                    collector=self.collector,
+                    kind=kind,
+                    site=self.site,
+                    rack=rack,
+                    seq=self._next_seq(),
+                    interval_s=self.interval_s,
+                    sent_time_ms=sent,
+                    samples=cols,
+                )
+            )
         if readings.events:
             by_rack: dict[str, list] = defaultdict(list)
             for ev in readings.events:
                 parts = ev.device_id.split("/")
                 by_rack[parts[3] if len(parts) > 4 else "facility"].append(ev)
             for rack, events in by_rack.items():
-                out.append(EventBatch(collector=self.collector, site=self.site, rack=rack,
-                                      seq=self._next_seq(), sent_time_ms=sent, events=events))
+                out.append(
+                    EventBatch(
+                        collector=self.collector,
+                        site=self.site,
+                        rack=rack,
+                        seq=self._next_seq(),
+                        sent_time_ms=sent,
+                        events=events,
+                    )
+                )
         return out

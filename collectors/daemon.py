@@ -17,14 +17,14 @@ from pydantic import ValidationError
 
 from collectors.base import Readings, Source, now_ms
 from collectors.batching import Batcher
-from collectors.config import CollectorConfig, CollectorConfigError
+from collectors.daemon_config import CollectorConfig, CollectorConfigError
 from collectors.publish import topic_for
 from collectors.reader import SourceReader
 from collectors.shipper import Shipper
 from collectors.sources import build_source
 from collectors.spool import Dropped, Record, Spool
 from collectors.stats import DaemonStats
-from ingest.contract import (
+from domain.contract import (
     Event,
     EventBatch,
     EventKind,
@@ -32,8 +32,8 @@ from ingest.contract import (
     encode,
     headers_for,
 )
-from ingest.kafka import make_producer
-from ingest.site import format_validation_error
+from domain.site import format_validation_error
+from domain.topics import make_producer
 
 log = logging.getLogger(__name__)
 
@@ -60,40 +60,55 @@ class CollectorDaemon:
         self.stats = DaemonStats(started_unix_s=time.time())
         self.stop_event = threading.Event()
         self.sources = sources if sources is not None else build_sources(config)
-        deadlines = [config.source_deadline_s(config.sources[i] if i < len(config.sources)
-                                              else {}) for i in range(len(self.sources))]
+        deadlines = [
+            config.source_deadline_s(config.sources[i] if i < len(config.sources) else {})
+            for i in range(len(self.sources))
+        ]
         names = [src.name for src in self.sources]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:  # metrics and events name sources: each needs its own name
-            raise CollectorConfigError(f"sources: duplicate source names {dupes}; give each "
-                                       "[[sources]] table its own `name`")
+            raise CollectorConfigError(
+                f"sources: duplicate source names {dupes}; give each "
+                "[[sources]] table its own `name`"
+            )
         self.device_id = f"{config.site}/collector/{config.name}"
         self._events: deque[Event] = deque()  # from other threads, sent with the next tick
         # seq keeps increasing across restarts: it starts from the clock, not from zero
-        self.batcher = Batcher(config.name, config.site, config.interval_s,
-                               start_seq=now_ms() * 1000)
+        self.batcher = Batcher(
+            config.name, config.site, config.interval_s, start_seq=now_ms() * 1000
+        )
         k, sp = config.kafka, config.spool
         self.send_timeout_s = (k.max_block_ms + k.delivery_timeout_ms) / 1000 + 1.0
         # the parts that can fail to start (spool locked, port taken) come before any thread
-        self.spool = Spool(config.spool_dir(), sp.max_bytes, sp.segment_bytes, sp.fsync,
-                           sp.compress)
+        self.spool = Spool(
+            config.spool_dir(), sp.max_bytes, sp.segment_bytes, sp.fsync, sp.compress
+        )
         self.metrics_server = None
         if config.metrics.port:
             from collectors.metrics_server import MetricsServer
 
             try:
-                self.metrics_server = MetricsServer(self, config.metrics.host,
-                                                    config.metrics.port)
+                self.metrics_server = MetricsServer(self, config.metrics.host, config.metrics.port)
             except OSError as exc:
                 self.spool.close()
-                raise CollectorConfigError(f"metrics.port: cannot listen on "
-                                           f"{config.metrics.host}:{config.metrics.port}: "
-                                           f"{exc}") from exc
-        self.reader = SourceReader(self.sources, deadlines, self.stats, self.device_id,
-                                   config.error_event_interval_s)
-        self.shipper = Shipper(self.spool, self.stats, self._make_producer, self._on_dropped,
-                               sp.replay_backoff_initial_s, sp.replay_backoff_max_s,
-                               sp.replay_chunk_records, self.send_timeout_s)
+                raise CollectorConfigError(
+                    f"metrics.port: cannot listen on "
+                    f"{config.metrics.host}:{config.metrics.port}: "
+                    f"{exc}"
+                ) from exc
+        self.reader = SourceReader(
+            self.sources, deadlines, self.stats, self.device_id, config.error_event_interval_s
+        )
+        self.shipper = Shipper(
+            self.spool,
+            self.stats,
+            self._make_producer,
+            self._on_dropped,
+            sp.replay_backoff_initial_s,
+            sp.replay_backoff_max_s,
+            sp.replay_chunk_records,
+            self.send_timeout_s,
+        )
         self.shipper.start()
         self._closed = False
 
@@ -109,25 +124,39 @@ class CollectorDaemon:
     def _make_producer(self):
         k = self.config.kafka
         return make_producer(
-            self.config.bootstrap(), None if k.compression == "none" else k.compression,
-            max_block_ms=k.max_block_ms, bootstrap_timeout_ms=k.max_block_ms,
-            request_timeout_ms=k.request_timeout_ms, delivery_timeout_ms=k.delivery_timeout_ms,
-            linger_ms=k.linger_ms, allow_auto_create_topics=False,
-            client_id=f"dctwin-collector-{self.config.name}")
+            self.config.bootstrap(),
+            None if k.compression == "none" else k.compression,
+            max_block_ms=k.max_block_ms,
+            bootstrap_timeout_ms=k.max_block_ms,
+            request_timeout_ms=k.request_timeout_ms,
+            delivery_timeout_ms=k.delivery_timeout_ms,
+            linger_ms=k.linger_ms,
+            allow_auto_create_topics=False,
+            client_id=f"dctwin-collector-{self.config.name}",
+        )
 
     def _on_dropped(self, d: Dropped) -> None:
-        self._events.append(Event(
-            device_id=self.device_id, kind=EventKind.spool_dropped, severity="critical",
-            read_time_ms=now_ms(),
-            message=f"spool dropped {d.records} batches ({d.samples} samples, {d.bytes} bytes): "
-                    f"{', '.join(sorted(d.reasons))}",
-            # Running totals as well as this drop: a later drop can discard the event that
-            # reported an earlier one, but the newest event always carries the whole count.
-            attrs={"batches": d.records, "samples": d.samples, "bytes": d.bytes,
-                   "batches_total": self.stats.batches_dropped,
-                   "samples_total": self.stats.samples_dropped,
-                   "reasons": ",".join(sorted(d.reasons)),
-                   "spool_max_bytes": self.config.spool.max_bytes}))
+        self._events.append(
+            Event(
+                device_id=self.device_id,
+                kind=EventKind.spool_dropped,
+                severity="critical",
+                read_time_ms=now_ms(),
+                message=f"spool dropped {d.records} batches ({d.samples} samples, "
+                f"{d.bytes} bytes): {', '.join(sorted(d.reasons))}",
+                # Running totals as well as this drop: a later drop can discard the event that
+                # reported an earlier one, but the newest event always carries the whole count.
+                attrs={
+                    "batches": d.records,
+                    "samples": d.samples,
+                    "bytes": d.bytes,
+                    "batches_total": self.stats.batches_dropped,
+                    "samples_total": self.stats.samples_dropped,
+                    "reasons": ",".join(sorted(d.reasons)),
+                    "spool_max_bytes": self.config.spool.max_bytes,
+                },
+            )
+        )
 
     # -- the read loop ---------------------------------------------------------------------------
     def run_once(self) -> int:
@@ -147,11 +176,25 @@ class CollectorDaemon:
             for b, r in zip(batches, records, strict=True):
                 if isinstance(b, TelemetryBatch):
                     t = b.samples.read_time_ms
-                    log.debug("read batch %s seq=%d topic=%s rack=%s samples=%d read_ms=%d..%d",
-                              b.batch_id, b.seq, r.topic, b.rack, r.n_samples, min(t), max(t))
+                    log.debug(
+                        "read batch %s seq=%d topic=%s rack=%s samples=%d read_ms=%d..%d",
+                        b.batch_id,
+                        b.seq,
+                        r.topic,
+                        b.rack,
+                        r.n_samples,
+                        min(t),
+                        max(t),
+                    )
                 else:
-                    log.debug("read batch %s seq=%d topic=%s rack=%s events=%d", b.batch_id,
-                              b.seq, r.topic, b.rack, len(b.events))
+                    log.debug(
+                        "read batch %s seq=%d topic=%s rack=%s events=%d",
+                        b.batch_id,
+                        b.seq,
+                        r.topic,
+                        b.rack,
+                        len(b.events),
+                    )
         self.stats.batches_read += len(records)
         self.stats.samples_read += len(readings)
         self.stats.events_read += len(readings.events)
@@ -179,8 +222,9 @@ class CollectorDaemon:
                 delay = start + k * interval - time.monotonic()
             self.stop_event.wait(max(delay, 0.0))
         # reads still running when the loop ends: keep what they return within the deadline
-        late = self.reader.finish_pending(min(max(self.reader.deadlines_s, default=0.0),
-                                              self.config.shutdown_timeout_s / 3))
+        late = self.reader.finish_pending(
+            min(max(self.reader.deadlines_s, default=0.0), self.config.shutdown_timeout_s / 3)
+        )
         if len(late) or late.events or self._events:
             self._emit(late)
         if not self.stop_event.is_set():  # finished its intervals: wait for the sends
@@ -208,10 +252,14 @@ class CollectorDaemon:
         else:
             status = "ok"
         return status in ("ok", "degraded"), {
-            "status": status, "collector": self.config.name,
-            "last_tick_age_s": round(age, 3), "broker_up": s.broker_up,
-            "spool_batches": s.spool_batches, "spool_bytes": s.spool_bytes,
-            "failing_sources": failing}
+            "status": status,
+            "collector": self.config.name,
+            "last_tick_age_s": round(age, 3),
+            "broker_up": s.broker_up,
+            "spool_batches": s.spool_batches,
+            "spool_bytes": s.spool_bytes,
+            "failing_sources": failing,
+        }
 
     # -- shutdown ----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -233,10 +281,18 @@ class CollectorDaemon:
             self.stats.batches_spooled += len(records)
             self.spool.append(records)
         s = self.stats
-        log.info("stopped: read %d batches (%d samples); sent %d, spooled %d, replayed %d, "
-                 "dropped %d; spool holds %d batches (%d samples)", s.batches_read,
-                 s.samples_read, s.batches_sent, s.batches_spooled, s.batches_replayed,
-                 s.batches_dropped, self.spool.records, self.spool.samples)
+        log.info(
+            "stopped: read %d batches (%d samples); sent %d, spooled %d, replayed %d, "
+            "dropped %d; spool holds %d batches (%d samples)",
+            s.batches_read,
+            s.samples_read,
+            s.batches_sent,
+            s.batches_spooled,
+            s.batches_replayed,
+            s.batches_dropped,
+            self.spool.records,
+            self.spool.samples,
+        )
         self.reader.close()
         if stopped:  # else the shipper thread may still be using it; the exit releases it
             self.spool.close()

@@ -69,23 +69,33 @@ class _StatsCollector(Collector):
             g.add_metric(me, float(getattr(s, attr)))
             yield g
         if s.last_tick_unix_s is not None:
-            g = GaugeMetricFamily(PREFIX + "last_tick_time_seconds", "last tick, Unix seconds",
-                                  labels=labels)
+            g = GaugeMetricFamily(
+                PREFIX + "last_tick_time_seconds", "last tick, Unix seconds", labels=labels
+            )
             g.add_metric(me, s.last_tick_unix_s)
             yield g
         src = ["collector", "source"]
-        readings = CounterMetricFamily(PREFIX + "source_readings", "samples read per source",
-                                       labels=src)
-        errors = CounterMetricFamily(PREFIX + "source_errors",
-                                     "failed reads per source and reason (timeout, exception, "
-                                     "busy)", labels=[*src, "reason"])
-        late = CounterMetricFamily(PREFIX + "source_late_reads",
-                                   "reads that finished after their deadline", labels=src)
-        success = GaugeMetricFamily(PREFIX + "source_last_success_time_seconds",
-                                    "last successful read per source, Unix seconds",
-                                    labels=src)
-        duration = GaugeMetricFamily(PREFIX + "source_read_duration_seconds",
-                                     "duration of the last finished read", labels=src)
+        readings = CounterMetricFamily(
+            PREFIX + "source_readings", "samples read per source", labels=src
+        )
+        errors = CounterMetricFamily(
+            PREFIX + "source_errors",
+            "failed reads per source and reason (timeout, exception, busy)",
+            labels=[*src, "reason"],
+        )
+        late = CounterMetricFamily(
+            PREFIX + "source_late_reads", "reads that finished after their deadline", labels=src
+        )
+        success = GaugeMetricFamily(
+            PREFIX + "source_last_success_time_seconds",
+            "last successful read per source, Unix seconds",
+            labels=src,
+        )
+        duration = GaugeMetricFamily(
+            PREFIX + "source_read_duration_seconds",
+            "duration of the last finished read",
+            labels=src,
+        )
         up = GaugeMetricFamily(PREFIX + "source_up", "0 while a source is failing", labels=src)
         for name, st in list(s.sources.items()):
             key = [*me, name]
@@ -108,14 +118,13 @@ class MetricsServer:
         registry = self.registry
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     self._reply(200, CONTENT_TYPE_LATEST, generate_latest(registry))
                 elif path == "/healthz":
                     ok, doc = daemon.health()
-                    self._reply(200 if ok else 503, "application/json",
-                                json.dumps(doc).encode())
+                    self._reply(200 if ok else 503, "application/json", json.dumps(doc).encode())
                 else:
                     self._reply(404, "text/plain", b"not found: try /metrics or /healthz\n")
 
@@ -132,8 +141,9 @@ class MetricsServer:
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics-http",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="metrics-http", daemon=True
+        )
         self._thread.start()
         log.info("metrics on http://%s:%d/metrics, health on /healthz", host, self.port)
 

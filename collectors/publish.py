@@ -6,7 +6,7 @@ so that an outage loses nothing. Here a failed send raises, and the caller decid
 
 from __future__ import annotations
 
-from ingest.contract import (
+from domain.contract import (
     EVENTS_TOPIC,
     EventBatch,
     TelemetryBatch,
@@ -14,7 +14,7 @@ from ingest.contract import (
     headers_for,
     telemetry_topic,
 )
-from ingest.kafka import make_producer
+from domain.topics import make_producer
 
 
 def topic_for(batch: TelemetryBatch | EventBatch) -> str:
@@ -29,8 +29,9 @@ class Publisher:
 
     def publish(self, batches: list[TelemetryBatch | EventBatch]) -> None:
         futures = [
-            self.producer.send(topic_for(b), key=b.rack.encode(), value=encode(b),
-                               headers=headers_for(b))
+            self.producer.send(
+                topic_for(b), key=b.rack.encode(), value=encode(b), headers=headers_for(b)
+            )
             for b in batches
         ]
         self.producer.flush()

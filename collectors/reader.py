@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from collectors.base import Readings, Source, now_ms
 from collectors.stats import DaemonStats, SourceStats
-from ingest.contract import Event, EventKind
+from domain.contract import Event, EventKind
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,7 @@ class _Worker:
         self._wake = threading.Event()
         self._future: Future[Readings] | None = None
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=f"read-{source.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=f"read-{source.name}", daemon=True)
         self._thread.start()
 
     def submit(self) -> Future[Readings]:
@@ -68,8 +67,14 @@ class _Pending:
 
 
 class SourceReader:
-    def __init__(self, sources: list[Source], deadlines_s: list[float], stats: DaemonStats,
-                 error_device_id: str, error_event_interval_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        sources: list[Source],
+        deadlines_s: list[float],
+        stats: DaemonStats,
+        error_device_id: str,
+        error_event_interval_s: float = 60.0,
+    ) -> None:
         names = [s.name for s in sources]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -96,13 +101,20 @@ class SourceReader:
                 self._finish(i, p, out)  # a late read that finished since the last tick
                 p = None
             if p is not None:
-                self._error(i, "busy", f"previous read still running after "
-                            f"{now - p.started_mono:.1f} s; skipped", out)
+                self._error(
+                    i,
+                    "busy",
+                    f"previous read still running after {now - p.started_mono:.1f} s; skipped",
+                    out,
+                )
                 continue
             self._pending[i] = _Pending(worker.submit(), now, now + self.deadlines_s[i])
         while True:
-            waiting = [(i, p) for i, p in enumerate(self._pending)
-                       if p is not None and not p.future.done() and not p.reported]
+            waiting = [
+                (i, p)
+                for i, p in enumerate(self._pending)
+                if p is not None and not p.future.done() and not p.reported
+            ]
             if not waiting:
                 break
             i, p = min(waiting, key=lambda ip: ip[1].deadline_mono)
@@ -151,11 +163,20 @@ class SourceReader:
             return
         log.warning("source %s failed (%s): %s", name, reason, detail)
         self._last_event_mono[name] = now
-        out.events.append(Event(
-            device_id=self.error_device_id, kind=EventKind.source_error, severity="warning",
-            read_time_ms=now_ms(), message=f"source {name}: {reason}: {detail}",
-            attrs={"source": name, "reason": reason,
-                   "errors_since_last_event": self._errors_since_event.pop(name)}))
+        out.events.append(
+            Event(
+                device_id=self.error_device_id,
+                kind=EventKind.source_error,
+                severity="warning",
+                read_time_ms=now_ms(),
+                message=f"source {name}: {reason}: {detail}",
+                attrs={
+                    "source": name,
+                    "reason": reason,
+                    "errors_since_last_event": self._errors_since_event.pop(name),
+                },
+            )
+        )
 
     def finish_pending(self, timeout_s: float) -> Readings:
         """At shutdown: give running reads up to `timeout_s` to finish; keep what they read."""
@@ -168,8 +189,10 @@ class SourceReader:
             if p.future.done():
                 self._finish(i, p, out)
             else:
-                log.warning("source %s still reading at shutdown; its read is abandoned",
-                            self.sources[i].name)
+                log.warning(
+                    "source %s still reading at shutdown; its read is abandoned",
+                    self.sources[i].name,
+                )
         return out
 
     def close(self) -> None:

@@ -29,10 +29,17 @@ ProducerFactory = Callable[[], object]  # -> kafka.KafkaProducer (or anything wi
 
 
 class Shipper:
-    def __init__(self, spool: Spool, stats: DaemonStats, producer_factory: ProducerFactory,
-                 on_dropped: Callable[[Dropped], None], backoff_initial_s: float = 0.5,
-                 backoff_max_s: float = 10.0, chunk_records: int = 256,
-                 send_timeout_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        stats: DaemonStats,
+        producer_factory: ProducerFactory,
+        on_dropped: Callable[[Dropped], None],
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 10.0,
+        chunk_records: int = 256,
+        send_timeout_s: float = 15.0,
+    ) -> None:
         self.spool = spool
         self.stats = stats
         self._factory = producer_factory
@@ -96,8 +103,9 @@ class Shipper:
         while True:
             with self._cond:
                 while not self._queue and not self._stopping and not self._replay_due():
-                    wait = (self._next_replay_mono - time.monotonic()
-                            if not self.spool.empty else None)
+                    wait = (
+                        self._next_replay_mono - time.monotonic() if not self.spool.empty else None
+                    )
                     self._cond.wait(wait)
                 if self._queue:
                     group = self._queue.popleft()
@@ -122,8 +130,11 @@ class Shipper:
                     self._cond.notify_all()
 
     def _replay_due(self) -> bool:
-        return (not self.spool.empty and not self._stopping
-                and time.monotonic() >= self._next_replay_mono)
+        return (
+            not self.spool.empty
+            and not self._stopping
+            and time.monotonic() >= self._next_replay_mono
+        )
 
     def _ship(self, group: list[Record]) -> None:
         if not self.spool.empty:
@@ -185,8 +196,7 @@ class Shipper:
         error: Exception | None = None
         for r in records:
             try:
-                futures.append(producer.send(r.topic, key=r.key, value=r.value,
-                                             headers=r.headers))
+                futures.append(producer.send(r.topic, key=r.key, value=r.value, headers=r.headers))
             except Exception as exc:  # metadata/buffer wait past max_block_ms, and the like
                 error = exc
                 break
@@ -243,8 +253,13 @@ class Shipper:
         self.stats.batches_dropped += dropped.records
         self.stats.samples_dropped += dropped.samples
         self.stats.bytes_dropped += dropped.bytes
-        log.warning("spool dropped %d batches (%d samples, %d bytes): %s", dropped.records,
-                    dropped.samples, dropped.bytes, ",".join(sorted(dropped.reasons)))
+        log.warning(
+            "spool dropped %d batches (%d samples, %d bytes): %s",
+            dropped.records,
+            dropped.samples,
+            dropped.bytes,
+            ",".join(sorted(dropped.reasons)),
+        )
         self._on_dropped(dropped)
 
     def _refresh_gauges(self) -> None:

@@ -87,8 +87,14 @@ class _Segment:
 class Spool:
     """Bounded FIFO of Records on disk. Oldest data is dropped (and reported) when full."""
 
-    def __init__(self, directory: str | Path, max_bytes: int, segment_bytes: int = 8 << 20,
-                 fsync: bool = True, compress: bool = True) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        max_bytes: int,
+        segment_bytes: int = 8 << 20,
+        fsync: bool = True,
+        compress: bool = True,
+    ) -> None:
         self.dir = Path(directory)
         self.max_bytes = max_bytes
         # several segments fit in the bound, so dropping the oldest loses a small part of it
@@ -150,8 +156,13 @@ class Spool:
             self._cursor = Position(head.id, min(offset, head.size))
             self._head_consumed = self._count_until(head, self._cursor.offset)
         if self.records:
-            log.info("spool %s: resuming with %d batches (%d samples, %d bytes)", self.dir,
-                     self.records, self.samples, self.bytes)
+            log.info(
+                "spool %s: resuming with %d batches (%d samples, %d bytes)",
+                self.dir,
+                self.records,
+                self.samples,
+                self.bytes,
+            )
 
     def _scan(self, seg: _Segment, last: bool) -> None:
         """Count records; cut a torn tail (crash mid-append) off the last segment."""
@@ -171,10 +182,10 @@ class Spool:
                 seg.samples += n
         if good < size:
             lost = size - good
-            self.open_dropped.add(Dropped(bytes=lost, reasons={"torn_tail" if last
-                                                                else "corrupt"}))
-            log.error("spool segment %s: %d unreadable bytes at offset %d discarded", seg.path,
-                      lost, good)
+            self.open_dropped.add(Dropped(bytes=lost, reasons={"torn_tail" if last else "corrupt"}))
+            log.error(
+                "spool segment %s: %d unreadable bytes at offset %d discarded", seg.path, lost, good
+            )
             with open(seg.path, "r+b") as f:
                 f.truncate(good)
         seg.size = good
@@ -200,8 +211,9 @@ class Spool:
         except FileNotFoundError:
             return None
         except ValueError:
-            log.error("spool %s: unreadable cursor file; replaying from the oldest segment",
-                      self.dir)
+            log.error(
+                "spool %s: unreadable cursor file; replaying from the oldest segment", self.dir
+            )
             return None
 
     # -- append ----------------------------------------------------------------------------
@@ -261,13 +273,18 @@ class Spool:
         nxt = self._segments[0].id if self._segments else head.id + 1
         self._set_cursor(Position(nxt, 0))
         self._head_consumed = (0, 0)
-        log.warning("spool full (%d bytes max): dropped %d oldest batches (%d samples)",
-                    self.max_bytes, n_rec, n_samp)
+        log.warning(
+            "spool full (%d bytes max): dropped %d oldest batches (%d samples)",
+            self.max_bytes,
+            n_rec,
+            n_samp,
+        )
         return Dropped(n_rec, n_samp, head.size, {"spool_full"})
 
     # -- replay ----------------------------------------------------------------------------
-    def peek(self, max_records: int, distinct_keys: bool = True
-             ) -> tuple[list[Record], Position, Dropped]:
+    def peek(
+        self, max_records: int, distinct_keys: bool = True
+    ) -> tuple[list[Record], Position, Dropped]:
         """Records from the cursor on, oldest first, within one segment, and the position
         after the last. With `distinct_keys` it stops before a (topic, key) repeats, so one
         send never holds two batches of one device and a partial failure cannot reorder
@@ -294,19 +311,25 @@ class Spool:
                     if out:
                         break
                     # no way to find the next record boundary: the rest of the segment is lost
-                    lost = Dropped(head.records - self._head_consumed[0],
-                                   head.samples - self._head_consumed[1], head.size - offset,
-                                   {"corrupt"})
-                    log.error("spool %s@%d: unreadable record header; %d bytes discarded",
-                              head.path, offset, lost.bytes)
+                    lost = Dropped(
+                        head.records - self._head_consumed[0],
+                        head.samples - self._head_consumed[1],
+                        head.size - offset,
+                        {"corrupt"},
+                    )
+                    log.error(
+                        "spool %s@%d: unreadable record header; %d bytes discarded",
+                        head.path,
+                        offset,
+                        lost.bytes,
+                    )
                     bad.add(lost)
                     self.commit(Position(head.id, head.size), lost.records, lost.samples)
                     break
                 if not crc_ok(flags, n, payload, crc):
                     if out:
                         break
-                    log.error("spool %s@%d: checksum mismatch, record discarded", head.path,
-                              offset)
+                    log.error("spool %s@%d: checksum mismatch, record discarded", head.path, offset)
                     bad.add(Dropped(1, n, nxt - offset, {"corrupt"}))
                     self.commit(Position(head.id, nxt), 1, n)
                     offset = nxt

@@ -53,8 +53,7 @@ def _encode_payload(r: Record, compress: zstandard.ZstdCompressor | None) -> tup
 def encode_record(r: Record, compress: zstandard.ZstdCompressor | None = None) -> bytes:
     flags, payload = _encode_payload(r, compress)
     tail = struct.pack(">BI", flags, r.n_samples) + payload
-    return HEADER.pack(MAGIC, VERSION, flags, len(payload), zlib.crc32(tail), r.n_samples) \
-        + payload
+    return HEADER.pack(MAGIC, VERSION, flags, len(payload), zlib.crc32(tail), r.n_samples) + payload
 
 
 def decode_payload(flags: int, n_samples: int, p: bytes) -> Record:
@@ -68,7 +67,7 @@ def decode_payload(flags: int, n_samples: int, p: bytes) -> Record:
 
     def raw(n: int) -> bytes:
         nonlocal i
-        out = p[i:i + n]
+        out = p[i : i + n]
         i += n
         return out
 

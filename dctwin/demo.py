@@ -13,7 +13,7 @@ from api.keys import DEMO_KEY, KeyStore, Role
 from dctwin.broker import DevBroker, free_port, stop_process
 from dctwin.server import Server
 from dctwin.settings import Settings
-from ingest.kafka import ensure_topics
+from domain.topics import ensure_topics
 
 console = Console()
 
@@ -23,7 +23,8 @@ def collector_config(path: Path, site_file: Path, bootstrap: str, interval_s: fl
     path.write_text(
         f'name = "demo-sim"\nsite = "sv1"\ninterval_s = {interval_s}\n\n'
         f'[kafka]\nbootstrap = "{bootstrap}"\ncompression = "zstd"\n\n'
-        f'[[sources]]\ntype = "simulated"\nsite_file = "{site_file}"\nseed = 7\n')
+        f'[[sources]]\ntype = "simulated"\nsite_file = "{site_file}"\nseed = 7\n'
+    )
     return path
 
 
@@ -44,24 +45,34 @@ def run_demo(settings: Settings, workdir: Path, interval_s: float = 1.0) -> None
         settings.db_path = db
         settings.apikey_db = workdir / "apikeys.duckdb"
         KeyStore(settings.apikey_db).ensure("demo (embedded key)", Role.operator, DEMO_KEY)
-        cfg = collector_config(workdir / "collector.toml", settings.site_file.resolve(),
-                               settings.kafka_bootstrap, interval_s)
+        cfg = collector_config(
+            workdir / "collector.toml",
+            settings.site_file.resolve(),
+            settings.kafka_bootstrap,
+            interval_s,
+        )
         log = open(workdir / "collector.log", "ab")  # noqa: SIM115
         collector = subprocess.Popen(
-            [sys.executable, "-m", "dctwin.cli", "collect", "--config", str(cfg)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-        console.print(f"[green]collector[/] simulated site, pid {collector.pid}, "
-                      f"log {workdir / 'collector.log'}")
+            [sys.executable, "-m", "dctwin.cli.main", "collect", "--config", str(cfg)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        console.print(
+            f"[green]collector[/] simulated site, pid {collector.pid}, "
+            f"log {workdir / 'collector.log'}"
+        )
         server = Server(settings)
         server.start_ingest()
         url = f"http://{settings.api_host}:{settings.api_port}"
-        console.print(f"[bold green]dctwin is up:[/] {url}  (PUE: {url}/v1/pue, "
-                      f"API docs: {url}/docs). Ctrl-C stops everything.")
+        console.print(
+            f"[bold green]dctwin is up:[/] {url}  (PUE: {url}/v1/pue, "
+            f"API docs: {url}/docs). Ctrl-C stops everything."
+        )
         console.print(f"[green]demo API key[/] (operator, demo only): {DEMO_KEY}", soft_wrap=True)
         console.print(f"  dashboard: {url}/?key={DEMO_KEY}", soft_wrap=True)
-        console.print(f"  curl -H 'Authorization: Bearer {DEMO_KEY}' {url}/v1/pue",
-                      soft_wrap=True)
+        console.print(f"  curl -H 'Authorization: Bearer {DEMO_KEY}' {url}/v1/pue", soft_wrap=True)
         server.uvicorn_server().run()
     finally:
         console.print("stopping…")

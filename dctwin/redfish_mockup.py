@@ -23,15 +23,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Literal
 
-MOCKUPS = Path(os.environ.get("DCTWIN_REDFISH_MOCKUPS") or
-               Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "redfish")
+MOCKUPS = Path(
+    os.environ.get("DCTWIN_REDFISH_MOCKUPS")
+    or Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "redfish"
+)
 SESSIONS = "/redfish/v1/SessionService/Sessions"
 
 
 class MockupServer:
-    def __init__(self, mockup: str | Path, auth: Literal["none", "basic", "session"] = "none",
-                 username: str = "admin", password: str = "secret",
-                 tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(
+        self,
+        mockup: str | Path,
+        auth: Literal["none", "basic", "session"] = "none",
+        username: str = "admin",
+        password: str = "secret",
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.root = Path(mockup) if Path(mockup).is_absolute() else MOCKUPS / mockup
         if not (self.root / "index.json").is_file():
             raise FileNotFoundError(f"no Redfish mockup at {self.root}")
@@ -91,7 +98,7 @@ class MockupServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+            def do_GET(self) -> None:
                 server.requests[f"GET {self.path}"] += 1
                 is_root = self.path.split("?")[0].rstrip("/") in ("/redfish/v1", "/redfish")
                 if not is_root and not server._authorized(self):
@@ -103,24 +110,29 @@ class MockupServer:
                     return
                 self._send(200, f.read_bytes())
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 server.requests[f"POST {self.path}"] += 1
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if self.path.rstrip("/") != SESSIONS or server.auth != "session":
                     self._send(405)
                     return
-                if (body.get("UserName"), body.get("Password")) != (server.username,
-                                                                     server.password):
+                if (body.get("UserName"), body.get("Password")) != (
+                    server.username,
+                    server.password,
+                ):
                     self._send(401, b'{"error": "bad credentials"}')
                     return
                 token = secrets.token_hex(16)
                 uri = f"{SESSIONS}/{secrets.token_hex(4)}"
                 server.tokens[token] = uri
-                self._send(201, json.dumps({"@odata.id": uri, "UserName": body["UserName"]})
-                           .encode(), {"X-Auth-Token": token, "Location": uri})
+                self._send(
+                    201,
+                    json.dumps({"@odata.id": uri, "UserName": body["UserName"]}).encode(),
+                    {"X-Auth-Token": token, "Location": uri},
+                )
 
-            def do_DELETE(self) -> None:  # noqa: N802
+            def do_DELETE(self) -> None:
                 server.requests[f"DELETE {self.path}"] += 1
                 token = self.headers.get("X-Auth-Token")
                 if server.tokens.get(token or "") == self.path:

@@ -12,22 +12,22 @@ import uvicorn
 from api.app import create_app
 from api.feeds import anomalies_feed, recommendations_feed
 from api.keys import KeyStore
-from api.live import LiveState
+from api.live_view import LiveView
 from api.metrics import alert_events, alerts_provider, kafka_lag_of
 from api.rack_scores import anomaly_rack_scorer, failure_rack_scorer
 from dctwin.settings import Settings
+from domain.site import load_site
+from domain.topics import ensure_topics
 from ingest.consumer import Ingestor
-from ingest.kafka import ensure_topics
-from ingest.site import load_site
 from ingest.store import Store
 from twin.alerts.providers import twin_providers
 from twin.alerts.service import AlertService
 from twin.alerts.service import load_config as load_alert_config
-from twin.config import TwinConfig
 from twin.events import EventBus
-from twin.failure.live import live_risk_for, serving_horizon_s, serving_root
+from twin.failure.service import live_risk_for, serving_horizon_s, serving_root
 from twin.periodic import Periodic
 from twin.state import Twin
+from twin.twin_config import TwinConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,32 +37,37 @@ class Server:
         self.settings = settings
         self.site = load_site(settings.site_file)
         # alert rules and receivers are checked before anything is opened
-        rules, receivers = load_alert_config(settings.alert_rules_file,
-                                             settings.alert_receivers_file,
-                                             settings.alerts_topic)
+        rules, receivers = load_alert_config(
+            settings.alert_rules_file, settings.alert_receivers_file, settings.alerts_topic
+        )
         self.store = Store(settings.db_path)
         self.twin = Twin(self.site, self.store, config=twin_config(settings))
         # the twin ticks in the background: rollups, heat balance and PUE stay current and
         # rollup history accrues whether or not anyone reads the API
-        self.twin_ticker = Periodic(self.twin.tick, settings.twin_tick_s, "twin",
-                                    wait_first=True)
+        self.twin_ticker = Periodic(self.twin.tick, settings.twin_tick_s, "twin", wait_first=True)
         # the failure-risk table that device state, rack scores and alert rules read
         self.failure_risk = live_risk_for(self.store, serving_horizon_s(), serving_root())
         self.alerts = AlertService(
-            self.store, self.site, rules, receivers,
+            self.store,
+            self.site,
+            rules,
+            receivers,
             providers=twin_providers(self.twin, failure_risk=self.failure_risk),
             kafka_bootstrap=settings.kafka_bootstrap,
-            interval_s=settings.alert_interval_s, external_url=settings.external_url
-            or f"http://{settings.api_host}:{settings.api_port}")
+            interval_s=settings.alert_interval_s,
+            external_url=settings.external_url or f"http://{settings.api_host}:{settings.api_port}",
+        )
         self.ingestor: Ingestor | None = None
         self.ingest_thread: threading.Thread | None = None
         self.started = time.time()
         self.bus = EventBus()
-        self.live = LiveState(self.twin, self.bus, settings.live_interval_s,
-                              scorers=[anomaly_rack_scorer(self.twin),
-                                       failure_rack_scorer(self.failure_risk)],
-                              feeds=[anomalies_feed(self.twin),
-                                     recommendations_feed(self.twin)])
+        self.live = LiveView(
+            self.twin,
+            self.bus,
+            settings.live_interval_s,
+            scorers=[anomaly_rack_scorer(self.twin), failure_rack_scorer(self.failure_risk)],
+            feeds=[anomalies_feed(self.twin), recommendations_feed(self.twin)],
+        )
         self.keys = KeyStore(settings.apikey_db)
 
     def health(self) -> dict:
@@ -82,10 +87,14 @@ class Server:
         if s.alerts_topic:
             ensure_topics(s.kafka_bootstrap, s.topic_partitions, (s.alerts_topic,))
         # evaluate alerts right after each stored poll, not only on the 1 s tick
-        self.ingestor = Ingestor(self.store, s.kafka_bootstrap, s.consumer_group,
-                                 on_stored=self.alerts.wake, site=self.site)
-        self.ingest_thread = threading.Thread(target=self._ingest_loop, name="ingest",
-                                              daemon=True)
+        self.ingestor = Ingestor(
+            self.store,
+            s.kafka_bootstrap,
+            s.consumer_group,
+            on_stored=self.alerts.wake,
+            site=self.site,
+        )
+        self.ingest_thread = threading.Thread(target=self._ingest_loop, name="ingest", daemon=True)
         self.ingest_thread.start()
         self.live.start()
         self.failure_risk.start()
@@ -102,18 +111,28 @@ class Server:
 
     def uvicorn_server(self) -> uvicorn.Server:
         s = self.settings
-        app = create_app(self.twin, health=self.health, keys=self.keys, bus=self.bus,
-                         live=self.live, open_healthz=s.api_open_healthz,
-                         open_metrics=s.api_open_metrics,
-                         ingest_stats=lambda: self.ingestor.stats if self.ingestor else None,
-                         kafka_lag=lambda: kafka_lag_of(self.ingestor.consumer)()
-                         if self.ingestor else None)
+        app = create_app(
+            self.twin,
+            health=self.health,
+            keys=self.keys,
+            bus=self.bus,
+            live=self.live,
+            open_healthz=s.api_open_healthz,
+            open_metrics=s.api_open_metrics,
+            ingest_stats=lambda: self.ingestor.stats if self.ingestor else None,
+            kafka_lag=lambda: kafka_lag_of(self.ingestor.consumer)() if self.ingestor else None,
+        )
         app.state.alerts = self.alerts
         app.state.metrics.register("alerts", alerts_provider(self.alerts))
         self.alerts.on_tick = alert_events(self.bus)
         gc.freeze()  # long-lived startup objects (site, app) leave the GC's scans: fewer pauses
-        config = uvicorn.Config(app, host=self.settings.api_host, port=self.settings.api_port,
-                                log_level="warning", lifespan="off")
+        config = uvicorn.Config(
+            app,
+            host=self.settings.api_host,
+            port=self.settings.api_port,
+            log_level="warning",
+            lifespan="off",
+        )
         return uvicorn.Server(config)
 
     def stop(self) -> None:
@@ -139,11 +158,15 @@ class Server:
 
 def twin_config(settings: Settings) -> TwinConfig:
     if settings.stale_after_intervals is not None:
-        return TwinConfig(telemetry_interval_s=settings.telemetry_interval_s,
-                          stale_intervals=settings.stale_after_intervals,
-                          tick_interval_s=settings.twin_tick_s,
-                          heat_balance_threshold_pct=settings.heat_balance_threshold_pct)
+        return TwinConfig(
+            telemetry_interval_s=settings.telemetry_interval_s,
+            stale_intervals=settings.stale_after_intervals,
+            tick_interval_s=settings.twin_tick_s,
+            heat_balance_threshold_pct=settings.heat_balance_threshold_pct,
+        )
     return TwinConfig.with_stale_after(
-        settings.stale_after_s, telemetry_interval_s=settings.telemetry_interval_s,
+        settings.stale_after_s,
+        telemetry_interval_s=settings.telemetry_interval_s,
         tick_interval_s=settings.twin_tick_s,
-        heat_balance_threshold_pct=settings.heat_balance_threshold_pct)
+        heat_balance_threshold_pct=settings.heat_balance_threshold_pct,
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ingest.site import EXAMPLE_SITE
+from domain.site import EXAMPLE_SITE
 
 
 class Settings(BaseSettings):
@@ -27,8 +27,9 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=1, le=65535)
     stale_after_s: float = Field(30.0, gt=0, description="age after which a reading is stale")
     # API (issue 11): key store, open endpoints, live view
-    apikey_db: Path = Field(Path("var/apikeys.duckdb"),
-                            description="API key store (hashed tokens), its own DuckDB file")
+    apikey_db: Path = Field(
+        Path("var/apikeys.duckdb"), description="API key store (hashed tokens), its own DuckDB file"
+    )
     api_open_healthz: bool = Field(True, description="serve /healthz without a key")
     api_open_metrics: bool = Field(False, description="serve /metrics without a key")
     live_interval_s: float = Field(1.0, gt=0, description="live view tick (PUE, racks, SSE)")
@@ -43,5 +44,6 @@ class Settings(BaseSettings):
     alert_receivers_file: Path | None = Field(None, description="receivers YAML (secrets)")
     alert_interval_s: float = Field(1.0, gt=0, description="alert evaluation interval")
     alerts_topic: str = Field("alerts", description="Kafka topic for alerts; empty: off")
-    external_url: str = Field("", description="this API's URL as on-call sees it "
-                                              "(default http://api_host:api_port)")
+    external_url: str = Field(
+        "", description="this API's URL as on-call sees it (default http://api_host:api_port)"
+    )

@@ -27,8 +27,8 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from ingest.contract import ALL_TELEMETRY_TOPICS, DEAD_LETTER_TOPIC, EVENTS_TOPIC
-from ingest.kafka import MAX_MESSAGE_BYTES, make_producer
+from domain.contract import ALL_TELEMETRY_TOPICS, DEAD_LETTER_TOPIC, EVENTS_TOPIC
+from domain.topics import MAX_MESSAGE_BYTES, make_producer
 from ingest.shards import ShardedStore, SingleStore
 from ingest.staging import Staged
 from ingest.stats import IngestStats, PartitionLag
@@ -83,20 +83,33 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class Ingestor:
-    def __init__(self, store: Store | ShardedStore, bootstrap: str, group_id: str,
-                 topics: tuple[str, ...] = INGEST_TOPICS, client_id: str = "dctwin-ingest",
-                 on_stored=None, *, site=None, policy: IngestPolicy | None = None,
-                 config: IngestConfig | None = None) -> None:
+    def __init__(
+        self,
+        store: Store | ShardedStore,
+        bootstrap: str,
+        group_id: str,
+        topics: tuple[str, ...] = INGEST_TOPICS,
+        client_id: str = "dctwin-ingest",
+        on_stored=None,
+        *,
+        site=None,
+        policy: IngestPolicy | None = None,
+        config: IngestConfig | None = None,
+    ) -> None:
         self.store = store
         self.router = store if isinstance(store, ShardedStore) else SingleStore(store)
-        self.policy = policy or (IngestPolicy.for_site(site) if site is not None
-                                 else IngestPolicy())
+        self.policy = policy or (
+            IngestPolicy.for_site(site) if site is not None else IngestPolicy()
+        )
         self.config = cfg = config or IngestConfig()
         self.stats = IngestStats()
         self.stop_event = threading.Event()
         self.on_stored = on_stored  # callback(list[IngestResult]) after each stored poll
-        extra = ({"partition_assignment_strategy": self.router.assignors}
-                 if self.router.assignors else {})
+        extra = (
+            {"partition_assignment_strategy": self.router.assignors}
+            if self.router.assignors
+            else {}
+        )
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=group_id,
@@ -150,8 +163,9 @@ class Ingestor:
     def _write(self, poll: _Poll) -> _Done:
         done = _Done(poll)
         for store, records, offsets in self.router.split(poll.records, poll.offsets):
-            done.results.append(store.ingest(records, offsets, self.policy,
-                                             before_commit=self._dead_letter_all))
+            done.results.append(
+                store.ingest(records, offsets, self.policy, before_commit=self._dead_letter_all)
+            )
         return done
 
     def _finish(self, done: _Done) -> None:
@@ -173,8 +187,12 @@ class Ingestor:
         s.note_stored()
         self._next.update(done.poll.offsets)
         try:
-            self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
-                                  for (t, p), o in done.poll.offsets.items()})
+            self.consumer.commit(
+                {
+                    TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                    for (t, p), o in done.poll.offsets.items()
+                }
+            )
         except KafkaError as exc:  # e.g. a rebalance took the partition: DuckDB has it
             log.info("Kafka offset commit skipped (%s); DuckDB holds the offsets", exc)
         if self.on_stored is not None:
@@ -193,11 +211,19 @@ class Ingestor:
                 ("dctwin-source-offset", str(m.offset).encode()),
             ]
             if d.samples_rejected:
-                headers += [("dctwin-dlq-samples-rejected", str(d.samples_rejected).encode()),
-                            ("dctwin-dlq-samples-kept", str(d.samples_kept).encode())]
+                headers += [
+                    ("dctwin-dlq-samples-rejected", str(d.samples_rejected).encode()),
+                    ("dctwin-dlq-samples-kept", str(d.samples_kept).encode()),
+                ]
             self.dlq.send(DEAD_LETTER_TOPIC, key=m.key, value=m.value, headers=headers)
-            log.warning("dead-lettered %s[%d]@%d: %s: %s", m.topic, m.partition, m.offset,
-                        d.reason, d.detail[:200])
+            log.warning(
+                "dead-lettered %s[%d]@%d: %s: %s",
+                m.topic,
+                m.partition,
+                m.offset,
+                d.reason,
+                d.detail[:200],
+            )
         if staged.dead:
             self.dlq.flush()
             for d in staged.dead:
@@ -224,8 +250,11 @@ class Ingestor:
         before their last samples arrive, and recompute them)."""
         out = set()
         for (topic, p), lag in list(self.stats.lag.items()):
-            if topic != EVENTS_TOPIC and self._next.get((topic, p)) is None and (
-                    lag.highwater is None or lag.highwater > 0):
+            if (
+                topic != EVENTS_TOPIC
+                and self._next.get((topic, p)) is None
+                and (lag.highwater is None or lag.highwater > 0)
+            ):
                 out.add(p)
         return out
 
@@ -233,8 +262,7 @@ class Ingestor:
 
     def run(self) -> None:
         """Poll until `stop_event`, storing in a writer thread; drains before returning."""
-        self._writer = threading.Thread(target=self._writer_loop, name="ingest-writer",
-                                        daemon=True)
+        self._writer = threading.Thread(target=self._writer_loop, name="ingest-writer", daemon=True)
         self._writer.start()
         try:
             while not self.stop_event.is_set():
@@ -287,8 +315,7 @@ class Ingestor:
             self.stats.inflight_polls -= 1
             self.stats.inflight_records -= len(done.poll.records)
             if done.error is not None:
-                raise RuntimeError("ingest writer failed; offsets not committed") \
-                    from done.error
+                raise RuntimeError("ingest writer failed; offsets not committed") from done.error
             self._finish(done)
             timeout_s = 0
 
@@ -337,8 +364,11 @@ class Ingestor:
             key = (tp.topic, tp.partition)
             hw = self.consumer.highwater(tp)
             nxt = self._next.get(key)
-            lag = hw - nxt if hw is not None and nxt is not None else (
-                hw if hw is not None and nxt is None else None)
+            lag = (
+                hw - nxt
+                if hw is not None and nxt is not None
+                else (hw if hw is not None and nxt is None else None)
+            )
             self.stats.lag[key] = PartitionLag(tp.topic, tp.partition, nxt, hw, lag)
 
     def close(self) -> None:

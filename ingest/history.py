@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 import duckdb
 import polars as pl
 
-from ingest.rollup import HOUR, MINUTE, floor_to
+from ingest.downsampling import HOUR, MINUTE, floor_to
 
 SERIES_COLUMNS = ("bucket", "min", "max", "mean", "last", "count")
 
@@ -49,8 +49,9 @@ def _watermarks(cur: duckdb.DuckDBPyConnection) -> dict[str, datetime | None]:
     return {"1m": rows.get("1m"), "1h": rows.get("1h")}
 
 
-def plan_series(cur: duckdb.DuckDBPyConnection, start: datetime, end: datetime,
-                step_s: float) -> list[Segment]:
+def plan_series(
+    cur: duckdb.DuckDBPyConnection, start: datetime, end: datetime, step_s: float
+) -> list[Segment]:
     """Which table answers which part of [start, end) (see the module docstring)."""
     marks = _watermarks(cur)
     tiers = []
@@ -75,8 +76,14 @@ def plan_series(cur: duckdb.DuckDBPyConnection, start: datetime, end: datetime,
     return plan(start, end, 0)
 
 
-def query_series(cur: duckdb.DuckDBPyConnection, device_id: str, metric: str,
-                 start: datetime, end: datetime, step_s: float) -> pl.DataFrame:
+def query_series(
+    cur: duckdb.DuckDBPyConnection,
+    device_id: str,
+    metric: str,
+    start: datetime,
+    end: datetime,
+    step_s: float,
+) -> pl.DataFrame:
     """Buckets of `step_s` seconds over [start, end): min, max, mean, last, count.
 
     Times are naive UTC (as stored). Empty buckets are absent, not zero-filled.
@@ -86,8 +93,11 @@ def query_series(cur: duckdb.DuckDBPyConnection, device_id: str, metric: str,
     if end <= start:
         raise ValueError("end must be after start")
     parts = []
-    params: dict[str, object] = {"device": device_id, "metric": metric,
-                                 "step": int(step_s * 1_000_000)}
+    params: dict[str, object] = {
+        "device": device_id,
+        "metric": metric,
+        "step": int(step_s * 1_000_000),
+    }
     for k, seg in enumerate(plan_series(cur, start, end, step_s)):
         params[f"a{k}"], params[f"b{k}"] = seg.start, seg.end
         if seg.table == "samples":
@@ -111,17 +121,32 @@ def query_series(cur: duckdb.DuckDBPyConnection, device_id: str, metric: str,
     ).pl()
 
 
-def query_increase(cur: duckdb.DuckDBPyConnection, device_id: str, metric: str,
-                   start: datetime, end: datetime, step_s: float) -> pl.DataFrame:
+def query_increase(
+    cur: duckdb.DuckDBPyConnection,
+    device_id: str,
+    metric: str,
+    start: datetime,
+    end: datetime,
+    step_s: float,
+) -> pl.DataFrame:
     """Counter increase (e.g. energy) per bucket from the minute or hour rollups; `step_s`
     must be a whole number of minutes. Columns: bucket, increase."""
     if step_s <= 0 or step_s % 60:
         raise ValueError("step_s must be a positive whole number of minutes")
     table = "rollup_1h" if step_s % 3600 == 0 and _watermarks(cur)["1h"] else "rollup_1m"
-    return cur.sql(
-        f"""SELECT time_bucket(to_microseconds($step), bucket) AS b, sum(increase) AS increase
+    return (
+        cur.sql(
+            f"""SELECT time_bucket(to_microseconds($step), bucket) AS b, sum(increase) AS increase
             FROM {table} WHERE device_id = $device AND metric = $metric
               AND bucket >= $start AND bucket < $end GROUP BY b ORDER BY b""",
-        params={"step": int(step_s * 1_000_000), "device": device_id, "metric": metric,
-                "start": start, "end": end},
-    ).pl().rename({"b": "bucket"})
+            params={
+                "step": int(step_s * 1_000_000),
+                "device": device_id,
+                "metric": metric,
+                "start": start,
+                "end": end,
+            },
+        )
+        .pl()
+        .rename({"b": "bucket"})
+    )

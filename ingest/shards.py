@@ -28,13 +28,20 @@ from kafka.coordinator.assignors.abstract import (
     ConsumerProtocolSubscription,
 )
 
-from ingest.rollup import Retention
+from ingest.downsampling import Retention
 from ingest.store import Store
 
 log = logging.getLogger(__name__)
 
-TABLES = ("samples", "latest", "events", "ingested_batches", "kafka_offsets", "rollup_1m",
-          "rollup_1h")
+TABLES = (
+    "samples",
+    "latest",
+    "events",
+    "ingested_batches",
+    "kafka_offsets",
+    "rollup_1m",
+    "rollup_1h",
+)
 
 
 class PartitionNumberAssignor(AbstractPartitionAssignor):
@@ -47,13 +54,16 @@ class PartitionNumberAssignor(AbstractPartitionAssignor):
     def assign(cls, cluster, members):
         ids = sorted(m.member_id for m in members)
         topics = sorted({t for m in members for t in m.metadata.topics})
-        assignment: dict[str, dict[str, list[int]]] = {m: collections.defaultdict(list)
-                                                       for m in ids}
+        assignment: dict[str, dict[str, list[int]]] = {
+            m: collections.defaultdict(list) for m in ids
+        }
         for topic in topics:
             for p in sorted(cluster.partitions_for_topic(topic) or ()):
                 assignment[ids[p % len(ids)]][topic].append(p)
-        return {m: ConsumerProtocolAssignment(cls.version, sorted(assignment[m].items()), b"")
-                for m in ids}
+        return {
+            m: ConsumerProtocolAssignment(cls.version, sorted(assignment[m].items()), b"")
+            for m in ids
+        }
 
     @classmethod
     def metadata(cls, topics):
@@ -72,8 +82,9 @@ class SingleStore:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def split(self, records: list[Any], offsets: dict[tuple[str, int], int]
-              ) -> list[tuple[Store, list[Any], dict[tuple[str, int], int]]]:
+    def split(
+        self, records: list[Any], offsets: dict[tuple[str, int], int]
+    ) -> list[tuple[Store, list[Any], dict[tuple[str, int], int]]]:
         return [(self.store, records, offsets)]
 
     def acquire(self, partitions: Iterable[int]) -> None:
@@ -97,8 +108,14 @@ class ShardedStore:
 
     assignors = (PartitionNumberAssignor,)
 
-    def __init__(self, directory: str | Path, *, retention: Retention | None = None,
-                 memory_limit: str = "256MB", lock_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        retention: Retention | None = None,
+        memory_limit: str = "256MB",
+        lock_timeout_s: float = 60.0,
+    ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.retention = retention
@@ -114,13 +131,16 @@ class ShardedStore:
             deadline = time.monotonic() + self.lock_timeout_s
             while True:
                 try:
-                    self._open[p] = Store(self.path_for(p), retention=self.retention,
-                                          memory_limit=self.memory_limit)
+                    self._open[p] = Store(
+                        self.path_for(p), retention=self.retention, memory_limit=self.memory_limit
+                    )
                     break
                 except duckdb.IOException as exc:  # the previous owner has not let go yet
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"shard {self.path_for(p)} stayed locked for "
-                                           f"{self.lock_timeout_s}s: {exc}") from exc
+                        raise TimeoutError(
+                            f"shard {self.path_for(p)} stayed locked for "
+                            f"{self.lock_timeout_s}s: {exc}"
+                        ) from exc
                     time.sleep(0.2)
 
     def release(self, partitions: Iterable[int]) -> None:
@@ -129,15 +149,17 @@ class ShardedStore:
             if store is not None:
                 store.close()
 
-    def split(self, records: list[Any], offsets: dict[tuple[str, int], int]
-              ) -> list[tuple[Store, list[Any], dict[tuple[str, int], int]]]:
+    def split(
+        self, records: list[Any], offsets: dict[tuple[str, int], int]
+    ) -> list[tuple[Store, list[Any], dict[tuple[str, int], int]]]:
         by_p: dict[int, list[Any]] = collections.defaultdict(list)
         for r in records:
             by_p[r.partition].append(r)
         out = []
         for p in sorted(set(by_p) | {p for _, p in offsets}):
-            out.append((self._open[p], by_p.get(p, []),
-                        {tp: o for tp, o in offsets.items() if tp[1] == p}))
+            out.append(
+                (self._open[p], by_p.get(p, []), {tp: o for tp, o in offsets.items() if tp[1] == p})
+            )
         return out
 
     def stored_offsets(self) -> dict[tuple[str, int], int]:
@@ -169,7 +191,8 @@ def open_shards(directory: str | Path) -> duckdb.DuckDBPyConnection:
         con.execute(f"CREATE TEMP VIEW {table} AS {union}")
     # a tier is usable only up to the oldest shard's watermark, and only if all have one
     con.execute(f"""CREATE TEMP VIEW rollup_state AS
-        SELECT tier, min(done_until) AS done_until FROM ({" UNION ALL ".join(
-            f"SELECT * FROM s{k}.rollup_state" for k in range(len(paths)))})
+        SELECT tier, min(done_until) AS done_until FROM ({
+        " UNION ALL ".join(f"SELECT * FROM s{k}.rollup_state" for k in range(len(paths)))
+    })
         GROUP BY tier HAVING count(*) = {len(paths)}""")
     return con

@@ -27,7 +27,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from ingest.contract import ContractError, EventBatch, TelemetryBatch, decode
+from domain.contract import ContractError, EventBatch, TelemetryBatch, decode
 from ingest.validate import (
     SAMPLE_REASONS,
     IngestPolicy,
@@ -37,14 +37,34 @@ from ingest.validate import (
     summarize_rejections,
 )
 
-_ENVELOPE_TYPE = ("STRUCT(version JSON, type JSON, batch_id JSON, collector JSON, kind JSON, "
-                  "site JSON, rack JSON, seq JSON, interval_s JSON, sent_time_ms JSON)")
+_ENVELOPE_TYPE = (
+    "STRUCT(version JSON, type JSON, batch_id JSON, collector JSON, kind JSON, "
+    "site JSON, rack JSON, seq JSON, interval_s JSON, sent_time_ms JSON)"
+)
 # what the reader makes of a value that is not an object: look at it one by one
-_ALL_NULL = "{" + ", ".join(f"'{f}': NULL::JSON" for f in (
-    "version", "type", "batch_id", "collector", "kind", "site", "rack", "seq", "interval_s",
-    "sent_time_ms")) + "}"
-_SAMPLES_TYPE = ("STRUCT(kind VARCHAR, rack VARCHAR, site VARCHAR, samples STRUCT("
-                 "device_id VARCHAR[], metric VARCHAR[], value DOUBLE[], read_time_ms BIGINT[]))")
+_ALL_NULL = (
+    "{"
+    + ", ".join(
+        f"'{f}': NULL::JSON"
+        for f in (
+            "version",
+            "type",
+            "batch_id",
+            "collector",
+            "kind",
+            "site",
+            "rack",
+            "seq",
+            "interval_s",
+            "sent_time_ms",
+        )
+    )
+    + "}"
+)
+_SAMPLES_TYPE = (
+    "STRUCT(kind VARCHAR, rack VARCHAR, site VARCHAR, samples STRUCT("
+    "device_id VARCHAR[], metric VARCHAR[], value DOUBLE[], read_time_ms BIGINT[]))"
+)
 _ids = itertools.count()
 _PREFIX = "dctwin-ingest-"
 
@@ -55,7 +75,7 @@ def _sweep(directory: str) -> None:
         if not name.startswith(_PREFIX):
             continue
         try:
-            pid = int(name[len(_PREFIX):].split("-", 1)[0])
+            pid = int(name[len(_PREFIX) :].split("-", 1)[0])
             os.kill(pid, 0)
         except ValueError:
             continue
@@ -113,8 +133,9 @@ def diagnose(raw: bytes) -> tuple[str, str, TelemetryBatch | EventBatch | None]:
 class Stager:
     """Stages polls on one DuckDB connection (its temp tables are per connection)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, policy: IngestPolicy,
-                 spool_dir: str | None = None) -> None:
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, policy: IngestPolicy, spool_dir: str | None = None
+    ) -> None:
         self.con = con
         self.policy = policy
         install_reference_tables(con, policy)
@@ -129,8 +150,10 @@ class Stager:
 
     def _read_json(self, columns: str) -> str:
         size = self.policy.max_message_bytes + 4096
-        return (f"read_json('{self.path}', format='newline_delimited', ignore_errors=true, "
-                f"maximum_object_size={size}, columns={{i: 'INTEGER', m: '{columns}'}})")
+        return (
+            f"read_json('{self.path}', format='newline_delimited', ignore_errors=true, "
+            f"maximum_object_size={size}, columns={{i: 'INTEGER', m: '{columns}'}})"
+        )
 
     def _read_envelopes(self, lines: list[bytes]) -> None:
         with open(self.path, "wb") as f:
@@ -138,8 +161,9 @@ class Stager:
         self.con.execute(f"""CREATE OR REPLACE TEMP TABLE _env AS
             SELECT i, m IS NULL OR m = {_ALL_NULL} AS m_null, m.*
             FROM {self._read_json(_ENVELOPE_TYPE)}""")
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE _msg AS {envelope_sql('_env')} "
-                         "WHERE i IS NOT NULL")
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _msg AS {envelope_sql('_env')} WHERE i IS NOT NULL"
+        )
 
     def stage(self, records: list[Any], now_ms: int) -> Staged:
         p = self.policy
@@ -155,8 +179,13 @@ class Stager:
                 out.dead.append(DeadLetter(rec, "invalid_json", "empty message value"))
                 continue
             if len(value) > p.max_message_bytes:
-                out.dead.append(DeadLetter(rec, "too_large", f"{len(value)} bytes is over the "
-                                           f"{p.max_message_bytes} byte limit"))
+                out.dead.append(
+                    DeadLetter(
+                        rec,
+                        "too_large",
+                        f"{len(value)} bytes is over the {p.max_message_bytes} byte limit",
+                    )
+                )
                 continue
             if b"\n" in value or b"\r" in value:  # one message per line: re-encode compactly
                 try:
@@ -176,10 +205,14 @@ class Stager:
             return out
         con = self.con
         self._read_envelopes(env_lines)
-        retry = [i for i, status in con.execute("SELECT i, status FROM _msg").fetchall()
-                 if status not in ("ok", "events")]
-        retry += sorted(set(range(len(staged))) - {i for (i,) in con.execute(
-            "SELECT i FROM _msg").fetchall()})
+        retry = [
+            i
+            for i, status in con.execute("SELECT i, status FROM _msg").fetchall()
+            if status not in ("ok", "events")
+        ]
+        retry += sorted(
+            set(range(len(staged))) - {i for (i,) in con.execute("SELECT i FROM _msg").fetchall()}
+        )
         retry = [i for i in retry if env_lines[i] is not lines[i]]
         if retry:  # the cut envelope was not conclusive: read those in full
             con.execute("CREATE OR REPLACE TEMP TABLE _msg_cut AS SELECT * FROM _msg")
@@ -221,7 +254,8 @@ class Stager:
         con.execute(f"CREATE OR REPLACE TEMP TABLE _badpairs AS {pair_check_sql(p)}")
         n_bad_pairs, unknown = con.execute(
             "SELECT count(*) FILTER (WHERE code > 0), coalesce(sum(n) FILTER (WHERE code = 0), 0)"
-            " FROM _badpairs").fetchone()
+            " FROM _badpairs"
+        ).fetchone()
         by_pair: dict[int, dict[int, int]] = {}
         if n_bad_pairs:  # rare: which messages carry those pairs
             for i, code, n in con.execute(f"""
@@ -242,25 +276,37 @@ class Stager:
             rec = staged[i]
             if status == "ok":
                 codes = by_pair.get(i, {})
-                by_reason = [n_non_finite or 0, n_skew or 0,
-                             *(codes.get(c, 0) for c in range(3, len(SAMPLE_REASONS) + 1))]
+                by_reason = [
+                    n_non_finite or 0,
+                    n_skew or 0,
+                    *(codes.get(c, 0) for c in range(3, len(SAMPLE_REASONS) + 1)),
+                ]
                 if n is None:  # no samples came out: empty, or the arrays are not arrays
                     self._dead_or_event(out, rec)
                 elif n_null:
                     excluded = True
                     reason, why, _ = diagnose(rec.value)
-                    out.dead.append(DeadLetter(rec, "schema", why if reason != "ok" else
-                                               "sample columns differ in length or hold "
-                                               "values of the wrong type"))
+                    out.dead.append(
+                        DeadLetter(
+                            rec,
+                            "schema",
+                            why
+                            if reason != "ok"
+                            else "sample columns differ in length or hold values of the wrong type",
+                        )
+                    )
                 elif rejected := sum(by_reason):
                     excluded = True
-                    reason, why = summarize_rejections(zip(SAMPLE_REASONS, by_reason,
-                                                           strict=True), n)
+                    reason, why = summarize_rejections(
+                        zip(SAMPLE_REASONS, by_reason, strict=True), n
+                    )
                     keep = p.partial == "keep_valid" and rejected < n
-                    out.dead.append(DeadLetter(rec, reason, why, rejected,
-                                               n - rejected if keep else 0))
-                    out.samples_rejected.update({r: k for r, k in zip(
-                        SAMPLE_REASONS, by_reason, strict=True) if k})
+                    out.dead.append(
+                        DeadLetter(rec, reason, why, rejected, n - rejected if keep else 0)
+                    )
+                    out.samples_rejected.update(
+                        {r: k for r, k in zip(SAMPLE_REASONS, by_reason, strict=True) if k}
+                    )
                     if not keep:
                         out.samples_rejected["batch_rejected"] += n - rejected
                         continue
@@ -281,15 +327,21 @@ class Stager:
         out.unknown_device_samples = int(unknown)
         with_rows = con.execute("SELECT count(*) FROM _agg").fetchone()[0]
         out.pairs_valid = not excluded and with_rows == len(accepted)
-        out.row_filter = (f"isfinite(r.value) AND r.{window} AND NOT EXISTS (SELECT 1 FROM "
-                          "_badpairs b WHERE b.code > 0 AND b.device_id = r.device_id AND "
-                          "b.metric = r.metric AND b.kind = r.kind AND b.site = r.site)"
-                          if out.partial else None)
-        acc = pa.table({"i": pa.array(accepted, pa.int32()),  # noqa: F841 - used by SQL
-                        "n_bad": pa.array(n_bad, pa.int64()),
-                        "topic": pa.array([staged[i].topic for i in accepted], pa.string()),
-                        "partition": pa.array([staged[i].partition for i in accepted],
-                                              pa.int32())})
+        out.row_filter = (
+            f"isfinite(r.value) AND r.{window} AND NOT EXISTS (SELECT 1 FROM "
+            "_badpairs b WHERE b.code > 0 AND b.device_id = r.device_id AND "
+            "b.metric = r.metric AND b.kind = r.kind AND b.site = r.site)"
+            if out.partial
+            else None
+        )
+        acc = pa.table(  # noqa: F841 - referenced by SQL below
+            {
+                "i": pa.array(accepted, pa.int32()),
+                "n_bad": pa.array(n_bad, pa.int64()),
+                "topic": pa.array([staged[i].topic for i in accepted], pa.string()),
+                "partition": pa.array([staged[i].partition for i in accepted], pa.int32()),
+            }
+        )
         con.execute("""CREATE OR REPLACE TEMP TABLE _acc AS
             SELECT m.i, m.batch_id, m.collector, m.seq, m.kind, m.rack, m.site, a.n, acc.n_bad,
                    a.dmin, a.dmax, a.tmin, a.tmax, acc.topic, acc.partition
@@ -302,7 +354,12 @@ class Stager:
         if reason == "ok" and isinstance(batch, EventBatch):
             out.events.append((rec, batch))
         elif reason == "ok":  # valid to pydantic, unreadable in bulk (e.g. a huge integer)
-            out.dead.append(DeadLetter(rec, "schema", "the bulk decoder could not read this "
-                                       "batch's fields with their contract types"))
+            out.dead.append(
+                DeadLetter(
+                    rec,
+                    "schema",
+                    "the bulk decoder could not read this batch's fields with their contract types",
+                )
+            )
         else:
             out.dead.append(DeadLetter(rec, reason, detail))

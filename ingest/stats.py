@@ -92,8 +92,16 @@ class IngestStats:
             "late_rollup_buckets": self.late_rollup_buckets,
             "uptime_s": time.time() - self.started_at,
             "lag_total": sum(known),
-            "lag": [{"topic": p.topic, "partition": p.partition, "next_offset": p.next_offset,
-                     "highwater": p.highwater, "lag": p.lag} for p in lag],
+            "lag": [
+                {
+                    "topic": p.topic,
+                    "partition": p.partition,
+                    "next_offset": p.next_offset,
+                    "highwater": p.highwater,
+                    "lag": p.lag,
+                }
+                for p in lag
+            ],
         }
 
     def metric_samples(self) -> list[tuple[str, dict[str, str], float]]:
@@ -113,11 +121,21 @@ class IngestStats:
             ("dctwin_ingest_inflight_polls", {}, s["inflight_polls"]),
             ("dctwin_ingest_lag_records", {}, s["lag_total"]),
         ]
-        out += [("dctwin_ingest_dead_letters_total", {"reason": r}, n)
-                for r, n in sorted(s["dead_letters"].items())]
-        out += [("dctwin_ingest_samples_rejected_total", {"reason": r}, n)
-                for r, n in sorted(s["samples_rejected"].items())]
-        out += [("dctwin_ingest_partition_lag_records",
-                 {"topic": p["topic"], "partition": str(p["partition"])}, p["lag"])
-                for p in s["lag"] if p["lag"] is not None]
+        out += [
+            ("dctwin_ingest_dead_letters_total", {"reason": r}, n)
+            for r, n in sorted(s["dead_letters"].items())
+        ]
+        out += [
+            ("dctwin_ingest_samples_rejected_total", {"reason": r}, n)
+            for r, n in sorted(s["samples_rejected"].items())
+        ]
+        out += [
+            (
+                "dctwin_ingest_partition_lag_records",
+                {"topic": p["topic"], "partition": str(p["partition"])},
+                p["lag"],
+            )
+            for p in s["lag"]
+            if p["lag"] is not None
+        ]
         return out

@@ -24,8 +24,8 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from ingest.contract import EventBatch, TelemetryBatch
-from ingest.rollup import ROLLUP_SCHEMA, Retention, Rollups
+from domain.contract import EventBatch, TelemetryBatch
+from ingest.downsampling import ROLLUP_SCHEMA, Retention, Rollups
 from ingest.staging import Staged, Stager
 from ingest.validate import IngestPolicy
 
@@ -101,9 +101,15 @@ def utc_now() -> datetime:
 class Store:
     """One DuckDB file. Writes are serialized; readers use `cursor()` from any thread."""
 
-    def __init__(self, path: str | Path, read_only: bool = False, *,
-                 retention: Retention | None = None, memory_limit: str | None = "512MB",
-                 batch_dedupe_window_s: float = 3600.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        read_only: bool = False,
+        *,
+        retention: Retention | None = None,
+        memory_limit: str | None = "512MB",
+        batch_dedupe_window_s: float = 3600.0,
+    ) -> None:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -128,9 +134,14 @@ class Store:
 
     # -- the fast path: raw Kafka records -------------------------------------------------
 
-    def ingest(self, records: list[Any], offsets: dict[tuple[str, int], int],
-               policy: IngestPolicy, before_commit: Callable[[Staged], None] | None = None,
-               now: datetime | None = None) -> IngestResult:
+    def ingest(
+        self,
+        records: list[Any],
+        offsets: dict[tuple[str, int], int],
+        policy: IngestPolicy,
+        before_commit: Callable[[Staged], None] | None = None,
+        now: datetime | None = None,
+    ) -> IngestResult:
         """Decode, validate and store one poll's records in one transaction.
 
         `before_commit(staged)` runs after validation and before the commit: the ingestor
@@ -146,28 +157,42 @@ class Store:
             t1 = time.perf_counter()
             if before_commit is not None:
                 before_commit(staged)
-            result = self._transaction(lambda cur: self._append(
-                cur, staged.accepted > 0, policy, staged,
-                [b for _, b in staged.events], offsets, now))
+            result = self._transaction(
+                lambda cur: self._append(
+                    cur,
+                    staged.accepted > 0,
+                    policy,
+                    staged,
+                    [b for _, b in staged.events],
+                    offsets,
+                    now,
+                )
+            )
             return IngestResult(result, staged, time.perf_counter() - t1, t1 - t0)
 
     # -- the reference path: already validated pydantic batches ---------------------------
 
-    def write(self, telemetry: list[TelemetryBatch], events: list[EventBatch],
-              offsets: dict[tuple[str, int], int]) -> WriteResult:
+    def write(
+        self,
+        telemetry: list[TelemetryBatch],
+        events: list[EventBatch],
+        offsets: dict[tuple[str, int], int],
+    ) -> WriteResult:
         """Store validated batches and advance offsets atomically."""
         with self._write_lock:
             if telemetry:
                 rows = telemetry_frame(telemetry)  # noqa: F841 - referenced by SQL below
-                msgs = pa.table({  # noqa: F841
-                    "i": pa.array(range(len(telemetry)), pa.int32()),
-                    "batch_id": [b.batch_id for b in telemetry],
-                    "collector": [b.collector for b in telemetry],
-                    "seq": pa.array([b.seq for b in telemetry], pa.int64()),
-                    "kind": [b.kind.value for b in telemetry],
-                    "rack": [b.rack for b in telemetry],
-                    "site": [b.site for b in telemetry],
-                })
+                msgs = pa.table(  # noqa: F841 - referenced by SQL below
+                    {
+                        "i": pa.array(range(len(telemetry)), pa.int32()),
+                        "batch_id": [b.batch_id for b in telemetry],
+                        "collector": [b.collector for b in telemetry],
+                        "seq": pa.array([b.seq for b in telemetry], pa.int64()),
+                        "kind": [b.kind.value for b in telemetry],
+                        "rack": [b.rack for b in telemetry],
+                        "site": [b.site for b in telemetry],
+                    }
+                )
                 self.con.execute("""CREATE OR REPLACE TEMP TABLE _rows AS
                     SELECT r.i, m.kind, m.rack, m.site, r.device_id, r.metric, r.value,
                            r.read_time_ms FROM rows r JOIN msgs m USING (i) ORDER BY r.k""")
@@ -179,11 +204,11 @@ class Store:
                                min(read_time_ms) AS tmin, max(read_time_ms) AS tmax
                         FROM _rows GROUP BY i) a USING (i)""")
             now = utc_now()
-            return self._transaction(lambda cur: self._append(
-                cur, bool(telemetry), None, None, events, offsets, now))
+            return self._transaction(
+                lambda cur: self._append(cur, bool(telemetry), None, None, events, offsets, now)
+            )
 
-    def _transaction(self, body: Callable[[duckdb.DuckDBPyConnection], WriteResult]
-                     ) -> WriteResult:
+    def _transaction(self, body: Callable[[duckdb.DuckDBPyConnection], WriteResult]) -> WriteResult:
         cur = self.con
         cur.execute("BEGIN TRANSACTION")
         try:
@@ -194,20 +219,29 @@ class Store:
             raise
         return result
 
-    def _append(self, cur: duckdb.DuckDBPyConnection, has_rows: bool,
-                policy: IngestPolicy | None, staged: Staged | None, events: list[EventBatch],
-                offsets: dict[tuple[str, int], int], now: datetime) -> WriteResult:
+    def _append(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        has_rows: bool,
+        policy: IngestPolicy | None,
+        staged: Staged | None,
+        events: list[EventBatch],
+        offsets: dict[tuple[str, int], int],
+        now: datetime,
+    ) -> WriteResult:
         since = now - timedelta(seconds=self.batch_dedupe_window_s)
         n_samples = skipped = dupes = 0
         if has_rows:
             n_samples, skipped, dupes = self._append_samples(cur, policy, staged, since, now)
         n_events, skipped_events = self._append_events(cur, events, since, now)
         if offsets:
-            off = pa.table({  # noqa: F841 - referenced by SQL below
-                "topic": [t for t, _ in offsets],
-                "partition": pa.array([p for _, p in offsets], pa.int32()),
-                "next_offset": pa.array(list(offsets.values()), pa.int64()),
-            })
+            off = pa.table(  # noqa: F841 - referenced by SQL below
+                {
+                    "topic": [t for t, _ in offsets],
+                    "partition": pa.array([p for _, p in offsets], pa.int32()),
+                    "next_offset": pa.array(list(offsets.values()), pa.int64()),
+                }
+            )
             cur.execute("""
                 INSERT INTO kafka_offsets (topic, partition, next_offset) SELECT * FROM off
                 ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset""")
@@ -219,16 +253,23 @@ class Store:
                     WHERE k.topic = n.topic AND k.partition = n.partition""")
         return WriteResult(n_samples, n_events, skipped + skipped_events, dupes)
 
-    def _append_samples(self, cur: duckdb.DuckDBPyConnection,
-                        policy: IngestPolicy | None, staged: Staged | None,
-                        since: datetime, now: datetime) -> tuple[int, int, int]:
+    def _append_samples(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        policy: IngestPolicy | None,
+        staged: Staged | None,
+        since: datetime,
+        now: datetime,
+    ) -> tuple[int, int, int]:
         # 1. whole batches already stored (replay, re-send) or twice in this poll
-        cur.execute("""CREATE OR REPLACE TEMP TABLE _skip AS
+        cur.execute(
+            """CREATE OR REPLACE TEMP TABLE _skip AS
             SELECT i FROM _acc QUALIFY row_number() OVER (PARTITION BY batch_id ORDER BY i) > 1
             UNION
             SELECT i FROM _acc SEMI JOIN (SELECT batch_id FROM ingested_batches
                                           WHERE ingested_at >= $since) USING (batch_id)""",
-                    {"since": since})
+            {"since": since},
+        )
         skipped = cur.execute("SELECT count(*) FROM _skip").fetchone()[0]
         pairs_valid = staged is not None and staged.pairs_valid
         where = []
@@ -246,10 +287,13 @@ class Store:
             FROM _rows r {"WHERE " + " AND ".join(where) + " ORDER BY r.rowid" if where else ""}
             """)
         # 2. per series in this poll: the newest sample (for `latest`) and the oldest
-        series_source = ("(SELECT device_id, metric, kind, t0, t1, v1 FROM _pairs)"
-                         if pairs_valid and not skipped else """(
+        series_source = (
+            "(SELECT device_id, metric, kind, t0, t1, v1 FROM _pairs)"
+            if pairs_valid and not skipped
+            else """(
             SELECT device_id, metric, kind, min(read_time_ms) AS t0, max(read_time_ms) AS t1,
-                   arg_max(value, read_time_ms) AS v1 FROM _ins GROUP BY ALL)""")
+                   arg_max(value, read_time_ms) AS v1 FROM _ins GROUP BY ALL)"""
+        )
         cur.execute(f"""CREATE OR REPLACE TEMP TABLE _series AS
             SELECT device_id, metric, any_value(kind) AS kind, min(t0) AS t0, max(t1) AS t1,
                    arg_max(v1, t1) AS v1
@@ -269,10 +313,13 @@ class Store:
             ON x.i <> y.i AND x.dmin <= y.dmax AND y.dmin <= x.dmax
                AND x.tmin <= y.tmax AND y.tmin <= x.tmax""")
         if policy is not None and policy.exact_dedupe:  # every message gets the exact check
-            cur.execute("CREATE OR REPLACE TEMP TABLE _susp AS SELECT i FROM _acc "
-                        "WHERE i NOT IN (SELECT i FROM _skip)")
+            cur.execute(
+                "CREATE OR REPLACE TEMP TABLE _susp AS SELECT i FROM _acc "
+                "WHERE i NOT IN (SELECT i FROM _skip)"
+            )
         n_late, n_susp = cur.execute(
-            "SELECT (SELECT count(*) FROM _late), (SELECT count(*) FROM _susp)").fetchone()
+            "SELECT (SELECT count(*) FROM _late), (SELECT count(*) FROM _susp)"
+        ).fetchone()
         cols = "epoch_ms(read_time_ms), device_id, metric, value, kind, rack"
         dupes = 0
         if n_late or n_susp:
@@ -293,8 +340,10 @@ class Store:
                 SELECT i, count(*) AS dropped FROM _fix WHERE rid NOT IN (SELECT rid FROM _keep)
                 GROUP BY i""")
             dupes = cur.execute("SELECT coalesce(sum(dropped), 0) FROM _dropped").fetchone()[0]
-            source = ("(SELECT * FROM (SELECT * FROM _ins WHERE rid NOT IN (SELECT rid FROM "
-                      "_fix) UNION ALL SELECT * FROM _keep) ORDER BY rid)")
+            source = (
+                "(SELECT * FROM (SELECT * FROM _ins WHERE rid NOT IN (SELECT rid FROM "
+                "_fix) UNION ALL SELECT * FROM _keep) ORDER BY rid)"
+            )
         else:
             cur.execute("CREATE OR REPLACE TEMP TABLE _dropped (i INTEGER, dropped BIGINT)")
             source = "_ins"
@@ -305,58 +354,76 @@ class Store:
             SET value = excluded.value, read_time = excluded.read_time
             WHERE excluded.read_time >= latest.read_time""")
         self.rollups.mark_late(cur, source)
-        cur.execute("""
+        cur.execute(
+            """
             INSERT INTO ingested_batches (batch_id, collector, seq, n_samples, n_rejected,
                                           ingested_at)
             SELECT batch_id, collector, seq, n - n_bad - coalesce(d.dropped, 0), n_bad, $now
             FROM _acc LEFT JOIN _dropped d USING (i) WHERE i NOT IN (SELECT i FROM _skip)""",
-                    {"now": now})
+            {"now": now},
+        )
         stored = cur.execute("""SELECT coalesce(sum(n - n_bad), 0) FROM _acc
                                 WHERE i NOT IN (SELECT i FROM _skip)""").fetchone()[0]
         return int(stored) - int(dupes), int(skipped), int(dupes)
 
-    def _append_events(self, cur: duckdb.DuckDBPyConnection, events: list[EventBatch],
-                       since: datetime, now: datetime) -> tuple[int, int]:
+    def _append_events(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        events: list[EventBatch],
+        since: datetime,
+        now: datetime,
+    ) -> tuple[int, int]:
         if not events:
             return 0, 0
         ids = pa.table({"batch_id": [b.batch_id for b in events]})  # noqa: F841
-        seen = {r[0] for r in cur.execute(
-            "SELECT batch_id FROM ingested_batches SEMI JOIN ids USING (batch_id) "
-            "WHERE ingested_at >= $since", {"since": since}).fetchall()}
+        seen = {
+            r[0]
+            for r in cur.execute(
+                "SELECT batch_id FROM ingested_batches SEMI JOIN ids USING (batch_id) "
+                "WHERE ingested_at >= $since",
+                {"since": since},
+            ).fetchall()
+        }
         fresh = []
         for b in events:
             if b.batch_id not in seen:
                 seen.add(b.batch_id)
                 fresh.append(b)
         if fresh:
-            ev = pa.table({  # noqa: F841 - referenced by SQL below
-                "read_time_ms": pa.array([e.read_time_ms for b in fresh for e in b.events],
-                                         pa.int64()),
-                "device_id": [e.device_id for b in fresh for e in b.events],
-                "kind": [e.kind.value for b in fresh for e in b.events],
-                "severity": [e.severity for b in fresh for e in b.events],
-                "message": [e.message for b in fresh for e in b.events],
-                "attrs": [orjson.dumps(e.attrs).decode() for b in fresh for e in b.events],
-                "collector": [b.collector for b in fresh for _ in b.events],
-                "batch_id": [b.batch_id for b in fresh for _ in b.events],
-            })
+            ev = pa.table(  # noqa: F841 - referenced by SQL below
+                {
+                    "read_time_ms": pa.array(
+                        [e.read_time_ms for b in fresh for e in b.events], pa.int64()
+                    ),
+                    "device_id": [e.device_id for b in fresh for e in b.events],
+                    "kind": [e.kind.value for b in fresh for e in b.events],
+                    "severity": [e.severity for b in fresh for e in b.events],
+                    "message": [e.message for b in fresh for e in b.events],
+                    "attrs": [orjson.dumps(e.attrs).decode() for b in fresh for e in b.events],
+                    "collector": [b.collector for b in fresh for _ in b.events],
+                    "batch_id": [b.batch_id for b in fresh for _ in b.events],
+                }
+            )
             cur.execute("""
                 INSERT INTO events SELECT epoch_ms(read_time_ms), device_id, kind,
                        severity, message, attrs, collector, batch_id FROM ev""")
-            batches = pa.table({  # noqa: F841 - referenced by SQL below
-                "batch_id": [b.batch_id for b in fresh],
-                "collector": [b.collector for b in fresh],
-                "seq": pa.array([b.seq for b in fresh], pa.int64()),
-            })
-            cur.execute("INSERT INTO ingested_batches (batch_id, collector, seq, n_samples, "
-                        "ingested_at) SELECT batch_id, collector, seq, 0, $now FROM batches",
-                        {"now": now})
+            batches = pa.table(  # noqa: F841 - referenced by SQL below
+                {
+                    "batch_id": [b.batch_id for b in fresh],
+                    "collector": [b.collector for b in fresh],
+                    "seq": pa.array([b.seq for b in fresh], pa.int64()),
+                }
+            )
+            cur.execute(
+                "INSERT INTO ingested_batches (batch_id, collector, seq, n_samples, "
+                "ingested_at) SELECT batch_id, collector, seq, 0, $now FROM batches",
+                {"now": now},
+            )
         return sum(len(b.events) for b in fresh), len(events) - len(fresh)
 
     # -- maintenance ----------------------------------------------------------------------
 
-    def maintain(self, now: datetime | None = None, hold_rollups: bool = False
-                 ) -> dict[str, int]:
+    def maintain(self, now: datetime | None = None, hold_rollups: bool = False) -> dict[str, int]:
         """Advance rollups (unless held: late data is still recomputed), then apply
         retention. Cheap when there is nothing to do."""
         with self._write_lock:
@@ -384,11 +451,13 @@ def telemetry_frame(batches: list[TelemetryBatch]) -> pa.Table:
         value += s.value
         read_time_ms += s.read_time_ms
         index += [i] * len(s.device_id)
-    return pa.table({
-        "k": pa.array(range(len(index)), pa.int64()),
-        "i": pa.array(index, pa.int32()),
-        "device_id": pa.array(device_id, pa.string()),
-        "metric": pa.array(metric, pa.string()),
-        "value": pa.array(value, pa.float64()),
-        "read_time_ms": pa.array(read_time_ms, pa.int64()),
-    })
+    return pa.table(
+        {
+            "k": pa.array(range(len(index)), pa.int64()),
+            "i": pa.array(index, pa.int32()),
+            "device_id": pa.array(device_id, pa.string()),
+            "metric": pa.array(metric, pa.string()),
+            "value": pa.array(value, pa.float64()),
+            "read_time_ms": pa.array(read_time_ms, pa.int64()),
+        }
+    )

@@ -21,13 +21,24 @@ from typing import Literal
 import duckdb
 import pyarrow as pa
 
-from ingest.contract import METRICS, Kind
+from domain.contract import METRICS, Kind
 
-MESSAGE_REASONS = ("too_large", "invalid_json", "invalid_envelope", "unknown_version", "schema",
-                   "empty_batch")
+MESSAGE_REASONS = (
+    "too_large",
+    "invalid_json",
+    "invalid_envelope",
+    "unknown_version",
+    "schema",
+    "empty_batch",
+)
 # Order is precedence: a sample that breaks several rules is counted under the first.
-SAMPLE_REASONS = ("non_finite", "timestamp_skew", "unknown_metric", "bad_device_id",
-                  "unknown_device")
+SAMPLE_REASONS = (
+    "non_finite",
+    "timestamp_skew",
+    "unknown_metric",
+    "bad_device_id",
+    "unknown_device",
+)
 
 
 @dataclass(frozen=True)
@@ -53,8 +64,9 @@ class IngestPolicy:
 
     def __post_init__(self) -> None:
         if self.unknown_device not in ("accept", "reject"):
-            raise ValueError(f"unknown_device must be accept or reject, not "
-                             f"{self.unknown_device!r}")
+            raise ValueError(
+                f"unknown_device must be accept or reject, not {self.unknown_device!r}"
+            )
         if self.partial not in ("keep_valid", "reject_batch"):
             raise ValueError(f"partial must be keep_valid or reject_batch, not {self.partial!r}")
         if self.max_future_s < 0 or self.max_past_s <= 0:
@@ -62,7 +74,7 @@ class IngestPolicy:
 
     @classmethod
     def for_site(cls, site, **overrides) -> IngestPolicy:
-        """Policy whose known devices are the site model's (`ingest.site.Site`)."""
+        """Policy whose known devices are the site model's (`domain.site.Site`)."""
         return cls(known_devices=frozenset(d.id for d in site.devices()), **overrides)
 
     @property
@@ -72,10 +84,12 @@ class IngestPolicy:
 
 def install_reference_tables(con: duckdb.DuckDBPyConnection, policy: IngestPolicy) -> None:
     """Temp tables the sample rules join against (per connection, replaced on each call)."""
-    known_metrics = pa.table({  # noqa: F841 - referenced by SQL below
-        "kind": [k.value for k, names in METRICS.items() for _ in names],
-        "metric": [m for names in METRICS.values() for m in names],
-    })
+    known_metrics = pa.table(  # noqa: F841 - referenced by SQL below
+        {
+            "kind": [k.value for k, names in METRICS.items() for _ in names],
+            "metric": [m for names in METRICS.values() for m in names],
+        }
+    )
     con.execute("CREATE OR REPLACE TEMP TABLE _known_metrics AS SELECT * FROM known_metrics")
     devices = sorted(policy.known_devices or ())
     known_devices = pa.table({"device_id": pa.array(devices, pa.string())})  # noqa: F841
@@ -95,23 +109,38 @@ KINDS = tuple(k.value for k in Kind)
 # (condition that is TRUE when the field is wrong, reason, detail) in evaluation order.
 ENVELOPE_RULES: tuple[tuple[str, str, str], ...] = (
     ("version IS NULL", "unknown_version", "'contract version missing (supported: [1])'"),
-    ("NOT (json_type(version) IN ('UBIGINT', 'BIGINT', 'DOUBLE') "
-     "AND TRY_CAST(version AS DOUBLE) = 1)", "unknown_version",
-     "'contract version ' || CAST(version AS VARCHAR) || ' is not supported (supported: [1])'"),
-    ("json_type(type) IS DISTINCT FROM 'VARCHAR' OR type->>'$' NOT IN ('telemetry', 'events')",
-     "invalid_envelope", "'unknown message type ' || coalesce(CAST(type AS VARCHAR), 'null')"),
+    (
+        "NOT (json_type(version) IN ('UBIGINT', 'BIGINT', 'DOUBLE') "
+        "AND TRY_CAST(version AS DOUBLE) = 1)",
+        "unknown_version",
+        "'contract version ' || CAST(version AS VARCHAR) || ' is not supported (supported: [1])'",
+    ),
+    (
+        "json_type(type) IS DISTINCT FROM 'VARCHAR' OR type->>'$' NOT IN ('telemetry', 'events')",
+        "invalid_envelope",
+        "'unknown message type ' || coalesce(CAST(type AS VARCHAR), 'null')",
+    ),
     (f"NOT {_is_text('collector')}", "schema", "'collector: a non-empty string is required'"),
     (f"NOT {_is_text('site')}", "schema", "'site: a non-empty string is required'"),
     (f"NOT {_is_text('rack')}", "schema", "'rack: a non-empty string is required'"),
-    (f"json_type(kind) IS DISTINCT FROM 'VARCHAR' OR kind->>'$' NOT IN {KINDS!r}", "schema",
-     "'kind: one of gpu, cooling, power, air, facility is required, got ' "
-     "|| coalesce(CAST(kind AS VARCHAR), 'nothing')"),
-    (f"batch_id IS NOT NULL AND NOT {_is_text('batch_id')}", "schema",
-     "'batch_id: must be a non-empty string'"),
-    ("json_type(seq) IS DISTINCT FROM 'UBIGINT'", "schema",
-     "'seq: an integer >= 0 is required'"),
-    ("NOT (json_type(interval_s) IN ('UBIGINT', 'BIGINT', 'DOUBLE') "
-     "AND TRY_CAST(interval_s AS DOUBLE) > 0)", "schema", "'interval_s: a number > 0 is required'"),
+    (
+        f"json_type(kind) IS DISTINCT FROM 'VARCHAR' OR kind->>'$' NOT IN {KINDS!r}",
+        "schema",
+        "'kind: one of gpu, cooling, power, air, facility is required, got ' "
+        "|| coalesce(CAST(kind AS VARCHAR), 'nothing')",
+    ),
+    (
+        f"batch_id IS NOT NULL AND NOT {_is_text('batch_id')}",
+        "schema",
+        "'batch_id: must be a non-empty string'",
+    ),
+    ("json_type(seq) IS DISTINCT FROM 'UBIGINT'", "schema", "'seq: an integer >= 0 is required'"),
+    (
+        "NOT (json_type(interval_s) IN ('UBIGINT', 'BIGINT', 'DOUBLE') "
+        "AND TRY_CAST(interval_s AS DOUBLE) > 0)",
+        "schema",
+        "'interval_s: a number > 0 is required'",
+    ),
     (f"NOT {_is_int('sent_time_ms')}", "schema", "'sent_time_ms: an integer is required'"),
 )
 
@@ -123,12 +152,17 @@ def envelope_sql(source: str) -> str:
     'unparsed' (the bulk reader could not read it: diagnosed one by one) or a reason.
     """
     # the first three rules hold for every message; events are then decoded elsewhere
-    rules = [*ENVELOPE_RULES[:3], ("type->>'$' = 'events'", "events", "NULL"),
-             *ENVELOPE_RULES[3:]]
-    reason = "CASE WHEN m_null THEN 'unparsed' " + " ".join(
-        f"WHEN {cond} THEN '{r}'" for cond, r, _ in rules) + " ELSE 'ok' END"
-    detail = "CASE WHEN m_null THEN NULL " + " ".join(
-        f"WHEN {cond} THEN {d}" for cond, _, d in rules) + " ELSE NULL END"
+    rules = [*ENVELOPE_RULES[:3], ("type->>'$' = 'events'", "events", "NULL"), *ENVELOPE_RULES[3:]]
+    reason = (
+        "CASE WHEN m_null THEN 'unparsed' "
+        + " ".join(f"WHEN {cond} THEN '{r}'" for cond, r, _ in rules)
+        + " ELSE 'ok' END"
+    )
+    detail = (
+        "CASE WHEN m_null THEN NULL "
+        + " ".join(f"WHEN {cond} THEN {d}" for cond, _, d in rules)
+        + " ELSE NULL END"
+    )
     return f"""
         SELECT i, {reason} AS status, {detail} AS detail,
                coalesce(batch_id->>'$', replace(CAST(uuid() AS VARCHAR), '-', '')) AS batch_id,
@@ -142,8 +176,9 @@ def pair_check_sql(policy: IngestPolicy) -> str:
     index in SAMPLE_REASONS + 1) or whose device is unknown but accepted (code 0)."""
     reject = policy.checks_devices and policy.unknown_device == "reject"
     unknown = "kd.device_id IS NULL" if policy.checks_devices else "false"
-    devices = ("LEFT JOIN _known_devices kd ON kd.device_id = p.device_id"
-               if policy.checks_devices else "")
+    devices = (
+        "LEFT JOIN _known_devices kd ON kd.device_id = p.device_id" if policy.checks_devices else ""
+    )
     return f"""
         SELECT * FROM (
             SELECT p.device_id, p.metric, p.kind, p.site, p.n, CASE

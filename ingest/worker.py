@@ -19,10 +19,10 @@ import sys
 import threading
 from pathlib import Path
 
+from domain.site import load_site
 from ingest.consumer import INGEST_TOPICS, IngestConfig, Ingestor
-from ingest.rollup import Retention
+from ingest.downsampling import Retention
 from ingest.shards import ShardedStore
-from ingest.site import load_site
 from ingest.store import Store
 from ingest.validate import IngestPolicy
 
@@ -42,8 +42,11 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--db", type=Path, help="one DuckDB file (single worker)")
     where.add_argument("--shard-dir", type=Path, help="one DuckDB file per partition number")
     p.add_argument("--group", default="dctwin-ingest", help="consumer group")
-    p.add_argument("--topics", default=",".join(INGEST_TOPICS),
-                   help="comma-separated topics (default: telemetry.* and events)")
+    p.add_argument(
+        "--topics",
+        default=",".join(INGEST_TOPICS),
+        help="comma-separated topics (default: telemetry.* and events)",
+    )
     p.add_argument("--client-id", default=f"dctwin-ingest-{os.getpid()}")
     p.add_argument("--site", type=Path, help="site TOML: device ids are checked against it")
     p.add_argument("--unknown-device", choices=("accept", "reject"), default="accept")
@@ -53,8 +56,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-poll-records", type=int, default=IngestConfig.max_poll_records)
     p.add_argument("--max-inflight", type=int, default=IngestConfig.max_inflight)
     p.add_argument("--session-timeout-ms", type=int, default=IngestConfig.session_timeout_ms)
-    p.add_argument("--max-poll-interval-ms", type=int,
-                   default=IngestConfig.max_poll_interval_ms)
+    p.add_argument("--max-poll-interval-ms", type=int, default=IngestConfig.max_poll_interval_ms)
     p.add_argument("--raw-retention-s", type=float, default=Retention.raw_s)
     p.add_argument("--memory-limit", default="512MB", help="DuckDB memory limit per file")
     p.add_argument("--stats-json", type=Path)
@@ -64,8 +66,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("kafka").setLevel(logging.WARNING)
     retention = Retention(raw_s=args.raw_retention_s)
     store: Store | ShardedStore
@@ -73,34 +77,51 @@ def main(argv: list[str] | None = None) -> int:
         store = Store(args.db, retention=retention, memory_limit=args.memory_limit)
     else:
         store = ShardedStore(args.shard_dir, retention=retention, memory_limit=args.memory_limit)
-    overrides = dict(unknown_device=args.unknown_device, partial=args.partial,
-                     max_future_s=args.max_future_s, max_past_s=args.max_past_s)
-    policy = (IngestPolicy.for_site(load_site(args.site), **overrides) if args.site
-              else IngestPolicy(**overrides))
-    config = IngestConfig(max_poll_records=args.max_poll_records,
-                          max_inflight=args.max_inflight,
-                          session_timeout_ms=args.session_timeout_ms,
-                          heartbeat_interval_ms=max(100, args.session_timeout_ms // 6),
-                          max_poll_interval_ms=args.max_poll_interval_ms)
-    ingestor = Ingestor(store, args.bootstrap, args.group, client_id=args.client_id,
-                        topics=tuple(t for t in args.topics.split(",") if t),
-                        policy=policy, config=config)
+    overrides = dict(
+        unknown_device=args.unknown_device,
+        partial=args.partial,
+        max_future_s=args.max_future_s,
+        max_past_s=args.max_past_s,
+    )
+    policy = (
+        IngestPolicy.for_site(load_site(args.site), **overrides)
+        if args.site
+        else IngestPolicy(**overrides)
+    )
+    config = IngestConfig(
+        max_poll_records=args.max_poll_records,
+        max_inflight=args.max_inflight,
+        session_timeout_ms=args.session_timeout_ms,
+        heartbeat_interval_ms=max(100, args.session_timeout_ms // 6),
+        max_poll_interval_ms=args.max_poll_interval_ms,
+    )
+    ingestor = Ingestor(
+        store,
+        args.bootstrap,
+        args.group,
+        client_id=args.client_id,
+        topics=tuple(t for t in args.topics.split(",") if t),
+        policy=policy,
+        config=config,
+    )
     extra = {"pid": os.getpid(), "client_id": args.client_id, "running": True}
 
-    def on_signal(signum, frame):  # noqa: ARG001
+    def on_signal(signum, frame):
         ingestor.stop_event.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if args.stats_json:
+
         def report() -> None:
             while not ingestor.stop_event.wait(0.5):
                 extra["assigned"] = sorted([t, p] for t, p in ingestor.assigned)
                 write_stats(args.stats_json, ingestor, extra)
 
         threading.Thread(target=report, name="stats", daemon=True).start()
-    log.info("ingest worker %s: group %s, %s", args.client_id, args.group,
-             args.db or args.shard_dir)
+    log.info(
+        "ingest worker %s: group %s, %s", args.client_id, args.group, args.db or args.shard_dir
+    )
     try:
         ingestor.run()
     finally:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ingest.contract import Event, EventBatch, SampleColumns, TelemetryBatch
+from domain.contract import Event, EventBatch, SampleColumns, TelemetryBatch
 from ingest.store import Store
 
 _seq = iter(range(1, 10**9))
@@ -25,20 +25,37 @@ def utc(t: datetime) -> datetime:
 
 def write_samples(store: Store, kind: str, rows: list[tuple[str, str, float, datetime]]) -> None:
     """rows: (device_id, metric, value, read_time naive UTC), one batch."""
-    b = TelemetryBatch(collector="test", kind=kind, site="sv1", rack="rk101", seq=next(_seq),
-                       interval_s=1.0, sent_time_ms=ms(rows[0][3]), samples=SampleColumns(
-                           device_id=[r[0] for r in rows], metric=[r[1] for r in rows],
-                           value=[float(r[2]) for r in rows],
-                           read_time_ms=[ms(r[3]) for r in rows]))
+    b = TelemetryBatch(
+        collector="test",
+        kind=kind,
+        site="sv1",
+        rack="rk101",
+        seq=next(_seq),
+        interval_s=1.0,
+        sent_time_ms=ms(rows[0][3]),
+        samples=SampleColumns(
+            device_id=[r[0] for r in rows],
+            metric=[r[1] for r in rows],
+            value=[float(r[2]) for r in rows],
+            read_time_ms=[ms(r[3]) for r in rows],
+        ),
+    )
     store.write([b], [], {})
 
 
 def write_events(store: Store, events: list[tuple[str, str, datetime, str, dict]]) -> None:
     """events: (device_id, kind, read_time, message, attrs)."""
-    b = EventBatch(collector="test", site="sv1", rack="rk101", seq=next(_seq),
-                   sent_time_ms=ms(events[0][2]), events=[
-                       Event(device_id=d, kind=k, severity="critical", read_time_ms=ms(t),
-                             message=m, attrs=a) for d, k, t, m, a in events])
+    b = EventBatch(
+        collector="test",
+        site="sv1",
+        rack="rk101",
+        seq=next(_seq),
+        sent_time_ms=ms(events[0][2]),
+        events=[
+            Event(device_id=d, kind=k, severity="critical", read_time_ms=ms(t), message=m, attrs=a)
+            for d, k, t, m, a in events
+        ],
+    )
     store.write([], [b], {})
 
 
@@ -64,7 +81,7 @@ class HttpReceiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - stdlib API
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with outer.lock:
                     failing = len(outer.requests) < outer.fail_first
@@ -94,8 +111,10 @@ class HttpReceiver:
             while sum(r.status == 200 for r in self.requests) < n_accepted:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"{n_accepted} notifications not received within "
-                                         f"{timeout_s}s; got {len(self.requests)} requests")
+                    raise AssertionError(
+                        f"{n_accepted} notifications not received within "
+                        f"{timeout_s}s; got {len(self.requests)} requests"
+                    )
                 self.arrived.wait(left)
             return [r for r in self.requests if r.status == 200]
 

@@ -12,7 +12,7 @@ import uvicorn
 
 from api.keys import KeyStore, Role
 from dctwin.broker import free_port
-from dctwin.simdata import fill_store  # noqa: F401 - re-exported for the API tests
+from experiments.simdata import fill_store  # noqa: F401 - re-exported for the API tests
 
 
 def keys_per_role(path: Path) -> tuple[KeyStore, dict[Role, str]]:
@@ -29,8 +29,9 @@ def bearer(token: str) -> dict[str, str]:
 def serve(app, timeout_s: float = 15.0) -> Iterator[str]:
     """Run `app` on a real uvicorn server on a free loopback port; yields the base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s

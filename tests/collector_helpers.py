@@ -7,8 +7,8 @@ import threading
 import time
 
 from collectors.base import Readings
-from collectors.config import CollectorConfig
-from collectors.sources.simulated import SimulatedSource, SimulatedSourceConfig
+from collectors.daemon_config import CollectorConfig
+from collectors.sources.simulated.source import SimulatedSource, SimulatedSourceConfig
 from ingest.store import Store
 
 RACKS = ["rk101", "rk102"]
@@ -36,8 +36,11 @@ class RecordingSource:
         return r
 
     def rows(self) -> list[tuple[str, str, int, float]]:
-        return sorted((d, m, t, v) for r in self.taken for d, m, t, v in
-                      zip(r.device_id, r.metric, r.read_time_ms, r.value, strict=True))
+        return sorted(
+            (d, m, t, v)
+            for r in self.taken
+            for d, m, t, v in zip(r.device_id, r.metric, r.read_time_ms, r.value, strict=True)
+        )
 
     def close(self) -> None:
         pass
@@ -70,11 +73,18 @@ class BrokenSource:
 
 
 def config(name: str, bootstrap: str, spool_dir, **extra) -> CollectorConfig:
-    raw = {"name": name, "site": "sv1", "interval_s": 0.3,
-           "kafka": {"bootstrap": bootstrap, "compression": "zstd", **FAST_KAFKA},
-           "spool": {"dir": str(spool_dir), "replay_backoff_initial_s": 0.2,
-                     "replay_backoff_max_s": 0.5},
-           "sources": [{"type": "simulated", "racks": RACKS}]}
+    raw = {
+        "name": name,
+        "site": "sv1",
+        "interval_s": 0.3,
+        "kafka": {"bootstrap": bootstrap, "compression": "zstd", **FAST_KAFKA},
+        "spool": {
+            "dir": str(spool_dir),
+            "replay_backoff_initial_s": 0.2,
+            "replay_backoff_max_s": 0.5,
+        },
+        "sources": [{"type": "simulated", "racks": RACKS}],
+    }
     for key, value in extra.items():
         if isinstance(value, dict):
             raw.setdefault(key, {}).update(value)
@@ -92,18 +102,31 @@ def wait_for(predicate, timeout_s: float = 60.0, what: str = "condition") -> Non
 
 
 def stored_rows(store: Store, racks: list[str]) -> list[tuple[str, str, int, float]]:
-    return sorted(store.cursor().execute(
-        "SELECT device_id, metric, epoch_ms(read_time), value FROM samples "
-        "WHERE rack IN (SELECT unnest(?)) ORDER BY ALL", [racks]).fetchall())
+    return sorted(
+        store.cursor()
+        .execute(
+            "SELECT device_id, metric, epoch_ms(read_time), value FROM samples "
+            "WHERE rack IN (SELECT unnest(?)) ORDER BY ALL",
+            [racks],
+        )
+        .fetchall()
+    )
 
 
 def assert_in_read_order(store: Store, racks: list[str]) -> None:
     """Rows are appended in the order ingest stored them (rowid), so per device and metric
     the read times must increase along rowid."""
-    bad = store.cursor().execute("""
+    bad = (
+        store.cursor()
+        .execute(
+            """
         SELECT count(*) FROM (
             SELECT read_time - lag(read_time) OVER (PARTITION BY device_id, metric
                                                     ORDER BY rowid) AS step
             FROM samples WHERE rack IN (SELECT unnest(?)))
-        WHERE step <= INTERVAL 0 SECOND""", [racks]).fetchone()[0]
+        WHERE step <= INTERVAL 0 SECOND""",
+            [racks],
+        )
+        .fetchone()[0]
+    )
     assert bad == 0, f"{bad} samples stored out of read order"

@@ -15,8 +15,8 @@ import pytest
 
 from dctwin.broker import DevBroker
 from dctwin.settings import Settings
-from ingest.kafka import ensure_topics
-from ingest.site import EXAMPLE_SITE, Site, load_site
+from domain.site import EXAMPLE_SITE, Site, load_site
+from domain.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"

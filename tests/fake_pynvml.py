@@ -98,8 +98,9 @@ def _error_classes() -> None:
     for name, val in list(globals().items()):
         if not name.startswith("NVML_ERROR_"):
             continue
-        cls_name = "NVMLError_" + string.capwords(
-            name.replace("NVML_ERROR_", ""), "_").replace("_", "")
+        cls_name = "NVMLError_" + string.capwords(name.replace("NVML_ERROR_", ""), "_").replace(
+            "_", ""
+        )
 
         def new(cls, *args, _val=val):
             return NVMLError.__new__(cls, _val)
@@ -136,27 +137,45 @@ class c_nvmlMemory_t(Structure):
 
 
 class c_nvmlEventData_t(Structure):
-    _fields_ = [("device", c_nvmlDevice_t), ("eventType", c_ulonglong),
-                ("eventData", c_ulonglong), ("gpuInstanceId", c_uint),
-                ("computeInstanceId", c_uint)]
+    _fields_ = [
+        ("device", c_nvmlDevice_t),
+        ("eventType", c_ulonglong),
+        ("eventData", c_ulonglong),
+        ("gpuInstanceId", c_uint),
+        ("computeInstanceId", c_uint),
+    ]
 
 
 class c_nvmlValue_t(Union):
-    _fields_ = [("dVal", c_double), ("uiVal", c_uint), ("ulVal", c_ulong),
-                ("ullVal", c_ulonglong), ("sllVal", c_longlong), ("siVal", c_int),
-                ("usVal", c_ushort)]
+    _fields_ = [
+        ("dVal", c_double),
+        ("uiVal", c_uint),
+        ("ulVal", c_ulong),
+        ("ullVal", c_ulonglong),
+        ("sllVal", c_longlong),
+        ("siVal", c_int),
+        ("usVal", c_ushort),
+    ]
 
 
 class c_nvmlFieldValue_t(Structure):
-    _fields_ = [("fieldId", c_uint32), ("scopeId", c_uint32), ("timestamp", c_int64),
-                ("latencyUsec", c_int64), ("valueType", c_uint), ("nvmlReturn", c_uint),
-                ("value", c_nvmlValue_t)]
+    _fields_ = [
+        ("fieldId", c_uint32),
+        ("scopeId", c_uint32),
+        ("timestamp", c_int64),
+        ("latencyUsec", c_int64),
+        ("valueType", c_uint),
+        ("nvmlReturn", c_uint),
+        ("value", c_nvmlValue_t),
+    ]
 
 
-NVLINK_TOTALS = (NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL,
-                 NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL,
-                 NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL,
-                 NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL)
+NVLINK_TOTALS = (
+    NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL,
+    NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL,
+    NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL,
+    NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL,
+)
 
 
 @dataclass
@@ -179,11 +198,14 @@ class FakeGpu:
     ecc_uncorrected: int | None = 1
     remapped: tuple[int, int, int, int] | None = (3, 1, 0, 0)
     pcie_replay: int | None = 7
-    nvlink: dict[int, int] | None = field(default_factory=lambda: {
-        NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL: 2,
-        NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL: 1,
-        NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL: 5,
-        NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL: 0})
+    nvlink: dict[int, int] | None = field(
+        default_factory=lambda: {
+            NVML_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL: 2,
+            NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL: 1,
+            NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL: 5,
+            NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL: 0,
+        }
+    )
     events_supported: bool = True
     lost: bool = False
     fail: dict[str, int] = field(default_factory=dict)  # function name -> NVML error code
@@ -283,8 +305,9 @@ class FakeNvml:
         g = self._gpu("nvmlDeviceGetTotalEccErrors", handle)
         if counterType not in (NVML_VOLATILE_ECC, NVML_AGGREGATE_ECC):
             raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
-        return self._supported(g.ecc_corrected if errorType == NVML_MEMORY_ERROR_TYPE_CORRECTED
-                               else g.ecc_uncorrected)
+        return self._supported(
+            g.ecc_corrected if errorType == NVML_MEMORY_ERROR_TYPE_CORRECTED else g.ecc_uncorrected
+        )
 
     def nvmlDeviceGetRemappedRows(self, device) -> tuple[int, int, int, int]:
         return self._supported(self._gpu("nvmlDeviceGetRemappedRows", device).remapped)
@@ -314,8 +337,11 @@ class FakeNvml:
 
     def nvmlDeviceGetSupportedEventTypes(self, handle) -> int:
         g = self._gpu("nvmlDeviceGetSupportedEventTypes", handle)
-        return (nvmlEventTypeXidCriticalError | nvmlEventTypeDoubleBitEccError
-                if g.events_supported else 0)
+        return (
+            nvmlEventTypeXidCriticalError | nvmlEventTypeDoubleBitEccError
+            if g.events_supported
+            else 0
+        )
 
     def nvmlDeviceRegisterEvents(self, handle, eventTypes, eventSet) -> None:
         g = self._gpu("nvmlDeviceRegisterEvents", handle)

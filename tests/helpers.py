@@ -15,8 +15,7 @@ def ingest_until(ingestor: Ingestor, done: Callable[[], bool], timeout_s: float 
     deadline = time.monotonic() + timeout_s
     while not done():
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s; "
-                                 f"stats={ingestor.stats}")
+            raise AssertionError(f"condition not met within {timeout_s}s; stats={ingestor.stats}")
         ingestor.poll_once(timeout_ms=300)
 
 

@@ -23,17 +23,35 @@ def gpu_ids(rack: str, n: int = 4, site: str = "sv1") -> list[str]:
     return [f"{site}/h1/row1/{rack}/n01/gpu{k}" for k in range(n)]
 
 
-def batch_doc(rack: str, t_ms: int, devices: list[str] | None = None,
-              metrics: tuple[str, ...] = GPU_METRICS, collector: str = "test",
-              value: float = 1.0, **overrides: Any) -> dict:
+def batch_doc(
+    rack: str,
+    t_ms: int,
+    devices: list[str] | None = None,
+    metrics: tuple[str, ...] = GPU_METRICS,
+    collector: str = "test",
+    value: float = 1.0,
+    **overrides: Any,
+) -> dict:
     devices = devices if devices is not None else gpu_ids(rack)
     ids = [d for d in devices for _ in metrics]
-    doc = {"version": 1, "type": "telemetry", "batch_id": uuid.uuid4().hex,
-           "collector": collector, "kind": "gpu", "site": "sv1", "rack": rack, "seq": 1,
-           "interval_s": 1.0, "sent_time_ms": t_ms,
-           "samples": {"device_id": ids, "metric": [m for _ in devices for m in metrics],
-                       "value": [value + k for k in range(len(ids))],
-                       "read_time_ms": [t_ms] * len(ids)}}
+    doc = {
+        "version": 1,
+        "type": "telemetry",
+        "batch_id": uuid.uuid4().hex,
+        "collector": collector,
+        "kind": "gpu",
+        "site": "sv1",
+        "rack": rack,
+        "seq": 1,
+        "interval_s": 1.0,
+        "sent_time_ms": t_ms,
+        "samples": {
+            "device_id": ids,
+            "metric": [m for _ in devices for m in metrics],
+            "value": [value + k for k in range(len(ids))],
+            "read_time_ms": [t_ms] * len(ids),
+        },
+    }
     doc.update(overrides)
     return doc
 

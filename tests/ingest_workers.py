@@ -14,19 +14,49 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class Worker:
-    def __init__(self, tmp: Path, name: str, bootstrap: str, group: str, topic: str,
-                 *where: str, session_timeout_ms: int = 6000) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        name: str,
+        bootstrap: str,
+        group: str,
+        topic: str,
+        *where: str,
+        session_timeout_ms: int = 6000,
+    ) -> None:
         self.stats_path = tmp / f"{name}.json"
         self.stats_path.unlink(missing_ok=True)
         self.log = open(tmp / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ingest.worker", "--bootstrap", bootstrap, "--group", group,
-             "--topics", topic, *where, "--stats-json", str(self.stats_path),
-             "--client-id", name, "--max-poll-records", "20",
-             "--session-timeout-ms", str(session_timeout_ms),
-             "--max-poll-interval-ms", "20000", "--max-past-s", str(365 * 86400)],
-            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(REPO)})
+            [
+                sys.executable,
+                "-m",
+                "ingest.worker",
+                "--bootstrap",
+                bootstrap,
+                "--group",
+                group,
+                "--topics",
+                topic,
+                *where,
+                "--stats-json",
+                str(self.stats_path),
+                "--client-id",
+                name,
+                "--max-poll-records",
+                "20",
+                "--session-timeout-ms",
+                str(session_timeout_ms),
+                "--max-poll-interval-ms",
+                "20000",
+                "--max-past-s",
+                str(365 * 86400),
+            ],
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
 
     def stats(self) -> dict:
         try:

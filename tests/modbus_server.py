@@ -32,8 +32,10 @@ class ModbusTestServer:
     def __init__(self, units: dict[int, tuple[Registers, Registers]]) -> None:
         """units: unit id -> (holding registers, input registers)."""
         no_bits = [SimData(address=0, values=[False] * 16, datatype=DataType.BITS)]
-        self.devices = [SimDevice(id=uid, simdata=(no_bits, no_bits, _block(hr), _block(ir)))
-                        for uid, (hr, ir) in units.items()]
+        self.devices = [
+            SimDevice(id=uid, simdata=(no_bits, no_bits, _block(hr), _block(ir)))
+            for uid, (hr, ir) in units.items()
+        ]
         self.port = free_port()
         self._loop = asyncio.new_event_loop()
         self._server: ModbusTcpServer | None = None

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import duckdb
 
-from dctwin.sitegen import synthetic_site
-from twin.optimizer.dataset import explore, load_history, save_history
+from experiments.optimizer.dataset import explore, load_history, save_history
+from simulator.sitegen import synthetic_site
 from twin.optimizer.models import PlantModels, train
 
 START = datetime(2025, 7, 1, tzinfo=UTC)
@@ -19,7 +19,8 @@ def small_site():
 
 def trained(db_path) -> tuple[PlantModels, duckdb.DuckDBPyConnection]:
     con = duckdb.connect(str(db_path))
-    df = explore(small_site(), seed=11, start_s=START.timestamp(), hours=40, step_s=120.0,
-                 hold_s=720.0)
+    df = explore(
+        small_site(), seed=11, start_s=START.timestamp(), hours=40, step_s=120.0, hold_s=720.0
+    )
     save_history(con, df)
     return train(load_history(con), members=2), con

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from collectors.simulator.injector import SimEvent
-from collectors.simulator.model import SiteSimulator
-from dctwin.sitegen import synthetic_site
+from simulator.injector import SimEvent
+from simulator.model import SiteSimulator
+from simulator.sitegen import synthetic_site
 
 JAN = datetime(2025, 1, 15, tzinfo=UTC).timestamp()
 JUL = datetime(2025, 7, 15, 12, tzinfo=UTC).timestamp()
@@ -45,8 +45,11 @@ class Recorder:
 
     def series(self, device_id: str, metric: str) -> np.ndarray:
         """Reported values of one (device, metric); NaN where the device did not report."""
-        pos = next(b.start + b.metrics.index(metric) * len(b.devices) + b.devices.index(device_id)
-                   for b in self.plan.blocks if device_id in b.devices and metric in b.metrics)
+        pos = next(
+            b.start + b.metrics.index(metric) * len(b.devices) + b.devices.index(device_id)
+            for b in self.plan.blocks
+            if device_id in b.devices and metric in b.metrics
+        )
         out = np.array([v[pos] for v in self.values])
         missing = np.array([p is not None and not p[pos] for p in self.present])
         out[missing] = np.nan

@@ -25,9 +25,12 @@ GPUS = [f"sv1/h1/row1/rk10{r}/n01/gpu0" for r in range(1, 6)]
 @pytest.fixture
 def env(tmp_path, site):
     store = Store(tmp_path / "api.duckdb")
-    receiver = WebhookReceiver(name="oncall", type="webhook",
-                               url="https://hooks.example.invalid/T000/B000/XXXXSECRETPATH",
-                               secret="very-secret-value")
+    receiver = WebhookReceiver(
+        name="oncall",
+        type="webhook",
+        url="https://hooks.example.invalid/T000/B000/XXXXSECRETPATH",
+        secret="very-secret-value",
+    )
     svc = AlertService(store, site, load_rules(None), [receiver])
     keys, tokens = keys_per_role(tmp_path / "keys.duckdb")
     app = create_app(Twin(site, store), keys=keys)
@@ -44,8 +47,10 @@ def env(tmp_path, site):
 
 def test_without_an_engine_alert_routes_answer_503(tmp_path, site):
     keys, tokens = keys_per_role(tmp_path / "keys.duckdb")
-    client = TestClient(create_app(Twin(site, Store(tmp_path / "x.duckdb")), keys=keys),
-                        headers=bearer(tokens[Role.viewer]))
+    client = TestClient(
+        create_app(Twin(site, Store(tmp_path / "x.duckdb")), keys=keys),
+        headers=bearer(tokens[Role.viewer]),
+    )
     r = client.get("/v1/alerts")
     assert r.status_code == 503 and "not running" in r.json()["detail"]
 
@@ -56,8 +61,9 @@ def test_list_filter_and_paginate(env):
     assert {a["labels"]["device_id"] for a in body["items"]} == set(GPUS)
     assert all(a["alertname"] == "GpuTemperatureCritical" for a in body["items"])
     assert body["next_cursor"] is None
-    one = client.get("/v1/alerts", params=[("label", "rack=rk103"), ("severity",
-                                                                       "critical")]).json()
+    one = client.get(
+        "/v1/alerts", params=[("label", "rack=rk103"), ("severity", "critical")]
+    ).json()
     assert [a["labels"]["rack"] for a in one["items"]] == ["rk103"]
     seen, cursor = [], None
     while True:
@@ -72,12 +78,15 @@ def test_list_filter_and_paginate(env):
     assert client.get("/v1/alerts", params={"acknowledged": "true"}).json()["items"] == []
 
 
-@pytest.mark.parametrize(("params", "status", "needle"), [
-    ({"cursor": "bm9wZQ"}, 400, "invalid cursor"),
-    ({"label": "rack"}, 400, "name=value"),
-    ({"status": "burning"}, 422, "firing"),
-    ({"limit": 0}, 422, "greater than or equal"),
-])
+@pytest.mark.parametrize(
+    ("params", "status", "needle"),
+    [
+        ({"cursor": "bm9wZQ"}, 400, "invalid cursor"),
+        ({"label": "rack"}, 400, "name=value"),
+        ({"status": "burning"}, 422, "firing"),
+        ({"limit": 0}, 422, "greater than or equal"),
+    ],
+)
 def test_bad_list_parameters_are_4xx_with_a_reason(env, params, status, needle):
     client, _, _ = env
     r = client.get("/v1/alerts", params=params)
@@ -88,8 +97,7 @@ def test_bad_list_parameters_are_4xx_with_a_reason(env, params, status, needle):
 def test_acknowledge_and_read_transitions(env):
     client, svc, _ = env
     alert = client.get("/v1/alerts", params={"label": "rack=rk101"}).json()["items"][0]
-    r = client.post(f"/v1/alerts/{alert['id']}/ack", json={"by": "alice",
-                                                           "comment": "on it"})
+    r = client.post(f"/v1/alerts/{alert['id']}/ack", json={"by": "alice", "comment": "on it"})
     assert r.status_code == 200
     ack = r.json()["acknowledged"]
     assert ack["by"] == "alice" and ack["comment"] == "on it"
@@ -101,17 +109,27 @@ def test_acknowledge_and_read_transitions(env):
     detail = client.get(f"/v1/alerts/{alert['id']}").json()
     assert [t["transition"] for t in detail["transitions"]] == ["fired", "acknowledged"]
     assert detail["transitions"][1]["actor"] == "alice"
-    assert client.get("/v1/alerts", params={"acknowledged": True}).json()["items"][0]["id"] \
+    assert (
+        client.get("/v1/alerts", params={"acknowledged": True}).json()["items"][0]["id"]
         == alert["id"]
+    )
     assert client.get("/v1/alerts/424242").status_code == 404
 
 
 def test_silence_lifecycle_through_the_api(env):
     client, svc, t0 = env
-    r = client.post("/v1/silences", json={
-        "matchers": ['rack=~"rk10[12]"',
-                     {"name": "alertname", "value": "GpuTemperatureCritical"}],
-        "duration": "2h", "created_by": "alice", "comment": "swap cold plates"})
+    r = client.post(
+        "/v1/silences",
+        json={
+            "matchers": [
+                'rack=~"rk10[12]"',
+                {"name": "alertname", "value": "GpuTemperatureCritical"},
+            ],
+            "duration": "2h",
+            "created_by": "alice",
+            "comment": "swap cold plates",
+        },
+    )
     assert r.status_code == 201, r.text
     sil = r.json()
     assert sil["state"] == "active" and len(sil["matchers"]) == 2
@@ -119,8 +137,9 @@ def test_silence_lifecycle_through_the_api(env):
     silenced = client.get("/v1/alerts", params={"silenced": True}).json()["items"]
     assert sorted(a["labels"]["rack"] for a in silenced) == ["rk101", "rk102"]
     assert all(a["silenced_by"] == [sil["id"]] for a in silenced)
-    assert [s["id"] for s in client.get("/v1/silences",
-                                        params={"state": "active"}).json()] == [sil["id"]]
+    assert [s["id"] for s in client.get("/v1/silences", params={"state": "active"}).json()] == [
+        sil["id"]
+    ]
     gone = client.delete(f"/v1/silences/{sil['id']}")
     assert gone.status_code == 200 and gone.json()["state"] == "expired"
     assert client.delete(f"/v1/silences/{sil['id']}").status_code == 409
@@ -128,18 +147,29 @@ def test_silence_lifecycle_through_the_api(env):
     assert client.get(f"/v1/silences/{sil['id']}").json()["state"] == "expired"
 
 
-@pytest.mark.parametrize(("body", "needle"), [
-    ({"matchers": ['rack=="x"'], "duration": "1h"}, "invalid matcher"),
-    ({"matchers": ['alertname=~".*"'], "duration": "1h"}, "must not match the empty"),
-    ({"matchers": ['rack="a"'], "duration": "1h", "ends_at": "2030-01-01T00:00:00Z"},
-     "exactly one of ends_at and duration"),
-    ({"matchers": ['rack="a"'], "duration": "soon"}, "invalid duration"),
-    ({"matchers": ['rack=~"("'], "duration": "1h"}, "invalid regex"),
-    ({"matchers": [], "duration": "1h"}, "at least 1"),
-    ({"matchers": ['rack="a"'], "ends_at": "2001-01-01T00:00:00Z"}, "after starts_at"),
-    ({"matchers": ['rack="a"'], "starts_at": "2000-01-01T00:00:00Z",
-      "ends_at": "2001-01-01T00:00:00+00:00"}, "already have ended"),
-])
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"matchers": ['rack=="x"'], "duration": "1h"}, "invalid matcher"),
+        ({"matchers": ['alertname=~".*"'], "duration": "1h"}, "must not match the empty"),
+        (
+            {"matchers": ['rack="a"'], "duration": "1h", "ends_at": "2030-01-01T00:00:00Z"},
+            "exactly one of ends_at and duration",
+        ),
+        ({"matchers": ['rack="a"'], "duration": "soon"}, "invalid duration"),
+        ({"matchers": ['rack=~"("'], "duration": "1h"}, "invalid regex"),
+        ({"matchers": [], "duration": "1h"}, "at least 1"),
+        ({"matchers": ['rack="a"'], "ends_at": "2001-01-01T00:00:00Z"}, "after starts_at"),
+        (
+            {
+                "matchers": ['rack="a"'],
+                "starts_at": "2000-01-01T00:00:00Z",
+                "ends_at": "2001-01-01T00:00:00+00:00",
+            },
+            "already have ended",
+        ),
+    ],
+)
 def test_bad_silences_are_rejected_with_a_reason(env, body, needle):
     client, _, _ = env
     r = client.post("/v1/silences", json={"created_by": "a", "comment": "c", **body})

@@ -47,19 +47,30 @@ rules:
 
 
 def receiver_config(url: str, **kw) -> WebhookReceiver:
-    return WebhookReceiver(name="oncall", type="webhook", url=url, secret=SECRET,
-                           retry_initial=0.05, retry_max=0.2, **kw)
+    return WebhookReceiver(
+        name="oncall",
+        type="webhook",
+        url=url,
+        secret=SECRET,
+        retry_initial=0.05,
+        retry_max=0.2,
+        **kw,
+    )
 
 
 def service(store: Store, site, url: str, **kw) -> AlertService:
-    return AlertService(store, site, parse_rules(RULES)[0], [receiver_config(url, **kw)],
-                        external_url="http://twin.test:8000")
+    return AlertService(
+        store,
+        site,
+        parse_rules(RULES)[0],
+        [receiver_config(url, **kw)],
+        external_url="http://twin.test:8000",
+    )
 
 
 def check_signature(req) -> None:
     ts = req.headers["X-Dctwin-Timestamp"]
-    expected = hmac.new(SECRET.encode(), ts.encode() + b"." + req.body,
-                        hashlib.sha256).hexdigest()
+    expected = hmac.new(SECRET.encode(), ts.encode() + b"." + req.body, hashlib.sha256).hexdigest()
     assert req.headers["X-Dctwin-Signature"] == f"sha256={expected}"
     assert abs(time.time() - int(ts)) < 600
 
@@ -78,8 +89,7 @@ def test_webhook_is_signed_and_an_alertmanager_v4_payload(tmp_path, site):
         doc = AmWebhookV4.model_validate_json(req.body)
         assert doc.status == "firing" and doc.receiver == "oncall"
         assert doc.group_labels == {"alertname": "GpuHot", "cdu": "sv1/h1/cdu-row2"}
-        assert doc.group_key == '{}/{receiver="oncall"}:{alertname="GpuHot", ' \
-                                'cdu="sv1/h1/cdu-row2"}'
+        assert doc.group_key == '{}/{receiver="oncall"}:{alertname="GpuHot", cdu="sv1/h1/cdu-row2"}'
         (alert,) = doc.alerts
         assert alert.labels["device_id"] == GPU and alert.labels["rack"] == "rk201"
         assert alert.fingerprint == fingerprint(alert.labels)
@@ -96,8 +106,9 @@ def test_webhook_is_signed_and_an_alertmanager_v4_payload(tmp_path, site):
         resolved = AmWebhookV4.model_validate_json(rx.wait_for(2)[1].body)
         assert resolved.status == "resolved"
         assert resolved.alerts[0].ends_at.startswith(later.isoformat()[:19])
-        assert rx.accepted[0].headers["Idempotency-Key"] != \
-            rx.accepted[1].headers["Idempotency-Key"]
+        assert (
+            rx.accepted[0].headers["Idempotency-Key"] != rx.accepted[1].headers["Idempotency-Key"]
+        )
     finally:
         svc.stop()
         rx.close()
@@ -117,8 +128,7 @@ def test_a_4xx_answer_is_not_retried(tmp_path, site):
         assert len(rx.requests) == 1
         (stats,) = svc.receivers_view()
         assert stats["outbox"]["failed"] == 1 and "HTTP 400" in stats["outbox"]["last_error"]
-        assert "secret" not in orjson.dumps(svc.receivers_view()).decode().replace(
-            "has_secret", "")
+        assert "secret" not in orjson.dumps(svc.receivers_view()).decode().replace("has_secret", "")
     finally:
         svc.stop()
         rx.close()
@@ -137,8 +147,7 @@ def test_receiver_not_listening_gets_the_notification_once_it_is_up(tmp_path, si
         for _ in range(3):  # connection refused: retried, not lost
             svc.deliverer.deliver_due(utcnow() + timedelta(seconds=10))
         (stats,) = svc.receivers_view()
-        assert stats["outbox"]["pending"] == 1 and "ConnectError" in \
-            stats["outbox"]["last_error"]
+        assert stats["outbox"]["pending"] == 1 and "ConnectError" in stats["outbox"]["last_error"]
         rx = HttpReceiver(port=port)
         svc.deliverer.deliver_due(utcnow() + timedelta(seconds=10))
         (req,) = rx.wait_for(1)
@@ -160,7 +169,7 @@ def test_backoff_doubles_up_to_its_cap():
 
 WORKER = textwrap.dedent("""
     import sys, time
-    from ingest.site import EXAMPLE_SITE, load_site
+    from domain.site import EXAMPLE_SITE, load_site
     from ingest.store import Store
     from tests.alerting import write_events, write_samples
     from tests.test_alert_delivery import service, GPU, CDU1
@@ -178,8 +187,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def test_receiver_down_and_process_killed_each_notification_arrives_exactly_once(
-        tmp_path, site):
+def test_receiver_down_and_process_killed_each_notification_arrives_exactly_once(tmp_path, site):
     """The receiver refuses every request until the process that queued two firing
     notifications has been SIGKILLed while retrying, and two more after that; a new
     process on the same DuckDB file delivers them, then a resolution. Each arrives
@@ -189,8 +197,12 @@ def test_receiver_down_and_process_killed_each_notification_arrives_exactly_once
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    proc = subprocess.Popen([sys.executable, str(script), str(db), rx.url], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(db), rx.url],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     svc = None
     try:
         deadline = time.monotonic() + 60
@@ -221,14 +233,18 @@ def test_receiver_down_and_process_killed_each_notification_arrives_exactly_once
         assert len(rx.requests) - len(accepted) >= 5
         gpu_group = [d["status"] for d in docs if d["groupLabels"]["alertname"] == "GpuHot"]
         assert gpu_group == ["firing", "resolved"]
-        assert [d["status"] for d in docs if d["groupLabels"]["alertname"] ==
-                "CduPumpFailed"] == ["firing"]
+        assert [d["status"] for d in docs if d["groupLabels"]["alertname"] == "CduPumpFailed"] == [
+            "firing"
+        ]
         for r in accepted:
             check_signature(r)
             AmWebhookV4.model_validate_json(r.body)
         store = Store(db)
-        rows = store.cursor().execute(
-            "SELECT status, count(*) FROM alert_outbox GROUP BY 1").fetchall()
+        rows = (
+            store.cursor()
+            .execute("SELECT status, count(*) FROM alert_outbox GROUP BY 1")
+            .fetchall()
+        )
         assert rows == [("delivered", 3)]
         store.close()
     finally:

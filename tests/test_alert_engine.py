@@ -11,13 +11,13 @@ import pytest
 
 from ingest.store import Store
 from tests.alerting import write_events, write_samples
-from twin.alerts.config import Matcher
 from twin.alerts.context import Providers
 from twin.alerts.lifecycle import AlertFilter, ConflictError
 from twin.alerts.outbox import utcnow
 from twin.alerts.receivers import WebhookReceiver
 from twin.alerts.rules import parse_rules
 from twin.alerts.service import AlertService
+from twin.alerts.yaml_files import Matcher
 
 GPU101 = "sv1/h1/row1/rk101/n01/gpu0"  # row1: cdu-row1, pdu-row1
 GPU102 = "sv1/h1/row1/rk102/n01/gpu0"
@@ -67,12 +67,19 @@ inhibit_rules:
 """
 
 
-def service(path, site, rules: str = RULES, providers: Providers | None = None,
-            store: Store | None = None) -> AlertService:
+def service(
+    path, site, rules: str = RULES, providers: Providers | None = None, store: Store | None = None
+) -> AlertService:
     rules_file, _ = parse_rules(rules, "test.yaml")
     receiver = WebhookReceiver(name="oncall", type="webhook", url="http://127.0.0.1:9/hook")
-    return AlertService(store or Store(path / "alerts.duckdb"), site, rules_file, [receiver],
-                        providers=providers, external_url="http://twin.test")
+    return AlertService(
+        store or Store(path / "alerts.duckdb"),
+        site,
+        rules_file,
+        [receiver],
+        providers=providers,
+        external_url="http://twin.test",
+    )
 
 
 def queued(svc: AlertService) -> list[dict]:
@@ -147,25 +154,35 @@ rules:
 def test_device_glob_selects_only_matching_devices(tmp_path, site, t0):
     svc = service(tmp_path, site, GLOB_RULES)
     row1_gpu7 = "sv1/h1/row1/rk101/n01/gpu7"  # row1, but outside gpu[0-3]
-    write_samples(svc.db.store, "gpu", [(d, "gpu_temp_c", 95, t0)
-                                        for d in (GPU101, GPU102, GPU201, row1_gpu7)])
+    write_samples(
+        svc.db.store,
+        "gpu",
+        [(d, "gpu_temp_c", 95, t0) for d in (GPU101, GPU102, GPU201, row1_gpu7)],
+    )
     fired = sorted(a.labels["device_id"] for a in svc.evaluate(t0).new)
     assert fired == [GPU101, GPU102]
 
 
-def test_cdu_pump_failure_is_one_loop_alert_and_inhibits_gpu_heat_of_its_racks(
-        tmp_path, site, t0):
+def test_cdu_pump_failure_is_one_loop_alert_and_inhibits_gpu_heat_of_its_racks(tmp_path, site, t0):
     svc = service(tmp_path, site)
-    hot = [(GPU101, "gpu_temp_c", 91, t0), (GPU102, "gpu_temp_c", 92, t0),
-           (GPU201, "gpu_temp_c", 93, t0)]
+    hot = [
+        (GPU101, "gpu_temp_c", 91, t0),
+        (GPU102, "gpu_temp_c", 92, t0),
+        (GPU201, "gpu_temp_c", 93, t0),
+    ]
     write_samples(svc.db.store, "gpu", hot)
-    write_events(svc.db.store, [(f"{CDU1}/pump1", "pump_failed", t0, "pump 1 tripped", {}),
-                                (f"{CDU1}/pump2", "pump_failed", t0, "pump 2 tripped", {})])
+    write_events(
+        svc.db.store,
+        [
+            (f"{CDU1}/pump1", "pump_failed", t0, "pump 1 tripped", {}),
+            (f"{CDU1}/pump2", "pump_failed", t0, "pump 2 tripped", {}),
+        ],
+    )
     (pump,) = svc.evaluate(t0).new  # two pumps of one loop: one alert
     assert pump.labels == {"alertname": "CduPumpFailed", "severity": "critical", "cdu": CDU1}
     assert pump.annotations["summary"] == (
-        f"loop {CDU1}: pump 2 tripped; cools rk101, rk102, rk103, rk104, rk105, rk106, "
-        "rk107, rk108")
+        f"loop {CDU1}: pump 2 tripped; cools rk101, rk102, rk103, rk104, rk105, rk106, rk107, rk108"
+    )
     at = t0 + timedelta(seconds=30)
     write_samples(svc.db.store, "gpu", [(d, m, v, at) for d, m, v, _ in hot])
     tick = svc.evaluate(at)
@@ -191,8 +208,7 @@ def test_cdu_pump_failure_is_one_loop_alert_and_inhibits_gpu_heat_of_its_racks(
 
 def test_dead_pdu_inhibits_device_lost_downstream_only(tmp_path, site, t0):
     svc = service(tmp_path, site)
-    write_samples(svc.db.store, "gpu", [(GPU101, "power_w", 600, t0),
-                                        (GPU201, "power_w", 600, t0)])
+    write_samples(svc.db.store, "gpu", [(GPU101, "power_w", 600, t0), (GPU201, "power_w", 600, t0)])
     write_samples(svc.db.store, "power", [(PDU1, "power_w", 52_000, t0)])
     assert not svc.evaluate(t0).new
     at = t0 + timedelta(seconds=90)  # both GPUs silent since t0; PDU row1 reads 0 W
@@ -203,12 +219,12 @@ def test_dead_pdu_inhibits_device_lost_downstream_only(tmp_path, site, t0):
     assert pdu.annotations["summary"].endswith("rk106, rk107, rk108")
     assert alerts[f"GpuLost:{GPU101}"].inhibited_by == pdu.fingerprint
     assert alerts[f"GpuLost:{GPU201}"].inhibited_by is None  # fed by pdu-row2
-    assert sorted(notified(svc)) == sorted([("PduDown", PDU1, "firing"),
-                                            ("GpuLost", GPU201, "firing")])
+    assert sorted(notified(svc)) == sorted(
+        [("PduDown", PDU1, "firing"), ("GpuLost", GPU201, "firing")]
+    )
 
 
-def test_absence_waits_after_start_so_a_restart_does_not_page_for_old_data(
-        tmp_path, site, t0):
+def test_absence_waits_after_start_so_a_restart_does_not_page_for_old_data(tmp_path, site, t0):
     svc = service(tmp_path, site)
     write_samples(svc.db.store, "gpu", [(GPU101, "power_w", 600, t0 - timedelta(hours=1))])
     assert not svc.evaluate(t0).new  # engine just started: data may simply not be in yet
@@ -221,19 +237,27 @@ def test_absence_waits_after_start_so_a_restart_does_not_page_for_old_data(
 
 def test_silence_mutes_matching_alerts_for_its_window(tmp_path, site, t0):
     svc = service(tmp_path, site)
-    sil = svc.db.create_silence([Matcher.parse('rack="rk101"')], t0, t0 + timedelta(minutes=5),
-                                "alice", "maintenance rk101", t0)
+    sil = svc.db.create_silence(
+        [Matcher.parse('rack="rk101"')],
+        t0,
+        t0 + timedelta(minutes=5),
+        "alice",
+        "maintenance rk101",
+        t0,
+    )
     for dt in (0, 30, 240):
         at = t0 + timedelta(seconds=dt)
-        write_samples(svc.db.store, "gpu", [(GPU101, "gpu_temp_c", 90, at),
-                                            (GPU102, "gpu_temp_c", 90, at)])
+        write_samples(
+            svc.db.store, "gpu", [(GPU101, "gpu_temp_c", 90, at), (GPU102, "gpu_temp_c", 90, at)]
+        )
         svc.evaluate(at)
     assert notified(svc) == [("GpuHot", GPU102, "firing")]  # rk101 is in maintenance
     (a101,) = [a for a in svc.engine.open.values() if a.labels["rack"] == "rk101"]
     assert a101.silenced_by == (sil["id"],)
     at = t0 + timedelta(minutes=6)  # silence over, still hot: now it pages
-    write_samples(svc.db.store, "gpu", [(GPU101, "gpu_temp_c", 90, at),
-                                        (GPU102, "gpu_temp_c", 90, at)])
+    write_samples(
+        svc.db.store, "gpu", [(GPU101, "gpu_temp_c", 90, at), (GPU102, "gpu_temp_c", 90, at)]
+    )
     svc.evaluate(at)
     assert notified(svc)[-1] == ("GpuHot", GPU101, "firing")
     assert transitions(svc, a101.id) == ["fired", "silenced", "unsilenced"]
@@ -258,11 +282,13 @@ def test_flapping_alert_is_held_firing_and_pages_at_most_twice(tmp_path, site, t
     # 90/70 every 10 s for 3 minutes: 18 state changes without suppression
     for k in range(18):
         at = t0 + timedelta(seconds=10 * k)
-        write_samples(svc.db.store, "gpu", [(GPU101, "gpu_temp_c", 90 if k % 2 == 0 else 70,
-                                             at)])
+        write_samples(svc.db.store, "gpu", [(GPU101, "gpu_temp_c", 90 if k % 2 == 0 else 70, at)])
         svc.evaluate(at)
-    assert notified(svc) == [("GpuHot", GPU101, "firing"), ("GpuHot", GPU101, "resolved"),
-                             ("GpuHot", GPU101, "firing")]
+    assert notified(svc) == [
+        ("GpuHot", GPU101, "firing"),
+        ("GpuHot", GPU101, "resolved"),
+        ("GpuHot", GPU101, "firing"),
+    ]
     (alert,) = svc.engine.open.values()
     assert alert.flapping
     # calm (70) for the 2 min hold: resolves once
@@ -296,10 +322,14 @@ rules:
 def test_event_rules_critical_xid_leak_and_psu(tmp_path, site, t0):
     svc = service(tmp_path, site, EVENTS)
     psu = "sv1/h1/row1/rk101/shelf/psu3"
-    write_events(svc.db.store, [
-        (GPU101, "xid", t0, "XID 79: GPU has fallen off the bus", {"xid": 79}),
-        (GPU102, "xid", t0, "XID 13: graphics engine exception", {"xid": 13}),  # not critical
-        (psu, "psu_fault", t0, "input lost", {})])
+    write_events(
+        svc.db.store,
+        [
+            (GPU101, "xid", t0, "XID 79: GPU has fallen off the bus", {"xid": 79}),
+            (GPU102, "xid", t0, "XID 13: graphics engine exception", {"xid": 13}),  # not critical
+            (psu, "psu_fault", t0, "input lost", {}),
+        ],
+    )
     write_samples(svc.db.store, "cooling", [(CDU1, "leak_detected", 1, t0)])
     tick = svc.evaluate(t0 + timedelta(seconds=1))
     names = sorted((a.labels["alertname"], a.labels["device_id"]) for a in tick.new)
@@ -307,8 +337,7 @@ def test_event_rules_critical_xid_leak_and_psu(tmp_path, site, t0):
     xid = next(a for a in tick.new if a.labels["alertname"] == "GpuCriticalXid")
     assert xid.annotations["summary"] == f"{GPU101}: XID 79: GPU has fallen off the bus"
     assert xid.starts_at == t0  # the event's read time
-    write_samples(svc.db.store, "cooling", [(CDU1, "leak_detected", 0, t0 + timedelta(
-        seconds=10))])
+    write_samples(svc.db.store, "cooling", [(CDU1, "leak_detected", 0, t0 + timedelta(seconds=10))])
     tick = svc.evaluate(t0 + timedelta(seconds=11))
     assert [a.labels["alertname"] for a in tick.resolved] == ["Leak"]
     tick = svc.evaluate(t0 + timedelta(minutes=31))
@@ -330,10 +359,14 @@ rules:
 
 def test_rate_of_change_over_a_window(tmp_path, site, t0):
     svc = service(tmp_path, site, RATE)
-    rows = [(GPU101, "gpu_temp_c", 60 + 0.25 * s, t0 + timedelta(seconds=s))  # 15 C/min
-            for s in range(0, 121, 10)]
-    rows += [(GPU102, "gpu_temp_c", 60 + 0.05 * s, t0 + timedelta(seconds=s))  # 3 C/min
-             for s in range(0, 121, 10)]
+    rows = [
+        (GPU101, "gpu_temp_c", 60 + 0.25 * s, t0 + timedelta(seconds=s))  # 15 C/min
+        for s in range(0, 121, 10)
+    ]
+    rows += [
+        (GPU102, "gpu_temp_c", 60 + 0.05 * s, t0 + timedelta(seconds=s))  # 3 C/min
+        for s in range(0, 121, 10)
+    ]
     write_samples(svc.db.store, "gpu", rows)
     (alert,) = svc.evaluate(t0 + timedelta(seconds=120)).new
     assert alert.labels["device_id"] == GPU101
@@ -382,7 +415,8 @@ def test_provider_backed_rule_kinds_with_test_providers(tmp_path, site, t0):
         anomaly_score=lambda now: {GPU101: state["score"], GPU102: 0.1},
         failure_risk=lambda now: {GPU201: state["risk"]},
         heat_balance_residual=lambda now: {CDU1: state["residual"]},
-        pue_interval=pue_interval)
+        pue_interval=pue_interval,
+    )
     svc = service(tmp_path, site, PROVIDED, providers)
     tick = svc.evaluate(t0)
     got = {a.labels["alertname"]: a for a in tick.new}

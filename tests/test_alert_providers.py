@@ -8,7 +8,7 @@ from datetime import UTC, timedelta
 import pytest
 
 from collectors.batching import Batcher
-from collectors.sources.simulated import SimulatedSource, SimulatedSourceConfig
+from collectors.sources.simulated.source import SimulatedSource, SimulatedSourceConfig
 from ingest.store import Store
 from tests.alerting import write_samples
 from twin.alerts.outbox import utcnow
@@ -49,8 +49,7 @@ def test_twin_pue_interval_provider_matches_the_simulated_plant(twin_with_data):
 
 def test_heat_balance_residual_from_the_twin_fires_for_the_faulty_loop(twin_with_data, site):
     twin, sim, now = twin_with_data
-    svc = AlertService(twin.store, site, parse_rules(RULES)[0], [],
-                       providers=twin_providers(twin))
+    svc = AlertService(twin.store, site, parse_rules(RULES)[0], [], providers=twin_providers(twin))
     twin.tick()
     assert not svc.evaluate(now).new  # the simulated site balances
     # a flow meter reading half the real flow on loop row2: Q = m·cp·ΔT looks halved

@@ -8,10 +8,10 @@ import re
 import polars as pl
 import pytest
 
-from twin.alerts.config import ConfigError, Matcher, parse_duration
 from twin.alerts.grouping import fingerprint, site_topology
 from twin.alerts.receivers import load_receivers
 from twin.alerts.rules import CRITICAL_XIDS, glob_regex, load_rules, parse_rules
+from twin.alerts.yaml_files import ConfigError, Matcher, parse_duration
 
 BASE = """rules:
   - name: GpuHot
@@ -25,9 +25,20 @@ BASE = """rules:
 def test_default_rule_set_covers_every_kind_with_summary_and_runbook():
     rules = load_rules(None)  # packaged twin/alerts/default_rules.yaml
     kinds = {r.kind for r in rules.rules}
-    assert kinds == {"threshold", "rate", "absence", "event", "leak", "xid", "pump_failed",
-                     "psu_failed", "anomaly_score", "failure_risk", "heat_balance",
-                     "pue_regression"}
+    assert kinds == {
+        "threshold",
+        "rate",
+        "absence",
+        "event",
+        "leak",
+        "xid",
+        "pump_failed",
+        "psu_failed",
+        "anomaly_score",
+        "failure_risk",
+        "heat_balance",
+        "pue_regression",
+    }
     for r in rules.rules:
         ann = r.annotations.as_dict()
         assert ann["summary"] and ann["runbook_url"], r.name
@@ -36,22 +47,29 @@ def test_default_rule_set_covers_every_kind_with_summary_and_runbook():
     assert len(rules.inhibit_rules) >= 2
 
 
-@pytest.mark.parametrize(("text", "line", "needle"), [
-    (BASE.replace("value: 85", "value: 85\n    for: 5 minutes"), 6, "invalid duration"),
-    (BASE.replace("kind: threshold", "kind: treshold"), 3, "does not match any"),
-    (BASE.replace("gpu_temp_c", "gpu_tmp_c"), 4, "similar: ['gpu_temp_c'"),
-    (BASE.replace("value: 85", "value: 85\n    clear: 90"), 2, "clear (90.0) must be <="),
-    (BASE + BASE.removeprefix("rules:\n"), 7, "duplicate rule name 'GpuHot'"),
-    (BASE.replace("value: 85", "value: 85\n    value: 86"), 6, "duplicate key 'value'"),
-    (BASE.replace("{summary: hot}", "{summary: hot"), 7, "not valid YAML"),
-    (BASE.replace("{summary: hot}", "{summary: '{value'}"), 6, "invalid template"),
-    (BASE.replace("value: 85", "value: 85\n    by: [tenant]"), 6, "unknown label 'tenant'"),
-    (BASE.replace("value: 85", "value: 85\n    labels: {severity: x}"), 6, "set by the engine"),
-    (BASE.replace("value: 85", "value: 85\n    op: '=='"), 6, "op"),
-    (BASE + "inhibit_rules:\n  - source_matchers: ['alertname=GpuHot']\n"
-            "    target_matchers: ['x==\"y\"']\n", 9, "invalid matcher"),
-    (BASE.replace("value: 85", "value: 85\n    thresold: 3"), 6, "Extra inputs"),
-])
+@pytest.mark.parametrize(
+    ("text", "line", "needle"),
+    [
+        (BASE.replace("value: 85", "value: 85\n    for: 5 minutes"), 6, "invalid duration"),
+        (BASE.replace("kind: threshold", "kind: treshold"), 3, "does not match any"),
+        (BASE.replace("gpu_temp_c", "gpu_tmp_c"), 4, "similar: ['gpu_temp_c'"),
+        (BASE.replace("value: 85", "value: 85\n    clear: 90"), 2, "clear (90.0) must be <="),
+        (BASE + BASE.removeprefix("rules:\n"), 7, "duplicate rule name 'GpuHot'"),
+        (BASE.replace("value: 85", "value: 85\n    value: 86"), 6, "duplicate key 'value'"),
+        (BASE.replace("{summary: hot}", "{summary: hot"), 7, "not valid YAML"),
+        (BASE.replace("{summary: hot}", "{summary: '{value'}"), 6, "invalid template"),
+        (BASE.replace("value: 85", "value: 85\n    by: [tenant]"), 6, "unknown label 'tenant'"),
+        (BASE.replace("value: 85", "value: 85\n    labels: {severity: x}"), 6, "set by the engine"),
+        (BASE.replace("value: 85", "value: 85\n    op: '=='"), 6, "op"),
+        (
+            BASE + "inhibit_rules:\n  - source_matchers: ['alertname=GpuHot']\n"
+            "    target_matchers: ['x==\"y\"']\n",
+            9,
+            "invalid matcher",
+        ),
+        (BASE.replace("value: 85", "value: 85\n    thresold: 3"), 6, "Extra inputs"),
+    ],
+)
 def test_errors_name_the_line(text, line, needle):
     with pytest.raises(ConfigError) as err:
         parse_rules(text, "rules.yaml")
@@ -62,11 +80,16 @@ def test_errors_name_the_line(text, line, needle):
 
 def test_receivers_file_errors_name_the_line(tmp_path, monkeypatch):
     path = tmp_path / "receivers.yaml"
-    path.write_text("receivers:\n  - name: oncall\n    type: webhook\n"
-                    "    url: https://example.invalid/hook\n    secret_env: ONCALL_SECRET\n")
+    path.write_text(
+        "receivers:\n  - name: oncall\n    type: webhook\n"
+        "    url: https://example.invalid/hook\n    secret_env: ONCALL_SECRET\n"
+    )
     monkeypatch.delenv("ONCALL_SECRET", raising=False)
-    with pytest.raises(ConfigError, match=r"receivers.yaml:2: receivers\[0\]: secret_env: "
-                                          "environment variable ONCALL_SECRET"):
+    with pytest.raises(
+        ConfigError,
+        match=r"receivers.yaml:2: receivers\[0\]: secret_env: "
+        "environment variable ONCALL_SECRET",
+    ):
         load_receivers(path)
     monkeypatch.setenv("ONCALL_SECRET", "abc")
     (r,) = load_receivers(path)
@@ -81,8 +104,10 @@ def test_missing_rules_file_is_a_clear_error(tmp_path):
         load_rules(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("30s", 30), ("5m", 300), ("1h30m", 5400), ("500ms", 0.5), ("7d", 604800), (90, 90)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("5m", 300), ("1h30m", 5400), ("500ms", 0.5), ("7d", 604800), (90, 90)],
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -100,8 +125,7 @@ def test_matchers_follow_alertmanager_semantics():
     assert Matcher.parse('rack=~"rk10.*"').matches(labels)
     assert Matcher.parse('cdu=""').matches(labels)  # a missing label is the empty string
     assert Matcher.parse('alertname!~"Pdu.*"').matches(labels)
-    assert not Matcher.parse({"name": "rack", "value": "rk101", "isEqual": False}).matches(
-        labels)
+    assert not Matcher.parse({"name": "rack", "value": "rk101", "isEqual": False}).matches(labels)
     assert str(Matcher.parse("rack!=rk1")) == 'rack!="rk1"'
 
 
@@ -114,9 +138,17 @@ def test_fingerprint_is_alertmanagers_fnv1a_over_sorted_labels():
 def test_topology_from_the_site_model(site):
     topo = site_topology(site)
     gpu = topo.labels_for("sv1/h1/row2/rk203/n04/gpu1")
-    assert gpu == {"site": "sv1", "hall": "h1", "row": "row2", "rack": "rk203", "node": "n04",
-                   "cdu": "sv1/h1/cdu-row2", "pdu": "sv1/h1/pdu-row2",
-                   "device_id": "sv1/h1/row2/rk203/n04/gpu1", "device_class": "gpu"}
+    assert gpu == {
+        "site": "sv1",
+        "hall": "h1",
+        "row": "row2",
+        "rack": "rk203",
+        "node": "n04",
+        "cdu": "sv1/h1/cdu-row2",
+        "pdu": "sv1/h1/pdu-row2",
+        "device_id": "sv1/h1/row2/rk203/n04/gpu1",
+        "device_class": "gpu",
+    }
     assert topo.labels_for("sv1/h1/cdu-row3/pump2")["cdu"] == "sv1/h1/cdu-row3"
     assert topo.class_of("sv1/h1/cdu-row3/pump2") == "cdu"
     assert topo.downstream("sv1/h1/cdu-row4") == [f"rk40{i}" for i in range(1, 9)]
@@ -126,7 +158,7 @@ def test_topology_from_the_site_model(site):
 def test_serve_refuses_a_bad_rules_file_naming_the_line(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from dctwin.cli import app
+    from dctwin.cli.main import app
 
     bad = tmp_path / "rules.yaml"
     bad.write_text(BASE.replace("value: 85", "value: 85\n    for: soon"))
@@ -136,11 +168,30 @@ def test_serve_refuses_a_bad_rules_file_naming_the_line(tmp_path, monkeypatch):
     assert f"{bad}:6: rules[0].for: invalid duration 'soon'" in result.output
 
 
-@pytest.mark.parametrize("glob", ["sv1/h1/row1/*", "sv1/*/row?/*gpu[0-3]", "*cdu*", "a.b/c[[]1]",
-                                  "x[?]y", "*gpu[!0]", "sv1/h1/row1", "*", "(a)+{b}|c$"])
+@pytest.mark.parametrize(
+    "glob",
+    [
+        "sv1/h1/row1/*",
+        "sv1/*/row?/*gpu[0-3]",
+        "*cdu*",
+        "a.b/c[[]1]",
+        "x[?]y",
+        "*gpu[!0]",
+        "sv1/h1/row1",
+        "*",
+        "(a)+{b}|c$",
+    ],
+)
 def test_device_glob_regex_agrees_with_fnmatch_in_python_and_polars(glob):
-    ids = ["sv1/h1/row1/rk101/n01/gpu0", "sv1/h1/row2/rk201/n02/gpu7", "sv1/h1/cdu-row1",
-           "a.b/c[1]", "x?y", "(a)+{b}|c$", "sv1/h1/row1"]
+    ids = [
+        "sv1/h1/row1/rk101/n01/gpu0",
+        "sv1/h1/row2/rk201/n02/gpu7",
+        "sv1/h1/cdu-row1",
+        "a.b/c[1]",
+        "x?y",
+        "(a)+{b}|c$",
+        "sv1/h1/row1",
+    ]
     want = [fnmatch.fnmatchcase(i, glob) for i in ids]
     regex = glob_regex(glob)
     assert [bool(re.match(regex, i)) for i in ids] == want

@@ -49,7 +49,8 @@ rules:
 def alertmanager(tmp_path) -> Iterator[tuple[str, HttpReceiver]]:
     assert ALERTMANAGER.exists(), (
         f"{ALERTMANAGER} is missing: apt-get install prometheus-alertmanager "
-        "(listed in APT_PACKAGES in .ci/run)")
+        "(listed in APT_PACKAGES in .ci/run)"
+    )
     rx = HttpReceiver()
     port = free_port()
     cfg = tmp_path / "alertmanager.yml"
@@ -68,9 +69,16 @@ receivers:
 """)
     log = open(tmp_path / "alertmanager.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [str(ALERTMANAGER), f"--config.file={cfg}", f"--storage.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            str(ALERTMANAGER),
+            f"--config.file={cfg}",
+            f"--storage.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -98,10 +106,12 @@ def am_alerts(url: str) -> list[dict]:
 def test_alerts_pushed_to_alertmanager_arrive_with_our_labels(tmp_path, site, alertmanager):
     url, onward = alertmanager
     store = Store(tmp_path / "am.duckdb")
-    receiver = AlertmanagerReceiver(name="am", type="alertmanager", url=url,
-                                    resend_interval=30, retry_initial=0.05)
-    svc = AlertService(store, site, parse_rules(RULES)[0], [receiver],
-                       external_url="http://twin.test:8000")
+    receiver = AlertmanagerReceiver(
+        name="am", type="alertmanager", url=url, resend_interval=30, retry_initial=0.05
+    )
+    svc = AlertService(
+        store, site, parse_rules(RULES)[0], [receiver], external_url="http://twin.test:8000"
+    )
     try:
         now = utcnow()
         write_samples(store, "gpu", [(GPU, "gpu_temp_c", 93.0, now)])
@@ -146,7 +156,6 @@ def test_alerts_pushed_to_alertmanager_arrive_with_our_labels(tmp_path, site, al
         resolved = onward.wait_for(3)[2]
         doc = AmWebhookV4.model_validate_json(resolved.body)
         assert doc.status == "resolved" and doc.group_labels["alertname"] == "GpuHot"
-        assert orjson.loads(resolved.body)["alerts"][0]["fingerprint"] == \
-            ours["GpuHot"].fingerprint
+        assert orjson.loads(resolved.body)["alerts"][0]["fingerprint"] == ours["GpuHot"].fingerprint
     finally:
         svc.stop()

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, TopicPartition
 
 from collectors.base import Readings
-from collectors.config import CollectorConfig
 from collectors.daemon import CollectorDaemon
-from collectors.sources.simulated import SimulatedSource, SimulatedSourceConfig
+from collectors.daemon_config import CollectorConfig
+from collectors.sources.simulated.source import SimulatedSource, SimulatedSourceConfig
 from dctwin.server import Server
 from tests.alerting import AmWebhookV4, HttpReceiver
 
@@ -71,18 +71,22 @@ receivers:
 
 
 @pytest.mark.slow
-def test_fault_to_signed_webhook_and_kafka_then_resolution(settings, unique, tmp_path,
-                                                           monkeypatch):
+def test_fault_to_signed_webhook_and_kafka_then_resolution(settings, unique, tmp_path, monkeypatch):
     monkeypatch.setenv("DCTWIN_TEST_WEBHOOK_SECRET", SECRET)
     rx = HttpReceiver()
     settings.alert_rules_file = rules_file(tmp_path / "rules.yaml", rx.url)
     settings.alerts_topic = f"alerts-{unique}"
     settings.external_url = "http://twin.e2e:8000"
-    cfg = CollectorConfig(name=f"sim-{unique}", site="sv1", interval_s=1.0,
-                          kafka={"bootstrap": settings.kafka_bootstrap, "compression": "lz4"},
-                          sources=[{"type": "simulated", "racks": ["rk104"]}])
-    source = FaultySource(SimulatedSource(SimulatedSourceConfig(seed=5, racks=["rk104"])),
-                          GPU, "gpu_temp_c")
+    cfg = CollectorConfig(
+        name=f"sim-{unique}",
+        site="sv1",
+        interval_s=1.0,
+        kafka={"bootstrap": settings.kafka_bootstrap, "compression": "lz4"},
+        sources=[{"type": "simulated", "racks": ["rk104"]}],
+    )
+    source = FaultySource(
+        SimulatedSource(SimulatedSourceConfig(seed=5, racks=["rk104"])), GPU, "gpu_temp_c"
+    )
     daemon = CollectorDaemon(cfg, sources=[source])
     server = Server(settings)
     try:
@@ -94,8 +98,11 @@ def test_fault_to_signed_webhook_and_kafka_then_resolution(settings, unique, tmp
         (req,) = rx.wait_for(1, timeout_s=90)
         print(f"fault -> webhook {time.monotonic() - t:.2f}s (includes the group join)")
         ts = req.headers["X-Dctwin-Timestamp"]
-        assert req.headers["X-Dctwin-Signature"] == "sha256=" + hmac.new(
-            SECRET.encode(), ts.encode() + b"." + req.body, hashlib.sha256).hexdigest()
+        assert (
+            req.headers["X-Dctwin-Signature"]
+            == "sha256="
+            + hmac.new(SECRET.encode(), ts.encode() + b"." + req.body, hashlib.sha256).hexdigest()
+        )
         fired = AmWebhookV4.model_validate_json(req.body)
         assert fired.status == "firing" and fired.external_url == "http://twin.e2e:8000"
         (alert,) = fired.alerts
@@ -113,14 +120,22 @@ def test_fault_to_signed_webhook_and_kafka_then_resolution(settings, unique, tmp
 
         app = server.uvicorn_server().config.app
         _, token = server.keys.create("e2e", "viewer")
-        api = TestClient(app, headers={"Authorization": f"Bearer {token}"}).get(
-            "/v1/alerts", params={"label": f"device_id={GPU}"}).json()
+        api = (
+            TestClient(app, headers={"Authorization": f"Bearer {token}"})
+            .get("/v1/alerts", params={"label": f"device_id={GPU}"})
+            .json()
+        )
         assert [a["status"] for a in api["items"]] == ["resolved"]
 
-        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
-                                 consumer_timeout_ms=500)  # no group: no join wait
-        consumer.assign([TopicPartition(settings.alerts_topic, p) for p in
-                         consumer.partitions_for_topic(settings.alerts_topic)])
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap, consumer_timeout_ms=500
+        )  # no group: no join wait
+        consumer.assign(
+            [
+                TopicPartition(settings.alerts_topic, p)
+                for p in consumer.partitions_for_topic(settings.alerts_topic)
+            ]
+        )
         consumer.seek_to_beginning()
         got, deadline = [], time.monotonic() + 60
         while len(got) < 2 and time.monotonic() < deadline:
@@ -129,8 +144,7 @@ def test_fault_to_signed_webhook_and_kafka_then_resolution(settings, unique, tmp
         docs = [orjson.loads(m.value) for m in got]
         # keyed by group: one partition, so in order; one message per state change
         assert [d["status"] for d in docs] == ["firing", "resolved"]
-        assert {m.key for m in got} == {fired.group_key.replace("oncall", "kafka-alerts")
-                                        .encode()}
+        assert {m.key for m in got} == {fired.group_key.replace("oncall", "kafka-alerts").encode()}
         assert all(dict(m.headers)["Idempotency-Key"] for m in got)
         for d in docs:
             AmWebhookV4.model_validate(d)

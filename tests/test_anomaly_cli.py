@@ -12,15 +12,21 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from dctwin.cli import app
+from dctwin.cli.main import app
 from twin.anomaly.csvscore import BLOCK_ROWS, CsvInputError, score_csv
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _series_csv(path: Path, values, start: int = 1_714_560_000, step: int = 10,
-                extra: bool = True, iso: bool = True) -> Path:
+def _series_csv(
+    path: Path,
+    values,
+    start: int = 1_714_560_000,
+    step: int = 10,
+    extra: bool = True,
+    iso: bool = True,
+) -> Path:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["timestamp", "host", "value"] if extra else ["timestamp", "value"])
@@ -126,8 +132,11 @@ def test_junk_value_is_an_error_naming_the_line(tmp_path):
 
 
 def test_skip_invalid_leaves_bad_rows_unscored_and_names_them(tmp_path):
-    text = ("timestamp,value\n" + "".join(f"{i},{v}\n" for i, v in enumerate(_noise(60)))
-            + "60,oops\nnot-a-time,1.0\n58,2.0\n61,inf\n62,50.1\n")
+    text = (
+        "timestamp,value\n"
+        + "".join(f"{i},{v}\n" for i, v in enumerate(_noise(60)))
+        + "60,oops\nnot-a-time,1.0\n58,2.0\n61,inf\n62,50.1\n"
+    )
     warn = io.StringIO()
     dst = io.StringIO()
     summary = score_csv(io.StringIO(text), dst, skip_invalid=True, warn=warn)
@@ -157,8 +166,9 @@ def test_named_columns_and_iso_timestamps_with_offsets(tmp_path):
     for i in range(100):
         rows.append(f"2024-05-01 {i // 60:02d}:{i % 60:02d}:00+02:00,{20 + i % 2},{300 + i}")
     src.write_text("\n".join(rows) + "\n")
-    res = runner.invoke(app, ["anomaly", "score", str(src), "--column", "power_w",
-                              "--time-column", "ts"])
+    res = runner.invoke(
+        app, ["anomaly", "score", str(src), "--column", "power_w", "--time-column", "ts"]
+    )
     assert res.exit_code == 0, res.output
     out = _read(res.stdout)
     assert list(out[0]) == ["ts", "temp_c", "power_w", "anomaly_score"]
@@ -168,10 +178,21 @@ def test_named_columns_and_iso_timestamps_with_offsets(tmp_path):
 def test_real_binary_reads_stdin_and_fails_cleanly_on_a_missing_file(tmp_path):
     exe = Path(sys.executable).parent / "dctwin"
     text = "timestamp,value\n" + "".join(f"{i * 10},{v}\n" for i, v in enumerate(_noise(80)))
-    done = subprocess.run([str(exe), "anomaly", "score", "-"], input=text, text=True,
-                          capture_output=True, timeout=60, cwd=REPO)
+    done = subprocess.run(
+        [str(exe), "anomaly", "score", "-"],
+        input=text,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr
     assert len(_read(done.stdout)) == 80
-    gone = subprocess.run([str(exe), "anomaly", "score", str(tmp_path / "nope.csv")],
-                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    gone = subprocess.run(
+        [str(exe), "anomaly", "score", str(tmp_path / "nope.csv")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert gone.returncode == 2 and "no such file" in gone.stderr

@@ -5,13 +5,19 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from experiments.anomaly.matching import MatchConfig, alarm_events
 from twin.anomaly.fleet import STORM_P, FleetScorer
-from twin.anomaly.matching import MatchConfig, alarm_events
 
 
 def _scores(device: str, buckets, components, score: float = 0.9) -> pl.DataFrame:
-    return pl.DataFrame({"device_id": device, "bucket": list(buckets), "score": score,
-                         "top_component": list(components)})
+    return pl.DataFrame(
+        {
+            "device_id": device,
+            "bucket": list(buckets),
+            "score": score,
+            "top_component": list(components),
+        }
+    )
 
 
 def test_a_new_top_cause_inside_a_running_alarm_is_an_event_and_flicker_is_not():
@@ -31,10 +37,17 @@ def test_a_new_top_cause_inside_a_running_alarm_is_an_event_and_flicker_is_not()
 
 
 def _class_devices(n: int) -> pl.DataFrame:
-    return pl.DataFrame({"device_id": [f"g{i}" for i in range(n)], "device_class": "gpu",
-                         "hall": "h1", "rack_id": None, "cdu_id": None, "pdu_id": None},
-                        schema_overrides={"rack_id": pl.String, "cdu_id": pl.String,
-                                          "pdu_id": pl.String})
+    return pl.DataFrame(
+        {
+            "device_id": [f"g{i}" for i in range(n)],
+            "device_class": "gpu",
+            "hall": "h1",
+            "rack_id": None,
+            "cdu_id": None,
+            "pdu_id": None,
+        },
+        schema_overrides={"rack_id": pl.String, "cdu_id": pl.String, "pdu_id": pl.String},
+    )
 
 
 def test_a_storm_over_most_of_a_class_is_scored_against_the_class():

@@ -82,9 +82,11 @@ def test_a_threshold_means_the_same_false_alarm_rate_whatever_the_noise(noise):
     rng = np.random.default_rng(3)
     n = 120_000
     t = np.arange(n) * 10.0
-    draw = {"normal": lambda: rng.normal(size=n),
-            "laplace": lambda: rng.laplace(size=n),
-            "student_t5": lambda: rng.standard_t(5, size=n)}[noise]
+    draw = {
+        "normal": lambda: rng.normal(size=n),
+        "laplace": lambda: rng.laplace(size=n),
+        "student_t5": lambda: rng.standard_t(5, size=n),
+    }[noise]
     for scale, level in ((0.01, 5.0), (50.0, 3000.0)):
         res, _ = score_series(t, level + scale * draw())
         s = res.score[np.isfinite(res.score)]

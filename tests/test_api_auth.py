@@ -46,8 +46,9 @@ def test_every_v1_endpoint_needs_a_key_and_every_mutation_needs_operator(env):
     for r in routes:
         assert r.role is not None, f"{r.path} is open: include its router with app.include()"
         if r.methods & MUTATING:
-            assert r.role.rank >= Role.operator.rank, f"{sorted(r.methods)} {r.path} needs " \
-                                                      f"operator or admin, has {r.role}"
+            assert r.role.rank >= Role.operator.rank, (
+                f"{sorted(r.methods)} {r.path} needs operator or admin, has {r.role}"
+            )
 
 
 def test_each_mutating_endpoint_per_role(env):
@@ -94,8 +95,9 @@ def test_each_read_endpoint_needs_viewer(env):
 
 def test_auth_is_checked_before_the_body(env):
     client = TestClient(env[0])
-    res = client.post("/v1/apikeys", content=b"{not json", headers={"content-type":
-                                                                    "application/json"})
+    res = client.post(
+        "/v1/apikeys", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert res.status_code == 401
     res = client.post("/v1/apikeys", json={"role": "root"}, headers=bearer(env[2][Role.viewer]))
     assert res.status_code == 403
@@ -125,9 +127,12 @@ def test_revoked_key_stops_working_at_once_via_cli(tmp_path, site):
     app = create_app(Twin(site, store), keys=KeyStore(keys_path))
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "dctwin.cli", "apikey", *args,
-                               "--db", str(keys_path)], capture_output=True, text=True,
-                              timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "dctwin.cli.main", "apikey", *args, "--db", str(keys_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     created = cli("create", "--name", "noc-script", "--role", "operator")
     assert created.returncode == 0, created.stderr

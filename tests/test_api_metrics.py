@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from api.keys import Role
-from api.live import LiveState
+from api.live_view import LiveView
 from dctwin.broker import free_port
 from ingest.consumer import IngestStats
 from ingest.store import Store
@@ -43,10 +43,14 @@ def _families(text: str) -> dict:
 def test_metrics_expose_platform_and_twin_state(populated):
     twin, keys, tokens = populated
     bus = EventBus()
-    live = LiveState(twin, bus)
+    live = LiveView(twin, bus)
     live.tick()
-    stats = IngestStats(messages=10, samples_stored=12345, events_stored=2,
-                        dead_letters=Counter({"schema": 3, "unknown_version": 1}))
+    stats = IngestStats(
+        messages=10,
+        samples_stored=12345,
+        events_stored=2,
+        dead_letters=Counter({"schema": 3, "unknown_version": 1}),
+    )
     app = create_app(twin, keys=keys, bus=bus, live=live, ingest_stats=lambda: stats)
     client = TestClient(app)
     h = bearer(tokens[Role.viewer])
@@ -60,13 +64,15 @@ def test_metrics_expose_platform_and_twin_state(populated):
     pue = [by_scope["site"]]
     assert pue[0].labels == {"scope": "site", "category": "PUE1", "figure": "PUE"}
     assert by_scope["hall:h1"].labels["figure"] == "pPUE"
-    residual = {s.labels["scope"]: s.value
-                for s in fams["dctwin_heat_balance_residual_kw"].samples}
+    residual = {s.labels["scope"]: s.value for s in fams["dctwin_heat_balance_residual_kw"].samples}
     assert residual and all(abs(v) < 1e4 for v in residual.values())
     api_pue = client.get("/v1/pue", headers=h).json()["value"]
     assert pue[0].value == pytest.approx(api_pue, rel=1e-12)
-    dead = {s.labels["reason"]: s.value for s in fams["dctwin_ingest_dead_letters"].samples
-            if s.name.endswith("_total")}
+    dead = {
+        s.labels["reason"]: s.value
+        for s in fams["dctwin_ingest_dead_letters"].samples
+        if s.name.endswith("_total")
+    }
     assert dead == {"schema": 3.0, "unknown_version": 1.0}
     assert fams["dctwin_ingest_samples"].samples[0].value == 13345
     assert fams["dctwin_ingest_samples_per_second"].samples[0].value > 0
@@ -75,12 +81,15 @@ def test_metrics_expose_platform_and_twin_state(populated):
     racks = fams["dctwin_rack_gpu_max_temp_c"].samples
     assert len(racks) == 32 and {s.labels["rack"] for s in racks} >= {"rk101", "rk408"}
     assert {s.labels["meter"] for s in fams["dctwin_power_kw"].samples} == {
-        "facility", "it", "cooling"}
+        "facility",
+        "it",
+        "cooling",
+    }
 
 
 def test_providers_plug_in_and_a_broken_one_does_not_blank_the_scrape(populated):
     twin, keys, tokens = populated
-    live = LiveState(twin, EventBus(), scorers=[("anomaly_score", lambda: {"rk101": 0.91})])
+    live = LiveView(twin, EventBus(), scorers=[("anomaly_score", lambda: {"rk101": 0.91})])
     app = create_app(twin, keys=keys, live=live, open_metrics=True)
 
     def alerts_by_severity():
@@ -106,10 +115,12 @@ def test_providers_plug_in_and_a_broken_one_does_not_blank_the_scrape(populated)
 def test_real_prometheus_scrapes_the_api_and_answers_the_pue_query(populated, tmp_path):
     binary = shutil.which("prometheus")
     if binary is None:
-        pytest.fail("Debian's `prometheus` is not installed: `apt-get install prometheus` "
-                    "(listed in APT_PACKAGES in .ci/run)")
+        pytest.fail(
+            "Debian's `prometheus` is not installed: `apt-get install prometheus` "
+            "(listed in APT_PACKAGES in .ci/run)"
+        )
     twin, keys, tokens = populated
-    live = LiveState(twin, EventBus(), interval_s=0.5).start()
+    live = LiveView(twin, EventBus(), interval_s=0.5).start()
     app = create_app(twin, keys=keys, live=live)  # /metrics needs a key: Prometheus sends it
     prom_port = free_port()
     try:
@@ -120,17 +131,26 @@ def test_real_prometheus_scrapes_the_api_and_answers_the_pue_query(populated, tm
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
                 "scrape_configs:\n  - job_name: dctwin\n"
                 f"    authorization:\n      credentials: {tokens[Role.viewer]}\n"
-                f"    static_configs:\n      - targets: ['{target}']\n")
+                f"    static_configs:\n      - targets: ['{target}']\n"
+            )
             log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115
             proc = subprocess.Popen(
-                [binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{prom_port}"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                [
+                    binary,
+                    f"--config.file={cfg}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
             try:
                 prom = f"http://127.0.0.1:{prom_port}"
                 result = _query_until(prom, 'dctwin_pue{scope="site"}', proc, tmp_path)
-                api_pue = httpx.get(f"{url}/v1/pue", headers=bearer(tokens[Role.viewer])
-                                    ).json()["value"]
+                api_pue = httpx.get(f"{url}/v1/pue", headers=bearer(tokens[Role.viewer])).json()[
+                    "value"
+                ]
                 assert result[0]["metric"]["category"] == "PUE1"
                 assert result[0]["metric"]["job"] == "dctwin"
                 assert float(result[0]["value"][1]) == pytest.approx(api_pue, rel=1e-9)
@@ -151,8 +171,10 @@ def _query_until(prom: str, query: str, proc, tmp_path, timeout_s: float = 45.0)
     last = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"prometheus exited {proc.returncode}: "
-                        f"{(tmp_path / 'prometheus.log').read_text()[-2000:]}")
+            pytest.fail(
+                f"prometheus exited {proc.returncode}: "
+                f"{(tmp_path / 'prometheus.log').read_text()[-2000:]}"
+            )
         try:
             last = httpx.get(f"{prom}/api/v1/query", params={"query": query}, timeout=2).json()
             if last.get("status") == "success" and last["data"]["result"]:

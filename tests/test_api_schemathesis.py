@@ -31,10 +31,15 @@ from twin.state import Twin
 # failure-risk model needs a trained, approved model (docs/failure-prediction.md).
 NOT_CONFIGURED_HERE = {"/v1/failure-risk"}
 
-CHECKS = [st_checks.status_code_conformance,
-          st_checks.content_type_conformance, st_checks.response_headers_conformance,
-          st_checks.response_schema_conformance, st_checks.negative_data_rejection,
-          st_checks.missing_required_header, st_checks.unsupported_method]
+CHECKS = [
+    st_checks.status_code_conformance,
+    st_checks.content_type_conformance,
+    st_checks.response_headers_conformance,
+    st_checks.response_schema_conformance,
+    st_checks.negative_data_rejection,
+    st_checks.missing_required_header,
+    st_checks.unsupported_method,
+]
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +71,20 @@ def _fuzz(app, headers: dict[str, str], max_examples: int, extra=None) -> list[s
 
         @given(case=op.as_strategy())
         # derandomized: CI runs the same cases every time (a failure reproduces)
-        @settings(max_examples=max_examples, deadline=None, database=None,
-                  derandomize=True, suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=max_examples,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case):
             response = case.call_and_validate(headers=headers, checks=CHECKS)
             # not_a_server_error, less a feature this test app does not set up
             if response.status_code >= 500:
                 assert response.status_code == 503 and case.path in NOT_CONFIGURED_HERE, (
-                    f"{case.method} {case.path}: {response.status_code} "
-                    f"{response.text[:500]}")
+                    f"{case.method} {case.path}: {response.status_code} {response.text[:500]}"
+                )
             if extra is not None:
                 extra(case, response)
 

@@ -49,16 +49,20 @@ def test_unknown_path_and_method_are_problems(client):
 
 
 def test_validation_errors_name_each_parameter(client):
-    res = client.get("/v1/series", params={"id": GPU, "start": "2025-06-01T12:00:00",
-                                           "end": "2025-06-01T13:00:00+02:00"})
+    res = client.get(
+        "/v1/series",
+        params={"id": GPU, "start": "2025-06-01T12:00:00", "end": "2025-06-01T13:00:00+02:00"},
+    )
     body = _is_problem(res, 422)
     errors = {(e["location"], e["parameter"]): e for e in body["errors"]}
     assert ("query", "metric") in errors  # missing
     assert "timezone" in errors[("query", "start")]["message"]  # naive: rejected, not guessed
     assert ("query", "end") not in errors  # an offset is fine
     assert "query.start" in body["detail"]
-    body = _is_problem(client.get("/v1/series", params={"id": GPU, "metric": "gpu_temp_c",
-                                                        "start": "yesterday"}), 422)
+    body = _is_problem(
+        client.get("/v1/series", params={"id": GPU, "metric": "gpu_temp_c", "start": "yesterday"}),
+        422,
+    )
     assert body["errors"][0]["parameter"] == "start"
     body = _is_problem(client.get("/v1/devices", params={"limit": 0}), 422)
     assert body["errors"][0]["parameter"] == "limit"
@@ -66,32 +70,57 @@ def test_validation_errors_name_each_parameter(client):
 
 def test_times_are_rfc3339_utc_out_and_offsets_are_honoured_in(client):
     pue = client.get("/v1/pue").json()
-    assert RFC3339_Z.match(pue["time"]) and all(RFC3339_Z.match(i["read_time"])
-                                                for i in pue["inputs"])
+    assert RFC3339_Z.match(pue["time"]) and all(
+        RFC3339_Z.match(i["read_time"]) for i in pue["inputs"]
+    )
     now = datetime.now(UTC)
     start_utc = now - timedelta(minutes=2)
     # the same instant written with a +02:00 offset must select the same buckets
     as_plus2 = start_utc.astimezone(__import__("datetime").timezone(timedelta(hours=2)))
-    a = client.get("/v1/series", params={
-        "id": GPU, "metric": "gpu_temp_c", "start": start_utc.isoformat().replace("+00:00", "Z"),
-        "end": now.isoformat(), "step": "10"}).json()
-    b = client.get("/v1/series", params={
-        "id": GPU, "metric": "gpu_temp_c", "start": as_plus2.isoformat(), "end": now.isoformat(),
-        "step": "10"}).json()
+    a = client.get(
+        "/v1/series",
+        params={
+            "id": GPU,
+            "metric": "gpu_temp_c",
+            "start": start_utc.isoformat().replace("+00:00", "Z"),
+            "end": now.isoformat(),
+            "step": "10",
+        },
+    ).json()
+    b = client.get(
+        "/v1/series",
+        params={
+            "id": GPU,
+            "metric": "gpu_temp_c",
+            "start": as_plus2.isoformat(),
+            "end": now.isoformat(),
+            "step": "10",
+        },
+    ).json()
     assert a["points"] and a["points"] == b["points"]
     assert a["start"] == b["start"] and RFC3339_Z.match(a["start"])
     assert all(RFC3339_Z.match(p["time"]) for p in a["points"])
-    body = _is_problem(client.get("/v1/series", params={
-        "id": GPU, "metric": "gpu_temp_c", "start": now.isoformat(),
-        "end": (now - timedelta(hours=1)).isoformat()}), 422)
+    body = _is_problem(
+        client.get(
+            "/v1/series",
+            params={
+                "id": GPU,
+                "metric": "gpu_temp_c",
+                "start": now.isoformat(),
+                "end": (now - timedelta(hours=1)).isoformat(),
+            },
+        ),
+        422,
+    )
     assert "after start" in body["detail"]
 
 
 def test_ranges_are_bounded(client):
     """An energy PUE from year 1 to now once allocated ~4 GB per request (fuzz finding)."""
     for path, params in (("/v1/pue", {}), ("/v1/series", {"id": GPU, "metric": "gpu_temp_c"})):
-        body = _is_problem(client.get(path, params={**params,
-                                                    "start": "0001-01-01T00:00:00Z"}), 400)
+        body = _is_problem(
+            client.get(path, params={**params, "start": "0001-01-01T00:00:00Z"}), 400
+        )
         assert "longer than 400 days" in body["detail"]
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from api.app import create_app
 from api.keys import Role
-from api.live import LiveState
+from api.live_view import LiveView
 from ingest.store import Store
 from tests.apihelpers import bearer, fill_store, keys_per_role, serve
 from twin.events import EventBus
@@ -43,8 +43,9 @@ class SseReader:
                 continue
             field, _, value = line.partition(":")
             value = value[1:] if value.startswith(" ") else value
-            ev[field] = ev.get(field, "") + ("\n" if field == "data" and field in ev else "") \
-                + value
+            ev[field] = (
+                ev.get(field, "") + ("\n" if field == "data" and field in ev else "") + value
+            )
         raise AssertionError("stream ended")
 
     def take(self, n: int, skip: tuple[str, ...] = ()) -> list[dict]:
@@ -149,8 +150,10 @@ def test_new_subscriber_gets_latest_of_each_type_first(stream_env):
     client, ctx = _open(url, h)
     with client, ctx as res:
         got = SseReader(res).take(2)
-    assert [(e["event"], e["data"]) for e in got] == [("pue", '{"value":1.2}'),
-                                                      ("racks", '{"n":1}')]
+    assert [(e["event"], e["data"]) for e in got] == [
+        ("pue", '{"value":1.2}'),
+        ("racks", '{"n":1}'),
+    ]
 
 
 @contextlib.contextmanager
@@ -163,7 +166,7 @@ def _live_stream(tmp_path, site, minutes: int = 0, feeds_of=lambda twin: []):
     keys, tokens = keys_per_role(tmp_path / "keys.duckdb")
     bus = EventBus()
     twin = Twin(site, store)
-    live = LiveState(twin, bus, interval_s=0.2, feeds=feeds_of(twin))
+    live = LiveView(twin, bus, interval_s=0.2, feeds=feeds_of(twin))
     app = create_app(twin, keys=keys, bus=bus, live=live)
     try:
         with serve(app) as url:
@@ -215,26 +218,44 @@ def test_recommendations_stream_as_they_are_proposed_and_decided(tmp_path, site)
     from twin.optimizer.search import Decision
 
     with _live_stream(tmp_path, site, feeds_of=lambda twin: [recommendations_feed(twin)]) as (
-            url, reader, live, store, tokens):
+        url,
+        reader,
+        live,
+        store,
+        tokens,
+    ):
         live.tick()  # nothing proposed yet
         first = reader.take(1, skip=("pue", "racks"))[0]
-        rec_id = RecommendationStore(store.cursor()).propose(Decision(
-            recommended={"chw_supply_setpoint_c": 20.0}, reason="saves power",
-            category="recommended", current={"chw_supply_setpoint_c": 18.0},
-            state={"it_kw": 1200.0}, model_version="opt-test",
-            predicted_savings_kw=12.5), site.site.id)
+        rec_id = RecommendationStore(store.cursor()).propose(
+            Decision(
+                recommended={"chw_supply_setpoint_c": 20.0},
+                reason="saves power",
+                category="recommended",
+                current={"chw_supply_setpoint_c": 18.0},
+                state={"it_kw": 1200.0},
+                model_version="opt-test",
+                predicted_savings_kw=12.5,
+            ),
+            site.site.id,
+        )
         live.tick()
         live.tick()  # unchanged: no second event
         proposed = reader.take(1, skip=("pue", "racks"))[0]
-        r = httpx.post(f"{url}/v1/recommendations/{rec_id}/accept",
-                       headers=bearer(tokens[Role.operator]))
+        r = httpx.post(
+            f"{url}/v1/recommendations/{rec_id}/accept", headers=bearer(tokens[Role.operator])
+        )
         assert r.status_code == 200, r.text
         live.tick()
         accepted = reader.take(1, skip=("pue", "racks"))[0]
     assert first["event"] == proposed["event"] == accepted["event"] == "recommendations"
     assert json.loads(first["data"]) == {"items": []}
     assert json.loads(proposed["data"])["items"] == [
-        {"id": rec_id, "status": "proposed", "predicted_savings_kw": 12.5,
-         "realised_savings_kw": None}]
+        {
+            "id": rec_id,
+            "status": "proposed",
+            "predicted_savings_kw": 12.5,
+            "realised_savings_kw": None,
+        }
+    ]
     assert json.loads(accepted["data"])["items"][0]["status"] == "accepted"
     assert int(accepted["id"].rsplit("-", 1)[-1]) > int(proposed["id"].rsplit("-", 1)[-1])

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from dctwin.cli import app
+from dctwin.cli.main import app
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -49,7 +49,7 @@ def test_compose_services_run_real_cli_commands():
         for opt in (c for c in cmd[1:] if c.startswith("--")):
             assert opt in result.output, f"{name}: option {opt} unknown to dctwin {cmd[0]}"
     config = REPO / "deploy" / "collector-simulated.toml"
-    from collectors.config import load_collector_config
+    from collectors.daemon_config import load_collector_config
 
     assert load_collector_config(config).sources[0]["type"] == "simulated"
 

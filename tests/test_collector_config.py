@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from collectors.config import CollectorConfigError, load_collector_config
-from dctwin.cli import app
+from collectors.daemon_config import CollectorConfigError, load_collector_config
+from dctwin.cli.main import app
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = 'name = "x"\nsite = "sv1"\ninterval_s = 1.0\n'
@@ -23,16 +23,19 @@ def test_shipped_example_config_loads_with_every_section():
     assert all("deadline_s" not in cfg.source_table(raw) for raw in cfg.sources)
 
 
-@pytest.mark.parametrize(("text", "field"), [
-    (BASE + "[spool]\nmax_bytes = 10\n" + SOURCE, "spool.max_bytes"),
-    (BASE + "[spool]\nmax_byte = 10\n" + SOURCE, "spool.max_byte"),
-    (BASE + "[metrics]\nport = 70000\n" + SOURCE, "metrics.port"),
-    (BASE + "[kafka]\nrequest_timeout_ms = 20000\n" + SOURCE, "delivery_timeout_ms"),
-    (BASE + "deadline_s = 2.0\n" + SOURCE, "deadline_s"),
-    (BASE + SOURCE + "deadline_s = 5\n", "sources[0].deadline_s"),
-    (BASE + SOURCE + 'deadline_s = "soon"\n', "sources[0].deadline_s"),
-    (BASE + "shutdown_timeout_s = 5\n" + SOURCE, "shutdown_timeout_s"),
-])
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (BASE + "[spool]\nmax_bytes = 10\n" + SOURCE, "spool.max_bytes"),
+        (BASE + "[spool]\nmax_byte = 10\n" + SOURCE, "spool.max_byte"),
+        (BASE + "[metrics]\nport = 70000\n" + SOURCE, "metrics.port"),
+        (BASE + "[kafka]\nrequest_timeout_ms = 20000\n" + SOURCE, "delivery_timeout_ms"),
+        (BASE + "deadline_s = 2.0\n" + SOURCE, "deadline_s"),
+        (BASE + SOURCE + "deadline_s = 5\n", "sources[0].deadline_s"),
+        (BASE + SOURCE + 'deadline_s = "soon"\n', "sources[0].deadline_s"),
+        (BASE + "shutdown_timeout_s = 5\n" + SOURCE, "shutdown_timeout_s"),
+    ],
+)
 def test_invalid_value_names_its_field(tmp_path, text, field):
     path = tmp_path / "c.toml"
     path.write_text(text)
@@ -42,8 +45,14 @@ def test_invalid_value_names_its_field(tmp_path, text, field):
 
 def test_collect_names_the_bad_field_of_a_source_table(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text(BASE + f'[spool]\ndir = "{tmp_path / "spool"}"\n' + SOURCE
-                    + "seed = 1\ndeadline_s = 0.5\n" + SOURCE + 'seed = "many"\n')
+    path.write_text(
+        BASE
+        + f'[spool]\ndir = "{tmp_path / "spool"}"\n'
+        + SOURCE
+        + "seed = 1\ndeadline_s = 0.5\n"
+        + SOURCE
+        + 'seed = "many"\n'
+    )
     result = CliRunner().invoke(app, ["collect", "--config", str(path)])
     assert result.exit_code == 2
     assert "sources[1]" in result.output and "seed" in result.output
@@ -95,10 +104,14 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
     text = (REPO / "deploy" / "dctwin-collector.service").read_text()
     unit = tmp_path / "dctwin-collector.service"
     unit.write_text(text.replace("/opt/dctwin/bin/dctwin", str(dctwin)))
-    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
-                            timeout=60)
-    problems = [ln for ln in (result.stdout + result.stderr).splitlines()
-                if "dctwin-collector.service" in ln]
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    problems = [
+        ln
+        for ln in (result.stdout + result.stderr).splitlines()
+        if "dctwin-collector.service" in ln
+    ]
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
 
 
@@ -119,8 +132,9 @@ def test_metrics_port_in_use_names_the_field(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         path = tmp_path / "c.toml"
-        path.write_text(BASE + f'[spool]\ndir = "{tmp_path / "spool"}"\n'
-                        f"[metrics]\nport = {port}\n" + SOURCE)
+        path.write_text(
+            BASE + f'[spool]\ndir = "{tmp_path / "spool"}"\n[metrics]\nport = {port}\n' + SOURCE
+        )
         result = CliRunner().invoke(app, ["collect", "--config", str(path)])
     assert result.exit_code == 2
     assert f"metrics.port: cannot listen on 127.0.0.1:{port}" in result.output

@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from collectors.daemon import CollectorDaemon
 from dctwin.broker import DevBroker, free_port
+from domain.topics import ensure_topics
 from ingest.consumer import Ingestor
-from ingest.kafka import ensure_topics
 from ingest.store import Store
 from tests.collector_helpers import (
     RACKS,
@@ -37,8 +37,9 @@ def test_broker_outage_loses_nothing_and_stores_each_reading_once_in_order(tmp_p
     broker = DevBroker(port=port, log_path=tmp_path / "broker.log").start()
     ensure_topics(broker.bootstrap, 2)
     source = RecordingSource()
-    daemon = CollectorDaemon(config(f"outage-{unique}", broker.bootstrap, tmp_path / "spool"),
-                             sources=[source])
+    daemon = CollectorDaemon(
+        config(f"outage-{unique}", broker.bootstrap, tmp_path / "spool"), sources=[source]
+    )
     loop = threading.Thread(target=daemon.run)
     store = Store(tmp_path / "twin.duckdb")
     try:
@@ -60,8 +61,10 @@ def test_broker_outage_loses_nothing_and_stores_each_reading_once_in_order(tmp_p
         outage_start_ms = int(time.time() * 1000)
         reads_before = source.reads
         source.quiet.clear()
-        wait_for(lambda: source.reads >= reads_before + 6 and daemon.stats.spool_batches > 0,
-                 what="reads during the outage")
+        wait_for(
+            lambda: source.reads >= reads_before + 6 and daemon.stats.spool_batches > 0,
+            what="reads during the outage",
+        )
         assert not daemon.stats.broker_up
         assert list((tmp_path / "spool").glob("*.seg")), "spooled batches must be on disk"
         assert daemon.stats.samples_spooled > 0
@@ -71,8 +74,10 @@ def test_broker_outage_loses_nothing_and_stores_each_reading_once_in_order(tmp_p
         broker = DevBroker(port=port, log_path=tmp_path / "broker.log").start()
         outage_end_ms = int(time.time() * 1000)
         ensure_topics(broker.bootstrap, 2)
-        wait_for(lambda: daemon.stats.spool_batches == 0 and daemon.stats.samples_replayed > 0,
-                 what="spool replay")
+        wait_for(
+            lambda: daemon.stats.spool_batches == 0 and daemon.stats.samples_replayed > 0,
+            what="spool replay",
+        )
         reads_after = source.reads
         wait_for(lambda: source.reads >= reads_after + 3, what="live reads after the outage")
     finally:
@@ -108,14 +113,23 @@ def test_broker_outage_loses_nothing_and_stores_each_reading_once_in_order(tmp_p
 
 
 def test_stuck_and_failing_sources_do_not_delay_the_others_and_are_reported(
-        tmp_path, kafka_bootstrap, unique):
+    tmp_path, kafka_bootstrap, unique
+):
     fast, stuck, broken = RecordingSource(["rk103"], name="fast"), StuckSource(), BrokenSource()
     port = free_port()
-    cfg = config(f"slow-{unique}", kafka_bootstrap, tmp_path / "spool", interval_s=0.5,
-                 deadline_s=0.45, metrics={"port": port},
-                 sources=[{"type": "simulated", "name": "fast", "racks": ["rk103"]},
-                          {"type": "simulated", "name": "stuck", "deadline_s": 0.1},
-                          {"type": "simulated", "name": "broken"}])
+    cfg = config(
+        f"slow-{unique}",
+        kafka_bootstrap,
+        tmp_path / "spool",
+        interval_s=0.5,
+        deadline_s=0.45,
+        metrics={"port": port},
+        sources=[
+            {"type": "simulated", "name": "fast", "racks": ["rk103"]},
+            {"type": "simulated", "name": "stuck", "deadline_s": 0.1},
+            {"type": "simulated", "name": "broken"},
+        ],
+    )
     daemon = CollectorDaemon(cfg, sources=[fast, stuck, broken])
     store = Store(tmp_path / "twin.duckdb")
     ingestor = Ingestor(store, kafka_bootstrap, f"slow-{unique}")
@@ -150,8 +164,10 @@ def test_stuck_and_failing_sources_do_not_delay_the_others_and_are_reported(
         assert value("dctwin_collector_batches_sent") == s.batches_sent > 0
         last_ok = value("dctwin_collector_source_last_success_time_seconds", source="fast")
         assert abs(last_ok - time.time()) < 60
-        success = {smp.labels["source"] for smp in
-                   fams["dctwin_collector_source_last_success_time_seconds"].samples}
+        success = {
+            smp.labels["source"]
+            for smp in fams["dctwin_collector_source_last_success_time_seconds"].samples
+        }
         assert success == {"fast"}  # never a success time for a source that never answered
         assert value("dctwin_collector_source_up", source="broken") == 0
 
@@ -162,9 +178,14 @@ def test_stuck_and_failing_sources_do_not_delay_the_others_and_are_reported(
         assert httpx.get(f"{base}/nothing").status_code == 404
 
         def errors_stored() -> dict[str, str]:
-            rows = store.cursor().execute(
-                "SELECT attrs FROM events WHERE kind = 'source_error' AND device_id = ?",
-                [daemon.device_id]).fetchall()
+            rows = (
+                store.cursor()
+                .execute(
+                    "SELECT attrs FROM events WHERE kind = 'source_error' AND device_id = ?",
+                    [daemon.device_id],
+                )
+                .fetchall()
+            )
             return {orjson.loads(a)["source"]: orjson.loads(a)["reason"] for (a,) in rows}
 
         ingest_until(ingestor, lambda: len(errors_stored()) >= 2)
@@ -185,8 +206,12 @@ def test_stuck_and_failing_sources_do_not_delay_the_others_and_are_reported(
 def test_spool_bound_drops_oldest_counts_it_and_reports_spool_dropped(tmp_path, unique):
     port = free_port()  # nothing listens here yet: the broker is down from the start
     source = RecordingSource()
-    cfg = config(f"bound-{unique}", f"127.0.0.1:{port}", tmp_path / "spool",
-                 spool={"max_bytes": 200_000, "compress": False})
+    cfg = config(
+        f"bound-{unique}",
+        f"127.0.0.1:{port}",
+        tmp_path / "spool",
+        spool={"max_bytes": 200_000, "compress": False},
+    )
     daemon = CollectorDaemon(cfg, sources=[source])
     broker = None
     store = Store(tmp_path / "twin.duckdb")
@@ -213,9 +238,15 @@ def test_spool_bound_drops_oldest_counts_it_and_reports_spool_dropped(tmp_path, 
         ingest_until(ingestor, lambda: len(stored_rows(store, RACKS)) >= expected)
 
         def drop_events():
-            return store.cursor().execute(
-                "SELECT severity, attrs FROM events WHERE kind = 'spool_dropped' "
-                "AND device_id = ?", [daemon.device_id]).fetchall()
+            return (
+                store.cursor()
+                .execute(
+                    "SELECT severity, attrs FROM events WHERE kind = 'spool_dropped' "
+                    "AND device_id = ?",
+                    [daemon.device_id],
+                )
+                .fetchall()
+            )
 
         ingest_until(ingestor, lambda: len(drop_events()) > 0)
         for _ in range(3):
@@ -239,7 +270,7 @@ def test_spool_bound_drops_oldest_counts_it_and_reports_spool_dropped(tmp_path, 
             kept.setdefault((d, m), []).append(t)
         for key, times in by_device.items():
             got = kept.get(key, [])
-            assert got == times[len(times) - len(got):]
+            assert got == times[len(times) - len(got) :]
         assert set(rows) <= set(taken)
     finally:
         store.close()
@@ -255,8 +286,9 @@ def test_hung_broker_times_out_to_the_spool_and_duplicates_are_stored_once(tmp_p
     broker = DevBroker(log_path=tmp_path / "broker.log").start()
     ensure_topics(broker.bootstrap, 2)
     source = RecordingSource()
-    daemon = CollectorDaemon(config(f"hung-{unique}", broker.bootstrap, tmp_path / "spool"),
-                             sources=[source])
+    daemon = CollectorDaemon(
+        config(f"hung-{unique}", broker.bootstrap, tmp_path / "spool"), sources=[source]
+    )
     loop = threading.Thread(target=daemon.run)
     store = Store(tmp_path / "twin.duckdb")
     try:
@@ -265,13 +297,17 @@ def test_hung_broker_times_out_to_the_spool_and_duplicates_are_stored_once(tmp_p
         broker.proc.send_signal(signal.SIGSTOP)
         try:
             reads = source.reads
-            wait_for(lambda: source.reads >= reads + 6 and daemon.stats.spool_batches > 0,
-                     what="reads while the broker hangs")
+            wait_for(
+                lambda: source.reads >= reads + 6 and daemon.stats.spool_batches > 0,
+                what="reads while the broker hangs",
+            )
             assert not daemon.stats.broker_up
         finally:
             broker.proc.send_signal(signal.SIGCONT)
-        wait_for(lambda: daemon.stats.spool_batches == 0 and daemon.stats.samples_replayed > 0,
-                 what="spool replay")
+        wait_for(
+            lambda: daemon.stats.spool_batches == 0 and daemon.stats.samples_replayed > 0,
+            what="spool replay",
+        )
         reads = source.reads
         wait_for(lambda: source.reads >= reads + 2, what="live reads after")
     finally:

@@ -15,18 +15,22 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dctwin.broker import DevBroker, free_port
+from domain.topics import ensure_topics
 from ingest.consumer import Ingestor
-from ingest.kafka import ensure_topics
 from ingest.store import Store
 from tests.collector_helpers import RACKS, assert_in_read_order, wait_for
 from tests.helpers import ingest_until
 
-BATCH_LINE = re.compile(r"read batch (?P<id>[0-9a-f]{32}) seq=(?P<seq>\d+) topic=(?P<topic>\S+) "
-                        r"rack=(?P<rack>\S+) (?:samples=(?P<n>\d+) read_ms=(?P<t0>\d+)\.\."
-                        r"(?P<t1>\d+)|events=(?P<events>\d+))")
-STOPPED_LINE = re.compile(r"stopped: read (\d+) batches \((\d+) samples\); sent (\d+), "
-                          r"spooled (\d+), replayed (\d+), dropped (\d+); spool holds (\d+) "
-                          r"batches \((\d+) samples\)")
+BATCH_LINE = re.compile(
+    r"read batch (?P<id>[0-9a-f]{32}) seq=(?P<seq>\d+) topic=(?P<topic>\S+) "
+    r"rack=(?P<rack>\S+) (?:samples=(?P<n>\d+) read_ms=(?P<t0>\d+)\.\."
+    r"(?P<t1>\d+)|events=(?P<events>\d+))"
+)
+STOPPED_LINE = re.compile(
+    r"stopped: read (\d+) batches \((\d+) samples\); sent (\d+), "
+    r"spooled (\d+), replayed (\d+), dropped (\d+); spool holds (\d+) "
+    r"batches \((\d+) samples\)"
+)
 
 
 def _batches(log_text: str) -> list[re.Match]:
@@ -37,9 +41,13 @@ def _collect(cfg_path, log_path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "dctwin.cli", "collect", "--config", str(cfg_path), "-v"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            cwd=cfg_path.parent)
+            [sys.executable, "-m", "dctwin.cli.main", "collect", "--config", str(cfg_path), "-v"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cfg_path.parent,
+        )
 
 
 def _sigterm(proc: subprocess.Popen) -> None:
@@ -55,7 +63,8 @@ def test_sigterm_mid_stream_then_restart_loses_nothing(tmp_path, unique):
     port, metrics_port = free_port(), free_port()
     name = f"term-{unique}"
     cfg = tmp_path / "collector.toml"
-    cfg.write_text(f"""
+    cfg.write_text(
+        f"""
 name = "{name}"
 site = "sv1"
 interval_s = 0.3
@@ -67,7 +76,7 @@ request_timeout_ms = 1000
 delivery_timeout_ms = 1500
 
 [spool]
-dir = "{tmp_path / 'spool'}"
+dir = "{tmp_path / "spool"}"
 replay_backoff_initial_s = 0.2
 replay_backoff_max_s = 0.5
 
@@ -77,7 +86,8 @@ port = {metrics_port}
 [[sources]]
 type = "simulated"
 racks = {RACKS!r}
-""".replace("'", '"'))
+""".replace("'", '"')
+    )
     log1, log2 = tmp_path / "run1.log", tmp_path / "run2.log"
     broker = None
     store = Store(tmp_path / "twin.duckdb")
@@ -103,8 +113,10 @@ racks = {RACKS!r}
         broker = DevBroker(port=port, log_path=tmp_path / "broker.log").start()
         ensure_topics(broker.bootstrap, 2)
         proc = _collect(cfg, log2)
-        wait_for(lambda: "spool replayed" in log2.read_text()
-                 and len(_batches(log2.read_text())) >= 16, what="run 2 replay and reads")
+        wait_for(
+            lambda: "spool replayed" in log2.read_text() and len(_batches(log2.read_text())) >= 16,
+            what="run 2 replay and reads",
+        )
         _sigterm(proc)
         text2 = log2.read_text()
         read2 = _batches(text2)
@@ -125,17 +137,24 @@ racks = {RACKS!r}
         ingestor = Ingestor(store, broker.bootstrap, f"term-{unique}")
 
         def stored_samples() -> int:
-            return store.cursor().execute(
-                "SELECT coalesce(sum(n_samples), 0) FROM ingested_batches WHERE collector = ?",
-                [name]).fetchone()[0]
+            return (
+                store.cursor()
+                .execute(
+                    "SELECT coalesce(sum(n_samples), 0) FROM ingested_batches WHERE collector = ?",
+                    [name],
+                )
+                .fetchone()[0]
+            )
 
         ingest_until(ingestor, lambda: stored_samples() >= total)
         for _ in range(5):
             ingestor.poll_once(timeout_ms=200)
         ingestor.close()
-        batches = dict(store.cursor().execute(
-            "SELECT batch_id, n_samples FROM ingested_batches WHERE collector = ?",
-            [name]).fetchall())
+        batches = dict(
+            store.cursor()
+            .execute("SELECT batch_id, n_samples FROM ingested_batches WHERE collector = ?", [name])
+            .fetchall()
+        )
         assert batches == {m["id"]: int(m["n"] or 0) for m in read}
         # each logged batch's samples are stored under its rack, kind and read time
         per_batch = Counter()
@@ -143,9 +162,18 @@ racks = {RACKS!r}
             if m["n"] is not None:
                 assert m["t0"] == m["t1"]  # one simulated read: one read time
                 per_batch[(m["rack"], m["topic"].split(".", 1)[1], int(m["t0"]))] += int(m["n"])
-        stored = Counter({(r, k, t): n for r, k, t, n in store.cursor().execute(
-            "SELECT rack, kind, epoch_ms(read_time), count(*) FROM samples "
-            "WHERE rack IN (SELECT unnest(?)) GROUP BY ALL", [RACKS]).fetchall()})
+        stored = Counter(
+            {
+                (r, k, t): n
+                for r, k, t, n in store.cursor()
+                .execute(
+                    "SELECT rack, kind, epoch_ms(read_time), count(*) FROM samples "
+                    "WHERE rack IN (SELECT unnest(?)) GROUP BY ALL",
+                    [RACKS],
+                )
+                .fetchall()
+            }
+        )
         assert stored == per_batch
         assert sum(stored.values()) == total
         assert_in_read_order(store, RACKS)

@@ -1,7 +1,7 @@
 import orjson
 import pytest
 
-from ingest.contract import (
+from domain.contract import (
     ContractError,
     Event,
     EventBatch,
@@ -15,11 +15,23 @@ from ingest.contract import (
 
 
 def _batch(**kw) -> TelemetryBatch:
-    cols = SampleColumns(device_id=["sv1/h1/row1/rk101/n01/gpu0"] * 2,
-                         metric=["gpu_temp_c", "power_w"], value=[61.5, 655.0],
-                         read_time_ms=[1_790_000_000_000, 1_790_000_000_000])
-    return TelemetryBatch(collector="c1", kind=Kind.gpu, site="sv1", rack="rk101", seq=1,
-                          interval_s=1.0, sent_time_ms=1_790_000_000_100, samples=cols, **kw)
+    cols = SampleColumns(
+        device_id=["sv1/h1/row1/rk101/n01/gpu0"] * 2,
+        metric=["gpu_temp_c", "power_w"],
+        value=[61.5, 655.0],
+        read_time_ms=[1_790_000_000_000, 1_790_000_000_000],
+    )
+    return TelemetryBatch(
+        collector="c1",
+        kind=Kind.gpu,
+        site="sv1",
+        rack="rk101",
+        seq=1,
+        interval_s=1.0,
+        sent_time_ms=1_790_000_000_100,
+        samples=cols,
+        **kw,
+    )
 
 
 def test_roundtrip_keeps_every_field():
@@ -30,18 +42,34 @@ def test_roundtrip_keeps_every_field():
 
 
 def test_events_roundtrip():
-    e = EventBatch(collector="c1", site="sv1", rack="rk101", seq=2, sent_time_ms=1,
-                   events=[Event(device_id="sv1/h1/row1/rk101/n01/gpu3", kind=EventKind.xid,
-                                 severity="critical", read_time_ms=1, attrs={"xid": 79})])
+    e = EventBatch(
+        collector="c1",
+        site="sv1",
+        rack="rk101",
+        seq=2,
+        sent_time_ms=1,
+        events=[
+            Event(
+                device_id="sv1/h1/row1/rk101/n01/gpu3",
+                kind=EventKind.xid,
+                severity="critical",
+                read_time_ms=1,
+                attrs={"xid": 79},
+            )
+        ],
+    )
     assert decode(encode(e)) == e
 
 
-@pytest.mark.parametrize(("raw", "reason"), [
-    (b'{"version": 1, "type": "telemetry"', "invalid_json"),
-    (b"[1, 2]", "invalid_envelope"),
-    (b'{"version": 99, "type": "telemetry"}', "unknown_version"),
-    (b'{"version": 1, "type": "gossip"}', "invalid_envelope"),
-])
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"version": 1, "type": "telemetry"', "invalid_json"),
+        (b"[1, 2]", "invalid_envelope"),
+        (b'{"version": 99, "type": "telemetry"}', "unknown_version"),
+        (b'{"version": 1, "type": "gossip"}', "invalid_envelope"),
+    ],
+)
 def test_malformed_messages_get_a_reason(raw, reason):
     with pytest.raises(ContractError) as err:
         decode(raw)

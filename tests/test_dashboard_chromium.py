@@ -28,9 +28,15 @@ from twin.optimizer.search import Decision
 from twin.state import Twin
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = REPO / "artifacts"
 AUTH = {"Authorization": f"Bearer {DEMO_KEY}"}
 # Rules that fire on the simulated site's normal state, so the demo has alerts to show
@@ -60,8 +66,20 @@ def demo(tmp_path):
     env["DCTWIN_ALERT_RULES_FILE"] = str(rules)
     log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dctwin.cli", "demo", "--port", str(port),
-         "--workdir", str(tmp_path / "demo")], stdout=log, stderr=subprocess.STDOUT, env=env)
+        [
+            sys.executable,
+            "-m",
+            "dctwin.cli.main",
+            "demo",
+            "--port",
+            str(port),
+            "--workdir",
+            str(tmp_path / "demo"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -81,15 +99,20 @@ def demo(tmp_path):
 
 
 @contextlib.contextmanager
-def _dashboard(url: str, key: str, profile: Path, console: list[tuple[str, str]],
-               viewport: dict[str, int]) -> Iterator:
+def _dashboard(
+    url: str, key: str, profile: Path, console: list[tuple[str, str]], viewport: dict[str, int]
+) -> Iterator:
     """A Chromium page signed in to the dashboard at `url`; console messages collected."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport=viewport)
+            str(profile),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport=viewport,
+        )
         try:
             page = ctx.new_page()
             page.on("console", lambda m: console.append((m.type, m.text)))
@@ -108,20 +131,24 @@ def _api_pue_text(url: str) -> str:
 @pytest.mark.slow
 def test_dashboard_against_running_demo(demo, tmp_path):
     if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
-        pytest.fail("Debian's chromium is not installed: `apt-get install chromium` "
-                    "(listed in APT_PACKAGES in .ci/run)")
+        pytest.fail(
+            "Debian's chromium is not installed: `apt-get install chromium` "
+            "(listed in APT_PACKAGES in .ci/run)"
+        )
     from playwright.sync_api import expect
 
     url = demo
     console: list[tuple[str, str]] = []
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
-    with _dashboard(url, DEMO_KEY, tmp_path / "profile", console,
-                    {"width": 1600, "height": 1000}) as page:
+    with _dashboard(
+        url, DEMO_KEY, tmp_path / "profile", console, {"width": 1600, "height": 1000}
+    ) as page:
         assert "key=" not in page.url, "the key must leave the address bar"
         # (locator waits, not wait_for_function: the page's CSP forbids eval)
         expect(page.locator("[data-testid=pue-value]")).to_have_text(
-            re.compile(r"^\d\.\d{3}$"), timeout=20_000)
+            re.compile(r"^\d\.\d{3}$"), timeout=20_000
+        )
         page.wait_for_selector(".live.on", timeout=20_000)
 
         # PUE shown == the API's PUE, same rounding (sampled around the read: it moves)
@@ -141,7 +168,8 @@ def test_dashboard_against_running_demo(demo, tmp_path):
         api_racks = httpx.get(f"{url}/v1/racks", headers=AUTH).json()["items"]
         assert len(cells) == len(api_racks) == 32
         assert sorted(c.get_attribute("data-rack") for c in cells) == sorted(
-            r["rack"] for r in api_racks)
+            r["rack"] for r in api_racks
+        )
 
         # drill down: rack -> device with charts
         page.click("[data-rack=rk203]")
@@ -186,21 +214,44 @@ def test_dashboard_recommendations_accept_and_reject(site, tmp_path):
     store = Store(tmp_path / "twin.duckdb")
     recs = RecommendationStore(store.cursor())
     current = {"chw_supply_setpoint_c": 18.0, "cdu_supply_setpoint_c": 32.0}
-    ids = [recs.propose(Decision(
-        recommended={"chw_supply_setpoint_c": 20.5 + k, "cdu_supply_setpoint_c": 32.0},
-        reason="lower predicted facility power", category="recommended", current=current,
-        state={"it_kw": 1290.0, "outdoor_wetbulb_c": 14.2}, model_version="opt-test",
-        predicted_facility_kw=1612.0, predicted_savings_kw=41.5 + k, savings_low_kw=33.0,
-        savings_high_kw=47.9, pue_current=1.282, pue_recommended=1.25,
-        binding_constraint="ramp:chw_supply_setpoint_c"), site.site.id) for k in range(2)]
+    ids = [
+        recs.propose(
+            Decision(
+                recommended={"chw_supply_setpoint_c": 20.5 + k, "cdu_supply_setpoint_c": 32.0},
+                reason="lower predicted facility power",
+                category="recommended",
+                current=current,
+                state={"it_kw": 1290.0, "outdoor_wetbulb_c": 14.2},
+                model_version="opt-test",
+                predicted_facility_kw=1612.0,
+                predicted_savings_kw=41.5 + k,
+                savings_low_kw=33.0,
+                savings_high_kw=47.9,
+                pue_current=1.282,
+                pue_recommended=1.25,
+                binding_constraint="ramp:chw_supply_setpoint_c",
+            ),
+            site.site.id,
+        )
+        for k in range(2)
+    ]
     keys, tokens = keys_per_role(tmp_path / "keys.duckdb")
     app = create_app(Twin(site, store), keys=keys)
     console: list[tuple[str, str]] = []
-    with serve(app) as url, _dashboard(url, tokens[Role.operator], tmp_path / "profile",
-                                       console, {"width": 1400, "height": 900}) as page:
+    with (
+        serve(app) as url,
+        _dashboard(
+            url,
+            tokens[Role.operator],
+            tmp_path / "profile",
+            console,
+            {"width": 1400, "height": 900},
+        ) as page,
+    ):
         # this app runs no alert engine: that panel says so, the rest still works
         expect(page.locator("[data-testid=alerts]")).to_contain_text(
-            "unavailable: the alert engine is not running", timeout=20_000)
+            "unavailable: the alert engine is not running", timeout=20_000
+        )
         items = page.locator("#recommendations li")
         expect(items).to_have_count(2, timeout=20_000)
         newest = items.nth(0)  # newest first: ids[1]
@@ -215,7 +266,10 @@ def test_dashboard_recommendations_accept_and_reject(site, tmp_path):
     assert got[ids[1]]["status"] == "accepted" and got[ids[0]]["status"] == "rejected"
     assert {r["decided_by"] for r in got.values()} == {"test-operator"}
     # the browser logs the /v1/alerts 503 itself; anything else is a dashboard error
-    errors = [(t, m) for t, m in console if t in ("error", "pageerror")
-              and "status of 503 (Service Unavailable)" not in m]
+    errors = [
+        (t, m)
+        for t, m in console
+        if t in ("error", "pageerror") and "status of 503 (Service Unavailable)" not in m
+    ]
     assert not errors, f"console errors: {errors}"
     store.close()

@@ -9,9 +9,9 @@ from kafka import KafkaConsumer
 
 from collectors.base import Readings, now_ms
 from collectors.batching import Batcher
+from domain.contract import DEAD_LETTER_TOPIC, Kind, encode, headers_for, telemetry_topic
+from domain.topics import make_producer
 from ingest.consumer import Ingestor
-from ingest.contract import DEAD_LETTER_TOPIC, Kind, encode, headers_for, telemetry_topic
-from ingest.kafka import make_producer
 from ingest.store import Store
 from tests.helpers import ingest_until
 
@@ -34,18 +34,30 @@ def test_malformed_messages_are_dead_lettered_and_ingest_continues(settings, uni
     store = Store(settings.db_path)
     ingestor = Ingestor(store, settings.kafka_bootstrap, settings.consumer_group)
     try:
-        ingest_until(ingestor, lambda: store.cursor().execute(
-            "SELECT count(*) FROM ingested_batches WHERE batch_id = ?",
-            [good.batch_id]).fetchone()[0] == 1)
+        ingest_until(
+            ingestor,
+            lambda: (
+                store.cursor()
+                .execute(
+                    "SELECT count(*) FROM ingested_batches WHERE batch_id = ?", [good.batch_id]
+                )
+                .fetchone()[0]
+                == 1
+            ),
+        )
         assert ingestor.stats.dead_letters["invalid_json"] >= 1
         assert ingestor.stats.dead_letters["unknown_version"] >= 1
     finally:
         ingestor.close()
         store.close()
 
-    consumer = KafkaConsumer(DEAD_LETTER_TOPIC, bootstrap_servers=settings.kafka_bootstrap,
-                             group_id=f"dlq-reader-{unique}", auto_offset_reset="earliest",
-                             enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        DEAD_LETTER_TOPIC,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"dlq-reader-{unique}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     found = {}
     deadline = time.monotonic() + 30
     while len(found) < 2 and time.monotonic() < deadline:

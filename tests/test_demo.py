@@ -22,15 +22,29 @@ def test_demo_serves_pue_within_30s_and_stops_on_ctrl_c(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dctwin.cli", "demo", "--port", str(port),
-         "--workdir", str(tmp_path / "demo")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        [
+            sys.executable,
+            "-m",
+            "dctwin.cli.main",
+            "demo",
+            "--port",
+            str(port),
+            "--workdir",
+            str(tmp_path / "demo"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     value = None
     try:
         while time.monotonic() - t0 < 30:
             try:
-                body = httpx.get(f"http://127.0.0.1:{port}/v1/pue", timeout=2,
-                                 headers={"Authorization": f"Bearer {DEMO_KEY}"}).json()
+                body = httpx.get(
+                    f"http://127.0.0.1:{port}/v1/pue",
+                    timeout=2,
+                    headers={"Authorization": f"Bearer {DEMO_KEY}"},
+                ).json()
                 value = body.get("value")
                 if value is not None:
                     break

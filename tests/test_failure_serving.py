@@ -12,13 +12,13 @@ from typer.testing import CliRunner
 
 from api.app import create_app
 from api.keys import Role
-from dctwin.cli import app as cli_app
-from dctwin.sitegen import synthetic_site
+from dctwin.cli.main import app as cli_app
+from experiments.failure.dataset import RunSpec, generate
+from experiments.failure.evaluate import evaluate, load_rows
 from ingest.store import Store
+from simulator.sitegen import synthetic_site
 from tests.apihelpers import bearer, keys_per_role
 from twin.failure import registry
-from twin.failure.dataset import RunSpec, generate
-from twin.failure.evaluate import evaluate, load_rows
 from twin.failure.model import FailureModel, time_split
 from twin.failure.risk import failure_risks
 from twin.state import Twin
@@ -34,9 +34,15 @@ def trained(tmp_path_factory):
     split = time_split(rows, 1800, calibrate_runs=1, test_runs=1)
     model = FailureModel(1800).fit(split.train, split.calibrate)
     rep = evaluate(model, split.test)
-    v = registry.save(model, {"metrics": rep, "data_window": {
-        "calibrate": [split.calibrate["t"].min(), split.calibrate["t"].max()]},
-        "simulation": {"hours": 4.0, "step_s": 60.0, "gpus": 64}}, root / "models")
+    v = registry.save(
+        model,
+        {
+            "metrics": rep,
+            "data_window": {"calibrate": [split.calibrate["t"].min(), split.calibrate["t"].max()]},
+            "simulation": {"hours": 4.0, "step_s": 60.0, "gpus": 64},
+        },
+        root / "models",
+    )
     return root, paths, model, v, rep
 
 
@@ -58,9 +64,11 @@ def test_failure_risks_ranked_with_reasons(trained):
     registry.approve(v.version, root / "models")
     store = Store(paths[-1])  # the twin keeps its rollup tables in the same file
     try:
-        ft = store.cursor().execute(
-            "SELECT device_id, failure_time FROM labels WHERE fault = 'gpu_off_bus'"
-        ).fetchall()[0]
+        ft = (
+            store.cursor()
+            .execute("SELECT device_id, failure_time FROM labels WHERE fault = 'gpu_off_bus'")
+            .fetchall()[0]
+        )
         now = ft[1] + timedelta(minutes=10)
         table = failure_risks(store, now, 1800, root / "models")
     finally:
@@ -84,8 +92,9 @@ def test_api_failure_risk(trained, monkeypatch):
     try:
         site = synthetic_site(64, racks_per_row=1, rows_per_hall=2)
         keys, tokens = keys_per_role(root / "keys.duckdb")
-        client = TestClient(create_app(Twin(site, store), keys=keys),
-                            headers=bearer(tokens[Role.viewer]))
+        client = TestClient(
+            create_app(Twin(site, store), keys=keys), headers=bearer(tokens[Role.viewer])
+        )
         r = client.get("/v1/failure-risk", params={"horizon": "30m", "class": "gpu"})
         assert r.status_code == 200, r.text
         assert r.json()["model_version"] == v.version
@@ -100,8 +109,9 @@ def test_cli_lists_and_approves(trained):
     root, _, _, v, _ = trained
     res = CliRunner().invoke(cli_app, ["failure", "list", "--registry", str(root / "models")])
     assert res.exit_code == 0 and v.version in res.output
-    res = CliRunner().invoke(cli_app, ["failure", "approve", v.version, "--registry",
-                                       str(root / "models")])
+    res = CliRunner().invoke(
+        cli_app, ["failure", "approve", v.version, "--registry", str(root / "models")]
+    )
     assert res.exit_code == 0 and "approved" in res.output
 
 
@@ -109,28 +119,39 @@ def test_device_state_carries_failure_risk(trained, monkeypatch):
     """GET /v1/devices/{id} over HTTP includes the device's risk from the per-tick table,
     and requests read that table: no feature computation per request (the server's
     background thread refreshes it; here the test calls refresh(), the tick)."""
-    import twin.failure.live as live_mod
+    import twin.failure.service as live_mod
+
     root, paths, model, v, _ = trained
     registry.approve(v.version, root / "models")
     monkeypatch.setenv("DCTWIN_FAILURE_MODELS", str(root / "models"))
     monkeypatch.setenv("DCTWIN_FAILURE_HORIZON", "30m")
     store = Store(paths[-1])
     try:
-        dev = store.cursor().execute(
-            "SELECT device_id FROM labels WHERE fault = 'gpu_off_bus'").fetchall()[0][0]
-        healthy = store.cursor().execute(
-            "SELECT DISTINCT device_id FROM samples WHERE kind = 'gpu' AND device_id NOT IN "
-            "(SELECT device_id FROM labels) ORDER BY 1 LIMIT 1").fetchall()[0][0]
+        dev = (
+            store.cursor()
+            .execute("SELECT device_id FROM labels WHERE fault = 'gpu_off_bus'")
+            .fetchall()[0][0]
+        )
+        healthy = (
+            store.cursor()
+            .execute(
+                "SELECT DISTINCT device_id FROM samples WHERE kind = 'gpu' AND device_id NOT IN "
+                "(SELECT device_id FROM labels) ORDER BY 1 LIMIT 1"
+            )
+            .fetchall()[0][0]
+        )
         site = synthetic_site(64, racks_per_row=1, rows_per_hall=2)
         keys, tokens = keys_per_role(root / "keys-dev.duckdb")
-        client = TestClient(create_app(Twin(site, store), keys=keys),
-                            headers=bearer(tokens[Role.viewer]))
+        client = TestClient(
+            create_app(Twin(site, store), keys=keys), headers=bearer(tokens[Role.viewer])
+        )
         lr = live_mod.live_risk_for(store, 1800, root / "models")
         assert lr.refresh() is True  # the scoring tick
         calls = []
         real = live_mod.failure_risks
-        monkeypatch.setattr(live_mod, "failure_risks",
-                            lambda *a, **k: calls.append(a) or real(*a, **k))
+        monkeypatch.setattr(
+            live_mod, "failure_risks", lambda *a, **k: calls.append(a) or real(*a, **k)
+        )
         for _ in range(3):
             r = client.get(f"/v1/devices/{dev}")
             assert r.status_code == 200, r.text
@@ -145,6 +166,7 @@ def test_device_state_carries_failure_risk(trained, monkeypatch):
         # alert rules and the heat map's rack scores read the same table
         from api.rack_scores import failure_rack_scorer
         from twin.alerts.providers import twin_providers
+
         provided = twin_providers(Twin(site, store), failure_risk=lr).failure_risk(None)
         assert provided[dev] == 1.0 and provided[healthy] == ok["risk"] and calls == []
         name, rack_risk = failure_rack_scorer(lr)
@@ -161,7 +183,8 @@ def test_device_state_carries_failure_risk(trained, monkeypatch):
 def test_telemetry_loss_flagged_within_two_reads(trained):
     """Every GPU that falls off the bus is flagged within 2 read intervals, by XID 79 and
     by silence alone (XID hidden), evaluated read by read from the failure on."""
-    from twin.failure.evaluate import loss_delays
+    from experiments.failure.evaluate import loss_delays
+
     _, paths, model, _, _ = trained
     rep = loss_delays(paths[-1:])
     assert rep["loss_failures"] >= 1

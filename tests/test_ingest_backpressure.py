@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+from domain.topics import ensure_topics, make_producer
 from ingest.consumer import IngestConfig, Ingestor
-from ingest.kafka import ensure_topics, make_producer
 from ingest.store import Store
 from tests.ingest_messages import batch_doc, encode, now_ms
 
@@ -30,15 +30,17 @@ def test_slow_storage_pauses_the_consumer_and_bounds_what_is_buffered(settings, 
     t = now_ms()
     n_messages = 40
     for k in range(n_messages):
-        producer.send(topic, key=f"rk{k % 4}".encode(),
-                      value=encode(batch_doc(f"rk-{unique}", t + k * 1000)))
+        producer.send(
+            topic, key=f"rk{k % 4}".encode(), value=encode(batch_doc(f"rk-{unique}", t + k * 1000))
+        )
     producer.flush()
     producer.close()
 
     store = SlowStore(settings.db_path, delay_s=0.25)
     config = IngestConfig(max_poll_records=3, max_inflight=1, fetch_max_bytes=64 * 1024)
-    ingestor = Ingestor(store, settings.kafka_bootstrap, settings.consumer_group,
-                        topics=(topic,), config=config)
+    ingestor = Ingestor(
+        store, settings.kafka_bootstrap, settings.consumer_group, topics=(topic,), config=config
+    )
     loop = threading.Thread(target=ingestor.run)
     loop.start()
     try:
@@ -52,8 +54,12 @@ def test_slow_storage_pauses_the_consumer_and_bounds_what_is_buffered(settings, 
         ingestor.close()
     s = ingestor.stats
     try:
-        assert store.cursor().execute("SELECT count(*) FROM samples WHERE rack = ?",
-                                      [f"rk-{unique}"]).fetchone()[0] == n_messages * 12
+        assert (
+            store.cursor()
+            .execute("SELECT count(*) FROM samples WHERE rack = ?", [f"rk-{unique}"])
+            .fetchone()[0]
+            == n_messages * 12
+        )
     finally:
         store.close()
     # The writer was always behind: fetching was paused and resumed, again and again...

@@ -9,9 +9,9 @@ import time
 
 from kafka import KafkaConsumer
 
+from domain.contract import DEAD_LETTER_TOPIC, Kind, telemetry_topic
+from domain.topics import MAX_MESSAGE_BYTES, ensure_topics, make_producer
 from ingest.consumer import IngestConfig, Ingestor
-from ingest.contract import DEAD_LETTER_TOPIC, Kind, telemetry_topic
-from ingest.kafka import MAX_MESSAGE_BYTES, ensure_topics, make_producer
 from ingest.store import Store
 from ingest.validate import IngestPolicy
 from tests.ingest_messages import batch_doc, encode, now_ms
@@ -38,17 +38,24 @@ def test_bad_messages_are_dead_lettered_and_ingest_keeps_consuming(settings, uni
     big = doc(0, devices=[f"sv1/h1/row1/{rack}/n01/gpu{k}" for k in range(47_000)])
     bad: dict[str, tuple[bytes, str]] = {
         "truncated": (encode(doc(1))[:200], "invalid_json"),
-        "value_strings": (encode(doc(2) | {"samples": doc(2)["samples"] | {
-            "value": ["hot"] * 12}}), "schema"),
+        "value_strings": (
+            encode(doc(2) | {"samples": doc(2)["samples"] | {"value": ["hot"] * 12}}),
+            "schema",
+        ),
         "seq_string": (encode(doc(3, seq="three")), "schema"),
         "samples_not_object": (encode(doc(4) | {"samples": "none"}), "schema"),
-        "nan": (encode(doc(5)).replace(b'"value":[', b'"value":[NaN,NaN,NaN,NaN,NaN,NaN,'
-                                       b'NaN,NaN,NaN,NaN,NaN,NaN],"x":['), "non_finite"),
-        "infinity": (encode(doc(6)).replace(b'"value":[1.0', b'"value":[Infinity'),
-                     "non_finite"),
+        "nan": (
+            encode(doc(5)).replace(
+                b'"value":[', b'"value":[NaN,NaN,NaN,NaN,NaN,NaN,NaN,NaN,NaN,NaN,NaN,NaN],"x":['
+            ),
+            "non_finite",
+        ),
+        "infinity": (encode(doc(6)).replace(b'"value":[1.0', b'"value":[Infinity'), "non_finite"),
         "year_ahead": (encode(doc(365 * 86400)), "timestamp_skew"),
-        "unknown_metric": (encode(doc(7, metrics=("gpu_temp_c", "flux_capacitance_f", "power_w"))),
-                           "unknown_metric"),
+        "unknown_metric": (
+            encode(doc(7, metrics=("gpu_temp_c", "flux_capacitance_f", "power_w"))),
+            "unknown_metric",
+        ),
         "unknown_version": (encode(doc(8, version=2)), "unknown_version"),
         "empty_batch": (encode(doc(9, devices=[])), "empty_batch"),
         "ten_mb": (encode(big), "too_large"),
@@ -65,8 +72,9 @@ def test_bad_messages_are_dead_lettered_and_ingest_keeps_consuming(settings, uni
     sent: dict[str, tuple[int, int]] = {}
     for k, (name, (raw, _)) in enumerate(bad.items()):
         producer.send(topic, key=rack.encode(), value=encode(valid[k]))
-        md = producer.send(topic, key=rack.encode(), value=raw,
-                           headers=[("origin", name.encode())]).get(timeout=60)
+        md = producer.send(
+            topic, key=rack.encode(), value=raw, headers=[("origin", name.encode())]
+        ).get(timeout=60)
         sent[name] = (md.partition, md.offset)
     producer.send(topic, key=rack.encode(), value=encode(valid[-1]))
     producer.send(topic, key=rack.encode(), value=encode(unknown_device))
@@ -74,36 +82,58 @@ def test_bad_messages_are_dead_lettered_and_ingest_keeps_consuming(settings, uni
     producer.close()
 
     store = Store(settings.db_path)
-    ingestor = Ingestor(store, settings.kafka_bootstrap, settings.consumer_group,
-                        topics=(topic,), policy=IngestPolicy.for_site(site),
-                        config=IngestConfig(max_poll_records=4))  # many small polls
+    ingestor = Ingestor(
+        store,
+        settings.kafka_bootstrap,
+        settings.consumer_group,
+        topics=(topic,),
+        policy=IngestPolicy.for_site(site),
+        config=IngestConfig(max_poll_records=4),
+    )  # many small polls
     loop = threading.Thread(target=ingestor.run)
     loop.start()
     want_ids = [v["batch_id"] for v in valid] + [unknown_device["batch_id"]]
 
     def stored_batches() -> int:
-        return store.cursor().execute(
-            "SELECT count(*) FROM ingested_batches WHERE collector = ? AND list_contains(?, "
-            "batch_id)", [collector, want_ids]).fetchone()[0]
+        return (
+            store.cursor()
+            .execute(
+                "SELECT count(*) FROM ingested_batches WHERE collector = ? AND list_contains(?, "
+                "batch_id)",
+                [collector, want_ids],
+            )
+            .fetchone()[0]
+        )
 
     try:
         wait_for(lambda: stored_batches() == len(want_ids), what="valid batches stored")
-        wait_for(lambda: sum(ingestor.stats.dead_letters.values()) >= len(bad) - 1,
-                 what="dead letters")
+        wait_for(
+            lambda: sum(ingestor.stats.dead_letters.values()) >= len(bad) - 1, what="dead letters"
+        )
         # lag, for /metrics: the high watermark minus the next offset stored
         part = sent["ten_mb"][0]
-        wait_for(lambda: ingestor.stats.lag.get((topic, part)) is not None
-                 and ingestor.stats.lag[(topic, part)].lag == 0, what="lag 0")
+        wait_for(
+            lambda: (
+                ingestor.stats.lag.get((topic, part)) is not None
+                and ingestor.stats.lag[(topic, part)].lag == 0
+            ),
+            what="lag 0",
+        )
         snap = ingestor.stats.snapshot()
-        samples = {(name, tuple(sorted(labels.items()))): v
-                   for name, labels, v in ingestor.stats.metric_samples()}
+        samples = {
+            (name, tuple(sorted(labels.items()))): v
+            for name, labels, v in ingestor.stats.metric_samples()
+        }
     finally:
         ingestor.stop_event.set()
         loop.join(60)
         ingestor.close()
     try:
-        n = store.cursor().execute("SELECT count(*) FROM samples WHERE rack = ?",
-                                   [rack]).fetchone()[0]
+        n = (
+            store.cursor()
+            .execute("SELECT count(*) FROM samples WHERE rack = ?", [rack])
+            .fetchone()[0]
+        )
         # every valid batch, the unknown-device batch whole (policy accept: 3 devices x 3
         # metrics), and (policy keep_valid) the 11 finite samples of the batch with one
         # Infinity and the 8 known-metric samples of the batch with an unknown metric
@@ -116,16 +146,25 @@ def test_bad_messages_are_dead_lettered_and_ingest_keeps_consuming(settings, uni
     # the same counters as plain data and as metric samples for /metrics
     assert snap["dead_letters"]["too_large"] >= 1 and snap["samples_stored"] >= n
     assert {"topic": topic, "partition": part, "lag": 0} in [
-        {k: p[k] for k in ("topic", "partition", "lag")} for p in snap["lag"]]
+        {k: p[k] for k in ("topic", "partition", "lag")} for p in snap["lag"]
+    ]
     assert samples[("dctwin_ingest_dead_letters_total", (("reason", "non_finite"),))] >= 2
     assert samples[("dctwin_ingest_samples_rejected_total", (("reason", "non_finite"),))] >= 13
-    assert samples[("dctwin_ingest_partition_lag_records",
-                    (("partition", str(part)), ("topic", topic)))] == 0
+    assert (
+        samples[
+            ("dctwin_ingest_partition_lag_records", (("partition", str(part)), ("topic", topic)))
+        ]
+        == 0
+    )
 
-    consumer = KafkaConsumer(DEAD_LETTER_TOPIC, bootstrap_servers=settings.kafka_bootstrap,
-                             group_id=f"dlq-reader-{unique}", auto_offset_reset="earliest",
-                             enable_auto_commit=False,
-                             max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
+    consumer = KafkaConsumer(
+        DEAD_LETTER_TOPIC,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"dlq-reader-{unique}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+    )
     by_value = {raw: name for name, (raw, _) in bad.items()}
     found: dict[str, dict[str, bytes]] = {}
     deadline = time.monotonic() + 60

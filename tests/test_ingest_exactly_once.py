@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ingest.kafka import ensure_topics, make_producer
+from domain.topics import ensure_topics, make_producer
 from ingest.store import Store
 from tests.ingest_messages import batch_doc, encode, now_ms
 from tests.ingest_workers import Worker, caught_up
@@ -19,8 +19,14 @@ PARTITIONS = 4
 RACKS = [f"rk{k:02d}" for k in range(8)]
 
 
-def stream(bootstrap: str, topic: str, rack_tag: str, produced: list, done: threading.Event,
-           killed: threading.Event) -> None:
+def stream(
+    bootstrap: str,
+    topic: str,
+    rack_tag: str,
+    produced: list,
+    done: threading.Event,
+    killed: threading.Event,
+) -> None:
     """Bursts of 16 batches every 150 ms until the kills are over, then 10 more (so every
     kill lands mid-stream and the last worker has work); every 7th batch is sent twice (a
     producer retry), and every 5th burst one batch is re-batched: its samples again,
@@ -38,11 +44,18 @@ def stream(bootstrap: str, topic: str, rack_tag: str, produced: list, done: thre
                 remaining -= 1
             for k in range(16):
                 rack = RACKS[k % len(RACKS)]
-                devices = [f"sv1/h1/row1/{rack}-{rack_tag}/n{j:02d}/gpu{g}"
-                           for j in range(1, 5) for g in range(8)]
-                doc = batch_doc(f"{rack}-{rack_tag}", t0 + burst * 1000 + k,
-                                devices=devices, collector=f"eo-{rack_tag}",
-                                value=rng.uniform(20, 700))
+                devices = [
+                    f"sv1/h1/row1/{rack}-{rack_tag}/n{j:02d}/gpu{g}"
+                    for j in range(1, 5)
+                    for g in range(8)
+                ]
+                doc = batch_doc(
+                    f"{rack}-{rack_tag}",
+                    t0 + burst * 1000 + k,
+                    devices=devices,
+                    collector=f"eo-{rack_tag}",
+                    value=rng.uniform(20, 700),
+                )
                 raw = encode(doc)
                 producer.send(topic, key=rack.encode(), value=raw)
                 produced.append(doc)
@@ -68,22 +81,32 @@ def stream(bootstrap: str, topic: str, rack_tag: str, produced: list, done: thre
 
 @pytest.mark.slow
 def test_sigkilled_worker_restarts_and_stores_every_sample_exactly_once(
-        tmp_path, kafka_bootstrap, unique):
+    tmp_path, kafka_bootstrap, unique
+):
     topic = f"eo-{unique}"
     ensure_topics(kafka_bootstrap, PARTITIONS, topics=(topic,))
     db = tmp_path / "eo.duckdb"
     produced: list[dict] = []
     done, killed = threading.Event(), threading.Event()
-    producer = threading.Thread(target=stream, args=(kafka_bootstrap, topic, unique, produced,
-                                                     done, killed))
+    producer = threading.Thread(
+        target=stream, args=(kafka_bootstrap, topic, unique, produced, done, killed)
+    )
     producer.start()
     kills = 0
     progress = []
     mid_stream = []  # whether the producer was still producing when each worker died
     try:
         for _ in range(4):  # start, let it store something, SIGKILL mid-stream
-            w = Worker(tmp_path, f"w{kills}", kafka_bootstrap, f"g-{unique}", topic,
-                       "--db", str(db), session_timeout_ms=3000)
+            w = Worker(
+                tmp_path,
+                f"w{kills}",
+                kafka_bootstrap,
+                f"g-{unique}",
+                topic,
+                "--db",
+                str(db),
+                session_timeout_ms=3000,
+            )
             stats = w.wait(lambda s: s.get("samples_stored", 0) > 0, what="progress")
             time.sleep(random.Random(kills).uniform(0.0, 0.4))
             mid_stream.append(not done.is_set())
@@ -92,8 +115,16 @@ def test_sigkilled_worker_restarts_and_stores_every_sample_exactly_once(
             progress.append(stats["samples_stored"])
         assert not done.is_set()  # every kill was mid-stream
         killed.set()
-        final = Worker(tmp_path, "final", kafka_bootstrap, f"g-{unique}", topic, "--db", str(db),
-                       session_timeout_ms=3000)
+        final = Worker(
+            tmp_path,
+            "final",
+            kafka_bootstrap,
+            f"g-{unique}",
+            topic,
+            "--db",
+            str(db),
+            session_timeout_ms=3000,
+        )
         producer.join(120)
         assert done.is_set()
         final.wait(lambda s: caught_up(s, PARTITIONS), timeout_s=180, what="catching up")
@@ -105,24 +136,45 @@ def test_sigkilled_worker_restarts_and_stores_every_sample_exactly_once(
     # kills were mid-stream: the producer was still writing when workers died
     assert sum(mid_stream) >= 1, mid_stream
 
-    expected = {(d, m, t, v) for doc in produced for d, m, t, v in zip(
-        doc["samples"]["device_id"], doc["samples"]["metric"], doc["samples"]["read_time_ms"],
-        doc["samples"]["value"], strict=True)}
+    expected = {
+        (d, m, t, v)
+        for doc in produced
+        for d, m, t, v in zip(
+            doc["samples"]["device_id"],
+            doc["samples"]["metric"],
+            doc["samples"]["read_time_ms"],
+            doc["samples"]["value"],
+            strict=True,
+        )
+    }
     store = Store(db, read_only=True)
     try:
-        rows = store.cursor().execute(
-            "SELECT device_id, metric, epoch_ms(read_time), value FROM samples "
-            "WHERE rack LIKE ?", [f"%-{unique}"]).fetchall()
+        rows = (
+            store.cursor()
+            .execute(
+                "SELECT device_id, metric, epoch_ms(read_time), value FROM samples "
+                "WHERE rack LIKE ?",
+                [f"%-{unique}"],
+            )
+            .fetchall()
+        )
         assert len(rows) == len(expected)  # stored count = produced count
         assert set(rows) == expected  # the same samples, none twice
-        batches = store.cursor().execute(
-            "SELECT count(*), count(DISTINCT batch_id), sum(n_samples) FROM ingested_batches "
-            "WHERE collector = ?", [f"eo-{unique}"]).fetchone()
+        batches = (
+            store.cursor()
+            .execute(
+                "SELECT count(*), count(DISTINCT batch_id), sum(n_samples) FROM ingested_batches "
+                "WHERE collector = ?",
+                [f"eo-{unique}"],
+            )
+            .fetchone()
+        )
         assert batches[0] == batches[1]  # every batch id once, re-sends skipped
         assert batches[2] == len(expected)
         offsets = store.offsets()
         assert sum(o for (t, _), o in offsets.items() if t == topic) == last_offsets_total(
-            kafka_bootstrap, topic)
+            kafka_bootstrap, topic
+        )
     finally:
         store.close()
 

@@ -24,9 +24,15 @@ def store(tmp_path):
 
 
 def stored(store: Store, rack: str) -> list[tuple]:
-    return store.cursor().execute(
-        "SELECT device_id, metric, epoch_ms(read_time), value, kind, rack FROM samples "
-        "WHERE rack = ? ORDER BY ALL", [rack]).fetchall()
+    return (
+        store.cursor()
+        .execute(
+            "SELECT device_id, metric, epoch_ms(read_time), value, kind, rack FROM samples "
+            "WHERE rack = ? ORDER BY ALL",
+            [rack],
+        )
+        .fetchall()
+    )
 
 
 def reasons(result) -> dict[int, str]:
@@ -40,18 +46,31 @@ def test_valid_batches_are_stored_with_their_fields(store):
     result = store.ingest([rec(doc)], rec.offsets(), IngestPolicy())
     assert result.write.samples_stored == 12 and not result.staged.dead
     rows = stored(store, "rk1")
-    want = sorted(zip(doc["samples"]["device_id"], doc["samples"]["metric"],
-                      doc["samples"]["read_time_ms"], doc["samples"]["value"],
-                      ["gpu"] * 12, ["rk1"] * 12, strict=True))
+    want = sorted(
+        zip(
+            doc["samples"]["device_id"],
+            doc["samples"]["metric"],
+            doc["samples"]["read_time_ms"],
+            doc["samples"]["value"],
+            ["gpu"] * 12,
+            ["rk1"] * 12,
+            strict=True,
+        )
+    )
     assert rows == [tuple(r) for r in want]
     assert store.offsets() == {("telemetry.gpu", 0): 1}
-    latest = store.cursor().execute(
-        "SELECT value FROM latest WHERE device_id = ? AND metric = 'power_w'",
-        [gpu_ids("rk1")[0]]).fetchone()[0]
+    latest = (
+        store.cursor()
+        .execute(
+            "SELECT value FROM latest WHERE device_id = ? AND metric = 'power_w'",
+            [gpu_ids("rk1")[0]],
+        )
+        .fetchone()[0]
+    )
     assert latest == doc["samples"]["value"][1]
     assert store.cursor().execute(
-        "SELECT n_samples, n_rejected FROM ingested_batches WHERE batch_id = ?",
-        [doc["batch_id"]]).fetchone() == (12, 0)
+        "SELECT n_samples, n_rejected FROM ingested_batches WHERE batch_id = ?", [doc["batch_id"]]
+    ).fetchone() == (12, 0)
 
 
 def test_each_bad_message_gets_its_reason_and_good_ones_in_between_are_stored(store):
@@ -62,9 +81,17 @@ def test_each_bad_message_gets_its_reason_and_good_ones_in_between_are_stored(st
     assert b"NaN" in nan_raw
     bad = {
         "truncated": encode(batch_doc("rk2", t))[:150],
-        "strings": encode(batch_doc("rk2", t) | {"samples": {
-            "device_id": gpu_ids("rk2")[:1], "metric": ["power_w"], "value": ["hot"],
-            "read_time_ms": [t]}}),
+        "strings": encode(
+            batch_doc("rk2", t)
+            | {
+                "samples": {
+                    "device_id": gpu_ids("rk2")[:1],
+                    "metric": ["power_w"],
+                    "value": ["hot"],
+                    "read_time_ms": [t],
+                }
+            }
+        ),
         "seq": encode(batch_doc("rk2", t, seq="seven")),
         "nan": nan_raw,
         "future": encode(batch_doc("rk2", t + 365 * 86400 * 1000)),
@@ -74,18 +101,37 @@ def test_each_bad_message_gets_its_reason_and_good_ones_in_between_are_stored(st
         "binary": bytes(range(256)),
         "array": b"[1, 2, 3]",
         "type": encode(batch_doc("rk2", t, type="gossip")),
-        "lengths": encode(batch_doc("rk2", t) | {"samples": {
-            "device_id": gpu_ids("rk2")[:2], "metric": ["power_w"], "value": [1.0, 2.0],
-            "read_time_ms": [t, t]}}),
+        "lengths": encode(
+            batch_doc("rk2", t)
+            | {
+                "samples": {
+                    "device_id": gpu_ids("rk2")[:2],
+                    "metric": ["power_w"],
+                    "value": [1.0, 2.0],
+                    "read_time_ms": [t, t],
+                }
+            }
+        ),
     }
-    expected = {"truncated": "invalid_json", "strings": "schema", "seq": "schema",
-                "nan": "non_finite", "future": "timestamp_skew", "metric": "unknown_metric",
-                "version": "unknown_version", "empty": "empty_batch", "binary": "invalid_json",
-                "array": "invalid_envelope", "type": "invalid_envelope", "lengths": "schema"}
+    expected = {
+        "truncated": "invalid_json",
+        "strings": "schema",
+        "seq": "schema",
+        "nan": "non_finite",
+        "future": "timestamp_skew",
+        "metric": "unknown_metric",
+        "version": "unknown_version",
+        "empty": "empty_batch",
+        "binary": "invalid_json",
+        "array": "invalid_envelope",
+        "type": "invalid_envelope",
+        "lengths": "schema",
+    }
     records, offset_of = [], {}
     for k, (name, raw) in enumerate(bad.items()):
-        records.append(rec(good[k % len(good)] if k < len(good) else
-                           batch_doc("rk2", t + (10 + k) * 1000)))
+        records.append(
+            rec(good[k % len(good)] if k < len(good) else batch_doc("rk2", t + (10 + k) * 1000))
+        )
         offset_of[name] = rec.offset
         records.append(rec(raw))
     result = store.ingest(records, rec.offsets(), IngestPolicy())
@@ -136,8 +182,7 @@ def test_unknown_devices_are_counted_and_the_policy_decides(store, site):
     assert d.reason == "unknown_device" and (d.samples_rejected, d.samples_kept) == (3, 6)
     assert {r[0] for r in stored(store, "rk6")} == set(known)
     # a malformed id is never accepted: it does not even start with the site
-    r3 = store.ingest([rec(batch_doc("rk7", now_ms(), devices=["123"]))], rec.offsets(),
-                      accept)
+    r3 = store.ingest([rec(batch_doc("rk7", now_ms(), devices=["123"]))], rec.offsets(), accept)
     assert r3.staged.dead[0].reason == "bad_device_id"
 
 
@@ -158,9 +203,14 @@ def test_replayed_resent_and_rebatched_samples_are_stored_once(store):
     assert r2.write.batches_skipped == 2 and r2.write.duplicate_samples == 12
     rows = stored(store, "rk8")
     assert len(rows) == 24 == len({r[:3] for r in rows})
-    n = store.cursor().execute("SELECT sum(n_samples) FROM ingested_batches WHERE batch_id "
-                               "IN (?, ?, ?)", [a["batch_id"], b["batch_id"],
-                                                merged["batch_id"]]).fetchone()[0]
+    n = (
+        store.cursor()
+        .execute(
+            "SELECT sum(n_samples) FROM ingested_batches WHERE batch_id IN (?, ?, ?)",
+            [a["batch_id"], b["batch_id"], merged["batch_id"]],
+        )
+        .fetchone()[0]
+    )
     assert n == 24  # per-batch counts add up to what is stored
 
 
@@ -169,8 +219,9 @@ def test_late_samples_are_stored_in_read_order_per_series(store):
     t = now_ms()
     policy = IngestPolicy()
     store.ingest([rec(batch_doc("rk9", t + 5000))], rec.offsets(), policy)
-    late = store.ingest([rec(batch_doc("rk9", t)), rec(batch_doc("rk9", t + 5000))],
-                        rec.offsets(), policy)
+    late = store.ingest(
+        [rec(batch_doc("rk9", t)), rec(batch_doc("rk9", t + 5000))], rec.offsets(), policy
+    )
     assert late.write.samples_stored == 12 and late.write.duplicate_samples == 12
     assert len(stored(store, "rk9")) == 24
 
@@ -190,15 +241,32 @@ def test_messages_with_newlines_and_events_are_stored(store):
     t = now_ms()
     pretty = orjson.dumps(batch_doc("rk11", t), option=orjson.OPT_INDENT_2)
     assert b"\n" in pretty
-    event = {"version": 1, "type": "events", "batch_id": "ev-1", "collector": "c", "site": "sv1",
-             "rack": "rk11", "seq": 1, "sent_time_ms": t,
-             "events": [{"device_id": gpu_ids("rk11")[0], "kind": "xid", "severity": "critical",
-                         "read_time_ms": t, "message": "XID 79", "attrs": {"xid": 79}}]}
+    event = {
+        "version": 1,
+        "type": "events",
+        "batch_id": "ev-1",
+        "collector": "c",
+        "site": "sv1",
+        "rack": "rk11",
+        "seq": 1,
+        "sent_time_ms": t,
+        "events": [
+            {
+                "device_id": gpu_ids("rk11")[0],
+                "kind": "xid",
+                "severity": "critical",
+                "read_time_ms": t,
+                "message": "XID 79",
+                "attrs": {"xid": 79},
+            }
+        ],
+    }
     result = store.ingest([rec(pretty), rec(event)], rec.offsets(), IngestPolicy())
     assert not result.staged.dead
     assert result.write.samples_stored == 12 and result.write.events_stored == 1
-    assert store.cursor().execute("SELECT kind, attrs->>'xid' FROM events WHERE batch_id = "
-                                  "'ev-1'").fetchone() == ("xid", "79")
+    assert store.cursor().execute(
+        "SELECT kind, attrs->>'xid' FROM events WHERE batch_id = 'ev-1'"
+    ).fetchone() == ("xid", "79")
 
 
 def test_too_large_messages_are_refused_before_parsing(store):
@@ -224,8 +292,9 @@ def test_envelope_fields_after_the_samples_are_read_too(store):
     bad = batch_doc("rk13", t + 2000, version=7)
     bad_items = list(bad.items())
     version_after = dict(bad_items[1:] + bad_items[:1])
-    result = store.ingest([rec(samples_first), rec(in_middle), rec(version_after)],
-                          rec.offsets(), IngestPolicy())
+    result = store.ingest(
+        [rec(samples_first), rec(in_middle), rec(version_after)], rec.offsets(), IngestPolicy()
+    )
     assert reasons(result) == {2: "unknown_version"}
     assert result.write.samples_stored == 24
 
@@ -236,8 +305,9 @@ def test_rows_are_appended_in_read_order_per_series_whatever_is_filtered(store):
     rec = Records()
     t = now_ms() - 500_000
     devices = gpu_ids("rk14", 16)
-    docs = [batch_doc("rk14", t + k * 1000, devices=devices, value=float(k))
-            for k in range(400)]  # 19,200 samples: many vectors, so parallel operators
+    docs = [
+        batch_doc("rk14", t + k * 1000, devices=devices, value=float(k)) for k in range(400)
+    ]  # 19,200 samples: many vectors, so parallel operators
     records = []
     for k, doc in enumerate(docs):
         records.append(rec(doc))
@@ -246,16 +316,21 @@ def test_rows_are_appended_in_read_order_per_series_whatever_is_filtered(store):
         if k % 11 == 0:
             records.append(rec(batch_doc("rk14", t + k * 1000 + 500, version=3)))
         if k % 13 == 0:
-            raw = encode(batch_doc("rk14", t + k * 1000 + 700)).replace(b'"value":[1.0',
-                                                                        b'"value":[NaN')
+            raw = encode(batch_doc("rk14", t + k * 1000 + 700)).replace(
+                b'"value":[1.0', b'"value":[NaN'
+            )
             records.append(rec(raw))  # partly bad: the rest is stored
     result = store.ingest(records, rec.offsets(), IngestPolicy())
     assert result.write.batches_skipped == 45 and result.staged.partial
-    bad = store.cursor().execute("""
+    bad = (
+        store.cursor()
+        .execute("""
         SELECT count(*) FROM (
             SELECT read_time - lag(read_time) OVER (PARTITION BY device_id, metric
                                                     ORDER BY rowid) AS step
-            FROM samples WHERE rack = 'rk14') WHERE step <= INTERVAL 0 SECOND""").fetchone()[0]
+            FROM samples WHERE rack = 'rk14') WHERE step <= INTERVAL 0 SECOND""")
+        .fetchone()[0]
+    )
     assert bad == 0
 
 

@@ -9,8 +9,13 @@ from tests.ingest_workers import REPO
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dctwin.cli", "ingest", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "dctwin.cli.main", "ingest", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_ingest_command_shows_the_worker_options_and_rejects_bad_ones(tmp_path):

@@ -10,14 +10,14 @@ import pytest
 
 from collectors.batching import Batcher
 from collectors.sources import build_source
-from collectors.sources.nvml import (
+from collectors.sources.nvml.source import (
     CRITICAL_XIDS,
     NvmlError,
     NvmlSource,
     NvmlSourceConfig,
     xid_severity,
 )
-from ingest.contract import METRICS, EventKind, Kind, decode, encode
+from domain.contract import METRICS, EventKind, Kind, decode, encode
 from tests import fake_pynvml
 from tests.fake_pynvml import FakeGpu, FakeNvml
 
@@ -44,7 +44,8 @@ def test_fake_mirrors_pynvml_names_values_signatures_and_structs():
         checked += 1
         if name.startswith("nvml") and callable(ours) and not name.startswith("nvmlEventType"):
             assert list(inspect.signature(ours).parameters) == list(
-                inspect.signature(real).parameters), name
+                inspect.signature(real).parameters
+            ), name
         elif name.startswith(("NVML_", "nvmlEventType")):
             assert ours == real, name
         elif name.startswith("NVMLError_"):
@@ -59,8 +60,9 @@ def test_fake_mirrors_pynvml_names_values_signatures_and_structs():
 
 
 def test_reads_every_metric_of_every_gpu_exactly():
-    gpus = [FakeGpu(temp_c=40 + i, power_mw=300_000 + 1234 * i, energy_mj=10**9 + i)
-            for i in range(8)]
+    gpus = [
+        FakeGpu(temp_c=40 + i, power_mw=300_000 + 1234 * i, energy_mj=10**9 + i) for i in range(8)
+    ]
     gpus[5].fan_pct = 33  # a PCIe card with a fan
     fake = FakeNvml(gpus)
     src = source(fake)
@@ -70,14 +72,23 @@ def test_reads_every_metric_of_every_gpu_exactly():
     for i, g in enumerate(gpus):
         d = f"{NODE}/gpu{i}"
         expected = {
-            "gpu_temp_c": g.temp_c, "mem_temp_c": g.mem_temp_c, "power_w": g.power_mw / 1000,
-            "energy_mj": g.energy_mj, "util_gpu_pct": g.util_gpu, "util_mem_pct": g.util_mem,
-            "mem_used_bytes": g.mem_used, "sm_clock_mhz": g.sm_clock_mhz,
-            "mem_clock_mhz": g.mem_clock_mhz, "throttle_reasons": g.throttle,
-            "ecc_corrected_total": g.ecc_corrected, "ecc_uncorrected_total": g.ecc_uncorrected,
+            "gpu_temp_c": g.temp_c,
+            "mem_temp_c": g.mem_temp_c,
+            "power_w": g.power_mw / 1000,
+            "energy_mj": g.energy_mj,
+            "util_gpu_pct": g.util_gpu,
+            "util_mem_pct": g.util_mem,
+            "mem_used_bytes": g.mem_used,
+            "sm_clock_mhz": g.sm_clock_mhz,
+            "mem_clock_mhz": g.mem_clock_mhz,
+            "throttle_reasons": g.throttle,
+            "ecc_corrected_total": g.ecc_corrected,
+            "ecc_uncorrected_total": g.ecc_uncorrected,
             "remapped_rows_correctable": g.remapped[0],
-            "remapped_rows_uncorrectable": g.remapped[1], "pcie_replay_total": g.pcie_replay,
-            "nvlink_errors_total": sum(g.nvlink.values())}
+            "remapped_rows_uncorrectable": g.remapped[1],
+            "pcie_replay_total": g.pcie_replay,
+            "nvlink_errors_total": sum(g.nvlink.values()),
+        }
         if g.fan_pct is not None:
             expected["fan_speed_pct"] = g.fan_pct
         assert {m: v for (dd, m), v in got.items() if dd == d} == pytest.approx(expected), i
@@ -89,8 +100,9 @@ def test_reads_every_metric_of_every_gpu_exactly():
 
 
 def test_not_supported_skips_only_that_field_and_is_not_asked_again():
-    g = FakeGpu(mem_temp_c=None, ecc_corrected=None, ecc_uncorrected=None, remapped=None,
-                nvlink=None)
+    g = FakeGpu(
+        mem_temp_c=None, ecc_corrected=None, ecc_uncorrected=None, remapped=None, nvlink=None
+    )
     g.fail["nvmlDeviceGetPcieReplayCounter"] = fake_pynvml.NVML_ERROR_NOT_SUPPORTED
     fake = FakeNvml([g, FakeGpu()])
     src = source(fake)
@@ -99,15 +111,27 @@ def test_not_supported_skips_only_that_field_and_is_not_asked_again():
     calls = dict(fake.calls)
     second = by_key(src.read())
     gpu0 = {m for d, m in first if d.endswith("gpu0")}
-    assert gpu0 == {"gpu_temp_c", "power_w", "energy_mj", "util_gpu_pct", "util_mem_pct",
-                    "mem_used_bytes", "sm_clock_mhz", "mem_clock_mhz", "throttle_reasons"}
-    assert {m for d, m in first if d.endswith("gpu1")} >= gpu0 | {"mem_temp_c",
-                                                                  "nvlink_errors_total"}
+    assert gpu0 == {
+        "gpu_temp_c",
+        "power_w",
+        "energy_mj",
+        "util_gpu_pct",
+        "util_mem_pct",
+        "mem_used_bytes",
+        "sm_clock_mhz",
+        "mem_clock_mhz",
+        "throttle_reasons",
+    }
+    assert {m for d, m in first if d.endswith("gpu1")} >= gpu0 | {
+        "mem_temp_c",
+        "nvlink_errors_total",
+    }
     assert first.keys() == second.keys()
     assert first_read.events == []  # not supported is normal, not an error
     # unsupported readings are asked once per GPU, supported ones every read
-    assert fake.calls["nvmlDeviceGetPcieReplayCounter"] == calls[
-        "nvmlDeviceGetPcieReplayCounter"] + 1  # gpu1 only
+    assert (
+        fake.calls["nvmlDeviceGetPcieReplayCounter"] == calls["nvmlDeviceGetPcieReplayCounter"] + 1
+    )  # gpu1 only
     assert fake.calls["nvmlDeviceGetPowerUsage"] == calls["nvmlDeviceGetPowerUsage"] + 2
     src.close()
 
@@ -136,8 +160,7 @@ def test_lost_gpu_is_probed_and_comes_back():
     assert {d for d in r.device_id} == {f"{NODE}/gpu0"}
     fake.gpus[1].lost = False  # reset by the operator
     r = src.read()
-    assert [(e.kind, e.device_id) for e in r.events] == [(EventKind.health_changed,
-                                                          f"{NODE}/gpu1")]
+    assert [(e.kind, e.device_id) for e in r.events] == [(EventKind.health_changed, f"{NODE}/gpu1")]
     assert f"{NODE}/gpu1" in set(r.device_id)
     src.close()
 
@@ -153,10 +176,13 @@ def test_xid_events_with_severity_from_the_critical_table():
     fake.inject_xid(2, 94)  # not registered: NVML does not deliver it
     fake.inject_xid(1, 999)
     r = src.read()
-    xids = [(e.device_id, e.attrs["xid"], e.severity) for e in r.events
-            if e.kind == EventKind.xid]
-    assert xids == [(f"{NODE}/gpu3", 79, "critical"), (f"{NODE}/gpu1", 13, "info"),
-                    (f"{NODE}/gpu0", 48, "critical"), (f"{NODE}/gpu1", 999, "warning")]
+    xids = [(e.device_id, e.attrs["xid"], e.severity) for e in r.events if e.kind == EventKind.xid]
+    assert xids == [
+        (f"{NODE}/gpu3", 79, "critical"),
+        (f"{NODE}/gpu1", 13, "info"),
+        (f"{NODE}/gpu0", 48, "critical"),
+        (f"{NODE}/gpu1", 999, "warning"),
+    ]
     assert r.events[0].message == "XID 79: GPU has fallen off the bus"
     assert len(r) == 4 * 16  # the read itself went on
     assert [e for e in src.read().events] == []
@@ -174,8 +200,9 @@ def test_other_nvml_errors_are_reported_once_and_retried():
     fake.gpus[0].fail["nvmlDeviceGetTotalEnergyConsumption"] = fake_pynvml.NVML_ERROR_UNKNOWN
     src = source(fake)
     r = src.read()
-    assert [(e.kind, e.attrs["reading"]) for e in r.events] == [(EventKind.source_error,
-                                                                 "energy_mj")]
+    assert [(e.kind, e.attrs["reading"]) for e in r.events] == [
+        (EventKind.source_error, "energy_mj")
+    ]
     assert "energy_mj" not in {m for m in r.metric} and len(r) == 15
     assert src.read().events == []
     del fake.gpus[0].fail["nvmlDeviceGetTotalEnergyConsumption"]
@@ -229,8 +256,14 @@ def test_real_nvml_reads_every_gpu(real_gpus):
         got = by_key(r)
         for i in range(real_gpus):
             d = f"{NODE}/gpu{i}"
-            for metric in ("gpu_temp_c", "power_w", "energy_mj", "util_gpu_pct",
-                           "mem_used_bytes", "sm_clock_mhz"):
+            for metric in (
+                "gpu_temp_c",
+                "power_w",
+                "energy_mj",
+                "util_gpu_pct",
+                "mem_used_bytes",
+                "sm_clock_mhz",
+            ):
                 assert (d, metric) in got, (d, metric)
             assert 0 < got[(d, "gpu_temp_c")] < 120
             assert 0 < got[(d, "power_w")] < 2000

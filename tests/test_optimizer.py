@@ -10,10 +10,10 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.keys import Role
+from experiments.optimizer.evaluate import LeakageError, evaluate
 from ingest.store import Store
 from tests.apihelpers import bearer, keys_per_role
 from tests.optimizer_fixtures import START, small_site, trained
-from twin.optimizer.evaluate import LeakageError, evaluate
 from twin.optimizer.models import MONOTONIC, PlantModels
 from twin.optimizer.recommendations import (
     LifecycleError,
@@ -28,8 +28,9 @@ from twin.state import Twin
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     models, con = trained(tmp_path_factory.mktemp("opt") / "history.duckdb")
-    history = con.sql("SELECT * FROM optimizer_history WHERE since_change_s >= 300 "
-                      "ORDER BY time").pl()
+    history = con.sql(
+        "SELECT * FROM optimizer_history WHERE since_change_s >= 300 ORDER BY time"
+    ).pl()
     yield models, history
     con.close()
 
@@ -81,8 +82,9 @@ def test_out_of_distribution_state_gets_no_recommendation_and_says_why(env):
     # each feature inside its own range, but a combination never seen: nearest-neighbour
     lo, hi = models.domain.lo, models.domain.hi
     odd = dict(state)
-    i_db, i_wb = (len(SETPOINTS) + STATE.index(n) for n in ("outdoor_drybulb_c",
-                                                             "outdoor_wetbulb_c"))
+    i_db, i_wb = (
+        len(SETPOINTS) + STATE.index(n) for n in ("outdoor_drybulb_c", "outdoor_wetbulb_c")
+    )
     odd["outdoor_drybulb_c"], odd["outdoor_wetbulb_c"] = lo[i_db], hi[i_wb]
     d = opt.recommend(odd, current)
     assert d.recommended is None and "nearest-neighbour" in d.reason
@@ -174,8 +176,9 @@ def test_api_lists_and_takes_operator_decisions(env, tmp_path):
     ids = [recs.propose(d, "syn") for _ in range(3)]
     keys, tokens = keys_per_role(tmp_path / "keys.duckdb")
     viewer = TestClient(create_app(twin, keys=keys), headers=bearer(tokens[Role.viewer]))
-    assert viewer.post(f"/v1/recommendations/{ids[0]}/accept",
-                       json={"who": "eve"}).status_code == 403  # deciding needs an operator
+    assert (
+        viewer.post(f"/v1/recommendations/{ids[0]}/accept", json={"who": "eve"}).status_code == 403
+    )  # deciding needs an operator
     client = TestClient(create_app(twin, keys=keys), headers=bearer(tokens[Role.operator]))
     r = client.get("/v1/recommendations")
     assert r.status_code == 200 and [x["id"] for x in r.json()] == ids[::-1]
@@ -183,14 +186,13 @@ def test_api_lists_and_takes_operator_decisions(env, tmp_path):
     assert body["recommended_setpoints"] and body["model_version"] == models.version
     r = client.post(f"/v1/recommendations/{ids[0]}/accept", json={"who": "carol"})
     assert r.status_code == 200 and r.json()["decided_by"] == "carol"
-    assert client.post(f"/v1/recommendations/{ids[0]}/reject",
-                       json={"who": "dave"}).status_code == 409
+    assert (
+        client.post(f"/v1/recommendations/{ids[0]}/reject", json={"who": "dave"}).status_code == 409
+    )
     r = client.post(f"/v1/recommendations/{ids[1]}/reject")  # no body: the key names who
     assert r.status_code == 200 and r.json()["decided_by"] == "test-operator"
-    assert client.post(f"/v1/recommendations/{ids[2]}/reject",
-                       json={"who": ""}).status_code == 422
-    assert client.post("/v1/recommendations/9999/accept",
-                       json={"who": "carol"}).status_code == 404
+    assert client.post(f"/v1/recommendations/{ids[2]}/reject", json={"who": ""}).status_code == 422
+    assert client.post("/v1/recommendations/9999/accept", json={"who": "carol"}).status_code == 404
     r = client.get("/v1/recommendations", params={"status": "accepted"})
     assert [x["id"] for x in r.json()] == [ids[0]]
     assert client.get("/v1/recommendations", params={"status": "bogus"}).status_code == 422
@@ -216,8 +218,16 @@ def test_short_closed_loop_has_no_gpu_violations_and_measures_outcomes(env, tmp_
 
     models, _ = env
     store = RecommendationStore(duckdb.connect(str(tmp_path / "eval.duckdb")))
-    res = evaluate(models, small_site(), seed=11, start=START.replace(day=3, hour=12),
-                   days=2 / 24, step_s=120.0, store=store, oracle=True)
+    res = evaluate(
+        models,
+        small_site(),
+        seed=11,
+        start=START.replace(day=3, hour=12),
+        days=2 / 24,
+        step_s=120.0,
+        store=store,
+        oracle=True,
+    )
     assert res.decisions == 8
     assert res.ml.gpu_violation_steps == 0 and res.oracle.gpu_violation_steps == 0
     assert res.baseline.cooling_kwh > 0
@@ -231,16 +241,21 @@ def test_short_closed_loop_has_no_gpu_violations_and_measures_outcomes(env, tmp_
     sizes = rep["by_predicted_size"]  # every measured one in exactly one size bucket
     assert sum(b["measured"] for b in sizes) == rep["measured"]
     assert sum(b["realised_savings_kw_sum"] or 0.0 for b in sizes) == pytest.approx(
-        rep["realised_savings_kw_sum"] or 0.0)
+        rep["realised_savings_kw_sum"] or 0.0
+    )
     assert sum(res.no_recommendation.values()) + res.recommendations == res.decisions
     assert isinstance(PlantModels.load(models.save(tmp_path / "m.pkl")), PlantModels)
 
 
 def _sim_at_noon():
-    from collectors.simulator.model import SiteSimulator
+    from simulator.model import SiteSimulator
 
-    sim = SiteSimulator(small_site(), seed=11, start_time_s=START.replace(day=2, hour=12)
-                        .timestamp(), horizon_s=4 * 3600.0)
+    sim = SiteSimulator(
+        small_site(),
+        seed=11,
+        start_time_s=START.replace(day=2, hour=12).timestamp(),
+        horizon_s=4 * 3600.0,
+    )
     for _ in range(5):
         sim.step(60.0)
     return sim
@@ -249,10 +264,10 @@ def _sim_at_noon():
 def test_outcome_is_measured_after_the_plant_settles_against_a_counterfactual(env):
     import copy
 
-    from collectors.simulator.controls import ENVELOPES
-    from twin.optimizer.dataset import SETTLE_S
-    from twin.optimizer.outcome import OUTCOME_WINDOW_S, measure_settled
-    from twin.optimizer.space import apply_setpoints, read_setpoints
+    from domain.plant import ENVELOPES
+    from experiments.optimizer.dataset import SETTLE_S
+    from experiments.optimizer.outcome import OUTCOME_WINDOW_S, measure_settled
+    from experiments.optimizer.plant_control import apply_setpoints, read_setpoints
 
     models, _ = env
     sim = _sim_at_noon()
@@ -262,8 +277,10 @@ def test_outcome_is_measured_after_the_plant_settles_against_a_counterfactual(en
     # the live plant is not advanced, nor its setpoints changed
     assert sim.time_s == t0 and np.array_equal(read_setpoints(sim.controls), prev)
     # the window starts only once every ramp has ended, plus the training settle time
-    ramp_s = max(abs(d) / ENVELOPES[n].ramp_per_min * 60.0
-                 for n, d in zip(SETPOINTS, rec - prev, strict=True))
+    ramp_s = max(
+        abs(d) / ENVELOPES[n].ramp_per_min * 60.0
+        for n, d in zip(SETPOINTS, rec - prev, strict=True)
+    )
     assert out.settled and out.ramp_end_s >= ramp_s
     assert out.window_start_s == out.ramp_end_s + SETTLE_S
     assert out.window_s == OUTCOME_WINDOW_S
@@ -285,7 +302,7 @@ def test_outcome_is_measured_after_the_plant_settles_against_a_counterfactual(en
 
 
 def test_live_outcome_estimate_removes_model_bias_and_load_change(env):
-    from twin.optimizer.outcome import model_counterfactual_savings
+    from experiments.optimizer.outcome import model_counterfactual_savings
 
     models, history = env
     states = np.array([[r[n] for n in STATE] for r in _states(history, 6, seed=4)])
@@ -294,20 +311,19 @@ def test_live_outcome_estimate_removes_model_bias_and_load_change(env):
     new[0] += 1.0
 
     def model_kw(sp, st):
-        return models.predict(np.hstack([np.broadcast_to(sp, (len(st), len(sp))),
-                                         st])).facility_kw
+        return models.predict(np.hstack([np.broadcast_to(sp, (len(st), len(sp))), st])).facility_kw
 
     before, after = states[:3], states[3:]  # the load and weather differ between the two
     bias = 3.0  # the models read 3 kW low at this plant: metered = model + 3
     metered_before, metered_after = model_kw(prev, before) + bias, model_kw(new, after) + bias
     true_saving = float((model_kw(prev, after) - model_kw(new, after)).mean())
-    est = model_counterfactual_savings(models, prev, after, metered_after, before,
-                                       metered_before)
+    est = model_counterfactual_savings(models, prev, after, metered_after, before, metered_before)
     assert est == pytest.approx(true_saving, abs=1e-9)
     raw_before_after = float(metered_before.mean() - metered_after.mean())
     assert abs(raw_before_after - true_saving) > 1e-3  # what a raw comparison would report
     # without a before window the models' bias stays in the estimate
     assert model_counterfactual_savings(models, prev, after, metered_after) == pytest.approx(
-        true_saving - bias, abs=1e-9)
+        true_saving - bias, abs=1e-9
+    )
     with pytest.raises(ValueError, match="window"):
         model_counterfactual_savings(models, prev, after, metered_after[:2])

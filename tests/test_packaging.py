@@ -29,23 +29,30 @@ def test_base_and_collector_extras_exclude_heavy_packages():
 def test_collector_modules_import_no_heavy_package():
     code = (
         "import sys\n"
-        "import collectors.daemon, collectors.config, collectors.sources.simulated\n"
+        "import collectors.daemon, collectors.daemon_config, collectors.sources.simulated.source\n"
         "import collectors.sources as s\n"
         "import importlib\n"
-        "for mod, _, _ in s.REGISTRY.values(): importlib.import_module(mod)\n"
+        "for kind in s.source_types():\n"
+        "    importlib.import_module(f'collectors.sources.{kind}.source')\n"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "print(heavy); sys.exit(1 if heavy else 0)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, f"collector imported {result.stdout} {result.stderr}"
 
 
 def test_dctwin_broker_command_starts_and_stops_cleanly():
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
-    proc = subprocess.Popen([sys.executable, "-m", "dctwin.cli", "broker", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dctwin.cli.main", "broker", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=REPO,
+    )
     try:
         wait_for_port("127.0.0.1", port, 20)
         admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")

@@ -8,9 +8,9 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.keys import Role
-from collectors.config import CollectorConfig
 from collectors.daemon import CollectorDaemon
-from collectors.sources.simulated import SimulatedSource, SimulatedSourceConfig
+from collectors.daemon_config import CollectorConfig
+from collectors.sources.simulated.source import SimulatedSource, SimulatedSourceConfig
 from ingest.consumer import Ingestor
 from ingest.store import Store
 from tests.apihelpers import bearer, keys_per_role
@@ -22,9 +22,13 @@ INTERVALS = 3
 
 @pytest.fixture
 def collector(settings, unique):
-    cfg = CollectorConfig(name=f"sim-{unique}", site="sv1", interval_s=0.2,
-                          kafka={"bootstrap": settings.kafka_bootstrap, "compression": "lz4"},
-                          sources=[{"type": "simulated", "seed": 3}])
+    cfg = CollectorConfig(
+        name=f"sim-{unique}",
+        site="sv1",
+        interval_s=0.2,
+        kafka={"bootstrap": settings.kafka_bootstrap, "compression": "lz4"},
+        sources=[{"type": "simulated", "seed": 3}],
+    )
     source = SimulatedSource(SimulatedSourceConfig(seed=3))
     daemon = CollectorDaemon(cfg, sources=[source])
     yield daemon
@@ -32,7 +36,8 @@ def collector(settings, unique):
 
 
 def test_simulated_batches_are_stored_exactly_and_pue_matches_hand_computation(
-        settings, collector, site):
+    settings, collector, site
+):
     store = Store(settings.db_path)
     ingestor = Ingestor(store, settings.kafka_bootstrap, settings.consumer_group)
     try:
@@ -41,15 +46,26 @@ def test_simulated_batches_are_stored_exactly_and_pue_matches_hand_computation(
         assert produced == INTERVALS * 23393  # every sample of the example site, each interval
 
         def stored() -> int:
-            return store.cursor().execute(
-                "SELECT coalesce(sum(n_samples), 0) FROM ingested_batches WHERE collector = ?",
-                [collector.config.name]).fetchone()[0]
+            return (
+                store.cursor()
+                .execute(
+                    "SELECT coalesce(sum(n_samples), 0) FROM ingested_batches WHERE collector = ?",
+                    [collector.config.name],
+                )
+                .fetchone()[0]
+            )
 
         ingest_until(ingestor, lambda: stored() >= produced)
         assert stored() == produced
-        rows = store.cursor().execute(  # topics are shared: only this collector's events
-            "SELECT count(*) FROM samples s JOIN events e USING (device_id) "
-            "WHERE e.collector = ?", [collector.config.name]).fetchone()[0]
+        rows = (
+            store.cursor()
+            .execute(  # topics are shared: only this collector's events
+                "SELECT count(*) FROM samples s JOIN events e USING (device_id) "
+                "WHERE e.collector = ?",
+                [collector.config.name],
+            )
+            .fetchone()[0]
+        )
         assert rows == 0  # a simulated healthy site raises no events
 
         # PUE by hand from the last interval the simulator produced
@@ -87,9 +103,14 @@ def test_replayed_messages_are_not_stored_twice(settings, collector):
         first = Ingestor(store, settings.kafka_bootstrap, settings.consumer_group)
 
         def stored() -> int:
-            return store.cursor().execute(
-                "SELECT coalesce(sum(n_samples), 0) FROM ingested_batches WHERE collector = ?",
-                [collector.config.name]).fetchone()[0]
+            return (
+                store.cursor()
+                .execute(
+                    "SELECT coalesce(sum(n_samples), 0) FROM ingested_batches WHERE collector = ?",
+                    [collector.config.name],
+                )
+                .fetchone()[0]
+            )
 
         ingest_until(first, lambda: stored() >= collector.samples_sent)
         first.close()
@@ -101,9 +122,14 @@ def test_replayed_messages_are_not_stored_twice(settings, collector):
             second.poll_once(timeout_ms=300)
         second.close()
         assert store.cursor().execute("SELECT count(*) FROM samples").fetchone()[0] >= count
-        dupes = store.cursor().execute(
-            "SELECT count(*) FROM (SELECT device_id, metric, read_time FROM samples "
-            "GROUP BY ALL HAVING count(*) > 1)").fetchone()[0]
+        dupes = (
+            store.cursor()
+            .execute(
+                "SELECT count(*) FROM (SELECT device_id, metric, read_time FROM samples "
+                "GROUP BY ALL HAVING count(*) > 1)"
+            )
+            .fetchone()[0]
+        )
         assert dupes == 0
     finally:
         store.close()

@@ -14,13 +14,13 @@ import pytest
 
 from collectors.base import Readings
 from collectors.batching import Batcher
-from collectors.config import CollectorConfig
 from collectors.daemon import CollectorDaemon
+from collectors.daemon_config import CollectorConfig
 from collectors.sources import build_source
-from collectors.sources.redfish import RedfishError, RedfishSource, RedfishSourceConfig
+from collectors.sources.redfish.source import RedfishError, RedfishSource, RedfishSourceConfig
 from dctwin.redfish_mockup import MOCKUPS, MockupServer, mockup_json
+from domain.contract import EventKind, Kind, decode, encode
 from ingest.consumer import Ingestor
-from ingest.contract import EventKind, Kind, decode, encode
 from ingest.store import Store
 from tests.helpers import ingest_until, silent_listener
 
@@ -28,8 +28,15 @@ PREFIX = "sv1/h1/rf"
 
 
 def make_source(srv: MockupServer, **over) -> RedfishSource:
-    cfg = dict(base_url=srv.url, auth=srv.auth, username=srv.username, password=srv.password,
-               device_prefix=PREFIX, rack="h1", timeout_s=5.0)
+    cfg = dict(
+        base_url=srv.url,
+        auth=srv.auth,
+        username=srv.username,
+        password=srv.password,
+        device_prefix=PREFIX,
+        rack="h1",
+        timeout_s=5.0,
+    )
     cfg.update(over)
     return RedfishSource(RedfishSourceConfig(**cfg))
 
@@ -63,8 +70,11 @@ def cdu_server():
 
 def test_cdu_loop_pumps_leaks_and_failed_pump_event(cdu_server):
     m = "public-cooling-unit"
-    src = make_source(cdu_server, chassis_kind="cooling",
-                      devices={"/redfish/v1/ThermalEquipment/CDUs/1/": "sv1/h1/cdu-row1"})
+    src = make_source(
+        cdu_server,
+        chassis_kind="cooling",
+        devices={"/redfish/v1/ThermalEquipment/CDUs/1/": "sv1/h1/cdu-row1"},
+    )
     try:
         r = src.read()
     finally:
@@ -111,8 +121,10 @@ def test_cdu_loop_pumps_leaks_and_failed_pump_event(cdu_server):
     assert len(failed) == 1, r.events  # the CDU repeats the pump's condition: one event
     assert failed[0].device_id == "sv1/h1/cdu-row1/Pumps/2"
     assert failed[0].severity == "critical"
-    assert failed[0].message == mockup_json(m, "ThermalEquipment/CDUs/1/Pumps/2")[
-        "Status"]["Conditions"][0]["Message"]
+    assert (
+        failed[0].message
+        == mockup_json(m, "ThermalEquipment/CDUs/1/Pumps/2")["Status"]["Conditions"][0]["Message"]
+    )
     assert not [e for e in r.events if e.kind == EventKind.leak_detected]
 
 
@@ -122,8 +134,11 @@ def test_power_shelf_psu_input_power_and_outlets():
         src = make_source(srv)
         got = values(src.read())
         src.close()
-    psus = [p for p in dict.fromkeys(members(m, "Chassis/PowerShelf/PowerSubsystem/PowerSupplies"))
-            if "Metrics" in mockup_json(m, p)]
+    psus = [
+        p
+        for p in dict.fromkeys(members(m, "Chassis/PowerShelf/PowerSubsystem/PowerSupplies"))
+        if "Metrics" in mockup_json(m, p)
+    ]
     assert psus, "the mockup has a PSU with metrics"
     for p in psus:
         met = mockup_json(m, p + "/Metrics")
@@ -145,8 +160,13 @@ def test_pdu_outlet_power():
         src = make_source(srv)
         got = values(src.read())
         src.close()
-    props = {"PowerWatts": "power_w", "CurrentAmps": "current_a", "Voltage": "voltage_v",
-             "EnergykWh": "energy_kwh", "FrequencyHz": "frequency_hz"}
+    props = {
+        "PowerWatts": "power_w",
+        "CurrentAmps": "current_a",
+        "Voltage": "voltage_v",
+        "EnergykWh": "energy_kwh",
+        "FrequencyHz": "frequency_hz",
+    }
     metered = 0
     for o in members(m, "PowerEquipment/RackPDUs/1/Outlets"):
         doc = mockup_json(m, o)
@@ -196,12 +216,24 @@ def test_psu_predictive_failure_becomes_psu_fault():
     psu = mockup_json(m, "Chassis/1U/PowerSubsystem/PowerSupplies/Bay1")
     faults = [e for e in r.events if e.kind == EventKind.psu_fault]
     assert [(e.device_id, e.severity, e.message) for e in faults] == [
-        (dev("Chassis/1U/PowerSubsystem/PowerSupplies/Bay1"), "warning",
-         psu["Status"]["Conditions"][0]["Message"])]
+        (
+            dev("Chassis/1U/PowerSubsystem/PowerSupplies/Bay1"),
+            "warning",
+            psu["Status"]["Conditions"][0]["Message"],
+        )
+    ]
 
 
-@pytest.mark.parametrize("mockup", ["public-cooling-unit", "public-power-shelf", "public-pdu",
-                                    "public-liquid-cooled-server", "public-rackmount1"])
+@pytest.mark.parametrize(
+    "mockup",
+    [
+        "public-cooling-unit",
+        "public-power-shelf",
+        "public-pdu",
+        "public-liquid-cooled-server",
+        "public-rackmount1",
+    ],
+)
 def test_every_reading_passes_the_wire_contract(mockup):
     with MockupServer(mockup) as srv:
         src = make_source(srv, auth="none")
@@ -226,8 +258,11 @@ def test_steady_reads_get_only_planned_resources_and_events_fire_once(cdu_server
     assert steady < walked
     # sensors that the connectors cite are not read on their own
     assert not [k for k in cdu_server.requests if "/Sensors/PrimaryFlow" in k]
-    assert not [k for k in cdu_server.requests if k.startswith("GET") and
-                k.rstrip("/").endswith(("/Pumps", "/Chassis", "/redfish/v1"))]
+    assert not [
+        k
+        for k in cdu_server.requests
+        if k.startswith("GET") and k.rstrip("/").endswith(("/Pumps", "/Chassis", "/redfish/v1"))
+    ]
 
 
 def test_cleared_condition_sends_an_info_event_and_removed_resource_is_rediscovered(tmp_path):
@@ -277,9 +312,28 @@ def test_wrong_credentials_fail_clearly(auth):
 def tls_cert(tmp_path_factory):
     d = tmp_path_factory.mktemp("tls")
     cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -302,16 +356,29 @@ def test_unreachable_and_stalled_services_raise():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once the block ends: nothing listens there
-    src = RedfishSource(RedfishSourceConfig(base_url=f"http://127.0.0.1:{port}", auth="none",
-                                            device_prefix=PREFIX, rack="h1", timeout_s=0.5))
+    src = RedfishSource(
+        RedfishSourceConfig(
+            base_url=f"http://127.0.0.1:{port}",
+            auth="none",
+            device_prefix=PREFIX,
+            rack="h1",
+            timeout_s=0.5,
+        )
+    )
     with pytest.raises(RedfishError, match="ConnectError"):
         src.read()
     src.close()
 
     with silent_listener() as port:
-        src = RedfishSource(RedfishSourceConfig(
-            base_url=f"http://127.0.0.1:{port}", auth="none", device_prefix=PREFIX, rack="h1",
-            timeout_s=0.3))
+        src = RedfishSource(
+            RedfishSourceConfig(
+                base_url=f"http://127.0.0.1:{port}",
+                auth="none",
+                device_prefix=PREFIX,
+                rack="h1",
+                timeout_s=0.3,
+            )
+        )
         try:
             with pytest.raises(RedfishError, match="Timeout"):
                 src.read()
@@ -321,14 +388,32 @@ def test_unreachable_and_stalled_services_raise():
 
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match=r"sources\[2\] \(redfish\): base_url: .*not an http"):
-        build_source({"type": "redfish", "base_url": "ftp://x", "device_prefix": "a",
-                      "rack": "h1", "auth": "none"}, 2)
+        build_source(
+            {
+                "type": "redfish",
+                "base_url": "ftp://x",
+                "device_prefix": "a",
+                "rack": "h1",
+                "auth": "none",
+            },
+            2,
+        )
     with pytest.raises(ValueError, match="username is required"):
-        build_source({"type": "redfish", "base_url": "https://bmc", "device_prefix": "a",
-                      "rack": "h1"}, 0)
+        build_source(
+            {"type": "redfish", "base_url": "https://bmc", "device_prefix": "a", "rack": "h1"}, 0
+        )
     with pytest.raises(ValueError, match="sections.0"):
-        build_source({"type": "redfish", "base_url": "https://bmc", "device_prefix": "a",
-                      "rack": "h1", "auth": "none", "sections": ["nope"]}, 0)
+        build_source(
+            {
+                "type": "redfish",
+                "base_url": "https://bmc",
+                "device_prefix": "a",
+                "rack": "h1",
+                "auth": "none",
+                "sections": ["nope"],
+            },
+            0,
+        )
 
 
 def test_one_broken_resource_is_reported_and_the_rest_still_read(tmp_path):
@@ -359,12 +444,24 @@ def test_cdu_through_the_daemon_into_duckdb(settings, unique):
     cdu = f"sv1/h1/cdu-{unique}"
     with MockupServer(m, auth="session") as srv:
         cfg = CollectorConfig(
-            name=f"rf-{unique}", site="sv1", interval_s=1.0,
+            name=f"rf-{unique}",
+            site="sv1",
+            interval_s=1.0,
             kafka={"bootstrap": settings.kafka_bootstrap},
-            sources=[{"type": "redfish", "base_url": srv.url, "username": srv.username,
-                      "password": srv.password, "device_prefix": cdu, "rack": "h1",
-                      "chassis_kind": "cooling", "sections": ["cdus"],
-                      "devices": {"ThermalEquipment/CDUs/1": cdu}}])
+            sources=[
+                {
+                    "type": "redfish",
+                    "base_url": srv.url,
+                    "username": srv.username,
+                    "password": srv.password,
+                    "device_prefix": cdu,
+                    "rack": "h1",
+                    "chassis_kind": "cooling",
+                    "sections": ["cdus"],
+                    "devices": {"ThermalEquipment/CDUs/1": cdu},
+                }
+            ],
+        )
         daemon = CollectorDaemon(cfg)
         daemon.run_once()
         daemon.close()
@@ -372,14 +469,24 @@ def test_cdu_through_the_daemon_into_duckdb(settings, unique):
     ingestor = Ingestor(store, settings.kafka_bootstrap, settings.consumer_group)
     cur = store.cursor()
     try:
-        ingest_until(ingestor, lambda: cur.execute(
-            "SELECT count(*) FROM ingested_batches WHERE collector = ?",
-            [cfg.name]).fetchone()[0] >= daemon.batches_sent)
-        latest = dict(((d, mt), v) for d, mt, v in cur.execute(
-            "SELECT device_id, metric, value FROM latest WHERE device_id LIKE ?",
-            [f"{cdu}%"]).fetchall())
-        events = cur.execute("SELECT device_id, kind, severity FROM events WHERE collector = ?",
-                             [cfg.name]).fetchall()
+        ingest_until(
+            ingestor,
+            lambda: (
+                cur.execute(
+                    "SELECT count(*) FROM ingested_batches WHERE collector = ?", [cfg.name]
+                ).fetchone()[0]
+                >= daemon.batches_sent
+            ),
+        )
+        latest = dict(
+            ((d, mt), v)
+            for d, mt, v in cur.execute(
+                "SELECT device_id, metric, value FROM latest WHERE device_id LIKE ?", [f"{cdu}%"]
+            ).fetchall()
+        )
+        events = cur.execute(
+            "SELECT device_id, kind, severity FROM events WHERE collector = ?", [cfg.name]
+        ).fetchall()
     finally:
         ingestor.close()
         store.close()

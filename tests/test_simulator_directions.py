@@ -6,20 +6,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from collectors.simulator.model import SiteSimulator
-from collectors.simulator.thermal import NVML_GPU_IDLE, NVML_SW_POWER_CAP
-from collectors.simulator.weather import Weather
-from collectors.simulator.workload import ROLE_INFERENCE, ROLE_TRAINING, Workload
+from simulator.model import SiteSimulator
+from simulator.thermal import NVML_GPU_IDLE, NVML_SW_POWER_CAP
+from simulator.weather import Weather
+from simulator.workload import ROLE_INFERENCE, ROLE_TRAINING, Workload
 from tests.simtools import JAN, JUL, H, small_site
 
 W27_SITE = small_site(128, cdu_supply_c=25.0)  # warm-water CDUs close to the chw supply
 SITE = small_site(128)
 
 
-def settle(site, hours=1.5, dt=30.0, setpoints=None, faults=None, start=JUL,
-           climate="hot-humid", util=0.8) -> SiteSimulator:
-    sim = SiteSimulator(site, seed=3, start_time_s=start, climate=climate,
-                        constant_util=util, faults=faults)
+def settle(
+    site, hours=1.5, dt=30.0, setpoints=None, faults=None, start=JUL, climate="hot-humid", util=0.8
+) -> SiteSimulator:
+    sim = SiteSimulator(
+        site, seed=3, start_time_s=start, climate=climate, constant_util=util, faults=faults
+    )
     for name, value in (setpoints or {}).items():
         sim.controls.set(name, value)
     for _ in range(int(hours * H / dt)):
@@ -81,16 +83,19 @@ def test_pump_differential_pressure_trades_pump_power_for_gpu_temperature():
 
 
 def test_cdu_flow_follows_load_at_its_delta_t_setpoint():
-    light, heavy = (settle(SITE, util=u, setpoints={"cdu_dp_setpoint_kpa": 5.0})
-                    for u in (0.3, 0.9))
+    light, heavy = (
+        settle(SITE, util=u, setpoints={"cdu_dp_setpoint_kpa": 5.0}) for u in (0.3, 0.9)
+    )
     assert heavy.cdu.flow_lpm[0] > 1.5 * light.cdu.flow_lpm[0]
     assert heavy.cdu_pump_speed[0] > light.cdu_pump_speed[0]
 
 
 def test_condenser_water_setpoint_trades_tower_fans_for_chiller_power():
     sp = {"economizer_enabled": 0}
-    low, high = (settle(SITE, start=JUL, climate="hot-dry",
-                        setpoints={**sp, "cw_supply_setpoint_c": cw}) for cw in (26.0, 32.0))
+    low, high = (
+        settle(SITE, start=JUL, climate="hot-dry", setpoints={**sp, "cw_supply_setpoint_c": cw})
+        for cw in (26.0, 32.0)
+    )
     assert high.plant.cw_supply_c > low.plant.cw_supply_c + 4
     assert high.plant.tower_kw < low.plant.tower_kw
     assert high.plant.chiller_kw > low.plant.chiller_kw
@@ -102,16 +107,20 @@ def test_economizer_covers_cold_weather_and_not_hot_humid_weather():
     assert winter.plant.free_cooling_kw > 0.9 * winter.plant.cooling_load_kw
     assert winter.plant.chiller_kw < 0.1 * summer.plant.chiller_kw
     assert summer.plant.free_cooling_kw == 0 and summer.plant.chillers_on >= 1
-    locked = settle(SITE, 2.0, start=JAN, climate="temperate",
-                    setpoints={"economizer_enabled": 0})
+    locked = settle(SITE, 2.0, start=JAN, climate="temperate", setpoints={"economizer_enabled": 0})
     assert locked.plant.free_cooling_kw == 0 and locked.plant.chiller_kw > winter.plant.chiller_kw
 
 
 def test_controls_have_envelopes_and_ramp():
     sim = SiteSimulator(SITE, seed=1, start_time_s=JUL, climate="hot-humid", constant_util=0.8)
     env = sim.controls.envelopes()
-    assert {"chw_supply_setpoint_c", "cw_supply_setpoint_c", "cdu_supply_setpoint_c",
-            "cdu_dp_setpoint_kpa", "crah_supply_setpoint_c"} <= set(env)
+    assert {
+        "chw_supply_setpoint_c",
+        "cw_supply_setpoint_c",
+        "cdu_supply_setpoint_c",
+        "cdu_dp_setpoint_kpa",
+        "crah_supply_setpoint_c",
+    } <= set(env)
     with pytest.raises(ValueError, match="chw_supply_setpoint_c.*outside its envelope"):
         sim.controls.set("chw_supply_setpoint_c", 40.0)
     with pytest.raises(ValueError, match="unknown"):
@@ -172,13 +181,13 @@ def test_weather_is_seeded_with_seasons_days_and_wet_bulb_below_dry_bulb():
     t = JAN + np.arange(0, 365 * 24 * H, H)
     db, rh, wb = w.at(t)
     assert (wb <= db + 1e-9).all() and (rh > 0).all() and (rh <= 100).all()
-    winter, summer = db[:24 * 30].mean(), db[24 * 180:24 * 210].mean()
+    winter, summer = db[: 24 * 30].mean(), db[24 * 180 : 24 * 210].mean()
     assert summer > winter + 12
-    day = db[:24 * 30].reshape(30, 24)
+    day = db[: 24 * 30].reshape(30, 24)
     assert day[:, 14:17].mean() > day[:, 3:6].mean() + 5  # afternoons warmer than nights
     assert np.array_equal(Weather("temperate", seed=1).at(t)[0], db)
     assert not np.array_equal(Weather("temperate", seed=2).at(t)[0], db)
     # Stull's formula: 20 degC / 50 % RH -> 13.7 degC wet-bulb
-    from collectors.simulator.weather import wet_bulb_c
+    from simulator.weather import wet_bulb_c
 
     assert float(wet_bulb_c(np.array(20.0), np.array(50.0))) == pytest.approx(13.7, abs=0.1)

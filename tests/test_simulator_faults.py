@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from collectors.simulator.faults import CATALOG, FaultSpecError, parse_faults
-from collectors.simulator.model import SiteSimulator
-from collectors.simulator.thermal import NVML_SW_THERMAL_SLOWDOWN
+from simulator.faults import CATALOG, FaultSpecError, parse_faults
+from simulator.model import SiteSimulator
+from simulator.thermal import NVML_SW_THERMAL_SLOWDOWN
 from tests.simtools import JAN, JUL, H, Recorder, small_site
 
 SITE = small_site(128)
@@ -21,8 +21,14 @@ def sim_with(spec: str, start: float = JAN, **kw) -> SiteSimulator:
     return SiteSimulator(SITE, seed=5, start_time_s=start, faults=spec, **kw)
 
 
-def only_label(sim: SiteSimulator, fault: str, device: str, onset_h: float,
-               failure_h: float | None, metric: str | None = None) -> None:
+def only_label(
+    sim: SiteSimulator,
+    fault: str,
+    device: str,
+    onset_h: float,
+    failure_h: float | None,
+    metric: str | None = None,
+) -> None:
     labels = sim.labels()
     assert len(labels) == 1
     lab = labels[0]
@@ -36,9 +42,19 @@ def only_label(sim: SiteSimulator, fault: str, device: str, onset_h: float,
 
 
 def test_catalog_covers_the_issue():
-    assert {"pump_degradation", "hx_fouling", "tim_degradation", "psu_aging", "crah_fan_failure",
-            "sensor_drift", "sensor_stuck", "coolant_leak", "gpu_off_bus", "ecc_storm",
-            "chiller_low_refrigerant"} <= set(CATALOG)
+    assert {
+        "pump_degradation",
+        "hx_fouling",
+        "tim_degradation",
+        "psu_aging",
+        "crah_fan_failure",
+        "sensor_drift",
+        "sensor_stuck",
+        "coolant_leak",
+        "gpu_off_bus",
+        "ecc_storm",
+        "chiller_low_refrigerant",
+    } <= set(CATALOG)
 
 
 def test_pump_degradation_needs_more_speed_then_fails_over_to_standby():
@@ -66,11 +82,14 @@ def test_hx_fouling_raises_approach_and_primary_flow():
     rec = Recorder(sim).run(3.0, 60.0)
     only_label(sim, "hx_fouling", dev, 0.25, None)
     t = rec.t_h()
+
     def s(m):
         return rec.series(dev, m)
 
-    approach = np.minimum(s("return_temp_c") - s("primary_return_temp_c"),
-                          s("supply_temp_c") - s("primary_supply_temp_c"))
+    approach = np.minimum(
+        s("return_temp_c") - s("primary_return_temp_c"),
+        s("supply_temp_c") - s("primary_supply_temp_c"),
+    )
     pflow = rec.series(dev, "primary_flow_lpm")
     assert approach[t > 2.5].mean() > approach[t < 0.25].mean() + 1.0
     assert pflow[t > 2.5].mean() > 1.1 * pflow[t < 0.25].mean()
@@ -137,7 +156,8 @@ def test_sensor_drift_moves_the_reading_not_the_truth():
     expected = 0.8 * (t[t > 1.5] - 1.0)
     assert np.allclose(error[t > 1.5], expected, atol=0.3)
     supply_err = rec.series(dev, "supply_temp_c") - np.array(
-        [float(v) for v in (sim.cdu_supply_c[0],)] * len(t))
+        [float(v) for v in (sim.cdu_supply_c[0],)] * len(t)
+    )
     assert abs(supply_err[-10:]).max() < 0.3  # other sensors unaffected
 
 
@@ -223,8 +243,10 @@ def test_chiller_low_refrigerant_lowers_cop_then_trips():
     r1, r0 = Recorder(sick).run(4.0, 60.0), Recorder(healthy).run(4.0, 60.0)
     only_label(sick, "chiller_low_refrigerant", plant, 0.5, 3.5)
     t = r1.t_h()
-    def cop(rec):  # noqa: E306
+
+    def cop(rec):
         return rec.series(plant, "cooling_load_kw") / rec.series(plant, "chiller_power_kw")
+
     late = (t > 3.0) & (t < 3.5)
     assert np.allclose(cop(r1)[t < 0.5], cop(r0)[t < 0.5], rtol=1e-6)
     assert cop(r1)[late].mean() < 0.92 * cop(r0)[late].mean()

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from collectors.simulator.model import SiteSimulator
 from collectors.sources import build_source
-from collectors.sources.simulated import SimulatedSource, SimulatedSourceConfig
-from ingest.contract import EventKind, known_metric
-from ingest.site import EXAMPLE_SITE, load_site
+from collectors.sources.simulated.source import SimulatedSource, SimulatedSourceConfig
+from domain.contract import EventKind, known_metric
+from domain.site import EXAMPLE_SITE, load_site
+from simulator.model import SiteSimulator
 
 GPU = "sv1/h1/row2/rk203/n04/gpu1"
 
@@ -30,8 +30,11 @@ def test_source_config_faults_events_and_stopped_telemetry(tmp_path):
     assert GPU not in later.device_id  # telemetry stops
     assert len(first) - len(later) == 11  # its 11 metrics
     kinds = {(e.device_id, e.kind) for e in later.events}
-    assert {(GPU, EventKind.xid), (GPU, EventKind.device_lost),
-            ("sv1/h1/cdu-row1", EventKind.leak_detected)} <= kinds
+    assert {
+        (GPU, EventKind.xid),
+        (GPU, EventKind.device_lost),
+        ("sv1/h1/cdu-row1", EventKind.leak_detected),
+    } <= kinds
     xid = next(e for e in later.events if e.kind == EventKind.xid)
     assert xid.attrs == {"xid": 79} and xid.read_time_ms == int((1.7e9 + 30) * 1000)
     assert not source.snapshot(3).events  # each event once
@@ -54,7 +57,7 @@ def test_source_rack_filter_keeps_its_racks_events_only():
 def test_source_config_rejects_a_bad_fault_spec_naming_it():
     import pytest
 
-    from collectors.simulator.faults import FaultSpecError
+    from simulator.faults import FaultSpecError
 
     with pytest.raises(FaultSpecError, match="faults item 1.*unknown fault 'meltdown'"):
         build_source({"type": "simulated", "faults": "meltdown@any"}, 0)

@@ -1,6 +1,6 @@
 import pytest
 
-from ingest.site import SiteFileError, load_site
+from domain.site import SiteFileError, load_site
 
 
 def test_example_site_shape(site):
@@ -15,7 +15,7 @@ def test_example_site_shape(site):
 
 
 def test_invalid_file_names_the_field(tmp_path, site):
-    text = (site.model_dump_json())  # valid as JSON; rebuild a TOML with one bad field
+    text = site.model_dump_json()  # valid as JSON; rebuild a TOML with one bad field
     assert text
     bad = tmp_path / "bad.toml"
     bad.write_text("""

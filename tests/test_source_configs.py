@@ -6,8 +6,8 @@ import importlib
 
 import pytest
 
-from collectors.config import load_collector_config
-from collectors.sources import REGISTRY
+from collectors.daemon_config import load_collector_config
+from collectors.sources import source_types
 from tests.conftest import REPO
 
 CONFIGS = sorted((REPO / "deploy").glob("collector-*.toml"))
@@ -19,8 +19,8 @@ def test_shipped_collector_configs_validate(path, monkeypatch, site):
     cfg = load_collector_config(path)
     known = {d.id for d in site.devices()}
     for raw in cfg.sources:
-        module, config_cls, _ = REGISTRY[raw["type"]]
-        source_cfg = getattr(importlib.import_module(module), config_cls).model_validate(raw)
+        module = importlib.import_module(f"collectors.sources.{raw['type']}.source")
+        source_cfg = module.CONFIG_MODEL.model_validate(raw)
         if raw["type"] == "nvml":
             assert f"{source_cfg.node_id}/gpu0" in known
         if raw["type"] == "modbus":
@@ -29,9 +29,16 @@ def test_shipped_collector_configs_validate(path, monkeypatch, site):
             assert device_id in known, device_id
 
 
-def test_every_source_type_is_registered():
-    assert set(REGISTRY) >= {"simulated", "nvml", "redfish", "modbus"}
-    for module, config_cls, source_cls in REGISTRY.values():
-        mod = importlib.import_module(module)
-        assert getattr(mod, config_cls).model_fields["type"].default in REGISTRY
-        assert callable(getattr(mod, source_cls))
+def test_every_plugin_folder_is_a_complete_source():
+    """Each folder in collectors/sources/ is found by its type and ships what an operator
+    needs: the source and config model, a README and a sample config that validates."""
+    types = source_types()
+    assert set(types) >= {"simulated", "nvml", "redfish", "modbus"}
+    for kind in types:
+        mod = importlib.import_module(f"collectors.sources.{kind}.source")
+        assert mod.CONFIG_MODEL.model_fields["type"].default == kind
+        assert callable(mod.SOURCE_CLASS)
+        folder = REPO / "collectors" / "sources" / kind
+        assert (folder / "README.md").is_file(), kind
+        sample = load_collector_config(folder / "sample.toml")
+        assert [raw["type"] for raw in sample.sources] == [kind]

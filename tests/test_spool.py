@@ -8,8 +8,13 @@ from collectors.spool import Record, Spool, SpoolError
 
 
 def rec(i: int, key: str = "rk1", size: int = 200) -> Record:
-    return Record("telemetry.gpu", key.encode(), [("dctwin-batch-id", f"b{i}".encode())],
-                  (f"{i:06d}" * (size // 6 + 1))[:size].encode(), n_samples=i % 7 + 1)
+    return Record(
+        "telemetry.gpu",
+        key.encode(),
+        [("dctwin-batch-id", f"b{i}".encode())],
+        (f"{i:06d}" * (size // 6 + 1))[:size].encode(),
+        n_samples=i % 7 + 1,
+    )
 
 
 def drain(spool: Spool, max_records: int = 1000, distinct_keys: bool = False) -> list[Record]:
@@ -58,7 +63,7 @@ def test_bound_drops_oldest_counts_it_and_keeps_newest(tmp_path):
     sp = Spool(tmp_path / "s", max_bytes=20_000, compress=False)
     dropped_records = dropped_samples = 0
     for i in range(0, 100, 4):
-        d = sp.append(sent[i:i + 4])
+        d = sp.append(sent[i : i + 4])
         dropped_records += d.records
         dropped_samples += d.samples
         assert sp.bytes <= 20_000

@@ -9,11 +9,11 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
-from ingest.contract import Kind, SampleColumns, TelemetryBatch
-from ingest.site import Site, load_site
+from domain.contract import Kind, SampleColumns, TelemetryBatch
+from domain.site import Site, load_site
 from ingest.store import Store
-from twin.config import TwinConfig
 from twin.state import Twin
+from twin.twin_config import TwinConfig
 
 T0 = datetime(2025, 3, 1, 12, 0, 0)
 FAC = "sv1/facility/utility"
@@ -27,11 +27,28 @@ def ms(t_s: float) -> int:
 
 def write(store: Store, device: str, metric: str, t_s, values) -> None:
     t_s, values = list(t_s), list(values)
-    cols = SampleColumns(device_id=[device] * len(t_s), metric=[metric] * len(t_s),
-                         value=[float(v) for v in values], read_time_ms=[ms(t) for t in t_s])
-    store.write([TelemetryBatch(collector="hand", kind=Kind.facility, site="sv1",
-                                rack="facility", seq=0, interval_s=10, sent_time_ms=ms(0),
-                                samples=cols)], [], {})
+    cols = SampleColumns(
+        device_id=[device] * len(t_s),
+        metric=[metric] * len(t_s),
+        value=[float(v) for v in values],
+        read_time_ms=[ms(t) for t in t_s],
+    )
+    store.write(
+        [
+            TelemetryBatch(
+                collector="hand",
+                kind=Kind.facility,
+                site="sv1",
+                rack="facility",
+                seq=0,
+                interval_s=10,
+                sent_time_ms=ms(0),
+                samples=cols,
+            )
+        ],
+        [],
+        {},
+    )
 
 
 @pytest.fixture
@@ -43,8 +60,9 @@ def twin(tmp_path, site) -> Twin:
 
 def interval(twin: Twin, a_s: float, b_s: float, step_s: float | None = None, now_s=None):
     now = T0 + timedelta(seconds=b_s if now_s is None else now_s)
-    return twin.pue_interval("site", T0 + timedelta(seconds=a_s), T0 + timedelta(seconds=b_s),
-                             step_s, now=now)
+    return twin.pue_interval(
+        "site", T0 + timedelta(seconds=a_s), T0 + timedelta(seconds=b_s), step_s, now=now
+    )
 
 
 T = np.arange(0, 3601, 10.0)  # one reading every 10 s for an hour
@@ -142,7 +160,8 @@ def test_counter_wrap_with_declared_rollover(tmp_path):
 
 
 def load_site_with_rollover(rollover: float) -> Site:
-    from ingest.site import EXAMPLE_SITE
+    from domain.site import EXAMPLE_SITE
+
     site = load_site(EXAMPLE_SITE)
     meters = [m.model_copy(update={"energy_rollover_kwh": rollover}) for m in site.meters]
     return site.model_copy(update={"meters": meters})
@@ -158,8 +177,9 @@ def test_missing_it_meter_is_unknown_with_reason(twin):
 
 
 def test_site_without_it_meter_declared(tmp_path, site):
-    no_it = site.model_copy(update={"meters": [m for m in site.meters
-                                               if m.role.value != "ups_output"]})
+    no_it = site.model_copy(
+        update={"meters": [m for m in site.meters if m.role.value != "ups_output"]}
+    )
     store = Store(tmp_path / "noit.duckdb")
     try:
         twin = Twin(no_it, store)

@@ -7,9 +7,9 @@ import pytest
 
 from ingest.store import Store
 from tests.twin_sim import START_S, SimHarness, drop_metric, override
-from twin.config import TwinConfig
-from twin.rollup_store import to_ts
+from twin.rollup_history import to_ts
 from twin.state import Twin
+from twin.twin_config import TwinConfig
 
 RACK = "t1/h1/row1/r11"
 
@@ -25,8 +25,9 @@ def test_rollups_match_the_simulator(h):
     twin = Twin(h.site, h.store, config=TwinConfig())
     # 3 GPUs of r11 thermally throttled (0x40), 2 merely idle (0x1): 3 count
     for g, bits in ((0, 0x40), (1, 0x40 | 0x1), (9, 0x20), (2, 0x1), (3, 0x10)):
-        h.transforms.append(override(f"{RACK}/n0{g // 8 + 1}/gpu{g % 8}", "throttle_reasons",
-                                     lambda v, b=bits: b))
+        h.transforms.append(
+            override(f"{RACK}/n0{g // 8 + 1}/gpu{g % 8}", "throttle_reasons", lambda v, b=bits: b)
+        )
     h.write()
     twin.tick(h.time_ms)
     psu_e0 = h.sim.psu_energy_kwh.copy()
@@ -40,7 +41,8 @@ def test_rollups_match_the_simulator(h):
     assert r["gpu_temp_max_c"][racks] == pytest.approx(gpu_max, rel=1e-12)
     assert r["gpu_temp_mean_c"][racks] == pytest.approx(gpu_mean, rel=1e-12)
     assert r["gpu_power_kw"][racks] == pytest.approx(
-        np.bincount(lay.gpu_rack, sim.gpu_power_w) / 1e3, rel=1e-9)
+        np.bincount(lay.gpu_rack, sim.gpu_power_w) / 1e3, rel=1e-9
+    )
     # energy since the previous tick from PSU counters
     rack_e = np.bincount(lay.psu_rack, sim.psu_energy_kwh - psu_e0)
     assert r["energy_kwh"][racks] == pytest.approx(rack_e, rel=1e-6)
@@ -55,7 +57,8 @@ def test_rollups_match_the_simulator(h):
     # coolant: a row reads its loop; the site is the flow-weighted mean of the loops
     assert r["coolant_return_c"][i["t1/h1/row2"]] == pytest.approx(sim.cdu_return_c[1])
     assert r["coolant_supply_c"][i["t1"]] == pytest.approx(
-        np.average(sim.cdu_supply_c, weights=sim.cdu_flow_lpm))
+        np.average(sim.cdu_supply_c, weights=sim.cdu_flow_lpm)
+    )
     assert r["cdu_pump_kw"][i["t1/h1"]] == pytest.approx(sim.cdu_pump_w.sum() / 1e3)
     assert r["crah_fan_kw"][i["t1"]] == pytest.approx(sim.crah_fan_w.sum() / 1e3)
 
@@ -96,22 +99,30 @@ def test_rollup_history_minute_and_tick_tables(tmp_path):
         assert row["mean"] == pytest.approx(p[sel].mean(), rel=1e-12)
         assert row["max"] == pytest.approx(p[sel].max()) and row["last"] == p[sel][-1]
     assert df["count"].sum() == len(values)
-    n_minute_rows = store.cursor().execute(
-        "SELECT count(*) FROM twin_rollups_1m WHERE scope_id = ?", [RACK]).fetchall()[0][0]
+    n_minute_rows = (
+        store.cursor()
+        .execute("SELECT count(*) FROM twin_rollups_1m WHERE scope_id = ?", [RACK])
+        .fetchall()[0][0]
+    )
     assert n_minute_rows == 3  # 03:57, 03:58, 03:59: the hour before 04:00 is compacted
     src, df10 = twin.series(RACK, "power_kw", to_ts(start), to_ts(end), 10.0)
     assert src == "rollup_tick" and df10.height == len(values)
     # energy sums per bucket: the minute table keeps sums, so energy adds up
     _, de = twin.series(RACK, "energy_kwh", to_ts(start), to_ts(end), 300.0)
     assert de["sum"].sum() == pytest.approx(
-        sum(tick_e for tick_e in _tick_values(twin, RACK, "energy_kwh")), rel=1e-9)
+        sum(tick_e for tick_e in _tick_values(twin, RACK, "energy_kwh")), rel=1e-9
+    )
     store.close()
 
 
 def _tick_values(twin: Twin, scope: str, col: str) -> list[float]:
-    rows = twin.store.cursor().execute(
-        f"SELECT {col} FROM twin_rollups WHERE scope_id = ? AND {col} IS NOT NULL",
-        [scope]).fetchall()
+    rows = (
+        twin.store.cursor()
+        .execute(
+            f"SELECT {col} FROM twin_rollups WHERE scope_id = ? AND {col} IS NOT NULL", [scope]
+        )
+        .fetchall()
+    )
     return [r[0] for r in rows]
 
 

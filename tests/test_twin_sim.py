@@ -9,12 +9,16 @@ import pytest
 
 from ingest.store import Store
 from tests.twin_sim import SimHarness, drop_metric, loop_racks, override
-from twin.config import TwinConfig
-from twin.rollup_store import to_ts
+from twin.rollup_history import to_ts
 from twin.state import Twin
+from twin.twin_config import TwinConfig
 
-CFG = TwinConfig(telemetry_interval_s=10, stale_intervals=3, heat_balance_threshold_pct=5.0,
-                 heat_balance_persist_ticks=3)
+CFG = TwinConfig(
+    telemetry_interval_s=10,
+    stale_intervals=3,
+    heat_balance_threshold_pct=5.0,
+    heat_balance_persist_ticks=3,
+)
 
 
 @pytest.fixture
@@ -116,17 +120,20 @@ def test_rack_bypass_reads_hot_return_and_crosses_threshold(store):
     run(h, twin, 15)
     assert not twin.last.heat_balance.over_threshold.any()
     sim = h.sim
-    h.transforms.append(override(
-        "t1/h1/cdu2", "return_temp_c",
-        lambda v: sim.cdu_supply_c[1] + (v - sim.cdu_supply_c[1]) / 0.75))
+    h.transforms.append(
+        override(
+            "t1/h1/cdu2",
+            "return_temp_c",
+            lambda v: sim.cdu_supply_c[1] + (v - sim.cdu_supply_c[1]) / 0.75,
+        )
+    )
     ticks = run(h, twin, 5)
     hb = ticks[-1].heat_balance
     # the physics simulator's sensors are noisy and its loops have thermal mass, so the
     # loop closes to about +-1 % before the bypass: +33 % within 2 points
     assert hb.residual_pct[1] == pytest.approx(100 / 3, abs=2.0)
     assert hb.over_threshold[1] and not hb.over_threshold[0]
-    assert [t.heat_balance.over_threshold[1] for t in ticks] == [False, False, True, True,
-                                                                  True]
+    assert [t.heat_balance.over_threshold[1] for t in ticks] == [False, False, True, True, True]
 
 
 def test_stale_and_missing_inputs_are_flagged(store):
@@ -141,11 +148,13 @@ def test_stale_and_missing_inputs_are_flagged(store):
     assert hb.stale_inputs[0] >= 3 and hb.stale_inputs[2] >= 3 and hb.stale_inputs[1] == 0
     cdu_idx = twin.scope_index.index["t1/h1/cdu1"]
     assert ticks[-1].rollups["coolant_supply_c"][cdu_idx] == pytest.approx(
-        float(twin.live.reading("t1/h1/cdu1", "supply_temp_c")[0]))
+        float(twin.latest_readings.reading("t1/h1/cdu1", "supply_temp_c")[0])
+    )
     assert ticks[0].heat_balance.stale_inputs[0] == 0  # not yet stale one interval later
     assert ticks[-1].pue["hall:h1"].quality.status == "flagged"
 
 
 def _without(readings, device_prefix: str):
     from tests.twin_sim import keep
+
     return keep(readings, [not d.startswith(device_prefix) for d in readings.device_id])

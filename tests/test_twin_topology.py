@@ -18,8 +18,12 @@ def test_power_chain_of_a_gpu(topo):
     up = topo.feeds(GPU)
     assert up[0] == "sv1/h1/row2/rk203/n05"
     assert set(up[1:7]) == {f"sv1/h1/row2/rk203/shelf/psu{i}" for i in range(1, 7)}
-    assert up[7:] == ["sv1/h1/row2/rk203/shelf", "sv1/h1/pdu-row2", "sv1/facility/ups",
-                      "sv1/utility"]
+    assert up[7:] == [
+        "sv1/h1/row2/rk203/shelf",
+        "sv1/h1/pdu-row2",
+        "sv1/facility/ups",
+        "sv1/utility",
+    ]
     assert topo.parents(GPU, "power") == ["sv1/h1/row2/rk203/n05"]
 
 
@@ -44,12 +48,14 @@ def test_downstream_of_a_pdu(topo):
     down = topo.downstream("sv1/h1/pdu-row3", "power")
     counts = topo.counts(down)
     assert counts == {"shelf": 8, "psu": 48, "node": 64, "gpu": 512}
-    assert all(g.startswith("sv1/h1/row3/") for g in
-               topo.downstream("sv1/h1/pdu-row3", "power", "gpu"))
+    assert all(
+        g.startswith("sv1/h1/row3/") for g in topo.downstream("sv1/h1/pdu-row3", "power", "gpu")
+    )
     # the UPS feeds all IT; CDU pumps and CRAH fans hang off the utility board
     assert topo.counts(topo.downstream("sv1/facility/ups", "power"))["gpu"] == 2048
     assert {"sv1/h1/cdu-row1", "sv1/h1/crah1", "sv1/plant/chiller-plant"} <= set(
-        topo.children("sv1/utility", "power"))
+        topo.children("sv1/utility", "power")
+    )
 
 
 def test_meters_annotate_what_they_measure(topo):
@@ -62,8 +68,7 @@ def test_meters_annotate_what_they_measure(topo):
 def test_every_site_device_is_a_node(topo, site):
     for d in site.devices():
         assert topo.get(d.id) is not None, d.id
-        assert topo.get(d.id).cls == ("meter" if d.device_class == "meter"
-                                      else d.device_class)
+        assert topo.get(d.id).cls == ("meter" if d.device_class == "meter" else d.device_class)
 
 
 def test_subgraph_depths(topo):

@@ -15,11 +15,11 @@ import numpy as np
 
 from collectors.base import Readings
 from collectors.batching import Batcher
-from collectors.simulator.model import SiteSimulator
-from collectors.sources.simulated import SimulatedSource, SimulatedSourceConfig
-from ingest.contract import Kind
-from ingest.site import load_site
+from collectors.sources.simulated.source import SimulatedSource, SimulatedSourceConfig
+from domain.contract import Kind
+from domain.site import load_site
 from ingest.store import Store
+from simulator.model import SiteSimulator
 
 SMALL_SITE = Path(__file__).resolve().parent / "data" / "twin-small.toml"
 # 2025-06-01 03:00 UTC: the simulator's diurnal inference load is near its low.
@@ -29,12 +29,19 @@ Transform = Callable[[Readings], Readings]
 
 
 class SimHarness:
-    def __init__(self, store: Store, site_file: Path = SMALL_SITE, seed: int = 0,
-                 start_time_s: float = START_S, crah_duty: bool = True) -> None:
+    def __init__(
+        self,
+        store: Store,
+        site_file: Path = SMALL_SITE,
+        seed: int = 0,
+        start_time_s: float = START_S,
+        crah_duty: bool = True,
+    ) -> None:
         self.site = load_site(site_file)
         self.sim = SiteSimulator(self.site, seed=seed, start_time_s=start_time_s)
-        self.source = SimulatedSource(SimulatedSourceConfig(site_file=site_file, seed=seed),
-                                      simulator=self.sim)
+        self.source = SimulatedSource(
+            SimulatedSourceConfig(site_file=site_file, seed=seed), simulator=self.sim
+        )
         self.batcher = Batcher("twin-harness", self.site.site.id, 10.0)
         self.store = store
         self.crah_duty = crah_duty
@@ -56,8 +63,9 @@ class SimHarness:
             lay = self.sim.layout
             duty = (self.sim.crah_load_w + self.sim.crah_fan_w) / 1000.0
             racks = [cid.split("/")[1] for cid in lay.crah_ids]
-            readings.add_columns(Kind.air, racks, lay.crah_ids, ["cooling_kw"] * len(duty),
-                                 duty.tolist(), t)
+            readings.add_columns(
+                Kind.air, racks, lay.crah_ids, ["cooling_kw"] * len(duty), duty.tolist(), t
+            )
         for fn in self.transforms:
             readings = fn(readings)
         self.store.write(self.batcher.batches(readings), [], {})
@@ -68,26 +76,41 @@ def keep(readings: Readings, mask: list[bool]) -> Readings:
     out = Readings()
     for i, k in enumerate(mask):
         if k:
-            out.add(readings.kind[i], readings.rack[i], readings.device_id[i],
-                    readings.metric[i], readings.value[i], readings.read_time_ms[i])
+            out.add(
+                readings.kind[i],
+                readings.rack[i],
+                readings.device_id[i],
+                readings.metric[i],
+                readings.value[i],
+                readings.read_time_ms[i],
+            )
     return out
 
 
 def drop_metric(device_prefix: str, metric: str) -> Transform:
     """Drop a metric of matching devices (e.g. meters without energy registers)."""
+
     def fn(r: Readings) -> Readings:
-        return keep(r, [not (d.startswith(device_prefix) and m == metric)
-                        for d, m in zip(r.device_id, r.metric, strict=True)])
+        return keep(
+            r,
+            [
+                not (d.startswith(device_prefix) and m == metric)
+                for d, m in zip(r.device_id, r.metric, strict=True)
+            ],
+        )
+
     return fn
 
 
 def override(device_id: str, metric: str, value: Callable[[float], float]) -> Transform:
     """Replace one device's reading: a faulty sensor between the physics and the wire."""
+
     def fn(r: Readings) -> Readings:
         for i, (d, m) in enumerate(zip(r.device_id, r.metric, strict=True)):
             if d == device_id and m == metric:
                 r.value[i] = float(value(r.value[i]))
         return r
+
     return fn
 
 

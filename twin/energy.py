@@ -56,8 +56,9 @@ def _dedupe(t_s: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return t_s, v
 
 
-def _assemble(t_s: np.ndarray, step_kwh: np.ndarray, known: np.ndarray, interp: np.ndarray,
-              method: str, **kw) -> Curve:
+def _assemble(
+    t_s: np.ndarray, step_kwh: np.ndarray, known: np.ndarray, interp: np.ndarray, method: str, **kw
+) -> Curve:
     c = np.concatenate([[0.0], np.cumsum(np.where(known, step_kwh, 0.0))])
     seg = np.concatenate([[0], np.cumsum(~known)])
     return Curve(t_s, c, seg, interp & known, method, **kw)
@@ -71,8 +72,13 @@ def power_curve(t_s: np.ndarray, p_kw: np.ndarray, max_gap_s: float) -> Curve:
     return _assemble(t_s, step, ok, ok, "power_integration", p_kw=p_kw, gaps=int((~ok).sum()))
 
 
-def counter_curve(t_s: np.ndarray, e_kwh: np.ndarray, max_gap_s: float,
-                  rollover_kwh: float | None = None, power: Curve | None = None) -> Curve:
+def counter_curve(
+    t_s: np.ndarray,
+    e_kwh: np.ndarray,
+    max_gap_s: float,
+    rollover_kwh: float | None = None,
+    power: Curve | None = None,
+) -> Curve:
     t_s, e_kwh = _dedupe(t_s, e_kwh)
     d = np.diff(e_kwh)
     dt = np.diff(t_s)
@@ -88,8 +94,16 @@ def counter_curve(t_s: np.ndarray, e_kwh: np.ndarray, max_gap_s: float,
         fill, ok = span_energy(power, t_s[idx], t_s[idx + 1])
         step[idx[ok]] = fill[ok]
         known[idx[ok]] = True
-    return _assemble(t_s, step, known, dt <= max_gap_s, "counter", resets=int(reset.sum()),
-                     wraps=int(wrap.sum()), gaps=int((dt > max_gap_s).sum()))
+    return _assemble(
+        t_s,
+        step,
+        known,
+        dt <= max_gap_s,
+        "counter",
+        resets=int(reset.sum()),
+        wraps=int(wrap.sum()),
+        gaps=int((dt > max_gap_s).sum()),
+    )
 
 
 def evaluate(curve: Curve, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -115,8 +129,9 @@ def evaluate(curve: Curve, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
         tau = g[inside] - t0
         if curve.p_kw is not None:  # exact integral of the linear power between readings
             p0, p1 = curve.p_kw[k], curve.p_kw[k + 1]
-            val[inside] = curve.c_kwh[k] + (p0 * tau + (p1 - p0) * tau**2 / (2 * (t1 - t0))) \
-                / S_PER_H
+            val[inside] = (
+                curve.c_kwh[k] + (p0 * tau + (p1 - p0) * tau**2 / (2 * (t1 - t0))) / S_PER_H
+            )
         else:
             c0, c1 = curve.c_kwh[k], curve.c_kwh[k + 1]
             val[inside] = c0 + (c1 - c0) * tau / (t1 - t0)
@@ -145,8 +160,7 @@ class Buckets:
         return np.diff(self.edges_s)
 
 
-def bucket_energies(curves: dict[str, Curve], edges_s: np.ndarray,
-                    resolution_s: float) -> Buckets:
+def bucket_energies(curves: dict[str, Curve], edges_s: np.ndarray, resolution_s: float) -> Buckets:
     """A bucket whose ends are known for every source uses its exact energies; any other
     bucket is split into cells of `resolution_s` and only the cells known for every
     source count (so all sources are always compared over the same time)."""
@@ -155,8 +169,9 @@ def bucket_energies(curves: dict[str, Curve], edges_s: np.ndarray,
     a, b = edges_s[:-1], edges_s[1:]
     span = b - a
     coarse = {k: span_energy(c, a, b) for k, c in curves.items()}
-    all_known = np.logical_and.reduce([k for _, k in coarse.values()]) if curves else \
-        np.zeros(nb, bool)
+    all_known = (
+        np.logical_and.reduce([k for _, k in coarse.values()]) if curves else np.zeros(nb, bool)
+    )
     energy = {k: np.where(all_known, e, 0.0) for k, (e, _) in coarse.items()}
     covered = np.where(all_known, span, 0.0)
     own = {k: np.where(kn, span, 0.0) for k, (_, kn) in coarse.items()}
@@ -182,8 +197,15 @@ def bucket_energies(curves: dict[str, Curve], edges_s: np.ndarray,
 
 # -- reading sources from the store ------------------------------------------------------
 
-def read_points(cur: duckdb.DuckDBPyConnection, device_id: str, metric: str,
-                start: datetime, end: datetime, margin_s: float) -> tuple[np.ndarray, np.ndarray]:
+
+def read_points(
+    cur: duckdb.DuckDBPyConnection,
+    device_id: str,
+    metric: str,
+    start: datetime,
+    end: datetime,
+    margin_s: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """Raw readings of one meter around [start, end], times in s relative to `start`.
 
     Energy needs exact read times, so this reads the raw table rather than bucketed
@@ -192,14 +214,23 @@ def read_points(cur: duckdb.DuckDBPyConnection, device_id: str, metric: str,
     cols = cur.execute(
         """SELECT epoch_us(read_time) - epoch_us(?::TIMESTAMP) AS t_us, value FROM samples
            WHERE device_id = ? AND metric = ? AND read_time >= ? AND read_time <= ?
-           ORDER BY read_time""", [start, device_id, metric, lo, hi]).fetchnumpy()
+           ORDER BY read_time""",
+        [start, device_id, metric, lo, hi],
+    ).fetchnumpy()
     return (np.asarray(cols["t_us"], dtype=float) / 1e6, np.asarray(cols["value"], dtype=float))
 
 
-def meter_curve(cur: duckdb.DuckDBPyConnection, device_id: str, start: datetime,
-                end: datetime, max_gap_s: float, rollover_kwh: float | None = None,
-                energy_metric: str = "energy_kwh", power_metric: str = "power_kw",
-                power_scale: float = 1.0) -> Curve:
+def meter_curve(
+    cur: duckdb.DuckDBPyConnection,
+    device_id: str,
+    start: datetime,
+    end: datetime,
+    max_gap_s: float,
+    rollover_kwh: float | None = None,
+    energy_metric: str = "energy_kwh",
+    power_metric: str = "power_kw",
+    power_scale: float = 1.0,
+) -> Curve:
     """The best curve for one meter: its energy counter if it has readings in range
     (resets filled from power), else integration of its power readings."""
     tp, p = read_points(cur, device_id, power_metric, start, end, max_gap_s)

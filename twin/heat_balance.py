@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twin.config import TwinConfig
-from twin.layout import SiteLayout
 from twin.rollups import TickInputs
+from twin.site_index import SiteIndex
+from twin.twin_config import TwinConfig
 
 AIR_DENSITY_KG_M3 = 1.2  # at ~20 degC, sea level
 AIR_CP_KJ_KG_K = 1.006
@@ -45,7 +45,7 @@ def _sum_by(owner: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
 
 
 class HeatBalanceEngine:
-    def __init__(self, layout: SiteLayout, config: TwinConfig) -> None:
+    def __init__(self, layout: SiteIndex, config: TwinConfig) -> None:
         self.lay = lay = layout
         self.cfg = config
         self.ids = lay.cdu_ids + lay.hall_ids + [lay.site_id]
@@ -57,13 +57,15 @@ class HeatBalanceEngine:
         self._hist_r = np.full((k, n), np.nan)
         self._pos = 0
         n_h = len(lay.hall_ids)
-        self._hall_has_crah = np.bincount(lay.crah_hall, minlength=n_h) > 0 if n_h else \
-            np.zeros(0, bool)
+        self._hall_has_crah = (
+            np.bincount(lay.crah_hall, minlength=n_h) > 0 if n_h else np.zeros(0, bool)
+        )
         air_share = 1.0 - lay.rack_liquid_fraction
         self._hall_needs_air = _sum_by(lay.rack_hall, air_share, n_h) > 0
 
-    def compute(self, x: TickInputs, rack_kw: np.ndarray, rack_stale: np.ndarray,
-                now_ms: int) -> HeatBalance:
+    def compute(
+        self, x: TickInputs, rack_kw: np.ndarray, rack_stale: np.ndarray, now_ms: int
+    ) -> HeatBalance:
         lay = self.lay
         n_cdu, n_hall = len(lay.cdu_ids), len(lay.hall_ids)
         cdu, crah = lay.blocks["cdu"], lay.blocks["crah"]
@@ -74,24 +76,35 @@ class HeatBalanceEngine:
         def stale(block, names):
             return sum(block.row(x.stale, m).astype(float) for m in names)
 
-        flow, sup, ret = get(cdu, "flow_lpm"), get(cdu, "supply_temp_c"), \
-            get(cdu, "return_temp_c")
+        flow, sup, ret = get(cdu, "flow_lpm"), get(cdu, "supply_temp_c"), get(cdu, "return_temp_c")
         m_dot = flow * LPM_TO_M3_S * lay.cdu_rho_kg_m3  # kg/s
         q_liq = m_dot * lay.cdu_cp_kj_kg_k * (ret - sup)  # kW
         it_liq = _sum_by(lay.rack_cdu, rack_kw * lay.rack_liquid_fraction, n_cdu)
-        cdu_stale = stale(cdu, ("flow_lpm", "supply_temp_c", "return_temp_c")) + \
-            _sum_by(lay.rack_cdu, rack_stale, n_cdu)
+        cdu_stale = stale(cdu, ("flow_lpm", "supply_temp_c", "return_temp_c")) + _sum_by(
+            lay.rack_cdu, rack_stale, n_cdu
+        )
 
         air = self._crah_air_kw(get)
-        crah_stale = stale(crah, ("cooling_kw", "fan_power_w", "airflow_m3h",
-                                  "supply_air_temp_c", "return_air_temp_c", "fan_speed_pct"))
+        crah_stale = stale(
+            crah,
+            (
+                "cooling_kw",
+                "fan_power_w",
+                "airflow_m3h",
+                "supply_air_temp_c",
+                "return_air_temp_c",
+                "fan_speed_pct",
+            ),
+        )
         hall_air = _sum_by(lay.crah_hall, air, n_hall)
-        hall_air = np.where(self._hall_has_crah, hall_air,
-                            np.where(self._hall_needs_air, np.nan, 0.0))
+        hall_air = np.where(
+            self._hall_has_crah, hall_air, np.where(self._hall_needs_air, np.nan, 0.0)
+        )
         hall_liq = _sum_by(lay.cdu_hall, q_liq, n_hall)
         hall_it = _sum_by(lay.rack_hall, rack_kw, n_hall)
-        hall_stale = _sum_by(lay.cdu_hall, cdu_stale, n_hall) + \
-            _sum_by(lay.crah_hall, crah_stale, n_hall)
+        hall_stale = _sum_by(lay.cdu_hall, cdu_stale, n_hall) + _sum_by(
+            lay.crah_hall, crah_stale, n_hall
+        )
 
         liquid = np.concatenate([q_liq, hall_liq, [hall_liq.sum()]])
         air_all = np.concatenate([np.zeros(n_cdu), hall_air, [hall_air.sum()]])
@@ -104,9 +117,21 @@ class HeatBalanceEngine:
         trend = self._trend(now_ms, pct)
         st = np.concatenate([cdu_stale, hall_stale, [hall_stale.sum()]])
         reasons = self._reasons(flow, sup, ret, it_liq, air, hall_air, hall_it, pct)
-        return HeatBalance(self.ids, self.levels, liquid, air_all, it, residual, pct, st,
-                           self._run >= self.cfg.heat_balance_persist_ticks, self._run.copy(),
-                           trend, reasons, now_ms)
+        return HeatBalance(
+            self.ids,
+            self.levels,
+            liquid,
+            air_all,
+            it,
+            residual,
+            pct,
+            st,
+            self._run >= self.cfg.heat_balance_persist_ticks,
+            self._run.copy(),
+            trend,
+            reasons,
+            now_ms,
+        )
 
     def _crah_air_kw(self, get) -> np.ndarray:
         """Heat each CRAH removes from the hall air, by the best method its data allow:
@@ -117,9 +142,11 @@ class HeatBalanceEngine:
         crah = lay.blocks["crah"]
         duty = get(crah, "cooling_kw") - get(crah, "fan_power_w") / 1e3
         airflow = get(crah, "airflow_m3h")
-        airflow = np.where(np.isnan(airflow),
-                           lay.crah_rated_airflow_m3h * get(crah, "fan_speed_pct") / 100.0,
-                           airflow)
+        airflow = np.where(
+            np.isnan(airflow),
+            lay.crah_rated_airflow_m3h * get(crah, "fan_speed_pct") / 100.0,
+            airflow,
+        )
         d_t = get(crah, "return_air_temp_c") - get(crah, "supply_air_temp_c")
         by_flow = AIR_DENSITY_KG_M3 * AIR_CP_KJ_KG_K * airflow / 3600.0 * d_t
         return np.where(np.isnan(duty), by_flow, duty)
@@ -148,8 +175,15 @@ class HeatBalanceEngine:
             return out
         for i in np.flatnonzero(np.isnan(pct)):
             if i < len(lay.cdu_ids):
-                missing = [m for m, v in (("flow_lpm", flow[i]), ("supply_temp_c", sup[i]),
-                                          ("return_temp_c", ret[i])) if np.isnan(v)]
+                missing = [
+                    m
+                    for m, v in (
+                        ("flow_lpm", flow[i]),
+                        ("supply_temp_c", sup[i]),
+                        ("return_temp_c", ret[i]),
+                    )
+                    if np.isnan(v)
+                ]
                 if missing:
                     out[i] = f"no {missing} reading from {lay.cdu_ids[i]}"
                 elif np.isnan(it_liq[i]):
@@ -162,16 +196,25 @@ class HeatBalanceEngine:
             parts = []
             for hh in halls:
                 if np.isnan(hall_air[hh]):
-                    crahs = [lay.crah_ids[c] for c in np.flatnonzero(lay.crah_hall == hh)
-                             if np.isnan(air[c])]
-                    parts.append(f"air-side heat unknown for {crahs or lay.hall_ids[hh]} "
-                                 "(needs cooling_kw with fan_power_w, airflow_m3h, or "
-                                 "rated_airflow_m3h in the site model with fan_speed_pct)")
+                    crahs = [
+                        lay.crah_ids[c]
+                        for c in np.flatnonzero(lay.crah_hall == hh)
+                        if np.isnan(air[c])
+                    ]
+                    parts.append(
+                        f"air-side heat unknown for {crahs or lay.hall_ids[hh]} "
+                        "(needs cooling_kw with fan_power_w, airflow_m3h, or "
+                        "rated_airflow_m3h in the site model with fan_speed_pct)"
+                    )
                 if np.isnan(hall_it[hh]):
-                    parts.append(f"IT power unknown in {lay.hall_ids[hh]} "
-                                 "(PSU input_power_w missing)")
-            cdus = [lay.cdu_ids[c] for c in range(len(lay.cdu_ids))
-                    if lay.cdu_hall[c] in halls and np.isnan(pct[c]) and out[c]]
+                    parts.append(
+                        f"IT power unknown in {lay.hall_ids[hh]} (PSU input_power_w missing)"
+                    )
+            cdus = [
+                lay.cdu_ids[c]
+                for c in range(len(lay.cdu_ids))
+                if lay.cdu_hall[c] in halls and np.isnan(pct[c]) and out[c]
+            ]
             if cdus:
                 parts.append(f"liquid-side heat unknown for {cdus}")
             out[i] = "; ".join(parts) or "no IT load"

@@ -16,9 +16,14 @@ class Periodic:
     ignored, for the `expected` exception types) and the next round retries; a round that
     overruns skips the missed slots instead of bursting to catch up."""
 
-    def __init__(self, fn: Callable[[], object], every_s: float, name: str,
-                 wait_first: bool = False,
-                 expected: tuple[type[BaseException], ...] = ()) -> None:
+    def __init__(
+        self,
+        fn: Callable[[], object],
+        every_s: float,
+        name: str,
+        wait_first: bool = False,
+        expected: tuple[type[BaseException], ...] = (),
+    ) -> None:
         self.fn, self.every_s, self.name = fn, every_s, name
         self.wait_first, self.expected = wait_first, expected
         self._stop = threading.Event()

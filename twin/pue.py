@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from ingest.site import MeterRole, Site
+from domain.site import MeterRole, Site
 from twin.energy import Curve, bucket_energies
 
 # Most specific IT metering first: PUE3 is closest to the IT load.
@@ -78,6 +78,7 @@ class PueFigure:
 
 # -- scopes ----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class Term:
     """One energy input: a meter (by device id) or a twin rollup column of a scope."""
@@ -111,14 +112,22 @@ def scopes(site: Site) -> dict[str, ScopeDef]:
     it = it_meter(site)
     it_term = Term("meter", it[0]) if it else None
     category = it[1] if it else None
-    no_it = None if it else ("site declares no IT energy meter (it_input, pdu_output or "
-                             "ups_output)")
+    no_it = (
+        None if it else ("site declares no IT energy meter (it_input, pdu_output or ups_output)")
+    )
     fac = site.meter(MeterRole.facility_input)
-    out = {"site": ScopeDef(
-        "site", "PUE", category, it_term,
-        (Term("meter", site.meter_id(fac)),) if fac else (), False,
-        no_it or (None if fac else "site declares no facility_input meter (total facility "
-                  "energy)"))}
+    out = {
+        "site": ScopeDef(
+            "site",
+            "PUE",
+            category,
+            it_term,
+            (Term("meter", site.meter_id(fac)),) if fac else (),
+            False,
+            no_it
+            or (None if fac else "site declares no facility_input meter (total facility energy)"),
+        )
+    }
     plant = site.meter(MeterRole.cooling_plant)
     subsystem_terms = {
         "chiller_plant": (Term("meter", site.meter_id(plant)),) if plant else (),
@@ -128,13 +137,19 @@ def scopes(site: Site) -> dict[str, ScopeDef]:
     subsystem_terms["all"] = sum(subsystem_terms.values(), ())
     for name, terms in subsystem_terms.items():
         why = no_it or (None if terms else "site declares no cooling_plant meter")
-        out[f"cooling:{name}"] = ScopeDef(f"cooling:{name}", "pPUE", None, it_term, terms,
-                                          True, why)
+        out[f"cooling:{name}"] = ScopeDef(
+            f"cooling:{name}", "pPUE", None, it_term, terms, True, why
+        )
     for hall in site.halls:
         hid = f"{sid}/{hall.id}"
         out[f"hall:{hall.id}"] = ScopeDef(
-            f"hall:{hall.id}", "pPUE", None, Term("rollup", hid, "power_kw"),
-            (Term("rollup", hid, "cdu_pump_kw"), Term("rollup", hid, "crah_fan_kw")), True)
+            f"hall:{hall.id}",
+            "pPUE",
+            None,
+            Term("rollup", hid, "power_kw"),
+            (Term("rollup", hid, "cdu_pump_kw"), Term("rollup", hid, "crah_fan_kw")),
+            True,
+        )
     return out
 
 
@@ -143,6 +158,7 @@ def _label(t: Term) -> str:
 
 
 # -- instantaneous ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class TermValue:
@@ -163,8 +179,11 @@ def instantaneous(scope: ScopeDef, lookup: Callable[[Term], TermValue | None]) -
     missing = [_label(t) for t, v in values.items() if v is None]
     if missing:
         fig.quality.missing_meters = missing
-        what = "power_kw reading yet from meter(s)" if all(
-            t.source == "meter" for t, v in values.items() if v is None) else "value yet for"
+        what = (
+            "power_kw reading yet from meter(s)"
+            if all(t.source == "meter" for t, v in values.items() if v is None)
+            else "value yet for"
+        )
         return _unknown(fig, f"no {what} {missing}")
     it = values[scope.it]
     assert it is not None
@@ -185,19 +204,26 @@ def _unknown(fig: PueFigure, reason: str) -> PueFigure:
     return fig
 
 
-def instantaneous_pue(site: Site, latest: dict[tuple[str, str], MeterReading],
-                      now: datetime | None = None, stale_after_s: float = 30.0) -> PueFigure:
+def instantaneous_pue(
+    site: Site,
+    latest: dict[tuple[str, str], MeterReading],
+    now: datetime | None = None,
+    stale_after_s: float = 30.0,
+) -> PueFigure:
     """Site PUE from the latest facility and IT meter power readings (v0 entry point)."""
     now = now or datetime.now(UTC).replace(tzinfo=None)
 
     def lookup(t: Term) -> TermValue | None:
         r = latest.get((t.id, "power_kw"))
-        return None if r is None else TermValue(r.value, r.read_time,
-                                                r.age_s(now) > stale_after_s, r)
+        return (
+            None if r is None else TermValue(r.value, r.read_time, r.age_s(now) > stale_after_s, r)
+        )
+
     return instantaneous(scopes(site)["site"], lookup)
 
 
 # -- energy-based over an interval -----------------------------------------------------
+
 
 @dataclass
 class IntervalPue:
@@ -205,14 +231,30 @@ class IntervalPue:
     series: list[PueFigure]
 
 
-def interval_pue(scope: ScopeDef, curve_for: Callable[[Term], Curve], start: datetime,
-                 end: datetime, step_s: float | None, resolution_s: float,
-                 min_coverage: float, stale_after_s: float,
-                 now: datetime | None = None) -> IntervalPue:
+def interval_pue(
+    scope: ScopeDef,
+    curve_for: Callable[[Term], Curve],
+    start: datetime,
+    end: datetime,
+    step_s: float | None,
+    resolution_s: float,
+    min_coverage: float,
+    stale_after_s: float,
+    now: datetime | None = None,
+) -> IntervalPue:
     """Energy-based (p)PUE over [start, end), and per step when `step_s` is given."""
+
     def blank(a: datetime, b: datetime) -> PueFigure:
-        return PueFigure(None, scope.category, None, scope=scope.name, figure=scope.figure,
-                         method="energy", start=a, end=b)
+        return PueFigure(
+            None,
+            scope.category,
+            None,
+            scope=scope.name,
+            figure=scope.figure,
+            method="energy",
+            start=a,
+            end=b,
+        )
 
     overall = blank(start, end)
     if scope.reason or scope.it is None:
@@ -226,14 +268,16 @@ def interval_pue(scope: ScopeDef, curve_for: Callable[[Term], Curve], start: dat
     q.counter_wraps = sum(c.wraps for c in curves.values())
     q.gaps = sum(c.gaps for c in curves.values())
     ref_s = min(span_s, ((now or end) - start).total_seconds())
-    q.stale_inputs = [k for k, c in curves.items()
-                      if c.n and ref_s - float(c.t_s[-1]) > stale_after_s]
+    q.stale_inputs = [
+        k for k, c in curves.items() if c.n and ref_s - float(c.t_s[-1]) > stale_after_s
+    ]
     q.missing_meters = [k for k, c in curves.items() if c.n == 0]
     overall.stale_inputs = list(q.stale_inputs)
     it_key = _label(scope.it)
 
-    def fill(fig: PueFigure, energy: dict[str, float], covered: float, span: float,
-             own: dict[str, float]) -> PueFigure:
+    def fill(
+        fig: PueFigure, energy: dict[str, float], covered: float, span: float, own: dict[str, float]
+    ) -> PueFigure:
         fig.quality.coverage = covered / span if span > 0 else 0.0
         fig.quality.input_coverage = {k: v / span for k, v in own.items()} if span > 0 else {}
         if fig is not overall and q.missing_meters:
@@ -242,8 +286,11 @@ def interval_pue(scope: ScopeDef, curve_for: Callable[[Term], Curve], start: dat
             return _unknown(fig, f"no readings from {q.missing_meters} in [{start}, {end})")
         if fig.quality.coverage < min_coverage:
             detail = ", ".join(f"{k} {v:.1%}" for k, v in fig.quality.input_coverage.items())
-            return _unknown(fig, f"only {fig.quality.coverage:.1%} of the interval is covered "
-                                 f"by all inputs ({detail}); at least {min_coverage:.0%} needed")
+            return _unknown(
+                fig,
+                f"only {fig.quality.coverage:.1%} of the interval is covered "
+                f"by all inputs ({detail}); at least {min_coverage:.0%} needed",
+            )
         it = energy[it_key]
         extra = sum(v for k, v in energy.items() if k != it_key)
         fig.total = it + extra if scope.includes_it else extra
@@ -256,19 +303,29 @@ def interval_pue(scope: ScopeDef, curve_for: Callable[[Term], Curve], start: dat
         return fig
 
     whole = bucket_energies(curves, np.array([0.0, span_s]), resolution_s)
-    fill(overall, {k: float(v[0]) for k, v in whole.energy_kwh.items()},
-         float(whole.covered_s[0]), span_s,
-         {k: float(v[0]) for k, v in whole.source_covered_s.items()})
+    fill(
+        overall,
+        {k: float(v[0]) for k, v in whole.energy_kwh.items()},
+        float(whole.covered_s[0]),
+        span_s,
+        {k: float(v[0]) for k, v in whole.source_covered_s.items()},
+    )
     series: list[PueFigure] = []
     if step_s:
         edges = np.append(np.arange(0.0, span_s, step_s), span_s)
         b = bucket_energies(curves, edges, min(resolution_s, step_s))
         for i in range(edges.size - 1):
-            fig = blank(start + timedelta(seconds=float(edges[i])),
-                        start + timedelta(seconds=float(edges[i + 1])))
+            fig = blank(
+                start + timedelta(seconds=float(edges[i])),
+                start + timedelta(seconds=float(edges[i + 1])),
+            )
             fig.quality.methods = q.methods
-            fill(fig, {k: float(v[i]) for k, v in b.energy_kwh.items()},
-                 float(b.covered_s[i]), float(edges[i + 1] - edges[i]),
-                 {k: float(v[i]) for k, v in b.source_covered_s.items()})
+            fill(
+                fig,
+                {k: float(v[i]) for k, v in b.energy_kwh.items()},
+                float(b.covered_s[i]),
+                float(edges[i + 1] - edges[i]),
+                {k: float(v[i]) for k, v in b.source_covered_s.items()},
+            )
             series.append(fig)
     return IntervalPue(overall, series)

@@ -13,33 +13,63 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twin.layout import SiteLayout
+from twin.site_index import SiteIndex
 
 # NVML clock-throttle reasons that mean a GPU is held back (power cap, HW slowdown,
 # SW/HW thermal, power brake). Idle, application clocks, sync boost are not throttling.
 THROTTLE_MASK = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
 LEVELS = ("rack", "row", "hall", "site", "cdu")
 COLUMNS = (
-    "power_kw", "energy_kwh", "gpu_power_kw", "gpu_temp_max_c", "gpu_temp_mean_c",
-    "coolant_supply_c", "coolant_return_c", "coolant_flow_lpm", "throttled_gpus",
-    "gpus_reporting", "stale_inputs", "missing_inputs", "cdu_pump_kw", "crah_fan_kw",
-    "heat_liquid_kw", "heat_air_kw", "heat_it_kw", "hb_residual_kw", "hb_residual_pct",
+    "power_kw",
+    "energy_kwh",
+    "gpu_power_kw",
+    "gpu_temp_max_c",
+    "gpu_temp_mean_c",
+    "coolant_supply_c",
+    "coolant_return_c",
+    "coolant_flow_lpm",
+    "throttled_gpus",
+    "gpus_reporting",
+    "stale_inputs",
+    "missing_inputs",
+    "cdu_pump_kw",
+    "crah_fan_kw",
+    "heat_liquid_kw",
+    "heat_air_kw",
+    "heat_it_kw",
+    "hb_residual_kw",
+    "hb_residual_pct",
 )
 CDU_INPUTS = ("supply_temp_c", "return_temp_c", "flow_lpm", "pump_power_w")
-CRAH_INPUTS = ("fan_power_w", "cooling_kw", "airflow_m3h", "supply_air_temp_c",
-               "return_air_temp_c", "fan_speed_pct")
+CRAH_INPUTS = (
+    "fan_power_w",
+    "cooling_kw",
+    "airflow_m3h",
+    "supply_air_temp_c",
+    "return_air_temp_c",
+    "fan_speed_pct",
+)
 UNITS = {c: c.rsplit("_", 1)[-1] for c in COLUMNS} | {
-    "throttled_gpus": "count", "gpus_reporting": "count", "stale_inputs": "count",
-    "missing_inputs": "count", "hb_residual_pct": "%"}
+    "throttled_gpus": "count",
+    "gpus_reporting": "count",
+    "stale_inputs": "count",
+    "missing_inputs": "count",
+    "hb_residual_pct": "%",
+}
 
 
 class ScopeIndex:
     """Every rollup scope of a site: ids, levels, and slices per level."""
 
-    def __init__(self, layout: SiteLayout) -> None:
+    def __init__(self, layout: SiteIndex) -> None:
         self.layout = lay = layout
-        parts = [("rack", lay.rack_ids), ("row", lay.row_ids), ("hall", lay.hall_ids),
-                 ("site", [lay.site_id]), ("cdu", lay.cdu_ids)]
+        parts = [
+            ("rack", lay.rack_ids),
+            ("row", lay.row_ids),
+            ("hall", lay.hall_ids),
+            ("site", [lay.site_id]),
+            ("cdu", lay.cdu_ids),
+        ]
         self.ids: list[str] = []
         self.levels: list[str] = []
         self.slices: dict[str, slice] = {}
@@ -55,8 +85,9 @@ class ScopeIndex:
         return None if i is None else self.levels[i]
 
 
-def seg_reduce(ufunc: np.ufunc, values: np.ndarray, start: np.ndarray, count: np.ndarray,
-               empty: float) -> np.ndarray:
+def seg_reduce(
+    ufunc: np.ufunc, values: np.ndarray, start: np.ndarray, count: np.ndarray, empty: float
+) -> np.ndarray:
     """ufunc over each contiguous segment; `empty` for segments without items."""
     out = np.full(start.size, empty, dtype=float)
     nz = count > 0
@@ -81,7 +112,7 @@ class TickInputs:
 
 
 class RollupEngine:
-    def __init__(self, layout: SiteLayout, scope: ScopeIndex, max_gap_s: float) -> None:
+    def __init__(self, layout: SiteIndex, scope: ScopeIndex, max_gap_s: float) -> None:
         self.lay = layout
         self.scope = scope
         self.max_gap_s = max_gap_s
@@ -104,9 +135,11 @@ class RollupEngine:
         p_stale = metric(psu, "input_power_w", x.stale)
         ps, pc = lay.rack_psu_start, lay.rack_psu_count
         rack_missing = seg_reduce(np.add, (~p_ok).astype(float), ps, pc, 0.0)
-        rack_kw = np.where(rack_missing == 0,
-                           seg_reduce(np.add, np.where(p_ok, p_in, 0.0), ps, pc, 0.0) / 1e3,
-                           np.nan)
+        rack_kw = np.where(
+            rack_missing == 0,
+            seg_reduce(np.add, np.where(p_ok, p_in, 0.0), ps, pc, 0.0) / 1e3,
+            np.nan,
+        )
         rack_stale = seg_reduce(np.add, p_stale.astype(float), ps, pc, 0.0)
 
         gs, gc = lay.rack_gpu_start, lay.rack_gpu_count
@@ -117,28 +150,47 @@ class RollupEngine:
         t_max = seg_reduce(np.fmax, temp, gs, gc, np.nan)
         w_ok = metric(gpu, "power_w", x.present)
         w_missing = seg_reduce(np.add, (~w_ok).astype(float), gs, gc, 0.0)
-        gpu_kw = np.where(w_missing == 0, seg_reduce(
-            np.add, np.where(w_ok, metric(gpu, "power_w", x.value), 0.0), gs, gc, 0.0) / 1e3,
-            np.nan)
-        reasons = np.where(metric(gpu, "throttle_reasons", x.present),
-                           metric(gpu, "throttle_reasons", x.value), 0.0)
+        gpu_kw = np.where(
+            w_missing == 0,
+            seg_reduce(np.add, np.where(w_ok, metric(gpu, "power_w", x.value), 0.0), gs, gc, 0.0)
+            / 1e3,
+            np.nan,
+        )
+        reasons = np.where(
+            metric(gpu, "throttle_reasons", x.present),
+            metric(gpu, "throttle_reasons", x.value),
+            0.0,
+        )
         throttled = (reasons.astype(np.int64) & THROTTLE_MASK) != 0
         n_throttled = seg_reduce(np.add, throttled.astype(float), gs, gc, 0.0)
-        g_stale = seg_reduce(np.add, (metric(gpu, "gpu_temp_c", x.stale) |
-                                      metric(gpu, "power_w", x.stale)).astype(float), gs, gc, 0.0)
-        g_fresh = seg_reduce(np.add, (t_ok & ~metric(gpu, "gpu_temp_c", x.stale))
-                             .astype(float), gs, gc, 0.0)
+        g_stale = seg_reduce(
+            np.add,
+            (metric(gpu, "gpu_temp_c", x.stale) | metric(gpu, "power_w", x.stale)).astype(float),
+            gs,
+            gc,
+            0.0,
+        )
+        g_fresh = seg_reduce(
+            np.add, (t_ok & ~metric(gpu, "gpu_temp_c", x.stale)).astype(float), gs, gc, 0.0
+        )
         rack_energy = self._rack_energy(x, rack_kw, now_ms)
 
         # -- CDU loops: coolant temperatures and flow, pump power.
-        sup = np.where(metric(cdu, "supply_temp_c", x.present),
-                       metric(cdu, "supply_temp_c", x.value), np.nan)
-        ret = np.where(metric(cdu, "return_temp_c", x.present),
-                       metric(cdu, "return_temp_c", x.value), np.nan)
-        flow = np.where(metric(cdu, "flow_lpm", x.present), metric(cdu, "flow_lpm", x.value),
-                        np.nan)
-        pump_kw = np.where(metric(cdu, "pump_power_w", x.present),
-                           metric(cdu, "pump_power_w", x.value), np.nan) / 1e3
+        sup = np.where(
+            metric(cdu, "supply_temp_c", x.present), metric(cdu, "supply_temp_c", x.value), np.nan
+        )
+        ret = np.where(
+            metric(cdu, "return_temp_c", x.present), metric(cdu, "return_temp_c", x.value), np.nan
+        )
+        flow = np.where(
+            metric(cdu, "flow_lpm", x.present), metric(cdu, "flow_lpm", x.value), np.nan
+        )
+        pump_kw = (
+            np.where(
+                metric(cdu, "pump_power_w", x.present), metric(cdu, "pump_power_w", x.value), np.nan
+            )
+            / 1e3
+        )
 
         racks = sc.slices["rack"]
         out["power_kw"][racks] = rack_kw
@@ -154,10 +206,15 @@ class RollupEngine:
         out["missing_inputs"][racks] = rack_missing + (gc - t_n)
 
         # -- rows, halls, site: reductions over contiguous rack ranges.
-        rack_cols = {"power_kw": rack_kw, "energy_kwh": rack_energy, "gpu_power_kw": gpu_kw,
-                     "throttled_gpus": n_throttled, "gpus_reporting": g_fresh,
-                     "stale_inputs": rack_stale + g_stale,
-                     "missing_inputs": rack_missing + (gc - t_n)}
+        rack_cols = {
+            "power_kw": rack_kw,
+            "energy_kwh": rack_energy,
+            "gpu_power_kw": gpu_kw,
+            "throttled_gpus": n_throttled,
+            "gpus_reporting": g_fresh,
+            "stale_inputs": rack_stale + g_stale,
+            "missing_inputs": rack_missing + (gc - t_n),
+        }
         groups = {
             "row": (lay.row_rack_start, lay.row_rack_count),
             "hall": (lay.hall_rack_start, lay.hall_rack_count),
@@ -173,11 +230,16 @@ class RollupEngine:
             out["gpu_temp_mean_c"][sl] = np.where(n > 0, total / np.maximum(n, 1), np.nan)
 
         # Coolant: a row reads its own loop; halls and the site a flow-weighted mean.
-        row_cdu = np.array([lay.rack_cdu[s] if c else -1 for s, c in
-                            zip(lay.row_rack_start, lay.row_rack_count, strict=True)])
+        row_cdu = np.array(
+            [
+                lay.rack_cdu[s] if c else -1
+                for s, c in zip(lay.row_rack_start, lay.row_rack_count, strict=True)
+            ]
+        )
         for col, temps in (("coolant_supply_c", sup), ("coolant_return_c", ret)):
-            out[col][sc.slices["row"]] = np.where(row_cdu >= 0, temps[row_cdu], np.nan) \
-                if temps.size else np.nan
+            out[col][sc.slices["row"]] = (
+                np.where(row_cdu >= 0, temps[row_cdu], np.nan) if temps.size else np.nan
+            )
             w = _sum_by(lay.cdu_hall, flow * temps, len(lay.hall_ids))
             f = _sum_by(lay.cdu_hall, flow, len(lay.hall_ids))
             out[col][sc.slices["hall"]] = np.where(f > 0, w / np.where(f > 0, f, 1), np.nan)
@@ -185,18 +247,17 @@ class RollupEngine:
             out[col][sc.slices["site"]] = (flow * temps).sum() / total if total > 0 else np.nan
             out[col][sc.slices["cdu"]] = temps
         out["coolant_flow_lpm"][sc.slices["cdu"]] = flow
-        out["coolant_flow_lpm"][sc.slices["hall"]] = _sum_by(lay.cdu_hall, flow,
-                                                             len(lay.hall_ids))
+        out["coolant_flow_lpm"][sc.slices["hall"]] = _sum_by(lay.cdu_hall, flow, len(lay.hall_ids))
         out["coolant_flow_lpm"][sc.slices["site"]] = flow.sum()
         out["cdu_pump_kw"][sc.slices["cdu"]] = pump_kw
-        out["cdu_pump_kw"][sc.slices["hall"]] = _sum_by(lay.cdu_hall, pump_kw,
-                                                        len(lay.hall_ids))
+        out["cdu_pump_kw"][sc.slices["hall"]] = _sum_by(lay.cdu_hall, pump_kw, len(lay.hall_ids))
         out["cdu_pump_kw"][sc.slices["site"]] = pump_kw.sum()
         crah = lay.blocks["crah"]
-        fan_kw = np.where(crah.row(x.present, "fan_power_w"), crah.row(x.value, "fan_power_w"),
-                          np.nan) / 1e3
-        out["crah_fan_kw"][sc.slices["hall"]] = _sum_by(lay.crah_hall, fan_kw,
-                                                        len(lay.hall_ids))
+        fan_kw = (
+            np.where(crah.row(x.present, "fan_power_w"), crah.row(x.value, "fan_power_w"), np.nan)
+            / 1e3
+        )
+        out["crah_fan_kw"][sc.slices["hall"]] = _sum_by(lay.crah_hall, fan_kw, len(lay.hall_ids))
         out["crah_fan_kw"][sc.slices["site"]] = fan_kw.sum()
         out["power_kw"][sc.slices["cdu"]] = _sum_by(lay.rack_cdu, rack_kw, len(lay.cdu_ids))
 
@@ -205,10 +266,12 @@ class RollupEngine:
         crah_stale = sum(crah.row(x.stale, m).astype(float) for m in CRAH_INPUTS)
         n_h = len(lay.hall_ids)
         rack_all = rack_stale + g_stale
-        out["stale_inputs"][sc.slices["cdu"]] = cdu_stale + _sum_by(lay.rack_cdu, rack_all,
-                                                                    len(lay.cdu_ids))
-        out["stale_inputs"][sc.slices["hall"]] += _sum_by(lay.cdu_hall, cdu_stale, n_h) + \
-            _sum_by(lay.crah_hall, crah_stale, n_h)
+        out["stale_inputs"][sc.slices["cdu"]] = cdu_stale + _sum_by(
+            lay.rack_cdu, rack_all, len(lay.cdu_ids)
+        )
+        out["stale_inputs"][sc.slices["hall"]] += _sum_by(lay.cdu_hall, cdu_stale, n_h) + _sum_by(
+            lay.crah_hall, crah_stale, n_h
+        )
         out["stale_inputs"][sc.slices["site"]] += np.sum(cdu_stale) + np.sum(crah_stale)
         return out
 

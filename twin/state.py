@@ -14,15 +14,13 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from ingest.contract import METRICS
+from domain.contract import METRICS
+from domain.site import Site
 from ingest.history import query_series
-from ingest.site import Site
 from ingest.store import Store
-from twin.config import TwinConfig
 from twin.energy import Curve, meter_curve, power_curve
 from twin.heat_balance import HeatBalance, HeatBalanceEngine
-from twin.layout import CLASS_KIND, SiteLayout
-from twin.live import LiveState, RefreshStats
+from twin.latest_readings import LatestReadings, RefreshStats
 from twin.pue import (
     IntervalPue,
     MeterReading,
@@ -34,12 +32,19 @@ from twin.pue import (
     interval_pue,
     scopes,
 )
-from twin.rollup_store import RollupStore, to_ts
+from twin.rollup_history import RollupStore, to_ts
 from twin.rollups import COLUMNS, RollupEngine, ScopeIndex, TickInputs
+from twin.site_index import CLASS_KIND, SiteIndex
 from twin.topology import Topology
+from twin.twin_config import TwinConfig
 
-HB_COLUMNS = {"heat_liquid_kw": "liquid_kw", "heat_air_kw": "air_kw", "heat_it_kw": "it_kw",
-              "hb_residual_kw": "residual_kw", "hb_residual_pct": "residual_pct"}
+HB_COLUMNS = {
+    "heat_liquid_kw": "liquid_kw",
+    "heat_air_kw": "air_kw",
+    "heat_it_kw": "it_kw",
+    "hb_residual_kw": "residual_kw",
+    "hb_residual_pct": "residual_pct",
+}
 
 
 def now_ms() -> int:
@@ -61,14 +66,20 @@ class TickResult:
 
 
 class Twin:
-    def __init__(self, site: Site, store: Store, stale_after_s: float | None = 30.0,
-                 config: TwinConfig | None = None, persist: bool = True) -> None:
+    def __init__(
+        self,
+        site: Site,
+        store: Store,
+        stale_after_s: float | None = 30.0,
+        config: TwinConfig | None = None,
+        persist: bool = True,
+    ) -> None:
         self.site = site
         self.store = store
         self.config = config or TwinConfig.with_stale_after(stale_after_s or 30.0)
         self.stale_after_s = self.config.stale_after_s
         self.known_devices = {d.id: d for d in site.devices()}
-        self.layout = SiteLayout(site)
+        self.layout = SiteIndex(site)
         self.scope_index = ScopeIndex(self.layout)
         self.scopes: dict[str, ScopeDef] = scopes(site)
         self.persist = persist
@@ -78,9 +89,10 @@ class Twin:
         self.auto_maintain = True
         self._lock = threading.RLock()
         self._cursor = store.cursor()
-        self.live = LiveState(self.layout, self._cursor)
-        self.rollup_store = RollupStore(store.cursor(), self.scope_index,
-                                        self.config.tick_retention_h, reader=store.cursor)
+        self.live = LatestReadings(self.layout, self._cursor)
+        self.rollup_store = RollupStore(
+            store.cursor(), self.scope_index, self.config.tick_retention_h, reader=store.cursor
+        )
         self.rollups = RollupEngine(self.layout, self.scope_index, self.config.gap_s)
         self.heat = HeatBalanceEngine(self.layout, self.config)
         self._topology: Topology | None = None
@@ -101,8 +113,9 @@ class Twin:
             stats = self.live.refresh()
             t1 = time.perf_counter()
             live = self.live
-            x = TickInputs(live.value, live.time_ms > 0,
-                           live.stale(at, self.stale_after_s), live.time_ms)
+            x = TickInputs(
+                live.value, live.time_ms > 0, live.stale(at, self.stale_after_s), live.time_ms
+            )
             cols = self.rollups.compute(x, at)
             t2 = time.perf_counter()
             racks = self.scope_index.slices["rack"]
@@ -111,19 +124,26 @@ class Twin:
             for col, attr in HB_COLUMNS.items():
                 cols[col][idx] = getattr(hb, attr)
             t3 = time.perf_counter()
-            pue = {name: instantaneous(s, lambda t: self._term_now(t, cols, x, at))
-                   for name, s in self.scopes.items()}
+            pue = {
+                name: instantaneous(s, lambda t: self._term_now(t, cols, x, at))
+                for name, s in self.scopes.items()
+            }
             t4 = time.perf_counter()
             if self.persist:
                 self.rollup_store.write_tick(at, cols)
             t5 = time.perf_counter()
-            ms = {"refresh": t1 - t0, "rollups": t2 - t1, "heat_balance": t3 - t2,
-                  "pue": t4 - t3, "persist": t5 - t4, "total": t5 - t0}
+            ms = {
+                "refresh": t1 - t0,
+                "rollups": t2 - t1,
+                "heat_balance": t3 - t2,
+                "pue": t4 - t3,
+                "persist": t5 - t4,
+                "total": t5 - t0,
+            }
             if self.persist and self.auto_maintain:
                 self.rollup_store.maintain(to_ts(at))
                 ms["maintain"] = time.perf_counter() - t5
-            self.last = TickResult(at, cols, hb, pue, stats,
-                                   {k: v * 1000 for k, v in ms.items()})
+            self.last = TickResult(at, cols, hb, pue, stats, {k: v * 1000 for k, v in ms.items()})
             return self.last
 
     def current(self, max_age_s: float | None = None) -> TickResult:
@@ -138,16 +158,18 @@ class Twin:
                 return last
             return self.tick()
 
-    def _term_now(self, t: Term, cols: dict[str, np.ndarray], x: TickInputs,
-                  at: int) -> TermValue | None:
+    def _term_now(
+        self, t: Term, cols: dict[str, np.ndarray], x: TickInputs, at: int
+    ) -> TermValue | None:
         if t.source == "meter":
             slot = self.layout.slot_of(t.id, "power_kw")
             if slot is None or not x.present[slot]:
                 return None
             ts = to_ts(int(x.time_ms[slot]))
             value = float(x.value[slot])
-            return TermValue(value, ts, bool(x.stale[slot]),
-                             MeterReading(t.id, "power_kw", value, ts))
+            return TermValue(
+                value, ts, bool(x.stale[slot]), MeterReading(t.id, "power_kw", value, ts)
+            )
         i = self.scope_index.index[t.id]
         v = float(cols[t.column][i])
         if np.isnan(v):
@@ -162,8 +184,14 @@ class Twin:
         tick = self.tick(at) if at is not None else self.current()
         return tick.pue[scope]
 
-    def pue_interval(self, scope: str, start: datetime, end: datetime,
-                     step_s: float | None = None, now: datetime | None = None) -> IntervalPue:
+    def pue_interval(
+        self,
+        scope: str,
+        start: datetime,
+        end: datetime,
+        step_s: float | None = None,
+        now: datetime | None = None,
+    ) -> IntervalPue:
         """Energy-based (p)PUE over [start, end) (naive UTC), per step if given."""
         cfg = self.config
         cur = self.store.cursor()
@@ -175,9 +203,17 @@ class Twin:
             ts, v = self.rollup_store.points(t.id, t.column, start, end, cfg.gap_s)
             return power_curve(ts, v, cfg.rollup_gap_s)
 
-        return interval_pue(self.scopes[scope], curve_for, start, end, step_s,
-                            cfg.energy_resolution_s, cfg.min_coverage, cfg.gap_s,
-                            now or datetime.now(UTC).replace(tzinfo=None))
+        return interval_pue(
+            self.scopes[scope],
+            curve_for,
+            start,
+            end,
+            step_s,
+            cfg.energy_resolution_s,
+            cfg.min_coverage,
+            cfg.gap_s,
+            now or datetime.now(UTC).replace(tzinfo=None),
+        )
 
     # -- history ------------------------------------------------------------------------
 
@@ -191,24 +227,34 @@ class Twin:
             return list(METRICS[CLASS_KIND[found[0]]])
         return None
 
-    def series(self, series_id: str, metric: str, start: datetime, end: datetime,
-               step_s: float):
+    def series(self, series_id: str, metric: str, start: datetime, end: datetime, step_s: float):
         """(source, polars frame) of buckets for a rollup scope or a device metric."""
         if series_id in self.scope_index.index:
             return self.rollup_store.series(series_id, metric, start, end, step_s)
-        return "samples", query_series(self.store.cursor(), series_id, metric, start, end,
-                                       step_s)
+        return "samples", query_series(self.store.cursor(), series_id, metric, start, end, step_s)
 
     # -- v0 reads (kept) ----------------------------------------------------------------
 
     def latest_for(self, device_ids: list[str]) -> dict[tuple[str, str], MeterReading]:
-        rows = self.store.cursor().execute(
-            "SELECT device_id, metric, value, read_time FROM latest "
-            "WHERE list_contains(?, device_id)", [device_ids]).fetchall()
+        rows = (
+            self.store.cursor()
+            .execute(
+                "SELECT device_id, metric, value, read_time FROM latest "
+                "WHERE list_contains(?, device_id)",
+                [device_ids],
+            )
+            .fetchall()
+        )
         return {(d, m): MeterReading(d, m, v, t) for d, m, v, t in rows}
 
     def device(self, device_id: str) -> list[MeterReading]:
-        rows = self.store.cursor().execute(
-            "SELECT device_id, metric, value, read_time FROM latest WHERE device_id = ? "
-            "ORDER BY metric", [device_id]).fetchall()
+        rows = (
+            self.store.cursor()
+            .execute(
+                "SELECT device_id, metric, value, read_time FROM latest WHERE device_id = ? "
+                "ORDER BY metric",
+                [device_id],
+            )
+            .fetchall()
+        )
         return [MeterReading(d, m, v, t) for d, m, v, t in rows]

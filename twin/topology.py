@@ -13,13 +13,23 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from ingest.site import MeterRole, Site
+from domain.site import MeterRole, Site
 
 CHAINS = ("power", "cooling", "location")
 # Classes shown at each depth of GET /v1/topology (deeper includes shallower).
 DEPTHS = {
-    "facility": {"site", "utility", "ups", "pdu", "chiller_plant", "cdu", "crah", "hall_air",
-                 "meter", "hall"},
+    "facility": {
+        "site",
+        "utility",
+        "ups",
+        "pdu",
+        "chiller_plant",
+        "cdu",
+        "crah",
+        "hall_air",
+        "meter",
+        "hall",
+    },
     "rack": {"row", "rack", "shelf"},
     "node": {"psu", "node"},
     "gpu": {"gpu"},
@@ -61,11 +71,16 @@ class Topology:
         sid = site.site.id
         root = self._add(Node(sid, "site", attrs={"name": site.site.name}))
         utility = self._add(Node(f"{sid}/utility", "utility"))
-        ups = self._add(Node(f"{sid}/facility/{site.ups.id}", "ups",
-                             attrs={"rated_kw": site.ups.rated_kw,
-                                    "efficiency": site.ups.efficiency}))
-        plant = self._add(Node(site.plant_id(), "chiller_plant",
-                               attrs={"rated_kw": site.plant.rated_kw}))
+        ups = self._add(
+            Node(
+                f"{sid}/facility/{site.ups.id}",
+                "ups",
+                attrs={"rated_kw": site.ups.rated_kw, "efficiency": site.ups.efficiency},
+            )
+        )
+        plant = self._add(
+            Node(site.plant_id(), "chiller_plant", attrs={"rated_kw": site.plant.rated_kw})
+        )
         self._edge("power", utility, ups)
         self._edge("power", utility, plant)
         pdus: list[str] = []
@@ -75,19 +90,30 @@ class Topology:
             self._edge("location", root, hid)
             air = self._add(Node(f"{hid}/air", "hall_air", hall=hall.id))
             for c in hall.cdus:
-                cid = self._add(Node(f"{hid}/{c.id}", "cdu", hall=hall.id, attrs={
-                    "rated_kw": c.rated_kw, "nominal_flow_lpm": c.nominal_flow_lpm,
-                    "fluid": c.fluid.model_dump()}))
+                cid = self._add(
+                    Node(
+                        f"{hid}/{c.id}",
+                        "cdu",
+                        hall=hall.id,
+                        attrs={
+                            "rated_kw": c.rated_kw,
+                            "nominal_flow_lpm": c.nominal_flow_lpm,
+                            "fluid": c.fluid.model_dump(),
+                        },
+                    )
+                )
                 self._edge("power", utility, cid)
                 self._edge("cooling", plant, cid)
             for p in hall.pdus:
-                pid = self._add(Node(f"{hid}/{p.id}", "pdu", hall=hall.id,
-                                     attrs={"rated_kw": p.rated_kw}))
+                pid = self._add(
+                    Node(f"{hid}/{p.id}", "pdu", hall=hall.id, attrs={"rated_kw": p.rated_kw})
+                )
                 self._edge("power", ups, pid)
                 pdus.append(pid)
             for a in hall.crahs:
-                aid = self._add(Node(f"{hid}/{a.id}", "crah", hall=hall.id,
-                                     attrs={"rated_kw": a.rated_kw}))
+                aid = self._add(
+                    Node(f"{hid}/{a.id}", "crah", hall=hall.id, attrs={"rated_kw": a.rated_kw})
+                )
                 self._edge("power", utility, aid)
                 self._edge("cooling", plant, aid)
                 self._edge("cooling", aid, air)
@@ -97,9 +123,20 @@ class Topology:
         template_of = {(h.id, row.id): row.template for h in site.halls for row in h.rows}
         for r in site.racks():
             t = r.template
-            rk = self._add(Node(r.prefix, "rack", r.hall, r.row, r.rack, attrs={
-                "template": template_of[(r.hall, r.row)], "liquid_fraction":
-                t.liquid_fraction, "gpus": t.nodes * t.gpus_per_node}))
+            rk = self._add(
+                Node(
+                    r.prefix,
+                    "rack",
+                    r.hall,
+                    r.row,
+                    r.rack,
+                    attrs={
+                        "template": template_of[(r.hall, r.row)],
+                        "liquid_fraction": t.liquid_fraction,
+                        "gpus": t.nodes * t.gpus_per_node,
+                    },
+                )
+            )
             self._edge("location", f"{sid}/{r.hall}/{r.row}", rk)
             self._edge("cooling", f"{sid}/{r.hall}/{r.cdu}", rk)
             if t.liquid_fraction < 1.0:
@@ -108,8 +145,9 @@ class Topology:
             shelves.append(shelf)
             self._edge("power", f"{sid}/{r.hall}/{r.pdu}", shelf)
             self._edge("location", rk, shelf)
-            psus = [self._add(Node(r.psu_id(i), "psu", r.hall, r.row, r.rack))
-                    for i in range(t.psus)]
+            psus = [
+                self._add(Node(r.psu_id(i), "psu", r.hall, r.row, r.rack)) for i in range(t.psus)
+            ]
             for psu in psus:
                 self._edge("power", shelf, psu)
                 self._edge("location", shelf, psu)
@@ -125,17 +163,26 @@ class Topology:
                     self._edge("cooling", nid, gid)
                     self._edge("location", nid, gid)
         measured = {
-            MeterRole.facility_input: [utility], MeterRole.ups_output: [ups],
-            MeterRole.pdu_output: pdus, MeterRole.it_input: shelves,
+            MeterRole.facility_input: [utility],
+            MeterRole.ups_output: [ups],
+            MeterRole.pdu_output: pdus,
+            MeterRole.it_input: shelves,
             MeterRole.cooling_plant: [plant],
         }
         for m in site.meters:
-            mid = self._add(Node(site.meter_id(m), "meter", attrs={
-                "role": m.role.value, "description": m.description}))
+            mid = self._add(
+                Node(
+                    site.meter_id(m),
+                    "meter",
+                    attrs={"role": m.role.value, "description": m.description},
+                )
+            )
             for point in measured[m.role]:
                 node = self.nodes[point]
-                node.attrs = {**(node.attrs or {}), "meters": [
-                    *((node.attrs or {}).get("meters", [])), mid]}
+                node.attrs = {
+                    **(node.attrs or {}),
+                    "meters": [*((node.attrs or {}).get("meters", [])), mid],
+                }
             self.nodes[mid].attrs["measures"] = measured[m.role]  # type: ignore[index]
 
     # -- queries ------------------------------------------------------------------------
@@ -190,10 +237,16 @@ class Topology:
     def subgraph(self, depth: str, chains: tuple[str, ...]) -> tuple[list[Node], list[tuple]]:
         """Nodes down to `depth` and the edges among them for the given chains."""
         allowed: set[str] = set()
-        for d in DEPTH_ORDER[:DEPTH_ORDER.index(depth) + 1]:
+        for d in DEPTH_ORDER[: DEPTH_ORDER.index(depth) + 1]:
             allowed |= DEPTHS[d]
         nodes = [n for n in self.nodes.values() if n.cls in allowed]
         keep = {n.id for n in nodes}
-        edges = [(chain, p, c) for chain in chains for p, kids in self.down[chain].items()
-                 if p in keep for c in kids if c in keep]
+        edges = [
+            (chain, p, c)
+            for chain in chains
+            for p, kids in self.down[chain].items()
+            if p in keep
+            for c in kids
+            if c in keep
+        ]
         return nodes, edges

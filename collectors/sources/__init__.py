@@ -1,39 +1,40 @@
-"""Collector source plugins, one module per protocol. See collectors/base.py.
+"""Collector source plugins: one folder per device protocol. See collectors/base.py.
 
-Each module defines a pydantic config model with a literal `type` field and a class
-implementing `Source`. Register it here: the daemon's config loader finds it by `type`.
-Modules are imported lazily so that a rack without pymodbus never imports it.
+A plugin is a folder `collectors/sources/<type>/` whose `source.py` defines a pydantic
+config model with a literal `type` field and a class implementing `Source`, exported as
+`CONFIG_MODEL` and `SOURCE_CLASS`; beside it a `README.md`, a `sample.toml` and any
+register maps or field tables. The folder name is the `type` a collector config names,
+so adding a folder is all it takes: nothing here lists the plugins. A plugin's module is
+imported only when a config uses it, so a rack without pymodbus never imports it.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Any
 
 from pydantic import ValidationError
 
 from collectors.base import Source
-from ingest.site import format_validation_error
+from domain.site import format_validation_error
 
-# type -> (module, config class, source class)
-REGISTRY: dict[str, tuple[str, str, str]] = {
-    "simulated": ("collectors.sources.simulated", "SimulatedSourceConfig", "SimulatedSource"),
-    "nvml": ("collectors.sources.nvml", "NvmlSourceConfig", "NvmlSource"),
-    "redfish": ("collectors.sources.redfish", "RedfishSourceConfig", "RedfishSource"),
-    "modbus": ("collectors.sources.modbus", "ModbusSourceConfig", "ModbusSource"),
-}
+
+def source_types() -> list[str]:
+    """The plugin folders present (each a `type` a collector config may name)."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg)
 
 
 def build_source(raw: dict[str, Any], index: int) -> Source:
     """Validate one `[[sources]]` table and construct its source."""
     kind = raw.get("type")
-    if kind not in REGISTRY:
-        raise ValueError(f"sources[{index}].type: unknown source type {kind!r} "
-                         f"(known: {sorted(REGISTRY)})")
-    module_name, config_name, source_name = REGISTRY[kind]
-    module = importlib.import_module(module_name)
+    known = source_types()
+    if kind not in known:
+        raise ValueError(f"sources[{index}].type: unknown source type {kind!r} (known: {known})")
+    module = importlib.import_module(f"{__name__}.{kind}.source")
     try:
-        config = getattr(module, config_name).model_validate(raw)
+        config = module.CONFIG_MODEL.model_validate(raw)
     except ValidationError as exc:  # name the field the operator has to fix
         raise ValueError(f"sources[{index}] ({kind}): {format_validation_error(exc)}") from exc
-    return getattr(module, source_name)(config)
+    source: Source = module.SOURCE_CLASS(config)
+    return source

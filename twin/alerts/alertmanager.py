@@ -17,13 +17,18 @@ from twin.alerts.webhook import AlertView, rfc3339
 
 def queued_alerts(alerts: list[AlertView], external_url: str) -> dict:
     """Outbox form: firing alerts carry endsAt null until sent."""
-    return {"alerts": [{
-        "labels": dict(a.labels),
-        "annotations": dict(a.annotations),
-        "startsAt": rfc3339(a.starts_at),
-        "endsAt": rfc3339(a.ends_at) if a.status == "resolved" else None,
-        "generatorURL": f"{external_url}/v1/alerts/{a.alert_id}",
-    } for a in alerts]}
+    return {
+        "alerts": [
+            {
+                "labels": dict(a.labels),
+                "annotations": dict(a.annotations),
+                "startsAt": rfc3339(a.starts_at),
+                "endsAt": rfc3339(a.ends_at) if a.status == "resolved" else None,
+                "generatorURL": f"{external_url}/v1/alerts/{a.alert_id}",
+            }
+            for a in alerts
+        ]
+    }
 
 
 def postable(doc: dict, now: datetime, resend_interval_s: float) -> list[dict]:
@@ -31,6 +36,7 @@ def postable(doc: dict, now: datetime, resend_interval_s: float) -> list[dict]:
     return [{**a, "endsAt": a["endsAt"] or valid_until} for a in doc["alerts"]]
 
 
-def push(client: httpx.Client, base_url: str, alerts: list[dict], timeout_s: float
-         ) -> httpx.Response:
+def push(
+    client: httpx.Client, base_url: str, alerts: list[dict], timeout_s: float
+) -> httpx.Response:
     return client.post(f"{base_url}/api/v2/alerts", json=alerts, timeout=timeout_s)

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 import duckdb
 import polars as pl
 
-from twin.alerts.grouping import Topology
+from twin.alerts.grouping import AlertTopology
 from twin.alerts.rules import Selector
 
 # entity id (device id, or a loop's CDU id) -> value
@@ -47,7 +47,7 @@ class RuleContext:
 
     now: datetime  # naive UTC, like the store's timestamps
     cursor: duckdb.DuckDBPyConnection
-    topology: Topology
+    topology: AlertTopology
     providers: Providers
     started_at: datetime  # first evaluation of this engine (absence rules wait for it)
     # what the rule set reads, so that one query per table serves every rule
@@ -67,12 +67,14 @@ class RuleContext:
                     self._all_latest = self.cursor.sql(
                         "SELECT metric, device_id, value, read_time FROM latest "
                         "WHERE list_contains($ms, metric)",
-                        params={"ms": sorted(self.metrics)}).pl()
+                        params={"ms": sorted(self.metrics)},
+                    ).pl()
                 frame = self._all_latest.filter(pl.col("metric") == metric).drop("metric")
             else:
                 frame = self.cursor.sql(
                     "SELECT device_id, value, read_time FROM latest WHERE metric = $m",
-                    params={"m": metric}).pl()
+                    params={"m": metric},
+                ).pl()
             self._latest[metric] = frame
         return self._latest[metric]
 
@@ -98,10 +100,14 @@ class RuleContext:
         first = self.cursor.sql(
             "SELECT device_id, arg_min(value, read_time) AS v0, min(read_time) AS t0 "
             "FROM samples WHERE metric = $m AND read_time >= $start AND read_time < $edge "
-            "GROUP BY 1", params={"m": metric, "start": start,
-                                  "edge": start + timedelta(seconds=edge_s)}).pl()
-        last = self.latest(metric).filter(pl.col("read_time") <= self.now).rename(
-            {"value": "v1", "read_time": "t1"})
+            "GROUP BY 1",
+            params={"m": metric, "start": start, "edge": start + timedelta(seconds=edge_s)},
+        ).pl()
+        last = (
+            self.latest(metric)
+            .filter(pl.col("read_time") <= self.now)
+            .rename({"value": "v1", "read_time": "t1"})
+        )
         return first.join(last, on="device_id", how="inner")
 
     def events(self, kinds: list[str], lookback_s: float) -> pl.DataFrame:
@@ -109,10 +115,8 @@ class RuleContext:
         start = self.now - timedelta(seconds=lookback_s)
         if set(kinds) <= self.event_kinds and lookback_s <= self.event_lookback_s:
             if self._events is None:
-                self._events = self._query_events(sorted(self.event_kinds),
-                                                  self.event_lookback_s)
-            return self._events.filter(pl.col("kind").is_in(kinds)
-                                       & (pl.col("read_time") > start))
+                self._events = self._query_events(sorted(self.event_kinds), self.event_lookback_s)
+            return self._events.filter(pl.col("kind").is_in(kinds) & (pl.col("read_time") > start))
         return self._query_events(kinds, lookback_s)
 
     def _query_events(self, kinds: list[str], lookback_s: float) -> pl.DataFrame:
@@ -122,7 +126,8 @@ class RuleContext:
             "SELECT read_time, device_id, kind, severity, message, CAST(attrs AS VARCHAR) "
             "AS attrs FROM events WHERE list_contains($kinds, kind) AND read_time > $start "
             "AND read_time <= $end ORDER BY read_time",
-            params={"kinds": kinds, "start": start, "end": end}).pl()
+            params={"kinds": kinds, "start": start, "end": end},
+        ).pl()
 
     def select(self, frame: pl.DataFrame, sel: Selector) -> pl.DataFrame:
         """Rows whose device matches the selector (class from the site model, id glob)."""
@@ -130,7 +135,8 @@ class RuleContext:
             if self._classes is None:
                 self._classes = self.topology.class_frame()
             frame = frame.join(self._classes, on="device_id", how="inner").filter(
-                pl.col("device_class").is_in(sel.device_class))
+                pl.col("device_class").is_in(sel.device_class)
+            )
         if sel.device:
             frame = frame.filter(pl.col("device_id").str.contains(sel.device_regex()))
         return frame

@@ -21,15 +21,15 @@ from typing import Any
 
 import orjson
 
-from twin.alerts.config import matches_all
+from twin.alerts.conditions import Hit, Outcome, evaluate
 from twin.alerts.context import Providers, RuleContext
-from twin.alerts.evaluate import Hit, Outcome, evaluate
-from twin.alerts.grouping import Topology, fingerprint, group_key, group_labels, inhibitions
+from twin.alerts.grouping import AlertTopology, fingerprint, group_key, group_labels, inhibitions
 from twin.alerts.lifecycle import AlertDb
 from twin.alerts.outbox import Outbox, utcnow
 from twin.alerts.receivers import AlertmanagerReceiver, Receiver
 from twin.alerts.rules import EventRule, LeakRule, RulesFile
 from twin.alerts.webhook import AlertView, webhook_payload
+from twin.alerts.yaml_files import matches_all
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,15 @@ class OpenAlert:
         return bool(self.silenced_by) or self.inhibited_by is not None
 
     def view(self) -> AlertView:
-        return AlertView(self.id, self.fingerprint, "resolved" if self.ends_at else "firing",
-                         self.labels, self.annotations, self.starts_at, self.ends_at)
+        return AlertView(
+            self.id,
+            self.fingerprint,
+            "resolved" if self.ends_at else "firing",
+            self.labels,
+            self.annotations,
+            self.starts_at,
+            self.ends_at,
+        )
 
 
 @dataclass
@@ -80,14 +87,21 @@ class Tick:
     transitions: list[tuple] = field(default_factory=list)
     notifications: list[tuple[str, str, dict]] = field(default_factory=list)
 
-    def note(self, a: OpenAlert, transition: str, at: datetime, comment: str | None = None,
-             actor: str = "engine") -> None:
+    def note(
+        self,
+        a: OpenAlert,
+        transition: str,
+        at: datetime,
+        comment: str | None = None,
+        actor: str = "engine",
+    ) -> None:
         self.transitions.append((a.id, a.fingerprint, at, transition, actor, comment, a.value))
 
     @property
     def changed(self) -> bool:
-        return bool(self.new or self.resolved or self.updated or self.transitions
-                    or self.notifications)
+        return bool(
+            self.new or self.resolved or self.updated or self.transitions or self.notifications
+        )
 
 
 def reads_of(rules: RulesFile) -> tuple[frozenset[str], frozenset[str], float]:
@@ -121,9 +135,16 @@ def render(template: str, fields: dict[str, Any]) -> str:
 
 
 class AlertEngine:
-    def __init__(self, db: AlertDb, rules: RulesFile, topology: Topology,
-                 receivers: list[Receiver], outbox: Outbox, providers: Providers | None = None,
-                 external_url: str = "") -> None:
+    def __init__(
+        self,
+        db: AlertDb,
+        rules: RulesFile,
+        topology: AlertTopology,
+        receivers: list[Receiver],
+        outbox: Outbox,
+        providers: Providers | None = None,
+        external_url: str = "",
+    ) -> None:
         self.db = db
         self.rules = rules
         self.topology = topology
@@ -148,10 +169,21 @@ class AlertEngine:
         self.open: dict[str, OpenAlert] = {}
         for r in self.db.open_alerts():
             self.open[r["fingerprint"]] = OpenAlert(
-                r["id"], r["fingerprint"], r["rule"], r["series_key"], r["severity"],
-                r["labels"], r["annotations"], r["value"] or 0.0, r["starts_at"],
-                r["fired_at"], r["notified"], tuple(r["silenced_by"]), r["inhibited_by"],
-                r["flapping"])
+                r["id"],
+                r["fingerprint"],
+                r["rule"],
+                r["series_key"],
+                r["severity"],
+                r["labels"],
+                r["annotations"],
+                r["value"] or 0.0,
+                r["starts_at"],
+                r["fired_at"],
+                r["notified"],
+                tuple(r["silenced_by"]),
+                r["inhibited_by"],
+                r["flapping"],
+            )
         since = utcnow() - timedelta(seconds=self.flap.window)
         self.history = {fp: deque(ts) for fp, ts in self.db.state_changes_since(since).items()}
         for pend in self.pending.values():
@@ -165,8 +197,9 @@ class AlertEngine:
             if self.started_at is None:
                 self.started_at = now
             tick = Tick(now)
-            ctx = RuleContext(now, self.db.cur(), self.topology, self.providers,
-                              self.started_at, *self._reads)
+            ctx = RuleContext(
+                now, self.db.cur(), self.topology, self.providers, self.started_at, *self._reads
+            )
             by_rule: dict[str, dict[str, OpenAlert]] = {}
             for a in self.open.values():
                 by_rule.setdefault(a.rule, {})[a.key] = a
@@ -192,11 +225,14 @@ class AlertEngine:
             self.evaluations += 1
             return tick
 
-    def _outcome(self, rule: Any, ctx: RuleContext, latched: set[str], now: datetime
-                 ) -> Outcome:
+    def _outcome(self, rule: Any, ctx: RuleContext, latched: set[str], now: datetime) -> Outcome:
         st = self.status[rule.name]
-        if rule.every and st.last_outcome is not None and st.last_evaluated is not None \
-                and (now - st.last_evaluated).total_seconds() < rule.every:
+        if (
+            rule.every
+            and st.last_outcome is not None
+            and st.last_evaluated is not None
+            and (now - st.last_evaluated).total_seconds() < rule.every
+        ):
             return st.last_outcome
         t0 = time.perf_counter()
         try:
@@ -211,8 +247,9 @@ class AlertEngine:
         st.duration_ms = (time.perf_counter() - t0) * 1000
         return outcome
 
-    def _lifecycle(self, rule: Any, outcome: Outcome, open_: dict[str, OpenAlert],
-                   now: datetime, tick: Tick) -> None:
+    def _lifecycle(
+        self, rule: Any, outcome: Outcome, open_: dict[str, OpenAlert], now: datetime, tick: Tick
+    ) -> None:
         hits = {h.key: h for h in outcome.hits}
         pending = self.pending[rule.name]
         for key, hit in hits.items():
@@ -234,9 +271,14 @@ class AlertEngine:
                 if not alert.flapping:
                     alert.flapping = True
                     tick.updated[alert.id] = alert
-                    tick.note(alert, "flapping", now, f"{self.flap.max_transitions} state "
-                              f"changes within {self.flap.window:g}s; resolves after "
-                              f"{self.flap.hold:g}s clear")
+                    tick.note(
+                        alert,
+                        "flapping",
+                        now,
+                        f"{self.flap.max_transitions} state "
+                        f"changes within {self.flap.window:g}s; resolves after "
+                        f"{self.flap.hold:g}s clear",
+                    )
                 if alert.clear_since is None:
                     alert.clear_since = now
                 if (now - alert.clear_since).total_seconds() < self.flap.hold:
@@ -244,19 +286,42 @@ class AlertEngine:
             self._resolve(alert, now, tick)
 
     def _fire(self, rule: Any, hit: Hit, since: datetime, now: datetime, tick: Tick) -> None:
-        labels = {k: v for k, v in {**hit.labels, **rule.labels, "alertname": rule.name,
-                                    "severity": rule.severity}.items() if v != ""}
+        labels = {
+            k: v
+            for k, v in {
+                **hit.labels,
+                **rule.labels,
+                "alertname": rule.name,
+                "severity": rule.severity,
+            }.items()
+            if v != ""
+        }
         fp = fingerprint(labels)
         if fp in self.open:  # same labels from another series: one alert (dedupe)
             return
-        fields = {**labels, "value": hit.value, "runbook_base": self.rules.settings.runbook_base,
-                  "downstream": self._downstream(labels), **hit.context}
+        fields = {
+            **labels,
+            "value": hit.value,
+            "runbook_base": self.rules.settings.runbook_base,
+            "downstream": self._downstream(labels),
+            **hit.context,
+        }
         annotations = {k: render(v, fields) for k, v in rule.annotations.as_dict().items()}
         if not self._ids:  # ids come from a DuckDB sequence, a block at a time
             with self.db.lock:
                 self._ids = self.db.next_ids(self.db.cur(), 256)[::-1]
-        alert = OpenAlert(self._ids.pop(), fp, rule.name, hit.key, rule.severity, labels,
-                          annotations, hit.value, since, now)
+        alert = OpenAlert(
+            self._ids.pop(),
+            fp,
+            rule.name,
+            hit.key,
+            rule.severity,
+            labels,
+            annotations,
+            hit.value,
+            since,
+            now,
+        )
         self.open[fp] = alert
         self._changed_state(fp, now)
         tick.new.append(alert)
@@ -269,8 +334,7 @@ class AlertEngine:
                 return ", ".join(racks)
         return ""
 
-    def _resolve(self, alert: OpenAlert, now: datetime, tick: Tick, why: str | None = None
-                 ) -> None:
+    def _resolve(self, alert: OpenAlert, now: datetime, tick: Tick, why: str | None = None) -> None:
         alert.ends_at = now
         del self.open[alert.fingerprint]
         self._changed_state(alert.fingerprint, now)
@@ -293,20 +357,26 @@ class AlertEngine:
 
     def _mute(self, now: datetime, tick: Tick) -> None:
         silences = self.db.active_silences(now)
-        inhibited = inhibitions(self.rules.inhibit_rules,
-                                {fp: a.labels for fp, a in self.open.items()})
+        inhibited = inhibitions(
+            self.rules.inhibit_rules, {fp: a.labels for fp, a in self.open.items()}
+        )
         for fp, a in self.open.items():
             sil = tuple(sorted(sid for sid, ms in silences if matches_all(ms, a.labels)))
             if sil != a.silenced_by:
-                tick.note(a, "silenced" if sil else "unsilenced", now,
-                          ", ".join(sil or a.silenced_by))
+                tick.note(
+                    a, "silenced" if sil else "unsilenced", now, ", ".join(sil or a.silenced_by)
+                )
                 a.silenced_by = sil
                 tick.updated[a.id] = a
             src = inhibited.get(fp)
             if src != a.inhibited_by:
                 by = self.open.get(src or "")
-                tick.note(a, "inhibited" if src else "uninhibited", now,
-                          f"by {by.labels.get('alertname')} {src}" if by else None)
+                tick.note(
+                    a,
+                    "inhibited" if src else "uninhibited",
+                    now,
+                    f"by {by.labels.get('alertname')} {src}" if by else None,
+                )
                 a.inhibited_by = src
                 tick.updated[a.id] = a
 
@@ -329,50 +399,87 @@ class AlertEngine:
                     gl = group_labels(a.labels, r.group_by)
                     groups[group_key(r.name, gl)] = gl
             for gkey, gl in groups.items():
-                members = [a for a in self.open.values() if a.notified and not a.muted
-                           and r.routes(a.labels) and group_labels(a.labels, r.group_by) == gl]
-                members += [a for a in resolved if r.routes(a.labels)
-                            and group_labels(a.labels, r.group_by) == gl]
-                payload = webhook_payload(r.name, gkey, gl, [a.view() for a in members],
-                                          self.external_url, getattr(r, "max_alerts", 0))
+                members = [
+                    a
+                    for a in self.open.values()
+                    if a.notified
+                    and not a.muted
+                    and r.routes(a.labels)
+                    and group_labels(a.labels, r.group_by) == gl
+                ]
+                members += [
+                    a
+                    for a in resolved
+                    if r.routes(a.labels) and group_labels(a.labels, r.group_by) == gl
+                ]
+                payload = webhook_payload(
+                    r.name,
+                    gkey,
+                    gl,
+                    [a.view() for a in members],
+                    self.external_url,
+                    getattr(r, "max_alerts", 0),
+                )
                 tick.notifications.append((r.name, gkey, payload))
 
-    def _notify_alertmanager(self, r: AlertmanagerReceiver, changed: list[OpenAlert],
-                             now: datetime, tick: Tick) -> None:
+    def _notify_alertmanager(
+        self, r: AlertmanagerReceiver, changed: list[OpenAlert], now: datetime, tick: Tick
+    ) -> None:
         """Changes at once; all firing alerts again every resend interval."""
         from twin.alerts.alertmanager import queued_alerts
 
-        sent = [a for a in changed if r.routes(a.labels) and (a.ends_at is None
-                                                               or r.send_resolved)]
+        sent = [a for a in changed if r.routes(a.labels) and (a.ends_at is None or r.send_resolved)]
         last = self._am_sent.get(r.name)
         if not sent and (last is None or (now - last).total_seconds() < r.resend_interval):
             return
         if not sent:
-            sent = [a for a in self.open.values() if a.notified and not a.muted
-                    and r.routes(a.labels)]
+            sent = [
+                a for a in self.open.values() if a.notified and not a.muted and r.routes(a.labels)
+            ]
             if not sent or self.outbox.has_pending(r.name):
                 return
         self._am_sent[r.name] = now
-        tick.notifications.append((r.name, r.name, queued_alerts([a.view() for a in sent],
-                                                                 self.external_url)))
+        tick.notifications.append(
+            (r.name, r.name, queued_alerts([a.view() for a in sent], self.external_url))
+        )
 
     # -- persistence --------------------------------------------------------------------
 
     def _persist(self, tick: Tick) -> None:
         def row(a: OpenAlert) -> dict[str, Any]:
-            return {"id": a.id, "status": "resolved" if a.ends_at else "firing",
-                    "ends_at": a.ends_at, "value": a.value, "silenced_by": list(a.silenced_by),
-                    "inhibited_by": a.inhibited_by, "flapping": a.flapping,
-                    "notified": a.notified, "updated_at": tick.now}
+            return {
+                "id": a.id,
+                "status": "resolved" if a.ends_at else "firing",
+                "ends_at": a.ends_at,
+                "value": a.value,
+                "silenced_by": list(a.silenced_by),
+                "inhibited_by": a.inhibited_by,
+                "flapping": a.flapping,
+                "notified": a.notified,
+                "updated_at": tick.now,
+            }
 
         new_ids = {a.id for a in tick.new}
-        new = [{**row(a), "fingerprint": a.fingerprint, "rule": a.rule, "series_key": a.key,
-                "severity": a.severity, "labels": orjson.dumps(a.labels).decode(),
+        new = [
+            {
+                **row(a),
+                "fingerprint": a.fingerprint,
+                "rule": a.rule,
+                "series_key": a.key,
+                "severity": a.severity,
+                "labels": orjson.dumps(a.labels).decode(),
                 "annotations": orjson.dumps(a.annotations).decode(),
-                "starts_at": a.starts_at, "fired_at": a.fired_at, "updated_at": a.fired_at}
-               for a in tick.new]
-        changed = [row(a) for a in ({a.id: a for a in tick.resolved} | tick.updated).values()
-                   if a.id not in new_ids]
+                "starts_at": a.starts_at,
+                "fired_at": a.fired_at,
+                "updated_at": a.fired_at,
+            }
+            for a in tick.new
+        ]
+        changed = [
+            row(a)
+            for a in ({a.id: a for a in tick.resolved} | tick.updated).values()
+            if a.id not in new_ids
+        ]
         with self.db.transaction() as cur:
             self.db.write_changes(cur, new, changed, tick.transitions)
             for receiver, gkey, payload in tick.notifications:

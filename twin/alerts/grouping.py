@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from ingest.site import Site
+from domain.site import Site
 from twin.alerts.rules import InhibitRule
 from twin.topology import Topology as TwinTopology
 
@@ -42,7 +42,7 @@ def fingerprint(labels: Mapping[str, str]) -> str:
 
 
 @dataclass
-class Topology:
+class AlertTopology:
     """Labels per known id (device or rack prefix) and what serves what."""
 
     entity_labels: dict[str, dict[str, str]]
@@ -88,12 +88,16 @@ class Topology:
 
     def class_frame(self) -> pl.DataFrame:
         if self._classes is None:
-            self._classes = pl.DataFrame({"device_id": list(self.device_class),
-                                          "device_class": list(self.device_class.values())})
+            self._classes = pl.DataFrame(
+                {
+                    "device_id": list(self.device_class),
+                    "device_class": list(self.device_class.values()),
+                }
+            )
         return self._classes
 
 
-def site_topology(site: Site) -> Topology:
+def site_topology(site: Site) -> AlertTopology:
     """What each CDU loop cools and what each PDU feeds, read from the twin's topology graph
     (twin.topology: cooling chain CDU -> rack, power chain PDU -> rack power shelf)."""
     graph = TwinTopology(site)
@@ -102,8 +106,12 @@ def site_topology(site: Site) -> Topology:
     downstream: dict[str, list[str]] = {}
     for n in graph.nodes.values():
         if n.cls == "rack":
-            entity[n.id] = {"site": sid, "hall": n.hall or "", "row": n.row or "",
-                            "rack": n.rack or ""}
+            entity[n.id] = {
+                "site": sid,
+                "hall": n.hall or "",
+                "row": n.row or "",
+                "rack": n.rack or "",
+            }
         elif n.cls in ("cdu", "pdu", "crah"):
             entity[n.id] = {"site": sid, "hall": n.hall or ""}
             if n.cls != "crah":
@@ -114,22 +122,22 @@ def site_topology(site: Site) -> Topology:
         if n.cls == "cdu":
             racks = graph.cools(n.id, "rack")
         elif n.cls == "pdu":  # PDU -> each rack's power shelf
-            racks = [shelf.rsplit("/", 1)[0] for shelf in graph.downstream(n.id, "power",
-                                                                             "shelf")]
+            racks = [shelf.rsplit("/", 1)[0] for shelf in graph.downstream(n.id, "power", "shelf")]
         else:
             continue
         for rack in racks:
             entity[rack][n.cls] = n.id
             downstream.setdefault(n.id, []).append(graph.nodes[rack].rack or rack)
     classes = {d.id: d.device_class for d in site.devices()}
-    return Topology(entity, classes, downstream, site_id=sid)
+    return AlertTopology(entity, classes, downstream, site_id=sid)
 
 
 # -- inhibition -------------------------------------------------------------------------
 
 
-def inhibitions(rules: list[InhibitRule], firing: Mapping[str, Mapping[str, str]]
-                ) -> dict[str, str]:
+def inhibitions(
+    rules: list[InhibitRule], firing: Mapping[str, Mapping[str, str]]
+) -> dict[str, str]:
     """target fingerprint -> fingerprint of the firing source alert that inhibits it.
     Sources count while firing, even when they are silenced (as in Alertmanager)."""
     out: dict[str, str] = {}
@@ -137,7 +145,8 @@ def inhibitions(rules: list[InhibitRule], firing: Mapping[str, Mapping[str, str]
         sources: dict[tuple[str, ...], str] = {}
         for fp, labels in firing.items():
             if all(m.matches(labels) for m in rule.source_matchers) and all(
-                    k in labels for k in rule.equal):
+                k in labels for k in rule.equal
+            ):
                 sources.setdefault(tuple(labels[k] for k in rule.equal), fp)
         if not sources:
             continue

@@ -21,7 +21,7 @@ import orjson
 import pyarrow as pa
 
 from ingest.store import Store
-from twin.alerts.config import Matcher
+from twin.alerts.yaml_files import Matcher
 
 SCHEMA = """
 CREATE SEQUENCE IF NOT EXISTS alert_id_seq START 1;
@@ -68,24 +68,67 @@ CREATE TABLE IF NOT EXISTS silences (
 );
 """
 
-ALERT_COLUMNS = ("id", "fingerprint", "rule", "series_key", "status", "severity", "labels",
-                 "annotations", "value", "starts_at", "fired_at", "ends_at", "updated_at",
-                 "silenced_by", "inhibited_by", "flapping", "notified", "acked_by", "acked_at",
-                 "ack_comment")
+ALERT_COLUMNS = (
+    "id",
+    "fingerprint",
+    "rule",
+    "series_key",
+    "status",
+    "severity",
+    "labels",
+    "annotations",
+    "value",
+    "starts_at",
+    "fired_at",
+    "ends_at",
+    "updated_at",
+    "silenced_by",
+    "inhibited_by",
+    "flapping",
+    "notified",
+    "acked_by",
+    "acked_at",
+    "ack_comment",
+)
 _SELECT = "SELECT " + ", ".join(ALERT_COLUMNS) + " FROM alerts"
 
 
 _TS = pa.timestamp("us")
-_CHANGED = pa.schema([("id", pa.int64()), ("status", pa.string()), ("ends_at", _TS),
-                      ("value", pa.float64()), ("silenced_by", pa.list_(pa.string())),
-                      ("inhibited_by", pa.string()), ("flapping", pa.bool_()),
-                      ("notified", pa.bool_()), ("updated_at", _TS)])
-_NEW = pa.schema([*_CHANGED, ("fingerprint", pa.string()), ("rule", pa.string()),
-                  ("series_key", pa.string()), ("severity", pa.string()),
-                  ("labels", pa.string()), ("annotations", pa.string()),
-                  ("starts_at", _TS), ("fired_at", _TS)])
-_TRANSITION_TYPES = (pa.int64(), pa.string(), _TS, pa.string(), pa.string(), pa.string(),
-                     pa.float64())
+_CHANGED = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("status", pa.string()),
+        ("ends_at", _TS),
+        ("value", pa.float64()),
+        ("silenced_by", pa.list_(pa.string())),
+        ("inhibited_by", pa.string()),
+        ("flapping", pa.bool_()),
+        ("notified", pa.bool_()),
+        ("updated_at", _TS),
+    ]
+)
+_NEW = pa.schema(
+    [
+        *_CHANGED,
+        ("fingerprint", pa.string()),
+        ("rule", pa.string()),
+        ("series_key", pa.string()),
+        ("severity", pa.string()),
+        ("labels", pa.string()),
+        ("annotations", pa.string()),
+        ("starts_at", _TS),
+        ("fired_at", _TS),
+    ]
+)
+_TRANSITION_TYPES = (
+    pa.int64(),
+    pa.string(),
+    _TS,
+    pa.string(),
+    pa.string(),
+    pa.string(),
+    pa.float64(),
+)
 
 
 class NotFoundError(LookupError):
@@ -121,8 +164,9 @@ def decode_cursor(cursor: str) -> int:
             raise ValueError
         return int(value)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"invalid cursor {cursor!r}: pass next_cursor from a previous "
-                         "page unchanged") from exc
+        raise ValueError(
+            f"invalid cursor {cursor!r}: pass next_cursor from a previous page unchanged"
+        ) from exc
 
 
 def alert_row(row: tuple) -> dict[str, Any]:
@@ -172,32 +216,57 @@ class AlertDb:
     def next_ids(self, cur: duckdb.DuckDBPyConnection, n: int) -> list[int]:
         if n == 0:
             return []
-        return [r[0] for r in cur.execute(
-            "SELECT nextval('alert_id_seq') FROM range(?)", [n]).fetchall()]
+        return [
+            r[0]
+            for r in cur.execute("SELECT nextval('alert_id_seq') FROM range(?)", [n]).fetchall()
+        ]
 
     # -- engine side --------------------------------------------------------------------
 
-    def write_changes(self, cur: duckdb.DuckDBPyConnection, new: list[dict[str, Any]],
-                      changed: list[dict[str, Any]], transitions: list[tuple]) -> None:
+    def write_changes(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        new: list[dict[str, Any]],
+        changed: list[dict[str, Any]],
+        transitions: list[tuple],
+    ) -> None:
         """Inside the engine's transaction: new alert rows, updated rows, transitions, as
         Arrow batches (a collector going silent can fire thousands of alerts at once)."""
         if new:
             cur.register("new_alerts", pa.Table.from_pylist(new, schema=_NEW))
-            cur.execute("INSERT INTO alerts (" + ", ".join(_NEW.names) + ") SELECT "
-                        + ", ".join(_NEW.names) + " FROM new_alerts")
+            cur.execute(
+                "INSERT INTO alerts ("
+                + ", ".join(_NEW.names)
+                + ") SELECT "
+                + ", ".join(_NEW.names)
+                + " FROM new_alerts"
+            )
             cur.unregister("new_alerts")
         if changed:
             cur.register("changed_alerts", pa.Table.from_pylist(changed, schema=_CHANGED))
-            cur.execute("UPDATE alerts SET " + ", ".join(
-                f"{c} = u.{c}" for c in _CHANGED.names if c != "id")
-                + " FROM changed_alerts u WHERE alerts.id = u.id")
+            cur.execute(
+                "UPDATE alerts SET "
+                + ", ".join(f"{c} = u.{c}" for c in _CHANGED.names if c != "id")
+                + " FROM changed_alerts u WHERE alerts.id = u.id"
+            )
             cur.unregister("changed_alerts")
         if transitions:
             cols = list(zip(*transitions, strict=True))
-            cur.register("new_transitions", pa.table(
-                [pa.array(c, t) for c, t in zip(cols, _TRANSITION_TYPES, strict=True)],
-                names=["alert_id", "fingerprint", "occurred_at", "transition", "actor",
-                       "comment", "value"]))
+            cur.register(
+                "new_transitions",
+                pa.table(
+                    [pa.array(c, t) for c, t in zip(cols, _TRANSITION_TYPES, strict=True)],
+                    names=[
+                        "alert_id",
+                        "fingerprint",
+                        "occurred_at",
+                        "transition",
+                        "actor",
+                        "comment",
+                        "value",
+                    ],
+                ),
+            )
             cur.execute("INSERT INTO alert_transitions SELECT * FROM new_transitions")
             cur.unregister("new_transitions")
 
@@ -207,9 +276,15 @@ class AlertDb:
 
     def state_changes_since(self, since: datetime) -> dict[str, list[datetime]]:
         """fingerprint -> times it fired or resolved, for flap detection after a restart."""
-        rows = self.cur().execute(
-            "SELECT fingerprint, occurred_at FROM alert_transitions WHERE occurred_at >= ? "
-            "AND transition IN ('fired', 'resolved') ORDER BY occurred_at", [since]).fetchall()
+        rows = (
+            self.cur()
+            .execute(
+                "SELECT fingerprint, occurred_at FROM alert_transitions WHERE occurred_at >= ? "
+                "AND transition IN ('fired', 'resolved') ORDER BY occurred_at",
+                [since],
+            )
+            .fetchall()
+        )
         out: dict[str, list[datetime]] = {}
         for fp, at in rows:
             out.setdefault(fp, []).append(at)
@@ -224,37 +299,55 @@ class AlertDb:
                 raise NotFoundError(f"no alert with id {alert_id}")
             alert = alert_row(row)
             if alert["acked_by"] is not None:
-                raise ConflictError(f"alert {alert_id} was already acknowledged by "
-                               f"{alert['acked_by']} at {alert['acked_at']:%Y-%m-%dT%H:%M:%SZ}")
-            cur.execute("UPDATE alerts SET acked_by = ?, acked_at = ?, ack_comment = ?, "
-                        "updated_at = ? WHERE id = ?", [by, now, comment, now, alert_id])
-            cur.execute("INSERT INTO alert_transitions VALUES (?, ?, ?, 'acknowledged', ?, ?, "
-                        "?)", [alert_id, alert["fingerprint"], now, by, comment,
-                               alert["value"]])
+                raise ConflictError(
+                    f"alert {alert_id} was already acknowledged by "
+                    f"{alert['acked_by']} at {alert['acked_at']:%Y-%m-%dT%H:%M:%SZ}"
+                )
+            cur.execute(
+                "UPDATE alerts SET acked_by = ?, acked_at = ?, ack_comment = ?, "
+                "updated_at = ? WHERE id = ?",
+                [by, now, comment, now, alert_id],
+            )
+            cur.execute(
+                "INSERT INTO alert_transitions VALUES (?, ?, ?, 'acknowledged', ?, ?, ?)",
+                [alert_id, alert["fingerprint"], now, by, comment, alert["value"]],
+            )
         alert.update(acked_by=by, acked_at=now, ack_comment=comment, updated_at=now)
         return alert
 
     # -- silences -----------------------------------------------------------------------
 
-    def create_silence(self, matchers: list[Matcher], starts_at: datetime, ends_at: datetime,
-                       created_by: str, comment: str, now: datetime) -> dict[str, Any]:
+    def create_silence(
+        self,
+        matchers: list[Matcher],
+        starts_at: datetime,
+        ends_at: datetime,
+        created_by: str,
+        comment: str,
+        now: datetime,
+    ) -> dict[str, Any]:
         sid = str(uuid.uuid4())
         doc = orjson.dumps([m.to_api() for m in matchers]).decode()
         with self.transaction() as cur:
-            cur.execute("INSERT INTO silences VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
-                        [sid, doc, starts_at, ends_at, created_by, comment, now])
+            cur.execute(
+                "INSERT INTO silences VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                [sid, doc, starts_at, ends_at, created_by, comment, now],
+            )
         return self.get_silence(sid, now)
 
     def expire_silence(self, sid: str, now: datetime) -> dict[str, Any]:
         with self.transaction() as cur:
-            row = cur.execute("SELECT ends_at, expired_at FROM silences WHERE id = ?",
-                              [sid]).fetchone()
+            row = cur.execute(
+                "SELECT ends_at, expired_at FROM silences WHERE id = ?", [sid]
+            ).fetchone()
             if row is None:
                 raise NotFoundError(f"no silence with id {sid!r}")
             if row[1] is not None or row[0] <= now:
                 raise ConflictError(f"silence {sid} has already expired")
-            cur.execute("UPDATE silences SET expired_at = ?, ends_at = least(ends_at, ?) "
-                        "WHERE id = ?", [now, now, sid])
+            cur.execute(
+                "UPDATE silences SET expired_at = ?, ends_at = least(ends_at, ?) WHERE id = ?",
+                [now, now, sid],
+            )
         return self.get_silence(sid, now)
 
     def get_silence(self, sid: str, now: datetime) -> dict[str, Any]:
@@ -268,22 +361,46 @@ class AlertDb:
         return [r for r in rows if state is None or r["state"] == state]
 
     def _silences(self, tail: str, params: list, now: datetime) -> list[dict[str, Any]]:
-        rows = self.cur().execute(
-            "SELECT id, matchers, starts_at, ends_at, created_by, comment, created_at, "
-            f"expired_at FROM silences {tail}", params).fetchall()
+        rows = (
+            self.cur()
+            .execute(
+                "SELECT id, matchers, starts_at, ends_at, created_by, comment, created_at, "
+                f"expired_at FROM silences {tail}",
+                params,
+            )
+            .fetchall()
+        )
         out = []
         for sid, matchers, starts, ends, by, comment, created, expired in rows:
-            state = "expired" if (expired is not None or ends <= now) else (
-                "pending" if starts > now else "active")
-            out.append({"id": sid, "matchers": orjson.loads(matchers), "starts_at": starts,
-                        "ends_at": ends, "created_by": by, "comment": comment,
-                        "created_at": created, "state": state})
+            state = (
+                "expired"
+                if (expired is not None or ends <= now)
+                else ("pending" if starts > now else "active")
+            )
+            out.append(
+                {
+                    "id": sid,
+                    "matchers": orjson.loads(matchers),
+                    "starts_at": starts,
+                    "ends_at": ends,
+                    "created_by": by,
+                    "comment": comment,
+                    "created_at": created,
+                    "state": state,
+                }
+            )
         return out
 
     def active_silences(self, now: datetime) -> list[tuple[str, list[Matcher]]]:
-        rows = self.cur().execute(
-            "SELECT id, matchers FROM silences WHERE expired_at IS NULL AND starts_at <= ? "
-            "AND ends_at > ?", [now, now]).fetchall()
+        rows = (
+            self.cur()
+            .execute(
+                "SELECT id, matchers FROM silences WHERE expired_at IS NULL AND starts_at <= ? "
+                "AND ends_at > ?",
+                [now, now],
+            )
+            .fetchall()
+        )
         return [(sid, [Matcher.parse(m) for m in orjson.loads(doc)]) for sid, doc in rows]
 
     # -- queries ------------------------------------------------------------------------
@@ -295,14 +412,21 @@ class AlertDb:
         return alert_row(row)
 
     def transitions(self, alert_id: int) -> list[dict[str, Any]]:
-        rows = self.cur().execute(
-            "SELECT occurred_at, transition, actor, comment, value FROM alert_transitions "
-            "WHERE alert_id = ? ORDER BY occurred_at, rowid", [alert_id]).fetchall()
+        rows = (
+            self.cur()
+            .execute(
+                "SELECT occurred_at, transition, actor, comment, value FROM alert_transitions "
+                "WHERE alert_id = ? ORDER BY occurred_at, rowid",
+                [alert_id],
+            )
+            .fetchall()
+        )
         names = ("occurred_at", "transition", "actor", "comment", "value")
         return [dict(zip(names, r, strict=True)) for r in rows]
 
-    def list_alerts(self, f: AlertFilter, limit: int, cursor: str | None
-                    ) -> tuple[list[dict[str, Any]], str | None]:
+    def list_alerts(
+        self, f: AlertFilter, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """Newest first; keyset pagination on id so pages stay stable as alerts arrive."""
         where, params = ["true"], []
         for column, value in (("status", f.status), ("severity", f.severity)):
@@ -330,9 +454,14 @@ class AlertDb:
         if cursor is not None:
             where.append("id < ?")
             params.append(decode_cursor(cursor))
-        rows = self.cur().execute(
-            _SELECT + " WHERE " + " AND ".join(where) + " ORDER BY id DESC LIMIT ?",
-            [*params, limit + 1]).fetchall()
+        rows = (
+            self.cur()
+            .execute(
+                _SELECT + " WHERE " + " AND ".join(where) + " ORDER BY id DESC LIMIT ?",
+                [*params, limit + 1],
+            )
+            .fetchall()
+        )
         items = [alert_row(r) for r in rows[:limit]]
         nxt = encode_cursor(items[-1]["id"]) if len(rows) > limit else None
         return items, nxt

@@ -77,63 +77,103 @@ class Outbox:
         self.db = db
         db.cur().execute(SCHEMA)
 
-    def enqueue(self, cur: duckdb.DuckDBPyConnection, receiver: str, group_key: str,
-                payload: dict, now: datetime) -> str:
+    def enqueue(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        receiver: str,
+        group_key: str,
+        payload: dict,
+        now: datetime,
+    ) -> str:
         """Call inside the transaction that stores the state change."""
         key = uuid.uuid4().hex
-        cur.execute("INSERT INTO alert_outbox (id, receiver, group_key, idempotency_key, "
-                    "payload, created_at, status, next_attempt_at) VALUES "
-                    "(nextval('alert_outbox_seq'), ?, ?, ?, ?, ?, 'pending', ?)",
-                    [receiver, group_key, key, orjson.dumps(payload).decode(), now, now])
+        cur.execute(
+            "INSERT INTO alert_outbox (id, receiver, group_key, idempotency_key, "
+            "payload, created_at, status, next_attempt_at) VALUES "
+            "(nextval('alert_outbox_seq'), ?, ?, ?, ?, ?, 'pending', ?)",
+            [receiver, group_key, key, orjson.dumps(payload).decode(), now, now],
+        )
         return key
 
     def due(self, now: datetime, limit: int = 100) -> list[Entry]:
         """The oldest pending entry of each (receiver, group) chain, if its time has come."""
-        rows = self.db.cur().execute("""
+        rows = (
+            self.db.cur()
+            .execute(
+                """
             SELECT id, receiver, group_key, idempotency_key, payload, created_at, attempts
             FROM (SELECT *, row_number() OVER (PARTITION BY receiver, group_key ORDER BY id)
                   AS rn FROM alert_outbox WHERE status = 'pending')
             WHERE rn = 1 AND next_attempt_at <= ? ORDER BY id LIMIT ?""",
-                                     [now, limit]).fetchall()
+                [now, limit],
+            )
+            .fetchall()
+        )
         return [Entry(*r) for r in rows]
 
     def next_due_at(self) -> datetime | None:
-        return self.db.cur().execute("SELECT min(next_attempt_at) FROM alert_outbox WHERE "
-                                     "status = 'pending'").fetchone()[0]
+        return (
+            self.db.cur()
+            .execute("SELECT min(next_attempt_at) FROM alert_outbox WHERE status = 'pending'")
+            .fetchone()[0]
+        )
 
     def has_pending(self, receiver: str) -> bool:
-        return bool(self.db.cur().execute(
-            "SELECT count(*) FROM alert_outbox WHERE receiver = ? AND status = 'pending'",
-            [receiver]).fetchone()[0])
+        return bool(
+            self.db.cur()
+            .execute(
+                "SELECT count(*) FROM alert_outbox WHERE receiver = ? AND status = 'pending'",
+                [receiver],
+            )
+            .fetchone()[0]
+        )
 
     def _update(self, sql: str, params: list) -> None:
         with self.db.transaction() as cur:
             cur.execute(sql, params)
 
     def mark_delivered(self, entry: Entry, now: datetime) -> None:
-        self._update("UPDATE alert_outbox SET status = 'delivered', delivered_at = ?, "
-                     "attempts = attempts + 1, last_error = NULL WHERE id = ?", [now, entry.id])
+        self._update(
+            "UPDATE alert_outbox SET status = 'delivered', delivered_at = ?, "
+            "attempts = attempts + 1, last_error = NULL WHERE id = ?",
+            [now, entry.id],
+        )
 
     def mark_retry(self, entry: Entry, next_at: datetime, error: str) -> None:
-        self._update("UPDATE alert_outbox SET attempts = attempts + 1, next_attempt_at = ?, "
-                     "last_error = ? WHERE id = ?", [next_at, error[:1000], entry.id])
+        self._update(
+            "UPDATE alert_outbox SET attempts = attempts + 1, next_attempt_at = ?, "
+            "last_error = ? WHERE id = ?",
+            [next_at, error[:1000], entry.id],
+        )
 
     def mark_failed(self, entry: Entry, error: str) -> None:
-        self._update("UPDATE alert_outbox SET status = 'failed', attempts = attempts + 1, "
-                     "last_error = ? WHERE id = ?", [error[:1000], entry.id])
+        self._update(
+            "UPDATE alert_outbox SET status = 'failed', attempts = attempts + 1, "
+            "last_error = ? WHERE id = ?",
+            [error[:1000], entry.id],
+        )
 
     def prune(self, now: datetime) -> None:
-        self._update("DELETE FROM alert_outbox WHERE status = 'delivered' AND delivered_at < ?",
-                     [now - KEEP_DELIVERED])
+        self._update(
+            "DELETE FROM alert_outbox WHERE status = 'delivered' AND delivered_at < ?",
+            [now - KEEP_DELIVERED],
+        )
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        rows = self.db.cur().execute(
-            "SELECT receiver, count(*) FILTER (status = 'pending'), count(*) FILTER "
-            "(status = 'delivered'), count(*) FILTER (status = 'failed'), max(delivered_at), "
-            "arg_max(last_error, id) FILTER (last_error IS NOT NULL) FROM alert_outbox "
-            "GROUP BY 1").fetchall()
-        return {r: {"pending": p, "delivered": d, "failed": f, "last_delivered_at": t,
-                    "last_error": e} for r, p, d, f, t, e in rows}
+        rows = (
+            self.db.cur()
+            .execute(
+                "SELECT receiver, count(*) FILTER (status = 'pending'), count(*) FILTER "
+                "(status = 'delivered'), count(*) FILTER (status = 'failed'), max(delivered_at), "
+                "arg_max(last_error, id) FILTER (last_error IS NOT NULL) FROM alert_outbox "
+                "GROUP BY 1"
+            )
+            .fetchall()
+        )
+        return {
+            r: {"pending": p, "delivered": d, "failed": f, "last_delivered_at": t, "last_error": e}
+            for r, p, d, f, t, e in rows
+        }
 
 
 def backoff_s(receiver: Receiver, attempts: int) -> float:
@@ -145,8 +185,9 @@ def backoff_s(receiver: Receiver, attempts: int) -> float:
 class Deliverer:
     """Sends due outbox entries. One pass: `deliver_due`; forever: `run`."""
 
-    def __init__(self, outbox: Outbox, receivers: list[Receiver],
-                 kafka_bootstrap: str | None = None) -> None:
+    def __init__(
+        self, outbox: Outbox, receivers: list[Receiver], kafka_bootstrap: str | None = None
+    ) -> None:
         self.outbox = outbox
         self.receivers = {r.name: r for r in receivers}
         self.kafka_bootstrap = kafka_bootstrap
@@ -172,8 +213,12 @@ class Deliverer:
             except DeliveryError as exc:
                 age_s = (utcnow() - entry.created_at).total_seconds()
                 if not exc.retryable or age_s > receiver.give_up_after:
-                    log.error("notification %s to %s failed for good: %s",
-                              entry.idempotency_key, entry.receiver, exc)
+                    log.error(
+                        "notification %s to %s failed for good: %s",
+                        entry.idempotency_key,
+                        entry.receiver,
+                        exc,
+                    )
                     self.outbox.mark_failed(entry, str(exc))
                 else:
                     delay = backoff_s(receiver, entry.attempts + 1)
@@ -192,16 +237,19 @@ class Deliverer:
             return
         try:
             if isinstance(receiver, AlertmanagerReceiver):
-                alerts = alertmanager.postable(orjson.loads(body), utcnow(),
-                                               receiver.resend_interval)
+                alerts = alertmanager.postable(
+                    orjson.loads(body), utcnow(), receiver.resend_interval
+                )
                 resp = alertmanager.push(self.client, receiver.url, alerts, receiver.timeout)
             else:
                 assert isinstance(receiver, WebhookReceiver)
-                secret = receiver.secret.get_secret_value().encode() if receiver.secret \
-                    else None
-                resp = self.client.post(receiver.url, content=body, timeout=receiver.timeout,
-                                        headers=signed_headers(secret, body,
-                                                               entry.idempotency_key))
+                secret = receiver.secret.get_secret_value().encode() if receiver.secret else None
+                resp = self.client.post(
+                    receiver.url,
+                    content=body,
+                    timeout=receiver.timeout,
+                    headers=signed_headers(secret, body, entry.idempotency_key),
+                )
         except httpx.HTTPError as exc:  # refused, timed out, reset: the receiver is down
             raise DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True) from exc
         if resp.is_success:
@@ -210,7 +258,7 @@ class Deliverer:
         raise DeliveryError(f"HTTP {resp.status_code}: {resp.text[:200]}", retryable)
 
     def _send_kafka(self, receiver: KafkaReceiver, entry: Entry, body: bytes) -> None:
-        from ingest.kafka import make_producer
+        from domain.topics import make_producer
 
         bootstrap = receiver.bootstrap or self.kafka_bootstrap
         if not bootstrap:
@@ -218,11 +266,15 @@ class Deliverer:
         try:
             producer = self._producers.get(bootstrap)
             if producer is None:
-                producer = self._producers[bootstrap] = make_producer(bootstrap, "zstd",
-                                                                      linger_ms=0)
-            producer.send(receiver.topic, key=entry.group_key.encode(), value=body,
-                          headers=[(IDEMPOTENCY_HEADER, entry.idempotency_key.encode())]
-                          ).get(timeout=receiver.timeout)
+                producer = self._producers[bootstrap] = make_producer(
+                    bootstrap, "zstd", linger_ms=0
+                )
+            producer.send(
+                receiver.topic,
+                key=entry.group_key.encode(),
+                value=body,
+                headers=[(IDEMPOTENCY_HEADER, entry.idempotency_key.encode())],
+            ).get(timeout=receiver.timeout)
         except KafkaError as exc:
             raise DeliveryError(f"Kafka: {exc}", retryable=True) from exc
 

@@ -11,12 +11,11 @@ from datetime import UTC, datetime, timedelta
 from twin.alerts.context import Providers
 
 
-def twin_providers(twin, max_tick_age_s: float | None = None,
-                   failure_risk=None) -> Providers:
+def twin_providers(twin, max_tick_age_s: float | None = None, failure_risk=None) -> Providers:
     """`twin` is a twin.state.Twin. A tick older than `max_tick_age_s` (default three
     tick intervals) gives no heat-balance values, so its alerts are left as they are.
-    `failure_risk` is the server's twin.failure.live.LiveRisk (None: no risk rules)."""
-    max_age_s = max_tick_age_s or 3 * twin.config.tick_interval_s
+    `failure_risk` is the server's twin.failure.service.FailureRiskService (None: no risk rules)."""
+    max_age_s = max_tick_age_s or 3 * twin.twin_config.tick_interval_s
 
     def heat_balance_residual(now: datetime) -> Mapping[str, float]:
         last = twin.last
@@ -26,22 +25,29 @@ def twin_providers(twin, max_tick_age_s: float | None = None,
         if now_ms - last.time_ms > max_age_s * 1000:
             return {}
         hb = last.heat_balance
-        return {i: float(pct) / 100.0 for i, level, pct, stale in zip(
-                    hb.ids, hb.levels, hb.residual_pct, hb.stale_inputs, strict=True)
-                if level == "cdu" and math.isfinite(pct) and not stale}
+        return {
+            i: float(pct) / 100.0
+            for i, level, pct, stale in zip(
+                hb.ids, hb.levels, hb.residual_pct, hb.stale_inputs, strict=True
+            )
+            if level == "cdu" and math.isfinite(pct) and not stale
+        }
 
-    lag = timedelta(seconds=2 * twin.config.telemetry_interval_s)
+    lag = timedelta(seconds=2 * twin.twin_config.telemetry_interval_s)
 
     def pue_interval(start: datetime, end: datetime) -> float | None:
         # both intervals shifted back a little, so the newest readings are in
         return twin.pue_interval("site", start - lag, end - lag).overall.value
 
-    from twin.anomaly.live import anomaly_provider  # issue 7: calibrated anomaly scores
+    from twin.anomaly.service import anomaly_provider  # issue 7: calibrated anomaly scores
 
-    def failure_risk_now(now: datetime) -> Mapping[str, float]:  # noqa: ARG001 - per tick
+    def failure_risk_now(now: datetime) -> Mapping[str, float]:
         # the table its own thread rescores once per tick; empty without an approved model
         return {d: float(r["risk"]) for d, r in failure_risk.by_device.items()}
 
-    return Providers(heat_balance_residual=heat_balance_residual, pue_interval=pue_interval,
-                     anomaly_score=anomaly_provider(twin.site, twin.store),
-                     failure_risk=failure_risk_now if failure_risk is not None else None)
+    return Providers(
+        heat_balance_residual=heat_balance_residual,
+        pue_interval=pue_interval,
+        anomaly_score=anomaly_provider(twin.site, twin.store),
+        failure_risk=failure_risk_now if failure_risk is not None else None,
+    )

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from twin.alerts.config import (
+from twin.alerts.yaml_files import (
     LABEL_NAME,
     ConfigError,
     Duration,
@@ -94,8 +94,9 @@ class WebhookReceiver(_Receiver):
         if self.secret_env:
             value = os.environ.get(self.secret_env)
             if not value:
-                raise ValueError(f"secret_env: environment variable {self.secret_env} is not "
-                                 "set or empty")
+                raise ValueError(
+                    f"secret_env: environment variable {self.secret_env} is not set or empty"
+                )
             self.secret = SecretStr(value)
         return self
 
@@ -123,8 +124,9 @@ class KafkaReceiver(_Receiver):
     max_alerts: int = 0
 
 
-Receiver = Annotated[WebhookReceiver | AlertmanagerReceiver | KafkaReceiver,
-                     Field(discriminator="type")]
+Receiver = Annotated[
+    WebhookReceiver | AlertmanagerReceiver | KafkaReceiver, Field(discriminator="type")
+]
 _RECEIVERS = TypeAdapter(list[Receiver])
 
 
@@ -138,20 +140,27 @@ def redact_url(url: str) -> str:
     return f"{p.scheme}://{host}{tail}"
 
 
-def parse_receivers(raw: list[dict], source: str, lines: dict,
-                    prefix: tuple = ("receivers",)) -> list[Receiver]:
+def parse_receivers(
+    raw: list[dict], source: str, lines: dict, prefix: tuple = ("receivers",)
+) -> list[Receiver]:
     try:
         receivers = _RECEIVERS.validate_python(raw)
     except ValidationError as exc:
-        shifted = {k[len(prefix):]: v for k, v in lines.items() if k[:len(prefix)] == prefix}
+        shifted = {k[len(prefix) :]: v for k, v in lines.items() if k[: len(prefix)] == prefix}
         err = validation_error(exc, source, shifted)
-        raise ConfigError(source, err.line, f"receivers{err.message}"
-                          if err.message.startswith("[") else err.message) from exc
+        raise ConfigError(
+            source,
+            err.line,
+            f"receivers{err.message}" if err.message.startswith("[") else err.message,
+        ) from exc
     names: set[str] = set()
     for i, r in enumerate(receivers):
         if r.name in names:
-            raise ConfigError(source, lines.get((*prefix, i, "name")),
-                              f"receivers[{i}].name: duplicate receiver {r.name!r}")
+            raise ConfigError(
+                source,
+                lines.get((*prefix, i, "name")),
+                f"receivers[{i}].name: duplicate receiver {r.name!r}",
+            )
         names.add(r.name)
     return receivers
 

@@ -22,8 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-from ingest.contract import METRICS, EventKind
-from twin.alerts.config import (
+from domain.contract import METRICS, EventKind
+from twin.alerts.yaml_files import (
     LABEL_NAME,
     ConfigError,
     Duration,
@@ -39,10 +39,8 @@ CRITICAL_XIDS = (48, 63, 64, 74, 79, 92, 94, 95)
 ALL_METRICS = {m for per_kind in METRICS.values() for m in per_kind}
 RESERVED_LABELS = {"alertname", "severity"}
 # labels the topology attaches (see grouping.py) and rules may aggregate `by`
-TOPOLOGY_LABELS = ("site", "hall", "row", "rack", "node", "cdu", "pdu", "device_id",
-                   "device_class")
-OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", ">": ">", ">=": ">=", "<": "<",
-       "<=": "<="}
+TOPOLOGY_LABELS = ("site", "hall", "row", "rack", "node", "cdu", "pdu", "device_id", "device_class")
+OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", ">": ">", ">=": ">=", "<": "<", "<=": "<="}
 
 Op = Annotated[Literal[">", ">=", "<", "<="], Field(description="comparison")]
 
@@ -78,13 +76,18 @@ class Annotations(BaseModel):
                 raise ValueError(f"annotation {key!r} must be a string")
             _template_ok(value)
         if self.runbook_url and not self.runbook_url.startswith(
-                ("http://", "https://", "{runbook_base}")):
+            ("http://", "https://", "{runbook_base}")
+        ):
             raise ValueError(f"runbook_url must be an http(s) URL, got {self.runbook_url!r}")
         return self
 
     def as_dict(self) -> dict[str, str]:
-        out = {"summary": self.summary, "description": self.description,
-               "runbook_url": self.runbook_url, **(self.model_extra or {})}
+        out = {
+            "summary": self.summary,
+            "description": self.description,
+            "runbook_url": self.runbook_url,
+            **(self.model_extra or {}),
+        }
         return {k: v for k, v in out.items() if v != ""}
 
 
@@ -121,7 +124,9 @@ def glob_regex(glob: str) -> str:
             out.append(".*")
         elif c == "?":
             out.append(".")
-        elif c == "[" and (end := glob.find("]", i + 1 if glob[i:i + 1] in ("!", "]") else i)) > 0:
+        elif (
+            c == "[" and (end := glob.find("]", i + 1 if glob[i : i + 1] in ("!", "]") else i)) > 0
+        ):
             body = glob[i:end]
             i = end + 1
             neg = body.startswith("!")
@@ -140,8 +145,9 @@ class RuleBase(_Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: Annotations
     for_s: Duration = Field(0.0, alias="for", description="condition must hold this long")
-    by: list[str] | None = Field(None, description="aggregate devices into one alert per "
-                                                   "value of these topology labels")
+    by: list[str] | None = Field(
+        None, description="aggregate devices into one alert per value of these topology labels"
+    )
     every: Duration = Field(0.0, description="evaluate at most this often (0: every tick)")
     enabled: bool = True
 
@@ -152,8 +158,7 @@ class RuleBase(_Strict):
             if not LABEL_NAME.match(k):
                 raise ValueError(f"invalid label name {k!r}")
             if k in RESERVED_LABELS:
-                raise ValueError(f"label {k!r} is set by the engine; use the rule's name/"
-                                 "severity")
+                raise ValueError(f"label {k!r} is set by the engine; use the rule's name/severity")
         return v
 
     @field_validator("by")
@@ -168,8 +173,11 @@ class RuleBase(_Strict):
 def _metric_known(metric: str) -> str:
     if metric not in ALL_METRICS:
         close = difflib.get_close_matches(metric, sorted(ALL_METRICS), n=4)
-        raise ValueError(f"unknown metric {metric!r} (see ingest/contract.py METRICS"
-                         + (f"; similar: {close}" if close else "") + ")")
+        raise ValueError(
+            f"unknown metric {metric!r} (see domain/contract.py METRICS"
+            + (f"; similar: {close}" if close else "")
+            + ")"
+        )
     return metric
 
 
@@ -193,11 +201,14 @@ class ConditionRule(RuleBase):
     def _clear_side(self) -> ConditionRule:
         if self.clear is not None:
             if self.op in (">", ">=") and self.clear > self.value:
-                raise ValueError(f"clear ({self.clear}) must be <= value ({self.value}) for "
-                                 f"op {self.op!r}: it is where a firing alert resolves")
+                raise ValueError(
+                    f"clear ({self.clear}) must be <= value ({self.value}) for "
+                    f"op {self.op!r}: it is where a firing alert resolves"
+                )
             if self.op in ("<", "<=") and self.clear < self.value:
-                raise ValueError(f"clear ({self.clear}) must be >= value ({self.value}) for "
-                                 f"op {self.op!r}")
+                raise ValueError(
+                    f"clear ({self.clear}) must be >= value ({self.value}) for op {self.op!r}"
+                )
         return self
 
     @property
@@ -240,7 +251,8 @@ class EventRule(RuleBase):
     events: list[EventKind] = Field(min_length=1)
     select: Selector = Field(default_factory=Selector)
     where: dict[str, list[str | int | float | bool]] = Field(
-        default_factory=dict, description="attrs filter: attr -> accepted values")
+        default_factory=dict, description="attrs filter: attr -> accepted values"
+    )
     resolve_after: Duration = Field(900.0, gt=0)
 
 
@@ -315,13 +327,26 @@ class PueRegressionRule(RuleBase):
 
 
 Rule = Annotated[
-    ThresholdRule | RateRule | AbsenceRule | EventRule | LeakRule | XidRule | PumpFailedRule
-    | PsuFailedRule | AnomalyScoreRule | FailureRiskRule | HeatBalanceRule
+    ThresholdRule
+    | RateRule
+    | AbsenceRule
+    | EventRule
+    | LeakRule
+    | XidRule
+    | PumpFailedRule
+    | PsuFailedRule
+    | AnomalyScoreRule
+    | FailureRiskRule
+    | HeatBalanceRule
     | PueRegressionRule,
     Field(discriminator="kind"),
 ]
-PROVIDER_OF = {"anomaly_score": "anomaly_score", "failure_risk": "failure_risk",
-               "heat_balance": "heat_balance_residual", "pue_regression": "pue_interval"}
+PROVIDER_OF = {
+    "anomaly_score": "anomaly_score",
+    "failure_risk": "failure_risk",
+    "heat_balance": "heat_balance_residual",
+    "pue_regression": "pue_interval",
+}
 
 
 class InhibitRule(_Strict):
@@ -344,8 +369,9 @@ class FlapSettings(_Strict):
 
 class EngineSettings(_Strict):
     flapping: FlapSettings = Field(default_factory=FlapSettings)
-    runbook_base: str = Field("https://runbooks.example.invalid/dctwin",
-                              description="fills {runbook_base} in annotations")
+    runbook_base: str = Field(
+        "https://runbooks.example.invalid/dctwin", description="fills {runbook_base} in annotations"
+    )
 
 
 class RulesFile(_Strict):
@@ -370,9 +396,12 @@ def parse_rules(text: str, source: str = "<rules>") -> tuple[RulesFile, dict]:
     first: dict[str, int] = {}
     for i, rule in enumerate(model.rules):  # names are alertnames: they must be unique
         if rule.name in first:
-            raise ConfigError(source, lines.get(("rules", i, "name")),
-                              f"rules[{i}].name: duplicate rule name {rule.name!r} (first "
-                              f"as rules[{first[rule.name]}])")
+            raise ConfigError(
+                source,
+                lines.get(("rules", i, "name")),
+                f"rules[{i}].name: duplicate rule name {rule.name!r} (first "
+                f"as rules[{first[rule.name]}])",
+            )
         first[rule.name] = i
     return model, lines
 

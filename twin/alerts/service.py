@@ -14,9 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ingest.site import Site
+from domain.site import Site
 from ingest.store import Store
-from twin.alerts.config import ConfigError
 from twin.alerts.context import Providers
 from twin.alerts.engine import AlertEngine, Tick
 from twin.alerts.grouping import site_topology
@@ -24,12 +23,14 @@ from twin.alerts.lifecycle import AlertDb
 from twin.alerts.outbox import Deliverer, Outbox, utcnow
 from twin.alerts.receivers import KafkaReceiver, Receiver, load_receivers, parse_receivers
 from twin.alerts.rules import RulesFile, load_rules, parse_rules
+from twin.alerts.yaml_files import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-def load_config(rules_file: Path | None = None, receivers_file: Path | None = None,
-                alerts_topic: str = "") -> tuple[RulesFile, list[Receiver]]:
+def load_config(
+    rules_file: Path | None = None, receivers_file: Path | None = None, alerts_topic: str = ""
+) -> tuple[RulesFile, list[Receiver]]:
     """Rules (packaged defaults when None), receivers from the rules file and the receivers
     file, plus a Kafka receiver on `alerts_topic` when it is set. ConfigError names the
     file and line."""
@@ -41,14 +42,16 @@ def load_config(rules_file: Path | None = None, receivers_file: Path | None = No
         receivers = parse_receivers(rules.receivers, str(rules_file), lines)
     if receivers_file is not None:
         receivers += load_receivers(receivers_file)
-    if alerts_topic and not any(isinstance(r, KafkaReceiver) and r.topic == alerts_topic
-                                for r in receivers):
+    if alerts_topic and not any(
+        isinstance(r, KafkaReceiver) and r.topic == alerts_topic for r in receivers
+    ):
         receivers.append(KafkaReceiver(name="kafka-alerts", type="kafka", topic=alerts_topic))
     names = [r.name for r in receivers]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ConfigError(str(receivers_file or rules_file), None,
-                          f"receivers defined twice: {dupes}")
+        raise ConfigError(
+            str(receivers_file or rules_file), None, f"receivers defined twice: {dupes}"
+        )
     return rules, receivers
 
 
@@ -60,17 +63,26 @@ def _read(path: Path, what: str) -> str:
 
 
 class AlertService:
-    def __init__(self, store: Store, site: Site, rules: RulesFile, receivers: list[Receiver],
-                 providers: Providers | None = None, external_url: str = "",
-                 kafka_bootstrap: str | None = None, interval_s: float = 1.0,
-                 min_interval_s: float = 0.1) -> None:
+    def __init__(
+        self,
+        store: Store,
+        site: Site,
+        rules: RulesFile,
+        receivers: list[Receiver],
+        providers: Providers | None = None,
+        external_url: str = "",
+        kafka_bootstrap: str | None = None,
+        interval_s: float = 1.0,
+        min_interval_s: float = 0.1,
+    ) -> None:
         self.db = AlertDb(store)
         self.outbox = Outbox(self.db)
         self.rules = rules
         self.receivers = receivers
         self.topology = site_topology(site)
-        self.engine = AlertEngine(self.db, rules, self.topology, receivers, self.outbox,
-                                  providers, external_url)
+        self.engine = AlertEngine(
+            self.db, rules, self.topology, receivers, self.outbox, providers, external_url
+        )
         self.deliverer = Deliverer(self.outbox, receivers, kafka_bootstrap)
         self.interval_s = interval_s
         self.min_interval_s = min_interval_s
@@ -114,8 +126,10 @@ class AlertService:
                 self._stop.wait(rest)
 
     def start(self) -> AlertService:
-        for name, target in (("alerts-eval", self._eval_loop),
-                             ("alerts-delivery", self.deliverer.run)):
+        for name, target in (
+            ("alerts-eval", self._eval_loop),
+            ("alerts-delivery", self.deliverer.run),
+        ):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -145,8 +159,15 @@ class AlertService:
             doc = rule.model_dump(mode="json", by_alias=True, exclude_none=True)
             doc["annotations"] = rule.annotations.as_dict()
             doc["state"] = {
-                "health": "disabled" if not rule.enabled else "error" if st.error else
-                "inactive" if st.inactive else "ok" if st.last_evaluated else "unknown",
+                "health": "disabled"
+                if not rule.enabled
+                else "error"
+                if st.error
+                else "inactive"
+                if st.inactive
+                else "ok"
+                if st.last_evaluated
+                else "unknown",
                 "reason": st.error or st.inactive,
                 "last_evaluated": st.last_evaluated,
                 "duration_ms": round(st.duration_ms, 3),
@@ -158,11 +179,19 @@ class AlertService:
 
     def receivers_view(self) -> list[dict[str, Any]]:
         stats = self.outbox.stats()
-        empty = {"pending": 0, "delivered": 0, "failed": 0, "last_delivered_at": None,
-                 "last_error": None}
+        empty = {
+            "pending": 0,
+            "delivered": 0,
+            "failed": 0,
+            "last_delivered_at": None,
+            "last_error": None,
+        }
         return [{**r.public(), "outbox": stats.get(r.name, empty)} for r in self.receivers]
 
     def health(self) -> dict[str, Any]:
-        return {"alerts_firing": len(self.engine.open), "alert_evaluations":
-                self.engine.evaluations, "alert_error": self.last_error,
-                "time": utcnow().isoformat()}
+        return {
+            "alerts_firing": len(self.engine.open),
+            "alert_evaluations": self.engine.evaluations,
+            "alert_error": self.last_error,
+            "time": utcnow().isoformat(),
+        }

@@ -62,8 +62,14 @@ def _common(dicts: list[Mapping[str, str]]) -> dict[str, str]:
     return {k: v for k, v in first.items() if all(d.get(k) == v for d in dicts[1:])}
 
 
-def webhook_payload(receiver: str, group_key: str, group_labels: Mapping[str, str],
-                    alerts: list[AlertView], external_url: str, max_alerts: int = 0) -> dict:
+def webhook_payload(
+    receiver: str,
+    group_key: str,
+    group_labels: Mapping[str, str],
+    alerts: list[AlertView],
+    external_url: str,
+    max_alerts: int = 0,
+) -> dict:
     """The group's alerts, firing first. `status` is firing while any alert is."""
     ordered = sorted(alerts, key=lambda a: (a.status != "firing", a.starts_at, a.fingerprint))
     shown = ordered[:max_alerts] if max_alerts else ordered
@@ -86,10 +92,14 @@ def sign(secret: bytes, timestamp: str, body: bytes) -> str:
     return f"sha256={digest}"
 
 
-def signed_headers(secret: bytes | None, body: bytes, idempotency_key: str,
-                   now_s: float | None = None) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: idempotency_key,
-               "User-Agent": "dctwin-alerts/0.1"}
+def signed_headers(
+    secret: bytes | None, body: bytes, idempotency_key: str, now_s: float | None = None
+) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/json",
+        IDEMPOTENCY_HEADER: idempotency_key,
+        "User-Agent": "dctwin-alerts/0.1",
+    }
     if secret:
         ts = str(int(now_s if now_s is not None else time.time()))
         headers[TIMESTAMP_HEADER] = ts
@@ -97,8 +107,13 @@ def signed_headers(secret: bytes | None, body: bytes, idempotency_key: str,
     return headers
 
 
-def verify(secret: bytes, headers: Mapping[str, str], body: bytes,
-           tolerance_s: float = 300.0, now_s: float | None = None) -> bool:
+def verify(
+    secret: bytes,
+    headers: Mapping[str, str],
+    body: bytes,
+    tolerance_s: float = 300.0,
+    now_s: float | None = None,
+) -> bool:
     """For receivers: constant-time check of signature and timestamp freshness."""
     lower = {k.lower(): v for k, v in headers.items()}
     ts, sig = lower.get(TIMESTAMP_HEADER.lower()), lower.get(SIGNATURE_HEADER.lower())

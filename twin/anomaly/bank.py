@@ -30,8 +30,14 @@ class SeriesBank:
         if missing.height:
             start = len(self.state)
             self.state.extend(missing.height)
-            self.index = pl.concat([self.index, missing.with_columns(
-                _idx=pl.int_range(start, start + missing.height, dtype=pl.Int64))])
+            self.index = pl.concat(
+                [
+                    self.index,
+                    missing.with_columns(
+                        _idx=pl.int_range(start, start + missing.height, dtype=pl.Int64)
+                    ),
+                ]
+            )
             known = keys.join(self.index, on=self.key, how="left", maintain_order="left")
         return known["_idx"].to_numpy()
 
@@ -39,16 +45,23 @@ class SeriesBank:
         """The points sorted by series and time, with p_dev, p_flat, z and score added."""
         pts = points.filter(pl.col("value").is_finite())
         if pts.height == 0:
-            return pts.with_columns(**{c: pl.lit(None, pl.Float64) for c in
-                                       ("p_dev", "p_flat", "z", "score")})
+            return pts.with_columns(
+                **{c: pl.lit(None, pl.Float64) for c in ("p_dev", "p_flat", "z", "score")}
+            )
         idx = self._indices(pts.select(self.key).unique())
         del idx  # registers new series; the join below maps every point
         # sorting on integer ids is much cheaper than on the string keys
         pts = pts.join(self.index, on=self.key, how="inner").sort("_idx", "t_s")
         ids = pts["_idx"].to_numpy()
         starts = np.flatnonzero(np.diff(ids, prepend=-1) != 0)
-        res, new = score_points(pts["t_s"].to_numpy(), pts["value"].to_numpy(), starts,
-                                self.params, self.state.take(ids[starts]))
+        res, new = score_points(
+            pts["t_s"].to_numpy(),
+            pts["value"].to_numpy(),
+            starts,
+            self.params,
+            self.state.take(ids[starts]),
+        )
         self.state.put(ids[starts], new)
-        return pts.drop("_idx").with_columns(p_dev=res.p_dev, p_flat=res.p_flat, z=res.z,
-                                             score=res.score)
+        return pts.drop("_idx").with_columns(
+            p_dev=res.p_dev, p_flat=res.p_flat, z=res.z, score=res.score
+        )

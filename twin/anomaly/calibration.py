@@ -56,8 +56,9 @@ def tail_moments(abs_z: np.ndarray) -> np.ndarray:
     return np.stack([valid.astype(np.float64), exceeded, excess, excess * excess])
 
 
-def tail_p(abs_z: np.ndarray, weight: np.ndarray, n_exc: np.ndarray, s1: np.ndarray,
-           s2: np.ndarray) -> np.ndarray:
+def tail_p(
+    abs_z: np.ndarray, weight: np.ndarray, n_exc: np.ndarray, s1: np.ndarray, s2: np.ndarray
+) -> np.ndarray:
     """P(|Z| >= abs_z) from the (predictive) tail sums of a series.
 
     ``weight`` is the weighted number of scored points, ``n_exc`` the weighted number of
@@ -73,10 +74,11 @@ def tail_p(abs_z: np.ndarray, weight: np.ndarray, n_exc: np.ndarray, s1: np.ndar
     scale = np.maximum(0.5 * mean * (ratio + 1.0), 1e-9)
     y = abs_z - TAIL_U0
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        gpd = np.where(shape > 1e-6,
-                       np.power(np.maximum(1.0 + shape * y / scale, 1e-300), -1.0 / np.maximum(
-                           shape, 1e-6)),
-                       np.exp(-y / scale))
+        gpd = np.where(
+            shape > 1e-6,
+            np.power(np.maximum(1.0 + shape * y / scale, 1e-300), -1.0 / np.maximum(shape, 1e-6)),
+            np.exp(-y / scale),
+        )
         p = np.minimum(1.0, rate * gpd)
     return np.where(np.isfinite(abs_z), p, np.nan)
 

@@ -55,8 +55,9 @@ class ScoreSummary:
     above_threshold: int = 0
 
 
-def _parse_times(raw: list[str], lines: list[int], ok: np.ndarray,
-                 bad: Callable[[int, str], None]) -> np.ndarray:
+def _parse_times(
+    raw: list[str], lines: list[int], ok: np.ndarray, bad: Callable[[int, str], None]
+) -> np.ndarray:
     """Seconds since the epoch per row (NaN where ``ok`` is False or parsing failed)."""
     out = np.full(len(raw), np.nan)
     idx = np.flatnonzero(ok)
@@ -90,15 +91,17 @@ def _iso_seconds(text: str) -> float:
     return ts.timestamp()
 
 
-def _parse_values(raw: list[str], lines: list[int], bad: Callable[[int, str], None],
-                  column: str) -> tuple[np.ndarray, np.ndarray]:
+def _parse_values(
+    raw: list[str], lines: list[int], bad: Callable[[int, str], None], column: str
+) -> tuple[np.ndarray, np.ndarray]:
     """(values, missing mask); junk is reported through ``bad`` and comes back NaN."""
     stripped = [v.strip() for v in raw]
     missing = np.array([v.lower() in MISSING for v in stripped], dtype=bool)
     vals = np.full(len(raw), np.nan)
     try:
-        vals[~missing] = np.array([v for v, m in zip(stripped, missing, strict=True) if not m],
-                                  dtype=np.float64)
+        vals[~missing] = np.array(
+            [v for v, m in zip(stripped, missing, strict=True) if not m], dtype=np.float64
+        )
     except ValueError:  # find the offending rows
         for i, v in enumerate(stripped):
             if missing[i]:
@@ -114,8 +117,9 @@ def _parse_values(raw: list[str], lines: list[int], bad: Callable[[int, str], No
     return vals, missing
 
 
-def _blocks(reader: Iterator[list[str]], width: int, n: int = BLOCK_ROWS
-            ) -> Iterator[tuple[list[list[str]], list[int]]]:
+def _blocks(
+    reader: Iterator[list[str]], width: int, n: int = BLOCK_ROWS
+) -> Iterator[tuple[list[list[str]], list[int]]]:
     rows: list[list[str]] = []
     lines: list[int] = []
     for row in reader:
@@ -130,10 +134,17 @@ def _blocks(reader: Iterator[list[str]], width: int, n: int = BLOCK_ROWS
         yield rows, lines
 
 
-def score_csv(src: TextIO, dst: TextIO, column: str = "value",
-              time_column: str = "timestamp", params: DetectorParams | None = None,
-              skip_invalid: bool = False, threshold: float = 0.5,
-              warn: TextIO = sys.stderr, block_rows: int = BLOCK_ROWS) -> ScoreSummary:
+def score_csv(
+    src: TextIO,
+    dst: TextIO,
+    column: str = "value",
+    time_column: str = "timestamp",
+    params: DetectorParams | None = None,
+    skip_invalid: bool = False,
+    threshold: float = 0.5,
+    warn: TextIO = sys.stderr,
+    block_rows: int = BLOCK_ROWS,
+) -> ScoreSummary:
     """Stream ``src`` to ``dst`` with an anomaly score per row. See the module docstring."""
     reader = csv.reader(src)
     try:
@@ -157,8 +168,9 @@ def score_csv(src: TextIO, dst: TextIO, column: str = "value",
         bad_rows: set[int] = set()
         line_index = {ln: i for i, ln in enumerate(lines)}
 
-        def bad(line: int, message: str, _bad: set[int] = bad_rows,
-                _index: dict[int, int] = line_index) -> None:
+        def bad(
+            line: int, message: str, _bad: set[int] = bad_rows, _index: dict[int, int] = line_index
+        ) -> None:
             if not skip_invalid:
                 raise CsvInputError(line, message)
             print(f"warning: line {line}: {message}; row left unscored", file=warn)
@@ -168,8 +180,9 @@ def score_csv(src: TextIO, dst: TextIO, column: str = "value",
             if len(row) <= max(ti, vi):
                 bad(lines[i], f"{len(row)} fields, expected {len(header)}")
         short = np.array([len(r) <= max(ti, vi) for r in rows], dtype=bool)
-        vals, missing = _parse_values([r[vi] if len(r) > vi else "" for r in rows], lines,
-                                      bad, column)
+        vals, missing = _parse_values(
+            [r[vi] if len(r) > vi else "" for r in rows], lines, bad, column
+        )
         missing &= ~short
         t_ok = ~short & ~np.isin(np.arange(len(rows)), list(bad_rows))
         times = _parse_times([r[ti] if len(r) > ti else "" for r in rows], lines, t_ok, bad)
@@ -180,8 +193,11 @@ def score_csv(src: TextIO, dst: TextIO, column: str = "value",
         before = np.maximum.accumulate(np.concatenate([[last_t], tu]))[:-1]
         back = tu < before
         for j in np.flatnonzero(back):
-            bad(lines[use_idx[j]], f"timestamp {rows[use_idx[j]][ti].strip()!r} is earlier "
-                                   "than a row before it: rows must be in time order")
+            bad(
+                lines[use_idx[j]],
+                f"timestamp {rows[use_idx[j]][ti].strip()!r} is earlier "
+                "than a row before it: rows must be in time order",
+            )
         use_idx = use_idx[~back]
         scores = np.full(len(rows), np.nan)
         if len(use_idx):

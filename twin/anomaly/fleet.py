@@ -39,14 +39,29 @@ from twin.anomaly.residuals import (
 from twin.anomaly.streaming import DetectorParams
 
 # Metrics whose level the workload does not set: a sudden change is news by itself.
-ADAPTIVE_METRICS = frozenset({
-    "supply_temp_c", "supply_air_temp_c", "chw_supply_temp_c", "leak_detected",
-    "reservoir_level_pct", "filter_dp_kpa", "supply_pressure_kpa", "return_pressure_kpa",
-    "input_voltage_v", "output_voltage_v", "voltage_v", "frequency_hz",
-    "ecc_corrected_total:rate", "ecc_uncorrected_total:rate", "pcie_replay_total:rate",
-    "nvlink_errors_total:rate", "remapped_rows_correctable:rate",
-    "remapped_rows_uncorrectable:rate", "xid_total:rate",
-})
+ADAPTIVE_METRICS = frozenset(
+    {
+        "supply_temp_c",
+        "supply_air_temp_c",
+        "chw_supply_temp_c",
+        "leak_detected",
+        "reservoir_level_pct",
+        "filter_dp_kpa",
+        "supply_pressure_kpa",
+        "return_pressure_kpa",
+        "input_voltage_v",
+        "output_voltage_v",
+        "voltage_v",
+        "frequency_hz",
+        "ecc_corrected_total:rate",
+        "ecc_uncorrected_total:rate",
+        "pcie_replay_total:rate",
+        "nvlink_errors_total:rate",
+        "remapped_rows_correctable:rate",
+        "remapped_rows_uncorrectable:rate",
+        "xid_total:rate",
+    }
+)
 # Discrete states (a bitmask, a flag): holding one is not a frozen sensor
 CATEGORICAL_METRICS = frozenset({"throttle_reasons", "leak_detected"})
 RESIDUAL_PARAMS = DetectorParams(abs_floor=1.0)  # residuals arrive in units of their sigma
@@ -60,14 +75,20 @@ COUNTER_RESET_P = 1e-7  # a monotonic counter going backwards: reset (driver rel
 class Models:
     residual: dict[str, ResidualModel] = field(default_factory=dict)
     multivariate: dict[str, MultivariateModel] = field(default_factory=dict)
-    missing_rate: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(
-        schema={"device_id": pl.String, "q": pl.Float64}))
+    missing_rate: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(schema={"device_id": pl.String, "q": pl.Float64})
+    )
     fitted_until: int = -1
 
 
 class FleetScorer:
-    def __init__(self, devices: pl.DataFrame, interval_s: float = 10.0,
-                 multivariate: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self,
+        devices: pl.DataFrame,
+        interval_s: float = 10.0,
+        multivariate: bool = True,
+        seed: int = 0,
+    ) -> None:
         self.devices = devices
         self.interval_s = interval_s
         self.use_multivariate = multivariate
@@ -81,8 +102,9 @@ class FleetScorer:
 
     # -- training ----------------------------------------------------------------------
 
-    def fit(self, history: pl.DataFrame, until_bucket: int,
-            exclude_devices: set[str] | None = None) -> Models:
+    def fit(
+        self, history: pl.DataFrame, until_bucket: int, exclude_devices: set[str] | None = None
+    ) -> Models:
         """(Re)train on a long grid (frames.grid) of history, buckets <= until_bucket.
 
         Devices in ``exclude_devices`` (alarming in this history) keep their earlier fits.
@@ -90,8 +112,10 @@ class FleetScorer:
         warm and a refit does not show up as a jump in the residuals.
         """
         if until_bucket < self.scored_until:
-            raise ValueError(f"refit up to bucket {until_bucket} but bucket "
-                             f"{self.scored_until} is already scored: train on the past only")
+            raise ValueError(
+                f"refit up to bucket {until_bucket} but bucket "
+                f"{self.scored_until} is already scored: train on the past only"
+            )
         hist = history.filter(pl.col("bucket") <= until_bucket)
         frames_all = class_frames(hist, self.devices)
         g, frames = hist, frames_all
@@ -110,8 +134,8 @@ class FleetScorer:
         present = g.group_by("device_id").agg(pl.col("bucket").n_unique().alias("n"))
         a, b = MISSING_PRIOR
         models.missing_rate = present.with_columns(
-            q=((span - pl.col("n")).clip(lower_bound=0) + a) / (span + a + b)).select(
-            "device_id", "q")
+            q=((span - pl.col("n")).clip(lower_bound=0) + a) / (span + a + b)
+        ).select("device_id", "q")
         self._keep_left_out(models)
         if self.use_multivariate:
             for cls, frame in frames.items():
@@ -136,16 +160,20 @@ class FleetScorer:
                 continue
             keep = m.coef.join(new.coef, on="device_id", how="anti")
             if keep.height:
-                new.coef = pl.concat([new.coef, keep.select(new.coef.columns)],
-                                     how="vertical_relaxed")
+                new.coef = pl.concat(
+                    [new.coef, keep.select(new.coef.columns)], how="vertical_relaxed"
+                )
         keep = old.missing_rate.join(models.missing_rate, on="device_id", how="anti")
         models.missing_rate = pl.concat([models.missing_rate, keep])
 
     def _prime(self, recent: pl.DataFrame, frames: dict[str, pl.DataFrame]) -> None:
         """Run the streaming states over recent history (scores discarded)."""
         if self.scored_until < 0:  # first fit: raw series start warm
-            self.raw.score(recent.select("device_id", "metric", "bucket", "t_s", "value")
-                           .filter(~pl.col("metric").str.ends_with(RESET_SUFFIX)))
+            self.raw.score(
+                recent.select("device_id", "metric", "bucket", "t_s", "value").filter(
+                    ~pl.col("metric").str.ends_with(RESET_SUFFIX)
+                )
+            )
         # residuals under the new models, from scratch
         self.resid = SeriesBank(["device_id", "residual"], RESIDUAL_PARAMS)
         self.smooth = SmootherState()
@@ -160,8 +188,9 @@ class FleetScorer:
             m = models.residual.get(r.name)
             if m is None:
                 continue
-            c = apply_residual(m, frame).select("device_id", "bucket",
-                                                pl.col("c").alias(f"c_{r.name}"))
+            c = apply_residual(m, frame).select(
+                "device_id", "bucket", pl.col("c").alias(f"c_{r.name}")
+            )
             feats = feats.join(c, on=["device_id", "bucket"], how="left")
         return base.join(feats, on=["device_id", "bucket"], how="left")
 
@@ -189,23 +218,41 @@ class FleetScorer:
             mv = self.models.multivariate.get(cls)
             if mv is not None and frame.height:
                 feats = self._mv_features(cls, frame, self.models)
-                comps.append(feats.select("device_id", "bucket").with_columns(
-                    component=pl.lit("multivariate"), metric=pl.lit("multivariate"),
-                    p=mv.score(feats)))
+                comps.append(
+                    feats.select("device_id", "bucket").with_columns(
+                        component=pl.lit("multivariate"),
+                        metric=pl.lit("multivariate"),
+                        p=mv.score(feats),
+                    )
+                )
         comps.append(self._missing_components(new, lo, upto_bucket))
         self.scored_until = upto_bucket
-        comp = pl.concat([c for c in comps if c.height], how="vertical_relaxed") if any(
-            c.height for c in comps) else _empty_components()
+        comp = (
+            pl.concat([c for c in comps if c.height], how="vertical_relaxed")
+            if any(c.height for c in comps)
+            else _empty_components()
+        )
         comp = comp.filter(pl.col("p").is_not_null() & pl.col("p").is_not_nan())
-        dev = (comp.group_by("device_id", "bucket")
-               .agg(pl.col("p").min().alias("p_min"), pl.len().alias("m"),
-                    pl.col("metric").sort_by("p").first().alias("top_metric"),
-                    pl.col("component").sort_by("p").first().alias("top_component"))
-               .with_columns(p=(pl.col("p_min") * pl.col("m")).clip(upper_bound=1.0)))
-        dev = (self._less_storm(dev)
-               .with_columns(score=pl.col("p").map_batches(
-                   lambda s: pl.Series(p_to_score(s.to_numpy())), return_dtype=pl.Float64))
-               .drop("p_min").sort("device_id", "bucket"))
+        dev = (
+            comp.group_by("device_id", "bucket")
+            .agg(
+                pl.col("p").min().alias("p_min"),
+                pl.len().alias("m"),
+                pl.col("metric").sort_by("p").first().alias("top_metric"),
+                pl.col("component").sort_by("p").first().alias("top_component"),
+            )
+            .with_columns(p=(pl.col("p_min") * pl.col("m")).clip(upper_bound=1.0))
+        )
+        dev = (
+            self._less_storm(dev)
+            .with_columns(
+                score=pl.col("p").map_batches(
+                    lambda s: pl.Series(p_to_score(s.to_numpy())), return_dtype=pl.Float64
+                )
+            )
+            .drop("p_min")
+            .sort("device_id", "bucket")
+        )
         return dev, comp
 
     def _less_storm(self, dev: pl.DataFrame) -> pl.DataFrame:
@@ -221,28 +268,48 @@ class FleetScorer:
         d = dev.join(cls, on="device_id", how="left").join(n, on="device_class", how="left")
         rank = pl.col("p").rank("ordinal").over("device_class", "bucket")
         half = (pl.col("n_class") + 1) // 2
-        d = d.with_columns(p_med=pl.col("p").filter(rank == half).first().over(
-            "device_class", "bucket"))
-        storm = ((pl.col("n_class") >= STORM_MIN_DEVICES) & (pl.col("p_med") <= STORM_P)
-                 & pl.col("p_med").is_not_null())
-        return d.with_columns(p=pl.when(storm).then(
-            (pl.col("p") / pl.col("p_med").clip(lower_bound=1e-300)).clip(upper_bound=1.0))
-            .otherwise(pl.col("p"))).select(dev.columns)
+        d = d.with_columns(
+            p_med=pl.col("p").filter(rank == half).first().over("device_class", "bucket")
+        )
+        storm = (
+            (pl.col("n_class") >= STORM_MIN_DEVICES)
+            & (pl.col("p_med") <= STORM_P)
+            & pl.col("p_med").is_not_null()
+        )
+        return d.with_columns(
+            p=pl.when(storm)
+            .then((pl.col("p") / pl.col("p_med").clip(lower_bound=1e-300)).clip(upper_bound=1.0))
+            .otherwise(pl.col("p"))
+        ).select(dev.columns)
 
     def _raw_components(self, new: pl.DataFrame) -> pl.DataFrame:
         resets = new.filter(pl.col("metric").str.ends_with(RESET_SUFFIX))
-        scored = self.raw.score(new.filter(~pl.col("metric").str.ends_with(RESET_SUFFIX))
-                                .select("device_id", "metric", "bucket", "t_s", "value"))
+        scored = self.raw.score(
+            new.filter(~pl.col("metric").str.ends_with(RESET_SUFFIX)).select(
+                "device_id", "metric", "bucket", "t_s", "value"
+            )
+        )
         adaptive = pl.col("metric").is_in(list(ADAPTIVE_METRICS))
-        flat = pl.when(pl.col("metric").is_in(list(CATEGORICAL_METRICS))).then(1.0).otherwise(
-            pl.col("p_flat"))
+        flat = (
+            pl.when(pl.col("metric").is_in(list(CATEGORICAL_METRICS)))
+            .then(1.0)
+            .otherwise(pl.col("p_flat"))
+        )
         p = pl.when(adaptive).then(pl.min_horizontal(pl.col("p_dev"), flat) * 2.0)
         p = p.otherwise(flat).clip(upper_bound=1.0)
         base = pl.col("metric").str.replace(r":\w+$", "")
-        return pl.concat([
-            scored.select("device_id", "bucket", component=pl.col("metric"), metric=base, p=p),
-            resets.select("device_id", "bucket", component=pl.col("metric"), metric=base,
-                          p=pl.lit(COUNTER_RESET_P))])
+        return pl.concat(
+            [
+                scored.select("device_id", "bucket", component=pl.col("metric"), metric=base, p=p),
+                resets.select(
+                    "device_id",
+                    "bucket",
+                    component=pl.col("metric"),
+                    metric=base,
+                    p=pl.lit(COUNTER_RESET_P),
+                ),
+            ]
+        )
 
     def _residual_components(self, cls: str, frame: pl.DataFrame) -> pl.DataFrame:
         parts = []
@@ -256,15 +323,21 @@ class FleetScorer:
         pts = pl.concat(parts, how="vertical_relaxed")
         tails = {name: m.tail for name, m in self.models.residual.items()}
         ref = reference_p(tails, pts, self.smooth)
-        adapt = self.resid.score(ref.with_columns(
-            t_s=pl.col("bucket").cast(pl.Float64) * self.interval_s, value=pl.col("c")))
-        blame = pl.DataFrame({"residual": [r.name for r in RESIDUALS],
-                              "metric": [r.blame for r in RESIDUALS]})
-        out = adapt.select("device_id", "residual", "bucket", "p_ref",
-                           p_dev=pl.col("p_dev")).join(blame, on="residual", how="left")
+        adapt = self.resid.score(
+            ref.with_columns(
+                t_s=pl.col("bucket").cast(pl.Float64) * self.interval_s, value=pl.col("c")
+            )
+        )
+        blame = pl.DataFrame(
+            {"residual": [r.name for r in RESIDUALS], "metric": [r.blame for r in RESIDUALS]}
+        )
+        out = adapt.select("device_id", "residual", "bucket", "p_ref", p_dev=pl.col("p_dev")).join(
+            blame, on="residual", how="left"
+        )
         p = combine_p(np.stack([out["p_ref"].to_numpy(), out["p_dev"].to_numpy()]))
-        return out.select("device_id", "bucket", component=pl.col("residual"),
-                          metric=pl.col("metric")).with_columns(p=p)
+        return out.select(
+            "device_id", "bucket", component=pl.col("residual"), metric=pl.col("metric")
+        ).with_columns(p=p)
 
     def _missing_components(self, new: pl.DataFrame, lo: int, hi: int) -> pl.DataFrame:
         rates = self.models.missing_rate
@@ -286,17 +359,38 @@ class FleetScorer:
         q = rates["q"].to_numpy()
         p = np.where(run > 0, q[:, None] ** run, 1.0)
         self.missing_run = pl.DataFrame({"device_id": ids, "run": run[:, -1].astype(np.int64)})
-        return pl.DataFrame({
-            "device_id": np.repeat(ids, nb), "bucket": np.tile(col + lo, len(ids)),
-            "component": "no_data", "metric": "no_data", "p": p.ravel()})
+        return pl.DataFrame(
+            {
+                "device_id": np.repeat(ids, nb),
+                "bucket": np.tile(col + lo, len(ids)),
+                "component": "no_data",
+                "metric": "no_data",
+                "p": p.ravel(),
+            }
+        )
 
 
 def _empty_components() -> pl.DataFrame:
-    return pl.DataFrame(schema={"device_id": pl.String, "bucket": pl.Int64,
-                                "component": pl.String, "metric": pl.String, "p": pl.Float64})
+    return pl.DataFrame(
+        schema={
+            "device_id": pl.String,
+            "bucket": pl.Int64,
+            "component": pl.String,
+            "metric": pl.String,
+            "p": pl.Float64,
+        }
+    )
 
 
 def _empty_devices() -> pl.DataFrame:
-    return pl.DataFrame(schema={"device_id": pl.String, "bucket": pl.Int64, "m": pl.UInt32,
-                                "top_metric": pl.String, "top_component": pl.String,
-                                "p": pl.Float64, "score": pl.Float64})
+    return pl.DataFrame(
+        schema={
+            "device_id": pl.String,
+            "bucket": pl.Int64,
+            "m": pl.UInt32,
+            "top_metric": pl.String,
+            "top_component": pl.String,
+            "p": pl.Float64,
+            "score": pl.Float64,
+        }
+    )

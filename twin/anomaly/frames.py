@@ -14,15 +14,23 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from ingest.site import Site
+from domain.site import Site
 
 # Counters: scored as increase per second (a reset counts as no increase).
 RATE_SUFFIX, RESET_SUFFIX = ":rate", ":reset"
-COUNTER_METRICS = frozenset({
-    "energy_mj", "energy_kwh", "ecc_corrected_total", "ecc_uncorrected_total",
-    "remapped_rows_correctable", "remapped_rows_uncorrectable", "pcie_replay_total",
-    "nvlink_errors_total", "xid_total",
-})
+COUNTER_METRICS = frozenset(
+    {
+        "energy_mj",
+        "energy_kwh",
+        "ecc_corrected_total",
+        "ecc_uncorrected_total",
+        "remapped_rows_correctable",
+        "remapped_rows_uncorrectable",
+        "pcie_replay_total",
+        "nvlink_errors_total",
+        "xid_total",
+    }
+)
 
 
 def device_table(site: Site) -> pl.DataFrame:
@@ -35,23 +43,34 @@ def device_table(site: Site) -> pl.DataFrame:
     for d in site.devices():
         r = rack_of.get(d.rack)
         hall = r.hall if r is not None else (d.rack if d.rack != "facility" else None)
-        rows.append({
-            "device_id": d.id, "device_class": d.device_class, "hall": hall,
-            "rack_id": r.prefix if r is not None else None,
-            "cdu_id": f"{sid}/{r.hall}/{r.cdu}" if r is not None else None,
-            "pdu_id": f"{sid}/{r.hall}/{r.pdu}" if r is not None else None,
-        })
-    return pl.DataFrame(rows, schema={"device_id": pl.String, "device_class": pl.String,
-                                      "hall": pl.String, "rack_id": pl.String,
-                                      "cdu_id": pl.String, "pdu_id": pl.String})
+        rows.append(
+            {
+                "device_id": d.id,
+                "device_class": d.device_class,
+                "hall": hall,
+                "rack_id": r.prefix if r is not None else None,
+                "cdu_id": f"{sid}/{r.hall}/{r.cdu}" if r is not None else None,
+                "pdu_id": f"{sid}/{r.hall}/{r.pdu}" if r is not None else None,
+            }
+        )
+    return pl.DataFrame(
+        rows,
+        schema={
+            "device_id": pl.String,
+            "device_class": pl.String,
+            "hall": pl.String,
+            "rack_id": pl.String,
+            "cdu_id": pl.String,
+            "pdu_id": pl.String,
+        },
+    )
 
 
 def with_seconds(samples: pl.DataFrame) -> pl.DataFrame:
     """Add ``t_s`` (float seconds since the epoch) from ``read_time`` if missing."""
     if "t_s" in samples.columns:
         return samples
-    return samples.with_columns(
-        t_s=pl.col("read_time").dt.epoch("us").cast(pl.Float64) / 1e6)
+    return samples.with_columns(t_s=pl.col("read_time").dt.epoch("us").cast(pl.Float64) / 1e6)
 
 
 def grid(samples: pl.DataFrame, interval_s: float) -> pl.DataFrame:
@@ -60,9 +79,11 @@ def grid(samples: pl.DataFrame, interval_s: float) -> pl.DataFrame:
     Counters also get ``<metric>:rate`` rows (see `add_rates`).
     """
     s = with_seconds(samples)
-    g = (s.with_columns(bucket=(pl.col("t_s") / interval_s).floor().cast(pl.Int64))
-         .group_by("device_id", "metric", "bucket")
-         .agg(pl.col("value").sort_by("t_s").last(), pl.col("t_s").max()))
+    g = (
+        s.with_columns(bucket=(pl.col("t_s") / interval_s).floor().cast(pl.Int64))
+        .group_by("device_id", "metric", "bucket")
+        .agg(pl.col("value").sort_by("t_s").last(), pl.col("t_s").max())
+    )
     return add_rates(g)
 
 
@@ -82,14 +103,22 @@ def add_rates(g: pl.DataFrame) -> pl.DataFrame:
     g = g.select("device_id", "metric", "bucket", "value", "t_s")
     counters = g.filter(pl.col("metric").is_in(list(COUNTER_METRICS)))
     if counters.height:
-        prev = [pl.col(c).shift(1).over("device_id", "metric", order_by="bucket")
-                for c in ("value", "t_s")]
-        d = (counters.with_columns(dv=pl.col("value") - prev[0], dt=pl.col("t_s") - prev[1])
-             .filter(pl.col("dt") > 0))
-        rates = d.with_columns(value=pl.col("dv").clip(lower_bound=0.0) / pl.col("dt"),
-                               metric=pl.col("metric") + RATE_SUFFIX).select(g.columns)
-        resets = d.filter(pl.col("dv") < 0).with_columns(
-            value=pl.lit(1.0), metric=pl.col("metric") + RESET_SUFFIX).select(g.columns)
+        prev = [
+            pl.col(c).shift(1).over("device_id", "metric", order_by="bucket")
+            for c in ("value", "t_s")
+        ]
+        d = counters.with_columns(dv=pl.col("value") - prev[0], dt=pl.col("t_s") - prev[1]).filter(
+            pl.col("dt") > 0
+        )
+        rates = d.with_columns(
+            value=pl.col("dv").clip(lower_bound=0.0) / pl.col("dt"),
+            metric=pl.col("metric") + RATE_SUFFIX,
+        ).select(g.columns)
+        resets = (
+            d.filter(pl.col("dv") < 0)
+            .with_columns(value=pl.lit(1.0), metric=pl.col("metric") + RESET_SUFFIX)
+            .select(g.columns)
+        )
         g = pl.concat([g, rates, resets])
     return g
 
@@ -100,9 +129,9 @@ def wide(long_grid: pl.DataFrame, device_ids: list[str] | pl.Series) -> pl.DataF
     sub = long_grid.filter(pl.col("device_id").is_in(ids))
     if sub.height == 0:
         return pl.DataFrame(schema={"device_id": pl.String, "bucket": pl.Int64})
-    return (sub.pivot(on="metric", index=["device_id", "bucket"], values="value",
-                      aggregate_function="last")
-            .sort("device_id", "bucket"))
+    return sub.pivot(
+        on="metric", index=["device_id", "bucket"], values="value", aggregate_function="last"
+    ).sort("device_id", "bucket")
 
 
 @dataclass

@@ -25,15 +25,13 @@ import polars as pl
 from sklearn.ensemble import IsolationForest
 
 from twin.anomaly.calibration import tail_moments, tail_p
-from twin.leakage import LeakageError  # noqa: F401 - raised here, re-exported
+from twin.leakage import LeakageError
 
 FIT_FRACTION = 0.7
 MAX_FIT_ROWS = 4_096
 MAX_CAL_ROWS = 20_000
 MIN_ROWS = 200
 N_TREES = 50
-
-
 
 
 @dataclass
@@ -49,8 +47,16 @@ class MultivariateModel:
     trained_until: int  # last bucket in the training history
 
     def _matrix(self, frame: pl.DataFrame) -> np.ndarray:
-        x = frame.select([pl.col(c) if c in frame.columns else pl.lit(None, pl.Float64).alias(c)
-                          for c in self.columns]).to_numpy().astype(np.float64)
+        x = (
+            frame.select(
+                [
+                    pl.col(c) if c in frame.columns else pl.lit(None, pl.Float64).alias(c)
+                    for c in self.columns
+                ]
+            )
+            .to_numpy()
+            .astype(np.float64)
+        )
         x = (x - self.mean) / self.std
         return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)  # missing -> typical
 
@@ -62,15 +68,17 @@ class MultivariateModel:
         if first <= self.trained_until:
             raise LeakageError(
                 f"{self.device_class}: asked to score bucket {first}, but the model was "
-                f"trained on history up to bucket {self.trained_until}")
+                f"trained on history up to bucket {self.trained_until}"
+            )
         raw = -self.forest.score_samples(self._matrix(frame))
         z = np.maximum(raw - self.centre, 0.0) / self.spread
         t = self.tail
         return tail_p(z, t[0], t[1], t[2], t[3])
 
 
-def fit_multivariate(device_class: str, frame: pl.DataFrame, columns: list[str],
-                     until_bucket: int, seed: int = 0) -> MultivariateModel | None:
+def fit_multivariate(
+    device_class: str, frame: pl.DataFrame, columns: list[str], until_bucket: int, seed: int = 0
+) -> MultivariateModel | None:
     """Fit on rows with bucket <= until_bucket; None if there is too little history."""
     hist = frame.filter(pl.col("bucket") <= until_bucket)
     columns = [c for c in columns if c in hist.columns]
@@ -93,9 +101,19 @@ def fit_multivariate(device_class: str, frame: pl.DataFrame, columns: list[str],
         fit_idx = rng.choice(fit_idx, MAX_FIT_ROWS, replace=False)
     if len(cal_idx) > MAX_CAL_ROWS:
         cal_idx = rng.choice(cal_idx, MAX_CAL_ROWS, replace=False)
-    model = MultivariateModel(device_class, columns, mean, std, IsolationForest(
-        n_estimators=N_TREES, max_samples=min(256, len(fit_idx)), random_state=seed), 0.0, 1.0,
-        np.zeros(4), int(hi))
+    model = MultivariateModel(
+        device_class,
+        columns,
+        mean,
+        std,
+        IsolationForest(
+            n_estimators=N_TREES, max_samples=min(256, len(fit_idx)), random_state=seed
+        ),
+        0.0,
+        1.0,
+        np.zeros(4),
+        int(hi),
+    )
     xm = model._matrix(hist)
     model.forest.fit(xm[fit_idx])
     raw = -model.forest.score_samples(xm[cal_idx])

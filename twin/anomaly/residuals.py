@@ -52,9 +52,14 @@ def _less_common_mode(f: pl.DataFrame, c: np.ndarray, res: Residual) -> np.ndarr
     """
     if res.common is None or res.common not in f.columns:
         return c
-    g = (f.select(res.common, "bucket").with_columns(c=c).select(
-        med=pl.col("c").median().over(res.common, "bucket"),
-        n=pl.len().over(res.common, "bucket")))
+    g = (
+        f.select(res.common, "bucket")
+        .with_columns(c=c)
+        .select(
+            med=pl.col("c").median().over(res.common, "bucket"),
+            n=pl.len().over(res.common, "bucket"),
+        )
+    )
     # a group of one or two has no "rest of the group" to compare with
     return c - np.where(g["n"].to_numpy() >= MIN_COMMON_GROUP, g["med"].to_numpy(), 0.0)
 
@@ -76,7 +81,8 @@ def _drivers(f: pl.DataFrame, res: Residual) -> np.ndarray:
 def _design(frame: pl.DataFrame, res: Residual):
     """Rows with every column present; drivers standardized (for a well-posed solve)."""
     f = frame.drop_nulls(list(res.columns)).filter(
-        pl.all_horizontal([pl.col(c).is_finite() for c in res.columns]))
+        pl.all_horizontal([pl.col(c).is_finite() for c in res.columns])
+    )
     x = _drivers(f, res)
     x_mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
     x_std = x.std(axis=0) if len(x) else np.ones(x.shape[1])
@@ -85,8 +91,15 @@ def _design(frame: pl.DataFrame, res: Residual):
     return f, xs, f[res.target].to_numpy().astype(np.float64), x_mean, x_std
 
 
-def _solve(dev: np.ndarray, n_dev: int, xs: np.ndarray, y: np.ndarray, w: np.ndarray,
-           prior: np.ndarray | None = None, prior_rows: float = 0.0) -> np.ndarray:
+def _solve(
+    dev: np.ndarray,
+    n_dev: int,
+    xs: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    prior: np.ndarray | None = None,
+    prior_rows: float = 0.0,
+) -> np.ndarray:
     """Weighted least squares per device (coefficients (n_dev, k+1)).
 
     Slopes are shrunk towards ``prior`` (the class fit) with the weight of ``prior_rows``
@@ -108,15 +121,22 @@ def _solve(dev: np.ndarray, n_dev: int, xs: np.ndarray, y: np.ndarray, w: np.nda
     return np.linalg.solve(xtx + reg, (xty + lam * target)[..., None])[..., 0]
 
 
-def _robust_fit(grp: np.ndarray, n_grp: int, xs: np.ndarray, y: np.ndarray,
-                fit_rows: np.ndarray, prior: np.ndarray | None = None,
-                prior_rows: float = 0.0) -> np.ndarray:
+def _robust_fit(
+    grp: np.ndarray,
+    n_grp: int,
+    xs: np.ndarray,
+    y: np.ndarray,
+    fit_rows: np.ndarray,
+    prior: np.ndarray | None = None,
+    prior_rows: float = 0.0,
+) -> np.ndarray:
     w = fit_rows.astype(np.float64)
     coef = _solve(grp, n_grp, xs, y, w, prior, prior_rows)
     for _ in range(2):  # Huber reweighting: a faulty stretch in history weighs less
         r = y - np.einsum("nk,nk->n", xs, coef[grp])
-        s = np.sqrt(np.bincount(grp, w * r * r, n_grp) / np.maximum(
-            np.bincount(grp, w, n_grp), 1.0))
+        s = np.sqrt(
+            np.bincount(grp, w * r * r, n_grp) / np.maximum(np.bincount(grp, w, n_grp), 1.0)
+        )
         u = np.abs(r) / np.maximum(s[grp], 1e-12)
         w = fit_rows * np.minimum(1.0, HUBER_C / np.maximum(u, 1e-12))
         coef = _solve(grp, n_grp, xs, y, w, prior, prior_rows)
@@ -153,11 +173,11 @@ def fit_residual(frame: pl.DataFrame, res: Residual) -> ResidualModel | None:
     r = y - np.einsum("nk,nk->n", xs, coef[dev])
     mu = np.bincount(dev, cal * r, len(ids)) / np.maximum(n_cal, 1)
     # noise floor: model error, and the reading's resolution (whole degrees from NVML)
-    floor = max(SIGMA_REL_FLOOR * max(float(np.std(y)), 1e-9),
-                _resolution(f[res.blame] if res.blame in f.columns else f[res.target])
-                / np.sqrt(12.0))
-    sigma = np.sqrt(np.bincount(dev, cal * (r - mu[dev]) ** 2, len(ids))
-                    / np.maximum(n_cal - 1, 1))
+    floor = max(
+        SIGMA_REL_FLOOR * max(float(np.std(y)), 1e-9),
+        _resolution(f[res.blame] if res.blame in f.columns else f[res.target]) / np.sqrt(12.0),
+    )
+    sigma = np.sqrt(np.bincount(dev, cal * (r - mu[dev]) ** 2, len(ids)) / np.maximum(n_cal - 1, 1))
     sigma = np.maximum(sigma, floor)
     c = _less_common_mode(f, (r - mu[dev]) / sigma[dev], res)
     # smoothed residuals, in time order per device. A slow smoother has few independent
@@ -184,22 +204,34 @@ def fit_residual(frame: pl.DataFrame, res: Residual) -> ResidualModel | None:
         z = np.where(use, np.abs(sm) / sd[dev_o], np.nan)
         tails.append(tail_moments(z).sum(axis=1))
     ok = n_cal >= max(5, MIN_FIT_ROWS // 3)
-    table = pl.DataFrame({"device_id": ids, "mu": mu, "sigma": sigma,
-                          **{f"b{i}": coef[:, i] for i in range(coef.shape[1])},
-                          **{f"sd{j}": sds[j] for j in range(len(sds))}}).filter(ok)
+    table = pl.DataFrame(
+        {
+            "device_id": ids,
+            "mu": mu,
+            "sigma": sigma,
+            **{f"b{i}": coef[:, i] for i in range(coef.shape[1])},
+            **{f"sd{j}": sds[j] for j in range(len(sds))},
+        }
+    ).filter(ok)
     return ResidualModel(res, table, np.array(tails), int(buckets.max()))
 
 
-def _ew_mean(seg: Segments, bucket: np.ndarray, c: np.ndarray, tau: float,
-             state: tuple[np.ndarray, ...] | None):
+def _ew_mean(
+    seg: Segments,
+    bucket: np.ndarray,
+    c: np.ndarray,
+    tau: float,
+    state: tuple[np.ndarray, ...] | None,
+):
     """EW mean of c with time constant tau buckets, and how much wider its spread is than
     in steady state (few points so far, or a gap: sum(w^2)/sum(w)^2 against its limit).
 
     ``state`` = (last_bucket, W, S, W2) per series; returns (mean, inflation, new state).
     """
     n_ser = len(seg.starts)
-    prev_b = seg.prev(bucket.astype(np.float64),
-                      state[0] if state is not None else np.full(n_ser, np.nan))
+    prev_b = seg.prev(
+        bucket.astype(np.float64), state[0] if state is not None else np.full(n_ser, np.nan)
+    )
     steps = bucket - prev_b
     d = np.where(np.isnan(steps), 0.0, np.exp(-np.nan_to_num(steps, nan=0.0) / tau))
     zeros = np.zeros(n_ser)
@@ -218,8 +250,11 @@ def _ew_mean(seg: Segments, bucket: np.ndarray, c: np.ndarray, tau: float,
 class SmootherState:
     """EW-mean state per (device, residual) and smoothing scale, across calls."""
 
-    index: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(
-        schema={"device_id": pl.String, "residual": pl.String, "_idx": pl.Int64}))
+    index: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(
+            schema={"device_id": pl.String, "residual": pl.String, "_idx": pl.Int64}
+        )
+    )
     last_bucket: np.ndarray = field(default_factory=lambda: np.empty(0))
     w: np.ndarray = field(default_factory=lambda: np.empty((len(SMOOTHING_INTERVALS), 0)))
     s: np.ndarray = field(default_factory=lambda: np.empty((len(SMOOTHING_INTERVALS), 0)))
@@ -231,8 +266,9 @@ class SmootherState:
         missing = known.filter(pl.col("_idx").is_null()).select(on)
         if missing.height:
             n0, m = len(self.last_bucket), missing.height
-            self.index = pl.concat([self.index, missing.with_columns(
-                _idx=pl.int_range(n0, n0 + m, dtype=pl.Int64))])
+            self.index = pl.concat(
+                [self.index, missing.with_columns(_idx=pl.int_range(n0, n0 + m, dtype=pl.Int64))]
+            )
             self.last_bucket = np.concatenate([self.last_bucket, np.full(m, np.nan)])
             pad = np.zeros((len(SMOOTHING_INTERVALS), m))
             self.w, self.s = np.hstack([self.w, pad]), np.hstack([self.s, pad])
@@ -250,12 +286,14 @@ def apply_residual(model: ResidualModel, frame: pl.DataFrame) -> pl.DataFrame:
     b = f.select([f"b{i}" for i in range(len(res.drivers) + 1)]).to_numpy()
     r = f[res.target].to_numpy() - b[:, 0] - np.einsum("nk,nk->n", x, b[:, 1:])
     c = _less_common_mode(f, (r - f["mu"].to_numpy()) / f["sigma"].to_numpy(), res)
-    return f.select("device_id", "bucket", *[f"sd{j}" for j in range(
-        len(SMOOTHING_INTERVALS))]).with_columns(residual=pl.lit(res.name), c=c)
+    return f.select(
+        "device_id", "bucket", *[f"sd{j}" for j in range(len(SMOOTHING_INTERVALS))]
+    ).with_columns(residual=pl.lit(res.name), c=c)
 
 
-def reference_p(model_tails: dict[str, np.ndarray], points: pl.DataFrame,
-                state: SmootherState) -> pl.DataFrame:
+def reference_p(
+    model_tails: dict[str, np.ndarray], points: pl.DataFrame, state: SmootherState
+) -> pl.DataFrame:
     """Reference p for residual points (device_id, residual, bucket, c, sd*), causally.
 
     Points must come after those of earlier calls for the same series.
@@ -274,8 +312,12 @@ def reference_p(model_tails: dict[str, np.ndarray], points: pl.DataFrame,
     new_last = state.last_bucket[idx]
     for j, tau in enumerate(SMOOTHING_INTERVALS):
         sm, infl, (new_last, w_end, s_end, w2_end) = _ew_mean(
-            seg, bucket, c, tau, (state.last_bucket[idx], state.w[j, idx], state.s[j, idx],
-                                  state.w2[j, idx]))
+            seg,
+            bucket,
+            c,
+            tau,
+            (state.last_bucket[idx], state.w[j, idx], state.s[j, idx], state.w2[j, idx]),
+        )
         state.w[j, idx], state.s[j, idx], state.w2[j, idx] = w_end, s_end, w2_end
         z = np.abs(sm) / (pts[f"sd{j}"].to_numpy() * infl)
         p = np.full(len(z), np.nan)

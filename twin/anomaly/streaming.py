@@ -53,9 +53,29 @@ class DetectorParams:
     repeat_prior: float = 1.0  # pseudo-counts of repeat / no repeat for the repeat rate
 
 
-_STATE_FIELDS = ("last_t", "last_x", "wdt", "ldt", "wl", "x1", "x2", "ws", "v1", "v2",
-                 "wc", "nc", "s1", "s2", "wr", "rr", "run", "log_run", "xmax", "xmin",
-                 "run_sat")
+_STATE_FIELDS = (
+    "last_t",
+    "last_x",
+    "wdt",
+    "ldt",
+    "wl",
+    "x1",
+    "x2",
+    "ws",
+    "v1",
+    "v2",
+    "wc",
+    "nc",
+    "s1",
+    "s2",
+    "wr",
+    "rr",
+    "run",
+    "log_run",
+    "xmax",
+    "xmin",
+    "run_sat",
+)
 
 
 @dataclass
@@ -149,9 +169,13 @@ class Segments:
         return out
 
 
-def score_points(t_s: np.ndarray, x: np.ndarray, starts: np.ndarray,
-                 params: DetectorParams | None = None,
-                 state: DetectorState | None = None) -> tuple[PointScores, DetectorState]:
+def score_points(
+    t_s: np.ndarray,
+    x: np.ndarray,
+    starts: np.ndarray,
+    params: DetectorParams | None = None,
+    state: DetectorState | None = None,
+) -> tuple[PointScores, DetectorState]:
     """Score points of series laid end to end (series k = points starts[k]..starts[k+1]-1).
 
     Times are seconds, non-decreasing within a series (repeats allowed); values finite.
@@ -222,8 +246,9 @@ def score_points(t_s: np.ndarray, x: np.ndarray, starts: np.ndarray,
     # 3. calibrated deviation
     abs_z = np.abs(z)
     mom = tail_moments(abs_z)
-    tails = sg.run(mom, decay(p_.tail_intervals),
-                   [st.wc[seg0], st.nc[seg0], st.s1[seg0], st.s2[seg0]])
+    tails = sg.run(
+        mom, decay(p_.tail_intervals), [st.wc[seg0], st.nc[seg0], st.s1[seg0], st.s2[seg0]]
+    )
     wc_p, nc_p, s1_p, s2_p = tails - mom
     p_dev = tail_p(abs_z, wc_p, nc_p, s1_p, s2_p)
 
@@ -253,18 +278,36 @@ def score_points(t_s: np.ndarray, x: np.ndarray, starts: np.ndarray,
     p = np.minimum(1.0, 2.0 * np.fmin(p_dev, p_flat))  # Bonferroni over the two
     ends = sg.ends
     new = DetectorState(
-        last_t=t_s[ends], last_x=x[ends], wdt=wdt[ends], ldt=ldt[ends], wl=wl[ends],
-        x1=x1[ends], x2=x2[ends], ws=ws[ends], v1=v1[ends], v2=v2[ends], wc=tails[0, ends],
-        nc=tails[1, ends], s1=tails[2, ends], s2=tails[3, ends], wr=wr[ends], rr=rr[ends],
-        run=run[ends].astype(np.float64), log_run=log_run[ends], xmax=hi_end, xmin=lo_end,
-        run_sat=saturated[ends].astype(np.float64))
+        last_t=t_s[ends],
+        last_x=x[ends],
+        wdt=wdt[ends],
+        ldt=ldt[ends],
+        wl=wl[ends],
+        x1=x1[ends],
+        x2=x2[ends],
+        ws=ws[ends],
+        v1=v1[ends],
+        v2=v2[ends],
+        wc=tails[0, ends],
+        nc=tails[1, ends],
+        s1=tails[2, ends],
+        s2=tails[3, ends],
+        wr=wr[ends],
+        rr=rr[ends],
+        run=run[ends].astype(np.float64),
+        log_run=log_run[ends],
+        xmax=hi_end,
+        xmin=lo_end,
+        run_sat=saturated[ends].astype(np.float64),
+    )
     return PointScores(p_to_score(p), p, z, p_dev, p_flat, m2p), new
 
 
 def _extremes(sg: Segments, x: np.ndarray, xmax0: np.ndarray, xmin0: np.ndarray):
     """Running max/min of each series before each point, and at its end (with state)."""
     f = pl.DataFrame({"s": sg.seg, "x": x}).select(
-        hi=pl.col("x").cum_max().over("s"), lo=pl.col("x").cum_min().over("s"))
+        hi=pl.col("x").cum_max().over("s"), lo=pl.col("x").cum_min().over("s")
+    )
     hi = np.maximum(f["hi"].to_numpy(), xmax0[sg.seg])
     lo = np.minimum(f["lo"].to_numpy(), xmin0[sg.seg])
     return sg.prev(hi, xmax0), sg.prev(lo, xmin0), hi[sg.ends], lo[sg.ends]
@@ -274,7 +317,11 @@ def _floor(level: np.ndarray, p_: DetectorParams) -> np.ndarray:
     return p_.abs_floor + p_.rel_floor * np.abs(level)
 
 
-def score_series(t_s: np.ndarray, x: np.ndarray, params: DetectorParams | None = None,
-                 state: DetectorState | None = None) -> tuple[PointScores, DetectorState]:
+def score_series(
+    t_s: np.ndarray,
+    x: np.ndarray,
+    params: DetectorParams | None = None,
+    state: DetectorState | None = None,
+) -> tuple[PointScores, DetectorState]:
     """One series (convenience wrapper)."""
     return score_points(t_s, x, np.array([0]), params, state)

@@ -35,7 +35,7 @@ PHRASES: dict[str, str] = {
     "psu_loss_rise_age_h": "PSU losses have been rising for about {v:.1f} h",
     "psu_loss_double_h": "at this rate PSU losses double in {v:.1f} h",
     "speed_per_flow": "pump speed per flow {v:.0f} (healthy {b:.0f}): the pump works harder "
-                      "for the same flow",
+    "for the same flow",
     "speed_per_flow_drift_6h": "pump speed per flow up {v:+.1f} in 6 h",
     "speed_per_flow_slope_ph": "pump speed per flow rising {v:+.1f}/h",
     "pump_w_per_lpm": "pump power per flow {v:.2f} W/(L/min) (healthy {b:.2f})",
@@ -49,7 +49,7 @@ PHRASES: dict[str, str] = {
     "fan_power_ratio_slope_ph": "fan power per speed³ rising {v:+.0f}/h",
     "fan_power_ratio_drift_6h": "fan power per speed³ up {v:+.0f} in 6 h",
     "fan_power_ratio_rise_pct": "fan power per speed³ {v:+.1f} % above its 6-h low: "
-                                "bearing drag building",
+    "bearing drag building",
     "fan_power_ratio_rise_pct_30m": "fan power per speed³ {v:+.1f} % in 30 min",
     "fan_speed_pct": "fan at {v:.0f} % speed",
     "return_air_c": "return air {v:.1f} °C",
@@ -57,8 +57,10 @@ PHRASES: dict[str, str] = {
     "read_ratio_15m": "only {v:.0%} of expected readings in 15 min",
     "metrics_missing": "{v:.0f} metrics stopped reporting",
     "collector_errors_1h": "{v:.0f} collector errors in 1 h",
-    **{f"xid{x}_2h": "{v:.0f} XID " + str(x) + " in 2 h (" + m + ")"
-       for x, (m, _) in CRITICAL_XIDS.items()},
+    **{
+        f"xid{x}_2h": "{v:.0f} XID " + str(x) + " in 2 h (" + m + ")"
+        for x, (m, _) in CRITICAL_XIDS.items()
+    },
 }
 
 
@@ -70,8 +72,9 @@ def phrase(feature: str, value: float, baseline: float) -> str:
         return f"{feature} = {value}"
 
 
-def explain(model: FailureModel, rows: pl.DataFrame, top: int = 3,
-            min_contribution: float = 0.01) -> list[list[dict]]:
+def explain(
+    model: FailureModel, rows: pl.DataFrame, top: int = 3, min_contribution: float = 0.01
+) -> list[list[dict]]:
     """Per row, up to `top` reasons: {feature, value, baseline, contribution, text}, largest
     contribution first. Lost devices get the telemetry-loss reason first."""
     out: list[list[dict]] = [[] for _ in range(rows.height)]
@@ -97,17 +100,34 @@ def explain(model: FailureModel, rows: pl.DataFrame, top: int = 3,
                 if c < min_contribution or np.isnan(v):
                     continue
                 feat = m.features[j]
-                out[i].append({"feature": feat, "value": float(v),
-                               "baseline": m.baseline.get(feat, 0.0), "contribution": c,
-                               "text": phrase(feat, float(v), m.baseline.get(feat, 0.0))})
+                out[i].append(
+                    {
+                        "feature": feat,
+                        "value": float(v),
+                        "baseline": m.baseline.get(feat, 0.0),
+                        "contribution": c,
+                        "text": phrase(feat, float(v), m.baseline.get(feat, 0.0)),
+                    }
+                )
     if "lost" in rows.columns:
         lost = rows["lost"].to_numpy()
         stale = rows["stale_reads"].to_numpy()
         xid79 = rows["xid79_2h"].to_numpy()
         for i in np.flatnonzero(lost):
-            text = ("XID 79: GPU has fallen off the bus" if xid79[i] and xid79[i] > 0 else
-                    f"telemetry lost: no reading for {stale[i]:.0f} read intervals while "
-                    "its rack peers report")
-            out[i].insert(0, {"feature": "telemetry_lost", "value": float(stale[i] or 0),
-                              "baseline": 0.0, "contribution": 1.0, "text": text})
+            text = (
+                "XID 79: GPU has fallen off the bus"
+                if xid79[i] and xid79[i] > 0
+                else f"telemetry lost: no reading for {stale[i]:.0f} read intervals while "
+                "its rack peers report"
+            )
+            out[i].insert(
+                0,
+                {
+                    "feature": "telemetry_lost",
+                    "value": float(stale[i] or 0),
+                    "baseline": 0.0,
+                    "contribution": 1.0,
+                    "text": text,
+                },
+            )
     return out

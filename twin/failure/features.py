@@ -25,20 +25,56 @@ XID_WINDOW_S = 2 * 3600
 COMMON = ["stale_reads", "read_ratio_15m", "metrics_missing", "collector_errors_1h"]
 XID_COLS = [f"xid{x}_2h" for x in sorted(CRITICAL_XIDS)]
 FEATURES: dict[str, list[str]] = {
-    "gpu": ["temp_c", "temp_dev_c", "temp_slope_kph", "power_w", "throttle_frac_1h",
-            "ecc_corr_1h", "ecc_corr_rate_15m_ph", "ecc_accel", "ecc_uncorr_6h",
-            "remap_corr_6h", "remap_uncorr_6h", *XID_COLS, *COMMON],
+    "gpu": [
+        "temp_c",
+        "temp_dev_c",
+        "temp_slope_kph",
+        "power_w",
+        "throttle_frac_1h",
+        "ecc_corr_1h",
+        "ecc_corr_rate_15m_ph",
+        "ecc_accel",
+        "ecc_uncorr_6h",
+        "remap_corr_6h",
+        "remap_uncorr_6h",
+        *XID_COLS,
+        *COMMON,
+    ],
     # losses, not efficiency: an ageing PSU's conversion losses grow (1 + 3p^2 in the
     # simulator) while efficiency moves by fractions of a point; losses relative to the
     # rack's other PSUs cancel load and inlet temperature
-    "psu": ["psu_loss_ratio", "psu_loss_slope_30m_ph", "psu_loss_slope_1h_ph",
-            "psu_loss_slope_2h_ph", "psu_loss_rise_age_h", "psu_loss_double_h", *COMMON],
-    "cdu": ["speed_per_flow", "speed_per_flow_drift_6h", "speed_per_flow_slope_ph",
-            "pump_w_per_lpm", "flow_lpm", "reservoir_pct", "reservoir_slope_pph",
-            "hours_to_reservoir_30", "leak_detected", *COMMON],
-    "crah": ["fan_power_ratio", "fan_power_ratio_dev", "fan_power_ratio_slope_ph",
-             "fan_power_ratio_drift_6h", "fan_power_ratio_rise_pct",
-             "fan_power_ratio_rise_pct_30m", "fan_speed_pct", "return_air_c", *COMMON],
+    "psu": [
+        "psu_loss_ratio",
+        "psu_loss_slope_30m_ph",
+        "psu_loss_slope_1h_ph",
+        "psu_loss_slope_2h_ph",
+        "psu_loss_rise_age_h",
+        "psu_loss_double_h",
+        *COMMON,
+    ],
+    "cdu": [
+        "speed_per_flow",
+        "speed_per_flow_drift_6h",
+        "speed_per_flow_slope_ph",
+        "pump_w_per_lpm",
+        "flow_lpm",
+        "reservoir_pct",
+        "reservoir_slope_pph",
+        "hours_to_reservoir_30",
+        "leak_detected",
+        *COMMON,
+    ],
+    "crah": [
+        "fan_power_ratio",
+        "fan_power_ratio_dev",
+        "fan_power_ratio_slope_ph",
+        "fan_power_ratio_drift_6h",
+        "fan_power_ratio_rise_pct",
+        "fan_power_ratio_rise_pct_30m",
+        "fan_speed_pct",
+        "return_air_c",
+        *COMMON,
+    ],
 }
 
 
@@ -49,13 +85,21 @@ def _ts(t: datetime) -> str:
 def _frame(window_s: int, bucket_s: int) -> str:
     """A window over the buckets ending in (t - window_s, t]."""
     back = max(window_s - bucket_s, 0)
-    return (f"(PARTITION BY device_id ORDER BY bucket_end RANGE BETWEEN "
-            f"INTERVAL {back} SECOND PRECEDING AND CURRENT ROW)")
+    return (
+        f"(PARTITION BY device_id ORDER BY bucket_end RANGE BETWEEN "
+        f"INTERVAL {back} SECOND PRECEDING AND CURRENT ROW)"
+    )
 
 
-def compute_features(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime,
-                     bucket_s: int = 300, classes: tuple[str, ...] = CLASSES,
-                     samples: str = "samples", events: str = "events") -> pl.DataFrame:
+def compute_features(
+    con: duckdb.DuckDBPyConnection,
+    start: datetime,
+    end: datetime,
+    bucket_s: int = 300,
+    classes: tuple[str, ...] = CLASSES,
+    samples: str = "samples",
+    events: str = "events",
+) -> pl.DataFrame:
     """Feature rows for every device of `classes` at every t = end - k*bucket_s >= start.
 
     One row per (device, t) for devices seen before t (within LOOKBACK_S); columns
@@ -160,12 +204,14 @@ def compute_features(con: duckdb.DuckDBPyConnection, start: datetime, end: datet
     slopes = ",\n".join(
         f"(psu_loss_ratio - first_value(psu_loss_ratio) OVER {_frame(w + b, b)}) / nullif("
         f"epoch(bucket_end - first_value(bucket_end) OVER {_frame(w + b, b)}) / 3600.0, 0)"
-        f" AS psu_loss_slope_{name}_ph" for name, w in (("30m", 1800), ("1h", 3600),
-                                                         ("2h", 7200)))
+        f" AS psu_loss_slope_{name}_ph"
+        for name, w in (("30m", 1800), ("1h", 3600), ("2h", 7200))
+    )
     con.execute(f"CREATE OR REPLACE TEMP TABLE _fw AS SELECT *, {slopes} FROM _fw0")
     xid_counts = ",\n".join(
         f"count(*) FILTER (e.kind = 'xid' AND e.attrs->>'xid' = '{x}') AS xid{x}_2h"
-        for x in sorted(CRITICAL_XIDS))
+        for x in sorted(CRITICAL_XIDS)
+    )
     cls = ", ".join(f"'{c}'" for c in classes)
     # grid: every device seen within the lookback before t, at every t; as-of join to
     # its newest bucket (a silent device keeps its last features and grows stale_reads)
@@ -204,20 +250,24 @@ def compute_features(con: duckdb.DuckDBPyConnection, start: datetime, end: datet
     ORDER BY j.t, j.device_id
     """).pl()
     out = out.with_columns(
-        pl.when(pl.col("device_class") != "cdu").then(None)
+        pl.when(pl.col("device_class") != "cdu")
+        .then(None)
         .otherwise(pl.col("hours_to_reservoir_30").fill_null(100.0))
-        .alias("hours_to_reservoir_30"))
+        .alias("hours_to_reservoir_30")
+    )
     return out.filter(pl.col("t") >= start)
 
 
-def features_asof(con: duckdb.DuckDBPyConnection, now: datetime, bucket_s: int = 300,
-                  **kw) -> pl.DataFrame:
+def features_asof(
+    con: duckdb.DuckDBPyConnection, now: datetime, bucket_s: int = 300, **kw
+) -> pl.DataFrame:
     """The feature rows of every device at `now` (reads only the lookback window)."""
     return compute_features(con, now, now, bucket_s, **kw)
 
 
-def failed_devices(con: duckdb.DuckDBPyConnection, now: datetime,
-                   events: str = "events") -> pl.DataFrame:
+def failed_devices(
+    con: duckdb.DuckDBPyConnection, now: datetime, events: str = "events"
+) -> pl.DataFrame:
     """Devices with a failure event (XID 79/48/95/64, device lost, pump/PSU/fan failed) in
     the lookback: they are not at risk, they have failed."""
     crit = "('79', '48', '95', '64')"

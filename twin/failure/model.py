@@ -21,7 +21,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from twin.failure.features import CLASSES, FEATURES
-from twin.leakage import LeakageError  # noqa: F401 - raised here, re-exported
+from twin.leakage import LeakageError
 
 # isotonic regression needs many positive episodes: with few it learns a step at the few
 # scores it saw and the threshold lands on that step (a CRAH model calibrated on 2
@@ -47,25 +47,31 @@ def parse_horizon_s(text: str | float) -> float:
     return value
 
 
-
-
-def label_rows(feats: pl.DataFrame, labels: pl.DataFrame, horizon_s: float,
-               run_id: str) -> pl.DataFrame:
+def label_rows(
+    feats: pl.DataFrame, labels: pl.DataFrame, horizon_s: float, run_id: str
+) -> pl.DataFrame:
     """Adds y, run, episode, failure_time, onset, fault and drops rows at/after failure.
 
     `labels` is the simulator's ground truth (fault_id, fault, device_id, onset,
     failure_time). `episode` names the failure episode a row belongs to (null for devices
     that never fail in the run)."""
-    fails = (labels.filter(pl.col("failure_time").is_not_null())
-             .sort("failure_time").group_by("device_id").first()
-             .select("device_id", "fault_id", "fault", "onset", "failure_time"))
+    fails = (
+        labels.filter(pl.col("failure_time").is_not_null())
+        .sort("failure_time")
+        .group_by("device_id")
+        .first()
+        .select("device_id", "fault_id", "fault", "onset", "failure_time")
+    )
     h = pl.duration(milliseconds=int(horizon_s * 1000))
     out = feats.join(fails, on="device_id", how="left").with_columns(
         pl.lit(run_id).alias("run"),
         pl.when(pl.col("fault_id").is_not_null())
-        .then(pl.lit(run_id + ":") + pl.col("fault_id").cast(pl.String)).alias("episode"),
+        .then(pl.lit(run_id + ":") + pl.col("fault_id").cast(pl.String))
+        .alias("episode"),
         ((pl.col("failure_time") > pl.col("t")) & (pl.col("failure_time") <= pl.col("t") + h))
-        .fill_null(False).cast(pl.Int8).alias("y"),
+        .fill_null(False)
+        .cast(pl.Int8)
+        .alias("y"),
         (pl.col("failure_time") > pl.col("onset")).fill_null(True).alias("has_precursor"),
     )
     return out.filter(pl.col("failure_time").is_null() | (pl.col("t") < pl.col("failure_time")))
@@ -78,8 +84,12 @@ class Split:
     test: pl.DataFrame
 
 
-def check_disjoint(earlier: pl.DataFrame, later: pl.DataFrame, horizon_s: float,
-                   names: tuple[str, str] = ("train", "test")) -> None:
+def check_disjoint(
+    earlier: pl.DataFrame,
+    later: pl.DataFrame,
+    horizon_s: float,
+    names: tuple[str, str] = ("train", "test"),
+) -> None:
     """Raises LeakageError unless every row of `earlier`, including the horizon its label
     looks ahead, ends before the first row of `later`, and no failure episode or run is
     in both."""
@@ -88,29 +98,36 @@ def check_disjoint(earlier: pl.DataFrame, later: pl.DataFrame, horizon_s: float,
     end = earlier["t"].max()
     first = later["t"].min()
     if end + timedelta(seconds=horizon_s) >= first:
-        raise LeakageError(f"{names[0]} ends at {end} and its labels look {horizon_s:.0f} s "
-                           f"ahead, past the start of {names[1]} ({first})")
-    shared = (set(earlier["episode"].drop_nulls()) & set(later["episode"].drop_nulls()))
+        raise LeakageError(
+            f"{names[0]} ends at {end} and its labels look {horizon_s:.0f} s "
+            f"ahead, past the start of {names[1]} ({first})"
+        )
+    shared = set(earlier["episode"].drop_nulls()) & set(later["episode"].drop_nulls())
     if shared:
-        raise LeakageError(f"failure episodes in both {names[0]} and {names[1]}: "
-                           f"{sorted(shared)[:5]}")
+        raise LeakageError(
+            f"failure episodes in both {names[0]} and {names[1]}: {sorted(shared)[:5]}"
+        )
     runs = set(earlier["run"]) & set(later["run"])
     if runs:
         raise LeakageError(f"runs in both {names[0]} and {names[1]}: {sorted(runs)[:5]}")
 
 
-def time_split(rows: pl.DataFrame, horizon_s: float, calibrate_runs: int = 1,
-               test_runs: int = 2) -> Split:
+def time_split(
+    rows: pl.DataFrame, horizon_s: float, calibrate_runs: int = 1, test_runs: int = 2
+) -> Split:
     """Whole runs in time order: the earliest for training, then calibration, then test.
     Checked with check_disjoint, so a split that leaks cannot be returned."""
-    order = (rows.group_by("run").agg(pl.col("t").min().alias("start")).sort("start")["run"]
-             .to_list())
+    order = (
+        rows.group_by("run").agg(pl.col("t").min().alias("start")).sort("start")["run"].to_list()
+    )
     if len(order) < calibrate_runs + test_runs + 1:
-        raise ValueError(f"runs: need at least {calibrate_runs + test_runs + 1}, "
-                         f"got {len(order)}")
+        raise ValueError(f"runs: need at least {calibrate_runs + test_runs + 1}, got {len(order)}")
     n_train = len(order) - calibrate_runs - test_runs
-    parts = (order[:n_train], order[n_train:n_train + calibrate_runs],
-             order[n_train + calibrate_runs:])
+    parts = (
+        order[:n_train],
+        order[n_train : n_train + calibrate_runs],
+        order[n_train + calibrate_runs :],
+    )
     train, cal, test = (rows.filter(pl.col("run").is_in(p)) for p in parts)
     check_disjoint(train, cal, horizon_s, ("train", "calibrate"))
     check_disjoint(cal, test, horizon_s, ("calibrate", "test"))
@@ -118,7 +135,7 @@ def time_split(rows: pl.DataFrame, horizon_s: float, calibrate_runs: int = 1,
     return Split(train, cal, test)
 
 
-def _trainable(rows: pl.DataFrame, horizon_s: float) -> pl.DataFrame:  # noqa: ARG001
+def _trainable(rows: pl.DataFrame, horizon_s: float) -> pl.DataFrame:
     """Rows a classifier learns from: all but precursor-less episodes. The rows of a
     degrading device whose failure is further out than the horizon stay in as negatives,
     so the model learns how close the failure is, not only that a device is odd."""
@@ -143,8 +160,9 @@ class PlattCalibrator:
 def _calibrator(raw: np.ndarray, y: np.ndarray, episodes: int):
     """Isotonic with >= MIN_ISOTONIC_EPISODES positive episodes in the slice, else Platt."""
     if episodes >= MIN_ISOTONIC_EPISODES:
-        return IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw, y), \
-            "isotonic"
+        return IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(
+            raw, y
+        ), "isotonic"
     return PlattCalibrator().fit(raw, y), "platt"
 
 
@@ -182,14 +200,21 @@ class FailureModel:
             healthy = tr.filter(pl.col("failure_time").is_null())
             baseline = {f: float(healthy[f].median() or 0.0) for f in feats}
             if y.sum() < 2 or (len(y) - y.sum()) < 2:
-                self.classes[cls] = ClassModel(feats, None, None, 1.0, baseline, {}, 0.0,
-                                               len(y), int(y.sum()))
+                self.classes[cls] = ClassModel(
+                    feats, None, None, 1.0, baseline, {}, 0.0, len(y), int(y.sum())
+                )
                 continue
             # small, regularised trees: a few dozen failure episodes per class, and
             # scores that do not saturate keep the threshold stable from run to run
             clf = HistGradientBoostingClassifier(
-                max_iter=200, learning_rate=0.05, max_leaf_nodes=7, min_samples_leaf=50,
-                l2_regularization=1.0, class_weight="balanced", random_state=0)
+                max_iter=200,
+                learning_rate=0.05,
+                max_leaf_nodes=7,
+                min_samples_leaf=50,
+                l2_regularization=1.0,
+                class_weight="balanced",
+                random_state=0,
+            )
             clf.fit(_x(tr, feats), y)
             raw = clf.decision_function(_x(ca, feats))
             yc = ca["y"].to_numpy()
@@ -198,8 +223,19 @@ class FailureModel:
             prob = iso.predict(raw)
             thr = _operating_threshold(prob, yc, self.target_recall)
             imp = _importance(clf, ca, feats, yc)
-            self.classes[cls] = ClassModel(feats, clf, iso, thr, baseline, imp,
-                                           float(y.mean()), len(y), int(y.sum()), how, n_eps)
+            self.classes[cls] = ClassModel(
+                feats,
+                clf,
+                iso,
+                thr,
+                baseline,
+                imp,
+                float(y.mean()),
+                len(y),
+                int(y.sum()),
+                how,
+                n_eps,
+            )
             if progress is not None:
                 progress(cls)
         return self
@@ -227,8 +263,7 @@ def lost_flag(rows: pl.DataFrame) -> pl.Expr:
     """Telemetry loss: an XID 79, or a device silent for LOST_AFTER_READS read intervals
     (its last 2 reads missing) while a peer of its class in its rack still reports (so the
     collector is up); a whole silent rack is a collector problem, not a device failure."""
-    peer_fresh = (pl.col("stale_reads").min().over(["t", "rack", "device_class"])
-                  < LOST_AFTER_READS)
+    peer_fresh = pl.col("stale_reads").min().over(["t", "rack", "device_class"]) < LOST_AFTER_READS
     silent = (pl.col("stale_reads") >= LOST_AFTER_READS) & peer_fresh
     return ((pl.col("xid79_2h").fill_null(0) > 0) | silent.fill_null(False)).alias("lost")
 
@@ -253,13 +288,20 @@ def _importance(clf, rows: pl.DataFrame, feats: list[str], y: np.ndarray) -> dic
     """Permutation importance on the calibration slice (drop in average precision)."""
     from sklearn.inspection import permutation_importance
     from sklearn.metrics import average_precision_score
+
     if y.sum() == 0:
         return {f: 1.0 / len(feats) for f in feats}
-    keep = np.flatnonzero(y == 1).tolist() + np.flatnonzero(y == 0)[::max(1, len(y) // 5000)
-                                                                    ].tolist()
+    keep = (
+        np.flatnonzero(y == 1).tolist() + np.flatnonzero(y == 0)[:: max(1, len(y) // 5000)].tolist()
+    )
     r = permutation_importance(
-        clf, _x(rows[keep], feats), y[keep], n_repeats=1, random_state=0,
-        scoring=lambda est, x, yy: average_precision_score(yy, est.predict_proba(x)[:, 1]))
+        clf,
+        _x(rows[keep], feats),
+        y[keep],
+        n_repeats=1,
+        random_state=0,
+        scoring=lambda est, x, yy: average_precision_score(yy, est.predict_proba(x)[:, 1]),
+    )
     imp = np.clip(r.importances_mean, 0.0, None)
     total = imp.sum() or 1.0
     return {f: float(v / total) for f, v in zip(feats, imp, strict=True)}

@@ -40,13 +40,23 @@ class ModelVersion:
 
 def code_version() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         commit = out.stdout.strip()
         if out.returncode != 0 or not commit:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True,
-                               text=True, timeout=5, cwd=Path(__file__).resolve().parent)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         return commit + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -58,10 +68,16 @@ def save(model: FailureModel, meta: dict, root: Path = DEFAULT_ROOT) -> ModelVer
     path = root / version
     path.mkdir(parents=True, exist_ok=False)
     joblib.dump(model, path / "model.joblib")
-    full = {"version": version, "created": now.isoformat(), "horizon_s": model.horizon_s,
-            "code_version": code_version(), "approved": False,
-            "features": {c: m.features for c, m in model.classes.items()},
-            "thresholds": {c: m.threshold for c, m in model.classes.items()}, **meta}
+    full = {
+        "version": version,
+        "created": now.isoformat(),
+        "horizon_s": model.horizon_s,
+        "code_version": code_version(),
+        "approved": False,
+        "features": {c: m.features for c, m in model.classes.items()},
+        "thresholds": {c: m.threshold for c, m in model.classes.items()},
+        **meta,
+    }
     (path / "meta.json").write_text(json.dumps(full, indent=2, default=str))
     return ModelVersion(version, path, full)
 
@@ -87,17 +103,26 @@ def get(version: str, root: Path = DEFAULT_ROOT) -> ModelVersion:
 
 def approve(version: str, root: Path = DEFAULT_ROOT, approved: bool = True) -> ModelVersion:
     v = get(version, root)
-    meta = {**v.meta, "approved": approved,
-            "approved_at": datetime.now(UTC).isoformat() if approved else None}
+    meta = {
+        **v.meta,
+        "approved": approved,
+        "approved_at": datetime.now(UTC).isoformat() if approved else None,
+    }
     (v.path / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     return ModelVersion(v.version, v.path, meta)
 
 
 def newest_approved(root: Path = DEFAULT_ROOT, horizon_s: float | None = None) -> ModelVersion:
-    cands = [v for v in versions(root) if v.approved
-             and (horizon_s is None or float(v.meta.get("horizon_s", -1)) == float(horizon_s))]
+    cands = [
+        v
+        for v in versions(root)
+        if v.approved
+        and (horizon_s is None or float(v.meta.get("horizon_s", -1)) == float(horizon_s))
+    ]
     if not cands:
-        raise RegistryError(f"no approved failure model"
-                            f"{'' if horizon_s is None else f' for horizon {horizon_s:.0f} s'}"
-                            f" in {root} (train one, then `dctwin failure approve VERSION`)")
+        raise RegistryError(
+            f"no approved failure model"
+            f"{'' if horizon_s is None else f' for horizon {horizon_s:.0f} s'}"
+            f" in {root} (train one, then `dctwin failure approve VERSION`)"
+        )
     return cands[-1]

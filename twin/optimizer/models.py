@@ -28,8 +28,14 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.neighbors import KDTree
 from threadpoolctl import threadpool_limits
 
-from twin.optimizer.dataset import COOLING_TARGETS, POWER_TARGETS, THERMAL_TARGETS
-from twin.optimizer.space import FEATURES, N_SP, STATE
+from twin.optimizer.space import (
+    COOLING_TARGETS,
+    FEATURES,
+    N_SP,
+    POWER_TARGETS,
+    STATE,
+    THERMAL_TARGETS,
+)
 
 # derived inputs that make the physics axis-aligned for trees: economizer potential
 # (chw setpoint over wet-bulb), tower lift, CDU exchanger headroom, CRAH coil headroom;
@@ -48,18 +54,29 @@ _I = {n: i for i, n in enumerate(FEATURES)}
 # constraints on a and b (or neither is constrained), so monotonicity in the raw setpoint
 # holds overall; the others are left out of that model (`columns`).
 MONOTONIC: dict[str, dict[str, int]] = {
-    "chiller_kw": {"chw_supply_setpoint_c": -1, "cw_supply_setpoint_c": 1,
-                   "economizer_enabled": -1, "gpu_util_mean": 1, "outdoor_wetbulb_c": 1,
-                   "chw_over_wetbulb_k": -1},
+    "chiller_kw": {
+        "chw_supply_setpoint_c": -1,
+        "cw_supply_setpoint_c": 1,
+        "economizer_enabled": -1,
+        "gpu_util_mean": 1,
+        "outdoor_wetbulb_c": 1,
+        "chw_over_wetbulb_k": -1,
+    },
     "tower_kw": {"cw_supply_setpoint_c": -1, "cw_over_wetbulb_k": -1},
     "plant_pump_kw": {},
     "cdu_pump_kw": {"cdu_dp_setpoint_kpa": 1},
     "crah_fan_kw": {"gpu_util_mean": 1},
     "noncooling_kw": {"cdu_supply_setpoint_c": 1, "gpu_util_mean": 1, "cdu_over_chw_k": 1},
-    "gpu_temp_max_c": {"cdu_supply_setpoint_c": 1, "cdu_dp_setpoint_kpa": -1,
-                       "chw_supply_setpoint_c": 1},
-    "gpu_temp_p99_c": {"cdu_supply_setpoint_c": 1, "cdu_dp_setpoint_kpa": -1,
-                       "chw_supply_setpoint_c": 1},
+    "gpu_temp_max_c": {
+        "cdu_supply_setpoint_c": 1,
+        "cdu_dp_setpoint_kpa": -1,
+        "chw_supply_setpoint_c": 1,
+    },
+    "gpu_temp_p99_c": {
+        "cdu_supply_setpoint_c": 1,
+        "cdu_dp_setpoint_kpa": -1,
+        "chw_supply_setpoint_c": 1,
+    },
     "cdu_supply_max_c": {"cdu_supply_setpoint_c": 1, "chw_supply_setpoint_c": 1},
     "crah_supply_max_c": {"crah_supply_setpoint_c": 1, "chw_supply_setpoint_c": 1},
 }
@@ -89,15 +106,20 @@ def _cst(target: str) -> list[int]:
 
 
 def _regressor(target: str, seed: int, **kw) -> HistGradientBoostingRegressor:
-    return HistGradientBoostingRegressor(max_iter=150, learning_rate=0.1, max_leaf_nodes=31,
-                                         min_samples_leaf=20, monotonic_cst=_cst(target),
-                                         random_state=seed, **kw)
+    return HistGradientBoostingRegressor(
+        max_iter=150,
+        learning_rate=0.1,
+        max_leaf_nodes=31,
+        min_samples_leaf=20,
+        monotonic_cst=_cst(target),
+        random_state=seed,
+        **kw,
+    )
 
 
 def design(x: np.ndarray) -> np.ndarray:
     """Raw FEATURES rows -> MODEL_FEATURES rows (raw + derived)."""
-    return np.hstack([x, np.column_stack([x[:, _I[a]] - x[:, _I[b]]
-                                          for a, b in DERIVED.values()])])
+    return np.hstack([x, np.column_stack([x[:, _I[a]] - x[:, _I[b]] for a, b in DERIVED.values()])])
 
 
 def features(df: pl.DataFrame) -> np.ndarray:
@@ -128,9 +150,15 @@ class Domain:
         d_full = full_tree.query(z_ho, k=1)[0][:, 0]
         # capped: a state a quarter of the trained range away from every training state
         # is out of distribution however sparse the held-out rows were
-        return cls(lo, hi, scale, state_tree, full_tree,
-                   float(np.clip(2.0 * np.quantile(d_state, 0.99), 0.05, STATE_RADIUS_MAX)),
-                   float(np.clip(1.5 * np.quantile(d_full, 0.99), 0.1, FULL_RADIUS_MAX)))
+        return cls(
+            lo,
+            hi,
+            scale,
+            state_tree,
+            full_tree,
+            float(np.clip(2.0 * np.quantile(d_state, 0.99), 0.05, STATE_RADIUS_MAX)),
+            float(np.clip(1.5 * np.quantile(d_full, 0.99), 0.1, FULL_RADIUS_MAX)),
+        )
 
     def state_reasons(self, state: np.ndarray) -> list[str]:
         """Why a state is out of the trained distribution (empty list: it is in)."""
@@ -144,8 +172,10 @@ class Domain:
         if not out:
             d = float(self.state_tree.query((state / self.scale[-ns:])[None, :], k=1)[0][0, 0])
             if d > self.state_radius:
-                out.append(f"no training data near this state (nearest-neighbour distance "
-                           f"{d:.3f} > {self.state_radius:.3f} in normalized units)")
+                out.append(
+                    f"no training data near this state (nearest-neighbour distance "
+                    f"{d:.3f} > {self.state_radius:.3f} in normalized units)"
+                )
         return out
 
     def candidates_inside(self, x: np.ndarray) -> np.ndarray:
@@ -175,9 +205,12 @@ class Prediction:
     def row(self, i: int, ensemble: bool = True) -> Prediction:
         """Row i alone (ensemble=False: the first member only, as the search ranks by)."""
         m = slice(None) if ensemble else slice(0, 1)
-        return Prediction(self.power_members[m, i:i + 1], self.cooling_members[m, i:i + 1],
-                          {k: v[i:i + 1] for k, v in self.mean.items()},
-                          self.gpu_temp_upper_c[i:i + 1])
+        return Prediction(
+            self.power_members[m, i : i + 1],
+            self.cooling_members[m, i : i + 1],
+            {k: v[i : i + 1] for k, v in self.mean.items()},
+            self.gpu_temp_upper_c[i : i + 1],
+        )
 
 
 @dataclass
@@ -198,15 +231,15 @@ class PlantModels:
         """Predictions for raw FEATURES rows; ensemble=False uses only the first (full-data)
         member of each power model (search), True all members (savings ranges)."""
         x = design(x)
-        members = {t: np.stack([m.predict(x[:, columns(t)])
-                                for m in (ms if ensemble else ms[:1])])
-                   for t, ms in self.power.items()}
+        members = {
+            t: np.stack([m.predict(x[:, columns(t)]) for m in (ms if ensemble else ms[:1])])
+            for t, ms in self.power.items()
+        }
         facility = sum(members[t] for t in POWER_TARGETS)
         cooling = sum(members[t] for t in COOLING_TARGETS)
         mean = {t: v.mean(0) for t, v in members.items()}
         mean.update({t: m.predict(x[:, columns(t)]) for t, m in self.thermal.items()})
-        return Prediction(facility, cooling, mean,
-                          mean["gpu_temp_max_c"] + self.gpu_upper_offset_k)
+        return Prediction(facility, cooling, mean, mean["gpu_temp_max_c"] + self.gpu_upper_offset_k)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -218,8 +251,9 @@ class PlantModels:
     def load(path: str | Path) -> PlantModels:
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"no trained optimizer model at {path}: run "
-                                    "`dctwin optimize train` first")
+            raise FileNotFoundError(
+                f"no trained optimizer model at {path}: run `dctwin optimize train` first"
+            )
         obj = pickle.loads(path.read_bytes())
         if not isinstance(obj, PlantModels):
             raise TypeError(f"{path} does not hold optimizer models")
@@ -233,13 +267,21 @@ def _iso(t: datetime) -> str:
 def _errors(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     err = p - y
     denom = np.maximum(np.abs(y), 1e-6)
-    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err**2).mean())),
-            "mape_pct": float(100 * np.median(np.abs(err) / denom)),
-            "mean": float(y.mean())}
+    return {
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt((err**2).mean())),
+        "mape_pct": float(100 * np.median(np.abs(err) / denom)),
+        "mean": float(y.mean()),
+    }
 
 
-def train(history: pl.DataFrame, members: int = 3, seed: int = 0,
-          progress: Callable[[str], None] | None = None, threads: int = 1) -> PlantModels:
+def train(
+    history: pl.DataFrame,
+    members: int = 3,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+    threads: int = 1,
+) -> PlantModels:
     """Fit every model on the earliest (1 - HOLDOUT_FRACTION) of the rows in time and
     report the error on the latest rows; the held-out rows calibrate the domain.
     `threads` caps OpenMP: unbounded, it oversubscribes a shared machine badly."""
@@ -247,11 +289,14 @@ def train(history: pl.DataFrame, members: int = 3, seed: int = 0,
         return _train(history, members, seed, progress)
 
 
-def _train(history: pl.DataFrame, members: int, seed: int,
-           progress: Callable[[str], None] | None) -> PlantModels:
+def _train(
+    history: pl.DataFrame, members: int, seed: int, progress: Callable[[str], None] | None
+) -> PlantModels:
     if history.height < 200:
-        raise ValueError(f"training history has {history.height} settled rows; need >= 200 "
-                         "(run `dctwin optimize train` with more hours)")
+        raise ValueError(
+            f"training history has {history.height} settled rows; need >= 200 "
+            "(run `dctwin optimize train` with more hours)"
+        )
     history = history.sort("time")
     n_hold = max(1, int(history.height * HOLDOUT_FRACTION))
     tr, ho = history.head(history.height - n_hold), history.tail(n_hold)
@@ -275,24 +320,32 @@ def _train(history: pl.DataFrame, members: int, seed: int,
     half = max(1, n_hold // 2)
     gm = thermal["gpu_temp_max_c"]
     resid = ho["gpu_temp_max_c"].to_numpy()[:half] - gm.predict(
-        design(x_ho[:half])[:, columns("gpu_temp_max_c")])
+        design(x_ho[:half])[:, columns("gpu_temp_max_c")]
+    )
     upper = max(float(np.quantile(resid, GPU_UPPER_QUANTILE)), 0.0)
     domain = Domain.fit(x_tr, x_ho)
     digest = hashlib.sha1(np.ascontiguousarray(x_tr).tobytes()).hexdigest()[:8]
     now = datetime.now(UTC)
-    models = PlantModels(power, thermal, upper, domain,
-                         f"opt-{now:%Y%m%d}-{digest}", now.isoformat(timespec="seconds"),
-                         tr.height, ho.height,
-                         data_window=(_iso(history["time"].min()), _iso(history["time"].max())))
+    models = PlantModels(
+        power,
+        thermal,
+        upper,
+        domain,
+        f"opt-{now:%Y%m%d}-{digest}",
+        now.isoformat(timespec="seconds"),
+        tr.height,
+        ho.height,
+        data_window=(_iso(history["time"].min()), _iso(history["time"].max())),
+    )
     pred = models.predict(x_ho)
-    err = {t: _errors(ho[t].to_numpy(), pred.mean[t]) for t in (*POWER_TARGETS,
-                                                                 *THERMAL_TARGETS)}
+    err = {t: _errors(ho[t].to_numpy(), pred.mean[t]) for t in (*POWER_TARGETS, *THERMAL_TARGETS)}
     err["facility_kw"] = _errors(ho["facility_kw"].to_numpy(), pred.facility_kw)
     err["cooling_kw"] = _errors(ho["cooling_kw"].to_numpy(), pred.cooling_kw)
     y_max = ho["gpu_temp_max_c"].to_numpy()
     err["gpu_temp_max_c"]["upper_bound_offset_k"] = upper
     err["gpu_temp_max_c"]["upper_bound_coverage"] = float(
-        (y_max[half:] <= pred.gpu_temp_upper_c[half:]).mean())
+        (y_max[half:] <= pred.gpu_temp_upper_c[half:]).mean()
+    )
     models.holdout_error = err
     return models
 

@@ -85,48 +85,80 @@ class RecommendationStore:
             "predicted_facility_kw, pue_current, pue_recommended, pue_delta, "
             "binding_constraint, active_constraints, predicted_gpu_temp_max_c, model_version) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            [_now(), _naive(for_time), site_id, PROPOSED, json.dumps(d.current),
-             json.dumps(d.recommended), json.dumps(d.state), d.predicted_savings_kw,
-             d.savings_low_kw, d.savings_high_kw, d.predicted_cooling_savings_kw,
-             d.predicted_facility_kw, d.pue_current, d.pue_recommended, d.pue_delta,
-             d.binding_constraint, json.dumps(d.active_constraints),
-             d.predicted_gpu_temp_max_c, d.model_version]).fetchone()
+            [
+                _now(),
+                _naive(for_time),
+                site_id,
+                PROPOSED,
+                json.dumps(d.current),
+                json.dumps(d.recommended),
+                json.dumps(d.state),
+                d.predicted_savings_kw,
+                d.savings_low_kw,
+                d.savings_high_kw,
+                d.predicted_cooling_savings_kw,
+                d.predicted_facility_kw,
+                d.pue_current,
+                d.pue_recommended,
+                d.pue_delta,
+                d.binding_constraint,
+                json.dumps(d.active_constraints),
+                d.predicted_gpu_temp_max_c,
+                d.model_version,
+            ],
+        ).fetchone()
         return int(row[0])
 
     def _transition(self, rec_id: int, expected: str, sets: str, params: list) -> None:
         row = self.con.execute(
             f"UPDATE recommendations SET {sets} WHERE id = ? AND status = ? RETURNING id",
-            [*params, rec_id, expected]).fetchone()
+            [*params, rec_id, expected],
+        ).fetchone()
         if row is None:
             current = self.get(rec_id)["status"]  # raises UnknownRecommendationError
-            raise LifecycleError(f"recommendation {rec_id} is {current!r}; this action needs "
-                                 f"it {expected!r}")
+            raise LifecycleError(
+                f"recommendation {rec_id} is {current!r}; this action needs it {expected!r}"
+            )
 
-    def _decide(self, rec_id: int, status: str, who: str, note: str | None,
-                at: datetime | None) -> dict[str, Any]:
+    def _decide(
+        self, rec_id: int, status: str, who: str, note: str | None, at: datetime | None
+    ) -> dict[str, Any]:
         if not who or not who.strip():
             raise ValueError("who: the operator taking the decision must be named")
-        self._transition(rec_id, PROPOSED,
-                         "status = ?, decided_by = ?, decided_at = ?, decision_note = ?",
-                         [status, who.strip(), _naive(at), note])
+        self._transition(
+            rec_id,
+            PROPOSED,
+            "status = ?, decided_by = ?, decided_at = ?, decision_note = ?",
+            [status, who.strip(), _naive(at), note],
+        )
         return self.get(rec_id)
 
-    def accept(self, rec_id: int, who: str, note: str | None = None,
-               at: datetime | None = None) -> dict[str, Any]:
+    def accept(
+        self, rec_id: int, who: str, note: str | None = None, at: datetime | None = None
+    ) -> dict[str, Any]:
         return self._decide(rec_id, ACCEPTED, who, note, at)
 
-    def reject(self, rec_id: int, who: str, note: str | None = None,
-               at: datetime | None = None) -> dict[str, Any]:
+    def reject(
+        self, rec_id: int, who: str, note: str | None = None, at: datetime | None = None
+    ) -> dict[str, Any]:
         return self._decide(rec_id, REJECTED, who, note, at)
 
-    def record_outcome(self, rec_id: int, realised_savings_kw: float, note: str | None = None,
-                       at: datetime | None = None) -> dict[str, Any]:
+    def record_outcome(
+        self,
+        rec_id: int,
+        realised_savings_kw: float,
+        note: str | None = None,
+        at: datetime | None = None,
+    ) -> dict[str, Any]:
         """Realised savings measured after an accepted recommendation was applied."""
         if realised_savings_kw is None or realised_savings_kw != realised_savings_kw:
             raise ValueError("realised_savings_kw: must be a number")
-        self._transition(rec_id, ACCEPTED,
-                         "status = ?, measured_at = ?, realised_savings_kw = ?, outcome_note = ?",
-                         [MEASURED, _naive(at), float(realised_savings_kw), note])
+        self._transition(
+            rec_id,
+            ACCEPTED,
+            "status = ?, measured_at = ?, realised_savings_kw = ?, outcome_note = ?",
+            [MEASURED, _naive(at), float(realised_savings_kw), note],
+        )
         return self.get(rec_id)
 
     def _rows(self, where: str, params: list, limit: int | None = None) -> list[dict[str, Any]]:
@@ -138,8 +170,7 @@ class RecommendationStore:
         out = []
         for r in cur.fetchall():
             d = dict(zip(names, r, strict=True))
-            for k in ("current_setpoints", "recommended_setpoints", "state",
-                      "active_constraints"):
+            for k in ("current_setpoints", "recommended_setpoints", "state", "active_constraints"):
                 d[k] = json.loads(d[k]) if isinstance(d[k], str) else d[k]
             out.append(d)
         return out
@@ -153,17 +184,21 @@ class RecommendationStore:
     def list(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         if status is not None and status not in STATUSES:
             raise ValueError(f"status: {status!r} is not one of {list(STATUSES)}")
-        return self._rows("WHERE status = ?" if status else "", [status] if status else [],
-                          limit)
+        return self._rows("WHERE status = ?" if status else "", [status] if status else [], limit)
 
     def report(self) -> dict[str, Any]:
         """Counts per status and predicted vs realised savings over measured ones."""
-        counts = dict(self.con.execute(
-            "SELECT status, count(*) FROM recommendations GROUP BY status").fetchall())
+        counts = dict(
+            self.con.execute(
+                "SELECT status, count(*) FROM recommendations GROUP BY status"
+            ).fetchall()
+        )
         n, pred, real, mae = self.con.execute(
             "SELECT count(*), sum(predicted_savings_kw), sum(realised_savings_kw), "
             "avg(abs(predicted_savings_kw - realised_savings_kw)) FROM recommendations "
-            "WHERE status = ?", [MEASURED]).fetchone()
+            "WHERE status = ?",
+            [MEASURED],
+        ).fetchone()
         ratio = (real / pred) if pred else None
         # by predicted size: small predicted gains sit inside the models' error and are
         # where selecting the best-looking candidate over-predicts most
@@ -172,11 +207,25 @@ class RecommendationStore:
             k, p_sum, r_sum = self.con.execute(
                 "SELECT count(*), sum(predicted_savings_kw), sum(realised_savings_kw) FROM "
                 "recommendations WHERE status = ? AND predicted_savings_kw >= ? AND "
-                "predicted_savings_kw < ?", [MEASURED, lo, hi]).fetchone()
-            by_size.append({"predicted_kw_from": lo, "predicted_kw_to": hi, "measured": int(k),
-                            "predicted_savings_kw_sum": p_sum, "realised_savings_kw_sum": r_sum,
-                            "realised_over_predicted": (r_sum / p_sum) if p_sum else None})
-        return {"counts": {s: int(counts.get(s, 0)) for s in STATUSES},
-                "measured": int(n), "predicted_savings_kw_sum": pred,
-                "realised_savings_kw_sum": real, "realised_over_predicted": ratio,
-                "mean_abs_error_kw": mae, "by_predicted_size": by_size}
+                "predicted_savings_kw < ?",
+                [MEASURED, lo, hi],
+            ).fetchone()
+            by_size.append(
+                {
+                    "predicted_kw_from": lo,
+                    "predicted_kw_to": hi,
+                    "measured": int(k),
+                    "predicted_savings_kw_sum": p_sum,
+                    "realised_savings_kw_sum": r_sum,
+                    "realised_over_predicted": (r_sum / p_sum) if p_sum else None,
+                }
+            )
+        return {
+            "counts": {s: int(counts.get(s, 0)) for s in STATUSES},
+            "measured": int(n),
+            "predicted_savings_kw_sum": pred,
+            "realised_savings_kw_sum": real,
+            "realised_over_predicted": ratio,
+            "mean_abs_error_kw": mae,
+            "by_predicted_size": by_size,
+        }

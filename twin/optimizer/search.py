@@ -60,15 +60,17 @@ def _vec(d: dict[str, float], names: tuple[str, ...]) -> np.ndarray:
 
 
 class Optimizer:
-    def __init__(self, models: PlantModels, constraints: Constraints | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, models: PlantModels, constraints: Constraints | None = None, seed: int = 0
+    ) -> None:
         self.models = models
         self.c = constraints or Constraints()
         self.rng = np.random.default_rng(seed)
         self.env_lo, self.env_hi = envelope_arrays()
 
-    def predict_setpoints(self, sp: np.ndarray, state: np.ndarray,
-                          ensemble: bool = True) -> Prediction:
+    def predict_setpoints(
+        self, sp: np.ndarray, state: np.ndarray, ensemble: bool = True
+    ) -> Prediction:
         """Predictions for rows of setpoints in one state."""
         x = np.hstack([sp, np.broadcast_to(state, (len(sp), len(state)))])
         with threadpool_limits(1):  # small batches: threads cost more than they give
@@ -84,8 +86,11 @@ class Optimizer:
 
     def _sample(self, lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
         sp = self.rng.uniform(lo, hi, (n, len(lo)))
-        sp[:, ECON] = np.where(lo[ECON] == hi[ECON], lo[ECON],
-                               self.rng.integers(round(lo[ECON]), round(hi[ECON]) + 1, n))
+        sp[:, ECON] = np.where(
+            lo[ECON] == hi[ECON],
+            lo[ECON],
+            self.rng.integers(round(lo[ECON]), round(hi[ECON]) + 1, n),
+        )
         # push part of the draws onto the faces of the box, where optima tend to sit
         face = self.rng.random((n, len(lo))) < 0.15
         side = self.rng.random((n, len(lo))) < 0.5
@@ -94,9 +99,14 @@ class Optimizer:
 
     def recommend(self, state: dict[str, float], current: dict[str, float]) -> Decision:
         s, cur = _vec(state, STATE), _vec(current, SETPOINTS)
-        dec = Decision(None, "", "out_of_distribution",
-                       dict(zip(SETPOINTS, cur.tolist(), strict=True)),
-                       dict(zip(STATE, s.tolist(), strict=True)), self.models.version)
+        dec = Decision(
+            None,
+            "",
+            "out_of_distribution",
+            dict(zip(SETPOINTS, cur.tolist(), strict=True)),
+            dict(zip(STATE, s.tolist(), strict=True)),
+            self.models.version,
+        )
         ood = self.models.domain.state_reasons(s)
         if ood:
             dec.reason = "out of distribution: " + "; ".join(ood)
@@ -104,8 +114,10 @@ class Optimizer:
         lo, hi = self.c.box(cur, self.models.domain.lo, self.models.domain.hi)
         if (lo > hi + ACTIVE_TOL).any():
             bad = [SETPOINTS[i] for i in np.flatnonzero(lo > hi + ACTIVE_TOL)]
-            dec.reason = (f"current {bad} are outside the trained range by more than one "
-                          "ramp step: no safe move within the models' domain")
+            dec.reason = (
+                f"current {bad} are outside the trained range by more than one "
+                "ramp step: no safe move within the models' domain"
+            )
             dec.category = "out_of_trained_range"
             return dec
         hi = np.maximum(hi, lo)
@@ -115,14 +127,17 @@ class Optimizer:
             if best_sp is None:
                 break
             width = (hi - lo) * scale
-            local = self._sample(np.maximum(lo, best_sp - width), np.minimum(hi, best_sp + width),
-                                 N_LOCAL)
+            local = self._sample(
+                np.maximum(lo, best_sp - width), np.minimum(hi, best_sp + width), N_LOCAL
+            )
             sp2 = self._best(np.vstack([best_sp[None, :], local]), s)
             if sp2 is not None:
                 best_sp = sp2
         if best_sp is None:
-            dec.reason = ("no candidate within the ramp limit satisfies the GPU temperature "
-                          "limit, the loop class limits and the trained domain")
+            dec.reason = (
+                "no candidate within the ramp limit satisfies the GPU temperature "
+                "limit, the loop class limits and the trained domain"
+            )
             dec.category = "infeasible"
             return dec
         both = self.predict_setpoints(np.vstack([cur, best_sp]), s)
@@ -140,20 +155,26 @@ class Optimizer:
         dec.pue_current = float(pc.facility_kw[0] / max(it_cur, 1e-9))
         dec.pue_recommended = float(pb.facility_kw[0] / max(pb.mean["noncooling_kw"][0], 1e-9))
         dec.active_constraints = self._active(best_sp, cur, lo, hi, pb)
-        dec.binding_constraint = self._binding(best_sp, s, float(both.row(1, False).facility_kw[0]),
-                                               dec.active_constraints)
+        dec.binding_constraint = self._binding(
+            best_sp, s, float(both.row(1, False).facility_kw[0]), dec.active_constraints
+        )
         cur_ok = bool(self._feasible(cur[None, :], s, pc)[0])
         if cur_ok and dec.predicted_savings_kw < self.c.min_savings_kw:
-            dec.reason = (f"current setpoints are within {self.c.min_savings_kw} kW of the best "
-                          f"found (predicted saving {dec.predicted_savings_kw:.3f} kW)")
+            dec.reason = (
+                f"current setpoints are within {self.c.min_savings_kw} kW of the best "
+                f"found (predicted saving {dec.predicted_savings_kw:.3f} kW)"
+            )
             dec.category = "no_gain"
             return dec
         best_sp[ECON] = round(best_sp[ECON])
         dec.recommended = dict(zip(SETPOINTS, best_sp.tolist(), strict=True))
         dec.category = "recommended"
         dec.reason = f"predicted saving {dec.predicted_savings_kw:.2f} kW" + (
-            "" if cur_ok else "; the current setpoints break a constraint or leave the trained "
-            "domain, this is the best safe move")
+            ""
+            if cur_ok
+            else "; the current setpoints break a constraint or leave the trained "
+            "domain, this is the best safe move"
+        )
         return dec
 
     def _best(self, cand: np.ndarray, s: np.ndarray) -> np.ndarray | None:
@@ -163,18 +184,20 @@ class Optimizer:
             return None
         return cand[int(np.argmin(np.where(ok, pred.facility_kw, np.inf)))].copy()
 
-    def _active(self, sp: np.ndarray, cur: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                pb: Prediction) -> list[str]:
+    def _active(
+        self, sp: np.ndarray, cur: np.ndarray, lo: np.ndarray, hi: np.ndarray, pb: Prediction
+    ) -> list[str]:
         """Constraints the recommendation sits on."""
         c, out = self.c, []
         if c.gpu_temp_cap_c - pb.gpu_temp_upper_c[0] < 0.5:
-            out.append(f"gpu_temp_limit ({pb.gpu_temp_upper_c[0]:.1f} degC predicted upper max "
-                       f"vs {c.gpu_temp_limit_c} - {c.gpu_temp_margin_k} K margin)")
+            out.append(
+                f"gpu_temp_limit ({pb.gpu_temp_upper_c[0]:.1f} degC predicted upper max "
+                f"vs {c.gpu_temp_limit_c} - {c.gpu_temp_margin_k} K margin)"
+            )
         if c.tcs_max_c - pb.mean["cdu_supply_max_c"][0] < 0.5:
             out.append(f"ashrae_{c.tcs_class} (CDU supply <= {c.tcs_max_c} degC)")
         if sp[CRAH] - sp[CHW] - c.coil_approach_k < 0.05:
-            out.append("crah_coil_approach (CRAH supply >= chw supply + "
-                       f"{c.coil_approach_k} K)")
+            out.append(f"crah_coil_approach (CRAH supply >= chw supply + {c.coil_approach_k} K)")
         step = np.array([c.max_step.get(n, np.inf) for n in SETPOINTS])
         d_lo, d_hi = self.models.domain.lo[:N_SP], self.models.domain.hi[:N_SP]
         for i, name in enumerate(SETPOINTS[:ECON]):
@@ -192,8 +215,9 @@ class Optimizer:
                     out.append(f"ashrae_class:{name} ({side} {bound:g})")
         return out
 
-    def _binding(self, sp: np.ndarray, s: np.ndarray, best_kw: float,
-                 active: list[str]) -> str | None:
+    def _binding(
+        self, sp: np.ndarray, s: np.ndarray, best_kw: float, active: list[str]
+    ) -> str | None:
         """The active constraint whose relaxation the models say would save the most: each
         active bound is nudged outward by a small amount and re-predicted."""
         if not active:

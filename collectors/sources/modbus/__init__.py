@@ -1,0 +1,1 @@
+"""The `modbus` collector source plugin: see README.md beside this file."""

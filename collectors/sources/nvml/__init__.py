@@ -1,0 +1,1 @@
+"""The `nvml` collector source plugin: see README.md beside this file."""

@@ -1,0 +1,1 @@
+"""The `redfish` collector source plugin: see README.md beside this file."""

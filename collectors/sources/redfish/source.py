@@ -1,0 +1,429 @@
+"""Redfish source: BMCs, CDUs, power shelves and PDUs over HTTP(S) with httpx.
+
+The first read walks the service from `/redfish/v1` (Chassis sensors, power supplies,
+environment metrics, chassis liquid cooling, ThermalEquipment CDUs, PowerEquipment PDUs)
+and keeps a plan: the resources that carry readings or health. Later reads GET only those,
+and the walk is repeated every `rediscover_s` or when a planned resource disappears.
+A chassis sensor that an equipment resource already cites (`DataSourceUri`) is not read
+twice. Mapping tables live in `redfish_map.py`; see docs/collectors.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from collectors.base import Readings, now_ms
+from collectors.sources.redfish import fields as rmap
+from domain.contract import Event, EventKind, Kind
+
+log = logging.getLogger(__name__)
+
+ROOT = "/redfish/v1"
+Section = Literal["sensors", "environment", "power_supplies", "chassis_cooling", "cdus", "pdus"]
+
+# link name -> the section that switches it on (None: always followed)
+_NAV: dict[str, dict[str, Section | None]] = {
+    "ServiceRoot": {"Chassis": None, "ThermalEquipment": "cdus", "PowerEquipment": "pdus"},
+    "Chassis": {
+        "Sensors": "sensors",
+        "EnvironmentMetrics": "environment",
+        "PowerSubsystem": "power_supplies",
+        "ThermalSubsystem": "chassis_cooling",
+        "LeakDetectors": "chassis_cooling",
+    },
+    "PowerSubsystem": {"PowerSupplies": None},
+    "PowerSupply": {"Metrics": None},
+    "ThermalSubsystem": {"CoolantConnectors": None, "Pumps": None, "LeakDetection": None},
+    "ThermalEquipment": {"CDUs": None, "HeatExchangers": None, "ImmersionUnits": None},
+    "CoolingUnit": {
+        "PrimaryCoolantConnectors": None,
+        "SecondaryCoolantConnectors": None,
+        "Pumps": None,
+        "Filters": None,
+        "Reservoirs": None,
+        "LeakDetection": None,
+        "EnvironmentMetrics": None,
+    },
+    "LeakDetection": {"LeakDetectors": None},
+    "PowerEquipment": {
+        "RackPDUs": None,
+        "FloorPDUs": None,
+        "PowerShelves": None,
+        "TransferSwitches": None,
+        "Switchgear": None,
+    },
+    "PowerDistribution": {"Metrics": None, "Outlets": None, "Mains": None, "Branches": None},
+}
+# links whose target must be of this type; a service that links elsewhere by mistake
+# (DMTF's power-shelf mockup points PowerSubsystem at Sensors) gets the conventional URI
+_EXPECTED = {
+    "PowerSubsystem": "PowerSubsystem",
+    "ThermalSubsystem": "ThermalSubsystem",
+    "EnvironmentMetrics": "EnvironmentMetrics",
+}
+# resources read every interval: they carry readings or a health status worth watching
+_WATCHED = set(rmap.PROPERTIES) | {
+    "Sensor",
+    "LeakDetector",
+    "LeakDetection",
+    "Chassis",
+    "CoolingUnit",
+    "PowerSupply",
+    "Filter",
+    "PowerDistribution",
+}
+_CITABLE = {"Sensor", "LeakDetector"}  # dropped from the plan when an excerpt cites them
+
+
+class RedfishSourceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["redfish"] = "redfish"
+    name: str = "redfish"
+    base_url: str = Field(description="scheme://host[:port] of the Redfish service")
+    auth: Literal["session", "basic", "none"] = "session"
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    verify_tls: bool | Path = Field(True, description="false, true or a CA bundle path")
+    timeout_s: float = Field(5.0, gt=0, le=120, description="per HTTP request")
+    device_prefix: str = Field(min_length=1, description="e.g. sv1/h1/cdu-row1")
+    rack: str = Field(min_length=1, description="partition key: rack id or hall id")
+    devices: dict[str, str] = Field(
+        default_factory=dict,
+        description="Redfish path (below /redfish/v1) -> device id; children inherit it",
+    )
+    chassis_kind: Literal["power", "cooling"] = Field(
+        "power", description="kind of chassis temperatures that are neither coolant nor PSU"
+    )
+    sections: set[Section] = Field(
+        default_factory=lambda: {
+            "sensors",
+            "environment",
+            "power_supplies",
+            "chassis_cooling",
+            "cdus",
+            "pdus",
+        }
+    )
+    rediscover_s: float = Field(600.0, gt=0)
+    max_resources: int = Field(5000, ge=1, description="bound on one walk of the service")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        url = httpx.URL(v)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"not an http(s) URL: {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("devices")
+    @classmethod
+    def _relative_paths(cls, v: dict[str, str]) -> dict[str, str]:
+        # "/redfish/v1/Chassis/1U/" and "Chassis/1U" name the same resource
+        return {
+            k.strip("/").removeprefix("redfish/v1").strip("/"): d.rstrip("/") for k, d in v.items()
+        }
+
+    @model_validator(mode="after")
+    def _credentials(self) -> RedfishSourceConfig:
+        if self.auth != "none" and not self.username:
+            raise ValueError(f"username is required with auth = {self.auth!r}")
+        return self
+
+
+class RedfishError(RuntimeError):
+    pass
+
+
+@dataclass
+class _Entry:
+    uri: str
+    rtype: str
+    owner_kind: Kind
+    loop: tuple[str, dict[str, str]] | None = None  # (CDU uri, metric renames)
+
+
+class RedfishSource:
+    def __init__(self, config: RedfishSourceConfig, client: httpx.Client | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        verify: bool | ssl.SSLContext = (
+            config.verify_tls
+            if isinstance(config.verify_tls, bool)
+            else ssl.create_default_context(cafile=str(config.verify_tls))
+        )
+        self.client = client or httpx.Client(
+            base_url=config.base_url,
+            verify=verify,
+            timeout=config.timeout_s,
+            headers={"Accept": "application/json", "OData-Version": "4.0"},
+            auth=(
+                httpx.BasicAuth(config.username, config.password.get_secret_value())
+                if config.auth == "basic"
+                else None
+            ),
+        )
+        self._session_uri: str | None = None
+        self._plan: list[_Entry] | None = None
+        self._discovered_at = 0.0
+        self._active: dict[str, tuple[rmap.Finding, str]] = {}  # key -> (finding, reporter)
+        self._device_keys = sorted(config.devices, key=len, reverse=True)
+        self._walk_errors: list[str] = []
+
+    # -- HTTP --------------------------------------------------------------------------
+    def _login(self) -> None:
+        cfg = self.config
+        resp = self.client.post(
+            f"{ROOT}/SessionService/Sessions",
+            json={"UserName": cfg.username, "Password": cfg.password.get_secret_value()},
+        )
+        token = resp.headers.get("X-Auth-Token")
+        if resp.status_code not in (200, 201) or not token:
+            raise RedfishError(f"{cfg.base_url}: session login failed (HTTP {resp.status_code})")
+        self.client.headers["X-Auth-Token"] = token
+        self._session_uri = resp.headers.get("Location")
+
+    def _get(self, uri: str) -> tuple[dict[str, Any] | None, int]:
+        """(document or None if gone, read time). Transport errors propagate."""
+        if self.config.auth == "session" and self._session_uri is None:
+            self._login()
+        resp = self.client.get(uri)
+        if resp.status_code == 401 and self.config.auth == "session":
+            self._login()  # the session expired or the BMC restarted
+            resp = self.client.get(uri)
+        t = now_ms()
+        if resp.status_code == 404:
+            return None, t
+        if resp.status_code != 200:
+            raise RedfishError(f"GET {uri}: HTTP {resp.status_code}")
+        try:
+            doc = resp.json()
+        except ValueError as exc:
+            raise RedfishError(f"GET {uri}: invalid JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise RedfishError(f"GET {uri}: not a JSON object")
+        return doc, t
+
+    # -- naming ------------------------------------------------------------------------
+    def device_id(self, uri: str) -> str:
+        path = uri.rstrip("/").removeprefix(ROOT).strip("/")
+        for k in self._device_keys:
+            if path == k or path.startswith(k + "/"):
+                return self.config.devices[k] + path[len(k) :]
+        return f"{self.config.device_prefix}/{path}" if path else self.config.device_prefix
+
+    # -- discovery ---------------------------------------------------------------------
+    def _discover(self) -> tuple[list[_Entry], dict[str, tuple[dict[str, Any], int]]]:
+        cfg = self.config
+        chassis_kind = Kind(cfg.chassis_kind)
+        self._walk_errors = []
+        docs: dict[str, tuple[dict[str, Any], int]] = {}
+        plan: list[_Entry] = []
+        done: set[str] = set()
+        # (uri, owner kind, expected type, conventional fallback uri, CDU loop)
+        queue: list[tuple[str, Kind, str | None, str | None, Any]] = [
+            (ROOT, chassis_kind, "ServiceRoot", None, None)
+        ]
+        while queue:
+            uri, owner, expected, fallback, loop = queue.pop(0)
+            if uri not in docs:
+                if len(docs) >= cfg.max_resources:
+                    raise RedfishError(f"walk exceeded max_resources={cfg.max_resources}")
+                try:
+                    doc, t = self._get(uri)
+                except RedfishError as exc:
+                    if uri == ROOT:
+                        raise
+                    self._walk_errors.append(str(exc))  # one bad branch: walk the rest
+                    continue
+                if doc is None:
+                    continue
+                docs[uri] = (doc, t)
+            doc = docs[uri][0]
+            rtype = rmap.resource_type(doc)
+            if expected and rtype != expected:
+                if fallback and fallback != uri:
+                    queue.append((fallback, owner, expected, None, loop))
+                continue
+            if uri in done:
+                continue
+            done.add(uri)
+            if rtype in ("ThermalEquipment", "ThermalSubsystem"):
+                owner = Kind.cooling
+            elif rtype == "PowerEquipment":
+                owner = Kind.power
+            if rtype in _WATCHED:
+                plan.append(_Entry(uri, rtype, owner, loop))
+            if rtype.endswith("Collection"):
+                for m in doc.get("Members") or []:
+                    if isinstance(m, dict) and "@odata.id" in m:
+                        queue.append((m["@odata.id"].rstrip("/"), owner, None, None, loop))
+                continue
+            for link, section in _NAV.get(rtype, {}).items():
+                target = (
+                    (doc.get(link) or {}).get("@odata.id")
+                    if isinstance(doc.get(link), dict)
+                    else None
+                )
+                if not target or (section is not None and section not in cfg.sections):
+                    continue
+                child_loop = None
+                if link in rmap.CDU_LOOP:
+                    child_loop = (uri, rmap.CDU_LOOP[link])  # kept if exactly one member
+                queue.append(
+                    (target.rstrip("/"), owner, _EXPECTED.get(link), f"{uri}/{link}", child_loop)
+                )
+        self._drop_loops_with_siblings(plan)
+        cited: set[str] = set()
+        for e in plan:
+            doc = docs[e.uri][0]
+            cited |= rmap.property_readings(e.rtype, doc, e.owner_kind)[1]
+            cited |= {u for u, _ in rmap.leak_readings(doc) if u}
+        plan = [e for e in plan if not (e.rtype in _CITABLE and e.uri in cited)]
+        return plan, docs
+
+    @staticmethod
+    def _drop_loops_with_siblings(plan: list[_Entry]) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for e in plan:
+            if e.loop:
+                parent = e.uri.rsplit("/", 1)[0]
+                counts[(e.loop[0], parent)] = counts.get((e.loop[0], parent), 0) + 1
+        for e in plan:
+            if e.loop and counts[(e.loop[0], e.uri.rsplit("/", 1)[0])] != 1:
+                e.loop = None
+
+    # -- reading -----------------------------------------------------------------------
+    def _handle(self, e: _Entry, doc: dict[str, Any], t: int, out: Readings) -> None:
+        rack = self.config.rack
+        owner_uri = e.uri
+        if e.rtype in ("PowerSupplyMetrics", "PowerDistributionMetrics", "EnvironmentMetrics"):
+            owner_uri = e.uri.rsplit("/", 1)[0]  # readings belong to the PSU / PDU / chassis
+        dev = self.device_id(owner_uri)
+        if e.rtype == "Sensor":
+            r = rmap.sensor_reading(doc, e.owner_kind)
+            if r is not None:
+                out.add(r[0], rack, dev, r[1], r[2], t)
+        elif e.rtype in ("LeakDetector", "LeakDetection"):
+            for det_uri, state in rmap.leak_readings(doc):
+                out.add(
+                    Kind.cooling,
+                    rack,
+                    self.device_id(det_uri or e.uri),
+                    "leak_detected",
+                    0.0 if state == "OK" else 1.0,
+                    t,
+                )
+        else:
+            readings = rmap.property_readings(e.rtype, doc, e.owner_kind)[0]
+            for kind, metric, value in readings:
+                out.add(kind, rack, dev, metric, value, t)
+            if e.loop:
+                cdu = self.device_id(e.loop[0])
+                for kind, metric, value in readings:
+                    if metric in e.loop[1]:
+                        out.add(kind, rack, cdu, e.loop[1][metric], value, t)
+
+    def read(self) -> Readings:
+        out = Readings()
+        findings: dict[str, tuple[rmap.Finding, str]] = {}
+        read_ok: set[str] = set()
+        if self._plan is None or time.monotonic() - self._discovered_at > self.config.rediscover_s:
+            try:
+                self._plan, docs = self._discover()
+            except httpx.TransportError as exc:  # unreachable, TLS refused, timed out
+                raise RedfishError(f"{self.config.base_url}: {exc!r}") from exc
+            self._discovered_at = time.monotonic()
+        else:
+            docs = {}
+        errors: list[str] = list(self._walk_errors) if docs else []
+        for e in self._plan:
+            try:
+                doc, t = docs[e.uri] if e.uri in docs else self._get(e.uri)
+            except RedfishError as exc:
+                errors.append(str(exc))
+                continue
+            except httpx.TransportError as exc:
+                if not len(out) and not read_ok:
+                    raise RedfishError(f"{self.config.base_url}: {exc!r}") from exc
+                errors.append(f"GET {e.uri}: {exc!r}; rest of this pass skipped")
+                break
+            if doc is None:
+                self._plan = None  # something was removed: walk again next time
+                continue
+            read_ok.add(e.uri)
+            self._handle(e, doc, t, out)
+            for f in rmap.status_findings(e.rtype, e.uri, doc):
+                findings.setdefault(f.key, (f, e.uri))
+        if errors and not read_ok:
+            raise RedfishError(f"{self.config.base_url}: every resource failed: {errors[0]}")
+        out.events.extend(self._events(findings, read_ok))
+        if errors:
+            out.events.append(
+                Event(
+                    device_id=self.config.device_prefix,
+                    kind=EventKind.source_error,
+                    severity="warning",
+                    read_time_ms=now_ms(),
+                    message=f"{len(errors)} Redfish resource(s) failed: {'; '.join(errors[:3])}",
+                    attrs={"source": self.name, "failed": len(errors)},
+                )
+            )
+        return out
+
+    def _events(
+        self, findings: dict[str, tuple[rmap.Finding, str]], read_ok: set[str]
+    ) -> list[Event]:
+        """An event when a problem appears, and an info event when it clears."""
+        t = now_ms()
+        events = []
+        for key, (f, _) in findings.items():
+            if key not in self._active:
+                events.append(
+                    Event(
+                        device_id=self.device_id(f.uri),
+                        kind=f.kind,
+                        severity=f.severity,
+                        read_time_ms=t,
+                        message=f.message,
+                        attrs={**f.attrs, "source": self.name},
+                    )
+                )
+        for key, (f, reporter) in list(self._active.items()):
+            if key not in findings and reporter in read_ok:
+                events.append(
+                    Event(
+                        device_id=self.device_id(f.uri),
+                        kind=EventKind.health_changed,
+                        severity="info",
+                        read_time_ms=t,
+                        message=f"cleared: {f.message}",
+                        attrs={**f.attrs, "source": self.name, "cleared": True},
+                    )
+                )
+                del self._active[key]
+        self._active.update(findings)
+        return events
+
+    def close(self) -> None:
+        try:
+            if self._session_uri:
+                self.client.delete(self._session_uri)
+        except httpx.HTTPError as exc:  # the BMC may already be gone; nothing to keep
+            log.debug("session logout failed: %s", exc)
+        finally:
+            self._session_uri = None
+            self.client.close()
+
+
+# plugin entry points (collectors/sources/__init__.py)
+CONFIG_MODEL = RedfishSourceConfig
+SOURCE_CLASS = RedfishSource

@@ -1,0 +1,1 @@
+"""The `simulated` collector source plugin: see README.md beside this file."""

@@ -1,0 +1,250 @@
+"""`dctwin failure ...`: train, evaluate, approve and list failure-risk models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+failure_app = typer.Typer(
+    help="Failure-risk models: train on simulator runs, evaluate on "
+    "held-out runs, approve for serving.",
+    no_args_is_help=True,
+)
+
+DATA = Path("var/failure-data")
+
+
+def _seeds(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                a, b = part.split("-")
+                out += list(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+        except ValueError:
+            raise typer.BadParameter(f"seeds: {part!r} is not N or A-B") from None
+    return out
+
+
+def _hours(text: str) -> float:
+    from twin.failure.model import parse_horizon_s
+
+    try:
+        return parse_horizon_s(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _runs(seeds: list[int], hours: float, step_s: float, gpus: int, data: Path) -> list[Path]:
+    from rich.progress import track
+
+    from experiments.failure.dataset import RunSpec, generate
+
+    specs = [RunSpec(s, hours, step_s, gpus) for s in seeds]
+    return [generate(s, data) for s in track(specs, description="simulating runs")]
+
+
+def _rows(paths: list[Path], horizon_s: float):
+    from rich.progress import Progress
+
+    from experiments.failure.evaluate import load_rows
+
+    with Progress() as p:
+        task = p.add_task("features", total=len(paths))
+        return load_rows(paths, horizon_s, progress=lambda _: p.advance(task))
+
+
+def _print_report(rep: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"failure prediction, horizon {rep['horizon_s'] / 3600:g} h")
+    cols = [
+        "class",
+        "episodes",
+        "pos rows",
+        "PR-AUC",
+        "calib",
+        "threshold",
+        "precision",
+        "prec (early ok)",
+        "recall",
+        "best prec at recall>=0.8",
+        "lead p10/p50/p90 min",
+        "caught",
+        "false-alarm devs",
+    ]
+    for c in cols:
+        t.add_column(c)
+
+    def f(x, fmt="{:.3f}"):
+        return "-" if x is None else fmt.format(x)
+
+    for cls, r in rep["classes"].items():
+        lead = "/".join(
+            f(r.get(k), "{:.0f}") for k in ("lead_min_p10", "lead_min_p50", "lead_min_p90")
+        )
+        t.add_row(
+            cls,
+            str(r.get("episodes", 0)),
+            str(r.get("positives", 0)),
+            f(r.get("pr_auc")),
+            str(r.get("calibration") or "-"),
+            f(r.get("threshold")),
+            f(r.get("precision_strict")),
+            f(r.get("precision_early_ok")),
+            f(r.get("recall")),
+            f(r.get("precision_at_recall_0.8")),
+            lead,
+            f"{r.get('episodes_caught', 0)}/{r.get('episodes', 0)}",
+            str(r.get("false_alarm_devices", "-")),
+        )
+    Console().print(t)
+    loss = rep.get("telemetry_loss")
+    if loss:
+        n = loss["loss_failures"]
+        for tag, what in (
+            ("loss_", "all signals"),
+            ("silence_only_", "silence only, XID 79 hidden"),
+        ):
+            delays = ", ".join(
+                "missed" if d is None else f"{d:g}" for d in loss[f"{tag}delays_reads"]
+            )
+            Console().print(
+                f"telemetry-loss failures ({what}): {loss[f'{tag}flagged']}/{n} flagged, "
+                f"{loss[f'{tag}within_2_reads']}/{n} within 2 read intervals; delay in read "
+                f"intervals p50/p90/max {f(loss[f'{tag}delay_reads_p50'], '{:g}')}/"
+                f"{f(loss[f'{tag}delay_reads_p90'], '{:g}')}/"
+                f"{f(loss[f'{tag}delay_reads_max'], '{:g}')} (per episode: {delays})"
+            )
+
+
+@failure_app.command()
+def train(
+    seeds: str = typer.Option(
+        "1-16", help="simulator seeds (N,A-B); each is a run, later seeds are later in time"
+    ),
+    hours: float = typer.Option(24.0, help="simulated hours per run"),
+    step_s: float = typer.Option(30.0, "--step-s", help="seconds between reads"),
+    gpus: int = typer.Option(128, help="GPUs in the synthetic site"),
+    horizon: str = typer.Option("1h", help="risk horizon (30m, 1h, 24h)"),
+    calibrate_runs: int = typer.Option(
+        5,
+        help="runs after the training runs that calibrate the risk and set the operating threshold",
+    ),
+    test_runs: int = typer.Option(2, help="latest runs held out for the test"),
+    data: Path = typer.Option(DATA, help="where simulator runs are kept"),
+    registry_root: Path = typer.Option(Path("var/models/failure"), "--registry"),
+    approve: bool = typer.Option(False, help="approve the new version for serving"),
+) -> None:
+    """Simulate runs, train on the earliest, calibrate on the next, test on the latest."""
+    from experiments.failure.evaluate import evaluate, loss_delays
+    from twin.failure import registry
+    from twin.failure.model import FailureModel, time_split
+
+    horizon_s = _hours(horizon)
+    paths = _runs(_seeds(seeds), hours, step_s, gpus, data)
+    rows = _rows(paths, horizon_s)
+    split = time_split(rows, horizon_s, calibrate_runs=calibrate_runs, test_runs=test_runs)
+    model = FailureModel(horizon_s).fit(
+        split.train, split.calibrate, progress=lambda c: typer.echo(f"fitted {c}")
+    )
+    rep = evaluate(model, split.test)
+    test_paths = [p for p in paths if p.stem in set(split.test["run"])]
+    rep["telemetry_loss"] = loss_delays(test_paths)
+    meta = {
+        "data_window": {
+            "train": [split.train["t"].min(), split.train["t"].max()],
+            "calibrate": [split.calibrate["t"].min(), split.calibrate["t"].max()],
+            "test": [split.test["t"].min(), split.test["t"].max()],
+        },
+        "runs": {
+            "train": sorted(set(split.train["run"])),
+            "calibrate": sorted(set(split.calibrate["run"])),
+            "test": sorted(set(split.test["run"])),
+        },
+        "simulation": {"hours": hours, "step_s": step_s, "gpus": gpus},
+        "metrics": rep,
+    }
+    v = registry.save(model, meta, registry_root)
+    if approve:
+        v = registry.approve(v.version, registry_root)
+    _print_report(rep)
+    typer.echo(f"saved {v.version} at {v.path} (approved: {v.approved})")
+
+
+@failure_app.command()
+def evaluate(
+    seeds: str = typer.Option("17-24", help="held-out simulator seeds"),
+    version: str = typer.Option(None, help="model version (default: newest approved, else newest)"),
+    hours: float = typer.Option(None, help="simulated hours per run (default: as trained)"),
+    data: Path = typer.Option(DATA),
+    registry_root: Path = typer.Option(Path("var/models/failure"), "--registry"),
+    json_out: Path = typer.Option(None, "--json", help="also write the report here"),
+) -> None:
+    """Evaluate a model on held-out runs that start after everything it was trained on."""
+    from datetime import datetime
+
+    from experiments.failure.evaluate import evaluate as run_eval
+    from experiments.failure.evaluate import loss_delays
+    from twin.failure import registry
+    from twin.failure.model import check_disjoint
+
+    vs = registry.versions(registry_root)
+    if not vs:
+        raise typer.BadParameter(f"no models in {registry_root}: run `dctwin failure train`")
+    if version:
+        v = registry.get(version, registry_root)
+    else:
+        approved = [x for x in vs if x.approved]
+        v = (approved or vs)[-1]
+    sim = v.meta.get("simulation", {})
+    model = v.load()
+    paths = _runs(
+        _seeds(seeds),
+        hours or sim.get("hours", 24.0),
+        sim.get("step_s", 30.0),
+        sim.get("gpus", 128),
+        data,
+    )
+    rows = _rows(paths, model.horizon_s)
+    import polars as pl
+
+    trained_end = datetime.fromisoformat(str(v.meta["data_window"]["calibrate"][1]))
+    seen = pl.DataFrame(
+        {"t": [trained_end], "run": ["model"], "episode": [None]},
+        schema={"t": pl.Datetime("us"), "run": pl.String, "episode": pl.String},
+    )
+    check_disjoint(seen, rows, model.horizon_s, ("model's training data", "evaluation runs"))
+    rep = run_eval(model, rows)
+    rep["telemetry_loss"] = loss_delays(paths)
+    rep["model_version"] = v.version
+    typer.echo(f"model {v.version} (approved: {v.approved}), runs {[p.stem for p in paths]}")
+    _print_report(rep)
+    if json_out:
+        json_out.write_text(json.dumps(rep, indent=2, default=str))
+
+
+@failure_app.command("approve")
+def approve_cmd(
+    version: str, registry_root: Path = typer.Option(Path("var/models/failure"), "--registry")
+) -> None:
+    """Approve a model version for serving."""
+    from twin.failure import registry
+
+    v = registry.approve(version, registry_root)
+    typer.echo(f"approved {v.version}")
+
+
+@failure_app.command("list")
+def list_cmd(registry_root: Path = typer.Option(Path("var/models/failure"), "--registry")) -> None:
+    """Model versions, oldest first."""
+    from twin.failure import registry
+
+    for v in registry.versions(registry_root):
+        typer.echo(f"{v.version}  approved={v.approved}  code={v.meta.get('code_version')}")

@@ -1,0 +1,276 @@
+"""`dctwin optimize train|evaluate`: the chilled-water setpoint optimizer (docs/optimizer.md)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import typer
+
+optimize_app = typer.Typer(
+    help="chilled-water setpoint optimizer: train models, evaluate closed-loop on the simulator",
+    no_args_is_help=True,
+)
+
+DEFAULT_GPUS = 256  # the small evaluation site: 8 racks, 2 CDUs, 2 CRAHs
+DEFAULT_DIR = Path("var/optimizer")
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+def _site(site: Path | None, gpus: int | None):
+    from domain.site import SiteFileError, load_site
+    from simulator.sitegen import synthetic_site
+
+    if site is not None and gpus is not None:
+        _fail("--site and --gpus: give one of them")
+    try:
+        return load_site(site) if site else synthetic_site(gpus or DEFAULT_GPUS, racks_per_row=4)
+    except (SiteFileError, ValueError) as exc:
+        _fail(str(exc))
+
+
+def _time(text: str, option: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        _fail(f"{option}: {text!r} is not an ISO date/time")
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _climate(name: str) -> str:
+    from simulator.weather import CLIMATES
+
+    if name not in CLIMATES:
+        _fail(f"--climate: {name!r} is not one of {sorted(CLIMATES)}")
+    return name
+
+
+@optimize_app.command()
+def train(
+    site: Path = typer.Option(None, "--site", help="site TOML"),
+    gpus: int = typer.Option(None, "--gpus", help=f"synthetic site (default {DEFAULT_GPUS})"),
+    db: Path = typer.Option(
+        DEFAULT_DIR / "history.duckdb", "--db", help="DuckDB file for the exploration history"
+    ),
+    model: Path = typer.Option(DEFAULT_DIR / "model.pkl", "--model", help="where to save"),
+    start: str = typer.Option("2024-05-20", "--start", help="first exploration period (UTC)"),
+    periods: int = typer.Option(12, "--periods", help="exploration periods"),
+    period_days: float = typer.Option(7.0, "--period-days"),
+    spacing_days: float = typer.Option(10.0, "--spacing-days", help="between period starts"),
+    climate: str = typer.Option("temperate", "--climate"),
+    seed: int = typer.Option(101, "--seed", help="seed of the first period (+1 per period)"),
+    step_s: float = typer.Option(60.0, "--step-s", help="simulator step"),
+    members: int = typer.Option(3, "--members", help="ensemble members per power model"),
+    reuse: bool = typer.Option(
+        False,
+        "--reuse",
+        help="train on all the history in --db "
+        "(default: explore, then train on the periods just explored)",
+    ),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Explore setpoints on the simulator into DuckDB, train the models, report held-out error."""
+    import duckdb
+    import polars as pl
+    from rich.progress import Progress
+
+    from experiments.optimizer.dataset import explore, load_history, save_history
+    from twin.optimizer.models import train as fit
+
+    model_site, clim = _site(site, gpus), _climate(climate)
+    t0 = _time(start, "--start")
+    db.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(db))
+    explored: list[str] = []
+    with Progress(disable=quiet) as bar:
+        if not reuse:
+            task = bar.add_task("exploring", total=periods * period_days * 24)
+            for i in range(periods):
+                begin = t0 + timedelta(days=i * spacing_days)
+                bar.update(task, description=f"exploring {begin:%Y-%m-%d}")
+                done = i * period_days * 24
+
+                def tick(h: float, done: float = done) -> None:
+                    bar.update(task, completed=done + h)
+
+                df = explore(
+                    model_site,
+                    seed=seed + i,
+                    start_s=begin.timestamp(),
+                    hours=period_days * 24,
+                    climate=clim,
+                    step_s=step_s,
+                    progress=tick,
+                )
+                save_history(con, df)
+                explored.extend(df["run_id"].unique().to_list())
+        history = load_history(con)
+        if explored:  # other runs kept in the file (older trainings) are not this model's
+            history = history.filter(pl.col("run_id").is_in(explored))
+        n_models = 6 * members + 4
+        task = bar.add_task("training", total=n_models)
+        models = fit(history, members=members, progress=lambda _m: bar.advance(task))
+    models.save(model)
+    out = {
+        "model": str(model),
+        "version": models.version,
+        "history": str(db),
+        "rows_train": models.n_train,
+        "rows_holdout": models.n_holdout,
+        "data_window": models.data_window,
+        "holdout_error": models.holdout_error,
+    }
+    typer.echo(json.dumps(out, indent=2))
+
+
+@optimize_app.command()
+def evaluate(
+    site: Path = typer.Option(None, "--site", help="site TOML (the one trained on)"),
+    gpus: int = typer.Option(None, "--gpus"),
+    model: Path = typer.Option(DEFAULT_DIR / "model.pkl", "--model"),
+    store: Path = typer.Option(
+        DEFAULT_DIR / "evaluation.duckdb",
+        "--store",
+        help="DuckDB file for the recommendations' lifecycle",
+    ),
+    start: str = typer.Option("2025-07-14", "--start", help="evaluation start (UTC)"),
+    days: float = typer.Option(7.0, "--days"),
+    climate: str = typer.Option("temperate", "--climate"),
+    seed: int = typer.Option(7, "--seed"),
+    control_s: float = typer.Option(900.0, "--control-s", help="seconds between decisions"),
+    step_s: float = typer.Option(60.0, "--step-s", help="simulator step"),
+    oracle: bool = typer.Option(True, "--oracle/--no-oracle"),
+    json_out: Path = typer.Option(None, "--json", help="also write the full result here"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Closed loop on the simulator: fixed setpoints vs accepted recommendations vs oracle."""
+    import duckdb
+    from rich.progress import Progress
+
+    from experiments.optimizer.evaluate import LeakageError, check_after_training
+    from experiments.optimizer.evaluate import evaluate as run
+    from twin.optimizer.models import PlantModels
+    from twin.optimizer.recommendations import RecommendationStore
+
+    model_site, clim = _site(site, gpus), _climate(climate)
+    try:
+        models = PlantModels.load(model)
+    except (FileNotFoundError, TypeError) as exc:
+        _fail(str(exc))
+    try:
+        check_after_training(models, _time(start, "--start"))
+    except LeakageError as exc:
+        _fail(str(exc))
+    store.parent.mkdir(parents=True, exist_ok=True)
+    if store.exists():
+        store.unlink()  # one evaluation per file: the report covers exactly this run
+    rec = RecommendationStore(duckdb.connect(str(store)))
+    with Progress(disable=quiet) as bar:
+        task = bar.add_task(f"closed loop, {days:g} days", total=1)
+        res = run(
+            models,
+            model_site,
+            seed=seed,
+            start=_time(start, "--start"),
+            days=days,
+            climate=clim,
+            control_s=control_s,
+            step_s=step_s,
+            store=rec,
+            oracle=oracle,
+            progress=lambda k, n: bar.update(task, completed=k, total=n),
+        )
+    summary = res.summary()
+    summary["lifecycle_report"] = rec.report()
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(summary, indent=2, default=str))
+    typer.echo(format_result(summary))
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f} %"
+
+
+def format_result(s: dict) -> str:
+    b, m, o = s["baseline"], s["ml"], s.get("oracle")
+    ratio_f = s["predicted_over_realised_facility"]
+    frac = s["fraction_of_oracle_savings"]
+    lines = [
+        f"closed-loop evaluation: {s['days']:g} days from {s['start']}, {s['climate']}, "
+        f"seed {s['seed']}, model {s['model_version']}",
+        f"{'':22}{'cooling kWh':>12}{'facility kWh':>14}{'PUE':>8}{'GPU max':>9}{'viol.':>7}",
+    ]
+    for name, r in (("fixed setpoints", b), ("ML (accepted recs)", m), ("oracle (true model)", o)):
+        if r is not None:
+            lines.append(
+                f"{name:22}{r['cooling_kwh']:12.1f}{r['facility_kwh']:14.1f}"
+                f"{r['pue']:8.4f}{r['gpu_temp_max_c']:9.1f}{r['gpu_violation_steps']:7d}"
+            )
+    lines += [
+        f"decisions {s['decisions']}, recommendations {s['recommendations']}, "
+        f"none: {s['no_recommendation']}",
+        f"cooling energy saved: ML {_pct(s['cooling_savings_pct'])}, "
+        f"oracle {_pct(s['oracle_cooling_savings_pct'])}; ML reaches "
+        f"{'n/a' if frac is None else f'{100 * frac:.1f} %'} of the oracle's cooling savings "
+        f"({_frac(s.get('fraction_of_oracle_facility_savings'))} of its facility savings, "
+        f"the objective both minimise)",
+        f"facility savings vs fixed setpoints over the {s['predicted_intervals']} intervals "
+        f"the models could judge: predicted {s['predicted_savings_kwh']:.1f} kWh, realised "
+        f"{s['realised_on_predicted_kwh']:.1f} kWh (predicted/realised "
+        f"{'n/a' if ratio_f is None else f'{ratio_f:.3f}'}); cooling: predicted "
+        f"{s['predicted_cooling_savings_kwh']:.1f}, realised "
+        f"{s['realised_cooling_on_predicted_kwh']:.1f} kWh",
+        f"per recommendation, measured after the plant settles (ramps done + "
+        f"{s['settle_s']:.0f} s, {s['window_s']:.0f} s window) vs a counterfactual on the "
+        f"previous setpoints, summed over {s['recommendations']}: predicted "
+        f"{s['per_rec_predicted_kw']:.1f} kW, realised {s['per_rec_realised_kw']:.1f} kW "
+        f"(predicted/realised {_ratio(s['per_rec_predicted_over_realised'])}); models at the "
+        f"window's load and weather {s['per_rec_predicted_at_window_kw']:.1f} kW; live "
+        f"estimate (models' adjusted counterfactual - metered) over the "
+        f"{s['per_rec_live_n']} with a settled window before the change: "
+        f"{s['per_rec_live_estimate_kw']:.1f} kW vs true {s['per_rec_live_true_kw']:.1f} kW; "
+        f"first interval only (ramps) {s['per_rec_first_interval_kw']:.1f} kW; not settled "
+        f"{s['per_rec_unsettled']}",
+        *_by_size(s.get("lifecycle_report", {}).get("by_predicted_size", [])),
+        f"wall time {s['wall_s']:.0f} s",
+        "acceptance:",
+        f"  cooling savings >= 15 %: {_ok(s['cooling_savings_pct'] >= 15.0)}",
+        f"  zero GPU limit violations: {_ok(m['gpu_violation_steps'] == 0)}",
+        f"  >= 90 % of oracle savings: {_ok(frac is not None and frac >= 0.9)}",
+        f"  predicted savings within 20 % of realised: "
+        f"{_ok(ratio_f is not None and abs(ratio_f - 1.0) <= 0.2)}",
+    ]
+    return "\n".join(lines)
+
+
+def _by_size(buckets: list[dict]) -> list[str]:
+    """Measured recommendations by predicted size: predicted vs realised (settled)."""
+    parts = []
+    for b in buckets:
+        lo, hi = b["predicted_kw_from"], b["predicted_kw_to"]
+        name = f"< {hi:g} kW" if lo < -1e8 else f">= {lo:g} kW" if hi > 1e8 else f"{lo:g}-{hi:g} kW"
+        ratio = b["realised_over_predicted"]
+        pred, real = b["predicted_savings_kw_sum"] or 0.0, b["realised_savings_kw_sum"] or 0.0
+        parts.append(
+            f"{name}: {b['measured']} recs, predicted {pred:.1f}, realised {real:.1f} "
+            f"kW (realised/predicted {'n/a' if ratio is None else f'{ratio:.2f}'})"
+        )
+    return ["per recommendation by predicted saving: " + "; ".join(parts)] if parts else []
+
+
+def _frac(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _ok(flag: bool) -> str:
+    return "PASS" if flag else "FAIL"

@@ -1,0 +1,280 @@
+"""Site model: the physical layout of a data center, loaded from TOML.
+
+The site file is the single source of device ids. Collectors use it to name what they
+read, ingest to reject ids it does not know, and the twin to build topology.
+Light on purpose (pydantic + tomllib): rack collectors import it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+EXAMPLE_SITE = Path(__file__).resolve().parent / "sites" / "example.toml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MeterRole(StrEnum):
+    """Where a meter sits in the power path. ISO/IEC 30134-2 categories follow from it:
+    IT energy at UPS output -> PUE1, at PDU output -> PUE2, at IT input -> PUE3."""
+
+    facility_input = "facility_input"  # utility / total facility energy
+    ups_output = "ups_output"
+    pdu_output = "pdu_output"
+    it_input = "it_input"
+    cooling_plant = "cooling_plant"
+
+
+class Meter(_Strict):
+    id: str = Field(min_length=1)
+    role: MeterRole
+    description: str = ""
+    energy_rollover_kwh: float | None = Field(
+        None,
+        gt=0,
+        description="value at which the energy register wraps to zero (e.g. "
+        "999999.9 kWh); a drop near it is a wrap, any other drop a reset",
+    )
+
+
+class RackTemplate(_Strict):
+    nodes: int = Field(ge=1, le=64)
+    gpus_per_node: int = Field(ge=0, le=16)
+    gpu_model: str = "H100-SXM5-80GB"
+    gpu_tdp_w: float = Field(gt=0, le=2000)
+    gpu_idle_w: float = Field(gt=0)
+    node_overhead_w: float = Field(ge=0, description="CPUs, NICs, fans, drives per node")
+    psus: int = Field(ge=1, le=24, description="PSUs in the rack's power shelf")
+    psu_rated_w: float = Field(gt=0)
+    liquid_fraction: float = Field(
+        ge=0, le=1, description="share of rack heat removed by the liquid loop"
+    )
+
+    @model_validator(mode="after")
+    def _idle_below_tdp(self) -> RackTemplate:
+        if self.gpu_idle_w >= self.gpu_tdp_w:
+            raise ValueError(f"gpu_idle_w ({self.gpu_idle_w}) must be below gpu_tdp_w")
+        return self
+
+
+class Row(_Strict):
+    id: str = Field(min_length=1)
+    template: str
+    racks: list[str] = Field(min_length=1)
+    pdu: str
+    cdu: str
+
+
+class Fluid(_Strict):
+    name: str = "water"
+    cp_kj_per_kg_k: float = Field(4.186, gt=0)
+    density_kg_per_m3: float = Field(997.0, gt=0)
+
+
+class Cdu(_Strict):
+    id: str = Field(min_length=1)
+    rated_kw: float = Field(gt=0)
+    nominal_flow_lpm: float = Field(gt=0)
+    secondary_supply_setpoint_c: float = Field(32.0, ge=10, le=50)
+    fluid: Fluid = Fluid()
+
+
+class Pdu(_Strict):
+    id: str = Field(min_length=1)
+    rated_kw: float = Field(gt=0)
+    efficiency: float = Field(0.985, gt=0.5, le=1.0)
+
+
+class Crah(_Strict):
+    id: str = Field(min_length=1)
+    rated_kw: float = Field(gt=0)
+    fan_rated_w: float = Field(gt=0)
+    supply_air_setpoint_c: float = Field(22.0, ge=10, le=35)
+    rated_airflow_m3h: float | None = Field(
+        None,
+        gt=0,
+        description="airflow at 100% fan speed; lets the twin estimate air-side "
+        "heat from fan speed when the unit reports neither cooling_kw nor airflow_m3h",
+    )
+
+
+class Hall(_Strict):
+    id: str = Field(min_length=1)
+    rows: list[Row] = Field(min_length=1)
+    cdus: list[Cdu] = Field(default_factory=list)
+    pdus: list[Pdu] = Field(default_factory=list)
+    crahs: list[Crah] = Field(default_factory=list)
+
+
+class Ups(_Strict):
+    id: str = "ups"
+    rated_kw: float = Field(gt=0)
+    efficiency: float = Field(0.96, gt=0.5, le=1.0)
+
+
+class ChillerPlant(_Strict):
+    id: str = "chiller-plant"
+    rated_kw: float = Field(gt=0)
+    chw_supply_setpoint_c: float = Field(18.0, ge=5, le=30)
+    cw_supply_setpoint_c: float = Field(27.0, ge=10, le=40)
+
+
+class SiteInfo(_Strict):
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = ""
+    timezone: str = "UTC"
+    misc_load_kw: float = Field(0.0, ge=0, description="lighting, offices, security")
+
+
+class Site(_Strict):
+    site: SiteInfo
+    templates: dict[str, RackTemplate]
+    ups: Ups
+    plant: ChillerPlant
+    meters: list[Meter] = Field(min_length=1)
+    halls: list[Hall] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Site:
+        seen: set[str] = set()
+        for hall in self.halls:
+            cdus = {c.id for c in hall.cdus}
+            pdus = {p.id for p in hall.pdus}
+            for row in hall.rows:
+                if row.template not in self.templates:
+                    raise ValueError(
+                        f"halls.{hall.id}.rows.{row.id}.template: unknown template "
+                        f"{row.template!r} (defined: {sorted(self.templates)})"
+                    )
+                if row.cdu not in cdus:
+                    raise ValueError(f"halls.{hall.id}.rows.{row.id}.cdu: no CDU {row.cdu!r}")
+                if row.pdu not in pdus:
+                    raise ValueError(f"halls.{hall.id}.rows.{row.id}.pdu: no PDU {row.pdu!r}")
+                for rack in row.racks:
+                    if rack in seen:
+                        raise ValueError(f"halls.{hall.id}.rows.{row.id}.racks: duplicate {rack!r}")
+                    seen.add(rack)
+        return self
+
+    # -- derived views ---------------------------------------------------------------
+
+    def racks(self) -> list[RackRef]:
+        out = []
+        for hall in self.halls:
+            for row in hall.rows:
+                tpl = self.templates[row.template]
+                for rack in row.racks:
+                    out.append(RackRef(self.site.id, hall.id, row.id, rack, tpl, row.pdu, row.cdu))
+        return out
+
+    def meter(self, role: MeterRole) -> Meter | None:
+        return next((m for m in self.meters if m.role == role), None)
+
+    def meter_id(self, meter: Meter) -> str:
+        return f"{self.site.id}/facility/{meter.id}"
+
+    def plant_id(self) -> str:
+        return f"{self.site.id}/plant/{self.plant.id}"
+
+    def devices(self) -> list[DeviceRef]:
+        """Every device the site declares, with its class and rack (partition key)."""
+        sid = self.site.id
+        out: list[DeviceRef] = []
+        for m in self.meters:
+            out.append(DeviceRef(self.meter_id(m), "meter", "facility", "facility"))
+        out.append(DeviceRef(self.plant_id(), "chiller_plant", "facility", "facility"))
+        out.append(DeviceRef(f"{sid}/facility/{self.ups.id}", "ups", "power", "facility"))
+        for hall in self.halls:
+            for c in hall.cdus:
+                out.append(DeviceRef(f"{sid}/{hall.id}/{c.id}", "cdu", "cooling", hall.id))
+            for p in hall.pdus:
+                out.append(DeviceRef(f"{sid}/{hall.id}/{p.id}", "pdu", "power", hall.id))
+            for a in hall.crahs:
+                out.append(DeviceRef(f"{sid}/{hall.id}/{a.id}", "crah", "air", hall.id))
+        for r in self.racks():
+            for i in range(r.template.psus):
+                out.append(DeviceRef(r.psu_id(i), "psu", "power", r.rack))
+            for n in range(r.template.nodes):
+                for g in range(r.template.gpus_per_node):
+                    out.append(DeviceRef(r.gpu_id(n, g), "gpu", "gpu", r.rack))
+        return out
+
+    def gpu_count(self) -> int:
+        return sum(r.template.nodes * r.template.gpus_per_node for r in self.racks())
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRef:
+    id: str
+    device_class: str  # gpu, psu, cdu, pdu, crah, ups, meter, chiller_plant
+    kind: Literal["gpu", "cooling", "power", "air", "facility"]
+    rack: str  # partition key
+
+
+@dataclass(frozen=True, slots=True)
+class RackRef:
+    site: str
+    hall: str
+    row: str
+    rack: str
+    template: RackTemplate
+    pdu: str
+    cdu: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.site}/{self.hall}/{self.row}/{self.rack}"
+
+    def node_id(self, node: int) -> str:
+        return f"{self.prefix}/n{node + 1:02d}"
+
+    def gpu_id(self, node: int, gpu: int) -> str:
+        return f"{self.node_id(node)}/gpu{gpu}"
+
+    def psu_id(self, psu: int) -> str:
+        return f"{self.prefix}/shelf/psu{psu + 1}"
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class SiteFileError(ValueError):
+    """The site file is unreadable or invalid; the message names the field."""
+
+
+def load_site(path: str | Path) -> Site:
+    return load_toml_model(path, Site, SiteFileError)
+
+
+def load_toml_model(
+    path: str | Path, model: type[M], error: type[Exception] = ValueError, prefix: str = ""
+) -> M:
+    """A pydantic model from a TOML file; `error("<prefix><path>: what is wrong")` else."""
+    where = f"{prefix}{path}"
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise error(f"{where}: file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{where}: not valid TOML: {exc}") from exc
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise error(f"{where}: {format_validation_error(exc)}") from exc
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """`field.path: what is wrong` per error, the form operators can act on."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"{loc}: {err['msg']}")
+    return "; ".join(lines)

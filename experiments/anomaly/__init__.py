@@ -1,0 +1,1 @@
+"""Offline anomaly experiments (see experiments/__init__.py)."""

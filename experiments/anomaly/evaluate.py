@@ -1,0 +1,289 @@
+"""`dctwin anomaly evaluate`: the detector against simulator faults on held-out seeds.
+
+One scenario per seed: a 256-GPU site (4 rows, 4 CDUs, 2 CRAHs) simulated for
+``hours`` with one fault of every catalog type, each on its own device, onsets after
+the training window, gradual faults running to failure inside the run. The samples go
+into a DuckDB store and the live scorer (live.py) works through them as it would in
+production: it trains on the first ``train_h`` hours, then scores each interval as it
+closes and refits every 6 h (earlier for a class that alarms as a whole: live.py).
+Nothing from the fault labels reaches the scorer.
+
+Seeds: development and tuning used DEV_SEEDS only; the acceptance figures come from
+EVAL_SEEDS, which the code refuses to run in development mode (and vice versa).
+Matching and metrics are in matching.py.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from domain.site import Site
+from experiments.simulate import run_simulation
+from ingest.store import Store
+from simulator.faults import CATALOG, SENSOR_METRICS
+from simulator.model import SiteSimulator
+from simulator.sitegen import site_toml
+from twin.anomaly.service import AnomalyService, AnomalyServiceConfig
+
+DEV_SEEDS = range(1, 1000)  # used while building and tuning the detector
+EVAL_SEEDS = range(1000, 2000)  # held out: the acceptance figures
+DEFAULT_EVAL_SEEDS = (1000, 1001, 1002, 1003, 1004)
+START = datetime(2025, 7, 7, tzinfo=UTC)  # a Monday in summer: chillers run
+
+
+class SeedError(ValueError):
+    pass
+
+
+def check_seeds(seeds: list[int], dev: bool) -> None:
+    """Development may never touch evaluation seeds, and the evaluation only uses them."""
+    allowed, name = (DEV_SEEDS, "development") if dev else (EVAL_SEEDS, "evaluation")
+    bad = [s for s in seeds if s not in allowed]
+    if bad:
+        raise SeedError(
+            f"seeds {bad} are not {name} seeds ({allowed.start}-{allowed.stop - 1})"
+            + (
+                "; held-out seeds are only run without --dev"
+                if dev
+                else "; use --dev for development seeds"
+            )
+        )
+
+
+def eval_site() -> Site:
+    return Site.model_validate(tomllib.loads(site_toml(256, site_id="ev", racks_per_row=2)))
+
+
+@dataclass
+class Scenario:
+    seed: int
+    site: Site
+    spec: str
+    hours: float
+    step_s: float
+    train_h: float
+
+
+def make_scenario(
+    seed: int, hours: float = 12.0, step_s: float = 30.0, train_h: float = 2.0
+) -> Scenario:
+    """One fault of each type on distinct devices, placed with the seed."""
+    site = eval_site()
+    rng = np.random.default_rng([seed, 0xE7A1])
+    devices = site.devices()
+    by_class: dict[str, list[str]] = {}
+    for d in devices:
+        by_class.setdefault(d.device_class, []).append(d.id)
+    nodes = sorted({g.rsplit("/", 1)[0] for g in by_class["gpu"]})
+    used_racks: set[str] = set()
+    used: set[str] = set()
+
+    def pick(ids: list[str], spread: bool = False) -> str:
+        free = [i for i in ids if i not in used and not (spread and _rack(i) in used_racks)]
+        choice = free[int(rng.integers(len(free)))]
+        used.add(choice)
+        used_racks.add(_rack(choice))
+        return choice
+
+    h = 3600.0
+    lo, hi = (train_h + 0.5) * h, 0.6 * hours * h
+
+    def onset() -> str:
+        return f"onset={rng.uniform(lo, hi):.0f}"
+
+    def span(a: float, b: float) -> float:
+        return rng.uniform(a, b) * hours * h
+
+    items = []
+    cdus = list(by_class["cdu"])
+    # device faults first, then sensor faults on devices still untouched
+    for ftype in sorted(CATALOG, key=lambda t: CATALOG[t].device_class == "sensor"):
+        kind = CATALOG[ftype]
+        if ftype in ("pump_degradation", "hx_fouling", "coolant_leak"):
+            target = pick(cdus)
+        elif kind.device_class == "gpu":
+            target = pick(by_class["gpu"], spread=True)
+        elif kind.device_class == "node":
+            target = pick(nodes, spread=True)
+        elif kind.device_class == "psu":
+            target = pick(by_class["psu"], spread=True)
+        elif kind.device_class == "crah":
+            target = pick(by_class["crah"])
+        elif kind.device_class == "plant":
+            target = by_class["chiller_plant"][0]
+        else:  # sensor faults: a measured metric of a device no other fault touches
+            free = sorted(c for c in SENSOR_METRICS if set(by_class.get(c, [])) - used)
+            cls = str(rng.choice(free))
+            metric = str(rng.choice(SENSOR_METRICS[cls]))
+            target = f"{pick(by_class[cls], spread=cls in ('gpu', 'psu'))}#{metric}"
+        params = [onset()]
+        if "fail_after" in kind.defaults:
+            params.append(f"fail_after={span(0.2, 0.33):.0f}")
+        if "duration" in kind.defaults:
+            params.append(f"duration={span(0.3, 0.45):.0f}")
+        if ftype == "coolant_leak":
+            params.append(f"rate={70.0 / (span(0.2, 0.33) / h):.3f}")
+        items.append(f"{ftype}@{target}:{','.join(params)}")
+    return Scenario(seed, site, ";\n".join(items), hours, step_s, train_h)
+
+
+def _rack(device_id: str) -> str:
+    parts = device_id.split("/")
+    return "/".join(parts[:4]) if len(parts) > 4 else device_id
+
+
+@dataclass
+class ScenarioRun:
+    scenario: Scenario
+    scores: pl.DataFrame  # device_id, bucket, score, top_metric, top_component
+    labels: pl.DataFrame
+    devices: pl.DataFrame
+    interval_s: float
+    first_scored_bucket: int
+    last_bucket: int
+    wall_s: float
+    samples: int
+
+
+def run_scenario(
+    sc: Scenario,
+    workdir: Path | None = None,
+    refresh_every_s: float = 3600.0,
+    multivariate: bool = True,
+) -> ScenarioRun:
+    """Simulate the scenario into DuckDB and run the live scorer through it."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        path = Path(tmp) / f"scenario-{sc.seed}.duckdb"
+        sim = SiteSimulator(
+            sc.site,
+            seed=sc.seed,
+            start_time_s=START.timestamp(),
+            faults=sc.spec,
+            horizon_s=sc.hours * 3600.0,
+        )
+        summary = run_simulation(
+            sim, sc.hours, path, step_s=sc.step_s, fmt="duckdb", faults=sc.spec, progress=False
+        )
+        store = Store(path)
+        try:
+            labels = (
+                store.cursor()
+                .sql(
+                    "SELECT fault_id, fault, device_id, device_class, metric, onset, failure_time,"
+                    " signature FROM labels"
+                )
+                .pl()
+            )
+            parts: list[pl.DataFrame] = []
+            config = AnomalyServiceConfig(
+                interval_s=sc.step_s, train_s=sc.train_h * 3600.0, lag_s=0.0
+            )
+            live = AnomalyService(sc.site, store, config, sink=parts.append)
+            live.scorer.use_multivariate = multivariate
+            end = START + timedelta(hours=sc.hours)
+            now = START + timedelta(hours=sc.train_h)
+            while now < end + timedelta(seconds=refresh_every_s):
+                live.refresh(min(now, end))
+                now += timedelta(seconds=refresh_every_s)
+        finally:
+            store.close()
+    scores = pl.concat(parts) if parts else pl.DataFrame()
+    interval = sc.step_s
+    first = int(scores["bucket"].min()) if scores.height else 0
+    return ScenarioRun(
+        sc,
+        scores.select("device_id", "bucket", "score", "top_metric", "top_component")
+        if scores.height
+        else scores,
+        labels,
+        live.devices,
+        interval,
+        first,
+        int((end.timestamp()) // interval) - 1,
+        time.perf_counter() - t0,
+        summary.samples,
+    )
+
+
+# -- the whole evaluation ------------------------------------------------------------------
+
+ACCEPTANCE = {
+    "recall": 0.9,
+    "precision": 0.8,
+    "abrupt_median_delay_intervals": 5.0,
+    "gradual_before_failure": 0.8,
+}
+
+
+@dataclass
+class Evaluation:
+    seeds: list[int]
+    faults: pl.DataFrame  # one row per fault (matching.match), with the seed
+    alarms: pl.DataFrame  # one row per alarm event, with the seed
+    summary: dict
+    by_type: pl.DataFrame
+    config: dict
+
+    def acceptance(self) -> dict[str, bool]:
+        s = self.summary
+        delay = s["abrupt_median_delay_intervals"]
+        before = s["gradual_before_failure"]
+        return {
+            "recall >= 0.9": s["recall"] >= ACCEPTANCE["recall"],
+            "precision >= 0.8": s["precision_topological"] >= ACCEPTANCE["precision"],
+            "abrupt median delay <= 5 intervals": delay is not None
+            and delay <= ACCEPTANCE["abrupt_median_delay_intervals"],
+            "gradual detected before failure >= 80%": before is not None
+            and before >= ACCEPTANCE["gradual_before_failure"],
+        }
+
+
+def evaluate(
+    seeds: list[int],
+    dev: bool = False,
+    hours: float = 12.0,
+    step_s: float = 30.0,
+    threshold: float = 0.6,
+    multivariate: bool = True,
+    workdir: Path | None = None,
+    progress=None,
+) -> Evaluation:
+    """Run every seed's scenario and score alarms against the labels."""
+    from experiments.anomaly.matching import MatchConfig, match, per_type, summarize
+
+    check_seeds(seeds, dev)
+    cfg = MatchConfig(threshold=threshold)
+    faults, alarms = [], []
+    for seed in seeds:
+        run = run_scenario(make_scenario(seed, hours, step_s), workdir, multivariate=multivariate)
+        f, a = match(run.scores, run.labels, run.devices, run.interval_s, run.last_bucket, cfg)
+        faults.append(f.with_columns(seed=pl.lit(seed)))
+        alarms.append(a.with_columns(seed=pl.lit(seed)))
+        if progress is not None:
+            progress(seed, run, f, a)
+    fa, al = pl.concat(faults), pl.concat(alarms)
+    return Evaluation(
+        seeds,
+        fa,
+        al,
+        summarize(fa, al),
+        per_type(fa),
+        {
+            "hours": hours,
+            "step_s": step_s,
+            "threshold": threshold,
+            "train_h": 2.0,
+            "multivariate": multivariate,
+            "site": "simulator.sitegen 256 GPUs, 4 rows x 2 racks",
+            "start": START.isoformat(),
+        },
+    )

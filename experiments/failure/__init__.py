@@ -1,0 +1,1 @@
+"""Offline failure experiments (see experiments/__init__.py)."""

@@ -1,0 +1,114 @@
+"""Simulator runs for training and evaluation: one DuckDB file per seed, time-ordered.
+
+Seed k starts k days after a base date, so runs never overlap in time: a split by seed
+is a split by time (twin/failure/model.py enforces it). Each run holds failing faults
+of every predicted class plus look-alikes that do not fail (fouling, TIM wear, sensor
+drift, driver reloads), so the model must tell a failing device from a merely odd one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+BASE_START = datetime(2025, 1, 15, tzinfo=UTC)
+DEFAULT_GPUS = 128
+CATALOG_VERSION = 3  # in run file names: a changed fault_spec must not reuse old runs
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    seed: int
+    hours: float
+    step_s: float
+    n_gpus: int
+
+    @property
+    def start(self) -> datetime:
+        return BASE_START + timedelta(days=2 * self.seed)  # gap > any horizon between runs
+
+    def path(self, root: Path) -> Path:
+        return root / (
+            f"run-s{self.seed}-{self.n_gpus}g-{self.hours:g}h-{self.step_s:g}s"
+            f"-c{CATALOG_VERSION}.duckdb"
+        )
+
+
+def fault_spec(seed: int, hours: float, crah_ids: list[str] | None = None) -> str:
+    """A seeded catalog: failing faults of every class, plus non-failing look-alikes.
+    Failures land in the run (onset + lead < 92 % of the run). `crah_ids`: the site's
+    CRAHs; the two fan failures go to two different ones (the simulator's `any` can give
+    both to the same fan, whose second failure would then be invisible)."""
+    rng = np.random.default_rng([seed, 0xFA11])
+    end_h = 0.92 * hours
+
+    def onset_fail(min_lead_h: float, max_lead_h: float) -> tuple[float, float]:
+        lo = min(min_lead_h, 0.3 * end_h)  # short runs: shorter leads
+        lead = rng.uniform(lo, max(lo, min(max_lead_h, end_h * 0.8)))
+        onset = rng.uniform(0.05 * hours, max(0.05 * hours, end_h - lead))
+        return onset, lead
+
+    items: list[str] = []
+    for _ in range(2):
+        o, f = onset_fail(2.0, 8.0)
+        items.append(f"ecc_storm@any:onset={o:.3f}h,fail_after={f:.3f}h")
+    for _ in range(2):
+        o, f = onset_fail(3.0, 12.0)
+        items.append(f"psu_aging@any:onset={o:.3f}h,fail_after={f:.3f}h,severity=3")
+    o, f = onset_fail(3.0, 12.0)
+    items.append(f"pump_degradation@any:onset={o:.3f}h,fail_after={f:.3f}h,severity=0.5")
+    rate = rng.uniform(6.0, 12.0)  # %/h: fails 70/rate h after onset
+    o = rng.uniform(0.05 * hours, max(0.05 * hours, end_h - 70.0 / rate))
+    items.append(f"coolant_leak@any:onset={o:.3f}h,rate={rate:.2f}")
+    # two CRAH fan failures on different fans, one in each half of the run so a hall's
+    # two fans are not both degrading against each other
+    fans = ["any", "any"]
+    if crah_ids and len(crah_ids) >= 2:  # own stream: the other draws stay as they were
+        pick = np.random.default_rng([seed, 0xC7A4]).choice(len(crah_ids), 2, replace=False)
+        fans = [crah_ids[int(i)] for i in pick]
+    for half in (0, 1):
+        lead = rng.uniform(min(1.0, 0.15 * end_h), min(4.0, 0.3 * end_h))
+        lo = 0.05 * hours + half * 0.5 * end_h
+        o = rng.uniform(lo, max(lo, lo + 0.5 * end_h - lead))
+        items.append(f"crah_fan_failure@{fans[half]}:onset={o:.3f}h,precursor={lead:.3f}h")
+    items.append(f"gpu_off_bus@any:onset={rng.uniform(0.1, 0.9) * hours:.3f}h")
+    # look-alikes that never fail
+    items.append(f"tim_degradation@any:onset={rng.uniform(0, 0.5) * hours:.3f}h,duration=12h")
+    items.append(f"hx_fouling@any:onset={rng.uniform(0, 0.5) * hours:.3f}h,duration=12h")
+    items.append(f"sensor_drift@any#temp_c:onset={rng.uniform(0, 0.5) * hours:.3f}h")
+    items.append(f"sensor_drift@any#gpu_temp_c:onset={rng.uniform(0, 0.5) * hours:.3f}h")
+    items.append(f"driver_reload@any:onset={rng.uniform(0, 0.9) * hours:.3f}h")
+    return "; ".join(items)
+
+
+def generate(spec: RunSpec, root: Path, *, progress: bool = False) -> Path:
+    """Simulate one run into a DuckDB file (samples, events, labels); reuse it if present."""
+    from experiments.simulate import run_simulation
+    from simulator.model import SiteSimulator
+    from simulator.sitegen import synthetic_site
+
+    out = spec.path(root)
+    if out.exists():
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    site = synthetic_site(spec.n_gpus, racks_per_row=1, rows_per_hall=2)
+    faults = fault_spec(
+        spec.seed, spec.hours, [d.id for d in site.devices() if d.device_class == "crah"]
+    )
+    sim = SiteSimulator(
+        site,
+        seed=spec.seed,
+        start_time_s=spec.start.timestamp(),
+        faults=faults,
+        horizon_s=spec.hours * 3600.0,
+    )
+    tmp = out.with_suffix(".partial.duckdb")
+    tmp.unlink(missing_ok=True)
+    run_simulation(
+        sim, spec.hours, tmp, step_s=spec.step_s, fmt="duckdb", faults=faults, progress=progress
+    )
+    tmp.rename(out)
+    return out

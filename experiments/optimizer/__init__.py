@@ -1,0 +1,1 @@
+"""Offline optimizer experiments (see experiments/__init__.py)."""

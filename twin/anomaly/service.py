@@ -1,0 +1,432 @@
+"""Live anomaly scores over the twin's DuckDB store, and the provider alert rules call.
+
+`AnomalyService.refresh(now)` brings the fleet scorer up to date with the ``samples``
+table: it waits until ``train_s`` of history exist, fits the models on it, then scores
+each complete interval as it closes (``lag_s`` later, so late samples still count) and
+refits every ``refit_every_s`` on the trailing ``history_s`` — leaving out devices that
+alarmed in that window, so a developing fault is never learned as normal. Scoring is
+incremental (streaming state carried), so a refresh costs what the new intervals cost.
+
+The latest score per device, with its top contributing metrics, is kept in memory and in
+the ``anomaly_latest`` table. Rack and hall scores roll devices up with the same
+Bonferroni rule as components roll up into a device, so a threshold keeps its meaning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+import polars as pl
+
+from domain.site import Site
+from ingest.store import Store
+from twin.anomaly.calibration import p_to_score
+from twin.anomaly.fleet import FleetScorer
+from twin.anomaly.frames import GRID_SQL, add_rates, device_table
+from twin.periodic import Periodic
+
+log = logging.getLogger(__name__)
+TOP_K = 3
+LATEST_TABLE = """
+CREATE TABLE IF NOT EXISTS anomaly_latest (
+    device_id VARCHAR PRIMARY KEY,
+    device_class VARCHAR,
+    time TIMESTAMP NOT NULL,
+    score DOUBLE NOT NULL,
+    p DOUBLE NOT NULL,
+    top_metrics JSON
+)"""
+
+
+@dataclass(frozen=True)
+class AnomalyServiceConfig:
+    interval_s: float = 10.0  # scoring interval (samples are bucketed to it)
+    train_s: float = 3600.0  # history needed before the first score
+    # refits follow new operating regimes; a slow fault must not be learned as normal, so
+    # they are infrequent and the window long (healthy history keeps most of the weight)
+    history_s: float = 12 * 3600.0  # trailing window each refit trains on
+    refit_every_s: float = 6 * 3600.0
+    lag_s: float = 5.0  # an interval is scored this long after it closes
+    alarm_score: float = 0.5  # devices at or above it in a window are left out of refits
+    # most of a class alarming at once is a new operating regime (a job starting on racks
+    # that were idle all through training), not that many faults: such a class refits
+    # early, on all its devices, instead of being left out until the regime ends
+    regime_fraction: float = 0.5
+    regime_min_devices: int = 8  # classes this small (CRAHs, the plant) never count
+    regime_refit_after_s: float = 3600.0  # at most one early refit per this long
+    max_chunk_buckets: int = 360  # catch up in pieces of this many intervals
+
+
+def _naive_utc(t: datetime) -> datetime:
+    return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
+
+
+class AnomalyService:
+    def __init__(
+        self,
+        site: Site,
+        store: Store,
+        config: AnomalyServiceConfig | None = None,
+        sink: Callable[[pl.DataFrame], None] | None = None,
+    ) -> None:
+        self.site = site
+        self.sink = sink  # receives every interval's device scores (evaluation, history)
+        self.store = store
+        self.config = config or AnomalyServiceConfig()
+        self.devices = device_table(site)
+        self.scorer = FleetScorer(self.devices, self.config.interval_s)
+        self.fitted = False
+        self.last_fit_bucket = -1
+        self.last_alarm: dict[str, int] = {}
+        self.latest = _empty_latest()
+        self._index: dict[str, int] = {}  # device id -> row of `latest` (built on demand)
+        self._index_of: pl.DataFrame | None = None
+        self.status = "waiting for history"
+        self._lock = threading.Lock()
+        self._background: Periodic | None = None
+        try:
+            self.store.cursor().execute(LATEST_TABLE)
+            self.persist = True
+        except duckdb.Error:  # a read-only store: scores stay in memory only
+            self.persist = False
+
+    # -- data ------------------------------------------------------------------------
+
+    def _bucket_time(self, bucket: int) -> datetime:
+        return datetime(1970, 1, 1) + timedelta(seconds=bucket * self.config.interval_s)
+
+    def _load(self, lo_bucket: int, hi_bucket: int) -> pl.DataFrame:
+        """Grid of buckets [lo, hi] from the samples table."""
+        step = self.config.interval_s
+        g = (
+            self.store.cursor()
+            .sql(
+                GRID_SQL,
+                params={
+                    "step_us": int(round(step * 1e6)),
+                    "start": self._bucket_time(lo_bucket),
+                    "end": self._bucket_time(hi_bucket + 1),
+                },
+            )
+            .pl()
+        )
+        return add_rates(g)
+
+    def _newest_bucket(self) -> int | None:
+        row = self.store.cursor().execute("SELECT max(read_time) FROM samples").fetchone()
+        if row is None or row[0] is None:
+            return None
+        return math.floor(row[0].replace(tzinfo=UTC).timestamp() / self.config.interval_s)
+
+    def _first_bucket(self) -> int | None:
+        row = self.store.cursor().execute("SELECT min(read_time) FROM samples").fetchone()
+        if row is None or row[0] is None:
+            return None
+        return math.floor(row[0].replace(tzinfo=UTC).timestamp() / self.config.interval_s)
+
+    # -- refresh ---------------------------------------------------------------------
+
+    def refresh(self, now: datetime | None = None) -> int:
+        """Score every interval that closed since the last refresh; returns how many."""
+        with self._lock:
+            return self._refresh(_naive_utc(now or datetime.now(UTC)))
+
+    def _refresh(self, now: datetime) -> int:
+        c = self.config
+        now_s = now.replace(tzinfo=UTC).timestamp()
+        upto = math.floor((now_s - c.lag_s) / c.interval_s) - 1
+        # event time: never past the newest reading stored (its interval may still be
+        # filling), so an ingest outage does not look like every device going silent
+        newest = self._newest_bucket()
+        upto = min(upto, newest - 1) if newest is not None else upto
+        per = lambda s: max(1, round(s / c.interval_s))  # noqa: E731
+        if not self.fitted:
+            first = self._first_bucket()
+            if first is None or upto - first + 1 < per(c.train_s):
+                have = 0 if first is None else max(0, upto - first + 1) * c.interval_s
+                self.status = (
+                    f"warming up: {have / 60:.0f} of {c.train_s / 60:.0f} min of "
+                    "history needed before the first scores"
+                )
+                return 0
+            self._fit(upto)
+            self.status = f"trained on history up to {self._bucket_time(upto + 1).isoformat()}Z"
+            return 0
+        done = 0
+        lo = self.scorer.scored_until + 1
+        if upto - lo + 1 > per(c.history_s):  # too far behind: skip to recent history
+            self.scorer.scored_until = upto - per(c.history_s)
+            lo = self.scorer.scored_until + 1
+        while lo <= upto:
+            hi = min(upto, lo + c.max_chunk_buckets - 1)
+            g = self._load(lo - 4, hi)
+            dev, comp = self.scorer.update(g, hi)
+            self._record(dev, comp)
+            done += hi - lo + 1
+            lo = hi + 1
+            since = hi - self.last_fit_bucket
+            if since >= per(c.refit_every_s) or (
+                since >= per(c.regime_refit_after_s)
+                and self._regime_classes(
+                    set(dev.filter(pl.col("score") >= c.alarm_score)["device_id"])
+                )
+            ):
+                self._fit(hi)
+        self.status = f"scored up to {self._bucket_time(upto + 1).isoformat()}Z"
+        return done
+
+    def _fit(self, upto: int) -> None:
+        c = self.config
+        lo = upto - max(1, round(c.history_s / c.interval_s)) + 1
+        exclude = {d for d, b in self.last_alarm.items() if b >= lo}
+        regime = self._regime_classes(exclude)
+        if regime:
+            log.info(
+                "anomaly: classes %s alarm as a whole: refitting them on all devices",
+                sorted(regime),
+            )
+            exclude -= set(
+                self.devices.filter(pl.col("device_class").is_in(list(regime)))["device_id"]
+            )
+        self.scorer.fit(self._load(lo - 4, upto), upto, exclude)
+        self.fitted = True
+        self.last_fit_bucket = upto
+
+    def _regime_classes(self, alarming: set[str]) -> set[str]:
+        """Classes (of enough devices) of which more than regime_fraction are alarming."""
+        c = self.config
+        frac = self.devices.group_by("device_class").agg(
+            n=pl.len(), hit=pl.col("device_id").is_in(list(alarming)).sum()
+        )
+        frac = frac.filter(
+            (pl.col("n") >= c.regime_min_devices)
+            & (pl.col("hit") > c.regime_fraction * pl.col("n"))
+        )
+        return set(frac["device_class"])
+
+    def _record(self, dev: pl.DataFrame, comp: pl.DataFrame) -> None:
+        if dev.height == 0:
+            return
+        if self.sink is not None:
+            self.sink(dev)
+        alarms = (
+            dev.filter(pl.col("score") >= self.config.alarm_score)
+            .group_by("device_id")
+            .agg(pl.col("bucket").max())
+        )
+        for d, b in alarms.iter_rows():
+            self.last_alarm[d] = b
+        last = dev.sort("bucket").group_by("device_id").last()
+        top = (
+            comp.join(last.select("device_id", "bucket"), on=["device_id", "bucket"])
+            .sort("p")
+            .group_by("device_id", maintain_order=True)
+            .head(TOP_K * 3)
+            .group_by("device_id", maintain_order=True)
+            .agg(pl.struct("metric", "component", "p").alias("top"))
+        )
+        rows = last.join(top, on="device_id", how="left").join(
+            self.devices.select("device_id", "device_class"), on="device_id", how="left"
+        )
+        latest = rows.select(
+            "device_id",
+            "device_class",
+            time=pl.from_epoch(
+                (pl.col("bucket") + 1) * int(self.config.interval_s * 1e6), time_unit="us"
+            ),
+            score="score",
+            p="p",
+        ).with_columns(
+            top_metrics=pl.Series([_explain(t) for t in rows["top"].to_list()], dtype=pl.String)
+        )
+        self.latest = pl.concat(
+            [self.latest.join(latest, on="device_id", how="anti"), latest], how="vertical_relaxed"
+        )
+        if not self.persist:
+            return
+        new_rows = latest.to_arrow()  # noqa: F841 - referenced by SQL below
+        cur = self.store.cursor()
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            cur.execute(
+                "DELETE FROM anomaly_latest WHERE device_id IN (SELECT device_id FROM new_rows)"
+            )
+            cur.execute("INSERT INTO anomaly_latest SELECT * FROM new_rows")
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    # -- views -----------------------------------------------------------------------
+
+    def device(self, device_id: str) -> dict | None:
+        # a dict lookup, not a polars filter: API requests call this on the event loop
+        lat = self.latest
+        if self._index_of is not lat:
+            self._index = {d: i for i, d in enumerate(lat["device_id"].to_list())}
+            self._index_of = lat
+        i = self._index.get(device_id)
+        return None if i is None else _row_out(lat.row(i, named=True))
+
+    def top(
+        self,
+        scope: str = "device",
+        device_class: str | None = None,
+        min_score: float = 0.0,
+        limit: int = 20,
+        prefix: str | None = None,
+    ) -> list[dict]:
+        """Highest scores now, for devices or rolled up per rack or hall."""
+        lat = self.latest.join(
+            self.devices.select("device_id", "rack_id", "hall"), on="device_id", how="left"
+        )
+        if device_class:
+            lat = lat.filter(pl.col("device_class") == device_class)
+        if prefix:
+            lat = lat.filter(pl.col("device_id").str.starts_with(prefix))
+        if scope == "device":
+            rows = lat.sort("score", descending=True).filter(pl.col("score") >= min_score)
+            return [
+                _row_out(r) | {"scope": "device"} for r in rows.head(limit).iter_rows(named=True)
+            ]
+        key = {"rack": "rack_id", "hall": "hall"}[scope]
+        groups = (
+            lat.filter(pl.col(key).is_not_null())
+            .sort("p")
+            .group_by(key)
+            .agg(
+                pl.col("p").min().alias("p_min"),
+                pl.len().alias("n"),
+                (pl.col("score") >= self.config.alarm_score).sum().alias("alarming"),
+                pl.col("device_id").first(),
+                pl.col("time").max(),
+                pl.col("top_metrics").first(),
+            )
+        )
+        groups = groups.with_columns(p=(pl.col("p_min") * pl.col("n")).clip(upper_bound=1.0))
+        out = []
+        for r in groups.iter_rows(named=True):
+            score = float(p_to_score(r["p"]))
+            if score >= min_score:
+                out.append(
+                    {
+                        "id": r[key],
+                        "scope": scope,
+                        "device_class": None,
+                        "score": round(score, 4),
+                        "p": r["p"],
+                        "time": r["time"],
+                        "devices": r["n"],
+                        "devices_alarming": r["alarming"],
+                        "top_device": r["device_id"],
+                        "top_metrics": json.loads(r["top_metrics"] or "[]"),
+                    }
+                )
+        out.sort(key=lambda x: -x["score"])
+        return out[:limit]
+
+    def start_background(self, every_s: float | None = None) -> None:
+        """Refresh in a daemon thread every ``every_s`` (default: the scoring interval), so
+        callers such as the alert engine read scores without waiting for a refit."""
+        if self._background is None:
+            self._background = Periodic(
+                self.refresh, every_s or self.config.interval_s, "anomaly-scorer", wait_first=True
+            )
+        self._background.start()
+
+    def stop_background(self) -> None:
+        if self._background is not None:
+            self._background.stop()
+
+    def scores(self) -> dict[str, float]:
+        return dict(
+            zip(self.latest["device_id"].to_list(), self.latest["score"].to_list(), strict=True)
+        )
+
+
+def _explain(top: list[dict] | None) -> str:
+    """Top contributing metrics (one entry per metric, its strongest component)."""
+    seen: dict[str, dict] = {}
+    for t in top or []:
+        if t["metric"] not in seen and len(seen) < TOP_K:
+            seen[t["metric"]] = {
+                "metric": t["metric"],
+                "component": t["component"],
+                "score": round(float(p_to_score(t["p"])), 4),
+            }
+    return json.dumps(list(seen.values()))
+
+
+def _row_out(r: dict) -> dict:
+    return {
+        "id": r["device_id"],
+        "device_class": r["device_class"],
+        "score": round(float(r["score"]), 4),
+        "p": r["p"],
+        "time": r["time"],
+        "top_metrics": json.loads(r["top_metrics"] or "[]"),
+    }
+
+
+def _empty_latest() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={
+            "device_id": pl.String,
+            "device_class": pl.String,
+            "time": pl.Datetime("us"),
+            "score": pl.Float64,
+            "p": pl.Float64,
+            "top_metrics": pl.String,
+        }
+    )
+
+
+_LIVE: dict[int, AnomalyService] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def live_for(
+    site: Site, store: Store, config: AnomalyServiceConfig | None = None
+) -> AnomalyService:
+    """The one live scorer of a store (created on first use; ``config`` applies then)."""
+    with _LIVE_LOCK:
+        live = _LIVE.get(id(store))
+        if live is None or live.store is not store:
+            live = _LIVE[id(store)] = AnomalyService(site, store, config)
+        return live
+
+
+def kept_current(site: Site, store: Store) -> AnomalyService:
+    """The store's live scorer with its background refresh running: for readers (API,
+    live view, alert rules) that must never wait for a scoring round or a refit."""
+    live = live_for(site, store)
+    live.start_background()
+    return live
+
+
+def anomaly_scores(store: Store, now: datetime | None, site: Site) -> dict[str, float]:
+    """Provider for alert rules: device id -> calibrated anomaly score in [0, 1], now.
+
+    Brings the store's live scorer up to date first (cheap when nothing is new). Devices
+    not scored yet (warm-up) are absent.
+    """
+    live = live_for(site, store)
+    live.refresh(now)
+    return live.scores()
+
+
+def anomaly_provider(site: Site, store: Store) -> Callable[[datetime], dict[str, float]]:
+    """Provider for the alert engine (``Providers(anomaly_score=...)``): the latest scores,
+    kept current by a background refresh started on first use, never blocking a rule."""
+
+    def provide(now: datetime) -> dict[str, float]:
+        return kept_current(site, store).scores()
+
+    return provide
