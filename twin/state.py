@@ -70,13 +70,12 @@ class Twin:
         self,
         site: Site,
         store: Store,
-        stale_after_s: float | None = 30.0,
         config: TwinConfig | None = None,
         persist: bool = True,
     ) -> None:
         self.site = site
         self.store = store
-        self.config = config or TwinConfig.with_stale_after(stale_after_s or 30.0)
+        self.config = config or TwinConfig()
         self.stale_after_s = self.config.stale_after_s
         self.known_devices = {d.id: d for d in site.devices()}
         self.layout = SiteIndex(site)
@@ -233,7 +232,7 @@ class Twin:
             return self.rollup_store.series(series_id, metric, start, end, step_s)
         return "samples", query_series(self.store.cursor(), series_id, metric, start, end, step_s)
 
-    # -- v0 reads (kept) ----------------------------------------------------------------
+    # -- latest readings of named devices (the API's device reads) --------------------
 
     def latest_for(self, device_ids: list[str]) -> dict[tuple[str, str], MeterReading]:
         rows = (
