@@ -37,9 +37,7 @@ def device_table(site: Site) -> pl.DataFrame:
     """device_id, device_class, hall, rack_id (full prefix or null), cdu_id, pdu_id."""
     sid = site.site.id
     rows: list[dict] = []
-    rack_of: dict[str, object] = {}
-    for r in site.racks():
-        rack_of[r.rack] = r
+    rack_of = {r.rack: r for r in site.racks()}
     for d in site.devices():
         r = rack_of.get(d.rack)
         hall = r.hall if r is not None else (d.rack if d.rack != "facility" else None)
