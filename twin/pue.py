@@ -25,7 +25,6 @@ IT_METER_PREFERENCE = (
     (MeterRole.pdu_output, "PUE2"),
     (MeterRole.ups_output, "PUE1"),
 )
-COOLING_SUBSYSTEMS = ("chiller_plant", "cdu_pumps", "crah_fans", "all")
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,10 +80,6 @@ class ScopeIndex:
         self.index = {s: i for i, s in enumerate(self.ids)}
         self.n = len(self.ids)
 
-    def level_of(self, scope_id: str) -> str | None:
-        i = self.index.get(scope_id)
-        return None if i is None else self.levels[i]
-
 
 def seg_reduce(
     ufunc: np.ufunc, values: np.ndarray, start: np.ndarray, count: np.ndarray, empty: float

@@ -143,7 +143,6 @@ class SiteIndex:
 
         self.meter_ids = {m.role: site.meter_id(m) for m in site.meters}
         self.meter_list = [site.meter_id(m) for m in site.meters]
-        self.meter_role = {site.meter_id(m): m.role for m in site.meters}
         self.ups_id = f"{sid}/facility/{site.ups.id}"
         self.plant_id = site.plant_id()
         devices = {

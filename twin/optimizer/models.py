@@ -32,7 +32,6 @@ from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # n
 from twin.optimizer.space import (
     COOLING_TARGETS,
     FEATURES,
-    N_SP,
     POWER_TARGETS,
     STATE,
     THERMAL_TARGETS,
@@ -353,7 +352,3 @@ def _train(
     )
     models.holdout_error = err
     return models
-
-
-def setpoint_range(models: PlantModels) -> tuple[np.ndarray, np.ndarray]:
-    return models.domain.lo[:N_SP], models.domain.hi[:N_SP]
