@@ -74,7 +74,7 @@ CREATE TABLE IF NOT EXISTS kafka_offsets (
     next_offset BIGINT NOT NULL,
     PRIMARY KEY (topic, partition)
 );
--- newest read time stored per partition: the rollups' data clock (see rollup.py)
+-- newest read time stored per partition: the rollups' data clock (see downsampling.py)
 ALTER TABLE kafka_offsets ADD COLUMN IF NOT EXISTS max_read_time TIMESTAMP;
 """
 
