@@ -88,7 +88,7 @@ class Twin:
         self.auto_maintain = True
         self._lock = threading.RLock()
         self._cursor = store.cursor()
-        self.live = LatestReadings(self.layout, self._cursor)
+        self.latest_readings = LatestReadings(self.layout, self._cursor)
         self.rollup_store = RollupStore(
             store.cursor(), self.scope_index, self.config.tick_retention_h, reader=store.cursor
         )
@@ -109,9 +109,9 @@ class Twin:
         with self._lock:
             t0 = time.perf_counter()
             at = now_ms() if at_ms is None else at_ms
-            stats = self.live.refresh()
+            stats = self.latest_readings.refresh()
             t1 = time.perf_counter()
-            live = self.live
+            live = self.latest_readings
             x = TickInputs(
                 live.value, live.time_ms > 0, live.stale(at, self.stale_after_s), live.time_ms
             )
