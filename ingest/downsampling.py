@@ -21,6 +21,8 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 
+from ingest.sql import one_row
+
 # Monotonic counters: their rollups carry `increase` (energy or event deltas).
 COUNTER_METRICS = (
     "energy_mj",
@@ -146,13 +148,15 @@ class Rollups:
         (partitions idle for `idle_close_s` do not hold the others back). Without Kafka
         bookkeeping (the reference write path), the newest sample overall."""
         idle = timedelta(seconds=self.retention.idle_close_s)
-        t = self.con.execute(
-            """SELECT min(max_read_time) FROM kafka_offsets
+        t = one_row(
+            self.con.execute(
+                """SELECT min(max_read_time) FROM kafka_offsets
             WHERE max_read_time >= (SELECT max(max_read_time) FROM kafka_offsets) - $idle""",
-            {"idle": idle},
-        ).fetchone()[0]
+                {"idle": idle},
+            )
+        )[0]
         if t is None:
-            t = self.con.execute("SELECT max(read_time) FROM latest").fetchone()[0]
+            t = one_row(self.con.execute("SELECT max(read_time) FROM latest"))[0]
         return t
 
     def _set(self, tier: str, until: datetime) -> None:
@@ -180,7 +184,7 @@ class Rollups:
             target = floor_to(upto - timedelta(seconds=self.retention.lateness_s), MINUTE)
             start = marks["1m"]
             if start is None:
-                first = con.execute("SELECT min(read_time) FROM samples").fetchone()[0]
+                first = one_row(con.execute("SELECT min(read_time) FROM samples"))[0]
                 start = floor_to(first, MINUTE) if first is not None else None
             out["dirty"] = self._recompute_dirty(marks["1m"], marks["1h"])
             if start is not None and target > start and not hold:
@@ -235,7 +239,7 @@ class Rollups:
 
     def _recompute_dirty(self, m_done: datetime | None, h_done: datetime | None) -> int:
         con = self.con
-        n = con.execute("SELECT count(*) FROM rollup_dirty").fetchone()[0]
+        n = one_row(con.execute("SELECT count(*) FROM rollup_dirty"))[0]
         if not n or m_done is None:
             con.execute("DELETE FROM rollup_dirty")
             return 0
@@ -249,7 +253,7 @@ class Rollups:
             WHERE bucket < $done""",
             {"done": m_done},
         )
-        lo, hi = con.execute("SELECT min(bucket), max(bucket) FROM _dirty").fetchone()
+        lo, hi = one_row(con.execute("SELECT min(bucket), max(bucket) FROM _dirty"))
         if lo is not None:
             con.execute("""DELETE FROM rollup_1m r USING _dirty d WHERE r.device_id = d.device_id
                            AND r.metric = d.metric AND r.bucket = d.bucket""")
@@ -325,6 +329,6 @@ class Rollups:
         return out
 
     def _delete(self, table: str, column: str, before: datetime) -> int:
-        return self.con.execute(
-            f"DELETE FROM {table} WHERE {column} < $t", {"t": before}
-        ).fetchone()[0]
+        return one_row(self.con.execute(f"DELETE FROM {table} WHERE {column} < $t", {"t": before}))[
+            0
+        ]

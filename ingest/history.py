@@ -26,8 +26,6 @@ import polars as pl
 
 from ingest.downsampling import HOUR, MINUTE, floor_to
 
-SERIES_COLUMNS = ("bucket", "min", "max", "mean", "last", "count")
-
 
 @dataclass(frozen=True)
 class Segment:

@@ -28,6 +28,7 @@ import orjson
 import pyarrow as pa
 
 from domain.contract import ContractError, EventBatch, TelemetryBatch, decode
+from ingest.sql import one_row
 from ingest.validate import (
     SAMPLE_REASONS,
     IngestPolicy,
@@ -245,17 +246,19 @@ class Stager:
             FROM _rows GROUP BY i""")
         # Metric and device rules depend on (device, metric, kind, site) only: check each
         # distinct pair once (tens of thousands) instead of every sample (a million).
-        not_ok = con.execute("SELECT count(*) FROM _msg WHERE status <> 'ok'").fetchone()[0]
+        not_ok = one_row(con.execute("SELECT count(*) FROM _msg WHERE status <> 'ok'"))[0]
         only_ok = " AND i IN (SELECT i FROM _msg WHERE status = 'ok')" if not_ok else ""
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _pairs AS
             SELECT device_id, metric, kind, site, count(*) AS n, min(read_time_ms) AS t0,
                    max(read_time_ms) AS t1, arg_max(value, read_time_ms) AS v1
             FROM _rows WHERE isfinite(value) AND {window}{only_ok} GROUP BY ALL""")
         con.execute(f"CREATE OR REPLACE TEMP TABLE _badpairs AS {pair_check_sql(p)}")
-        n_bad_pairs, unknown = con.execute(
-            "SELECT count(*) FILTER (WHERE code > 0), coalesce(sum(n) FILTER (WHERE code = 0), 0)"
-            " FROM _badpairs"
-        ).fetchone()
+        n_bad_pairs, unknown = one_row(
+            con.execute(
+                "SELECT count(*) FILTER (WHERE code > 0), "
+                "coalesce(sum(n) FILTER (WHERE code = 0), 0) FROM _badpairs"
+            )
+        )
         by_pair: dict[int, dict[int, int]] = {}
         if n_bad_pairs:  # rare: which messages carry those pairs
             for i, code, n in con.execute(f"""
@@ -325,7 +328,7 @@ class Stager:
                 self._dead_or_event(out, staged[i])
         # Counted over pairs: exact unless a rejected message carries an unknown device
         out.unknown_device_samples = int(unknown)
-        with_rows = con.execute("SELECT count(*) FROM _agg").fetchone()[0]
+        with_rows = one_row(con.execute("SELECT count(*) FROM _agg"))[0]
         out.pairs_valid = not excluded and with_rows == len(accepted)
         out.row_filter = (
             f"isfinite(r.value) AND r.{window} AND NOT EXISTS (SELECT 1 FROM "

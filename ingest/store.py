@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from domain.contract import EventBatch, TelemetryBatch
 from ingest.downsampling import ROLLUP_SCHEMA, Retention, Rollups
+from ingest.sql import one_row
 from ingest.staging import Staged, Stager
 from ingest.validate import IngestPolicy
 
@@ -73,7 +74,7 @@ CREATE TABLE IF NOT EXISTS kafka_offsets (
     next_offset BIGINT NOT NULL,
     PRIMARY KEY (topic, partition)
 );
--- newest read time stored per partition: the rollups' data clock (see rollup.py)
+-- newest read time stored per partition: the rollups' data clock (see downsampling.py)
 ALTER TABLE kafka_offsets ADD COLUMN IF NOT EXISTS max_read_time TIMESTAMP;
 """
 
@@ -270,7 +271,7 @@ class Store:
                                           WHERE ingested_at >= $since) USING (batch_id)""",
             {"since": since},
         )
-        skipped = cur.execute("SELECT count(*) FROM _skip").fetchone()[0]
+        skipped = one_row(cur.execute("SELECT count(*) FROM _skip"))[0]
         pairs_valid = staged is not None and staged.pairs_valid
         where = []
         if not pairs_valid:  # rows of messages that are not stored are still in _rows
@@ -317,9 +318,9 @@ class Store:
                 "CREATE OR REPLACE TEMP TABLE _susp AS SELECT i FROM _acc "
                 "WHERE i NOT IN (SELECT i FROM _skip)"
             )
-        n_late, n_susp = cur.execute(
-            "SELECT (SELECT count(*) FROM _late), (SELECT count(*) FROM _susp)"
-        ).fetchone()
+        n_late, n_susp = one_row(
+            cur.execute("SELECT (SELECT count(*) FROM _late), (SELECT count(*) FROM _susp)")
+        )
         cols = "epoch_ms(read_time_ms), device_id, metric, value, kind, rack"
         dupes = 0
         if n_late or n_susp:
@@ -339,7 +340,7 @@ class Store:
             cur.execute("""CREATE OR REPLACE TEMP TABLE _dropped AS
                 SELECT i, count(*) AS dropped FROM _fix WHERE rid NOT IN (SELECT rid FROM _keep)
                 GROUP BY i""")
-            dupes = cur.execute("SELECT coalesce(sum(dropped), 0) FROM _dropped").fetchone()[0]
+            dupes = one_row(cur.execute("SELECT coalesce(sum(dropped), 0) FROM _dropped"))[0]
             source = (
                 "(SELECT * FROM (SELECT * FROM _ins WHERE rid NOT IN (SELECT rid FROM "
                 "_fix) UNION ALL SELECT * FROM _keep) ORDER BY rid)"
@@ -362,8 +363,10 @@ class Store:
             FROM _acc LEFT JOIN _dropped d USING (i) WHERE i NOT IN (SELECT i FROM _skip)""",
             {"now": now},
         )
-        stored = cur.execute("""SELECT coalesce(sum(n - n_bad), 0) FROM _acc
-                                WHERE i NOT IN (SELECT i FROM _skip)""").fetchone()[0]
+        stored = one_row(
+            cur.execute("""SELECT coalesce(sum(n - n_bad), 0) FROM _acc
+                                WHERE i NOT IN (SELECT i FROM _skip)""")
+        )[0]
         return int(stored) - int(dupes), int(skipped), int(dupes)
 
     def _append_events(

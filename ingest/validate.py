@@ -23,14 +23,6 @@ import pyarrow as pa
 
 from domain.contract import METRICS, Kind
 
-MESSAGE_REASONS = (
-    "too_large",
-    "invalid_json",
-    "invalid_envelope",
-    "unknown_version",
-    "schema",
-    "empty_batch",
-)
 # Order is precedence: a sample that breaks several rules is counted under the first.
 SAMPLE_REASONS = (
     "non_finite",
@@ -190,10 +182,6 @@ def pair_check_sql(policy: IngestPolicy) -> str:
             LEFT JOIN _known_metrics km ON km.kind = p.kind AND km.metric = p.metric
             {devices})
         WHERE code IS NOT NULL"""
-
-
-def sample_reason(code: int) -> str:
-    return SAMPLE_REASONS[code - 1]
 
 
 def summarize_rejections(counts: Iterable[tuple[str, int]], n_total: int) -> tuple[str, str]:

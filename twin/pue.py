@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 
@@ -25,7 +25,6 @@ IT_METER_PREFERENCE = (
     (MeterRole.pdu_output, "PUE2"),
     (MeterRole.ups_output, "PUE1"),
 )
-COOLING_SUBSYSTEMS = ("chiller_plant", "cdu_pumps", "crah_fans", "all")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,24 +201,6 @@ def _unknown(fig: PueFigure, reason: str) -> PueFigure:
     fig.value, fig.reason = None, reason
     fig.quality.status = "unknown"
     return fig
-
-
-def instantaneous_pue(
-    site: Site,
-    latest: dict[tuple[str, str], MeterReading],
-    now: datetime | None = None,
-    stale_after_s: float = 30.0,
-) -> PueFigure:
-    """Site PUE from the latest facility and IT meter power readings (v0 entry point)."""
-    now = now or datetime.now(UTC).replace(tzinfo=None)
-
-    def lookup(t: Term) -> TermValue | None:
-        r = latest.get((t.id, "power_kw"))
-        return (
-            None if r is None else TermValue(r.value, r.read_time, r.age_s(now) > stale_after_s, r)
-        )
-
-    return instantaneous(scopes(site)["site"], lookup)
 
 
 # -- energy-based over an interval -----------------------------------------------------

@@ -139,10 +139,13 @@ class RollupStore:
         if column not in COLUMNS:
             raise ValueError(f"unknown rollup metric {column!r}")
         step_us = int(step_s * 1_000_000)
-        use_minutes = step_us % MINUTE_US == 0 and self.flushed_until is not None
-        if use_minutes:  # minute rows are whole minutes: a start inside one includes it
+        flushed = self.flushed_until
+        if step_us % MINUTE_US == 0 and flushed is not None:
+            # minute rows are whole minutes: a start inside one includes it
             start = start.replace(second=0, microsecond=0)
-        mid = min(max(self.flushed_until, start), end) if use_minutes else start
+            mid = min(max(flushed, start), end)
+        else:
+            mid = start
         c = column
         df = (
             self.reader()

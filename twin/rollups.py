@@ -80,10 +80,6 @@ class ScopeIndex:
         self.index = {s: i for i, s in enumerate(self.ids)}
         self.n = len(self.ids)
 
-    def level_of(self, scope_id: str) -> str | None:
-        i = self.index.get(scope_id)
-        return None if i is None else self.levels[i]
-
 
 def seg_reduce(
     ufunc: np.ufunc, values: np.ndarray, start: np.ndarray, count: np.ndarray, empty: float
@@ -262,8 +258,10 @@ class RollupEngine:
         out["power_kw"][sc.slices["cdu"]] = _sum_by(lay.rack_cdu, rack_kw, len(lay.cdu_ids))
 
         # Facility inputs count too: a hall's figures use its CDUs' and CRAHs' readings.
-        cdu_stale = sum(cdu.row(x.stale, m).astype(float) for m in CDU_INPUTS)
-        crah_stale = sum(crah.row(x.stale, m).astype(float) for m in CRAH_INPUTS)
+        cdu_stale = sum((cdu.row(x.stale, m).astype(float) for m in CDU_INPUTS), np.zeros(cdu.n))
+        crah_stale = sum(
+            (crah.row(x.stale, m).astype(float) for m in CRAH_INPUTS), np.zeros(crah.n)
+        )
         n_h = len(lay.hall_ids)
         rack_all = rack_stale + g_stale
         out["stale_inputs"][sc.slices["cdu"]] = cdu_stale + _sum_by(

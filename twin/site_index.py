@@ -78,8 +78,15 @@ class SiteIndex:
         self.hall_ids = [f"{sid}/{h}" for h in self.hall_keys]
         self.row_ids: list[str] = []
         row_hall: list[int] = []
-        self.cdu_ids, self.pdu_ids, self.crah_ids = [], [], []
-        cdu_hall, pdu_hall, crah_hall, cp, rho, airflow = [], [], [], [], [], []
+        self.cdu_ids: list[str] = []
+        self.pdu_ids: list[str] = []
+        self.crah_ids: list[str] = []
+        cdu_hall: list[int] = []
+        pdu_hall: list[int] = []
+        crah_hall: list[int] = []
+        cp: list[float] = []
+        rho: list[float] = []
+        airflow: list[float] = []
         cdu_of: dict[tuple[str, str], int] = {}
         pdu_of: dict[tuple[str, str], int] = {}
         for h_idx, hall in enumerate(site.halls):
@@ -136,7 +143,6 @@ class SiteIndex:
 
         self.meter_ids = {m.role: site.meter_id(m) for m in site.meters}
         self.meter_list = [site.meter_id(m) for m in site.meters]
-        self.meter_role = {site.meter_id(m): m.role for m in site.meters}
         self.ups_id = f"{sid}/facility/{site.ups.id}"
         self.plant_id = site.plant_id()
         devices = {

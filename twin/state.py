@@ -70,14 +70,13 @@ class Twin:
         self,
         site: Site,
         store: Store,
-        stale_after_s: float | None = 30.0,
         config: TwinConfig | None = None,
         persist: bool = True,
     ) -> None:
         self.site = site
         self.store = store
-        self.config = config or TwinConfig.with_stale_after(stale_after_s or 30.0)
-        self.stale_after_s = self.config.stale_after_s
+        self.twin_config = config or TwinConfig()
+        self.stale_after_s = self.twin_config.stale_after_s
         self.known_devices = {d.id: d for d in site.devices()}
         self.layout = SiteIndex(site)
         self.scope_index = ScopeIndex(self.layout)
@@ -89,12 +88,12 @@ class Twin:
         self.auto_maintain = True
         self._lock = threading.RLock()
         self._cursor = store.cursor()
-        self.live = LatestReadings(self.layout, self._cursor)
+        self.latest_readings = LatestReadings(self.layout, self._cursor)
         self.rollup_store = RollupStore(
-            store.cursor(), self.scope_index, self.config.tick_retention_h, reader=store.cursor
+            store.cursor(), self.scope_index, self.twin_config.tick_retention_h, reader=store.cursor
         )
-        self.rollups = RollupEngine(self.layout, self.scope_index, self.config.gap_s)
-        self.heat = HeatBalanceEngine(self.layout, self.config)
+        self.rollups = RollupEngine(self.layout, self.scope_index, self.twin_config.gap_s)
+        self.heat = HeatBalanceEngine(self.layout, self.twin_config)
         self._topology: Topology | None = None
         self.last: TickResult | None = None
 
@@ -110,9 +109,9 @@ class Twin:
         with self._lock:
             t0 = time.perf_counter()
             at = now_ms() if at_ms is None else at_ms
-            stats = self.live.refresh()
+            stats = self.latest_readings.refresh()
             t1 = time.perf_counter()
-            live = self.live
+            live = self.latest_readings
             x = TickInputs(
                 live.value, live.time_ms > 0, live.stale(at, self.stale_after_s), live.time_ms
             )
@@ -148,7 +147,7 @@ class Twin:
 
     def current(self, max_age_s: float | None = None) -> TickResult:
         """The last tick if it is fresher than `max_age_s` (default: the tick interval)."""
-        limit = self.config.tick_interval_s if max_age_s is None else max_age_s
+        limit = self.twin_config.tick_interval_s if max_age_s is None else max_age_s
         last = self.last
         if last is not None and now_ms() - last.time_ms <= limit * 1000:
             return last
@@ -193,7 +192,7 @@ class Twin:
         now: datetime | None = None,
     ) -> IntervalPue:
         """Energy-based (p)PUE over [start, end) (naive UTC), per step if given."""
-        cfg = self.config
+        cfg = self.twin_config
         cur = self.store.cursor()
         rollover = {self.site.meter_id(m): m.energy_rollover_kwh for m in self.site.meters}
 
@@ -233,7 +232,7 @@ class Twin:
             return self.rollup_store.series(series_id, metric, start, end, step_s)
         return "samples", query_series(self.store.cursor(), series_id, metric, start, end, step_s)
 
-    # -- v0 reads (kept) ----------------------------------------------------------------
+    # -- latest readings of named devices (the API's device reads) --------------------
 
     def latest_for(self, device_ids: list[str]) -> dict[tuple[str, str], MeterReading]:
         rows = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,13 @@ class TwinConfig:
         return max(self.gap_s, 3 * self.tick_interval_s, 60.0)
 
     @classmethod
-    def with_stale_after(cls, stale_after_s: float, **kw: float) -> TwinConfig:
-        """Config whose stale threshold is `stale_after_s` (kept for the v0 signature)."""
-        interval = kw.pop("telemetry_interval_s", 10.0)
-        return cls(telemetry_interval_s=interval, stale_intervals=stale_after_s / interval, **kw)
+    def with_stale_after(
+        cls, stale_after_s: float, telemetry_interval_s: float = 10.0, **kw: Any
+    ) -> TwinConfig:
+        """Config whose stale threshold is given in seconds rather than intervals (the
+        server's `stale_after_s` setting); `kw` are the other TwinConfig fields."""
+        return cls(
+            telemetry_interval_s=telemetry_interval_s,
+            stale_intervals=stale_after_s / telemetry_interval_s,
+            **kw,
+        )

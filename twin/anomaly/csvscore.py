@@ -111,9 +111,9 @@ def _parse_values(
             except ValueError:
                 bad(lines[i], f"column {column!r}: {v!r} is not a number")
     inf = ~missing & ~np.isfinite(vals) & ~np.isnan(vals)
-    for i in np.flatnonzero(inf):
-        bad(lines[i], f"column {column!r}: {stripped[i]!r} is not a finite number")
-        vals[i] = np.nan
+    for j in np.flatnonzero(inf):
+        bad(lines[j], f"column {column!r}: {stripped[j]!r} is not a finite number")
+        vals[j] = np.nan
     return vals, missing
 
 

@@ -20,6 +20,7 @@ history that ends before the next bucket to score — the models refuse anything
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -129,7 +130,7 @@ class FleetScorer:
                 m = fit_residual(frame, res)
                 if m is not None:
                     models.residual[res.name] = m
-        lo = int(g["bucket"].min()) if g.height else until_bucket
+        lo = int(cast(int, g["bucket"].min())) if g.height else until_bucket
         span = until_bucket - lo + 1
         present = g.group_by("device_id").agg(pl.col("bucket").n_unique().alias("n"))
         a, b = MISSING_PRIOR
@@ -295,8 +296,12 @@ class FleetScorer:
             .then(1.0)
             .otherwise(pl.col("p_flat"))
         )
-        p = pl.when(adaptive).then(pl.min_horizontal(pl.col("p_dev"), flat) * 2.0)
-        p = p.otherwise(flat).clip(upper_bound=1.0)
+        p = (
+            pl.when(adaptive)
+            .then(pl.min_horizontal(pl.col("p_dev"), flat) * 2.0)
+            .otherwise(flat)
+            .clip(upper_bound=1.0)
+        )
         base = pl.col("metric").str.replace(r":\w+$", "")
         return pl.concat(
             [

@@ -9,9 +9,6 @@ each device class gets a wide frame: one row per (device, bucket).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import polars as pl
 
 from domain.site import Site
@@ -37,9 +34,7 @@ def device_table(site: Site) -> pl.DataFrame:
     """device_id, device_class, hall, rack_id (full prefix or null), cdu_id, pdu_id."""
     sid = site.site.id
     rows: list[dict] = []
-    rack_of: dict[str, object] = {}
-    for r in site.racks():
-        rack_of[r.rack] = r
+    rack_of = {r.rack: r for r in site.racks()}
     for d in site.devices():
         r = rack_of.get(d.rack)
         hall = r.hall if r is not None else (d.rack if d.rack != "facility" else None)
@@ -132,25 +127,3 @@ def wide(long_grid: pl.DataFrame, device_ids: list[str] | pl.Series) -> pl.DataF
     return sub.pivot(
         on="metric", index=["device_id", "bucket"], values="value", aggregate_function="last"
     ).sort("device_id", "bucket")
-
-
-@dataclass
-class Series:
-    """Long points sorted by series then time, with series boundaries."""
-
-    keys: pl.DataFrame  # one row per series (the key columns)
-    starts: np.ndarray
-    t_s: np.ndarray
-    value: np.ndarray
-    frame: pl.DataFrame  # the sorted points (key columns, bucket, t_s, value)
-
-
-def as_series(points: pl.DataFrame, key: list[str]) -> Series:
-    """Sort points by key then time and find where each series starts."""
-    pts = points.filter(pl.col("value").is_finite()).sort([*key, "t_s"])
-    if pts.height == 0:
-        return Series(pts.select(key), np.zeros(0, np.int64), np.zeros(0), np.zeros(0), pts)
-    ids = pts.select(pl.struct(key).rle_id().alias("_id"))["_id"].to_numpy()
-    starts = np.flatnonzero(np.diff(ids, prepend=-1) != 0)
-    keys = pts[starts].select(key)
-    return Series(keys, starts, pts["t_s"].to_numpy(), pts["value"].to_numpy(), pts)

@@ -19,6 +19,7 @@ Guard rails, enforced here rather than left to callers:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -64,7 +65,7 @@ class MultivariateModel:
         """p-value per row of ``frame`` (device_id, bucket, feature columns)."""
         if frame.height == 0:
             return np.zeros(0)
-        first = int(frame["bucket"].min())
+        first = int(cast(int, frame["bucket"].min()))  # polars: any Python scalar
         if first <= self.trained_until:
             raise LeakageError(
                 f"{self.device_class}: asked to score bucket {first}, but the model was "

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 import polars as pl
+from numpy.typing import ArrayLike
 
 from twin.anomaly.calibration import p_to_score, tail_moments, tail_p
 from twin.anomaly.scan import ew_scan
@@ -154,13 +155,14 @@ class Segments:
         self.is_start = np.zeros(n, dtype=bool)
         self.is_start[self.starts] = True
 
-    def run(self, u: np.ndarray, d: np.ndarray, y0: list[np.ndarray]) -> np.ndarray:
-        """Segmented scan: each series starts from its carried state decayed by d."""
-        u = np.array(u, dtype=np.float64, ndmin=2)
+    def run(self, u: ArrayLike, d: np.ndarray, y0: list[np.ndarray]) -> np.ndarray:
+        """Segmented scan of the rows of `u` (one input or a list of them): each series
+        starts from its carried state decayed by d."""
+        rows = np.array(u, dtype=np.float64, ndmin=2)
         d_in = d.copy()
         d_in[self.starts] = 0.0
-        u[:, self.starts] += d[self.starts] * np.stack(y0)
-        return ew_scan(u, d_in)
+        rows[:, self.starts] += d[self.starts] * np.stack(y0)
+        return ew_scan(rows, d_in)
 
     def prev(self, x: np.ndarray, carried: np.ndarray) -> np.ndarray:
         out = np.empty_like(x)

@@ -12,7 +12,8 @@ are left out of the classifier's training.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -95,8 +96,9 @@ def check_disjoint(
     in both."""
     if earlier.is_empty() or later.is_empty():
         raise LeakageError(f"{names[0] if earlier.is_empty() else names[1]}: no rows")
-    end = earlier["t"].max()
-    first = later["t"].min()
+    # polars types a Series' max/min as any Python scalar; `t` is a Datetime column
+    end = cast(datetime, earlier["t"].max())
+    first = cast(datetime, later["t"].min())
     if end + timedelta(seconds=horizon_s) >= first:
         raise LeakageError(
             f"{names[0]} ends at {end} and its labels look {horizon_s:.0f} s "
@@ -182,6 +184,8 @@ class ClassModel:
 
     def risk(self, x: np.ndarray) -> np.ndarray:
         """Calibrated probability of failure within the horizon for feature rows x."""
+        if self.clf is None or self.iso is None:
+            raise ValueError("no classifier for this class (too few positives to train one)")
         return self.iso.predict(self.clf.decision_function(x))
 
 
@@ -198,7 +202,7 @@ class FailureModel:
             feats = FEATURES[cls]
             y = tr["y"].to_numpy()
             healthy = tr.filter(pl.col("failure_time").is_null())
-            baseline = {f: float(healthy[f].median() or 0.0) for f in feats}
+            baseline = {f: float(cast(float | None, healthy[f].median()) or 0.0) for f in feats}
             if y.sum() < 2 or (len(y) - y.sum()) < 2:
                 self.classes[cls] = ClassModel(
                     feats, None, None, 1.0, baseline, {}, 0.0, len(y), int(y.sum())

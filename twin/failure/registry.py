@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import joblib
+import joblib  # type: ignore[import-untyped]  # no stubs or py.typed
 
 from twin.failure.model import FailureModel
 

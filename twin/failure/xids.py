@@ -16,8 +16,3 @@ CRITICAL_XIDS: dict[int, tuple[str, str]] = {
     94: ("contained ECC error (an application was killed)", "drain soon; the memory is failing"),
     95: ("uncontained ECC error", "drain now; reset the GPU, replace if it recurs"),
 }
-
-
-def xid_phrase(xid: int, count: int, window: str) -> str:
-    meaning = CRITICAL_XIDS.get(xid, ("XID", ""))[0]
-    return f"{count} XID {xid} in {window} ({meaning})"

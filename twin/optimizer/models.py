@@ -21,17 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import polars as pl
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.neighbors import KDTree
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # no stubs
 
 from twin.optimizer.space import (
     COOLING_TARGETS,
     FEATURES,
-    N_SP,
     POWER_TARGETS,
     STATE,
     THERMAL_TARGETS,
@@ -180,7 +180,7 @@ class Domain:
 
     def candidates_inside(self, x: np.ndarray) -> np.ndarray:
         """Mask of candidate rows (setpoints + state) within range and near training data."""
-        inside = ((x >= self.lo) & (x <= self.hi)).all(1)
+        inside: np.ndarray = np.all((x >= self.lo) & (x <= self.hi), axis=1)
         if inside.any():
             d = self.full_tree.query(x[inside] / self.scale, k=1)[0][:, 0]
             inside[np.flatnonzero(inside)] = d <= self.full_radius
@@ -235,8 +235,8 @@ class PlantModels:
             t: np.stack([m.predict(x[:, columns(t)]) for m in (ms if ensemble else ms[:1])])
             for t, ms in self.power.items()
         }
-        facility = sum(members[t] for t in POWER_TARGETS)
-        cooling = sum(members[t] for t in COOLING_TARGETS)
+        facility = np.sum([members[t] for t in POWER_TARGETS], axis=0)
+        cooling = np.sum([members[t] for t in COOLING_TARGETS], axis=0)
         mean = {t: v.mean(0) for t, v in members.items()}
         mean.update({t: m.predict(x[:, columns(t)]) for t, m in self.thermal.items()})
         return Prediction(facility, cooling, mean, mean["gpu_temp_max_c"] + self.gpu_upper_offset_k)
@@ -335,7 +335,11 @@ def _train(
         now.isoformat(timespec="seconds"),
         tr.height,
         ho.height,
-        data_window=(_iso(history["time"].min()), _iso(history["time"].max())),
+        # polars types a Series' min/max as any Python scalar; `time` is a Datetime column
+        data_window=(
+            _iso(cast(datetime, history["time"].min())),
+            _iso(cast(datetime, history["time"].max())),
+        ),
     )
     pred = models.predict(x_ho)
     err = {t: _errors(ho[t].to_numpy(), pred.mean[t]) for t in (*POWER_TARGETS, *THERMAL_TARGETS)}
@@ -348,7 +352,3 @@ def _train(
     )
     models.holdout_error = err
     return models
-
-
-def setpoint_range(models: PlantModels) -> tuple[np.ndarray, np.ndarray]:
-    return models.domain.lo[:N_SP], models.domain.hi[:N_SP]

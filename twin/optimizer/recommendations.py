@@ -13,6 +13,7 @@ from typing import Any
 
 import duckdb
 
+from ingest.sql import one_row
 from twin.optimizer.search import Decision
 
 PROPOSED, ACCEPTED, REJECTED, MEASURED = "proposed", "accepted", "rejected", "measured"
@@ -78,35 +79,37 @@ class RecommendationStore:
     def propose(self, d: Decision, site_id: str, for_time: datetime | None = None) -> int:
         if d.recommended is None:
             raise ValueError(f"no recommendation to propose: {d.reason}")
-        row = self.con.execute(
-            "INSERT INTO recommendations (created_at, for_time, site_id, status, "
-            "current_setpoints, recommended_setpoints, state, predicted_savings_kw, "
-            "savings_low_kw, savings_high_kw, predicted_cooling_savings_kw, "
-            "predicted_facility_kw, pue_current, pue_recommended, pue_delta, "
-            "binding_constraint, active_constraints, predicted_gpu_temp_max_c, model_version) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            [
-                _now(),
-                _naive(for_time),
-                site_id,
-                PROPOSED,
-                json.dumps(d.current),
-                json.dumps(d.recommended),
-                json.dumps(d.state),
-                d.predicted_savings_kw,
-                d.savings_low_kw,
-                d.savings_high_kw,
-                d.predicted_cooling_savings_kw,
-                d.predicted_facility_kw,
-                d.pue_current,
-                d.pue_recommended,
-                d.pue_delta,
-                d.binding_constraint,
-                json.dumps(d.active_constraints),
-                d.predicted_gpu_temp_max_c,
-                d.model_version,
-            ],
-        ).fetchone()
+        row = one_row(
+            self.con.execute(
+                "INSERT INTO recommendations (created_at, for_time, site_id, status, "
+                "current_setpoints, recommended_setpoints, state, predicted_savings_kw, "
+                "savings_low_kw, savings_high_kw, predicted_cooling_savings_kw, "
+                "predicted_facility_kw, pue_current, pue_recommended, pue_delta, "
+                "binding_constraint, active_constraints, predicted_gpu_temp_max_c, model_version) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                [
+                    _now(),
+                    _naive(for_time),
+                    site_id,
+                    PROPOSED,
+                    json.dumps(d.current),
+                    json.dumps(d.recommended),
+                    json.dumps(d.state),
+                    d.predicted_savings_kw,
+                    d.savings_low_kw,
+                    d.savings_high_kw,
+                    d.predicted_cooling_savings_kw,
+                    d.predicted_facility_kw,
+                    d.pue_current,
+                    d.pue_recommended,
+                    d.pue_delta,
+                    d.binding_constraint,
+                    json.dumps(d.active_constraints),
+                    d.predicted_gpu_temp_max_c,
+                    d.model_version,
+                ],
+            )
+        )
         return int(row[0])
 
     def _transition(self, rec_id: int, expected: str, sets: str, params: list) -> None:
@@ -193,23 +196,27 @@ class RecommendationStore:
                 "SELECT status, count(*) FROM recommendations GROUP BY status"
             ).fetchall()
         )
-        n, pred, real, mae = self.con.execute(
-            "SELECT count(*), sum(predicted_savings_kw), sum(realised_savings_kw), "
-            "avg(abs(predicted_savings_kw - realised_savings_kw)) FROM recommendations "
-            "WHERE status = ?",
-            [MEASURED],
-        ).fetchone()
+        n, pred, real, mae = one_row(
+            self.con.execute(
+                "SELECT count(*), sum(predicted_savings_kw), sum(realised_savings_kw), "
+                "avg(abs(predicted_savings_kw - realised_savings_kw)) FROM recommendations "
+                "WHERE status = ?",
+                [MEASURED],
+            )
+        )
         ratio = (real / pred) if pred else None
         # by predicted size: small predicted gains sit inside the models' error and are
         # where selecting the best-looking candidate over-predicts most
         by_size = []
         for lo, hi in SIZE_BUCKETS_KW:
-            k, p_sum, r_sum = self.con.execute(
-                "SELECT count(*), sum(predicted_savings_kw), sum(realised_savings_kw) FROM "
-                "recommendations WHERE status = ? AND predicted_savings_kw >= ? AND "
-                "predicted_savings_kw < ?",
-                [MEASURED, lo, hi],
-            ).fetchone()
+            k, p_sum, r_sum = one_row(
+                self.con.execute(
+                    "SELECT count(*), sum(predicted_savings_kw), sum(realised_savings_kw) FROM "
+                    "recommendations WHERE status = ? AND predicted_savings_kw >= ? AND "
+                    "predicted_savings_kw < ?",
+                    [MEASURED, lo, hi],
+                )
+            )
             by_size.append(
                 {
                     "predicted_kw_from": lo,

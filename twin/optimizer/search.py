@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # no stubs
 
 from twin.optimizer.models import PlantModels, Prediction
 from twin.optimizer.space import N_SP, SETPOINTS, STATE, Constraints, envelope_arrays
@@ -237,5 +237,5 @@ class Optimizer:
             probes.append(probe)
         kw = self.predict_setpoints(np.array(probes), s, ensemble=False).facility_kw
         gains = dict(zip(active, (best_kw - kw).tolist(), strict=True))
-        top = max(gains, key=gains.get)
+        top = max(gains, key=gains.__getitem__)
         return top if gains[top] > 0 else active[0]
