@@ -21,6 +21,7 @@ import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -198,7 +199,7 @@ def run_scenario(
             store.close()
     scores = pl.concat(parts) if parts else pl.DataFrame()
     interval = sc.step_s
-    first = int(scores["bucket"].min()) if scores.height else 0
+    first = int(cast(int, scores["bucket"].min())) if scores.height else 0
     return ScenarioRun(
         sc,
         scores.select("device_id", "bucket", "score", "top_metric", "top_component")

@@ -104,9 +104,7 @@ class RedfishSourceConfig(BaseModel):
     chassis_kind: Literal["power", "cooling"] = Field(
         "power", description="kind of chassis temperatures that are neither coolant nor PSU"
     )
-    sections: set[Section] = Field(
-        default_factory=lambda: set(ALL_SECTIONS)
-    )
+    sections: set[Section] = Field(default_factory=lambda: set(ALL_SECTIONS))
     rediscover_s: float = Field(600.0, gt=0)
     max_resources: int = Field(5000, ge=1, description="bound on one walk of the service")
 
