@@ -346,9 +346,6 @@ class SiteSimulator:
         self.psu_out_w, self.psu_in_w, psu_loss_w = pw.psu_stage(
             rack_dc_w, lay.psu_rack, lay.rack_psus, rated, eff.psu_failed, eff.psu_loss_factor
         )
-        self.psu_eff = np.divide(
-            self.psu_out_w, self.psu_in_w, out=np.zeros(lay.n_psu), where=self.psu_in_w > 0
-        )
         rack_in_w = np.bincount(lay.psu_rack, self.psu_in_w, lay.n_rack)
         self.rack_dc_w, self.rack_in_w = rack_dc_w, rack_in_w
         self.pdu_out_w = np.bincount(lay.rack_pdu, rack_in_w, lay.n_pdu)
