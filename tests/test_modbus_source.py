@@ -317,7 +317,7 @@ def test_unreachable_device_does_not_stop_the_daemon(settings, unique):
                 "SELECT count(*) FROM ingested_batches WHERE collector = ?", [cfg.name]
             ).fetchone()[0]
 
-        ingest_until(ingestor, lambda: stored_batches() >= daemon.batches_sent)
+        ingest_until(ingestor, lambda: stored_batches() >= daemon.stats.batches_delivered)
         crah = cur.execute(
             "SELECT device_id, metric, value FROM samples WHERE device_id LIKE ?",
             [f"sv1/h1/crah-{unique}%"],
