@@ -5,7 +5,7 @@ environment metrics, chassis liquid cooling, ThermalEquipment CDUs, PowerEquipme
 and keeps a plan: the resources that carry readings or health. Later reads GET only those,
 and the walk is repeated every `rediscover_s` or when a planned resource disappears.
 A chassis sensor that an equipment resource already cites (`DataSourceUri`) is not read
-twice. Mapping tables live in `redfish_map.py`; see docs/collectors.md.
+twice. Mapping tables live in `fields.py`; see docs/collectors.md.
 """
 
 from __future__ import annotations
