@@ -269,10 +269,12 @@ def run(quick: bool = False) -> list[Result]:
         load = _IngestLoad(broker.bootstrap, Path(tmp), backlog)
         try:
             server.start_ingest()
+            ingestor = server.ingestor
+            assert ingestor is not None  # start_ingest made it
             collector.start()
             # warm up: group join and first full site stored before any fault
             deadline = time.monotonic() + 60
-            while server.alerts.engine.evaluations < 3 or not server.ingestor.stats.samples_stored:
+            while server.alerts.engine.evaluations < 3 or not ingestor.stats.samples_stored:
                 if time.monotonic() > deadline:
                     raise RuntimeError("ingest never stored a poll")
                 time.sleep(0.2)

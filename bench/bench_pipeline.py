@@ -1,4 +1,4 @@
-"""Foundation pipeline: simulator tick and the v0 collector -> Kafka -> DuckDB path."""
+"""End to end: simulator tick, and the collector daemon -> Kafka -> DuckDB ingest path."""
 
 from __future__ import annotations
 
@@ -53,25 +53,25 @@ def run(quick: bool = False) -> list[Result]:
             ingestor.consumer.poll(timeout_ms=200)
         ingestor.consumer.seek_to_beginning()
         t = time.perf_counter()
-        while ingestor.stats.samples_stored < daemon.samples_sent:
+        while ingestor.stats.samples_stored < daemon.stats.samples_delivered:
             ingestor.poll_once(timeout_ms=500)
         ingest_s = time.perf_counter() - t
         ingestor.close()
         store.close()
     results.append(
         Result(
-            "collector produce (v0, simulated site)",
+            "collector daemon produce (simulated site)",
             "samples/s",
-            daemon.samples_sent / produce_s,
-            note=f"{daemon.samples_sent:,} samples",
+            daemon.stats.samples_delivered / produce_s,
+            note=f"{daemon.stats.samples_delivered:,} samples",
         )
     )
     results.append(
         Result(
-            "ingest v0 (pydantic decode + Arrow insert)",
+            "ingest of the collector's batches (one Ingestor, bulk decode in DuckDB)",
             "samples/s",
-            daemon.samples_sent / ingest_s,
-            note="issue 5 owns the 1M/s target",
+            daemon.stats.samples_delivered / ingest_s,
+            note="the ingest throughput target is measured in bench_ingest",
         )
     )
     return results

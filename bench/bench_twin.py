@@ -125,7 +125,7 @@ def populate_latest(store: Store, twin: Twin, rng: np.random.Generator) -> int:
     ids: list[str] = []
     metrics: list[str] = []
     for cls, names in EMITTED.items():
-        devs = twin.site_index.blocks[cls].ids
+        devs = twin.layout.blocks[cls].ids
         for m in names:
             ids += devs
             metrics += [m] * len(devs)
@@ -168,7 +168,7 @@ def populate_history(twin: Twin, hours: int, tick_hours: int) -> datetime:
     """`hours` of history for every scope as the twin leaves it: minute rows compacted
     hour by hour (sorted by scope), and the last `tick_hours` still as 10 s tick rows.
     Returns the end of the history."""
-    cur = twin.rollup_history.cur
+    cur = twin.rollup_store.cur
     sc = twin.scope_index
     cur.register("bench_scopes", pa.table({"scope_id": sc.ids, "level": sc.levels}))
     compacted = hours - tick_hours
@@ -193,7 +193,7 @@ def populate_history(twin: Twin, hours: int, tick_hours: int) -> datetime:
         FROM range({tick_hours * 360}) t CROSS JOIN bench_scopes s ORDER BY t.range""",
         [tick_start],
     )
-    twin.rollup_history.flushed_until = tick_start
+    twin.rollup_store.flushed_until = tick_start
     cur.execute("CHECKPOINT")
     return T0 + timedelta(hours=hours)
 
@@ -221,7 +221,7 @@ def run(quick: bool = False) -> list[Result]:
         store = Store(Path(tmp) / "bench.duckdb")
         twin = Twin(site, store, config=TwinConfig(telemetry_interval_s=10, stale_intervals=3))
         twin.auto_maintain = False  # compaction is measured on its own below
-        n_gpu = len(twin.site_index.gpu_ids)
+        n_gpu = len(twin.layout.gpu_ids)
         rows = populate_latest(store, twin, rng)
         base_ms = int(T0.timestamp() * 1000)
         with one_core(store):
@@ -269,14 +269,14 @@ def run(quick: bool = False) -> list[Result]:
         # not compacted yet, so 23 h come from minute rows and 1 h is bucketed from ticks.
         end = populate_history(twin, 24, 1)
         start = end - timedelta(hours=24)
-        rack = twin.site_index.rack_ids[len(twin.site_index.rack_ids) // 2]
+        rack = twin.layout.rack_ids[len(twin.layout.rack_ids) // 2]
         repeat = 5 if quick else 20
         med, source, points = time_series(twin, store, rack, start, end, repeat)
         n_minute = store.cursor().execute("SELECT count(*) FROM twin_rollups_1m").fetchall()[0][0]
         n_tick = store.cursor().execute("SELECT count(*) FROM twin_rollups").fetchall()[0][0]
         with one_core(store):
             t = time.perf_counter()
-            twin.rollup_history.maintain(end)  # compacts the last hour(s) of ticks
+            twin.rollup_store.maintain(end)  # compacts the last hour(s) of ticks
             compact_ms = (time.perf_counter() - t) * 1000
         med_after, _, _ = time_series(twin, store, rack, start, end, repeat)
         results.append(

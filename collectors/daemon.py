@@ -112,15 +112,6 @@ class CollectorDaemon:
         self.shipper.start()
         self._closed = False
 
-    # -- compatibility with the v0 daemon's counters ------------------------------------------
-    @property
-    def samples_sent(self) -> int:
-        return self.stats.samples_delivered
-
-    @property
-    def batches_sent(self) -> int:
-        return self.stats.batches_sent + self.stats.batches_replayed
-
     def _make_producer(self):
         k = self.config.kafka
         return make_producer(

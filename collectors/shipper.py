@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from collectors.spool import Dropped, Record, Spool
@@ -25,7 +26,7 @@ from collectors.stats import DaemonStats
 
 log = logging.getLogger(__name__)
 
-ProducerFactory = Callable[[], object]  # -> kafka.KafkaProducer (or anything with its API)
+ProducerFactory = Callable[[], KafkaProducer]  # or anything with its API
 
 
 class Shipper:
@@ -49,7 +50,7 @@ class Shipper:
         self._backoff_s = backoff_initial_s
         self._chunk_records = chunk_records
         self._send_timeout_s = send_timeout_s
-        self._producer = None
+        self._producer: KafkaProducer | None = None
         self._queue: deque[list[Record]] = deque()
         self._cond = threading.Condition()
         self._busy = False
@@ -226,7 +227,7 @@ class Shipper:
         self.stats.broker_up = False
         self._close_producer(timeout_s=0.0)
 
-    def _get_producer(self):
+    def _get_producer(self) -> KafkaProducer:
         if self._producer is None:
             self._producer = self._factory()
         return self._producer

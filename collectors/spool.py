@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import logging
 import os
 from dataclasses import dataclass, field
@@ -111,8 +112,8 @@ class Spool:
         self._segments: list[_Segment] = []
         self._cursor = Position(1, 0)
         self._head_consumed = (0, 0)  # (records, samples) of the head segment before cursor
-        self._writer = None
-        self._reader = None  # (segment id, file)
+        self._writer: io.BufferedWriter | None = None
+        self._reader: tuple[int, io.BufferedReader] | None = None  # (segment id, file)
         self.open_dropped = Dropped()  # torn or corrupt data found on open
         self._load()
 
@@ -244,7 +245,7 @@ class Spool:
                 os.fsync(self._writer.fileno())
         return dropped
 
-    def _active_writer(self):
+    def _active_writer(self) -> io.BufferedWriter:
         if self._writer is None:
             sid = self._segments[-1].id + 1 if self._segments else max(self._cursor.segment, 1)
             seg = _Segment(sid, self._path(sid))
@@ -373,7 +374,7 @@ class Spool:
         os.replace(tmp, self.dir / "cursor")
         self._sync_dir()
 
-    def _open_reader(self, seg: _Segment):
+    def _open_reader(self, seg: _Segment) -> io.BufferedReader:
         if self._reader is None or self._reader[0] != seg.id:
             self._close_reader()
             self._reader = (seg.id, open(seg.path, "rb"))  # noqa: SIM115 - see _close_reader

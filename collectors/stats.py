@@ -50,3 +50,7 @@ class DaemonStats:
     @property
     def samples_delivered(self) -> int:
         return self.samples_sent + self.samples_replayed
+
+    @property
+    def batches_delivered(self) -> int:
+        return self.batches_sent + self.batches_replayed

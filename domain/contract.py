@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 import uuid
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION: Final = 1
 SUPPORTED_VERSIONS = frozenset({CONTRACT_VERSION})
 
 HEADER_VERSION = "dctwin-contract-version"

@@ -4,7 +4,7 @@ read them from here (one source of truth, not the simulator's internals)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 # a CRAH coil holds supply air at least this far above the chilled-water supply
 COIL_APPROACH_K = 3.0
@@ -19,9 +19,6 @@ class Envelope:
     ramp_per_min: float  # how fast the active setpoint follows a change
     scope: str  # "site", "cdu" or "crah"
     description: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 ENVELOPES: dict[str, Envelope] = {

@@ -47,9 +47,11 @@ def ensure_topics(
         admin.close()
 
 
-def make_producer(bootstrap: str, compression: str = "zstd", **overrides) -> KafkaProducer:
+def make_producer(
+    bootstrap: str, compression: str | None = "zstd", **overrides: object
+) -> KafkaProducer:
     """Producer for batches: acks=all so that a send is only done once the broker has it."""
-    config = dict(
+    config: dict[str, object] = dict(
         bootstrap_servers=bootstrap,
         acks="all",
         compression_type=compression,

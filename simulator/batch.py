@@ -86,7 +86,17 @@ class BatchRun:
         if present is not None:
             keep = present.reshape(-1)
             cols = [c[keep] for c in cols]
-        chunk = SampleChunk(*cols, reads=k, events=self.sim.drain_events())
+        read_time_ms, device_code, metric_code, kind_code, rack_code, value = cols
+        chunk = SampleChunk(
+            read_time_ms,
+            device_code,
+            metric_code,
+            kind_code,
+            rack_code,
+            value,
+            reads=k,
+            events=self.sim.drain_events(),
+        )
         self.samples += len(chunk)
         self.events += len(chunk.events)
         return chunk

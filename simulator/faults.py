@@ -247,8 +247,8 @@ def _make(
 ) -> Fault:
     kind = CATALOG[ftype]
     used = used if used is not None else set()
-    device, _, metric = target.partition("#")
-    metric = metric or None
+    device, _, metric_name = target.partition("#")
+    metric = metric_name or None
     if kind.device_class == "sensor":
         if metric is None:
             raise FaultSpecError(f"{where}: {ftype} needs a metric: DEVICE#METRIC")

@@ -15,7 +15,6 @@ from simulator.faults import Fault, FaultPlan
 from simulator.layout import SiteLayout
 
 H = 3600.0
-LEAK_FAIL_LEVEL_PCT = 30.0
 ECC_BASE_PER_H = 2.0
 ECC_GROWTH = 8.0  # corrected-error rate grows e^8 (~3000x) from onset to failure
 ECC_XID92_PER_H = 100.0

@@ -47,20 +47,21 @@ class SiteLayout:
         self.row_ids, self.cdu_ids, self.pdu_ids, self.crah_ids = [], [], [], []
         row_cdu, row_pdu, crah_hall, rack_row, rack_hall = [], [], [], [], []
         self.cdu_spec, self.pdu_spec, self.crah_spec = [], [], []
-        self.cdu_hall, self.pdu_hall = [], []
+        cdu_hall: list[int] = []
+        pdu_hall: list[int] = []
         for h_idx, hall in enumerate(s.halls):
             cdu_index = {}
             for c in hall.cdus:
                 cdu_index[c.id] = len(self.cdu_ids)
                 self.cdu_ids.append(f"{sid}/{hall.id}/{c.id}")
                 self.cdu_spec.append(c)
-                self.cdu_hall.append(h_idx)
+                cdu_hall.append(h_idx)
             pdu_index = {}
             for p in hall.pdus:
                 pdu_index[p.id] = len(self.pdu_ids)
                 self.pdu_ids.append(f"{sid}/{hall.id}/{p.id}")
                 self.pdu_spec.append(p)
-                self.pdu_hall.append(h_idx)
+                pdu_hall.append(h_idx)
             for a in hall.crahs:
                 self.crah_ids.append(f"{sid}/{hall.id}/{a.id}")
                 self.crah_spec.append(a)
@@ -76,8 +77,8 @@ class SiteLayout:
         self.row_cdu = np.array(row_cdu, dtype=int)
         self.row_pdu = np.array(row_pdu, dtype=int)
         self.crah_hall = np.array(crah_hall, dtype=int)
-        self.cdu_hall = np.array(self.cdu_hall, dtype=int)
-        self.pdu_hall = np.array(self.pdu_hall, dtype=int)
+        self.cdu_hall = np.array(cdu_hall, dtype=int)
+        self.pdu_hall = np.array(pdu_hall, dtype=int)
         self.rack_row = np.array(rack_row, dtype=int)
         self.rack_hall = np.array(rack_hall, dtype=int)
         self._devices(racks)
@@ -99,7 +100,7 @@ class SiteLayout:
         self.pdu_eff = np.array([p.efficiency for p in self.pdu_spec])
         self.crah_rated_kw = np.array([a.rated_kw for a in self.crah_spec])
         self.crah_fan_rated_w = np.array([a.fan_rated_w for a in self.crah_spec])
-        self._index = None
+        self._index: dict[str, tuple[str, int]] | None = None
 
     def _devices(self, racks) -> None:
         self.gpu_ids, gpu_rack, gpu_node, self.psu_ids, psu_rack = [], [], [], [], []

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from domain.site import Site
 from simulator import power as pw
@@ -128,6 +129,18 @@ def _utc_offset_h(tz: str, at_s: float) -> float:
 
 class SiteSimulator:
     """Steps the site forward in time. Deterministic for a given seed and step sequence."""
+
+    # facility sensor readings, set by _measure (one entry of SENSOR_NOISE each)
+    cdu_supply_c: NDArray[np.float64]
+    cdu_return_c: NDArray[np.float64]
+    cdu_primary_supply_c: NDArray[np.float64]
+    cdu_primary_return_c: NDArray[np.float64]
+    cdu_flow_lpm: NDArray[np.float64]
+    cdu_primary_flow_lpm: NDArray[np.float64]
+    cdu_dp_kpa: NDArray[np.float64]
+    psu_temp_c: NDArray[np.float64]
+    crah_supply_c: NDArray[np.float64]
+    crah_return_c: NDArray[np.float64]
 
     def __init__(
         self,
@@ -262,32 +275,6 @@ class SiteSimulator:
     def gpu_lost(self) -> np.ndarray:
         return self.faults.gpu_lost
 
-    # v0 names for setpoints: reading gives the commanded value, writing goes through the
-    # controls (and their envelopes)
-    @property
-    def chw_supply_setpoint_c(self) -> float:
-        return self.controls.get("chw_supply_setpoint_c")
-
-    @chw_supply_setpoint_c.setter
-    def chw_supply_setpoint_c(self, value: float) -> None:
-        self.controls.set("chw_supply_setpoint_c", value)
-
-    @property
-    def cw_supply_setpoint_c(self) -> float:
-        return self.controls.get("cw_supply_setpoint_c")
-
-    @cw_supply_setpoint_c.setter
-    def cw_supply_setpoint_c(self, value: float) -> None:
-        self.controls.set("cw_supply_setpoint_c", value)
-
-    @property
-    def cdu_supply_setpoint_c(self) -> np.ndarray:
-        return self.controls.commanded["cdu_supply_setpoint_c"].copy()
-
-    @property
-    def crah_supply_setpoint_c(self) -> np.ndarray:
-        return self.controls.commanded["crah_supply_setpoint_c"].copy()
-
     # -- per-device views the telemetry reads ------------------------------------------
 
     gpu_temp_c = property(lambda s: s.gpu.temp_c)
@@ -304,9 +291,6 @@ class SiteSimulator:
     crah_fan_speed = property(lambda s: s.crah.fan_speed)
     crah_fan_w = property(lambda s: s.crah.fan_w)
     crah_airflow_m3h = property(lambda s: s.crah.airflow_m3h)
-    # air heat a CRAH takes from the hall, its own fan heat excluded (v0 meaning)
-    crah_load_w = property(lambda s: s.crah.load_kw * 1000.0 - s.crah.fan_w)
-    rack_is_training = property(lambda s: s.workload.is_training)  # writable: v0 tests
 
     # -- one time step ------------------------------------------------------------------
 
@@ -361,9 +345,6 @@ class SiteSimulator:
         rated = lay.rack_psu_rated_w[lay.psu_rack]
         self.psu_out_w, self.psu_in_w, psu_loss_w = pw.psu_stage(
             rack_dc_w, lay.psu_rack, lay.rack_psus, rated, eff.psu_failed, eff.psu_loss_factor
-        )
-        self.psu_eff = np.divide(
-            self.psu_out_w, self.psu_in_w, out=np.zeros(lay.n_psu), where=self.psu_in_w > 0
         )
         rack_in_w = np.bincount(lay.psu_rack, self.psu_in_w, lay.n_rack)
         self.rack_dc_w, self.rack_in_w = rack_dc_w, rack_in_w

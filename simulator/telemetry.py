@@ -9,13 +9,18 @@ noise, see model.SENSOR_NOISE) and its exact ones (GPU, power, meters).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from domain.contract import Kind
 from domain.site import MeterRole
+
+if TYPE_CHECKING:
+    from simulator.model import SiteSimulator
 
 CLASS_METRICS: dict[str, list[str]] = {
     "gpu": [
@@ -96,7 +101,7 @@ class Block:
     devices: list[str]
     racks: list[str]  # partition key per device
     metrics: list[str]
-    values: Callable[[object], list[np.ndarray]]  # one array (or scalar) per metric
+    values: Callable[[SiteSimulator], Sequence[ArrayLike]]  # one array (or scalar) per metric
     start: int = 0  # offset in the flat order
 
     @property
@@ -104,7 +109,7 @@ class Block:
         return len(self.devices) * len(self.metrics)
 
 
-def _blocks(sim) -> list[Block]:
+def _blocks(sim: SiteSimulator) -> list[Block]:
     lay, site = sim.layout, sim.site
     hall_of = lambda ids: [i.split("/")[1] for i in ids]  # noqa: E731
     blocks = [
@@ -176,11 +181,11 @@ def _blocks(sim) -> list[Block]:
                 s.crah_fan_speed * 100.0,
                 s.crah_fan_w,
                 s.crah_airflow_m3h,
-                s.crah_supply_setpoint_c,
+                s.controls.commanded["crah_supply_setpoint_c"],
             ],
         ),
     ]
-    meter_values = {
+    meter_values: dict[MeterRole, Callable[[SiteSimulator], Sequence[ArrayLike]]] = {
         MeterRole.facility_input: lambda s: (s.plant.facility_kw, s.meter_energy_kwh["facility"]),
         MeterRole.ups_output: lambda s: (s.plant.ups_output_kw, s.meter_energy_kwh["ups_output"]),
         MeterRole.pdu_output: lambda s: (s.plant.pdu_output_kw, s.meter_energy_kwh["pdu_output"]),
@@ -195,7 +200,7 @@ def _blocks(sim) -> list[Block]:
                 [site.meter_id(meter)],
                 ["facility"],
                 CLASS_METRICS["meter"],
-                lambda s, fn=meter_values[meter.role]: list(fn(s)),
+                meter_values[meter.role],
             )
         )
     blocks.append(
@@ -226,7 +231,7 @@ def _blocks(sim) -> list[Block]:
 class TelemetryPlan:
     """Flat (device, metric) layout plus per-read state (noise, stuck values)."""
 
-    def __init__(self, sim) -> None:
+    def __init__(self, sim: SiteSimulator) -> None:
         self.blocks = _blocks(sim)
         pos = 0
         for b in self.blocks:
@@ -269,7 +274,7 @@ class TelemetryPlan:
         b = next(b for b in self.blocks if b.device_class == device_class)
         return b.start + b.metrics.index(metric) * len(b.devices) + index
 
-    def true_values(self, sim) -> np.ndarray:
+    def true_values(self, sim: SiteSimulator) -> NDArray[np.float64]:
         parts = []
         for b in self.blocks:
             n = len(b.devices)
@@ -277,7 +282,7 @@ class TelemetryPlan:
                 parts.append(np.broadcast_to(np.asarray(v, dtype=float), (n,)))
         return np.concatenate(parts)
 
-    def read(self, sim) -> tuple[np.ndarray, np.ndarray | None]:
+    def read(self, sim: SiteSimulator) -> tuple[NDArray[np.float64], NDArray[np.bool_] | None]:
         """(values, present mask or None when everything reports) for the current state."""
         values = self.true_values(sim)
         if len(self.quantized):
@@ -287,6 +292,7 @@ class TelemetryPlan:
         for f in sim.faults.sensor_faults:
             if t < f.onset_s:
                 continue
+            assert f.metric is not None  # parse_faults gives every sensor fault a metric
             p = self.position(f.device_class, f.index, f.metric)
             if f.type == "sensor_stuck":
                 values[p] = self._stuck.setdefault(f.fault_id, values[p])

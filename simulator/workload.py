@@ -21,7 +21,6 @@ import numpy as np
 from simulator.layout import SiteLayout
 
 ROLE_TRAINING, ROLE_INFERENCE, ROLE_IDLE = 0, 1, 2
-ROLE_NAMES = ("training", "inference", "idle")
 DAY_S = 86400.0
 
 
@@ -97,7 +96,6 @@ class Workload:
         self.rack_scale = rng.uniform(0.6, 1.0, lay.n_rack)
         self.rack_ar = np.zeros(lay.n_rack)
         self.gpu_noise_sigma = np.where(role == ROLE_INFERENCE, 0.02, 0.01)[lay.gpu_rack]
-        self.gpu_role = role[lay.gpu_rack]
 
     # -- per-rack signals ---------------------------------------------------------------
 

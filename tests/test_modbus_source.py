@@ -15,6 +15,7 @@ from collectors.daemon import CollectorDaemon
 from collectors.daemon_config import CollectorConfig
 from collectors.sources import build_source
 from collectors.sources.modbus.source import (
+    SHIPPED_MAPS,
     ModbusError,
     ModbusSource,
     ModbusSourceConfig,
@@ -25,7 +26,6 @@ from collectors.sources.simulated.source import SimulatedSource, SimulatedSource
 from domain.contract import EventKind, Kind
 from ingest.consumer import Ingestor
 from ingest.store import Store
-from tests.conftest import REPO
 from tests.helpers import ingest_until, silent_listener
 from tests.modbus_server import ModbusTestServer, free_port
 
@@ -168,7 +168,7 @@ def _values(spec: dict[str, tuple[float, str]], regmap: Path) -> tuple[dict, dic
 
 
 def test_shipped_crah_map():
-    regmap = REPO / "deploy" / "modbus" / "crah.toml"
+    regmap = SHIPPED_MAPS / "crah.toml"
     # metric: (raw register value, expected reading)
     spec = {
         ":supply_air_temp_c": (-15, -1.5),
@@ -190,7 +190,7 @@ def test_shipped_crah_map():
 
 
 def test_shipped_three_phase_meter_map():
-    regmap = REPO / "deploy" / "modbus" / "power-meter-3phase.toml"
+    regmap = SHIPPED_MAPS / "power-meter-3phase.toml"
     spec = {
         ":power_kw": (1630.5, 1630.5),
         ":energy_kwh": (88412.5, 88412.5),
@@ -317,7 +317,7 @@ def test_unreachable_device_does_not_stop_the_daemon(settings, unique):
                 "SELECT count(*) FROM ingested_batches WHERE collector = ?", [cfg.name]
             ).fetchone()[0]
 
-        ingest_until(ingestor, lambda: stored_batches() >= daemon.batches_sent)
+        ingest_until(ingestor, lambda: stored_batches() >= daemon.stats.batches_delivered)
         crah = cur.execute(
             "SELECT device_id, metric, value FROM samples WHERE device_id LIKE ?",
             [f"sv1/h1/crah-{unique}%"],

@@ -42,7 +42,7 @@ def test_simulated_batches_are_stored_exactly_and_pue_matches_hand_computation(
     ingestor = Ingestor(store, settings.kafka_bootstrap, settings.consumer_group)
     try:
         collector.run(max_intervals=INTERVALS)
-        produced = collector.samples_sent
+        produced = collector.stats.samples_delivered
         assert produced == INTERVALS * 23393  # every sample of the example site, each interval
 
         def stored() -> int:
@@ -112,7 +112,7 @@ def test_replayed_messages_are_not_stored_twice(settings, collector):
                 .fetchone()[0]
             )
 
-        ingest_until(first, lambda: stored() >= collector.samples_sent)
+        ingest_until(first, lambda: stored() >= collector.stats.samples_delivered)
         first.close()
         count = store.cursor().execute("SELECT count(*) FROM samples").fetchone()[0]
         second = Ingestor(store, settings.kafka_bootstrap, settings.consumer_group + "-replay")

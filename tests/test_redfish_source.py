@@ -475,7 +475,7 @@ def test_cdu_through_the_daemon_into_duckdb(settings, unique):
                 cur.execute(
                     "SELECT count(*) FROM ingested_batches WHERE collector = ?", [cfg.name]
                 ).fetchone()[0]
-                >= daemon.batches_sent
+                >= daemon.stats.batches_delivered
             ),
         )
         latest = dict(

@@ -130,10 +130,10 @@ def test_controls_have_envelopes_and_ramp():
     cdu = sim.layout.cdu_ids[0]
     sim.controls.set("cdu_supply_setpoint_c", 30.0, device=cdu)
     assert sim.controls.snapshot()["cdu_supply_setpoint_c"][cdu] == 30.0
-    sim.chw_supply_setpoint_c = 24.0  # the v0 attribute goes through the envelope too
+    sim.controls.set("chw_supply_setpoint_c", 24.0)
     assert sim.controls.get("chw_supply_setpoint_c") == 24.0
     with pytest.raises(ValueError):
-        sim.chw_supply_setpoint_c = 2.0
+        sim.controls.set("chw_supply_setpoint_c", 2.0)
     for _ in range(10):
         sim.step(30.0)  # 5 minutes: the active setpoint ramps at 0.5 K/min
     assert sim.controls.get("chw_supply_setpoint_c", active=True) == pytest.approx(20.5)

@@ -86,10 +86,10 @@ def test_heat_balance_closes_in_steady_state(store):
 
 
 def _settle_then_raise_loop_load(h: SimHarness, twin: Twin, cdu_index: int) -> None:
-    h.sim.rack_is_training[:] = False  # night-time inference load everywhere
+    h.sim.workload.is_training[:] = False  # night-time inference load everywhere
     h.write()
     run(h, twin, 20)
-    h.sim.rack_is_training[loop_racks(h.sim, cdu_index)] = True  # a training job lands
+    h.sim.workload.is_training[loop_racks(h.sim, cdu_index)] = True  # a training job lands
 
 
 def test_stuck_flow_sensor_crosses_threshold(store):

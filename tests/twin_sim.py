@@ -61,7 +61,7 @@ class SimHarness:
         readings = self.source.snapshot(t)
         if self.crah_duty:  # a CRAH reports its coil duty: hall air heat plus fan heat
             lay = self.sim.layout
-            duty = (self.sim.crah_load_w + self.sim.crah_fan_w) / 1000.0
+            duty = self.sim.crah.load_kw
             racks = [cid.split("/")[1] for cid in lay.crah_ids]
             readings.add_columns(
                 Kind.air, racks, lay.crah_ids, ["cooling_kw"] * len(duty), duty.tolist(), t

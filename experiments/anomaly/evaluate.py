@@ -3,9 +3,9 @@
 One scenario per seed: a 256-GPU site (4 rows, 4 CDUs, 2 CRAHs) simulated for
 ``hours`` with one fault of every catalog type, each on its own device, onsets after
 the training window, gradual faults running to failure inside the run. The samples go
-into a DuckDB store and the live scorer (live.py) works through them as it would in
-production: it trains on the first ``train_h`` hours, then scores each interval as it
-closes and refits every 6 h (earlier for a class that alarms as a whole: live.py).
+into a DuckDB store and the live scorer (twin/anomaly/service.py) works through them as
+it would in production: it trains on the first ``train_h`` hours, then scores each
+interval as it closes and refits every 6 h (earlier for a class that alarms as a whole).
 Nothing from the fault labels reaches the scorer.
 
 Seeds: development and tuning used DEV_SEEDS only; the acceptance figures come from
@@ -21,6 +21,7 @@ import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -198,7 +199,7 @@ def run_scenario(
             store.close()
     scores = pl.concat(parts) if parts else pl.DataFrame()
     interval = sc.step_s
-    first = int(scores["bucket"].min()) if scores.height else 0
+    first = int(cast(int, scores["bucket"].min())) if scores.height else 0
     return ScenarioRun(
         sc,
         scores.select("device_id", "bucket", "score", "top_metric", "top_component")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -111,10 +112,10 @@ def _affected(label: dict, targets: set[str], devices: pl.DataFrame) -> set[str]
         )
     elif cls in ("psu", "gpu", "node"):
         rows = d.filter(pl.col("device_id").is_in(list(targets)))
-        racks = rows["rack_id"].drop_nulls().to_list()
+        rack_ids = rows["rack_id"].drop_nulls().to_list()
         nodes = {t.rsplit("/", 1)[0] + "/" for t in targets if "/n" in t}
         mates = d.filter(
-            pl.col("rack_id").is_in(racks)
+            pl.col("rack_id").is_in(rack_ids)
             & (
                 (pl.col("device_class") == "psu")
                 | pl.col("device_id").map_elements(
@@ -145,6 +146,7 @@ def match(
     windows = []  # (device, onset bucket, strict?)
     for lab in labels.iter_rows(named=True):
         onset_b = bucket(lab["onset"])
+        assert onset_b is not None  # every fault has an onset
         fail_b = bucket(lab["failure_time"])
         targets = _targets(lab, devices)
         affected = _affected(lab, targets, devices)
@@ -154,7 +156,7 @@ def match(
         starts = events.filter(
             pl.col("device_id").is_in(list(targets)) & pl.col("start").is_between(onset_b, end_b)
         )
-        det_b = int(starts["start"].min()) if starts.height else None
+        det_b = int(cast(int, starts["start"].min())) if starts.height else None
         if lab["metric"]:  # a sensor fault: also when a running alarm names that sensor
             named = first_alarm.filter(
                 pl.col("device_id").is_in(list(targets))
@@ -162,7 +164,7 @@ def match(
                 & (pl.col("top_metric") == lab["metric"])
             )
             if named.height:
-                b = int(named["bucket"].min())
+                b = int(cast(int, named["bucket"].min()))
                 det_b = b if det_b is None else min(det_b, b)
         hit = (
             first_alarm.filter(
@@ -226,7 +228,9 @@ def summarize(faults: pl.DataFrame, alarms: pl.DataFrame) -> dict:
         "alarm_events": n_alarm,
         "false_alarm_events": int(n_alarm - alarms["true_topological"].sum()),
         "abrupt_median_delay_intervals": float(np.median(delays)) if len(delays) else None,
-        "gradual_before_failure": float(gradual["before_failure"].fill_null(False).mean())
+        "gradual_before_failure": float(
+            cast(float, gradual["before_failure"].fill_null(False).mean())
+        )
         if gradual.height
         else None,
     }

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 BASE_START = datetime(2025, 1, 15, tzinfo=UTC)
-DEFAULT_GPUS = 128
 CATALOG_VERSION = 3  # in run file names: a changed fault_spec must not reuse old runs
 
 

@@ -71,10 +71,6 @@ def observe(sim: SiteSimulator) -> dict[str, float]:
     }
 
 
-def state_vector(obs: dict[str, float]) -> np.ndarray:
-    return np.array([obs[k] for k in STATE])
-
-
 class ExplorationPolicy:
     """Random walk within the exploration box with occasional uniform jumps."""
 

@@ -334,6 +334,7 @@ def evaluate(
                 interval_s=control_s,
                 before=tuple(before) if settled_before else None,
             )
+            assert dec.predicted_savings_kw is not None  # set with every recommendation
             res.per_rec_predicted_kw += dec.predicted_savings_kw
             res.per_rec_realised_kw += out.realised_kw
             res.per_rec_predicted_at_window_kw += out.predicted_at_window_kw

@@ -24,7 +24,7 @@ import copy
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # no stubs
 
 from experiments.optimizer.dataset import SETTLE_S, observe
 from experiments.optimizer.plant_control import apply_setpoints

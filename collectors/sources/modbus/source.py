@@ -216,9 +216,9 @@ class ModbusSource:
                 if not math.isfinite(value):  # e.g. a float32 NaN "no sensor" marker
                     self.skipped_nonfinite += 1
                     continue
-                out.add(
-                    reg.kind or cfg.kind, cfg.rack, self.device_of[id(reg)], reg.metric, value, t
-                )
+                kind = reg.kind or cfg.kind
+                assert kind is not None  # the config's validator requires one
+                out.add(kind, cfg.rack, self.device_of[id(reg)], reg.metric, value, t)
         return out
 
     def close(self) -> None:

@@ -87,7 +87,9 @@ Reader = Callable[[Any], list[tuple[str, float]]]
 class NvmlSource:
     def __init__(self, config: NvmlSourceConfig, nvml_module: Any = None) -> None:
         if nvml_module is None:
-            import pynvml as nvml_module  # lazy: only GPU nodes need the driver library
+            import pynvml  # lazy: only GPU nodes need the driver library
+
+            nvml_module = pynvml
         self.nvml = nv = nvml_module
         self.config = config
         self.name = config.name

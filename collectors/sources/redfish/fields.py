@@ -1,4 +1,4 @@
-"""How Redfish resources become contract metrics and events (tables for `redfish.py`).
+"""How Redfish resources become contract metrics and events (tables for `source.py`).
 
 Pure functions over parsed JSON: no HTTP here, so the mapping can be read and tested on
 its own. A resource is dispatched on its `@odata.type` (e.g. `#Pump.v1_2_0.Pump` -> `Pump`).

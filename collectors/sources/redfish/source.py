@@ -5,7 +5,7 @@ environment metrics, chassis liquid cooling, ThermalEquipment CDUs, PowerEquipme
 and keeps a plan: the resources that carry readings or health. Later reads GET only those,
 and the walk is repeated every `rediscover_s` or when a planned resource disappears.
 A chassis sensor that an equipment resource already cites (`DataSourceUri`) is not read
-twice. Mapping tables live in `redfish_map.py`; see docs/collectors.md.
+twice. Mapping tables live in `fields.py`; see docs/collectors.md.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 ROOT = "/redfish/v1"
 Section = Literal["sensors", "environment", "power_supplies", "chassis_cooling", "cdus", "pdus"]
+ALL_SECTIONS: frozenset[Section] = frozenset(get_args(Section))
 
 # link name -> the section that switches it on (None: always followed)
 _NAV: dict[str, dict[str, Section | None]] = {
@@ -103,16 +104,7 @@ class RedfishSourceConfig(BaseModel):
     chassis_kind: Literal["power", "cooling"] = Field(
         "power", description="kind of chassis temperatures that are neither coolant nor PSU"
     )
-    sections: set[Section] = Field(
-        default_factory=lambda: {
-            "sensors",
-            "environment",
-            "power_supplies",
-            "chassis_cooling",
-            "cdus",
-            "pdus",
-        }
-    )
+    sections: set[Section] = Field(default_factory=lambda: set(ALL_SECTIONS))
     rediscover_s: float = Field(600.0, gt=0)
     max_resources: int = Field(5000, ge=1, description="bound on one walk of the service")
 
