@@ -252,10 +252,10 @@ class ConditionRule(RuleBase):
 # -- the registry of rule kinds --------------------------------------------------------
 
 _KINDS: dict[str, type[RuleBase]] = {}
-K = TypeVar("K", bound=type[RuleBase])
+K = TypeVar("K", bound=RuleBase)
 
 
-def rule_kind(cls: K) -> K:
+def rule_kind(cls: type[K]) -> type[K]:
     """Register a rule kind: the model's `kind: Literal["name"]` names it, and the class
     must implement `evaluate`. Mistakes fail at import, not at evaluation."""
     annotation = cls.model_fields["kind"].annotation
