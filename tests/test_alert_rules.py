@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from typing import Literal
 
 import polars as pl
 import pytest
 
+from twin.alerts.conditions import Outcome
 from twin.alerts.grouping import fingerprint, site_topology
+from twin.alerts.kinds.events import CRITICAL_XIDS
 from twin.alerts.receivers import load_receivers
-from twin.alerts.rules import CRITICAL_XIDS, glob_regex, load_rules, parse_rules
+from twin.alerts.rules import RuleBase, glob_regex, load_rules, parse_rules, rule_kind, rule_kinds
 from twin.alerts.yaml_files import ConfigError, Matcher, parse_duration
 
 BASE = """rules:
@@ -51,7 +54,7 @@ def test_default_rule_set_covers_every_kind_with_summary_and_runbook():
     ("text", "line", "needle"),
     [
         (BASE.replace("value: 85", "value: 85\n    for: 5 minutes"), 6, "invalid duration"),
-        (BASE.replace("kind: threshold", "kind: treshold"), 3, "does not match any"),
+        (BASE.replace("kind: threshold", "kind: treshold"), 3, "unknown rule kind 'treshold'"),
         (BASE.replace("gpu_temp_c", "gpu_tmp_c"), 4, "similar: ['gpu_temp_c'"),
         (BASE.replace("value: 85", "value: 85\n    clear: 90"), 2, "clear (90.0) must be <="),
         (BASE + BASE.removeprefix("rules:\n"), 7, "duplicate rule name 'GpuHot'"),
@@ -76,6 +79,68 @@ def test_errors_name_the_line(text, line, needle):
     assert err.value.line == line, str(err.value)
     assert needle in str(err.value)
     assert str(err.value).startswith(f"rules.yaml:{line}: ")
+
+
+def test_unknown_rule_kind_is_a_load_error_naming_file_line_and_known_kinds(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        BASE
+        + """  - name: InletHumid
+    kind: humidity_band
+    metric: gpu_temp_c
+    annotations: {summary: humid}
+"""
+    )
+    with pytest.raises(ConfigError) as err:
+        load_rules(path)
+    known = ", ".join(sorted(rule_kinds()))
+    assert str(err.value) == (
+        f"{path}:8: rules[1].kind: unknown rule kind 'humidity_band'; known kinds: {known}"
+    )
+    assert "threshold" in known and "pue_regression" in known
+
+    path.write_text(BASE.replace("    kind: threshold\n", ""))
+    with pytest.raises(ConfigError) as err:
+        load_rules(path)
+    assert str(err.value).startswith(f"{path}:2: rules[0]: rule has no kind (one of: absence, ")
+
+
+def test_every_rule_kind_has_its_model_and_evaluator():
+    """A kind is one registered class: model (with `kind: Literal[name]`) and evaluate().
+    None can be left without an evaluator, so evaluation never meets an unknown kind."""
+    kinds = rule_kinds()
+    shipped = {r.kind for r in load_rules(None).rules}
+    assert shipped <= set(kinds)
+    for name, model in kinds.items():
+        assert issubclass(model, RuleBase)
+        assert model.model_fields["kind"].annotation == Literal[name], name
+        assert model.evaluate is not RuleBase.evaluate, f"{name} has no evaluate()"
+        assert callable(model.evaluate)
+
+
+def test_a_rule_kind_without_evaluator_or_kind_literal_cannot_register():
+    class NoEvaluate(RuleBase):
+        kind: Literal["no_evaluate"]
+
+    with pytest.raises(TypeError, match="'no_evaluate' .* does not implement evaluate"):
+        rule_kind(NoEvaluate)
+
+    class NoLiteral(RuleBase):
+        def evaluate(self, ctx, latched):
+            return Outcome()
+
+    with pytest.raises(TypeError, match="kind must be Literal"):
+        rule_kind(NoLiteral)
+
+    class Twice(RuleBase):
+        kind: Literal["threshold"]
+
+        def evaluate(self, ctx, latched):
+            return Outcome()
+
+    with pytest.raises(TypeError, match="registered twice"):
+        rule_kind(Twice)
+    assert "no_evaluate" not in rule_kinds()
 
 
 def test_receivers_file_errors_name_the_line(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ import duckdb
 import polars as pl
 
 from twin.alerts.grouping import AlertTopology
-from twin.alerts.rules import Selector
+from twin.alerts.rules import Selector, glob_regex
 
 # entity id (device id, or a loop's CDU id) -> value
 ScoreProvider = Callable[[datetime], Mapping[str, float]]
@@ -138,7 +138,7 @@ class RuleContext:
                 pl.col("device_class").is_in(sel.device_class)
             )
         if sel.device:
-            frame = frame.filter(pl.col("device_id").str.contains(sel.device_regex()))
+            frame = frame.filter(pl.col("device_id").str.contains(glob_regex(sel.device)))
         return frame
 
     def matches(self, device_id: str, sel: Selector) -> bool:

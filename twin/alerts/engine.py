@@ -21,13 +21,13 @@ from typing import Any
 
 import orjson
 
-from twin.alerts.conditions import Hit, Outcome, evaluate
+from twin.alerts.conditions import Hit, Outcome
 from twin.alerts.context import Providers, RuleContext
 from twin.alerts.grouping import AlertTopology, fingerprint, group_key, group_labels, inhibitions
 from twin.alerts.lifecycle import AlertDb
 from twin.alerts.outbox import Outbox, utcnow
 from twin.alerts.receivers import AlertmanagerReceiver, Receiver
-from twin.alerts.rules import EventRule, LeakRule, RulesFile
+from twin.alerts.rules import RuleBase, RulesFile
 from twin.alerts.webhook import AlertView, webhook_payload
 from twin.alerts.yaml_files import matches_all
 
@@ -112,13 +112,10 @@ def reads_of(rules: RulesFile) -> tuple[frozenset[str], frozenset[str], float]:
     for r in rules.rules:
         if not r.enabled:
             continue
-        if getattr(r, "metric", None):
-            metrics.add(r.metric)
-        if isinstance(r, LeakRule):
-            metrics.add("leak_detected")
-        if isinstance(r, EventRule):
-            kinds.update(e.value for e in r.events)
-            lookback = max(lookback, r.resolve_after)
+        reads = r.reads()
+        metrics |= reads.metrics
+        kinds |= reads.event_kinds
+        lookback = max(lookback, reads.event_lookback_s)
     return frozenset(metrics), frozenset(kinds), lookback
 
 
@@ -225,7 +222,9 @@ class AlertEngine:
             self.evaluations += 1
             return tick
 
-    def _outcome(self, rule: Any, ctx: RuleContext, latched: set[str], now: datetime) -> Outcome:
+    def _outcome(
+        self, rule: RuleBase, ctx: RuleContext, latched: set[str], now: datetime
+    ) -> Outcome:
         st = self.status[rule.name]
         if (
             rule.every
@@ -236,7 +235,7 @@ class AlertEngine:
             return st.last_outcome
         t0 = time.perf_counter()
         try:
-            outcome = evaluate(rule, ctx, latched)
+            outcome = rule.evaluate(ctx, latched)
             st.error = None
         except Exception as exc:  # one broken rule or provider must not stop the others
             log.warning("rule %s failed: %s", rule.name, exc)
@@ -248,7 +247,12 @@ class AlertEngine:
         return outcome
 
     def _lifecycle(
-        self, rule: Any, outcome: Outcome, open_: dict[str, OpenAlert], now: datetime, tick: Tick
+        self,
+        rule: RuleBase,
+        outcome: Outcome,
+        open_: dict[str, OpenAlert],
+        now: datetime,
+        tick: Tick,
     ) -> None:
         hits = {h.key: h for h in outcome.hits}
         pending = self.pending[rule.name]
@@ -285,7 +289,7 @@ class AlertEngine:
                     continue
             self._resolve(alert, now, tick)
 
-    def _fire(self, rule: Any, hit: Hit, since: datetime, now: datetime, tick: Tick) -> None:
+    def _fire(self, rule: RuleBase, hit: Hit, since: datetime, now: datetime, tick: Tick) -> None:
         labels = {
             k: v
             for k, v in {

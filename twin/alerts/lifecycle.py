@@ -428,7 +428,8 @@ class AlertDb:
         self, f: AlertFilter, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Newest first; keyset pagination on id so pages stay stable as alerts arrive."""
-        where, params = ["true"], []
+        where: list[str] = ["true"]
+        params: list[Any] = []
         for column, value in (("status", f.status), ("severity", f.severity)):
             if value is not None:
                 where.append(f"{column} = ?")

@@ -112,21 +112,23 @@ class Outbox:
         return [Entry(*r) for r in rows]
 
     def next_due_at(self) -> datetime | None:
-        return (
+        row = (
             self.db.cur()
             .execute("SELECT min(next_attempt_at) FROM alert_outbox WHERE status = 'pending'")
-            .fetchone()[0]
+            .fetchone()
         )
+        return row[0] if row else None
 
     def has_pending(self, receiver: str) -> bool:
-        return bool(
+        row = (
             self.db.cur()
             .execute(
                 "SELECT count(*) FROM alert_outbox WHERE receiver = ? AND status = 'pending'",
                 [receiver],
             )
-            .fetchone()[0]
+            .fetchone()
         )
+        return bool(row and row[0])
 
     def _update(self, sql: str, params: list) -> None:
         with self.db.transaction() as cur:

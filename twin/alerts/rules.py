@@ -2,27 +2,36 @@
 
 A rules file has `settings`, `rules` and `inhibit_rules` (and optionally `receivers`,
 see receivers.py). Each rule has a `kind`; see docs/alerts.md for every field.
+
+This module holds what every rule shares (`RuleBase`, `ConditionRule`, `Selector`...) and
+the registry of rule kinds. A kind is one class in `twin/alerts/kinds/`: its pydantic
+model and its `evaluate` together, registered with `@rule_kind`. A rules file naming a
+kind that is not registered is rejected at load time, with its line and the known kinds.
 """
 
 from __future__ import annotations
 
 import difflib
 import string
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    SerializeAsAny,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
-from domain.contract import METRICS, EventKind
+from domain.contract import METRICS
 from twin.alerts.yaml_files import (
     LABEL_NAME,
     ConfigError,
@@ -32,10 +41,11 @@ from twin.alerts.yaml_files import (
     validation_error,
 )
 
+if TYPE_CHECKING:
+    from twin.alerts.conditions import Outcome
+    from twin.alerts.context import RuleContext
+
 DEFAULT_RULES = "default_rules.yaml"
-# NVIDIA XIDs that mean a GPU needs attention now: 48 double-bit ECC, 63/64 row remapping,
-# 74 NVLink, 79 fallen off the bus, 92/94/95 ECC (contained/uncontained).
-CRITICAL_XIDS = (48, 63, 64, 74, 79, 92, 94, 95)
 ALL_METRICS = {m for per_kind in METRICS.values() for m in per_kind}
 RESERVED_LABELS = {"alertname", "severity"}
 # labels the topology attaches (see grouping.py) and rules may aggregate `by`
@@ -139,7 +149,20 @@ def glob_regex(glob: str) -> str:
     return "".join(out)
 
 
+@dataclass(frozen=True)
+class Reads:
+    """What a rule reads from the store, so that one query per table serves every rule."""
+
+    metrics: frozenset[str] = frozenset()
+    event_kinds: frozenset[str] = frozenset()
+    event_lookback_s: float = 0.0
+
+
 class RuleBase(_Strict):
+    """Fields every rule has. A rule kind subclasses it (or `ConditionRule`), narrows
+    `kind` to a `Literal`, implements `evaluate` and is registered with `@rule_kind`."""
+
+    kind: str
     name: str = Field(pattern=LABEL_NAME.pattern, description="alertname")
     severity: Literal["info", "warning", "critical"] = "warning"
     labels: dict[str, str] = Field(default_factory=dict)
@@ -168,6 +191,16 @@ class RuleBase(_Strict):
             if k not in TOPOLOGY_LABELS:
                 raise ValueError(f"by: unknown label {k!r} (one of {list(TOPOLOGY_LABELS)})")
         return v
+
+    def evaluate(self, ctx: RuleContext, latched: set[str]) -> Outcome:
+        """The series whose condition holds now (see conditions.Outcome). `latched` are
+        the series keys of this rule's firing alerts."""
+        raise NotImplementedError(f"rule kind {self.kind!r} has no evaluate()")
+
+    def reads(self) -> Reads:
+        """Metrics and event kinds `evaluate` reads through the context (none by default:
+        it may still read them, uncached)."""
+        return Reads()
 
 
 def _metric_known(metric: str) -> str:
@@ -216,137 +249,67 @@ class ConditionRule(RuleBase):
         return self.value if self.clear is None else self.clear
 
 
-class ThresholdRule(ConditionRule):
-    kind: Literal["threshold"]
-    select: Selector = Field(default_factory=Selector)
-    metric: MetricName
-    stale_after: Duration = Field(120.0, gt=0, description="older readings change nothing")
+# -- the registry of rule kinds --------------------------------------------------------
+
+_KINDS: dict[str, type[RuleBase]] = {}
+K = TypeVar("K", bound=RuleBase)
 
 
-class RateRule(ConditionRule):
-    """Rate of change of a metric over `window`, in units per `per` (default per second)."""
-
-    kind: Literal["rate"]
-    select: Selector = Field(default_factory=Selector)
-    metric: MetricName
-    window: Duration = Field(gt=0)
-    per: Duration = Field(1.0, gt=0)
-
-
-class AbsenceRule(RuleBase):
-    """A device (or one of its metrics) not heard from for `after`. Devices silent for
-    longer than `forget_after` are considered decommissioned and dropped."""
-
-    kind: Literal["absence"]
-    select: Selector = Field(default_factory=Selector)
-    metric: MetricName | None = None
-    after: Duration = Field(gt=0)
-    forget_after: Duration = Field(86400.0, gt=0)
+def rule_kind(cls: type[K]) -> type[K]:
+    """Register a rule kind: the model's `kind: Literal["name"]` names it, and the class
+    must implement `evaluate`. Mistakes fail at import, not at evaluation."""
+    annotation = cls.model_fields["kind"].annotation
+    names = get_args(annotation)
+    if get_origin(annotation) is not Literal or len(names) != 1 or not isinstance(names[0], str):
+        raise TypeError(f"{cls.__name__}.kind must be Literal['<kind name>'], got {annotation}")
+    kind = names[0]
+    if kind in _KINDS and _KINDS[kind] is not cls:
+        raise TypeError(
+            f"rule kind {kind!r} registered twice: {_KINDS[kind].__name__}, {cls.__name__}"
+        )
+    if cls.evaluate is RuleBase.evaluate:
+        raise TypeError(f"rule kind {kind!r} ({cls.__name__}) does not implement evaluate()")
+    _KINDS[kind] = cls
+    return cls
 
 
-class EventRule(RuleBase):
-    """Fires on matching events; resolves `resolve_after` the last one."""
+def rule_kinds() -> dict[str, type[RuleBase]]:
+    """Every registered kind -> its rule model."""
+    # the kinds import this module for their base classes, so they are loaded here
+    import twin.alerts.kinds  # noqa: F401
 
-    kind: Literal["event"]
-    events: list[EventKind] = Field(min_length=1)
-    select: Selector = Field(default_factory=Selector)
-    where: dict[str, list[str | int | float | bool]] = Field(
-        default_factory=dict, description="attrs filter: attr -> accepted values"
-    )
-    resolve_after: Duration = Field(900.0, gt=0)
+    return dict(sorted(_KINDS.items()))
 
 
-class LeakRule(EventRule):
-    """`leak_detected` events, or a `leak_detected` reading >= 1 on cooling telemetry."""
-
-    kind: Literal["leak"]  # type: ignore[assignment]
-    events: list[EventKind] = Field(default_factory=lambda: [EventKind.leak_detected])
-    resolve_after: Duration = Field(300.0, gt=0)
-    stale_after: Duration = Field(120.0, gt=0)
-
-
-class XidRule(EventRule):
-    kind: Literal["xid"]  # type: ignore[assignment]
-    events: list[EventKind] = Field(default_factory=lambda: [EventKind.xid])
-    codes: list[int] = Field(default_factory=lambda: list(CRITICAL_XIDS), min_length=1)
-
-
-class PumpFailedRule(EventRule):
-    """One alert per cooling loop (CDU), whatever pump of it reported."""
-
-    kind: Literal["pump_failed"]  # type: ignore[assignment]
-    events: list[EventKind] = Field(default_factory=lambda: [EventKind.pump_failed])
-    by: list[str] | None = Field(default_factory=lambda: ["cdu"])
-
-
-class PsuFailedRule(EventRule):
-    kind: Literal["psu_failed"]  # type: ignore[assignment]
-    events: list[EventKind] = Field(default_factory=lambda: [EventKind.psu_fault])
-
-
-class AnomalyScoreRule(ConditionRule):
-    """Anomaly score per device from the anomaly provider (0 normal .. 1 anomalous)."""
-
-    kind: Literal["anomaly_score"]
-    op: Op = ">="
-    select: Selector = Field(default_factory=Selector)
+def _rule_of_kind(data: Any) -> Any:
+    """A rule mapping -> the model of its kind. Unknown kinds are reported like pydantic's
+    own union tags, so the error names the `kind:` line (see yaml_files.validation_error)."""
+    if not isinstance(data, dict):
+        return data
+    kinds = rule_kinds()
+    known = ", ".join(kinds)
+    if "kind" not in data:
+        raise PydanticCustomError(
+            "union_tag_not_found", "{message}", {"message": f"rule has no kind (one of: {known})"}
+        )
+    kind = data["kind"]
+    model = kinds.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        close = difflib.get_close_matches(str(kind), list(kinds), n=1)
+        raise PydanticCustomError(
+            "union_tag_invalid",
+            "{message}",
+            {
+                "message": f"unknown rule kind {kind!r}"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + f"; known kinds: {known}"
+            },
+        )
+    return model.model_validate(data)
 
 
-class FailureRiskRule(ConditionRule):
-    """Predicted failure probability per device from the failure-risk provider."""
-
-    kind: Literal["failure_risk"]
-    op: Op = ">="
-    select: Selector = Field(default_factory=Selector)
-
-
-class HeatBalanceRule(ConditionRule):
-    """|heat removed - IT power| / IT power per cooling loop, from the heat-balance
-    provider. A persistent residual means a sensor fault, bypass, leak or fouling."""
-
-    kind: Literal["heat_balance"]
-    absolute: bool = True
-
-
-class PueRegressionRule(RuleBase):
-    """Energy-based PUE over the last `window` against the PUE over the `baseline` before
-    it; fires when it rose by more than `max_increase` (absolute PUE points)."""
-
-    kind: Literal["pue_regression"]
-    window: Duration = Field(3600.0, gt=0)
-    baseline: Duration = Field(7 * 86400.0, gt=0)
-    max_increase: float = Field(gt=0)
-    clear_increase: float | None = Field(None, ge=0)
-    every: Duration = Field(60.0, description="PUE over hours changes slowly")
-
-    @model_validator(mode="after")
-    def _clear(self) -> PueRegressionRule:
-        if self.clear_increase is not None and self.clear_increase > self.max_increase:
-            raise ValueError("clear_increase must be <= max_increase")
-        return self
-
-
-Rule = Annotated[
-    ThresholdRule
-    | RateRule
-    | AbsenceRule
-    | EventRule
-    | LeakRule
-    | XidRule
-    | PumpFailedRule
-    | PsuFailedRule
-    | AnomalyScoreRule
-    | FailureRiskRule
-    | HeatBalanceRule
-    | PueRegressionRule,
-    Field(discriminator="kind"),
-]
-PROVIDER_OF = {
-    "anomaly_score": "anomaly_score",
-    "failure_risk": "failure_risk",
-    "heat_balance": "heat_balance_residual",
-    "pue_regression": "pue_interval",
-}
+# any registered kind; serialized with its own kind's fields
+Rule = Annotated[SerializeAsAny[RuleBase], BeforeValidator(_rule_of_kind)]
 
 
 class InhibitRule(_Strict):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import yaml
@@ -154,6 +154,7 @@ class Matcher:
     value: str
     is_regex: bool = False
     is_equal: bool = True
+    _re: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not LABEL_NAME.match(self.name):
@@ -166,7 +167,7 @@ class Matcher:
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         actual = labels.get(self.name, "")
-        hit = bool(self._re.match(actual)) if self.is_regex else actual == self.value
+        hit = bool(self._re.match(actual)) if self._re is not None else actual == self.value
         return hit == self.is_equal
 
     def __str__(self) -> str:
