@@ -27,7 +27,7 @@ def twin_providers(
     """A tick older than `max_tick_age_s` (default three tick intervals) gives no
     heat-balance values, so its alerts are left as they are. `failure_risk` and `anomaly`
     are the server's services (None: no risk or anomaly rules)."""
-    max_age_s = max_tick_age_s or 3 * twin.twin_config.tick_interval_s
+    max_age_s = max_tick_age_s or 3 * twin.config.tick_interval_s
 
     def heat_balance_residual(now: datetime) -> Mapping[str, float]:
         last = twin.last
@@ -45,7 +45,7 @@ def twin_providers(
             if level == "cdu" and math.isfinite(pct) and not stale
         }
 
-    lag = timedelta(seconds=2 * twin.twin_config.telemetry_interval_s)
+    lag = timedelta(seconds=2 * twin.config.telemetry_interval_s)
 
     def pue_interval(start: datetime, end: datetime) -> float | None:
         # both intervals shifted back a little, so the newest readings are in
