@@ -44,6 +44,7 @@ from api.metrics import (
     twin_provider,
 )
 from api.problems import FieldError, Problem, problem_content, problem_example
+from ingest.stats import IngestStats
 from twin.alerts.service import AlertService
 from twin.anomaly.service import AnomalyService
 from twin.events import EventBus
@@ -98,7 +99,7 @@ def create_app(
     metrics: MetricsRegistry | None = None,
     open_healthz: bool = True,
     open_metrics: bool = False,
-    ingest_stats: Callable[[], Any] | None = None,
+    ingest_stats: Callable[[], IngestStats | None] | None = None,
     kafka_lag: Callable[[], float | None] | None = None,
 ) -> FastAPI:
     """The API over `twin`. Services not given are built here without background threads

@@ -102,7 +102,7 @@ def api_routes(app) -> list[RouteInfo]:
     out = []
     for rc in routing.iter_route_contexts(app.routes):
         dependant = getattr(rc, "dependant", None)
-        if dependant is None:
+        if dependant is None or rc.path_format is None:
             continue
         out.append(
             RouteInfo(

@@ -42,7 +42,7 @@ class Acknowledgement(BaseModel):
     comment: str
 
 
-ALERT_EXAMPLE = {
+ALERT_EXAMPLE: dict[str, Any] = {
     "id": 7,
     "fingerprint": "9f2c4e1a7b3d5e60",
     "alertname": "GpuTemperatureCritical",
@@ -174,7 +174,12 @@ class SilenceIn(_In):
     starts_at: UtcDatetime | None = Field(None, description="default: now")
     ends_at: UtcDatetime | None = None
     duration: str | None = Field(None, description="instead of ends_at, e.g. 2h")
-    created_by: str = Field(min_length=1, max_length=200)
+    created_by: str | None = Field(
+        None,
+        max_length=200,
+        deprecated=True,
+        description="ignored: the silence is recorded under the API key's name",
+    )
     comment: str = Field(min_length=1, max_length=2000, description="why (maintenance...)")
 
     @field_validator("matchers")
@@ -337,15 +342,19 @@ def list_silences(
     "/silences",
     response_model=SilenceOut,
     status_code=201,
-    dependencies=[Depends(require_role(Role.operator))],
     summary="Silence alerts matching label matchers for a window (operator)",
 )
-def create_silence(svc: AlertsDep, body: SilenceIn) -> SilenceOut:
+def create_silence(
+    who: Annotated[Principal, Depends(require_role(Role.operator))],
+    svc: AlertsDep,
+    body: SilenceIn,
+) -> SilenceOut:
     now = utcnow()
     starts = _naive(body.starts_at) or now
+    ends_at = _naive(body.ends_at)
     ends = (
-        _naive(body.ends_at)
-        if body.ends_at
+        ends_at
+        if ends_at is not None
         else starts + timedelta(seconds=parse_duration(body.duration))
     )
     if ends <= starts:
@@ -353,7 +362,7 @@ def create_silence(svc: AlertsDep, body: SilenceIn) -> SilenceOut:
     if ends <= now:
         raise HTTPException(422, "the silence would already have ended")
     silence = svc.db.create_silence(
-        [Matcher.parse(m) for m in body.matchers], starts, ends, body.created_by, body.comment, now
+        [Matcher.parse(m) for m in body.matchers], starts, ends, who.name, body.comment, now
     )
     svc.wake()  # apply it at the next evaluation, not a tick later
     return SilenceOut.of(silence)

@@ -8,7 +8,7 @@ scores are at most one interval (plus the late-sample lag) old.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +26,7 @@ class Contributor(BaseModel):
     score: float = Field(ge=0, le=1)
 
 
-_EXAMPLE = {
+_EXAMPLE: dict[str, Any] = {
     "id": "sv1/h1/row1/rk101/n01/gpu3",
     "scope": "device",
     "device_class": "gpu",

@@ -16,6 +16,7 @@ from api.routes_anomaly import device_anomaly_state
 from api.routes_failure import device_failure_state
 from api.shape import Cursor, Limit, Page, now_naive_utc, paginate, utc
 from domain.site import DeviceRef
+from twin.events import EventBus
 from twin.pue import MeterReading
 from twin.state import Twin
 
@@ -223,7 +224,7 @@ def _refs(twin: Twin) -> list[DeviceRef]:
 def _snapshot(twin: Twin, live: LiveView | None) -> Snapshot:
     snap = live.fresh_snapshot() if live is not None else None
     if snap is None:  # no live loop (tests, tools) or it stalled: read the store now
-        snap = LiveView(twin, _NullBus()).compute()
+        snap = LiveView(twin, EventBus()).compute()
     return snap
 
 
@@ -250,9 +251,7 @@ def overview(
         cooling_overhead=(pw.cooling_kw / pw.it_kw)
         if pw.cooling_kw is not None and pw.it_kw
         else None,
-        other_kw=(pw.facility_kw - pw.it_kw - pw.cooling_kw)
-        if None not in (pw.facility_kw, pw.it_kw, pw.cooling_kw)
-        else None,
+        other_kw=_other_kw(pw.facility_kw, pw.it_kw, pw.cooling_kw),
         step_s=step_s,
         pue_history=hist,
     )
@@ -408,6 +407,8 @@ def _pue_history(twin: Twin, now: datetime, hours: float, step_s: int) -> list[P
     ]
 
 
-class _NullBus:
-    def publish(self, *_a, **_k) -> None:
+def _other_kw(facility: float | None, it: float | None, cooling: float | None) -> float | None:
+    """Facility power not accounted for by IT and cooling (losses, lighting)."""
+    if facility is None or it is None or cooling is None:
         return None
+    return facility - it - cooling

@@ -290,7 +290,7 @@ def heat_balance(
     for i, sid in enumerate(hb.ids):
         if (id and sid != id) or (level and hb.levels[i] != level):
             continue
-        e = {
+        e: dict[str, Any] = {
             "id": sid,
             "level": hb.levels[i],
             "liquid_kw": _fin(hb.liquid_kw[i]),
@@ -459,9 +459,7 @@ def status(twin: TwinDep) -> dict:
         "rows_untracked": twin.live.untracked_rows,
         "remaps": twin.live.rebuilds,
         "stale_after_s": twin.stale_after_s,
-        "stale_slots": int(
-            twin.live.stale(tick.time_ms, twin.stale_after_s).sum()
-        ),
+        "stale_slots": int(twin.live.stale(tick.time_ms, twin.stale_after_s).sum()),
         "heat_balance_over_threshold": [
             i for i, o in zip(hb.ids, hb.over_threshold, strict=True) if o
         ],

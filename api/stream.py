@@ -85,7 +85,7 @@ async def stream(
             replay = bus.since(seq if seq is not None else -1)
             if seq is None or replay.gap:
                 reset = _reset(bus, resume, replay.missed)
-        if resume and reset is None:
+        if resume and reset is None and seq is not None:
             pending, last = replay.events, seq
         else:  # a new client, or one that must refetch: current state, then live
             pending, last = snapshot, head

@@ -132,6 +132,7 @@ def test_silence_lifecycle_through_the_api(env):
     assert r.status_code == 201, r.text
     sil = r.json()
     assert sil["state"] == "active" and len(sil["matchers"]) == 2
+    assert sil["created_by"] == "test-admin"  # the key, not the body's `created_by`
     svc.evaluate()  # the silence started now; old readings keep the alerts firing
     silenced = client.get("/v1/alerts", params={"silenced": True}).json()["items"]
     assert sorted(a["labels"]["rack"] for a in silenced) == ["rk101", "rk102"]
