@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
@@ -62,10 +61,6 @@ class Services:
                 )
             return svc
 
-    @property
-    def failure_models(self) -> Path | None:
-        return None if self.failure_risk is None else self.failure_risk.root
-
     def recommendations(self) -> RecommendationStore:
         """The optimizer's recommendation store over the twin's database (a cursor per call:
         DuckDB cursors are not shared between threads)."""
@@ -109,13 +104,6 @@ def optional_anomaly_of(request: Request) -> AnomalyService | None:
     return services_of(request).anomaly
 
 
-def failure_risk_of(request: Request) -> FailureRiskService:
-    svc = services_of(request).failure_risk
-    if svc is None:
-        raise _absent("failure-risk service")
-    return svc
-
-
 def optional_failure_risk_of(request: Request) -> FailureRiskService | None:
     return services_of(request).failure_risk
 
@@ -129,10 +117,6 @@ def alerts_of(request: Request) -> AlertService:
 
 def recommendations_of(request: Request) -> RecommendationStore:
     return services_of(request).recommendations()
-
-
-def metrics_of(request: Request) -> MetricsRegistry:
-    return services_of(request).metrics
 
 
 # `name: TwinDep` in an endpoint's signature is `name: Twin = Depends(twin_of)`
