@@ -1,8 +1,11 @@
 """FastAPI application for NOC tools: composes every router under one auth and error shape.
 
-`create_app(twin, health, routers=[...])` includes the core routers and any feature
-router (alerts, anomalies, recommendations, ...) with `require_role(viewer)`, so every
-`/v1` endpoint needs a key; a router raises the bar per endpoint with
+`create_app(twin, keys=...)` puts the services routes read (api/deps.py `Services`) on
+`app.state.services` and includes every router of `ROUTERS` (plus any extra `routers=[...]`)
+with `require_role(viewer)`, so every `/v1` endpoint needs a key. A route module has one
+module-level `router = APIRouter(...)` whose endpoints take services with `Depends(...)`:
+a new endpoint goes into a route module, a new route module into `ROUTERS`.
+A router raises the bar per endpoint with
 `dependencies=[Depends(require_role(Role.operator))]` (acknowledge, accept, reject) or
 `Role.admin` (configuration). Errors from any router leave as RFC 9457 problem details,
 and the OpenAPI document is post-processed so every operation lists them.
@@ -17,19 +20,50 @@ from fastapi import APIRouter, Depends, FastAPI, Response
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict
 
-from api import dashboard, problems, routes_core, routes_keys, stream
+from api import (
+    dashboard,
+    problems,
+    routes_alerts,
+    routes_anomaly,
+    routes_core,
+    routes_failure,
+    routes_keys,
+    routes_optimizer,
+    routes_twin,
+    stream,
+)
 from api.auth import SCHEME_NAME, AuthGate, api_routes, require_role
+from api.deps import Services
 from api.keys import KeyStore, Role
 from api.live_view import LiveView
-from api.metrics import CONTENT_TYPE_LATEST, MetricsRegistry, platform_provider, twin_provider
+from api.metrics import (
+    CONTENT_TYPE_LATEST,
+    MetricsRegistry,
+    alerts_provider,
+    platform_provider,
+    twin_provider,
+)
 from api.problems import FieldError, Problem, problem_content, problem_example
-from api.routes_alerts import router as alerts_router
-from api.routes_anomaly import anomaly_router
-from api.routes_failure import router_for as failure_router_for
-from api.routes_optimizer import optimizer_router
-from api.routes_twin import twin_router
+from ingest.stats import IngestStats
+from twin.alerts.service import AlertService
+from twin.anomaly.service import AnomalyService
 from twin.events import EventBus
+from twin.failure.service import FailureRiskService
 from twin.state import Twin
+
+DEFAULT_HORIZON_S = 3600.0  # failure-risk horizon of an app built without a server
+
+# every route module's router, in the order the OpenAPI document lists them
+ROUTERS: tuple[APIRouter, ...] = (
+    routes_twin.router,
+    routes_core.router,
+    stream.router,
+    routes_keys.router,
+    routes_alerts.router,
+    routes_failure.router,
+    routes_optimizer.router,
+    routes_anomaly.router,
+)
 
 
 class HealthOut(BaseModel):
@@ -58,13 +92,19 @@ def create_app(
     keys: KeyStore,
     bus: EventBus | None = None,
     live: LiveView | None = None,
+    anomaly: AnomalyService | None = None,
+    failure_risk: FailureRiskService | None = None,
+    alerts: AlertService | None = None,
     routers: Sequence[APIRouter] = (),
     metrics: MetricsRegistry | None = None,
     open_healthz: bool = True,
     open_metrics: bool = False,
-    ingest_stats: Callable[[], Any] | None = None,
+    ingest_stats: Callable[[], IngestStats | None] | None = None,
     kafka_lag: Callable[[], float | None] | None = None,
 ) -> FastAPI:
+    """The API over `twin`. Services not given are built here without background threads
+    (an anomaly scorer and a failure-risk service at the default horizon and registry,
+    refreshed by the routes on demand); `alerts` absent: the alert routes answer 503."""
     app = FastAPI(
         title="dctwin",
         version="1.0.0",
@@ -73,12 +113,8 @@ def create_app(
         "errors are RFC 9457 problem details; times are RFC 3339 "
         "UTC. See docs/api.md.",
     )
-    app.state.keys = keys
-    app.state.bus = bus = bus if bus is not None else EventBus()
-    app.state.live = live
-    app.state.twin = twin
     problems.install(app)
-    app.add_middleware(AuthGate, keys_of=lambda: app.state.keys)
+    bus = bus if bus is not None else EventBus()
 
     viewer = [Depends(require_role(Role.viewer))]
 
@@ -98,7 +134,23 @@ def create_app(
             "platform", platform_provider(ingest_stats or (lambda: None), live, bus, kafka_lag)
         )
         metrics.register("twin", twin_provider(live or LiveView(twin, EventBus())))
-    app.state.metrics = metrics
+    if alerts is not None:
+        metrics.register("alerts", alerts_provider(alerts))
+    services = Services(
+        twin=twin,
+        keys=keys,
+        bus=bus,
+        metrics=metrics,
+        live=live,
+        anomaly=anomaly if anomaly is not None else AnomalyService(twin.site, twin.store),
+        failure_risk=failure_risk
+        if failure_risk is not None
+        else FailureRiskService(twin.store, DEFAULT_HORIZON_S),
+        alerts=alerts,
+        health=health,
+    )
+    app.state.services = services
+    app.add_middleware(AuthGate, keys_of=lambda: services.keys)
 
     @app.get(
         "/metrics",
@@ -122,17 +174,7 @@ def create_app(
     def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    for r in (
-        twin_router(twin),
-        routes_core.router(twin, live),
-        stream.router(bus),
-        routes_keys.router(),
-        alerts_router,
-        failure_router_for(twin),
-        optimizer_router(twin),
-        anomaly_router(twin),
-        *routers,
-    ):
+    for r in (*ROUTERS, *routers):
         include(app, r)
     dashboard.mount(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -216,7 +258,7 @@ def _document_errors(op: dict[str, Any], role: Role | None) -> None:
                     "status": 422,
                     "detail": "1 invalid parameter(s): query.start: Input should "
                     "have timezone info",
-                    "instance": "/v1/history/sv1/facility/utility",
+                    "instance": "/v1/series",
                     "errors": [
                         {
                             "location": "query",

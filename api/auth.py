@@ -18,6 +18,7 @@ from functools import cache
 from fastapi import Depends, Request, Security, routing
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.deps import services_of
 from api.keys import ApiKey, KeyStore, Role
 from api.problems import ProblemError, problem_response
 
@@ -57,7 +58,7 @@ async def authenticate(
     than the check itself."""
     if creds is None:
         raise _unauthorized("missing API key: send `Authorization: Bearer <key>`", None)
-    keys: KeyStore = request.app.state.keys
+    keys: KeyStore = services_of(request).keys
     key: ApiKey | None = keys.verify(creds.credentials)
     if key is None:
         raise _unauthorized("invalid API key: unknown, malformed or revoked", "invalid_token")
@@ -101,7 +102,7 @@ def api_routes(app) -> list[RouteInfo]:
     out = []
     for rc in routing.iter_route_contexts(app.routes):
         dependant = getattr(rc, "dependant", None)
-        if dependant is None:
+        if dependant is None or rc.path_format is None:
             continue
         out.append(
             RouteInfo(

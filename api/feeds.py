@@ -7,23 +7,27 @@ Both read what other parts keep current; neither scores nor queries much.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import duckdb
 
 from api.live_view import Feed
-from twin.anomaly.service import kept_current
+from twin.anomaly.service import AnomalyService
+from twin.optimizer.recommendations import RecommendationStore
 
 TOP_ANOMALIES = 10
 ALARM_SCORE = 0.5
 RECENT_RECOMMENDATIONS = 20
 
 
-def anomalies_feed(twin, limit: int = TOP_ANOMALIES, min_score: float = ALARM_SCORE) -> Feed:
-    """Devices at or above `min_score`, top `limit`, with the metric that drives each."""
+def anomalies_feed(
+    service: AnomalyService, limit: int = TOP_ANOMALIES, min_score: float = ALARM_SCORE
+) -> Feed:
+    """Devices at or above `min_score`, top `limit`, with the metric that drives each
+    (the scores the service's background refresh keeps current)."""
 
     def top() -> dict[str, Any]:
-        lv = kept_current(twin.site, twin.store)
         items = [
             {
                 "id": r["id"],
@@ -31,34 +35,34 @@ def anomalies_feed(twin, limit: int = TOP_ANOMALIES, min_score: float = ALARM_SC
                 "score": round(r["score"], 2),
                 "top_metric": r["top_metrics"][0]["metric"] if r["top_metrics"] else None,
             }
-            for r in lv.top("device", min_score=min_score, limit=limit)
+            for r in service.top("device", min_score=min_score, limit=limit)
         ]
         return {"min_score": min_score, "items": items}
 
     return ("anomalies", top)
 
 
-def recommendations_feed(twin, limit: int = RECENT_RECOMMENDATIONS) -> Feed:
+def recommendations_feed(
+    store: Callable[[], RecommendationStore], limit: int = RECENT_RECOMMENDATIONS
+) -> Feed:
     """The newest recommendations' id, status and predicted savings (a proposal, an
-    operator's decision and a measured outcome each change it)."""
+    operator's decision and a measured outcome each change it). `store` opens the
+    optimizer's recommendation store (api/deps.py `Services.recommendations`)."""
 
     def recent() -> dict[str, Any]:
         try:
-            rows = (
-                twin.store.cursor()
-                .execute(
-                    "SELECT id, status, predicted_savings_kw, realised_savings_kw "
-                    "FROM recommendations ORDER BY id DESC LIMIT ?",
-                    [limit],
-                )
-                .fetchall()
-            )
-        except duckdb.CatalogException:  # no optimizer has written here yet
+            rows = store().list(None, limit)
+        except duckdb.Error:  # a read-only store no optimizer has written to
             rows = []
         return {
             "items": [
-                {"id": i, "status": st, "predicted_savings_kw": p, "realised_savings_kw": r}
-                for i, st, p, r in rows
+                {
+                    "id": r["id"],
+                    "status": r["status"],
+                    "predicted_savings_kw": r["predicted_savings_kw"],
+                    "realised_savings_kw": r["realised_savings_kw"],
+                }
+                for r in rows
             ]
         }
 

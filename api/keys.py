@@ -138,8 +138,8 @@ class KeyStore:
                 finally:
                     con.close()
 
-    def _signature(self) -> tuple:
-        sig = []
+    def _signature(self) -> tuple[tuple[int, int] | None, ...]:
+        sig: list[tuple[int, int] | None] = []
         for p in self._watched:
             try:
                 st = os.stat(p)
@@ -157,7 +157,8 @@ class KeyStore:
             read_only=True,
         )
         self._cache = {
-            r[0]: ApiKey(r[0], r[1], Role(r[2]), _utc(r[3]), _utc(r[4]), r[5]) for r in rows
+            r[0]: ApiKey(r[0], r[1], Role(r[2]), r[3].replace(tzinfo=UTC), _utc(r[4]), r[5])
+            for r in rows
         }
         self._sig = sig
         self.reloads += 1
@@ -192,12 +193,13 @@ class KeyStore:
             key_id = secrets.token_hex(6)
             token = f"{TOKEN_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
         else:
-            key_id = split_token(token)
-            if key_id is None:
+            parsed = split_token(token)
+            if parsed is None:
                 raise ValueError(
                     f"malformed token: expected {TOKEN_PREFIX}_<12 [0-9a-z]>_"
                     "<secret of 16+ characters>"
                 )
+            key_id = parsed
         now = datetime.now(UTC).replace(microsecond=0)
         digest = hash_token(token)
 

@@ -1,10 +1,10 @@
 """The API's live view of the twin: one snapshot per tick, changes published to the bus.
 
 Every `interval_s` a background thread reads the twin once (PUE, site power split, one
-summary per rack, new device events) into an immutable `Snapshot`. Endpoints that NOC
-tools poll all day (`/v1/pue`, `/v1/racks`, `/metrics`) answer from that snapshot
-instead of querying DuckDB per request; what changed is published to the event bus for
-`GET /v1/stream`.
+summary per rack from the twin's rollups, new device events) into an immutable
+`Snapshot`. Endpoints that NOC tools poll all day (`/v1/pue`, `/v1/racks`, `/metrics`)
+answer from that snapshot instead of querying DuckDB per request; what changed is
+published to the event bus for `GET /v1/stream`.
 
 Rack scores from later features (anomaly score, failure risk) plug in as `RackScorer`s:
 a name and a callable returning `{rack: value}`, read once per tick. Feeds (top
@@ -15,6 +15,7 @@ JSON-able data, read once per tick and published when it differs from the last.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,6 +128,11 @@ class LiveView:
         site = twin.site
         self._racks = site.racks()
         self._meter_ids = {m.role: site.meter_id(m) for m in site.meters}
+        scopes = twin.scope_index
+        rack_slice = scopes.slices["rack"]
+        self._rack_rows = {
+            sid: rack_slice.start + k for k, sid in enumerate(scopes.ids[rack_slice])
+        }
 
     # -- computing -------------------------------------------------------------------
 
@@ -135,7 +141,8 @@ class LiveView:
         now = now_naive_utc()
         # the twin's own tick (rollups, heat balance, PUE per scope) runs at most once per
         # its tick interval; this loop is what drives it in a server
-        pue = self.twin.current().pue["site"]
+        tick = self.twin.current()
+        pue = tick.pue["site"]
         cur = self.twin.store.cursor()
         meters = {
             d: v
@@ -158,20 +165,10 @@ class LiveView:
             meters.get(self._meter_ids[it_role]) if it_role else None,
             meters.get(self._meter_ids.get(MeterRole.cooling_plant, "")),
         )
-        gpu = {
-            r: (mx, mean, n)
-            for r, mx, mean, n in cur.execute(
-                "SELECT split_part(device_id, '/', 4) AS rack, max(value), avg(value), count(*) "
-                "FROM latest WHERE kind = 'gpu' AND metric = 'gpu_temp_c' GROUP BY rack"
-            ).fetchall()
-        }
-        psu = dict(
-            cur.execute(
-                "SELECT split_part(device_id, '/', 4) AS rack, sum(value) / 1000.0 FROM latest "
-                "WHERE kind = 'power' AND metric = 'input_power_w' AND device_id LIKE '%/shelf/%' "
-                "GROUP BY rack"
-            ).fetchall()
-        )
+        # per-rack GPU temperatures and PSU power are the twin's rollups (its staleness and
+        # completeness rules), so the heat map and `/v1/rollups` agree
+        roll = tick.rollups
+        rack_row = self._rack_rows
         scores = {}
         for name, fn in self.scorers:
             try:
@@ -181,18 +178,18 @@ class LiveView:
                 scores[name] = {}
         racks = []
         for r in self._racks:
-            mx, mean, n = gpu.get(r.rack, (None, None, 0))
+            i = rack_row.get(r.prefix)
             racks.append(
                 RackSummary(
                     r.rack,
                     r.hall,
                     r.row,
                     r.prefix,
-                    mx,
-                    mean,
-                    n,
+                    _fin(roll["gpu_temp_max_c"], i),
+                    _fin(roll["gpu_temp_mean_c"], i),
+                    int(_fin(roll["gpus_reporting"], i) or 0),
                     r.template.nodes * r.template.gpus_per_node,
-                    psu.get(r.rack),
+                    _fin(roll["power_kw"], i),
                     {name: s.get(r.rack) for name, s in scores.items()},
                 )
             )
@@ -312,6 +309,14 @@ def pue_event(snap: Snapshot) -> dict:
 
 def _iso(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _fin(col: np.ndarray, i: int | None) -> float | None:
+    """Row `i` of a rollup column; None for an unknown (NaN) value or a missing row."""
+    if i is None:
+        return None
+    v = float(col[i])
+    return v if math.isfinite(v) else None
 
 
 def _r(v: float | None, nd: int = 1) -> float | None:

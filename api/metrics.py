@@ -29,6 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as CONTENT_TYP
 from prometheus_client.registry import Collector
 
 from api.live_view import LiveView
+from ingest.stats import IngestStats
 from twin.events import EventBus
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class MetricsRegistry(Collector):
 
 
 def platform_provider(
-    ingest_stats: Callable[[], object | None],
+    ingest_stats: Callable[[], IngestStats | None],
     live: LiveView | None,
     bus: EventBus | None,
     kafka_lag: Callable[[], float | None] | None = None,
@@ -112,9 +113,8 @@ def platform_provider(
                     "dctwin_ingest_kafka_lag_records", "max records behind the partition end", lag
                 )
         if live is not None:
-            newest = (
-                live.twin.store.cursor().execute("SELECT max(read_time) FROM latest").fetchone()[0]
-            )
+            row = live.twin.store.cursor().execute("SELECT max(read_time) FROM latest").fetchone()
+            newest = row[0] if row is not None else None
             if newest is not None:
                 from api.shape import now_naive_utc
 
@@ -164,7 +164,7 @@ def twin_provider(live: LiveView) -> Provider:
         for scope, fig in sorted(tick.pue.items()):
             if fig.value is not None:
                 pue.add_metric([scope, fig.category or "", fig.figure], fig.value)
-                if scope == "site":
+                if scope == "site" and fig.dcie is not None:
                     dcie.add_metric([scope, fig.category or ""], fig.dcie)
         yield pue
         yield dcie

@@ -8,27 +8,29 @@ score anything itself.
 from __future__ import annotations
 
 from api.live_view import RackScorer
-from twin.anomaly.service import kept_current
+from twin.anomaly.service import AnomalyService
+from twin.failure.service import FailureRiskService
 
 
-def anomaly_rack_scorer(twin) -> RackScorer:
+def anomaly_rack_scorer(service: AnomalyService) -> RackScorer:
     """Calibrated anomaly score per rack (the same Bonferroni roll-up as `/v1/anomalies`)."""
-    memo: dict[str, object] = {"of": None, "scores": {}}
+    of: object = None
+    cached: dict[str, float] = {}
 
     def scores() -> dict[str, float]:
-        lv = kept_current(twin.site, twin.store)  # scoring runs there; this reads it
-        if memo["of"] is not lv.latest:  # rolled up once per scoring round, not per tick
+        nonlocal of, cached
+        if of is not service.latest:  # rolled up once per scoring round, not per tick
             # ids are site/hall/row/rack; the live view keys racks by name
-            memo["scores"] = {
-                r["id"].rsplit("/", 1)[-1]: r["score"] for r in lv.top("rack", limit=1_000_000)
+            cached = {
+                r["id"].rsplit("/", 1)[-1]: r["score"] for r in service.top("rack", limit=1_000_000)
             }
-            memo["of"] = lv.latest
-        return memo["scores"]
+            of = service.latest
+        return cached
 
     return ("anomaly_score", scores)
 
 
-def failure_rack_scorer(live_risk) -> RackScorer:
+def failure_rack_scorer(service: FailureRiskService) -> RackScorer:
     """Highest failure risk among a rack's devices (FailureRiskService in
     twin/failure/service.py rolls it up once per rescore); empty while no model is approved."""
-    return ("failure_risk", lambda: live_risk.by_rack)
+    return ("failure_risk", lambda: service.by_rack)

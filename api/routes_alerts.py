@@ -1,31 +1,24 @@
 """Alert API: alerts (filters, cursor pagination), acknowledgements, silences, rules and
-receivers. The alert service is `app.state.alerts` (set by dctwin.server); without it
-these routes answer 503."""
+receivers. The alert service comes from the app's services (api/deps.py, set by
+dctwin.server); without it these routes answer 503."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api.auth import Principal, require_role
+from api.deps import AlertsDep, BusDep
 from api.keys import Role
 from api.shape import UtcDatetime
 from twin.alerts.lifecycle import AlertFilter, ConflictError, NotFoundError
 from twin.alerts.outbox import utcnow
-from twin.alerts.service import AlertService
 from twin.alerts.yaml_files import LABEL_NAME, Matcher, parse_duration
 
 router = APIRouter(prefix="/v1", tags=["alerts"])
-
-
-def _svc(request: Request) -> AlertService:
-    svc = getattr(request.app.state, "alerts", None)
-    if svc is None:
-        raise HTTPException(503, "the alert engine is not running in this process")
-    return svc
 
 
 def _utc(t: datetime | None) -> datetime | None:
@@ -49,7 +42,7 @@ class Acknowledgement(BaseModel):
     comment: str
 
 
-ALERT_EXAMPLE = {
+ALERT_EXAMPLE: dict[str, Any] = {
     "id": 7,
     "fingerprint": "9f2c4e1a7b3d5e60",
     "alertname": "GpuTemperatureCritical",
@@ -165,9 +158,9 @@ class AlertDetail(AlertOut):
 class AckIn(_In):
     by: str | None = Field(
         None,
-        min_length=1,
         max_length=200,
-        description="who acknowledges; default: the API key's name",
+        deprecated=True,
+        description="ignored: the acknowledgement is recorded under the API key's name",
     )
     comment: str = Field("", max_length=2000)
 
@@ -181,7 +174,12 @@ class SilenceIn(_In):
     starts_at: UtcDatetime | None = Field(None, description="default: now")
     ends_at: UtcDatetime | None = None
     duration: str | None = Field(None, description="instead of ends_at, e.g. 2h")
-    created_by: str = Field(min_length=1, max_length=200)
+    created_by: str | None = Field(
+        None,
+        max_length=200,
+        deprecated=True,
+        description="ignored: the silence is recorded under the API key's name",
+    )
     comment: str = Field(min_length=1, max_length=2000, description="why (maintenance...)")
 
     @field_validator("matchers")
@@ -247,7 +245,7 @@ class SilenceOut(BaseModel):
 
 @router.get("/alerts", response_model=AlertPage)
 def list_alerts(
-    request: Request,
+    svc: AlertsDep,
     status: Literal["firing", "resolved"] | None = None,
     severity: Literal["info", "warning", "critical"] | None = None,
     alertname: str | None = None,
@@ -280,15 +278,15 @@ def list_alerts(
         _naive(until),
     )
     try:
-        items, nxt = _svc(request).db.list_alerts(f, limit, cursor)
+        items, nxt = svc.db.list_alerts(f, limit, cursor)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from exc
     return AlertPage(items=[AlertOut.of(a) for a in items], next_cursor=nxt)
 
 
 @router.get("/alerts/{alert_id}", response_model=AlertDetail)
-def get_alert(request: Request, alert_id: int) -> AlertDetail:
-    db = _svc(request).db
+def get_alert(svc: AlertsDep, alert_id: int) -> AlertDetail:
+    db = svc.db
     try:
         alert = db.get_alert(alert_id)
     except NotFoundError as exc:
@@ -306,54 +304,57 @@ def get_alert(request: Request, alert_id: int) -> AlertDetail:
     "/alerts/{alert_id}/ack", response_model=AlertOut, summary="Acknowledge an alert (operator)"
 )
 def ack_alert(
-    request: Request,
+    who: Annotated[Principal, Depends(require_role(Role.operator))],
+    svc: AlertsDep,
     alert_id: int,
     body: AckIn,
-    who: Principal = Depends(require_role(Role.operator)),
+    bus: BusDep,
 ) -> AlertOut:
-    by = body.by or who.name
+    by = who.name  # the audit trail names the key; a body `by` is ignored
     try:
-        alert = _svc(request).db.ack(alert_id, by, body.comment, utcnow())
+        alert = svc.db.ack(alert_id, by, body.comment, utcnow())
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
     except ConflictError as exc:
         raise HTTPException(409, str(exc)) from exc
-    bus = getattr(request.app.state, "bus", None)
-    if bus is not None:  # the live stream shows the acknowledgement at once
-        bus.publish(
-            "alert",
-            {
-                "id": alert_id,
-                "fingerprint": alert["fingerprint"],
-                "transition": "acknowledged",
-                "actor": by,
-                "comment": body.comment,
-            },
-        )
+    # the live stream shows the acknowledgement at once
+    bus.publish(
+        "alert",
+        {
+            "id": alert_id,
+            "fingerprint": alert["fingerprint"],
+            "transition": "acknowledged",
+            "actor": by,
+            "comment": body.comment,
+        },
+    )
     return AlertOut.of(alert)
 
 
 @router.get("/silences", response_model=list[SilenceOut])
 def list_silences(
-    request: Request, state: Literal["active", "pending", "expired"] | None = None
+    svc: AlertsDep, state: Literal["active", "pending", "expired"] | None = None
 ) -> list[SilenceOut]:
-    return [SilenceOut.of(s) for s in _svc(request).db.list_silences(utcnow(), state)]
+    return [SilenceOut.of(s) for s in svc.db.list_silences(utcnow(), state)]
 
 
 @router.post(
     "/silences",
     response_model=SilenceOut,
     status_code=201,
-    dependencies=[Depends(require_role(Role.operator))],
     summary="Silence alerts matching label matchers for a window (operator)",
 )
-def create_silence(request: Request, body: SilenceIn) -> SilenceOut:
-    svc = _svc(request)
+def create_silence(
+    who: Annotated[Principal, Depends(require_role(Role.operator))],
+    svc: AlertsDep,
+    body: SilenceIn,
+) -> SilenceOut:
     now = utcnow()
     starts = _naive(body.starts_at) or now
+    ends_at = _naive(body.ends_at)
     ends = (
-        _naive(body.ends_at)
-        if body.ends_at
+        ends_at
+        if ends_at is not None
         else starts + timedelta(seconds=parse_duration(body.duration))
     )
     if ends <= starts:
@@ -361,16 +362,16 @@ def create_silence(request: Request, body: SilenceIn) -> SilenceOut:
     if ends <= now:
         raise HTTPException(422, "the silence would already have ended")
     silence = svc.db.create_silence(
-        [Matcher.parse(m) for m in body.matchers], starts, ends, body.created_by, body.comment, now
+        [Matcher.parse(m) for m in body.matchers], starts, ends, who.name, body.comment, now
     )
     svc.wake()  # apply it at the next evaluation, not a tick later
     return SilenceOut.of(silence)
 
 
 @router.get("/silences/{silence_id}", response_model=SilenceOut)
-def get_silence(request: Request, silence_id: str) -> SilenceOut:
+def get_silence(svc: AlertsDep, silence_id: str) -> SilenceOut:
     try:
-        return SilenceOut.of(_svc(request).db.get_silence(silence_id, utcnow()))
+        return SilenceOut.of(svc.db.get_silence(silence_id, utcnow()))
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
 
@@ -381,8 +382,7 @@ def get_silence(request: Request, silence_id: str) -> SilenceOut:
     dependencies=[Depends(require_role(Role.operator))],
     summary="Expire a silence now (operator)",
 )
-def expire_silence(request: Request, silence_id: str) -> SilenceOut:
-    svc = _svc(request)
+def expire_silence(svc: AlertsDep, silence_id: str) -> SilenceOut:
     try:
         silence = svc.db.expire_silence(silence_id, utcnow())
     except NotFoundError as exc:
@@ -425,9 +425,9 @@ def expire_silence(request: Request, silence_id: str) -> SilenceOut:
         }
     },
 )
-def list_rules(request: Request) -> list[dict[str, Any]]:
+def list_rules(svc: AlertsDep) -> list[dict[str, Any]]:
     """Every rule as configured, with its evaluation state (health, firing, pending)."""
-    return _svc(request).rules_view()
+    return svc.rules_view()
 
 
 @router.get(
@@ -458,6 +458,6 @@ def list_rules(request: Request) -> list[dict[str, Any]]:
         }
     },
 )
-def list_receivers(request: Request) -> list[dict[str, Any]]:
+def list_receivers(svc: AlertsDep) -> list[dict[str, Any]]:
     """Receivers without secrets (has_secret only; URL paths redacted), with outbox counts."""
-    return _svc(request).receivers_view()
+    return svc.receivers_view()

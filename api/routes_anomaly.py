@@ -1,19 +1,20 @@
 """Anomaly endpoints: the top anomalies now (devices, racks, halls) and one device's score.
 
-Included by api/app.py with ``app.include_router(anomaly_router(twin))``. Each request
-brings the store's live scorer up to date first (twin/anomaly/service.py), so scores are
-at most one interval (plus the late-sample lag) old.
+The scorer is the app's `AnomalyService` (api/deps.py). In a server its background refresh
+keeps it current; without one (tests, tools) a request brings it up to date first, so
+scores are at most one interval (plus the late-sample lag) old.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from twin.anomaly.service import kept_current, live_for
+from api.deps import AnomalyDep
+from twin.anomaly.service import AnomalyService
 
 
 class Contributor(BaseModel):
@@ -25,7 +26,7 @@ class Contributor(BaseModel):
     score: float = Field(ge=0, le=1)
 
 
-_EXAMPLE = {
+_EXAMPLE: dict[str, Any] = {
     "id": "sv1/h1/row1/rk101/n01/gpu3",
     "scope": "device",
     "device_class": "gpu",
@@ -71,52 +72,52 @@ def _utc(t: datetime | None) -> datetime | None:
     return None if t is None else t.replace(tzinfo=UTC)
 
 
-def anomaly_router(twin) -> APIRouter:
-    router = APIRouter(tags=["anomalies"])
+router = APIRouter(tags=["anomalies"])
 
-    def live():
-        lv = live_for(twin.site, twin.store)
+
+def _current(lv: AnomalyService) -> AnomalyService:
+    if not lv.running:  # no background refresh: score what closed since the last request
         lv.refresh()
-        return lv
+    return lv
 
-    @router.get("/v1/anomalies", response_model=AnomaliesOut)
-    def anomalies(
-        scope: Literal["device", "rack", "hall"] = Query("device"),
-        device_class: str | None = Query(
-            None, alias="class", description="gpu, psu, cdu, crah, pdu, ..."
-        ),
-        min_score: float = Query(0.0, ge=0.0, le=1.0),
-        limit: int = Query(20, ge=1, le=10_000, description="top-k"),
-        prefix: str | None = Query(None, description="only ids under this path, e.g. a rack"),
-    ) -> AnomaliesOut:
-        lv = live()
-        items = lv.top(scope, device_class, min_score, limit, prefix)
-        return AnomaliesOut(
-            status=lv.status, items=[AnomalyOut(**(i | {"time": _utc(i["time"])})) for i in items]
+
+@router.get("/v1/anomalies", response_model=AnomaliesOut)
+def anomalies(
+    service: AnomalyDep,
+    scope: Literal["device", "rack", "hall"] = Query("device"),
+    device_class: str | None = Query(
+        None, alias="class", description="gpu, psu, cdu, crah, pdu, ..."
+    ),
+    min_score: float = Query(0.0, ge=0.0, le=1.0),
+    limit: int = Query(20, ge=1, le=10_000, description="top-k"),
+    prefix: str | None = Query(None, description="only ids under this path, e.g. a rack"),
+) -> AnomaliesOut:
+    lv = _current(service)
+    items = lv.top(scope, device_class, min_score, limit, prefix)
+    return AnomaliesOut(
+        status=lv.status, items=[AnomalyOut(**(i | {"time": _utc(i["time"])})) for i in items]
+    )
+
+
+@router.get("/v1/anomalies/{device_id:path}", response_model=AnomalyOut)
+def device_anomaly(device_id: str, service: AnomalyDep) -> AnomalyOut:
+    lv = _current(service)
+    row = lv.device(device_id)
+    if row is None:
+        raise HTTPException(
+            404,
+            f"no anomaly score for {device_id!r}: unknown device, or not scored yet ({lv.status})",
         )
-
-    @router.get("/v1/anomalies/{device_id:path}", response_model=AnomalyOut)
-    def device_anomaly(device_id: str) -> AnomalyOut:
-        lv = live()
-        row = lv.device(device_id)
-        if row is None:
-            raise HTTPException(
-                404,
-                f"no anomaly score for {device_id!r}: unknown device, "
-                f"or not scored yet ({lv.status})",
-            )
-        return AnomalyOut(**(row | {"scope": "device", "time": _utc(row["time"])}))
-
-    return router
+    return AnomalyOut(**(row | {"scope": "device", "time": _utc(row["time"])}))
 
 
-def device_anomaly_state(twin, device_id: str) -> dict | None:
+def device_anomaly_state(service: AnomalyService | None, device_id: str) -> dict | None:
     """The anomaly part of a device's state (for /v1/devices/{id}); None if not scored.
 
-    Reads the scores a background refresh keeps current: a device lookup must not wait
-    for a scoring round or a refit.
+    Reads the latest scores only: a device lookup must not wait for a scoring round or a
+    refit (the server's background refresh keeps them current).
     """
-    row = kept_current(twin.site, twin.store).device(device_id)
+    row = service.device(device_id) if service is not None else None
     if row is None:
         return None
     return {

@@ -5,15 +5,18 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from api.deps import LiveDep, OptionalAnomalyDep, OptionalFailureRiskDep, TwinDep
 from api.live_view import LiveView, RackSummary, Snapshot
 from api.problems import ProblemError, problem_responses
 from api.routes_anomaly import device_anomaly_state
 from api.routes_failure import device_failure_state
 from api.shape import Cursor, Limit, Page, now_naive_utc, paginate, utc
+from domain.site import DeviceRef
+from twin.events import EventBus
 from twin.pue import MeterReading
 from twin.state import Twin
 
@@ -211,136 +214,95 @@ DeviceId = Annotated[
 ]
 
 
-def router(twin: Twin, live: LiveView | None) -> APIRouter:
-    r = APIRouter(prefix="/v1", tags=["twin"])
-    refs = sorted(twin.known_devices.values(), key=lambda d: d.id)
-    racks_by_name = {rr.rack: rr for rr in twin.site.racks()}
+router = APIRouter(prefix="/v1", tags=["twin"])
 
-    def snapshot() -> Snapshot:
-        snap = live.fresh_snapshot() if live is not None else None
-        if snap is None:  # no live loop (tests, tools) or it stalled: read the store now
-            snap = LiveView(twin, _NullBus()).compute()
-        return snap
 
-    @r.get("/overview", response_model=OverviewOut, summary="Site overview for dashboards")
-    def overview(
-        request: Request,
-        hours: Annotated[float, Query(gt=0, le=168, description="history span")] = 24,
-        step_s: Annotated[int, Query(ge=10, le=86400)] = 300,
-    ) -> OverviewOut:
-        snap = snapshot()
-        p, pw = snap.pue, snap.power
-        hist = _pue_history(twin, snap.time, hours, step_s)
-        return OverviewOut(
-            site=twin.site.site.id,
-            site_name=twin.site.site.name or twin.site.site.id,
-            time=utc(snap.time),
-            pue=p.value,
-            category=p.category,
-            reason=p.reason,
-            facility_kw=pw.facility_kw,
-            it_kw=pw.it_kw,
-            cooling_kw=pw.cooling_kw,
-            cooling_overhead=(pw.cooling_kw / pw.it_kw)
-            if pw.cooling_kw is not None and pw.it_kw
-            else None,
-            other_kw=(pw.facility_kw - pw.it_kw - pw.cooling_kw)
-            if None not in (pw.facility_kw, pw.it_kw, pw.cooling_kw)
-            else None,
-            step_s=step_s,
-            pue_history=hist,
-        )
+def _refs(twin: Twin) -> list[DeviceRef]:
+    return sorted(twin.known_devices.values(), key=lambda d: d.id)
 
-    @r.get("/devices", response_model=Page[DeviceRefOut], summary="Devices of the site model")
-    def devices(
-        limit: Limit = 100,
-        cursor: Cursor = None,
-        rack: Annotated[str | None, Query(max_length=200)] = None,
-        device_class: Annotated[str | None, Query(max_length=50)] = None,
-    ) -> Page[DeviceRefOut]:
-        items = [
-            d
-            for d in refs
-            if (rack is None or d.rack == rack)
-            and (device_class is None or d.device_class == device_class)
-        ]
-        page = paginate(
-            items, lambda d: d.id, limit, cursor, scope=f"devices|{rack}|{device_class}"
-        )
-        return Page[DeviceRefOut](
-            items=[
-                DeviceRefOut(device_id=d.id, device_class=d.device_class, kind=d.kind, rack=d.rack)
-                for d in page.items
-            ],
-            next_cursor=page.next_cursor,
-        )
 
-    @r.get(
-        "/devices/{device_id:path}",
-        response_model=DeviceOut,
-        responses=problem_responses(
-            404, e404="unknown device id 'sv1/x': not in the site model and never reported"
-        ),
-        summary="Latest state of one device",
+def _snapshot(twin: Twin, live: LiveView | None) -> Snapshot:
+    snap = live.fresh_snapshot() if live is not None else None
+    if snap is None:  # no live loop (tests, tools) or it stalled: read the store now
+        snap = LiveView(twin, EventBus()).compute()
+    return snap
+
+
+@router.get("/overview", response_model=OverviewOut, summary="Site overview for dashboards")
+def overview(
+    twin: TwinDep,
+    live: LiveDep,
+    hours: Annotated[float, Query(gt=0, le=168, description="history span")] = 24,
+    step_s: Annotated[int, Query(ge=10, le=86400)] = 300,
+) -> OverviewOut:
+    snap = _snapshot(twin, live)
+    p, pw = snap.pue, snap.power
+    hist = _pue_history(twin, snap.time, hours, step_s)
+    return OverviewOut(
+        site=twin.site.site.id,
+        site_name=twin.site.site.name or twin.site.site.id,
+        time=utc(snap.time),
+        pue=p.value,
+        category=p.category,
+        reason=p.reason,
+        facility_kw=pw.facility_kw,
+        it_kw=pw.it_kw,
+        cooling_kw=pw.cooling_kw,
+        cooling_overhead=(pw.cooling_kw / pw.it_kw)
+        if pw.cooling_kw is not None and pw.it_kw
+        else None,
+        other_kw=_other_kw(pw.facility_kw, pw.it_kw, pw.cooling_kw),
+        step_s=step_s,
+        pue_history=hist,
     )
-    async def device(device_id: DeviceId) -> DeviceOut:
-        """Latest value of every metric of one device, as of the last tick (≤ 1 s)."""
-        now = now_naive_utc()
-        snap = live.fresh_snapshot() if live is not None else None
-        if snap is None or snap.latest is None:  # no live view: one query, off the loop
-            return await run_in_threadpool(_device_out, twin, device_id, now)
-        return _device_state(twin, device_id, snap.latest.device(device_id), now)
 
-    @r.get("/racks", response_model=Page[RackOut], summary="Rack summaries (heat map)")
-    def racks(
-        limit: Limit = 100,
-        cursor: Cursor = None,
-        hall: Annotated[str | None, Query(max_length=100)] = None,
-    ) -> Page[RackOut]:
-        items = [x for x in snapshot().racks if hall is None or x.hall == hall]
-        page = paginate(items, lambda x: x.path, limit, cursor, scope=f"racks|{hall}")
-        return Page[RackOut](
-            items=[RackOut.of(x) for x in page.items], next_cursor=page.next_cursor
-        )
 
-    @r.get(
-        "/racks/{rack}",
-        response_model=RackDetailOut,
-        responses=problem_responses(404, e404="unknown rack 'rk999'"),
-        summary="One rack with the latest state of every device in it",
+@router.get("/devices", response_model=Page[DeviceRefOut], summary="Devices of the site model")
+def devices(
+    twin: TwinDep,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+    rack: Annotated[str | None, Query(max_length=200)] = None,
+    device_class: Annotated[str | None, Query(max_length=50)] = None,
+) -> Page[DeviceRefOut]:
+    items = [
+        d
+        for d in _refs(twin)
+        if (rack is None or d.rack == rack)
+        and (device_class is None or d.device_class == device_class)
+    ]
+    page = paginate(items, lambda d: d.id, limit, cursor, scope=f"devices|{rack}|{device_class}")
+    return Page[DeviceRefOut](
+        items=[
+            DeviceRefOut(device_id=d.id, device_class=d.device_class, kind=d.kind, rack=d.rack)
+            for d in page.items
+        ],
+        next_cursor=page.next_cursor,
     )
-    def rack_detail(
-        rack: Annotated[str, Path(max_length=100, examples=["rk101"])],
-    ) -> RackDetailOut:
-        if rack not in racks_by_name:
-            raise ProblemError(404, f"unknown rack {rack!r}", "not-found")
-        summary = next(x for x in snapshot().racks if x.rack == rack)
-        now = now_naive_utc()
-        ids = [d.id for d in refs if d.rack == rack]
-        latest = twin.latest_for(ids)
-        by_dev: dict[str, list[LatestReading]] = {i: [] for i in ids}
-        for (dev, _m), reading in sorted(latest.items()):
-            by_dev[dev].append(LatestReading.of(reading, now))
-        devs = [
-            DeviceOut(
-                device_id=i,
-                device_class=twin.known_devices[i].device_class,
-                rack=rack,
-                metrics=by_dev[i],
-            )
-            for i in ids
-        ]
-        return RackDetailOut(**RackOut.of(summary).model_dump(), devices=devs)
-
-    return r
 
 
-def _device_out(twin: Twin, device_id: str, now: datetime) -> DeviceOut:
-    return _device_state(twin, device_id, twin.device(device_id), now)
-
-
-def _device_state(twin: Twin, device_id: str, readings: list, now: datetime) -> DeviceOut:
-    """A device's state from its latest readings (404 if neither modelled nor reporting)."""
+@router.get(
+    "/devices/{device_id:path}",
+    response_model=DeviceOut,
+    responses=problem_responses(
+        404, e404="unknown device id 'sv1/x': not in the site model and never reported"
+    ),
+    summary="Latest state of one device",
+)
+async def device(
+    device_id: DeviceId,
+    twin: TwinDep,
+    live: LiveDep,
+    anomaly: OptionalAnomalyDep,
+    failure_risk: OptionalFailureRiskDep,
+) -> DeviceOut:
+    """Latest value of every metric of one device, as of the last tick (≤ 1 s)."""
+    now = now_naive_utc()
+    snap = live.fresh_snapshot() if live is not None else None
+    if snap is None or snap.latest is None:  # no live view: one query, off the loop
+        readings = await run_in_threadpool(twin.device, device_id)
+    else:
+        readings = snap.latest.device(device_id)
     ref = twin.known_devices.get(device_id)
     if ref is None and not readings:
         raise ProblemError(
@@ -353,9 +315,54 @@ def _device_state(twin: Twin, device_id: str, readings: list, now: datetime) -> 
         device_class=ref.device_class if ref else None,
         rack=ref.rack if ref else None,
         metrics=[LatestReading.of(x, now) for x in readings],
-        anomaly=device_anomaly_state(twin, device_id),
-        failure_risk=device_failure_state(twin, device_id),
+        anomaly=device_anomaly_state(anomaly, device_id),
+        failure_risk=device_failure_state(failure_risk, device_id),
     )
+
+
+@router.get("/racks", response_model=Page[RackOut], summary="Rack summaries (heat map)")
+def racks(
+    twin: TwinDep,
+    live: LiveDep,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+    hall: Annotated[str | None, Query(max_length=100)] = None,
+) -> Page[RackOut]:
+    items = [x for x in _snapshot(twin, live).racks if hall is None or x.hall == hall]
+    page = paginate(items, lambda x: x.path, limit, cursor, scope=f"racks|{hall}")
+    return Page[RackOut](items=[RackOut.of(x) for x in page.items], next_cursor=page.next_cursor)
+
+
+@router.get(
+    "/racks/{rack}",
+    response_model=RackDetailOut,
+    responses=problem_responses(404, e404="unknown rack 'rk999'"),
+    summary="One rack with the latest state of every device in it",
+)
+def rack_detail(
+    twin: TwinDep,
+    live: LiveDep,
+    rack: Annotated[str, Path(max_length=100, examples=["rk101"])],
+) -> RackDetailOut:
+    if rack not in {rr.rack for rr in twin.site.racks()}:
+        raise ProblemError(404, f"unknown rack {rack!r}", "not-found")
+    summary = next(x for x in _snapshot(twin, live).racks if x.rack == rack)
+    now = now_naive_utc()
+    ids = [d.id for d in _refs(twin) if d.rack == rack]
+    latest = twin.latest_for(ids)
+    by_dev: dict[str, list[LatestReading]] = {i: [] for i in ids}
+    for (dev, _m), reading in sorted(latest.items()):
+        by_dev[dev].append(LatestReading.of(reading, now))
+    devs = [
+        DeviceOut(
+            device_id=i,
+            device_class=twin.known_devices[i].device_class,
+            rack=rack,
+            metrics=by_dev[i],
+        )
+        for i in ids
+    ]
+    return RackDetailOut(**RackOut.of(summary).model_dump(), devices=devs)
 
 
 def _pue_history(twin: Twin, now: datetime, hours: float, step_s: int) -> list[PuePoint]:
@@ -400,6 +407,8 @@ def _pue_history(twin: Twin, now: datetime, hours: float, step_s: int) -> list[P
     ]
 
 
-class _NullBus:
-    def publish(self, *_a, **_k) -> None:
+def _other_kw(facility: float | None, it: float | None, cooling: float | None) -> float | None:
+    """Facility power not accounted for by IT and cooling (losses, lighting)."""
+    if facility is None or it is None or cooling is None:
         return None
+    return facility - it - cooling

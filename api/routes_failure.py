@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import ServicesDep
+from twin.failure.features import CLASSES
+from twin.failure.model import parse_horizon_s
+from twin.failure.registry import RegistryError, newest_approved
+from twin.failure.service import FailureRiskService
 
 
 class RiskOut(BaseModel):
@@ -52,67 +57,41 @@ class FailureRiskOut(BaseModel):
     devices: list[RiskOut]
 
 
-def _registry_root() -> Path:
-    from twin.failure.service import serving_root
-
-    return serving_root()
-
-
-def _state_horizon_s() -> float:
-    from twin.failure.service import serving_horizon_s
-
-    return serving_horizon_s()
-
-
-def device_failure_state(twin, device_id: str) -> dict | None:
+def device_failure_state(service: FailureRiskService | None, device_id: str) -> dict | None:
     """The failure part of a device's state (for /v1/devices/{id}): risk, alarm, status,
     horizon_s, model_version, time, reasons as of the last scoring tick; None when no
     model is approved for the horizon or the device is not scored yet. Reads the
     in-memory table only (the server's background thread refreshes it)."""
-    from twin.failure.service import live_risk_for
-
-    lr = live_risk_for(twin.store, _state_horizon_s(), _registry_root())
-    state = lr.device(device_id)
+    state = service.device(device_id) if service is not None else None
     if state is not None and state["time"] is not None:
         state["time"] = state["time"].replace(tzinfo=UTC)
     return state
 
 
-def router_for(twin) -> APIRouter:
-    """The failure-risk routes over a twin's store (included from api/app.py)."""
-    router = APIRouter()
-
-    @router.get("/v1/failure-risk", response_model=FailureRiskOut)
-    def failure_risk(
-        horizon: str = Query(
-            "1h", description="30m, 1h, 24h: needs an approved model for that horizon"
-        ),
-        device_class: str | None = Query(None, alias="class", description="gpu, psu, cdu or crah"),
-        scope: str | None = Query(None, description="device id prefix: hall, row, rack"),
-        min_risk: float = Query(0.0, ge=0.0, le=1.0),
-        limit: int = Query(100, ge=1, le=100_000),
-    ) -> FailureRiskOut:
-        return _failure_risk(twin, horizon, device_class, scope, min_risk, limit)
-
-    return router
+router = APIRouter()
 
 
-def _failure_risk(
-    twin, horizon: str, device_class: str | None, scope: str | None, min_risk: float, limit: int
+@router.get("/v1/failure-risk", response_model=FailureRiskOut)
+def failure_risk(
+    services: ServicesDep,
+    horizon: str = Query(
+        "1h", description="30m, 1h, 24h: needs an approved model for that horizon"
+    ),
+    device_class: str | None = Query(None, alias="class", description="gpu, psu, cdu or crah"),
+    scope: str | None = Query(None, description="device id prefix: hall, row, rack"),
+    min_risk: float = Query(0.0, ge=0.0, le=1.0),
+    limit: int = Query(100, ge=1, le=100_000),
 ) -> FailureRiskOut:
-    from twin.failure.features import CLASSES
-    from twin.failure.model import parse_horizon_s
-    from twin.failure.registry import RegistryError
-    from twin.failure.service import live_risk_for
-
     try:
         horizon_s = parse_horizon_s(horizon)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
     if device_class is not None and device_class not in CLASSES:
         raise HTTPException(422, f"class: {device_class!r} is not one of {list(CLASSES)}")
+    lr = services.risk_for(horizon_s)
+    if lr is None:
+        raise HTTPException(503, "the failure-risk service is not running in this process")
     now = datetime.now(UTC)
-    lr = live_risk_for(twin.store, horizon_s, _registry_root())
     try:
         if lr.table is None or not lr.running:  # no background thread: at most once a tick
             lr.refresh()
@@ -123,14 +102,19 @@ def _failure_risk(
         if lr.error is not None:
             raise HTTPException(503, str(lr.error))
         return FailureRiskOut(
-            time=now, horizon_s=horizon_s, model_version=_newest(horizon_s), devices=[]
+            time=now,
+            horizon_s=horizon_s,
+            model_version=newest_approved(lr.root, horizon_s).version,
+            devices=[],
         )
     if device_class:
         table = table.filter(table["device_class"] == device_class)
     if scope:
         table = table.filter(table["device_id"].str.starts_with(scope))
     table = table.filter(table["risk"] >= min_risk).head(limit)
-    version = table["model_version"][0] if table.height else _newest(horizon_s)
+    version = (
+        table["model_version"][0] if table.height else newest_approved(lr.root, horizon_s).version
+    )
     return FailureRiskOut(
         time=now,
         horizon_s=horizon_s,
@@ -144,9 +128,3 @@ def _failure_risk(
             ).iter_rows()
         ],
     )
-
-
-def _newest(horizon_s: float) -> str:
-    from twin.failure.registry import newest_approved
-
-    return newest_approved(_registry_root(), horizon_s).version

@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.auth import Principal, authenticate, require_role
-from api.keys import ApiKey, KeyStore, Role
+from api.deps import KeysDep
+from api.keys import ApiKey, Role
 from api.problems import ProblemError, problem_responses
 from api.shape import Cursor, Limit, Page, paginate
 
@@ -106,50 +107,48 @@ class WhoAmI(BaseModel):
 KeyId = Annotated[str, Path(min_length=1, max_length=64, examples=["3f9a1c0b7d2e"])]
 
 
-def router() -> APIRouter:
-    r = APIRouter(prefix="/v1", tags=["auth"])
-    admin = [Depends(require_role(Role.admin))]
+router = APIRouter(prefix="/v1", tags=["auth"])
+admin = [Depends(require_role(Role.admin))]
 
-    def keys(request: Request) -> KeyStore:
-        return request.app.state.keys
 
-    @r.get("/whoami", response_model=WhoAmI, summary="The calling key and its role")
-    def whoami(principal: Principal = Depends(authenticate)) -> WhoAmI:
-        return WhoAmI(key_id=principal.key_id, name=principal.name, role=principal.role)
+@router.get("/whoami", response_model=WhoAmI, summary="The calling key and its role")
+def whoami(principal: Principal = Depends(authenticate)) -> WhoAmI:
+    return WhoAmI(key_id=principal.key_id, name=principal.name, role=principal.role)
 
-    @r.get(
-        "/apikeys", response_model=Page[KeyOut], dependencies=admin, summary="List API keys (admin)"
-    )
-    def list_keys(request: Request, limit: Limit = 100, cursor: Cursor = None) -> Page[KeyOut]:
-        items = sorted(keys(request).list(), key=lambda k: k.key_id)
-        page = paginate(items, lambda k: k.key_id, limit, cursor, scope="apikeys")
-        return Page[KeyOut](items=[KeyOut.of(k) for k in page.items], next_cursor=page.next_cursor)
 
-    @r.post(
-        "/apikeys",
-        response_model=KeyCreated,
-        status_code=201,
-        dependencies=admin,
-        summary="Create an API key (admin)",
-    )
-    def create_key(request: Request, body: KeyCreate) -> KeyCreated:
-        try:
-            key, token = keys(request).create(body.name, body.role)
-        except ValueError as exc:
-            raise ProblemError(422, f"body.name: {exc}", "validation") from exc
-        return KeyCreated(**KeyOut.of(key).model_dump(), token=token)
+@router.get(
+    "/apikeys", response_model=Page[KeyOut], dependencies=admin, summary="List API keys (admin)"
+)
+def list_keys(keys: KeysDep, limit: Limit = 100, cursor: Cursor = None) -> Page[KeyOut]:
+    items = sorted(keys.list(), key=lambda k: k.key_id)
+    page = paginate(items, lambda k: k.key_id, limit, cursor, scope="apikeys")
+    return Page[KeyOut](items=[KeyOut.of(k) for k in page.items], next_cursor=page.next_cursor)
 
-    @r.delete(
-        "/apikeys/{key_id}",
-        response_model=KeyOut,
-        dependencies=admin,
-        responses=problem_responses(404, e404="no API key with id '3f9a1c0b7d2e'"),
-        summary="Revoke an API key at once (admin)",
-    )
-    def revoke_key(request: Request, key_id: KeyId) -> KeyOut:
-        try:
-            return KeyOut.of(keys(request).revoke(key_id))
-        except KeyError:
-            raise ProblemError(404, f"no API key with id {key_id!r}", "not-found") from None
 
-    return r
+@router.post(
+    "/apikeys",
+    response_model=KeyCreated,
+    status_code=201,
+    dependencies=admin,
+    summary="Create an API key (admin)",
+)
+def create_key(keys: KeysDep, body: KeyCreate) -> KeyCreated:
+    try:
+        key, token = keys.create(body.name, body.role)
+    except ValueError as exc:
+        raise ProblemError(422, f"body.name: {exc}", "validation") from exc
+    return KeyCreated(**KeyOut.of(key).model_dump(), token=token)
+
+
+@router.delete(
+    "/apikeys/{key_id}",
+    response_model=KeyOut,
+    dependencies=admin,
+    responses=problem_responses(404, e404="no API key with id '3f9a1c0b7d2e'"),
+    summary="Revoke an API key at once (admin)",
+)
+def revoke_key(keys: KeysDep, key_id: KeyId) -> KeyOut:
+    try:
+        return KeyOut.of(keys.revoke(key_id))
+    except KeyError:
+        raise ProblemError(404, f"no API key with id {key_id!r}", "not-found") from None

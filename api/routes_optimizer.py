@@ -3,22 +3,23 @@
 GET  /v1/recommendations[?status=&limit=]      newest first
 GET  /v1/recommendations/report                predicted vs realised savings
 GET  /v1/recommendations/{id}
-POST /v1/recommendations/{id}/accept|reject    body {"who": "...", "note": "..."}
+POST /v1/recommendations/{id}/accept|reject    body {"note": "..."} (optional)
 
-`who` comes from the request body until the app has authentication; then it should be the
-authenticated operator. 404 for an unknown id, 409 for a transition the lifecycle does not
-allow (deciding twice), 422 for a missing `who`.
+The decision is recorded under the calling API key's name (operator role or above); a
+`who` in the body is ignored, so the audit trail cannot be written under another name.
+404 for an unknown id, 409 for a transition the lifecycle does not allow (deciding twice).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Principal, require_role
+from api.deps import RecommendationsDep
 from api.keys import Role
 from twin.optimizer.recommendations import (
     STATUSES,
@@ -26,15 +27,14 @@ from twin.optimizer.recommendations import (
     RecommendationStore,
     UnknownRecommendationError,
 )
-from twin.state import Twin
 
 
 class OperatorAction(BaseModel):
     who: str | None = Field(
         None,
-        min_length=1,
         max_length=200,
-        description="operator taking the decision (default: the API key's name)",
+        deprecated=True,
+        description="ignored: the decision is recorded under the API key's name",
     )
     note: str | None = Field(None, max_length=2000)
 
@@ -118,77 +118,83 @@ class RecommendationOut(BaseModel):
         return cls(**{**row, **utc})
 
 
-def optimizer_router(twin: Twin) -> APIRouter:
-    router = APIRouter(prefix="/v1/recommendations", tags=["optimizer"])
+router = APIRouter(prefix="/v1/recommendations", tags=["optimizer"])
 
-    def store() -> RecommendationStore:
-        return RecommendationStore(twin.store.cursor())
 
-    @router.get("", response_model=list[RecommendationOut])
-    def list_recommendations(
-        status: str | None = Query(None, description=f"one of {list(STATUSES)}"),
-        limit: int = Query(100, ge=1, le=10_000),
-    ) -> list[RecommendationOut]:
-        try:
-            return [RecommendationOut.of(r) for r in store().list(status, limit)]
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
+@router.get("", response_model=list[RecommendationOut])
+def list_recommendations(
+    store: RecommendationsDep,
+    status: str | None = Query(None, description=f"one of {list(STATUSES)}"),
+    limit: int = Query(100, ge=1, le=10_000),
+) -> list[RecommendationOut]:
+    try:
+        return [RecommendationOut.of(r) for r in store.list(status, limit)]
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
 
-    @router.get(
-        "/report",
-        summary="Predicted vs realised savings of decided recommendations",
-        responses={
-            200: {
-                "content": {
-                    "application/json": {
-                        "example": {
-                            "counts": {"proposed": 2, "accepted": 1, "rejected": 0, "measured": 1},
-                            "realised_over_predicted": 0.97,
-                        }
+
+@router.get(
+    "/report",
+    summary="Predicted vs realised savings of decided recommendations",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": {
+                        "counts": {"proposed": 2, "accepted": 1, "rejected": 0, "measured": 1},
+                        "realised_over_predicted": 0.97,
                     }
                 }
             }
-        },
-    )
-    def report() -> dict[str, Any]:
-        return store().report()
+        }
+    },
+)
+def report(store: RecommendationsDep) -> dict[str, Any]:
+    return store.report()
 
-    @router.get("/{rec_id}", response_model=RecommendationOut)
-    def get_recommendation(rec_id: int) -> RecommendationOut:
-        try:
-            return RecommendationOut.of(store().get(rec_id))
-        except UnknownRecommendationError as exc:
-            raise HTTPException(404, str(exc.args[0])) from None
 
-    def _act(
-        rec_id: int, body: OperatorAction | None, who: Principal, accept: bool
-    ) -> RecommendationOut:
-        s = store()
-        body = body or OperatorAction()
-        try:
-            row = (s.accept if accept else s.reject)(rec_id, body.who or who.name, body.note)
-        except UnknownRecommendationError as exc:
-            raise HTTPException(404, str(exc.args[0])) from None
-        except LifecycleError as exc:
-            raise HTTPException(409, str(exc)) from None
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
-        return RecommendationOut.of(row)
+@router.get("/{rec_id}", response_model=RecommendationOut)
+def get_recommendation(rec_id: int, store: RecommendationsDep) -> RecommendationOut:
+    try:
+        return RecommendationOut.of(store.get(rec_id))
+    except UnknownRecommendationError as exc:
+        raise HTTPException(404, str(exc.args[0])) from None
 
-    @router.post("/{rec_id}/accept", response_model=RecommendationOut)
-    def accept(
-        rec_id: int,
-        body: OperatorAction | None = None,
-        who: Principal = Depends(require_role(Role.operator)),
-    ) -> RecommendationOut:
-        return _act(rec_id, body, who, True)
 
-    @router.post("/{rec_id}/reject", response_model=RecommendationOut)
-    def reject(
-        rec_id: int,
-        body: OperatorAction | None = None,
-        who: Principal = Depends(require_role(Role.operator)),
-    ) -> RecommendationOut:
-        return _act(rec_id, body, who, False)
+def _act(
+    store: RecommendationStore,
+    rec_id: int,
+    body: OperatorAction | None,
+    who: Principal,
+    accept: bool,
+) -> RecommendationOut:
+    note = body.note if body is not None else None
+    try:  # recorded under the key's name: a body `who` is ignored
+        row = (store.accept if accept else store.reject)(rec_id, who.name, note)
+    except UnknownRecommendationError as exc:
+        raise HTTPException(404, str(exc.args[0])) from None
+    except LifecycleError as exc:
+        raise HTTPException(409, str(exc)) from None
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return RecommendationOut.of(row)
 
-    return router
+
+@router.post("/{rec_id}/accept", response_model=RecommendationOut)
+def accept(
+    who: Annotated[Principal, Depends(require_role(Role.operator))],
+    rec_id: int,
+    store: RecommendationsDep,
+    body: OperatorAction | None = None,
+) -> RecommendationOut:
+    return _act(store, rec_id, body, who, True)
+
+
+@router.post("/{rec_id}/reject", response_model=RecommendationOut)
+def reject(
+    who: Annotated[Principal, Depends(require_role(Role.operator))],
+    rec_id: int,
+    store: RecommendationsDep,
+    body: OperatorAction | None = None,
+) -> RecommendationOut:
+    return _act(store, rec_id, body, who, False)

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from api.deps import TwinDep
 from api.shape import UtcDatetime
 from api.twin_schemas import (
     PUE_EXAMPLE,
@@ -206,254 +207,263 @@ def _pue_out(fig: PueFigure, now: datetime, stale_after_s: float) -> PueOut:
 # -- router --------------------------------------------------------------------------------
 
 
-def twin_router(twin: Twin) -> APIRouter:
-    r = APIRouter(tags=["twin"])
-    stale_s = twin.stale_after_s
+router = APIRouter(tags=["twin"])
 
-    def need_scope(scope: str) -> None:
-        if scope not in twin.scopes:
-            raise HTTPException(400, f"scope: unknown {scope!r} (known: {sorted(twin.scopes)})")
 
-    @r.get(
-        "/v1/pue",
-        response_model=PueOut,
-        summary="Site PUE or a scope's pPUE, now or energy-based over an interval",
-        responses={200: {"content": {"application/json": {"example": PUE_EXAMPLE}}}},
-    )
-    def pue(
-        start: UtcDatetime | None = Query(None, description="energy-based from here"),
-        end: UtcDatetime | None = Query(None, description="default now"),
-        step: str | None = Query(None, description="per-step series, e.g. 3600, 15m, 1h"),
-        scope: str = Query("site", description="site, hall:<id>, cooling:<subsystem>"),
-    ) -> PueOut:
-        need_scope(scope)
-        step_s = parse_step(step)
-        now = datetime.now(UTC).replace(tzinfo=None)
-        if start is None and end is None and step_s is None:
-            return _pue_out(twin.current().pue[scope], now, stale_s)
-        s, e = parse_range(start, end, step_s)
-        res = twin.pue_interval(scope, s, e, step_s, now)
-        out = _pue_out(res.overall, now, stale_s)
-        out.step_s = step_s
-        if step_s:
-            out.series = [
-                PuePointOut(
-                    start=_utc(f.start),
-                    end=_utc(f.end),
-                    value=f.value,
-                    dcie=f.dcie,
-                    total=f.total,
-                    it=f.it,
-                    reason=f.reason,
-                    quality=QualityOut.of(f.quality),
-                )
-                for f in res.series
-            ]
-        return out
+def _need_scope(twin: Twin, scope: str) -> None:
+    if scope not in twin.scopes:
+        raise HTTPException(400, f"scope: unknown {scope!r} (known: {sorted(twin.scopes)})")
 
-    @r.get("/v1/pue/scopes", response_model=list[PueScopeOut])
-    def pue_scopes() -> list[dict]:
-        return [
-            {
-                "scope": s.name,
-                "figure": s.figure,
-                "category": s.category,
-                "it": s.it and s.it.id,
-                "terms": [t.id if t.source == "meter" else f"{t.id}:{t.column}" for t in s.extra],
-                "reason": s.reason,
-            }
-            for s in twin.scopes.values()
-        ]
 
-    @r.get("/v1/heat-balance", response_model=HeatBalanceOut)
-    def heat_balance(
-        id: str | None = Query(None, description="a CDU, hall or site id"),
-        level: str | None = Query(None, description="cdu, hall or site"),
-        start: UtcDatetime | None = None,
-        end: UtcDatetime | None = None,
-        step: str | None = Query(None, description="trend series step"),
-    ) -> dict:
-        tick = twin.current()
-        hb = tick.heat_balance
-        if level is not None and level not in ("cdu", "hall", "site"):
-            raise HTTPException(400, f"level: unknown {level!r} (cdu, hall or site)")
-        if id is not None and id not in hb.ids:
-            raise HTTPException(404, f"id: {id!r} is not a CDU, hall or site of this site")
-        step_s = parse_step(step)
-        rng = parse_range(start, end, step_s) if start or step_s else None
-        entries = []
-        for i, sid in enumerate(hb.ids):
-            if (id and sid != id) or (level and hb.levels[i] != level):
-                continue
-            e = {
-                "id": sid,
-                "level": hb.levels[i],
-                "liquid_kw": _fin(hb.liquid_kw[i]),
-                "air_kw": _fin(hb.air_kw[i]),
-                "it_kw": _fin(hb.it_kw[i]),
-                "residual_kw": _fin(hb.residual_kw[i]),
-                "residual_pct": _fin(hb.residual_pct[i]),
-                "trend_pct_per_h": _fin(hb.trend_pct_per_h[i]),
-                "over_threshold": bool(hb.over_threshold[i]),
-                "ticks_above_threshold": int(hb.exceeded_ticks[i]),
-                "stale_inputs": int(hb.stale_inputs[i]),
-                "reason": hb.reasons[i],
-                "status": "unknown"
-                if hb.reasons[i]
-                else (
-                    "out_of_balance"
-                    if hb.over_threshold[i]
-                    else "flagged"
-                    if hb.stale_inputs[i]
-                    else "ok"
-                ),
-            }
-            if rng is not None:
-                _, df = twin.series(sid, "hb_residual_pct", rng[0], rng[1], step_s or 60.0)
-                e["history"] = [
-                    {"time": _utc(b), "residual_pct": _fin(m)}
-                    for b, m in zip(df["bucket"].to_list(), df["mean"].to_list(), strict=True)
-                ]
-            entries.append(e)
-        return {
-            "time": _utc(tick.time),
-            "threshold_pct": twin.twin_config.heat_balance_threshold_pct,
-            "persist_ticks": twin.twin_config.heat_balance_persist_ticks,
-            "scopes": entries,
-        }
-
-    @r.get("/v1/rollups", response_model=RollupsOut)
-    def rollups(
-        level: str = Query("rack", description=f"one of {LEVELS}"),
-        id: str | None = Query(None, description="one scope id"),
-    ) -> dict:
-        if level not in LEVELS:
-            raise HTTPException(400, f"level: unknown {level!r} (known: {list(LEVELS)})")
-        tick = twin.current()
-        sl = twin.scope_index.slices[level]
-        ids = twin.scope_index.ids[sl]
-        if id is not None and id not in ids:
-            raise HTTPException(404, f"id: {id!r} is not a {level} of this site")
-        rows = []
-        for k, sid in enumerate(ids):
-            if id and sid != id:
-                continue
-            i = sl.start + k
-            rows.append({"id": sid, **{c: _fin(tick.rollups[c][i]) for c in COLUMNS}})
-        return {"time": _utc(tick.time), "level": level, "units": UNITS, "rollups": rows}
-
-    @r.get("/v1/series", response_model=SeriesOut)
-    def series(
-        id: str,
-        metric: str,
-        start: UtcDatetime | None = None,
-        end: UtcDatetime | None = None,
-        step: str = Query("60", description="bucket"),
-    ) -> dict:
-        metrics = twin.series_metrics(id)
-        if metrics is None:
-            raise HTTPException(
-                404,
-                f"id: {id!r} is neither a device nor a rollup scope "
-                "(rack, row, hall, site, CDU) of this site",
+@router.get(
+    "/v1/pue",
+    response_model=PueOut,
+    summary="Site PUE or a scope's pPUE, now or energy-based over an interval",
+    responses={200: {"content": {"application/json": {"example": PUE_EXAMPLE}}}},
+)
+def pue(
+    twin: TwinDep,
+    start: UtcDatetime | None = Query(None, description="energy-based from here"),
+    end: UtcDatetime | None = Query(None, description="default now"),
+    step: str | None = Query(None, description="per-step series, e.g. 3600, 15m, 1h"),
+    scope: str = Query("site", description="site, hall:<id>, cooling:<subsystem>"),
+) -> PueOut:
+    _need_scope(twin, scope)
+    step_s = parse_step(step)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    if start is None and end is None and step_s is None:
+        return _pue_out(twin.current().pue[scope], now, twin.stale_after_s)
+    s, e = parse_range(start, end, step_s)
+    res = twin.pue_interval(scope, s, e, step_s, now)
+    out = _pue_out(res.overall, now, twin.stale_after_s)
+    out.step_s = step_s
+    if step_s:
+        out.series = [
+            PuePointOut(
+                start=_utc(f.start),
+                end=_utc(f.end),
+                value=f.value,
+                dcie=f.dcie,
+                total=f.total,
+                it=f.it,
+                reason=f.reason,
+                quality=QualityOut.of(f.quality),
             )
-        if metric not in metrics:
-            raise HTTPException(
-                400, f"metric: {metric!r} is not available for {id!r} (available: {metrics})"
-            )
-        step_s = parse_step(step)
-        assert step_s is not None
-        s, e = parse_range(start, end, step_s, default_span=timedelta(hours=24))
-        source, df = twin.series(id, metric, s, e, step_s)
-        cols = [c for c in ("min", "max", "mean", "last", "count", "sum") if c in df.columns]
-        data = {c: df[c].to_list() for c in cols}
-        points = [
-            {"time": _utc(b), **{c: _fin(data[c][k]) if c != "count" else data[c][k] for c in cols}}
-            for k, b in enumerate(df["bucket"].to_list())
+            for f in res.series
         ]
-        return {
-            "id": id,
-            "metric": metric,
-            "source": source,
-            "start": _utc(s),
-            "end": _utc(e),
-            "step_s": step_s,
-            "points": points,
-        }
+    return out
 
-    @r.get("/v1/topology", response_model=TopologyOut)
-    def topology(
-        depth: str = Query("rack", description=f"one of {DEPTH_ORDER}"),
-        chain: str = Query("all", description="power, cooling, location or all"),
-    ) -> dict:
-        if depth not in DEPTH_ORDER:
-            raise HTTPException(400, f"depth: unknown {depth!r} (known: {list(DEPTH_ORDER)})")
-        if chain != "all" and chain not in CHAINS:
-            raise HTTPException(400, f"chain: unknown {chain!r} (known: {list(CHAINS)}, all)")
-        chains = CHAINS if chain == "all" else (chain,)
-        nodes, edges = twin.topology.subgraph(depth, chains)
-        return {
-            "site": twin.site.site.id,
-            "depth": depth,
-            "chains": list(chains),
-            "nodes": [_node(n) for n in nodes],
-            "edges": [{"chain": c, "from": p, "to": k} for c, p, k in edges],
-        }
 
-    @r.get("/v1/topology/{node_id:path}", response_model=TopologyNodeOut)
-    def topology_node(
-        node_id: str,
-        downstream_class: str | None = Query(
-            None, description="list downstream ids of this class (e.g. gpu)"
-        ),
-        chain: str = Query("power", description="chain for downstream_class"),
-        limit: int = Query(1000, ge=1, le=100_000),
-    ) -> dict:
-        topo = twin.topology
-        node = topo.get(node_id)
-        if node is None:
-            raise HTTPException(404, f"unknown topology id {node_id!r}")
-        if chain not in CHAINS:
-            raise HTTPException(400, f"chain: unknown {chain!r} (known: {list(CHAINS)})")
-        out: dict[str, Any] = {"node": _node(node)}
-        for key, fn in (("parents", topo.parents), ("children", topo.children)):
-            out[key] = {c: fn(node_id, c) for c in CHAINS}
-        out["upstream"] = {c: topo.upstream(node_id, c) for c in ("power", "cooling")}
-        down = {c: topo.downstream(node_id, c) for c in ("power", "cooling")}
-        out["downstream_counts"] = {c: topo.counts(ids) for c, ids in down.items()}
-        if downstream_class:
-            ids = [
-                i for i in topo.downstream(node_id, chain) if topo.nodes[i].cls == downstream_class
+@router.get("/v1/pue/scopes", response_model=list[PueScopeOut])
+def pue_scopes(twin: TwinDep) -> list[dict]:
+    return [
+        {
+            "scope": s.name,
+            "figure": s.figure,
+            "category": s.category,
+            "it": s.it and s.it.id,
+            "terms": [t.id if t.source == "meter" else f"{t.id}:{t.column}" for t in s.extra],
+            "reason": s.reason,
+        }
+        for s in twin.scopes.values()
+    ]
+
+
+@router.get("/v1/heat-balance", response_model=HeatBalanceOut)
+def heat_balance(
+    twin: TwinDep,
+    id: str | None = Query(None, description="a CDU, hall or site id"),
+    level: str | None = Query(None, description="cdu, hall or site"),
+    start: UtcDatetime | None = None,
+    end: UtcDatetime | None = None,
+    step: str | None = Query(None, description="trend series step"),
+) -> dict:
+    tick = twin.current()
+    hb = tick.heat_balance
+    if level is not None and level not in ("cdu", "hall", "site"):
+        raise HTTPException(400, f"level: unknown {level!r} (cdu, hall or site)")
+    if id is not None and id not in hb.ids:
+        raise HTTPException(404, f"id: {id!r} is not a CDU, hall or site of this site")
+    step_s = parse_step(step)
+    rng = parse_range(start, end, step_s) if start or step_s else None
+    entries = []
+    for i, sid in enumerate(hb.ids):
+        if (id and sid != id) or (level and hb.levels[i] != level):
+            continue
+        e: dict[str, Any] = {
+            "id": sid,
+            "level": hb.levels[i],
+            "liquid_kw": _fin(hb.liquid_kw[i]),
+            "air_kw": _fin(hb.air_kw[i]),
+            "it_kw": _fin(hb.it_kw[i]),
+            "residual_kw": _fin(hb.residual_kw[i]),
+            "residual_pct": _fin(hb.residual_pct[i]),
+            "trend_pct_per_h": _fin(hb.trend_pct_per_h[i]),
+            "over_threshold": bool(hb.over_threshold[i]),
+            "ticks_above_threshold": int(hb.exceeded_ticks[i]),
+            "stale_inputs": int(hb.stale_inputs[i]),
+            "reason": hb.reasons[i],
+            "status": "unknown"
+            if hb.reasons[i]
+            else (
+                "out_of_balance"
+                if hb.over_threshold[i]
+                else "flagged"
+                if hb.stale_inputs[i]
+                else "ok"
+            ),
+        }
+        if rng is not None:
+            _, df = twin.series(sid, "hb_residual_pct", rng[0], rng[1], step_s or 60.0)
+            e["history"] = [
+                {"time": _utc(b), "residual_pct": _fin(m)}
+                for b, m in zip(df["bucket"].to_list(), df["mean"].to_list(), strict=True)
             ]
-            out["downstream"] = {
-                "chain": chain,
-                "class": downstream_class,
-                "ids": ids[:limit],
-                "total": len(ids),
-                "truncated": len(ids) > limit,
-            }
-        out["state"] = _state(twin, node_id)
-        return out
+        entries.append(e)
+    return {
+        "time": _utc(tick.time),
+        "threshold_pct": twin.config.heat_balance_threshold_pct,
+        "persist_ticks": twin.config.heat_balance_persist_ticks,
+        "scopes": entries,
+    }
 
-    @r.get("/v1/twin/status", response_model=TwinStatusOut)
-    def status() -> dict:
-        tick = twin.current()
-        hb = tick.heat_balance
-        return {
-            "time": _utc(tick.time),
-            "tick_ms": tick.timings_ms,
-            "rows_read": tick.refresh.rows,
-            "rows_tracked": tick.refresh.tracked,
-            "rows_untracked": twin.latest_readings.untracked_rows,
-            "remaps": twin.latest_readings.rebuilds,
-            "stale_after_s": stale_s,
-            "stale_slots": int(twin.latest_readings.stale(tick.time_ms, stale_s).sum()),
-            "heat_balance_over_threshold": [
-                i for i, o in zip(hb.ids, hb.over_threshold, strict=True) if o
-            ],
+
+@router.get("/v1/rollups", response_model=RollupsOut)
+def rollups(
+    twin: TwinDep,
+    level: str = Query("rack", description=f"one of {LEVELS}"),
+    id: str | None = Query(None, description="one scope id"),
+) -> dict:
+    if level not in LEVELS:
+        raise HTTPException(400, f"level: unknown {level!r} (known: {list(LEVELS)})")
+    tick = twin.current()
+    sl = twin.scope_index.slices[level]
+    ids = twin.scope_index.ids[sl]
+    if id is not None and id not in ids:
+        raise HTTPException(404, f"id: {id!r} is not a {level} of this site")
+    rows = []
+    for k, sid in enumerate(ids):
+        if id and sid != id:
+            continue
+        i = sl.start + k
+        rows.append({"id": sid, **{c: _fin(tick.rollups[c][i]) for c in COLUMNS}})
+    return {"time": _utc(tick.time), "level": level, "units": UNITS, "rollups": rows}
+
+
+@router.get("/v1/series", response_model=SeriesOut)
+def series(
+    twin: TwinDep,
+    id: str,
+    metric: str,
+    start: UtcDatetime | None = None,
+    end: UtcDatetime | None = None,
+    step: str = Query("60", description="bucket"),
+) -> dict:
+    metrics = twin.series_metrics(id)
+    if metrics is None:
+        raise HTTPException(
+            404,
+            f"id: {id!r} is neither a device nor a rollup scope "
+            "(rack, row, hall, site, CDU) of this site",
+        )
+    if metric not in metrics:
+        raise HTTPException(
+            400, f"metric: {metric!r} is not available for {id!r} (available: {metrics})"
+        )
+    step_s = parse_step(step)
+    assert step_s is not None
+    s, e = parse_range(start, end, step_s, default_span=timedelta(hours=24))
+    source, df = twin.series(id, metric, s, e, step_s)
+    cols = [c for c in ("min", "max", "mean", "last", "count", "sum") if c in df.columns]
+    data = {c: df[c].to_list() for c in cols}
+    points = [
+        {"time": _utc(b), **{c: _fin(data[c][k]) if c != "count" else data[c][k] for c in cols}}
+        for k, b in enumerate(df["bucket"].to_list())
+    ]
+    return {
+        "id": id,
+        "metric": metric,
+        "source": source,
+        "start": _utc(s),
+        "end": _utc(e),
+        "step_s": step_s,
+        "points": points,
+    }
+
+
+@router.get("/v1/topology", response_model=TopologyOut)
+def topology(
+    twin: TwinDep,
+    depth: str = Query("rack", description=f"one of {DEPTH_ORDER}"),
+    chain: str = Query("all", description="power, cooling, location or all"),
+) -> dict:
+    if depth not in DEPTH_ORDER:
+        raise HTTPException(400, f"depth: unknown {depth!r} (known: {list(DEPTH_ORDER)})")
+    if chain != "all" and chain not in CHAINS:
+        raise HTTPException(400, f"chain: unknown {chain!r} (known: {list(CHAINS)}, all)")
+    chains = CHAINS if chain == "all" else (chain,)
+    nodes, edges = twin.topology.subgraph(depth, chains)
+    return {
+        "site": twin.site.site.id,
+        "depth": depth,
+        "chains": list(chains),
+        "nodes": [_node(n) for n in nodes],
+        "edges": [{"chain": c, "from": p, "to": k} for c, p, k in edges],
+    }
+
+
+@router.get("/v1/topology/{node_id:path}", response_model=TopologyNodeOut)
+def topology_node(
+    twin: TwinDep,
+    node_id: str,
+    downstream_class: str | None = Query(
+        None, description="list downstream ids of this class (e.g. gpu)"
+    ),
+    chain: str = Query("power", description="chain for downstream_class"),
+    limit: int = Query(1000, ge=1, le=100_000),
+) -> dict:
+    topo = twin.topology
+    node = topo.get(node_id)
+    if node is None:
+        raise HTTPException(404, f"unknown topology id {node_id!r}")
+    if chain not in CHAINS:
+        raise HTTPException(400, f"chain: unknown {chain!r} (known: {list(CHAINS)})")
+    out: dict[str, Any] = {"node": _node(node)}
+    for key, fn in (("parents", topo.parents), ("children", topo.children)):
+        out[key] = {c: fn(node_id, c) for c in CHAINS}
+    out["upstream"] = {c: topo.upstream(node_id, c) for c in ("power", "cooling")}
+    down = {c: topo.downstream(node_id, c) for c in ("power", "cooling")}
+    out["downstream_counts"] = {c: topo.counts(ids) for c, ids in down.items()}
+    if downstream_class:
+        ids = [i for i in topo.downstream(node_id, chain) if topo.nodes[i].cls == downstream_class]
+        out["downstream"] = {
+            "chain": chain,
+            "class": downstream_class,
+            "ids": ids[:limit],
+            "total": len(ids),
+            "truncated": len(ids) > limit,
         }
+    out["state"] = _state(twin, node_id)
+    return out
 
-    return r
+
+@router.get("/v1/twin/status", response_model=TwinStatusOut)
+def status(twin: TwinDep) -> dict:
+    tick = twin.current()
+    hb = tick.heat_balance
+    return {
+        "time": _utc(tick.time),
+        "tick_ms": tick.timings_ms,
+        "rows_read": tick.refresh.rows,
+        "rows_tracked": tick.refresh.tracked,
+        "rows_untracked": twin.live.untracked_rows,
+        "remaps": twin.live.rebuilds,
+        "stale_after_s": twin.stale_after_s,
+        "stale_slots": int(twin.live.stale(tick.time_ms, twin.stale_after_s).sum()),
+        "heat_balance_over_threshold": [
+            i for i, o in zip(hb.ids, hb.over_threshold, strict=True) if o
+        ],
+    }
 
 
 def _node(n) -> dict:
@@ -471,7 +481,7 @@ def _state(twin: Twin, node_id: str) -> dict:
     """Live readings (with age and staleness) of a device, or a scope's latest rollup."""
     tick = twin.current()
     now = tick.time_ms
-    readings = twin.latest_readings.device(node_id)
+    readings = twin.live.device(node_id)
     if readings:
         return {
             "readings": [
@@ -491,4 +501,4 @@ def _state(twin: Twin, node_id: str) -> dict:
     return {}
 
 
-__all__ = ["twin_router", "now_ms"]
+__all__ = ["router", "now_ms"]

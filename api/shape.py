@@ -45,11 +45,6 @@ def utc(t: datetime | None) -> datetime | None:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
-def naive_utc(t: datetime) -> datetime:
-    """Aware -> naive UTC, the form the store compares with."""
-    return t.astimezone(UTC).replace(tzinfo=None)
-
-
 def now_naive_utc() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 

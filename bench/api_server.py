@@ -16,6 +16,7 @@ from api.live_view import LiveView
 from api.rack_scores import anomaly_rack_scorer
 from domain.site import EXAMPLE_SITE, load_site
 from ingest.store import Store
+from twin.anomaly.service import AnomalyService
 from twin.events import EventBus
 from twin.state import Twin
 
@@ -28,10 +29,18 @@ def main() -> None:
     args = ap.parse_args()
     twin = Twin(load_site(EXAMPLE_SITE), Store(args.db))
     bus = EventBus()
-    live = LiveView(twin, bus, interval_s=1.0, scorers=[anomaly_rack_scorer(twin)]).start()
-    app = create_app(twin, keys=KeyStore(args.keys), bus=bus, live=live)
+    anomaly = AnomalyService(twin.site, twin.store)
+    live = LiveView(twin, bus, interval_s=1.0, scorers=[anomaly_rack_scorer(anomaly)])
+    app = create_app(twin, keys=KeyStore(args.keys), bus=bus, live=live, anomaly=anomaly)
+    anomaly.start_background()
+    live.start()
     gc.freeze()  # long-lived startup objects leave the GC's scans
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
+    try:
+        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
+    finally:  # stopped before the store closes
+        live.stop()
+        anomaly.stop_background()
+        twin.store.close()
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ class MockupServer:
             def do_DELETE(self) -> None:
                 server.requests[f"DELETE {self.path}"] += 1
                 token = self.headers.get("X-Auth-Token")
-                if server.tokens.get(token or "") == self.path:
+                if token is not None and server.tokens.get(token) == self.path:
                     del server.tokens[token]
                     self._send(204)
                 else:

@@ -1,4 +1,11 @@
-"""`dctwin serve`: ingest + twin + API in one process against a given broker."""
+"""`dctwin serve`: ingest + twin + API in one process against a given broker.
+
+`Server` builds every service of the process (the twin and its tick, the live view, the
+anomaly scorer, the failure-risk table, the alert engine with its outbox, the API key
+store) and is the one place their background jobs start and stop: `start_ingest()` starts
+them in order, `stop()` stops them in reverse order and only then closes the store.
+Configuration comes only from `Settings` (DCTWIN_* environment variables).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import uvicorn
 
@@ -13,7 +21,7 @@ from api.app import create_app
 from api.feeds import anomalies_feed, recommendations_feed
 from api.keys import KeyStore
 from api.live_view import LiveView
-from api.metrics import alert_events, alerts_provider, kafka_lag_of
+from api.metrics import alert_events, kafka_lag_of
 from api.rack_scores import anomaly_rack_scorer, failure_rack_scorer
 from dctwin.settings import Settings
 from domain.site import load_site
@@ -23,8 +31,10 @@ from ingest.store import Store
 from twin.alerts.providers import twin_providers
 from twin.alerts.service import AlertService
 from twin.alerts.service import load_config as load_alert_config
+from twin.anomaly.service import AnomalyService
 from twin.events import EventBus
-from twin.failure.service import live_risk_for, serving_horizon_s, serving_root
+from twin.failure.service import FailureRiskService
+from twin.optimizer.recommendations import RecommendationStore
 from twin.periodic import Periodic
 from twin.state import Twin
 from twin.twin_config import TwinConfig
@@ -45,14 +55,20 @@ class Server:
         # the twin ticks in the background: rollups, heat balance and PUE stay current and
         # rollup history accrues whether or not anyone reads the API
         self.twin_ticker = Periodic(self.twin.tick, settings.twin_tick_s, "twin", wait_first=True)
-        # the failure-risk table that device state, rack scores and alert rules read
-        self.failure_risk = live_risk_for(self.store, serving_horizon_s(), serving_root())
+        # anomaly scores and the failure-risk table that device state, rack scores, the
+        # live stream and alert rules read; their own threads keep them current
+        self.anomaly = AnomalyService(self.site, self.store)
+        self.failure_risk = FailureRiskService(
+            self.store, settings.failure_horizon_s, settings.failure_models
+        )
         self.alerts = AlertService(
             self.store,
             self.site,
             rules,
             receivers,
-            providers=twin_providers(self.twin, failure_risk=self.failure_risk),
+            providers=twin_providers(
+                self.twin, failure_risk=self.failure_risk, anomaly=self.anomaly
+            ),
             kafka_bootstrap=settings.kafka_bootstrap,
             interval_s=settings.alert_interval_s,
             external_url=settings.external_url or f"http://{settings.api_host}:{settings.api_port}",
@@ -65,10 +81,24 @@ class Server:
             self.twin,
             self.bus,
             settings.live_interval_s,
-            scorers=[anomaly_rack_scorer(self.twin), failure_rack_scorer(self.failure_risk)],
-            feeds=[anomalies_feed(self.twin), recommendations_feed(self.twin)],
+            scorers=[anomaly_rack_scorer(self.anomaly), failure_rack_scorer(self.failure_risk)],
+            feeds=[
+                anomalies_feed(self.anomaly),
+                recommendations_feed(lambda: RecommendationStore(self.store.cursor())),
+            ],
         )
+        self.alerts.on_tick = alert_events(self.bus)
         self.keys = KeyStore(settings.apikey_db)
+        # background jobs: started in this order, stopped in reverse, all before the store
+        # closes (DuckDB refuses to close a connection mid-query)
+        self.jobs: list[tuple[str, Callable[[], object], Callable[[], object]]] = [
+            ("twin", self.twin_ticker.start, lambda: self.twin_ticker.stop(15)),
+            ("anomaly", self.anomaly.start_background, self.anomaly.stop_background),
+            ("failure-risk", self.failure_risk.start, self.failure_risk.stop),
+            ("live", self.live.start, self.live.stop),
+            ("alerts", self.alerts.start, self.alerts.stop),
+        ]
+        self._started: list[str] = []
 
     def health(self) -> dict:
         alive = self.ingest_thread is not None and self.ingest_thread.is_alive()
@@ -96,10 +126,24 @@ class Server:
         )
         self.ingest_thread = threading.Thread(target=self._ingest_loop, name="ingest", daemon=True)
         self.ingest_thread.start()
-        self.live.start()
-        self.failure_risk.start()
-        self.twin_ticker.start()
-        self.alerts.start()
+        self.start_jobs()
+
+    def start_jobs(self) -> None:
+        """Start every background job, in order (idempotent)."""
+        for name, start, _stop in self.jobs:
+            if name not in self._started:
+                start()
+                self._started.append(name)
+
+    def stop_jobs(self) -> None:
+        """Stop the started background jobs, newest first."""
+        for name, _start, stop in reversed(self.jobs):
+            if name in self._started:
+                try:
+                    stop()
+                except Exception:  # one job failing to stop must not keep the others running
+                    log.exception("stopping %s failed", name)
+                self._started.remove(name)
 
     def _ingest_loop(self) -> None:
         assert self.ingestor is not None
@@ -117,14 +161,14 @@ class Server:
             keys=self.keys,
             bus=self.bus,
             live=self.live,
+            anomaly=self.anomaly,
+            failure_risk=self.failure_risk,
+            alerts=self.alerts,
             open_healthz=s.api_open_healthz,
             open_metrics=s.api_open_metrics,
             ingest_stats=lambda: self.ingestor.stats if self.ingestor else None,
             kafka_lag=lambda: kafka_lag_of(self.ingestor.consumer)() if self.ingestor else None,
         )
-        app.state.alerts = self.alerts
-        app.state.metrics.register("alerts", alerts_provider(self.alerts))
-        self.alerts.on_tick = alert_events(self.bus)
         gc.freeze()  # long-lived startup objects (site, app) leave the GC's scans: fewer pauses
         config = uvicorn.Config(
             app,
@@ -136,10 +180,7 @@ class Server:
         return uvicorn.Server(config)
 
     def stop(self) -> None:
-        self.live.stop()
-        self.failure_risk.stop()
-        self.alerts.stop()
-        self.twin_ticker.stop(15)
+        self.stop_jobs()
         if self.ingestor is not None:
             self.ingestor.stop_event.set()
         if self.ingest_thread is not None:

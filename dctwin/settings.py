@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.site import EXAMPLE_SITE
+from twin.failure.model import parse_horizon_s
+from twin.failure.registry import DEFAULT_ROOT as FAILURE_MODELS_ROOT
 
 
 class Settings(BaseSettings):
@@ -47,3 +49,17 @@ class Settings(BaseSettings):
     external_url: str = Field(
         "", description="this API's URL as on-call sees it (default http://api_host:api_port)"
     )
+    # failure risk (docs/failure.md): the registry and horizon of device state, rack scores
+    # and alert rules
+    failure_models: Path = Field(FAILURE_MODELS_ROOT, description="failure model registry")
+    failure_horizon: str = Field("1h", description="failure-risk horizon served: 30m, 1h, 24h")
+
+    @field_validator("failure_horizon")
+    @classmethod
+    def _horizon(cls, v: str) -> str:
+        parse_horizon_s(v)  # a bad duration fails at startup, not on the first request
+        return v
+
+    @property
+    def failure_horizon_s(self) -> float:
+        return parse_horizon_s(self.failure_horizon)

@@ -22,13 +22,14 @@ from experiments.simulate import run_simulation
 from ingest.store import Store
 from simulator.model import SiteSimulator
 from tests.apihelpers import bearer, keys_per_role
+from twin.alerts.providers import twin_providers
 from twin.anomaly.calibration import p_to_score
 from twin.anomaly.features import Residual
 from twin.anomaly.fleet import FleetScorer
 from twin.anomaly.frames import device_table
 from twin.anomaly.multivariate import LeakageError, fit_multivariate
 from twin.anomaly.residuals import SmootherState, apply_residual, fit_residual, reference_p
-from twin.anomaly.service import AnomalyServiceConfig, anomaly_scores, live_for
+from twin.anomaly.service import AnomalyService, AnomalyServiceConfig
 from twin.events import EventBus
 from twin.state import Twin
 
@@ -129,7 +130,7 @@ def faulty_store(tmp_path_factory):
 @pytest.mark.slow
 def test_live_scores_api_and_alert_provider(faulty_store, tmp_path):
     site, store = faulty_store
-    live = live_for(
+    live = AnomalyService(
         site, store, AnomalyServiceConfig(interval_s=30.0, train_s=2 * 3600.0, lag_s=0.0)
     )
     end = START + timedelta(hours=3)
@@ -157,7 +158,7 @@ def test_live_scores_api_and_alert_provider(faulty_store, tmp_path):
     # the API serves the same (a wall-clock refresh stops at the newest stored reading)
     keys, tokens = keys_per_role(tmp_path / "keys.duckdb")
     client = TestClient(
-        create_app(Twin(site, store), keys=keys), headers=bearer(tokens[Role.viewer])
+        create_app(Twin(site, store), keys=keys, anomaly=live), headers=bearer(tokens[Role.viewer])
     )
     body = client.get("/v1/anomalies", params={"limit": 10}).json()
     assert len(body["items"]) == 10 and body["items"][0]["score"] >= 0.75
@@ -178,10 +179,13 @@ def test_live_scores_api_and_alert_provider(faulty_store, tmp_path):
 
     # the heat map's rack scores (/v1/racks, /metrics, the racks stream) are the same roll-up
     twin = Twin(site, store)
-    view = LiveView(twin, EventBus(), scorers=[anomaly_rack_scorer(twin)])
+    view = LiveView(twin, EventBus(), scorers=[anomaly_rack_scorer(live)])
     view.tick()
     heat = (
-        TestClient(create_app(twin, keys=keys, live=view), headers=bearer(tokens[Role.viewer]))
+        TestClient(
+            create_app(twin, keys=keys, live=view, anomaly=live),
+            headers=bearer(tokens[Role.viewer]),
+        )
         .get("/v1/racks")
         .json()["items"]
     )
@@ -192,7 +196,7 @@ def test_live_scores_api_and_alert_provider(faulty_store, tmp_path):
     # the live stream's top-anomalies feed: published on the first tick, not again while
     # the scores stand still
     bus = EventBus()
-    view = LiveView(twin, bus, feeds=[anomalies_feed(twin)])
+    view = LiveView(twin, bus, feeds=[anomalies_feed(live)])
     view.tick()
     view.tick()
     feed = [e for e in bus.since(0).events if e.type == "anomalies"]
@@ -201,8 +205,9 @@ def test_live_scores_api_and_alert_provider(faulty_store, tmp_path):
     assert gpu in [i["id"] for i in items] and all(i["score"] >= 0.5 for i in items)
     assert next(i for i in items if i["id"] == gpu)["top_metric"] == "no_data"
 
-    # the provider alert rules call
-    scores = anomaly_scores(store, end, site)
+    # the provider alert rules call (the server's background refresh keeps it current)
+    live.refresh(end)
+    scores = twin_providers(twin, anomaly=live).anomaly_score(end)
     assert scores[gpu] >= 0.75 and min(scores.values()) >= 0.0
     assert set(scores) >= {gpu, "t1/h1/crah2", "t1/h1/cdu-row1"}
     row = (

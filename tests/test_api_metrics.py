@@ -100,8 +100,8 @@ def test_providers_plug_in_and_a_broken_one_does_not_blank_the_scrape(populated)
     def broken():
         raise RuntimeError("provider bug")
 
-    app.state.metrics.register("alerts", alerts_by_severity)
-    app.state.metrics.register("broken", broken)
+    app.state.services.metrics.register("alerts", alerts_by_severity)
+    app.state.services.metrics.register("broken", broken)
     live.tick()
     fams = _families(TestClient(app).get("/metrics").text)
     assert fams["dctwin_alerts_active"].samples[0].value == 2

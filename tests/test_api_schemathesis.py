@@ -48,15 +48,14 @@ def api_app(tmp_path_factory, site):
     store = Store(d / "twin.duckdb")
     fill_store(store, site, minutes=5)
     keys, tokens = keys_per_role(d / "keys.duckdb")
-    app = create_app(Twin(site, store), lambda: {"ingest_running": False}, keys=keys)
-    app.state.test_tokens = tokens
     # the real alert engine with the packaged rules, so /v1/alerts... are fuzzed too
     alerts = AlertService(store, site, load_rules(None), [])
     t0 = utcnow() - timedelta(minutes=2)
     write_samples(store, "gpu", [("sv1/h1/row1/rk101/n01/gpu0", "gpu_temp_c", 95.0, t0)])
     alerts.evaluate(t0)
     alerts.evaluate(t0 + timedelta(seconds=31))
-    app.state.alerts = alerts
+    app = create_app(Twin(site, store), lambda: {"ingest_running": False}, keys=keys, alerts=alerts)
+    app.state.test_tokens = tokens
     yield app
     store.close()
 

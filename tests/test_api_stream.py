@@ -217,7 +217,13 @@ def test_recommendations_stream_as_they_are_proposed_and_decided(tmp_path, site)
     from twin.optimizer.recommendations import RecommendationStore
     from twin.optimizer.search import Decision
 
-    with _live_stream(tmp_path, site, feeds_of=lambda twin: [recommendations_feed(twin)]) as (
+    with _live_stream(
+        tmp_path,
+        site,
+        feeds_of=lambda twin: [
+            recommendations_feed(lambda: RecommendationStore(twin.store.cursor()))
+        ],
+    ) as (
         url,
         reader,
         live,

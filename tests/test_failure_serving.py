@@ -21,6 +21,7 @@ from tests.apihelpers import bearer, keys_per_role
 from twin.failure import registry
 from twin.failure.model import FailureModel, time_split
 from twin.failure.risk import failure_risks
+from twin.failure.service import FailureRiskService
 from twin.state import Twin
 
 pytestmark = pytest.mark.slow
@@ -85,15 +86,16 @@ def test_failure_risks_ranked_with_reasons(trained):
 def test_api_failure_risk(trained, monkeypatch):
     root, paths, model, v, _ = trained
     registry.approve(v.version, root / "models")
-    monkeypatch.setenv("DCTWIN_FAILURE_MODELS", str(root / "models"))
     # serve the last run's store "now": shift its data to the present is not needed,
     # the route scores at wall-clock now, where this store has no recent data
     store = Store(paths[-1])  # the twin keeps its rollup tables in the same file
     try:
         site = synthetic_site(64, racks_per_row=1, rows_per_hall=2)
         keys, tokens = keys_per_role(root / "keys.duckdb")
+        risk = FailureRiskService(store, 3600, root / "models")  # the server's, from Settings
         client = TestClient(
-            create_app(Twin(site, store), keys=keys), headers=bearer(tokens[Role.viewer])
+            create_app(Twin(site, store), keys=keys, failure_risk=risk),
+            headers=bearer(tokens[Role.viewer]),
         )
         r = client.get("/v1/failure-risk", params={"horizon": "30m", "class": "gpu"})
         assert r.status_code == 200, r.text
@@ -123,8 +125,6 @@ def test_device_state_carries_failure_risk(trained, monkeypatch):
 
     root, paths, model, v, _ = trained
     registry.approve(v.version, root / "models")
-    monkeypatch.setenv("DCTWIN_FAILURE_MODELS", str(root / "models"))
-    monkeypatch.setenv("DCTWIN_FAILURE_HORIZON", "30m")
     store = Store(paths[-1])
     try:
         dev = (
@@ -142,10 +142,11 @@ def test_device_state_carries_failure_risk(trained, monkeypatch):
         )
         site = synthetic_site(64, racks_per_row=1, rows_per_hall=2)
         keys, tokens = keys_per_role(root / "keys-dev.duckdb")
+        lr = live_mod.FailureRiskService(store, 1800, root / "models")
         client = TestClient(
-            create_app(Twin(site, store), keys=keys), headers=bearer(tokens[Role.viewer])
+            create_app(Twin(site, store), keys=keys, failure_risk=lr),
+            headers=bearer(tokens[Role.viewer]),
         )
-        lr = live_mod.live_risk_for(store, 1800, root / "models")
         assert lr.refresh() is True  # the scoring tick
         calls = []
         real = live_mod.failure_risks
@@ -173,7 +174,13 @@ def test_device_state_carries_failure_risk(trained, monkeypatch):
         dev_rack = lr.by_device[dev]["rack"]
         assert name == "failure_risk" and dev_rack in dev and rack_risk()[dev_rack] == 1.0
         # no approved model for the state horizon: the state says nothing, not an error
-        monkeypatch.setenv("DCTWIN_FAILURE_HORIZON", "24h")
+        day = live_mod.FailureRiskService(store, 86400, root / "models")
+        client = TestClient(
+            create_app(Twin(site, store), keys=keys, failure_risk=day),
+            headers=bearer(tokens[Role.viewer]),
+        )
+        with pytest.raises(registry.RegistryError):
+            day.refresh()
         r = client.get(f"/v1/devices/{dev}")
         assert r.status_code == 200 and r.json()["failure_risk"] is None
     finally:

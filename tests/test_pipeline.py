@@ -133,3 +133,39 @@ def test_replayed_messages_are_not_stored_twice(settings, collector):
         assert dupes == 0
     finally:
         store.close()
+
+
+def test_server_starts_and_stops_every_background_job(tmp_path):
+    """One Server builds every service and is the one place their background jobs start
+    and stop: all are running after start_jobs(), none after stop(), and the store closes
+    last (no scorer thread left running against a closed store)."""
+    import threading
+
+    from dctwin.server import Server
+    from dctwin.settings import Settings
+
+    settings = Settings(
+        db_path=tmp_path / "twin.duckdb",
+        apikey_db=tmp_path / "keys.duckdb",
+        alerts_topic="",
+        failure_models=tmp_path / "models",
+        failure_horizon="30m",
+    )
+    server = Server(settings)
+    assert server.failure_risk.root == tmp_path / "models"
+    assert server.failure_risk.horizon_s == 1800
+    before = set(threading.enumerate())
+    server.start_jobs()
+    try:
+        assert [name for name, _, _ in server.jobs] == server._started
+        assert server.anomaly.running and server.failure_risk.running
+        app = server.uvicorn_server().config.app
+        services = app.state.services
+        assert services.anomaly is server.anomaly and services.alerts is server.alerts
+        assert services.failure_risk is server.failure_risk and services.live is server.live
+    finally:
+        server.stop()
+    assert server._started == []
+    assert not server.anomaly.running and not server.failure_risk.running
+    leftover = [t for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert leftover == [], leftover

@@ -193,3 +193,19 @@ def test_reads_while_the_twin_ticks_in_another_thread(tmp_path):
     t.join()
     store.close()
     assert not errors and statuses and set(statuses) == {200}
+
+
+def test_heat_map_and_rollups_agree_for_a_rack(env):
+    """The heat map (/v1/racks, from the live view) shows the twin's rack rollups, with
+    their staleness and completeness rules: the same figures as /v1/rollups."""
+    client, twin, _, _ = env
+    racks = client.get("/v1/racks").json()["items"]
+    assert racks
+    for rack in racks[:3]:
+        roll = client.get("/v1/rollups", params={"level": "rack", "id": rack["path"]}).json()
+        (row,) = roll["rollups"]
+        assert rack["gpu_max_temp_c"] == row["gpu_temp_max_c"]
+        assert rack["gpu_mean_temp_c"] == row["gpu_temp_mean_c"]
+        assert rack["gpus_reporting"] == row["gpus_reporting"]
+        assert rack["power_kw"] == row["power_kw"]
+    assert any(r["gpu_max_temp_c"] is not None for r in racks)

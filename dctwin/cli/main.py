@@ -265,7 +265,7 @@ def simulate(
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
-    def handler(signum, frame):
+    def handler(_signum, _frame):
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)

@@ -1,21 +1,33 @@
 """Providers backed by the twin core (twin.state.Twin): heat-balance residual per cooling
 loop from the twin's last tick, and energy-based site PUE over an interval. Anomaly
-scores and failure risk come from the tables their background jobs keep current."""
+scores and failure risk come from the services the server keeps current."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from twin.alerts.context import Providers
+from twin.anomaly.service import anomaly_provider
+
+if TYPE_CHECKING:
+    from twin.anomaly.service import AnomalyService
+    from twin.failure.service import FailureRiskService
+    from twin.state import Twin
 
 
-def twin_providers(twin, max_tick_age_s: float | None = None, failure_risk=None) -> Providers:
-    """`twin` is a twin.state.Twin. A tick older than `max_tick_age_s` (default three
-    tick intervals) gives no heat-balance values, so its alerts are left as they are.
-    `failure_risk` is the server's twin.failure.service.FailureRiskService (None: no risk rules)."""
-    max_age_s = max_tick_age_s or 3 * twin.twin_config.tick_interval_s
+def twin_providers(
+    twin: Twin,
+    max_tick_age_s: float | None = None,
+    failure_risk: FailureRiskService | None = None,
+    anomaly: AnomalyService | None = None,
+) -> Providers:
+    """A tick older than `max_tick_age_s` (default three tick intervals) gives no
+    heat-balance values, so its alerts are left as they are. `failure_risk` and `anomaly`
+    are the server's services (None: no risk or anomaly rules)."""
+    max_age_s = max_tick_age_s or 3 * twin.config.tick_interval_s
 
     def heat_balance_residual(now: datetime) -> Mapping[str, float]:
         last = twin.last
@@ -33,21 +45,20 @@ def twin_providers(twin, max_tick_age_s: float | None = None, failure_risk=None)
             if level == "cdu" and math.isfinite(pct) and not stale
         }
 
-    lag = timedelta(seconds=2 * twin.twin_config.telemetry_interval_s)
+    lag = timedelta(seconds=2 * twin.config.telemetry_interval_s)
 
     def pue_interval(start: datetime, end: datetime) -> float | None:
         # both intervals shifted back a little, so the newest readings are in
         return twin.pue_interval("site", start - lag, end - lag).overall.value
 
-    from twin.anomaly.service import anomaly_provider  # issue 7: calibrated anomaly scores
-
     def failure_risk_now(now: datetime) -> Mapping[str, float]:
         # the table its own thread rescores once per tick; empty without an approved model
+        assert failure_risk is not None
         return {d: float(r["risk"]) for d, r in failure_risk.by_device.items()}
 
     return Providers(
         heat_balance_residual=heat_balance_residual,
         pue_interval=pue_interval,
-        anomaly_score=anomaly_provider(twin.site, twin.store),
+        anomaly_score=anomaly_provider(anomaly) if anomaly is not None else None,
         failure_risk=failure_risk_now if failure_risk is not None else None,
     )

@@ -345,6 +345,11 @@ class AnomalyService:
         if self._background is not None:
             self._background.stop()
 
+    @property
+    def running(self) -> bool:
+        """Whether the background refresh is running (else readers refresh on demand)."""
+        return self._background is not None and self._background.running
+
     def scores(self) -> dict[str, float]:
         return dict(
             zip(self.latest["device_id"].to_list(), self.latest["score"].to_list(), strict=True)
@@ -388,45 +393,13 @@ def _empty_latest() -> pl.DataFrame:
     )
 
 
-_LIVE: dict[int, AnomalyService] = {}
-_LIVE_LOCK = threading.Lock()
+def anomaly_provider(service: AnomalyService) -> Callable[[datetime], dict[str, float]]:
+    """Provider for the alert engine (``Providers(anomaly_score=...)``): the latest scores.
 
-
-def live_for(
-    site: Site, store: Store, config: AnomalyServiceConfig | None = None
-) -> AnomalyService:
-    """The one live scorer of a store (created on first use; ``config`` applies then)."""
-    with _LIVE_LOCK:
-        live = _LIVE.get(id(store))
-        if live is None or live.store is not store:
-            live = _LIVE[id(store)] = AnomalyService(site, store, config)
-        return live
-
-
-def kept_current(site: Site, store: Store) -> AnomalyService:
-    """The store's live scorer with its background refresh running: for readers (API,
-    live view, alert rules) that must never wait for a scoring round or a refit."""
-    live = live_for(site, store)
-    live.start_background()
-    return live
-
-
-def anomaly_scores(store: Store, now: datetime | None, site: Site) -> dict[str, float]:
-    """Provider for alert rules: device id -> calibrated anomaly score in [0, 1], now.
-
-    Brings the store's live scorer up to date first (cheap when nothing is new). Devices
-    not scored yet (warm-up) are absent.
-    """
-    live = live_for(site, store)
-    live.refresh(now)
-    return live.scores()
-
-
-def anomaly_provider(site: Site, store: Store) -> Callable[[datetime], dict[str, float]]:
-    """Provider for the alert engine (``Providers(anomaly_score=...)``): the latest scores,
-    kept current by a background refresh started on first use, never blocking a rule."""
+    The server's background refresh keeps ``service`` current, so a rule never waits for a
+    scoring round or a refit. Devices not scored yet (warm-up) are absent."""
 
     def provide(now: datetime) -> dict[str, float]:
-        return kept_current(site, store).scores()
+        return service.scores()
 
     return provide

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 
+from ingest.store import Store
 from twin.failure import registry
 from twin.failure.risk import failure_risks
 from twin.periodic import Periodic
@@ -33,7 +33,11 @@ CHECK_EVERY_S = 5.0  # how often the background thread checks whether a tick is 
 
 class FailureRiskService:
     def __init__(
-        self, store, horizon_s: float, root: Path = registry.DEFAULT_ROOT, tick_s: float = TICK_S
+        self,
+        store: Store,
+        horizon_s: float,
+        root: Path = registry.DEFAULT_ROOT,
+        tick_s: float = TICK_S,
     ) -> None:
         self.store = store
         self.horizon_s = float(horizon_s)
@@ -118,31 +122,3 @@ class FailureRiskService:
             "time": self.scored_at,
             "reasons": list(row["reasons"] or []),
         }
-
-
-def serving_root() -> Path:
-    """The model registry the server scores with (DCTWIN_FAILURE_MODELS)."""
-    return Path(os.environ.get("DCTWIN_FAILURE_MODELS", str(registry.DEFAULT_ROOT)))
-
-
-def serving_horizon_s() -> float:
-    """The horizon of device state, rack scores and alert rules (DCTWIN_FAILURE_HORIZON)."""
-    from twin.failure.model import parse_horizon_s
-
-    return parse_horizon_s(os.environ.get("DCTWIN_FAILURE_HORIZON", "1h"))
-
-
-_live: dict[tuple[int, float, str], FailureRiskService] = {}
-_live_lock = threading.Lock()
-
-
-def live_risk_for(
-    store, horizon_s: float, root: Path = registry.DEFAULT_ROOT
-) -> FailureRiskService:
-    """One FailureRiskService per (store, horizon, registry), shared by every route of the app."""
-    key = (id(store), float(horizon_s), str(Path(root).resolve()))
-    with _live_lock:
-        lr = _live.get(key)
-        if lr is None or lr.store is not store:
-            lr = _live[key] = FailureRiskService(store, horizon_s, root)
-        return lr

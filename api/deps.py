@@ -1,0 +1,132 @@
+"""The services the API's routes read, and the FastAPI dependencies that hand them out.
+
+`create_app` stores one `Services` on `app.state.services`; an endpoint asks for what it
+needs with `Depends(twin_of)`, `Depends(anomaly_of)`, ... and never reaches into
+`app.state` itself. A feature whose service is absent answers 503 (problem details).
+
+Who builds the services: `dctwin.server.Server` (one per process, with their background
+jobs), or `create_app` for what it is not given (no background threads: readers then
+refresh on demand).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+
+from api.keys import KeyStore
+from api.live_view import LiveView
+from api.metrics import MetricsRegistry
+from twin.alerts.service import AlertService
+from twin.anomaly.service import AnomalyService
+from twin.events import EventBus
+from twin.failure.service import FailureRiskService
+from twin.optimizer.recommendations import RecommendationStore
+from twin.state import Twin
+
+
+@dataclass
+class Services:
+    """Everything a route may read; one per app."""
+
+    twin: Twin
+    keys: KeyStore
+    bus: EventBus
+    metrics: MetricsRegistry
+    live: LiveView | None = None  # None: routes compute a snapshot per request
+    anomaly: AnomalyService | None = None
+    failure_risk: FailureRiskService | None = None  # at the serving horizon
+    alerts: AlertService | None = None
+    health: Callable[[], dict[str, Any]] | None = None
+    _risk_by_horizon: dict[float, FailureRiskService] = field(default_factory=dict)
+    _risk_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def risk_for(self, horizon_s: float) -> FailureRiskService | None:
+        """The failure-risk service of a horizon: the serving one, or one made on first use
+        for another horizon (same model registry, refreshed by the route on demand)."""
+        base = self.failure_risk
+        if base is None:
+            return None
+        if float(horizon_s) == base.horizon_s:
+            return base
+        with self._risk_lock:
+            svc = self._risk_by_horizon.get(float(horizon_s))
+            if svc is None:
+                svc = self._risk_by_horizon[float(horizon_s)] = FailureRiskService(
+                    base.store, horizon_s, base.root, base.tick_s
+                )
+            return svc
+
+    def recommendations(self) -> RecommendationStore:
+        """The optimizer's recommendation store over the twin's database (a cursor per call:
+        DuckDB cursors are not shared between threads)."""
+        return RecommendationStore(self.twin.store.cursor())
+
+
+def services_of(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _absent(feature: str) -> HTTPException:
+    return HTTPException(503, f"the {feature} is not running in this process")
+
+
+def twin_of(request: Request) -> Twin:
+    return services_of(request).twin
+
+
+def keys_of(request: Request) -> KeyStore:
+    return services_of(request).keys
+
+
+def bus_of(request: Request) -> EventBus:
+    return services_of(request).bus
+
+
+def live_of(request: Request) -> LiveView | None:
+    """The live view, or None (a route then reads the store per request)."""
+    return services_of(request).live
+
+
+def anomaly_of(request: Request) -> AnomalyService:
+    svc = services_of(request).anomaly
+    if svc is None:
+        raise _absent("anomaly scorer")
+    return svc
+
+
+def optional_anomaly_of(request: Request) -> AnomalyService | None:
+    return services_of(request).anomaly
+
+
+def optional_failure_risk_of(request: Request) -> FailureRiskService | None:
+    return services_of(request).failure_risk
+
+
+def alerts_of(request: Request) -> AlertService:
+    svc = services_of(request).alerts
+    if svc is None:
+        raise _absent("alert engine")
+    return svc
+
+
+def recommendations_of(request: Request) -> RecommendationStore:
+    return services_of(request).recommendations()
+
+
+# `name: TwinDep` in an endpoint's signature is `name: Twin = Depends(twin_of)`
+TwinDep = Annotated[Twin, Depends(twin_of)]
+KeysDep = Annotated[KeyStore, Depends(keys_of)]
+BusDep = Annotated[EventBus, Depends(bus_of)]
+LiveDep = Annotated[LiveView | None, Depends(live_of)]
+AnomalyDep = Annotated[AnomalyService, Depends(anomaly_of)]
+OptionalAnomalyDep = Annotated[AnomalyService | None, Depends(optional_anomaly_of)]
+OptionalFailureRiskDep = Annotated[FailureRiskService | None, Depends(optional_failure_risk_of)]
+AlertsDep = Annotated[AlertService, Depends(alerts_of)]
+RecommendationsDep = Annotated[RecommendationStore, Depends(recommendations_of)]
+ServicesDep = Annotated[Services, Depends(services_of)]
