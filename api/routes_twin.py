@@ -456,10 +456,10 @@ def status(twin: TwinDep) -> dict:
         "tick_ms": tick.timings_ms,
         "rows_read": tick.refresh.rows,
         "rows_tracked": tick.refresh.tracked,
-        "rows_untracked": twin.live.untracked_rows,
-        "remaps": twin.live.rebuilds,
+        "rows_untracked": twin.latest_readings.untracked_rows,
+        "remaps": twin.latest_readings.rebuilds,
         "stale_after_s": twin.stale_after_s,
-        "stale_slots": int(twin.live.stale(tick.time_ms, twin.stale_after_s).sum()),
+        "stale_slots": int(twin.latest_readings.stale(tick.time_ms, twin.stale_after_s).sum()),
         "heat_balance_over_threshold": [
             i for i, o in zip(hb.ids, hb.over_threshold, strict=True) if o
         ],
@@ -481,7 +481,7 @@ def _state(twin: Twin, node_id: str) -> dict:
     """Live readings (with age and staleness) of a device, or a scope's latest rollup."""
     tick = twin.current()
     now = tick.time_ms
-    readings = twin.live.device(node_id)
+    readings = twin.latest_readings.device(node_id)
     if readings:
         return {
             "readings": [

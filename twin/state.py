@@ -75,8 +75,8 @@ class Twin:
     ) -> None:
         self.site = site
         self.store = store
-        self.twin_config = config or TwinConfig()
-        self.stale_after_s = self.twin_config.stale_after_s
+        self.config = config or TwinConfig()
+        self.stale_after_s = self.config.stale_after_s
         self.known_devices = {d.id: d for d in site.devices()}
         self.layout = SiteIndex(site)
         self.scope_index = ScopeIndex(self.layout)
@@ -90,10 +90,10 @@ class Twin:
         self._cursor = store.cursor()
         self.latest_readings = LatestReadings(self.layout, self._cursor)
         self.rollup_store = RollupStore(
-            store.cursor(), self.scope_index, self.twin_config.tick_retention_h, reader=store.cursor
+            store.cursor(), self.scope_index, self.config.tick_retention_h, reader=store.cursor
         )
-        self.rollups = RollupEngine(self.layout, self.scope_index, self.twin_config.gap_s)
-        self.heat = HeatBalanceEngine(self.layout, self.twin_config)
+        self.rollups = RollupEngine(self.layout, self.scope_index, self.config.gap_s)
+        self.heat = HeatBalanceEngine(self.layout, self.config)
         self._topology: Topology | None = None
         self.last: TickResult | None = None
 
@@ -147,7 +147,7 @@ class Twin:
 
     def current(self, max_age_s: float | None = None) -> TickResult:
         """The last tick if it is fresher than `max_age_s` (default: the tick interval)."""
-        limit = self.twin_config.tick_interval_s if max_age_s is None else max_age_s
+        limit = self.config.tick_interval_s if max_age_s is None else max_age_s
         last = self.last
         if last is not None and now_ms() - last.time_ms <= limit * 1000:
             return last
@@ -192,7 +192,7 @@ class Twin:
         now: datetime | None = None,
     ) -> IntervalPue:
         """Energy-based (p)PUE over [start, end) (naive UTC), per step if given."""
-        cfg = self.twin_config
+        cfg = self.config
         cur = self.store.cursor()
         rollover = {self.site.meter_id(m): m.energy_rollover_kwh for m in self.site.meters}
 
