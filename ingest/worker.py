@@ -35,9 +35,9 @@ def write_stats(path: Path, ingestor: Ingestor, extra: dict) -> None:
     os.replace(tmp, path)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(default_bootstrap: str = "127.0.0.1:9092") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ingest.worker", description=__doc__.splitlines()[0])
-    p.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    p.add_argument("--bootstrap", default=default_bootstrap, help=f"default {default_bootstrap}")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--db", type=Path, help="one DuckDB file (single worker)")
     where.add_argument("--shard-dir", type=Path, help="one DuckDB file per partition number")
@@ -64,8 +64,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: list[str] | None = None, default_bootstrap: str = "127.0.0.1:9092") -> int:
+    """Run the worker; `dctwin ingest` passes the configured cluster (Settings) as the
+    `--bootstrap` default, so the worker itself reads no environment."""
+    args = parser(default_bootstrap).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -7,7 +7,8 @@ import importlib
 import pytest
 
 from collectors.daemon_config import load_collector_config
-from collectors.sources import source_types
+import collectors.sources
+from collectors.sources import build_source, source_types
 from tests.conftest import REPO
 
 CONFIGS = sorted((REPO / "deploy").glob("collector-*.toml"))
@@ -40,5 +41,52 @@ def test_every_plugin_folder_is_a_complete_source():
         assert callable(mod.SOURCE_CLASS)
         folder = REPO / "collectors" / "sources" / kind
         assert (folder / "README.md").is_file(), kind
+        # a regular package: the import-linter contracts do not see namespace packages
+        assert (folder / "__init__.py").is_file(), kind
         sample = load_collector_config(folder / "sample.toml")
         assert [raw["type"] for raw in sample.sources] == [kind]
+
+
+PLUGIN = """
+from typing import Literal
+
+from pydantic import BaseModel
+
+from collectors.base import Readings
+
+
+class EchoConfig(BaseModel):
+    type: Literal["echo"] = "echo"
+    name: str = "echo"
+
+
+class EchoSource:
+    def __init__(self, config: EchoConfig) -> None:
+        self.name = config.name
+
+    def read(self) -> Readings:
+        return Readings()
+
+    def close(self) -> None:
+        pass
+
+
+CONFIG_MODEL = EchoConfig
+SOURCE_CLASS = EchoSource
+"""
+
+
+def test_a_new_source_is_one_folder_and_nothing_else(tmp_path, monkeypatch):
+    """Adding a device type needs no registry edit: a folder with `source.py` is found by
+    its name and built from a config that names it."""
+    (tmp_path / "echo").mkdir()
+    (tmp_path / "echo" / "__init__.py").write_text("")
+    (tmp_path / "echo" / "source.py").write_text(PLUGIN)
+    monkeypatch.setattr(
+        collectors.sources, "__path__", [*collectors.sources.__path__, str(tmp_path)]
+    )
+    assert "echo" in source_types()
+    source = build_source({"type": "echo", "name": "probe"}, 0)
+    assert source.name == "probe" and len(source.read()) == 0
+    with pytest.raises(ValueError, match=r"sources\[3\]\.type: unknown source type 'ecco'"):
+        build_source({"type": "ecco"}, 3)

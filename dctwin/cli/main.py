@@ -142,9 +142,10 @@ def ingest(ctx: typer.Context) -> None:
 
     Options are the worker's: `dctwin ingest --help`; see docs/ingest.md.
     """
+    from dctwin.settings import Settings
     from ingest.worker import main as worker_main
 
-    sys.exit(worker_main(ctx.args))
+    sys.exit(worker_main(ctx.args, default_bootstrap=Settings().kafka_bootstrap))
 
 
 @app.command()
