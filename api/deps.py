@@ -25,7 +25,7 @@ from twin.alerts.service import AlertService
 from twin.anomaly.service import AnomalyService
 from twin.events import EventBus
 from twin.failure.service import FailureRiskService
-from twin.optimizer.recommendations import RecommendationStore
+from twin.optimizer.recommendations import RecommendationStore, store_opener
 from twin.state import Twin
 
 
@@ -44,6 +44,8 @@ class Services:
     health: Callable[[], dict[str, Any]] | None = None
     _risk_by_horizon: dict[float, FailureRiskService] = field(default_factory=dict)
     _risk_lock: threading.Lock = field(default_factory=threading.Lock)
+    # opens the optimizer's recommendation store over the twin's database
+    recommendations: Callable[[], RecommendationStore] = field(init=False)
 
     def risk_for(self, horizon_s: float) -> FailureRiskService | None:
         """The failure-risk service of a horizon: the serving one, or one made on first use
@@ -61,10 +63,8 @@ class Services:
                 )
             return svc
 
-    def recommendations(self) -> RecommendationStore:
-        """The optimizer's recommendation store over the twin's database (a cursor per call:
-        DuckDB cursors are not shared between threads)."""
-        return RecommendationStore(self.twin.store.cursor())
+    def __post_init__(self) -> None:
+        self.recommendations = store_opener(self.twin.store.cursor)
 
 
 def services_of(request: Request) -> Services:

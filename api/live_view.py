@@ -128,11 +128,6 @@ class LiveView:
         site = twin.site
         self._racks = site.racks()
         self._meter_ids = {m.role: site.meter_id(m) for m in site.meters}
-        scopes = twin.scope_index
-        rack_slice = scopes.slices["rack"]
-        self._rack_rows = {
-            sid: rack_slice.start + k for k, sid in enumerate(scopes.ids[rack_slice])
-        }
 
     # -- computing -------------------------------------------------------------------
 
@@ -168,7 +163,7 @@ class LiveView:
         # per-rack GPU temperatures and PSU power are the twin's rollups (its staleness and
         # completeness rules), so the heat map and `/v1/rollups` agree
         roll = tick.rollups
-        rack_row = self._rack_rows
+        rack_row = self.twin.scope_index.index  # scope id -> row of the rollup arrays
         scores = {}
         for name, fn in self.scorers:
             try:

@@ -34,7 +34,7 @@ from twin.alerts.service import load_config as load_alert_config
 from twin.anomaly.service import AnomalyService
 from twin.events import EventBus
 from twin.failure.service import FailureRiskService
-from twin.optimizer.recommendations import RecommendationStore
+from twin.optimizer.recommendations import store_opener
 from twin.periodic import Periodic
 from twin.state import Twin
 from twin.twin_config import TwinConfig
@@ -84,7 +84,7 @@ class Server:
             scorers=[anomaly_rack_scorer(self.anomaly), failure_rack_scorer(self.failure_risk)],
             feeds=[
                 anomalies_feed(self.anomaly),
-                recommendations_feed(lambda: RecommendationStore(self.store.cursor())),
+                recommendations_feed(store_opener(self.store.cursor)),
             ],
         )
         self.alerts.on_tick = alert_events(self.bus)

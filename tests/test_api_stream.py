@@ -214,15 +214,13 @@ def test_recommendations_stream_as_they_are_proposed_and_decided(tmp_path, site)
     import json
 
     from api.feeds import recommendations_feed
-    from twin.optimizer.recommendations import RecommendationStore
+    from twin.optimizer.recommendations import RecommendationStore, store_opener
     from twin.optimizer.search import Decision
 
     with _live_stream(
         tmp_path,
         site,
-        feeds_of=lambda twin: [
-            recommendations_feed(lambda: RecommendationStore(twin.store.cursor()))
-        ],
+        feeds_of=lambda twin: [recommendations_feed(store_opener(twin.store.cursor))],
     ) as (
         url,
         reader,

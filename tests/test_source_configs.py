@@ -6,8 +6,8 @@ import importlib
 
 import pytest
 
-from collectors.daemon_config import load_collector_config
 import collectors.sources
+from collectors.daemon_config import load_collector_config
 from collectors.sources import build_source, source_types
 from tests.conftest import REPO
 

@@ -8,6 +8,7 @@ cannot both decide the same recommendation.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,9 +73,10 @@ def _naive(t: datetime | None) -> datetime:
 
 
 class RecommendationStore:
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, *, create_schema: bool = True) -> None:
         self.con = con
-        con.execute(SCHEMA)
+        if create_schema:
+            con.execute(SCHEMA)
 
     def propose(self, d: Decision, site_id: str, for_time: datetime | None = None) -> int:
         if d.recommended is None:
@@ -236,3 +238,20 @@ class RecommendationStore:
             "mean_abs_error_kw": mae,
             "by_predicted_size": by_size,
         }
+
+
+def store_opener(
+    cursor: Callable[[], duckdb.DuckDBPyConnection],
+) -> Callable[[], RecommendationStore]:
+    """Opens the store on a fresh cursor per call (DuckDB cursors are not shared between
+    threads), creating its tables on the first successful call only: readers that open it
+    every live tick or request do not re-run the DDL."""
+    created = False
+
+    def open_store() -> RecommendationStore:
+        nonlocal created
+        store = RecommendationStore(cursor(), create_schema=not created)
+        created = True
+        return store
+
+    return open_store
