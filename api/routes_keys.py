@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.config import JsonDict
 
 from api.auth import Principal, authenticate, require_role
 from api.deps import KeysDep
@@ -15,23 +16,18 @@ from api.problems import ProblemError, problem_responses
 from api.shape import Cursor, Limit, Page, paginate
 
 T0 = "2025-06-01T12:00:00Z"
+KEY_EXAMPLE: JsonDict = {
+    "key_id": "3f9a1c0b7d2e",
+    "name": "grafana",
+    "role": "viewer",
+    "created_at": T0,
+    "revoked_at": None,
+    "active": True,
+}
 
 
 class KeyOut(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "key_id": "3f9a1c0b7d2e",
-                    "name": "grafana",
-                    "role": "viewer",
-                    "created_at": T0,
-                    "revoked_at": None,
-                    "active": True,
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [KEY_EXAMPLE]})
 
     key_id: str = Field(description="public id; the token is dct_<key_id>_<secret>")
     name: str
@@ -75,17 +71,7 @@ class KeyCreate(BaseModel):
 class KeyCreated(KeyOut):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [
-                {
-                    "key_id": "3f9a1c0b7d2e",
-                    "name": "grafana",
-                    "role": "viewer",
-                    "created_at": T0,
-                    "revoked_at": None,
-                    "active": True,
-                    "token": "dct_3f9a1c0b7d2e_x8Qd0...secret...Zq",
-                }
-            ]
+            "examples": [{**KEY_EXAMPLE, "token": "dct_3f9a1c0b7d2e_x8Qd0...secret...Zq"}]
         }
     )
 
