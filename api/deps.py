@@ -72,50 +72,59 @@ def services_of(request: Request) -> Services:
     return services
 
 
+# The getters below are `async def` on purpose: FastAPI runs a plain `def` dependency in
+# its thread pool, a hop per dependency per request (measured: /v1/devices p99 3 ms ->
+# 7-10 ms at 500 req/s with four of them); they only read app.state and never block.
+
+
+async def all_services(request: Request) -> Services:
+    return services_of(request)
+
+
 def _absent(feature: str) -> HTTPException:
     return HTTPException(503, f"the {feature} is not running in this process")
 
 
-def twin_of(request: Request) -> Twin:
+async def twin_of(request: Request) -> Twin:
     return services_of(request).twin
 
 
-def keys_of(request: Request) -> KeyStore:
+async def keys_of(request: Request) -> KeyStore:
     return services_of(request).keys
 
 
-def bus_of(request: Request) -> EventBus:
+async def bus_of(request: Request) -> EventBus:
     return services_of(request).bus
 
 
-def live_of(request: Request) -> LiveView | None:
+async def live_of(request: Request) -> LiveView | None:
     """The live view, or None (a route then reads the store per request)."""
     return services_of(request).live
 
 
-def anomaly_of(request: Request) -> AnomalyService:
+async def anomaly_of(request: Request) -> AnomalyService:
     svc = services_of(request).anomaly
     if svc is None:
         raise _absent("anomaly scorer")
     return svc
 
 
-def optional_anomaly_of(request: Request) -> AnomalyService | None:
+async def optional_anomaly_of(request: Request) -> AnomalyService | None:
     return services_of(request).anomaly
 
 
-def optional_failure_risk_of(request: Request) -> FailureRiskService | None:
+async def optional_failure_risk_of(request: Request) -> FailureRiskService | None:
     return services_of(request).failure_risk
 
 
-def alerts_of(request: Request) -> AlertService:
+async def alerts_of(request: Request) -> AlertService:
     svc = services_of(request).alerts
     if svc is None:
         raise _absent("alert engine")
     return svc
 
 
-def recommendations_of(request: Request) -> RecommendationStore:
+async def recommendations_of(request: Request) -> RecommendationStore:
     return services_of(request).recommendations()
 
 
@@ -129,4 +138,4 @@ OptionalAnomalyDep = Annotated[AnomalyService | None, Depends(optional_anomaly_o
 OptionalFailureRiskDep = Annotated[FailureRiskService | None, Depends(optional_failure_risk_of)]
 AlertsDep = Annotated[AlertService, Depends(alerts_of)]
 RecommendationsDep = Annotated[RecommendationStore, Depends(recommendations_of)]
-ServicesDep = Annotated[Services, Depends(services_of)]
+ServicesDep = Annotated[Services, Depends(all_services)]
