@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint fmt clean
+.PHONY: demo test bench soak lint fmt clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/dctwin bench
+
+# 30 minutes of the demo's processes under chaos, then an audit (bench/soak.py)
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --minutes 30
 
 # style, the layer contracts (pyproject.toml [tool.importlinter]) and the type checker
 lint: $(STAMP)

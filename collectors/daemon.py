@@ -274,13 +274,15 @@ class CollectorDaemon:
         s = self.stats
         log.info(
             "stopped: read %d batches (%d samples); sent %d, spooled %d, replayed %d, "
-            "dropped %d; spool holds %d batches (%d samples)",
+            "dropped %d; samples_acked=%d (sent + replayed); spool holds %d batches "
+            "(%d samples)",
             s.batches_read,
             s.samples_read,
             s.batches_sent,
             s.batches_spooled,
             s.batches_replayed,
             s.batches_dropped,
+            s.samples_sent + s.samples_replayed,
             self.spool.records,
             self.spool.samples,
         )

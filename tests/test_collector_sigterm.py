@@ -28,7 +28,8 @@ BATCH_LINE = re.compile(
 )
 STOPPED_LINE = re.compile(
     r"stopped: read (\d+) batches \((\d+) samples\); sent (\d+), "
-    r"spooled (\d+), replayed (\d+), dropped (\d+); spool holds (\d+) "
+    r"spooled (\d+), replayed (\d+), dropped (\d+); samples_acked=\d+ \(sent \+ replayed\); "
+    r"spool holds (\d+) "
     r"batches \((\d+) samples\)"
 )
 
