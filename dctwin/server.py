@@ -19,6 +19,7 @@ import uvicorn
 
 from api.app import create_app
 from api.feeds import anomalies_feed, recommendations_feed
+from api.http_server import uvicorn_config
 from api.keys import KeyStore
 from api.live_view import LiveView
 from api.metrics import alert_events, kafka_lag_of
@@ -170,14 +171,9 @@ class Server:
             kafka_lag=lambda: kafka_lag_of(self.ingestor.consumer)() if self.ingestor else None,
         )
         gc.freeze()  # long-lived startup objects (site, app) leave the GC's scans: fewer pauses
-        config = uvicorn.Config(
-            app,
-            host=self.settings.api_host,
-            port=self.settings.api_port,
-            log_level="warning",
-            lifespan="off",
-        )
-        return uvicorn.Server(config)
+        # uvicorn as configured by api/http_server.py: unparseable requests (a URL over
+        # 64 kB, ...) are answered with problem documents too
+        return uvicorn.Server(uvicorn_config(app, self.settings.api_host, self.settings.api_port))
 
     def stop(self) -> None:
         self.stop_jobs()
