@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from api import (
@@ -34,7 +35,7 @@ from api import (
 )
 from api.auth import SCHEME_NAME, AuthGate, api_routes, require_role
 from api.deps import Services
-from api.keys import KeyStore, Role
+from api.keys import KeyStore, KeyStoreError, Role
 from api.live_view import LiveView
 from api.metrics import (
     CONTENT_TYPE_LATEST,
@@ -43,7 +44,7 @@ from api.metrics import (
     platform_provider,
     twin_provider,
 )
-from api.problems import FieldError, Problem, problem_content, problem_example
+from api.problems import FieldError, Problem, problem_content, problem_example, problem_response
 from ingest.stats import IngestStats
 from twin.alerts.service import AlertService
 from twin.anomaly.service import AnomalyService
@@ -114,6 +115,18 @@ def create_app(
         "UTC. See docs/api.md.",
     )
     problems.install(app)
+
+    @app.exception_handler(KeyStoreError)
+    async def _key_store(request: Request, exc: KeyStoreError) -> JSONResponse:
+        # the key file stayed locked by another process (`dctwin apikey ...`, a backup)
+        return problem_response(
+            503,
+            f"{exc}; retry shortly",
+            request.url.path,
+            "/problems/key-store-unavailable",
+            headers={"Retry-After": "1"},
+        )
+
     bus = bus if bus is not None else EventBus()
 
     viewer = [Depends(require_role(Role.viewer))]
