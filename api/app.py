@@ -19,7 +19,6 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
 
 from api import (
     dashboard,
@@ -28,6 +27,7 @@ from api import (
     routes_anomaly,
     routes_core,
     routes_failure,
+    routes_health,
     routes_keys,
     routes_optimizer,
     routes_twin,
@@ -50,6 +50,7 @@ from twin.alerts.service import AlertService
 from twin.anomaly.service import AnomalyService
 from twin.events import EventBus
 from twin.failure.service import FailureRiskService
+from twin.health import HealthRegistry
 from twin.state import Twin
 
 DEFAULT_HORIZON_S = 3600.0  # failure-risk horizon of an app built without a server
@@ -67,29 +68,11 @@ ROUTERS: tuple[APIRouter, ...] = (
 )
 
 
-class HealthOut(BaseModel):
-    model_config = ConfigDict(
-        extra="allow",
-        json_schema_extra={
-            "examples": [
-                {
-                    "status": "ok",
-                    "ingest_running": True,
-                    "samples_stored": 1203456,
-                    "dead_letters": 0,
-                    "uptime_s": 3600.2,
-                }
-            ]
-        },
-    )
-
-    status: str
-
-
 def create_app(
     twin: Twin,
     health: Callable[[], dict] | None = None,
     *,
+    health_registry: HealthRegistry | None = None,
     keys: KeyStore,
     bus: EventBus | None = None,
     live: LiveView | None = None,
@@ -131,15 +114,8 @@ def create_app(
 
     viewer = [Depends(require_role(Role.viewer))]
 
-    @app.get(
-        "/healthz",
-        response_model=HealthOut,
-        tags=["ops"],
-        summary="Liveness",
-        dependencies=[] if open_healthz else viewer,
-    )
-    def healthz() -> HealthOut:
-        return HealthOut(status="ok", **(health() if health else {}))
+    # liveness and readiness: open unless configured otherwise (DCTWIN_API_OPEN_HEALTHZ)
+    app.include_router(routes_health.router, dependencies=[] if open_healthz else viewer)
 
     if metrics is None:
         metrics = MetricsRegistry()
@@ -161,6 +137,7 @@ def create_app(
         else FailureRiskService(twin.store, DEFAULT_HORIZON_S),
         alerts=alerts,
         health=health,
+        health_registry=health_registry,
     )
     app.state.services = services
     app.add_middleware(AuthGate, keys_of=lambda: services.keys)

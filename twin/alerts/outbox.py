@@ -17,6 +17,7 @@ import contextvars
 import logging
 import random
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -241,6 +242,8 @@ class Deliverer:
         self.wake = threading.Event()
         self.stop_event = threading.Event()
         self.delivered = 0
+        self.last_pass_at: float | None = None  # heartbeat for /healthz (wall clock)
+        self.last_error: str | None = None
 
     def deliver_due(self, now: datetime | None = None) -> int:
         now = now or utcnow()
@@ -359,7 +362,9 @@ class Deliverer:
                     self.outbox.prune(utcnow())
                     last_prune = utcnow()
                 nxt = self.outbox.next_due_at()
-            except Exception:  # never let the worker die: log and retry shortly
+                self.last_pass_at, self.last_error = time.time(), None
+            except Exception as exc:  # never let the worker die: log and retry shortly
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("outbox delivery pass failed")
                 nxt = None
             wait = 1.0 if nxt is None else min(1.0, max(0.0, (nxt - utcnow()).total_seconds()))
