@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, ConfigDict
+from fastapi.responses import JSONResponse
 
 from api import (
     dashboard,
@@ -27,6 +27,7 @@ from api import (
     routes_anomaly,
     routes_core,
     routes_failure,
+    routes_health,
     routes_keys,
     routes_optimizer,
     routes_twin,
@@ -34,7 +35,7 @@ from api import (
 )
 from api.auth import SCHEME_NAME, AuthGate, api_routes, require_role
 from api.deps import Services
-from api.keys import KeyStore, Role
+from api.keys import KeyStore, KeyStoreError, Role
 from api.live_view import LiveView
 from api.metrics import (
     CONTENT_TYPE_LATEST,
@@ -43,12 +44,13 @@ from api.metrics import (
     platform_provider,
     twin_provider,
 )
-from api.problems import FieldError, Problem, problem_content, problem_example
+from api.problems import FieldError, Problem, problem_content, problem_example, problem_response
 from ingest.stats import IngestStats
 from twin.alerts.service import AlertService
 from twin.anomaly.service import AnomalyService
 from twin.events import EventBus
 from twin.failure.service import FailureRiskService
+from twin.health import HealthRegistry
 from twin.state import Twin
 
 DEFAULT_HORIZON_S = 3600.0  # failure-risk horizon of an app built without a server
@@ -66,29 +68,11 @@ ROUTERS: tuple[APIRouter, ...] = (
 )
 
 
-class HealthOut(BaseModel):
-    model_config = ConfigDict(
-        extra="allow",
-        json_schema_extra={
-            "examples": [
-                {
-                    "status": "ok",
-                    "ingest_running": True,
-                    "samples_stored": 1203456,
-                    "dead_letters": 0,
-                    "uptime_s": 3600.2,
-                }
-            ]
-        },
-    )
-
-    status: str
-
-
 def create_app(
     twin: Twin,
     health: Callable[[], dict] | None = None,
     *,
+    health_registry: HealthRegistry | None = None,
     keys: KeyStore,
     bus: EventBus | None = None,
     live: LiveView | None = None,
@@ -114,19 +98,24 @@ def create_app(
         "UTC. See docs/api.md.",
     )
     problems.install(app)
+
+    @app.exception_handler(KeyStoreError)
+    async def _key_store(request: Request, exc: KeyStoreError) -> JSONResponse:
+        # the key file stayed locked by another process (`dctwin apikey ...`, a backup)
+        return problem_response(
+            503,
+            f"{exc}; retry shortly",
+            request.url.path,
+            "/problems/key-store-unavailable",
+            headers={"Retry-After": "1"},
+        )
+
     bus = bus if bus is not None else EventBus()
 
     viewer = [Depends(require_role(Role.viewer))]
 
-    @app.get(
-        "/healthz",
-        response_model=HealthOut,
-        tags=["ops"],
-        summary="Liveness",
-        dependencies=[] if open_healthz else viewer,
-    )
-    def healthz() -> HealthOut:
-        return HealthOut(status="ok", **(health() if health else {}))
+    # liveness and readiness: open unless configured otherwise (DCTWIN_API_OPEN_HEALTHZ)
+    app.include_router(routes_health.router, dependencies=[] if open_healthz else viewer)
 
     if metrics is None:
         metrics = MetricsRegistry()
@@ -148,6 +137,7 @@ def create_app(
         else FailureRiskService(twin.store, DEFAULT_HORIZON_S),
         alerts=alerts,
         health=health,
+        health_registry=health_registry,
     )
     app.state.services = services
     app.add_middleware(AuthGate, keys_of=lambda: services.keys)

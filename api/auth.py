@@ -19,7 +19,7 @@ from fastapi import Depends, Request, Security, routing
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import services_of
-from api.keys import ApiKey, KeyStore, Role
+from api.keys import ApiKey, KeyStore, KeyStoreError, KeyStoreUnavailableError, Role
 from api.problems import ProblemError, problem_response
 
 SCHEME_NAME = "bearerAuth"
@@ -51,20 +51,30 @@ def _unauthorized(detail: str, error: str | None) -> ProblemError:
 async def authenticate(
     request: Request, creds: HTTPAuthorizationCredentials | None = Security(bearer)
 ) -> Principal:
-    """The caller's key; 401 unless a valid, unrevoked bearer token was sent.
+    """The caller's key; 401 unless a valid, unrevoked bearer token was sent; 503 if no key
+    set could ever be read (the key file locked since start-up).
 
-    Async on purpose: it never blocks (stat calls and a dict lookup; the rare reload after
-    a key change reads a small table), and running it in the thread pool would cost more
-    than the check itself."""
+    Async on purpose: usually two stat calls and a dict lookup, cheaper than a thread-pool
+    hop; the rare re-read after a key change runs in a thread (`KeyStore.averify`), so a
+    locked key file never blocks the event loop."""
     if creds is None:
         raise _unauthorized("missing API key: send `Authorization: Bearer <key>`", None)
     keys: KeyStore = services_of(request).keys
-    key: ApiKey | None = keys.verify(creds.credentials)
+    try:
+        key: ApiKey | None = await keys.averify(creds.credentials)
+    except KeyStoreUnavailableError as exc:
+        raise _key_store_unavailable(exc) from exc
     if key is None:
         raise _unauthorized("invalid API key: unknown, malformed or revoked", "invalid_token")
     principal = Principal(key.key_id, key.name, key.role)
     request.state.principal = principal
     return principal
+
+
+def _key_store_unavailable(exc: KeyStoreError) -> ProblemError:
+    return ProblemError(
+        503, f"{exc}; retry shortly", "key-store-unavailable", headers={"Retry-After": "1"}
+    )
 
 
 @cache
@@ -153,7 +163,14 @@ class AuthGate:
                     if scheme.lower() == "bearer" and cred.strip():
                         token = cred.strip()
                     break
-            if token is None or self.keys_of().verify(token) is None:
+            try:
+                key = None if token is None else await self.keys_of().averify(token)
+            except KeyStoreUnavailableError as unavailable:
+                exc = _key_store_unavailable(unavailable)
+                response = problem_response(503, exc.detail, path, exc.type, exc.title, exc.headers)
+                await response(scope, receive, send)
+                return
+            if key is None:
                 exc = _unauthorized(
                     "missing API key: send `Authorization: Bearer <key>`"
                     if token is None

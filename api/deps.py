@@ -25,6 +25,7 @@ from twin.alerts.service import AlertService
 from twin.anomaly.service import AnomalyService
 from twin.events import EventBus
 from twin.failure.service import FailureRiskService
+from twin.health import HealthRegistry
 from twin.optimizer.recommendations import RecommendationStore, store_opener
 from twin.state import Twin
 
@@ -41,7 +42,9 @@ class Services:
     anomaly: AnomalyService | None = None
     failure_risk: FailureRiskService | None = None  # at the serving horizon
     alerts: AlertService | None = None
-    health: Callable[[], dict[str, Any]] | None = None
+    health: Callable[[], dict[str, Any]] | None = None  # extra /healthz fields (counters)
+    # the process's component heartbeats (/healthz, /readyz); None: no background jobs
+    health_registry: HealthRegistry | None = None
     _risk_by_horizon: dict[float, FailureRiskService] = field(default_factory=dict)
     _risk_lock: threading.Lock = field(default_factory=threading.Lock)
     # opens the optimizer's recommendation store over the twin's database

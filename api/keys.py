@@ -16,12 +16,20 @@ runs, so neither side holds this file open: each operation opens, works, closes.
 Revocation takes effect on the next request: the server caches the key table in memory
 and re-reads it whenever the file's (mtime, size) change, checked on every request (two
 `stat` calls, a few microseconds); revoking through the API also clears the cache.
+
+A locked file never stalls the API: the API re-reads the table off the event loop
+(`averify`: `asyncio.to_thread`), waits for the lock at most `reload_wait_s`, and while
+the file stays locked keeps answering from the last key set it read (retrying every
+`reload_wait_s`). Only with no key set read yet does a request fail, with
+`KeyStoreUnavailableError` (the API's 503).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -33,6 +41,8 @@ from enum import StrEnum
 from pathlib import Path
 
 import duckdb
+
+log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "dct"
 KEY_ID_RE = re.compile(r"^[0-9a-z]{12}$")
@@ -74,6 +84,11 @@ class KeyStoreError(RuntimeError):
     pass
 
 
+class KeyStoreUnavailableError(KeyStoreError):
+    """The key file cannot be read (locked by another process) and no key set was read
+    before; the API answers 503."""
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKey:
     key_id: str
@@ -106,22 +121,29 @@ def _utc(t: datetime | None) -> datetime | None:
 
 
 class KeyStore:
-    def __init__(self, path: str | Path, lock_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, path: str | Path, lock_timeout_s: float = 10.0, reload_wait_s: float = 0.5
+    ) -> None:
         self.path = Path(path)
         self._watched = (str(self.path), f"{self.path}.wal")  # stat()ed on every request
-        self.lock_timeout_s = lock_timeout_s
+        self.lock_timeout_s = lock_timeout_s  # writes and explicit reads (CLI, admin API)
+        self.reload_wait_s = reload_wait_s  # a request's reload: then serve the last key set
         self._lock = threading.RLock()  # one DuckDB handle at a time in this process
         self._cache: dict[str, ApiKey] = {}
         self._sig: tuple | None = None
+        self._loaded = False  # a key set was read at least once
+        self._retry_at = 0.0  # monotonic: while locked, no reload attempt before this
         self.reloads = 0
+        self.stale_answers = 0  # requests answered from the last key set while locked
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._run(lambda con: con.execute(SCHEMA), read_only=False)
 
     # -- file access -----------------------------------------------------------------
 
-    def _run(self, fn, read_only: bool):
-        """Open the file, run `fn(con)`, close; retry while another process holds it."""
-        deadline = time.monotonic() + self.lock_timeout_s
+    def _run(self, fn, read_only: bool, wait_s: float | None = None):
+        """Open the file, run `fn(con)`, close; retry while another process holds it, for
+        at most `wait_s` (default `lock_timeout_s`)."""
+        deadline = time.monotonic() + (self.lock_timeout_s if wait_s is None else wait_s)
         delay = 0.01
         with self._lock:
             while True:
@@ -148,41 +170,87 @@ class KeyStore:
                 sig.append(None)
         return tuple(sig)
 
-    def _load(self) -> None:
+    def _load(self, wait_s: float | None = None) -> None:
         sig = self._signature()  # taken first: a write during the load forces a reload
         rows = self._run(
             lambda con: con.execute(
                 "SELECT key_id, name, role, created_at, revoked_at, token_sha256 FROM api_keys"
             ).fetchall(),
             read_only=True,
+            wait_s=wait_s,
         )
         self._cache = {
             r[0]: ApiKey(r[0], r[1], Role(r[2]), r[3].replace(tzinfo=UTC), _utc(r[4]), r[5])
             for r in rows
         }
         self._sig = sig
+        self._loaded = True
+        self._retry_at = 0.0
         self.reloads += 1
 
     def invalidate(self) -> None:
         self._sig = None
 
-    # -- operations --------------------------------------------------------------------
+    def _stale(self) -> bool:
+        """Whether a request should re-read the table first (two stat calls)."""
+        if self._sig is not None and self._signature() == self._sig:
+            return False
+        if self._loaded and time.monotonic() < self._retry_at:
+            # locked a moment ago: answer from the last key set until the next retry
+            self.stale_answers += 1
+            return False
+        return True
 
-    def verify(self, token: str) -> ApiKey | None:
-        """The active key this token belongs to, or None."""
-        key_id = split_token(token)
-        if key_id is None:
-            return None
-        if self._sig is None or self._signature() != self._sig:
-            with self._lock:
-                if self._sig is None or self._signature() != self._sig:
-                    self._load()
+    def refresh(self, wait_s: float | None = None) -> None:
+        """Re-read the key table if the file changed, waiting for a lock at most `wait_s`
+        (default `reload_wait_s`). Still locked: keep the last key set, or raise
+        KeyStoreUnavailableError if there is none."""
+        wait_s = self.reload_wait_s if wait_s is None else wait_s
+        with self._lock:
+            if not self._stale():
+                return
+            try:
+                self._load(wait_s)
+            except KeyStoreError as exc:
+                if not self._loaded:
+                    raise KeyStoreUnavailableError(
+                        f"API keys cannot be read: {self.path} is locked by another process"
+                    ) from exc
+                if self._retry_at == 0.0:  # once per locked period, not per request
+                    log.warning("key file %s locked; answering from the last key set", self.path)
+                self._retry_at = time.monotonic() + max(wait_s, 0.1)
+                self.stale_answers += 1
+
+    def _lookup(self, token: str, key_id: str) -> ApiKey | None:
         key = self._cache.get(key_id)
         if key is None or not key.active:
             return None
         if not hmac.compare_digest(key.token_sha256, hash_token(token)):
             return None
         return key
+
+    # -- operations --------------------------------------------------------------------
+
+    def verify(self, token: str) -> ApiKey | None:
+        """The active key this token belongs to, or None. Re-reads a changed file first,
+        waiting for a lock at most `reload_wait_s` (in the calling thread: async code
+        calls `averify`)."""
+        key_id = split_token(token)
+        if key_id is None:
+            return None
+        if self._stale():
+            self.refresh()
+        return self._lookup(token, key_id)
+
+    async def averify(self, token: str) -> ApiKey | None:
+        """`verify` for the event loop: a re-read (rare: the file changed) runs in a
+        worker thread, so a locked file never blocks other requests."""
+        key_id = split_token(token)
+        if key_id is None:
+            return None
+        if self._stale():
+            await asyncio.to_thread(self.refresh)
+        return self._lookup(token, key_id)
 
     def create(self, name: str, role: Role | str, token: str | None = None) -> tuple[ApiKey, str]:
         """A new key; returns it and the token (shown once, never stored)."""

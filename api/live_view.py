@@ -27,6 +27,7 @@ import numpy as np
 from api.shape import now_naive_utc
 from domain.site import MeterRole
 from twin.events import EventBus
+from twin.health import ComponentHealth
 from twin.periodic import Periodic
 from twin.pue import MeterReading, PueFigure
 from twin.state import Twin
@@ -285,6 +286,10 @@ class LiveView:
 
     def stop(self) -> None:
         self._ticker.stop(10)
+
+    def health(self, stale_after_s: float) -> ComponentHealth:
+        """The live loop's health (not_running unless started)."""
+        return self._ticker.health(stale_after_s)
 
 
 def pue_event(snap: Snapshot) -> dict:

@@ -30,12 +30,29 @@ from api.problems import ProblemError
 T = TypeVar("T")
 
 
+# Times the API accepts. Python's datetime ends at years 1 and 9999, so arithmetic near
+# either end (UTC conversion, `end - 24h`, a bucket past `end`) raised OverflowError and
+# answered 500; nothing the platform stores is outside this range (ingest keeps read times
+# within years of now).
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+TIME_RANGE_TEXT = "1970-01-01T00:00:00Z .. 2200-01-01T00:00:00Z"
+
+
 def _to_utc(t: datetime) -> datetime:
-    return t.astimezone(UTC)
+    out_of_range = ValueError(f"time outside the supported range {TIME_RANGE_TEXT}")
+    try:
+        u = t.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+02:00 is in year 0 in UTC
+        raise out_of_range from None
+    if not MIN_TIME <= u < MAX_TIME:
+        raise out_of_range
+    return u
 
 
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
-"""Input time: RFC 3339 with an offset, normalized to UTC; naive times fail validation."""
+"""Input time: RFC 3339 with an offset, normalized to UTC, within [MIN_TIME, MAX_TIME);
+naive or out-of-range times fail validation (422 naming the parameter)."""
 
 
 def utc(t: datetime | None) -> datetime | None:

@@ -4,6 +4,9 @@
 anomaly scorer, the failure-risk table, the alert engine with its outbox, the API key
 store) and is the one place their background jobs start and stop: `start_ingest()` starts
 them in order, `stop()` stops them in reverse order and only then closes the store.
+It owns the process's `HealthRegistry` (twin/health.py): each job's probe is registered
+when the job starts and dropped when it stops, and the API's `/healthz` and `/readyz`
+read it (docs/api.md).
 Configuration comes only from `Settings` (DCTWIN_* environment variables).
 """
 
@@ -19,6 +22,7 @@ import uvicorn
 
 from api.app import create_app
 from api.feeds import anomalies_feed, recommendations_feed
+from api.http_server import uvicorn_config
 from api.keys import KeyStore
 from api.live_view import LiveView
 from api.metrics import alert_events, kafka_lag_of
@@ -34,12 +38,23 @@ from twin.alerts.service import load_config as load_alert_config
 from twin.anomaly.service import AnomalyService
 from twin.events import EventBus
 from twin.failure.service import FailureRiskService
+from twin.health import ComponentHealth, HealthRegistry
 from twin.optimizer.recommendations import store_opener
 from twin.periodic import Periodic
 from twin.state import Twin
 from twin.twin_config import TwinConfig
 
 log = logging.getLogger(__name__)
+
+# Liveness thresholds (docs/api.md, "Health"): a job is stale when it has had no successful
+# round for this long. At least a minute, so one slow round (a big tick, a DuckDB
+# checkpoint) is not an outage; anomaly and failure risk catch up and refit in rounds of
+# minutes.
+MIN_STALE_S = 60.0
+MODEL_STALE_S = 900.0
+# ingest is stuck when records wait in its partitions and nothing was stored for this long
+INGEST_STUCK_S = 120.0
+COMPONENTS = ("ingest", "twin", "live", "alerts", "alert-delivery", "anomaly", "failure-risk")
 
 
 class Server:
@@ -89,8 +104,18 @@ class Server:
         )
         self.alerts.on_tick = alert_events(self.bus)
         self.keys = KeyStore(settings.apikey_db)
+        self.ingest_started_at: float | None = None
+        self.ingest_last_stored: float | None = None  # wall clock of the last stored poll
+        # every background job reports here while it runs; the API reads it
+        self.health_registry = HealthRegistry(COMPONENTS)
+        self.health_registry.add_ready_check("store", self._store_ready)
+        self.health_registry.add_ready_check("twin", self._twin_ready)
+        self.health_registry.add_ready_check("ingest", self._ingest_ready)
+        stale = max(MIN_STALE_S, 3 * settings.twin_tick_s)
+        live_stale = max(MIN_STALE_S, 3 * settings.live_interval_s)
+        alerts_stale = max(MIN_STALE_S, 3 * settings.alert_interval_s)
         # background jobs: started in this order, stopped in reverse, all before the store
-        # closes (DuckDB refuses to close a connection mid-query)
+        # closes (DuckDB refuses to close a connection mid-query); each with its probe
         self.jobs: list[tuple[str, Callable[[], object], Callable[[], object]]] = [
             ("twin", self.twin_ticker.start, lambda: self.twin_ticker.stop(15)),
             ("anomaly", self.anomaly.start_background, self.anomaly.stop_background),
@@ -98,7 +123,70 @@ class Server:
             ("live", self.live.start, self.live.stop),
             ("alerts", self.alerts.start, self.alerts.stop),
         ]
+        self.probes: dict[str, list[tuple[str, Callable[[], ComponentHealth]]]] = {
+            "twin": [("twin", lambda: self.twin_ticker.health(stale))],
+            "anomaly": [("anomaly", lambda: self.anomaly.health(MODEL_STALE_S))],
+            "failure-risk": [("failure-risk", lambda: self.failure_risk.health(MODEL_STALE_S))],
+            "live": [("live", lambda: self.live.health(live_stale))],
+            "alerts": [
+                ("alerts", lambda: self.alerts.engine_health(alerts_stale)),
+                ("alert-delivery", lambda: self.alerts.delivery_health(MIN_STALE_S)),
+            ],
+        }
         self._started: list[str] = []
+
+    # -- health ---------------------------------------------------------------------------
+
+    def ingest_health(self) -> ComponentHealth:
+        """Down if the ingest thread died; stale if records wait in its partitions and
+        nothing was stored for INGEST_STUCK_S; lag_records is IngestStats' lag."""
+        ing, thread = self.ingestor, self.ingest_thread
+        if ing is None or thread is None or self.ingest_started_at is None:
+            return ComponentHealth("not_running")
+        stats = ing.stats
+        lag = sum(p.lag for p in stats.lag.values() if p.lag is not None)
+        extra = {
+            "lag_records": lag,
+            "assigned_partitions": len(ing.assigned),
+            "samples_stored": stats.samples_stored,
+        }
+        last = self.ingest_last_stored
+        if not thread.is_alive():
+            return ComponentHealth(
+                "down", last, "the ingest thread is not running (see the log)", extra=extra
+            )
+        since = time.time() - (last if last is not None else self.ingest_started_at)
+        if lag > 0 and since > INGEST_STUCK_S:
+            detail = f"{lag} records waiting, nothing stored for {since:.0f} s"
+            return ComponentHealth("stale", last, detail, INGEST_STUCK_S, extra)
+        return ComponentHealth("ok", last, None, INGEST_STUCK_S, extra)
+
+    def _store_ready(self) -> str | None:
+        try:
+            self.store.cursor().execute("SELECT 1").fetchone()
+        except Exception as exc:
+            return f"the store cannot be read: {exc}"
+        return None
+
+    def _twin_ready(self) -> str | None:
+        return None if self.twin.last is not None else "the twin has not ticked yet"
+
+    def _ingest_ready(self) -> str | None:
+        ing = self.ingestor
+        if ing is None:
+            return None  # this process does not ingest
+        if not ing.assigned:
+            return "ingest has no partitions assigned yet"
+        lag = sum(p.lag for p in ing.stats.lag.values() if p.lag is not None)
+        if lag > self.settings.ready_max_lag_records:
+            return f"ingest is catching up: {lag} records behind (ready at <= " + (
+                f"{self.settings.ready_max_lag_records})"
+            )
+        return None
+
+    def _stored(self, results: object) -> None:
+        self.ingest_last_stored = time.time()
+        self.alerts.wake()
 
     def health(self) -> dict:
         alive = self.ingest_thread is not None and self.ingest_thread.is_alive()
@@ -121,11 +209,13 @@ class Server:
             self.store,
             s.kafka_bootstrap,
             s.consumer_group,
-            on_stored=self.alerts.wake,
+            on_stored=self._stored,
             site=self.site,
         )
         self.ingest_thread = threading.Thread(target=self._ingest_loop, name="ingest", daemon=True)
+        self.ingest_started_at = time.time()
         self.ingest_thread.start()
+        self.health_registry.register("ingest", self.ingest_health)
         self.start_jobs()
 
     def start_jobs(self) -> None:
@@ -134,11 +224,15 @@ class Server:
             if name not in self._started:
                 start()
                 self._started.append(name)
+                for component, probe in self.probes.get(name, ()):
+                    self.health_registry.register(component, probe)
 
     def stop_jobs(self) -> None:
         """Stop the started background jobs, newest first."""
         for name, _start, stop in reversed(self.jobs):
             if name in self._started:
+                for component, _probe in self.probes.get(name, ()):
+                    self.health_registry.unregister(component)
                 try:
                     stop()
                 except Exception:  # one job failing to stop must not keep the others running
@@ -158,6 +252,7 @@ class Server:
         app = create_app(
             self.twin,
             health=self.health,
+            health_registry=self.health_registry,
             keys=self.keys,
             bus=self.bus,
             live=self.live,
@@ -170,16 +265,12 @@ class Server:
             kafka_lag=lambda: kafka_lag_of(self.ingestor.consumer)() if self.ingestor else None,
         )
         gc.freeze()  # long-lived startup objects (site, app) leave the GC's scans: fewer pauses
-        config = uvicorn.Config(
-            app,
-            host=self.settings.api_host,
-            port=self.settings.api_port,
-            log_level="warning",
-            lifespan="off",
-        )
-        return uvicorn.Server(config)
+        # uvicorn as configured by api/http_server.py: unparseable requests (a URL over
+        # 64 kB, ...) are answered with problem documents too
+        return uvicorn.Server(uvicorn_config(app, self.settings.api_host, self.settings.api_port))
 
     def stop(self) -> None:
+        self.health_registry.unregister("ingest")
         self.stop_jobs()
         if self.ingestor is not None:
             self.ingestor.stop_event.set()

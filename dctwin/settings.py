@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     api_open_healthz: bool = Field(True, description="serve /healthz without a key")
     api_open_metrics: bool = Field(False, description="serve /metrics without a key")
     live_interval_s: float = Field(1.0, gt=0, description="live view tick (PUE, racks, SSE)")
+    ready_max_lag_records: int = Field(
+        1000, ge=0, description="/readyz: ready once ingest is at most this many records behind"
+    )
     # Twin (docs/twin.md). Staleness: `stale_after_intervals` x `telemetry_interval_s` when
     # set, else `stale_after_s`.
     telemetry_interval_s: float = Field(10.0, gt=0, description="expected reporting interval")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import uvicorn
 
+from api.http_server import uvicorn_config
 from api.keys import KeyStore, Role
 from dctwin.broker import free_port
 from experiments.simdata import fill_store  # noqa: F401 - re-exported for the API tests
@@ -26,12 +27,12 @@ def bearer(token: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def serve(app, timeout_s: float = 15.0) -> Iterator[str]:
-    """Run `app` on a real uvicorn server on a free loopback port; yields the base URL."""
+def serve(app, timeout_s: float = 15.0, **config) -> Iterator[str]:
+    """Run `app` on a real uvicorn server on a free loopback port, configured as
+    `dctwin serve` configures it (`config`: other uvicorn.Config options); yields the
+    base URL."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, **config))
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import signal
 import subprocess
@@ -158,6 +159,39 @@ def test_receiver_not_listening_gets_the_notification_once_it_is_up(tmp_path, si
         svc.stop()
         if rx is not None:
             rx.close()
+
+
+def test_delivery_logs_each_attempt_masked_and_never_the_url_token(tmp_path, site, caplog):
+    """A webhook URL's path is a secret (Slack-style tokens): httpx's own per-request INFO
+    line printed it on every attempt. Each attempt is logged by the deliverer instead, with
+    the URL masked as /v1/receivers shows it, and a failed attempt is a WARNING."""
+    token = "T0SECRET-B1-xoxb-9f8e7d6c5b4a"
+    rx = HttpReceiver(fail_first=1, fail_status=503)
+    store = Store(tmp_path / "a.duckdb")
+    svc = service(store, site, f"{rx.url}/{token}")
+    caplog.set_level(logging.DEBUG)
+    try:
+        now = utcnow()
+        write_samples(store, "gpu", [(GPU, "gpu_temp_c", 91.5, now)])
+        svc.evaluate(now)
+        assert svc.deliverer.deliver_due() == 0  # 503: retried later
+        assert svc.deliverer.deliver_due(utcnow() + timedelta(seconds=10)) == 1
+        (req,) = rx.wait_for(1)
+        assert req.path == f"/hook/{token}"  # the token did travel, only in the request
+    finally:
+        svc.stop()
+        rx.close()
+    for r in caplog.records:
+        assert token not in r.getMessage(), f"{r.name} {r.levelname}: {r.getMessage()}"
+    masked = rx.url.rsplit("/", 1)[0] + "/***"
+    ours = [r for r in caplog.records if r.name == "twin.alerts.outbox"]
+    failed = [r for r in ours if r.levelno == logging.WARNING]
+    assert len(failed) == 1, [r.getMessage() for r in ours]
+    msg = failed[0].getMessage()
+    assert "attempt 1" in msg and "HTTP 503" in msg and masked in msg
+    delivered = [r for r in ours if r.levelno == logging.INFO and "delivered" in r.getMessage()]
+    assert len(delivered) == 1 and "attempt 2" in delivered[0].getMessage()
+    assert masked in delivered[0].getMessage()
 
 
 def test_backoff_doubles_up_to_its_cap():

@@ -12,10 +12,14 @@ the same key, so the receiver can drop it.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import random
 import threading
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,7 +31,13 @@ from kafka.errors import KafkaError
 
 from twin.alerts import alertmanager
 from twin.alerts.lifecycle import AlertDb
-from twin.alerts.receivers import AlertmanagerReceiver, KafkaReceiver, Receiver, WebhookReceiver
+from twin.alerts.receivers import (
+    AlertmanagerReceiver,
+    KafkaReceiver,
+    Receiver,
+    WebhookReceiver,
+    redact_url,
+)
 from twin.alerts.webhook import IDEMPOTENCY_HEADER, signed_headers
 
 log = logging.getLogger(__name__)
@@ -53,6 +63,38 @@ KEEP_DELIVERED = timedelta(days=7)
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+# httpx logs every request at INFO with its full URL ("HTTP Request: POST https://hooks
+# .example/T0/B1/<token>"), and webhook paths carry secret tokens. While the deliverer sends,
+# this flag is set in its context and a filter on the "httpx" logger drops those lines; the
+# deliverer logs each attempt itself with the URL masked as /v1/receivers shows it. Other
+# httpx clients in the process keep their logging.
+_delivering: contextvars.ContextVar[bool] = contextvars.ContextVar("_delivering", default=False)
+
+
+class _QuietDeliveryRequests(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _delivering.get()
+
+
+_QUIET = _QuietDeliveryRequests()
+
+
+@contextlib.contextmanager
+def _quiet_httpx() -> Iterator[None]:
+    token = _delivering.set(True)
+    try:
+        yield
+    finally:
+        _delivering.reset(token)
+
+
+def _target(receiver: Receiver) -> str:
+    """Where a receiver delivers, as logs may show it (no path tokens, no credentials)."""
+    if isinstance(receiver, KafkaReceiver):
+        return f"kafka topic {receiver.topic}"
+    return redact_url(receiver.url)
 
 
 class DeliveryError(Exception):
@@ -194,10 +236,14 @@ class Deliverer:
         self.receivers = {r.name: r for r in receivers}
         self.kafka_bootstrap = kafka_bootstrap
         self.client = httpx.Client()
+        # httpcore's DEBUG lines name host and port only; httpx's INFO line has the path
+        logging.getLogger("httpx").addFilter(_QUIET)  # idempotent: one filter however many
         self._producers: dict[str, Any] = {}
         self.wake = threading.Event()
         self.stop_event = threading.Event()
         self.delivered = 0
+        self.last_pass_at: float | None = None  # heartbeat for /healthz (wall clock)
+        self.last_error: str | None = None
 
     def deliver_due(self, now: datetime | None = None) -> int:
         now = now or utcnow()
@@ -210,52 +256,78 @@ class Deliverer:
                 continue
             if entry.receiver in down:
                 continue
+            attempt = entry.attempts + 1
             try:
-                self._send(receiver, entry)
+                outcome = self._send(receiver, entry)
             except DeliveryError as exc:
                 age_s = (utcnow() - entry.created_at).total_seconds()
                 if not exc.retryable or age_s > receiver.give_up_after:
                     log.error(
-                        "notification %s to %s failed for good: %s",
+                        "notification %s to %s (%s) failed for good on attempt %d: %s",
                         entry.idempotency_key,
                         entry.receiver,
+                        _target(receiver),
+                        attempt,
                         exc,
                     )
                     self.outbox.mark_failed(entry, str(exc))
                 else:
-                    delay = backoff_s(receiver, entry.attempts + 1)
+                    delay = backoff_s(receiver, attempt)
+                    log.warning(
+                        "notification %s to %s (%s) attempt %d failed: %s; retrying in %.1f s",
+                        entry.idempotency_key,
+                        entry.receiver,
+                        _target(receiver),
+                        attempt,
+                        exc,
+                        delay,
+                    )
                     self.outbox.mark_retry(entry, utcnow() + timedelta(seconds=delay), str(exc))
                     down.add(entry.receiver)
                 continue
+            log.info(
+                "notification %s to %s (%s) delivered on attempt %d: %s",
+                entry.idempotency_key,
+                entry.receiver,
+                _target(receiver),
+                attempt,
+                outcome,
+            )
             self.outbox.mark_delivered(entry, utcnow())
             sent += 1
         self.delivered += sent
         return sent
 
-    def _send(self, receiver: Receiver, entry: Entry) -> None:
+    def _send(self, receiver: Receiver, entry: Entry) -> str:
+        """Send one entry; what the receiver answered ("HTTP 200"), or DeliveryError."""
         body = entry.payload.encode()
         if isinstance(receiver, KafkaReceiver):
             self._send_kafka(receiver, entry, body)
-            return
+            return "stored"
         try:
-            if isinstance(receiver, AlertmanagerReceiver):
-                alerts = alertmanager.postable(
-                    orjson.loads(body), utcnow(), receiver.resend_interval
-                )
-                resp = alertmanager.push(self.client, receiver.url, alerts, receiver.timeout)
-            else:
-                assert isinstance(receiver, WebhookReceiver)
-                secret = receiver.secret.get_secret_value().encode() if receiver.secret else None
-                resp = self.client.post(
-                    receiver.url,
-                    content=body,
-                    timeout=receiver.timeout,
-                    headers=signed_headers(secret, body, entry.idempotency_key),
-                )
+            with _quiet_httpx():
+                if isinstance(receiver, AlertmanagerReceiver):
+                    alerts = alertmanager.postable(
+                        orjson.loads(body), utcnow(), receiver.resend_interval
+                    )
+                    resp = alertmanager.push(self.client, receiver.url, alerts, receiver.timeout)
+                else:
+                    assert isinstance(receiver, WebhookReceiver)
+                    secret = (
+                        receiver.secret.get_secret_value().encode() if receiver.secret else None
+                    )
+                    resp = self.client.post(
+                        receiver.url,
+                        content=body,
+                        timeout=receiver.timeout,
+                        headers=signed_headers(secret, body, entry.idempotency_key),
+                    )
         except httpx.HTTPError as exc:  # refused, timed out, reset: the receiver is down
-            raise DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True) from exc
+            # some httpx errors quote the URL; the message is logged and shown by the API
+            detail = str(exc).replace(receiver.url, redact_url(receiver.url))
+            raise DeliveryError(f"{type(exc).__name__}: {detail}", retryable=True) from exc
         if resp.is_success:
-            return
+            return f"HTTP {resp.status_code}"
         retryable = resp.status_code >= 500 or resp.status_code in (408, 429)
         raise DeliveryError(f"HTTP {resp.status_code}: {resp.text[:200]}", retryable)
 
@@ -290,7 +362,9 @@ class Deliverer:
                     self.outbox.prune(utcnow())
                     last_prune = utcnow()
                 nxt = self.outbox.next_due_at()
-            except Exception:  # never let the worker die: log and retry shortly
+                self.last_pass_at, self.last_error = time.time(), None
+            except Exception as exc:  # never let the worker die: log and retry shortly
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("outbox delivery pass failed")
                 nxt = None
             wait = 1.0 if nxt is None else min(1.0, max(0.0, (nxt - utcnow()).total_seconds()))

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from twin.alerts.outbox import Deliverer, Outbox, utcnow
 from twin.alerts.receivers import KafkaReceiver, Receiver, load_receivers, parse_receivers
 from twin.alerts.rules import RulesFile, load_rules, parse_rules
 from twin.alerts.yaml_files import ConfigError
+from twin.health import ComponentHealth, heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,8 @@ class AlertService:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.last_error: str | None = None
+        self.started_at: float | None = None  # heartbeat for /healthz (wall clock)
+        self.last_success_at: float | None = None
         # called with each evaluation that changed something (the API's live stream)
         self.on_tick: Callable[[Tick], None] | None = None
 
@@ -117,6 +121,7 @@ class AlertService:
             try:
                 self.evaluate()
                 self.last_error = None
+                self.last_success_at = time.time()
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("alert evaluation failed")
@@ -126,6 +131,7 @@ class AlertService:
                 self._stop.wait(rest)
 
     def start(self) -> AlertService:
+        self.started_at = time.time()
         for name, target in (
             ("alerts-eval", self._eval_loop),
             ("alerts-delivery", self.deliverer.run),
@@ -136,6 +142,7 @@ class AlertService:
         return self
 
     def stop(self) -> None:
+        self.started_at = None
         self._stop.set()
         self._wake.set()
         self.deliverer.stop_event.set()
@@ -187,6 +194,34 @@ class AlertService:
             "last_error": None,
         }
         return [{**r.public(), "outbox": stats.get(r.name, empty)} for r in self.receivers]
+
+    def engine_health(self, stale_after_s: float) -> ComponentHealth:
+        """The evaluation loop: down if its thread died, stale without a successful
+        evaluation for `stale_after_s`."""
+        return self._thread_health(
+            "alerts-eval", self.last_success_at, self.last_error, stale_after_s
+        )
+
+    def delivery_health(self, stale_after_s: float) -> ComponentHealth:
+        """The outbox worker: down if its thread died, stale without a finished delivery
+        pass for `stale_after_s`. A receiver that refuses is not the worker's failure:
+        it shows in `GET /v1/receivers` and the pending count here."""
+        h = self._thread_health(
+            "alerts-delivery",
+            self.deliverer.last_pass_at,
+            self.deliverer.last_error,
+            stale_after_s,
+        )
+        return replace(h, extra={"delivered": self.deliverer.delivered})
+
+    def _thread_health(
+        self, thread: str, last_success: float | None, error: str | None, stale_after_s: float
+    ) -> ComponentHealth:
+        if self.started_at is None:
+            return ComponentHealth("not_running")
+        if not any(t.name == thread and t.is_alive() for t in self._threads):
+            return ComponentHealth("down", last_success, f"thread {thread} is not running")
+        return heartbeat(self.started_at, last_success, stale_after_s, error)
 
     def health(self) -> dict[str, Any]:
         return {

@@ -30,6 +30,7 @@ from ingest.store import Store
 from twin.anomaly.calibration import p_to_score
 from twin.anomaly.fleet import FleetScorer
 from twin.anomaly.frames import GRID_SQL, add_rates, device_table
+from twin.health import ComponentHealth
 from twin.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -344,6 +345,12 @@ class AnomalyService:
     def stop_background(self) -> None:
         if self._background is not None:
             self._background.stop()
+
+    def health(self, stale_after_s: float) -> ComponentHealth:
+        """Its background refresh's health (not_running when it was not started)."""
+        if self._background is None:
+            return ComponentHealth("not_running")
+        return self._background.health(stale_after_s)
 
     @property
     def running(self) -> bool:

@@ -24,6 +24,7 @@ import polars as pl
 from ingest.store import Store
 from twin.failure import registry
 from twin.failure.risk import failure_risks
+from twin.health import ComponentHealth
 from twin.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,12 @@ class FailureRiskService:
             self.table, self._key, self.scored_at = table, key, as_of
             self.model_version = version
             return True
+
+    def health(self, stale_after_s: float) -> ComponentHealth:
+        """Its background refresh's health (not_running when it was not started)."""
+        if self._background is None:
+            return ComponentHealth("not_running")
+        return self._background.health(stale_after_s)
 
     @property
     def running(self) -> bool:
