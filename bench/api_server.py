@@ -11,6 +11,7 @@ import gc
 import uvicorn
 
 from api.app import create_app
+from api.http_server import uvicorn_config
 from api.keys import KeyStore
 from api.live_view import LiveView
 from api.rack_scores import anomaly_rack_scorer
@@ -36,7 +37,8 @@ def main() -> None:
     live.start()
     gc.freeze()  # long-lived startup objects leave the GC's scans
     try:
-        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
+        # configured as `dctwin serve` configures it (api/http_server.py)
+        uvicorn.Server(uvicorn_config(app, "127.0.0.1", args.port)).run()
     finally:  # stopped before the store closes
         live.stop()
         anomaly.stop_background()
