@@ -491,7 +491,8 @@ def decode(
     if not isinstance(doc, dict):
         raise ContractError("invalid_envelope", "message is not a JSON object")
     version = doc.get("version")
-    if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
+    numeric = isinstance(version, int | float) and not isinstance(version, bool)
+    if not numeric or version not in SUPPORTED_VERSIONS:
         raise ContractError(
             "unknown_version",
             f"contract version {version!r} is not supported (supported: "

@@ -122,7 +122,10 @@ def _is_text(col: str) -> str:
 
 def _is_int(col: str) -> str:
     """A JSON integer that fits int64 (what the contract's StrictInt fields accept)."""
-    return f"(json_type({col}) IN ('UBIGINT', 'BIGINT') AND TRY_CAST({col} AS BIGINT) IS NOT NULL)"
+    return (
+        f"coalesce(json_type({col}) IN ('UBIGINT', 'BIGINT') "
+        f"AND TRY_CAST({col} AS BIGINT) IS NOT NULL, false)"
+    )
 
 
 KINDS = tuple(k.value for k in Kind)
@@ -167,8 +170,9 @@ ENVELOPE_RULES: tuple[tuple[str, str, str], ...] = (
         "'seq: an integer >= 0 is required'",
     ),
     (
-        "NOT (json_type(interval_s) IN ('UBIGINT', 'BIGINT', 'DOUBLE') "
-        "AND isfinite(TRY_CAST(interval_s AS DOUBLE)) AND TRY_CAST(interval_s AS DOUBLE) > 0)",
+        "NOT coalesce(json_type(interval_s) IN ('UBIGINT', 'BIGINT', 'DOUBLE') "
+        "AND isfinite(TRY_CAST(interval_s AS DOUBLE)) AND TRY_CAST(interval_s AS DOUBLE) > 0, "
+        "false)",
         "schema",
         "'interval_s: a number > 0 is required'",
     ),
@@ -239,10 +243,21 @@ def _bad_device_sql(p: str) -> str:
     )
 
 
+def _not_a_string_sql(col: str) -> str:
+    """True for what the typed reader makes of a JSON array, object, number or boolean in a
+    string array ('[1]', '7', 'true'): the contract refuses those (schema), so the reference
+    decoder judges the message (a real string that looks like that is merely rarer)."""
+    return (
+        f"(left({col}, 1) IN ('[', '{{') OR {col} IN ('true', 'false') "
+        f"OR TRY_CAST({col} AS DOUBLE) IS NOT NULL)"
+    )
+
+
 def pair_check_sql(policy: IngestPolicy) -> str:
     """SELECT the (device, metric, kind, site, rack) pairs of `_pairs` that break a rule, or
-    whose device is unknown but accepted (dev_code 0). Metric and device rules hold for a
-    whole pair; the range rule per sample: `lo`/`hi` come along for `sample_code_sql`."""
+    whose device is unknown but accepted (dev_code 0), or that are `suspect` (see
+    _not_a_string_sql). Metric and device rules hold for a whole pair; the range rule per
+    sample: `lo`/`hi` come along for `sample_code_sql`."""
     reject = policy.checks_devices and policy.unknown_device == "reject"
     unknown = "kd.device_id IS NULL" if policy.checks_devices else "false"
     devices = (
@@ -254,13 +269,15 @@ def pair_check_sql(policy: IngestPolicy) -> str:
             SELECT p.device_id, p.metric, p.kind, p.site, p.rack, p.n,
                    km.metric IS NULL AS unknown_metric, km.lo, km.hi,
                    p.vmin < km.lo OR p.vmax > km.hi AS out_of_range,
+                   {_not_a_string_sql("p.device_id")} OR {_not_a_string_sql("p.metric")}
+                       AS suspect,
                    CASE WHEN {_bad_device_sql("p")} THEN {CODE["bad_device_id"]}
                         {refuse_unknown}
                         WHEN {unknown} THEN 0 END AS dev_code
             FROM _pairs p
             LEFT JOIN _known_metrics km ON km.kind = p.kind AND km.metric = p.metric
             {devices})
-        WHERE unknown_metric OR out_of_range OR dev_code IS NOT NULL"""
+        WHERE unknown_metric OR out_of_range OR dev_code IS NOT NULL OR suspect"""
 
 
 def sample_code_sql(r: str, b: str) -> str:
