@@ -130,6 +130,11 @@ def _is_int(col: str) -> str:
 
 KINDS = tuple(k.value for k in Kind)
 
+
+def _name_detail(field: str) -> str:
+    return f"'{field}: a string of 1 to {MAX_NAME_CHARS} characters, no control characters'"
+
+
 # (condition that is TRUE when the field is wrong, reason, detail) in evaluation order.
 ENVELOPE_RULES: tuple[tuple[str, str, str], ...] = (
     ("version IS NULL", "unknown_version", "'contract version missing (supported: [1])'"),
@@ -150,9 +155,9 @@ ENVELOPE_RULES: tuple[tuple[str, str, str], ...] = (
         "'unknown fields: ' || array_to_string(list_filter(keys, lambda k: k NOT IN "
         f"{TELEMETRY_KEYS!r}), ', ')",
     ),
-    (f"NOT {_is_text('collector')}", "schema", "'collector: a non-empty string is required'"),
-    (f"NOT {_is_text('site')}", "schema", "'site: a non-empty string is required'"),
-    (f"NOT {_is_text('rack')}", "schema", "'rack: a non-empty string is required'"),
+    (f"NOT {_is_text('collector')}", "schema", _name_detail("collector")),
+    (f"NOT {_is_text('site')}", "schema", _name_detail("site")),
+    (f"NOT {_is_text('rack')}", "schema", _name_detail("rack")),
     (
         f"json_type(kind) IS DISTINCT FROM 'VARCHAR' OR kind->>'$' NOT IN {KINDS!r}",
         "schema",
@@ -162,7 +167,7 @@ ENVELOPE_RULES: tuple[tuple[str, str, str], ...] = (
     (
         f"batch_id IS NOT NULL AND NOT {_is_text('batch_id')}",
         "schema",
-        "'batch_id: must be a non-empty string'",
+        _name_detail("batch_id"),
     ),
     (
         f"json_type(seq) IS DISTINCT FROM 'UBIGINT' OR NOT {_is_int('seq')}",
