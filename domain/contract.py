@@ -277,14 +277,11 @@ FACILITY_KEY: Final = "facility"
 
 def device_in_rack(device_id: str, rack: str) -> bool:
     """Does the device travel under this Kafka key? Ids are site/hall/row/rack/node/...:
-    the key is the id's rack (4th segment) or hall (2nd); `facility` carries the
-    site-level and hall-level ids (fewer than 5 segments: meters, plant, CDUs, CRAHs)."""
+    the key is one of the id's segments after the site (its rack, or its hall for a hall
+    collector); `facility` also carries site- and hall-level ids (fewer than 5 segments:
+    meters, plant, UPS, CDUs, CRAHs)."""
     parts = device_id.split("/")
-    return (
-        (len(parts) > 1 and parts[1] == rack)
-        or (len(parts) > 3 and parts[3] == rack)
-        or (rack == FACILITY_KEY and len(parts) < 5)
-    )
+    return rack in parts[1:] or (rack == FACILITY_KEY and len(parts) < 5)
 
 
 def device_id_problem(device_id: str, site: str, rack: str) -> str | None:

@@ -267,16 +267,12 @@ class Stager:
         # each distinct pair once (tens of thousands) instead of every sample (a million);
         # its value range says whether any of its samples can be out of range.
         not_ok = one_row(con.execute("SELECT count(*) FROM _msg WHERE status <> 'ok'"))[0]
-        only_ok = "WHERE i IN (SELECT i FROM _msg WHERE status = 'ok')" if not_ok else ""
-        # Every pair, also of samples refused as non-finite or skewed (its strings are
-        # checked too); the aggregates over the samples that pass those two rules.
-        valid = f"FILTER (WHERE isfinite(value) AND {in_window})"
+        only_ok = " AND i IN (SELECT i FROM _msg WHERE status = 'ok')" if not_ok else ""
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _pairs AS
-            SELECT device_id, metric, kind, site, rack, count(*) {valid} AS n,
-                   min(read_time_ms) {valid} AS t0, max(read_time_ms) {valid} AS t1,
-                   arg_max(value, read_time_ms) {valid} AS v1,
-                   min(value) {valid} AS vmin, max(value) {valid} AS vmax
-            FROM _rows {only_ok} GROUP BY ALL""")
+            SELECT device_id, metric, kind, site, rack, count(*) AS n, min(read_time_ms) AS t0,
+                   max(read_time_ms) AS t1, arg_max(value, read_time_ms) AS v1,
+                   min(value) AS vmin, max(value) AS vmax
+            FROM _rows WHERE isfinite(value) AND {in_window}{only_ok} GROUP BY ALL""")
         con.execute(f"CREATE OR REPLACE TEMP TABLE _badpairs AS {pair_check_sql(p)}")
         n_bad_pairs, unknown = one_row(
             con.execute(
@@ -321,8 +317,11 @@ class Stager:
                     *(codes.get(c, 0) for c in range(CODE["unknown_metric"], len(CODE) + 1)),
                 ]
                 # the contract's order: schema, wrong_topic, wrong_key, then sample rules
-                # (rare) the reference decoder judges a suspect: its sample rules are ours
-                verdict = diagnose(rec, window) if i in suspects else ("ok", "", None)
+                # (rare) the reference decoder judges a suspect, and a batch with non-finite
+                # or skewed samples (_pairs leaves those out: their strings are unchecked);
+                # its sample rules are ours
+                unsure = i in suspects or n_non_finite or n_skew
+                verdict = diagnose(rec, window) if unsure else ("ok", "", None)
                 if verdict[0] not in ("ok", *SAMPLE_REASONS):
                     excluded = True
                     out.dead.append(DeadLetter(rec, verdict[0], verdict[1]))
