@@ -7,8 +7,9 @@ is made per sample. Two reads of that file fill the staging tables:
   _env  one row per message, envelope fields as JSON (so types are checked strictly)
   _rows one row per sample: i, device_id, metric, value, read_time_ms
 
-`validate.py` turns them into verdicts. Only messages that fail get looked at one by one
-(`diagnose`), to name the reason precisely. The outcome is `_acc` (messages to store, with
+`validate.py` turns them into verdicts, by the wire contract's rules in its order
+(`domain.contract.decode` is the reference). Messages the reader cannot parse or vouch
+for are judged one by one by that reference decoder (`diagnose`). The outcome is `_acc` (messages to store, with
 their sample counts) plus a `Staged` summary for Python: dead letters, events, counters.
 """
 
