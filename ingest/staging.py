@@ -9,8 +9,9 @@ is made per sample. Two reads of that file fill the staging tables:
 
 `validate.py` turns them into verdicts, by the wire contract's rules in its order
 (`domain.contract.decode` is the reference). Messages the reader cannot parse or vouch
-for are judged one by one by that reference decoder (`diagnose`). The outcome is `_acc` (messages to store, with
-their sample counts) plus a `Staged` summary for Python: dead letters, events, counters.
+for are judged one by one by that reference decoder (`diagnose`). The outcome is `_acc`
+(messages to store, with their sample counts) plus a `Staged` summary for Python: dead
+letters, events, counters.
 """
 
 from __future__ import annotations
@@ -193,13 +194,16 @@ class Stager:
                 continue
             if b"\n" in value or b"\r" in value:  # one message per line: re-encode compactly
                 # (rare) judged first: re-encoding would drop a duplicate key unseen
-                reason, _, _ = diagnose(rec, window)
+                reason, detail, batch = diagnose(rec, window)
+                if isinstance(batch, EventBatch):
+                    out.events.append((rec, batch))
+                    continue
                 try:
                     if reason not in ("ok", *SAMPLE_REASONS):
                         raise ValueError(reason)
                     value = orjson.dumps(orjson.loads(value))
                 except ValueError:  # orjson's JSONDecodeError too (a NaN literal)
-                    self._dead_or_event(out, rec, window)
+                    out.dead.append(DeadLetter(rec, reason, detail))
                     continue
             i = len(staged)
             lines.append(b'{"i":%d,"m":%b}' % (i, value))
