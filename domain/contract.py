@@ -10,13 +10,23 @@ ingest decode a whole batch into Arrow without touching individual samples.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import uuid
+from collections.abc import Callable
 from enum import StrEnum
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    model_validator,
+)
 
 CONTRACT_VERSION: Final = 1
 SUPPORTED_VERSIONS = frozenset({CONTRACT_VERSION})
@@ -46,6 +56,9 @@ def telemetry_topic(kind: Kind | str) -> str:
 
 
 ALL_TELEMETRY_TOPICS = tuple(telemetry_topic(k) for k in Kind)
+# Topics whose name says what they carry: a message on one of them must be of that kind
+# (`wrong_topic`). Other topic names (a dedicated test or benchmark topic) carry any kind.
+CONTRACT_TOPICS = frozenset({*ALL_TELEMETRY_TOPICS, EVENTS_TOPIC})
 
 
 # Known metrics: name -> unit. Names carry their unit so that a number is never read in
@@ -143,19 +156,170 @@ def known_metric(kind: Kind | str, metric: str) -> bool:
     return metric in METRICS[Kind(kind)]
 
 
+# Plausible range per metric, (lo, hi) inclusive, in the metric's unit. A reading outside
+# is a sensor fault, an unset sentinel (-127, 65535, 2**64-1) or a unit mix-up, not data:
+# it is dead-lettered as `out_of_range`. Bounds are what real devices respect with wide
+# margin; they are not alarm limits. Same keys as METRICS (tests/test_contract.py).
+_TEMP = (-50.0, 200.0)
+_PCT = (0.0, 100.0)
+_SPEED_PCT = (0.0, 200.0)  # NVML: fan speed "may exceed 100%"; VFDs run pumps above nominal
+_BOOL = (0.0, 1.0)
+_U64 = (0.0, 2.0**64)  # NVML counters and bitmasks are unsigned 64-bit
+_KPA = (-200.0, 10_000.0)  # gauge pressure may be below atmospheric (suction side)
+_FLOW_LPM = (-1.0e6, 1.0e6)  # bidirectional meters report reverse flow as negative
+_HEAT_KW = (-1.0e4, 1.0e6)  # computed from flow x dT: sensor offsets go negative at no load
+_SITE_KW = (0.0, 1.0e6)  # up to 1 GW
+_SITE_W = (0.0, 1.0e9)
+_ENERGY_KWH = (0.0, 1.0e11)  # a 1 GW site for 11 years; meters roll over far below
+RANGES: dict[Kind, dict[str, tuple[float, float]]] = {
+    Kind.gpu: {
+        "gpu_temp_c": _TEMP,
+        "mem_temp_c": _TEMP,
+        "power_w": (0.0, 5_000.0),  # one GPU: 700 W (H100) to 1.4 kW (B300)
+        "energy_mj": (0.0, 1.0e16),  # 10 kW for 30 years
+        "util_gpu_pct": _PCT,
+        "util_mem_pct": _PCT,
+        "mem_used_bytes": (0.0, 2.0**50),  # 1 PiB; GPUs carry < 300 GB
+        "sm_clock_mhz": (0.0, 100_000.0),
+        "mem_clock_mhz": (0.0, 100_000.0),
+        "throttle_reasons": _U64,
+        "fan_speed_pct": _SPEED_PCT,
+        "ecc_corrected_total": _U64,
+        "ecc_uncorrected_total": _U64,
+        "remapped_rows_correctable": _U64,
+        "remapped_rows_uncorrectable": _U64,
+        "pcie_replay_total": _U64,
+        "nvlink_errors_total": _U64,
+    },
+    Kind.cooling: {
+        "supply_temp_c": _TEMP,
+        "return_temp_c": _TEMP,
+        "primary_supply_temp_c": _TEMP,
+        "primary_return_temp_c": _TEMP,
+        "flow_lpm": _FLOW_LPM,
+        "primary_flow_lpm": _FLOW_LPM,
+        "pump_speed_pct": _SPEED_PCT,
+        "diff_pressure_kpa": _KPA,
+        "supply_pressure_kpa": _KPA,
+        "return_pressure_kpa": _KPA,
+        "pump_power_w": (0.0, 1.0e7),
+        "heat_removed_kw": _HEAT_KW,
+        "reservoir_level_pct": (0.0, 150.0),  # an overfilled reservoir reads above 100
+        "filter_dp_kpa": _KPA,
+        "leak_detected": _BOOL,
+        "coolant_temp_c": _TEMP,
+        "temp_c": _TEMP,
+        "pressure_kpa": _KPA,
+        "pump_running": _BOOL,
+    },
+    Kind.power: {
+        "input_power_w": _SITE_W,
+        "output_power_w": _SITE_W,
+        "input_voltage_v": (-1_000.0, 50_000.0),  # DC plants may report -48 V; MV metering
+        "input_current_a": (0.0, 1.0e5),
+        "output_voltage_v": (-1_000.0, 50_000.0),
+        "output_current_a": (0.0, 1.0e5),
+        "efficiency_pct": _PCT,
+        "temp_c": _TEMP,
+        "energy_kwh": _ENERGY_KWH,
+        "power_w": _SITE_W,
+        "current_a": (0.0, 1.0e5),
+        "voltage_v": (-1_000.0, 50_000.0),
+        "power_factor": (-1.0, 1.0),  # meters sign it: leading negative, lagging positive
+        "frequency_hz": (0.0, 1_000.0),  # 0 on outage; 400 Hz systems exist
+        "fan_speed_pct": _SPEED_PCT,
+    },
+    Kind.air: {
+        "supply_air_temp_c": _TEMP,
+        "return_air_temp_c": _TEMP,
+        "supply_air_setpoint_c": _TEMP,
+        "fan_speed_pct": _SPEED_PCT,
+        "fan_power_w": (0.0, 1.0e7),
+        "airflow_m3h": (0.0, 1.0e7),
+        "humidity_pct": _PCT,
+        "chw_valve_pct": _PCT,
+        "cooling_kw": _HEAT_KW,
+        "power_w": (0.0, 1.0e7),
+    },
+    Kind.facility: {
+        "power_kw": _SITE_KW,
+        "energy_kwh": _ENERGY_KWH,
+        "chw_supply_temp_c": _TEMP,
+        "chw_return_temp_c": _TEMP,
+        "chw_supply_setpoint_c": _TEMP,
+        "cw_supply_temp_c": _TEMP,
+        "cw_supply_setpoint_c": _TEMP,
+        "chiller_power_kw": _SITE_KW,
+        "tower_power_kw": _SITE_KW,
+        "pump_power_kw": _SITE_KW,
+        "cooling_load_kw": _HEAT_KW,
+        "outdoor_drybulb_c": (-100.0, 80.0),  # records: -89.2 and 56.7 C
+        "outdoor_wetbulb_c": (-100.0, 80.0),
+    },
+}
+
+# Length bounds (characters), so no field can carry megabytes into memory and storage.
+MAX_NAME_CHARS: Final = 128  # batch_id, collector, site, rack
+MAX_DEVICE_ID_CHARS: Final = 256
+MAX_EVENT_MESSAGE_CHARS: Final = 4096
+MAX_ATTR_CHARS: Final = 1024
+# No string may hold C0/C1 control characters or DEL (a NUL in an id breaks every tool
+# downstream). The same pattern runs in pydantic (Rust regex) and DuckDB (RE2).
+CONTROL_CHARS: Final = r"[\x00-\x1f\x7f-\x9f]"
+_NO_CONTROL = rf"^[^{CONTROL_CHARS[1:-1]}]*$"
+_CONTROL_RE = re.compile(CONTROL_CHARS)
+# read_time_ms must be an integer JSON number in this range: every value in it is exact
+# as a double, which is how the bulk reader checks integrality.
+MAX_ABS_TIME_MS: Final = 2**53
+MAX_INT64: Final = 2**63 - 1
+FACILITY_KEY: Final = "facility"
+
+
+def device_in_rack(device_id: str, rack: str) -> bool:
+    """Does the device travel under this Kafka key? Ids are site/hall/row/rack/node/...:
+    the key is one of the id's segments after the site (its rack, or its hall for a hall
+    collector); `facility` also carries site- and hall-level ids (fewer than 5 segments:
+    meters, plant, UPS, CDUs, CRAHs)."""
+    parts = device_id.split("/")
+    return rack in parts[1:] or (rack == FACILITY_KEY and len(parts) < 5)
+
+
+def device_id_problem(device_id: str, site: str, rack: str) -> str | None:
+    """Why a sample's device id is refused (`bad_device_id`), or None."""
+    if len(device_id) > MAX_DEVICE_ID_CHARS:
+        return f"longer than {MAX_DEVICE_ID_CHARS} characters"
+    if _CONTROL_RE.search(device_id):
+        return "holds control characters"
+    if not device_id.startswith(site + "/"):
+        return f"does not start with the batch's site {site}/"
+    if not device_in_rack(device_id, rack):
+        return f"does not belong to the message's rack {rack}"
+    return None
+
+
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS, pattern=_NO_CONTROL)]
+ReadTime = Annotated[int, Field(ge=-MAX_ABS_TIME_MS, le=MAX_ABS_TIME_MS)]
+# Envelope integers are strict (a string "7" is refused, as the bulk reader refuses it);
+# sample arrays stay lax like the bulk reader's typed arrays ("1.5" and true are numbers).
+Count = Annotated[StrictInt, Field(ge=0, le=MAX_INT64)]
+Int64 = Annotated[StrictInt, Field(ge=-MAX_INT64, le=MAX_INT64)]
+
+
 class SampleColumns(BaseModel):
     """Parallel arrays, one entry per sample. `read_time_ms` is when the device was read
-    (Unix epoch milliseconds, UTC), not when the batch was sent."""
+    (Unix epoch milliseconds, UTC), not when the batch was sent. Per-sample rules (finite,
+    known metric, plausible range, device id) are `sample_rejections`, not validators:
+    ingest keeps the valid samples of a batch, so they are counted, not raised."""
 
     model_config = ConfigDict(extra="forbid")
 
     device_id: list[str]
     metric: list[str]
     value: list[float]
-    read_time_ms: list[int]
+    read_time_ms: list[ReadTime]
 
     @model_validator(mode="after")
-    def _same_length_and_finite(self) -> SampleColumns:
+    def _same_length(self) -> SampleColumns:
         n = len(self.device_id)
         if not (len(self.metric) == len(self.value) == len(self.read_time_ms) == n):
             raise ValueError(
@@ -163,9 +327,6 @@ class SampleColumns(BaseModel):
                 f"device_id={n} metric={len(self.metric)} value={len(self.value)} "
                 f"read_time_ms={len(self.read_time_ms)}"
             )
-        for i, v in enumerate(self.value):
-            if not math.isfinite(v):
-                raise ValueError(f"value[{i}] is not finite ({v!r})")
         return self
 
     def __len__(self) -> int:
@@ -179,14 +340,14 @@ class TelemetryBatch(BaseModel):
 
     version: Literal[1] = CONTRACT_VERSION
     type: Literal["telemetry"] = "telemetry"
-    batch_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
-    collector: str = Field(min_length=1, description="collector instance name")
+    batch_id: Name = Field(default_factory=lambda: uuid.uuid4().hex)
+    collector: Name = Field(description="collector instance name")
     kind: Kind
-    site: str = Field(min_length=1)
-    rack: str = Field(min_length=1, description="partition key: rack id, or a facility zone")
-    seq: int = Field(ge=0, description="per-collector sequence number, for ordering/replay")
-    interval_s: float = Field(gt=0)
-    sent_time_ms: int
+    site: Name
+    rack: Name = Field(description="partition key: rack id, hall id or `facility`")
+    seq: Count = Field(description="per-collector sequence number, for ordering/replay")
+    interval_s: Annotated[StrictFloat, Field(gt=0)]
+    sent_time_ms: Int64
     samples: SampleColumns
 
 
@@ -203,17 +364,27 @@ class EventKind(StrEnum):
 
 
 Severity = Literal["info", "warning", "critical"]
+AttrValue = (
+    Annotated[str, Field(max_length=MAX_ATTR_CHARS, pattern=_NO_CONTROL)]
+    | int
+    | float
+    | bool
+    | None
+)
 
 
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    device_id: str = Field(min_length=1)
+    device_id: Annotated[
+        str, Field(min_length=1, max_length=MAX_DEVICE_ID_CHARS, pattern=_NO_CONTROL)
+    ]
     kind: EventKind
     severity: Severity = "warning"
-    read_time_ms: int
-    message: str = ""
-    attrs: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    read_time_ms: Int64
+    # free text, so newlines and tabs are allowed; its length is bounded
+    message: Annotated[str, Field(max_length=MAX_EVENT_MESSAGE_CHARS)] = ""
+    attrs: Annotated[dict[Name, AttrValue], Field(max_length=64)] = Field(default_factory=dict)
 
 
 class EventBatch(BaseModel):
@@ -223,13 +394,13 @@ class EventBatch(BaseModel):
 
     version: Literal[1] = CONTRACT_VERSION
     type: Literal["events"] = "events"
-    batch_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
-    collector: str = Field(min_length=1)
-    site: str = Field(min_length=1)
-    rack: str = Field(min_length=1)
-    seq: int = Field(ge=0)
-    sent_time_ms: int
-    events: Annotated[list[Event], Field(min_length=1)]
+    batch_id: Name = Field(default_factory=lambda: uuid.uuid4().hex)
+    collector: Name
+    site: Name
+    rack: Name
+    seq: Count
+    sent_time_ms: Int64
+    events: Annotated[list[Event], Field(min_length=1, max_length=10_000)]
 
 
 Envelope = TelemetryBatch | EventBatch
@@ -244,6 +415,16 @@ class ContractError(ValueError):
         self.detail = detail
 
 
+# Per-sample rules in precedence order: a batch whose samples break several rules is
+# dead-lettered under the first that fired. Ingest's vectorized path applies the same
+# rules in the same order (ingest/validate.py SAMPLE_REASONS adds its policy-only ones).
+SAMPLE_RULES = ("non_finite", "timestamp_skew", "unknown_metric", "out_of_range", "bad_device_id")
+
+
+def topic_for(batch: Envelope) -> str:
+    return telemetry_topic(batch.kind) if isinstance(batch, TelemetryBatch) else EVENTS_TOPIC
+
+
 def encode(batch: Envelope) -> bytes:
     return orjson.dumps(batch.model_dump(mode="json"))
 
@@ -256,16 +437,59 @@ def headers_for(batch: Envelope) -> list[tuple[str, bytes]]:
     ]
 
 
-def decode(raw: bytes) -> Envelope:
-    """Parse and validate one message. Raises ContractError with a reason tag."""
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ContractError("invalid_json", str(exc)) from exc
+def sample_rejections(
+    batch: TelemetryBatch, read_window_ms: tuple[int, int] | None = None
+) -> tuple[list[tuple[str, int]], str]:
+    """(rule, samples that break it) for each rule in SAMPLE_RULES order, a sample counted
+    under the first rule it breaks, and a description of the first bad sample.
+    `timestamp_skew` only with a read-time window."""
+    counts = dict.fromkeys(SAMPLE_RULES, 0)
+    first = ""
+    ranges = RANGES[batch.kind]
+    s = batch.samples
+    lo_t, hi_t = read_window_ms or (-MAX_ABS_TIME_MS, MAX_ABS_TIME_MS)
+    for i, (device, metric, value, t) in enumerate(
+        zip(s.device_id, s.metric, s.value, s.read_time_ms, strict=True)
+    ):
+        rule: str | None = None
+        if not math.isfinite(value):
+            rule = "non_finite"
+        elif not lo_t <= t <= hi_t:
+            rule = "timestamp_skew"
+        elif metric not in ranges:
+            rule = "unknown_metric"
+        elif not ranges[metric][0] <= value <= ranges[metric][1]:
+            rule = "out_of_range"
+        elif device_id_problem(device, batch.site, batch.rack):
+            rule = "bad_device_id"
+        if rule is not None:
+            counts[rule] += 1
+            first = first or f"sample {i} ({device[:80]!r}, {metric[:80]!r}, {value!r}): {rule}"
+    return list(counts.items()), first
+
+
+def decode(
+    raw: bytes,
+    *,
+    topic: str | None = None,
+    key: bytes | None = None,
+    read_window_ms: tuple[int, int] | None = None,
+) -> Envelope:
+    """Parse and validate one message: the reference for ingest's bulk path, which must
+    give the same verdict and reason (tests/test_fastpath_contract_property.py).
+
+    Checks run in this order, the first failure raising ContractError(reason): not_utf8,
+    invalid_json, duplicate_key, invalid_envelope (not an object), unknown_version,
+    invalid_envelope (type), schema, wrong_topic and wrong_key (when `topic` / `key` are
+    given), empty_batch, then the per-sample rules (SAMPLE_RULES; timestamp_skew only
+    with `read_window_ms`).
+    """
+    doc = _parse(raw)
     if not isinstance(doc, dict):
         raise ContractError("invalid_envelope", "message is not a JSON object")
     version = doc.get("version")
-    if version not in SUPPORTED_VERSIONS:
+    numeric = isinstance(version, int | float) and not isinstance(version, bool)
+    if not numeric or version not in SUPPORTED_VERSIONS:
         raise ContractError(
             "unknown_version",
             f"contract version {version!r} is not supported (supported: "
@@ -283,17 +507,88 @@ def decode(raw: bytes) -> Envelope:
         batch = model.model_validate(doc)
     except ValueError as exc:
         raise ContractError("schema", _short_validation_error(exc)) from exc
+    if topic in CONTRACT_TOPICS and topic != topic_for(batch):
+        raise ContractError(
+            "wrong_topic", f"a {_what(batch)} belongs on {topic_for(batch)}, not on {topic}"
+        )
+    if key is not None and key != batch.rack.encode():
+        raise ContractError(
+            "wrong_key", f"Kafka key {key[:80]!r} is not the message's rack {batch.rack!r}"
+        )
     if isinstance(batch, TelemetryBatch):
-        unknown = sorted({m for m in batch.samples.metric if not known_metric(batch.kind, m)})
-        if unknown:
+        if len(batch.samples) == 0:
+            raise ContractError("empty_batch", "telemetry batch carries no samples")
+        counts, first = sample_rejections(batch, read_window_ms)
+        fired = [(r, n) for r, n in counts if n]
+        if fired:
+            parts = " ".join(f"{r}={n}" for r, n in fired)
+            n_bad = sum(n for _, n in fired)
             raise ContractError(
-                "unknown_metric", f"metrics not defined for kind {batch.kind.value}: {unknown[:5]}"
+                fired[0][0], f"{n_bad} of {len(batch.samples)} samples rejected: {parts}; {first}"
             )
     return batch
 
 
+def _what(batch: Envelope) -> str:
+    return f"{batch.kind.value} batch" if isinstance(batch, TelemetryBatch) else "events batch"
+
+
+def _parse(raw: bytes) -> Any:
+    """JSON from UTF-8 bytes; duplicate keys refused; NaN/Infinity literals read as
+    numbers (they are not JSON, but the bulk reader reads them, and the per-sample rule
+    `non_finite` names them)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ContractError("not_utf8", f"message is not UTF-8: {exc}") from exc
+    try:
+        orjson.loads(raw)
+        strict_error: orjson.JSONDecodeError | None = None
+    except orjson.JSONDecodeError as exc:
+        strict_error = exc
+    duplicates: list[str] = []
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            seen: set[str] = set()
+            for k, _ in pairs:
+                if k in seen:
+                    duplicates.append(k)
+                seen.add(k)
+        return out
+
+    try:  # orjson keeps the last of duplicate keys silently; the stdlib parser can tell
+        doc = json.loads(text, object_pairs_hook=pairs_hook)
+    except (ValueError, RecursionError) as exc:
+        raise ContractError("invalid_json", str(strict_error or exc)) from exc
+    if strict_error is not None:
+        try:  # refused by orjson for more than NaN/Infinity (e.g. a lone surrogate)
+            orjson.dumps(doc)
+        except orjson.JSONEncodeError as exc:
+            raise ContractError("invalid_json", str(strict_error)) from exc
+        if not _has_non_finite(doc):
+            raise ContractError("invalid_json", str(strict_error))
+    if duplicates:
+        raise ContractError("duplicate_key", f"key {duplicates[0]!r} appears more than once")
+    return doc
+
+
+def _has_non_finite(doc: Any) -> bool:
+    walk: list[Any] = [doc]
+    while walk:
+        x = walk.pop()
+        if isinstance(x, float) and not math.isfinite(x):
+            return True
+        if isinstance(x, dict):
+            walk.extend(x.values())
+        elif isinstance(x, list):
+            walk.extend(x)
+    return False
+
+
 def _short_validation_error(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
+    errors: Callable[[], list[dict[str, Any]]] | None = getattr(exc, "errors", None)
     if callable(errors):
         parts = []
         for err in errors()[:3]:

@@ -7,16 +7,17 @@ is made per sample. Two reads of that file fill the staging tables:
   _env  one row per message, envelope fields as JSON (so types are checked strictly)
   _rows one row per sample: i, device_id, metric, value, read_time_ms
 
-`validate.py` turns them into verdicts. Only messages that fail get looked at one by one
-(`diagnose`), to name the reason precisely. The outcome is `_acc` (messages to store, with
-their sample counts) plus a `Staged` summary for Python: dead letters, events, counters.
+`validate.py` turns them into verdicts, by the wire contract's rules in its order
+(`domain.contract.decode` is the reference). Messages the reader cannot parse or vouch
+for are judged one by one by that reference decoder (`diagnose`). The outcome is `_acc`
+(messages to store, with their sample counts) plus a `Staged` summary for Python: dead
+letters, events, counters.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import tempfile
 from collections import Counter
@@ -27,44 +28,44 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from domain.contract import ContractError, EventBatch, TelemetryBatch, decode
+from domain.contract import (
+    CONTRACT_TOPICS,
+    MAX_ABS_TIME_MS,
+    ContractError,
+    EventBatch,
+    TelemetryBatch,
+    decode,
+    telemetry_topic,
+)
 from ingest.sql import one_row
 from ingest.validate import (
+    CODE,
     SAMPLE_REASONS,
     IngestPolicy,
     envelope_sql,
     install_reference_tables,
     pair_check_sql,
+    sample_code_sql,
     summarize_rejections,
 )
 
-_ENVELOPE_TYPE = (
-    "STRUCT(version JSON, type JSON, batch_id JSON, collector JSON, kind JSON, "
-    "site JSON, rack JSON, seq JSON, interval_s JSON, sent_time_ms JSON)"
+_ENVELOPE_FIELDS = (
+    "version",
+    "type",
+    "batch_id",
+    "collector",
+    "kind",
+    "site",
+    "rack",
+    "seq",
+    "interval_s",
+    "sent_time_ms",
 )
-# what the reader makes of a value that is not an object: look at it one by one
-_ALL_NULL = (
-    "{"
-    + ", ".join(
-        f"'{f}': NULL::JSON"
-        for f in (
-            "version",
-            "type",
-            "batch_id",
-            "collector",
-            "kind",
-            "site",
-            "rack",
-            "seq",
-            "interval_s",
-            "sent_time_ms",
-        )
-    )
-    + "}"
-)
+# read_time_ms is read as DOUBLE to see fractions (a BIGINT read would round them); every
+# integer the contract allows (|t| <= 2**53) is exact as a double.
 _SAMPLES_TYPE = (
     "STRUCT(kind VARCHAR, rack VARCHAR, site VARCHAR, samples STRUCT("
-    "device_id VARCHAR[], metric VARCHAR[], value DOUBLE[], read_time_ms BIGINT[]))"
+    "device_id VARCHAR[], metric VARCHAR[], value DOUBLE[], read_time_ms DOUBLE[]))"
 )
 _ids = itertools.count()
 _PREFIX = "dctwin-ingest-"
@@ -112,22 +113,15 @@ class Staged:
     row_filter: str | None = None  # SQL over `r` (_rows) keeping the valid samples
 
 
-def diagnose(raw: bytes) -> tuple[str, str, TelemetryBatch | EventBatch | None]:
-    """Name what is wrong with one message the bulk reader could not take (slow, exact)."""
+def diagnose(
+    rec: Any, window: tuple[int, int] | None = None
+) -> tuple[str, str, TelemetryBatch | EventBatch | None]:
+    """Judge one message with the reference decoder (slow, exact): for what the bulk reader
+    could not read or vouch for. `rec` is a consumer record (value, topic, key)."""
     try:
-        orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        try:  # the standard library also reads NaN/Infinity literals: say so precisely
-            json.loads(raw)
-        except (ValueError, RecursionError):
-            return "invalid_json", str(exc), None
-        return "non_finite", "NaN or Infinity literal: not JSON, and not a finite number", None
-    try:
-        batch = decode(raw)
+        batch = decode(rec.value, topic=rec.topic, key=rec.key, read_window_ms=window)
     except ContractError as err:
         return err.reason, err.detail, None
-    if isinstance(batch, TelemetryBatch) and len(batch.samples) == 0:
-        return "empty_batch", "telemetry batch carries no samples", batch
     return "ok", "", batch
 
 
@@ -153,15 +147,24 @@ class Stager:
         size = self.policy.max_message_bytes + 4096
         return (
             f"read_json('{self.path}', format='newline_delimited', ignore_errors=true, "
-            f"maximum_object_size={size}, columns={{i: 'INTEGER', m: '{columns}'}})"
+            f"maximum_object_size={size}, columns={{i: 'INTEGER', k: 'INTEGER', m: '{columns}'}})"
         )
 
     def _read_envelopes(self, lines: list[bytes]) -> None:
         with open(self.path, "wb") as f:
             f.write(b"\n".join(lines))
+        # The envelope as JSON, so types are checked strictly and every key is seen
+        # (duplicates, unknown fields). `k`: colons in the cut-off samples part (5 when it
+        # is exactly "samples" and its four keys); `colons`: in what was read.
+        fields = ", ".join(f"m->'{f}' AS {f}" for f in _ENVELOPE_FIELDS)
         self.con.execute(f"""CREATE OR REPLACE TEMP TABLE _env AS
-            SELECT i, m IS NULL OR m = {_ALL_NULL} AS m_null, m.*
-            FROM {self._read_json(_ENVELOPE_TYPE)}""")
+            SELECT i, k, m IS NULL OR json_type(m) <> 'OBJECT' AS m_null, m,
+                   CASE WHEN k IS NULL THEN json_keys(m)
+                        ELSE list_append(json_keys(m), 'samples') END AS keys,
+                   coalesce(json_keys(m, '$.samples'), []) AS skeys,
+                   length(m::VARCHAR) - length(replace(m::VARCHAR, ':', '')) AS colons,
+                   {fields}
+            FROM {self._read_json("JSON")}""")
         self.con.execute(
             f"CREATE OR REPLACE TEMP TABLE _msg AS {envelope_sql('_env')} WHERE i IS NOT NULL"
         )
@@ -171,6 +174,7 @@ class Stager:
         out = Staged(messages=len(records))
         out.lo_ms = now_ms - int(p.max_past_s * 1000)
         out.hi_ms = now_ms + int(p.max_future_s * 1000)
+        window = (out.lo_ms, out.hi_ms)
         lines: list[bytes] = []
         env_lines: list[bytes] = []
         staged: list[Any] = []
@@ -189,10 +193,17 @@ class Stager:
                 )
                 continue
             if b"\n" in value or b"\r" in value:  # one message per line: re-encode compactly
+                # (rare) judged first: re-encoding would drop a duplicate key unseen
+                reason, detail, batch = diagnose(rec, window)
+                if isinstance(batch, EventBatch):
+                    out.events.append((rec, batch))
+                    continue
                 try:
+                    if reason not in ("ok", *SAMPLE_REASONS):
+                        raise ValueError(reason)
                     value = orjson.dumps(orjson.loads(value))
-                except orjson.JSONDecodeError:
-                    self._dead_or_event(out, rec)
+                except ValueError:  # orjson's JSONDecodeError too (a NaN literal)
+                    out.dead.append(DeadLetter(rec, reason, detail))
                     continue
             i = len(staged)
             lines.append(b'{"i":%d,"m":%b}' % (i, value))
@@ -200,7 +211,11 @@ class Stager:
             # "samples" last. `,"samples":` unescaped can only be a key; a message for which
             # the cut is wrong just gets its envelope read again in full (below).
             cut = value.rfind(b',"samples":')
-            env_lines.append(b'{"i":%d,"m":%b}}' % (i, value[:cut]) if cut > 0 else lines[-1])
+            env_lines.append(
+                b'{"i":%d,"k":%d,"m":%b}}' % (i, value.count(b":", cut), value[:cut])
+                if cut > 0
+                else lines[-1]
+            )
             staged.append(rec)
         if not staged:
             return out
@@ -218,63 +233,85 @@ class Stager:
         if retry:  # the cut envelope was not conclusive: read those in full
             con.execute("CREATE OR REPLACE TEMP TABLE _msg_cut AS SELECT * FROM _msg")
             self._read_envelopes([lines[i] for i in retry])
-            con.execute("""INSERT INTO _msg SELECT * FROM _msg_cut
-                           WHERE i NOT IN (SELECT i FROM _msg)""")
+            # a line the full read cannot parse keeps no verdict: it is diagnosed (below)
+            con.execute(
+                "INSERT INTO _msg SELECT * FROM _msg_cut WHERE NOT list_contains($retry, i)",
+                {"retry": retry},
+            )
         del env_lines
+        self._judge_suspects(staged, window)
         with open(self.path, "wb") as f:
             f.write(b"\n".join(lines))
         del lines
         # kind, rack and site ride along (short strings): no join per sample later on.
         # No filter here: a scan keeps poll order (a semi-join would not), and per series
         # rowid order must follow read order. Rows of messages that fail stay out later.
+        # A read time that is not an integer within the contract's bound becomes NULL, so
+        # its message is judged by the reference decoder (schema), like any null.
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _rows AS
-            SELECT i, m.kind AS kind, m.rack AS rack, m.site AS site,
-                   unnest(m.samples.device_id) AS device_id,
-                   unnest(m.samples.metric) AS metric, unnest(m.samples.value) AS value,
-                   unnest(m.samples.read_time_ms) AS read_time_ms
-            FROM {self._read_json(_SAMPLES_TYPE)}""")
+            SELECT i, kind, rack, site, device_id, metric, value,
+                   CASE WHEN t = trunc(t) AND abs(t) <= {MAX_ABS_TIME_MS}
+                        THEN CAST(t AS BIGINT) END AS read_time_ms
+            FROM (SELECT i, m.kind AS kind, m.rack AS rack, m.site AS site,
+                         unnest(m.samples.device_id) AS device_id,
+                         unnest(m.samples.metric) AS metric, unnest(m.samples.value) AS value,
+                         unnest(m.samples.read_time_ms) AS t
+                  FROM {self._read_json(_SAMPLES_TYPE)})""")
         self.close()  # read; a poll's JSON should not sit in /dev/shm until the next one
-        window = f"read_time_ms BETWEEN {out.lo_ms} AND {out.hi_ms}"
+        in_window = f"read_time_ms BETWEEN {out.lo_ms} AND {out.hi_ms}"
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _agg AS
             SELECT i, count(*) AS n,
                    count(*) FILTER (WHERE device_id IS NULL OR metric IS NULL OR value IS NULL
                                     OR read_time_ms IS NULL) AS n_null,
                    count(*) FILTER (WHERE NOT isfinite(value)) AS n_non_finite,
-                   count(*) FILTER (WHERE isfinite(value) AND NOT ({window})) AS n_skew,
+                   count(*) FILTER (WHERE isfinite(value) AND NOT ({in_window})) AS n_skew,
                    min(device_id) AS dmin, max(device_id) AS dmax,
                    min(read_time_ms) AS tmin, max(read_time_ms) AS tmax
             FROM _rows GROUP BY i""")
-        # Metric and device rules depend on (device, metric, kind, site) only: check each
-        # distinct pair once (tens of thousands) instead of every sample (a million).
+        # Metric and device rules depend on (device, metric, kind, site, rack) only: check
+        # each distinct pair once (tens of thousands) instead of every sample (a million);
+        # its value range says whether any of its samples can be out of range.
         not_ok = one_row(con.execute("SELECT count(*) FROM _msg WHERE status <> 'ok'"))[0]
         only_ok = " AND i IN (SELECT i FROM _msg WHERE status = 'ok')" if not_ok else ""
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _pairs AS
-            SELECT device_id, metric, kind, site, count(*) AS n, min(read_time_ms) AS t0,
-                   max(read_time_ms) AS t1, arg_max(value, read_time_ms) AS v1
-            FROM _rows WHERE isfinite(value) AND {window}{only_ok} GROUP BY ALL""")
+            SELECT device_id, metric, kind, site, rack, count(*) AS n, min(read_time_ms) AS t0,
+                   max(read_time_ms) AS t1, arg_max(value, read_time_ms) AS v1,
+                   min(value) AS vmin, max(value) AS vmax
+            FROM _rows WHERE isfinite(value) AND {in_window}{only_ok} GROUP BY ALL""")
         con.execute(f"CREATE OR REPLACE TEMP TABLE _badpairs AS {pair_check_sql(p)}")
         n_bad_pairs, unknown = one_row(
             con.execute(
-                "SELECT count(*) FILTER (WHERE code > 0), "
-                "coalesce(sum(n) FILTER (WHERE code = 0), 0) FROM _badpairs"
+                "SELECT count(*) FILTER (WHERE unknown_metric OR out_of_range OR dev_code > 0 "
+                "OR suspect), "
+                "coalesce(sum(n) FILTER (WHERE dev_code = 0 AND NOT unknown_metric), 0) "
+                "FROM _badpairs"
             )
         )
         by_pair: dict[int, dict[int, int]] = {}
-        if n_bad_pairs:  # rare: which messages carry those pairs
+        suspects: set[int] = set()
+        if n_bad_pairs:  # rare: which messages carry those pairs, and which of their samples
+            suspects = {
+                i
+                for (i,) in con.execute("""SELECT DISTINCT r.i FROM _rows r
+                    JOIN _badpairs b USING (device_id, metric, kind, site, rack)
+                    WHERE b.suspect""").fetchall()
+            }
             for i, code, n in con.execute(f"""
-                    SELECT r.i, b.code, count(*) FROM _rows r
-                    JOIN _badpairs b USING (device_id, metric, kind, site)
-                    WHERE b.code > 0 AND isfinite(r.value) AND r.{window}
-                    GROUP BY ALL""").fetchall():
+                    SELECT i, code, count(*) FROM (
+                        SELECT r.i, {sample_code_sql("r", "b")} AS code FROM _rows r
+                        JOIN _badpairs b USING (device_id, metric, kind, site, rack)
+                        WHERE isfinite(r.value) AND r.{in_window})
+                    WHERE code IS NOT NULL GROUP BY ALL""").fetchall():
                 by_pair.setdefault(i, {})[code] = n
         verdicts = con.execute("""
-            SELECT m.i, m.status, m.detail, a.n, a.n_null, a.n_non_finite, a.n_skew
+            SELECT m.i, m.status, m.detail, m.kind, m.rack, a.n, a.n_null, a.n_non_finite,
+                   a.n_skew
             FROM _msg m LEFT JOIN _agg a USING (i) ORDER BY m.i""").fetchall()
         accepted: list[int] = []
         n_bad: list[int] = []
         seen: set[int] = set()
         excluded = False  # a staged message (or part of one) is not stored
-        for i, status, detail, n, n_null, n_non_finite, n_skew in verdicts:
+        for i, status, detail, kind, rack, n, n_null, n_non_finite, n_skew in verdicts:
             seen.add(i)
             rec = staged[i]
             if status == "ok":
@@ -282,22 +319,23 @@ class Stager:
                 by_reason = [
                     n_non_finite or 0,
                     n_skew or 0,
-                    *(codes.get(c, 0) for c in range(3, len(SAMPLE_REASONS) + 1)),
+                    *(codes.get(c, 0) for c in range(CODE["unknown_metric"], len(CODE) + 1)),
                 ]
-                if n is None:  # no samples came out: empty, or the arrays are not arrays
-                    self._dead_or_event(out, rec)
-                elif n_null:
+                # the contract's order: schema, wrong_topic, wrong_key, then sample rules
+                # (rare) the reference decoder judges a suspect, and a batch with non-finite
+                # or skewed samples (_pairs leaves those out: their strings are unchecked);
+                # its sample rules are ours
+                unsure = i in suspects or n_non_finite or n_skew
+                verdict = diagnose(rec, window) if unsure else ("ok", "", None)
+                if verdict[0] not in ("ok", *SAMPLE_REASONS):
                     excluded = True
-                    reason, why, _ = diagnose(rec.value)
-                    out.dead.append(
-                        DeadLetter(
-                            rec,
-                            "schema",
-                            why
-                            if reason != "ok"
-                            else "sample columns differ in length or hold values of the wrong type",
-                        )
-                    )
+                    out.dead.append(DeadLetter(rec, verdict[0], verdict[1]))
+                elif n is None or n_null:  # no samples came out, or some unreadable: exact
+                    excluded = True
+                    self._dead_or_event(out, rec, window)
+                elif misplaced := _misplaced(rec, kind, rack):
+                    excluded = True
+                    out.dead.append(DeadLetter(rec, *misplaced))
                 elif rejected := sum(by_reason):
                     excluded = True
                     reason, why = summarize_rejections(
@@ -320,20 +358,20 @@ class Stager:
                     accepted.append(i)
                     n_bad.append(0)
             elif status in ("events", "unparsed"):
-                self._dead_or_event(out, rec)
+                self._dead_or_event(out, rec, window)
             else:
                 out.dead.append(DeadLetter(rec, status, detail or status))
         for i in range(len(staged)):  # lines the JSON reader could not read at all
             if i not in seen:
-                self._dead_or_event(out, staged[i])
+                self._dead_or_event(out, staged[i], window)
         # Counted over pairs: exact unless a rejected message carries an unknown device
         out.unknown_device_samples = int(unknown)
         with_rows = one_row(con.execute("SELECT count(*) FROM _agg"))[0]
         out.pairs_valid = not excluded and with_rows == len(accepted)
         out.row_filter = (
-            f"isfinite(r.value) AND r.{window} AND NOT EXISTS (SELECT 1 FROM "
-            "_badpairs b WHERE b.code > 0 AND b.device_id = r.device_id AND "
-            "b.metric = r.metric AND b.kind = r.kind AND b.site = r.site)"
+            f"isfinite(r.value) AND r.{in_window} AND NOT EXISTS (SELECT 1 FROM _badpairs b "
+            "WHERE b.device_id = r.device_id AND b.metric = r.metric AND b.kind = r.kind "
+            f"AND b.site = r.site AND b.rack = r.rack AND {sample_code_sql('r', 'b')} > 0)"
             if out.partial
             else None
         )
@@ -352,8 +390,31 @@ class Stager:
         out.accepted = len(accepted)
         return out
 
-    def _dead_or_event(self, out: Staged, rec: Any) -> None:
-        reason, detail, batch = diagnose(rec.value)
+    def _judge_suspects(self, staged: list[Any], window: tuple[int, int]) -> None:
+        """Messages the bulk reader cannot vouch for (a nested object, a colon in a string)
+        get the reference decoder's verdict; those it finds valid, or bad only in samples,
+        go on through the bulk path (which then reads them exactly: no key is repeated)."""
+        suspects = self.con.execute("SELECT i FROM _msg WHERE status = 'suspect'").fetchall()
+        if not suspects:
+            return
+        verdicts = []
+        for (i,) in suspects:
+            reason, detail, batch = diagnose(staged[i], window)
+            if reason in ("ok", *SAMPLE_REASONS):
+                reason, detail = ("events" if isinstance(batch, EventBatch) else "ok"), ""
+            verdicts.append((i, reason, detail))
+        judged = pa.table(  # noqa: F841 - referenced by SQL below
+            {
+                "i": pa.array([v[0] for v in verdicts], pa.int32()),
+                "status": [v[1] for v in verdicts],
+                "detail": [v[2] for v in verdicts],
+            }
+        )
+        self.con.execute("""UPDATE _msg SET status = j.status, detail = j.detail
+                            FROM judged j WHERE _msg.i = j.i""")
+
+    def _dead_or_event(self, out: Staged, rec: Any, window: tuple[int, int]) -> None:
+        reason, detail, batch = diagnose(rec, window)
         if reason == "ok" and isinstance(batch, EventBatch):
             out.events.append((rec, batch))
         elif reason == "ok":  # valid to pydantic, unreadable in bulk (e.g. a huge integer)
@@ -366,3 +427,13 @@ class Stager:
             )
         else:
             out.dead.append(DeadLetter(rec, reason, detail))
+
+
+def _misplaced(rec: Any, kind: str, rack: str) -> tuple[str, str] | None:
+    """(wrong_topic | wrong_key, detail) as `contract.decode` finds them, or None."""
+    want = telemetry_topic(kind)
+    if rec.topic in CONTRACT_TOPICS and rec.topic != want:
+        return "wrong_topic", f"a {kind} batch belongs on {want}, not on {rec.topic}"
+    if rec.key is not None and rec.key != rack.encode():
+        return "wrong_key", f"Kafka key {rec.key[:80]!r} is not the message's rack {rack!r}"
+    return None

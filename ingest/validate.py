@@ -7,9 +7,13 @@ row per message, the sample rules over one row per sample. Python only sees the 
 Reasons a message is dead-lettered (the `dctwin-dlq-reason` header and the stats key):
 
 message-level (nothing from the message is stored):
-  too_large, invalid_json, invalid_envelope, unknown_version, schema, empty_batch
+  too_large, not_utf8, invalid_json, duplicate_key, invalid_envelope, unknown_version,
+  schema, wrong_topic, wrong_key, empty_batch
 sample-level (with partial="keep_valid" the other samples of the batch are stored):
-  non_finite, timestamp_skew, unknown_metric, bad_device_id, unknown_device
+  non_finite, timestamp_skew, unknown_metric, out_of_range, bad_device_id, unknown_device
+
+The wire contract (domain/contract.py `decode`) is the reference: for every message these
+rules give its verdict and reason (tests/test_fastpath_contract_property.py).
 """
 
 from __future__ import annotations
@@ -21,15 +25,32 @@ from typing import Literal
 import duckdb
 import pyarrow as pa
 
-from domain.contract import METRICS, Kind
+from domain.contract import (
+    CONTROL_CHARS,
+    FACILITY_KEY,
+    MAX_DEVICE_ID_CHARS,
+    MAX_NAME_CHARS,
+    RANGES,
+    SAMPLE_RULES,
+    Kind,
+)
 
 # Order is precedence: a sample that breaks several rules is counted under the first.
-SAMPLE_REASONS = (
-    "non_finite",
-    "timestamp_skew",
-    "unknown_metric",
-    "bad_device_id",
-    "unknown_device",
+# The contract's rules, then the one only a site model can check.
+SAMPLE_REASONS = (*SAMPLE_RULES, "unknown_device")
+CODE = {r: k + 1 for k, r in enumerate(SAMPLE_REASONS)}  # rule -> code in SQL
+TELEMETRY_KEYS = (
+    "version",
+    "type",
+    "batch_id",
+    "collector",
+    "kind",
+    "site",
+    "rack",
+    "seq",
+    "interval_s",
+    "sent_time_ms",
+    "samples",
 )
 
 
@@ -78,8 +99,10 @@ def install_reference_tables(con: duckdb.DuckDBPyConnection, policy: IngestPolic
     """Temp tables the sample rules join against (per connection, replaced on each call)."""
     known_metrics = pa.table(  # noqa: F841 - referenced by SQL below
         {
-            "kind": [k.value for k, names in METRICS.items() for _ in names],
-            "metric": [m for names in METRICS.values() for m in names],
+            "kind": [k.value for k, ranges in RANGES.items() for _ in ranges],
+            "metric": [m for ranges in RANGES.values() for m in ranges],
+            "lo": [lo for ranges in RANGES.values() for lo, _ in ranges.values()],
+            "hi": [hi for ranges in RANGES.values() for _, hi in ranges.values()],
         }
     )
     con.execute("CREATE OR REPLACE TEMP TABLE _known_metrics AS SELECT * FROM known_metrics")
@@ -89,14 +112,28 @@ def install_reference_tables(con: duckdb.DuckDBPyConnection, policy: IngestPolic
 
 
 def _is_text(col: str) -> str:
-    return f"(json_type({col}) IS NOT DISTINCT FROM 'VARCHAR' AND length({col}->>'$') > 0)"
+    """A string the contract's `Name` accepts: 1..MAX_NAME_CHARS, no control characters."""
+    return (
+        f"(json_type({col}) IS NOT DISTINCT FROM 'VARCHAR' "
+        f"AND length({col}->>'$') BETWEEN 1 AND {MAX_NAME_CHARS} "
+        f"AND NOT regexp_matches({col}->>'$', '{CONTROL_CHARS}'))"
+    )
 
 
 def _is_int(col: str) -> str:
-    return f"(json_type({col}) IN ('UBIGINT', 'BIGINT'))"
+    """A JSON integer that fits int64 (what the contract's StrictInt fields accept)."""
+    return (
+        f"coalesce(json_type({col}) IN ('UBIGINT', 'BIGINT') "
+        f"AND TRY_CAST({col} AS BIGINT) IS NOT NULL, false)"
+    )
 
 
 KINDS = tuple(k.value for k in Kind)
+
+
+def _name_detail(field: str) -> str:
+    return f"'{field}: a string of 1 to {MAX_NAME_CHARS} characters, no control characters'"
+
 
 # (condition that is TRUE when the field is wrong, reason, detail) in evaluation order.
 ENVELOPE_RULES: tuple[tuple[str, str, str], ...] = (
@@ -112,9 +149,15 @@ ENVELOPE_RULES: tuple[tuple[str, str, str], ...] = (
         "invalid_envelope",
         "'unknown message type ' || coalesce(CAST(type AS VARCHAR), 'null')",
     ),
-    (f"NOT {_is_text('collector')}", "schema", "'collector: a non-empty string is required'"),
-    (f"NOT {_is_text('site')}", "schema", "'site: a non-empty string is required'"),
-    (f"NOT {_is_text('rack')}", "schema", "'rack: a non-empty string is required'"),
+    (
+        f"NOT list_has_all({list(TELEMETRY_KEYS)!r}, keys)",
+        "schema",
+        "'unknown fields: ' || array_to_string(list_filter(keys, lambda k: k NOT IN "
+        f"{TELEMETRY_KEYS!r}), ', ')",
+    ),
+    (f"NOT {_is_text('collector')}", "schema", _name_detail("collector")),
+    (f"NOT {_is_text('site')}", "schema", _name_detail("site")),
+    (f"NOT {_is_text('rack')}", "schema", _name_detail("rack")),
     (
         f"json_type(kind) IS DISTINCT FROM 'VARCHAR' OR kind->>'$' NOT IN {KINDS!r}",
         "schema",
@@ -124,12 +167,17 @@ ENVELOPE_RULES: tuple[tuple[str, str, str], ...] = (
     (
         f"batch_id IS NOT NULL AND NOT {_is_text('batch_id')}",
         "schema",
-        "'batch_id: must be a non-empty string'",
+        _name_detail("batch_id"),
     ),
-    ("json_type(seq) IS DISTINCT FROM 'UBIGINT'", "schema", "'seq: an integer >= 0 is required'"),
     (
-        "NOT (json_type(interval_s) IN ('UBIGINT', 'BIGINT', 'DOUBLE') "
-        "AND TRY_CAST(interval_s AS DOUBLE) > 0)",
+        f"json_type(seq) IS DISTINCT FROM 'UBIGINT' OR NOT {_is_int('seq')}",
+        "schema",
+        "'seq: an integer >= 0 is required'",
+    ),
+    (
+        "NOT coalesce(json_type(interval_s) IN ('UBIGINT', 'BIGINT', 'DOUBLE') "
+        "AND isfinite(TRY_CAST(interval_s AS DOUBLE)) AND TRY_CAST(interval_s AS DOUBLE) > 0, "
+        "false)",
         "schema",
         "'interval_s: a number > 0 is required'",
     ),
@@ -137,14 +185,38 @@ ENVELOPE_RULES: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# Before the field rules: what the bulk reader cannot vouch for. 'suspect': the message
+# has keys or colons the envelope/sample reads do not account for (nested objects, a colon
+# inside a string): the reference decoder judges it (staging.py). Otherwise every key was
+# seen, so a repeated one is certain.
+SHAPE_RULES: tuple[tuple[str, str, str], ...] = (
+    (
+        "colons <> len(json_keys(m)) + len(skeys) OR coalesce(k, 5) <> 5",
+        "suspect",
+        "NULL",
+    ),
+    (
+        "len(list_distinct(keys)) <> len(keys) OR len(list_distinct(skeys)) <> len(skeys)",
+        "duplicate_key",
+        "'a key appears more than once'",
+    ),
+)
+
+
 def envelope_sql(source: str) -> str:
     """SELECT one verdict row per message from the raw envelope table `source`.
 
     status is 'ok' (telemetry to check further), 'events' (decoded by the events path),
-    'unparsed' (the bulk reader could not read it: diagnosed one by one) or a reason.
+    'unparsed' (the bulk reader could not read it: diagnosed one by one), 'suspect' (to be
+    judged by the reference decoder) or a reason.
     """
     # the first three rules hold for every message; events are then decoded elsewhere
-    rules = [*ENVELOPE_RULES[:3], ("type->>'$' = 'events'", "events", "NULL"), *ENVELOPE_RULES[3:]]
+    rules = [
+        *SHAPE_RULES,
+        *ENVELOPE_RULES[:3],
+        ("type->>'$' = 'events'", "events", "NULL"),
+        *ENVELOPE_RULES[3:],
+    ]
     reason = (
         "CASE WHEN m_null THEN 'unparsed' "
         + " ".join(f"WHEN {cond} THEN '{r}'" for cond, r, _ in rules)
@@ -163,25 +235,66 @@ def envelope_sql(source: str) -> str:
         FROM {source}"""
 
 
+def _bad_device_sql(p: str) -> str:
+    """SQL true when device id `{p}.device_id` breaks contract.device_id_problem (cheapest
+    tests first: most ids pass them all, and the regex runs on what is left)."""
+    d = f"{p}.device_id"
+    in_rack = (
+        f"(contains({d} || '/', '/' || {p}.rack || '/') OR ({p}.rack = '{FACILITY_KEY}' "
+        f"AND length({d}) - length(replace({d}, '/', '')) < 4))"
+    )
+    return (
+        f"(length({d}) > {MAX_DEVICE_ID_CHARS} OR NOT starts_with({d}, {p}.site || '/') "
+        f"OR NOT {in_rack} OR regexp_matches({d}, '{CONTROL_CHARS}'))"
+    )
+
+
+def _not_a_string_sql(col: str) -> str:
+    """True for what the typed reader makes of a JSON array, object, number or boolean in a
+    string array ('[1]', '7', 'true'): the contract refuses those (schema), so the reference
+    decoder judges the message (a real string that looks like that is merely rarer). Only
+    asked of ids that are bad anyway and of unknown metrics: neither looks like that."""
+    return (
+        f"(left({col}, 1) IN ('[', '{{') OR {col} IN ('true', 'false') "
+        f"OR TRY_CAST({col} AS DOUBLE) IS NOT NULL)"
+    )
+
+
 def pair_check_sql(policy: IngestPolicy) -> str:
-    """SELECT the (device, metric, kind, site) pairs of `_pairs` that break a rule (code =
-    index in SAMPLE_REASONS + 1) or whose device is unknown but accepted (code 0)."""
+    """SELECT the (device, metric, kind, site, rack) pairs of `_pairs` that break a rule, or
+    whose device is unknown but accepted (dev_code 0), or that are `suspect` (see
+    _not_a_string_sql). Metric and device rules hold for a whole pair; the range rule per
+    sample: `lo`/`hi` come along for `sample_code_sql`."""
     reject = policy.checks_devices and policy.unknown_device == "reject"
     unknown = "kd.device_id IS NULL" if policy.checks_devices else "false"
     devices = (
         "LEFT JOIN _known_devices kd ON kd.device_id = p.device_id" if policy.checks_devices else ""
     )
+    refuse_unknown = f"WHEN kd.device_id IS NULL THEN {CODE['unknown_device']}" if reject else ""
     return f"""
         SELECT * FROM (
-            SELECT p.device_id, p.metric, p.kind, p.site, p.n, CASE
-                WHEN km.metric IS NULL THEN 3
-                WHEN NOT starts_with(p.device_id, p.site || '/') THEN 4
-                {"WHEN kd.device_id IS NULL THEN 5" if reject else ""}
-                WHEN {unknown} THEN 0 END AS code
-            FROM _pairs p
+            SELECT p.device_id, p.metric, p.kind, p.site, p.rack, p.n,
+                   km.metric IS NULL AS unknown_metric, km.lo, km.hi,
+                   p.vmin < km.lo OR p.vmax > km.hi AS out_of_range,
+                   CASE WHEN bad_device AND {_not_a_string_sql("p.device_id")} THEN true
+                        WHEN km.metric IS NULL THEN {_not_a_string_sql("p.metric")}
+                        ELSE false END AS suspect,
+                   CASE WHEN bad_device THEN {CODE["bad_device_id"]}
+                        {refuse_unknown}
+                        WHEN {unknown} THEN 0 END AS dev_code
+            FROM (SELECT *, {_bad_device_sql("_pairs")} AS bad_device FROM _pairs) p
             LEFT JOIN _known_metrics km ON km.kind = p.kind AND km.metric = p.metric
             {devices})
-        WHERE code IS NOT NULL"""
+        WHERE unknown_metric OR out_of_range OR dev_code IS NOT NULL OR suspect"""
+
+
+def sample_code_sql(r: str, b: str) -> str:
+    """Code of the first pair-level rule sample `{r}` of bad pair `{b}` breaks, or NULL."""
+    return (
+        f"CASE WHEN {b}.unknown_metric THEN {CODE['unknown_metric']} "
+        f"WHEN NOT {r}.value BETWEEN {b}.lo AND {b}.hi THEN {CODE['out_of_range']} "
+        f"WHEN {b}.dev_code > 0 THEN {b}.dev_code END"
+    )
 
 
 def summarize_rejections(counts: Iterable[tuple[str, int]], n_total: int) -> tuple[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections import namedtuple
@@ -68,7 +69,10 @@ class Records:
         self.partition = partition
         self.offset = 0
 
-    def __call__(self, value: bytes | dict, key: bytes = b"rk", headers=None) -> Raw:
+    def __call__(self, value: bytes | dict, key: bytes | None = None, headers=None) -> Raw:
+        """`key` defaults to the message's rack, as collectors key it."""
+        if key is None:
+            key = _rack_of(value)
         if isinstance(value, dict):
             value = encode(value)
         rec = Raw(self.topic, self.partition, self.offset, key, value, headers or [])
@@ -77,3 +81,13 @@ class Records:
 
     def offsets(self) -> dict[tuple[str, int], int]:
         return {(self.topic, self.partition): self.offset}
+
+
+def _rack_of(value: bytes | dict) -> bytes:
+    if isinstance(value, bytes):
+        try:  # the standard library also reads NaN literals
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            return b"rk"
+    rack = value.get("rack") if isinstance(value, dict) else None
+    return rack.encode() if isinstance(rack, str) else b"rk"

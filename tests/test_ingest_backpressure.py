@@ -30,9 +30,8 @@ def test_slow_storage_pauses_the_consumer_and_bounds_what_is_buffered(settings, 
     t = now_ms()
     n_messages = 40
     for k in range(n_messages):
-        producer.send(
-            topic, key=f"rk{k % 4}".encode(), value=encode(batch_doc(f"rk-{unique}", t + k * 1000))
-        )
+        rack = f"rk{k % 4}-{unique}"  # the key is the rack: four keys, both partitions
+        producer.send(topic, key=rack.encode(), value=encode(batch_doc(rack, t + k * 1000)))
     producer.flush()
     producer.close()
 
@@ -56,7 +55,7 @@ def test_slow_storage_pauses_the_consumer_and_bounds_what_is_buffered(settings, 
     try:
         assert (
             store.cursor()
-            .execute("SELECT count(*) FROM samples WHERE rack = ?", [f"rk-{unique}"])
+            .execute("SELECT count(*) FROM samples WHERE rack LIKE ?", [f"rk_-{unique}"])
             .fetchone()[0]
             == n_messages * 12
         )

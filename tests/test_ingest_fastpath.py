@@ -122,7 +122,7 @@ def test_each_bad_message_gets_its_reason_and_good_ones_in_between_are_stored(st
         "metric": "unknown_metric",
         "version": "unknown_version",
         "empty": "empty_batch",
-        "binary": "invalid_json",
+        "binary": "not_utf8",
         "array": "invalid_envelope",
         "type": "invalid_envelope",
         "lengths": "schema",
@@ -170,17 +170,24 @@ def test_reject_batch_policy_stores_nothing_from_a_partly_bad_batch(store):
 
 def test_unknown_devices_are_counted_and_the_policy_decides(store, site):
     rec = Records()
-    known = [d.id for d in site.devices() if d.device_class == "gpu"][:2]
-    devices = [*known, "sv1/h9/row9/rk999/n01/gpu0"]
+    gpus = [d for d in site.devices() if d.device_class == "gpu"]
+    rack = gpus[0].rack  # devices travel under their own rack's key
+    known = [d.id for d in gpus if d.rack == rack][:2]
+    devices = [*known, known[0].replace("/gpu", "/gpu9")]  # same rack, not in the site
+    t = now_ms() - 10_000
+
+    def rows_at(t_ms: int) -> list[tuple]:
+        return [r for r in stored(store, rack) if r[2] == t_ms]
+
     accept = IngestPolicy.for_site(site)
-    r1 = store.ingest([rec(batch_doc("rk5", now_ms(), devices=devices))], rec.offsets(), accept)
+    r1 = store.ingest([rec(batch_doc(rack, t, devices=devices))], rec.offsets(), accept)
     assert r1.staged.unknown_device_samples == 3 and not r1.staged.dead
-    assert len(stored(store, "rk5")) == 9
+    assert len(rows_at(t)) == 9
     reject = IngestPolicy.for_site(site, unknown_device="reject")
-    r2 = store.ingest([rec(batch_doc("rk6", now_ms(), devices=devices))], rec.offsets(), reject)
+    r2 = store.ingest([rec(batch_doc(rack, t + 1, devices=devices))], rec.offsets(), reject)
     (d,) = r2.staged.dead
     assert d.reason == "unknown_device" and (d.samples_rejected, d.samples_kept) == (3, 6)
-    assert {r[0] for r in stored(store, "rk6")} == set(known)
+    assert {r[0] for r in rows_at(t + 1)} == set(known)
     # a malformed id is never accepted: it does not even start with the site
     r3 = store.ingest([rec(batch_doc("rk7", now_ms(), devices=["123"]))], rec.offsets(), accept)
     assert r3.staged.dead[0].reason == "bad_device_id"
@@ -261,7 +268,10 @@ def test_messages_with_newlines_and_events_are_stored(store):
             }
         ],
     }
-    result = store.ingest([rec(pretty), rec(event)], rec.offsets(), IngestPolicy())
+    events = Records("events")  # events travel on their own topic
+    result = store.ingest(
+        [rec(pretty), events(event)], rec.offsets() | events.offsets(), IngestPolicy()
+    )
     assert not result.staged.dead
     assert result.write.samples_stored == 12 and result.write.events_stored == 1
     assert store.cursor().execute(
