@@ -27,6 +27,19 @@ from domain.contract import Kind, telemetry_topic
 from domain.site import EXAMPLE_SITE, load_site
 from domain.topics import ensure_topics, make_producer
 
+# metric -> (low, high) of the generated values: realistic readings of a GPU under load
+VALUE_RANGES = {
+    "gpu_temp_c": (30.0, 85.0),
+    "mem_temp_c": (30.0, 90.0),
+    "power_w": (60.0, 700.0),
+    "energy_mj": (0.0, 0.0),  # a counter, set below
+    "util_gpu_pct": (0.0, 100.0),
+    "util_mem_pct": (0.0, 100.0),
+    "sm_clock_mhz": (210.0, 1980.0),
+    "mem_clock_mhz": (1593.0, 2619.0),
+    "throttle_reasons": (0.0, 255.0),
+    "fan_speed_pct": (0.0, 100.0),
+}
 GPU_METRICS = (
     "gpu_temp_c",
     "mem_temp_c",
@@ -43,7 +56,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def rack_messages(
-    n_samples: int, racks_per_message: int = 1, seed: int = 0, end_ms: int | None = None
+    n_samples: int, seed: int = 0, end_ms: int | None = None
 ) -> Iterator[tuple[bytes, bytes, int]]:
     """(key, value, samples) for whole rack intervals of the example site, 1 s apart and
     ending two minutes before `end_ms` (so they are inside the default skew window)."""
@@ -53,7 +66,7 @@ def rack_messages(
         if d.device_class == "gpu":
             by_rack.setdefault(d.rack, []).append(d.id)
     racks = sorted(by_rack)
-    groups = [racks[i : i + racks_per_message] for i in range(0, len(racks), racks_per_message)]
+    groups = [[r] for r in racks]  # one rack per message, keyed by it, as the contract requires
     per_interval = sum(len(g) for g in by_rack.values()) * len(GPU_METRICS)
     intervals = -(-n_samples // per_interval)
     end_ms = end_ms or int(time.time() * 1000)
@@ -67,12 +80,22 @@ def rack_messages(
             [m for m in GPU_METRICS for _ in gpus],
             len(gpus),
         )
+    # values inside the contract's plausible ranges (domain/contract.py RANGES), else
+    # ingest would refuse them as out_of_range
+    bounds = {
+        r: (
+            np.repeat([VALUE_RANGES[m][0] for m in GPU_METRICS], n_gpu),
+            np.repeat([VALUE_RANGES[m][1] for m in GPU_METRICS], n_gpu),
+        )
+        for r, (_, _, n_gpu) in layout.items()
+    }
     produced = seq = 0
     for k in range(intervals):
         t = t0 + k * 1000
         for g in groups:
             ids, metrics, n_gpu = layout[g[0]]
-            vals = np.round(rng.uniform(20.0, 700.0, len(ids)), 3)
+            lo, hi = bounds[g[0]]
+            vals = np.round(rng.uniform(lo, hi), 3)
             vals[3 * n_gpu : 4 * n_gpu] = 3.6e9 + k * 700_000.0  # energy counter, mJ
             seq += 1
             doc = {
@@ -103,7 +126,6 @@ def produce(
     bootstrap: str,
     n_samples: int,
     compression: str = "zstd",
-    racks_per_message: int = 1,
     topic: str | None = None,
 ) -> tuple[int, int]:
     producer = make_producer(
@@ -111,7 +133,7 @@ def produce(
     )
     topic = topic or telemetry_topic(Kind.gpu)
     n = n_bytes = 0
-    for key, value, count in rack_messages(n_samples, racks_per_message):
+    for key, value, count in rack_messages(n_samples):
         producer.send(topic, key=key, value=value)
         n += count
         n_bytes += len(value)

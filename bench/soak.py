@@ -304,15 +304,16 @@ class Soak:
                     producer.send("telemetry.gpu", bad_messages()[kind], key=b"rk101").get(10)
                     self.figures.bad_messages_acked[kind] += 1
                     if self.gpu_ids:
-                        producer.send(EVENTS_TOPIC, self.xid_event(), key=b"soak").get(10)
+                        gpu = random.choice(self.gpu_ids)
+                        rack = gpu.split("/")[3].encode()  # keyed by its rack, as collectors do
+                        producer.send(EVENTS_TOPIC, self.xid_event(gpu), key=rack).get(10)
                         self.figures.xid_events_acked += 1
                 except KafkaError as exc:
                     console.print(f"[dim]produce failed ({type(exc).__name__}); not counted[/]")
                 finally:
                     producer.close(timeout=5)
 
-    def xid_event(self) -> bytes:
-        gpu = random.choice(self.gpu_ids)
+    def xid_event(self, gpu: str) -> bytes:
         rack = gpu.split("/")[3]
         t = int(time.time() * 1000)
         return orjson.dumps(
