@@ -167,6 +167,8 @@ class Ingestor:
         # next offset expected from the broker, per partition: a poll that starts elsewhere
         # means records were skipped (retention) or the topic was re-created
         self._expected: dict[tuple[str, int], int] = {}
+        # newly assigned partitions, paused at their saved offsets until checked
+        self._unchecked: dict[TopicPartition, int] = {}
         # kept by the rebalance callbacks, so other threads can read it (the consumer is
         # not thread-safe)
         self.assigned: frozenset[tuple[str, int]] = frozenset()
@@ -180,7 +182,7 @@ class Ingestor:
 
     def poll_once(self, timeout_ms: int = 500, max_records: int | None = None) -> int:
         """Poll, store and commit synchronously; returns the samples stored."""
-        records = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        records = self._poll(timeout_ms, max_records)
         self._update_lag()
         if not records:
             self._maybe_maintain()
@@ -363,11 +365,11 @@ class Ingestor:
                     self._collect(timeout_s=0.1)
                     # services rebalances; paused partitions return nothing, but whatever
                     # does come back has advanced the position and must be stored
-                    if records := self.consumer.poll(timeout_ms=0):
+                    if records := self._poll(timeout_ms=0):
                         self._hand_over(self._prepare(records))
                     continue
                 self._resume()
-                records = self.consumer.poll(timeout_ms=200)
+                records = self._poll(timeout_ms=200)
                 self._update_lag()
                 if records:
                     self._hand_over(self._prepare(records))
@@ -438,6 +440,7 @@ class Ingestor:
         for tp in revoked:
             self.stats.lag.pop((tp.topic, tp.partition), None)
             self._expected.pop((tp.topic, tp.partition), None)
+            self._unchecked.pop(tp, None)
 
     def _on_assigned(self, assigned) -> None:
         self.router.acquire({tp.partition for tp in assigned})
@@ -447,14 +450,38 @@ class Ingestor:
             for tp in assigned
             if (tp.topic, tp.partition) in stored
         }
-        for tp, offset in self._check_resume(resume).items():
-            # resume from DuckDB's offsets, not Kafka's (checked against the broker's log)
-            self.consumer.seek(tp, offset)
-            self._next[(tp.topic, tp.partition)] = offset
-            self._expected[(tp.topic, tp.partition)] = offset
+        for tp, offset in resume.items():  # resume from DuckDB's offsets, not Kafka's
+            self._seek(tp, offset)
+        if resume:
+            # ... once `_settle_assigned` has checked them against the broker's log, after
+            # this poll: kafka-python forbids blocking requests inside this callback
+            self.consumer.pause(*resume)
+            self._unchecked.update(resume)
         if self.stats.paused and assigned:
             self.consumer.pause(*assigned)
         self.assigned = self.assigned | {(tp.topic, tp.partition) for tp in assigned}
+
+    def _seek(self, tp: TopicPartition, offset: int) -> None:
+        self.consumer.seek(tp, offset)
+        self._next[(tp.topic, tp.partition)] = offset
+        self._expected[(tp.topic, tp.partition)] = offset
+
+    def _poll(self, timeout_ms: int, max_records: int | None = None) -> dict:
+        """`KafkaConsumer.poll`, then the offset check of newly assigned partitions."""
+        records = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        if self._unchecked:
+            self._settle_assigned()
+        return records
+
+    def _settle_assigned(self) -> None:
+        held = self.consumer.assignment()
+        saved = {tp: o for tp, o in self._unchecked.items() if tp in held}
+        self._unchecked.clear()
+        for tp, offset in self._check_resume(saved).items():
+            if offset != saved[tp]:
+                self._seek(tp, offset)
+        if saved and not self.stats.paused:  # backpressure keeps them paused
+            self.consumer.resume(*saved)
 
     def _check_resume(self, saved: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """Where to resume each partition, given the next offsets DuckDB saved.
