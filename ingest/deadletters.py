@@ -274,3 +274,37 @@ def _error_of(fut: Any) -> str:
         return "not acknowledged within the flush timeout"
     exc = fut.exception
     return repr(exc) if isinstance(exc, KafkaError | Exception) else str(exc)
+
+
+def dead_letter_summary(
+    cur: Any, since: datetime | None = None, examples: int = 20
+) -> dict[str, Any]:
+    """Counts per reason and outcome, and the newest examples, from `dead_letters`
+    (`cur`: a DuckDB cursor). Within the table's retention (Store.dead_letter_retention_s)."""
+    exists = cur.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'dead_letters'"
+    ).fetchone()
+    if not exists or not exists[0]:  # a read-only database from before the table existed
+        return {"total": 0, "by_reason": [], "recent": []}
+    where, params = ("WHERE time >= ?", [since]) if since is not None else ("", [])
+    counts = cur.execute(
+        f"""SELECT reason, count(*), count(*) FILTER (outcome = '{QUARANTINED}'),
+                   count(*) FILTER (outcome = '{TRUNCATED}'), max(time)
+            FROM dead_letters {where} GROUP BY reason ORDER BY count(*) DESC, reason""",
+        params,
+    ).fetchall()
+    cur.execute(
+        f"""SELECT time, reason, detail, topic, partition, "offset", size_bytes, sha256,
+                   excerpt, outcome
+            FROM dead_letters {where} ORDER BY time DESC, "offset" DESC LIMIT ?""",
+        [*params, examples],
+    )
+    cols = [c[0] for c in cur.description]
+    return {
+        "total": sum(int(r[1]) for r in counts),
+        "by_reason": [
+            {"reason": r, "count": n, "quarantined": q, "truncated": t, "last": last}
+            for r, n, q, t, last in counts
+        ],
+        "recent": [dict(zip(cols, row, strict=True)) for row in cur.fetchall()],
+    }
