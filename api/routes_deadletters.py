@@ -8,12 +8,13 @@ file); this endpoint carries their size, sha256 and a short excerpt.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from api.deps import TwinDep
+from api.shape import now_naive_utc, utc
 from ingest.deadletters import dead_letter_summary
 
 router = APIRouter(tags=["ingest"])
@@ -59,6 +60,12 @@ def dead_letters(
     ),
     limit: int = Query(20, ge=0, le=500, description="recent examples returned"),
 ) -> DeadLettersOut:
-    since = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=window_s)
+    since = now_naive_utc() - timedelta(seconds=window_s)
     out = dead_letter_summary(twin.store.cursor(), since, limit)
-    return DeadLettersOut(since=since, **out)
+    # stored naive UTC; the API answers RFC 3339 with Z (api/shape.py)
+    return DeadLettersOut(
+        since=utc(since),
+        total=out["total"],
+        by_reason=[r | {"last": utc(r["last"])} for r in out["by_reason"]],
+        recent=[r | {"time": utc(r["time"])} for r in out["recent"]],
+    )

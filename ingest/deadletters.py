@@ -126,11 +126,15 @@ class DeadLetterSink:
         self.truncated_bytes = truncated_bytes
         self.flush_timeout_s = flush_timeout_s
         self._file_lock = threading.Lock()
+        self._broker_gone = False
 
     def send(self, dead: Sequence[DeadLetter]) -> list[DeadLetterRow]:
         """Dead-letter every message; returns one row per message, in order."""
         now = utc_now()
         facts = [_Facts.of(d) for d in dead]
+        # a send that timed out waiting for the broker (max_block_ms) makes the rest of
+        # this call skip the topic: 2,000 bad messages must not wait 10 s each
+        self._broker_gone = False
         first = [
             self._send(d, f, truncate=f.size > self.max_value_bytes)
             for d, f in zip(dead, facts, strict=True)
@@ -197,12 +201,16 @@ class DeadLetterSink:
                 ("dctwin-dlq-samples-rejected", str(d.samples_rejected).encode()),
                 ("dctwin-dlq-samples-kept", str(d.samples_kept).encode()),
             ]
+        if self._broker_gone:
+            return KafkaTimeoutError("skipped: the broker did not answer an earlier send"), truncate
         try:
-            return self.producer.send(
-                DEAD_LETTER_TOPIC, key=m.key, value=value, headers=headers
-            ), truncate
-        except Exception as exc:  # too large for the producer, no metadata, closed, ...
+            fut = self.producer.send(DEAD_LETTER_TOPIC, key=m.key, value=value, headers=headers)
+        except KafkaTimeoutError as exc:  # no metadata within max_block_ms: broker gone
+            self._broker_gone = True
             return exc, truncate
+        except Exception as exc:  # too large for the producer, closed, ...
+            return exc, truncate
+        return fut, truncate
 
     def _flush(self) -> None:
         try:

@@ -51,6 +51,7 @@ def test_dead_letters_endpoint_counts_reasons_and_shows_recent_examples(
     finally:
         store.close()
     assert body["total"] == 3
+    assert body["since"].endswith("Z") and body["recent"][0]["time"].endswith("Z")
     counts = {r["reason"]: r["count"] for r in body["by_reason"]}
     assert counts == {"invalid_json": 2, "unknown_version": 1}
     assert all(r["quarantined"] == 0 and r["truncated"] == 0 for r in body["by_reason"])
