@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from dctwin.broker import DevBroker, free_port
 from domain.topics import ensure_topics, make_producer
-from ingest.consumer import Ingestor
+from ingest.consumer import Ingestor, resume_offset
 from ingest.store import Store
 from tests.helpers import ingest_until
 from tests.ingest_messages import batch_doc, encode, now_ms
@@ -91,3 +93,28 @@ def test_a_recreated_topic_is_read_from_its_start_and_the_event_recorded(
     finally:
         store.close()
         broker.stop()
+
+
+@pytest.mark.parametrize(
+    ("saved", "start", "end", "saved_id", "now_id", "resume", "reason", "lost"),
+    [
+        (5, 0, 9, "a", "a", 5, None, None),  # the usual case: resume where DuckDB is
+        (5, 0, 3, "a", "b", 0, "topic_recreated", None),  # new id, fewer records
+        (5, 0, 9, "a", "b", 0, "topic_recreated", None),  # new id, more records: the bug
+        (5, 0, 3, None, None, 0, "topic_recreated", None),  # no ids: past the log end
+        (5, 0, None, None, "b", 5, None, None),  # ids, none stored yet: trusted as before
+        (5, 12, 20, "a", "a", 12, "retention", 7),  # deleted before they were read
+        (12, 12, 20, "a", "a", 12, None, None),
+    ],
+)
+def test_resume_policy(saved, start, end, saved_id, now_id, resume, reason, lost):
+    """The policy for offsets the broker no longer has, case by case (the retention case
+    cannot be made on the tansu test broker: it does not implement DeleteRecords)."""
+    offset, event = resume_offset("t", 3, saved, start, end, saved_id, now_id)
+    assert offset == resume
+    if reason is None:
+        assert event is None
+    else:
+        assert event is not None
+        assert (event.reason, event.lost_records) == (reason, lost)
+        assert (event.from_offset, event.to_offset) == (saved, resume)
