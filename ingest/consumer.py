@@ -77,6 +77,7 @@ class IngestConfig:
 
 
 QUARANTINE_FILE = "quarantine.jsonl"
+OFFSETS_TIMEOUT_MS = 5_000  # one ListOffsets try on assignment; retried on the next poll
 
 # Failures of the machine, not of a message: they stop ingest rather than dead-letter
 # every message that happens to be in flight.
@@ -193,6 +194,8 @@ class Ingestor:
         # next offset expected from the broker, per partition: a poll that starts elsewhere
         # means records were skipped (retention) or the topic was re-created
         self._expected: dict[tuple[str, int], int] = {}
+        self._known_ids: dict[str, str] = {}  # topic ids seen while assigned
+        self._in_rebalance = False  # in a rebalance callback (kafka-python's IO thread)
         # newly assigned partitions, paused at their saved offsets until checked
         self._unchecked: dict[TopicPartition, int] = {}
         # kept by the rebalance callbacks, so other threads can read it (the consumer is
@@ -321,17 +324,25 @@ class Ingestor:
             s.commit_seconds += r.commit_s
         s.note_stored()
         self._next.update(done.poll.offsets)
+        if self._in_rebalance:
+            # kafka-python 3 runs rebalance callbacks on its IO thread, where a blocking
+            # commit raises RuntimeError (and stopped ingest): DuckDB holds the offsets
+            log.info("Kafka offset commit skipped during a rebalance; DuckDB holds them")
+        else:
+            self._commit_to_kafka(done.poll.offsets)
+        if self.on_stored is not None:
+            self.on_stored(done.results)
+
+    def _commit_to_kafka(self, offsets: dict[tuple[str, int], int]) -> None:
         try:
             self.consumer.commit(
                 {
                     TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
-                    for (t, p), o in done.poll.offsets.items()
+                    for (t, p), o in offsets.items()
                 }
             )
         except KafkaError as exc:  # e.g. a rebalance took the partition: DuckDB has it
             log.info("Kafka offset commit skipped (%s); DuckDB holds the offsets", exc)
-        if self.on_stored is not None:
-            self.on_stored(done.results)
 
     def _dead_letter_all(self, staged: Staged) -> list[DeadLetterRow]:
         """Forward each failed message's original bytes and headers, plus where it came
@@ -463,7 +474,11 @@ class Ingestor:
     # -- rebalances -----------------------------------------------------------------------
 
     def _on_revoked(self, revoked) -> None:
-        self._drain()  # everything handed over is stored and committed before we let go
+        self._in_rebalance = True
+        try:
+            self._drain()  # everything handed over is stored before we let go
+        finally:
+            self._in_rebalance = False
         self.router.release({tp.partition for tp in revoked})  # eager: all of them
         self.assigned = self.assigned - {(tp.topic, tp.partition) for tp in revoked}
         for tp in revoked:
@@ -506,7 +521,13 @@ class Ingestor:
         held = self.consumer.assignment()
         saved = {tp: o for tp, o in self._unchecked.items() if tp in held}
         self._unchecked.clear()
-        for tp, offset in self._check_resume(saved).items():
+        try:
+            resume = self._check_resume(saved)
+        except KafkaError as exc:  # they stay paused; the next poll asks again
+            log.warning("log start offsets unavailable (%r); checking again", exc)
+            self._unchecked.update(saved)
+            return
+        for tp, offset in resume.items():
             if offset != saved[tp]:
                 self._seek(tp, offset)
         if saved and not self.stats.paused:  # backpressure keeps them paused
@@ -527,11 +548,7 @@ class Ingestor:
         if not saved:
             return {}
         tps = list(saved)
-        try:
-            starts = self.consumer.beginning_offsets(tps)
-        except KafkaError as exc:  # unchecked is what ingest did before the check existed
-            log.warning("log start offsets unavailable (%s); resuming unchecked", exc)
-            return dict(saved)
+        starts = self.consumer.beginning_offsets(tps, timeout_ms=OFFSETS_TIMEOUT_MS)
         ids = self.router.stored_topic_ids()
         current = self._topic_ids({tp.topic for tp in tps})
         # Only a broker that gives no topic ids is asked for log ends: where it gives ids
@@ -540,7 +557,9 @@ class Ingestor:
         # log end (tests/test_ingest_exactly_once.py), which would look like a re-creation.
         no_ids = [tp for tp in tps if tp.topic not in current]
         try:
-            ends = self.consumer.end_offsets(no_ids) if no_ids else {}
+            ends = (
+                self.consumer.end_offsets(no_ids, timeout_ms=OFFSETS_TIMEOUT_MS) if no_ids else {}
+            )
         except KafkaError as exc:
             log.warning("log end offsets unavailable (%s); re-creation not checked", exc)
             ends = {}
@@ -599,7 +618,24 @@ class Ingestor:
         self.stats.lost_records += event.lost_records or 0
         self.router.store_for(event.partition).record_data_loss(event)
 
+    def _watch_topic_ids(self) -> None:
+        """A topic re-created while assigned (its id changed in the consumer's metadata,
+        with no rebalance) is checked again like a new assignment: paused, then resumed
+        from its log start by `_settle_assigned`."""
+        held = self.consumer.assignment()
+        for topic, topic_id in self._topic_ids({tp.topic for tp in held}).items():
+            known = self._known_ids.setdefault(topic, topic_id)
+            if known == topic_id:
+                continue
+            self._known_ids[topic] = topic_id
+            for tp in held:
+                position = self._expected.get((tp.topic, tp.partition))
+                if tp.topic == topic and position is not None:
+                    self._unchecked[tp] = position
+                    self.consumer.pause(tp)
+
     def _update_lag(self) -> None:
+        self._watch_topic_ids()
         for tp in self.consumer.assignment():
             key = (tp.topic, tp.partition)
             hw = self.consumer.highwater(tp)
