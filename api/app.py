@@ -26,6 +26,7 @@ from api import (
     routes_alerts,
     routes_anomaly,
     routes_core,
+    routes_deadletters,
     routes_failure,
     routes_health,
     routes_keys,
@@ -65,6 +66,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     routes_failure.router,
     routes_optimizer.router,
     routes_anomaly.router,
+    routes_deadletters.router,
 )
 
 

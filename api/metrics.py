@@ -66,6 +66,35 @@ class MetricsRegistry(Collector):
         return generate_latest(self.registry)
 
 
+def _robustness_families(stats: IngestStats) -> Iterable:
+    """Poison messages, truncated dead letters and data loss (docs/ingest.md)."""
+    poison = CounterMetricFamily(
+        "dctwin_ingest_poison_messages",
+        "messages that broke ingest (ingest_error) or that the dead-letter topic refused "
+        "(quarantined)",
+        labels=["kind"],
+    )
+    for kind in ("ingest_error", "quarantined"):
+        poison.add_metric([kind], stats.poison_messages.get(kind, 0))
+    yield poison
+    yield CounterMetricFamily(
+        "dctwin_ingest_dead_letters_truncated",
+        "dead letters sent as a prefix of a too-large original",
+        stats.dead_letters_truncated,
+    )
+    loss = CounterMetricFamily(
+        "dctwin_ingest_data_loss_events",
+        "offsets skipped for good: records deleted by retention unread, or a re-created topic",
+        labels=["reason"],
+    )
+    for reason in ("retention", "topic_recreated"):
+        loss.add_metric([reason], stats.data_loss_events.get(reason, 0))
+    yield loss
+    yield CounterMetricFamily(
+        "dctwin_ingest_lost_records", "records never stored (known counts)", stats.lost_records
+    )
+
+
 def platform_provider(
     ingest_stats: Callable[[], IngestStats | None],
     live: LiveView | None,
@@ -97,6 +126,7 @@ def platform_provider(
             for reason, n in sorted(stats.dead_letters.items()):
                 dead.add_metric([reason], n)
             yield dead
+            yield from _robustness_families(stats)
             now = time.monotonic()
             if "t" in last and now > last["t"]:
                 rate = (stats.samples_stored - last["n"]) / (now - last["t"])

@@ -41,6 +41,8 @@ TABLES = (
     "kafka_offsets",
     "rollup_1m",
     "rollup_1h",
+    "dead_letters",
+    "ingest_data_loss",
 )
 
 
@@ -95,6 +97,12 @@ class SingleStore:
 
     def stored_offsets(self) -> dict[tuple[str, int], int]:
         return self.store.offsets()
+
+    def stored_topic_ids(self) -> dict[tuple[str, int], str]:
+        return self.store.topic_ids()
+
+    def store_for(self, partition: int) -> Store:
+        return self.store
 
     def stores(self) -> list[Store]:
         return [self.store]
@@ -167,6 +175,15 @@ class ShardedStore:
         for p, store in self._open.items():
             out.update({tp: o for tp, o in store.offsets().items() if tp[1] == p})
         return out
+
+    def stored_topic_ids(self) -> dict[tuple[str, int], str]:
+        out: dict[tuple[str, int], str] = {}
+        for p, store in self._open.items():
+            out.update({tp: i for tp, i in store.topic_ids().items() if tp[1] == p})
+        return out
+
+    def store_for(self, partition: int) -> Store:
+        return self._open[partition]
 
     def stores(self) -> list[Store]:
         return list(self._open.values())

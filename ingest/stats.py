@@ -32,6 +32,12 @@ class IngestStats:
     duplicate_samples: int = 0  # same (device, metric, read time) already stored
     dead_letters: Counter[str] = field(default_factory=Counter)  # messages, by reason
     samples_rejected: Counter[str] = field(default_factory=Counter)  # samples, by reason
+    # messages that broke ingest ("ingest_error") or that even the dead-letter topic
+    # refused ("quarantined"): docs/ingest.md, "Poison messages"
+    poison_messages: Counter[str] = field(default_factory=Counter)
+    dead_letters_truncated: int = 0  # sent to the dead-letter topic as a prefix only
+    data_loss_events: Counter[str] = field(default_factory=Counter)  # by reason
+    lost_records: int = 0  # offsets skipped for good (known counts only)
     unknown_device_samples: int = 0  # stored (policy accept) or rejected, counted either way
     polls: int = 0
     bytes_consumed: int = 0
@@ -75,6 +81,10 @@ class IngestStats:
             "dead_letters": dict(self.dead_letters),
             "dead_letters_total": sum(self.dead_letters.values()),
             "samples_rejected": dict(self.samples_rejected),
+            "poison_messages": dict(self.poison_messages),
+            "dead_letters_truncated": self.dead_letters_truncated,
+            "data_loss_events": dict(self.data_loss_events),
+            "lost_records": self.lost_records,
             "unknown_device_samples": self.unknown_device_samples,
             "polls": self.polls,
             "bytes_consumed": self.bytes_consumed,
@@ -120,6 +130,16 @@ class IngestStats:
             ("dctwin_ingest_pauses_total", {}, s["pauses"]),
             ("dctwin_ingest_inflight_polls", {}, s["inflight_polls"]),
             ("dctwin_ingest_lag_records", {}, s["lag_total"]),
+            ("dctwin_ingest_dead_letters_truncated_total", {}, s["dead_letters_truncated"]),
+            ("dctwin_ingest_lost_records_total", {}, s["lost_records"]),
+        ]
+        out += [
+            ("dctwin_ingest_poison_messages_total", {"kind": k}, n)
+            for k, n in sorted(s["poison_messages"].items())
+        ]
+        out += [
+            ("dctwin_ingest_data_loss_events_total", {"reason": r}, n)
+            for r, n in sorted(s["data_loss_events"].items())
         ]
         out += [
             ("dctwin_ingest_dead_letters_total", {"reason": r}, n)

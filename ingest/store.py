@@ -25,6 +25,8 @@ import orjson
 import pyarrow as pa
 
 from domain.contract import EventBatch, TelemetryBatch
+from ingest.deadletters import SCHEMA as DEAD_LETTER_SCHEMA
+from ingest.deadletters import DataLossEvent, DeadLetterRow
 from ingest.downsampling import ROLLUP_SCHEMA, Retention, Rollups
 from ingest.sql import one_row
 from ingest.staging import Staged, Stager
@@ -76,6 +78,9 @@ CREATE TABLE IF NOT EXISTS kafka_offsets (
 );
 -- newest read time stored per partition: the rollups' data clock (see downsampling.py)
 ALTER TABLE kafka_offsets ADD COLUMN IF NOT EXISTS max_read_time TIMESTAMP;
+-- the broker's id of the topic the offset belongs to: a re-created topic has a new one
+-- and its offsets start again (docs/ingest.md, "Offsets the broker no longer has")
+ALTER TABLE kafka_offsets ADD COLUMN IF NOT EXISTS topic_id VARCHAR;
 """
 
 
@@ -110,6 +115,7 @@ class Store:
         retention: Retention | None = None,
         memory_limit: str | None = "512MB",
         batch_dedupe_window_s: float = 3600.0,
+        dead_letter_retention_s: float = 7 * 86400.0,
     ) -> None:
         self.path = str(path)
         if self.path != ":memory:":
@@ -120,9 +126,11 @@ class Store:
         if not read_only:
             self.con.execute(SCHEMA)
             self.con.execute(ROLLUP_SCHEMA)
+            self.con.execute(DEAD_LETTER_SCHEMA)
         self.retention = retention or Retention()
         self.rollups = Rollups(self.con, self.retention)
         self.batch_dedupe_window_s = batch_dedupe_window_s
+        self.dead_letter_retention_s = dead_letter_retention_s
         self._write_lock = threading.Lock()
         self._stagers: dict[IngestPolicy, Stager] = {}
 
@@ -133,6 +141,42 @@ class Store:
         rows = self.cursor().execute("SELECT topic, partition, next_offset FROM kafka_offsets")
         return {(t, p): o for t, p, o in rows.fetchall()}
 
+    def topic_ids(self) -> dict[tuple[str, int], str]:
+        """The topic id each stored offset belongs to, where the broker gave one."""
+        rows = self.cursor().execute(
+            "SELECT topic, partition, topic_id FROM kafka_offsets WHERE topic_id IS NOT NULL"
+        )
+        return {(t, p): i for t, p, i in rows.fetchall()}
+
+    def record_data_loss(self, event: DataLossEvent) -> None:
+        with self._write_lock:
+            self.con.execute(
+                "INSERT INTO ingest_data_loss VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    event.time,
+                    event.topic,
+                    event.partition,
+                    event.from_offset,
+                    event.to_offset,
+                    event.lost_records,
+                    event.reason,
+                ],
+            )
+
+    def store_dead_letters(
+        self,
+        rows: list[DeadLetterRow],
+        offsets: dict[tuple[str, int], int],
+        topic_ids: dict[str, str] | None = None,
+    ) -> None:
+        """Dead letters and the offsets past them, in one transaction (no samples)."""
+        with self._write_lock:
+            self._transaction(
+                lambda cur: self._append(
+                    cur, False, None, None, [], offsets, utc_now(), rows, topic_ids
+                )
+            )
+
     # -- the fast path: raw Kafka records -------------------------------------------------
 
     def ingest(
@@ -140,13 +184,15 @@ class Store:
         records: list[Any],
         offsets: dict[tuple[str, int], int],
         policy: IngestPolicy,
-        before_commit: Callable[[Staged], None] | None = None,
+        before_commit: Callable[[Staged], list[DeadLetterRow] | None] | None = None,
         now: datetime | None = None,
+        topic_ids: dict[str, str] | None = None,
     ) -> IngestResult:
         """Decode, validate and store one poll's records in one transaction.
 
         `before_commit(staged)` runs after validation and before the commit: the ingestor
-        produces dead letters there, so a crash can repeat a dead letter but never lose one.
+        produces dead letters there, so a crash can repeat a dead letter but never lose one;
+        the rows it returns go into `dead_letters` in the transaction.
         """
         now = now or utc_now()
         with self._write_lock:
@@ -156,8 +202,7 @@ class Store:
                 stager = self._stagers[policy] = Stager(self.con, policy)
             staged = stager.stage(records, int(now.replace(tzinfo=UTC).timestamp() * 1000))
             t1 = time.perf_counter()
-            if before_commit is not None:
-                before_commit(staged)
+            dead_rows = before_commit(staged) if before_commit is not None else None
             result = self._transaction(
                 lambda cur: self._append(
                     cur,
@@ -167,6 +212,8 @@ class Store:
                     [b for _, b in staged.events],
                     offsets,
                     now,
+                    dead_rows,
+                    topic_ids,
                 )
             )
             return IngestResult(result, staged, time.perf_counter() - t1, t1 - t0)
@@ -229,6 +276,8 @@ class Store:
         events: list[EventBatch],
         offsets: dict[tuple[str, int], int],
         now: datetime,
+        dead_rows: list[DeadLetterRow] | None = None,
+        topic_ids: dict[str, str] | None = None,
     ) -> WriteResult:
         since = now - timedelta(seconds=self.batch_dedupe_window_s)
         n_samples = skipped = dupes = 0
@@ -241,17 +290,31 @@ class Store:
                     "topic": [t for t, _ in offsets],
                     "partition": pa.array([p for _, p in offsets], pa.int32()),
                     "next_offset": pa.array(list(offsets.values()), pa.int64()),
+                    "topic_id": pa.array(
+                        [(topic_ids or {}).get(t) for t, _ in offsets], pa.string()
+                    ),
                 }
             )
             cur.execute("""
-                INSERT INTO kafka_offsets (topic, partition, next_offset) SELECT * FROM off
-                ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset""")
+                INSERT INTO kafka_offsets (topic, partition, next_offset, topic_id)
+                SELECT * FROM off
+                ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset,
+                    topic_id = coalesce(excluded.topic_id, kafka_offsets.topic_id)""")
             if has_rows and staged is not None:
                 cur.execute("""UPDATE kafka_offsets k
                     SET max_read_time = greatest(coalesce(k.max_read_time, n.t), n.t)
                     FROM (SELECT topic, partition, epoch_ms(max(tmax)) AS t FROM _acc
                           WHERE i NOT IN (SELECT i FROM _skip) GROUP BY ALL) n
                     WHERE k.topic = n.topic AND k.partition = n.partition""")
+        if dead_rows:
+            dl = pa.Table.from_pylist(  # noqa: F841 - referenced by SQL below
+                [{k: getattr(r, k) for k in DeadLetterRow.__slots__} for r in dead_rows]
+            )
+            cur.execute(
+                'INSERT INTO dead_letters (time, reason, detail, topic, partition, "offset", '
+                "size_bytes, sha256, excerpt, outcome) SELECT time, reason, detail, topic, "
+                'partition, "offset", size_bytes, sha256, excerpt, outcome FROM dl'
+            )
         return WriteResult(n_samples, n_events, skipped + skipped_events, dupes)
 
     def _append_samples(
@@ -432,6 +495,9 @@ class Store:
         with self._write_lock:
             done = self.rollups.advance(now, hold=hold_rollups)
             done.update(self.rollups.apply_retention(now))
+            # operators' view of dead letters is bounded: the topic keeps the originals
+            keep_from = (now or utc_now()) - timedelta(seconds=self.dead_letter_retention_s)
+            self.con.execute("DELETE FROM dead_letters WHERE time < ?", [keep_from])
             return done
 
     def close(self) -> None:

@@ -60,6 +60,12 @@ def parser(default_bootstrap: str = "127.0.0.1:9092") -> argparse.ArgumentParser
     p.add_argument("--raw-retention-s", type=float, default=Retention.raw_s)
     p.add_argument("--memory-limit", default="512MB", help="DuckDB memory limit per file")
     p.add_argument("--stats-json", type=Path)
+    p.add_argument(
+        "--quarantine",
+        type=Path,
+        help="JSON-lines file for dead letters the dead-letter topic refuses "
+        "(default: quarantine.jsonl beside --db, or in --shard-dir)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -96,6 +102,7 @@ def main(argv: list[str] | None = None, default_bootstrap: str = "127.0.0.1:9092
         session_timeout_ms=args.session_timeout_ms,
         heartbeat_interval_ms=max(100, args.session_timeout_ms // 6),
         max_poll_interval_ms=args.max_poll_interval_ms,
+        quarantine_path=args.quarantine,
     )
     ingestor = Ingestor(
         store,

@@ -50,6 +50,10 @@ def test_metrics_expose_platform_and_twin_state(populated):
         samples_stored=12345,
         events_stored=2,
         dead_letters=Counter({"schema": 3, "unknown_version": 1}),
+        poison_messages=Counter({"quarantined": 2}),
+        dead_letters_truncated=1,
+        data_loss_events=Counter({"retention": 1}),
+        lost_records=40,
     )
     app = create_app(twin, keys=keys, bus=bus, live=live, ingest_stats=lambda: stats)
     client = TestClient(app)
@@ -74,6 +78,20 @@ def test_metrics_expose_platform_and_twin_state(populated):
         if s.name.endswith("_total")
     }
     assert dead == {"schema": 3.0, "unknown_version": 1.0}
+
+    def totals(name: str, label: str) -> dict[str, float]:
+        return {s.labels[label]: s.value for s in fams[name].samples if s.name.endswith("_total")}
+
+    assert totals("dctwin_ingest_poison_messages", "kind") == {
+        "ingest_error": 0.0,
+        "quarantined": 2.0,
+    }
+    assert totals("dctwin_ingest_data_loss_events", "reason") == {
+        "retention": 1.0,
+        "topic_recreated": 0.0,
+    }
+    assert fams["dctwin_ingest_dead_letters_truncated"].samples[0].value == 1
+    assert fams["dctwin_ingest_lost_records"].samples[0].value == 40
     assert fams["dctwin_ingest_samples"].samples[0].value == 13345
     assert fams["dctwin_ingest_samples_per_second"].samples[0].value > 0
     assert fams["dctwin_ingest_lag_seconds"].samples[0].value >= 0
