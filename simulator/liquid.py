@@ -7,8 +7,9 @@ the speed for the flow that holds the secondary delta-T setpoint at the current 
 never below the flow of the minimum differential-pressure setpoint. Electrical power is
 Q H / eta with eta falling as the pump wears (internal recirculation).
 Heat exchanger: counterflow, effectiveness-NTU; UA depends on both flows (film
-coefficients ~ flow^0.7) and is sized for a 2 K approach at rated load and design flows; a primary (facility water) valve sets the primary flow that holds the secondary
-supply setpoint, within its range. Loop: one lumped water mass,
+coefficients ~ flow^0.7) and is sized for a 2 K approach at rated load and design flows;
+a primary (facility water) valve sets the primary flow that holds the secondary supply
+setpoint, within its range. Loop: one lumped water mass,
 M c dT_return/dt = Q_in - Q_hx, solved exactly per step. Q = m_dot c_p dT throughout.
 """
 

@@ -1,9 +1,9 @@
 """Synthetic site models of any size, for benchmarks and batch simulation.
 
 `site_toml(n_gpus)` writes a site file (the same TOML a user would write) and
-`synthetic_site(n_gpus)` loads it. Racks hold 4 HGX H100 nodes (32 GPUs, ~40 kW at full
-load) with DGX H100-class PSUs (6 x 3.3 kW per node, 4+2); one CDU and one PDU per row sized with headroom,
-CRAHs for the air-side remainder, UPS and chiller plant sized for the whole load.
+`synthetic_site(n_gpus)` loads it. Racks hold 4 DGX H100-class nodes (32 GPUs, ~40 kW at
+full load) with 6 x 3.3 kW PSUs per node (4+2); one CDU and one PDU per row sized with
+headroom, CRAHs for the air-side remainder, UPS and chiller plant sized for the whole load.
 N is rounded up to a multiple of the GPUs per node; a last partial rack has fewer nodes.
 """
 
