@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import tomllib
 
+from domain.capacity import check_capacity
 from domain.site import Site
 
 GPU_TDP_W = 700.0
@@ -145,5 +146,10 @@ def site_toml(
 
 
 def synthetic_site(n_gpus: int, **kwargs) -> Site:
-    """A validated `Site` with (about) n_gpus GPUs; see `site_toml` for the knobs."""
-    return Site.model_validate(tomllib.loads(site_toml(n_gpus, **kwargs)))
+    """A validated `Site` with (about) n_gpus GPUs; see `site_toml` for the knobs. Sized to
+    pass the capacity check at maximum load (ValueError naming the element otherwise)."""
+    site = Site.model_validate(tomllib.loads(site_toml(n_gpus, **kwargs)))
+    errors = check_capacity(site).errors
+    if errors:
+        raise ValueError("; ".join(errors))
+    return site
