@@ -75,7 +75,7 @@ SENSOR_OFFSET_K = {
 # same work differ in cold-plate/TIM resistance and in power, PSUs in efficiency, fans
 # and pumps along their curves
 PART_SPREAD = {
-    "gpu_rth": 0.04,  # cold plate contact, TIM thickness: 1.5 K at 700 W
+    "gpu_rth": 0.04,  # cold plate contact, TIM thickness: ~1.3 K at 700 W
     "gpu_idle_power": 0.08,
     "gpu_dynamic_power": 0.03,
     "psu_loss": 0.06,
@@ -251,12 +251,8 @@ class SiteSimulator:
         self.cdu_pump_part = spread("cdu_pump_power", lay.n_cdu)
         idle_w = lay.gpu_idle_w * spread("gpu_idle_power", lay.n_gpu)
         demand = spread("gpu_dynamic_power", lay.n_gpu)
-        sizes = {
-            "cdu": lay.n_cdu,
-            "psu": lay.n_psu,
-            "crah": lay.n_crah,
-            "gpu": lay.n_gpu,
-        }
+        # one offset per device of the class the reading's name starts with
+        sizes = {"cdu": lay.n_cdu, "psu": lay.n_psu, "crah": lay.n_crah, "gpu": lay.n_gpu}
         self.sensor_offset = {
             k: parts.normal(0.0, sd, sizes[k.split("_")[0]]) for k, sd in SENSOR_OFFSET_K.items()
         }
