@@ -7,6 +7,7 @@ Light on purpose (pydantic + tomllib): rack collectors import it.
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from dataclasses import dataclass
 from enum import StrEnum
@@ -15,6 +16,7 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+_log = logging.getLogger("dctwin.site")
 EXAMPLE_SITE = Path(__file__).resolve().parent / "sites" / "example.toml"
 
 
@@ -52,8 +54,17 @@ class RackTemplate(_Strict):
     gpu_tdp_w: float = Field(gt=0, le=2000)
     gpu_idle_w: float = Field(gt=0)
     node_overhead_w: float = Field(ge=0, description="CPUs, NICs, fans, drives per node")
-    psus: int = Field(ge=1, le=24, description="PSUs in the rack's power shelf")
-    psu_rated_w: float = Field(gt=0)
+    psus: int = Field(ge=1, le=64, description="PSUs feeding the rack's DC bus")
+    psu_rated_w: float = Field(gt=0, description="continuous DC output rating of one PSU")
+    psu_redundancy: int = Field(
+        0,
+        ge=0,
+        description="PSUs the rack can lose and still carry its maximum load (N+r); "
+        "a DGX H100 node's 4+2 is 2 per node",
+    )
+    rack_breaker_kw: float | None = Field(
+        None, gt=0, description="continuous rating of the rack feed (breaker), kW at PSU inputs"
+    )
     liquid_fraction: float = Field(
         ge=0, le=1, description="share of rack heat removed by the liquid loop"
     )
@@ -127,6 +138,17 @@ class ChillerPlant(_Strict):
     cw_supply_setpoint_c: float = Field(27.0, ge=10, le=40)
 
 
+class Electrical(_Strict):
+    """Losses upstream of the UPS: the MV/LV transformer and the LV switchgear/busway.
+    Transformer loss/rated = no_load + load_loss * x^2 (x = load/rated): core loss is
+    constant, copper loss goes with the square of the current."""
+
+    transformer_rated_kw: float | None = Field(None, gt=0, description="None: not modeled")
+    transformer_no_load_loss: float = Field(0.002, ge=0, lt=0.1, description="of rating")
+    transformer_load_loss: float = Field(0.011, ge=0, lt=0.1, description="of rating, at rated")
+    switchgear_loss: float = Field(0.0, ge=0, lt=0.05, description="fraction of throughput")
+
+
 class SiteInfo(_Strict):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     name: str = ""
@@ -139,6 +161,7 @@ class Site(_Strict):
     templates: dict[str, RackTemplate]
     ups: Ups
     plant: ChillerPlant
+    electrical: Electrical = Electrical()
     meters: list[Meter] = Field(min_length=1)
     halls: list[Hall] = Field(min_length=1)
 
@@ -250,8 +273,20 @@ class SiteFileError(ValueError):
     """The site file is unreadable or invalid; the message names the field."""
 
 
-def load_site(path: str | Path) -> Site:
-    return load_toml_model(path, Site, SiteFileError)
+def load_site(path: str | Path, check_capacity: bool = True) -> Site:
+    """The site from a TOML file. With check_capacity, a PSU, rack feed, PDU, CDU, UPS,
+    CRAH or plant overloaded at the site's maximum load is a SiteFileError naming the
+    element; a lost redundancy (N-1) is logged as a warning (domain.capacity)."""
+    site = load_toml_model(path, Site, SiteFileError)
+    if check_capacity:
+        from domain.capacity import check_capacity as _check
+
+        report = _check(site)
+        if report.errors:
+            raise SiteFileError(f"{path}: " + "; ".join(report.errors))
+        for w in report.warnings:
+            _log.warning("%s: %s", path, w)
+    return site
 
 
 def load_toml_model(

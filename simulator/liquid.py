@@ -6,9 +6,10 @@ flow passes at the design differential pressure. The pump curve is H = H0 w s^2 
 the speed for the flow that holds the secondary delta-T setpoint at the current heat load,
 never below the flow of the minimum differential-pressure setpoint. Electrical power is
 Q H / eta with eta falling as the pump wears (internal recirculation).
-Heat exchanger: counterflow, effectiveness-NTU with UA sized for a 3 K approach at rated
-load; a primary (facility water) valve sets the primary flow that holds the secondary
-supply setpoint, within its range. Loop: one lumped water mass,
+Heat exchanger: counterflow, effectiveness-NTU; UA depends on both flows (film
+coefficients ~ flow^0.7) and is sized for a 2 K approach at rated load and design flows;
+a primary (facility water) valve sets the primary flow that holds the secondary supply
+setpoint, within its range. Loop: one lumped water mass,
 M c dT_return/dt = Q_in - Q_hx, solved exactly per step. Q = m_dot c_p dT throughout.
 """
 
@@ -22,7 +23,12 @@ DT_DEFAULT_K = 6.0  # secondary delta-T setpoint
 SHUTOFF_HEAD_RATIO = 1.797  # H0 / dp_design: design point at 80 % speed
 INTERNAL_LOSS_RATIO = 0.15  # a Q_nom^2 / dp_design
 PUMP_EFFICIENCY = 0.65  # wire-to-water, new pump
-HX_DESIGN_APPROACH_K = 3.0  # secondary supply - facility supply at rated load, full valve
+# Plate exchanger rated for a 2 K approach (secondary supply - facility supply) at rated
+# load with both flows at design (equal heat-capacity rates): vendors quote 2-5 K
+HX_DESIGN_APPROACH_K = 2.0
+# film coefficient ~ flow^0.7 on each side (plate exchangers: Re^0.6-0.8); at design the
+# two sides share the resistance equally, 1/UA = sum of side resistances (+ fouling)
+HX_FLOW_EXPONENT = 0.7
 PRIMARY_MAX_RATIO = 1.5  # max primary heat-capacity rate / nominal secondary
 PRIMARY_MIN_RATIO = 0.02  # valve leakage / minimum position
 LOOP_LITRES_PER_KW = 0.3  # secondary loop water (CDU, piping, manifolds, cold plates)
@@ -42,9 +48,22 @@ def counterflow_effectiveness(ntu: np.ndarray, cr: np.ndarray) -> np.ndarray:
     return np.where(near_one, ntu / (1.0 + ntu), general)
 
 
-def hx_conductance(c_s: np.ndarray, c_p: np.ndarray, ua: np.ndarray) -> np.ndarray:
+def hx_ua(
+    c_s: np.ndarray, c_p: np.ndarray, ua_design: np.ndarray, c_design: np.ndarray
+) -> np.ndarray:
+    """UA (kW/K) at heat-capacity rates c_s, c_p: each side's film resistance scales as
+    (C_design / C)^n and carries half of 1/UA_design at design flow."""
+    n = HX_FLOW_EXPONENT
+    c_s, c_p = np.maximum(c_s, 1e-9), np.maximum(c_p, 1e-9)
+    return ua_design / (0.5 * (c_design / c_s) ** n + 0.5 * (c_design / c_p) ** n)
+
+
+def hx_conductance(
+    c_s: np.ndarray, c_p: np.ndarray, ua_design: np.ndarray, c_design: np.ndarray
+) -> np.ndarray:
     """k = eps * C_min, so that Q = k (T_secondary_return - T_primary_supply); kW/K."""
     c_min, c_max = np.minimum(c_s, c_p), np.maximum(c_s, c_p)
+    ua = hx_ua(c_s, c_p, ua_design, c_design)
     return counterflow_effectiveness(ua / c_min, c_min / c_max) * c_min
 
 
@@ -64,7 +83,9 @@ class CduModel:
         self.r_loop = dp_design_kpa / nominal_flow_lpm**2  # kPa per (L/min)^2
         self.h0 = SHUTOFF_HEAD_RATIO * dp_design_kpa
         self.a_int = INTERNAL_LOSS_RATIO * dp_design_kpa / nominal_flow_lpm**2
-        self.ua0 = rated_kw / HX_DESIGN_APPROACH_K  # kW/K: Q/UA = approach at C_p = C_s
+        # kW/K at design flows: with C_p = C_s the temperature difference is the same all
+        # along a counterflow exchanger, so Q/UA = the approach at rated load
+        self.ua0 = rated_kw / HX_DESIGN_APPROACH_K
         self.c_s_nom = nominal_flow_lpm / 60000.0 * rho * cp
         self.mass_heat_kj_k = rated_kw * LOOP_LITRES_PER_KW * rho / 1000.0 * cp
         self.speed = np.full(n, 0.8)
@@ -76,6 +97,7 @@ class CduModel:
         self.flow_lpm = nominal_flow_lpm.copy()
         self.dp_kpa = np.full(n, dp_design_kpa)
         self.pump_w = np.zeros(n)
+        self.pump_power_factor = np.ones(n)  # part-to-part spread of pump efficiency
         self.heat_removed_kw = np.zeros(n)
         self.heat_in_kw = np.zeros(n)
         self.c_s = self.c_s_nom.copy()
@@ -103,7 +125,7 @@ class CduModel:
         self.dp_kpa = self.r_loop * self.flow_lpm**2
         head_kpa = (self.r_loop + self.a_int) * flow**2
         eta = PUMP_EFFICIENCY * (0.4 + 0.6 * np.clip(w, 0.0, 1.0))
-        self.pump_w = np.divide(
+        self.pump_w = self.pump_power_factor * np.divide(
             flow / 60000.0 * head_kpa * 1000.0, eta, out=np.zeros_like(flow), where=eta > 0
         )
         self.c_s = self.flow_lpm / 60000.0 * self.rho * self.cp
@@ -118,7 +140,7 @@ class CduModel:
         hi = np.log(PRIMARY_MAX_RATIO * self.c_s_nom)
         for _ in range(24):
             mid = 0.5 * (lo + hi)
-            short = hx_conductance(self.c_s, np.exp(mid), ua) * dt_in < q_kw
+            short = hx_conductance(self.c_s, np.exp(mid), ua, self.c_s_nom) * dt_in < q_kw
             lo, hi = np.where(short, mid, lo), np.where(short, hi, mid)
         return np.exp(0.5 * (lo + hi))
 
@@ -148,8 +170,8 @@ class CduModel:
 
         held = relax(self.c_s, supply_setpoint_c)
         q_held = self.c_s * (held - supply_setpoint_c)
-        k_max = hx_conductance(self.c_s, PRIMARY_MAX_RATIO * self.c_s_nom, ua)
-        k_min = hx_conductance(self.c_s, PRIMARY_MIN_RATIO * self.c_s_nom, ua)
+        k_max = hx_conductance(self.c_s, PRIMARY_MAX_RATIO * self.c_s_nom, ua, self.c_s_nom)
+        k_min = hx_conductance(self.c_s, PRIMARY_MIN_RATIO * self.c_s_nom, ua, self.c_s_nom)
         cap_max = k_max * np.maximum(held - t_ps, 0.0)
         cap_min = k_min * np.maximum(held - t_ps, 0.0)
         wide_open, shut = q_held > cap_max, q_held < cap_min

@@ -53,6 +53,34 @@ SENSOR_NOISE = {
     "psu_temp_c": (0.2, 0.0),
     "crah_supply_c": (0.1, 0.0),
     "crah_return_c": (0.1, 0.0),
+    "gpu_temp_read_c": (0.3, 0.0),  # on-die sensor, read through NVML
+    "gpu_mem_temp_read_c": (0.3, 0.0),
+    "gpu_power_read_w": (1.0, 0.002),  # NVML's power reading (1 s average)
+}
+# per-sensor calibration offsets, 1 sigma, drawn once per device from the seed: a
+# sensor's accuracy is a fixed bias (RTDs paired in the CDU are matched to a few
+# hundredths of a kelvin; on-die and PSU sensors are good to a degree or so)
+SENSOR_OFFSET_K = {
+    "cdu_supply_c": 0.02,
+    "cdu_return_c": 0.02,
+    "cdu_primary_supply_c": 0.02,
+    "cdu_primary_return_c": 0.02,
+    "psu_temp_c": 1.0,
+    "crah_supply_c": 0.2,
+    "crah_return_c": 0.2,
+    "gpu_temp_read_c": 0.5,
+    "gpu_mem_temp_read_c": 0.5,
+}
+# seeded part-to-part variation of healthy devices (1 sigma, relative): two GPUs at the
+# same work differ in cold-plate/TIM resistance and in power, PSUs in efficiency, fans
+# and pumps along their curves
+PART_SPREAD = {
+    "gpu_rth": 0.04,  # cold plate contact, TIM thickness: ~1.3 K at 700 W
+    "gpu_idle_power": 0.08,
+    "gpu_dynamic_power": 0.03,
+    "psu_loss": 0.06,
+    "crah_fan_power": 0.05,
+    "cdu_pump_power": 0.04,
 }
 
 
@@ -67,6 +95,8 @@ class PlantState:
     psu_loss_kw: float = 0.0
     pdu_loss_kw: float = 0.0
     ups_loss_kw: float = 0.0
+    switchgear_loss_kw: float = 0.0
+    transformer_loss_kw: float = 0.0
     chiller_kw: float = 0.0
     tower_kw: float = 0.0
     chw_pump_kw: float = 0.0
@@ -107,6 +137,8 @@ LEDGER_KEYS = (
     "psu_loss",
     "pdu_loss",
     "ups_loss",
+    "switchgear_loss",
+    "transformer_loss",
     "chiller",
     "tower",
     "chw_pump",
@@ -141,6 +173,9 @@ class SiteSimulator:
     psu_temp_c: NDArray[np.float64]
     crah_supply_c: NDArray[np.float64]
     crah_return_c: NDArray[np.float64]
+    gpu_temp_read_c: NDArray[np.float64]
+    gpu_mem_temp_read_c: NDArray[np.float64]
+    gpu_power_read_w: NDArray[np.float64]
 
     def __init__(
         self,
@@ -203,9 +238,32 @@ class SiteSimulator:
             if lay.n_cdu
             else np.full(lay.n_gpu, 30.0)
         )
+        # part-to-part variation and sensor offsets: their own stream, so that they do
+        # not shift the workload's random numbers; the same seed gives the same parts
+        parts = np.random.default_rng([seed, 0xBA27])
+
+        def spread(key: str, n: int) -> NDArray[np.float64]:
+            return np.exp(parts.normal(0.0, PART_SPREAD[key], n))  # lognormal, median 1
+
+        self.gpu_rth_part = spread("gpu_rth", lay.n_gpu)
+        self.psu_loss_part = spread("psu_loss", lay.n_psu)
+        self.crah_fan_part = spread("crah_fan_power", lay.n_crah)
+        self.cdu_pump_part = spread("cdu_pump_power", lay.n_cdu)
+        idle_w = lay.gpu_idle_w * spread("gpu_idle_power", lay.n_gpu)
+        demand = spread("gpu_dynamic_power", lay.n_gpu)
+        # one offset per device of the class the reading's name starts with
+        sizes = {"cdu": lay.n_cdu, "psu": lay.n_psu, "crah": lay.n_crah, "gpu": lay.n_gpu}
+        self.sensor_offset = {
+            k: parts.normal(0.0, sd, sizes[k.split("_")[0]]) for k, sd in SENSOR_OFFSET_K.items()
+        }
         self.gpu = GpuModel(
-            lay.gpu_tdp_w, lay.gpu_idle_w, coolant0, self.rng.uniform(1e9, 5e9, lay.n_gpu)
+            lay.gpu_tdp_w,
+            np.minimum(idle_w, 0.5 * lay.gpu_tdp_w),
+            coolant0,
+            self.rng.uniform(1e9, 5e9, lay.n_gpu),
+            demand,
         )
+        self.cdu.pump_power_factor = self.cdu_pump_part
         self.ups_coef = pw.ups_loss_coefficients(site.ups.efficiency)
         self.rack_dt_k = np.zeros(lay.n_rack)
         self.psu_temp_true_c = np.full(lay.n_psu, 35.0)
@@ -277,7 +335,7 @@ class SiteSimulator:
 
     # -- per-device views the telemetry reads ------------------------------------------
 
-    gpu_temp_c = property(lambda s: s.gpu.temp_c)
+    gpu_temp_c = property(lambda s: s.gpu.temp_c)  # truth; the sensors: gpu_temp_read_c
     gpu_mem_temp_c = property(lambda s: s.gpu.mem_temp_c)
     gpu_power_w = property(lambda s: s.gpu.power_w)
     gpu_energy_mj = property(lambda s: s.gpu.energy_mj)
@@ -332,7 +390,9 @@ class SiteSimulator:
             coolant = (self.cdu.supply_c[lay.rack_cdu] + 0.5 * self.rack_dt_k)[lay.gpu_rack]
         else:
             rack_cs, coolant = np.ones(lay.n_rack), np.full(lay.n_gpu, 30.0)
-        self.gpu.step(dt_s, util, coolant, eff.gpu_rth_factor, self.faults.gpu_lost)
+        self.gpu.step(
+            dt_s, util, coolant, eff.gpu_rth_factor * self.gpu_rth_part, self.faults.gpu_lost
+        )
 
         # electrical chain
         n_gpus = np.maximum(lay.rack_gpu_count, 1)
@@ -344,7 +404,12 @@ class SiteSimulator:
         rack_dc_w = rack_gpu_w + overhead_w
         rated = lay.rack_psu_rated_w[lay.psu_rack]
         self.psu_out_w, self.psu_in_w, psu_loss_w = pw.psu_stage(
-            rack_dc_w, lay.psu_rack, lay.rack_psus, rated, eff.psu_failed, eff.psu_loss_factor
+            rack_dc_w,
+            lay.psu_rack,
+            lay.rack_psus,
+            rated,
+            eff.psu_failed,
+            eff.psu_loss_factor * self.psu_loss_part,
         )
         rack_in_w = np.bincount(lay.psu_rack, self.psu_in_w, lay.n_rack)
         self.rack_dc_w, self.rack_in_w = rack_dc_w, rack_in_w
@@ -375,7 +440,7 @@ class SiteSimulator:
             ctl.value("crah_supply_setpoint_c"),
             chw_supply,
             eff.crah_failed,
-            eff.crah_fan_power_factor,
+            eff.crah_fan_power_factor * self.crah_fan_part,
         )
         inlet = self.crah.hall_inlet_c[lay.rack_hall][lay.psu_rack]
         target = inlet + pw.PSU_TEMP_RISE_K * (self.psu_in_w > 0) + pw.PSU_TEMP_K_PER_W * psu_loss_w
@@ -417,7 +482,18 @@ class SiteSimulator:
         p.pdu_loss_kw = float(pdu_loss_w.sum()) / 1000.0
         p.ups_output_kw, p.ups_loss_kw = ups_out_kw, ups_loss
         p.ups_input_kw = ups_out_kw + ups_loss
-        p.facility_kw = p.ups_input_kw + p.plant_kw + p.cdu_pump_kw + p.crah_fan_kw + p.misc_kw
+        # everything on the LV board goes through the switchgear and the MV/LV transformer;
+        # the utility meter sits on the MV side (their heat goes to outdoor/ventilated rooms)
+        lv_kw = p.ups_input_kw + p.plant_kw + p.cdu_pump_kw + p.crah_fan_kw + p.misc_kw
+        el = self.site.electrical
+        p.switchgear_loss_kw = lv_kw * el.switchgear_loss
+        p.transformer_loss_kw = pw.transformer_loss_kw(
+            lv_kw + p.switchgear_loss_kw,
+            el.transformer_rated_kw,
+            el.transformer_no_load_loss,
+            el.transformer_load_loss,
+        )
+        p.facility_kw = lv_kw + p.switchgear_loss_kw + p.transformer_loss_kw
         p.heat_produced_kw = p.it_kw + p.cdu_pump_kw + p.crah_fan_kw  # in the hall
         p.heat_removed_kw = q_liquid + q_air
         self._measure()
@@ -427,9 +503,10 @@ class SiteSimulator:
             )
 
     def _measure(self) -> None:
-        """What the facility sensors read this step: truth plus their noise. The physics
-        keeps using the truth (self.cdu, self.crah, psu_temp_true_c)."""
-        rng, c, a = self.sensor_rng, self.cdu, self.crah
+        """What the sensors read this step: truth plus their calibration offset and noise.
+        The physics keeps using the truth (self.cdu, self.crah, psu_temp_true_c,
+        self.gpu); the telemetry quantizes to each register's resolution."""
+        rng, c, a, g = self.sensor_rng, self.cdu, self.crah, self.gpu
         for name, truth in (
             ("cdu_supply_c", c.supply_c),
             ("cdu_return_c", c.return_c),
@@ -441,10 +518,15 @@ class SiteSimulator:
             ("psu_temp_c", self.psu_temp_true_c),
             ("crah_supply_c", a.supply_c),
             ("crah_return_c", a.return_c),
+            ("gpu_temp_read_c", g.temp_c),
+            ("gpu_mem_temp_read_c", g.mem_temp_c),
+            ("gpu_power_read_w", g.power_w),
         ):
             absolute, relative = SENSOR_NOISE[name]
             sigma = absolute + relative * np.abs(truth)
-            setattr(self, name, truth + rng.normal(0.0, 1.0, truth.shape) * sigma)
+            reading = truth + rng.normal(0.0, 1.0, truth.shape) * sigma
+            offset = self.sensor_offset.get(name)
+            setattr(self, name, reading if offset is None else reading + offset)
 
     def _account(self, dt_s: float, p: PlantState, gpu_kw: float, overhead_kw: float) -> None:
         hours = dt_s / 3600.0
@@ -465,6 +547,8 @@ class SiteSimulator:
             ("psu_loss", p.psu_loss_kw),
             ("pdu_loss", p.pdu_loss_kw),
             ("ups_loss", p.ups_loss_kw),
+            ("switchgear_loss", p.switchgear_loss_kw),
+            ("transformer_loss", p.transformer_loss_kw),
             ("chiller", p.chiller_kw),
             ("tower", p.tower_kw),
             ("chw_pump", p.chw_pump_kw),

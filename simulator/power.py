@@ -1,4 +1,4 @@
-"""Electrical chain: IT load -> PSUs -> PDUs -> UPS -> utility meter.
+"""Electrical chain: IT load -> PSUs -> PDUs -> UPS -> switchgear -> transformer -> meter.
 
 Each stage is a loss model P_in = P_out + loss(P_out), so that every watt drawn at the
 meter is either IT energy or an itemised loss. PSU and UPS losses follow the standard
@@ -32,10 +32,16 @@ PSU_LOSS_COEF = _fit_quadratic_loss(PSU_EFF_ANCHORS)
 
 
 def psu_loss_fraction(load_fraction: np.ndarray) -> np.ndarray:
-    """PSU loss as a fraction of rated power, at output load fraction x (of rated)."""
-    x = np.clip(load_fraction, 0.0, 2.0)
+    """PSU loss as a fraction of rated power, at output load fraction x (of rated).
+
+    The fit holds within the rated range only: beyond 100 % (possible only after PSU
+    failures; the site validator keeps healthy sites within rating) the loss grows in
+    proportion to the load at the full-load efficiency instead of being extrapolated."""
+    x = np.maximum(np.asarray(load_fraction, float), 0.0)
     l0, l1, l2 = PSU_LOSS_COEF
-    return l0 + l1 * x + l2 * x * x
+    xr = np.minimum(x, 1.0)
+    within = l0 + l1 * xr + l2 * xr * xr
+    return np.where(x > 1.0, within * x, within)  # within = loss at x = 1 there
 
 
 def psu_efficiency(load_fraction: np.ndarray) -> np.ndarray:
@@ -58,6 +64,16 @@ def ups_loss_coefficients(nominal_efficiency: float) -> tuple[float, float, floa
 def ups_loss_kw(out_kw: float, rated_kw: float, coef: tuple[float, float, float]) -> float:
     x = out_kw / rated_kw
     return rated_kw * (coef[0] + coef[1] * x + coef[2] * x * x)
+
+
+def transformer_loss_kw(
+    load_kw: float, rated_kw: float | None, no_load: float, load: float
+) -> float:
+    """MV/LV transformer: constant core loss plus copper loss with the square of the load."""
+    if not rated_kw:
+        return 0.0
+    x = load_kw / rated_kw
+    return rated_kw * (no_load + load * x * x)
 
 
 def psu_stage(

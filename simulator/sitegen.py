@@ -1,9 +1,9 @@
 """Synthetic site models of any size, for benchmarks and batch simulation.
 
 `site_toml(n_gpus)` writes a site file (the same TOML a user would write) and
-`synthetic_site(n_gpus)` loads it. Racks hold 4 HGX H100 nodes (32 GPUs, ~31 kW at full
-load) with a power shelf sized N+1; one CDU and one PDU per row sized with headroom,
-CRAHs for the air-side remainder, UPS and chiller plant sized for the whole load.
+`synthetic_site(n_gpus)` loads it. Racks hold 4 DGX H100-class nodes (32 GPUs, ~40 kW at
+full load) with 6 x 3.3 kW PSUs per node (4+2); one CDU and one PDU per row sized with
+headroom, CRAHs for the air-side remainder, UPS and chiller plant sized for the whole load.
 N is rounded up to a multiple of the GPUs per node; a last partial rack has fewer nodes.
 """
 
@@ -12,11 +12,14 @@ from __future__ import annotations
 import math
 import tomllib
 
+from domain.capacity import check_capacity
 from domain.site import Site
 
 GPU_TDP_W = 700.0
 GPU_IDLE_W = 70.0
-NODE_OVERHEAD_W = 1800.0
+NODE_OVERHEAD_W = 4000.0  # DGX H100-class host: CPUs, memory, NVSwitches, NICs, fans
+PSUS_PER_NODE, PSU_REDUNDANT_PER_NODE, PSU_RATED_W = 6, 2, 3300.0  # DGX H100: 6 x 3.3 kW, 4+2
+PSU_EFF_AT_MAX = 0.95
 LIQUID_FRACTION = 0.85
 CP, RHO = 4.186, 997.0
 
@@ -37,10 +40,7 @@ def site_toml(
     per_rack = nodes_per_rack * gpus_per_node
     n_nodes = math.ceil(n_gpus / gpus_per_node)
     full_racks, rem_nodes = divmod(n_nodes, nodes_per_rack)
-    node_kw = (gpus_per_node * GPU_TDP_W * 1.06 + NODE_OVERHEAD_W) / 1000.0
-    rack_kw = nodes_per_rack * node_kw
-    psu_rated_w = 5500.0
-    psus = math.ceil(rack_kw * 1000.0 / psu_rated_w) + 1  # N+1 shelf
+    node_kw = (gpus_per_node * GPU_TDP_W + NODE_OVERHEAD_W) / PSU_EFF_AT_MAX / 1000.0
     racks = [("hgx", nodes_per_rack)] * full_racks + (
         [("hgx-part", rem_nodes)] if rem_nodes else []
     )
@@ -63,8 +63,9 @@ def site_toml(
             f"gpu_tdp_w = {GPU_TDP_W}",
             f"gpu_idle_w = {GPU_IDLE_W}",
             f"node_overhead_w = {NODE_OVERHEAD_W}",
-            f"psus = {psus}",
-            f"psu_rated_w = {psu_rated_w}",
+            f"psus = {PSUS_PER_NODE * nodes}",
+            f"psu_rated_w = {PSU_RATED_W}",
+            f"psu_redundancy = {PSU_REDUNDANT_PER_NODE * nodes}",
             f"liquid_fraction = {LIQUID_FRACTION}",
             "",
         ]
@@ -73,6 +74,10 @@ def site_toml(
         'id = "ups"',
         f"rated_kw = {1.25 * it_kw:.1f}",
         "efficiency = 0.96",
+        "",
+        "[electrical]",
+        f"transformer_rated_kw = {1.6 * it_kw:.1f}",
+        "switchgear_loss = 0.0025",
         "",
         "[plant]",
         'id = "chiller-plant"',
@@ -141,5 +146,10 @@ def site_toml(
 
 
 def synthetic_site(n_gpus: int, **kwargs) -> Site:
-    """A validated `Site` with (about) n_gpus GPUs; see `site_toml` for the knobs."""
-    return Site.model_validate(tomllib.loads(site_toml(n_gpus, **kwargs)))
+    """A validated `Site` with (about) n_gpus GPUs; see `site_toml` for the knobs. Sized to
+    pass the capacity check at maximum load (ValueError naming the element otherwise)."""
+    site = Site.model_validate(tomllib.loads(site_toml(n_gpus, **kwargs)))
+    errors = check_capacity(site).errors
+    if errors:
+        raise ValueError("; ".join(errors))
+    return site

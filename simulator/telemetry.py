@@ -89,8 +89,55 @@ SENSOR_METRICS: dict[str, list[str]] = {
     "psu": ["temp_c", "input_power_w"],
     "gpu": ["gpu_temp_c", "power_w"],
 }
-# NVML's energy counter is whole millijoules (sensor noise is applied by the model)
-QUANTUM: dict[tuple[str, str], float] = {("gpu", "energy_mj"): 1.0}
+# Resolution of each register as the device reports it (sensor noise and offsets are
+# applied by the model). NVML: temperatures in whole degC (nvmlDeviceGetTemperature is an
+# unsigned int), power in mW (nvmlDeviceGetPowerUsage), energy in mJ
+# (nvmlDeviceGetTotalEnergyConsumption), utilization in whole %, clocks in MHz.
+# Redfish PSUs/PDUs (PMBus behind the BMC): whole watts and degC, energy in Wh steps.
+# Modbus CDUs: int16 registers, temperatures x100, flow and dp x10, speed x10.
+# Modbus CRAHs: air temperatures x10. Modbus meters (32-bit registers): kW x10, kWh x100.
+# Plant controller (BACnet/Modbus): temperatures x10, kW x10.
+QUANTUM: dict[tuple[str, str], float] = {
+    ("gpu", "gpu_temp_c"): 1.0,
+    ("gpu", "mem_temp_c"): 1.0,
+    ("gpu", "power_w"): 0.001,
+    ("gpu", "energy_mj"): 1.0,
+    ("gpu", "util_gpu_pct"): 1.0,
+    ("gpu", "sm_clock_mhz"): 1.0,
+    ("psu", "input_power_w"): 1.0,
+    ("psu", "output_power_w"): 1.0,
+    ("psu", "temp_c"): 1.0,
+    ("psu", "energy_kwh"): 0.001,
+    ("cdu", "supply_temp_c"): 0.01,
+    ("cdu", "return_temp_c"): 0.01,
+    ("cdu", "primary_supply_temp_c"): 0.01,
+    ("cdu", "primary_return_temp_c"): 0.01,
+    ("cdu", "flow_lpm"): 0.1,
+    ("cdu", "primary_flow_lpm"): 0.1,
+    ("cdu", "diff_pressure_kpa"): 0.1,
+    ("cdu", "pump_speed_pct"): 0.1,
+    ("cdu", "pump_power_w"): 1.0,
+    ("cdu", "reservoir_level_pct"): 0.1,
+    ("pdu", "power_w"): 1.0,
+    ("pdu", "input_power_w"): 1.0,
+    ("pdu", "energy_kwh"): 0.001,
+    ("crah", "supply_air_temp_c"): 0.1,
+    ("crah", "return_air_temp_c"): 0.1,
+    ("crah", "fan_speed_pct"): 0.1,
+    ("crah", "fan_power_w"): 1.0,
+    ("crah", "airflow_m3h"): 1.0,
+    ("meter", "power_kw"): 0.1,
+    ("meter", "energy_kwh"): 0.01,
+    ("plant", "chw_supply_temp_c"): 0.1,
+    ("plant", "chw_return_temp_c"): 0.1,
+    ("plant", "cw_supply_temp_c"): 0.1,
+    ("plant", "chiller_power_kw"): 0.1,
+    ("plant", "tower_power_kw"): 0.1,
+    ("plant", "pump_power_kw"): 0.1,
+    ("plant", "cooling_load_kw"): 0.1,
+    ("plant", "outdoor_drybulb_c"): 0.1,
+    ("plant", "outdoor_wetbulb_c"): 0.1,
+}
 H = 3600.0
 
 
@@ -120,9 +167,9 @@ def _blocks(sim: SiteSimulator) -> list[Block]:
             [lay.rack_keys[i] for i in lay.gpu_rack],
             CLASS_METRICS["gpu"],
             lambda s: [
-                s.gpu_temp_c,
-                s.gpu_mem_temp_c,
-                s.gpu_power_w,
+                s.gpu_temp_read_c,
+                s.gpu_mem_temp_read_c,
+                s.gpu_power_read_w,
                 s.gpu_energy_mj,
                 s.gpu_util * 100.0,
                 s.gpu_sm_clock_mhz,
@@ -285,9 +332,6 @@ class TelemetryPlan:
     def read(self, sim: SiteSimulator) -> tuple[NDArray[np.float64], NDArray[np.bool_] | None]:
         """(values, present mask or None when everything reports) for the current state."""
         values = self.true_values(sim)
-        if len(self.quantized):
-            q = self.quantum
-            values[self.quantized] = np.floor(values[self.quantized] / q + 0.5) * q
         t = sim.time_s
         for f in sim.faults.sensor_faults:
             if t < f.onset_s:
@@ -300,6 +344,9 @@ class TelemetryPlan:
                 base = self._drift_base.setdefault(f.fault_id, values[p])
                 rate = f.params["rate"] or abs(base) * f.params["rate_pct"] / 100.0
                 values[p] += rate * (t - f.onset_s) / H
+        if len(self.quantized):  # what the register holds, sensor faults included
+            q = self.quantum
+            values[self.quantized] = np.floor(values[self.quantized] / q + 0.5) * q
         present = None
         lost = sim.gpu_lost
         if self.gpu_block is not None and lost.any():

@@ -3,6 +3,7 @@ twin -> API."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -43,7 +44,7 @@ def test_simulated_batches_are_stored_exactly_and_pue_matches_hand_computation(
     try:
         collector.run(max_intervals=INTERVALS)
         produced = collector.stats.samples_delivered
-        assert produced == INTERVALS * 23393  # every sample of the example site, each interval
+        assert produced == INTERVALS * 28769  # every sample of the example site, each interval
 
         def stored() -> int:
             return (
@@ -70,7 +71,12 @@ def test_simulated_batches_are_stored_exactly_and_pue_matches_hand_computation(
 
         # PUE by hand from the last interval the simulator produced
         plant = collector.sources[0].sim.plant
-        expected = plant.facility_kw / plant.ups_output_kw
+
+        def reading(kw: float) -> float:  # Modbus meters report tenths of a kW
+            return float(np.floor(kw / 0.1 + 0.5) * 0.1)
+
+        facility_kw, ups_output_kw = reading(plant.facility_kw), reading(plant.ups_output_kw)
+        expected = facility_kw / ups_output_kw
         twin = Twin(site, store)
         keys, tokens = keys_per_role(settings.db_path.parent / "keys.duckdb")
         client = TestClient(create_app(twin, keys=keys), headers=bearer(tokens[Role.viewer]))
@@ -78,8 +84,8 @@ def test_simulated_batches_are_stored_exactly_and_pue_matches_hand_computation(
         assert body["category"] == "PUE1"
         assert body["reason"] is None
         by_id = {i["device_id"]: i["value"] for i in body["inputs"]}
-        assert by_id["sv1/facility/utility"] == pytest.approx(plant.facility_kw, rel=1e-12)
-        assert by_id["sv1/facility/ups-out"] == pytest.approx(plant.ups_output_kw, rel=1e-12)
+        assert by_id["sv1/facility/utility"] == pytest.approx(facility_kw, rel=1e-12)
+        assert by_id["sv1/facility/ups-out"] == pytest.approx(ups_output_kw, rel=1e-12)
         assert body["value"] == pytest.approx(expected, rel=1e-12)
         assert 1.0 < body["value"] < 2.0
         assert body["dcie"] == pytest.approx(1 / expected, rel=1e-12)
@@ -87,7 +93,8 @@ def test_simulated_batches_are_stored_exactly_and_pue_matches_hand_computation(
         gpu = client.get("/v1/devices/sv1/h1/row1/rk101/n01/gpu0").json()
         assert gpu["device_class"] == "gpu"
         metrics = {m["metric"]: m["value"] for m in gpu["metrics"]}
-        assert metrics["power_w"] == pytest.approx(collector.sources[0].sim.gpu_power_w[0])
+        read_w = collector.sources[0].sim.gpu_power_read_w[0]  # NVML: milliwatts
+        assert metrics["power_w"] == pytest.approx(read_w, abs=0.0005 + 1e-9)
         assert client.get("/v1/devices/sv1/nowhere").status_code == 404
     finally:
         ingestor.close()

@@ -46,6 +46,8 @@ def test_facility_energy_is_it_plus_losses_plus_cooling_over_an_hour(start, clim
         it
         + led["pdu_loss"]
         + led["ups_loss"]
+        + led["switchgear_loss"]
+        + led["transformer_loss"]
         + plant
         + led["cdu_pump"]
         + led["crah_fan"]
@@ -107,7 +109,8 @@ def test_heat_removed_equals_heat_produced_in_steady_state():
         + sum(rec.series(d, "fan_power_w") for d in lay.crah_ids)
     )
     produced = float(np.mean(produced_w[last])) / 1000.0
-    assert produced == pytest.approx(truth["it"] + truth["pumps"] + truth["fans"], rel=1e-9)
+    # readings are whole watts (Redfish/PMBus, Modbus registers): exact to that resolution
+    assert produced == pytest.approx(truth["it"] + truth["pumps"] + truth["fans"], rel=1e-4)
     removed = float(np.mean((liquid + air)[last]))
     assert removed == pytest.approx(produced, rel=0.01)
     assert float(np.mean(liquid[last])) > 0.75 * produced  # liquid-cooled hall
@@ -123,7 +126,7 @@ def test_heat_removed_equals_heat_produced_in_steady_state():
         )
         / 1000.0
     )
-    assert pdu_loss == pytest.approx(truth["pdu_loss"], rel=1e-9)
+    assert pdu_loss == pytest.approx(truth["pdu_loss"], rel=2e-3)  # whole-watt readings
     plant_load = rec.series(SITE.plant_id(), "cooling_load_kw")[last].mean()
     assert plant_load == pytest.approx(
         removed + pdu_loss + truth["ups_loss"] + truth["chw_pump"], rel=0.01

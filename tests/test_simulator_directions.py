@@ -55,7 +55,7 @@ def test_fouled_heat_exchanger_raises_approach_temperature():
     assert fouled.cdu_approach_k[0] > clean.cdu_approach_k[0] + 0.5
     assert fouled.cdu_primary_flow_lpm[0] > clean.cdu_primary_flow_lpm[0]
     # valve wide open (CDU asked for water near the chw supply): supply - facility supply
-    sp = {"cdu_supply_setpoint_c": 18.0, "chw_supply_setpoint_c": 16.0}
+    sp = {"cdu_supply_setpoint_c": 17.0, "chw_supply_setpoint_c": 16.5}
     clean, fouled = settle(SITE, 1.5, setpoints=sp), settle(SITE, 1.5, setpoints=sp, faults=spec)
     approach = [s.cdu_supply_c[0] - s.cdu_primary_supply_c[0] for s in (clean, fouled)]
     assert approach[1] > approach[0] + 0.5

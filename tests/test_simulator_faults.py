@@ -104,7 +104,8 @@ def test_tim_degradation_heats_one_gpu_until_thermal_slowdown():
     peer = "syn/h1/row1/r10102/n03/gpu4"
     t = rec.t_h()
     temp, peer_temp = rec.series(gpu, "gpu_temp_c"), rec.series(peer, "gpu_temp_c")
-    assert abs(temp[t < 0.15].mean() - peer_temp[t < 0.15].mean()) <= 1.0
+    # healthy parts differ (cold-plate resistance, sensor offset): a few kelvin at most
+    assert abs(temp[t < 0.15].mean() - peer_temp[t < 0.15].mean()) <= 4.0
     assert temp[t > 2.5].mean() > peer_temp[t > 2.5].mean() + 10.0
     reasons = rec.series(gpu, "throttle_reasons").astype(int)
     assert (reasons[t > 2.5] & NVML_SW_THERMAL_SLOWDOWN).all()
@@ -124,7 +125,8 @@ def test_psu_aging_loses_efficiency_runs_hot_then_fails():
     assert temp[(t > 2.2) & (t < 2.5)].mean() > temp[t < 0.5].mean() + 5.0
     assert (rec.series(psu, "input_power_w")[t > 2.6] == 0).all()
     peer = rec.series("syn/h1/row1/r10101/shelf/psu1", "output_power_w")
-    assert peer[t > 2.6].mean() > 1.1 * peer[t < 0.5].mean()  # the shelf shares the load
+    n = SITE.templates["hgx"].psus  # the rack's PSUs share the load: n - 1 carry it now
+    assert peer[t > 2.6].mean() > 0.99 * n / (n - 1) * peer[t < 0.5].mean()
     assert [e.kind for e in rec.events_of(psu)] == ["psu_fault"]
 
 
@@ -185,7 +187,7 @@ def test_coolant_leak_drains_reservoir_trips_sensor_then_pump_loses_prime():
     level = rec.series(dev, "reservoir_level_pct")
     assert level[t < 1 / 3].min() == 100.0
     i = np.searchsorted(t, 1.0)
-    assert level[i] == pytest.approx(100 - 35 * (t[i] - 1 / 3), abs=0.01)
+    assert level[i] == pytest.approx(100 - 35 * (t[i] - 1 / 3), abs=0.06)  # 0.1 % register
     detected = rec.series(dev, "leak_detected")
     assert detected[t < 1 / 3 + 0.24].max() == 0 and (detected[t > 0.6] == 1).all()
     flow = rec.series(dev, "flow_lpm")

@@ -61,8 +61,8 @@ def test_energy_pue_matches_simulator_ground_truth(store, counters):
     assert o.value == pytest.approx(expected, rel=0.005)
     assert o.it == pytest.approx(e1["it_input"] - e0["it_input"], rel=0.005)
     assert len(res.series) == 3 and all(f.value is not None for f in res.series)
-    if counters:  # registers carry the simulator's own integral: agreement is exact
-        assert o.value == pytest.approx(expected, rel=1e-9)
+    if counters:  # registers carry the simulator's own integral, to 0.01 kWh resolution
+        assert o.value == pytest.approx(expected, rel=2e-4)
 
 
 def test_heat_balance_closes_in_steady_state(store):
@@ -79,7 +79,7 @@ def test_heat_balance_closes_in_steady_state(store):
         assert not hb.over_threshold.any()
         # the PG25 loop (cdu2) only closes with its own fluid properties
         assert hb.liquid_kw[1] == pytest.approx(h.sim.cdu_heat_kw[1], rel=0.02)
-        assert hb.it_kw[3] == pytest.approx(h.sim.plant.it_kw, rel=1e-9)
+        assert hb.it_kw[3] == pytest.approx(h.sim.plant.it_kw, rel=1e-4)  # whole-watt PSUs
         assert hb.air_kw[3] > 0
         site_idx = twin.scope_index.index["t1"]
         assert tick.rollups["hb_residual_pct"][site_idx] == pytest.approx(hb.residual_pct[3])

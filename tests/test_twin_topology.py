@@ -17,8 +17,9 @@ def topo(site) -> Topology:
 def test_power_chain_of_a_gpu(topo):
     up = topo.feeds(GPU)
     assert up[0] == "sv1/h1/row2/rk203/n05"
-    assert set(up[1:7]) == {f"sv1/h1/row2/rk203/shelf/psu{i}" for i in range(1, 7)}
-    assert up[7:] == [
+    n = 48  # the rack's PSUs share one DC bus: each feeds every node
+    assert set(up[1 : n + 1]) == {f"sv1/h1/row2/rk203/shelf/psu{i}" for i in range(1, n + 1)}
+    assert up[n + 1 :] == [
         "sv1/h1/row2/rk203/shelf",
         "sv1/h1/pdu-row2",
         "sv1/facility/ups",
@@ -47,7 +48,7 @@ def test_what_a_cdu_cools(topo, site):
 def test_downstream_of_a_pdu(topo):
     down = topo.downstream("sv1/h1/pdu-row3", "power")
     counts = topo.counts(down)
-    assert counts == {"shelf": 8, "psu": 48, "node": 64, "gpu": 512}
+    assert counts == {"shelf": 8, "psu": 8 * 48, "node": 64, "gpu": 512}
     assert all(
         g.startswith("sv1/h1/row3/") for g in topo.downstream("sv1/h1/pdu-row3", "power", "gpu")
     )

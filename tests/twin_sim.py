@@ -36,9 +36,10 @@ class SimHarness:
         seed: int = 0,
         start_time_s: float = START_S,
         crah_duty: bool = True,
+        faults: str | None = None,
     ) -> None:
         self.site = load_site(site_file)
-        self.sim = SiteSimulator(self.site, seed=seed, start_time_s=start_time_s)
+        self.sim = SiteSimulator(self.site, seed=seed, start_time_s=start_time_s, faults=faults)
         self.source = SimulatedSource(
             SimulatedSourceConfig(site_file=site_file, seed=seed), simulator=self.sim
         )
