@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import TwinDep
 from api.shape import now_naive_utc, utc
@@ -42,6 +42,40 @@ class DeadLetterExample(BaseModel):
 
 
 class DeadLettersOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "since": "2026-12-06T00:00:00Z",
+                    "total": 1,
+                    "by_reason": [
+                        {
+                            "reason": "too_large",
+                            "count": 1,
+                            "quarantined": 0,
+                            "truncated": 1,
+                            "last": "2026-12-06T09:14:03Z",
+                        }
+                    ],
+                    "recent": [
+                        {
+                            "time": "2026-12-06T09:14:03Z",
+                            "reason": "too_large",
+                            "detail": "message of 17825792 bytes exceeds the 16777216-byte limit",
+                            "topic": "telemetry.gpu",
+                            "partition": 3,
+                            "offset": 18211,
+                            "size_bytes": 17825792,
+                            "sha256": "5f1c…",
+                            "excerpt": "ZZZZZZZZ",
+                            "outcome": "dlq_truncated",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
     since: datetime = Field(description="start of the window (UTC)")
     total: int = Field(ge=0)
     by_reason: list[ReasonCount]

@@ -153,7 +153,7 @@ def test_rack_and_overview_carry_real_figures(client):
     racks = client.get("/v1/racks").json()["items"]
     assert len(racks) == 32 and all(r["gpus_reporting"] == 64 for r in racks)
     detail = client.get("/v1/racks/rk101").json()
-    assert len(detail["devices"]) == 64 + 6
+    assert len(detail["devices"]) == 64 + 48  # 8 nodes x (8 GPUs + 6 PSUs)
     ov = client.get("/v1/overview", params={"hours": 1, "step_s": 60}).json()
     assert ov["pue"] == pytest.approx(ov["facility_kw"] / ov["it_kw"], rel=1e-9)
     assert ov["pue_history"] and all(1 < p["value"] < 2 for p in ov["pue_history"])

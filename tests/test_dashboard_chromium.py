@@ -174,7 +174,7 @@ def test_dashboard_against_running_demo(demo, tmp_path):
         # drill down: rack -> device with charts
         page.click("[data-rack=rk203]")
         page.wait_for_selector("#rack-gpus .gpu")
-        assert len(page.query_selector_all("#rack-gpus .gpu")) == 64 + 6
+        assert len(page.query_selector_all("#rack-gpus .gpu")) == 64 + 48
         page.click("#rack-gpus .gpu >> nth=0")
         page.wait_for_selector("#device-chart-temp svg path", timeout=10_000)
 

@@ -173,7 +173,9 @@ def test_sigkilled_worker_restarts_and_stores_every_sample_exactly_once(
         assert batches[2] == len(expected)
         offsets = store.offsets()
         stored_next = {p: o for (t, p), o in offsets.items() if t == topic}
-        assert stored_next == log_end_offsets(kafka_bootstrap, topic)
+        # a partition no rack's key hashed to has no record and nothing to store
+        ends = {p: end for p, end in log_end_offsets(kafka_bootstrap, topic).items() if end}
+        assert stored_next == ends
     finally:
         store.close()
 
