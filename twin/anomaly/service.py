@@ -293,7 +293,10 @@ class AnomalyService:
         if prefix:
             lat = lat.filter(pl.col("device_id").str.starts_with(prefix))
         if scope == "device":
-            rows = lat.sort("score", descending=True).filter(pl.col("score") >= min_score)
+            # scores saturate at 1: ties go to the smaller p, then the id (a stable order)
+            rows = lat.sort(["score", "p", "device_id"], descending=[True, False, False]).filter(
+                pl.col("score") >= min_score
+            )
             return [
                 _row_out(r) | {"scope": "device"} for r in rows.head(limit).iter_rows(named=True)
             ]
@@ -330,7 +333,8 @@ class AnomalyService:
                         "top_metrics": json.loads(r["top_metrics"] or "[]"),
                     }
                 )
-        out.sort(key=lambda x: -x["score"])
+        # scores saturate at 1 (and group_by order is arbitrary): ties go to the smaller p
+        out.sort(key=lambda x: (-x["score"], x["p"], x["id"]))
         return out[:limit]
 
     def start_background(self, every_s: float | None = None) -> None:
