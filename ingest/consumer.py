@@ -187,9 +187,12 @@ class Ingestor:
             max_poll_interval_ms=cfg.max_poll_interval_ms,
             **extra,
         )
-        self.dlq = make_producer(bootstrap, cfg.dlq_compression)
         self.quarantine_path = cfg.quarantine_path or default_quarantine_path(store)
-        self.dead_letters = DeadLetterSink(self.dlq, self.quarantine_path)
+        self.dead_letters = DeadLetterSink(
+            make_producer(bootstrap, cfg.dlq_compression),
+            self.quarantine_path,
+            producer_factory=lambda: make_producer(bootstrap, cfg.dlq_compression),
+        )
         self._next: dict[tuple[str, int], int] = {}  # next offset stored, per partition
         # next offset expected from the broker, per partition: a poll that starts elsewhere
         # means records were skipped (retention) or the topic was re-created
@@ -650,4 +653,4 @@ class Ingestor:
     def close(self) -> None:
         self.stop_event.set()
         self.consumer.close(autocommit=False)
-        self.dlq.close(timeout=10)
+        self.dead_letters.close(timeout_s=10)

@@ -16,11 +16,12 @@ to `dead_letters` in the same transaction as the offsets that move past the mess
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,12 @@ from typing import Any
 
 import orjson
 from kafka import KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 
 from domain.contract import DEAD_LETTER_TOPIC
 from domain.topics import MAX_MESSAGE_BYTES
@@ -119,8 +125,10 @@ class DeadLetterSink:
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         truncated_bytes: int = DEFAULT_TRUNCATED_BYTES,
         flush_timeout_s: float = 30.0,
+        producer_factory: Callable[[], KafkaProducer] | None = None,
     ) -> None:
         self.producer = producer
+        self.producer_factory = producer_factory
         self.quarantine_path = quarantine_path
         self.max_value_bytes = max_value_bytes
         self.truncated_bytes = truncated_bytes
@@ -140,6 +148,18 @@ class DeadLetterSink:
             for d, f in zip(dead, facts, strict=True)
         ]
         self._flush()
+        # a producer the broker no longer knows (restarted or re-created broker: its
+        # idempotent session is gone, every send fails with OutOfOrderSequenceNumber or
+        # an InitProducerId error) stays failed: a new producer, then the same sends again
+        broken = [
+            i
+            for i, (fut, _) in enumerate(first)
+            if not _delivered(fut) and not _too_large(fut) and not self._broker_gone
+        ]
+        if broken and self._renew_producer(_error_of(first[broken[0]][0])):
+            for i in broken:
+                first[i] = self._send(dead[i], facts[i], truncate=first[i][1])
+            self._flush()
         rows: list[DeadLetterRow] = []
         for d, f, (fut, truncated) in zip(dead, facts, first, strict=True):
             outcome: str | None = TRUNCATED if truncated else SENT
@@ -212,6 +232,22 @@ class DeadLetterSink:
             return exc, truncate
         return fut, truncate
 
+    def _renew_producer(self, error: str) -> bool:
+        if self.producer_factory is None:
+            return False
+        with contextlib.suppress(Exception):
+            self.producer.close(timeout=0)
+        try:
+            self.producer = self.producer_factory()
+        except Exception as exc:  # broker unreachable: the quarantine path takes over
+            log.warning("dead-letter producer could not be renewed: %r", exc)
+            return False
+        log.warning("dead-letter producer renewed after a failed send: %s", error)
+        return True
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self.producer.close(timeout=timeout_s)
+
     def _flush(self) -> None:
         try:
             self.producer.flush(timeout=self.flush_timeout_s)
@@ -273,6 +309,11 @@ class _Facts:
 
 def _delivered(fut: Any) -> bool:
     return not isinstance(fut, BaseException) and fut.is_done and fut.succeeded()
+
+
+def _too_large(fut: Any) -> bool:
+    exc = fut if isinstance(fut, BaseException) else getattr(fut, "exception", None)
+    return isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError)
 
 
 def _error_of(fut: Any) -> str:

@@ -118,3 +118,50 @@ def test_resume_policy(saved, start, end, saved_id, now_id, resume, reason, lost
         assert event is not None
         assert (event.reason, event.lost_records) == (reason, lost)
         assert (event.from_offset, event.to_offset) == (saved, resume)
+
+
+def dead_letter_outcomes(store: Store, topic: str) -> list[str]:
+    rows = (
+        store.cursor()
+        .execute("SELECT outcome FROM dead_letters WHERE topic = ? ORDER BY time", [topic])
+        .fetchall()
+    )
+    return [r[0] for r in rows]
+
+
+def test_dead_letters_reach_the_topic_after_a_broker_restart_under_a_running_ingestor(
+    tmp_path: Path, unique: str
+):
+    """The dead-letter producer's idempotent session dies with the broker (a restarted
+    memory broker answers OutOfOrderSequenceNumber / InitProducerId errors for ever): ingest
+    renews the producer instead of quarantining every later dead letter."""
+    port = free_port()
+    topic = f"dlq-restart-{unique}"
+    broker = DevBroker(port=port, log_path=tmp_path / "broker.log").start()
+    store = Store(tmp_path / "twin.duckdb")
+    producer = None
+    try:
+        ensure_topics(broker.bootstrap, 1, topics=(topic, "deadletter"))
+        producer = make_producer(broker.bootstrap, None)
+        producer.send(topic, key=b"rk1", value=b"not json 1").get(timeout=30)
+        ingestor = Ingestor(store, broker.bootstrap, f"g-{unique}", topics=(topic,))
+        try:
+            ingest_until(ingestor, lambda: len(dead_letter_outcomes(store, topic)) == 1)
+            broker.stop()
+            broker = DevBroker(port=port, log_path=tmp_path / "broker.log").start()
+            ensure_topics(broker.bootstrap, 1, topics=(topic, "deadletter"))
+            producer.close()
+            producer = make_producer(broker.bootstrap, None)
+            producer.send(topic, key=b"rk1", value=b"not json 2").get(timeout=30)
+            ingest_until(
+                ingestor, lambda: len(dead_letter_outcomes(store, topic)) == 2, timeout_s=120
+            )
+        finally:
+            ingestor.close()
+        assert dead_letter_outcomes(store, topic) == ["dlq", "dlq"]  # none quarantined
+        assert not ingestor.quarantine_path.exists()
+    finally:
+        if producer is not None:
+            producer.close()
+        store.close()
+        broker.stop()
