@@ -607,16 +607,29 @@ class Ingestor:
         self._data_loss(event)
 
     def _data_loss(self, event: DataLossEvent) -> None:
-        log.warning(
-            "data loss on %s[%d]: %s; offsets %s..%s not stored (%s records); resuming at %s",
-            event.topic,
-            event.partition,
-            event.reason,
-            event.from_offset,
-            event.to_offset,
-            "unknown" if event.lost_records is None else event.lost_records,
-            event.to_offset,
-        )
+        if event.reason == "topic_recreated":
+            # what the old topic held past the saved offset is gone with it; how much is
+            # not known here (zero when ingest had caught up before the topic went)
+            log.warning(
+                "topic %s[%d] was re-created: the saved offset %s belongs to the old topic; "
+                "reading the new one from offset %s. Records of the old topic after the saved "
+                "offset, if any, were lost with it",
+                event.topic,
+                event.partition,
+                event.from_offset,
+                event.to_offset,
+            )
+        else:
+            log.warning(
+                "data loss on %s[%d]: %s; offsets %s..%s not stored (%s records); resuming at %s",
+                event.topic,
+                event.partition,
+                event.reason,
+                event.from_offset,
+                event.to_offset,
+                "unknown" if event.lost_records is None else event.lost_records,
+                event.to_offset,
+            )
         self.stats.data_loss_events[event.reason] += 1
         self.stats.lost_records += event.lost_records or 0
         self.router.store_for(event.partition).record_data_loss(event)
