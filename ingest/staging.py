@@ -41,6 +41,7 @@ from ingest.sql import one_row
 from ingest.validate import (
     CODE,
     SAMPLE_REASONS,
+    TELEMETRY_KEYS,
     IngestPolicy,
     envelope_sql,
     install_reference_tables,
@@ -49,18 +50,7 @@ from ingest.validate import (
     summarize_rejections,
 )
 
-_ENVELOPE_FIELDS = (
-    "version",
-    "type",
-    "batch_id",
-    "collector",
-    "kind",
-    "site",
-    "rack",
-    "seq",
-    "interval_s",
-    "sent_time_ms",
-)
+_ENVELOPE_FIELDS = tuple(k for k in TELEMETRY_KEYS if k != "samples")
 # read_time_ms is read as DOUBLE to see fractions (a BIGINT read would round them); every
 # integer the contract allows (|t| <= 2**53) is exact as a double.
 _SAMPLES_TYPE = (

@@ -8,6 +8,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from kafka import KafkaConsumer
+
+from domain.contract import DEAD_LETTER_TOPIC
+from domain.topics import MAX_MESSAGE_BYTES
 from ingest.consumer import Ingestor
 
 
@@ -33,3 +37,15 @@ def silent_listener() -> Iterator[int]:
         for c in held:
             c.close()
         listener.close()
+
+
+def dead_letter_consumer(bootstrap: str, unique: str) -> KafkaConsumer:
+    """A consumer of the dead-letter topic from its start, in a group of its own."""
+    return KafkaConsumer(
+        DEAD_LETTER_TOPIC,
+        bootstrap_servers=bootstrap,
+        group_id=f"dlq-reader-{unique}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+    )

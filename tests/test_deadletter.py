@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import time
 
-from kafka import KafkaConsumer
-
 from collectors.base import Readings, now_ms
 from collectors.batching import Batcher
-from domain.contract import DEAD_LETTER_TOPIC, Kind, encode, headers_for, telemetry_topic
+from domain.contract import Kind, encode, headers_for, telemetry_topic
 from domain.topics import make_producer
 from ingest.consumer import Ingestor
 from ingest.store import Store
-from tests.helpers import ingest_until
+from tests.helpers import dead_letter_consumer, ingest_until
 
 
 def test_malformed_messages_are_dead_lettered_and_ingest_continues(settings, unique):
@@ -51,13 +49,7 @@ def test_malformed_messages_are_dead_lettered_and_ingest_continues(settings, uni
         ingestor.close()
         store.close()
 
-    consumer = KafkaConsumer(
-        DEAD_LETTER_TOPIC,
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=f"dlq-reader-{unique}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    consumer = dead_letter_consumer(settings.kafka_bootstrap, unique)
     found = {}
     deadline = time.monotonic() + 30
     while len(found) < 2 and time.monotonic() < deadline:

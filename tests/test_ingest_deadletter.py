@@ -7,13 +7,12 @@ from __future__ import annotations
 import threading
 import time
 
-from kafka import KafkaConsumer
-
-from domain.contract import DEAD_LETTER_TOPIC, Kind, telemetry_topic
+from domain.contract import Kind, telemetry_topic
 from domain.topics import MAX_MESSAGE_BYTES, ensure_topics, make_producer
 from ingest.consumer import IngestConfig, Ingestor
 from ingest.store import Store
 from ingest.validate import IngestPolicy
+from tests.helpers import dead_letter_consumer
 from tests.ingest_messages import batch_doc, encode, now_ms
 
 
@@ -158,14 +157,7 @@ def test_bad_messages_are_dead_lettered_and_ingest_keeps_consuming(settings, uni
         == 0
     )
 
-    consumer = KafkaConsumer(
-        DEAD_LETTER_TOPIC,
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=f"dlq-reader-{unique}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-    )
+    consumer = dead_letter_consumer(settings.kafka_bootstrap, unique)
     by_value = {raw: name for name, (raw, _) in bad.items()}
     found: dict[str, dict[str, bytes]] = {}
     deadline = time.monotonic() + 60

@@ -13,13 +13,13 @@ import time
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer
 
-from domain.contract import DEAD_LETTER_TOPIC, Kind, telemetry_topic
+from domain.contract import Kind, telemetry_topic
 from domain.topics import MAX_MESSAGE_BYTES, ensure_topics, make_producer
 from ingest.consumer import IngestConfig, Ingestor
 from ingest.deadletters import DeadLetterSink
 from ingest.store import Store
+from tests.helpers import dead_letter_consumer
 from tests.ingest_messages import batch_doc, encode, now_ms
 
 BIG_BYTES = 17 << 20  # over MAX_MESSAGE_BYTES (16 MiB): the DLQ producer cannot send it
@@ -124,14 +124,7 @@ def test_a_17_mib_message_is_dead_lettered_truncated_and_ingest_keeps_running(se
     finally:
         store.close()
 
-    consumer = KafkaConsumer(
-        DEAD_LETTER_TOPIC,
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=f"dlq-reader-{unique}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-    )
+    consumer = dead_letter_consumer(settings.kafka_bootstrap, unique)
     found: dict[str, bytes] | None = None
     value = b""
     deadline = time.monotonic() + 60
