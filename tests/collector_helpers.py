@@ -4,12 +4,12 @@ config, and DuckDB checks."""
 from __future__ import annotations
 
 import threading
-import time
 
 from collectors.base import Readings
 from collectors.daemon_config import CollectorConfig
 from collectors.sources.simulated.source import SimulatedSource, SimulatedSourceConfig
 from ingest.store import Store
+from tests.helpers import wait_for  # noqa: F401 (re-exported for the collector tests)
 
 RACKS = ["rk101", "rk102"]
 FAST_KAFKA = {"max_block_ms": 500, "request_timeout_ms": 1000, "delivery_timeout_ms": 1500}
@@ -91,14 +91,6 @@ def config(name: str, bootstrap: str, spool_dir, **extra) -> CollectorConfig:
         else:
             raw[key] = value
     return CollectorConfig.model_validate(raw)
-
-
-def wait_for(predicate, timeout_s: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def stored_rows(store: Store, racks: list[str]) -> list[tuple[str, str, int, float]]:

@@ -49,3 +49,13 @@ def dead_letter_consumer(bootstrap: str, unique: str) -> KafkaConsumer:
         enable_auto_commit=False,
         max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
     )
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout_s: float = 90.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout_s}s")
+        time.sleep(0.05)

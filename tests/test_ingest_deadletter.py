@@ -12,16 +12,8 @@ from domain.topics import MAX_MESSAGE_BYTES, ensure_topics, make_producer
 from ingest.consumer import IngestConfig, Ingestor
 from ingest.store import Store
 from ingest.validate import IngestPolicy
-from tests.helpers import dead_letter_consumer
+from tests.helpers import dead_letter_consumer, wait_for
 from tests.ingest_messages import batch_doc, encode, now_ms
-
-
-def wait_for(predicate, timeout_s: float = 90.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s}s")
-        time.sleep(0.1)
 
 
 def test_bad_messages_are_dead_lettered_and_ingest_keeps_consuming(settings, unique, site):

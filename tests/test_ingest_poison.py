@@ -19,18 +19,10 @@ from domain.topics import MAX_MESSAGE_BYTES, ensure_topics, make_producer
 from ingest.consumer import IngestConfig, Ingestor
 from ingest.deadletters import DeadLetterSink
 from ingest.store import Store
-from tests.helpers import dead_letter_consumer
+from tests.helpers import dead_letter_consumer, wait_for
 from tests.ingest_messages import batch_doc, encode, now_ms
 
 BIG_BYTES = 17 << 20  # over MAX_MESSAGE_BYTES (16 MiB): the DLQ producer cannot send it
-
-
-def wait_for(predicate, timeout_s: float = 90.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s}s")
-        time.sleep(0.1)
 
 
 def produce(bootstrap: str, topic: str, rack: str, values: list[tuple[bytes, str]]) -> list[int]:
