@@ -121,6 +121,22 @@ METRICS: dict[Kind, dict[str, str]] = {
         "power_factor": "1",
         "frequency_hz": "Hz",
         "fan_speed_pct": "%",  # PSU / power-shelf fan
+        # UPS and its battery (UPS-MIB, RFC 1628; issue 22)
+        "on_battery": "bool",  # upsOutputSource == battery(5)
+        "battery_status": "enum",  # upsBatteryStatus: 1 unknown, 2 normal, 3 low, 4 depleted
+        "battery_charge_pct": "%",  # upsEstimatedChargeRemaining
+        "battery_runtime_s": "s",  # upsEstimatedMinutesRemaining x 60
+        "battery_time_on_battery_s": "s",  # upsSecondsOnBattery (0 on utility)
+        "battery_voltage_v": "V",  # upsBatteryVoltage (MIB unit 0.1 V, converted)
+        "battery_current_a": "A",  # upsBatteryCurrent; negative while charging
+        "battery_temp_c": "Cel",  # upsBatteryTemperature
+        # upsTestResultsSummary: 1 donePass, 2 doneWarning, 3 doneError, 4 aborted,
+        # 5 inProgress, 6 noTestsInitiated
+        "battery_test_result": "enum",
+        "output_load_pct": "%",  # upsOutputPercentLoad: may exceed 100 on overload
+        "input_line_bads_total": "1",  # upsInputLineBads: utility out of tolerance, counter
+        "alarms_present": "1",  # upsAlarmsPresent
+        "outlet_on": "bool",  # a switched PDU outlet's state
     },
     Kind.air: {
         "supply_air_temp_c": "Cel",
@@ -228,6 +244,19 @@ RANGES: dict[Kind, dict[str, tuple[float, float]]] = {
         "power_factor": (-1.0, 1.0),  # meters sign it: leading negative, lagging positive
         "frequency_hz": (0.0, 1_000.0),  # 0 on outage; 400 Hz systems exist
         "fan_speed_pct": _SPEED_PCT,
+        "on_battery": _BOOL,
+        "battery_status": (1.0, 4.0),
+        "battery_charge_pct": _PCT,
+        "battery_runtime_s": (0.0, 1.0e7),  # MIB: minutes as INTEGER, ~2**31 would be absurd
+        "battery_time_on_battery_s": (0.0, 1.0e8),
+        "battery_voltage_v": (0.0, 5_000.0),
+        "battery_current_a": (-1.0e5, 1.0e5),
+        "battery_temp_c": _TEMP,
+        "battery_test_result": (1.0, 6.0),
+        "output_load_pct": (0.0, 1_000.0),
+        "input_line_bads_total": _U64,
+        "alarms_present": (0.0, 1.0e4),
+        "outlet_on": _BOOL,
     },
     Kind.air: {
         "supply_air_temp_c": _TEMP,
