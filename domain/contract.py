@@ -61,6 +61,28 @@ ALL_TELEMETRY_TOPICS = tuple(telemetry_topic(k) for k in Kind)
 CONTRACT_TOPICS = frozenset({*ALL_TELEMETRY_TOPICS, EVENTS_TOPIC})
 
 
+# issue 22: NVML at DCGM depth. One 0/1 metric `clock_event_<reason>` per NVML clock
+# event reason (bit order of nvmlClocksEventReason*, as DCGM_CLOCKS_EVENT_REASON_*), and
+# per-NVLink error counters `nvlink_l<N>_<counter>_errors_total` for links 0..17, as
+# dcgm-exporter's DCGM_FI_DEV_NVLINK_{CRC_FLIT,CRC_DATA,REPLAY,RECOVERY}_ERROR_COUNT_L<N>.
+GPU_CLOCK_EVENT_REASONS: Final = (
+    "gpu_idle",
+    "applications_clocks_setting",
+    "sw_power_cap",
+    "hw_slowdown",
+    "sync_boost",
+    "sw_thermal_slowdown",
+    "hw_thermal_slowdown",
+    "hw_power_brake_slowdown",
+    "display_clock_setting",
+)
+GPU_NVLINK_LINKS: Final = 18  # NVLink 4/5 GPUs (H100, B200) have 18 links
+GPU_NVLINK_COUNTERS: Final = ("crc_flit", "crc_data", "replay", "recovery")
+GPU_NVLINK_LINK_METRICS: Final = tuple(
+    f"nvlink_l{n}_{c}_errors_total" for n in range(GPU_NVLINK_LINKS) for c in GPU_NVLINK_COUNTERS
+)
+
+
 # Known metrics: name -> unit. Names carry their unit so that a number is never read in
 # the wrong one. Ingest rejects names not listed here for the batch's kind.
 METRICS: dict[Kind, dict[str, str]] = {
@@ -82,6 +104,21 @@ METRICS: dict[Kind, dict[str, str]] = {
         "remapped_rows_uncorrectable": "1",
         "pcie_replay_total": "1",
         "nvlink_errors_total": "1",
+        # issue 22: NVML at DCGM depth (dcgm-exporter field per metric:
+        # collectors/sources/nvml/README.md)
+        "power_limit_w": "W",  # nvmlDeviceGetPowerManagementLimit
+        "power_limit_default_w": "W",
+        "power_limit_enforced_w": "W",  # after every limiter (the one in force)
+        "power_violation_us": "us",  # time held below clocks by the power cap, counter
+        "thermal_violation_us": "us",  # ... by thermal limits, counter
+        **{f"clock_event_{r}": "bool" for r in GPU_CLOCK_EVENT_REASONS},
+        "row_remap_pending": "bool",  # a remap waits for the next GPU reset
+        "row_remap_failure": "bool",  # no spare row left: replace the GPU
+        "pcie_tx_bytes_per_s": "By/s",
+        "pcie_rx_bytes_per_s": "By/s",
+        "mig_mode": "bool",  # MIG enabled (current mode, not the pending one)
+        "mig_devices": "1",  # MIG devices; each reports as <gpu id>/mig<GPU instance id>
+        **{m: "1" for m in GPU_NVLINK_LINK_METRICS},
     },
     Kind.cooling: {
         "supply_temp_c": "Cel",
@@ -206,6 +243,20 @@ RANGES: dict[Kind, dict[str, tuple[float, float]]] = {
         "remapped_rows_uncorrectable": _U64,
         "pcie_replay_total": _U64,
         "nvlink_errors_total": _U64,
+        # issue 22: NVML at DCGM depth
+        "power_limit_w": (0.0, 5_000.0),
+        "power_limit_default_w": (0.0, 5_000.0),
+        "power_limit_enforced_w": (0.0, 5_000.0),
+        "power_violation_us": _U64,
+        "thermal_violation_us": _U64,
+        **{f"clock_event_{r}": _BOOL for r in GPU_CLOCK_EVENT_REASONS},
+        "row_remap_pending": _BOOL,
+        "row_remap_failure": _BOOL,
+        "pcie_tx_bytes_per_s": (0.0, 1.0e12),  # PCIe 6.0 x16 moves ~128 GB/s
+        "pcie_rx_bytes_per_s": (0.0, 1.0e12),
+        "mig_mode": _BOOL,
+        "mig_devices": (0.0, 64.0),  # 7 on A100/H100/B200
+        **{m: _U64 for m in GPU_NVLINK_LINK_METRICS},
     },
     Kind.cooling: {
         "supply_temp_c": _TEMP,
@@ -390,6 +441,7 @@ class EventKind(StrEnum):
     health_changed = "health_changed"
     source_error = "source_error"
     spool_dropped = "spool_dropped"
+    inventory = "inventory"  # issue 22: a device's identity (serial, UUID, part number), on change
 
 
 Severity = Literal["info", "warning", "critical"]

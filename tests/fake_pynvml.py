@@ -3,18 +3,22 @@
 Same function names and parameter names, same constant values, the same exception
 hierarchy (`NVMLError(code)` returns the `NVMLError_<Name>` subclass, e.g.
 `NVMLError_GpuIsLost`), and ctypes structs with pynvml's field names (`c_nvmlUtilization_t`,
-`c_nvmlMemory_t`, `c_nvmlEventData_t`, `c_nvmlFieldValue_t`); device handles are ctypes
-pointers like pynvml's `c_nvmlDevice_t`. tests/test_nvml_source.py checks every name here
-against the installed pynvml, so the fake cannot drift from the real API.
+`c_nvmlMemory_t`, `c_nvmlEventData_t`, `c_nvmlFieldValue_t`, `c_nvmlViolationTime_t`);
+device handles (MIG devices' too) are ctypes pointers like pynvml's `c_nvmlDevice_t`.
+tests/test_nvml_source.py checks every name here against the installed pynvml, so the fake
+cannot drift from the real API.
 
 A `FakeNvml` instance stands in for the module: `NvmlSource(config, nvml_module=fake)`.
-Tests change its `gpus` state, `inject_xid(...)` or mark a GPU `lost`.
+Tests change its `gpus` state, `inject_xid(...)` or mark a GPU `lost`. `FakeGpu()` is an
+SXM module (HBM, 18 NVLinks, MIG capable but off); `pcie_gpu()` is a PCIe card that, like
+the real one, answers NotSupported for NVLink, MIG, memory temperature and row remapping.
 """
 
 # ruff: noqa: N801, N802, N803, N815, N816 - pynvml's names, kept as they are
 from __future__ import annotations
 
 import string
+import time
 from collections import deque
 from ctypes import (
     POINTER,
@@ -39,6 +43,7 @@ NVML_ERROR_UNINITIALIZED = 1
 NVML_ERROR_INVALID_ARGUMENT = 2
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_NO_PERMISSION = 4
+NVML_ERROR_NOT_FOUND = 6
 NVML_ERROR_DRIVER_NOT_LOADED = 9
 NVML_ERROR_TIMEOUT = 10
 NVML_ERROR_FUNCTION_NOT_FOUND = 13
@@ -68,6 +73,27 @@ NVML_FI_DEV_NVLINK_CRC_DATA_ERROR_COUNT_TOTAL = 45
 NVML_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL = 52
 NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL = 59
 NVML_FI_DEV_MEMORY_TEMP = 82
+NVML_FI_DEV_PCIE_COUNT_TX_BYTES = 197
+NVML_FI_DEV_PCIE_COUNT_RX_BYTES = 198
+
+NVML_PERF_POLICY_POWER = 0
+NVML_PERF_POLICY_THERMAL = 1
+NVML_DEVICE_MIG_DISABLE = 0
+NVML_DEVICE_MIG_ENABLE = 1
+NVML_NVLINK_ERROR_DL_REPLAY = 0
+NVML_NVLINK_ERROR_DL_RECOVERY = 1
+NVML_NVLINK_ERROR_DL_CRC_FLIT = 2
+NVML_NVLINK_ERROR_DL_CRC_DATA = 3
+
+nvmlClocksEventReasonGpuIdle = 0x0000000000000001
+nvmlClocksEventReasonApplicationsClocksSetting = 0x0000000000000002
+nvmlClocksEventReasonSwPowerCap = 0x0000000000000004
+nvmlClocksEventReasonHwSlowdown = 0x0000000000000008
+nvmlClocksEventReasonSyncBoost = 0x0000000000000010
+nvmlClocksEventReasonSwThermalSlowdown = 0x0000000000000020
+nvmlClocksEventReasonHwThermalSlowdown = 0x0000000000000040
+nvmlClocksEventReasonHwPowerBrakeSlowdown = 0x0000000000000080
+nvmlClocksEventReasonDisplayClockSetting = 0x0000000000000100
 
 nvmlEventTypeSingleBitEccError = 0x0000000000000001
 nvmlEventTypeDoubleBitEccError = 0x0000000000000002
@@ -115,7 +141,9 @@ _error_classes()
 
 # -- structs (pynvml's field names) -------------------------------------------------------
 class struct_c_nvmlDevice_t(Structure):
-    _fields_ = [("index", c_uint)]  # opaque in NVML; the fake keeps its index here
+    # opaque in NVML; the fake keeps the GPU's index here, and for a MIG device handle its
+    # MIG device index (-1: the whole GPU)
+    _fields_ = [("index", c_uint), ("mig", c_int)]
 
 
 c_nvmlDevice_t = POINTER(struct_c_nvmlDevice_t)
@@ -134,6 +162,10 @@ class c_nvmlUtilization_t(Structure):
 
 class c_nvmlMemory_t(Structure):
     _fields_ = [("total", c_ulonglong), ("free", c_ulonglong), ("used", c_ulonglong)]
+
+
+class c_nvmlViolationTime_t(Structure):
+    _fields_ = [("referenceTime", c_ulonglong), ("violationTime", c_ulonglong)]
 
 
 class c_nvmlEventData_t(Structure):
@@ -206,9 +238,64 @@ class FakeGpu:
             NVML_FI_DEV_NVLINK_RECOVERY_ERROR_COUNT_TOTAL: 0,
         }
     )
+    # issue 22: NVML at DCGM depth. None: NotSupported, as above.
+    uuid: str | None = "GPU-6f5e4b3c-2a19-4c8d-9e7f-0a1b2c3d4e5f"
+    serial: str | None = "1652823054321"
+    board_part_number: str | None = "692-2G520-0200-000"
+    name: str | None = "NVIDIA H100 80GB HBM3"
+    vbios_version: str | None = "96.00.99.00.01"
+    power_limit_mw: int | None = 700_000
+    power_limit_default_mw: int | None = 700_000
+    power_limit_enforced_mw: int | None = 650_000  # e.g. capped by a site controller
+    violation_ns: dict[int, int] | None = field(
+        default_factory=lambda: {
+            NVML_PERF_POLICY_POWER: 12_345_678_000,
+            NVML_PERF_POLICY_THERMAL: 4_321_000,
+        }
+    )
+    pcie_tx_bytes: int | None = 10**12  # cumulative counters (NVML field values)
+    pcie_rx_bytes: int | None = 3 * 10**12
+    mig_mode: int | None = NVML_DEVICE_MIG_DISABLE
+    max_mig_devices: int = 7
+    mig: dict[int, tuple[int, int]] = field(default_factory=dict)  # MIG index -> (GI id, used)
+    # NVLink link -> (active, {counter: value}); a link not in the dict is not present
+    nvlink_links: dict[int, tuple[bool, dict[int, int]]] | None = field(
+        default_factory=lambda: {
+            link: (
+                True,
+                {
+                    NVML_NVLINK_ERROR_DL_CRC_FLIT: link,
+                    NVML_NVLINK_ERROR_DL_CRC_DATA: 2 * link,
+                    NVML_NVLINK_ERROR_DL_REPLAY: 100 + link,
+                    NVML_NVLINK_ERROR_DL_RECOVERY: 0,
+                },
+            )
+            for link in range(18)
+        }
+    )
     events_supported: bool = True
     lost: bool = False
     fail: dict[str, int] = field(default_factory=dict)  # function name -> NVML error code
+    field_fail: dict[int, int] = field(default_factory=dict)  # field id -> its nvmlReturn
+
+
+def pcie_gpu(**over) -> FakeGpu:
+    """A PCIe card (L40S-like): a fan, GDDR, no NVLink, no MIG, no memory temperature."""
+    values: dict = {
+        "name": "NVIDIA L40S",
+        "board_part_number": "900-2G133-0080-000",
+        "fan_pct": 35,
+        "mem_temp_c": None,
+        "remapped": None,
+        "nvlink": None,
+        "nvlink_links": None,
+        "mig_mode": None,
+        "power_limit_mw": 350_000,
+        "power_limit_default_mw": 350_000,
+        "power_limit_enforced_mw": 350_000,
+    }
+    values.update(over)
+    return FakeGpu(**values)
 
 
 class FakeNvml:
@@ -217,9 +304,11 @@ class FakeNvml:
     def __init__(self, gpus: list[FakeGpu] | None = None, driver_loaded: bool = True) -> None:
         self.gpus = gpus if gpus is not None else [FakeGpu() for _ in range(8)]
         self.driver_loaded = driver_loaded
+        self.driver_version = "570.124.06"
+        self.time_us: int | None = None  # field-value timestamps; None: the real clock
         self.initialized = 0
         self.calls: dict[str, int] = {}
-        self._handles = [pointer(struct_c_nvmlDevice_t(i)) for i in range(len(self.gpus))]
+        self._handles = [pointer(struct_c_nvmlDevice_t(i, -1)) for i in range(len(self.gpus))]
         self._registered: dict[int, int] = {}  # gpu index -> event mask
         self._queue: deque[tuple[int, int, int]] = deque()  # (gpu, event type, data)
 
@@ -227,10 +316,12 @@ class FakeNvml:
     def inject_xid(self, index: int, xid: int) -> None:
         self._queue.append((index, nvmlEventTypeXidCriticalError, xid))
 
-    def _gpu(self, fn: str, handle) -> FakeGpu:
+    def _gpu(self, fn: str, handle, mig_ok: bool = False) -> FakeGpu:
         self.calls[fn] = self.calls.get(fn, 0) + 1
         if not self.initialized:
             raise NVMLError(NVML_ERROR_UNINITIALIZED)
+        if handle.contents.mig >= 0 and not mig_ok:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
         gpu = self.gpus[handle.contents.index]
         if gpu.lost:
             raise NVMLError(NVML_ERROR_GPU_IS_LOST)
@@ -285,7 +376,12 @@ class FakeNvml:
         return c_nvmlUtilization_t(g.util_gpu, g.util_mem)
 
     def nvmlDeviceGetMemoryInfo(self, handle, version=None) -> c_nvmlMemory_t:
-        g = self._gpu("nvmlDeviceGetMemoryInfo", handle)
+        g = self._gpu("nvmlDeviceGetMemoryInfo", handle, mig_ok=True)
+        if handle.contents.mig >= 0:
+            if handle.contents.mig not in g.mig:
+                raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)  # the instance was destroyed
+            used = g.mig[handle.contents.mig][1]
+            return c_nvmlMemory_t(10 * 2**30, 10 * 2**30 - used, used)
         return c_nvmlMemory_t(g.mem_total, g.mem_total - g.mem_used, g.mem_used)
 
     def nvmlDeviceGetClockInfo(self, handle, type) -> int:
@@ -318,9 +414,18 @@ class FakeNvml:
     def nvmlDeviceGetFieldValues(self, handle, fieldIds):
         g = self._gpu("nvmlDeviceGetFieldValues", handle)
         values = (c_nvmlFieldValue_t * len(fieldIds))()
+        now_us = self.time_us if self.time_us is not None else int(time.time() * 1e6)
+        pcie = {NVML_FI_DEV_PCIE_COUNT_TX_BYTES: g.pcie_tx_bytes}
+        pcie[NVML_FI_DEV_PCIE_COUNT_RX_BYTES] = g.pcie_rx_bytes
         for i, fid in enumerate(fieldIds):
             values[i].fieldId = fid
-            if fid == NVML_FI_DEV_MEMORY_TEMP and g.mem_temp_c is not None:
+            values[i].timestamp = now_us
+            if fid in g.field_fail:
+                values[i].nvmlReturn = g.field_fail[fid]
+            elif pcie.get(fid) is not None:
+                values[i].valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+                values[i].value.ullVal = pcie[fid]
+            elif fid == NVML_FI_DEV_MEMORY_TEMP and g.mem_temp_c is not None:
                 values[i].valueType = NVML_VALUE_TYPE_UNSIGNED_INT
                 values[i].value.uiVal = g.mem_temp_c
             elif fid in NVLINK_TOTALS and g.nvlink is not None and fid in g.nvlink:
@@ -329,6 +434,88 @@ class FakeNvml:
             else:
                 values[i].nvmlReturn = NVML_ERROR_NOT_SUPPORTED
         return values
+
+    # issue 22: NVML at DCGM depth
+    def nvmlSystemGetDriverVersion(self) -> str:
+        if not self.initialized:
+            raise NVMLError(NVML_ERROR_UNINITIALIZED)
+        return self.driver_version
+
+    def nvmlDeviceGetUUID(self, handle) -> str:
+        return self._supported(self._gpu("nvmlDeviceGetUUID", handle).uuid)
+
+    def nvmlDeviceGetSerial(self, handle) -> str:
+        return self._supported(self._gpu("nvmlDeviceGetSerial", handle).serial)
+
+    def nvmlDeviceGetBoardPartNumber(self, handle) -> str:
+        g = self._gpu("nvmlDeviceGetBoardPartNumber", handle)
+        return self._supported(g.board_part_number)
+
+    def nvmlDeviceGetName(self, handle) -> str:
+        return self._supported(self._gpu("nvmlDeviceGetName", handle).name)
+
+    def nvmlDeviceGetVbiosVersion(self, handle) -> str:
+        return self._supported(self._gpu("nvmlDeviceGetVbiosVersion", handle).vbios_version)
+
+    def nvmlDeviceGetPowerManagementLimit(self, handle) -> int:
+        g = self._gpu("nvmlDeviceGetPowerManagementLimit", handle)
+        return self._supported(g.power_limit_mw)
+
+    def nvmlDeviceGetPowerManagementDefaultLimit(self, handle) -> int:
+        g = self._gpu("nvmlDeviceGetPowerManagementDefaultLimit", handle)
+        return self._supported(g.power_limit_default_mw)
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle) -> int:
+        g = self._gpu("nvmlDeviceGetEnforcedPowerLimit", handle)
+        return self._supported(g.power_limit_enforced_mw)
+
+    def nvmlDeviceGetViolationStatus(self, device, perfPolicyType) -> c_nvmlViolationTime_t:
+        g = self._gpu("nvmlDeviceGetViolationStatus", device)
+        if g.violation_ns is None or perfPolicyType not in g.violation_ns:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return c_nvmlViolationTime_t(123, g.violation_ns[perfPolicyType])
+
+    def nvmlDeviceGetNvLinkState(self, device, link) -> int:
+        g = self._gpu("nvmlDeviceGetNvLinkState", device)
+        if g.nvlink_links is None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        if link not in g.nvlink_links:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return int(g.nvlink_links[link][0])
+
+    def nvmlDeviceGetNvLinkErrorCounter(self, device, link, counter) -> int:
+        g = self._gpu("nvmlDeviceGetNvLinkErrorCounter", device)
+        if g.nvlink_links is None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        if link not in g.nvlink_links:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return self._supported(g.nvlink_links[link][1].get(counter))
+
+    def nvmlDeviceGetMigMode(self, device) -> list[int]:
+        g = self._gpu("nvmlDeviceGetMigMode", device)
+        mode = self._supported(g.mig_mode)
+        return [mode, mode]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, device) -> int:
+        g = self._gpu("nvmlDeviceGetMaxMigDeviceCount", device)
+        self._supported(g.mig_mode)
+        return g.max_mig_devices
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, device, index):
+        g = self._gpu("nvmlDeviceGetMigDeviceHandleByIndex", device)
+        if self._supported(g.mig_mode) != NVML_DEVICE_MIG_ENABLE:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        if index not in g.mig:
+            raise NVMLError(NVML_ERROR_NOT_FOUND)
+        return pointer(struct_c_nvmlDevice_t(device.contents.index, index))
+
+    def nvmlDeviceGetGpuInstanceId(self, device) -> int:
+        g = self._gpu("nvmlDeviceGetGpuInstanceId", device, mig_ok=True)
+        if device.contents.mig < 0:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)  # not a MIG device handle
+        if device.contents.mig not in g.mig:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return g.mig[device.contents.mig][0]
 
     def nvmlEventSetCreate(self):
         if not self.initialized:
@@ -364,5 +551,7 @@ class FakeNvml:
 
 # the module's constants, exception classes and structs, reachable through an instance
 for _name, _value in list(globals().items()):
-    if _name.startswith(("NVML_", "NVMLError", "nvmlEventType", "c_nvml", "struct_c_nvml")):
+    if _name.startswith(
+        ("NVML_", "NVMLError", "nvmlEventType", "nvmlClocksEventReason", "c_nvml", "struct_c_nvml")
+    ):
         setattr(FakeNvml, _name, _value)
