@@ -25,6 +25,7 @@ from typing import cast
 import numpy as np
 import polars as pl
 
+from domain.contract import GPU_CLOCK_EVENT_REASONS
 from twin.anomaly.bank import SeriesBank
 from twin.anomaly.calibration import combine_p, p_to_score
 from twin.anomaly.features import RESIDUALS, class_frames, residuals_for
@@ -64,7 +65,17 @@ ADAPTIVE_METRICS = frozenset(
     }
 )
 # Discrete states (a bitmask, a flag): holding one is not a frozen sensor
-CATEGORICAL_METRICS = frozenset({"throttle_reasons", "leak_detected"})
+CATEGORICAL_METRICS = frozenset(
+    {
+        "throttle_reasons",
+        "leak_detected",
+        # issue 22: NVML at DCGM depth: flags that hold for hours by design
+        *(f"clock_event_{r}" for r in GPU_CLOCK_EVENT_REASONS),
+        "row_remap_pending",
+        "row_remap_failure",
+        "mig_mode",
+    }
+)
 RESIDUAL_PARAMS = DetectorParams(abs_floor=1.0)  # residuals arrive in units of their sigma
 MISSING_PRIOR = (1.0, 50.0)  # pseudo-counts (empty, full) for a device's empty-bucket rate
 PRIME_BUCKETS = 360  # history the streaming states are primed on at each fit
