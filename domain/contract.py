@@ -205,6 +205,27 @@ METRICS: dict[Kind, dict[str, str]] = {
 }
 
 
+# Monotonic counters (reset only by a driver reload, a power cycle or a meter reset):
+# rollups keep their increase per bucket and the anomaly scorer works on their rates.
+# The one list ingest and the twin share.
+COUNTER_METRICS: Final = frozenset(
+    {
+        "energy_mj",
+        "energy_kwh",
+        "ecc_corrected_total",
+        "ecc_uncorrected_total",
+        "remapped_rows_correctable",
+        "remapped_rows_uncorrectable",
+        "pcie_replay_total",
+        "nvlink_errors_total",
+        *GPU_NVLINK_LINK_METRICS,
+        "power_violation_us",
+        "thermal_violation_us",
+        "input_line_bads_total",
+    }
+)
+
+
 def known_metric(kind: Kind | str, metric: str) -> bool:
     return metric in METRICS[Kind(kind)]
 

@@ -21,19 +21,11 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 
+from domain import contract
 from ingest.sql import one_row
 
 # Monotonic counters: their rollups carry `increase` (energy or event deltas).
-COUNTER_METRICS = (
-    "energy_mj",
-    "energy_kwh",
-    "ecc_corrected_total",
-    "ecc_uncorrected_total",
-    "pcie_replay_total",
-    "nvlink_errors_total",
-    "remapped_rows_correctable",
-    "remapped_rows_uncorrectable",
-)
+COUNTER_METRICS = tuple(sorted(contract.COUNTER_METRICS))
 _COUNTERS = "(" + ", ".join(f"'{m}'" for m in COUNTER_METRICS) + ")"
 
 _TABLE = """

@@ -11,23 +11,13 @@ from __future__ import annotations
 
 import polars as pl
 
+from domain import contract
 from domain.site import Site
 
 # Counters: scored as increase per second (a reset counts as no increase).
 RATE_SUFFIX, RESET_SUFFIX = ":rate", ":reset"
-COUNTER_METRICS = frozenset(
-    {
-        "energy_mj",
-        "energy_kwh",
-        "ecc_corrected_total",
-        "ecc_uncorrected_total",
-        "remapped_rows_correctable",
-        "remapped_rows_uncorrectable",
-        "pcie_replay_total",
-        "nvlink_errors_total",
-        "xid_total",
-    }
-)
+# the contract's counters, plus the XID count the scorer derives from events
+COUNTER_METRICS = contract.COUNTER_METRICS | {"xid_total"}
 
 
 def device_table(site: Site) -> pl.DataFrame:
