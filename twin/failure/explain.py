@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from domain.xids import FAILURE_XID_CODES, XIDS
 from twin.failure.model import FailureModel, _x
-from twin.failure.xids import CRITICAL_XIDS
 
 # feature -> (phrase with {v} = value and {b} = healthy baseline)
 PHRASES: dict[str, str] = {
@@ -59,7 +59,8 @@ PHRASES: dict[str, str] = {
     "collector_errors_1h": "{v:.0f} collector errors in 1 h",
     **{
         f"xid{x}_2h": "{v:.0f} XID " + str(x) + " in 2 h (" + m + ")"
-        for x, (m, _) in CRITICAL_XIDS.items()
+        for x in FAILURE_XID_CODES
+        for m in (XIDS[x].meaning,)
     },
 }
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import duckdb
 import polars as pl
 
-from twin.failure.xids import CRITICAL_XIDS
+from domain.xids import FAILURE_XID_CODES
 
 CLASSES = ("gpu", "psu", "cdu", "crah")
 LOOKBACK_S = 6 * 3600  # the longest window: what a single as-of computation reads
@@ -23,7 +23,7 @@ THROTTLE_MASK = 0x08 | 0x20 | 0x40  # HwSlowdown | SwThermalSlowdown | HwThermal
 XID_WINDOW_S = 2 * 3600
 
 COMMON = ["stale_reads", "read_ratio_15m", "metrics_missing", "collector_errors_1h"]
-XID_COLS = [f"xid{x}_2h" for x in sorted(CRITICAL_XIDS)]
+XID_COLS = [f"xid{x}_2h" for x in FAILURE_XID_CODES]
 FEATURES: dict[str, list[str]] = {
     "gpu": [
         "temp_c",
@@ -210,7 +210,7 @@ def compute_features(
     con.execute(f"CREATE OR REPLACE TEMP TABLE _fw AS SELECT *, {slopes} FROM _fw0")
     xid_counts = ",\n".join(
         f"count(*) FILTER (e.kind = 'xid' AND e.attrs->>'xid' = '{x}') AS xid{x}_2h"
-        for x in sorted(CRITICAL_XIDS)
+        for x in FAILURE_XID_CODES
     )
     cls = ", ".join(f"'{c}'" for c in classes)
     # grid: every device seen within the lookback before t, at every t; as-of join to

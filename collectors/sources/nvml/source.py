@@ -41,30 +41,15 @@ from domain.contract import (
     Kind,
     Severity,
 )
+from domain.xids import CRITICAL_XID_CODES, XIDS, xid_info
 
 log = logging.getLogger(__name__)
 
-# XIDs that mean the GPU or its memory/links need attention now (NVIDIA's XID catalog).
-CRITICAL_XIDS: dict[int, str] = {
-    48: "double-bit ECC error",
-    62: "internal micro-controller halt",
-    63: "ECC page retirement or row remapping recorded",
-    64: "ECC page retirement or row remapping failure",
-    74: "NVLink error",
-    79: "GPU has fallen off the bus",
-    92: "high single-bit ECC error rate",
-    94: "contained ECC error",
-    95: "uncontained ECC error",
-    119: "GSP RPC timeout",
-    120: "GSP error",
-    140: "unrecovered ECC error",
-}
-# XIDs normally caused by the application, not the hardware: informational.
+# XIDs that mean the GPU or its memory/links need attention now, and those normally
+# caused by the application: views of the one catalogue (domain/xids.py)
+CRITICAL_XIDS: dict[int, str] = {c: XIDS[c].meaning for c in CRITICAL_XID_CODES}
 APPLICATION_XIDS: dict[int, str] = {
-    13: "graphics engine exception",
-    31: "GPU memory page fault",
-    43: "GPU stopped processing",
-    45: "preemptive cleanup after a previous error",
+    c: x.meaning for c, x in XIDS.items() if x.cause == "application"
 }
 
 
@@ -105,11 +90,8 @@ def _attr_text(value: object) -> str:
 
 
 def xid_severity(xid: int) -> tuple[Severity, str]:
-    if xid in CRITICAL_XIDS:
-        return "critical", CRITICAL_XIDS[xid]
-    if xid in APPLICATION_XIDS:
-        return "info", APPLICATION_XIDS[xid]
-    return "warning", "see NVIDIA's XID catalog"
+    info = xid_info(xid)
+    return info.severity, info.meaning
 
 
 class NvmlSourceConfig(BaseModel):
@@ -524,15 +506,20 @@ class NvmlSource:
                 device_id = self.device_ids.get(index, f"{self.config.node_id}/gpu{index}")
             except nv.NVMLError:
                 index, device_id = -1, self.config.node_id
-            severity, meaning = xid_severity(xid)
+            info = xid_info(xid)
             out.events.append(
                 Event(
                     device_id=device_id,
                     kind=EventKind.xid,
-                    severity=severity,
+                    severity=info.severity,
                     read_time_ms=now_ms(),
-                    message=f"XID {xid}: {meaning}",
-                    attrs={"xid": xid, "gpu_index": index, "source": self.name},
+                    message=f"XID {xid}: {info.meaning}. Action: {info.action}",
+                    attrs={
+                        "xid": xid,
+                        "gpu_index": index,
+                        "source": self.name,
+                        "cause": info.cause,
+                    },
                 )
             )
 

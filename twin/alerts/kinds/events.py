@@ -10,14 +10,14 @@ import polars as pl
 from pydantic import Field
 
 from domain.contract import EventKind
+from domain.xids import CRITICAL_XID_CODES
 from twin.alerts.conditions import Hit, Outcome, by_labels, series_key
 from twin.alerts.context import RuleContext
 from twin.alerts.rules import Reads, RuleBase, Selector, rule_kind
 from twin.alerts.yaml_files import Duration
 
-# NVIDIA XIDs that mean a GPU needs attention now: 48 double-bit ECC, 63/64 row remapping,
-# 74 NVLink, 79 fallen off the bus, 92/94/95 ECC (contained/uncontained).
-CRITICAL_XIDS = (48, 63, 64, 74, 79, 92, 94, 95)
+# NVIDIA XIDs that mean a GPU needs attention now (the catalogue's critical codes)
+CRITICAL_XIDS = CRITICAL_XID_CODES
 
 
 class EventRuleBase(RuleBase):
