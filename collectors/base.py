@@ -34,6 +34,9 @@ class Readings:
     kind: list[Kind] = field(default_factory=list)
     rack: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    # parts of this read that failed while the rest was read (a Modbus register block):
+    # counted by the daemon as `partial` errors; the source reports the cause as an event
+    failed_parts: int = 0
 
     def add(
         self, kind: Kind, rack: str, device_id: str, metric: str, value: float, read_time_ms: int
@@ -71,6 +74,7 @@ class Readings:
         self.kind += other.kind
         self.rack += other.rack
         self.events += other.events
+        self.failed_parts += other.failed_parts
 
     def __len__(self) -> int:
         return len(self.device_id)

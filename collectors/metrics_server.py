@@ -80,7 +80,7 @@ class _StatsCollector(Collector):
         )
         errors = CounterMetricFamily(
             PREFIX + "source_errors",
-            "failed reads per source and reason (timeout, exception, busy)",
+            "failed reads per source and reason (timeout, exception, busy, partial)",
             labels=[*src, "reason"],
         )
         late = CounterMetricFamily(
@@ -100,7 +100,7 @@ class _StatsCollector(Collector):
         for name, st in list(s.sources.items()):
             key = [*me, name]
             readings.add_metric(key, float(st.readings))
-            for reason in ("timeout", "exception", "busy"):
+            for reason in ("timeout", "exception", "busy", "partial"):
                 errors.add_metric([*key, reason], float(st.errors.get(reason, 0)))
             late.add_metric(key, float(st.late_reads))
             if st.last_success_unix_s is not None:

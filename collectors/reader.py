@@ -141,6 +141,8 @@ class SourceReader:
             return
         out.extend(readings)
         st.readings += len(readings)
+        if readings.failed_parts:
+            st.errors["partial"] += readings.failed_parts
         st.reads_ok += 1
         st.last_success_unix_s = time.time()
         if p.reported:

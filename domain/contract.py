@@ -174,6 +174,8 @@ METRICS: dict[Kind, dict[str, str]] = {
         "input_line_bads_total": "1",  # upsInputLineBads: utility out of tolerance, counter
         "alarms_present": "1",  # upsAlarmsPresent
         "outlet_on": "bool",  # a switched PDU outlet's state
+        # issue 22: modbus (coils / discrete inputs)
+        "breaker_closed": "bool",  # a breaker's auxiliary contact on a meter's status input
     },
     Kind.air: {
         "supply_air_temp_c": "Cel",
@@ -186,6 +188,9 @@ METRICS: dict[Kind, dict[str, str]] = {
         "chw_valve_pct": "%",
         "cooling_kw": "kW",
         "power_w": "W",
+        # issue 22: modbus (coils / discrete inputs)
+        "fan_running": "bool",  # 1 while the unit's fans run (status bit)
+        "alarm_active": "bool",  # the unit's common (summary) alarm bit
     },
     Kind.facility: {
         "power_kw": "kW",
@@ -329,6 +334,8 @@ RANGES: dict[Kind, dict[str, tuple[float, float]]] = {
         "input_line_bads_total": _U64,
         "alarms_present": (0.0, 1.0e4),
         "outlet_on": _BOOL,
+        # issue 22: modbus
+        "breaker_closed": _BOOL,
     },
     Kind.air: {
         "supply_air_temp_c": _TEMP,
@@ -341,6 +348,9 @@ RANGES: dict[Kind, dict[str, tuple[float, float]]] = {
         "chw_valve_pct": _PCT,
         "cooling_kw": _HEAT_KW,
         "power_w": (0.0, 1.0e7),
+        # issue 22: modbus
+        "fan_running": _BOOL,
+        "alarm_active": _BOOL,
     },
     Kind.facility: {
         "power_kw": _SITE_KW,
