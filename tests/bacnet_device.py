@@ -19,7 +19,8 @@ SubscribeCOV from bacpypes3's own server side. Objects (a small chiller plant):
     analog-value,9    present-value is a CharacterString (a device that sends a wrong type)
 
 With `--no-rpm` the device has no ReadPropertyMultiple service (bacpypes3 then rejects
-it as an unrecognized service), like small controllers that only do ReadProperty.
+it as an unrecognized service), like small controllers that only do ReadProperty; with
+`--no-cov` it has no SubscribeCOV service.
 
 stdin commands (one per line, answered with one JSON line on stdout), so a test can see
 the device's own state without going through the client under test:
@@ -177,7 +178,13 @@ class NoRpmApplication(Application):
     do_ReadPropertyMultipleRequest = None  # noqa: N815 (bacpypes3 service helper name)
 
 
-async def serve(port: int, instance: int, rpm: bool) -> None:
+class NoCovApplication(Application):
+    """No SubscribeCOV handler: bacpypes3 rejects it (unrecognized-service)."""
+
+    do_SubscribeCOVRequest = None  # noqa: N815 (bacpypes3 service helper name)
+
+
+async def serve(port: int, instance: int, rpm: bool, cov: bool) -> None:
     device = DeviceObject(
         objectIdentifier=("device", instance),
         objectName=f"chiller-plant-{instance}",
@@ -190,7 +197,7 @@ async def serve(port: int, instance: int, rpm: bool) -> None:
         networkNumberQuality="unknown",
     )
     objects = build_objects(instance)
-    app_class = Application if rpm else NoRpmApplication
+    app_class = NoCovApplication if not cov else Application if rpm else NoRpmApplication
     app = app_class.from_object_list([device, net, *objects])
     link = next(iter(app.link_layers.values()))
     # the local socket is bound by a task: ready only once it exists
@@ -240,8 +247,9 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--instance", type=int, default=1001)
     p.add_argument("--no-rpm", action="store_true", help="no ReadPropertyMultiple service")
+    p.add_argument("--no-cov", action="store_true", help="no SubscribeCOV service")
     args = p.parse_args()
-    asyncio.run(serve(args.port, args.instance, not args.no_rpm))
+    asyncio.run(serve(args.port, args.instance, not args.no_rpm, not args.no_cov))
 
 
 if __name__ == "__main__":

@@ -438,3 +438,21 @@ def test_local_address_that_cannot_be_bound_is_a_counted_error():
     finally:
         src.close()
     assert src.errors == {"error": 1}
+
+
+def test_device_without_cov_keeps_the_point_polled():
+    dev = Device(None, "--no-cov").start()
+    src = make_source(
+        dev, [{"object": "analog-input,1", "metric": "chw_supply_temp_c", "cov": True}]
+    )
+    try:
+        reads = [src.read() for _ in range(3)]
+        dev.set("analog-input,1", 7.25)
+        last = src.read()
+    finally:
+        src.close()
+        dev.stop()
+    assert [r.value for r in reads] == [[6.5]] * 3
+    assert last.value == [7.25]  # polled: the change is seen at the next read
+    assert not src.subs["analog-input,1"].active
+    assert src.errors == {"cov_reject": 1}  # tried again only after cov_retry_s

@@ -51,6 +51,7 @@ OBJECT_TYPES = (
 BINARY_TYPES = ("binary-input", "binary-output", "binary-value")
 COMMANDABLE_TYPES = ("analog-output", "analog-value", "binary-output", "binary-value")
 MAX_INSTANCE = 4_194_302  # 22-bit instance; 4194303 is the wildcard
+MAX_PENDING = 1000  # COV notifications kept per point between two reads
 _OBJECT_RE = re.compile(r"^\s*([a-z-]+)\s*,\s*(\d+)\s*$")
 
 
@@ -440,6 +441,9 @@ class BacnetSource:
             log.warning("bacnet %s: COV %s: wrong type: %s", self.name, obj, exc)
             return
         with self._sub_lock:
+            if len(sub.pending) >= MAX_PENDING:  # a storm while reads stall: keep the newest
+                del sub.pending[0]
+                self.errors["cov_dropped"] += 1
             sub.pending.append((scaled, t))
             sub.last = scaled
             sub.notifications += 1
