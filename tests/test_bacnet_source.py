@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from collectors.daemon import CollectorDaemon
+from collectors.daemon_config import CollectorConfig
 from collectors.reader import SourceReader
 from collectors.sources import build_source
 from collectors.sources.bacnet.source import (
@@ -25,8 +27,10 @@ from collectors.sources.bacnet.source import (
 from collectors.sources.bacnet.writer import WriteRefusedError
 from collectors.stats import DaemonStats
 from domain.contract import EventKind, Kind
+from ingest.consumer import Ingestor
+from ingest.store import Store
 from tests.conftest import REPO
-from tests.helpers import wait_for
+from tests.helpers import ingest_until, wait_for
 
 
 def free_udp_port() -> int:
@@ -456,3 +460,56 @@ def test_device_without_cov_keeps_the_point_polled():
     assert last.value == [7.25]  # polled: the change is seen at the next read
     assert not src.subs["analog-input,1"].active
     assert src.errors == {"cov_reject": 1}  # tried again only after cov_retry_s
+
+
+def test_daemon_delivers_the_live_device_and_reports_the_dead_one(device, settings, unique):
+    """run_once with a dead BACnet device and a live one that has an unknown object: the
+    live points reach DuckDB, with a source_error event for each problem."""
+    points = [
+        {"object": "analog-input,1", "metric": "chw_supply_temp_c"},
+        {"object": "analog-input,77", "metric": "chw_return_temp_c"},
+    ]
+    cfg = CollectorConfig(
+        name=f"bac-{unique}",
+        site="sv1",
+        interval_s=1.0,
+        kafka={"bootstrap": settings.kafka_bootstrap},
+        sources=[{"type": "simulated"}],
+    )
+    alive = make_source(device, points, name="plant-alive", device_id=f"sv1/plant/chiller-{unique}")
+    dead = make_source(
+        Device(), points, name="plant-dead", device_id=f"sv1/plant/chiller-{unique}-dead"
+    )
+    daemon = CollectorDaemon(cfg, sources=[dead, alive])
+    sent = daemon.run_once()
+    daemon.close()
+    assert sent == 1
+    store = Store(settings.db_path)
+    ingestor = Ingestor(store, settings.kafka_bootstrap, settings.consumer_group)
+    cur = store.cursor()
+    try:
+
+        def stored_batches() -> int:
+            row = cur.execute(
+                "SELECT count(*) FROM ingested_batches WHERE collector = ?", [cfg.name]
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        ingest_until(ingestor, lambda: stored_batches() >= daemon.stats.batches_delivered)
+        rows = cur.execute(
+            "SELECT device_id, metric, value FROM samples WHERE device_id LIKE ?",
+            [f"sv1/plant/chiller-{unique}%"],
+        ).fetchall()
+        events = cur.execute(
+            "SELECT message FROM events WHERE collector = ? ORDER BY message", [cfg.name]
+        ).fetchall()
+    finally:
+        ingestor.close()
+        store.close()
+    assert rows == [(f"sv1/plant/chiller-{unique}", "chw_supply_temp_c", 6.5)]
+    messages = [m for (m,) in events]
+    assert len(messages) == 2
+    assert any("analog-input,77 (chw_return_temp_c): unknown-object" in m for m in messages)
+    assert any("plant-dead" in m and "no response" in m for m in messages)
+    assert daemon.stats.sources["plant-dead"].errors["exception"] == 1
+    assert dead.errors == {"timeout": 1} and alive.errors == {"unknown_object": 1}
