@@ -201,7 +201,8 @@ def test_scale_offset_kinds_and_device_ids(device):
     assert kinds["chw_valve_pct"] == Kind.air and kinds["chiller_running"] == Kind.facility
 
 
-def test_cov_notifications_are_reported_with_their_arrival_times(device):
+@pytest.mark.parametrize("confirmed", [False, True], ids=["unconfirmed", "confirmed"])
+def test_cov_notifications_are_reported_with_their_arrival_times(device, confirmed):
     src = make_source(
         device,
         [
@@ -209,6 +210,7 @@ def test_cov_notifications_are_reported_with_their_arrival_times(device):
             {"object": "analog-input,1", "metric": "chw_supply_temp_c", "cov": True},
             {"object": "analog-input,2", "metric": "chw_return_temp_c"},
         ],
+        cov_confirmed=confirmed,
     )
     try:
         first = src.read()  # polls everything, then subscribes
