@@ -206,6 +206,8 @@ METRICS: dict[Kind, dict[str, str]] = {
         "cooling_load_kw": "kW",
         "outdoor_drybulb_c": "Cel",
         "outdoor_wetbulb_c": "Cel",
+        # issue 22: BACnet
+        "chiller_running": "bool",  # a chiller's run status (binary-input present-value)
     },
 }
 
@@ -366,6 +368,8 @@ RANGES: dict[Kind, dict[str, tuple[float, float]]] = {
         "cooling_load_kw": _HEAT_KW,
         "outdoor_drybulb_c": (-100.0, 80.0),  # records: -89.2 and 56.7 C
         "outdoor_wetbulb_c": (-100.0, 80.0),
+        # issue 22: BACnet
+        "chiller_running": _BOOL,
     },
 }
 

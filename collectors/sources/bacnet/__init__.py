@@ -1,0 +1,1 @@
+"""The `bacnet` collector source plugin: see README.md beside this file."""
