@@ -136,7 +136,9 @@ class SourceReader:
         st.last_duration_s = time.monotonic() - p.started_mono
         try:
             readings = p.future.result()
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # bacpypes3's Error/Reject/Abort are BaseExceptions
             self._error(i, "exception", f"{type(exc).__name__}: {exc}", out)
             return
         out.extend(readings)

@@ -138,3 +138,34 @@ def test_metrics_port_in_use_names_the_field(tmp_path):
         result = CliRunner().invoke(app, ["collect", "--config", str(path)])
     assert result.exit_code == 2
     assert f"metrics.port: cannot listen on 127.0.0.1:{port}" in result.output
+
+
+class _BaseExceptionSource:
+    """A library whose protocol errors derive from BaseException (bacpypes3's
+    Error/Reject/Abort do): the reader must count it, not let it end the read loop."""
+
+    name = "bacnet-like"
+
+    def read(self):
+        raise GeneratorExit("Abort: segmentation-not-supported")
+
+    def close(self) -> None:
+        pass
+
+
+def test_reader_counts_a_base_exception_from_a_source_and_keeps_reading():
+    from collectors.reader import SourceReader
+    from collectors.stats import DaemonStats
+    from tests.collector_helpers import RecordingSource
+
+    good = RecordingSource(name="sim")
+    stats = DaemonStats()
+    reader = SourceReader([_BaseExceptionSource(), good], [2.0, 2.0], stats, "sv1/collector/c")
+    try:
+        first = reader.read_tick()
+        second = reader.read_tick()
+    finally:
+        reader.close()
+    assert len(first) > 0 and len(second) > 0  # the other source kept its schedule
+    assert stats.sources["bacnet-like"].errors["exception"] == 2
+    assert any("GeneratorExit" in e.message for e in first.events)
