@@ -75,7 +75,7 @@ class EventStats:
     connects: int = 0  # stream connections opened (the first and every reconnect)
     dropped: int = 0  # events lost to the queue bound
     polls: int = 0  # completed log polls
-    mode: str = "starting"  # starting | sse | poll | off
+    mode: str = "starting"  # starting | sse | poll
 
 
 class EventListener:
@@ -122,12 +122,16 @@ class EventListener:
 
     # -- thread --------------------------------------------------------------------------
     def _put(self, event: Event) -> None:
+        full = False
         with self._lock:
-            if len(self._queue) >= MAX_QUEUED:
+            if len(self._queue) >= MAX_QUEUED:  # nobody has read for long: keep the newest
                 self._queue.popleft()
                 self.stats.dropped += 1
+                full = not any("queue full" in e for e in self._errors)
             self._queue.append(event)
             self.stats.received += 1
+        if full:
+            self._error(f"event queue full ({MAX_QUEUED}): dropping the oldest events")
 
     def _error(self, message: str) -> None:
         with self._lock:
