@@ -5,6 +5,11 @@ disk (query strings such as `$expand` are ignored, as a service without that fea
 would). Optional auth mirrors a BMC: HTTP basic, or Redfish sessions
 (`POST /redfish/v1/SessionService/Sessions` -> `X-Auth-Token` + `Location`, `DELETE`
 to log out). The service root stays readable without credentials, as the spec requires.
+With `sse=True` the EventService document gains `ServerSentEventUri` (the one change
+made to a mockup) and that URI streams `text/event-stream` (chunked, as BMCs do): the
+test pushes Redfish Event payloads with `push_event`, cuts every open stream with
+`drop_streams` (the socket is shut mid-body, as a rebooting BMC does) and can refuse new
+streams (`sse_status`). A reconnect carrying `Last-Event-ID` gets the events it missed.
 Used by the Redfish tests and by bench/bench_collector_footprint.py; stdlib only
 (besides the settings).
 Mockups are looked up in `$DCTWIN_REDFISH_MOCKUPS`, else `../shared/data/redfish` beside
@@ -15,7 +20,9 @@ from __future__ import annotations
 
 import base64
 import json
+import queue
 import secrets
+import socket
 import ssl
 import threading
 from collections import Counter
@@ -27,6 +34,13 @@ from dctwin.settings import Settings
 
 MOCKUPS = Settings().redfish_mockups
 SESSIONS = "/redfish/v1/SessionService/Sessions"
+SSE_URI = "/redfish/v1/EventService/SSE"
+_DROP, _END = object(), object()  # stream-queue sentinels
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client hanging up (as the SSE tests make it) is not worth a traceback
 
 
 class MockupServer:
@@ -37,6 +51,7 @@ class MockupServer:
         username: str = "admin",
         password: str = "secret",
         tls: tuple[Path, Path] | None = None,
+        sse: bool = False,
     ) -> None:
         self.root = Path(mockup) if Path(mockup).is_absolute() else MOCKUPS / mockup
         if not (self.root / "index.json").is_file():
@@ -44,7 +59,14 @@ class MockupServer:
         self.auth, self.username, self.password = auth, username, password
         self.tokens: dict[str, str] = {}  # token -> session uri
         self.requests: Counter[str] = Counter()  # "METHOD path" -> count
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.sse = sse
+        self.sse_status = 200  # set to e.g. 503 to refuse new streams
+        self.sse_connections = 0  # streams opened so far
+        self.sse_last_event_ids: list[str | None] = []  # Last-Event-ID of each stream
+        self._sse_lock = threading.Lock()
+        self._sse_queues: list[queue.Queue[object]] = []
+        self._sse_history: list[tuple[int, bytes]] = []
+        self.httpd = _QuietServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
         scheme = "http"
         if tls is not None:
@@ -60,6 +82,7 @@ class MockupServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._to_streams(_END)
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -77,6 +100,75 @@ class MockupServer:
         if self.auth == "session":
             return h.headers.get("X-Auth-Token") in self.tokens
         return True
+
+    # -- server-sent events ----------------------------------------------------------------
+    def push_event(self, records: list[dict], **extra: object) -> int:
+        """Send one Redfish Event (`Events` = records) to every open stream; its SSE id."""
+        with self._sse_lock:
+            event_id = len(self._sse_history) + 1
+            payload = {
+                "@odata.type": "#Event.v1_7_0.Event",
+                "Id": str(event_id),
+                "Name": "Event",
+                "Events": records,
+                **extra,
+            }
+            message = f"id: {event_id}\ndata: {json.dumps(payload)}\n\n".encode()
+            self._sse_history.append((event_id, message))
+            for q in self._sse_queues:
+                q.put(message)
+        return event_id
+
+    def push_raw(self, message: bytes) -> None:
+        """Bytes as they are (a malformed payload, a keep-alive comment)."""
+        self._to_streams(message)
+
+    def drop_streams(self) -> None:
+        """Cut every open stream mid-body."""
+        self._to_streams(_DROP)
+
+    def _to_streams(self, item: object) -> None:
+        with self._sse_lock:
+            for q in self._sse_queues:
+                q.put(item)
+
+    def _serve_stream(self, h: BaseHTTPRequestHandler) -> None:
+        q: queue.Queue[object] = queue.Queue()
+        last = h.headers.get("Last-Event-ID")
+        with self._sse_lock:
+            self.sse_connections += 1
+            self.sse_last_event_ids.append(last)
+            missed = [m for i, m in self._sse_history if last is not None and i > int(last)]
+            self._sse_queues.append(q)
+        try:
+            h.send_response(200)
+            h.send_header("Content-Type", "text/event-stream")
+            h.send_header("Cache-Control", "no-cache")
+            h.send_header("Transfer-Encoding", "chunked")
+            h.end_headers()
+
+            def chunk(data: bytes) -> None:
+                h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+            chunk(b": stream open\n\n")
+            for m in missed:
+                chunk(m)
+            while True:
+                item = q.get()
+                if item is _DROP:
+                    h.connection.shutdown(socket.SHUT_RDWR)  # no terminating chunk
+                    break
+                if item is _END:
+                    h.wfile.write(b"0\r\n\r\n")
+                    break
+                assert isinstance(item, bytes)
+                chunk(item)
+        except OSError:
+            pass  # the client went away
+        finally:
+            h.close_connection = True
+            with self._sse_lock:
+                self._sse_queues.remove(q)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -103,11 +195,23 @@ class MockupServer:
                 if not is_root and not server._authorized(self):
                     self._send(401, b'{"error": "unauthorized"}')
                     return
+                path = self.path.split("?", 1)[0].rstrip("/")
+                if server.sse and path == SSE_URI:
+                    if server.sse_status != 200:
+                        self._send(server.sse_status, b'{"error": "unavailable"}')
+                    else:
+                        server._serve_stream(self)
+                    return
                 f = server.file_for(self.path)
                 if f is None:
                     self._send(404, b'{"error": "not found"}')
                     return
-                self._send(200, f.read_bytes())
+                body = f.read_bytes()
+                if server.sse and path == "/redfish/v1/EventService":
+                    doc = json.loads(body)
+                    doc["ServerSentEventUri"] = SSE_URI
+                    body = json.dumps(doc).encode()
+                self._send(200, body)
 
             def do_POST(self) -> None:
                 server.requests[f"POST {self.path}"] += 1

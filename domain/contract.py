@@ -141,6 +141,9 @@ METRICS: dict[Kind, dict[str, str]] = {
         "temp_c": "Cel",  # a non-coolant temperature on cooling equipment (cabinet, controller)
         "pressure_kpa": "kPa",  # a liquid pressure sensor not tied to supply/return
         "pump_running": "bool",  # 1 while a pump is enabled and not failed
+        # issue 22: Redfish (fans of a cooling chassis, e.g. a CDU or rear-door unit)
+        "fan_speed_pct": "%",
+        "fan_speed_rpm": "rpm",
     },
     Kind.power: {
         "input_power_w": "W",
@@ -176,6 +179,8 @@ METRICS: dict[Kind, dict[str, str]] = {
         "outlet_on": "bool",  # a switched PDU outlet's state
         # issue 22: modbus (coils / discrete inputs)
         "breaker_closed": "bool",  # a breaker's auxiliary contact on a meter's status input
+        # issue 22: Redfish (server and PSU fans whose BMC reports RPM, not percent)
+        "fan_speed_rpm": "rpm",
     },
     Kind.air: {
         "supply_air_temp_c": "Cel",
@@ -252,6 +257,7 @@ _HEAT_KW = (-1.0e4, 1.0e6)  # computed from flow x dT: sensor offsets go negativ
 _SITE_KW = (0.0, 1.0e6)  # up to 1 GW
 _SITE_W = (0.0, 1.0e9)
 _ENERGY_KWH = (0.0, 1.0e11)  # a 1 GW site for 11 years; meters roll over far below
+_RPM = (0.0, 100_000.0)  # issue 22: Redfish; small server fans reach ~30k rpm
 RANGES: dict[Kind, dict[str, tuple[float, float]]] = {
     Kind.gpu: {
         "gpu_temp_c": _TEMP,
@@ -306,6 +312,9 @@ RANGES: dict[Kind, dict[str, tuple[float, float]]] = {
         "temp_c": _TEMP,
         "pressure_kpa": _KPA,
         "pump_running": _BOOL,
+        # issue 22: Redfish
+        "fan_speed_pct": _SPEED_PCT,
+        "fan_speed_rpm": _RPM,
     },
     Kind.power: {
         "input_power_w": _SITE_W,
@@ -338,6 +347,8 @@ RANGES: dict[Kind, dict[str, tuple[float, float]]] = {
         "outlet_on": _BOOL,
         # issue 22: modbus
         "breaker_closed": _BOOL,
+        # issue 22: Redfish
+        "fan_speed_rpm": _RPM,
     },
     Kind.air: {
         "supply_air_temp_c": _TEMP,

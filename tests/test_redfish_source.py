@@ -9,6 +9,7 @@ import json
 import shutil
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -22,7 +23,7 @@ from dctwin.redfish_mockup import MOCKUPS, MockupServer, mockup_json
 from domain.contract import EventKind, Kind, decode, encode
 from ingest.consumer import Ingestor
 from ingest.store import Store
-from tests.helpers import ingest_until, silent_listener
+from tests.helpers import ingest_until, silent_listener, wait_for
 
 PREFIX = "sv1/h1/rf"
 
@@ -36,6 +37,7 @@ def make_source(srv: MockupServer, **over) -> RedfishSource:
         device_prefix=PREFIX,
         rack="h1",
         timeout_s=5.0,
+        events="off",  # the event tests below turn it on; request counts stay exact here
     )
     cfg.update(over)
     return RedfishSource(RedfishSourceConfig(**cfg))
@@ -232,6 +234,7 @@ def test_psu_predictive_failure_becomes_psu_fault():
         "public-pdu",
         "public-liquid-cooled-server",
         "public-rackmount1",
+        "public-telemetry",
     ],
 )
 def test_every_reading_passes_the_wire_contract(mockup):
@@ -496,3 +499,369 @@ def test_cdu_through_the_daemon_into_duckdb(settings, unique):
     assert latest[(cdu, "flow_lpm")] == reading(sec, "FlowLitersPerMinute")
     assert latest[(f"{cdu}/Pumps/2", "pump_running")] == 0.0
     assert (f"{cdu}/Pumps/2", "pump_failed", "critical") in events
+
+
+# -- issue 22: fans, legacy Power/Thermal, Sensors, events ------------------------------
+
+
+def edit_json(root, path: str, change) -> None:
+    f = root / path / "index.json"
+    doc = json.loads(f.read_text())
+    change(doc)
+    f.write_text(json.dumps(doc))
+
+
+def test_fans_from_thermal_subsystem_and_legacy_resources_not_read_twice():
+    m = "public-rackmount1"
+    with MockupServer(m) as srv:
+        src = make_source(srv, auth="none")
+        r = src.read()
+        src.close()
+        legacy_gets = [k for k in srv.requests if k.endswith(("/1U/Power", "/1U/Thermal"))]
+    got = values(r)
+    fans = members(m, "Chassis/1U/ThermalSubsystem/Fans")
+    assert len(fans) == 4
+    for f in fans:
+        doc = mockup_json(m, f)
+        assert got[(dev(f), "fan_speed_pct")] == doc["SpeedPercent"]["Reading"]
+        assert got[(dev(f), "fan_speed_rpm")] == doc["SpeedPercent"]["SpeedRPM"]
+        i = r.device_id.index(dev(f))
+        assert r.kind[i] == Kind.power  # the server chassis's kind, not "cooling"
+        # the fan cites its tachometer sensor: that sensor is not read on its own
+        cited = doc["SpeedPercent"]["DataSourceUri"].removeprefix("/redfish/v1/")
+        assert not [k for k in got if k[0] == dev(cited)]
+    # PowerSubsystem and ThermalSubsystem exist: the deprecated Power/Thermal are skipped
+    assert legacy_gets == []
+    assert not [k for k in got if "/1U/Power/" in k[0] or "/1U/Thermal/" in k[0]]
+    env = mockup_json(m, "Chassis/1U/EnvironmentMetrics")
+    assert got[(dev("Chassis/1U"), "power_w")] == env["PowerWatts"]["Reading"]
+
+
+def test_failed_and_absent_fans_are_fan_failed_events(tmp_path):
+    root = tmp_path / "rm"
+    shutil.copytree(MOCKUPS / "public-rackmount1", root)
+    fans = "Chassis/1U/ThermalSubsystem/Fans"
+    edit_json(root, f"{fans}/Bay2", lambda d: d["Status"].update(Health="Critical"))
+
+    def pull(d: dict) -> None:
+        d["Status"] = {"State": "Absent"}
+        del d["SpeedPercent"]
+
+    edit_json(root, f"{fans}/CPU2", pull)
+    with MockupServer(root) as srv:
+        src = make_source(srv, auth="none")
+        r = src.read()
+        failed = {(e.device_id, e.severity) for e in r.events if e.kind == EventKind.fan_failed}
+        assert failed == {(dev(f"{fans}/Bay2"), "critical"), (dev(f"{fans}/CPU2"), "warning")}
+        assert not [k for k in values(r) if k[0] == dev(f"{fans}/CPU2")]
+        assert not [e for e in src.read().events if e.kind == EventKind.fan_failed]  # once
+        edit_json(root, f"{fans}/Bay2", lambda d: d["Status"].update(Health="OK"))
+        cleared = [e for e in src.read().events if e.attrs.get("cleared")]
+        src.close()
+    assert [e.device_id for e in cleared] == [dev(f"{fans}/Bay2")]
+
+
+def test_legacy_power_and_thermal_values_equal_the_mockup():
+    """DMTF's telemetry mockup serves only the deprecated Chassis/{id}/Power and Thermal."""
+    m = "public-telemetry"
+    with MockupServer(m, auth="basic") as srv:
+        src = make_source(srv)
+        r = src.read()
+        src.close()
+    got = values(r)
+    chassis = members(m, "Chassis")
+    assert len(chassis) == 4
+    for c in chassis:
+        power = mockup_json(m, f"{c}/Power")
+        [ctl] = power["PowerControl"]
+        assert got[(dev(c), "power_w")] == ctl["PowerConsumedWatts"]
+        for psu in power["PowerSupplies"]:
+            d = dev(f"{c}/Power/PowerSupplies/{psu['MemberId']}")
+            if psu["Status"]["State"] == "Absent":
+                assert not [k for k in got if k[0] == d]
+                continue
+            assert got[(d, "output_power_w")] == psu["LastPowerOutputWatts"]
+            assert got[(d, "input_voltage_v")] == psu["LineInputVoltage"]
+        for v in power["Voltages"]:
+            assert (
+                got[(dev(f"{c}/Power/Voltages/{v['MemberId']}"), "voltage_v")] == v["ReadingVolts"]
+            )
+        thermal = mockup_json(m, f"{c}/Thermal")
+        for t in thermal["Temperatures"]:
+            d = dev(f"{c}/Thermal/Temperatures/{t['MemberId']}")
+            assert got[(d, "temp_c")] == t["ReadingCelsius"]
+        for fan in thermal["Fans"]:
+            assert fan["ReadingUnits"] == "RPM"
+            assert (
+                got[(dev(f"{c}/Thermal/Fans/{fan['MemberId']}"), "fan_speed_rpm")] == fan["Reading"]
+            )
+    # both present PSUs of each chassis report Health: Warning
+    faults = {e.device_id for e in r.events if e.kind == EventKind.psu_fault}
+    assert faults == {dev(f"{c}/Power/PowerSupplies/{i}") for c in chassis for i in "01"}
+
+
+def test_legacy_resources_are_read_when_the_newer_ones_are_absent(tmp_path):
+    root = tmp_path / "rm"
+    shutil.copytree(MOCKUPS / "public-rackmount1", root)
+
+    def legacy_only(d: dict) -> None:
+        del d["PowerSubsystem"], d["ThermalSubsystem"]
+        # and a mislinked EnvironmentMetrics (the power-shelf mockup's quirk): found late,
+        # at its conventional URI, after Power was queued
+        d["EnvironmentMetrics"] = d["Sensors"]
+
+    edit_json(root, "Chassis/1U", legacy_only)
+    with MockupServer(root) as srv:
+        src = make_source(srv, auth="none")
+        got = values(src.read())
+        src.close()
+    m = "public-rackmount1"
+    power, thermal = mockup_json(m, "Chassis/1U/Power"), mockup_json(m, "Chassis/1U/Thermal")
+    psu = power["PowerSupplies"][0]
+    assert (
+        got[(dev("Chassis/1U/Power/PowerSupplies/0"), "output_power_w")]
+        == psu["LastPowerOutputWatts"]
+    )
+    assert got[(dev("Chassis/1U/Thermal/Fans/1"), "fan_speed_rpm")] == thermal["Fans"][1]["Reading"]
+    # CPU2 Temp is disabled and has no reading: nothing is made up
+    assert (dev("Chassis/1U/Thermal/Temperatures/1"), "temp_c") not in got
+    # the chassis power: EnvironmentMetrics (newer) wins over PowerControl; sent once
+    env = mockup_json(m, "Chassis/1U/EnvironmentMetrics")
+    assert got[(dev("Chassis/1U"), "power_w")] == env["PowerWatts"]["Reading"]
+    assert env["PowerWatts"]["Reading"] != power["PowerControl"][0]["PowerConsumedWatts"]
+
+
+# ReadingType -> metric, as documented in the README (the test's own copy of the table)
+SENSOR_METRICS = {
+    "Temperature": "temp_c",
+    "Power": "power_w",
+    "EnergykWh": "energy_kwh",
+    "Current": "current_a",
+    "Voltage": "voltage_v",
+    "Frequency": "frequency_hz",
+}
+
+
+@pytest.mark.parametrize("mockup", ["public-rackmount1", "public-liquid-cooled-server"])
+def test_sensors_by_reading_type(mockup):
+    with MockupServer(mockup) as srv:
+        # sensors alone: nothing cites them, so each is read on its own
+        src = make_source(srv, auth="none", sections=["sensors"])
+        got = values(src.read())
+        src.close()
+    checked = fans = 0
+    for s in members(mockup, "Chassis/1U/Sensors"):
+        doc = mockup_json(mockup, s)
+        rtype: str = doc.get("ReadingType") or {"Cel": "Temperature"}[doc["ReadingUnits"]]
+        sent = {mt: v for (d, mt), v in got.items() if d == dev(s)}
+        if doc.get("Reading") is None:
+            assert sent == {}, s  # absent PSU: null readings are not sent
+        elif rtype == "Percent":
+            if "Fan" in doc["Id"]:
+                assert sent == {"fan_speed_pct": doc["Reading"]}
+                fans += 1
+            else:
+                assert sent == {}, s  # battery state of health: no contract metric
+        else:
+            assert sent == {SENSOR_METRICS[rtype]: doc["Reading"]}, s
+            checked += 1
+    assert checked > 20 and fans == 4
+
+
+def events_source(srv: MockupServer, **over) -> RedfishSource:
+    return make_source(
+        srv, events="auto", event_retry_s=0.1, event_retry_max_s=0.4, event_poll_s=0.2, **over
+    )
+
+
+def read_until(src: RedfishSource, pred, timeout_s: float = 10.0) -> list[Readings]:
+    """Reads on a 0.1 s schedule until `pred(all events so far)`; every read has samples."""
+    reads: list[Readings] = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reads.append(src.read())
+        assert len(reads[-1]) > 20, "a read without samples"
+        if pred([e for r in reads for e in r.events]):
+            return reads
+        assert time.monotonic() < deadline, [e for r in reads for e in r.events]
+        time.sleep(0.1)
+
+
+def fan_record(n: int, severity: str = "Critical") -> dict:
+    return {
+        "EventType": "Alert",
+        "EventId": f"ev-{n}",
+        "EventTimestamp": "2026-12-07T02:40:00+00:00",
+        "MessageSeverity": severity,
+        "Message": f"Fan Bay2 errors detected ({n}).",
+        "MessageId": "ResourceEvent.1.3.ResourceErrorsDetected",
+        "MessageArgs": ["Fan Bay2", "tachometer"],
+        "OriginOfCondition": {"@odata.id": "/redfish/v1/Chassis/1U/ThermalSubsystem/Fans/Bay2"},
+    }
+
+
+def test_sse_events_arrive_as_contract_events():
+    with MockupServer("public-rackmount1", auth="session", sse=True) as srv:
+        src = events_source(srv)
+        src.read()
+        wait_for(lambda: srv.sse_connections == 1, 5, "SSE subscription")
+        assert src.events is not None and src.events.stats.mode == "sse"
+        srv.push_event(
+            [
+                fan_record(1),
+                {
+                    "EventType": "Alert",
+                    "MessageSeverity": "Warning",
+                    "Message": "The resource property Chassis 1U has changed to Warning.",
+                    "MessageId": "ResourceEvent.1.3.ResourceStatusChangedWarning",
+                    "OriginOfCondition": {"@odata.id": "/redfish/v1/Chassis/1U"},
+                },
+            ]
+        )
+        srv.push_event([{"MessageId": "Base.1.19.Success", "Message": "ok"}])  # no origin
+        reads = read_until(src, lambda evs: len([e for e in evs if "message_id" in e.attrs]) >= 3)
+        src.close()
+    got = [e for r in reads for e in r.events if "message_id" in e.attrs]
+    fan, chassis, plain = got
+    assert (fan.kind, fan.severity, fan.device_id) == (
+        EventKind.fan_failed,
+        "critical",
+        dev("Chassis/1U/ThermalSubsystem/Fans/Bay2"),
+    )
+    assert fan.message == fan_record(1)["Message"]
+    assert fan.attrs["message_id"] == "ResourceEvent.1.3.ResourceErrorsDetected"
+    assert fan.attrs["origin"] == "/redfish/v1/Chassis/1U/ThermalSubsystem/Fans/Bay2"
+    assert fan.attrs["event_id"] == "ev-1"
+    assert (chassis.kind, chassis.severity, chassis.device_id) == (
+        EventKind.health_changed,
+        "warning",
+        dev("Chassis/1U"),
+    )
+    assert (plain.kind, plain.severity, plain.device_id) == (
+        EventKind.health_changed,
+        "info",
+        PREFIX,
+    )
+    assert srv.tokens == {}  # the stream shared the read's session, deleted on close
+
+
+def test_sse_drop_is_counted_reconnects_and_reads_keep_their_schedule():
+    with MockupServer("public-rackmount1", sse=True) as srv:
+        src = events_source(srv, auth="none")
+        src.read()
+        wait_for(lambda: srv.sse_connections == 1, 5, "SSE subscription")
+        srv.push_event([fan_record(1)])
+        read_until(src, lambda evs: any(e.kind == EventKind.fan_failed for e in evs))
+        srv.sse_status = 503  # the BMC reboots: the stream drops, reconnects are refused
+        srv.drop_streams()
+        t0 = time.monotonic()
+        during = read_until(
+            src,
+            lambda evs: (
+                sum(e.attrs.get("failed", 0) for e in evs if e.kind == EventKind.source_error) >= 3
+            ),
+        )
+        assert all(len(r) > 20 for r in during)
+        assert time.monotonic() - t0 < 5
+        missed = srv.push_event([fan_record(2)])  # while no stream is open
+        srv.push_raw(b"data: {not json\n\n")  # goes nowhere: nobody is connected
+        srv.sse_status = 200
+        after = read_until(src, lambda evs: any(e.attrs.get("event_id") == "ev-2" for e in evs))
+        assert src.events is not None
+        stats = src.events.stats
+        src.close()
+    errors = [e for r in during for e in r.events if e.kind == EventKind.source_error]
+    assert "/redfish/v1/EventService/SSE dropped: RemoteProtocolError" in errors[0].message
+    assert any("SSE: HTTP 503" in e.message for e in errors)
+    assert stats.errors >= 3 and stats.connects == 2
+    # the reconnect asked for what it missed and got it, once
+    assert srv.sse_last_event_ids == [None, str(missed - 1)]
+    assert [e.attrs.get("event_id") for r in after for e in r.events if "event_id" in e.attrs] == [
+        "ev-2"
+    ]
+
+
+def test_bad_sse_payload_is_a_counted_error_and_the_stream_goes_on():
+    with MockupServer("public-rackmount1", sse=True) as srv:
+        src = events_source(srv, auth="none")
+        src.read()
+        wait_for(lambda: srv.sse_connections == 1, 5, "SSE subscription")
+        srv.push_raw(b": keep-alive\n\n")
+        srv.push_raw(b"data: {not json\n\n")
+        srv.push_event([fan_record(3)])
+        reads = read_until(src, lambda evs: any(e.kind == EventKind.fan_failed for e in evs))
+        src.close()
+        assert srv.sse_connections == 1  # not reconnected: the payload was bad, not the link
+    [err] = [e for r in reads for e in r.events if e.kind == EventKind.source_error]
+    assert "not JSON" in err.message and err.attrs["reason"] == "events"
+
+
+def test_silent_stream_is_redone_after_the_idle_timeout():
+    with MockupServer("public-rackmount1", sse=True) as srv:
+        src = events_source(srv, auth="none", event_idle_timeout_s=0.3)
+        src.read()
+        wait_for(lambda: srv.sse_connections >= 2, 5, "a reconnect after silence")
+        r = src.read()
+        src.close()
+    [err] = [e for e in r.events if e.kind == EventKind.source_error]
+    assert "dropped: ReadTimeout" in err.message
+
+
+def test_without_event_service_the_logs_are_polled(tmp_path):
+    root = tmp_path / "tel"
+    shutil.copytree(MOCKUPS / "public-telemetry", root)  # no EventService at all
+    entries = "Managers/1/LogServices/Log1/Entries"
+    base = f"/redfish/v1/{entries}"
+
+    def entry(n: int, **kw) -> dict:
+        return {"@odata.id": f"{base}/{n}", "@odata.type": "#LogEntry.v1_21_0.LogEntry",
+                "Id": str(n), "Name": f"Log Entry {n}", "EntryType": "Event",
+                "Created": "2026-12-07T02:40:00Z", **kw}  # fmt: skip
+
+    old = entry(1, Severity="Critical", Message="history", MessageId="Event.1.0.Old")
+    edit_json(root, entries, lambda d: d["Members"].append(old))
+    with MockupServer(root) as srv:
+        src = events_source(srv, auth="none")
+        reads = [src.read()]
+        assert src.events is not None
+        wait_for(lambda: src.events is not None and src.events.stats.polls >= 1, 5, "a poll")
+        assert src.events.stats.mode == "poll"
+        fan = entry(
+            2,
+            Severity="Critical",
+            Message="Fan 0 stopped",
+            MessageId="ResourceEvent.1.3.ResourceErrorsDetected",
+            Links={"OriginOfCondition": {"@odata.id": "/redfish/v1/Chassis/1/Thermal#/Fans/0"}},
+        )
+        warn = entry(
+            3,
+            Severity="Warning",
+            Message="Chassis intrusion",
+            MessageId="Event.1.0.Intrusion",
+            Links={"OriginOfCondition": {"@odata.id": "/redfish/v1/Chassis/1"}},
+        )
+        (root / entries / "3").mkdir()
+        (root / entries / "3" / "index.json").write_text(json.dumps(warn))
+        # a BMC lists members by link only; the listener fetches new ones itself
+        edit_json(root, entries, lambda d: d["Members"].extend([fan, {"@odata.id": f"{base}/3"}]))
+        reads += read_until(src, lambda evs: len([e for e in evs if "log_entry" in e.attrs]) >= 2)
+        src.close()
+    got = sorted(
+        (e.attrs["log_entry"], e.kind, e.severity, e.device_id, e.message)
+        for r in reads
+        for e in r.events
+        if "log_entry" in e.attrs
+    )
+    fan_dev = dev("Chassis/1/Thermal/Fans/0")
+    assert got == [
+        (f"{base}/2", EventKind.fan_failed, "critical", fan_dev, "Fan 0 stopped"),
+        (f"{base}/3", EventKind.health_changed, "warning", dev("Chassis/1"), "Chassis intrusion"),
+    ]
+    # the entry already in the log at the first poll is history, not an event
+
+
+def test_event_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="events"):
+        build_source(
+            {"type": "redfish", "base_url": "https://bmc", "device_prefix": "a", "rack": "h1",
+             "auth": "none", "events": "push"}, 0)  # fmt: skip

@@ -65,6 +65,11 @@ PROPERTIES: dict[str, list[tuple[str, str, Kind | str, str]]] = {
     ],
 }
 PROPERTIES["Circuit"] = PROPERTIES["Outlet"]  # mains and branch circuits of a PDU
+# ThermalSubsystem/Fans/*: a fan belongs to its chassis (the walker gives it `chassis_kind`)
+PROPERTIES["Fan"] = [
+    ("SpeedPercent", "Reading", OWNER, "fan_speed_pct"),
+    ("SpeedPercent", "SpeedRPM", OWNER, "fan_speed_rpm"),
+]
 
 # A CDU's single secondary (rack-side) connector is its loop: its readings are also sent
 # under the CDU's own device id, primary (facility-side) ones with a `primary_` prefix.
@@ -89,7 +94,13 @@ SENSOR_TYPES: dict[str, tuple[Kind | str, str]] = {
     "LiquidFlowLPM": (Kind.cooling, "flow_lpm"),
     "PressurekPa": (Kind.cooling, "pressure_kpa"),
     "Heat": (Kind.cooling, "heat_removed_kw"),
+    "Rotational": (OWNER, "fan_speed_rpm"),  # fan tachometers
+    "Percent": (OWNER, "fan_speed_pct"),  # only for fan sensors (see sensor_reading)
 }
+# ReadingType -> factor to the mapped metric's unit
+SENSOR_SCALE = {"EnergyWh": 0.001, "LiquidFlow": 60.0}  # Wh -> kWh, L/s -> L/min
+SENSOR_TYPES["EnergyWh"] = SENSOR_TYPES["EnergykWh"]
+SENSOR_TYPES["LiquidFlow"] = SENSOR_TYPES["LiquidFlowLPM"]
 UNIT_TYPES = {
     "Cel": "Temperature",
     "W": "Power",
@@ -100,6 +111,8 @@ UNIT_TYPES = {
     "L/min": "LiquidFlowLPM",
     "kPa": "PressurekPa",
     "kW": "Heat",
+    "RPM": "Rotational",
+    "{rev}/min": "Rotational",
 }
 
 
@@ -154,7 +167,90 @@ def sensor_reading(doc: dict[str, Any], owner_kind: Kind) -> tuple[Kind, str, fl
     kind, metric = mapped
     if rtype == "Temperature" and str(doc.get("PhysicalContext", "")).startswith("Liquid"):
         return Kind.cooling, "coolant_temp_c", value
+    if rtype == "Percent" and not is_fan_sensor(doc):
+        return None  # battery health, utilisation, valve position: no contract metric
+    value *= SENSOR_SCALE.get(rtype, 1.0)
     return (owner_kind if kind == OWNER else Kind(kind)), metric, value
+
+
+def is_fan_sensor(doc: dict[str, Any]) -> bool:
+    """A percent sensor is a fan's speed when its context or name says fan (Redfish has no
+    fan ReadingType; DMTF's mockups name them `FanBay1`, `CPUFan1`, `PS1Fan`)."""
+    if doc.get("PhysicalContext") == "Fan" or doc.get("PhysicalSubContext") == "Fan":
+        return True
+    return any("fan" in str(doc.get(k, "")).lower() for k in ("Id", "Name"))
+
+
+# -- legacy Chassis/{id}/Power and Chassis/{id}/Thermal (deprecated, still widely served) --
+# Their readings sit in arrays of objects, each a "member" with its own id (MemberId) and
+# Status; a member becomes a device `<chassis>/Power/PowerSupplies/<MemberId>`.
+LEGACY_ARRAYS = {
+    "Power": ("PowerControl", "PowerSupplies", "Voltages"),
+    "Thermal": ("Temperatures", "Fans"),
+}
+# member property -> metric; for PowerSupplies the first present of each metric wins
+LEGACY_PSU = [
+    ("PowerInputWatts", "input_power_w"),
+    ("PowerOutputWatts", "output_power_w"),
+    ("LastPowerOutputWatts", "output_power_w"),  # older services: the only output figure
+    ("LineInputVoltage", "input_voltage_v"),
+]
+
+
+@dataclass(frozen=True)
+class LegacyMember:
+    uri: str  # `<resource>/<array>/<MemberId>`: a path the service never serves, an id
+    array: str
+    doc: dict[str, Any]
+
+
+def legacy_members(uri: str, doc: dict[str, Any]) -> list[LegacyMember]:
+    out = []
+    for array in LEGACY_ARRAYS.get(resource_type(doc), ()):
+        for i, m in enumerate(doc.get(array) or []):
+            if isinstance(m, dict):
+                mid = str(m.get("MemberId") or i).strip("/") or str(i)
+                out.append(LegacyMember(f"{uri}/{array}/{mid}", array, m))
+    return out
+
+
+def legacy_readings(
+    member: LegacyMember, owner_kind: Kind, single_control: bool
+) -> list[tuple[str | None, Kind, str, float]]:
+    """(device uri or None for the chassis itself, kind, metric, value) of one member.
+    `single_control`: the resource has one PowerControl, whose power is the chassis's."""
+    m = member.doc
+    if (m.get("Status") or {}).get("State") == "Absent":
+        return []
+    out: list[tuple[str | None, Kind, str, float]] = []
+    if member.array == "PowerControl":
+        v = _number(m.get("PowerConsumedWatts"))
+        if v is not None:
+            out.append((None if single_control else member.uri, Kind.power, "power_w", v))
+    elif member.array == "PowerSupplies":
+        for prop, metric in LEGACY_PSU:
+            v = _number(m.get(prop))
+            if v is not None and not any(o[2] == metric for o in out):
+                out.append((member.uri, Kind.power, metric, v))
+    elif member.array == "Voltages":
+        v = _number(m.get("ReadingVolts"))
+        if v is not None:
+            out.append((member.uri, Kind.power, "voltage_v", v))
+    elif member.array == "Temperatures":
+        v = _number(m.get("ReadingCelsius"))
+        if v is not None:
+            liquid = str(m.get("PhysicalContext", "")).startswith("Liquid")
+            metric = "coolant_temp_c" if liquid else "temp_c"
+            out.append((member.uri, Kind.cooling if liquid else owner_kind, metric, v))
+    elif member.array == "Fans":
+        v = _number(m.get("Reading"))
+        units = m.get("ReadingUnits")
+        if v is None and _number(m.get("ReadingRPM")) is not None:  # Thermal v1_0, v1_1
+            v, units = _number(m.get("ReadingRPM")), "RPM"
+        if v is not None and units in ("RPM", "Percent"):
+            metric = "fan_speed_rpm" if units == "RPM" else "fan_speed_pct"
+            out.append((member.uri, owner_kind, metric, v))
+    return out
 
 
 def leak_readings(doc: dict[str, Any]) -> list[tuple[str | None, str]]:
@@ -202,6 +298,35 @@ def _event_kind(rtype: str, message_id: str) -> EventKind:
     return EventKind.health_changed
 
 
+_ARRAY_TYPES = {"PowerSupplies": "PowerSupply", "Fans": "Fan"}
+# a path segment of an OriginOfCondition -> the resource type it names
+_PATH_TYPES = {
+    "Pumps": "Pump",
+    "LeakDetectors": "LeakDetector",
+    "PowerSupplies": "PowerSupply",
+    "Fans": "Fan",
+}
+
+
+def origin_type(uri: str) -> str:
+    """Best guess of a resource's type from its path (`.../Fans/Bay1` -> `Fan`), for
+    events whose origin was not read; '' when the path says nothing."""
+    parts = uri.replace("#", "").rstrip("/").split("/")
+    return _PATH_TYPES.get(parts[-2], "") if len(parts) >= 2 else ""
+
+
+def record_event_kind(origin: str, message_id: str) -> EventKind:
+    """EventKind of a pushed or logged Redfish event record, from its origin and MessageId
+    (e.g. `ResourceEvent.1.0.ResourceErrorsDetected` on `.../Fans/2` -> fan_failed)."""
+    return _event_kind(origin_type(origin), message_id)
+
+
+def legacy_findings(member: LegacyMember) -> list[Finding]:
+    """Health of one legacy array member (a PSU, fan, temperature), as `status_findings`."""
+    rtype = _ARRAY_TYPES.get(member.array, member.array.rstrip("s"))
+    return status_findings(rtype, member.uri, member.doc)
+
+
 def status_findings(rtype: str, uri: str, doc: dict[str, Any]) -> list[Finding]:
     """Status.Health (Warning/Critical) and active Status.Conditions of one resource.
 
@@ -244,6 +369,19 @@ def status_findings(rtype: str, uri: str, doc: dict[str, Any]) -> list[Finding]:
                 )
             )
     health = _SEVERITY.get(str(status.get("Health")))
+    if rtype == "Fan" and status.get("State") == "Absent":
+        # a fan pulled from its bay stops cooling whatever its last health said
+        out.append(
+            Finding(
+                uri,
+                EventKind.fan_failed,
+                "warning",
+                f"Fan {doc.get('Name') or uri} is absent",
+                f"{uri}|{EventKind.fan_failed}|absent",
+                {"redfish_uri": uri, "state": "Absent"},
+            )
+        )
+        return out
     if health is not None:
         kind = _event_kind(rtype, "")
         # a failed pump also carries a PumpFailed condition: that finding already says it

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -22,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from collectors.base import Readings, now_ms
 from collectors.sources.redfish import fields as rmap
+from collectors.sources.redfish.events import EventListener
 from domain.contract import Event, EventKind, Kind
 
 log = logging.getLogger(__name__)
@@ -39,10 +43,18 @@ _NAV: dict[str, dict[str, Section | None]] = {
         "PowerSubsystem": "power_supplies",
         "ThermalSubsystem": "chassis_cooling",
         "LeakDetectors": "chassis_cooling",
+        # deprecated resources, walked only without their successor (see _superseded)
+        "Power": "power_supplies",
+        "Thermal": "chassis_cooling",
     },
     "PowerSubsystem": {"PowerSupplies": None},
     "PowerSupply": {"Metrics": None},
-    "ThermalSubsystem": {"CoolantConnectors": None, "Pumps": None, "LeakDetection": None},
+    "ThermalSubsystem": {
+        "CoolantConnectors": None,
+        "Pumps": None,
+        "LeakDetection": None,
+        "Fans": None,
+    },
     "ThermalEquipment": {"CDUs": None, "HeatExchangers": None, "ImmersionUnits": None},
     "CoolingUnit": {
         "PrimaryCoolantConnectors": None,
@@ -69,7 +81,13 @@ _EXPECTED = {
     "PowerSubsystem": "PowerSubsystem",
     "ThermalSubsystem": "ThermalSubsystem",
     "EnvironmentMetrics": "EnvironmentMetrics",
+    "Power": "Power",
+    "Thermal": "Thermal",
 }
+# legacy link -> the newer link that replaces it: a chassis linking both is read through
+# the newer one only, so nothing is reported twice
+_SUPERSEDED_BY = {"Power": "PowerSubsystem", "Thermal": "ThermalSubsystem"}
+_LEGACY = frozenset(_SUPERSEDED_BY)
 # resources read every interval: they carry readings or a health status worth watching
 _WATCHED = set(rmap.PROPERTIES) | {
     "Sensor",
@@ -80,6 +98,8 @@ _WATCHED = set(rmap.PROPERTIES) | {
     "PowerSupply",
     "Filter",
     "PowerDistribution",
+    "Power",
+    "Thermal",
 }
 _CITABLE = {"Sensor", "LeakDetector"}  # dropped from the plan when an excerpt cites them
 
@@ -107,6 +127,22 @@ class RedfishSourceConfig(BaseModel):
     sections: set[Section] = Field(default_factory=lambda: set(ALL_SECTIONS))
     rediscover_s: float = Field(600.0, gt=0)
     max_resources: int = Field(5000, ge=1, description="bound on one walk of the service")
+    events: Literal["auto", "sse", "poll", "off"] = Field(
+        "auto",
+        description="auto: SSE when EventService offers ServerSentEventUri, else poll the "
+        "LogServices; sse / poll force one; off: health from Status only",
+    )
+    event_poll_s: float = Field(30.0, gt=0, description="log polling period")
+    event_log_services: list[str] = Field(
+        default_factory=list,
+        description="LogService paths to poll (below /redfish/v1); empty: every LogService "
+        "of every Manager, System and Chassis",
+    )
+    event_retry_s: float = Field(1.0, gt=0, description="first reconnect delay; doubles")
+    event_retry_max_s: float = Field(60.0, gt=0, description="longest reconnect delay")
+    event_idle_timeout_s: float = Field(
+        300.0, gt=0, description="a stream silent this long (no event, no keep-alive) is redone"
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -123,6 +159,11 @@ class RedfishSourceConfig(BaseModel):
         return {
             k.strip("/").removeprefix("redfish/v1").strip("/"): d.rstrip("/") for k, d in v.items()
         }
+
+    @field_validator("event_log_services")
+    @classmethod
+    def _log_paths(cls, v: list[str]) -> list[str]:
+        return [p.strip("/").removeprefix("redfish/v1").strip("/") for p in v]
 
     @model_validator(mode="after")
     def _credentials(self) -> RedfishSourceConfig:
@@ -147,23 +188,11 @@ class RedfishSource:
     def __init__(self, config: RedfishSourceConfig, client: httpx.Client | None = None) -> None:
         self.config = config
         self.name = config.name
-        verify: bool | ssl.SSLContext = (
-            config.verify_tls
-            if isinstance(config.verify_tls, bool)
-            else ssl.create_default_context(cafile=str(config.verify_tls))
-        )
-        self.client = client or httpx.Client(
-            base_url=config.base_url,
-            verify=verify,
-            timeout=config.timeout_s,
-            headers={"Accept": "application/json", "OData-Version": "4.0"},
-            auth=(
-                httpx.BasicAuth(config.username, config.password.get_secret_value())
-                if config.auth == "basic"
-                else None
-            ),
-        )
+        self.client = client or self.make_client(config.timeout_s)
+        self._auth_lock = threading.Lock()
+        self._token: str | None = None
         self._session_uri: str | None = None
+        self.events: EventListener | None = None  # started by the first read
         self._plan: list[_Entry] | None = None
         self._discovered_at = 0.0
         self._active: dict[str, tuple[rmap.Finding, str]] = {}  # key -> (finding, reporter)
@@ -171,26 +200,61 @@ class RedfishSource:
         self._walk_errors: list[str] = []
 
     # -- HTTP --------------------------------------------------------------------------
-    def _login(self) -> None:
+    def make_client(self, timeout: float | httpx.Timeout) -> httpx.Client:
         cfg = self.config
-        resp = self.client.post(
-            f"{ROOT}/SessionService/Sessions",
-            json={"UserName": cfg.username, "Password": cfg.password.get_secret_value()},
+        verify: bool | ssl.SSLContext = (
+            cfg.verify_tls
+            if isinstance(cfg.verify_tls, bool)
+            else ssl.create_default_context(cafile=str(cfg.verify_tls))
         )
-        token = resp.headers.get("X-Auth-Token")
-        if resp.status_code not in (200, 201) or not token:
-            raise RedfishError(f"{cfg.base_url}: session login failed (HTTP {resp.status_code})")
-        self.client.headers["X-Auth-Token"] = token
-        self._session_uri = resp.headers.get("Location")
+        return httpx.Client(
+            base_url=cfg.base_url,
+            verify=verify,
+            timeout=timeout,
+            headers={"Accept": "application/json", "OData-Version": "4.0"},
+            auth=(
+                httpx.BasicAuth(cfg.username, cfg.password.get_secret_value())
+                if cfg.auth == "basic"
+                else None
+            ),
+        )
 
-    def _get(self, uri: str) -> tuple[dict[str, Any] | None, int]:
+    def _login(self, stale: str | None) -> None:
+        """Log in unless another thread already replaced the token `stale` (the read
+        and the event threads share one session)."""
+        cfg = self.config
+        with self._auth_lock:
+            if self._token is not None and self._token != stale:
+                return
+            resp = self.client.post(
+                f"{ROOT}/SessionService/Sessions",
+                json={"UserName": cfg.username, "Password": cfg.password.get_secret_value()},
+            )
+            token = resp.headers.get("X-Auth-Token")
+            if resp.status_code not in (200, 201) or not token:
+                raise RedfishError(
+                    f"{cfg.base_url}: session login failed (HTTP {resp.status_code})"
+                )
+            self._token = token
+            self._session_uri = resp.headers.get("Location")
+
+    def _auth_headers(self) -> dict[str, str]:
+        if self.config.auth != "session":
+            return {}
+        if self._token is None:
+            self._login(None)
+        return {"X-Auth-Token": self._token or ""}
+
+    def get(
+        self, uri: str, client: httpx.Client | None = None
+    ) -> tuple[dict[str, Any] | None, int]:
         """(document or None if gone, read time). Transport errors propagate."""
-        if self.config.auth == "session" and self._session_uri is None:
-            self._login()
-        resp = self.client.get(uri)
+        client = client or self.client
+        headers = self._auth_headers()
+        resp = client.get(uri, headers=headers)
         if resp.status_code == 401 and self.config.auth == "session":
-            self._login()  # the session expired or the BMC restarted
-            resp = self.client.get(uri)
+            self._login(headers.get("X-Auth-Token"))  # session expired or BMC restarted
+            resp = client.get(uri, headers=self._auth_headers())
         t = now_ms()
         if resp.status_code == 404:
             return None, t
@@ -203,6 +267,21 @@ class RedfishSource:
         if not isinstance(doc, dict):
             raise RedfishError(f"GET {uri}: not a JSON object")
         return doc, t
+
+    @contextmanager
+    def stream(
+        self, uri: str, client: httpx.Client, headers: dict[str, str], timeout: httpx.Timeout
+    ) -> Iterator[httpx.Response]:
+        """An open streaming GET (for SSE), logged in again once on a 401."""
+        for attempt in (0, 1):
+            auth = self._auth_headers()
+            with client.stream("GET", uri, headers={**headers, **auth}, timeout=timeout) as resp:
+                if resp.status_code == 401 and self.config.auth == "session" and not attempt:
+                    stale = auth.get("X-Auth-Token")
+                else:
+                    yield resp
+                    return
+            self._login(stale)
 
     # -- naming ------------------------------------------------------------------------
     def device_id(self, uri: str) -> str:
@@ -230,7 +309,7 @@ class RedfishSource:
                 if len(docs) >= cfg.max_resources:
                     raise RedfishError(f"walk exceeded max_resources={cfg.max_resources}")
                 try:
-                    doc, t = self._get(uri)
+                    doc, t = self.get(uri)
                 except RedfishError as exc:
                     if uri == ROOT:
                         raise
@@ -267,11 +346,21 @@ class RedfishSource:
                 )
                 if not target or (section is not None and section not in cfg.sections):
                     continue
+                if rtype == "Chassis" and isinstance(doc.get(_SUPERSEDED_BY.get(link, "")), dict):
+                    continue  # e.g. Power when PowerSubsystem is there
                 child_loop = None
                 if link in rmap.CDU_LOOP:
                     child_loop = (uri, rmap.CDU_LOOP[link])  # kept if exactly one member
+                # fans cool the chassis they sit in: its kind, not the subsystem's
+                child_owner = chassis_kind if link == "Fans" else owner
                 queue.append(
-                    (target.rstrip("/"), owner, _EXPECTED.get(link), f"{uri}/{link}", child_loop)
+                    (
+                        target.rstrip("/"),
+                        child_owner,
+                        _EXPECTED.get(link),
+                        f"{uri}/{link}",
+                        child_loop,
+                    )
                 )
         self._drop_loops_with_siblings(plan)
         cited: set[str] = set()
@@ -280,6 +369,8 @@ class RedfishSource:
             cited |= rmap.property_readings(e.rtype, doc, e.owner_kind)[1]
             cited |= {u for u, _ in rmap.leak_readings(doc) if u}
         plan = [e for e in plan if not (e.rtype in _CITABLE and e.uri in cited)]
+        # legacy resources last: their readings give way to newer ones (see _handle)
+        plan.sort(key=lambda e: e.rtype in _LEGACY)
         return plan, docs
 
     @staticmethod
@@ -300,7 +391,17 @@ class RedfishSource:
         if e.rtype in ("PowerSupplyMetrics", "PowerDistributionMetrics", "EnvironmentMetrics"):
             owner_uri = e.uri.rsplit("/", 1)[0]  # readings belong to the PSU / PDU / chassis
         dev = self.device_id(owner_uri)
-        if e.rtype == "Sensor":
+        if e.rtype in _LEGACY:
+            members = rmap.legacy_members(e.uri, doc)
+            single = sum(m.array == "PowerControl" for m in members) == 1
+            chassis = e.uri.rsplit("/", 1)[0]
+            have = set(zip(out.device_id, out.metric, strict=True))
+            for m in members:
+                for uri, kind, metric, value in rmap.legacy_readings(m, e.owner_kind, single):
+                    d = self.device_id(uri or chassis)
+                    if (d, metric) not in have:  # e.g. EnvironmentMetrics' chassis power_w
+                        out.add(kind, rack, d, metric, value, t)
+        elif e.rtype == "Sensor":
             r = rmap.sensor_reading(doc, e.owner_kind)
             if r is not None:
                 out.add(r[0], rack, dev, r[1], r[2], t)
@@ -325,6 +426,33 @@ class RedfishSource:
                         out.add(kind, rack, cdu, e.loop[1][metric], value, t)
 
     def read(self) -> Readings:
+        if self.events is None and self.config.events != "off":
+            self.events = EventListener(self)
+            self.events.start()
+        out = self._read_resources()
+        if self.events is not None:
+            # pushed or logged events since the last read, and the listener's errors
+            events, errors = self.events.drain()
+            out.events.extend(events)
+            if errors:
+                out.events.append(
+                    Event(
+                        device_id=self.config.device_prefix,
+                        kind=EventKind.source_error,
+                        severity="warning",
+                        read_time_ms=now_ms(),
+                        message=f"{len(errors)} Redfish event error(s): {'; '.join(errors[:3])}",
+                        attrs={
+                            "source": self.name,
+                            "reason": "events",
+                            "failed": len(errors),
+                            "errors_total": self.events.stats.errors,
+                        },
+                    )
+                )
+        return out
+
+    def _read_resources(self) -> Readings:
         out = Readings()
         findings: dict[str, tuple[rmap.Finding, str]] = {}
         read_ok: set[str] = set()
@@ -339,7 +467,7 @@ class RedfishSource:
         errors: list[str] = list(self._walk_errors) if docs else []
         for e in self._plan:
             try:
-                doc, t = docs[e.uri] if e.uri in docs else self._get(e.uri)
+                doc, t = docs[e.uri] if e.uri in docs else self.get(e.uri)
             except RedfishError as exc:
                 errors.append(str(exc))
                 continue
@@ -353,7 +481,11 @@ class RedfishSource:
                 continue
             read_ok.add(e.uri)
             self._handle(e, doc, t, out)
-            for f in rmap.status_findings(e.rtype, e.uri, doc):
+            found = rmap.status_findings(e.rtype, e.uri, doc)
+            if e.rtype in _LEGACY:
+                for m in rmap.legacy_members(e.uri, doc):
+                    found += rmap.legacy_findings(m)
+            for f in found:
                 findings.setdefault(f.key, (f, e.uri))
         if errors and not read_ok:
             raise RedfishError(f"{self.config.base_url}: every resource failed: {errors[0]}")
@@ -406,13 +538,16 @@ class RedfishSource:
         return events
 
     def close(self) -> None:
+        if self.events is not None:
+            self.events.close()  # first: it shares the session deleted below
         try:
             if self._session_uri:
-                self.client.delete(self._session_uri)
+                self.client.delete(self._session_uri, headers={"X-Auth-Token": self._token or ""})
         except httpx.HTTPError as exc:  # the BMC may already be gone; nothing to keep
             log.debug("session logout failed: %s", exc)
         finally:
             self._session_uri = None
+            self._token = None
             self.client.close()
 
 
