@@ -168,7 +168,10 @@ def test_battery_node_in_the_power_chain():
 
 
 def test_rule_validation_for_equality_and_relative_thresholds():
-    base = "rules:\n  - {name: X, kind: threshold, metric: battery_test_result, %s annotations: {summary: s}}\n"
+    base = (
+        "rules:\n  - {name: X, kind: threshold, metric: battery_test_result, %s "
+        "annotations: {summary: s}}\n"
+    )
     parse_rules(base % "op: '==', value: 3,")
     with pytest.raises(ConfigError, match="clear has no meaning"):
         parse_rules(base % "op: '==', value: 3, clear: 2,")

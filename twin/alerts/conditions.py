@@ -20,7 +20,7 @@ import numpy as np
 from twin.alerts.context import RuleContext
 from twin.alerts.rules import ConditionRule
 
-_CMP: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
+_CMP: dict[str, Callable[[np.ndarray, Any], np.ndarray]] = {  # Any: scalar or per series
     ">": np.greater,
     ">=": np.greater_equal,
     "<": np.less,
@@ -77,6 +77,7 @@ def condition(
         if scale is None:
             return shared
         return {"threshold": float(rule.value * k[i]), "clear": float(rule.clear_value * k[i])}
+
     topo = ctx.topology
     if not rule.by:
         held = (
