@@ -119,6 +119,15 @@ def check_capacity(site: Site) -> CapacityReport:
             f"ups.{site.ups.id}: UPS overload at the site's maximum load: {ups_out:.1f} kW > "
             f"rated_kw {site.ups.rated_kw:.1f} kW ({_pct(ups_out / site.ups.rated_kw)})"
         )
+    else:  # a new, full battery must carry the maximum load through the ride-through
+        bat = site.ups.battery
+        runtime = site.ups.battery_runtime_s(ups_out)
+        if ups_out > 0 and runtime < bat.required_ride_through_s:
+            rep.errors.append(
+                f"ups.{site.ups.id}.battery: runtime {runtime:.0f} s at the site's maximum "
+                f"load ({ups_out:.1f} kW, new battery) is below required_ride_through_s "
+                f"{bat.required_ride_through_s:.0f} s: a larger battery is needed"
+            )
     heat = ups_out / site.ups.efficiency
     if heat > site.plant.rated_kw:
         rep.errors.append(

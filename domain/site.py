@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import tomllib
 from dataclasses import dataclass
+from datetime import date
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -125,10 +126,97 @@ class Hall(_Strict):
     crahs: list[Crah] = Field(default_factory=list)
 
 
+class BatteryChemistry(StrEnum):
+    vrla = "VRLA"  # valve-regulated lead-acid
+    li_ion = "Li-ion"
+
+
+# typical design life (years) when the site file gives no replacement date
+DESIGN_LIFE_YEARS = {BatteryChemistry.vrla: 5.0, BatteryChemistry.li_ion: 12.0}
+# double-conversion inverter efficiency on battery (DC -> AC); sizes energy from runtime
+BATTERY_INVERTER_EFFICIENCY = 0.95
+# Peukert-like exponent: at a lighter load a battery delivers more than its rated-load
+# energy (lead-acid markedly, lithium-ion barely). Fitted to VRLA UPS-block runtime tables
+# (e.g. 2x the load -> ~2.3x shorter runtime) and Li-ion rack data sheets.
+PEUKERT_EXPONENT = {BatteryChemistry.vrla: 1.2, BatteryChemistry.li_ion: 1.05}
+MIN_LOAD_FRACTION = 0.05  # below it runtime is quoted at 5 % load (tables stop there)
+
+
+class UpsBattery(_Strict):
+    """The UPS's battery string. Give its size as `usable_energy_kwh` (DC energy available
+    at the rated-load discharge rate, new) or as `nominal_runtime_s` (runtime at the UPS's
+    rated load, new, as on the data sheet), not both."""
+
+    chemistry: BatteryChemistry = BatteryChemistry.vrla
+    usable_energy_kwh: float | None = Field(None, gt=0)
+    nominal_runtime_s: float | None = Field(None, gt=0, le=86400)
+    required_ride_through_s: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="runtime the site needs on battery until the generators carry the load",
+    )
+    nominal_voltage_v: float = Field(480.0, gt=0, le=1500, description="string voltage")
+    installed: date | None = None
+    replace_by: date | None = Field(
+        None, description="replacement due; default installed + the chemistry's design life"
+    )
+
+    @model_validator(mode="after")
+    def _size_and_dates(self) -> UpsBattery:
+        if (self.usable_energy_kwh is None) == (self.nominal_runtime_s is None):
+            raise ValueError(
+                "give the battery's size as usable_energy_kwh or nominal_runtime_s (one of them)"
+            )
+        if self.installed and self.replace_by and self.replace_by <= self.installed:
+            raise ValueError(
+                f"replace_by ({self.replace_by}) must be after installed ({self.installed})"
+            )
+        return self
+
+    def design_life_years(self) -> float:
+        return DESIGN_LIFE_YEARS[self.chemistry]
+
+    def replacement_due(self) -> date | None:
+        """replace_by, or installed + design life; None when neither date is known."""
+        if self.replace_by is not None:
+            return self.replace_by
+        if self.installed is None:
+            return None
+        days = round(self.design_life_years() * 365.25)
+        return date.fromordinal(self.installed.toordinal() + days)
+
+
 class Ups(_Strict):
     id: str = "ups"
     rated_kw: float = Field(gt=0)
     efficiency: float = Field(0.96, gt=0.5, le=1.0)
+    input_voltage_v: float = Field(480.0, gt=0, le=50_000, description="nominal, line-line")
+    frequency_hz: float = Field(60.0, ge=45, le=65)
+    battery: UpsBattery = Field(
+        default_factory=lambda: UpsBattery(nominal_runtime_s=600.0),
+        description="default: VRLA, 10 minutes at rated load, 300 s ride-through",
+    )
+
+    def battery_energy_kwh(self) -> float:
+        """Usable DC energy of the new battery at the rated-load discharge rate."""
+        b = self.battery
+        if b.usable_energy_kwh is not None:
+            return b.usable_energy_kwh
+        assert b.nominal_runtime_s is not None  # the validator requires one of the two
+        return self.rated_kw / BATTERY_INVERTER_EFFICIENCY * b.nominal_runtime_s / 3600.0
+
+    def battery_runtime_s(
+        self, load_kw: float, state_of_health: float = 1.0, charge: float = 1.0
+    ) -> float:
+        """Runtime on battery at an output load: the usable energy (scaled by state of
+        health and charge) through the inverter, stretched at light loads by the
+        chemistry's Peukert-like exponent k: t = t_rated * (rated / load)^k."""
+        load = max(load_kw, MIN_LOAD_FRACTION * self.rated_kw)
+        energy_kj = self.battery_energy_kwh() * 3600.0 * state_of_health * charge
+        k = PEUKERT_EXPONENT[self.battery.chemistry]
+        t_at_load_s = energy_kj * BATTERY_INVERTER_EFFICIENCY / load
+        return t_at_load_s * (self.rated_kw / load) ** (k - 1.0)
 
 
 class ChillerPlant(_Strict):

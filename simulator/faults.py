@@ -30,11 +30,12 @@ H = 3600.0
 @dataclass(frozen=True)
 class FaultType:
     name: str
-    device_class: str  # gpu, psu, cdu, crah, plant, node or sensor (any class, with a metric)
+    device_class: str  # gpu, psu, cdu, crah, plant, node, ups or sensor (any class + metric)
     signature: str  # gradual or abrupt
     fails: bool  # ends in a failure (failure_time in the labels)
     defaults: dict[str, float]
     description: str
+    random: bool = True  # drawn by `random` (a site has one UPS: its faults by name only)
 
 
 CATALOG: dict[str, FaultType] = {
@@ -132,6 +133,46 @@ CATALOG: dict[str, FaultType] = {
             "down 40 % at full severity, COP falls; trips on low pressure at failure",
         ),
         FaultType(
+            "ups_battery_fade",
+            "ups",
+            "gradual",
+            False,
+            {"duration": 24 * H, "severity": 0.8},
+            "UPS battery capacity fade (dry-out, a failing block): state of health falls by "
+            "`severity` of its value over `duration`; runtime at load falls with it",
+            random=False,
+        ),
+        FaultType(
+            "ups_battery_test_failed",
+            "ups",
+            "abrupt",
+            False,
+            {},
+            "the UPS self-test at onset finds a weak string: upsTestResultsSummary "
+            "doneError (3) from then on",
+            random=False,
+        ),
+        FaultType(
+            "utility_dip",
+            "ups",
+            "abrupt",
+            False,
+            {"duration": 120.0, "depth": 0.6},
+            "utility voltage sags by `depth` (1 = outage) for `duration`: the UPS runs on "
+            "battery, counts a line bad, its charge and runtime fall, then it recharges",
+            random=False,
+        ),
+        FaultType(
+            "ups_battery_overtemp",
+            "ups",
+            "gradual",
+            False,
+            {"duration": H, "severity": 15.0},
+            "battery-room cooling lost: the room warms by `severity` K over `duration` "
+            "(VRLA life halves per ~8 K above 25 degC)",
+            random=False,
+        ),
+        FaultType(
             "driver_reload",
             "node",
             "abrupt",
@@ -218,6 +259,8 @@ def _class_of(layout: SiteLayout, device: str, where: str) -> tuple[str, int]:
 def _ids(layout: SiteLayout, cls: str) -> list[str]:
     if cls == "plant":
         return [layout.site.plant_id()]
+    if cls == "ups":
+        return [layout.ups_id]
     return {
         "gpu": layout.gpu_ids,
         "psu": layout.psu_ids,
@@ -257,7 +300,7 @@ def _make(
                 (
                     c
                     for c, ms in CLASS_METRICS.items()
-                    if metric in ms and c not in ("meter", "plant") and _ids(layout, c)
+                    if metric in ms and c not in ("meter", "plant", "ups") and _ids(layout, c)
                 ),
                 None,
             )
@@ -335,7 +378,7 @@ def random_faults(
     used: set[str] | None = None,
 ) -> list[Fault]:
     """n faults cycling through the whole catalog, onsets and failures inside the horizon."""
-    names = list(CATALOG)
+    names = [n for n, t in CATALOG.items() if t.random]
     out: list[Fault] = []
     used = used if used is not None else set()
     order: list[str] = []

@@ -13,6 +13,7 @@ import numpy as np
 
 from simulator.faults import Fault, FaultPlan
 from simulator.layout import SiteLayout
+from simulator.ups import UpsEffects
 
 H = 3600.0
 ECC_BASE_PER_H = 2.0
@@ -46,6 +47,7 @@ class Effects:
     crah_fan_power_factor: np.ndarray
     refrigerant_severity: float = 0.0
     chillers_tripped: int = 0
+    ups: UpsEffects = field(default_factory=UpsEffects)
 
 
 def _progress(t: float, start: float, end: float) -> float:
@@ -270,3 +272,20 @@ class FaultInjector:
                 "info",
                 "NVIDIA driver reloaded; energy counters restarted",
             )
+
+    def _ups_battery_fade(self, f, sim, e, t_prev, t):
+        p = _progress(t, f.onset_s, f.onset_s + f.params["duration"])
+        e.ups.soh_factor *= 1.0 - min(f.params["severity"], 0.99) * p
+
+    def _ups_battery_test_failed(self, f, sim, e, t_prev, t):
+        e.ups.test_failed = True
+
+    def _utility_dip(self, f, sim, e, t_prev, t):
+        if t < f.onset_s + f.params["duration"]:
+            e.ups.input_voltage_factor = min(
+                e.ups.input_voltage_factor, 1.0 - min(f.params["depth"], 1.0)
+            )
+
+    def _ups_battery_overtemp(self, f, sim, e, t_prev, t):
+        p = _progress(t, f.onset_s, f.onset_s + f.params["duration"])
+        e.ups.room_rise_k += f.params["severity"] * p

@@ -138,6 +138,10 @@ class SiteLayout:
         self.rack_psu_rated_w = np.array(rack_psu_rated, dtype=float)
         self.rack_liquid = np.array(rack_liquid, dtype=float)
 
+    @property
+    def ups_id(self) -> str:
+        return f"{self.site.site.id}/facility/{self.site.ups.id}"
+
     def index(self) -> dict[str, tuple[str, int]]:
         """device id -> (device class, index in its arrays); built on first use."""
         if self._index is None:
@@ -155,5 +159,6 @@ class SiteLayout:
             for m in self.site.meters:
                 idx[self.site.meter_id(m)] = ("meter", 0)
             idx[self.site.plant_id()] = ("plant", 0)
+            idx[self.ups_id] = ("ups", 0)
             self._index = idx
         return self._index

@@ -29,6 +29,7 @@ from simulator.liquid import DP_MIN_DEFAULT_KPA, DT_DEFAULT_K, CduModel
 from simulator.plant import PlantModel
 from simulator.telemetry import TelemetryPlan
 from simulator.thermal import GpuModel
+from simulator.ups import UpsModel
 from simulator.weather import Climate, Weather
 from simulator.workload import Workload, WorkloadMix
 
@@ -265,6 +266,9 @@ class SiteSimulator:
         )
         self.cdu.pump_power_factor = self.cdu_pump_part
         self.ups_coef = pw.ups_loss_coefficients(site.ups.efficiency)
+        # the UPS battery; its own stream (the self-test phase) so no other draw moves
+        phase = float(np.random.default_rng([seed, 0x0B5]).uniform())
+        self.ups = UpsModel(site.ups, self.start_time_s, phase)
         self.rack_dt_k = np.zeros(lay.n_rack)
         self.psu_temp_true_c = np.full(lay.n_psu, 35.0)
         self.sensor_rng = np.random.default_rng([seed, 0x5E45])
@@ -481,6 +485,7 @@ class SiteSimulator:
         p.pdu_output_kw = float(self.pdu_out_w.sum()) / 1000.0
         p.pdu_loss_kw = float(pdu_loss_w.sum()) / 1000.0
         p.ups_output_kw, p.ups_loss_kw = ups_out_kw, ups_loss
+        self.ups.step(0.0 if settle else dt_s, t, ups_out_kw, drybulb, eff.ups)
         p.ups_input_kw = ups_out_kw + ups_loss
         # everything on the LV board goes through the switchgear and the MV/LV transformer;
         # the utility meter sits on the MV side (their heat goes to outdoor/ventilated rooms)

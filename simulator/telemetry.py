@@ -2,7 +2,7 @@
 quantization, sensor faults, and devices whose telemetry has stopped.
 
 Shared by the real-time source and batch mode so that both emit the same samples. The
-flat order is block by block (GPUs, PSUs, CDUs, PDUs, CRAHs, meters, plant), metric-major
+flat order is block by block (GPUs, PSUs, CDUs, PDUs, CRAHs, meters, plant, UPS), metric-major
 within a block. Readings come from the model's measured arrays (truth plus sensor
 noise, see model.SENSOR_NOISE) and its exact ones (GPU, power, meters).
 """
@@ -73,6 +73,24 @@ CLASS_METRICS: dict[str, list[str]] = {
         "chw_supply_setpoint_c",
         "cw_supply_setpoint_c",
     ],
+    # an SNMP UPS-MIB agent (RFC 1628), see simulator/ups.py
+    "ups": [
+        "on_battery",
+        "battery_status",
+        "battery_charge_pct",
+        "battery_runtime_s",
+        "battery_time_on_battery_s",
+        "battery_voltage_v",
+        "battery_current_a",
+        "battery_temp_c",
+        "battery_test_result",
+        "output_load_pct",
+        "input_line_bads_total",
+        "alarms_present",
+        "output_power_w",
+        "input_voltage_v",
+        "frequency_hz",
+    ],
 }
 # metrics a random sensor fault may hit (measured, not computed or counted)
 SENSOR_METRICS: dict[str, list[str]] = {
@@ -137,6 +155,18 @@ QUANTUM: dict[tuple[str, str], float] = {
     ("plant", "cooling_load_kw"): 0.1,
     ("plant", "outdoor_drybulb_c"): 0.1,
     ("plant", "outdoor_wetbulb_c"): 0.1,
+    # UPS-MIB: whole %, minutes (upsEstimatedMinutesRemaining), seconds, 0.1 V, 0.1 A,
+    # whole degC, whole RMS volts, 0.1 Hz, whole watts
+    ("ups", "battery_charge_pct"): 1.0,
+    ("ups", "battery_runtime_s"): 60.0,
+    ("ups", "battery_time_on_battery_s"): 1.0,
+    ("ups", "battery_voltage_v"): 0.1,
+    ("ups", "battery_current_a"): 0.1,
+    ("ups", "battery_temp_c"): 1.0,
+    ("ups", "output_load_pct"): 1.0,
+    ("ups", "output_power_w"): 1.0,
+    ("ups", "input_voltage_v"): 1.0,
+    ("ups", "frequency_hz"): 0.1,
 }
 H = 3600.0
 
@@ -269,6 +299,33 @@ def _blocks(sim: SiteSimulator) -> list[Block]:
                 s.plant.outdoor_wetbulb_c,
                 s.controls.get("chw_supply_setpoint_c"),
                 s.controls.get("cw_supply_setpoint_c"),
+            ],
+        )
+    )
+    blocks.append(
+        Block(
+            Kind.power,
+            "ups",
+            [lay.ups_id],
+            ["facility"],
+            CLASS_METRICS["ups"],
+            lambda s: [
+                s.ups.on_battery,
+                s.ups.status,
+                100.0 * s.ups.charge,
+                # upsEstimatedMinutesRemaining is whole minutes, rounded down
+                np.floor(s.ups.runtime_s / 60.0) * 60.0,
+                s.ups.seconds_on_battery,
+                s.ups.battery_v,
+                s.ups.battery_a,
+                s.ups.temp_c,
+                s.ups.test_result,
+                s.ups.load_pct,
+                s.ups.line_bads,
+                s.ups.alarms,
+                s.ups.out_kw * 1000.0,
+                s.ups.input_v,
+                s.ups.frequency_hz,
             ],
         )
     )

@@ -41,6 +41,7 @@ def test_default_rule_set_covers_every_kind_with_summary_and_runbook():
         "failure_risk",
         "heat_balance",
         "pue_regression",
+        "due_date",
     }
     for r in rules.rules:
         ann = r.annotations.as_dict()
@@ -63,7 +64,7 @@ def test_default_rule_set_covers_every_kind_with_summary_and_runbook():
         (BASE.replace("{summary: hot}", "{summary: '{value'}"), 6, "invalid template"),
         (BASE.replace("value: 85", "value: 85\n    by: [tenant]"), 6, "unknown label 'tenant'"),
         (BASE.replace("value: 85", "value: 85\n    labels: {severity: x}"), 6, "set by the engine"),
-        (BASE.replace("value: 85", "value: 85\n    op: '=='"), 6, "op"),
+        (BASE.replace("value: 85", "value: 85\n    op: '=~'"), 6, "op"),
         (
             BASE + "inhibit_rules:\n  - source_matchers: ['alertname=GpuHot']\n"
             "    target_matchers: ['x==\"y\"']\n",

@@ -171,6 +171,8 @@ def test_dashboard_against_running_demo(demo, tmp_path):
             r["rack"] for r in api_racks
         )
 
+        _ups_battery_panel(page, url)
+
         # drill down: rack -> device with charts
         page.click("[data-rack=rk203]")
         page.wait_for_selector("#rack-gpus .gpu")
@@ -186,6 +188,28 @@ def test_dashboard_against_running_demo(demo, tmp_path):
         print(f"\ndashboard screenshot: {shot}")
     errors = [(t, m) for t, m in console if t in ("error", "pageerror")]
     assert not errors, f"console errors: {errors}"
+
+
+def _ups_battery_panel(page, url: str) -> None:
+    """The UPS battery panel shows the UPS's readings and the site file's battery."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("[data-testid=ups-state]")).to_have_text("on utility", timeout=20_000)
+    dev = httpx.get(f"{url}/v1/devices/sv1/facility/ups", headers=AUTH).json()
+    got = {m["metric"]: m["value"] for m in dev["metrics"]}
+    assert got["battery_charge_pct"] == 100.0  # healthy: on float charge
+    expect(page.locator("[data-testid=ups-charge]")).to_have_text("100 %")
+    # the example site: 300 s ride-through; at the demo's load the runtime is minutes more
+    expect(page.locator("[data-testid=ups-runtime]")).to_have_text(
+        re.compile(r"^\d+(\.\d)? min \(needs 5\.0 min\)$")
+    )
+    expect(page.locator("[data-testid=ups-runtime]")).not_to_have_class("bad")
+    expect(page.locator("[data-testid=ups-temp]")).to_have_text(re.compile(r"^\d+ °C$"))
+    expect(page.locator("[data-testid=ups-test]")).to_have_text(
+        re.compile("^(passed|in progress)$")
+    )
+    expect(page.locator("[data-testid=ups-age]")).to_contain_text("installed 2024-03-01")
+    expect(page.locator("[data-testid=ups-replace]")).to_contain_text("2029-03-01 (in ")
 
 
 def _acknowledge_an_alert(page, url: str) -> None:

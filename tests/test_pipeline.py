@@ -44,7 +44,7 @@ def test_simulated_batches_are_stored_exactly_and_pue_matches_hand_computation(
     try:
         collector.run(max_intervals=INTERVALS)
         produced = collector.stats.samples_delivered
-        assert produced == INTERVALS * 28769  # every sample of the example site, each interval
+        assert produced == INTERVALS * 28784  # every sample of the example site, each interval
 
         def stored() -> int:
             return (

@@ -100,7 +100,12 @@ def test_topology_endpoints(env):
     assert "rack" in classes and "gpu" not in classes
     assert {"chain": "power", "from": "t1/facility/ups", "to": "t1/h1/pdu1"} in body["edges"]
     gpu = client.get("/v1/topology/t1/h1/row2/r22/n03/gpu5").json()
-    assert gpu["upstream"]["power"][-3:] == ["t1/h1/pdu2", "t1/facility/ups", "t1/utility"]
+    assert gpu["upstream"]["power"][-4:] == [
+        "t1/h1/pdu2",
+        "t1/facility/ups",
+        "t1/utility",
+        "t1/facility/ups/battery",  # the UPS's battery string feeds it too
+    ]
     assert "t1/h1/cdu2" in gpu["upstream"]["cooling"]
     assert {r["metric"] for r in gpu["state"]["readings"]} >= {"gpu_temp_c", "power_w"}
     cdu = client.get(

@@ -24,6 +24,7 @@ def test_power_chain_of_a_gpu(topo):
         "sv1/h1/pdu-row2",
         "sv1/facility/ups",
         "sv1/utility",
+        "sv1/facility/ups/battery",  # carries the UPS when the utility fails
     ]
     assert topo.parents(GPU, "power") == ["sv1/h1/row2/rk203/n05"]
 

@@ -1,6 +1,7 @@
 """Topology graph of a site: power chain, cooling chain, location, and meters.
 
-Power: utility -> UPS -> PDU -> rack power shelf -> PSU -> node -> GPU; the mechanical
+Power: utility -> UPS -> PDU -> rack power shelf -> PSU -> node -> GPU, and the UPS's
+battery string -> UPS (it carries the load when the utility fails); the mechanical
 loads (chiller plant, CDU pumps, CRAH fans) hang off the utility board, not the UPS
 (as in the simulator's energy flow). Cooling: chiller plant -> CDU (primary loop) ->
 rack (secondary loop) -> node -> GPU, and chiller plant -> CRAH -> hall air -> rack
@@ -22,6 +23,7 @@ DEPTHS = {
         "site",
         "utility",
         "ups",
+        "ups_battery",
         "pdu",
         "chiller_plant",
         "cdu",
@@ -81,7 +83,26 @@ class Topology:
         plant = self._add(
             Node(site.plant_id(), "chiller_plant", attrs={"rated_kw": site.plant.rated_kw})
         )
+        bat = site.ups.battery
+        due = bat.replacement_due()
+        battery = self._add(
+            Node(
+                f"{ups}/battery",
+                "ups_battery",
+                attrs={
+                    "chemistry": bat.chemistry.value,
+                    "usable_energy_kwh": round(site.ups.battery_energy_kwh(), 3),
+                    "nominal_runtime_s": round(site.ups.battery_runtime_s(site.ups.rated_kw), 1),
+                    "required_ride_through_s": bat.required_ride_through_s,
+                    "nominal_voltage_v": bat.nominal_voltage_v,
+                    "installed": bat.installed.isoformat() if bat.installed else None,
+                    "replace_by": due.isoformat() if due else None,
+                },
+            )
+        )
+        self.nodes[ups].attrs["battery"] = battery  # type: ignore[index]
         self._edge("power", utility, ups)
+        self._edge("power", battery, ups)
         self._edge("power", utility, plant)
         pdus: list[str] = []
         shelves: list[str] = []

@@ -211,6 +211,60 @@ async function openDevice(id, cell) {
   }));
 }
 
+// ---------------------------------------------------------------- UPS battery
+// upsTestResultsSummary (RFC 1628)
+const UPS_TEST = { 1: "passed", 2: "passed with warnings", 3: "FAILED", 4: "aborted",
+                   5: "in progress", 6: "none run yet" };
+const DAY_MS = 86400e3;
+const fmtMin = (s) => (s == null ? "–" : `${(s / 60).toFixed(s < 600 ? 1 : 0)} min`);
+
+function setCell(id, text, cls) {
+  const c = $(id);
+  c.textContent = text;
+  c.className = cls || "";
+}
+
+async function loadUps() {
+  if (!S.battery) { // the battery's site-file attributes: from the topology, once
+    const topo = await api("/v1/topology?depth=facility&chain=power");
+    const node = topo.nodes.find((n) => n.class === "ups_battery");
+    if (!node) { $("ups-state").textContent = "no UPS battery in the site model"; return; }
+    S.battery = { ...node.attrs, ups: node.id.replace(/\/battery$/, "") };
+  }
+  const b = S.battery;
+  $("ups-id").textContent = `${b.ups} · ${b.chemistry}`;
+  const dev = await api(`/v1/devices/${b.ups}`);
+  const m = Object.fromEntries(dev.metrics.map((x) => [x.metric, x.value]));
+  const state = $("ups-state");
+  if (m.on_battery == null) state.textContent = "no UPS readings yet";
+  else {
+    const secs = m.battery_time_on_battery_s;
+    state.textContent = m.on_battery >= 0.5
+      ? `ON BATTERY${secs != null ? ` for ${Math.round(secs)} s` : ""}` : "on utility";
+  }
+  state.classList.toggle("onbatt", m.on_battery >= 0.5);
+  setCell("ups-charge", m.battery_charge_pct == null ? "–"
+    : `${Math.round(m.battery_charge_pct)} %`, m.battery_charge_pct < 50 ? "warn" : "");
+  const need = b.required_ride_through_s;
+  const rt = m.battery_runtime_s;
+  setCell("ups-runtime", `${fmtMin(rt)} (needs ${fmtMin(need)})`,
+    rt != null && need != null && rt < need ? "bad" : "");
+  const temp = m.battery_temp_c;
+  setCell("ups-temp", temp == null ? "–" : `${temp.toFixed(0)} °C`, temp > 35 ? "warn" : "");
+  const test = m.battery_test_result;
+  setCell("ups-test", test == null ? "–" : UPS_TEST[Math.round(test)] ?? `code ${test}`,
+    test === 3 ? "bad" : test === 2 ? "warn" : "");
+  const now = Date.now();
+  setCell("ups-age", b.installed
+    ? `installed ${b.installed} (${((now - Date.parse(b.installed)) / DAY_MS / 365.25).toFixed(1)} years)`
+    : "installation date not in the site file");
+  if (b.replace_by) {
+    const days = Math.round((Date.parse(b.replace_by) - now) / DAY_MS);
+    setCell("ups-replace", `${b.replace_by} (${days >= 0 ? `in ${days} days` : `${-days} days overdue`})`,
+      days < 0 ? "bad" : days <= 90 ? "warn" : "");
+  } else setCell("ups-replace", "not in the site file");
+}
+
 // ---------------------------------------------------------------- alerts
 const alertId = (a) => a.id ?? a.alert_id ?? a.fingerprint;
 const isActive = (a) => !["resolved", "inactive"].includes(String(a.state ?? a.status ?? "firing"));
@@ -409,6 +463,11 @@ async function refreshAll() {
       $(list).replaceChildren(el("li", "none", `unavailable: ${e.message}`));
       report(e);
     })));
+  await loadUps().catch((e) => { // a site without UPS readings keeps the rest working
+    if (e instanceof AuthError) throw e;
+    $("ups-state").textContent = `unavailable: ${e.message}`;
+    report(e);
+  });
 }
 
 async function signIn(key) {
@@ -428,6 +487,7 @@ async function signIn(key) {
   setInterval(() => loadOverview().catch(report), 60000);
   setInterval(() => loadAlerts().catch(report), 15000);
   setInterval(() => loadRecommendations().catch(report), 60000);
+  setInterval(() => loadUps().catch(report), 10000);
 }
 
 function signOut(message) {

@@ -20,11 +20,13 @@ import numpy as np
 from twin.alerts.context import RuleContext
 from twin.alerts.rules import ConditionRule
 
-_CMP: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
+_CMP: dict[str, Callable[[np.ndarray, Any], np.ndarray]] = {  # Any: scalar or per series
     ">": np.greater,
     ">=": np.greater_equal,
     "<": np.less,
     "<=": np.less_equal,
+    "==": np.equal,
+    "!=": np.not_equal,
 }
 
 
@@ -59,13 +61,23 @@ def condition(
     ids: list[str],
     values: np.ndarray,
     latched: set[str],
+    scale: np.ndarray | None = None,
 ) -> Outcome:
     """Hysteresis: a series not firing needs `op value`; a firing one stays while
-    `op clear` holds. With `by`, a group is active if any member is."""
-    fire = _CMP[rule.op](values, rule.value)
-    keep = _CMP[rule.op](values, rule.clear_value)
-    ctx_extra: dict[str, Any] = {"threshold": rule.value, "clear": rule.clear_value}
+    `op clear` holds. With `by`, a group is active if any member is. `scale` (per
+    series) multiplies value and clear: thresholds relative to a site attribute."""
+    k = np.ones(len(ids)) if scale is None else np.asarray(scale, dtype=float)
+    fire = _CMP[rule.op](values, rule.value * k)
+    keep = _CMP[rule.op](values, rule.clear_value * k)
     out = Outcome()
+
+    shared: dict[str, Any] = {"threshold": rule.value, "clear": rule.clear_value}
+
+    def extra(i: int) -> dict[str, Any]:
+        if scale is None:
+            return shared
+        return {"threshold": float(rule.value * k[i]), "clear": float(rule.clear_value * k[i])}
+
     topo = ctx.topology
     if not rule.by:
         held = (
@@ -76,7 +88,7 @@ def condition(
         active = np.where(held, keep, fire)
         for i in np.flatnonzero(active):
             dev = ids[int(i)]
-            out.hits.append(Hit(dev, topo.labels_for(dev), float(values[i]), ctx_extra))
+            out.hits.append(Hit(dev, topo.labels_for(dev), float(values[i]), extra(int(i))))
         out.unknown = latched - set(ids)
         return out
     worst = np.argmax if rule.op in (">", ">=") else np.argmin
@@ -96,7 +108,7 @@ def condition(
                     key,
                     by_labels(topo.labels_for(ids[j]), rule.by),
                     float(values[j]),
-                    {**ctx_extra, "count": int(fire[idx].sum()), "device_id": ids[j]},
+                    {**extra(j), "count": int(fire[idx].sum()), "device_id": ids[j]},
                 )
             )
     out.unknown = latched - seen

@@ -49,6 +49,9 @@ class AlertTopology:
     device_class: dict[str, str]
     downstream_racks: dict[str, list[str]]  # cdu / pdu device id -> rack ids it serves
     site_id: str = ""
+    # device id -> its attributes from the site file (a UPS: its battery's
+    # required_ride_through_s, replace_by, ...); rules compare readings against them
+    attributes: dict[str, dict[str, float | str]] = field(default_factory=dict)
     _cache: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
     _classes: pl.DataFrame | None = field(default=None, repr=False)
 
@@ -129,7 +132,17 @@ def site_topology(site: Site) -> AlertTopology:
             entity[rack][n.cls] = n.id
             downstream.setdefault(n.id, []).append(graph.nodes[rack].rack or rack)
     classes = {d.id: d.device_class for d in site.devices()}
-    return AlertTopology(entity, classes, downstream, site_id=sid)
+    attributes: dict[str, dict[str, float | str]] = {}
+    for n in graph.nodes.values():
+        owner = n.id
+        if n.cls == "ups_battery":  # the battery reports through its UPS's agent
+            owner = graph.children(n.id, "power")[0]
+        elif n.id not in classes:
+            continue
+        for k, v in (n.attrs or {}).items():
+            if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+                attributes.setdefault(owner, {})[k] = v
+    return AlertTopology(entity, classes, downstream, site_id=sid, attributes=attributes)
 
 
 # -- inhibition -------------------------------------------------------------------------

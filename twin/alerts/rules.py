@@ -51,8 +51,10 @@ RESERVED_LABELS = {"alertname", "severity"}
 # labels the topology attaches (see grouping.py) and rules may aggregate `by`
 TOPOLOGY_LABELS = ("site", "hall", "row", "rack", "node", "cdu", "pdu", "device_id", "device_class")
 OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", ">": ">", ">=": ">=", "<": "<", "<=": "<="}
+# equality, for enumerated readings (a UPS's battery_test_result == 3, doneError)
+OPS.update({"eq": "==", "ne": "!=", "==": "==", "!=": "!="})
 
-Op = Annotated[Literal[">", ">=", "<", "<="], Field(description="comparison")]
+Op = Annotated[Literal[">", ">=", "<", "<=", "==", "!="], Field(description="comparison")]
 
 
 class _Strict(BaseModel):
@@ -242,6 +244,8 @@ class ConditionRule(RuleBase):
                 raise ValueError(
                     f"clear ({self.clear}) must be >= value ({self.value}) for op {self.op!r}"
                 )
+            if self.op in ("==", "!=") and self.clear != self.value:
+                raise ValueError(f"clear has no meaning for op {self.op!r}: leave it out")
         return self
 
     @property

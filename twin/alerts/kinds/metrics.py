@@ -30,6 +30,13 @@ class ThresholdRule(ConditionRule):
     select: Selector = Field(default_factory=Selector)
     metric: MetricName
     stale_after: Duration = Field(120.0, gt=0, description="older readings change nothing")
+    relative_to: str | None = Field(
+        None,
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="a numeric site attribute of the device (e.g. a UPS's "
+        "required_ride_through_s): value and clear are multiples of it, and devices "
+        "without it are skipped",
+    )
 
     def reads(self) -> Reads:
         return Reads(metrics=frozenset({self.metric}))
@@ -37,8 +44,16 @@ class ThresholdRule(ConditionRule):
     def evaluate(self, ctx: RuleContext, latched: set[str]) -> Outcome:
         frame = ctx.select(ctx.latest(self.metric), self.select)
         fresh = frame.filter(pl.col("read_time") >= ctx.now - timedelta(seconds=self.stale_after))
+        ids = fresh["device_id"].to_list()
         values = fresh["value"].to_numpy().astype(float)
-        return condition(self, ctx, fresh["device_id"].to_list(), values, latched)
+        if self.relative_to is None:
+            return condition(self, ctx, ids, values, latched)
+        attrs = ctx.topology.attributes
+        base = [attrs.get(d, {}).get(self.relative_to) for d in ids]
+        has = [isinstance(b, (int, float)) for b in base]
+        keep_ids = [d for d, h in zip(ids, has, strict=True) if h]
+        scale = np.array([b for b, h in zip(base, has, strict=True) if h], dtype=float)
+        return condition(self, ctx, keep_ids, values[np.asarray(has, dtype=bool)], latched, scale)
 
 
 @rule_kind
