@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from collectors.base import Readings
+from collectors.base import Readings, now_ms
 from collectors.daemon import CollectorDaemon
 from collectors.daemon_config import CollectorConfig, load_collector_config
 from collectors.sources import build_source
@@ -85,10 +85,13 @@ def by_metric(r: Readings) -> dict[str, float]:
 def test_v2c_ups_reads_every_mib_object_in_contract_units(agent):
     src = make(ups_config(agent.port))
     try:
+        t0 = now_ms()
         r = src.read()
+        t1 = now_ms()
     finally:
         src.close()
     assert by_metric(r) == UPS_EXPECTED
+    assert all(t0 <= t <= t1 for t in r.read_time_ms)  # when the agent answered
     assert set(r.device_id) == {UPS} and set(r.rack) == {"facility"}
     assert set(r.kind) == {Kind.power}
     for metric, value in zip(r.metric, r.value, strict=True):
@@ -189,10 +192,23 @@ def test_sample_config_builds_with_its_secrets_from_the_environment(monkeypatch)
         build_source(sample.sources[0], 0)
 
 
-def test_agent_killed_then_restarted(tmp_path):
-    """A dead agent is a counted timeout; the same source reads again once it is back."""
+V3 = {
+    "version": "3",
+    "user": V3_USER,
+    "auth_protocol": "sha256",
+    "auth_key": V3_AUTH_KEY,
+    "priv_protocol": "aes",
+    "priv_key": V3_PRIV_KEY,
+    "context_name": "ups",
+}
+
+
+@pytest.mark.parametrize("extra", [{}, V3], ids=["v2c", "v3"])
+def test_agent_killed_then_restarted(extra):
+    """A dead agent is a counted timeout; the same source reads again once it is back
+    (over v3 too, where the restarted agent has a new engine boot count and time)."""
     with SnmpAgent() as a:
-        src = make(ups_config(a.port, timeout_s=0.3))
+        src = make(ups_config(a.port, timeout_s=0.3, **extra))
         try:
             assert by_metric(src.read()) == UPS_EXPECTED
             a.stop()

@@ -253,10 +253,11 @@ def _classify(indication: Any) -> str:
 class _Pass:
     """What one read collected: raw numbers per object, and per-object failures."""
 
-    scalars: dict[int, int] = field(default_factory=dict)  # object index -> raw value
+    # object index -> (raw value, time its response arrived)
+    scalars: dict[int, tuple[int, int]] = field(default_factory=dict)
     columns: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)  # col -> rows
     failed: dict[str, tuple[str, str]] = field(default_factory=dict)  # label -> (reason, why)
-    read_time_ms: int = 0
+    walk_time_ms: int = 0  # the walk's last response
 
 
 def _numeric(value: Any) -> int | None:
@@ -361,6 +362,7 @@ class SnmpSource:
             *[ObjectType(ObjectIdentity(o.oid)) for _, o in objs],
             lookupMib=False,
         )
+        t = now_ms()
         if err_ind:
             raise self._agent_error(err_ind, f"GET {objs[0][1].label}...")
         if err_status:
@@ -375,7 +377,7 @@ class SnmpSource:
             if raw is None:
                 out.failed[obj.label] = _why_not_numeric(value)
             else:
-                out.scalars[i] = raw
+                out.scalars[i] = (raw, t)
 
     async def _walk(self, out: _Pass) -> None:
         """GETBULK all columns together until each one leaves its subtree."""
@@ -397,6 +399,7 @@ class SnmpSource:
                 *[ObjectType(ObjectIdentity(cursor[c])) for c in active],
                 lookupMib=False,
             )
+            out.walk_time_ms = now_ms()
             if err_ind:
                 raise self._agent_error(err_ind, f"GETBULK {active[0]}...")
             if err_status:
@@ -437,7 +440,6 @@ class SnmpSource:
             await self._get(self.scalars[k : k + n], out)
         if self.columns:
             await self._walk(out)
-        out.read_time_ms = now_ms()
         return out
 
     # -- turning raw values into readings ------------------------------------------------
@@ -450,25 +452,26 @@ class SnmpSource:
 
     def _emit(self, p: _Pass, out: Readings) -> None:
         cfg = self.config
-        t = p.read_time_ms
+        t = p.walk_time_ms
         for i, obj in enumerate(cfg.objects):
             kind = obj.kind or cfg.kind
             assert kind is not None  # the config's validator requires one
             dev = f"{cfg.device_id}/{obj.device_suffix}" if obj.device_suffix else cfg.device_id
             if obj.oid is not None:
                 if i in p.scalars:
-                    out.add(kind, cfg.rack, dev, obj.metric, self._convert(obj, p.scalars[i]), t)
+                    raw, t_get = p.scalars[i]
+                    out.add(kind, cfg.rack, dev, obj.metric, self._convert(obj, raw), t_get)
                 continue
             assert obj.column is not None
             if obj.column in p.failed:
                 continue
             values: list[tuple[str, float]] = []
             for index, value in p.columns.get(obj.column, []):
-                raw = _numeric(value)
-                if raw is None:
+                cell = _numeric(value)
+                if cell is None:
                     p.failed[f"{obj.label}.{index}"] = _why_not_numeric(value)
                     continue
-                values.append((index, self._convert(obj, raw)))
+                values.append((index, self._convert(obj, cell)))
             if not values:
                 if not any(k.startswith(f"{obj.label}.") for k in p.failed):
                     p.failed[obj.label] = ("no_such_object", "table column has no rows")
