@@ -1,0 +1,1 @@
+"""The `snmp` collector source plugin: see README.md beside this file."""
