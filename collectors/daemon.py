@@ -96,8 +96,17 @@ class CollectorDaemon:
                     f"{config.metrics.host}:{config.metrics.port}: "
                     f"{exc}"
                 ) from exc
+        every_ticks = [
+            config.source_every_ticks(config.sources[i] if i < len(config.sources) else {})
+            for i in range(len(self.sources))
+        ]
         self.reader = SourceReader(
-            self.sources, deadlines, self.stats, self.device_id, config.error_event_interval_s
+            self.sources,
+            deadlines,
+            self.stats,
+            self.device_id,
+            config.error_event_interval_s,
+            every_ticks,
         )
         self.shipper = Shipper(
             self.spool,

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from domain.site import load_toml_model
 
 # keys of a [[sources]] table that belong to the daemon, not to the source's own config
-DAEMON_SOURCE_KEYS = ("deadline_s",)
+DAEMON_SOURCE_KEYS = ("deadline_s", "interval_s")
 
 
 class KafkaConfig(BaseModel):
@@ -90,6 +90,18 @@ class CollectorConfig(BaseModel):
                 f"deadline_s: {self.deadline_s} s is longer than interval_s ({self.interval_s} s)"
             )
         for i, raw in enumerate(self.sources):
+            if "interval_s" in raw:
+                every = raw["interval_s"]
+                if isinstance(every, bool) or not isinstance(every, int | float) or not every > 0:
+                    raise ValueError(
+                        f"sources[{i}].interval_s: must be a number > 0, got {every!r}"
+                    )
+                ticks = every / self.interval_s
+                if ticks < 1 or abs(ticks - round(ticks)) > 1e-6:
+                    raise ValueError(
+                        f"sources[{i}].interval_s: {every} s must be a whole multiple of "
+                        f"interval_s ({self.interval_s} s): the daemon reads on its own ticks"
+                    )
             if "deadline_s" not in raw:
                 continue
             d = raw["deadline_s"]
@@ -118,6 +130,13 @@ class CollectorConfig(BaseModel):
 
     def spool_dir(self) -> Path:
         return self.spool.dir if self.spool.dir is not None else Path("var/spool") / self.name
+
+    def source_every_ticks(self, raw: dict[str, Any]) -> int:
+        """A source with its own `interval_s` (a UPS polled every 10 s beside GPUs read
+        every second) is read on every n-th tick of the daemon."""
+        if "interval_s" not in raw:
+            return 1
+        return round(float(raw["interval_s"]) / self.interval_s)
 
     def source_deadline_s(self, raw: dict[str, Any]) -> float:
         if "deadline_s" in raw:

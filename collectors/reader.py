@@ -74,6 +74,7 @@ class SourceReader:
         stats: DaemonStats,
         error_device_id: str,
         error_event_interval_s: float = 60.0,
+        every_ticks: list[int] | None = None,
     ) -> None:
         names = [s.name for s in sources]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -81,6 +82,9 @@ class SourceReader:
             raise ValueError(f"sources: duplicate source names {dupes}; give each a `name`")
         self.sources = sources
         self.deadlines_s = deadlines_s
+        # source i is read on ticks 0, n, 2n, ... (its own interval_s / the daemon's)
+        self.every_ticks = every_ticks or [1] * len(sources)
+        self._tick = 0
         self.stats = stats
         self.error_device_id = error_device_id
         self.error_event_interval_s = error_event_interval_s
@@ -100,6 +104,8 @@ class SourceReader:
             if p is not None and p.future.done():
                 self._finish(i, p, out)  # a late read that finished since the last tick
                 p = None
+            if self._tick % self.every_ticks[i]:
+                continue  # not due on this tick
             if p is not None:
                 self._error(
                     i,
@@ -127,6 +133,7 @@ class SourceReader:
         for i, p in enumerate(self._pending):
             if p is not None and p.future.done():
                 self._finish(i, p, out)
+        self._tick += 1
         return out
 
     def _finish(self, i: int, p: _Pending, out: Readings) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from collectors.daemon_config import CollectorConfigError, load_collector_config
+from collectors.daemon_config import CollectorConfig, CollectorConfigError, load_collector_config
 from dctwin.cli.main import app
 
 REPO = Path(__file__).resolve().parent.parent
@@ -169,3 +169,44 @@ def test_reader_counts_a_base_exception_from_a_source_and_keeps_reading():
     assert len(first) > 0 and len(second) > 0  # the other source kept its schedule
     assert stats.sources["bacnet-like"].errors["exception"] == 2
     assert any("GeneratorExit" in e.message for e in first.events)
+
+
+def test_a_source_with_its_own_interval_is_read_on_every_nth_tick():
+    from collectors.reader import SourceReader
+    from collectors.stats import DaemonStats
+    from tests.collector_helpers import RecordingSource
+
+    fast, slow = RecordingSource(name="gpus"), RecordingSource(name="ups")
+    cfg = CollectorConfig.model_validate(
+        {
+            "name": "c",
+            "site": "sv1",
+            "interval_s": 1.0,
+            "sources": [{"type": "simulated"}, {"type": "simulated", "interval_s": 5.0}],
+        }
+    )
+    every = [cfg.source_every_ticks(raw) for raw in cfg.sources]
+    assert every == [1, 5]
+    assert "interval_s" not in CollectorConfig.source_table(cfg.sources[1])
+    reader = SourceReader([fast, slow], [2.0, 2.0], DaemonStats(), "sv1/collector/c", 60.0, every)
+    try:
+        for _ in range(11):
+            reader.read_tick()
+    finally:
+        reader.close()
+    assert (fast.reads, slow.reads) == (11, 3)  # ticks 0, 5 and 10
+
+
+@pytest.mark.parametrize(
+    ("every", "needle"),
+    [(2.5, "whole multiple"), (0.5, "whole multiple"), (0, "must be a number > 0")],
+)
+def test_source_interval_must_be_a_whole_multiple_of_the_daemons(every, needle):
+    raw = {
+        "name": "c",
+        "site": "sv1",
+        "interval_s": 1.0,
+        "sources": [{"type": "simulated", "interval_s": every}],
+    }
+    with pytest.raises(ValueError, match=needle):
+        CollectorConfig.model_validate(raw)
