@@ -771,6 +771,8 @@ def test_sse_drop_is_counted_reconnects_and_reads_keep_their_schedule():
         stats = src.events.stats
         src.close()
     errors = [e for r in during for e in r.events if e.kind == EventKind.source_error]
+    # the daemon counts them too (dctwin_collector_source_errors_total{reason="partial"})
+    assert sum(r.failed_parts for r in during) == sum(e.attrs["failed"] for e in errors) >= 3
     assert "/redfish/v1/EventService/SSE dropped: RemoteProtocolError" in errors[0].message
     assert any("SSE: HTTP 503" in e.message for e in errors)
     assert stats.errors >= 3 and stats.connects == 2

@@ -435,6 +435,7 @@ class RedfishSource:
             events, errors = self.events.drain()
             out.events.extend(events)
             if errors:
+                out.failed_parts += len(errors)  # the daemon counts them (reason `partial`)
                 out.events.append(
                     Event(
                         device_id=self.config.device_prefix,
