@@ -317,6 +317,7 @@ def test_unknown_object_and_wrong_type_are_counted_and_the_rest_is_read(device):
             }
         )
         assert src.errors == {"unknown_object": 2, "wrong_type": 2}, rpm
+        assert first.failed_parts == second.failed_parts == 2  # the daemon counts them too
         # one event when the problem appears, not one per read
         assert [e.kind for e in first.events] == [EventKind.source_error]
         assert "analog-input,77 (chw_return_temp_c): unknown-object" in first.events[0].message

@@ -256,6 +256,7 @@ def test_wrong_types_and_missing_objects_lose_only_themselves(agent, caplog):
     assert event.attrs["failed"] == 4 and event.attrs["source"] == "ups1"
     assert "upsEstimatedChargeRemaining" in event.message
     assert second.events == []  # the same failures again: counted, not re-announced
+    assert first.failed_parts == second.failed_parts == 4  # and by the daemon, each read
     assert by_metric(second) == got
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "upsBatteryTemperature (1.3.6.1.2.1.33.1.2.7.0): no_such_object" in logged

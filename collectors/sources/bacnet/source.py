@@ -686,6 +686,7 @@ class BacnetSource:
     def _report(self, out: Readings, failing: dict[str, str]) -> None:
         """Failed points: logged and sent as a source_error event when the set changes
         (an unknown object stays unknown: one event, not one per interval); counted always."""
+        out.failed_parts += len(failing)  # the daemon counts them (reason `partial`)
         failed = [failing[o] for o in sorted(failing)]
         if set(failing) != set(self.failing_points):
             if failed:

@@ -494,6 +494,7 @@ class SnmpSource:
         """Count every failure; log and raise an event only when one starts or changes."""
         for reason, _ in failed.values():
             self.errors[reason] += 1
+        out.failed_parts += len(failed)  # the daemon counts them (reason `partial`)
         new = {k: v for k, v in failed.items() if self._failing.get(k) != v}
         for label, (reason, why) in new.items():
             log.warning("snmp source %s: %s %s: %s: %s", self.name, self.where, label, reason, why)
