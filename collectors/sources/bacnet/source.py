@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from collectors.base import Readings, now_ms
-from domain.contract import METRICS, Event, EventKind, Kind
-from domain.site import load_toml_model
+from collectors.point_tables import CountedError, check_metric, load_table
+from domain.contract import Event, EventKind, Kind
 
 if TYPE_CHECKING:
     from bacpypes3.app import Application
@@ -174,20 +174,10 @@ class BacnetSourceConfig(BaseModel):
             if p.object in seen:
                 raise ValueError(f"points[{i}].object: {p.object} listed twice")
             seen.add(p.object)
-            kind = p.kind or self.kind
-            if kind is None:
-                raise ValueError(f"points[{i}].kind: not set here, in the list or the source")
-            unit = METRICS[kind].get(p.metric)
-            if unit is None:
-                raise ValueError(
-                    f"points[{i}].metric: {p.metric!r} is not a {kind.value} "
-                    f"metric (known: {sorted(METRICS[kind])})"
-                )
-            if p.unit is not None and p.unit != unit:
-                raise ValueError(
-                    f"points[{i}].unit: {p.unit!r} but {p.metric} is in {unit!r}; "
-                    f"scale the point to {unit!r}"
-                )
+            check_metric(
+                f"points[{i}]", p.kind or self.kind, p.metric, p.unit, "point",
+                "in the list or the source",
+            )  # fmt: skip
         return self
 
 
@@ -196,18 +186,11 @@ SHIPPED_LISTS = Path(__file__).resolve().parent / "points"
 
 def load_point_list(path: Path) -> PointListFile:
     """Load a point list: a path, or the bare name of a list shipped in `points/`."""
-    shipped = SHIPPED_LISTS / f"{path}.toml"
-    if path.suffix == "" and path.parent == Path(".") and shipped.is_file():
-        path = shipped
-    return load_toml_model(path, PointListFile, prefix="point_list: ")
+    return load_table(path, SHIPPED_LISTS, PointListFile, "point_list")
 
 
-class BacnetError(RuntimeError):
+class BacnetError(CountedError):
     """A request that failed: `reason` is the counter it goes to."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def classify(exc: BaseException) -> tuple[str, str]:

@@ -26,8 +26,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from collectors.base import Readings, now_ms
-from domain.contract import METRICS, Event, EventKind, Kind
-from domain.site import load_toml_model
+from collectors.point_tables import check_metric, load_table
+from domain.contract import Event, EventKind, Kind
 
 log = logging.getLogger(__name__)
 
@@ -230,20 +230,10 @@ class ModbusSourceConfig(BaseModel):
             raise ValueError("registers: none configured (inline or via register_map)")
         check_overlaps(labelled)
         for label, reg in labelled:
-            kind = reg.kind or self.kind
-            if kind is None:
-                raise ValueError(f"{label}.kind: not set here, in the map or the source")
-            unit = METRICS[kind].get(reg.metric)
-            if unit is None:
-                raise ValueError(
-                    f"{label}.metric: {reg.metric!r} is not a {kind.value} "
-                    f"metric (known: {sorted(METRICS[kind])})"
-                )
-            if reg.unit is not None and reg.unit != unit:
-                raise ValueError(
-                    f"{label}.unit: {reg.unit!r} but {reg.metric} is "
-                    f"in {unit!r}; scale the register to {unit!r}"
-                )
+            check_metric(
+                label, reg.kind or self.kind, reg.metric, reg.unit, "register",
+                "in the map or the source",
+            )  # fmt: skip
         self.registers = [r for _, r in labelled]
         return self
 
@@ -265,10 +255,7 @@ SHIPPED_MAPS = Path(__file__).resolve().parent / "registers"
 
 def load_register_map(path: Path) -> RegisterMapFile:
     """Load a register map: a path, or the bare name of a map shipped in `registers/`."""
-    shipped = SHIPPED_MAPS / f"{path}.toml"
-    if path.suffix == "" and path.parent == Path(".") and shipped.is_file():
-        path = shipped
-    return load_toml_model(path, RegisterMapFile, prefix="register_map: ")
+    return load_table(path, SHIPPED_MAPS, RegisterMapFile, "register_map")
 
 
 def decode(words: Sequence[int], data_type: str, word_order: str, byte_order: str = "big") -> float:

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from collectors.base import Readings, now_ms
-from domain.contract import METRICS, Event, EventKind, Kind
-from domain.site import load_toml_model
+from collectors.point_tables import CountedError, check_metric, load_table
+from domain.contract import Event, EventKind, Kind
 
 if TYPE_CHECKING:
     from pysnmp.hlapi.v3arch.asyncio import (
@@ -174,20 +174,10 @@ class SnmpSourceConfig(BaseModel):
         if not self.objects:
             raise ValueError("objects: none configured (inline or via map)")
         for i, obj in enumerate(self.objects):
-            kind = obj.kind or self.kind
-            if kind is None:
-                raise ValueError(f"objects[{i}].kind: not set here, in the map or the source")
-            unit = METRICS[kind].get(obj.metric)
-            if unit is None:
-                raise ValueError(
-                    f"objects[{i}].metric: {obj.metric!r} is not a {kind.value} "
-                    f"metric (known: {sorted(METRICS[kind])})"
-                )
-            if obj.unit is not None and obj.unit != unit:
-                raise ValueError(
-                    f"objects[{i}].unit: {obj.unit!r} but {obj.metric} is in {unit!r}; "
-                    f"scale the object to {unit!r}"
-                )
+            check_metric(
+                f"objects[{i}]", obj.kind or self.kind, obj.metric, obj.unit, "object",
+                "in the map or the source",
+            )  # fmt: skip
         # secrets from env/file are read once, at start-up: a missing one is a config error
         self.community = _secret("community", self.community) or SecretStr("")
         self.auth_key = _secret("auth_key", self.auth_key)
@@ -212,18 +202,11 @@ SHIPPED_MAPS = Path(__file__).resolve().parent / "maps"
 
 def load_oid_map(path: Path) -> SnmpMapFile:
     """Load an OID map: a path, or the bare name of a map shipped in `maps/`."""
-    shipped = SHIPPED_MAPS / f"{path}.toml"
-    if path.suffix == "" and path.parent == Path(".") and shipped.is_file():
-        path = shipped
-    return load_toml_model(path, SnmpMapFile, prefix="map: ")
+    return load_table(path, SHIPPED_MAPS, SnmpMapFile, "map")
 
 
-class SnmpError(RuntimeError):
+class SnmpError(CountedError):
     """The agent failed the whole pass; `reason` is timeout, auth or agent."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 # pysnmp error indications that mean "these credentials are not accepted"
