@@ -18,7 +18,9 @@ BASE_START = datetime(2025, 1, 15, tzinfo=UTC)
 CATALOG_VERSION = 3  # in run file names: a changed fault_spec must not reuse old runs
 # held-out runs (issue 21): failure modes the features were not designed around
 # (simulator/faults.py HELDOUT_CATALOG); their own version in the file name
-HELDOUT_CATALOG_VERSION = 1
+# 2: the two CDU modes on two different CDUs (in 1, the simulator's `any` gave both to
+# one CDU in 3 of 8 runs, and a device's first failure hides its second)
+HELDOUT_CATALOG_VERSION = 2
 CATALOGS = ("standard", "heldout")
 
 
@@ -96,7 +98,9 @@ def fault_spec(seed: int, hours: float, crah_ids: list[str] | None = None) -> st
     return "; ".join(items)
 
 
-def heldout_fault_spec(seed: int, hours: float, crah_ids: list[str] | None = None) -> str:
+def heldout_fault_spec(
+    seed: int, hours: float, crah_ids: list[str] | None = None, cdu_ids: list[str] | None = None
+) -> str:
     """Held-out runs: one episode of each held-out failure mode (2 per class: GPU, PSU,
     CDU, CRAH), none of the standard failing faults, and the standard run's non-failing
     look-alikes. Failures land in the run (before 92 % of it). Own random stream: the
@@ -121,8 +125,13 @@ def heldout_fault_spec(seed: int, hours: float, crah_ids: list[str] | None = Non
     items.append(f"psu_fan_failure@any:onset={o:.3f}h,fail_after={f:.3f}h")
     o, f = onset_fail(3.0, 12.0)
     items.append(f"psu_capacitor_wear@any:onset={o:.3f}h,fail_after={f:.3f}h")
+    # the two CDU modes on two different CDUs (own stream: the other draws stay)
+    pumps = ["any", "any"]
+    if cdu_ids and len(cdu_ids) >= 2:
+        pick = np.random.default_rng([seed, 0xCD05]).choice(len(cdu_ids), 2, replace=False)
+        pumps = [cdu_ids[int(i)] for i in pick]
     o, f = onset_fail(3.0, 10.0)
-    items.append(f"pump_bearing_wear@any:onset={o:.3f}h,fail_after={f:.3f}h")
+    items.append(f"pump_bearing_wear@{pumps[0]}:onset={o:.3f}h,fail_after={f:.3f}h")
     # intermittent seal leak: the failure follows from the weeping schedule; the onset is
     # drawn so that it lands in the run
     rate = rng.uniform(14.0, 24.0)  # %/h while weeping
@@ -137,7 +146,7 @@ def heldout_fault_spec(seed: int, hours: float, crah_ids: list[str] | None = Non
         span_h = seal_leak_episodes(0.0, params)[1] / 3600.0
     o = rng.uniform(0.05 * hours, max(0.05 * hours, end_h - span_h))
     items.append(
-        f"seal_leak_intermittent@any:onset={o:.3f}h,rate={rate:.3f},weep={weep:.4f}h,"
+        f"seal_leak_intermittent@{pumps[1]}:onset={o:.3f}h,rate={rate:.3f},weep={weep:.4f}h,"
         f"dry={dry:.4f}h,pattern={pattern}"
     )
     # the two CRAH modes on different fans, one in each half of the run (as in fault_spec)
@@ -170,10 +179,11 @@ def generate(spec: RunSpec, root: Path, *, progress: bool = False) -> Path:
         return out
     root.mkdir(parents=True, exist_ok=True)
     site = synthetic_site(spec.n_gpus, racks_per_row=1, rows_per_hall=2)
-    make_spec = heldout_fault_spec if spec.catalog == "heldout" else fault_spec
-    faults = make_spec(
-        spec.seed, spec.hours, [d.id for d in site.devices() if d.device_class == "crah"]
-    )
+    ids = {c: [d.id for d in site.devices() if d.device_class == c] for c in ("crah", "cdu")}
+    if spec.catalog == "heldout":
+        faults = heldout_fault_spec(spec.seed, spec.hours, ids["crah"], ids["cdu"])
+    else:
+        faults = fault_spec(spec.seed, spec.hours, ids["crah"])
     sim = SiteSimulator(
         site,
         seed=spec.seed,
