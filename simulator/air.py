@@ -53,8 +53,13 @@ class CrahModel:
         chw_supply_c: float,
         failed: np.ndarray,
         fan_power_factor: np.ndarray,
+        slip: np.ndarray | None = None,
     ) -> None:
-        """hall_heat_kw excludes fan heat, which is added here (fans sit in the airstream)."""
+        """hall_heat_kw excludes fan heat, which is added here (fans sit in the airstream).
+        `slip` (belt drives, held-out fault of issue 21): the impeller turns (1 - slip) of
+        the motor speed, so the unit runs its motor 1/(1 - slip) faster for its share of
+        the airflow and draws P_rated s^3 (1 - slip)^2 (the fan's load at impeller speed)."""
+        keep = np.ones_like(self.rated_m3s) if slip is None else 1.0 - np.clip(slip, 0.0, 0.95)
         running = ~failed
         capacity_m3s = np.bincount(
             self.crah_hall, np.where(running, self.rated_m3s, 0.0), self.n_hall
@@ -71,10 +76,12 @@ class CrahModel:
         ratio = np.divide(
             needed_m3s, capacity_m3s, out=np.full(self.n_hall, np.inf), where=capacity_m3s > 0
         )
-        speed = np.clip(ratio[self.crah_hall], MIN_FAN_SPEED, 1.0)
+        speed = np.clip(ratio[self.crah_hall] / keep, MIN_FAN_SPEED, 1.0)
         self.fan_speed = np.where(running, speed, 0.0)
-        self.fan_w = np.where(running, self.fan_rated_w * self.fan_speed**3 * fan_power_factor, 0.0)
-        self.airflow_m3s = self.rated_m3s * self.fan_speed
+        self.fan_w = np.where(
+            running, self.fan_rated_w * self.fan_speed**3 * keep**2 * fan_power_factor, 0.0
+        )
+        self.airflow_m3s = self.rated_m3s * self.fan_speed * keep
         flow_hall = np.bincount(self.crah_hall, self.airflow_m3s, self.n_hall)
         fan_heat_kw = np.bincount(self.crah_hall, self.fan_w, self.n_hall) / 1000.0
         total_kw = hall_heat_kw + fan_heat_kw

@@ -183,6 +183,146 @@ CATALOG: dict[str, FaultType] = {
     )
 }
 
+# -- held-out failure modes (issue 21) --------------------------------------------------
+# Mechanisms the failure-risk features (twin/failure/features.py) were NOT designed
+# around, for held-out evaluation only: experiments/failure/dataset.py puts them in runs
+# with `catalog="heldout"` (`dctwin failure evaluate-heldout`); the training runs and
+# `random:` never use them. Intermittent signs (XIDs, spikes, leak episodes) follow a
+# schedule that is a pure function of the fault's parameters (`pattern` seeds it, drawn
+# from the run's seed when not given), so a label alone reproduces them. See
+# docs/simulator.md, "Held-out failure modes".
+HELDOUT_CATALOG: dict[str, FaultType] = {
+    t.name: t
+    for t in (
+        FaultType(
+            "gpu_gsp_hang",
+            "gpu",
+            "gradual",
+            True,
+            {"fail_after": 4 * H, "rate": 0.5, "growth": 2.0, "pattern": -1.0},
+            "GSP firmware/PCIe link degrading: sporadic XID 119 (GSP RPC timeout), 120 (GSP "
+            "error) and 62 (micro-controller halt) at `rate`/h rising e^growth by the end, "
+            "then XID 79: the GPU falls off the bus at onset+fail_after (telemetry stops)",
+        ),
+        FaultType(
+            "hbm_thermal_degradation",
+            "gpu",
+            "gradual",
+            True,
+            {"fail_after": 6 * H, "severity": 2.0, "pattern": -1.0},
+            "HBM-to-cold-plate contact degrading: memory thermal resistance x(1+severity p); "
+            "corrected ECC errors in bursts while the HBM is hot (rate doubles per 1.7 K "
+            "above 80 degC, so under load, not at idle); uncorrectable error (XID 48/95) at "
+            "failure",
+        ),
+        FaultType(
+            "psu_fan_failure",
+            "psu",
+            "gradual",
+            True,
+            {"fail_after": 8 * H, "severity": 2.0},
+            "PSU fan bearing wear: the case's rise over inlet air grows x(1+severity p^1.5), "
+            "most under load; losses +6 % at the end (hot MOSFETs); over-temperature "
+            "shutdown at failure",
+        ),
+        FaultType(
+            "psu_capacitor_wear",
+            "psu",
+            "gradual",
+            True,
+            {"fail_after": 10 * H, "severity": 30.0},
+            "PFC bulk capacitor ESR wear: a fixed extra loss growing linearly to `severity` "
+            "W whatever the load (relatively largest at low load); output off when the "
+            "capacitor fails",
+        ),
+        FaultType(
+            "pump_bearing_wear",
+            "cdu",
+            "gradual",
+            True,
+            {"fail_after": 8 * H, "severity": 0.25, "pattern": -1.0},
+            "pump bearing wear: electrical power up to +severity (x p^2) at the same speed, "
+            "flow and head, plus rubbing spikes (1-3 min, rising from 2/h to 15/h); the "
+            "bearing seizes at failure and the standby pump takes over",
+        ),
+        FaultType(
+            "seal_leak_intermittent",
+            "cdu",
+            "gradual",
+            True,
+            {"rate": 18.0, "weep": 1800.0, "dry": 1800.0, "pattern": -1.0},
+            "pump shaft seal weeping in episodes (`weep`, `dry`: mean durations, each 0.5-"
+            "1.5x) at `rate` %/h into the CDU's drip tray: the reservoir falls in steps, "
+            "the leak cable never trips; at 30 % the pump loses prime (failure)",
+        ),
+        FaultType(
+            "crah_belt_slip",
+            "crah",
+            "gradual",
+            True,
+            {"fail_after": 4 * H, "severity": 0.3},
+            "fan belt wear: slip up to `severity` (x p): the impeller turns (1-slip) of the "
+            "motor speed, the unit runs its motor faster for its airflow, power/speed^3 "
+            "falls by (1-slip)^2; the belt breaks at failure",
+        ),
+        FaultType(
+            "crah_winding_fault",
+            "crah",
+            "gradual",
+            True,
+            {"fail_after": 3 * H, "severity": 0.5, "pattern": -1.0},
+            "fan motor winding insulation breakdown: power spikes of +20-100 % x severity "
+            "for 1-3 min, rising from 1/h to 15/h, and +3 % circulating-current loss; the "
+            "motor fails (winding short) at failure",
+        ),
+    )
+}
+FAULT_TYPES: dict[str, FaultType] = {**CATALOG, **HELDOUT_CATALOG}
+SPIKE_RATE_PH = {"pump_bearing_wear": (2.0, 15.0), "crah_winding_fault": (1.0, 15.0)}
+# the XIDs a degrading GSP/link raises: (code, share, meaning)
+GSP_XIDS = (
+    (119, 0.6, "GSP RPC timeout"),
+    (120, 0.3, "GSP error"),
+    (62, 0.1, "internal micro-controller halt"),
+)
+
+
+def _pattern_rng(params: dict[str, float], stream: int) -> np.random.Generator:
+    return np.random.default_rng([int(params["pattern"]), stream])
+
+
+def intermittent_times(
+    onset_s: float, end_s: float, rate0_ph: float, rate1_ph: float, params: dict[str, float]
+) -> np.ndarray:
+    """Times of a Poisson process on [onset, end) whose rate rises exponentially from
+    rate0 to rate1 per hour (thinning), seeded by the fault's `pattern`."""
+    rng = _pattern_rng(params, 1)
+    span = max(end_s - onset_s, 0.0)
+    top = max(rate0_ph, rate1_ph)
+    n = int(rng.poisson(top * span / H))
+    t = np.sort(rng.uniform(onset_s, onset_s + span, n))
+    p = (t - onset_s) / max(span, 1e-9)
+    rate = rate0_ph * (rate1_ph / rate0_ph) ** p if rate0_ph > 0 else np.full(n, top)
+    keep = rng.uniform(0.0, 1.0, n) < rate / top
+    return t[keep]
+
+
+def seal_leak_episodes(onset_s: float, params: dict[str, float]) -> tuple[np.ndarray, float]:
+    """Weeping episodes [(start, end)] of an intermittent seal leak until the reservoir
+    has lost 70 % (30 % left), and the time it gets there (the failure)."""
+    rng = _pattern_rng(params, 2)
+    need_s = 70.0 / params["rate"] * H  # weeping time until 30 % is left
+    out, t, wept = [], onset_s, 0.0
+    while wept < need_s:
+        d = params["weep"] * rng.uniform(0.5, 1.5)
+        if wept + d >= need_s:
+            d = need_s - wept
+        out.append((t, t + d))
+        wept += d
+        t += d + params["dry"] * rng.uniform(0.5, 1.5)
+    return np.array(out), float(out[-1][1])
+
+
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": H, "d": 24 * H}
 
@@ -205,7 +345,7 @@ class Fault:
 
     @property
     def kind(self) -> FaultType:
-        return CATALOG[self.type]
+        return FAULT_TYPES[self.type]
 
     def label(self) -> dict:
         """One ground-truth row."""
@@ -288,7 +428,7 @@ def _make(
     where: str,
     used: set[str] | None = None,
 ) -> Fault:
-    kind = CATALOG[ftype]
+    kind = FAULT_TYPES[ftype]
     used = used if used is not None else set()
     device, _, metric_name = target.partition("#")
     metric = metric_name or None
@@ -339,7 +479,7 @@ def _make(
                 f"{where}: unknown parameter {key!r} for {ftype} "
                 f"(known: onset, {', '.join(kind.defaults) or 'none'})"
             )
-        elif key in ("fail_after", "duration", "detect_after", "precursor"):
+        elif key in ("fail_after", "duration", "detect_after", "precursor", "weep", "dry"):
             values[key] = parse_duration(raw, f"{where}: {key}")
         else:
             pct = raw.strip().endswith("%")
@@ -353,8 +493,14 @@ def _make(
                 values[key] = v / 100.0 if pct and key == "severity" else v
     if ftype == "sensor_drift" and "rate" in params and not params["rate"].endswith("%"):
         values["rate_pct"] = 0.0
+    if values.get("pattern", 0.0) < 0:  # held-out modes: the schedule's seed, from the run's
+        values["pattern"] = float(rng.integers(1, 2**31))
     failure_s = None
-    if "fail_after" in values:
+    if ftype == "seal_leak_intermittent":
+        if min(values["rate"], values["weep"], values["dry"]) <= 0:
+            raise FaultSpecError(f"{where}: rate, weep and dry must be > 0")
+        failure_s = seal_leak_episodes(onset_s, values)[1]
+    elif "fail_after" in values:
         failure_s = onset_s + values["fail_after"]
     elif ftype == "coolant_leak":
         if values["rate"] <= 0:
@@ -456,8 +602,8 @@ def parse_faults(
             continue
         ftype, at, target = head.partition("@")
         ftype, target = ftype.strip(), target.strip()
-        if ftype not in CATALOG:
-            raise FaultSpecError(f"{where}: unknown fault {ftype!r} (known: {sorted(CATALOG)})")
+        if ftype not in FAULT_TYPES:
+            raise FaultSpecError(f"{where}: unknown fault {ftype!r} (known: {sorted(FAULT_TYPES)})")
         if not at or not target:
             raise FaultSpecError(f"{where}: expected TYPE@DEVICE[:KEY=VALUE,...]")
         plan.faults.append(

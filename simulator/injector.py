@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulator.faults import Fault, FaultPlan
+from simulator.faults import (
+    GSP_XIDS,
+    SPIKE_RATE_PH,
+    Fault,
+    FaultPlan,
+    _pattern_rng,
+    intermittent_times,
+    seal_leak_episodes,
+)
 from simulator.layout import SiteLayout
 from simulator.ups import UpsEffects
 
@@ -22,6 +30,12 @@ ECC_XID92_PER_H = 100.0
 ECC_REMAP_AT = (0.6, 0.75, 0.9)
 ECC_CONTAINED_AT = 0.85
 CAVITATION_HEAD = 0.08
+# held-out modes (issue 21)
+HBM_ECC_RATE_PH = 20.0  # corrected errors per hour with the HBM at HBM_ECC_REF_C
+HBM_ECC_REF_C = 80.0
+HBM_ECC_DOUBLING_K = 1.7  # the rate doubles per 1.7 K: ~ x60 per 10 K
+PSU_HOT_LOSS = 0.06  # losses +6 % at the end of a PSU fan failure (MOSFET R_ds(on) with T)
+WINDING_LOSS = 0.03  # circulating current in shorted turns
 
 
 @dataclass
@@ -48,6 +62,12 @@ class Effects:
     refrigerant_severity: float = 0.0
     chillers_tripped: int = 0
     ups: UpsEffects = field(default_factory=UpsEffects)
+    # held-out failure modes (issue 21): identity values (1 or 0) unless one acts
+    gpu_mem_rth_factor: np.ndarray = field(default_factory=lambda: np.ones(0))
+    psu_thermal_factor: np.ndarray = field(default_factory=lambda: np.ones(0))
+    psu_extra_loss_w: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    cdu_pump_power_factor: np.ndarray = field(default_factory=lambda: np.ones(0))
+    crah_slip: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def _progress(t: float, start: float, end: float) -> float:
@@ -64,6 +84,7 @@ class FaultInjector:
         self.gpu_lost = np.zeros(layout.n_gpu, dtype=bool)
         self.gpu_failed = np.zeros(layout.n_gpu, dtype=bool)
         self._fired: set[tuple[str, str]] = set()
+        self._schedules: dict[str, tuple] = {}  # held-out modes: intermittent schedules
 
     def _once(self, f: Fault, tag: str, at_s: float, t_prev: float, t: float) -> bool:
         """True the first step whose interval (t_prev, t] contains at_s."""
@@ -97,6 +118,9 @@ class FaultInjector:
             np.zeros(lay.n_crah, dtype=bool),
             np.ones(lay.n_crah),
         )
+        e.gpu_mem_rth_factor, e.psu_thermal_factor = np.ones(lay.n_gpu), np.ones(lay.n_psu)
+        e.psu_extra_loss_w, e.cdu_pump_power_factor = np.zeros(lay.n_psu), np.ones(lay.n_cdu)
+        e.crah_slip = np.zeros(lay.n_crah)
         for f in self.physical:
             if t < f.onset_s:
                 continue
@@ -289,3 +313,143 @@ class FaultInjector:
     def _ups_battery_overtemp(self, f, sim, e, t_prev, t):
         p = _progress(t, f.onset_s, f.onset_s + f.params["duration"])
         e.ups.room_rise_k += f.params["severity"] * p
+
+    # -- held-out failure modes (issue 21; simulator/faults.py HELDOUT_CATALOG) ---------
+
+    def _schedule(self, f: Fault) -> tuple:
+        """The fault's intermittent schedule, computed once from its parameters."""
+        if f.fault_id not in self._schedules:
+            assert f.failure_s is not None
+            rng = _pattern_rng(f.params, 3)
+            if f.type == "gpu_gsp_hang":
+                r0 = f.params["rate"]
+                times = intermittent_times(
+                    f.onset_s, f.failure_s, r0, r0 * np.exp(f.params["growth"]), f.params
+                )
+                pick = rng.choice(len(GSP_XIDS), len(times), p=[x[1] for x in GSP_XIDS])
+                self._schedules[f.fault_id] = (times, pick)
+            elif f.type == "hbm_thermal_degradation":
+                self._schedules[f.fault_id] = ()
+            elif f.type == "seal_leak_intermittent":
+                self._schedules[f.fault_id] = (seal_leak_episodes(f.onset_s, f.params)[0],)
+            else:  # power spikes: start, duration 1-3 min, relative size 0.2-1.0
+                times = intermittent_times(f.onset_s, f.failure_s, *SPIKE_RATE_PH[f.type], f.params)
+                dur = rng.uniform(60.0, 180.0, len(times))
+                size = rng.uniform(0.2, 1.0, len(times))
+                self._schedules[f.fault_id] = (times, dur, size)
+            self._schedules[f.fault_id] += (_pattern_rng(f.params, 4),)  # ECC draws
+        return self._schedules[f.fault_id]
+
+    def _spike(self, f: Fault, t: float) -> float:
+        """Relative size of the power spike under way at t (0 when none)."""
+        times, dur, size, _ = self._schedule(f)
+        on = (times <= t) & (t < times + dur)
+        return float(size[on].max()) if on.any() else 0.0
+
+    def _fail_once(self, f: Fault, t_prev: float, t: float, kind: str, message: str) -> None:
+        assert f.failure_s is not None
+        if self._once(f, "fail", f.failure_s, t_prev, t):
+            self._emit(f.failure_s, f.device_id, kind, "critical", message)
+
+    def _gpu_gsp_hang(self, f, sim, e, t_prev, t):
+        times, pick, _ = self._schedule(f)
+        for at_s, k in zip(times, pick, strict=True):
+            if t_prev < at_s <= t:
+                code, _, what = GSP_XIDS[int(k)]
+                self._emit(at_s, f.device_id, "xid", "critical", f"XID {code}: {what}", xid=code)
+        if t >= f.failure_s:
+            self.gpu_lost[f.index] = True
+            if self._once(f, "xid79", f.failure_s, t_prev, t):
+                self._emit(
+                    f.failure_s,
+                    f.device_id,
+                    "xid",
+                    "critical",
+                    "XID 79: GPU has fallen off the bus",
+                    xid=79,
+                )
+                self._emit(
+                    f.failure_s,
+                    f.device_id,
+                    "device_lost",
+                    "critical",
+                    "NVML: GPU is lost (NVML_ERROR_GPU_IS_LOST)",
+                )
+
+    def _hbm_thermal_degradation(self, f, sim, e, t_prev, t):
+        i = f.index
+        if t >= f.failure_s:
+            self.gpu_failed[i] = True
+            if self._once(f, "fail", f.failure_s, t_prev, t):
+                sim.gpu_ecc_uncorrected[i] += 1
+                for xid, msg in ((48, "double-bit ECC error"), (95, "uncontained ECC error")):
+                    self._emit(
+                        f.failure_s, f.device_id, "xid", "critical", f"XID {xid}: {msg}", xid=xid
+                    )
+            return
+        p = _progress(t, f.onset_s, f.failure_s)
+        e.gpu_mem_rth_factor[i] *= 1.0 + f.params["severity"] * p
+        lo = max(t_prev, f.onset_s)
+        if t > lo:  # corrected errors while the HBM is hot (last step's temperature)
+            hot_k = float(sim.gpu.mem_temp_c[i]) - HBM_ECC_REF_C
+            rate_h = HBM_ECC_RATE_PH * 2.0 ** (hot_k / HBM_ECC_DOUBLING_K)
+            sim.gpu_ecc_corrected[i] += self._schedule(f)[-1].poisson(rate_h * (t - lo) / H)
+
+    def _psu_fan_failure(self, f, sim, e, t_prev, t):
+        if t >= f.failure_s:
+            e.psu_failed[f.index] = True
+            self._fail_once(
+                f, t_prev, t, "psu_fault", "PSU over-temperature protection: output off"
+            )
+        else:
+            p = _progress(t, f.onset_s, f.failure_s)
+            e.psu_thermal_factor[f.index] *= 1.0 + f.params["severity"] * p**1.5
+            e.psu_loss_factor[f.index] *= 1.0 + PSU_HOT_LOSS * p * p
+
+    def _psu_capacitor_wear(self, f, sim, e, t_prev, t):
+        if t >= f.failure_s:
+            e.psu_failed[f.index] = True
+            self._fail_once(f, t_prev, t, "psu_fault", "PSU input capacitor failed: output off")
+        else:
+            p = _progress(t, f.onset_s, f.failure_s)
+            e.psu_extra_loss_w[f.index] += f.params["severity"] * p
+
+    def _pump_bearing_wear(self, f, sim, e, t_prev, t):
+        if t >= f.failure_s:  # seized; the standby pump (healthy) takes over
+            self._fail_once(
+                f,
+                t_prev,
+                t,
+                "pump_failed",
+                "secondary pump 1 failed (bearing seized); standby pump 2 running",
+            )
+            return
+        p = _progress(t, f.onset_s, f.failure_s)
+        sev = f.params["severity"]
+        e.cdu_pump_power_factor[f.index] *= 1.0 + sev * p * p + 0.5 * sev * self._spike(f, t)
+
+    def _seal_leak_intermittent(self, f, sim, e, t_prev, t):
+        episodes = self._schedule(f)[0]
+        wept_s = float(np.clip(t - episodes[:, 0], 0.0, episodes[:, 1] - episodes[:, 0]).sum())
+        level = max(100.0 - f.params["rate"] * wept_s / H, 30.0 if t < f.failure_s else 0.0)
+        e.cdu_reservoir_pct[f.index] = min(e.cdu_reservoir_pct[f.index], level)
+        if t >= f.failure_s:
+            e.cdu_pump_wear[f.index] *= CAVITATION_HEAD
+            self._fail_once(f, t_prev, t, "pump_failed", "secondary pump lost prime: reservoir low")
+
+    def _crah_belt_slip(self, f, sim, e, t_prev, t):
+        if t >= f.failure_s:
+            e.crah_failed[f.index] = True
+            self._fail_once(f, t_prev, t, "fan_failed", "CRAH fan belt broken")
+        else:
+            slip = f.params["severity"] * _progress(t, f.onset_s, f.failure_s)
+            e.crah_slip[f.index] = max(e.crah_slip[f.index], slip)
+
+    def _crah_winding_fault(self, f, sim, e, t_prev, t):
+        if t >= f.failure_s:
+            e.crah_failed[f.index] = True
+            self._fail_once(f, t_prev, t, "fan_failed", "CRAH fan motor failed (winding short)")
+        else:
+            p = _progress(t, f.onset_s, f.failure_s)
+            spike = f.params["severity"] * self._spike(f, t)
+            e.crah_fan_power_factor[f.index] *= (1.0 + WINDING_LOSS * p) * (1.0 + spike)

@@ -378,6 +378,7 @@ class SiteSimulator:
             self.cdu.heat_in_kw,
             wear,
         )
+        self.cdu.pump_w = self.cdu.pump_w * eff.cdu_pump_power_factor  # bearing drag (issue 21)
         self.cdu_reservoir_pct, self.cdu_leak_detected = (
             eff.cdu_reservoir_pct,
             eff.cdu_leak_detected,
@@ -395,7 +396,12 @@ class SiteSimulator:
         else:
             rack_cs, coolant = np.ones(lay.n_rack), np.full(lay.n_gpu, 30.0)
         self.gpu.step(
-            dt_s, util, coolant, eff.gpu_rth_factor * self.gpu_rth_part, self.faults.gpu_lost
+            dt_s,
+            util,
+            coolant,
+            eff.gpu_rth_factor * self.gpu_rth_part,
+            self.faults.gpu_lost,
+            eff.gpu_mem_rth_factor,
         )
 
         # electrical chain
@@ -415,6 +421,9 @@ class SiteSimulator:
             eff.psu_failed,
             eff.psu_loss_factor * self.psu_loss_part,
         )
+        # held-out fault (issue 21): worn input capacitors lose fixed watts at any load
+        extra_w = np.where(self.psu_out_w > 0, eff.psu_extra_loss_w, 0.0)
+        psu_loss_w, self.psu_in_w = psu_loss_w + extra_w, self.psu_in_w + extra_w
         rack_in_w = np.bincount(lay.psu_rack, self.psu_in_w, lay.n_rack)
         self.rack_dc_w, self.rack_in_w = rack_dc_w, rack_in_w
         self.pdu_out_w = np.bincount(lay.rack_pdu, rack_in_w, lay.n_pdu)
@@ -445,9 +454,12 @@ class SiteSimulator:
             chw_supply,
             eff.crah_failed,
             eff.crah_fan_power_factor * self.crah_fan_part,
+            eff.crah_slip,
         )
         inlet = self.crah.hall_inlet_c[lay.rack_hall][lay.psu_rack]
         target = inlet + pw.PSU_TEMP_RISE_K * (self.psu_in_w > 0) + pw.PSU_TEMP_K_PER_W * psu_loss_w
+        # held-out fault (issue 21): a failing PSU fan multiplies the case's rise over inlet
+        target = target + (target - inlet) * (eff.psu_thermal_factor - 1.0)
         self.psu_temp_true_c += (target - self.psu_temp_true_c) * (
             1 - np.exp(-dt_s / pw.PSU_TIME_CONSTANT_S)
         )

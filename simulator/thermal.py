@@ -75,6 +75,7 @@ class GpuModel:
         coolant_c: np.ndarray,
         rth_factor: np.ndarray,
         hung: np.ndarray,
+        mem_rth_factor: np.ndarray | None = None,
     ) -> None:
         """Advance by dt_s. `util` is the work offered; `hung` GPUs (off the bus) do none."""
         self.shutdown = (self.shutdown | (self.temp_c > SHUTDOWN_C)) & (self.temp_c > RESUME_C)
@@ -112,5 +113,7 @@ class GpuModel:
         a = 1.0 - np.exp(-dt_s / TIME_CONSTANT_S)
         self.temp_c = t + (coolant_c + power * r - t) * a
         mem_target = coolant_c + 8.0 + power * R_MEM_K_PER_W
+        if mem_rth_factor is not None:  # held-out HBM fault (issue 21): a worse contact
+            mem_target = mem_target + power * R_MEM_K_PER_W * (mem_rth_factor - 1.0)
         self.mem_temp_c = self.mem_temp_c + (mem_target - self.mem_temp_c) * a
         self.energy_mj = self.energy_mj + power * dt_s * 1000.0

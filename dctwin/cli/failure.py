@@ -40,12 +40,19 @@ def _hours(text: str) -> float:
         raise typer.BadParameter(str(exc)) from None
 
 
-def _runs(seeds: list[int], hours: float, step_s: float, gpus: int, data: Path) -> list[Path]:
+def _runs(
+    seeds: list[int],
+    hours: float,
+    step_s: float,
+    gpus: int,
+    data: Path,
+    catalog: str = "standard",
+) -> list[Path]:
     from rich.progress import track
 
     from experiments.failure.dataset import RunSpec, generate
 
-    specs = [RunSpec(s, hours, step_s, gpus) for s in seeds]
+    specs = [RunSpec(s, hours, step_s, gpus, catalog) for s in seeds]
     return [generate(s, data) for s in track(specs, description="simulating runs")]
 
 
@@ -178,6 +185,36 @@ def train(
     typer.echo(f"saved {v.version} at {v.path} (approved: {v.approved})")
 
 
+def _version(version: str | None, registry_root: Path):
+    """The asked version, else the newest approved one, else the newest."""
+    from twin.failure import registry
+
+    vs = registry.versions(registry_root)
+    if not vs:
+        raise typer.BadParameter(f"no models in {registry_root}: run `dctwin failure train`")
+    if version:
+        return registry.get(version, registry_root)
+    approved = [x for x in vs if x.approved]
+    return (approved or vs)[-1]
+
+
+def _check_after_training(v, rows, horizon_s: float) -> None:
+    """LeakageError unless the rows start after the model's calibration window plus the
+    horizon its labels look ahead."""
+    from datetime import datetime
+
+    import polars as pl
+
+    from twin.failure.model import check_disjoint
+
+    trained_end = datetime.fromisoformat(str(v.meta["data_window"]["calibrate"][1]))
+    seen = pl.DataFrame(
+        {"t": [trained_end], "run": ["model"], "episode": [None]},
+        schema={"t": pl.Datetime("us"), "run": pl.String, "episode": pl.String},
+    )
+    check_disjoint(seen, rows, horizon_s, ("model's training data", "evaluation runs"))
+
+
 @failure_app.command()
 def evaluate(
     seeds: str = typer.Option("17-24", help="held-out simulator seeds"),
@@ -188,21 +225,10 @@ def evaluate(
     json_out: Path = typer.Option(None, "--json", help="also write the report here"),
 ) -> None:
     """Evaluate a model on held-out runs that start after everything it was trained on."""
-    from datetime import datetime
-
     from experiments.failure.evaluate import evaluate as run_eval
     from experiments.failure.evaluate import loss_delays
-    from twin.failure import registry
-    from twin.failure.model import check_disjoint
 
-    vs = registry.versions(registry_root)
-    if not vs:
-        raise typer.BadParameter(f"no models in {registry_root}: run `dctwin failure train`")
-    if version:
-        v = registry.get(version, registry_root)
-    else:
-        approved = [x for x in vs if x.approved]
-        v = (approved or vs)[-1]
+    v = _version(version, registry_root)
     sim = v.meta.get("simulation", {})
     model = v.load()
     paths = _runs(
@@ -213,14 +239,7 @@ def evaluate(
         data,
     )
     rows = _rows(paths, model.horizon_s)
-    import polars as pl
-
-    trained_end = datetime.fromisoformat(str(v.meta["data_window"]["calibrate"][1]))
-    seen = pl.DataFrame(
-        {"t": [trained_end], "run": ["model"], "episode": [None]},
-        schema={"t": pl.Datetime("us"), "run": pl.String, "episode": pl.String},
-    )
-    check_disjoint(seen, rows, model.horizon_s, ("model's training data", "evaluation runs"))
+    _check_after_training(v, rows, model.horizon_s)
     rep = run_eval(model, rows)
     rep["telemetry_loss"] = loss_delays(paths)
     rep["model_version"] = v.version
@@ -248,3 +267,123 @@ def list_cmd(registry_root: Path = typer.Option(Path("var/models/failure"), "--r
 
     for v in registry.versions(registry_root):
         typer.echo(f"{v.version}  approved={v.approved}  code={v.meta.get('code_version')}")
+
+
+def _print_modes(rep: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="held-out failure modes (each with its class's never-failing devices)")
+    for c in (
+        "mode",
+        "class",
+        "episodes",
+        "pos rows",
+        "PR-AUC",
+        "precision",
+        "prec (early ok)",
+        "recall",
+        "best prec at recall>=0.8",
+        "lead p10/p50/p90 min",
+        "caught",
+        "targets P/R/lead",
+    ):
+        t.add_column(c)
+
+    def f(x, fmt="{:.3f}"):
+        return "-" if x is None else fmt.format(x)
+
+    def ok(x):
+        return "-" if x is None else ("yes" if x else "NO")
+
+    for mode, r in rep["modes"].items():
+        lead = "/".join(
+            f(r.get(k), "{:.0f}") for k in ("lead_min_p10", "lead_min_p50", "lead_min_p90")
+        )
+        m = r.get("meets_targets", {})
+        t.add_row(
+            mode,
+            r["class"],
+            str(r.get("episodes", 0)),
+            str(r.get("positives", 0)),
+            f(r.get("pr_auc")),
+            f(r.get("precision_strict")),
+            f(r.get("precision_early_ok")),
+            f(r.get("recall")),
+            f(r.get("precision_at_recall_0.8")),
+            lead,
+            f"{r.get('episodes_caught', 0)}/{r.get('episodes', 0)}",
+            "/".join(ok(m.get(k)) for k in ("precision_strict", "recall", "lead_min_p50")),
+        )
+    Console().print(t)
+
+
+@failure_app.command("evaluate-heldout")
+def evaluate_heldout(
+    seeds: str = typer.Option(
+        "184-191",
+        help="held-out seeds (the documented protocol: 184-191; never used for training)",
+    ),
+    version: str = typer.Option(None, help="model version (default: newest approved, else newest)"),
+    hours: float = typer.Option(None, help="simulated hours per run (default: as trained)"),
+    data: Path = typer.Option(DATA, help="where simulator runs are kept"),
+    registry_root: Path = typer.Option(Path("var/models/failure"), "--registry"),
+    json_out: Path = typer.Option(
+        Path("var/failure-heldout.json"), "--json", help="write the report here"
+    ),
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="simulate the runs again in a scratch directory, recompute, and fail unless "
+        "every figure is identical",
+    ),
+) -> None:
+    """Evaluate a model on runs whose failures come only from the held-out failure modes
+    (mechanisms the features were not designed around; docs/failure-prediction.md)."""
+    import tempfile
+
+    from experiments.failure.heldout import comparable, heldout_report, write_report
+
+    v = _version(version, registry_root)
+    sim = v.meta.get("simulation", {})
+    model = v.load()
+    args = (
+        _seeds(seeds),
+        hours or sim.get("hours", 24.0),
+        sim.get("step_s", 30.0),
+        sim.get("gpus", 128),
+    )
+
+    def report(root: Path) -> dict:
+        paths = _runs(*args, root, catalog="heldout")
+        rows = _rows(paths, model.horizon_s)
+        _check_after_training(v, rows, model.horizon_s)
+        rep = heldout_report(model, rows, [p.stem for p in paths])
+        rep["model_version"] = v.version
+        rep["protocol"] = {
+            "seeds": seeds,
+            "hours": args[1],
+            "step_s": args[2],
+            "gpus": args[3],
+            "horizon_s": model.horizon_s,
+        }
+        return rep
+
+    rep = report(data)
+    typer.echo(f"model {v.version} (approved: {v.approved}), held-out runs {rep['runs']}")
+    _print_report(rep)
+    _print_modes(rep)
+    if check:
+        with tempfile.TemporaryDirectory(prefix="dctwin-heldout-") as tmp:
+            again = report(Path(tmp))
+        same = comparable(rep) == comparable(again)
+        rep["reproducible"] = same
+        typer.echo(
+            "reproducible: identical figures from a fresh simulation"
+            if same
+            else "NOT reproducible: a fresh simulation gave different figures"
+        )
+    write_report(rep, json_out)
+    typer.echo(f"report written to {json_out}")
+    if check and not rep["reproducible"]:
+        raise typer.Exit(1)
