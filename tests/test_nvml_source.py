@@ -489,9 +489,7 @@ def test_xid_events_with_severity_from_the_critical_table():
         (f"{NODE}/gpu0", 48, "critical"),
         (f"{NODE}/gpu1", 999, "warning"),
     ]
-    assert r.events[0].message.startswith(
-        "XID 79: GPU has fallen off the bus. Action: the GPU is gone"
-    )
+    assert r.events[0].message.startswith("XID 79: GPU has fallen off the bus. Action: the GPU is gone")
     assert {d for d in r.device_id} == {f"{NODE}/gpu{i}" for i in range(4)}  # the read went on
     assert [e for e in src.read().events] == []
     decode(encode(Batcher("n01", "sv1", 1.0).batches(r)[-1]))  # events pass the contract
