@@ -97,6 +97,29 @@ class PartOut(BaseModel):
 
 
 class SlotPartsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "device_id": "sv1/h1/row1/rk101/n01/gpu3",
+                    "current": None,
+                    "parts": [
+                        {
+                            "device_id": "sv1/h1/row1/rk101/n01/gpu3",
+                            "uuid": UUID,
+                            "serial": "1704200658470",
+                            "part_number": "692-2G520-0200-000",
+                            "name": "NVIDIA H100 80GB HBM3",
+                            "installed_at": T0,
+                            "last_reported": T0,
+                            "removed_at": "2025-06-02T10:00:00Z",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
     device_id: str
     current: TenureOut | None = Field(description="the part in the slot now")
     parts: list[TenureOut] = Field(description="every part the slot held, oldest first")
