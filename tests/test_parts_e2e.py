@@ -86,7 +86,8 @@ def test_gpu_swap_is_recorded_and_the_new_part_starts_a_fresh_risk_history(
 
     try:
         old = source.sim.parts.identity(gpu)
-        run(3, lambda: inventory_of(str(old["uuid"])))
+        # over a second of readings: features are scored as of the newest whole second
+        run(7, lambda: inventory_of(str(old["uuid"])))
         assert (parts.current(gpu) or {}).get("uuid") == old["uuid"]
         before = parts.risk_history(str(old["uuid"]))
         assert len(before) == 1 and before[0]["device_id"] == gpu
