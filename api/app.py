@@ -31,6 +31,7 @@ from api import (
     routes_health,
     routes_keys,
     routes_optimizer,
+    routes_parts,
     routes_twin,
     stream,
 )
@@ -52,6 +53,7 @@ from twin.anomaly.service import AnomalyService
 from twin.events import EventBus
 from twin.failure.service import FailureRiskService
 from twin.health import HealthRegistry
+from twin.parts import PartHistory
 from twin.state import Twin
 
 DEFAULT_HORIZON_S = 3600.0  # failure-risk horizon of an app built without a server
@@ -59,6 +61,7 @@ DEFAULT_HORIZON_S = 3600.0  # failure-risk horizon of an app built without a ser
 # every route module's router, in the order the OpenAPI document lists them
 ROUTERS: tuple[APIRouter, ...] = (
     routes_twin.router,
+    routes_parts.router,  # before routes_core: /v1/devices/{id:path} would take .../parts
     routes_core.router,
     stream.router,
     routes_keys.router,
@@ -81,6 +84,7 @@ def create_app(
     anomaly: AnomalyService | None = None,
     failure_risk: FailureRiskService | None = None,
     alerts: AlertService | None = None,
+    parts: PartHistory | None = None,
     routers: Sequence[APIRouter] = (),
     metrics: MetricsRegistry | None = None,
     open_healthz: bool = True,
@@ -138,6 +142,7 @@ def create_app(
         if failure_risk is not None
         else FailureRiskService(twin.store, DEFAULT_HORIZON_S),
         alerts=alerts,
+        parts=parts if parts is not None else PartHistory(twin.store),
         health=health,
         health_registry=health_registry,
     )

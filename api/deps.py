@@ -27,6 +27,7 @@ from twin.events import EventBus
 from twin.failure.service import FailureRiskService
 from twin.health import HealthRegistry
 from twin.optimizer.recommendations import RecommendationStore, store_opener
+from twin.parts import PartHistory
 from twin.state import Twin
 
 
@@ -42,6 +43,7 @@ class Services:
     anomaly: AnomalyService | None = None
     failure_risk: FailureRiskService | None = None  # at the serving horizon
     alerts: AlertService | None = None
+    parts: PartHistory | None = None  # slot -> part (GPU/PSU identity) history
     health: Callable[[], dict[str, Any]] | None = None  # extra /healthz fields (counters)
     # the process's component heartbeats (/healthz, /readyz); None: no background jobs
     health_registry: HealthRegistry | None = None
@@ -120,6 +122,17 @@ async def optional_failure_risk_of(request: Request) -> FailureRiskService | Non
     return services_of(request).failure_risk
 
 
+async def parts_of(request: Request) -> PartHistory:
+    svc = services_of(request).parts
+    if svc is None:
+        raise _absent("part history")
+    return svc
+
+
+async def optional_parts_of(request: Request) -> PartHistory | None:
+    return services_of(request).parts
+
+
 async def alerts_of(request: Request) -> AlertService:
     svc = services_of(request).alerts
     if svc is None:
@@ -139,6 +152,8 @@ LiveDep = Annotated[LiveView | None, Depends(live_of)]
 AnomalyDep = Annotated[AnomalyService, Depends(anomaly_of)]
 OptionalAnomalyDep = Annotated[AnomalyService | None, Depends(optional_anomaly_of)]
 OptionalFailureRiskDep = Annotated[FailureRiskService | None, Depends(optional_failure_risk_of)]
+PartsDep = Annotated[PartHistory, Depends(parts_of)]
+OptionalPartsDep = Annotated[PartHistory | None, Depends(optional_parts_of)]
 AlertsDep = Annotated[AlertService, Depends(alerts_of)]
 RecommendationsDep = Annotated[RecommendationStore, Depends(recommendations_of)]
 ServicesDep = Annotated[Services, Depends(all_services)]

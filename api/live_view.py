@@ -260,7 +260,8 @@ class LiveView:
             self.twin.store.cursor()
             .execute(
                 "SELECT rowid, read_time, device_id, kind, severity, message FROM events "
-                "WHERE rowid > ? ORDER BY rowid LIMIT 500",
+                # identity reports come by the thousand at start; a swap is `part_swapped`
+                "WHERE rowid > ? AND kind <> 'inventory' ORDER BY rowid LIMIT 500",
                 [self._last_event_rowid],
             )
             .fetchall()

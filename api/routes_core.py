@@ -9,11 +9,18 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import LiveDep, OptionalAnomalyDep, OptionalFailureRiskDep, TwinDep
+from api.deps import (
+    LiveDep,
+    OptionalAnomalyDep,
+    OptionalFailureRiskDep,
+    OptionalPartsDep,
+    TwinDep,
+)
 from api.live_view import LiveView, RackSummary, Snapshot
 from api.problems import ProblemError, problem_responses
 from api.routes_anomaly import device_anomaly_state
 from api.routes_failure import device_failure_state
+from api.routes_parts import device_part_state
 from api.shape import Cursor, Limit, Page, now_naive_utc, paginate, utc
 from domain.site import DeviceRef
 from twin.events import EventBus
@@ -78,6 +85,12 @@ class DeviceOut(BaseModel):
         description="failure risk as of the last scoring tick: risk (probability of "
         "failure within horizon_s), alarm, status, horizon_s, model_version, time, reasons "
         "(see GET /v1/failure-risk); null without an approved model",
+    )
+    part: dict | None = Field(
+        None,
+        description="the part in this slot now (GPUs, PSUs): uuid, serial, part_number, "
+        "name, installed_at (see GET /v1/devices/{id}/parts); null when no identity was "
+        "reported",
     )
 
 
@@ -295,6 +308,7 @@ async def device(
     live: LiveDep,
     anomaly: OptionalAnomalyDep,
     failure_risk: OptionalFailureRiskDep,
+    parts: OptionalPartsDep,
 ) -> DeviceOut:
     """Latest value of every metric of one device, as of the last tick (≤ 1 s)."""
     now = now_naive_utc()
@@ -317,6 +331,7 @@ async def device(
         metrics=[LatestReading.of(x, now) for x in readings],
         anomaly=device_anomaly_state(anomaly, device_id),
         failure_risk=device_failure_state(failure_risk, device_id),
+        part=device_part_state(parts, device_id),
     )
 
 

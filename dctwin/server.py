@@ -1,12 +1,12 @@
 """`dctwin serve`: ingest + twin + API in one process against a given broker.
 
 `Server` builds every service of the process (the twin and its tick, the live view, the
-anomaly scorer, the failure-risk table, the alert engine with its outbox, the API key
-store) and is the one place their background jobs start and stop: `start_ingest()` starts
-them in order, `stop()` stops them in reverse order and only then closes the store.
-It owns the process's `HealthRegistry` (twin/health.py): each job's probe is registered
-when the job starts and dropped when it stops, and the API's `/healthz` and `/readyz`
-read it (docs/api.md).
+anomaly scorer, the failure-risk table, the part history, the alert engine with its
+outbox, the API key store) and is the one place their background jobs start and stop:
+`start_ingest()` starts them in order, `stop()` stops them in reverse order and only
+then closes the store. It owns the process's `HealthRegistry` (twin/health.py): each
+job's probe is registered when the job starts and dropped when it stops, and the API's
+`/healthz` and `/readyz` read it (docs/api.md).
 Configuration comes only from `Settings` (DCTWIN_* environment variables).
 """
 
@@ -40,6 +40,7 @@ from twin.events import EventBus
 from twin.failure.service import FailureRiskService
 from twin.health import ComponentHealth, HealthRegistry
 from twin.optimizer.recommendations import store_opener
+from twin.parts import PartHistory
 from twin.periodic import Periodic
 from twin.state import Twin
 from twin.twin_config import TwinConfig
@@ -54,7 +55,16 @@ MIN_STALE_S = 60.0
 MODEL_STALE_S = 900.0
 # ingest is stuck when records wait in its partitions and nothing was stored for this long
 INGEST_STUCK_S = 120.0
-COMPONENTS = ("ingest", "twin", "live", "alerts", "alert-delivery", "anomaly", "failure-risk")
+COMPONENTS = (
+    "ingest",
+    "twin",
+    "live",
+    "alerts",
+    "alert-delivery",
+    "anomaly",
+    "failure-risk",
+    "parts",
+)
 
 
 class Server:
@@ -76,6 +86,9 @@ class Server:
         self.failure_risk = FailureRiskService(
             self.store, settings.failure_horizon_s, settings.failure_models
         )
+        # slot -> part history from inventory events; risk history follows the part
+        self.parts = PartHistory(self.store)
+        self.failure_risk.on_scored.append(self.parts.record_risk)
         self.alerts = AlertService(
             self.store,
             self.site,
@@ -118,6 +131,7 @@ class Server:
         # closes (DuckDB refuses to close a connection mid-query); each with its probe
         self.jobs: list[tuple[str, Callable[[], object], Callable[[], object]]] = [
             ("twin", self.twin_ticker.start, lambda: self.twin_ticker.stop(15)),
+            ("parts", self.parts.start, self.parts.stop),
             ("anomaly", self.anomaly.start_background, self.anomaly.stop_background),
             ("failure-risk", self.failure_risk.start, self.failure_risk.stop),
             ("live", self.live.start, self.live.stop),
@@ -125,6 +139,7 @@ class Server:
         ]
         self.probes: dict[str, list[tuple[str, Callable[[], ComponentHealth]]]] = {
             "twin": [("twin", lambda: self.twin_ticker.health(stale))],
+            "parts": [("parts", lambda: self.parts.health(stale))],
             "anomaly": [("anomaly", lambda: self.anomaly.health(MODEL_STALE_S))],
             "failure-risk": [("failure-risk", lambda: self.failure_risk.health(MODEL_STALE_S))],
             "live": [("live", lambda: self.live.health(live_stale))],
@@ -259,6 +274,7 @@ class Server:
             anomaly=self.anomaly,
             failure_risk=self.failure_risk,
             alerts=self.alerts,
+            parts=self.parts,
             open_healthz=s.api_open_healthz,
             open_metrics=s.api_open_metrics,
             ingest_stats=lambda: self.ingestor.stats if self.ingestor else None,

@@ -488,6 +488,8 @@ class EventKind(StrEnum):
     source_error = "source_error"
     spool_dropped = "spool_dropped"
     inventory = "inventory"  # issue 22: a device's identity (serial, UUID, part number), on change
+    # issue 21: identity. Written by the twin (twin/parts.py) when a slot's part changes
+    part_swapped = "part_swapped"
 
 
 Severity = Literal["info", "warning", "critical"]

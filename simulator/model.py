@@ -26,6 +26,7 @@ from simulator.faults import FaultPlan, parse_faults
 from simulator.injector import FaultInjector, SimEvent
 from simulator.layout import SiteLayout
 from simulator.liquid import DP_MIN_DEFAULT_KPA, DT_DEFAULT_K, CduModel
+from simulator.parts import PartCatalog, swap_part
 from simulator.plant import PlantModel
 from simulator.telemetry import TelemetryPlan
 from simulator.thermal import GpuModel
@@ -288,6 +289,7 @@ class SiteSimulator:
         self.ledger_kwh = dict.fromkeys(LEDGER_KEYS, 0.0)
         self.plant = PlantState()
         self._telemetry: TelemetryPlan | None = None
+        self.parts = PartCatalog(self)  # GPU/PSU identity (UUID, serial) per slot
         # settle loops, valves and temperatures at the start conditions; the clock, the
         # counters and the faults do not move
         for _ in range(int(warmup_s // 10.0)):
@@ -332,6 +334,11 @@ class SiteSimulator:
                 }
                 fh.write(json.dumps({**row, **iso}) + "\n")
         return path
+
+    def swap_part(self, device_id: str) -> tuple[dict, dict]:
+        """Maintenance: a new part in a GPU or PSU slot (new UUID/serial, the old part's
+        faults gone); (old identity, new identity). See simulator/parts.py."""
+        return swap_part(self, device_id)
 
     @property
     def gpu_lost(self) -> np.ndarray:

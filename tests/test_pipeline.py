@@ -62,12 +62,23 @@ def test_simulated_batches_are_stored_exactly_and_pue_matches_hand_computation(
             store.cursor()
             .execute(  # topics are shared: only this collector's events
                 "SELECT count(*) FROM samples s JOIN events e USING (device_id) "
-                "WHERE e.collector = ?",
+                "WHERE e.collector = ? AND e.kind <> 'inventory'",
                 [collector.config.name],
             )
             .fetchone()[0]
         )
-        assert rows == 0  # a simulated healthy site raises no events
+        assert rows == 0  # a simulated healthy site raises no events...
+        inventory = (
+            store.cursor()
+            .execute(
+                "SELECT count(DISTINCT device_id), count(*) FROM events "
+                "WHERE collector = ? AND kind = 'inventory'",
+                [collector.config.name],
+            )
+            .fetchone()
+        )
+        sim = collector.sources[0].sim  # ...but says which part is in every GPU/PSU slot, once
+        assert inventory == (sim.layout.n_gpu + sim.layout.n_psu,) * 2
 
         # PUE by hand from the last interval the simulator produced
         plant = collector.sources[0].sim.plant

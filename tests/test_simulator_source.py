@@ -14,6 +14,11 @@ from simulator.model import SiteSimulator
 GPU = "sv1/h1/row2/rk203/n04/gpu1"
 
 
+def incidents(events):
+    """The events other than identity (`inventory`, sent per GPU/PSU at start)."""
+    return [e for e in events if e.kind != EventKind.inventory]
+
+
 def test_source_config_faults_events_and_stopped_telemetry(tmp_path):
     labels = tmp_path / "labels.jsonl"
     spec = f"gpu_off_bus@{GPU}:onset=30s; coolant_leak@sv1/h1/cdu-row1:onset=0,detect_after=20s"
@@ -22,7 +27,8 @@ def test_source_config_faults_events_and_stopped_telemetry(tmp_path):
     sim = SiteSimulator(site, seed=2, start_time_s=1.7e9, faults=spec)
     source = SimulatedSource(cfg, simulator=sim)
     first = source.snapshot(1)
-    assert GPU in first.device_id and not first.events
+    assert GPU in first.device_id and not incidents(first.events)
+    assert {e.device_id for e in first.events} == {*sim.layout.gpu_ids, *sim.layout.psu_ids}
     for kind, metric in set(zip(first.kind, first.metric, strict=True)):
         assert known_metric(kind, metric)  # every metric is in the wire contract
     sim.step(40.0)
@@ -51,7 +57,8 @@ def test_source_rack_filter_keeps_its_racks_events_only():
     sim.step(5.0)
     r = source.snapshot(1)
     assert set(r.rack) == {"rk101"}
-    assert {e.device_id for e in r.events} == {"sv1/h1/row1/rk101/n01/gpu0"}
+    assert {e.device_id for e in incidents(r.events)} == {"sv1/h1/row1/rk101/n01/gpu0"}
+    assert {e.device_id.split("/")[3] for e in r.events} == {"rk101"}  # identity too
 
 
 def test_source_config_rejects_a_bad_fault_spec_naming_it():

@@ -16,7 +16,7 @@ import numpy as np
 from collectors.base import Readings
 from collectors.batching import Batcher
 from collectors.sources.simulated.source import SimulatedSource, SimulatedSourceConfig
-from domain.contract import Kind
+from domain.contract import EventBatch, Kind, TelemetryBatch
 from domain.site import load_site
 from ingest.store import Store
 from simulator.model import SiteSimulator
@@ -69,7 +69,12 @@ class SimHarness:
             )
         for fn in self.transforms:
             readings = fn(readings)
-        self.store.write(self.batcher.batches(readings), [], {})
+        batches = self.batcher.batches(readings)
+        self.store.write(
+            [b for b in batches if isinstance(b, TelemetryBatch)],
+            [b for b in batches if isinstance(b, EventBatch)],
+            {},
+        )
         return t
 
 

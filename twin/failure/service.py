@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -53,6 +54,9 @@ class FailureRiskService:
         self._key: tuple[int, str] | None = None  # (tick, model version) of the table
         self._lock = threading.Lock()
         self._background: Periodic | None = None
+        # called with (table, as_of) after each rescoring: the part history keeps the
+        # risk history by part (twin/parts.py PartHistory.record_risk)
+        self.on_scored: list[Callable[[pl.DataFrame, datetime], object]] = []
 
     def _as_of(self, now: datetime | None) -> datetime | None:
         row = self.store.cursor().execute("SELECT max(read_time) FROM samples").fetchone()
@@ -89,6 +93,11 @@ class FailureRiskService:
             )
             self.table, self._key, self.scored_at = table, key, as_of
             self.model_version = version
+            for fn in self.on_scored:
+                try:
+                    fn(table, as_of)
+                except Exception:  # history is a by-product: the table still serves
+                    log.exception("failure-risk on_scored hook failed")
             return True
 
     def health(self, stale_after_s: float) -> ComponentHealth:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from collectors.base import Readings, now_ms
 from collectors.sources.redfish import fields as rmap
 from collectors.sources.redfish.events import EventListener
+from collectors.sources.redfish.inventory import PsuInventory, psu_documents
 from domain.contract import Event, EventKind, Kind
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,7 @@ class RedfishSource:
         self._plan: list[_Entry] | None = None
         self._discovered_at = 0.0
         self._active: dict[str, tuple[rmap.Finding, str]] = {}  # key -> (finding, reporter)
+        self._psu_inventory = PsuInventory(self.name)  # PSU serials: inventory events
         self._device_keys = sorted(config.devices, key=len, reverse=True)
         self._walk_errors: list[str] = []
 
@@ -482,6 +484,8 @@ class RedfishSource:
                 continue
             read_ok.add(e.uri)
             self._handle(e, doc, t, out)
+            for uri, psu in psu_documents(e.rtype, e.uri, doc):
+                out.events.extend(self._psu_inventory.events(self.device_id(uri), psu))
             found = rmap.status_findings(e.rtype, e.uri, doc)
             if e.rtype in _LEGACY:
                 for m in rmap.legacy_members(e.uri, doc):

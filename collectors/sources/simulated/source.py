@@ -23,6 +23,15 @@ from simulator.model import SiteSimulator
 from simulator.weather import CLIMATES
 
 
+class PartSwap(BaseModel):
+    """A scheduled maintenance action: a new part in a slot (simulator/parts.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str = Field(description="a GPU or PSU id of the site, e.g. sv1/h1/row1/rk101/psu0")
+    after_s: float = Field(ge=0, description="seconds after the simulation start")
+
+
 class SimulatedSourceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -42,6 +51,11 @@ class SimulatedSourceConfig(BaseModel):
         None, description="where to write the ground-truth labels (JSON lines)"
     )
     climate: Literal[tuple(CLIMATES)] = "temperate"  # type: ignore[valid-type]
+    part_swaps: list[PartSwap] = Field(
+        default_factory=list,
+        description="maintenance: replace the part in a GPU/PSU slot (new UUID and serial) "
+        "this long after the start",
+    )
 
 
 class SimulatedSource:
@@ -88,6 +102,10 @@ class SimulatedSource:
             self.blocks.append((b, slice(b.start, b.start + b.size), rows, device_id, metric, rack))
         self._keep = keep
         self._last_monotonic = time.monotonic()
+        for swap in config.part_swaps:  # fail at start, not at the swap time
+            if swap.device_id not in (*self.sim.parts.gpu_index, *self.sim.parts.psu_index):
+                raise ValueError(f"part_swaps: {swap.device_id!r} is not a GPU or PSU of the site")
+        self._swaps = sorted(config.part_swaps, key=lambda s: s.after_s)
 
     def advance(self) -> None:
         now = time.monotonic()
@@ -124,11 +142,17 @@ class SimulatedSource:
         out.events = self._events()
         return out
 
+    def _kept(self, device_id: str) -> bool:
+        parts = device_id.split("/")
+        return self._keep is None or (len(parts) >= 5 and parts[3] in self._keep)
+
     def _events(self) -> list[Event]:
+        elapsed_s = self.sim.time_s - self.sim.start_time_s
+        while self._swaps and self._swaps[0].after_s <= elapsed_s:
+            self.sim.swap_part(self._swaps.pop(0).device_id)
         events = []
         for e in self.sim.drain_events():
-            parts = e.device_id.split("/")
-            if self._keep is not None and (len(parts) < 5 or parts[3] not in self._keep):
+            if not self._kept(e.device_id):
                 continue
             events.append(
                 Event(
@@ -140,6 +164,21 @@ class SimulatedSource:
                     attrs=e.attrs,
                 )
             )
+        # identity like the NVML and Redfish sources send it: at start and on change
+        t_ms = int(round(self.sim.time_s * 1000))
+        for device_id, ident in self.sim.parts.drain_changes():
+            if self._kept(device_id):
+                events.append(
+                    Event(
+                        device_id=device_id,
+                        kind=EventKind.inventory,
+                        severity="info",
+                        read_time_ms=t_ms,
+                        message=f"serial {ident['serial']}"
+                        + (f" uuid {ident['uuid']}" if "uuid" in ident else ""),
+                        attrs={"source": self.name, **ident},
+                    )
+                )
         return events
 
     def read(self) -> Readings:
