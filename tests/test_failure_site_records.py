@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -142,11 +142,11 @@ def test_model_scores_with_more_feature_columns_than_it_uses():
             "device_id": ["a", "b"],
             "device_class": ["gpu", "psu"],
             "rack": ["r", "r"],
-            "t": [np.datetime64("2025-01-01T00:00:00")] * 2,
+            "t": [datetime(2025, 1, 1)] * 2,
             **{f: [0.0, 0.0] for c in CLASSES for f in FEATURES[c]},
             "brand_new_feature": [5.0, 5.0],
         }
-    ).with_columns(pl.col("t").cast(pl.Datetime("us")))
+    )
     a = model.predict(rows)["risk"].to_numpy()
     b = model.predict(rows.drop("brand_new_feature"))["risk"].to_numpy()
     assert np.array_equal(a, b)

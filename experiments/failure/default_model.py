@@ -154,7 +154,8 @@ def train_default(
         path = out_root / version
         path.mkdir()
         shutil.copyfile(tmp_model, path / "model.joblib")
-    (path / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    # insertion order (deterministic): the card lists classes as meta.json does
+    (path / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     (path / CARD).write_text(model_card(meta))
     return registry.ModelVersion(version, path, meta)
 
