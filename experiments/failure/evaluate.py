@@ -26,7 +26,9 @@ def run_rows(
     bit-for-bit the same features every time (parallel float sums differ by ~1e-13)."""
     from twin.failure.model import label_rows
 
-    config = {"threads": threads} if threads else {}
+    config: dict[str, str | bool | int | float | list[str]] = (
+        {"threads": threads} if threads else {}
+    )
     con = duckdb.connect(str(path), read_only=True, config=config)
     try:
         start, end = con.sql("SELECT min(read_time), max(read_time) FROM samples").fetchall()[0]
