@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench soak lint fmt clean
+.PHONY: demo test bench soak lint fmt clean failure-model
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/dctwin bench
+
+# the failure model shipped in the package (twin/failure/default_model/): fixed seeds,
+# split and hyper-parameters, so it reproduces; writes model.joblib, meta.json, MODEL_CARD.md
+failure-model: $(STAMP)
+	$(BIN)/dctwin failure train-default
 
 # 30 minutes of the demo's processes under chaos, then an audit (bench/soak.py)
 soak: $(STAMP)

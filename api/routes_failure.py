@@ -1,4 +1,6 @@
-"""GET /v1/failure-risk: ranked per-component failure risk with reasons."""
+"""GET /v1/failure-risk: ranked per-component failure risk with reasons, and which model
+serves it; GET /v1/failure-models: the models a site can serve (its registry and the
+shipped default) and how each was validated."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ServicesDep
+from twin.failure import registry
 from twin.failure.features import CLASSES
 from twin.failure.model import parse_horizon_s
 from twin.failure.registry import RegistryError, newest_approved
@@ -22,6 +25,40 @@ class RiskOut(BaseModel):
     alarm: bool = Field(description="risk at or above the model's operating threshold")
     status: str = Field(description="ok, at_risk, lost (telemetry stopped) or failed")
     reasons: list[str] = Field(description="top contributing features, operator words")
+
+
+class ClassFiguresOut(BaseModel):
+    episodes: int | None = None
+    positives: int | None = None
+    pr_auc: float | None = None
+    precision_strict: float | None = None
+    recall: float | None = None
+    lead_min_p50: float | None = None
+
+
+class ValidationOut(BaseModel):
+    method: str = Field(description="how the figures were measured (held-out data)")
+    classes: dict[str, ClassFiguresOut] = Field(description="figures per device class")
+
+
+class ModelOut(BaseModel):
+    version: str
+    source: str = Field(
+        description="shipped_default (ships with dctwin) or site_trained (the site's registry)"
+    )
+    approved: bool
+    horizon_s: float
+    trained_at: str | None = None
+    approved_at: str | None = None
+    training_data: str
+    validation: ValidationOut
+
+
+class FailureModelsOut(BaseModel):
+    serving: ModelOut | None = Field(
+        description="the model serving the requested horizon (null: none approved or shipped)"
+    )
+    models: list[ModelOut] = Field(description="site registry, oldest first, then shipped")
 
 
 class FailureRiskOut(BaseModel):
@@ -54,6 +91,9 @@ class FailureRiskOut(BaseModel):
     time: datetime
     horizon_s: float
     model_version: str = Field(description="the approved model that scored this")
+    model: ModelOut | None = Field(
+        None, description="that model: shipped default or site-trained, when, validated how"
+    )
     devices: list[RiskOut]
 
 
@@ -65,7 +105,17 @@ def device_failure_state(service: FailureRiskService | None, device_id: str) -> 
     state = service.device(device_id) if service is not None else None
     if state is not None and state["time"] is not None:
         state["time"] = state["time"].replace(tzinfo=UTC)
+    if state is not None:
+        shipped = (registry.SHIPPED_ROOT / str(state["model_version"])).is_dir()
+        state["model_source"] = registry.SHIPPED if shipped else registry.SITE
     return state
+
+
+def _model_out(version: str, root) -> ModelOut | None:
+    try:
+        return ModelOut.model_validate(registry.find(version, root).describe())
+    except RegistryError:
+        return None
 
 
 router = APIRouter()
@@ -101,10 +151,12 @@ def failure_risk(
     if table is None:  # no samples yet
         if lr.error is not None:
             raise HTTPException(503, str(lr.error))
+        version = newest_approved(lr.root, horizon_s).version
         return FailureRiskOut(
             time=now,
             horizon_s=horizon_s,
-            model_version=newest_approved(lr.root, horizon_s).version,
+            model_version=version,
+            model=_model_out(version, lr.root),
             devices=[],
         )
     if device_class:
@@ -119,6 +171,7 @@ def failure_risk(
         time=now,
         horizon_s=horizon_s,
         model_version=version,
+        model=_model_out(version, lr.root),
         devices=[
             RiskOut(
                 device_id=d, device_class=c, rack=r, risk=round(k, 4), alarm=a, status=s, reasons=rs
@@ -126,5 +179,33 @@ def failure_risk(
             for d, c, r, k, a, s, rs in table.select(
                 "device_id", "device_class", "rack", "risk", "alarm", "status", "reasons"
             ).iter_rows()
+        ],
+    )
+
+
+@router.get("/v1/failure-models", response_model=FailureModelsOut)
+def failure_models(
+    services: ServicesDep,
+    horizon: str = Query("1h", description="the horizon whose serving model to name"),
+) -> FailureModelsOut:
+    """Which model serves failure risk (site-trained or the shipped default), and every
+    model the site can serve, with the held-out figures each was validated on."""
+    try:
+        horizon_s = parse_horizon_s(horizon)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    lr = services.risk_for(horizon_s)
+    root = lr.root if lr is not None else registry.DEFAULT_ROOT
+    try:
+        serving: ModelOut | None = ModelOut.model_validate(
+            newest_approved(root, horizon_s).describe()
+        )
+    except RegistryError:
+        serving = None
+    return FailureModelsOut(
+        serving=serving,
+        models=[
+            ModelOut.model_validate(v.describe())
+            for v in registry.versions(root) + registry.shipped_versions()
         ],
     )

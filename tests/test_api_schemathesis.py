@@ -27,8 +27,9 @@ from twin.alerts.rules import load_rules
 from twin.alerts.service import AlertService
 from twin.state import Twin
 
-# Features that answer a documented 503 problem until an operator sets them up: the
-# failure-risk model needs a trained, approved model (docs/failure-prediction.md).
+# Features that answer a documented 503 problem until an operator sets them up: failure
+# risk at a horizon that neither an approved model nor the shipped default (1 h) serves
+# (docs/failure-prediction.md).
 NOT_CONFIGURED_HERE = {"/v1/failure-risk"}
 
 CHECKS = [

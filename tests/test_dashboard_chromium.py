@@ -172,6 +172,21 @@ def test_dashboard_against_running_demo(demo, tmp_path):
         )
 
         _ups_battery_panel(page, url)
+        # day one: the shipped default model serves failure risk with per-device risk
+        # within a minute of the start, and the dashboard names the model by the heat map
+        deadline = time.monotonic() + 60
+        while True:
+            risk = httpx.get(f"{url}/v1/failure-risk", headers=AUTH, timeout=30)
+            assert risk.status_code == 200, risk.text
+            if risk.json()["devices"] or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        body = risk.json()
+        assert body["devices"], "no per-device failure risk within a minute"
+        assert body["model"]["source"] == "shipped_default"
+        shown = page.locator("[data-testid=risk-model]")
+        expect(shown).to_contain_text("shipped default", timeout=20_000)
+        expect(shown).to_contain_text(body["model_version"])
 
         # drill down: rack -> device with charts
         page.click("[data-rack=rk203]")

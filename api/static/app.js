@@ -450,6 +450,23 @@ function report(e) {
   else console.warn("dctwin:", e.message || e);
 }
 
+// which failure model serves the "risk" view: shipped default or site-trained, when,
+// and the held-out figures it was validated on (GET /v1/failure-models)
+async function loadRiskModel() {
+  const box = $("risk-model");
+  if (!has("/v1/failure-models")) { box.textContent = ""; return; }
+  const body = await api("/v1/failure-models");
+  const m = body.serving;
+  if (!m) { box.textContent = "failure risk: no model serves (none approved or shipped)"; return; }
+  const src = m.source === "shipped_default" ? "shipped default" : "site-trained";
+  const when = m.trained_at ? `, trained ${m.trained_at.slice(0, 10)}` : "";
+  const figs = Object.entries(m.validation.classes)
+    .map(([c, f]) => `${c} PR-AUC ${f.pr_auc == null ? "–" : f.pr_auc.toFixed(2)}`
+      + ` recall ${f.recall == null ? "–" : f.recall.toFixed(2)}`).join(", ");
+  box.textContent = `failure risk: model ${m.version} (${src}${when}); `
+    + `validated on ${m.validation.method}: ${figs}`;
+}
+
 async function refreshAll() {
   if (!S.events.length) addDeviceEvent(null);
   const pue = await api("/v1/pue");
@@ -457,10 +474,12 @@ async function refreshAll() {
   // one panel failing (a feature not running in this process) must not take the others
   // down or sign the user out: it shows its own error
   await Promise.all([[loadOverview, null], [loadRacks, null], [loadAlerts, "alerts"],
-                     [loadRecommendations, "recommendations"]].map(([load, list]) =>
+                     [loadRecommendations, "recommendations"],
+                     [loadRiskModel, "risk-model"]].map(([load, list]) =>
     load().catch((e) => {
       if (e instanceof AuthError || !list) throw e;
-      $(list).replaceChildren(el("li", "none", `unavailable: ${e.message}`));
+      if (list === "risk-model") $(list).textContent = `failure risk model: ${e.message}`;
+      else $(list).replaceChildren(el("li", "none", `unavailable: ${e.message}`));
       report(e);
     })));
   await loadUps().catch((e) => { // a site without UPS readings keeps the rest working

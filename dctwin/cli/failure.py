@@ -262,11 +262,13 @@ def approve_cmd(
 
 @failure_app.command("list")
 def list_cmd(registry_root: Path = typer.Option(Path("var/models/failure"), "--registry")) -> None:
-    """Model versions, oldest first."""
+    """Model versions, oldest first, then the shipped default(s)."""
     from twin.failure import registry
 
-    for v in registry.versions(registry_root):
-        typer.echo(f"{v.version}  approved={v.approved}  code={v.meta.get('code_version')}")
+    for v in registry.versions(registry_root) + registry.shipped_versions():
+        typer.echo(
+            f"{v.version}  {v.source}  approved={v.approved}  code={v.meta.get('code_version')}"
+        )
 
 
 def _print_modes(rep: dict) -> None:
@@ -387,3 +389,99 @@ def evaluate_heldout(
     typer.echo(f"report written to {json_out}")
     if check and not rep["reproducible"]:
         raise typer.Exit(1)
+
+
+@failure_app.command("train-default")
+def train_default_cmd(
+    data: Path = typer.Option(DATA, help="where simulator runs are kept (reused if present)"),
+    out: Path = typer.Option(
+        None, help="where to write it (default: the package's twin/failure/default_model)"
+    ),
+) -> None:
+    """Train the default model shipped with the package, reproducibly (fixed seeds, split
+    and hyper-parameters): writes <out>/<version>/ with model.joblib, meta.json and
+    MODEL_CARD.md, replacing the previous default."""
+    from experiments.failure.default_model import train_default
+    from twin.failure import registry
+
+    v = train_default(data, out or registry.SHIPPED_ROOT, log=typer.echo)
+    _print_report({"horizon_s": v.meta["horizon_s"], "classes": v.meta["validation"]["classes"]})
+    typer.echo(f"held-out: {v.meta['validation']['method']}")
+    typer.echo(f"saved {v.version} at {v.path} (model sha256 {v.meta['model_sha256']})")
+
+
+@failure_app.command("import-records")
+def import_records_cmd(
+    csv_file: Path = typer.Argument(..., help="failure/maintenance records CSV"),
+    db: Path = typer.Option(Path("var/dctwin.duckdb"), help="the twin's DuckDB store"),
+) -> None:
+    """Import the site's failure and maintenance records (schema: docs/failure-prediction.md).
+    All or nothing: any bad row imports nothing, and each error names its row and field."""
+    import duckdb
+
+    from twin.failure.records import RecordsError, import_records
+
+    if not csv_file.is_file():
+        raise typer.BadParameter(f"{csv_file}: no such file")
+    con = duckdb.connect(str(db))
+    try:
+        res = import_records(con, csv_file)
+    except RecordsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    finally:
+        con.close()
+    typer.echo(f"{res.rows} records read, {res.new} new, {res.rows - res.new} already imported")
+    if res.unknown_devices:
+        typer.echo(
+            f"warning: {len(res.unknown_devices)} device id(s) have no telemetry in {db} "
+            f"(kept; they cannot label training rows): {res.unknown_devices[:10]}",
+            err=True,
+        )
+
+
+@failure_app.command()
+def retrain(
+    db: Path = typer.Option(Path("var/dctwin.duckdb"), help="the twin's DuckDB store"),
+    horizon: str = typer.Option("1h", help="risk horizon (30m, 1h, 24h)"),
+    prior: bool = typer.Option(
+        True,
+        help="add the shipped default's simulator training runs to the training slice",
+    ),
+    prior_seeds: str = typer.Option(
+        "", help="simulator seeds of the prior (default: the shipped default's training seeds)"
+    ),
+    data: Path = typer.Option(DATA, help="where simulator runs are kept"),
+    registry_root: Path = typer.Option(Path("var/models/failure"), "--registry"),
+) -> None:
+    """Train on the site's history labelled by its imported records; approve the new model
+    only if it beats the serving one on the latest (held-out) period. Exit code 0 either
+    way; the decision and both models' figures are in <version>/report.json."""
+    import duckdb
+
+    from experiments.failure.default_model import DefaultSpec
+    from experiments.failure.retrain import RetrainError
+    from experiments.failure.retrain import retrain as run_retrain
+
+    horizon_s = _hours(horizon)
+    seeds: list[int] = []
+    if prior:
+        seeds = _seeds(prior_seeds) if prior_seeds else DefaultSpec().seeds[:6]
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        res = run_retrain(con, registry_root, horizon_s, seeds, data)
+    except RetrainError as exc:
+        typer.echo(f"retrain: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        con.close()
+    rep = res.report
+    _print_report({"horizon_s": horizon_s, "classes": rep["candidate"]["classes"]})
+    if rep["serving"]:
+        typer.echo(f"serving model {rep['serving']['version']} ({rep['serving']['source']}):")
+        _print_report({"horizon_s": horizon_s, "classes": rep["serving"]["classes"]})
+    verdict = "PROMOTED (approved, serving from now on)" if res.promoted else "REFUSED"
+    typer.echo(f"{res.version.version}: {verdict}: {res.reason}")
+    if not res.promoted:
+        typer.echo("the serving model stays in place")
+    typer.echo(f"report: {res.version.path / 'report.json'}")

@@ -18,12 +18,18 @@ from twin.failure.model import FailureModel
 BUCKET_S = 300
 
 
-def run_rows(path: Path, horizon_s: float, bucket_s: int = BUCKET_S) -> pl.DataFrame:
+def run_rows(
+    path: Path, horizon_s: float, bucket_s: int = BUCKET_S, threads: int | None = None
+) -> pl.DataFrame:
     """Labelled feature rows of one simulator run (DuckDB file with samples, events,
-    labels), from one hour after its start (the windows need history)."""
+    labels), from one hour after its start (the windows need history). `threads=1`:
+    bit-for-bit the same features every time (parallel float sums differ by ~1e-13)."""
     from twin.failure.model import label_rows
 
-    con = duckdb.connect(str(path), read_only=True)
+    config: dict[str, str | bool | int | float | list[str]] = (
+        {"threads": threads} if threads else {}
+    )
+    con = duckdb.connect(str(path), read_only=True, config=config)
     try:
         start, end = con.sql("SELECT min(read_time), max(read_time) FROM samples").fetchall()[0]
         feats = compute_features(con, start + timedelta(hours=1), end, bucket_s)
@@ -34,11 +40,14 @@ def run_rows(path: Path, horizon_s: float, bucket_s: int = BUCKET_S) -> pl.DataF
 
 
 def load_rows(
-    paths: list[Path], horizon_s: float, progress: Callable[[Path], None] | None = None
+    paths: list[Path],
+    horizon_s: float,
+    progress: Callable[[Path], None] | None = None,
+    threads: int | None = None,
 ) -> pl.DataFrame:
     frames = []
     for p in paths:
-        frames.append(run_rows(p, horizon_s))
+        frames.append(run_rows(p, horizon_s, threads=threads))
         if progress:
             progress(p)
     return pl.concat(frames, how="diagonal_relaxed")

@@ -203,7 +203,11 @@ class FailureModel:
             y = tr["y"].to_numpy()
             healthy = tr.filter(pl.col("failure_time").is_null())
             baseline = {f: float(cast(float | None, healthy[f].median()) or 0.0) for f in feats}
-            if y.sum() < 2 or (len(y) - y.sum()) < 2:
+            yc_all = ca["y"].to_numpy()
+            # a calibration slice without positives (a site's records, a quiet quarter)
+            # cannot place a threshold: no classifier for the class, as with too few
+            # training positives
+            if y.sum() < 2 or (len(y) - y.sum()) < 2 or yc_all.sum() == 0 or yc_all.all():
                 self.classes[cls] = ClassModel(
                     feats, None, None, 1.0, baseline, {}, 0.0, len(y), int(y.sum())
                 )
@@ -273,7 +277,16 @@ def lost_flag(rows: pl.DataFrame) -> pl.Expr:
 
 
 def _x(rows: pl.DataFrame, feats: list[str]) -> np.ndarray:
-    return rows.select([pl.col(f).cast(pl.Float64) for f in feats]).to_numpy()
+    """The model's own feature columns, in its order: the store may compute more (a newer
+    feature set) and the model ignores them; a column the store no longer computes is
+    missing (NaN), which the trees handle as they do any missing value."""
+    have = set(rows.columns)
+    return rows.select(
+        [
+            pl.col(f).cast(pl.Float64) if f in have else pl.lit(None, pl.Float64).alias(f)
+            for f in feats
+        ]
+    ).to_numpy()
 
 
 def _operating_threshold(prob: np.ndarray, y: np.ndarray, recall: float) -> float:

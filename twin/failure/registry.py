@@ -3,6 +3,11 @@
 A version is `v<UTC time>-h<horizon>`; meta.json records the data window, runs, features,
 metrics, code version (git commit when available) and whether it is approved. Serving
 loads the newest APPROVED model for a horizon and says which one it uses.
+
+The package ships a default model (`twin/failure/default_model/<version>/`, made by
+`dctwin failure train-default`): when a site's registry holds no approved model for a
+horizon, `newest_approved` falls back to it, so risk is served from day one. A site's
+own approved model always wins over the shipped one.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ import joblib  # type: ignore[import-untyped]  # no stubs or py.typed
 from twin.failure.model import FailureModel
 
 DEFAULT_ROOT = Path("var/models/failure")
+# the shipped default model(s): package data, written only by `dctwin failure train-default`
+SHIPPED_ROOT = Path(__file__).resolve().parent / "default_model"
+SHIPPED = "shipped_default"
+SITE = "site_trained"
 
 
 class RegistryError(LookupError):
@@ -34,8 +43,36 @@ class ModelVersion:
     def approved(self) -> bool:
         return bool(self.meta.get("approved"))
 
+    @property
+    def source(self) -> str:
+        """shipped_default (package data) or site_trained (the site's registry)."""
+        return SHIPPED if self.path.resolve().parent == SHIPPED_ROOT else SITE
+
     def load(self) -> FailureModel:
         return joblib.load(self.path / "model.joblib")
+
+    def describe(self) -> dict:
+        """What the API says about a model: version, where it comes from, when it was
+        trained and approved, on what, and the held-out figures it was validated with."""
+        m = self.meta
+        validation = m.get("validation") or {}
+        figures = validation.get("classes") or (m.get("metrics") or {}).get("classes") or {}
+        keep = ("episodes", "positives", "pr_auc", "precision_strict", "recall", "lead_min_p50")
+        return {
+            "version": self.version,
+            "source": self.source,
+            "approved": self.approved,
+            "horizon_s": float(m.get("horizon_s", 0.0)),
+            "trained_at": m.get("created"),
+            "approved_at": m.get("approved_at"),
+            "training_data": m.get("training_data", "simulator runs"),
+            "validation": {
+                "method": validation.get(
+                    "method", "internal test: the latest runs of the time-ordered split"
+                ),
+                "classes": {c: {k: r.get(k) for k in keep if k in r} for c, r in figures.items()},
+            },
+        }
 
 
 def code_version() -> str:
@@ -112,17 +149,41 @@ def approve(version: str, root: Path = DEFAULT_ROOT, approved: bool = True) -> M
     return ModelVersion(v.version, v.path, meta)
 
 
-def newest_approved(root: Path = DEFAULT_ROOT, horizon_s: float | None = None) -> ModelVersion:
-    cands = [
-        v
-        for v in versions(root)
-        if v.approved
-        and (horizon_s is None or float(v.meta.get("horizon_s", -1)) == float(horizon_s))
-    ]
+def shipped_versions() -> list[ModelVersion]:
+    """The default model(s) shipped with the package (approved by construction)."""
+    return versions(SHIPPED_ROOT)
+
+
+def newest_approved(
+    root: Path = DEFAULT_ROOT, horizon_s: float | None = None, fallback: bool = True
+) -> ModelVersion:
+    """The site's newest approved model for the horizon; without one (and `fallback`), the
+    shipped default for that horizon."""
+
+    def approved(vs: list[ModelVersion]) -> list[ModelVersion]:
+        return [
+            v
+            for v in vs
+            if v.approved
+            and (horizon_s is None or float(v.meta.get("horizon_s", -1)) == float(horizon_s))
+        ]
+
+    cands = approved(versions(root))
+    if not cands and fallback:
+        cands = approved(shipped_versions())
     if not cands:
         raise RegistryError(
             f"no approved failure model"
             f"{'' if horizon_s is None else f' for horizon {horizon_s:.0f} s'}"
-            f" in {root} (train one, then `dctwin failure approve VERSION`)"
+            f" in {root}{' and no shipped default for it' if fallback else ''}"
+            f" (train one, then `dctwin failure approve VERSION`)"
         )
     return cands[-1]
+
+
+def find(version: str, root: Path = DEFAULT_ROOT) -> ModelVersion:
+    """A version in the site's registry or among the shipped defaults."""
+    for v in versions(root) + shipped_versions():
+        if v.version == version:
+            return v
+    raise RegistryError(f"model version {version!r} not found in {root} or the shipped defaults")

@@ -1,0 +1,252 @@
+"""The site's failure and maintenance records: CSV schema, validation, DuckDB table.
+
+`dctwin failure import-records FILE.csv` reads an operator's records into the store's
+`failure_records` table; `dctwin failure retrain` turns them into labels.
+
+CSV columns (header row required; names case-insensitive; order free):
+
+| column | required | meaning |
+|---|---|---|
+| device_id | one of device_id / serial | the twin's device id (`sv1/h1/row1/rk101/n01/gpu3`) |
+| serial | one of device_id / serial | the part's serial number |
+| time | yes | ISO 8601 with a zone: `2025-03-01T14:05:00Z`, `2025-03-01 15:05+01:00` |
+| component | yes | gpu, psu, cdu, crah, node or other |
+| action | yes | rma, replace, reseat, repair, inspect, firmware or other |
+| failure | no | true/false (yes/no, 1/0); empty: true for rma and replace, else false |
+| notes | no | free text |
+
+All or nothing: a file with any bad row imports nothing, and every error names its row
+(the CSV line number, header = row 1) and field. Importing the same record twice keeps
+one (a record's id is a hash of its fields), so a corrected file can be re-imported.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+COMPONENTS = ("gpu", "psu", "cdu", "crah", "node", "other")
+ACTIONS = ("rma", "replace", "reseat", "repair", "inspect", "firmware", "other")
+FAILURE_ACTIONS = ("rma", "replace")  # a record with no `failure` value: failed if these
+REQUIRED = ("time", "component", "action")
+COLUMNS = ("device_id", "serial", "time", "component", "action", "failure", "notes")
+TRUE = ("true", "yes", "1", "y", "t")
+FALSE = ("false", "no", "0", "n", "f")
+
+TABLE = "failure_records"
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    record_id VARCHAR PRIMARY KEY,
+    device_id VARCHAR,
+    serial VARCHAR,
+    time TIMESTAMP NOT NULL,          -- UTC
+    component VARCHAR NOT NULL,
+    action VARCHAR NOT NULL,
+    failure BOOLEAN NOT NULL,
+    notes VARCHAR,
+    source VARCHAR,
+    imported_at TIMESTAMP NOT NULL
+)"""
+
+
+class RecordsError(ValueError):
+    """A records file that cannot be imported; `errors` lists every problem found."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__(
+            f"{len(errors)} error(s), nothing imported:\n"
+            + "\n".join(errors[:50])
+            + (f"\n… and {len(errors) - 50} more" if len(errors) > 50 else "")
+        )
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Record:
+    device_id: str | None
+    serial: str | None
+    time: datetime  # UTC, naive (the store's convention)
+    component: str
+    action: str
+    failure: bool
+    notes: str | None
+
+    @property
+    def record_id(self) -> str:
+        key = "|".join(
+            str(x)
+            for x in (
+                self.device_id,
+                self.serial,
+                self.time.isoformat(),
+                self.component,
+                self.action,
+                self.failure,
+                self.notes,
+            )
+        )
+        return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def parse_time(text: str) -> datetime:
+    """ISO 8601 with a zone, as naive UTC; ValueError saying why otherwise."""
+    try:
+        t = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 time") from None
+    if t.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone (add Z or +01:00)")
+    return t.astimezone(UTC).replace(tzinfo=None)
+
+
+def parse_records(text: str) -> list[Record]:
+    """Every row of a records CSV, or RecordsError listing every bad row and field."""
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+    header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
+    errors: list[str] = []
+    unknown = [h for h in header if h not in COLUMNS]
+    if unknown:
+        errors.append(f"row 1 (header): unknown column(s) {unknown}; known: {list(COLUMNS)}")
+    missing = [c for c in REQUIRED if c not in header]
+    if "device_id" not in header and "serial" not in header:
+        missing.append("device_id or serial")
+    if missing:
+        errors.append(f"row 1 (header): missing column(s) {missing}")
+    if errors:
+        raise RecordsError(errors)
+    reader.fieldnames = header
+    out: list[Record] = []
+    for n, raw in enumerate(reader, start=2):
+        row = {k: (v or "").strip() for k, v in raw.items() if k is not None}
+        if None in raw:
+            errors.append(f"row {n}: more fields than the header's {len(header)}")
+            continue
+        if not any(row.values()):
+            continue  # blank line
+        bad = len(errors)
+        dev, serial = row.get("device_id") or None, row.get("serial") or None
+        if dev is None and serial is None:
+            errors.append(f"row {n}, device_id: empty, and no serial either")
+        t: datetime | None = None
+        try:
+            t = parse_time(row.get("time", ""))
+        except ValueError as exc:
+            errors.append(f"row {n}, time: {exc}")
+        comp = row.get("component", "").lower()
+        if comp not in COMPONENTS:
+            errors.append(
+                f"row {n}, component: {row.get('component')!r} is not one of {list(COMPONENTS)}"
+            )
+        action = row.get("action", "").lower()
+        if action not in ACTIONS:
+            errors.append(f"row {n}, action: {row.get('action')!r} is not one of {list(ACTIONS)}")
+        f_text = row.get("failure", "").lower()
+        failure = action in FAILURE_ACTIONS
+        if f_text in TRUE:
+            failure = True
+        elif f_text in FALSE:
+            failure = False
+        elif f_text:
+            errors.append(f"row {n}, failure: {row.get('failure')!r} is not true or false")
+        if len(errors) == bad and t is not None:
+            out.append(Record(dev, serial, t, comp, action, failure, row.get("notes") or None))
+    if errors:
+        raise RecordsError(errors)
+    return out
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    rows: int
+    new: int
+    unknown_devices: list[str]  # device ids with no telemetry in the store (kept)
+
+
+def ensure_table(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(SCHEMA)
+
+
+def import_records(
+    con: duckdb.DuckDBPyConnection, path: Path, now: datetime | None = None
+) -> ImportResult:
+    """Validate `path` and insert its records (all or nothing; RecordsError names every
+    bad row and field). Records already imported are kept once."""
+    recs = parse_records(Path(path).read_text(encoding="utf-8"))
+    ensure_table(con)
+    imported_at = (now or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
+    before = con.execute(f"SELECT count(*) FROM {TABLE}").fetchall()[0]
+    con.execute("BEGIN")
+    try:
+        con.executemany(
+            f"INSERT OR IGNORE INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    r.record_id,
+                    r.device_id,
+                    r.serial,
+                    r.time,
+                    r.component,
+                    r.action,
+                    r.failure,
+                    r.notes,
+                    str(path),
+                    imported_at,
+                )
+                for r in recs
+            ],
+        )
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    after = con.execute(f"SELECT count(*) FROM {TABLE}").fetchall()[0]
+    ids = sorted({r.device_id for r in recs if r.device_id})
+    known: set[str] = set()
+    has_samples = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'samples'"
+    ).fetchall()[0]
+    if ids and has_samples and has_samples[0]:
+        known = {
+            d
+            for (d,) in con.execute(
+                "SELECT DISTINCT device_id FROM samples WHERE device_id IN "
+                "(SELECT unnest(?::VARCHAR[]))",
+                [ids],
+            ).fetchall()
+        }
+    return ImportResult(
+        len(recs),
+        int(after[0] if after else 0) - int(before[0] if before else 0),
+        [d for d in ids if d not in known],
+    )
+
+
+def load_records(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """All imported records (an empty frame with the columns when none)."""
+    found = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE]
+    ).fetchall()[0]
+    if not (found and found[0]):
+        return pl.DataFrame(
+            schema={
+                "record_id": pl.String,
+                "device_id": pl.String,
+                "serial": pl.String,
+                "time": pl.Datetime("us"),
+                "component": pl.String,
+                "action": pl.String,
+                "failure": pl.Boolean,
+                "notes": pl.String,
+            }
+        )
+    return con.sql(
+        f"SELECT record_id, device_id, serial, time, component, action, failure, notes "
+        f"FROM {TABLE} ORDER BY time, record_id"
+    ).pl()
