@@ -37,6 +37,8 @@ FEATURES: dict[str, list[str]] = {
         "ecc_uncorr_6h",
         "remap_corr_6h",
         "remap_uncorr_6h",
+        "row_remap_pending",
+        "row_remap_failure_6h",
         *XID_COLS,
         *COMMON,
     ],
@@ -133,6 +135,8 @@ def compute_features(
       max(value) FILTER (metric = 'ecc_uncorrected_total') AS ecc_uncorr,
       max(value) FILTER (metric = 'remapped_rows_correctable') AS remap_corr,
       max(value) FILTER (metric = 'remapped_rows_uncorrectable') AS remap_uncorr,
+      max(value) FILTER (metric = 'row_remap_pending') AS remap_pending,
+      max(value) FILTER (metric = 'row_remap_failure') AS remap_failure,
       100 * sum(value) FILTER (metric = 'output_power_w')
           / nullif(sum(value) FILTER (metric = 'input_power_w'), 0) AS eff_pct,
       avg(value) FILTER (metric = 'pump_speed_pct')
@@ -177,6 +181,10 @@ def compute_features(
       ecc_uncorr - min(ecc_uncorr) OVER {f6h} AS ecc_uncorr_6h,
       remap_corr - min(remap_corr) OVER {f6h} AS remap_corr_6h,
       remap_uncorr - min(remap_uncorr) OVER {f6h} AS remap_uncorr_6h,
+      -- NVML row-remap flags: pending clears at the next GPU reset (the latest bucket
+      -- says whether one is waiting), a failure (no spare row left) is sticky: any in 6 h
+      remap_pending AS row_remap_pending,
+      max(remap_failure) OVER {f6h} AS row_remap_failure_6h,
       avg(lr) OVER {f15} AS psu_loss_ratio,
       avg(speed_per_flow) OVER {f15} AS speed_per_flow,
       avg(speed_per_flow) OVER {f15} - first_value(speed_per_flow) OVER {f6h}
