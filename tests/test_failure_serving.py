@@ -149,9 +149,9 @@ def test_device_state_carries_failure_risk(trained, monkeypatch):
         )
         assert lr.refresh() is True  # the scoring tick
         calls = []
-        real = live_mod.failure_risks
+        real = live_mod.risk_table
         monkeypatch.setattr(
-            live_mod, "failure_risks", lambda *a, **k: calls.append(a) or real(*a, **k)
+            live_mod, "risk_table", lambda *a, **k: calls.append(a) or real(*a, **k)
         )
         for _ in range(3):
             r = client.get(f"/v1/devices/{dev}")

@@ -182,9 +182,10 @@ def compute_features(
       remap_corr - min(remap_corr) OVER {f6h} AS remap_corr_6h,
       remap_uncorr - min(remap_uncorr) OVER {f6h} AS remap_uncorr_6h,
       -- NVML row-remap flags: pending clears at the next GPU reset (the latest bucket
-      -- says whether one is waiting), a failure (no spare row left) is sticky: any in 6 h
-      remap_pending AS row_remap_pending,
-      max(remap_failure) OVER {f6h} AS row_remap_failure_6h,
+      -- says whether one is waiting), a failure (no spare row left) is sticky: any in 6 h.
+      -- Not reported (older drivers, the simulator) reads as 0: nothing known pending
+      coalesce(remap_pending, 0) AS row_remap_pending,
+      coalesce(max(remap_failure) OVER {f6h}, 0) AS row_remap_failure_6h,
       avg(lr) OVER {f15} AS psu_loss_ratio,
       avg(speed_per_flow) OVER {f15} AS speed_per_flow,
       avg(speed_per_flow) OVER {f15} - first_value(speed_per_flow) OVER {f6h}

@@ -151,8 +151,9 @@ def bucket_rows(samples: pl.DataFrame, bucket_s: int) -> pl.DataFrame:
     return agg.with_columns(
         (pl.col("temp_c") - pl.col("temp_c").median().over(peers)).alias("tdev"),
         ((100 / _nz(pl.col("eff_pct")) - 1) / _nz(100 / _nz(med_eff) - 1)).alias("lr"),
-        (pl.col("fan_power_ratio") / _nz(pl.col("fan_power_ratio").median().over(peers)) - 1)
-        .alias("fdev"),
+        (pl.col("fan_power_ratio") / _nz(pl.col("fan_power_ratio").median().over(peers)) - 1).alias(
+            "fdev"
+        ),
     ).collect()
 
 
@@ -267,8 +268,11 @@ class LiveFeatures:
 
     # -- reading the store --------------------------------------------------------
     def advance(
-        self, con: duckdb.DuckDBPyConnection, t: datetime, samples: str = "samples",
-        events: str = "events"
+        self,
+        con: duckdb.DuckDBPyConnection,
+        t: datetime,
+        samples: str = "samples",
+        events: str = "events",
     ) -> pl.DataFrame:
         """Fold what arrived up to tick t (a multiple of bucket_s), return the rows at t."""
         t = t.replace(tzinfo=None)
@@ -282,12 +286,14 @@ class LiveFeatures:
             lo = max(self.tick - self.late_buckets, hi - self.nb)
         t_lo = _from_us(lo * self.bucket_s * _US)
         kinds = ", ".join(f"'{k}'" for k in KINDS)
-        new = _frame(con,
+        new = _frame(
+            con,
             f"SELECT read_time, device_id, metric, value, kind, rack FROM {samples} "
             f"WHERE read_time > ? AND read_time <= ? AND kind IN ({kinds})",
             [t_lo, t],
         )
-        ev = _frame(con,
+        ev = _frame(
+            con,
             f"SELECT read_time, device_id, kind, attrs->>'xid' AS xid FROM {events} "
             "WHERE read_time > ? AND read_time <= ? AND kind IN ('xid', 'source_error')",
             [max(t_lo, t - timedelta(seconds=XID_WINDOW_S)), t],
@@ -364,8 +370,11 @@ class LiveFeatures:
             return np.full(sel.size, np.nan) if a is None else a[ar, first]
 
         failure = full("remap_failure")
+        # not reported reads as 0, as in the SQL (coalesce)
         out["row_remap_failure_6h"] = (
-            np.full(sel.size, np.nan) if failure is None else _quiet(np.nanmax, failure, axis=1)
+            np.zeros(sel.size)
+            if failure is None
+            else np.nan_to_num(_quiet(np.nanmax, failure, axis=1), nan=0.0)
         )
         # short frames (<= 2 h 15 min) in time order, per group of equally old rows
         short: dict[str, np.ndarray] = {}
@@ -396,9 +405,7 @@ class LiveFeatures:
         out["metrics_missing"] = max_metrics - r_metrics
         out["ecc_accel"] = np.log(1 + 4 * (ecc_r - short["ecc_min_15m"])) - np.log(
             1
-            + (ecc_r - min6("ecc_corr"))
-            * 3600.0
-            / np.maximum((r_bucket - first_bucket) * b + b, b)
+            + (ecc_r - min6("ecc_corr")) * 3600.0 / np.maximum((r_bucket - first_bucket) * b + b, b)
         )
         for name, c in (
             ("ecc_uncorr_6h", "ecc_uncorr"),
@@ -406,7 +413,7 @@ class LiveFeatures:
             ("remap_uncorr_6h", "remap_uncorr"),
         ):
             out[name] = at_r(c) - min6(c)
-        out["row_remap_pending"] = at_r("remap_pending")
+        out["row_remap_pending"] = np.nan_to_num(at_r("remap_pending"), nan=0.0)
         out["speed_per_flow_drift_6h"] = short["speed_per_flow"] - first6("speed_per_flow")
         fpr15 = short["fan_power_ratio"]
         out["fan_power_ratio_drift_6h"] = fpr15 - first6("fan_power_ratio")
@@ -462,8 +469,7 @@ class LiveFeatures:
     def _event_counts(self, t: datetime, frame: pl.DataFrame) -> pl.DataFrame:
         """xid<N>_2h and collector_errors_1h: events of the device or of its rack."""
         ev = self.events.filter(
-            (pl.col("read_time") > t - timedelta(seconds=XID_WINDOW_S))
-            & (pl.col("read_time") <= t)
+            (pl.col("read_time") > t - timedelta(seconds=XID_WINDOW_S)) & (pl.col("read_time") <= t)
         )
         hour = t - timedelta(hours=1)
         per = ev.group_by("device_id").agg(

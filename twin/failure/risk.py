@@ -1,9 +1,16 @@
 """Serving: current failure risk of every GPU, PSU, CDU pump and CRAH fan.
 
-`failure_risks(store, now, horizon_s)` is what a server tick calls: it computes the
-as-of features over the last LOOKBACK_S of the store, scores them with the newest
+`failure_risks(store, now, horizon_s)` is the reference scoring pass: it computes the
+as-of features over the last LOOKBACK_S of the store in SQL, scores them with the newest
 approved model for that horizon, adds explanations and returns a ranked table. Devices
-with a failure event in the lookback are reported as failed (risk 1).
+with a failure event in the lookback are reported as failed (risk 1). The server's
+`FailureRiskService` gets the same feature rows incrementally (`twin/failure/live.py`)
+and scores them with the same `risk_table`.
+
+Reasons are computed only where someone will read them: for every device whose risk is
+at least REASON_FLOOR, and every lost or failed device (its first reason is the loss or
+the failure). Below the floor a device's reasons are empty: occlusion costs one batched
+model call per (row, feature), and at fleet scale almost every device is far below it.
 """
 
 from __future__ import annotations
@@ -12,12 +19,14 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from twin.failure import registry
 from twin.failure.explain import explain
 from twin.failure.features import failed_devices, features_asof
 
+REASON_FLOOR = 0.05  # explain devices at or above this risk (and lost/failed ones)
 _cache: dict[tuple[str, float], registry.ModelVersion] = {}
 _models: dict[str, object] = {}
 _lock = threading.Lock()
@@ -47,14 +56,35 @@ def failure_risks(
     feats = features_asof(cur, now)
     if feats.is_empty():
         return _empty()
+    return risk_table(
+        feats, model, version.version, failed_devices(cur, now), horizon_s, top_reasons
+    )
+
+
+def risk_table(
+    feats: pl.DataFrame,
+    model,
+    version: str,
+    failed: pl.DataFrame,
+    horizon_s: float,
+    top_reasons: int = 3,
+    reason_floor: float = REASON_FLOOR,
+) -> pl.DataFrame:
+    """Score feature rows (one per device) into the ranked table, reasons for the devices
+    at or above `reason_floor` and every lost one (batched occlusion over those rows)."""
+    if feats.is_empty():
+        return _empty()
     scored = model.predict(feats)
-    reasons = explain(model, scored, top=top_reasons)
-    failed = failed_devices(cur, now)
+    need = np.flatnonzero(
+        ((scored["risk"] >= reason_floor) | scored["lost"]).fill_null(False).to_numpy()
+    )
+    texts: list[list[str]] = [[] for _ in range(scored.height)]
+    if need.size:
+        for i, rs in zip(need, explain(model, scored[need], top=top_reasons), strict=True):
+            texts[i] = [r["text"] for r in rs]
     out = scored.select(
         "device_id", "device_class", "rack", "t", "risk", "alarm", "lost", "threshold"
-    ).with_columns(
-        pl.Series("reasons", [[r["text"] for r in rs] for rs in reasons], dtype=pl.List(pl.String))
-    )
+    ).with_columns(pl.Series("reasons", texts, dtype=pl.List(pl.String)))
     out = (
         out.join(failed, on="device_id", how="left")
         .with_columns(
@@ -80,7 +110,7 @@ def failure_risks(
     return (
         out.drop("message", "failed_at", "lost")
         .with_columns(
-            pl.lit(version.version).alias("model_version"),
+            pl.lit(version).alias("model_version"),
             pl.lit(float(horizon_s)).alias("horizon_s"),
         )
         .sort("risk", descending=True)
