@@ -93,33 +93,16 @@ def _frame(window_s: int, bucket_s: int) -> str:
     )
 
 
-def compute_features(
-    con: duckdb.DuckDBPyConnection,
-    start: datetime,
-    end: datetime,
-    bucket_s: int = 300,
-    classes: tuple[str, ...] = CLASSES,
-    samples: str = "samples",
-    events: str = "events",
-) -> pl.DataFrame:
-    """Feature rows for every device of `classes` at every t = end - k*bucket_s >= start.
-
-    One row per (device, t) for devices seen before t (within LOOKBACK_S); columns
-    device_id, device_class, rack, t, then the union of FEATURES (null where a class does
-    not have a feature)."""
-    end = end.replace(tzinfo=None, microsecond=0)
-    start = min(start.replace(tzinfo=None), end)  # `now` with microseconds: score at end
-    n_steps = int((end - start).total_seconds() // bucket_s)
-    lo = end - timedelta(seconds=n_steps * bucket_s + LOOKBACK_S)
-    anchor, b = _ts(end), bucket_s
-    f15, f30, f1h, f2h, f6h = (_frame(w, b) for w in (900, 1800, 3600, 7200, LOOKBACK_S))
-    con.execute(f"""
-    CREATE OR REPLACE TEMP TABLE _fb AS
+def bucket_query(samples: str, anchor: str, lo: str, b: int) -> str:
+    """Per (device, bucket) aggregates of the samples in (lo, anchor], buckets
+    (end - b, end] ending on the grid anchored at `anchor`: the one definition both the
+    SQL features and the live ones (twin/failure/live.py) reduce samples with."""
+    return f"""
     WITH s AS (
       SELECT *, TIMESTAMP '{anchor}' - to_seconds(
                {b} * floor(epoch(TIMESTAMP '{anchor}' - read_time) / {b})) AS bucket_end
       FROM {samples}
-      WHERE read_time > TIMESTAMP '{_ts(lo)}' AND read_time <= TIMESTAMP '{anchor}'
+      WHERE read_time > TIMESTAMP '{lo}' AND read_time <= TIMESTAMP '{anchor}'
         AND kind IN ('gpu', 'power', 'cooling', 'air'))
     SELECT device_id, bucket_end, any_value(rack) AS rack,
       CASE WHEN any_value(kind) = 'gpu' THEN 'gpu' WHEN any_value(kind) = 'cooling' THEN 'cdu'
@@ -152,19 +135,50 @@ def compute_features(
       avg(value) FILTER (metric = 'fan_speed_pct') AS fan_speed_pct,
       avg(value) FILTER (metric = 'return_air_temp_c') AS return_air_c
     FROM s GROUP BY device_id, bucket_end
-    """)
-    # peer deviations (same class and rack/hall, same bucket), then windows over buckets
-    con.execute(f"""
-    CREATE OR REPLACE TEMP TABLE _fw0 AS
-    WITH p AS (
-      SELECT *, epoch(bucket_end - TIMESTAMP '{anchor}') / 3600.0 AS th,
+    """
+
+
+def peers_query(buckets: str) -> str:
+    """Bucket rows with a class, plus peer deviations (same class and rack/hall, same
+    bucket): tdev, lr (losses over the rack median PSU's losses), fdev."""
+    return f"""
+    SELECT *,
         temp_c - median(temp_c) OVER (PARTITION BY device_class, rack, bucket_end) AS tdev,
         -- losses (input/output - 1) over the rack median PSU's losses
         (100 / nullif(eff_pct, 0) - 1) / nullif(100 / nullif(median(eff_pct)
             OVER (PARTITION BY device_class, rack, bucket_end), 0) - 1, 0) AS lr,
         fan_power_ratio / nullif(median(fan_power_ratio)
             OVER (PARTITION BY device_class, rack, bucket_end), 0) - 1 AS fdev
-      FROM _fb WHERE device_class IS NOT NULL)
+    FROM {buckets} WHERE device_class IS NOT NULL"""
+
+
+def compute_features(
+    con: duckdb.DuckDBPyConnection,
+    start: datetime,
+    end: datetime,
+    bucket_s: int = 300,
+    classes: tuple[str, ...] = CLASSES,
+    samples: str = "samples",
+    events: str = "events",
+) -> pl.DataFrame:
+    """Feature rows for every device of `classes` at every t = end - k*bucket_s >= start.
+
+    One row per (device, t) for devices seen before t (within LOOKBACK_S); columns
+    device_id, device_class, rack, t, then the union of FEATURES (null where a class does
+    not have a feature)."""
+    end = end.replace(tzinfo=None, microsecond=0)
+    start = min(start.replace(tzinfo=None), end)  # `now` with microseconds: score at end
+    n_steps = int((end - start).total_seconds() // bucket_s)
+    lo = end - timedelta(seconds=n_steps * bucket_s + LOOKBACK_S)
+    anchor, b = _ts(end), bucket_s
+    f15, f30, f1h, f2h, f6h = (_frame(w, b) for w in (900, 1800, 3600, 7200, LOOKBACK_S))
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _fb AS {bucket_query(samples, anchor, _ts(lo), b)}")
+    # peer deviations (same class and rack/hall, same bucket), then windows over buckets
+    con.execute(f"""
+    CREATE OR REPLACE TEMP TABLE _fw0 AS
+    WITH p AS (
+      SELECT *, epoch(bucket_end - TIMESTAMP '{anchor}') / 3600.0 AS th
+      FROM ({peers_query("_fb")}))
     SELECT device_id, device_class, rack, bucket_end, last_read,
       {b}.0 / nullif(max(n_reads) OVER {f6h}, 0) AS read_interval_s,
       sum(n_reads) OVER {f15} / nullif(3 * max(n_reads) OVER {f6h}, 0) AS read_ratio_15m,

@@ -37,10 +37,17 @@ import numpy as np
 import polars as pl
 
 from domain.xids import FAILURE_XID_CODES
-from twin.failure.features import CLASSES, LOOKBACK_S, THROTTLE_MASK, XID_COLS, XID_WINDOW_S
+from twin.failure.features import (
+    CLASSES,
+    LOOKBACK_S,
+    XID_COLS,
+    XID_WINDOW_S,
+    _ts,
+    bucket_query,
+    peers_query,
+)
 
 SHORT = 27  # buckets in time order: the 2-h loss-ratio slope's frame (25) + 15-min average
-KINDS = ("gpu", "power", "cooling", "air")
 CLASS_CODE = {c: i for i, c in enumerate(CLASSES)}
 VALUE_COLS = (
     "temp_c",
@@ -65,96 +72,6 @@ VALUE_COLS = (
     "return_air_c",
 )
 _US = 1_000_000
-
-
-def _nz(e: pl.Expr) -> pl.Expr:
-    """SQL nullif(e, 0)."""
-    return pl.when(e != 0).then(e)
-
-
-def bucket_rows(samples: pl.DataFrame, bucket_s: int) -> pl.DataFrame:
-    """Per (device, bucket) rows as the SQL's `_fb` plus its peer deviations (`tdev`,
-    `lr`, `fdev`), buckets (end - bucket_s, end] on the absolute grid. `samples` has the
-    store's columns (read_time, device_id, metric, value, kind, rack)."""
-    b_us = bucket_s * _US
-    m, v = pl.col("metric"), pl.col("value")
-
-    def avg(name: str) -> pl.Expr:
-        return v.filter(m == name).mean()
-
-    def mx(name: str) -> pl.Expr:
-        return v.filter(m == name).max()
-
-    us = pl.col("read_time").dt.epoch("us")
-    agg = (
-        samples.lazy()
-        .filter(pl.col("kind").is_in(KINDS))
-        .with_columns(((us + (b_us - 1)) // b_us).alias("bucket"))
-        .group_by("device_id", "bucket")
-        .agg(
-            pl.col("rack").first(),
-            pl.col("kind").first(),
-            (m == "output_power_w").any().alias("has_out"),
-            us.max().alias("last_us"),
-            pl.col("read_time").n_unique().alias("n_reads"),
-            m.n_unique().alias("n_metrics"),
-            avg("gpu_temp_c").alias("temp_c"),
-            avg("power_w").alias("power_w"),
-            ((v.filter(m == "throttle_reasons").round(0).cast(pl.Int64) & THROTTLE_MASK) > 0)
-            .cast(pl.Float64)
-            .mean()
-            .alias("throttled"),
-            mx("ecc_corrected_total").alias("ecc_corr"),
-            mx("ecc_uncorrected_total").alias("ecc_uncorr"),
-            mx("remapped_rows_correctable").alias("remap_corr"),
-            mx("remapped_rows_uncorrectable").alias("remap_uncorr"),
-            mx("row_remap_pending").alias("remap_pending"),
-            mx("row_remap_failure").alias("remap_failure"),
-            v.filter(m == "output_power_w").sum().alias("out_sum"),
-            v.filter(m == "input_power_w").sum().alias("in_sum"),
-            (m == "input_power_w").sum().alias("in_n"),
-            avg("pump_speed_pct").alias("pump_speed"),
-            avg("flow_lpm").alias("flow_lpm"),
-            avg("pump_power_w").alias("pump_power"),
-            avg("reservoir_level_pct").alias("reservoir_pct"),
-            mx("leak_detected").alias("leak_detected"),
-            avg("fan_power_w").alias("fan_power"),
-            avg("fan_speed_pct").alias("fan_speed_pct"),
-            avg("return_air_temp_c").alias("return_air_c"),
-        )
-        .with_columns(
-            pl.when(pl.col("kind") == "gpu")
-            .then(pl.lit("gpu"))
-            .when(pl.col("kind") == "cooling")
-            .then(pl.lit("cdu"))
-            .when(pl.col("kind") == "air")
-            .then(pl.lit("crah"))
-            .when(pl.col("has_out"))
-            .then(pl.lit("psu"))
-            .alias("device_class"),
-            # sum() of nothing is 0 in polars, NULL in SQL
-            (
-                100
-                * pl.when(pl.col("has_out")).then(pl.col("out_sum"))
-                / _nz(pl.when(pl.col("in_n") > 0).then(pl.col("in_sum")))
-            ).alias("eff_pct"),
-            (pl.col("pump_speed") / _nz(pl.col("flow_lpm")) * 100).alias("speed_per_flow"),
-            (pl.col("pump_power") / _nz(pl.col("flow_lpm"))).alias("pump_w_per_lpm"),
-            (pl.col("fan_power") / _nz((pl.col("fan_speed_pct") / 100).pow(3))).alias(
-                "fan_power_ratio"
-            ),
-        )
-        .filter(pl.col("device_class").is_not_null())
-    )
-    peers = ["device_class", "rack", "bucket"]
-    med_eff = pl.col("eff_pct").median().over(peers)
-    return agg.with_columns(
-        (pl.col("temp_c") - pl.col("temp_c").median().over(peers)).alias("tdev"),
-        ((100 / _nz(pl.col("eff_pct")) - 1) / _nz(100 / _nz(med_eff) - 1)).alias("lr"),
-        (pl.col("fan_power_ratio") / _nz(pl.col("fan_power_ratio").median().over(peers)) - 1).alias(
-            "fdev"
-        ),
-    ).collect()
 
 
 def _quiet(fn, *a, **k):
@@ -285,31 +202,30 @@ class LiveFeatures:
         else:
             lo = max(self.tick - self.late_buckets, hi - self.nb)
         t_lo = _from_us(lo * self.bucket_s * _US)
-        kinds = ", ".join(f"'{k}'" for k in KINDS)
-        new = _frame(
-            con,
-            f"SELECT read_time, device_id, metric, value, kind, rack FROM {samples} "
-            f"WHERE read_time > ? AND read_time <= ? AND kind IN ({kinds})",
-            [t_lo, t],
-        )
-        ev = _frame(
-            con,
+        # the reference's own bucket reduction and peer deviations, over the new span only
+        rows = con.sql(
+            f"SELECT *, epoch_us(last_read) AS last_us, "
+            f"epoch_us(bucket_end) // {self.bucket_s * _US} AS bucket FROM ("
+            + peers_query(f"({bucket_query(samples, _ts(t), _ts(t_lo), self.bucket_s)})")
+            + ")"
+        ).pl()
+        ev = con.sql(
             f"SELECT read_time, device_id, kind, attrs->>'xid' AS xid FROM {events} "
             "WHERE read_time > ? AND read_time <= ? AND kind IN ('xid', 'source_error')",
-            [max(t_lo, t - timedelta(seconds=XID_WINDOW_S)), t],
-        )
-        return self.advance_frames(new, ev, t, lo)
+            params=[max(t_lo, t - timedelta(seconds=XID_WINDOW_S)), t],
+        ).pl()
+        return self.advance_rows(rows, ev, t, lo)
 
     def reset(self) -> None:
         self.__init__(self.bucket_s, self.late_buckets, self.classes)  # type: ignore[misc]
 
-    def advance_frames(
-        self, samples: pl.DataFrame, events: pl.DataFrame, t: datetime, lo: int
+    def advance_rows(
+        self, rows: pl.DataFrame, events: pl.DataFrame, t: datetime, lo: int
     ) -> pl.DataFrame:
-        """advance() on frames already read: `samples` holds every sample of buckets
-        lo+1..t, `events` every xid/source_error event in the same span."""
+        """advance() on what was read: `rows` the bucket rows (bucket_query + peers_query)
+        of buckets lo+1..t, `events` every xid/source_error event in the same span."""
         hi = _epoch_us(t) // (self.bucket_s * _US)
-        self.fold(bucket_rows(samples, self.bucket_s), lo, hi)
+        self.fold(rows, lo, hi)
         t_lo = _from_us(lo * self.bucket_s * _US)
         keep_from = t - timedelta(seconds=XID_WINDOW_S)
         ev = events.with_columns(pl.col("read_time").cast(pl.Datetime("us")))
@@ -496,10 +412,6 @@ class LiveFeatures:
                 for c in cols
             ],
         )
-
-
-def _frame(con: duckdb.DuckDBPyConnection, query: str, params: list) -> pl.DataFrame:
-    return con.sql(query, params=params).pl()
 
 
 def _nan0(a: np.ndarray) -> np.ndarray:
