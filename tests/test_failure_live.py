@@ -91,7 +91,8 @@ def _values(role: str, rng: np.random.Generator, state: dict) -> dict[str, float
 def _stream(seed: int, hours: float, late_frac: float):
     """Samples and events with arrival ticks: (arrival_bucket, row) lists."""
     rng = np.random.default_rng(seed)
-    samples, events = [], []
+    samples: list[tuple] = []
+    events: list[tuple] = []
     end_s = hours * 3600
     for dev, kind, rack, role in DEVICES:
         interval = float(rng.choice([30, 60, 90, 120]))

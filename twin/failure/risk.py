@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from twin.failure import registry
 from twin.failure.explain import explain
