@@ -8,15 +8,16 @@ How: a tick is a bucket end on the absolute `bucket_s` grid (epoch multiples of 
 so the SQL's buckets (anchored at the as-of time) are fixed intervals that never move.
 Each tick reads only the samples and events of the buckets since the previous tick (plus
 `late_buckets` closed buckets again, see below), reduces them to per-device bucket rows
-exactly as the SQL does (averages, maxima, read and metric counts, and the peer
-deviations: a bucket's peers are all in that bucket, so the rack medians are final when
-the bucket is), and writes them into a ring of LOOKBACK_S / bucket_s buckets per device
-(numpy arrays, a column allocated only once a metric appears). The window features are
-then reductions over that ring, vectorized across devices: 6-h minima/maxima over the
-whole ring in any order (a device's newest valid bucket is its row, so its 6-h frame is
-every bucket it has in the lookback), and the 15-min to 2-h windows over the newest 27
-buckets in time order, per group of devices whose newest bucket is equally old (almost
-all devices are in the group whose newest bucket is the tick's).
+with the reference's own SQL (`bucket_query`, `peers_query`: averages, maxima, read and
+metric counts, and the peer deviations; a bucket's peers are all in that bucket, so the
+rack medians are final when the bucket is), and writes them into a ring of
+LOOKBACK_S / bucket_s buckets per device (numpy arrays, a column allocated only once a
+metric appears). The window features are then reductions over that ring, vectorized
+across devices: 6-h minima/maxima over the whole ring in any order (a device's newest
+valid bucket is its row, so its 6-h frame is every bucket it has in the lookback), and
+the 15-min to 2-h windows over the newest 27 buckets in time order, per group of devices
+whose newest bucket is equally old (almost all devices are in the group whose newest
+bucket is the tick's).
 
 Late data: a sample counts if it is in the store when its bucket is (re)read. The bucket
 that closes at tick T is read at T; with `late_buckets=1` (the default) the tick after
@@ -94,6 +95,7 @@ class LiveFeatures:
         self.late_buckets = late_buckets
         self.classes = classes
         self.tick: int | None = None  # bucket index of the last tick (end / bucket_s)
+        self._late_count: int | None = None  # samples in the re-readable buckets
         self.ids: dict[str, int] = {}
         self.id_list: list[str] = []
         self.rack: list[str | None] = []
@@ -201,6 +203,19 @@ class LiveFeatures:
             lo = hi - self.nb
         else:
             lo = max(self.tick - self.late_buckets, hi - self.nb)
+            # the closed buckets are read again only if samples arrived for them since
+            # (the store only appends in the recent window: same count, same rows)
+            if (
+                self._late_count is not None
+                and lo == self.tick - self.late_buckets < self.tick
+                and self._count(con, samples, lo, self.tick) == self._late_count
+            ):
+                lo = self.tick
+        # counted before the rows are read: a sample landing in between is counted
+        # low, so the next tick reads its bucket again rather than missing it
+        self._late_count = (
+            self._count(con, samples, hi - self.late_buckets, hi) if self.late_buckets else None
+        )
         t_lo = _from_us(lo * self.bucket_s * _US)
         # the reference's own bucket reduction and peer deviations, over the new span only
         rows = con.sql(
@@ -215,6 +230,15 @@ class LiveFeatures:
             params=[max(t_lo, t - timedelta(seconds=XID_WINDOW_S)), t],
         ).pl()
         return self.advance_rows(rows, ev, t, lo)
+
+    def _count(self, con: duckdb.DuckDBPyConnection, samples: str, lo: int, hi: int) -> int:
+        step = self.bucket_s * _US
+        rows = con.sql(
+            f"SELECT count(*) FROM {samples} WHERE read_time > ? AND read_time <= ? "
+            "AND kind IN ('gpu', 'power', 'cooling', 'air')",
+            params=[_from_us(lo * step), _from_us(hi * step)],
+        ).fetchall()
+        return int(rows[0][0])
 
     def reset(self) -> None:
         self.__init__(self.bucket_s, self.late_buckets, self.classes)  # type: ignore[misc]
