@@ -149,10 +149,13 @@ def test_device_state_carries_failure_risk(trained, monkeypatch):
         )
         assert lr.refresh() is True  # the scoring tick
         calls = []
-        real = live_mod.failure_risks
-        monkeypatch.setattr(
-            live_mod, "failure_risks", lambda *a, **k: calls.append(a) or real(*a, **k)
-        )
+        real = live_mod.risk_table
+
+        def counted(*a, **k):
+            calls.append(a)
+            return real(*a, **k)
+
+        monkeypatch.setattr(live_mod, "risk_table", counted)
         for _ in range(3):
             r = client.get(f"/v1/devices/{dev}")
             assert r.status_code == 200, r.text

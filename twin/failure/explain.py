@@ -28,6 +28,8 @@ PHRASES: dict[str, str] = {
     "ecc_uncorr_6h": "{v:.0f} uncorrected ECC errors in 6 h",
     "remap_corr_6h": "{v:.0f} rows remapped in 6 h",
     "remap_uncorr_6h": "{v:.0f} uncorrectable remapped rows in 6 h",
+    "row_remap_pending": "row remap pending: a remapped row waits for the next GPU reset",
+    "row_remap_failure_6h": "row remap failed: no spare row left, replace the GPU",
     "psu_loss_ratio": "PSU losses {v:.1f}x those of the rack's other PSUs",
     "psu_loss_slope_30m_ph": "PSU losses climbing fast: {v:+.2f}x/h over 30 min",
     "psu_loss_slope_1h_ph": "PSU losses rising {v:+.2f}x/h over 1 h",

@@ -37,6 +37,8 @@ FEATURES: dict[str, list[str]] = {
         "ecc_uncorr_6h",
         "remap_corr_6h",
         "remap_uncorr_6h",
+        "row_remap_pending",
+        "row_remap_failure_6h",
         *XID_COLS,
         *COMMON,
     ],
@@ -91,6 +93,65 @@ def _frame(window_s: int, bucket_s: int) -> str:
     )
 
 
+def bucket_query(samples: str, anchor: str, lo: str, b: int) -> str:
+    """Per (device, bucket) aggregates of the samples in (lo, anchor], buckets
+    (end - b, end] ending on the grid anchored at `anchor`: the one definition both the
+    SQL features and the live ones (twin/failure/live.py) reduce samples with."""
+    return f"""
+    WITH s AS (
+      SELECT *, TIMESTAMP '{anchor}' - to_seconds(
+               {b} * floor(epoch(TIMESTAMP '{anchor}' - read_time) / {b})) AS bucket_end
+      FROM {samples}
+      WHERE read_time > TIMESTAMP '{lo}' AND read_time <= TIMESTAMP '{anchor}'
+        AND kind IN ('gpu', 'power', 'cooling', 'air'))
+    SELECT device_id, bucket_end, any_value(rack) AS rack,
+      CASE WHEN any_value(kind) = 'gpu' THEN 'gpu' WHEN any_value(kind) = 'cooling' THEN 'cdu'
+           WHEN any_value(kind) = 'air' THEN 'crah'
+           WHEN bool_or(metric = 'output_power_w') THEN 'psu' END AS device_class,
+      max(read_time) AS last_read, count(DISTINCT read_time) AS n_reads,
+      count(DISTINCT metric) AS n_metrics,
+      avg(value) FILTER (metric = 'gpu_temp_c') AS temp_c,
+      avg(value) FILTER (metric = 'power_w') AS power_w,
+      avg((((value::BIGINT) & {THROTTLE_MASK}) > 0)::INT)
+          FILTER (metric = 'throttle_reasons') AS throttled,
+      max(value) FILTER (metric = 'ecc_corrected_total') AS ecc_corr,
+      max(value) FILTER (metric = 'ecc_uncorrected_total') AS ecc_uncorr,
+      max(value) FILTER (metric = 'remapped_rows_correctable') AS remap_corr,
+      max(value) FILTER (metric = 'remapped_rows_uncorrectable') AS remap_uncorr,
+      max(value) FILTER (metric = 'row_remap_pending') AS remap_pending,
+      max(value) FILTER (metric = 'row_remap_failure') AS remap_failure,
+      100 * sum(value) FILTER (metric = 'output_power_w')
+          / nullif(sum(value) FILTER (metric = 'input_power_w'), 0) AS eff_pct,
+      avg(value) FILTER (metric = 'pump_speed_pct')
+          / nullif(avg(value) FILTER (metric = 'flow_lpm'), 0) * 100 AS speed_per_flow,
+      avg(value) FILTER (metric = 'pump_power_w')
+          / nullif(avg(value) FILTER (metric = 'flow_lpm'), 0) AS pump_w_per_lpm,
+      avg(value) FILTER (metric = 'flow_lpm') AS flow_lpm,
+      avg(value) FILTER (metric = 'reservoir_level_pct') AS reservoir_pct,
+      max(value) FILTER (metric = 'leak_detected') AS leak_detected,
+      avg(value) FILTER (metric = 'fan_power_w')
+          / nullif(pow(avg(value) FILTER (metric = 'fan_speed_pct') / 100, 3), 0)
+          AS fan_power_ratio,
+      avg(value) FILTER (metric = 'fan_speed_pct') AS fan_speed_pct,
+      avg(value) FILTER (metric = 'return_air_temp_c') AS return_air_c
+    FROM s GROUP BY device_id, bucket_end
+    """
+
+
+def peers_query(buckets: str) -> str:
+    """Bucket rows with a class, plus peer deviations (same class and rack/hall, same
+    bucket): tdev, lr (losses over the rack median PSU's losses), fdev."""
+    return f"""
+    SELECT *,
+        temp_c - median(temp_c) OVER (PARTITION BY device_class, rack, bucket_end) AS tdev,
+        -- losses (input/output - 1) over the rack median PSU's losses
+        (100 / nullif(eff_pct, 0) - 1) / nullif(100 / nullif(median(eff_pct)
+            OVER (PARTITION BY device_class, rack, bucket_end), 0) - 1, 0) AS lr,
+        fan_power_ratio / nullif(median(fan_power_ratio)
+            OVER (PARTITION BY device_class, rack, bucket_end), 0) - 1 AS fdev
+    FROM {buckets} WHERE device_class IS NOT NULL"""
+
+
 def compute_features(
     con: duckdb.DuckDBPyConnection,
     start: datetime,
@@ -111,56 +172,13 @@ def compute_features(
     lo = end - timedelta(seconds=n_steps * bucket_s + LOOKBACK_S)
     anchor, b = _ts(end), bucket_s
     f15, f30, f1h, f2h, f6h = (_frame(w, b) for w in (900, 1800, 3600, 7200, LOOKBACK_S))
-    con.execute(f"""
-    CREATE OR REPLACE TEMP TABLE _fb AS
-    WITH s AS (
-      SELECT *, TIMESTAMP '{anchor}' - to_seconds(
-               {b} * floor(epoch(TIMESTAMP '{anchor}' - read_time) / {b})) AS bucket_end
-      FROM {samples}
-      WHERE read_time > TIMESTAMP '{_ts(lo)}' AND read_time <= TIMESTAMP '{anchor}'
-        AND kind IN ('gpu', 'power', 'cooling', 'air'))
-    SELECT device_id, bucket_end, any_value(rack) AS rack,
-      CASE WHEN any_value(kind) = 'gpu' THEN 'gpu' WHEN any_value(kind) = 'cooling' THEN 'cdu'
-           WHEN any_value(kind) = 'air' THEN 'crah'
-           WHEN bool_or(metric = 'output_power_w') THEN 'psu' END AS device_class,
-      max(read_time) AS last_read, count(DISTINCT read_time) AS n_reads,
-      count(DISTINCT metric) AS n_metrics,
-      avg(value) FILTER (metric = 'gpu_temp_c') AS temp_c,
-      avg(value) FILTER (metric = 'power_w') AS power_w,
-      avg((((value::BIGINT) & {THROTTLE_MASK}) > 0)::INT)
-          FILTER (metric = 'throttle_reasons') AS throttled,
-      max(value) FILTER (metric = 'ecc_corrected_total') AS ecc_corr,
-      max(value) FILTER (metric = 'ecc_uncorrected_total') AS ecc_uncorr,
-      max(value) FILTER (metric = 'remapped_rows_correctable') AS remap_corr,
-      max(value) FILTER (metric = 'remapped_rows_uncorrectable') AS remap_uncorr,
-      100 * sum(value) FILTER (metric = 'output_power_w')
-          / nullif(sum(value) FILTER (metric = 'input_power_w'), 0) AS eff_pct,
-      avg(value) FILTER (metric = 'pump_speed_pct')
-          / nullif(avg(value) FILTER (metric = 'flow_lpm'), 0) * 100 AS speed_per_flow,
-      avg(value) FILTER (metric = 'pump_power_w')
-          / nullif(avg(value) FILTER (metric = 'flow_lpm'), 0) AS pump_w_per_lpm,
-      avg(value) FILTER (metric = 'flow_lpm') AS flow_lpm,
-      avg(value) FILTER (metric = 'reservoir_level_pct') AS reservoir_pct,
-      max(value) FILTER (metric = 'leak_detected') AS leak_detected,
-      avg(value) FILTER (metric = 'fan_power_w')
-          / nullif(pow(avg(value) FILTER (metric = 'fan_speed_pct') / 100, 3), 0)
-          AS fan_power_ratio,
-      avg(value) FILTER (metric = 'fan_speed_pct') AS fan_speed_pct,
-      avg(value) FILTER (metric = 'return_air_temp_c') AS return_air_c
-    FROM s GROUP BY device_id, bucket_end
-    """)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _fb AS {bucket_query(samples, anchor, _ts(lo), b)}")
     # peer deviations (same class and rack/hall, same bucket), then windows over buckets
     con.execute(f"""
     CREATE OR REPLACE TEMP TABLE _fw0 AS
     WITH p AS (
-      SELECT *, epoch(bucket_end - TIMESTAMP '{anchor}') / 3600.0 AS th,
-        temp_c - median(temp_c) OVER (PARTITION BY device_class, rack, bucket_end) AS tdev,
-        -- losses (input/output - 1) over the rack median PSU's losses
-        (100 / nullif(eff_pct, 0) - 1) / nullif(100 / nullif(median(eff_pct)
-            OVER (PARTITION BY device_class, rack, bucket_end), 0) - 1, 0) AS lr,
-        fan_power_ratio / nullif(median(fan_power_ratio)
-            OVER (PARTITION BY device_class, rack, bucket_end), 0) - 1 AS fdev
-      FROM _fb WHERE device_class IS NOT NULL)
+      SELECT *, epoch(bucket_end - TIMESTAMP '{anchor}') / 3600.0 AS th
+      FROM ({peers_query("_fb")}))
     SELECT device_id, device_class, rack, bucket_end, last_read,
       {b}.0 / nullif(max(n_reads) OVER {f6h}, 0) AS read_interval_s,
       sum(n_reads) OVER {f15} / nullif(3 * max(n_reads) OVER {f6h}, 0) AS read_ratio_15m,
@@ -177,6 +195,11 @@ def compute_features(
       ecc_uncorr - min(ecc_uncorr) OVER {f6h} AS ecc_uncorr_6h,
       remap_corr - min(remap_corr) OVER {f6h} AS remap_corr_6h,
       remap_uncorr - min(remap_uncorr) OVER {f6h} AS remap_uncorr_6h,
+      -- NVML row-remap flags: pending clears at the next GPU reset (the latest bucket
+      -- says whether one is waiting), a failure (no spare row left) is sticky: any in 6 h.
+      -- Not reported (older drivers, the simulator) reads as 0: nothing known pending
+      coalesce(remap_pending, 0) AS row_remap_pending,
+      coalesce(max(remap_failure) OVER {f6h}, 0) AS row_remap_failure_6h,
       avg(lr) OVER {f15} AS psu_loss_ratio,
       avg(speed_per_flow) OVER {f15} AS speed_per_flow,
       avg(speed_per_flow) OVER {f15} - first_value(speed_per_flow) OVER {f6h}
