@@ -256,3 +256,31 @@ def test_service_table_equals_the_sql_path(tmp_path):
         assert now["reasons"]
     finally:
         store.close()
+
+
+def test_a_fresh_store_has_risk_before_its_first_feature_tick(tmp_path):
+    """Every reading newer than the last 5-min grid tick (a site's first minutes, the
+    demo's): the service scores with the reference as of the newest reading instead of
+    serving an empty table until the bucket closes."""
+    path = tmp_path / "fresh.duckdb"
+    start = BASE_START + timedelta(seconds=30)  # just after a grid tick
+    sim = SiteSimulator(
+        synthetic_site(8, racks_per_row=1, rows_per_hall=1),
+        seed=4,
+        start_time_s=start.timestamp(),
+        horizon_s=600,
+    )
+    run_simulation(sim, 4 / 60, path, step_s=30.0, fmt="duckdb", progress=False)
+    models = tmp_path / "no-site-model"  # the shipped default serves
+    store = Store(path)
+    try:
+        svc = FailureRiskService(store, 3600, models)
+        as_of = (BASE_START + timedelta(minutes=4)).replace(tzinfo=None)
+        assert tick_floor(as_of) == BASE_START.replace(tzinfo=None)
+        assert svc.refresh(as_of) is True
+        assert svc.table is not None and svc.table.height > 0 and svc.scored_at == as_of
+        ref = failure_risks(store, as_of, 3600, models)
+        cols = ["device_id", "risk", "status"]
+        assert svc.table.select(cols).sort("device_id").equals(ref.select(cols).sort("device_id"))
+    finally:
+        store.close()

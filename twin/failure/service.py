@@ -40,7 +40,7 @@ from twin.failure import registry
 from twin.failure.features import failed_devices
 from twin.failure.live import LiveFeatures, tick_floor
 from twin.failure.model import LOST_AFTER_READS
-from twin.failure.risk import risk_table, serving_model
+from twin.failure.risk import failure_risks, risk_table, serving_model
 from twin.health import ComponentHealth
 from twin.periodic import Periodic
 
@@ -141,6 +141,13 @@ class FailureRiskService:
                 self._feats, model, version, failed_devices(cur, tick), self.horizon_s
             )
         self.scored_at = tick
+        if self._feats.is_empty() and as_of > tick:
+            # a fresh store: every reading is newer than the last feature tick, so the
+            # incremental features have nothing yet. Until the first tick with data (at
+            # most one bucket), score with the reference as of the newest reading: it
+            # reads under a bucket of data, and the site has risk from its first minute.
+            self.scored_at = as_of
+            return failure_risks(self.store, as_of, self.horizon_s, self.root)
         if as_of <= tick or self._base.is_empty():
             return self._base
         self.scored_at = as_of
