@@ -102,6 +102,7 @@ class Staged:
     # _pairs holds exactly the (device, metric) aggregates of what will be stored
     pairs_valid: bool = False
     row_filter: str | None = None  # SQL over `r` (_rows) keeping the valid samples
+    columnar: bool = False  # the samples were decoded by ColumnDecoder, not the JSON reader
 
 
 def diagnose(
@@ -248,6 +249,7 @@ class Stager:
             # one row per staged message (i = 0..n-1) or the decoder declines
             rows = self.columns.decode(values, cuts, envelopes)
         if rows is not None:
+            out.columnar = True
             del lines
             con.execute("CREATE OR REPLACE TEMP TABLE _rows AS SELECT * FROM rows")
             self.close()  # the envelopes' file: a poll's JSON should not sit in /dev/shm
