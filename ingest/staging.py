@@ -547,7 +547,9 @@ class ColumnDecoder:
         except pa.ArrowException:
             return None
         count = np.array(counts)
-        env_codes = np.repeat(np.arange(len(self._strings), len(dictionary), 3, np.int32), count)
+        env_codes = np.repeat(
+            np.arange(len(self._strings), len(dictionary), 3, dtype=np.int32), count
+        )
 
         def col(codes: np.ndarray) -> pa.DictionaryArray:
             return pa.DictionaryArray.from_arrays(pa.array(codes), dictionary)
