@@ -1,11 +1,17 @@
 """Bulk decode and validation of one poll's telemetry messages, inside DuckDB.
 
-The raw values go, one per line and wrapped as `{"i": N, "m": <raw>}`, into a
-newline-delimited JSON file that DuckDB's JSON reader parses in C++: no Python object
-is made per sample. Two reads of that file fill the staging tables:
+The envelopes (each message up to its samples), one per line and wrapped as
+`{"i": N, "k": colons, "m": <raw>}`, go into a newline-delimited JSON file that DuckDB's
+JSON reader parses in C++:
 
   _env  one row per message, envelope fields as JSON (so types are checked strictly)
-  _rows one row per sample: i, device_id, metric, value, read_time_ms
+
+The samples become `_rows`, one row per sample: i, kind, rack, site, device_id, metric,
+value, read_time_ms, rid (position in the poll). In the live case (every envelope valid)
+`ColumnDecoder` builds it as an Arrow table registered on the connection (no Python
+object per sample, no copy); otherwise DuckDB's JSON reader reads the whole messages
+into a temp table `_rows`, as the verdicts rest on it. Both give the same rows
+(tests/test_ingest_columnar.py).
 
 `validate.py` turns them into verdicts, by the wire contract's rules in its order
 (`domain.contract.decode` is the reference). Messages the reader cannot parse or vouch
@@ -251,10 +257,16 @@ class Stager:
         if rows is not None:
             out.columnar = True
             del lines
-            con.execute("CREATE OR REPLACE TEMP TABLE _rows AS SELECT * FROM rows")
+            # no copy: DuckDB scans the Arrow columns in place (`rid` stands in for rowid)
+            if con.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = '_rows' AND temporary"
+            ).fetchall() != [(0,)]:
+                con.execute("DROP TABLE _rows").fetchall()  # the JSON reader's, of an earlier poll
+            con.register("_rows", rows.append_column("rid", pa.array(np.arange(len(rows)))))
             self.close()  # the envelopes' file: a poll's JSON should not sit in /dev/shm
             del rows, values
         else:
+            unregister_rows(con)
             with open(self.path, "wb") as f:
                 f.write(b"\n".join(lines))
             del lines
@@ -602,6 +614,14 @@ def _sample_columns(value: bytes, start: int, colons: int) -> tuple[bytes, ...] 
     # column k runs from its key's colon to the comma before the next key, or to the end
     nxt = {a: starts[n + 1] if n < 3 else len(body) - 1 for n, a in enumerate(starts)}
     return tuple(value[c : nxt[a] - 1] for a, c in cuts)
+
+
+def unregister_rows(con: duckdb.DuckDBPyConnection) -> None:
+    """Drop the Arrow view `_rows` of a columnar poll, before a temp table takes the name."""
+    if con.execute(
+        "SELECT count(*) FROM duckdb_views() WHERE view_name = '_rows' AND temporary"
+    ).fetchall() != [(0,)]:
+        con.unregister("_rows")
 
 
 def _misplaced(rec: Any, kind: str, rack: str) -> tuple[str, str] | None:

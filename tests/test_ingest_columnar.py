@@ -36,9 +36,10 @@ def outcome(stager: Stager, recs: list[Raw]):
     rows = []
     if staged.accepted:
         where = f"WHERE {staged.row_filter}" if staged.row_filter else ""
+        order = "r.rid" if staged.columnar else "r.rowid"  # poll order on either path
         rows = stager.con.execute(
             "SELECT r.i, r.kind, r.rack, r.site, r.device_id, r.metric, r.value, "
-            f"r.read_time_ms FROM _rows r SEMI JOIN _acc USING (i) {where} ORDER BY r.rowid"
+            f"r.read_time_ms FROM _rows r SEMI JOIN _acc USING (i) {where} ORDER BY {order}"
         ).fetchall()
     counters = (staged.accepted, staged.partial, dict(staged.samples_rejected))
     return dead, counters, rows, staged.columnar
