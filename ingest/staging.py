@@ -1,11 +1,17 @@
 """Bulk decode and validation of one poll's telemetry messages, inside DuckDB.
 
-The raw values go, one per line and wrapped as `{"i": N, "m": <raw>}`, into a
-newline-delimited JSON file that DuckDB's JSON reader parses in C++: no Python object
-is made per sample. Two reads of that file fill the staging tables:
+The envelopes (each message up to its samples), one per line and wrapped as
+`{"i": N, "k": colons, "m": <raw>}`, go into a newline-delimited JSON file that DuckDB's
+JSON reader parses in C++:
 
   _env  one row per message, envelope fields as JSON (so types are checked strictly)
-  _rows one row per sample: i, device_id, metric, value, read_time_ms
+
+The samples become `_rows`, one row per sample: i, kind, rack, site, device_id, metric,
+value, read_time_ms, rid (position in the poll). In the live case (every envelope valid)
+`ColumnDecoder` builds it as an Arrow table registered on the connection (no Python
+object per sample, no copy); otherwise DuckDB's JSON reader reads the whole messages
+into a temp table `_rows`, as the verdicts rest on it. Both give the same rows
+(tests/test_ingest_columnar.py).
 
 `validate.py` turns them into verdicts, by the wire contract's rules in its order
 (`domain.contract.decode` is the reference). Messages the reader cannot parse or vouch
@@ -25,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -101,6 +108,7 @@ class Staged:
     # _pairs holds exactly the (device, metric) aggregates of what will be stored
     pairs_valid: bool = False
     row_filter: str | None = None  # SQL over `r` (_rows) keeping the valid samples
+    columnar: bool = False  # the samples were decoded by ColumnDecoder, not the JSON reader
 
 
 def diagnose(
@@ -119,11 +127,16 @@ class Stager:
     """Stages polls on one DuckDB connection (its temp tables are per connection)."""
 
     def __init__(
-        self, con: duckdb.DuckDBPyConnection, policy: IngestPolicy, spool_dir: str | None = None
+        self,
+        con: duckdb.DuckDBPyConnection,
+        policy: IngestPolicy,
+        spool_dir: str | None = None,
+        columnar: bool = True,  # False: every poll's samples through the JSON reader
     ) -> None:
         self.con = con
         self.policy = policy
         install_reference_tables(con, policy)
+        self.columns = ColumnDecoder() if columnar else None
         base = spool_dir or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
         base = base or tempfile.gettempdir()
         _sweep(base)
@@ -168,6 +181,8 @@ class Stager:
         lines: list[bytes] = []
         env_lines: list[bytes] = []
         staged: list[Any] = []
+        values: list[bytes] = []  # as staged (a message with a newline re-encoded)
+        cuts: list[tuple[int, int]] = []  # per message: where ,"samples": is, colons after
         for rec in records:  # per message, never per sample
             value = rec.value
             if not value:
@@ -197,14 +212,14 @@ class Stager:
                     continue
             i = len(staged)
             lines.append(b'{"i":%d,"m":%b}' % (i, value))
+            values.append(value)
             # The envelope alone, to read it without parsing the samples: collectors put
             # "samples" last. `,"samples":` unescaped can only be a key; a message for which
             # the cut is wrong just gets its envelope read again in full (below).
             cut = value.rfind(b',"samples":')
+            cuts.append((cut, value.count(b":", cut) if cut > 0 else -1))
             env_lines.append(
-                b'{"i":%d,"k":%d,"m":%b}}' % (i, value.count(b":", cut), value[:cut])
-                if cut > 0
-                else lines[-1]
+                b'{"i":%d,"k":%d,"m":%b}}' % (i, cuts[-1][1], value[:cut]) if cut > 0 else lines[-1]
             )
             staged.append(rec)
         if not staged:
@@ -230,24 +245,47 @@ class Stager:
             )
         del env_lines
         self._judge_suspects(staged, window)
-        with open(self.path, "wb") as f:
-            f.write(b"\n".join(lines))
-        del lines
-        # kind, rack and site ride along (short strings): no join per sample later on.
-        # No filter here: a scan keeps poll order (a semi-join would not), and per series
-        # rowid order must follow read order. Rows of messages that fail stay out later.
-        # A read time that is not an integer within the contract's bound becomes NULL, so
-        # its message is judged by the reference decoder (schema), like any null.
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE _rows AS
-            SELECT i, kind, rack, site, device_id, metric, value,
-                   CASE WHEN t = trunc(t) AND abs(t) <= {MAX_ABS_TIME_MS}
-                        THEN CAST(t AS BIGINT) END AS read_time_ms
-            FROM (SELECT i, m.kind AS kind, m.rack AS rack, m.site AS site,
-                         unnest(m.samples.device_id) AS device_id,
-                         unnest(m.samples.metric) AS metric, unnest(m.samples.value) AS value,
-                         unnest(m.samples.read_time_ms) AS t
-                  FROM {self._read_json(_SAMPLES_TYPE)})""")
-        self.close()  # read; a poll's JSON should not sit in /dev/shm until the next one
+        # Every message an ordinary batch (the live case): decode its sample columns
+        # straight to Arrow (rows_arrow), no file and no JSON pass in DuckDB. Anything
+        # unusual in the poll takes the JSON reader below, which the verdicts were built on.
+        rows = None
+        ordinary = one_row(con.execute("SELECT count(*) FILTER (WHERE status <> 'ok') FROM _msg"))
+        if self.columns is not None and ordinary[0] == 0:
+            envelopes = con.execute("SELECT kind, rack, site FROM _msg ORDER BY i").fetchall()
+            # one row per staged message (i = 0..n-1) or the decoder declines
+            rows = self.columns.decode(values, cuts, envelopes)
+        if rows is not None:
+            out.columnar = True
+            del lines
+            # no copy: DuckDB scans the Arrow columns in place (`rid` stands in for rowid)
+            if con.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = '_rows' AND temporary"
+            ).fetchall() != [(0,)]:
+                con.execute("DROP TABLE _rows").fetchall()  # the JSON reader's, of an earlier poll
+            con.register("_rows", rows.append_column("rid", pa.array(np.arange(len(rows)))))
+            self.close()  # the envelopes' file: a poll's JSON should not sit in /dev/shm
+            del rows, values
+        else:
+            unregister_rows(con)
+            with open(self.path, "wb") as f:
+                f.write(b"\n".join(lines))
+            del lines
+            # kind, rack and site ride along (short strings): no join per sample later on.
+            # No filter here: a scan keeps poll order (a semi-join would not), and per
+            # series rowid order must follow read order. Rows of messages that fail stay
+            # out later. A read time that is not an integer within the contract's bound
+            # becomes NULL, so its message is judged by the reference decoder (schema).
+            con.execute(f"""CREATE OR REPLACE TEMP TABLE _rows AS
+                SELECT i, kind, rack, site, device_id, metric, value,
+                       CASE WHEN t = trunc(t) AND abs(t) <= {MAX_ABS_TIME_MS}
+                            THEN CAST(t AS BIGINT) END AS read_time_ms
+                FROM (SELECT i, m.kind AS kind, m.rack AS rack, m.site AS site,
+                             unnest(m.samples.device_id) AS device_id,
+                             unnest(m.samples.metric) AS metric,
+                             unnest(m.samples.value) AS value,
+                             unnest(m.samples.read_time_ms) AS t
+                      FROM {self._read_json(_SAMPLES_TYPE)})""")
+            self.close()  # read; a poll's JSON should not sit in /dev/shm until the next one
         in_window = f"read_time_ms BETWEEN {out.lo_ms} AND {out.hi_ms}"
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _agg AS
             SELECT i, count(*) AS n,
@@ -417,6 +455,173 @@ class Stager:
             )
         else:
             out.dead.append(DeadLetter(rec, reason, detail))
+
+
+class ColumnDecoder:
+    """Sample columns of ordinary telemetry messages, straight to Arrow.
+
+    `decode` returns the `_rows` table the JSON reader would build, or None when any
+    message is not ordinary, so that the JSON reader (on which the verdicts rest) reads
+    the poll instead. Ordinary, and so read identically by both: the four sample keys
+    only, lists of one length, strings for ids and metrics, JSON numbers for values
+    (numpy makes a float64 array of them, as DuckDB's DOUBLE read does) and integers
+    within the contract's bound for read times. NaN, Infinity and overflowing numbers
+    are refused by orjson.
+
+    Only the numbers are parsed per message. The device-id and metric lists repeat from
+    one interval to the next (a rack's layout), so each list is looked up by its raw
+    bytes and mapped to dictionary codes the first time it is seen; no Python string is
+    made per sample. The raw bytes of each sample column are cut out of the message only
+    when the cut is certain (`_sample_columns`); otherwise the message is parsed whole.
+    """
+
+    # bounds on what the caches hold (cleared between polls when exceeded)
+    MAX_LISTS = 20_000
+    MAX_STRINGS = 1_000_000
+
+    def __init__(self) -> None:
+        self._codes: dict[str, int] = {}
+        self._strings: list[str] = []
+        self._lists: dict[bytes, np.ndarray] = {}
+
+    def _encode(self, raw: bytes, parsed: Any = None) -> np.ndarray | None:
+        """Dictionary codes of a JSON list of strings (`raw`, or already `parsed`)."""
+        codes = self._lists.get(raw) if parsed is None else None
+        if codes is None:
+            items = orjson.loads(raw) if parsed is None else parsed
+            if type(items) is not list or not all(type(x) is str for x in items):
+                return None
+            table = self._codes
+            for x in items:  # once per distinct list
+                if x not in table:
+                    table[x] = len(self._strings)
+                    self._strings.append(x)
+            codes = np.fromiter((table[x] for x in items), np.int32, len(items))
+            if parsed is None:
+                self._lists[raw] = codes
+        return codes
+
+    def decode(
+        self,
+        values: list[bytes],
+        cuts: list[tuple[int, int]],
+        envelopes: list[tuple[str, str, str]],
+    ) -> pa.Table | None:
+        """`values`: the messages; `cuts`: (where `,"samples":` is, colons from there on)
+        per message; `envelopes`: their (kind, rack, site), already checked."""
+        if len(envelopes) != len(values):  # a line the envelope reader could not read
+            return None
+        if len(self._lists) > self.MAX_LISTS or len(self._strings) > self.MAX_STRINGS:
+            self.__init__()  # type: ignore[misc]
+        devices: list[np.ndarray] = []
+        metrics: list[np.ndarray] = []
+        nums: list[Any] = []
+        times: list[Any] = []
+        counts: list[int] = []
+        try:
+            for v, (at, colons) in zip(values, cuts, strict=True):  # per message
+                cut = _sample_columns(v, at, colons)
+                if cut is not None:
+                    d_raw, m_raw, x_raw, t_raw = cut  # per sample: only C (orjson, numpy)
+                    dc, mc = self._encode(d_raw), self._encode(m_raw)
+                    x, t = orjson.loads(x_raw), orjson.loads(t_raw)
+                else:  # an unusual layout: parse the whole message
+                    s = orjson.loads(v)["samples"]
+                    if type(s) is not dict or len(s) != 4:
+                        return None
+                    dc = self._encode(b"", s["device_id"])
+                    mc = self._encode(b"", s["metric"])
+                    x, t = s["value"], s["read_time_ms"]
+                if dc is None or mc is None or type(x) is not list or type(t) is not list:
+                    return None
+                n = len(dc)
+                if len(mc) != n or len(x) != n or len(t) != n:
+                    return None
+                devices.append(dc)
+                metrics.append(mc)
+                nums += x
+                times += t
+                counts.append(n)
+            if not nums:
+                return None
+            value = np.array(nums)
+            if value.dtype == np.int64:
+                value = value.astype(np.float64)
+            elif value.dtype != np.float64:
+                return None  # strings, nulls, booleans only: the JSON reader's business
+            read_time = np.array(times)
+            if read_time.dtype != np.int64 or np.abs(read_time).max() > MAX_ABS_TIME_MS:
+                return None
+            env = [x for e in envelopes for x in e]
+            dictionary = pa.array(self._strings + env, pa.string())
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError):
+            return None
+        except pa.ArrowException:
+            return None
+        count = np.array(counts)
+        env_codes = np.repeat(
+            np.arange(len(self._strings), len(dictionary), 3, dtype=np.int32), count
+        )
+
+        def col(codes: np.ndarray) -> pa.DictionaryArray:
+            return pa.DictionaryArray.from_arrays(pa.array(codes), dictionary)
+
+        return pa.table(
+            {
+                "i": pa.array(np.repeat(np.arange(len(values), dtype=np.int32), count)),
+                "kind": col(env_codes),
+                "rack": col(env_codes + 1),
+                "site": col(env_codes + 2),
+                "device_id": col(np.concatenate(devices)),
+                "metric": col(np.concatenate(metrics)),
+                "value": pa.array(value),
+                "read_time_ms": pa.array(read_time),
+            }
+        )
+
+
+_SAMPLE_KEYS = (b'"device_id":', b'"metric":', b'"value":', b'"read_time_ms":')
+
+
+def _sample_columns(value: bytes, start: int, colons: int) -> tuple[bytes, ...] | None:
+    """The raw JSON of the four sample columns, when the cut is certain, else None.
+
+    `start`: where `,"samples":` is (its last occurrence), `colons`: the colons from
+    there on (both computed by `Stager.stage` already). The message must then read
+    `<envelope>,"samples":{"K1":C1,"K2":C2,"K3":C3,"K4":C4}}` with K1..K4 the four sample
+    keys in any order: each found key follows the brace or a comma that ends the column
+    before it, and the part holds exactly five colons (samples' and the four keys'), so
+    no string in it holds a colon or looks like a key, and nothing is nested. The
+    envelope was read as valid JSON and the decoder parses each column C as one JSON
+    value, so a message it accepts is valid JSON with exactly these columns."""
+    if colons != 5 or start < 0 or value[start + 11 : start + 12] != b"{":
+        return None
+    body = value.rstrip()
+    if not body.endswith(b"}}"):
+        return None
+    cuts = []
+    at = start
+    for key in _SAMPLE_KEYS:  # in the collectors' order, each search goes on from the last
+        found = value.find(key, at)
+        at = found if found >= 0 else value.find(key, start)
+        if at < 0:
+            return None
+        cuts.append((at, at + len(key)))
+    starts = sorted(a for a, _ in cuts)
+    # the first key right after the brace, every other one right after a comma
+    if starts[0] != start + 12 or any(value[a - 1] != 44 for a in starts[1:]):  # 44: ","
+        return None
+    # column k runs from its key's colon to the comma before the next key, or to the end
+    nxt = {a: starts[n + 1] if n < 3 else len(body) - 1 for n, a in enumerate(starts)}
+    return tuple(value[c : nxt[a] - 1] for a, c in cuts)
+
+
+def unregister_rows(con: duckdb.DuckDBPyConnection) -> None:
+    """Drop the Arrow view `_rows` of a columnar poll, before a temp table takes the name."""
+    if con.execute(
+        "SELECT count(*) FROM duckdb_views() WHERE view_name = '_rows' AND temporary"
+    ).fetchall() != [(0,)]:
+        con.unregister("_rows")
 
 
 def _misplaced(rec: Any, kind: str, rack: str) -> tuple[str, str] | None:

@@ -29,7 +29,7 @@ from ingest.deadletters import SCHEMA as DEAD_LETTER_SCHEMA
 from ingest.deadletters import DataLossEvent, DeadLetterRow
 from ingest.downsampling import ROLLUP_SCHEMA, Retention, Rollups
 from ingest.sql import one_row
-from ingest.staging import Staged, Stager
+from ingest.staging import Staged, Stager, unregister_rows
 from ingest.validate import IngestPolicy
 
 SCHEMA = """
@@ -241,6 +241,7 @@ class Store:
                         "site": [b.site for b in telemetry],
                     }
                 )
+                unregister_rows(self.con)
                 self.con.execute("""CREATE OR REPLACE TEMP TABLE _rows AS
                     SELECT r.i, m.kind, m.rack, m.site, r.device_id, r.metric, r.value,
                            r.read_time_ms FROM rows r JOIN msgs m USING (i) ORDER BY r.k""")
@@ -345,10 +346,12 @@ class Store:
             where.append(staged.row_filter)
         # A plain scan keeps poll order; filters may become joins that do not, so then the
         # order is restored (per series, rowid order must follow read order).
+        # Poll order: the `rid` column of the columnar decoder's Arrow rows, else rowid.
+        rid = "r.rid" if staged is not None and staged.columnar else "r.rowid"
         cur.execute(f"""CREATE OR REPLACE TEMP VIEW _ins AS
-            SELECT r.rowid AS rid, r.i, r.device_id, r.metric, r.value, r.read_time_ms,
+            SELECT {rid} AS rid, r.i, r.device_id, r.metric, r.value, r.read_time_ms,
                    r.kind, r.rack
-            FROM _rows r {"WHERE " + " AND ".join(where) + " ORDER BY r.rowid" if where else ""}
+            FROM _rows r {"WHERE " + " AND ".join(where) + f" ORDER BY {rid}" if where else ""}
             """)
         # 2. per series in this poll: the newest sample (for `latest`) and the oldest
         series_source = (
