@@ -360,7 +360,7 @@ def series(
     start: UtcDatetime | None = None,
     end: UtcDatetime | None = None,
     step: str = Query("60", description="bucket"),
-) -> dict:
+) -> dict | Response:
     metrics = twin.series_metrics(id)
     if metrics is None:
         raise HTTPException(

@@ -93,7 +93,7 @@ def test_rows_without_a_key_get_it_when_the_store_opens(tmp_path):
     store = Store(path)
     try:
         nulls = store.cursor().execute("SELECT count(*) FROM rollup_1m WHERE sid IS NULL")
-        assert nulls.fetchone()[0] == 0
+        assert nulls.fetchall()[0][0] == 0
         for key, frame in _answers(store).items():
             assert_frame_equal(frame, before[key], rel_tol=1e-12)
     finally:
@@ -112,21 +112,22 @@ def test_cold_tier_keeps_expired_samples_as_sorted_parquet(tmp_path):
             "SELECT count(*) FROM samples WHERE read_time < $t",
             {"t": T0 + timedelta(hours=2, minutes=5)},
         )
-        n_old = expected.fetchone()[0]
+        n_old = expected.fetchall()[0][0]
         done = store.maintain(T0 + timedelta(hours=3, minutes=5))
         assert done["samples_to_cold"] == done["samples_deleted"] == n_old > 0
         files = list(cold.glob("*.parquet"))
         assert len(files) == 1
-        back = duckdb.sql(f"SELECT * FROM read_parquet('{files[0]}')").pl()
+        con = duckdb.connect()
+        back = con.sql(f"SELECT * FROM read_parquet('{files[0]}')").pl()
         assert back.height == n_old
         keys = back.select("device_id", "metric", "read_time").rows()
         assert keys == sorted(keys)  # one run per series
         # past cold retention the file goes (the rest of the samples go cold meanwhile)
         store.maintain(T0 + timedelta(days=40))
         assert not files[0].exists()
-        assert store.cursor().execute("SELECT count(*) FROM samples").fetchone()[0] == 0
+        assert store.cursor().execute("SELECT count(*) FROM samples").fetchall()[0][0] == 0
         (rest,) = cold.glob("*.parquet")
-        n_rest = duckdb.sql(f"SELECT count(*) FROM read_parquet('{rest}')").fetchall()[0][0]
+        n_rest = con.execute(f"SELECT count(*) FROM read_parquet('{rest}')").fetchall()[0][0]
         assert n_rest + n_old == 3 * 360 * 4
     finally:
         store.close()
