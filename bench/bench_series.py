@@ -19,8 +19,9 @@ then flushed and merged. Figures, each next to its target and VM's:
 
 `DCTWIN_BENCH_SERIES_DB=path` reuses a store built earlier by this bench (full size):
 the build takes minutes. `--quick` uses every 8th device (fewer rows per run: the
-series figures are then optimistic) and fewer repetitions. The machine's load average is printed with each
-figure: on a busy machine the timings are not the acceptance figures.
+series figures are then optimistic) and fewer repetitions. The machine's load average
+is printed with each figure: on a busy machine the timings are not the acceptance
+figures.
 """
 
 from __future__ import annotations
