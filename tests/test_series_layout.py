@@ -5,7 +5,7 @@ never changes an answer."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import duckdb
 import polars as pl
@@ -131,3 +131,50 @@ def test_cold_tier_keeps_expired_samples_as_sorted_parquet(tmp_path):
         assert n_rest + n_old == 3 * 360 * 4
     finally:
         store.close()
+
+
+def test_series_body_from_columns_equals_the_response_model():
+    """The columnar /v1/series body parses to what the SeriesOut model would write."""
+    import math
+    from datetime import datetime
+
+    import orjson
+
+    from api.routes_twin import _series_json
+    from api.twin_schemas import SeriesOut
+
+    t = datetime(2025, 6, 1, 11)
+    df = pl.DataFrame(
+        {
+            "bucket": [t, t + timedelta(minutes=1), t + timedelta(minutes=2)],
+            "min": [1.5, float("nan"), float("inf")],
+            "max": [2.0, 3.0, None],
+            "mean": [0.1 + 0.2, None, 1e-7],
+            "last": [1.0, 2.0, -float("inf")],
+            "count": [3, 4, 5],
+        }
+    )
+    cols = ["min", "max", "mean", "last", "count"]
+    start, end = t + timedelta(microseconds=500), t + timedelta(hours=1)
+    got = orjson.loads(_series_json("x", "m", "samples", start, end, 60.0, df, cols))
+
+    def fin(v):
+        return None if v is None or not math.isfinite(v) else v
+
+    points = [
+        {"time": r["bucket"].replace(tzinfo=UTC), **{c: fin(r[c]) for c in cols}}
+        for r in df.iter_rows(named=True)
+    ]
+    model = SeriesOut.model_validate(
+        {
+            "id": "x",
+            "metric": "m",
+            "source": "samples",
+            "start": start.replace(tzinfo=UTC),
+            "end": end.replace(tzinfo=UTC),
+            "step_s": 60.0,
+            "points": points,
+        }
+    )
+    assert got == orjson.loads(model.model_dump_json())
+    assert got["points"][1]["min"] is None and got["points"][2]["last"] is None
