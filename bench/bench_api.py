@@ -1,13 +1,15 @@
-"""API load test: p99 < 20 ms at 500 requests/s for /v1/pue and /v1/devices/{id}.
+"""API load test: p99 < 10 ms at 1,000 requests/s for /v1/pue and /v1/devices/{id}
+(issue 24; was < 20 ms at 500/s).
 
 uvicorn serves the real app (auth, problem handlers, live view ticking every second)
 in a subprocess over a DuckDB file filled with simulated telemetry of the example site;
-bench/loadgen.py offers a fixed 500 req/s open-loop load on loopback and reports
+bench/loadgen.py offers a fixed 1,000 req/s open-loop load on loopback and reports
 p50/p99 latency measured from each request's scheduled send time.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,8 +26,8 @@ from domain.site import EXAMPLE_SITE, load_site
 from experiments.simdata import fill_store
 from ingest.store import Store
 
-RATE = 500.0
-P99_TARGET_MS = 20.0
+RATE = 1000.0
+P99_TARGET_MS = 10.0
 
 
 def run(quick: bool = False) -> list[Result]:
@@ -76,6 +78,9 @@ def run(quick: bool = False) -> list[Result]:
                     f"{res.rate_achieved:.0f} req/s offered, {res.requests} requests, "
                     f"{res.errors} errors" + (f" ({dict(res.error_kinds)})" if res.errors else "")
                 )
+                load = os.getloadavg()[0]
+                if load > 1.5:  # the target is for an otherwise idle machine
+                    note += f"; machine NOT idle (load average {load:.1f})"
                 results.append(
                     Result(
                         f"API {name} at {RATE:.0f} req/s (open loop, loopback)",

@@ -8,6 +8,14 @@ minute already rolled up marks its (device, metric, minute) in `rollup_dirty`, i
 same transaction that stores it; the next `advance` recomputes those buckets and the
 hours they fall in. Retention never deletes what the next tier has not yet covered.
 
+Layout for series reads: every rollup row carries `sid`, a 64-bit key of its (device,
+metric) (`series_key`). The rows of a closed hour are rewritten sorted by (sid, bucket)
+when the hour closes, and those of a closed day, in `sid` slices, by `compact_step`
+(one slice per maintenance call, so ingest never waits long): DuckDB's zone maps then
+skip every row group but the one or two holding a series' day, and a day of one
+series reads ~1,440 rows instead of the whole tier. Compaction rewrites rows, never
+changes them: the rollups' values are the same in any order.
+
 Columns: min, max, sum, count (mean = sum / count, a virtual column), last (the value
 with the latest read time) and last_time, and for counters `increase`: the sum of
 positive steps between consecutive samples, a drop counting as a reset to zero
@@ -16,8 +24,10 @@ positive steps between consecutive samples, a drop counting as a reset to zero
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import duckdb
 
@@ -41,7 +51,8 @@ CREATE TABLE IF NOT EXISTS {name} (
     last_time TIMESTAMP NOT NULL,
     increase DOUBLE,
     mean DOUBLE GENERATED ALWAYS AS (sum / count) VIRTUAL
-);"""
+);
+ALTER TABLE {name} ADD COLUMN IF NOT EXISTS sid UBIGINT;"""
 ROLLUP_SCHEMA = (
     _TABLE.format(name="rollup_1m")
     + _TABLE.format(name="rollup_1h")
@@ -57,8 +68,30 @@ CREATE TABLE IF NOT EXISTS rollup_dirty (
 );"""
 )
 
+# The series key: the first 8 bytes of MD5(device_id NUL metric), little-endian. Stable
+# across DuckDB versions and shards (no dictionary to keep in step); 64 bits make a
+# collision among a million series a ~3e-8 chance.
+SERIES_KEY_SQL = "md5_number_upper(device_id || chr(0) || metric)"
+_COLS = "bucket, device_id, metric, min, max, sum, count, last, last_time, increase, sid"
+# a day's compaction rewrites about this many rows per transaction (one sid slice)
+COMPACT_SLICE_ROWS = 2_000_000
+
+
+def series_key(device_id: str, metric: str) -> int:
+    """`SERIES_KEY_SQL` computed in Python (the value a series read filters on)."""
+    digest = hashlib.md5(f"{device_id}\0{metric}".encode(), usedforsecurity=False).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def backfill_series_keys(con: duckdb.DuckDBPyConnection) -> None:
+    """Rows written before the key existed get it (once: a no-op afterwards)."""
+    for table in ("rollup_1m", "rollup_1h"):
+        con.execute(f"UPDATE {table} SET sid = {SERIES_KEY_SQL} WHERE sid IS NULL")
+
+
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
 # a late counter sample's step is taken from raw samples this far back at most
 DIRTY_LOOKBACK = timedelta(minutes=10)
 
@@ -71,6 +104,11 @@ class Retention:
     lateness_s: float = 120.0  # a minute is rolled up this long after it ends
     idle_close_s: float = 3600.0  # no new samples for this long: close minutes by the clock
     counter_lookback_s: float = 86400.0  # how far back a counter's previous value is sought
+    # Cold tier: raw samples past `raw_s` are first written here as Parquet (zstd, sorted
+    # by series), one file per retention pass, then deleted; files older than `cold_s`
+    # are removed. None: raw samples past retention are only deleted.
+    cold_dir: str | None = None
+    cold_s: float = 365 * 86400.0
 
 
 def floor_to(t: datetime, step: timedelta) -> datetime:
@@ -109,6 +147,9 @@ class Rollups:
         self.retention = retention
         self._minute_done: datetime | None = None
         self._loaded = False
+        # closed days still to be rewritten sorted: (day, sid slice, slices); in memory
+        # only, since a day left hour-sorted after a restart is slower, never wrong
+        self.compact_queue: list[tuple[datetime, int, int]] = []
 
     def watermarks(
         self, cur: duckdb.DuckDBPyConnection | None = None
@@ -186,16 +227,18 @@ class Rollups:
                 h_start = marks["1h"] or floor_to(start, HOUR)
                 h_target = floor_to(target, HOUR)
                 if h_target > h_start:
+                    self._sort_run("rollup_1m", h_start, h_target)
                     con.execute(
-                        """INSERT INTO rollup_1h (bucket, device_id, metric, min, max,
-                            sum, count, last, last_time, increase)
+                        f"""INSERT INTO rollup_1h ({_COLS})
                         SELECT time_bucket(INTERVAL 1 hour, bucket) AS hb, device_id, metric,
                                min(min), max(max), sum(sum), sum(count)::BIGINT,
-                               arg_max(last, last_time), max(last_time), sum(increase)
+                               arg_max(last, last_time), max(last_time), sum(increase),
+                               any_value(sid) AS sid
                         FROM rollup_1m WHERE bucket >= $a AND bucket < $b
-                        GROUP BY hb, device_id, metric""",
+                        GROUP BY hb, device_id, metric ORDER BY sid, hb""",
                         {"a": h_start, "b": h_target},
                     )
+                    self._queue_days(h_start, h_target)
                     self._set("1h", h_target)
                     out["hours"] = int((h_target - h_start) / HOUR)
             con.execute("COMMIT")
@@ -206,11 +249,68 @@ class Rollups:
         self._loaded = False
         return out
 
+    def _sort_run(
+        self,
+        table: str,
+        a: datetime,
+        b: datetime,
+        sid_lo: int = 0,
+        sid_hi: int = 1 << 64,
+    ) -> int:
+        """Rewrite `table`'s rows in [a, b) x [sid_lo, sid_hi) sorted by (sid, bucket): the
+        sorted copy is appended, then the rows it copied deleted (in the caller's
+        transaction)."""
+        con = self.con
+        top = one_row(con.execute(f"SELECT coalesce(max(rowid), -1) FROM {table}"))[0]
+        p = {"a": a, "b": b, "lo": sid_lo, "hi": sid_hi - 1}
+        where = "bucket >= $a AND bucket < $b AND sid BETWEEN $lo AND $hi"
+        n = one_row(
+            con.execute(
+                f"INSERT INTO {table} ({_COLS}) SELECT {_COLS} FROM {table} WHERE {where} "
+                "ORDER BY sid, bucket",
+                p,
+            )
+        )[0]
+        con.execute(f"DELETE FROM {table} WHERE {where} AND rowid <= $top", {**p, "top": top})
+        return int(n)
+
+    def _queue_days(self, h_start: datetime, h_target: datetime) -> None:
+        """Closed days (by the hour watermark) join the compaction queue, in slices."""
+        day = floor_to(h_start, DAY)
+        while day + DAY <= h_target:
+            if day + DAY > h_start:  # the day closed in this advance
+                rows = one_row(
+                    self.con.execute(
+                        "SELECT count(*) FROM rollup_1m WHERE bucket >= $a AND bucket < $b",
+                        {"a": day, "b": day + DAY},
+                    )
+                )[0]
+                slices = max(1, -(-int(rows) // COMPACT_SLICE_ROWS))
+                self.compact_queue += [(day, k, slices) for k in range(slices)]
+            day += DAY
+
+    def compact_step(self) -> int:
+        """Rewrite one queued slice of a closed day sorted by (sid, bucket), in its own
+        transaction; returns the rows rewritten (0: nothing queued)."""
+        if not self.compact_queue:
+            return 0
+        day, k, slices = self.compact_queue[0]
+        width = (1 << 64) // slices
+        lo, hi = k * width, (1 << 64) if k == slices - 1 else (k + 1) * width
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            n = self._sort_run("rollup_1m", day, day + DAY, lo, hi)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.compact_queue.pop(0)
+        return n
+
     def _roll_minutes(self, start: datetime, end: datetime) -> None:
         lookback = timedelta(seconds=self.retention.counter_lookback_s)
         self.con.execute(
-            f"""INSERT INTO rollup_1m (bucket, device_id, metric, min, max, sum,
-                count, last, last_time, increase)
+            f"""INSERT INTO rollup_1m ({_COLS})
             WITH base AS ({
                 _aggregate_sql(
                     "(SELECT * FROM samples WHERE read_time >= $a AND read_time < $b)", "1 minute"
@@ -224,7 +324,8 @@ class Rollups:
                 FROM rollup_1m WHERE bucket < $a AND bucket >= $lb AND metric IN {_COUNTERS}
                 GROUP BY device_id, metric),
             inc AS ({_increase_sql("pts", "$a")})
-            SELECT b.*, inc.increase FROM base b LEFT JOIN inc USING (device_id, metric, bucket)
+            SELECT b.*, inc.increase, {SERIES_KEY_SQL} AS sid FROM base b
+            LEFT JOIN inc USING (device_id, metric, bucket) ORDER BY sid, bucket
             """,
             {"a": start, "b": end, "lb": start - lookback},
         )
@@ -258,13 +359,12 @@ class Rollups:
                 {"lb": lo - DIRTY_LOOKBACK, "hi": hi + MINUTE},
             )
             con.execute(
-                f"""INSERT INTO rollup_1m (bucket, device_id, metric, min, max, sum,
-                    count, last, last_time, increase)
+                f"""INSERT INTO rollup_1m ({_COLS})
                 WITH base AS ({_aggregate_sql("_dsamples", "1 minute")}),
                 inc AS ({
                     _increase_sql(f"(SELECT * FROM _dsamples WHERE metric IN {_COUNTERS})", "$lo")
                 })
-                SELECT b.*, inc.increase FROM base b
+                SELECT b.*, inc.increase, {SERIES_KEY_SQL} FROM base b
                 SEMI JOIN _dirty d USING (device_id, metric, bucket)
                 LEFT JOIN inc USING (device_id, metric, bucket)""",
                 {"lo": lo},
@@ -278,11 +378,10 @@ class Rollups:
                 )
                 con.execute("""DELETE FROM rollup_1h r USING _dirty_h d
                     WHERE r.device_id = d.device_id AND r.metric = d.metric AND r.bucket = d.hb""")
-                con.execute("""INSERT INTO rollup_1h (bucket, device_id, metric, min, max, sum,
-                        count, last, last_time, increase)
+                con.execute(f"""INSERT INTO rollup_1h ({_COLS})
                     SELECT d.hb, r.device_id, r.metric, min(min), max(max), sum(sum),
                            sum(count)::BIGINT, arg_max(last, last_time), max(last_time),
-                           sum(increase)
+                           sum(increase), any_value(r.sid)
                     FROM rollup_1m r JOIN _dirty_h d ON r.device_id = d.device_id
                          AND r.metric = d.metric AND time_bucket(INTERVAL 1 hour, r.bucket) = d.hb
                     GROUP BY d.hb, r.device_id, r.metric""")
@@ -301,6 +400,8 @@ class Rollups:
         try:
             if marks["1m"] is not None:
                 cut = min(now - timedelta(seconds=r.raw_s), marks["1m"])
+                if r.cold_dir is not None:
+                    out["samples_to_cold"] = self._to_cold(cut, now)
                 out["samples_deleted"] = self._delete("samples", "read_time", cut)
             if marks["1h"] is not None:
                 cut = min(now - timedelta(seconds=r.rollup_1m_s), marks["1h"])
@@ -319,6 +420,33 @@ class Rollups:
             con.execute("ROLLBACK")
             raise
         return out
+
+    def _to_cold(self, cut: datetime, now: datetime) -> int:
+        """Samples before `cut` to a Parquet file named by their time range (a retried
+        pass rewrites the same file), sorted by series so each reads as one run; cold
+        files past `cold_s` removed."""
+        assert self.retention.cold_dir is not None
+        folder = Path(self.retention.cold_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        lo, n = one_row(
+            self.con.execute(
+                "SELECT min(read_time), count(*) FROM samples WHERE read_time < $t", {"t": cut}
+            )
+        )
+        if n:
+            name = folder / f"samples_{lo:%Y%m%dT%H%M%S}_{cut:%Y%m%dT%H%M%S}.parquet"
+            self.con.execute(
+                f"""COPY (SELECT * FROM samples WHERE read_time < $t
+                    ORDER BY device_id, metric, read_time)
+                TO '{name}' (FORMAT PARQUET, COMPRESSION ZSTD, ROW_GROUP_SIZE 1000000)""",
+                {"t": cut},
+            )
+        oldest = now - timedelta(seconds=self.retention.cold_s)
+        for f in folder.glob("samples_*_*.parquet"):
+            end = datetime.strptime(f.stem.rsplit("_", 1)[1], "%Y%m%dT%H%M%S")
+            if end < oldest:
+                f.unlink()
+        return int(n)
 
     def _delete(self, table: str, column: str, before: datetime) -> int:
         return one_row(self.con.execute(f"DELETE FROM {table} WHERE {column} < $t", {"t": before}))[

@@ -14,17 +14,23 @@ Every query bucket is made of whole rollup buckets (all are aligned to the epoch
 answer equals aggregating the raw samples, as long as raw samples are retained. Older
 than raw retention only whole minutes (hours) remain: steps that are not a multiple of a
 minute find nothing there, and the first/last partial minute of the range is absent.
+
+Rollup rows are found by their series key `sid` alone (ingest/downsampling.py): the
+tables are sorted by it in compacted runs, so zone maps skip the other series' row
+groups, and comparing one integer per row is cheaper than two strings. When the step
+is the tier's own (60 s on minute rows), rollup rows are the buckets: no re-aggregation.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import duckdb
 import polars as pl
 
-from ingest.downsampling import HOUR, MINUTE, floor_to
+from ingest.downsampling import HOUR, MINUTE, floor_to, series_key
 
 
 @dataclass(frozen=True)
@@ -90,33 +96,48 @@ def query_series(
         raise ValueError("step_s must be positive")
     if end <= start:
         raise ValueError("end must be after start")
-    parts = []
+    step_us = int(step_s * 1_000_000)
     params: dict[str, object] = {
         "device": device_id,
         "metric": metric,
-        "step": int(step_s * 1_000_000),
+        "sid": series_key(device_id, metric),
+        "step": step_us,
     }
-    for k, seg in enumerate(plan_series(cur, start, end, step_s)):
+    segments = plan_series(cur, start, end, step_s)
+    res_us = {"rollup_1m": 60_000_000, "rollup_1h": 3_600_000_000}
+    # every rollup segment at the step's own resolution: its rows are the buckets, and
+    # no bucket spans two segments (their bounds are whole steps)
+    direct = all(seg.table == "samples" or res_us[seg.table] == step_us for seg in segments)
+    parts = []
+    for k, seg in enumerate(segments):
         params[f"a{k}"], params[f"b{k}"] = seg.start, seg.end
         if seg.table == "samples":
-            parts.append(f"""SELECT read_time AS t, value AS min, value AS max, value AS sum,
+            rows = f"""SELECT read_time AS t, value AS min, value AS max, value AS sum,
                        1 AS count, value AS last, read_time AS last_time FROM samples
                 WHERE device_id = $device AND metric = $metric
-                  AND read_time >= $a{k} AND read_time < $b{k}""")
+                  AND read_time >= $a{k} AND read_time < $b{k}"""
+            parts.append(_aggregate(rows) if direct else rows)
+        elif direct:
+            parts.append(f"""SELECT bucket, min, max, sum / count AS mean, last,
+                       count::BIGINT AS count FROM {seg.table}
+                WHERE sid = $sid AND bucket >= $a{k} AND bucket < $b{k}""")
         else:
             parts.append(f"""SELECT bucket AS t, min, max, sum, count, last, last_time
-                FROM {seg.table} WHERE device_id = $device AND metric = $metric
-                  AND bucket >= $a{k} AND bucket < $b{k}""")
-    return cur.sql(
-        f"""
+                FROM {seg.table} WHERE sid = $sid AND bucket >= $a{k} AND bucket < $b{k}""")
+    if direct:
+        sql = f"SELECT * FROM ({' UNION ALL '.join(parts)}) ORDER BY bucket"
+    else:
+        sql = f"{_aggregate(' UNION ALL '.join(parts))} ORDER BY bucket"
+    used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", sql)}
+    return cur.sql(sql, params=used).pl()
+
+
+def _aggregate(rows: str) -> str:
+    return f"""
         SELECT time_bucket(to_microseconds($step), t) AS bucket,
                min(min) AS min, max(max) AS max, sum(sum) / sum(count) AS mean,
                arg_max(last, last_time) AS last, sum(count)::BIGINT AS count
-        FROM ({" UNION ALL ".join(parts)})
-        GROUP BY bucket ORDER BY bucket
-        """,
-        params=params,
-    ).pl()
+        FROM ({rows}) GROUP BY bucket"""
 
 
 def query_increase(
@@ -135,12 +156,11 @@ def query_increase(
     return (
         cur.sql(
             f"""SELECT time_bucket(to_microseconds($step), bucket) AS b, sum(increase) AS increase
-            FROM {table} WHERE device_id = $device AND metric = $metric
-              AND bucket >= $start AND bucket < $end GROUP BY b ORDER BY b""",
+            FROM {table} WHERE sid = $sid AND bucket >= $start AND bucket < $end
+            GROUP BY b ORDER BY b""",
             params={
                 "step": int(step_s * 1_000_000),
-                "device": device_id,
-                "metric": metric,
+                "sid": series_key(device_id, metric),
                 "start": start,
                 "end": end,
             },

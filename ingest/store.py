@@ -27,7 +27,7 @@ import pyarrow as pa
 from domain.contract import EventBatch, TelemetryBatch
 from ingest.deadletters import SCHEMA as DEAD_LETTER_SCHEMA
 from ingest.deadletters import DataLossEvent, DeadLetterRow
-from ingest.downsampling import ROLLUP_SCHEMA, Retention, Rollups
+from ingest.downsampling import ROLLUP_SCHEMA, Retention, Rollups, backfill_series_keys
 from ingest.sql import one_row
 from ingest.staging import Staged, Stager, unregister_rows
 from ingest.validate import IngestPolicy
@@ -126,6 +126,7 @@ class Store:
         if not read_only:
             self.con.execute(SCHEMA)
             self.con.execute(ROLLUP_SCHEMA)
+            backfill_series_keys(self.con)
             self.con.execute(DEAD_LETTER_SCHEMA)
         self.retention = retention or Retention()
         self.rollups = Rollups(self.con, self.retention)
@@ -498,6 +499,7 @@ class Store:
         with self._write_lock:
             done = self.rollups.advance(now, hold=hold_rollups)
             done.update(self.rollups.apply_retention(now))
+            done["rows_compacted"] = self.rollups.compact_step()
             # operators' view of dead letters is bounded: the topic keeps the originals
             keep_from = (now or utc_now()) - timedelta(seconds=self.dead_letter_retention_s)
             self.con.execute("DELETE FROM dead_letters WHERE time < ?", [keep_from])
