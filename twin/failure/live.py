@@ -22,10 +22,11 @@ bucket is the tick's).
 Late data: a sample counts if it is in the store when its bucket is (re)read. The bucket
 that closes at tick T is read at T; with `late_buckets=1` (the default) the tick after
 reads it again and replaces it when its sample count changed since (the store only
-appends in the recent window, so the same count means the same rows), so a sample arriving up to one bucket (5 min) after its
-bucket closed is in the features from the next tick on, exactly as the SQL reference
-would see it then. Samples later than that stay in the store (training and the reference
-see them) but not in the live ring; the difference leaves the features after 6 h.
+appends in the recent window, so the same count means the same rows), so a sample
+arriving up to one bucket (5 min) after its bucket closed is in the features from the
+next tick on, exactly as the SQL reference would see it then. Samples later than that
+stay in the store (training and the reference see them) but not in the live ring; the
+difference leaves the features after 6 h.
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ class FailureRiskService:
                 self._feats, model, version, failed_devices(cur, tick), self.horizon_s
             )
         self.scored_at = tick
-        if self._feats.is_empty() and as_of > tick:
+        if self._feats is not None and self._feats.is_empty() and as_of > tick:
             # a fresh store: every reading is newer than the last feature tick, so the
             # incremental features have nothing yet. Until the first tick with data (at
             # most one bucket), score with the reference as of the newest reading: it
