@@ -54,7 +54,28 @@ class ModelOut(BaseModel):
     validation: ValidationOut
 
 
+_MODEL_EXAMPLE = {
+    "version": "default-h3600s-a8184bc89119",
+    "source": "shipped_default",
+    "approved": True,
+    "horizon_s": 3600.0,
+    "trained_at": "2026-12-07T03:20:00Z",
+    "approved_at": None,
+    "training_data": "simulator seeds 1-6 (24 h each, 128-GPU synthetic site)",
+    "validation": {
+        "method": "held-out simulator seeds 31-34, later in time than training",
+        "classes": {
+            "gpu": {"episodes": 8, "pr_auc": 0.93, "precision_strict": 0.8, "recall": 0.95}
+        },
+    },
+}
+
+
 class FailureModelsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"serving": _MODEL_EXAMPLE, "models": [_MODEL_EXAMPLE]}]}
+    )
+
     serving: ModelOut | None = Field(
         description="the model serving the requested horizon (null: none approved or shipped)"
     )

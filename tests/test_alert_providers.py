@@ -9,6 +9,7 @@ import pytest
 
 from collectors.batching import Batcher
 from collectors.sources.simulated.source import SimulatedSource, SimulatedSourceConfig
+from domain.contract import EventBatch, TelemetryBatch
 from ingest.store import Store
 from tests.alerting import write_samples
 from twin.alerts.outbox import utcnow
@@ -37,7 +38,12 @@ def twin_with_data(tmp_path, site):
     start_ms = int(now.replace(tzinfo=UTC).timestamp() * 1000) - 60_000
     for k in range(60):
         source.sim.step(1.0)
-        store.write(batcher.batches(source.snapshot(start_ms + k * 1000)), [], {})
+        batches = batcher.batches(source.snapshot(start_ms + k * 1000))
+        store.write(
+            [b for b in batches if isinstance(b, TelemetryBatch)],
+            [b for b in batches if isinstance(b, EventBatch)],  # the parts' inventory
+            {},
+        )
     return Twin(site, store), source.sim, now
 
 
