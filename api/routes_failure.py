@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from api.deps import ServicesDep
 from twin.failure import registry
@@ -54,7 +55,7 @@ class ModelOut(BaseModel):
     validation: ValidationOut
 
 
-_MODEL_EXAMPLE = {
+_MODEL_EXAMPLE: JsonDict = {
     "version": "default-h3600s-a8184bc89119",
     "source": "shipped_default",
     "approved": True,
