@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO, Any
 
 import uvicorn
 
@@ -20,6 +24,18 @@ from ingest.store import Store
 from twin.anomaly.service import AnomalyService
 from twin.events import EventBus
 from twin.state import Twin
+
+
+def spawn(
+    db: Path, keys: Path, port: int, stderr: int | IO[Any] | None = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    """Start this server in its own process (the caller waits for the port and stops it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.api_server", "--db", str(db), "--keys", str(keys),
+         "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )  # fmt: skip
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from api.keys import KeyStore
+from bench.api_server import spawn
 from bench.harness import Result
 from bench.loadgen import run_load
 from dctwin.broker import free_port, stop_process, wait_for_port
@@ -42,21 +42,7 @@ def run(quick: bool = False) -> list[Result]:
         store.close()
         _, token = KeyStore(Path(tmp) / "keys.duckdb").create("bench", "viewer")
         port = free_port()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bench.api_server",
-                "--db",
-                str(db),
-                "--keys",
-                str(Path(tmp) / "keys.duckdb"),
-                "--port",
-                str(port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        proc = spawn(db, Path(tmp) / "keys.duckdb", port, subprocess.PIPE)
         try:
             wait_for_port("127.0.0.1", port, 60)
             headers = {"Authorization": f"Bearer {token}"}

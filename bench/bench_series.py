@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from api.keys import KeyStore
+from bench.api_server import spawn
 from bench.harness import Result
 from bench.series_data import T0, db_bytes, fill_history, site_series
 from dctwin.broker import free_port, stop_process, wait_for_port
@@ -222,21 +223,7 @@ def run(quick: bool = False) -> list[Result]:
             # through HTTP: the app in its own process, as `dctwin serve` configures it
             _, token = KeyStore(Path(tmp) / "keys.duckdb").create("bench", "viewer")
             port = free_port()
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.api_server",
-                    "--db",
-                    str(db),
-                    "--keys",
-                    str(Path(tmp) / "keys.duckdb"),
-                    "--port",
-                    str(port),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            proc = spawn(db, Path(tmp) / "keys.duckdb", port, subprocess.DEVNULL)
             try:
                 wait_for_port("127.0.0.1", port, 120)
                 params = {
