@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from domain.contract import Event, Kind
+from domain.contract import AttrValue, Event, EventKind, Kind
 
 
 def now_ms() -> int:
@@ -78,6 +78,19 @@ class Readings:
 
     def __len__(self) -> int:
         return len(self.device_id)
+
+
+def source_error_event(device_id: str, message: str, attrs: dict[str, AttrValue]) -> Event:
+    """A source's problem (a failed read, failing points, a dropped event stream), as the
+    one event kind that reports collector trouble."""
+    return Event(
+        device_id=device_id,
+        kind=EventKind.source_error,
+        severity="warning",
+        read_time_ms=now_ms(),
+        message=message,
+        attrs=attrs,
+    )
 
 
 @runtime_checkable

@@ -15,9 +15,8 @@ import time
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 
-from collectors.base import Readings, Source, now_ms
+from collectors.base import Readings, Source, source_error_event
 from collectors.stats import DaemonStats, SourceStats
-from domain.contract import Event, EventKind
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +174,10 @@ class SourceReader:
         log.warning("source %s failed (%s): %s", name, reason, detail)
         self._last_event_mono[name] = now
         out.events.append(
-            Event(
-                device_id=self.error_device_id,
-                kind=EventKind.source_error,
-                severity="warning",
-                read_time_ms=now_ms(),
-                message=f"source {name}: {reason}: {detail}",
-                attrs={
+            source_error_event(
+                self.error_device_id,
+                f"source {name}: {reason}: {detail}",
+                {
                     "source": name,
                     "reason": reason,
                     "errors_since_last_event": self._errors_since_event.pop(name),

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from collectors.base import Readings, now_ms
+from collectors.base import Readings, now_ms, source_error_event
 from collectors.point_tables import CountedError, check_metric, load_table
-from domain.contract import Event, EventKind, Kind
+from domain.contract import Kind
 
 if TYPE_CHECKING:
     from bacpypes3.app import Application
@@ -681,14 +681,11 @@ class BacnetSource:
                     "; ".join(failed),
                 )
                 out.events.append(
-                    Event(
-                        device_id=self.config.device_id,
-                        kind=EventKind.source_error,
-                        severity="warning",
-                        read_time_ms=now_ms(),
-                        message=f"{len(failed)} BACnet point(s) failed on {self.where}: "
+                    source_error_event(
+                        self.config.device_id,
+                        f"{len(failed)} BACnet point(s) failed on {self.where}: "
                         + "; ".join(failed[:5]),
-                        attrs={"source": self.name, "failed": len(failed)},
+                        {"source": self.name, "failed": len(failed)},
                     )
                 )
             else:

@@ -25,9 +25,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from collectors.base import Readings, now_ms
+from collectors.base import Readings, now_ms, source_error_event
 from collectors.point_tables import check_metric, load_table
-from domain.contract import Event, EventKind, Kind
+from domain.contract import Kind
 
 log = logging.getLogger(__name__)
 
@@ -499,16 +499,13 @@ class ModbusSource:
         for _, msg in new:
             log.warning("source %s: register block failed, others read: %s", self.name, msg)
         out.events.append(
-            Event(
-                device_id=self.config.device_id,
-                kind=EventKind.source_error,
-                severity="warning",
-                read_time_ms=now_ms(),
-                message=(
+            source_error_event(
+                self.config.device_id,
+                (
                     f"source {self.name}: {len(failed)} of {len(self.blocks)} register "
                     f"block(s) failed: {'; '.join(m for _, m in new[:3])}"
                 )[:1000],
-                attrs={
+                {
                     "source": self.name,
                     "reason": new[0][0],
                     "failed": len(failed),

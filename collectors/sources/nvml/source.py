@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from collectors.base import Readings, now_ms
+from collectors.base import Readings, now_ms, source_error_event
 from domain.contract import (
     CONTROL_CHARS,
     GPU_CLOCK_EVENT_REASONS,
@@ -300,13 +300,10 @@ class NvmlSource:
         if key not in self._reported:  # one event per distinct failure, not per interval
             self._reported.add(key)
             self._pending.append(
-                Event(
-                    device_id=self.device_ids[i],
-                    kind=EventKind.source_error,
-                    severity="warning",
-                    read_time_ms=now_ms(),
-                    message=f"GPU {i} {what}: {exc}",
-                    attrs={"source": self.name, "reading": what},
+                source_error_event(
+                    self.device_ids[i],
+                    f"GPU {i} {what}: {exc}",
+                    {"source": self.name, "reading": what},
                 )
             )
 

@@ -23,7 +23,7 @@ from typing import Any, Literal, get_args
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from collectors.base import Readings, now_ms
+from collectors.base import Readings, now_ms, source_error_event
 from collectors.sources.redfish import fields as rmap
 from collectors.sources.redfish.events import EventListener
 from collectors.sources.redfish.inventory import PsuInventory, psu_documents
@@ -439,13 +439,10 @@ class RedfishSource:
             if errors:
                 out.failed_parts += len(errors)  # the daemon counts them (reason `partial`)
                 out.events.append(
-                    Event(
-                        device_id=self.config.device_prefix,
-                        kind=EventKind.source_error,
-                        severity="warning",
-                        read_time_ms=now_ms(),
-                        message=f"{len(errors)} Redfish event error(s): {'; '.join(errors[:3])}",
-                        attrs={
+                    source_error_event(
+                        self.config.device_prefix,
+                        f"{len(errors)} Redfish event error(s): {'; '.join(errors[:3])}",
+                        {
                             "source": self.name,
                             "reason": "events",
                             "failed": len(errors),
@@ -497,13 +494,10 @@ class RedfishSource:
         out.events.extend(self._events(findings, read_ok))
         if errors:
             out.events.append(
-                Event(
-                    device_id=self.config.device_prefix,
-                    kind=EventKind.source_error,
-                    severity="warning",
-                    read_time_ms=now_ms(),
-                    message=f"{len(errors)} Redfish resource(s) failed: {'; '.join(errors[:3])}",
-                    attrs={"source": self.name, "failed": len(errors)},
+                source_error_event(
+                    self.config.device_prefix,
+                    f"{len(errors)} Redfish resource(s) failed: {'; '.join(errors[:3])}",
+                    {"source": self.name, "failed": len(errors)},
                 )
             )
         return out

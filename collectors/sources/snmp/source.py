@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from collectors.base import Readings, now_ms
+from collectors.base import Readings, now_ms, source_error_event
 from collectors.point_tables import CountedError, check_metric, load_table
-from domain.contract import Event, EventKind, Kind
+from domain.contract import Kind
 
 if TYPE_CHECKING:
     from pysnmp.hlapi.v3arch.asyncio import (
@@ -487,13 +487,10 @@ class SnmpSource:
         if new:
             shown = "; ".join(f"{k}: {r}: {w}" for k, (r, w) in list(new.items())[:3])
             out.events.append(
-                Event(
-                    device_id=self.config.device_id,
-                    kind=EventKind.source_error,
-                    severity="warning",
-                    read_time_ms=now_ms(),
-                    message=f"{len(new)} SNMP object(s) failed on {self.where}: {shown}",
-                    attrs={
+                source_error_event(
+                    self.config.device_id,
+                    f"{len(new)} SNMP object(s) failed on {self.where}: {shown}",
+                    {
                         "source": self.name,
                         "failed": len(failed),
                         **Counter(r for r, _ in failed.values()),  # reason -> objects
