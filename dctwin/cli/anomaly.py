@@ -27,6 +27,8 @@ def anomaly_score(
     threshold: float = typer.Option(0.5, help="score counted as an alarm in the summary"),
 ) -> None:
     """Append a calibrated, causal anomaly_score in [0, 1] to every row of a CSV series."""
+    import csv
+
     from twin.anomaly.csvscore import CsvInputError, score_csv
     from twin.anomaly.streaming import DetectorParams
 
@@ -53,9 +55,16 @@ def anomaly_score(
     except FileNotFoundError as exc:
         typer.echo(f"error: {exc.filename}: no such file", err=True)
         raise typer.Exit(2) from exc
-    except (CsvInputError, UnicodeDecodeError) as exc:
-        typer.echo(f"error: {input_csv}: {exc}", err=True)
+    except (CsvInputError, UnicodeDecodeError, csv.Error) as exc:
+        # one line naming the problem, never a traceback (issue #20, part anom-real)
+        what = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        typer.echo(f"error: {input_csv}: {what}", err=True)
         raise typer.Exit(2) from exc
+    except OSError as exc:
+        typer.echo(f"error: {input_csv}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from exc
+    for note in summary.notes():
+        typer.echo(f"warning: {note}", err=True)
     typer.echo(
         f"{summary.rows} rows: {summary.scored} scored, {summary.missing} missing, "
         f"{summary.skipped} skipped, {summary.above_threshold} >= {threshold}, "
