@@ -140,3 +140,58 @@ def _parse_seeds(text: str) -> list[int]:
             raise ValueError(f"{part!r} is not N or N-M")
         out += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
     return out
+
+
+# --- issue #20, part anom-real: the real-world evaluation ---------------------------------
+@anomaly_app.command("evaluate-realworld")
+def anomaly_evaluate_realworld(
+    corpus: Path = typer.Option(
+        ..., "--corpus", help="SKAB's data/ folder (or a SKAB checkout) at the pinned commit"
+    ),
+    download: bool = typer.Option(
+        False, "--download", help="fetch the pinned SKAB recordings into --corpus first"
+    ),
+    no_verify: bool = typer.Option(
+        False, "--no-verify", help="a corpus in SKAB's format other than the pinned one"
+    ),
+    json_out: Path = typer.Option(None, "--json", help="also write the results here"),
+    check: bool = typer.Option(
+        False, "--check", help="exit 1 unless dctwin beats both baselines (held-out)"
+    ),
+) -> None:
+    """dctwin's detector, a rolling z-score and IsolationForest on the SKAB corpus,
+    scored with SKAB's own metrics (F1/FAR/MAR and NAB); see docs/anomaly.md."""
+    import json
+
+    from experiments.anomaly.realworld import evaluate_realworld, format_report
+    from experiments.anomaly.skab import (
+        SKAB_COMMIT,
+        SKAB_LICENSE,
+        SKAB_REPO,
+        CorpusError,
+        load_corpus,
+    )
+    from experiments.anomaly.skab import download as fetch_corpus
+
+    try:
+        if download:
+            fetch_corpus(corpus / "data" if corpus.name != "data" else corpus)
+        recordings = load_corpus(corpus, verify=not no_verify)
+    except CorpusError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except OSError as exc:  # the network, a full disk
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    source = "unverified corpus" if no_verify else f"{SKAB_REPO}@{SKAB_COMMIT[:12]}"
+    typer.echo(f"corpus: {source} ({SKAB_LICENSE}), {len(recordings)} recordings", err=True)
+    result = evaluate_realworld(recordings)
+    typer.echo(format_report(result))
+    accept = result.acceptance()
+    for name, ok in accept.items():
+        typer.echo(f"dctwin beats both baselines, held-out, {name}: {'yes' if ok else 'NO'}")
+    if json_out is not None:
+        doc = {"corpus": source, **result.as_dict(), "acceptance": accept}
+        json_out.write_text(json.dumps(doc, indent=2) + "\n")
+    if check and not (accept and all(accept.values())):
+        raise typer.Exit(1)
