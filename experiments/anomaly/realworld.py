@@ -142,9 +142,7 @@ def rolling_z_scores(rec: Recording, train_rows: int = TRAIN_ROWS) -> dict[str, 
     return {"outlier": score, "change": score}
 
 
-def isolation_forest_scores(
-    rec: Recording, train_rows: int = TRAIN_ROWS
-) -> dict[str, np.ndarray]:
+def isolation_forest_scores(rec: Recording, train_rows: int = TRAIN_ROWS) -> dict[str, np.ndarray]:
     """Minus sklearn's decision function: > 0 is what ``predict`` calls an outlier."""
     from sklearn.ensemble import IsolationForest
 

@@ -270,7 +270,9 @@ class Nab:
         self.false_pos += n_fp
 
     def values(self) -> dict[str, float]:
-        out = 100 * (self.score - self.null) / np.where(
-            self.perfect > self.null, self.perfect - self.null, 1.0
+        out = (
+            100
+            * (self.score - self.null)
+            / np.where(self.perfect > self.null, self.perfect - self.null, 1.0)
         )
         return {name: float(v) for name, v in zip(NAB_PROFILES, out, strict=True)}
