@@ -138,3 +138,26 @@ def test_the_pinned_corpus_is_checked_and_errors_are_one_line(tmp_path):
     done = _cli("--corpus", str(tmp_path / "nope"))
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'}: no such directory"]
+
+
+def test_download_refuses_a_file_that_is_not_the_pinned_one(tmp_path):
+    """Real HTTP: a mirror serving something else is refused, nothing is written."""
+    import functools
+    import http.server
+    import threading
+
+    from experiments.anomaly.skab import download
+
+    served = tmp_path / "mirror"
+    (served / "other").mkdir(parents=True)
+    (served / "other" / "1.csv").write_text("datetime;x\n2020-01-01 00:00:00;1\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as srv:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{srv.server_address[1]}"
+            with pytest.raises(CorpusError, match=r"other/1.csv: checksum mismatch"):
+                download(tmp_path / "data", base_url=url)
+        finally:
+            srv.shutdown()
+    assert not (tmp_path / "data" / "other" / "1.csv").exists()

@@ -163,6 +163,8 @@ def anomaly_evaluate_realworld(
     scored with SKAB's own metrics (F1/FAR/MAR and NAB); see docs/anomaly.md."""
     import json
 
+    import httpx
+
     from experiments.anomaly.realworld import evaluate_realworld, format_report
     from experiments.anomaly.skab import (
         SKAB_COMMIT,
@@ -180,7 +182,7 @@ def anomaly_evaluate_realworld(
     except CorpusError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    except OSError as exc:  # the network, a full disk
+    except (OSError, httpx.HTTPError) as exc:  # the network, a full disk
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     source = "unverified corpus" if no_verify else f"{SKAB_REPO}@{SKAB_COMMIT[:12]}"

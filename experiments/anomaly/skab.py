@@ -105,8 +105,12 @@ class Recording:
         return bool(self.start >= DEV_BEFORE)
 
 
-def download(dest: Path, timeout_s: float = 60.0) -> list[Path]:
-    """Fetch the pinned SKAB recordings into ``dest`` (data/ layout), checking each."""
+SKAB_URL = f"https://raw.githubusercontent.com/{SKAB_REPO}/{SKAB_COMMIT}/data"
+
+
+def download(dest: Path, base_url: str = SKAB_URL, timeout_s: float = 60.0) -> list[Path]:
+    """Fetch the pinned SKAB recordings into ``dest`` (data/ layout), checking each; a
+    file whose checksum differs is refused and not written."""
     import httpx  # only this command needs the network
 
     out = []
@@ -116,7 +120,7 @@ def download(dest: Path, timeout_s: float = 60.0) -> list[Path]:
             if path.exists() and _sha256(path) == sha:
                 out.append(path)
                 continue
-            url = f"https://raw.githubusercontent.com/{SKAB_REPO}/{SKAB_COMMIT}/data/{rel}"
+            url = f"{base_url}/{rel}"
             body = client.get(url).raise_for_status().content
             if hashlib.sha256(body).hexdigest() != sha:
                 raise CorpusError(f"{url}: checksum mismatch")
