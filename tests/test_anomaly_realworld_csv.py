@@ -149,3 +149,38 @@ def test_very_short_series_and_constant_series_get_a_clear_answer():
     done = _cli("-", stdin=_text(range(100), ["7"] * 100))
     assert done.returncode == 0
     assert {r["anomaly_score"] for r in _rows(done.stdout)} == {"", "0.000000"}
+
+
+def test_live_grid_is_the_same_for_shuffled_and_duplicated_samples(tmp_path):
+    """The live scorer reads intervals through GRID_SQL (last reading per device, metric
+    and interval by read time): arrival order and re-sent samples do not change it."""
+    from datetime import UTC, datetime, timedelta
+
+    import duckdb
+
+    from twin.anomaly.frames import GRID_SQL
+
+    rng = np.random.default_rng(8)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [
+        ("r1/gpu0", "temp_c", t0 + timedelta(seconds=7 * i), float(40 + rng.normal()))
+        for i in range(600)
+    ]
+    messy = rows + rows[100:160]  # re-sent samples
+    order = rng.permutation(len(messy))  # and any arrival order
+    grids = []
+    for name, data in (("clean", rows), ("messy", [messy[i] for i in order])):
+        con = duckdb.connect(str(tmp_path / f"{name}.duckdb"))
+        con.execute(
+            "CREATE TABLE samples (device_id VARCHAR, metric VARCHAR, "
+            "read_time TIMESTAMPTZ, value DOUBLE)"
+        )
+        con.executemany("INSERT INTO samples VALUES (?, ?, ?, ?)", data)
+        g = con.sql(
+            GRID_SQL,
+            params={"step_us": 30_000_000, "start": t0, "end": t0 + timedelta(hours=2)},
+        ).pl()
+        grids.append(g.sort("device_id", "metric", "bucket"))
+        con.close()
+    assert grids[0].height == 140
+    assert grids[0].equals(grids[1])
