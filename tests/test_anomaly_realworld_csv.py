@@ -184,3 +184,28 @@ def test_live_grid_is_the_same_for_shuffled_and_duplicated_samples(tmp_path):
         con.close()
     assert grids[0].height == 140
     assert grids[0].equals(grids[1])
+
+
+def test_the_policy_does_not_depend_on_block_boundaries():
+    from twin.anomaly.csvscore import score_csv
+
+    rng = np.random.default_rng(9)
+    lines, t = [], 0
+    for i in range(1500):
+        t += 10
+        v = f"{50 + rng.normal():.3f}"
+        lines.append(f"{t},{v}")
+        if i % 97 == 0:
+            lines.append(f"{t},{v}")  # a copy
+        if i % 131 == 0:
+            lines.append(f"{t - 35},{v}")  # a clock step back
+        if i % 53 == 0:
+            lines += [f"{t + 1},", f"{t + 2},nan"]  # missing readings
+    text = "timestamp,value\n" + "\n".join(lines) + "\n"
+    outs = []
+    for block in (65_536, 7, 500):
+        dst = io.StringIO()
+        summary = score_csv(io.StringIO(text), dst, block_rows=block, warn=io.StringIO())
+        outs.append((dst.getvalue(), summary.out_of_order, summary.duplicates, summary.missing))
+    assert outs[0] == outs[1] == outs[2]
+    assert outs[0][1:] == (12, 16, 58)
