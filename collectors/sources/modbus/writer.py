@@ -16,6 +16,7 @@ they held, so a failed write changes nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import struct
@@ -262,3 +263,27 @@ class ModbusSetpointWriter:
 
     def close(self) -> None:
         self.client.close()
+
+
+def writer_toml(config: ModbusWriterConfig) -> str:
+    """A writer file for `config` (what `load_writer_config` reads back)."""
+    q = json.dumps  # a JSON string is a valid TOML basic string
+    lines = [
+        f"name = {q(config.name)}",
+        f"host = {q(config.host)}",
+        f"port = {config.port}",
+        f"timeout_s = {config.timeout_s}",
+        f"retries = {config.retries}",
+    ]
+    for p in config.points:
+        lines += [
+            "",
+            "[[points]]",
+            f"control = {q(p.control)}",
+            f"unit_id = {p.unit_id}",
+            f"register_map = {q(str(p.register_map))}",
+            f"metric = {q(p.metric)}",
+        ]
+        if p.device_id is not None:
+            lines.append(f"device_id = {q(p.device_id)}")
+    return "\n".join(lines) + "\n"
