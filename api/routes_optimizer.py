@@ -209,7 +209,10 @@ def recommendation_writes(rec_id: int, store: RecommendationsDep) -> list[dict[s
         store.get(rec_id)
     except UnknownRecommendationError as exc:
         raise HTTPException(404, str(exc.args[0])) from None
-    return [w | {"at": w["at"].replace(tzinfo=UTC).isoformat()} for w in store.writes(rec_id)]
+    return [
+        w | {"written_at": w["written_at"].replace(tzinfo=UTC).isoformat()}
+        for w in store.writes(rec_id)
+    ]
 
 
 @router.get("/{rec_id}", response_model=RecommendationOut)

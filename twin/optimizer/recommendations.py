@@ -65,7 +65,7 @@ ALTER TABLE recommendations ADD COLUMN IF NOT EXISTS reverted_at TIMESTAMP;
 CREATE SEQUENCE IF NOT EXISTS setpoint_write_seq START 1;
 CREATE TABLE IF NOT EXISTS setpoint_writes (
     id BIGINT PRIMARY KEY DEFAULT nextval('setpoint_write_seq'),
-    at TIMESTAMP NOT NULL,
+    written_at TIMESTAMP NOT NULL,
     recommendation_id BIGINT,
     action VARCHAR NOT NULL,  -- apply, revert, advisory (recorded, nothing written)
     who VARCHAR NOT NULL,
@@ -250,7 +250,7 @@ class RecommendationStore:
         error: str | None = None,
     ) -> None:
         self.con.execute(
-            "INSERT INTO setpoint_writes (at, recommendation_id, action, who, writer, "
+            "INSERT INTO setpoint_writes (written_at, recommendation_id, action, who, writer, "
             "requested, read_back, ok, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 _now(),
