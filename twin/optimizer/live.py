@@ -307,8 +307,15 @@ class LiveOptimizer:
                 current = (
                     self.writer.read() if writing and self.writer else rec["current_setpoints"]
                 )
-            except SetpointWriteError as exc:
-                raise WriteFailedError(f"cannot read the plant's setpoints: {exc}") from None
+            except SetpointWriteError as exc:  # the device is unreachable: nothing written
+                assert self.writer is not None
+                store.accept(rec_id, who, note)
+                store.audit(rec_id, "apply", who.strip(), self.writer.name, target, None, str(exc))
+                store.end(rec_id, ACCEPTED, FAILED, f"cannot read the plant's setpoints: {exc}")
+                raise WriteFailedError(
+                    f"recommendation {rec_id} failed, the plant is unchanged: cannot read "
+                    f"its setpoints: {exc}"
+                ) from None
             problems = self.envelope_problems(target, current)
             if problems:
                 raise GuardrailError(f"recommendation {rec_id}: " + "; ".join(problems))
