@@ -191,12 +191,12 @@ class LiveOptimizer:
 
     def _propose(self, now: datetime) -> int | None:
         store = self.open_store()
+        obs = current_state(self.cursor(), now, self.config.max_age_s)
+        self.last_state = dict(obs.values)
         models = self.models()
         if models is None:
             self._outcome("no_model", self._model_error or "no model")
             return None
-        obs = current_state(self.cursor(), now, self.config.max_age_s)
-        self.last_state = dict(obs.values)
         if not obs.complete:
             self._outcome(
                 "no_state",
