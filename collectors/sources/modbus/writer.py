@@ -22,10 +22,10 @@ import math
 import struct
 import threading
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -158,7 +158,7 @@ class ModbusSetpointWriter:
     def controls(self) -> list[str]:
         return sorted({t.point.control for t in self.targets})
 
-    def _call(self, what: str, fn, *args, **kw):  # type: ignore[no-untyped-def]
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         from pymodbus.exceptions import ModbusException
 
         if not self.client.connected and not self.client.connect():

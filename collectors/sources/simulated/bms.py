@@ -45,8 +45,11 @@ CONTROL_OF = {v: k for k, v in CONTROL_METRICS.items()}
 class SimLike(Protocol):
     """What the BMS needs of `simulator.model.SiteSimulator`."""
 
-    controls: Any  # simulator.controls.Controls
-    telemetry: Any  # simulator.telemetry.TelemetryPlan
+    @property
+    def controls(self) -> Any: ...  # simulator.controls.Controls
+
+    @property
+    def telemetry(self) -> Any: ...  # simulator.telemetry.TelemetryPlan
 
 
 @dataclass(frozen=True)
