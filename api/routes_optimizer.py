@@ -203,7 +203,32 @@ def optimizer_status(optimizer: OptimizerDep) -> dict[str, Any]:
     return optimizer.status()
 
 
-@router.get("/{rec_id}/writes", summary="Setpoint writes of a recommendation (audit trail)")
+@router.get(
+    "/{rec_id}/writes",
+    summary="Setpoint writes of a recommendation (audit trail), newest first",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": [
+                        {
+                            "id": 3,
+                            "written_at": "2026-11-22T03:02:10+00:00",
+                            "recommendation_id": 12,
+                            "action": "apply",
+                            "who": "ada",
+                            "writer": "plant-bms",
+                            "requested": {"chw_supply_setpoint_c": 20.0},
+                            "read_back": {"chw_supply_setpoint_c": 20.0},
+                            "ok": True,
+                            "error": None,
+                        }
+                    ]
+                }
+            }
+        }
+    },
+)
 def recommendation_writes(rec_id: int, store: RecommendationsDep) -> list[dict[str, Any]]:
     try:
         store.get(rec_id)
