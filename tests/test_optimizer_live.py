@@ -97,7 +97,7 @@ def live_site(settings, tmp_path, unique, model_path) -> Iterator[LiveSite]:
     settings.site_file = site_file
     settings.apikey_db = tmp_path / "keys.duckdb"
     settings.optimizer_model = model_path
-    settings.optimizer_interval_s = 4.0
+    settings.optimizer_interval_s = 2.5
     settings.optimizer_guard_interval_s = 0.5
     settings.optimizer_state_max_age_s = 30.0
     settings.optimizer_advisory_only = False
