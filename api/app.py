@@ -53,6 +53,7 @@ from twin.anomaly.service import AnomalyService
 from twin.events import EventBus
 from twin.failure.service import FailureRiskService
 from twin.health import HealthRegistry
+from twin.optimizer.live import LiveOptimizer
 from twin.parts import PartHistory
 from twin.state import Twin
 
@@ -85,6 +86,7 @@ def create_app(
     failure_risk: FailureRiskService | None = None,
     alerts: AlertService | None = None,
     parts: PartHistory | None = None,
+    optimizer: LiveOptimizer | None = None,  # issue 19 (opt-live)
     routers: Sequence[APIRouter] = (),
     metrics: MetricsRegistry | None = None,
     open_healthz: bool = True,
@@ -145,6 +147,7 @@ def create_app(
         parts=parts if parts is not None else PartHistory(twin.store),
         health=health,
         health_registry=health_registry,
+        optimizer=optimizer,
     )
     app.state.services = services
     app.add_middleware(AuthGate, keys_of=lambda: services.keys)

@@ -26,6 +26,7 @@ from twin.anomaly.service import AnomalyService
 from twin.events import EventBus
 from twin.failure.service import FailureRiskService
 from twin.health import HealthRegistry
+from twin.optimizer.live import LiveOptimizer
 from twin.optimizer.recommendations import RecommendationStore, store_opener
 from twin.parts import PartHistory
 from twin.state import Twin
@@ -47,6 +48,7 @@ class Services:
     health: Callable[[], dict[str, Any]] | None = None  # extra /healthz fields (counters)
     # the process's component heartbeats (/healthz, /readyz); None: no background jobs
     health_registry: HealthRegistry | None = None
+    optimizer: LiveOptimizer | None = None  # issue 19: live proposals and the write path
     _risk_by_horizon: dict[float, FailureRiskService] = field(default_factory=dict)
     _risk_lock: threading.Lock = field(default_factory=threading.Lock)
     # opens the optimizer's recommendation store over the twin's database
@@ -144,6 +146,11 @@ async def recommendations_of(request: Request) -> RecommendationStore:
     return services_of(request).recommendations()
 
 
+async def optimizer_of(request: Request) -> LiveOptimizer | None:
+    """The live optimizer (issue 19), or None: accept then only records the decision."""
+    return services_of(request).optimizer
+
+
 # `name: TwinDep` in an endpoint's signature is `name: Twin = Depends(twin_of)`
 TwinDep = Annotated[Twin, Depends(twin_of)]
 KeysDep = Annotated[KeyStore, Depends(keys_of)]
@@ -157,3 +164,4 @@ OptionalPartsDep = Annotated[PartHistory | None, Depends(optional_parts_of)]
 AlertsDep = Annotated[AlertService, Depends(alerts_of)]
 RecommendationsDep = Annotated[RecommendationStore, Depends(recommendations_of)]
 ServicesDep = Annotated[Services, Depends(all_services)]
+OptimizerDep = Annotated[LiveOptimizer | None, Depends(optimizer_of)]

@@ -9,22 +9,41 @@ from pathlib import Path
 from rich.console import Console
 
 from api.keys import DEMO_KEY, KeyStore, Role
+from collectors.sources.modbus.writer import writer_toml
+from collectors.sources.simulated.bms import bms_writer_config
 from dctwin.broker import DevBroker, free_port, stop_process
 from dctwin.server import Server
 from dctwin.settings import Settings
+from domain.site import load_site
 from domain.topics import ensure_topics
 
 console = Console()
 
 
-def collector_config(path: Path, site_file: Path, bootstrap: str, interval_s: float) -> Path:
+def collector_config(
+    path: Path, site_file: Path, bootstrap: str, interval_s: float, bms_port: int | None = None
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         f'name = "demo-sim"\nsite = "sv1"\ninterval_s = {interval_s}\n\n'
         f'[kafka]\nbootstrap = "{bootstrap}"\ncompression = "zstd"\n\n'
         f'[[sources]]\ntype = "simulated"\nsite_file = "{site_file}"\nseed = 7\n'
+        + (f"bms_port = {bms_port}\n" if bms_port is not None else "")
     )
     return path
+
+
+def simulated_bms_writer(settings: Settings, workdir: Path) -> int:
+    """Issue 19 (opt-live): the simulated site's BMS port, and the optimizer's write path
+    to it; the demo closes the loop (not advisory) unless the setting says otherwise."""
+    port = free_port()
+    writer = workdir / "setpoint-writer.toml"
+    site = load_site(settings.site_file)
+    writer.write_text(writer_toml(bms_writer_config(site, "127.0.0.1", port)))
+    settings.optimizer_writer_file = writer
+    if "optimizer_advisory_only" not in settings.model_fields_set:
+        settings.optimizer_advisory_only = False
+    return port
 
 
 def run_demo(settings: Settings, workdir: Path, interval_s: float = 1.0) -> None:
@@ -49,6 +68,7 @@ def run_demo(settings: Settings, workdir: Path, interval_s: float = 1.0) -> None
             settings.site_file.resolve(),
             settings.kafka_bootstrap,
             interval_s,
+            simulated_bms_writer(settings, workdir),
         )
         log = open(workdir / "collector.log", "ab")  # noqa: SIM115
         collector = subprocess.Popen(

@@ -39,6 +39,7 @@ from twin.anomaly.service import AnomalyService
 from twin.events import EventBus
 from twin.failure.service import FailureRiskService
 from twin.health import ComponentHealth, HealthRegistry
+from twin.optimizer.live import LiveConfig, LiveOptimizer
 from twin.optimizer.recommendations import store_opener
 from twin.parts import PartHistory
 from twin.periodic import Periodic
@@ -64,6 +65,7 @@ COMPONENTS = (
     "anomaly",
     "failure-risk",
     "parts",
+    "optimizer",
 )
 
 
@@ -116,6 +118,7 @@ class Server:
             ],
         )
         self.alerts.on_tick = alert_events(self.bus)
+        self.optimizer = live_optimizer(settings, self.site.site.id, self.store)  # issue 19
         self.keys = KeyStore(settings.apikey_db)
         self.ingest_started_at: float | None = None
         self.ingest_last_stored: float | None = None  # wall clock of the last stored poll
@@ -136,6 +139,7 @@ class Server:
             ("failure-risk", self.failure_risk.start, self.failure_risk.stop),
             ("live", self.live.start, self.live.stop),
             ("alerts", self.alerts.start, self.alerts.stop),
+            ("optimizer", self.optimizer.start, self.optimizer.stop),
         ]
         self.probes: dict[str, list[tuple[str, Callable[[], ComponentHealth]]]] = {
             "twin": [("twin", lambda: self.twin_ticker.health(stale))],
@@ -147,6 +151,7 @@ class Server:
                 ("alerts", lambda: self.alerts.engine_health(alerts_stale)),
                 ("alert-delivery", lambda: self.alerts.delivery_health(MIN_STALE_S)),
             ],
+            "optimizer": [("optimizer", lambda: self.optimizer.health(MIN_STALE_S))],
         }
         self._started: list[str] = []
 
@@ -275,6 +280,7 @@ class Server:
             failure_risk=self.failure_risk,
             alerts=self.alerts,
             parts=self.parts,
+            optimizer=self.optimizer,
             open_healthz=s.api_open_healthz,
             open_metrics=s.api_open_metrics,
             ingest_stats=lambda: self.ingestor.stats if self.ingestor else None,
@@ -302,6 +308,30 @@ class Server:
             self.uvicorn_server().run()  # returns on SIGINT/SIGTERM
         finally:
             self.stop()
+
+
+def live_optimizer(settings: Settings, site_id: str, store: Store) -> LiveOptimizer:
+    """Issue 19 (opt-live): the live optimizer and its write path from the settings; the
+    writer (a collectors capability) is built here, the twin only sees the protocol."""
+    s = settings
+    writer = None
+    if s.optimizer_writer_file is not None:
+        from collectors.sources.modbus.writer import ModbusSetpointWriter, load_writer_config
+
+        writer = ModbusSetpointWriter(load_writer_config(s.optimizer_writer_file))
+    cfg = LiveConfig(
+        site_id=site_id,
+        model_path=s.optimizer_model,
+        interval_s=s.optimizer_interval_s,
+        guard_interval_s=s.optimizer_guard_interval_s,
+        max_age_s=s.optimizer_state_max_age_s,
+        advisory_only=s.optimizer_advisory_only,
+        watch_s=s.optimizer_watch_s,
+        guard_gpu_temp_c=s.optimizer_guard_gpu_temp_c,
+        guard_coolant_supply_c=s.optimizer_guard_coolant_c,
+        guard_dp_min_kpa=s.optimizer_guard_dp_min_kpa,
+    )
+    return LiveOptimizer(cfg, store_opener(store.cursor), store.cursor, writer)
 
 
 def twin_config(settings: Settings) -> TwinConfig:

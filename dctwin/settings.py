@@ -64,6 +64,24 @@ class Settings(BaseSettings):
     failure_models: Path = Field(FAILURE_MODELS_ROOT, description="failure model registry")
     failure_horizon: str = Field("1h", description="failure-risk horizon served: 30m, 1h, 24h")
 
+    # issue 19 (opt-live): the live optimizer (docs/optimizer.md, "Live operation")
+    optimizer_model: Path = Field(
+        Path("var/optimizer/model.pkl"), description="serving model (`dctwin optimize train`)"
+    )
+    optimizer_interval_s: float = Field(900.0, gt=0, description="control interval")
+    optimizer_guard_interval_s: float = Field(10.0, gt=0, description="guard/expiry round")
+    optimizer_state_max_age_s: float = Field(120.0, gt=0, description="freshest state only")
+    optimizer_advisory_only: bool = Field(
+        True, description="accept records the decision and writes nothing (real sites)"
+    )
+    optimizer_writer_file: Path | None = Field(
+        None, description="setpoint writer (Modbus TCP) TOML; none: advisory"
+    )
+    optimizer_watch_s: float = Field(1800.0, gt=0, description="watch window after a change")
+    optimizer_guard_gpu_temp_c: float = Field(83.0, description="revert above this GPU temp")
+    optimizer_guard_coolant_c: float = Field(40.0, description="revert above this CDU supply")
+    optimizer_guard_dp_min_kpa: float = Field(2.0, description="revert below this loop dp")
+
     @field_validator("failure_horizon")
     @classmethod
     def _horizon(cls, v: str) -> str:

@@ -162,7 +162,15 @@ def test_lifecycle_transitions(env, tmp_path):
     with pytest.raises(UnknownRecommendationError):
         store.accept(999, "alice")
     rep = store.report()
-    assert rep["counts"] == {"proposed": 0, "accepted": 0, "rejected": 1, "measured": 1}
+    assert rep["counts"] == {
+        "proposed": 0,
+        "accepted": 0,
+        "rejected": 1,
+        "measured": 1,
+        "expired": 0,
+        "failed": 0,
+        "reverted": 0,
+    }
     assert rep["realised_over_predicted"] == pytest.approx(0.8)
     assert [r["id"] for r in store.list()] == [b, a]
 

@@ -322,6 +322,19 @@ async function loadRecommendations() {
   const body = await api("/v1/recommendations?limit=50");
   const recs = Array.isArray(body) ? body : body.items || [];
   list.replaceChildren();
+  // issue 19 (opt-live): the live optimizer's last round and why it proposed nothing
+  if (has("/v1/recommendations/status")) {
+    const st = await api("/v1/recommendations/status").catch(() => null);
+    if (st && st.running) {
+      const at = (t) => (t ? new Date(t).toLocaleTimeString() : "–");
+      const mode = st.advisory_only ? "advisory only" : `writes via ${st.writer || "–"}`;
+      const line = `live optimizer: last run ${at(st.last_run_at)}, next ${at(st.next_run_at)}, ${mode}`
+        + (st.last_outcome && st.last_outcome !== "recommended" ? ` · no proposal: ${st.reason}` : "");
+      const li = el("li", "none", line);
+      li.dataset.testid = "rec-status";
+      list.append(li);
+    }
+  }
   if (!recs.length) list.append(el("li", "none", "none yet"));
   for (const r of recs) {
     const li = el("li");
@@ -336,6 +349,7 @@ async function loadRecommendations() {
     if (r.binding_constraint) why.push(`binding: ${r.binding_constraint}`);
     if (r.decided_by) why.push(`by ${r.decided_by}`);
     if (r.realised_savings_kw != null) why.push(`realised −${r.realised_savings_kw.toFixed(1)} kW`);
+    if (r.status_note) why.push(r.status_note); // issue 19: expired / failed / reverted, why
     text.append(el("div", "sub", why.join(" · ")));
     li.append(text);
     const kw = r.predicted_savings_kw;

@@ -18,7 +18,11 @@ from ingest.sql import one_row
 from twin.optimizer.search import Decision
 
 PROPOSED, ACCEPTED, REJECTED, MEASURED = "proposed", "accepted", "rejected", "measured"
-STATUSES = (PROPOSED, ACCEPTED, REJECTED, MEASURED)
+# issue 19 (opt-live): the live loop's ends. expired: the state moved on before a
+# decision; failed: the write was refused or not confirmed (nothing changed); reverted:
+# a guarded limit was crossed after the change and the previous setpoints were restored
+EXPIRED, FAILED, REVERTED = "expired", "failed", "reverted"
+STATUSES = (PROPOSED, ACCEPTED, REJECTED, MEASURED, EXPIRED, FAILED, REVERTED)
 SIZE_BUCKETS_KW = ((-1e9, 0.5), (0.5, 1.0), (1.0, 1e9))  # predicted saving, kW
 
 SCHEMA = """
@@ -51,7 +55,36 @@ CREATE TABLE IF NOT EXISTS recommendations (
     realised_savings_kw DOUBLE,
     outcome_note VARCHAR
 );
+-- issue 19 (opt-live): why it was proposed, what was written and the audit of each write
+ALTER TABLE recommendations ADD COLUMN IF NOT EXISTS why JSON;
+ALTER TABLE recommendations ADD COLUMN IF NOT EXISTS status_note VARCHAR;
+ALTER TABLE recommendations ADD COLUMN IF NOT EXISTS applied_at TIMESTAMP;
+ALTER TABLE recommendations ADD COLUMN IF NOT EXISTS applied_setpoints JSON;
+ALTER TABLE recommendations ADD COLUMN IF NOT EXISTS previous_setpoints JSON;
+ALTER TABLE recommendations ADD COLUMN IF NOT EXISTS reverted_at TIMESTAMP;
+CREATE SEQUENCE IF NOT EXISTS setpoint_write_seq START 1;
+CREATE TABLE IF NOT EXISTS setpoint_writes (
+    id BIGINT PRIMARY KEY DEFAULT nextval('setpoint_write_seq'),
+    written_at TIMESTAMP NOT NULL,
+    recommendation_id BIGINT,
+    action VARCHAR NOT NULL,  -- apply, revert, advisory (recorded, nothing written)
+    who VARCHAR NOT NULL,
+    writer VARCHAR,
+    requested JSON NOT NULL,
+    read_back JSON,
+    ok BOOLEAN NOT NULL,
+    error VARCHAR
+);
 """
+JSON_COLUMNS = (
+    "current_setpoints",
+    "recommended_setpoints",
+    "state",
+    "active_constraints",
+    "why",
+    "applied_setpoints",
+    "previous_setpoints",
+)
 
 
 class LifecycleError(ValueError):
@@ -166,6 +199,87 @@ class RecommendationStore:
         )
         return self.get(rec_id)
 
+    # -- issue 19 (opt-live): the live loop -------------------------------------------------
+
+    def set_why(self, rec_id: int, why: dict[str, Any]) -> None:
+        self.con.execute(
+            "UPDATE recommendations SET why = ? WHERE id = ?", [json.dumps(why), rec_id]
+        )
+
+    def end(self, rec_id: int, expected: str, status: str, note: str) -> dict[str, Any]:
+        """expected -> expired | failed | reverted, with the reason."""
+        extra = ", reverted_at = ?" if status == REVERTED else ""
+        params: list = [status, note[:2000]] + ([_now()] if status == REVERTED else [])
+        self._transition(rec_id, expected, f"status = ?, status_note = ?{extra}", params)
+        return self.get(rec_id)
+
+    def expire_proposed(self, note: str, before_id: int | None = None) -> list[int]:
+        """Every proposal still open (older than `before_id`) -> expired."""
+        rows = self.con.execute(
+            "UPDATE recommendations SET status = ?, status_note = ? WHERE status = ? "
+            "AND (? IS NULL OR id < ?) RETURNING id",
+            [EXPIRED, note, PROPOSED, before_id, before_id],
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def applied(
+        self, rec_id: int, applied: dict[str, float], previous: dict[str, float]
+    ) -> dict[str, Any]:
+        self.con.execute(
+            "UPDATE recommendations SET applied_at = ?, applied_setpoints = ?, "
+            "previous_setpoints = ? WHERE id = ?",
+            [_now(), json.dumps(applied), json.dumps(previous), rec_id],
+        )
+        return self.get(rec_id)
+
+    def in_watch(self, since: datetime) -> list[dict[str, Any]]:
+        """Accepted, written changes applied at or after `since` (in their watch window)."""
+        return self._rows(
+            "WHERE status = ? AND applied_at IS NOT NULL AND applied_at >= ?",
+            [ACCEPTED, _naive(since)],
+        )
+
+    def audit(
+        self,
+        rec_id: int | None,
+        action: str,
+        who: str,
+        writer: str | None,
+        requested: dict[str, float],
+        read_back: dict[str, float] | None,
+        error: str | None = None,
+    ) -> None:
+        self.con.execute(
+            "INSERT INTO setpoint_writes (written_at, recommendation_id, action, who, writer, "
+            "requested, read_back, ok, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                _now(),
+                rec_id,
+                action,
+                who,
+                writer,
+                json.dumps(requested),
+                json.dumps(read_back) if read_back is not None else None,
+                error is None,
+                error,
+            ],
+        )
+
+    def writes(self, rec_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        cur = self.con.execute(
+            "SELECT * FROM setpoint_writes WHERE ? IS NULL OR recommendation_id = ? "
+            f"ORDER BY id DESC LIMIT {int(limit)}",
+            [rec_id, rec_id],
+        )
+        names = [c[0] for c in cur.description]
+        out = []
+        for r in cur.fetchall():
+            d = dict(zip(names, r, strict=True))
+            for k in ("requested", "read_back"):
+                d[k] = json.loads(d[k]) if isinstance(d[k], str) else d[k]
+            out.append(d)
+        return out
+
     def _rows(self, where: str, params: list, limit: int | None = None) -> list[dict[str, Any]]:
         q = f"SELECT * FROM recommendations {where} ORDER BY id DESC"
         if limit is not None:
@@ -175,7 +289,7 @@ class RecommendationStore:
         out = []
         for r in cur.fetchall():
             d = dict(zip(names, r, strict=True))
-            for k in ("current_setpoints", "recommended_setpoints", "state", "active_constraints"):
+            for k in JSON_COLUMNS:
                 d[k] = json.loads(d[k]) if isinstance(d[k], str) else d[k]
             out.append(d)
         return out

@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from collectors.base import Readings, now_ms
+from collectors.sources.simulated.bms import SimulatedBms
 from domain.contract import Event, EventKind
 from domain.site import EXAMPLE_SITE, load_site
 from simulator.model import SiteSimulator
@@ -51,6 +52,11 @@ class SimulatedSourceConfig(BaseModel):
         None, description="where to write the ground-truth labels (JSON lines)"
     )
     climate: Literal[tuple(CLIMATES)] = "temperate"  # type: ignore[valid-type]
+    # issue 19 (opt-live): the site's BMS over Modbus TCP, bound to this simulator (bms.py)
+    bms_port: int | None = Field(
+        None, ge=1, le=65535, description="serve the simulated BMS (Modbus TCP) on this port"
+    )
+    bms_host: str = Field("127.0.0.1", description="address the simulated BMS binds")
     part_swaps: list[PartSwap] = Field(
         default_factory=list,
         description="maintenance: replace the part in a GPU/PSU slot (new UUID and serial) "
@@ -106,6 +112,9 @@ class SimulatedSource:
             if swap.device_id not in (*self.sim.parts.gpu_index, *self.sim.parts.psu_index):
                 raise ValueError(f"part_swaps: {swap.device_id!r} is not a GPU or PSU of the site")
         self._swaps = sorted(config.part_swaps, key=lambda s: s.after_s)
+        self.bms: SimulatedBms | None = None
+        if config.bms_port is not None:  # writes command this simulator's setpoints
+            self.bms = SimulatedBms(self.sim, self.site, config.bms_host, config.bms_port).start()
 
     def advance(self) -> None:
         now = time.monotonic()
@@ -186,7 +195,9 @@ class SimulatedSource:
         return self.snapshot(now_ms())
 
     def close(self) -> None:
-        pass
+        if self.bms is not None:
+            self.bms.stop()
+            self.bms = None
 
 
 # plugin entry points (collectors/sources/__init__.py)

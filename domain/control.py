@@ -1,0 +1,37 @@
+"""Writing setpoints to a plant (issue 19): the one interface the optimizer's closed loop
+uses, whatever the device protocol. A writer is a source capability: Modbus TCP
+(`collectors/sources/modbus/writer.py`) today; a BACnet or Redfish writer implements the
+same protocol. The server builds the writer and hands it to the twin, which never imports
+collector code (import contract `server-without-collectors`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+
+class SetpointWriteError(RuntimeError):
+    """A write the device refused or did not confirm (exception, timeout, read-back that
+    differs). The message names the control, the register (or object) and the values."""
+
+
+class SetpointWriter(Protocol):
+    """Writes optimizer controls (names of `domain.plant.CONTROL_METRICS`) to the plant."""
+
+    name: str
+
+    def controls(self) -> list[str]:
+        """The controls this writer can write."""
+        ...
+
+    def read(self) -> dict[str, float]:
+        """The commanded value of every control, as the device holds it now."""
+        ...
+
+    def write(self, values: Mapping[str, float]) -> dict[str, float]:
+        """Write every value, read each back and compare at the register's resolution;
+        the read-back values per control. On any failure, points already written are put
+        back to what they held and SetpointWriteError is raised."""
+        ...
+
+    def close(self) -> None: ...
