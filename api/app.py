@@ -25,6 +25,7 @@ from api import (
     problems,
     routes_alerts,
     routes_anomaly,
+    routes_capacity,
     routes_core,
     routes_deadletters,
     routes_failure,
@@ -43,6 +44,7 @@ from api.metrics import (
     CONTENT_TYPE_LATEST,
     MetricsRegistry,
     alerts_provider,
+    capacity_provider,
     platform_provider,
     twin_provider,
 )
@@ -50,6 +52,7 @@ from api.problems import FieldError, Problem, problem_content, problem_example, 
 from ingest.stats import IngestStats
 from twin.alerts.service import AlertService
 from twin.anomaly.service import AnomalyService
+from twin.capacity.service import CapacityService
 from twin.events import EventBus
 from twin.failure.service import FailureRiskService
 from twin.health import HealthRegistry
@@ -70,6 +73,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     routes_optimizer.router,
     routes_anomaly.router,
     routes_deadletters.router,
+    routes_capacity.router,  # issue 27 (capacity)
 )
 
 
@@ -85,6 +89,7 @@ def create_app(
     failure_risk: FailureRiskService | None = None,
     alerts: AlertService | None = None,
     parts: PartHistory | None = None,
+    capacity: CapacityService | None = None,
     routers: Sequence[APIRouter] = (),
     metrics: MetricsRegistry | None = None,
     open_healthz: bool = True,
@@ -131,6 +136,9 @@ def create_app(
         metrics.register("twin", twin_provider(live or LiveView(twin, EventBus())))
     if alerts is not None:
         metrics.register("alerts", alerts_provider(alerts))
+    # issue 27 (capacity): headroom and forecast, computed on request without a server job
+    capacity = capacity if capacity is not None else CapacityService(twin)
+    metrics.register("capacity", capacity_provider(capacity))
     services = Services(
         twin=twin,
         keys=keys,
@@ -145,6 +153,7 @@ def create_app(
         parts=parts if parts is not None else PartHistory(twin.store),
         health=health,
         health_registry=health_registry,
+        capacity=capacity,
     )
     app.state.services = services
     app.add_middleware(AuthGate, keys_of=lambda: services.keys)

@@ -36,6 +36,7 @@ from twin.alerts.providers import twin_providers
 from twin.alerts.service import AlertService
 from twin.alerts.service import load_config as load_alert_config
 from twin.anomaly.service import AnomalyService
+from twin.capacity.service import CapacityConfig, CapacityService
 from twin.events import EventBus
 from twin.failure.service import FailureRiskService
 from twin.health import ComponentHealth, HealthRegistry
@@ -64,6 +65,7 @@ COMPONENTS = (
     "anomaly",
     "failure-risk",
     "parts",
+    "capacity",  # issue 27
 )
 
 
@@ -117,6 +119,11 @@ class Server:
         )
         self.alerts.on_tick = alert_events(self.bus)
         self.keys = KeyStore(settings.apikey_db)
+        # issue 27 (capacity): headroom every capacity_refresh_s, forecast hourly
+        self.capacity = CapacityService(self.twin, capacity_config(settings))
+        self.capacity_job = Periodic(
+            self.capacity.refresh, settings.capacity_refresh_s, "capacity", wait_first=True
+        )
         self.ingest_started_at: float | None = None
         self.ingest_last_stored: float | None = None  # wall clock of the last stored poll
         # every background job reports here while it runs; the API reads it
@@ -136,6 +143,7 @@ class Server:
             ("failure-risk", self.failure_risk.start, self.failure_risk.stop),
             ("live", self.live.start, self.live.stop),
             ("alerts", self.alerts.start, self.alerts.stop),
+            ("capacity", self.capacity_job.start, self.capacity_job.stop),  # issue 27
         ]
         self.probes: dict[str, list[tuple[str, Callable[[], ComponentHealth]]]] = {
             "twin": [("twin", lambda: self.twin_ticker.health(stale))],
@@ -146,6 +154,9 @@ class Server:
             "alerts": [
                 ("alerts", lambda: self.alerts.engine_health(alerts_stale)),
                 ("alert-delivery", lambda: self.alerts.delivery_health(MIN_STALE_S)),
+            ],
+            "capacity": [  # issue 27: a round may include the hourly forecast
+                ("capacity", lambda: self.capacity_job.health(max(MODEL_STALE_S, stale)))
             ],
         }
         self._started: list[str] = []
@@ -275,6 +286,7 @@ class Server:
             failure_risk=self.failure_risk,
             alerts=self.alerts,
             parts=self.parts,
+            capacity=self.capacity,
             open_healthz=s.api_open_healthz,
             open_metrics=s.api_open_metrics,
             ingest_stats=lambda: self.ingestor.stats if self.ingestor else None,
@@ -302,6 +314,15 @@ class Server:
             self.uvicorn_server().run()  # returns on SIGINT/SIGTERM
         finally:
             self.stop()
+
+
+def capacity_config(settings: Settings) -> CapacityConfig:  # issue 27 (capacity)
+    return CapacityConfig(
+        refresh_s=settings.capacity_refresh_s,
+        peak_window_h=settings.capacity_peak_window_h,
+        forecast_every_s=settings.capacity_forecast_every_s,
+        history_days=settings.capacity_history_days,
+    )
 
 
 def twin_config(settings: Settings) -> TwinConfig:
