@@ -90,14 +90,14 @@ def get_capacity(
 
 
 class RunoutOut(BaseModel):
-    expected: datetime | None = Field(description="first day the forecast's daily peak exceeds it")
+    expected: datetime | None = Field(description="first day the forecast peak exceeds it")
     earliest: datetime | None = Field(description="... the interval's upper bound")
     latest: datetime | None = Field(description="... the interval's lower bound")
 
 
 class ForecastPoint(BaseModel):
-    time: datetime
-    mean_kw: float
+    day: datetime = Field(description="the day (UTC midnight)")
+    peak_kw: float = Field(description="forecast peak demand of the day (highest hourly mean)")
     lower_kw: float
     upper_kw: float
 
@@ -114,7 +114,7 @@ class ForecastSeriesOut(BaseModel):
     capacity_n1_kw: float | None
     runout_n: RunoutOut | None
     runout_n1: RunoutOut | None
-    points: list[ForecastPoint]
+    points: list[ForecastPoint] = Field(description="one per day of the horizon")
 
 
 class ForecastOut(BaseModel):
@@ -134,19 +134,21 @@ def _runout(r: Runout | None) -> RunoutOut | None:
     return RunoutOut(expected=_ts(r.expected_s), earliest=_ts(r.earliest_s), latest=_ts(r.latest_s))
 
 
-def _series(s: SeriesForecast, step_h: int) -> ForecastSeriesOut:
+def _series(s: SeriesForecast) -> ForecastSeriesOut:
     fc = s.forecast
-    points: list[ForecastPoint] = []
-    if fc is not None:
-        for i in range(0, fc.t_s.size, step_h):
-            points.append(
-                ForecastPoint(
-                    time=datetime.fromtimestamp(float(fc.t_s[i]), UTC),
-                    mean_kw=float(fc.mean[i : i + step_h].mean()),
-                    lower_kw=float(fc.lower[i : i + step_h].min()),
-                    upper_kw=float(fc.upper[i : i + step_h].max()),
-                )
+    points = (
+        []
+        if fc is None
+        else [
+            ForecastPoint(
+                day=datetime.fromtimestamp(float(d), UTC),
+                peak_kw=float(p),
+                lower_kw=float(lo),
+                upper_kw=float(hi),
             )
+            for d, p, lo, hi in zip(fc.day_s, fc.peak_kw, fc.lower_kw, fc.upper_kw, strict=True)
+        ]
+    )
     return ForecastSeriesOut(
         scope=s.scope,
         resource=s.resource,
@@ -175,10 +177,6 @@ def get_capacity_forecast(
         str | None, Query(max_length=512, description="a hall id or the site id")
     ] = None,
     resource: Literal["power", "cooling"] | None = None,
-    resolution: Annotated[
-        Literal["1h", "1d"],
-        Query(description="points hourly, or per day (mean, min lower, max upper)"),
-    ] = "1d",
 ) -> ForecastOut:
     lay = svc.twin.layout
     if scope is not None and scope not in (*lay.hall_ids, lay.site_id):
@@ -187,9 +185,8 @@ def get_capacity_forecast(
             f"scope: {scope!r} is not a hall or the site (one of {[*lay.hall_ids, lay.site_id]})",
         )
     res = svc.forecast()
-    step_h = 1 if resolution == "1h" else 24
     series = [
-        _series(s, step_h)
+        _series(s)
         for s in res.series
         if (scope is None or s.scope == scope) and (resource is None or s.resource == resource)
     ]
