@@ -159,8 +159,8 @@ def evaluate_series(
             {
                 "capacity_kw": round(capacity, 2),
                 "true_lead_days": lead,
-                "pred_error_days": None if err is None else round(err, 2),
-                "within_10pct": err is not None and abs(err) <= RUNOUT_TOLERANCE * lead,
+                "pred_error_days": None if err is None else round(float(err), 2),
+                "within_10pct": bool(err is not None and abs(err) <= RUNOUT_TOLERANCE * lead),
             }
         )
     return res
