@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -16,6 +17,7 @@ from api.keys import Role
 from dctwin.settings import Settings
 from ingest.store import Store
 from tests.apihelpers import bearer, keys_per_role, serve
+from tests.test_dashboard_chromium import CHROMIUM, _dashboard
 from tests.twin_sim import SMALL_SITE, SimHarness
 from twin.capacity.service import CapacityService
 from twin.state import Twin
@@ -74,6 +76,7 @@ def env(tmp_path_factory):
     svc = CapacityService(twin)
     app = create_app(twin, keys=keys, capacity=svc)
     with serve(app) as url, httpx.Client(base_url=url, headers=bearer(tokens[Role.viewer])) as c:
+        c.dashboard = (url, tokens[Role.viewer])  # type: ignore[attr-defined]
         yield c, twin, origin
     store.close()
 
@@ -218,3 +221,39 @@ def test_server_runs_capacity_in_the_background(tmp_path):
         assert server.health_registry.check()["capacity"].status == "ok"
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_dashboard_capacity_card(env, tmp_path):
+    """Debian's Chromium: the dashboard's capacity card lists the elements above the racks
+    with the API's figures and the forecast's run-out dates."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed (APT_PACKAGES in .ci/run)")
+    from playwright.sync_api import expect
+
+    c, _, _ = env
+    url, key = c.dashboard
+    api = c.get(
+        "/v1/capacity", params=[("kind", k) for k in ("ups", "plant", "hall", "pdu", "cdu", "crah")]
+    ).json()
+    console: list[tuple[str, str]] = []
+    with _dashboard(
+        url, key, tmp_path / "profile", console, {"width": 1400, "height": 900}
+    ) as page:
+        rows = page.locator("[data-testid=capacity-table] tr")
+        expect(rows).to_have_count(1 + len(api["elements"]), timeout=20_000)
+        ups = page.locator("[data-testid=capacity-table] tr[data-kind=ups] td")
+        used = next(e for e in api["elements"] if e["kind"] == "ups")["used_kw"]
+        expect(ups.nth(1)).to_have_text(f"{round(used):,}")
+        # single-feed PDUs: no N-1 capacity, shown as over (red)
+        pdu_bad = page.locator("[data-testid=capacity-table] tr[data-kind=pdu] td.bad")
+        expect(pdu_bad).to_have_count(2)
+        runout = page.locator("[data-testid=capacity-runout]")
+        expect(runout).to_contain_text("h1 power: ", timeout=20_000)
+    # no alert engine in this app: the browser logs /v1/alerts' 503 itself
+    errors = [
+        (t, m)
+        for t, m in console
+        if t in ("error", "pageerror") and "status of 503 (Service Unavailable)" not in m
+    ]
+    assert not errors, f"console errors: {errors}"
