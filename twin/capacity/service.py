@@ -18,7 +18,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -285,7 +285,3 @@ class CapacityService:
         kept = self._forecast
         if kept is None or time.monotonic() - kept[0] >= self.config.forecast_every_s:
             self.compute_forecast()
-
-
-def utc(t: datetime) -> datetime:
-    return t.replace(tzinfo=UTC)
