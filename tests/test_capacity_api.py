@@ -248,6 +248,8 @@ def test_dashboard_capacity_card(env, tmp_path):
         # single-feed PDUs: no N-1 capacity, shown as over (red)
         pdu_bad = page.locator("[data-testid=capacity-table] tr[data-kind=pdu] td.bad")
         expect(pdu_bad).to_have_count(2)
+        cdu_n1 = page.locator("[data-testid=capacity-table] tr[data-kind=cdu] td:last-child")
+        expect(cdu_n1).to_have_text(["no spare", "no spare"])
         runout = page.locator("[data-testid=capacity-runout]")
         expect(runout).to_contain_text("h1 power: ", timeout=20_000)
     # no alert engine in this app: the browser logs /v1/alerts' 503 itself

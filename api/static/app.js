@@ -485,6 +485,11 @@ async function loadCapacity() {
       tr.append(el("td", v == null ? null : v < 0 ? "bad" : v < 0.1 * (e.capacity_n_kw || 1) ? "warn" : null,
                    fmtKw(v)));
     }
+    // a single CDU or CRAH has no spare of its own: its hall's group row carries N-1
+    if ((e.kind === "cdu" || e.kind === "crah") && e.capacity_n1_kw === 0) {
+      tr.lastChild.className = "";
+      tr.lastChild.textContent = "no spare";
+    }
     tr.dataset.kind = e.kind;
     rows.push(tr);
   }
