@@ -72,14 +72,14 @@ def get_capacity(
 ) -> CapacityOut:
     res = svc.headroom(basis)
     df = res.frame
-    if kind:
-        df = df.filter(pl.col("kind").is_in(kind))
-    if resource:
-        df = df.filter(pl.col("resource").is_in(resource))
     if id is not None:
         df = df.filter(pl.col("id") == id)
         if df.height == 0:
             raise HTTPException(404, f"id: {id!r} is not a capacity element of this site")
+    if kind:
+        df = df.filter(pl.col("kind").is_in(kind))
+    if resource:
+        df = df.filter(pl.col("resource").is_in(resource))
     rows = [{k: _clean(v) for k, v in r.items()} for r in df.iter_rows(named=True)]
     return CapacityOut(
         time=res.time.replace(tzinfo=UTC),
