@@ -23,6 +23,7 @@ from api.live_view import LiveView
 from api.metrics import MetricsRegistry
 from twin.alerts.service import AlertService
 from twin.anomaly.service import AnomalyService
+from twin.capacity.service import CapacityService
 from twin.events import EventBus
 from twin.failure.service import FailureRiskService
 from twin.health import HealthRegistry
@@ -49,6 +50,7 @@ class Services:
     # the process's component heartbeats (/healthz, /readyz); None: no background jobs
     health_registry: HealthRegistry | None = None
     optimizer: LiveOptimizer | None = None  # issue 19: live proposals and the write path
+    capacity: CapacityService | None = None  # issue 27 (capacity): headroom and forecast
     _risk_by_horizon: dict[float, FailureRiskService] = field(default_factory=dict)
     _risk_lock: threading.Lock = field(default_factory=threading.Lock)
     # opens the optimizer's recommendation store over the twin's database
@@ -142,6 +144,13 @@ async def alerts_of(request: Request) -> AlertService:
     return svc
 
 
+async def capacity_of(request: Request) -> CapacityService:  # issue 27 (capacity)
+    svc = services_of(request).capacity
+    if svc is None:
+        raise _absent("capacity service")
+    return svc
+
+
 async def recommendations_of(request: Request) -> RecommendationStore:
     return services_of(request).recommendations()
 
@@ -162,6 +171,7 @@ OptionalFailureRiskDep = Annotated[FailureRiskService | None, Depends(optional_f
 PartsDep = Annotated[PartHistory, Depends(parts_of)]
 OptionalPartsDep = Annotated[PartHistory | None, Depends(optional_parts_of)]
 AlertsDep = Annotated[AlertService, Depends(alerts_of)]
+CapacityDep = Annotated[CapacityService, Depends(capacity_of)]  # issue 27 (capacity)
 RecommendationsDep = Annotated[RecommendationStore, Depends(recommendations_of)]
 ServicesDep = Annotated[Services, Depends(all_services)]
 OptimizerDep = Annotated[LiveOptimizer | None, Depends(optimizer_of)]

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     # rack scores and alert rules
     failure_models: Path = Field(FAILURE_MODELS_ROOT, description="failure model registry")
     failure_horizon: str = Field("1h", description="failure-risk horizon served: 30m, 1h, 24h")
+    # issue 27 (capacity, docs/capacity.md): headroom refresh, peak window, forecast
+    capacity_refresh_s: float = Field(30.0, gt=0, description="headroom refresh interval")
+    capacity_peak_window_h: float = Field(24.0, gt=0, description="used load: peak over this")
+    capacity_forecast_every_s: float = Field(3600.0, gt=0, description="forecast refit interval")
+    capacity_history_days: float = Field(60.0, gt=1, description="history the forecast reads")
 
     # issue 19 (opt-live): the live optimizer (docs/optimizer.md, "Live operation")
     optimizer_model: Path = Field(
