@@ -213,6 +213,8 @@ METRICS: dict[Kind, dict[str, str]] = {
         "outdoor_wetbulb_c": "Cel",
         # issue 22: BACnet
         "chiller_running": "bool",  # a chiller's run status (binary-input present-value)
+        # issue 27 (whatif): cooling-tower make-up water (evaporation + blowdown), for WUE
+        "makeup_water_lpm": "L/min",
     },
 }
 
@@ -381,6 +383,7 @@ RANGES: dict[Kind, dict[str, tuple[float, float]]] = {
         "outdoor_wetbulb_c": (-100.0, 80.0),
         # issue 22: BACnet
         "chiller_running": _BOOL,
+        "makeup_water_lpm": (0.0, 1.0e6),  # issue 27: 1e6 L/min is a GW of heat rejection
     },
 }
 

@@ -72,6 +72,7 @@ CLASS_METRICS: dict[str, list[str]] = {
         "outdoor_wetbulb_c",
         "chw_supply_setpoint_c",
         "cw_supply_setpoint_c",
+        "makeup_water_lpm",  # issue 27: cooling-tower make-up water meter
     ],
     # an SNMP UPS-MIB agent (RFC 1628), see simulator/ups.py
     "ups": [
@@ -155,6 +156,7 @@ QUANTUM: dict[tuple[str, str], float] = {
     ("plant", "cooling_load_kw"): 0.1,
     ("plant", "outdoor_drybulb_c"): 0.1,
     ("plant", "outdoor_wetbulb_c"): 0.1,
+    ("plant", "makeup_water_lpm"): 0.1,  # issue 27
     # UPS-MIB: whole %, minutes (upsEstimatedMinutesRemaining), seconds, 0.1 V, 0.1 A,
     # whole degC, whole RMS volts, 0.1 Hz, whole watts
     ("ups", "battery_charge_pct"): 1.0,
@@ -299,6 +301,7 @@ def _blocks(sim: SiteSimulator) -> list[Block]:
                 s.plant.outdoor_wetbulb_c,
                 s.controls.get("chw_supply_setpoint_c"),
                 s.controls.get("cw_supply_setpoint_c"),
+                s.plant.makeup_water_lpm,
             ],
         )
     )
