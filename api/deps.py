@@ -29,6 +29,8 @@ from twin.health import HealthRegistry
 from twin.optimizer.recommendations import RecommendationStore, store_opener
 from twin.parts import PartHistory
 from twin.state import Twin
+from twin.sustainability import SustainabilityService
+from twin.whatif.service import WhatIfService
 
 
 @dataclass
@@ -47,6 +49,9 @@ class Services:
     health: Callable[[], dict[str, Any]] | None = None  # extra /healthz fields (counters)
     # the process's component heartbeats (/healthz, /readyz); None: no background jobs
     health_registry: HealthRegistry | None = None
+    # issue 27 (whatif): None: what-if runs answer 503; sustainability is built if absent
+    whatif: WhatIfService | None = None
+    sustainability: SustainabilityService | None = None
     _risk_by_horizon: dict[float, FailureRiskService] = field(default_factory=dict)
     _risk_lock: threading.Lock = field(default_factory=threading.Lock)
     # opens the optimizer's recommendation store over the twin's database
@@ -144,6 +149,21 @@ async def recommendations_of(request: Request) -> RecommendationStore:
     return services_of(request).recommendations()
 
 
+# issue 27 (whatif)
+async def whatif_of(request: Request) -> WhatIfService:
+    svc = services_of(request).whatif
+    if svc is None:
+        raise _absent("what-if runner")
+    return svc
+
+
+async def sustainability_of(request: Request) -> SustainabilityService:
+    services = services_of(request)
+    if services.sustainability is None:
+        services.sustainability = SustainabilityService(services.twin)
+    return services.sustainability
+
+
 # `name: TwinDep` in an endpoint's signature is `name: Twin = Depends(twin_of)`
 TwinDep = Annotated[Twin, Depends(twin_of)]
 KeysDep = Annotated[KeyStore, Depends(keys_of)]
@@ -157,3 +177,5 @@ OptionalPartsDep = Annotated[PartHistory | None, Depends(optional_parts_of)]
 AlertsDep = Annotated[AlertService, Depends(alerts_of)]
 RecommendationsDep = Annotated[RecommendationStore, Depends(recommendations_of)]
 ServicesDep = Annotated[Services, Depends(all_services)]
+WhatIfDep = Annotated[WhatIfService, Depends(whatif_of)]  # issue 27 (whatif)
+SustainabilityDep = Annotated[SustainabilityService, Depends(sustainability_of)]

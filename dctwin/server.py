@@ -43,7 +43,9 @@ from twin.optimizer.recommendations import store_opener
 from twin.parts import PartHistory
 from twin.periodic import Periodic
 from twin.state import Twin
+from twin.sustainability import FlexibleLoad, SustainabilityService
 from twin.twin_config import TwinConfig
+from twin.whatif.service import WhatIfService
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ COMPONENTS = (
     "anomaly",
     "failure-risk",
     "parts",
+    "whatif",
 )
 
 
@@ -117,6 +120,27 @@ class Server:
         )
         self.alerts.on_tick = alert_events(self.bus)
         self.keys = KeyStore(settings.apikey_db)
+        # issue 27 (whatif): what-if runs on a bounded executor this server owns; the
+        # physics is the simulator's (this layer may import it, the twin may not)
+        from simulator.whatif import run as run_whatif
+
+        self.whatif = WhatIfService(
+            self.site,
+            self.store,
+            run_whatif,
+            stale_after_s=self.twin.stale_after_s,
+            max_workers=settings.whatif_workers,
+            pue_now=lambda: self.twin.last.pue["site"].value if self.twin.last else None,
+        )
+        self.sustainability = SustainabilityService(
+            self.twin,
+            settings.carbon_intensity,
+            FlexibleLoad(
+                settings.flex_load_kw, settings.flex_load_hours, settings.flex_load_start_hour
+            )
+            if settings.flex_load_kw > 0
+            else None,
+        )
         self.ingest_started_at: float | None = None
         self.ingest_last_stored: float | None = None  # wall clock of the last stored poll
         # every background job reports here while it runs; the API reads it
@@ -136,6 +160,7 @@ class Server:
             ("failure-risk", self.failure_risk.start, self.failure_risk.stop),
             ("live", self.live.start, self.live.stop),
             ("alerts", self.alerts.start, self.alerts.stop),
+            ("whatif", self.whatif.start, self.whatif.stop),  # issue 27
         ]
         self.probes: dict[str, list[tuple[str, Callable[[], ComponentHealth]]]] = {
             "twin": [("twin", lambda: self.twin_ticker.health(stale))],
@@ -147,6 +172,7 @@ class Server:
                 ("alerts", lambda: self.alerts.engine_health(alerts_stale)),
                 ("alert-delivery", lambda: self.alerts.delivery_health(MIN_STALE_S)),
             ],
+            "whatif": [("whatif", self.whatif.health)],  # issue 27
         }
         self._started: list[str] = []
 
@@ -279,6 +305,8 @@ class Server:
             open_metrics=s.api_open_metrics,
             ingest_stats=lambda: self.ingestor.stats if self.ingestor else None,
             kafka_lag=lambda: kafka_lag_of(self.ingestor.consumer)() if self.ingestor else None,
+            whatif=self.whatif,
+            sustainability=self.sustainability,
         )
         gc.freeze()  # long-lived startup objects (site, app) leave the GC's scans: fewer pauses
         # uvicorn as configured by api/http_server.py: unparseable requests (a URL over

@@ -37,7 +37,7 @@ def live_state(store: Store, stale_after_s: float, pue: float | None = None) -> 
             "WHERE list_contains(?, metric)",
             [metrics],
         )
-        .to_arrow_table()
+        .fetch_arrow_table()
     )
     assert isinstance(df, pl.DataFrame)
     gpus = df.filter(pl.col("kind") == "gpu")
