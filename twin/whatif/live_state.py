@@ -32,12 +32,12 @@ def live_state(store: Store, stale_after_s: float, pue: float | None = None) -> 
     metrics = [*GPU_METRICS, *PLANT, *SETPOINTS, "supply_air_setpoint_c", "supply_temp_c"]
     df = pl.from_arrow(
         store.cursor()
-        .execute(
+        .sql(
             "SELECT device_id, metric, value, epoch_ms(read_time) AS t_ms, kind FROM latest "
-            "WHERE list_contains(?, metric)",
-            [metrics],
+            "WHERE list_contains($metrics, metric)",
+            params={"metrics": metrics},
         )
-        .fetch_arrow_table()
+        .to_arrow_table()
     )
     assert isinstance(df, pl.DataFrame)
     gpus = df.filter(pl.col("kind") == "gpu")
