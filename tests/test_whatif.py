@@ -4,6 +4,7 @@ comparison; and the accuracy evaluation in small."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -187,3 +188,28 @@ def test_evaluation_in_small_meets_the_targets():
         assert c.peak_gpu_error_k <= 1.5, c
     again = evaluate(site, horizon_h=1.0, only=["setpoint_change"], history_min=20)
     assert again[0].pue_whatif == out[0].pue_whatif  # seeded: the same numbers twice
+
+
+def test_cli_runs_a_scenario_file_against_the_api(api, tmp_path):
+    from typer.testing import CliRunner
+
+    from dctwin.cli.main import app
+
+    client, tokens, _sim = api
+    path = tmp_path / "warmer.toml"
+    path.write_text(
+        'name = "warmer water"\nhorizon_h = 1.0\nstep_s = 120.0\n'
+        '[[setpoints]]\nname = "chw_supply_setpoint_c"\nvalue = 20.0\n'
+    )
+    url = str(client.base_url).rstrip("/")
+    res = CliRunner().invoke(
+        app, ["what-if", "run", str(path), "--url", url, "--key", tokens[Role.operator]]
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output[res.output.index("{") :])
+    assert doc["status"] == "done" and doc["scenario"]["setpoints"][0]["value"] == 20.0
+    path.write_text("horizon_h = 1.0\n[[failures]]\ncomponent = 'cdu7'\n")
+    res = CliRunner().invoke(
+        app, ["what-if", "run", str(path), "--url", url, "--key", tokens[Role.operator]]
+    )
+    assert res.exit_code == 1 and "cdu7" in res.output

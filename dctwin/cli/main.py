@@ -15,6 +15,7 @@ from dctwin.cli.anomaly import anomaly_app
 from dctwin.cli.apikey import apikey_app
 from dctwin.cli.failure import failure_app
 from dctwin.cli.optimize import optimize_app
+from dctwin.cli.whatif import whatif_app  # issue 27
 
 app = typer.Typer(
     help="dctwin: telemetry ingestion and digital-twin monitoring for AI data centers.",
@@ -277,6 +278,7 @@ app.add_typer(anomaly_app, name="anomaly")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(failure_app, name="failure")
 app.add_typer(optimize_app, name="optimize")
+app.add_typer(whatif_app, name="what-if")  # issue 27
 
 if __name__ == "__main__":
     app()
