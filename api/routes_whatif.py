@@ -24,7 +24,7 @@ from api.deps import WhatIfDep
 from api.keys import Role
 from api.problems import ProblemError, problem_response
 from domain.whatif import Scenario, ScenarioError
-from twin.whatif.live_state import NoLiveState
+from twin.whatif.live_state import NoLiveStateError
 
 router = APIRouter(prefix="/v1/what-if", tags=["what-if"])
 operator = [Depends(require_role(Role.operator))]
@@ -67,7 +67,7 @@ def submit(scenario: Scenario, svc: WhatIfDep, request: Request) -> JSONResponse
                 }
             ],
         )
-    except NoLiveState as exc:
+    except NoLiveStateError as exc:
         raise ProblemError(409, str(exc), "whatif-no-live-state") from exc
     except OverflowError as exc:
         raise ProblemError(429, str(exc), "whatif-busy", headers={"Retry-After": "10"}) from exc
@@ -76,7 +76,7 @@ def submit(scenario: Scenario, svc: WhatIfDep, request: Request) -> JSONResponse
 
 @router.get("", summary="What-if runs, newest first")
 def runs(svc: WhatIfDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict[str, Any]]:
-    return svc.list(limit)
+    return svc.runs(limit)
 
 
 @router.get("/compare", summary="What-if runs side by side")
@@ -91,10 +91,11 @@ def compare(
     if unknown:
         raise ProblemError(404, f"unknown what-if run id(s): {', '.join(unknown)}", "not-found")
     table = {
-        k: [None if r["result"] is None else r["result"].get(k) for r in found]
-        for k in KEY_FIGURES
+        k: [None if r["result"] is None else r["result"].get(k) for r in found] for k in KEY_FIGURES
     }
-    table["violations"] = [None if r["result"] is None else len(r["result"]["violations"]) for r in found]
+    table["violations"] = [
+        None if r["result"] is None else len(r["result"]["violations"]) for r in found
+    ]
     table["first_breach"] = [
         None if r["result"] is None else r["result"]["first_breach"] for r in found
     ]

@@ -155,7 +155,9 @@ def validate_scenario(site: Site, sc: Scenario) -> Site:
         where = f"setpoints[{i}]"
         env = ENVELOPES.get(sp.name)
         if env is None:
-            raise ScenarioError(f"{where}.name", f"unknown control {sp.name!r} ({sorted(ENVELOPES)})")
+            raise ScenarioError(
+                f"{where}.name", f"unknown control {sp.name!r} ({sorted(ENVELOPES)})"
+            )
         if not env.min <= sp.value <= env.max:
             raise ScenarioError(
                 f"{where}.value",
@@ -164,7 +166,9 @@ def validate_scenario(site: Site, sc: Scenario) -> Site:
         if sp.device is not None:
             known = {"cdu": cdus, "crah": crahs}.get(env.scope)
             if known is None:
-                raise ScenarioError(f"{where}.device", f"{sp.name} is site-wide; it takes no device")
+                raise ScenarioError(
+                    f"{where}.device", f"{sp.name} is site-wide; it takes no device"
+                )
             if sp.device not in known:
                 raise ScenarioError(f"{where}.device", f"no {env.scope} {sp.device!r} in the site")
     devices = {d.id: d.device_class for d in changed.devices()}

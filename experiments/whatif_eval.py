@@ -145,7 +145,9 @@ def compare(
     if dark.any():
         truth.rack_energised = np.ones_like(dark)
         for a in sc.add_racks:
-            truth.workload.util_override = np.where(dark, a.utilisation, truth.workload.util_override)
+            truth.workload.util_override = np.where(
+                dark, a.utilisation, truth.workload.util_override
+            )
     rec = Recorder(truth)
     offset = truth.sensor_offset["gpu_temp_read_c"]
     n = int(round(sc.horizon_h * 3600.0 / truth_step_s))

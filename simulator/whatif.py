@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -26,6 +27,7 @@ from domain.site import Site
 from domain.whatif import (
     LiveState,
     Scenario,
+    SetpointChange,
     WeatherChange,
     WhatIfResult,
     failed_device_id,
@@ -36,7 +38,9 @@ from simulator.weather import CLIMATES, DAY_S, YEAR_S, Climate, Weather, wet_bul
 from simulator.workload import Workload
 
 SETTLE_STEPS = 90  # 15 min of 10 s settle steps: loops, valves and temperatures converge
-CALIBRATE_MIN_POWER_W = 300.0  # below it the 1 K reading resolution and sensor offset dominate the rise
+CALIBRATE_MIN_POWER_W = (
+    300.0  # below it the 1 K reading resolution and sensor offset dominate the rise
+)
 RTH_RANGE = (0.5, 3.0)  # calibrated resistance as a multiple of the nominal one
 # limits a run checks (first breach and peak per device)
 CRAH_SUPPLY_MAX_C = 27.0  # ASHRAE TC9.9 recommended inlet maximum
@@ -46,7 +50,7 @@ FINE_ABOVE_C = 80.0  # a GPU this hot: step FINE_STEP_S (the reference reads eve
 FINE_STEP_S = 10.0  # the plant short of capacity: chilled water 2 K over setpoint
 
 
-class RunCancelled(Exception):
+class RunCancelledError(Exception):
     """The run was cancelled between two steps."""
 
 
@@ -103,7 +107,12 @@ class ForecastWeather(Weather):
     it, held over the horizon (multi-day weather systems are not forecast)."""
 
     def __init__(
-        self, climate: Climate, utc_offset_h: float, t0_s: float, db0: float | None, wb0: float | None
+        self,
+        climate: Climate,
+        utc_offset_h: float,
+        t0_s: float,
+        db0: float | None,
+        wb0: float | None,
     ) -> None:
         self.climate = climate
         self.utc_offset_s = utc_offset_h * 3600.0
@@ -190,10 +199,10 @@ def whatif_simulator(site: Site, sc: Scenario, live: LiveState) -> SiteSimulator
             ctl.active[name][:] = v
     env = ENVELOPES["crah_supply_setpoint_c"]
     for i, crah in enumerate(lay.crah_ids):
-        v = live.crah_supply_setpoint_c.get(crah)
-        if v is not None and np.isfinite(v):
+        sp_c = live.crah_supply_setpoint_c.get(crah)
+        if sp_c is not None and np.isfinite(sp_c):
             ctl.commanded["crah_supply_setpoint_c"][i] = ctl.active["crah_supply_setpoint_c"][i] = (
-                float(np.clip(v, env.min, env.max))
+                float(np.clip(sp_c, env.min, env.max))
             )
     if live.chw_supply_c is not None:
         sim.plant_model.chw_supply_c = live.chw_supply_c
@@ -218,13 +227,19 @@ def _settle(sim: SiteSimulator, n: int) -> None:
         sim._advance(10.0, settle=True)  # the clock, the counters and the faults stay
 
 
-def apply_changes(sim: SiteSimulator, sc: Scenario, start_s: float) -> list[tuple[float, Callable[[], None]]]:
+def apply_changes(
+    sim: SiteSimulator, sc: Scenario, start_s: float
+) -> list[tuple[float, Callable[[], None]]]:
     """The scenario's scheduled changes as (time, action), for a what-if run or for a
     reference simulator continued with the same change (experiments/whatif_eval.py)."""
     lay = sim.layout
     out: list[tuple[float, Callable[[], None]]] = []
     for sp in sc.setpoints:
-        out.append((start_s + sp.at_h * 3600.0, lambda sp=sp: sim.controls.set(sp.name, sp.value, sp.device)))
+
+        def command(sp: SetpointChange = sp) -> None:
+            sim.controls.set(sp.name, sp.value, sp.device)
+
+        out.append((start_s + sp.at_h * 3600.0, command))
     if sc.weather is not None:
         w = sc.weather
         sim.weather = ChangedWeather(sim.weather, w, start_s + w.at_h * 3600.0)
@@ -254,7 +269,12 @@ class Recorder:
         self.t0_s = sim.time_s
         self.facility_kwh = self.it_kwh = self.water_l = 0.0
         self.gpu_peak = np.full(lay.n_gpu, -np.inf)
-        self.hourly: dict[str, list[float]] = {"it_kw": [], "facility_kw": [], "pue": [], "gpu_max_c": []}
+        self.hourly: dict[str, list[float]] = {
+            "it_kw": [],
+            "facility_kw": [],
+            "pue": [],
+            "gpu_max_c": [],
+        }
         self._hour: list[tuple[float, float, float, float]] = []
         self.peak = {"cdu_supply_c": -np.inf, "crah_supply_c": -np.inf, "chw_supply_c": -np.inf}
         self.cdu_heat_peak = np.zeros(lay.n_cdu)
@@ -263,7 +283,9 @@ class Recorder:
         # (limit, device ids, first-breach time per device (nan), peak per device)
         self.limits: dict[str, tuple[list[str], NDArray, NDArray, str]] = {}
 
-    def _check(self, name: str, ids: list[str], value: NDArray, limit: NDArray | float, unit: str) -> None:
+    def _check(
+        self, name: str, ids: list[str], value: NDArray, limit: NDArray | float, unit: str
+    ) -> None:
         if name not in self.limits:
             self.limits[name] = (ids, np.full(len(ids), np.nan), np.full(len(ids), -np.inf), unit)
         _ids, first, peak, _u = self.limits[name]
@@ -280,8 +302,12 @@ class Recorder:
         temp = s.gpu.temp_c if gpu_temp_c is None else gpu_temp_c
         self.gpu_peak = np.maximum(self.gpu_peak, temp)
         sp = s.controls
-        self.peak["cdu_supply_c"] = max(self.peak["cdu_supply_c"], float(s.cdu.supply_c.max(initial=-np.inf)))
-        self.peak["crah_supply_c"] = max(self.peak["crah_supply_c"], float(s.crah.supply_c.max(initial=-np.inf)))
+        self.peak["cdu_supply_c"] = max(
+            self.peak["cdu_supply_c"], float(s.cdu.supply_c.max(initial=-np.inf))
+        )
+        self.peak["crah_supply_c"] = max(
+            self.peak["crah_supply_c"], float(s.crah.supply_c.max(initial=-np.inf))
+        )
         self.peak["chw_supply_c"] = max(self.peak["chw_supply_c"], p.chw_supply_c)
         self.cdu_heat_peak = np.maximum(self.cdu_heat_peak, s.cdu.heat_removed_kw)
         self.pdu_peak_kw = np.maximum(self.pdu_peak_kw, s.pdu_out_w / 1000.0)
@@ -297,7 +323,13 @@ class Recorder:
             "Cel",
         )
         self._check("crah_supply_c", lay.crah_ids, s.crah.supply_c, CRAH_SUPPLY_MAX_C, "Cel")
-        self._check("pdu_kw", lay.pdu_ids, s.pdu_out_w / 1000.0, np.array([d.rated_kw for d in lay.pdu_spec]), "kW")
+        self._check(
+            "pdu_kw",
+            lay.pdu_ids,
+            s.pdu_out_w / 1000.0,
+            np.array([d.rated_kw for d in lay.pdu_spec]),
+            "kW",
+        )
         site = s.site
         self._check("ups_kw", [lay.ups_id], np.array([p.ups_output_kw]), site.ups.rated_kw, "kW")
         self._check(
@@ -307,7 +339,13 @@ class Recorder:
             float(sp.value("chw_supply_setpoint_c")[0]) + CHW_SUPPLY_MARGIN_K,
             "Cel",
         )
-        self._check("plant_load_kw", [site.plant_id()], np.array([p.cooling_load_kw]), site.plant.rated_kw, "kW")
+        self._check(
+            "plant_load_kw",
+            [site.plant_id()],
+            np.array([p.cooling_load_kw]),
+            site.plant.rated_kw,
+            "kW",
+        )
         self._hour.append(
             (p.it_kw * dt_s, p.facility_kw * dt_s, float(temp.max(initial=-np.inf)), dt_s)
         )
@@ -336,19 +374,31 @@ class Recorder:
                 )
         return sorted(out, key=lambda v: (v["after_h"], v["limit"], v["device_id"]))
 
-    def headroom(self) -> list[dict]:
+    def headroom(self) -> list[dict[str, Any]]:
         """Rating minus the peak load over the horizon (capacity's own headroom, issue 27
         items 1-2, covers N-1 and design-day weather; this is the run's own peak)."""
         s, lay = self.sim, self.sim.layout
-        rows = [
+        rows: list[dict[str, Any]] = [
             {"device_id": d, "kind": "cdu", "rated_kw": float(r), "peak_kw": round(float(q), 2)}
             for d, r, q in zip(lay.cdu_ids, lay.cdu_rated_kw, self.cdu_heat_peak, strict=True)
         ]
         rows += [
-            {"device_id": d, "kind": "pdu", "rated_kw": spec.rated_kw, "peak_kw": round(float(q), 2)}
+            {
+                "device_id": d,
+                "kind": "pdu",
+                "rated_kw": spec.rated_kw,
+                "peak_kw": round(float(q), 2),
+            }
             for d, spec, q in zip(lay.pdu_ids, lay.pdu_spec, self.pdu_peak_kw, strict=True)
         ]
-        rows.append({"device_id": lay.ups_id, "kind": "ups", "rated_kw": s.site.ups.rated_kw, "peak_kw": round(self.ups_peak_kw, 2)})
+        rows.append(
+            {
+                "device_id": lay.ups_id,
+                "kind": "ups",
+                "rated_kw": s.site.ups.rated_kw,
+                "peak_kw": round(self.ups_peak_kw, 2),
+            }
+        )
         rows.append(
             {
                 "device_id": s.site.plant_id(),
@@ -371,7 +421,7 @@ def run(
     cancelled: Callable[[], bool] | None = None,
 ) -> WhatIfResult:
     """Run a validated scenario (`site` is the scenario's site, domain.whatif.scenario_site)
-    from the live state; RunCancelled if `cancelled()` turns true."""
+    from the live state; RunCancelledError if `cancelled()` turns true."""
     wall = time.perf_counter()
     sim = whatif_simulator(site, sc, live)
     changes = apply_changes(sim, sc, live.time_s)
@@ -380,7 +430,7 @@ def run(
     next_report = 0.0
     while sim.time_s < end_s - 1e-6:
         if cancelled is not None and cancelled():
-            raise RunCancelled()
+            raise RunCancelledError()
         while changes and changes[0][0] <= sim.time_s + 1e-6:
             changes.pop(0)[1]()
         dt = sc.step_s

@@ -57,13 +57,24 @@ def test_makeup_water_is_evaporation_plus_blowdown():
 
 
 def test_intensity_format_and_step_semantics():
-    text = "timestamp,gco2e_per_kwh\n2026-01-01T00:00:00Z,100\n2026-01-01T01:00:00+01:00,300\n2026-01-01T01:00:00Z,200\n"
+    text = (
+        "timestamp,gco2e_per_kwh\n2026-01-01T00:00:00Z,100\n"
+        "2026-01-01T01:00:00+01:00,300\n2026-01-01T01:00:00Z,200\n"
+    )
     # 01:00+01:00 is 00:00Z, the same instant as line 2
     with pytest.raises(IntensityError, match="line 3: timestamps must rise"):
         parse_intensity(text, "ci.csv")
     s = parse_intensity(text.replace("2026-01-01T01:00:00+01:00,300\n", ""), "ci.csv")
     t0 = datetime(2026, 1, 1)
-    got = intensity_at(s, [t0, t0 + timedelta(minutes=59), t0 + timedelta(hours=1, minutes=30), t0 + timedelta(hours=3)])
+    got = intensity_at(
+        s,
+        [
+            t0,
+            t0 + timedelta(minutes=59),
+            t0 + timedelta(hours=1, minutes=30),
+            t0 + timedelta(hours=3),
+        ],
+    )
     assert got[:3].tolist() == [100.0, 100.0, 200.0] and np.isnan(got[3])
     for bad, msg in [
         ("time,value\n", "header"),
@@ -90,7 +101,7 @@ def test_flexible_load_advice_picks_the_cleanest_window():
 class _Csv(http.server.BaseHTTPRequestHandler):
     body = b""
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/csv")
         self.end_headers()
@@ -108,7 +119,9 @@ def test_daily_figures_end_to_end(tmp_path):
     for _ in range(31):  # an hour and a bit, a read every 2 minutes
         sim.step(120.0)
     # a constant grid: CUE must be PUE x 0.35 exactly (same energy, same interval)
-    _Csv.body = f"timestamp,gco2e_per_kwh\n{(start - timedelta(hours=1)).isoformat()}Z,350\n".encode()
+    _Csv.body = (
+        f"timestamp,gco2e_per_kwh\n{(start - timedelta(hours=1)).isoformat()}Z,350\n".encode()
+    )
     for h in range(4):
         _Csv.body += f"{(start + timedelta(hours=h)).isoformat()}Z,350\n".encode()
     srv = http.server.HTTPServer(("127.0.0.1", 0), _Csv)
@@ -122,11 +135,17 @@ def test_daily_figures_end_to_end(tmp_path):
         with serve(create_app(twin, keys=keys, sustainability=sus)) as base:
             r = httpx.get(
                 f"{base}/v1/sustainability",
-                params={"period": "day", "start": start.isoformat() + "Z", "end": end.isoformat() + "Z"},
+                params={
+                    "period": "day",
+                    "start": start.isoformat() + "Z",
+                    "end": end.isoformat() + "Z",
+                },
                 headers=bearer(tokens[Role.viewer]),
             )
             bad = httpx.get(
-                f"{base}/v1/sustainability", params={"period": "week"}, headers=bearer(tokens[Role.viewer])
+                f"{base}/v1/sustainability",
+                params={"period": "week"},
+                headers=bearer(tokens[Role.viewer]),
             )
     finally:
         srv.shutdown()
@@ -138,4 +157,6 @@ def test_daily_figures_end_to_end(tmp_path):
     assert day["cue_kgco2e_per_kwh"] == pytest.approx(pue * 0.35, rel=1e-6)
     # the make-up water meter integrates to what the simulated tower used (hourly means)
     assert day["water_l"] == pytest.approx(sim.sim.makeup_water_l, rel=0.05)
-    assert day["wue_l_per_kwh"] == pytest.approx(day["water_l"] / day["it_energy_kwh"], rel=1e-4)  # both rounded
+    assert day["wue_l_per_kwh"] == pytest.approx(
+        day["water_l"] / day["it_energy_kwh"], rel=1e-4
+    )  # both rounded

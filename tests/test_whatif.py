@@ -38,9 +38,11 @@ def api(tmp_path_factory):
     svc = WhatIfService(site, store, run_whatif, stale_after_s=60.0)
     svc.start()
     try:
-        with serve(create_app(Twin(site, store), keys=keys, whatif=svc)) as base:
-            with httpx.Client(base_url=base, headers=bearer(tokens[Role.operator])) as client:
-                yield client, tokens, sim
+        with (
+            serve(create_app(Twin(site, store), keys=keys, whatif=svc)) as base,
+            httpx.Client(base_url=base, headers=bearer(tokens[Role.operator])) as client,
+        ):
+            yield client, tokens, sim
     finally:
         svc.stop()
         store.close()
@@ -94,19 +96,47 @@ def test_runs_from_the_live_state_are_stored_and_compared(api):
 @pytest.mark.parametrize(
     ("body", "element", "words"),
     [
-        ({"add_racks": [{"row": "row9", "racks": ["r19"], "template": "hgx"}]}, "add_racks[0].row", "row9"),
-        ({"add_racks": [{"row": "row1", "racks": ["r12"], "template": "hgx"}]}, "add_racks[0].racks[0]", "r12"),
-        ({"add_racks": [{"row": "row1", "racks": ["r14"], "template": "b200"}]}, "add_racks[0].template", "b200"),
+        (
+            {"add_racks": [{"row": "row9", "racks": ["r19"], "template": "hgx"}]},
+            "add_racks[0].row",
+            "row9",
+        ),
+        (
+            {"add_racks": [{"row": "row1", "racks": ["r12"], "template": "hgx"}]},
+            "add_racks[0].racks[0]",
+            "r12",
+        ),
+        (
+            {"add_racks": [{"row": "row1", "racks": ["r14"], "template": "b200"}]},
+            "add_racks[0].template",
+            "b200",
+        ),
         # two more racks overload row 1's feed: PDU pdu1 (200 kW) at the site's maximum load
-        ({"add_racks": [{"row": "row1", "racks": ["r14", "r15"], "template": "hgx"}]}, "halls.h1.pdus.pdu1", "overload"),
+        (
+            {"add_racks": [{"row": "row1", "racks": ["r14", "r15"], "template": "hgx"}]},
+            "halls.h1.pdus.pdu1",
+            "overload",
+        ),
         ({"remove_racks": ["r99"]}, "remove_racks[0]", "r99"),
         ({"failures": [{"component": "cdu7"}]}, "failures[0].component", "cdu7"),
         ({"failures": [{"component": "t1/facility/utility"}]}, "failures[0].component", "meter"),
-        ({"setpoints": [{"name": "chw_supply_setpoint_c", "value": 40}]}, "setpoints[0].value", "envelope"),
+        (
+            {"setpoints": [{"name": "chw_supply_setpoint_c", "value": 40}]},
+            "setpoints[0].value",
+            "envelope",
+        ),
         ({"setpoints": [{"name": "warp_drive", "value": 1}]}, "setpoints[0].name", "warp_drive"),
-        ({"setpoints": [{"name": "cdu_supply_setpoint_c", "value": 33, "device": "cdu9"}]}, "setpoints[0].device", "cdu9"),
+        (
+            {"setpoints": [{"name": "cdu_supply_setpoint_c", "value": 33, "device": "cdu9"}]},
+            "setpoints[0].device",
+            "cdu9",
+        ),
         ({"utilisation": [{"value": 0.5, "racks": ["r77"]}]}, "utilisation[0].racks[0]", "r77"),
-        ({"horizon_h": 2, "failures": [{"component": "cdu1", "at_h": 3}]}, "failures[0].at_h", "horizon"),
+        (
+            {"horizon_h": 2, "failures": [{"component": "cdu1", "at_h": 3}]},
+            "failures[0].at_h",
+            "horizon",
+        ),
     ],
 )
 def test_invalid_scenario_is_422_naming_the_element(api, body, element, words):
@@ -167,7 +197,10 @@ def test_no_live_state_is_409(tmp_path):
 def test_scenario_site_adds_and_removes_racks():
     site = load_site(SMALL_SITE)
     sc = Scenario.model_validate(
-        {"add_racks": [{"row": "row2", "racks": ["r24"], "template": "hgx"}], "remove_racks": ["r11"]}
+        {
+            "add_racks": [{"row": "row2", "racks": ["r24"], "template": "hgx"}],
+            "remove_racks": ["r11"],
+        }
     )
     changed = validate_scenario(site, sc)
     racks = [r.rack for r in changed.racks()]
@@ -181,7 +214,9 @@ def test_scenario_site_adds_and_removes_racks():
 def test_evaluation_in_small_meets_the_targets():
     """`dctwin what-if evaluate` on the small site, two scenarios, 1 h horizon."""
     site = load_site(SMALL_SITE)
-    out = evaluate(site, horizon_h=1.0, only=["setpoint_change", "utilisation_step"], history_min=20)
+    out = evaluate(
+        site, horizon_h=1.0, only=["setpoint_change", "utilisation_step"], history_min=20
+    )
     assert [c.scenario for c in out] == ["setpoint_change", "utilisation_step"]
     for c in out:
         assert c.pue_error_pct <= 2.0, c

@@ -17,7 +17,6 @@ gives, per day, the window of lowest mean intensity and the kgCO2e moving there 
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,7 +53,8 @@ def parse_intensity(text: str, source: str) -> pl.DataFrame:
     lines = text.strip().splitlines()
     if not lines or [c.strip() for c in lines[0].split(",")] != ["timestamp", "gco2e_per_kwh"]:
         raise IntensityError(f"{source}: line 1: the header must be 'timestamp,gco2e_per_kwh'")
-    times, values = [], []
+    times: list[datetime] = []
+    values: list[float] = []
     for n, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
@@ -64,7 +64,9 @@ def parse_intensity(text: str, source: str) -> pl.DataFrame:
         try:
             t = datetime.fromisoformat(parts[0].replace("Z", "+00:00"))
         except ValueError:
-            raise IntensityError(f"{source}: line {n}: {parts[0]!r} is not an RFC 3339 time") from None
+            raise IntensityError(
+                f"{source}: line {n}: {parts[0]!r} is not an RFC 3339 time"
+            ) from None
         try:
             v = float(parts[1])
         except ValueError:
@@ -213,7 +215,11 @@ class SustainabilityService:
     def figures(self, period: Period, start: datetime, end: datetime) -> dict[str, Any]:
         h = self.hourly(start, end)
         series = self.intensity()
-        ci = intensity_at(series, h["time"].to_list()) if series is not None else np.full(h.height, np.nan)
+        ci = (
+            intensity_at(series, h["time"].to_list())
+            if series is not None
+            else np.full(h.height, np.nan)
+        )
         h = h.with_columns(pl.Series("gco2e_per_kwh", ci, dtype=pl.Float64).fill_nan(None))
         trunc = "1d" if period == "day" else "1mo"
         rows = []
@@ -227,7 +233,8 @@ class SustainabilityService:
                     "it_energy_kwh": round(float(p["it_kwh"].sum()), 3),
                     "facility_energy_kwh": round(float(p["facility_kwh"].sum()), 3),
                     "emissions_kgco2e": round(
-                        float((with_ci["facility_kwh"] * with_ci["gco2e_per_kwh"]).sum()) / 1000.0, 3
+                        float((with_ci["facility_kwh"] * with_ci["gco2e_per_kwh"]).sum()) / 1000.0,
+                        3,
                     )
                     if with_ci.height
                     else None,
@@ -242,7 +249,9 @@ class SustainabilityService:
                     else None,
                     "cue_hours": with_ci.height,
                     "water_l": round(float(with_w["water_l"].sum()), 1) if with_w.height else None,
-                    "wue_l_per_kwh": _num(wue(with_w["water_l"].to_numpy(), with_w["it_kwh"].to_numpy()))
+                    "wue_l_per_kwh": _num(
+                        wue(with_w["water_l"].to_numpy(), with_w["it_kwh"].to_numpy())
+                    )
                     if with_w.height
                     else None,
                     "wue_hours": with_w.height,

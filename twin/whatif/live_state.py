@@ -24,7 +24,7 @@ PLANT = {
 SETPOINTS = ("chw_supply_setpoint_c", "cw_supply_setpoint_c")
 
 
-class NoLiveState(ValueError):
+class NoLiveStateError(ValueError):
     """The twin has no GPU telemetry yet: nothing to start from."""
 
 
@@ -42,7 +42,7 @@ def live_state(store: Store, stale_after_s: float, pue: float | None = None) -> 
     assert isinstance(df, pl.DataFrame)
     gpus = df.filter(pl.col("kind") == "gpu")
     if gpus.is_empty():
-        raise NoLiveState("no GPU telemetry yet: the twin has no live state to start from")
+        raise NoLiveStateError("no GPU telemetry yet: the twin has no live state to start from")
     t_ms = int(gpus["t_ms"].max())  # type: ignore[arg-type]
     df = df.filter(pl.col("t_ms") >= t_ms - stale_after_s * 1000.0)
     st = LiveState(time_s=t_ms / 1000.0, pue=pue)

@@ -129,7 +129,7 @@ class WhatIfService:
     # -- runs -----------------------------------------------------------------------------
 
     def submit(self, sc: Scenario) -> dict[str, Any]:
-        """Validate (ScenarioError names the element), take the live state (NoLiveState if
+        """Validate (ScenarioError names the element), take the live state (NoLiveStateError if
         there is none), store the run as queued and start it; the run's record."""
         changed = validate_scenario(self.site, sc)
         pue = self.pue_now() if self.pue_now is not None else None
@@ -175,7 +175,10 @@ class WhatIfService:
                 [_now(), json.dumps(asdict(result), default=float), run_id],
             )
         except Exception as exc:
-            cancelled = ev.is_set() or type(exc).__name__ in ("RunCancelled", "RunCancelledError")
+            cancelled = ev.is_set() or type(exc).__name__ in (
+                "RunCancelledError",
+                "RunCancelledError",
+            )
             if not cancelled:
                 log.exception("what-if run %s failed", run_id)
             cur.execute(
@@ -208,7 +211,7 @@ class WhatIfService:
         rows = self._rows("WHERE id = ?", [run_id])
         return rows[0] if rows else None
 
-    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
         return self._rows("ORDER BY submitted DESC LIMIT ?", [limit], full=False)
 
     def compare(self, run_ids: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
