@@ -134,7 +134,7 @@ def compare(
     store = Store(workdir / f"{name}.duckdb")
     try:
         _write_live(truth, store, 3, truth_step_s)  # the last reads reach the twin's store
-        live = live_state(store, stale_after_s=60.0)
+        live = live_state(store, 60.0, known={d.id for d in site.devices()})
     finally:
         store.close()
     wall = time.perf_counter()

@@ -45,9 +45,10 @@ RTH_RANGE = (0.5, 3.0)  # calibrated resistance as a multiple of the nominal one
 # limits a run checks (first breach and peak per device)
 CRAH_SUPPLY_MAX_C = 27.0  # ASHRAE TC9.9 recommended inlet maximum
 CDU_SUPPLY_MARGIN_K = 3.0  # a CDU that cannot hold its supply setpoint within 3 K
-CHW_SUPPLY_MARGIN_K = 2.0
-FINE_ABOVE_C = 80.0  # a GPU this hot: step FINE_STEP_S (the reference reads every 10 s)
-FINE_STEP_S = 10.0  # the plant short of capacity: chilled water 2 K over setpoint
+CHW_SUPPLY_MARGIN_K = 2.0  # the plant short of capacity: chilled water 2 K over setpoint
+FINE_STEP_S = 10.0  # the step while GPUs are near their limits (the telemetry's own rate)
+FINE_ABOVE_C = 78.0
+FINE_AFTER_CHANGE_S = 1800.0
 
 
 class RunCancelledError(Exception):
@@ -428,12 +429,17 @@ def run(
     rec = Recorder(sim)
     end_s = live.time_s + sc.horizon_h * 3600.0
     next_report = 0.0
+    fine_until = live.time_s + FINE_AFTER_CHANGE_S  # the start is a change too
     while sim.time_s < end_s - 1e-6:
         if cancelled is not None and cancelled():
             raise RunCancelledError()
         while changes and changes[0][0] <= sim.time_s + 1e-6:
             changes.pop(0)[1]()
-        dt = sc.step_s
+            fine_until = sim.time_s + FINE_AFTER_CHANGE_S
+        # GPUs heat, throttle and shut down within seconds (20 s time constant): fine
+        # steps after a change and while a GPU is near its limits, else step_s
+        hot = sim.gpu.temp_c.max(initial=0.0) >= FINE_ABOVE_C
+        dt = min(sc.step_s, FINE_STEP_S) if hot or sim.time_s < fine_until else sc.step_s
         if changes:  # land on the next change
             dt = min(dt, max(changes[0][0] - sim.time_s, 1.0))
         dt = min(dt, end_s - sim.time_s)

@@ -28,7 +28,11 @@ class NoLiveStateError(ValueError):
     """The twin has no GPU telemetry yet: nothing to start from."""
 
 
-def live_state(store: Store, stale_after_s: float, pue: float | None = None) -> LiveState:
+def live_state(
+    store: Store, stale_after_s: float, pue: float | None = None, known: set[str] | None = None
+) -> LiveState:
+    """`known`: the site's device ids; readings of other devices (not in the site file)
+    are not part of the state."""
     metrics = [*GPU_METRICS, *PLANT, *SETPOINTS, "supply_air_setpoint_c", "supply_temp_c"]
     df = pl.from_arrow(
         store.cursor()
@@ -40,6 +44,8 @@ def live_state(store: Store, stale_after_s: float, pue: float | None = None) -> 
         .to_arrow_table()
     )
     assert isinstance(df, pl.DataFrame)
+    if known is not None:
+        df = df.filter(pl.col("device_id").is_in(list(known)))
     gpus = df.filter(pl.col("kind") == "gpu")
     if gpus.is_empty():
         raise NoLiveStateError("no GPU telemetry yet: the twin has no live state to start from")

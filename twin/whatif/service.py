@@ -97,6 +97,7 @@ class WhatIfService:
         self._progress: dict[str, float] = {}
         self._executor: ThreadPoolExecutor | None = None
         self.last_finished: float | None = None
+        self._known = {d.id for d in site.devices()}
         cur = store.cursor()
         cur.execute(DDL)
         # runs a previous process left unfinished cannot resume: say so
@@ -133,7 +134,7 @@ class WhatIfService:
         there is none), store the run as queued and start it; the run's record."""
         changed = validate_scenario(self.site, sc)
         pue = self.pue_now() if self.pue_now is not None else None
-        st = live_state(self.store, self.stale_after_s, pue)
+        st = live_state(self.store, self.stale_after_s, pue, self._known)
         with self._lock:
             if self._executor is None:
                 raise RuntimeError("the what-if executor is not running")
