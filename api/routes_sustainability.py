@@ -36,8 +36,11 @@ def sustainability(
     end: Annotated[datetime | None, Query(description="RFC 3339; default now")] = None,
 ) -> dict[str, Any]:
     now = datetime.now(UTC).replace(tzinfo=None)
-    end_t = _naive(end) if end else now
-    start_t = _naive(start) if start else end_t - timedelta(days=7 if period == "day" else 90)
+    try:
+        end_t = _naive(end) if end else now
+        start_t = _naive(start) if start else end_t - timedelta(days=7 if period == "day" else 90)
+    except OverflowError as exc:  # year 1 minus a week
+        raise ProblemError(422, f"start/end out of range: {exc}", "validation") from exc
     if end_t <= start_t:
         raise ProblemError(422, "end must be after start", "validation")
     if end_t - start_t > MAX_SPAN:
