@@ -25,6 +25,7 @@ from api import (
     problems,
     routes_alerts,
     routes_anomaly,
+    routes_capacity,
     routes_core,
     routes_deadletters,
     routes_failure,
@@ -45,6 +46,7 @@ from api.metrics import (
     CONTENT_TYPE_LATEST,
     MetricsRegistry,
     alerts_provider,
+    capacity_provider,
     platform_provider,
     twin_provider,
 )
@@ -52,6 +54,7 @@ from api.problems import FieldError, Problem, problem_content, problem_example, 
 from ingest.stats import IngestStats
 from twin.alerts.service import AlertService
 from twin.anomaly.service import AnomalyService
+from twin.capacity.service import CapacityService
 from twin.events import EventBus
 from twin.failure.service import FailureRiskService
 from twin.health import HealthRegistry
@@ -76,6 +79,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     routes_deadletters.router,
     routes_whatif.router,  # issue 27 (whatif)
     routes_sustainability.router,
+    routes_capacity.router,  # issue 27 (capacity)
 )
 
 
@@ -91,6 +95,7 @@ def create_app(
     failure_risk: FailureRiskService | None = None,
     alerts: AlertService | None = None,
     parts: PartHistory | None = None,
+    capacity: CapacityService | None = None,
     routers: Sequence[APIRouter] = (),
     metrics: MetricsRegistry | None = None,
     open_healthz: bool = True,
@@ -139,6 +144,9 @@ def create_app(
         metrics.register("twin", twin_provider(live or LiveView(twin, EventBus())))
     if alerts is not None:
         metrics.register("alerts", alerts_provider(alerts))
+    # issue 27 (capacity): headroom and forecast, computed on request without a server job
+    capacity = capacity if capacity is not None else CapacityService(twin)
+    metrics.register("capacity", capacity_provider(capacity))
     services = Services(
         twin=twin,
         keys=keys,
@@ -155,6 +163,7 @@ def create_app(
         health_registry=health_registry,
         whatif=whatif,
         sustainability=sustainability,
+        capacity=capacity,
     )
     app.state.services = services
     app.add_middleware(AuthGate, keys_of=lambda: services.keys)

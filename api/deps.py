@@ -23,6 +23,7 @@ from api.live_view import LiveView
 from api.metrics import MetricsRegistry
 from twin.alerts.service import AlertService
 from twin.anomaly.service import AnomalyService
+from twin.capacity.service import CapacityService
 from twin.events import EventBus
 from twin.failure.service import FailureRiskService
 from twin.health import HealthRegistry
@@ -52,6 +53,7 @@ class Services:
     # issue 27 (whatif): None: what-if runs answer 503; sustainability is built if absent
     whatif: WhatIfService | None = None
     sustainability: SustainabilityService | None = None
+    capacity: CapacityService | None = None  # issue 27 (capacity): headroom and forecast
     _risk_by_horizon: dict[float, FailureRiskService] = field(default_factory=dict)
     _risk_lock: threading.Lock = field(default_factory=threading.Lock)
     # opens the optimizer's recommendation store over the twin's database
@@ -145,6 +147,13 @@ async def alerts_of(request: Request) -> AlertService:
     return svc
 
 
+async def capacity_of(request: Request) -> CapacityService:  # issue 27 (capacity)
+    svc = services_of(request).capacity
+    if svc is None:
+        raise _absent("capacity service")
+    return svc
+
+
 async def recommendations_of(request: Request) -> RecommendationStore:
     return services_of(request).recommendations()
 
@@ -175,6 +184,7 @@ OptionalFailureRiskDep = Annotated[FailureRiskService | None, Depends(optional_f
 PartsDep = Annotated[PartHistory, Depends(parts_of)]
 OptionalPartsDep = Annotated[PartHistory | None, Depends(optional_parts_of)]
 AlertsDep = Annotated[AlertService, Depends(alerts_of)]
+CapacityDep = Annotated[CapacityService, Depends(capacity_of)]  # issue 27 (capacity)
 RecommendationsDep = Annotated[RecommendationStore, Depends(recommendations_of)]
 ServicesDep = Annotated[Services, Depends(all_services)]
 WhatIfDep = Annotated[WhatIfService, Depends(whatif_of)]  # issue 27 (whatif)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from datetime import datetime
 
 import numpy as np
 from prometheus_client import generate_latest
@@ -316,3 +317,58 @@ def alert_events(bus: EventBus) -> Callable:
 
 def _iso(t) -> str | None:
     return None if t is None else t.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+# -- issue 27 (capacity) -------------------------------------------------------------------
+# Cardinality: racks are left out (their headroom is in GET /v1/capacity); per site the
+# headroom family has 2 x (rows + PDUs + 3 per hall + CDUs + CRAHs + UPS + 2 plant) series,
+# the run-out family 2 x 2 x (halls + 1).
+_EPOCH = datetime(1970, 1, 1)  # forecast times are naive UTC
+CAPACITY_METRIC_KINDS = ("row", "pdu", "ups", "hall", "cdu", "crah", "plant")
+
+
+def capacity_provider(service) -> Provider:
+    """Headroom (N, N-1) per element above the rack, and days until the forecast run-out."""
+
+    def collect():
+        frame = service.headroom("peak").frame
+        head = GaugeMetricFamily(
+            "dctwin_capacity_headroom_kw",
+            "capacity minus used load (peak basis), kW; negative: over capacity",
+            labels=["kind", "id", "resource", "weather", "redundancy"],
+        )
+        cap = GaugeMetricFamily(
+            "dctwin_capacity_kw",
+            "capacity, kW",
+            labels=["kind", "id", "resource", "weather", "redundancy"],
+        )
+        for r in frame.filter(frame["kind"].is_in(CAPACITY_METRIC_KINDS)).iter_rows(named=True):
+            for red, hk, ck in (
+                ("N", "headroom_n_kw", "capacity_n_kw"),
+                ("N-1", "headroom_n1_kw", "capacity_n1_kw"),
+            ):
+                labels = [r["kind"], r["id"], r["resource"], r["weather"] or "", red]
+                if r[hk] is not None and np.isfinite(r[hk]):
+                    head.add_metric(labels, r[hk])
+                if r[ck] is not None and np.isfinite(r[ck]):
+                    cap.add_metric(labels, r[ck])
+        yield head
+        yield cap
+        fc = service.kept_forecast()
+        days = GaugeMetricFamily(
+            "dctwin_capacity_runout_days",
+            "days from the forecast origin until the expected run-out (absent: not within "
+            "the forecast horizon)",
+            labels=["scope", "resource", "redundancy"],
+        )
+        if fc is not None:
+            origin_s = (fc.time - _EPOCH).total_seconds()
+            for s in fc.series:
+                for red, ro in (("N", s.runout_n), ("N-1", s.runout_n1)):
+                    if ro is not None and ro.expected_s is not None:
+                        days.add_metric(
+                            [s.scope, s.resource, red], (ro.expected_s - origin_s) / 86400.0
+                        )
+        yield days
+
+    return collect

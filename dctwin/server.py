@@ -36,6 +36,7 @@ from twin.alerts.providers import twin_providers
 from twin.alerts.service import AlertService
 from twin.alerts.service import load_config as load_alert_config
 from twin.anomaly.service import AnomalyService
+from twin.capacity.service import CapacityConfig, CapacityService
 from twin.events import EventBus
 from twin.failure.service import FailureRiskService
 from twin.health import ComponentHealth, HealthRegistry
@@ -67,6 +68,7 @@ COMPONENTS = (
     "failure-risk",
     "parts",
     "whatif",
+    "capacity",  # issue 27
 )
 
 
@@ -141,6 +143,11 @@ class Server:
             if settings.flex_load_kw > 0
             else None,
         )
+        # issue 27 (capacity): headroom every capacity_refresh_s, forecast hourly
+        self.capacity = CapacityService(self.twin, capacity_config(settings))
+        self.capacity_job = Periodic(
+            self.capacity.refresh, settings.capacity_refresh_s, "capacity", wait_first=True
+        )
         self.ingest_started_at: float | None = None
         self.ingest_last_stored: float | None = None  # wall clock of the last stored poll
         # every background job reports here while it runs; the API reads it
@@ -161,6 +168,7 @@ class Server:
             ("live", self.live.start, self.live.stop),
             ("alerts", self.alerts.start, self.alerts.stop),
             ("whatif", self.whatif.start, self.whatif.stop),  # issue 27
+            ("capacity", self.capacity_job.start, self.capacity_job.stop),  # issue 27
         ]
         self.probes: dict[str, list[tuple[str, Callable[[], ComponentHealth]]]] = {
             "twin": [("twin", lambda: self.twin_ticker.health(stale))],
@@ -173,6 +181,9 @@ class Server:
                 ("alert-delivery", lambda: self.alerts.delivery_health(MIN_STALE_S)),
             ],
             "whatif": [("whatif", self.whatif.health)],  # issue 27
+            "capacity": [  # issue 27: a round may include the hourly forecast
+                ("capacity", lambda: self.capacity_job.health(max(MODEL_STALE_S, stale)))
+            ],
         }
         self._started: list[str] = []
 
@@ -301,6 +312,7 @@ class Server:
             failure_risk=self.failure_risk,
             alerts=self.alerts,
             parts=self.parts,
+            capacity=self.capacity,
             open_healthz=s.api_open_healthz,
             open_metrics=s.api_open_metrics,
             ingest_stats=lambda: self.ingestor.stats if self.ingestor else None,
@@ -330,6 +342,15 @@ class Server:
             self.uvicorn_server().run()  # returns on SIGINT/SIGTERM
         finally:
             self.stop()
+
+
+def capacity_config(settings: Settings) -> CapacityConfig:  # issue 27 (capacity)
+    return CapacityConfig(
+        refresh_s=settings.capacity_refresh_s,
+        peak_window_h=settings.capacity_peak_window_h,
+        forecast_every_s=settings.capacity_forecast_every_s,
+        history_days=settings.capacity_history_days,
+    )
 
 
 def twin_config(settings: Settings) -> TwinConfig:

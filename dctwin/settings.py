@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     flex_load_kw: float = Field(0.0, ge=0, description="IT load that can move within a day")
     flex_load_hours: int = Field(4, ge=1, le=23, description="hours a day it runs")
     flex_load_start_hour: int = Field(0, ge=0, le=23, description="UTC hour it runs from now")
+    # issue 27 (capacity, docs/capacity.md): headroom refresh, peak window, forecast
+    capacity_refresh_s: float = Field(30.0, gt=0, description="headroom refresh interval")
+    capacity_peak_window_h: float = Field(24.0, gt=0, description="used load: peak over this")
+    capacity_forecast_every_s: float = Field(3600.0, gt=0, description="forecast refit interval")
+    capacity_history_days: float = Field(60.0, gt=1, description="history the forecast reads")
 
     @field_validator("failure_horizon")
     @classmethod

@@ -87,6 +87,11 @@ def check_capacity(site: Site) -> CapacityReport:
         for p in hall.pdus:
             out = pdu_out.get(f"{hall.id}/{p.id}", 0.0)
             ups_out += out / p.efficiency
+            if p.breaker_kw is not None and out > p.breaker_kw:  # issue 27 (capacity)
+                rep.errors.append(
+                    f"halls.{hall.id}.pdus.{p.id}: PDU breaker overload at the site's maximum "
+                    f"load: {out:.1f} kW > breaker_kw {p.breaker_kw:.1f} kW"
+                )
             if out > p.rated_kw:
                 rep.errors.append(
                     f"halls.{hall.id}.pdus.{p.id}: PDU overload at the site's maximum load: "

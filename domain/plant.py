@@ -90,3 +90,26 @@ ENVELOPES: dict[str, Envelope] = {
         ),
     )
 }
+
+
+# -- issue 27 (capacity): chiller plant capacity vs outdoor wet-bulb -----------------------
+# The plant is CHILLER_UNITS units of CHILLER_UNIT_FRACTION x rated_kw each (N+1: rated_kw
+# is what the plant carries with one unit out), as in simulator/plant.py. A chiller's
+# capacity falls as its entering condenser water warms; condenser water leaves the tower
+# TOWER_APPROACH_K above the outdoor wet-bulb at full load. Documented derating (typical
+# of centrifugal/screw chiller performance tables): CHILLER_DERATE_PER_K of capacity per K
+# of entering condenser water above the AHRI 550/590 rating condition (29.4 degC, 85 degF),
+# never above the rating in cooler weather (the economizer's extra is not counted).
+CHILLER_UNITS = 3
+CHILLER_UNIT_FRACTION = 0.5
+TOWER_APPROACH_K = 4.0
+RATING_ECWT_C = 29.4
+CHILLER_DERATE_PER_K = 0.015
+MIN_CAPACITY_FACTOR = 0.5
+
+
+def plant_capacity_factor(wetbulb_c: float) -> float:
+    """Share of its rating a chiller delivers at this outdoor wet-bulb (NaN in, NaN out)."""
+    ecwt_c = wetbulb_c + TOWER_APPROACH_K
+    factor = 1.0 - CHILLER_DERATE_PER_K * max(ecwt_c - RATING_ECWT_C, 0.0)
+    return max(factor, MIN_CAPACITY_FACTOR) if factor == factor else float("nan")

@@ -103,6 +103,12 @@ class Pdu(_Strict):
     id: str = Field(min_length=1)
     rated_kw: float = Field(gt=0)
     efficiency: float = Field(0.985, gt=0.5, le=1.0)
+    # issue 27 (capacity): the PDU's upstream breaker and its feeds (2 = 2N A/B feeds, each
+    # rated for the whole load: losing one feed leaves the other carrying everything)
+    breaker_kw: float | None = Field(
+        None, gt=0, description="continuous rating of the PDU's input breaker, kW; None: rated_kw"
+    )
+    feeds: int = Field(1, ge=1, le=4, description="independent feeds, each rated_kw (2 = 2N)")
 
 
 class Crah(_Strict):
@@ -190,6 +196,8 @@ class UpsBattery(_Strict):
 class Ups(_Strict):
     id: str = "ups"
     rated_kw: float = Field(gt=0)
+    # issue 27 (capacity): parallel modules sharing rated_kw; N-1 = one module lost
+    modules: int = Field(1, ge=1, le=32, description="parallel power modules sharing rated_kw")
     efficiency: float = Field(0.96, gt=0.5, le=1.0)
     input_voltage_v: float = Field(480.0, gt=0, le=50_000, description="nominal, line-line")
     frequency_hz: float = Field(60.0, ge=45, le=65)
@@ -222,6 +230,10 @@ class Ups(_Strict):
 class ChillerPlant(_Strict):
     id: str = "chiller-plant"
     rated_kw: float = Field(gt=0)
+    # issue 27 (capacity): the design-day outdoor wet-bulb (e.g. ASHRAE 0.4 % annual)
+    design_wetbulb_c: float = Field(
+        24.0, ge=-10, le=40, description="design-day outdoor wet-bulb the plant must cope with"
+    )
     chw_supply_setpoint_c: float = Field(18.0, ge=5, le=30)
     cw_supply_setpoint_c: float = Field(27.0, ge=10, le=40)
 

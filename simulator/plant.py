@@ -22,11 +22,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from domain.plant import CHILLER_UNIT_FRACTION, CHILLER_UNITS
+
 WATER_CP = 4.186
 WATER_RHO = 997.0
 KELVIN = 273.15
-N_CHILLERS = 3
-UNIT_FRACTION = 0.5  # each unit's capacity as a share of the plant rating (N+1)
+# units and their share of the plant rating (N+1): domain/plant.py, read by capacity too
+N_CHILLERS = CHILLER_UNITS
+UNIT_FRACTION = CHILLER_UNIT_FRACTION
 STAGE_UP_PLR = 0.9
 IRREVERSIBILITY = 0.05  # 1/COP = 1/COP_carnot + this
 REFRIGERANT_APPROACH_K = 1.5

@@ -529,6 +529,42 @@ async function compareWhatIf() {
   t.hidden = false;
 }
 
+// ---------------------------------------------------------------- capacity (issue 27)
+const CAP_KINDS = ["ups", "plant", "hall", "pdu", "cdu", "crah"];
+
+async function loadCapacity() {
+  if (!has("/v1/capacity")) { $("capacity-runout").textContent = "not in this API"; return; }
+  const body = await api("/v1/capacity?" + CAP_KINDS.map((k) => `kind=${k}`).join("&"));
+  $("capacity-basis").textContent = `peak of ${body.peak_window_h} h · kW`;
+  const head = el("tr");
+  for (const h of ["element", "used", "headroom N", "headroom N-1"]) head.append(el("th", null, h));
+  const rows = [head];
+  for (const e of body.elements) {
+    const tr = el("tr");
+    const what = e.weather ? `${e.resource}, ${e.weather.replace("_", " ")}` : e.resource;
+    tr.append(el("td", null, `${e.id.split("/").pop()} · ${what}`), el("td", null, fmtKw(e.used_kw)));
+    for (const v of [e.headroom_n_kw, e.headroom_n1_kw]) {
+      tr.append(el("td", v == null ? null : v < 0 ? "bad" : v < 0.1 * (e.capacity_n_kw || 1) ? "warn" : null,
+                   fmtKw(v)));
+    }
+    // a single CDU or CRAH has no spare of its own: its hall's group row carries N-1
+    if ((e.kind === "cdu" || e.kind === "crah") && e.capacity_n1_kw === 0) {
+      tr.lastChild.className = "";
+      tr.lastChild.textContent = "no spare";
+    }
+    tr.dataset.kind = e.kind;
+    rows.push(tr);
+  }
+  $("capacity").replaceChildren(...rows);
+  const fc = await api("/v1/capacity/forecast");
+  const runs = fc.series.filter((s) => s.runout_n && s.runout_n.expected)
+    .map((s) => `${s.scope.split("/").pop()} ${s.resource}: ${s.runout_n.expected.slice(0, 10)}`);
+  $("capacity-runout").textContent = runs.length
+    ? `30-day forecast, headroom (N) runs out: ${runs.join("; ")}`
+    : fc.series.some((s) => s.status === "ok") ? "30-day forecast: no headroom (N) runs out"
+    : "30-day forecast: not enough history yet";
+}
+
 async function refreshAll() {
   if (!S.events.length) addDeviceEvent(null);
   const pue = await api("/v1/pue");
@@ -544,6 +580,11 @@ async function refreshAll() {
       else $(list).replaceChildren(el("li", "none", `unavailable: ${e.message}`));
       report(e);
     })));
+  await loadCapacity().catch((e) => { // issue 27: its own error, the rest keeps working
+    if (e instanceof AuthError) throw e;
+    $("capacity-runout").textContent = `unavailable: ${e.message}`;
+    report(e);
+  });
   await loadUps().catch((e) => { // a site without UPS readings keeps the rest working
     if (e instanceof AuthError) throw e;
     $("ups-state").textContent = `unavailable: ${e.message}`;
@@ -569,6 +610,7 @@ async function signIn(key) {
   setInterval(() => loadAlerts().catch(report), 15000);
   setInterval(() => loadRecommendations().catch(report), 60000);
   setInterval(() => loadUps().catch(report), 10000);
+  setInterval(() => loadCapacity().catch(report), 30000); // issue 27
 }
 
 function signOut(message) {

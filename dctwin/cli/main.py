@@ -13,6 +13,7 @@ import typer
 
 from dctwin.cli.anomaly import anomaly_app
 from dctwin.cli.apikey import apikey_app
+from dctwin.cli.capacity import capacity_app  # issue 27
 from dctwin.cli.failure import failure_app
 from dctwin.cli.optimize import optimize_app
 from dctwin.cli.whatif import whatif_app  # issue 27
@@ -276,6 +277,7 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 app.add_typer(anomaly_app, name="anomaly")
 app.add_typer(apikey_app, name="apikey")
+app.add_typer(capacity_app, name="capacity")  # issue 27
 app.add_typer(failure_app, name="failure")
 app.add_typer(optimize_app, name="optimize")
 app.add_typer(whatif_app, name="what-if")  # issue 27

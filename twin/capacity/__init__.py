@@ -1,0 +1,1 @@
+"""Capacity headroom and forecast (issue 27)."""
