@@ -243,6 +243,11 @@ class WhatIfResult:
     makeup_water_l: float
     violations: list[dict] = field(default_factory=list)  # limit, device, first time, peak
     first_breach: dict | None = None
-    headroom: list[dict] = field(default_factory=list)  # per CDU/PDU/UPS/plant at peak load
+    # rating minus the run's peak load per CDU, PDU, the UPS and the plant
+    peak_load: list[dict] = field(default_factory=list)
+    # the state at the run's peak IT power (long form: id, metric, value), for headroom
+    peak_state: dict[str, list] = field(default_factory=dict)
+    # twin/capacity headroom (N, N-1, current and design-day weather) at that state
+    headroom: list[dict] = field(default_factory=list)
     series: dict[str, list[float]] = field(default_factory=dict)  # hourly: pue, it_kw, ...
     seconds: float = 0.0  # wall time of the run

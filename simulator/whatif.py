@@ -281,6 +281,8 @@ class Recorder:
         self.cdu_heat_peak = np.zeros(lay.n_cdu)
         self.pdu_peak_kw = np.zeros(lay.n_pdu)
         self.ups_peak_kw = self.plant_load_peak_kw = 0.0
+        self.it_peak_kw = -1.0
+        self.peak_state: dict[str, list] = {"id": [], "metric": [], "value": []}
         # (limit, device ids, first-breach time per device (nan), peak per device)
         self.limits: dict[str, tuple[list[str], NDArray, NDArray, str]] = {}
 
@@ -314,6 +316,21 @@ class Recorder:
         self.pdu_peak_kw = np.maximum(self.pdu_peak_kw, s.pdu_out_w / 1000.0)
         self.ups_peak_kw = max(self.ups_peak_kw, p.ups_output_kw)
         self.plant_load_peak_kw = max(self.plant_load_peak_kw, p.cooling_load_kw)
+        if p.it_kw > self.it_peak_kw:  # the state capacity headroom is computed at
+            self.it_peak_kw = p.it_kw
+            plant = s.site.plant_id()
+            self.peak_state = {
+                "id": [*lay.rack_ids, *lay.cdu_ids, plant, plant],
+                "metric": ["power_kw"] * lay.n_rack
+                + ["heat_kw"] * lay.n_cdu
+                + ["heat_kw", "outdoor_wetbulb_c"],
+                "value": [
+                    *(s.rack_in_w / 1000.0).tolist(),
+                    *s.cdu.heat_removed_kw.tolist(),
+                    p.cooling_load_kw,
+                    p.outdoor_wetbulb_c,
+                ],
+            }
         self._check("gpu_temp_c", lay.gpu_ids, temp, SW_SLOWDOWN_C, "Cel")
         self._check("cdu_heat_kw", lay.cdu_ids, s.cdu.heat_removed_kw, lay.cdu_rated_kw, "kW")
         self._check(
@@ -375,9 +392,9 @@ class Recorder:
                 )
         return sorted(out, key=lambda v: (v["after_h"], v["limit"], v["device_id"]))
 
-    def headroom(self) -> list[dict[str, Any]]:
-        """Rating minus the peak load over the horizon (capacity's own headroom, issue 27
-        items 1-2, covers N-1 and design-day weather; this is the run's own peak)."""
+    def peak_load(self) -> list[dict[str, Any]]:
+        """Rating minus the peak load over the horizon, per element (the twin adds the
+        capacity module's headroom, N and N-1, at the peak state)."""
         s, lay = self.sim, self.sim.layout
         rows: list[dict[str, Any]] = [
             {"device_id": d, "kind": "cdu", "rated_kw": float(r), "peak_kw": round(float(q), 2)}
@@ -468,7 +485,8 @@ def result_of(rec: Recorder, seconds: float) -> WhatIfResult:
         makeup_water_l=rec.water_l,
         violations=violations,
         first_breach=violations[0] if violations else None,
-        headroom=rec.headroom(),
+        peak_load=rec.peak_load(),
+        peak_state=rec.peak_state,
         series=rec.hourly,
         seconds=seconds,
     )

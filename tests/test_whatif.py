@@ -80,7 +80,14 @@ def test_runs_from_the_live_state_are_stored_and_compared(api):
     # pumps stopped: GPUs on that loop run hotter and some limit is breached
     assert rb["peak_gpu_temp_c"] > ra["peak_gpu_temp_c"] + 5.0
     assert rb["first_breach"] is not None and rb["violations"]
-    assert {h["kind"] for h in ra["headroom"]} == {"cdu", "pdu", "ups", "plant"}
+    assert {h["kind"] for h in ra["peak_load"]} == {"cdu", "pdu", "ups", "plant"}
+    # the capacity module's headroom at the run's peak state: every element, N and N-1
+    kinds = {h["kind"] for h in ra["headroom"]}
+    assert {"rack", "pdu", "ups", "cdu", "plant"} <= kinds
+    cdu1 = next(h for h in ra["headroom"] if h["kind"] == "cdu" and h["id"].endswith("cdu1"))
+    assert cdu1["used_kw"] > 0 and cdu1["headroom_n_kw"] == pytest.approx(
+        cdu1["capacity_n_kw"] - cdu1["used_kw"]
+    )
     cmp = client.get("/v1/what-if/compare", params={"ids": f"{a['id']},{b['id']}"})
     assert cmp.status_code == 200
     fig = cmp.json()["figures"]
@@ -248,3 +255,15 @@ def test_cli_runs_a_scenario_file_against_the_api(api, tmp_path):
         app, ["what-if", "run", str(path), "--url", url, "--key", tokens[Role.operator]]
     )
     assert res.exit_code == 1 and "cdu7" in res.output
+
+
+def test_a_rack_more_in_a_full_example_row_trips_the_pdu_breaker():
+    from domain.site import EXAMPLE_SITE
+
+    site = load_site(EXAMPLE_SITE)
+    sc = Scenario.model_validate(
+        {"add_racks": [{"row": "row1", "racks": ["rk109"], "template": "hgx-h100"}]}
+    )
+    with pytest.raises(ScenarioError) as exc:
+        validate_scenario(site, sc)
+    assert exc.value.element == "halls.h1.pdus.pdu-row1" and "breaker" in exc.value.message

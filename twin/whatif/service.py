@@ -19,9 +19,12 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
+import polars as pl
+
 from domain.site import Site
 from domain.whatif import LiveState, Scenario, WhatIfResult, validate_scenario
 from ingest.store import Store
+from twin.capacity.headroom import headroom
 from twin.health import ComponentHealth
 from twin.whatif.live_state import live_state
 
@@ -170,6 +173,8 @@ class WhatIfService:
                 self._progress[run_id] = done
 
             result = self.runner(site, sc, st, progress, ev.is_set)
+            if result.peak_state:  # capacity headroom (N, N-1) of the changed site at peak
+                result.headroom = headroom(site, pl.DataFrame(result.peak_state)).to_dicts()
             cur.execute(
                 "UPDATE whatif_runs SET status = 'done', progress = 1, finished = ?, result = ? "
                 "WHERE id = ?",
