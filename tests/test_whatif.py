@@ -267,3 +267,41 @@ def test_a_rack_more_in_a_full_example_row_trips_the_pdu_breaker():
     with pytest.raises(ScenarioError) as exc:
         validate_scenario(site, sc)
     assert exc.value.element == "halls.h1.pdus.pdu-row1" and "breaker" in exc.value.message
+
+
+def test_server_runs_whatif_in_the_background(tmp_path):
+    """`dctwin serve`'s Server owns the what-if executor: started with the other jobs, a
+    POST runs from the telemetry in its store, its probe is in /healthz's registry, and
+    stopping the server cancels what still runs."""
+    from dctwin.server import Server
+    from dctwin.settings import Settings
+
+    s = Settings()
+    s.site_file = SMALL_SITE
+    s.db_path = tmp_path / "twin.duckdb"
+    s.apikey_db = tmp_path / "keys.duckdb"
+    s.failure_models = tmp_path / "models"
+    s.alerts_topic = ""
+    server = Server(s)
+    try:
+        sim = SimHarness(server.store)
+        for _ in range(3):
+            sim.step(10.0)
+        server.start_jobs()
+        token = server.keys.create("ops", Role.operator)[1]
+        with (
+            serve(server.uvicorn_server().config.app) as url,
+            httpx.Client(base_url=url, headers=bearer(token)) as c,
+        ):
+            done = _wait(c, c.post("/v1/what-if", json=FAST).json()["id"])
+            assert done["status"] == "done" and done["result"]["pue"] > 1.0
+            long = c.post("/v1/what-if", json={"horizon_h": 300, "step_s": 10}).json()["id"]
+            assert server.health_registry.check()["whatif"].status == "ok"
+    finally:
+        server.stop()
+    store = Store(s.db_path)
+    try:
+        status = store.cursor().execute("SELECT status FROM whatif_runs WHERE id = ?", [long])
+        assert status.fetchone()[0] in ("cancelled", "interrupted")  # type: ignore[index]
+    finally:
+        store.close()
