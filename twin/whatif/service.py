@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -54,6 +55,17 @@ CREATE TABLE IF NOT EXISTS whatif_runs (
 
 class RunCancelledError(Exception):
     """Raised by the progress hook when a run is cancelled (the runner stops there)."""
+
+
+def _finite(x: Any) -> Any:
+    """JSON has no NaN: a figure that could not be computed (no IT energy) is null."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
 
 
 def _now() -> datetime:
@@ -178,7 +190,7 @@ class WhatIfService:
             cur.execute(
                 "UPDATE whatif_runs SET status = 'done', progress = 1, finished = ?, result = ? "
                 "WHERE id = ?",
-                [_now(), json.dumps(asdict(result), default=float), run_id],
+                [_now(), json.dumps(_finite(asdict(result)), default=float), run_id],
             )
         except Exception as exc:
             cancelled = ev.is_set() or type(exc).__name__ in (
