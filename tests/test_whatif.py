@@ -305,3 +305,16 @@ def test_server_runs_whatif_in_the_background(tmp_path):
         assert status.fetchone()[0] in ("cancelled", "interrupted")  # type: ignore[index]
     finally:
         store.close()
+
+
+def test_cli_evaluate_prints_the_table_and_checks(tmp_path):
+    from typer.testing import CliRunner
+
+    from dctwin.cli.main import app
+
+    out = tmp_path / "eval.json"
+    args = ["what-if", "evaluate", "--site", str(SMALL_SITE), "--horizon-h", "0.25"]
+    res = CliRunner().invoke(app, [*args, "--only", "utilisation_step", "--check", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "utilisation_step" in res.output and "1 of 1 within the targets" in res.output
+    assert json.loads(out.read_text())[0]["scenario"] == "utilisation_step"
