@@ -318,3 +318,17 @@ def test_cli_evaluate_prints_the_table_and_checks(tmp_path):
     assert res.exit_code == 0, res.output
     assert "utilisation_step" in res.output and "1 of 1 within the targets" in res.output
     assert json.loads(out.read_text())[0]["scenario"] == "utilisation_step"
+
+
+def test_sample_scenarios_fit_the_example_site():
+    import tomllib
+
+    from domain.site import EXAMPLE_SITE
+    from tests.conftest import REPO
+
+    site = load_site(EXAMPLE_SITE)
+    files = sorted((REPO / "deploy" / "whatif").iterdir())
+    assert files
+    for f in files:
+        doc = tomllib.loads(f.read_text()) if f.suffix == ".toml" else json.loads(f.read_text())
+        validate_scenario(site, Scenario.model_validate(doc))
