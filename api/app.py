@@ -33,7 +33,9 @@ from api import (
     routes_keys,
     routes_optimizer,
     routes_parts,
+    routes_sustainability,
     routes_twin,
+    routes_whatif,
     stream,
 )
 from api.auth import SCHEME_NAME, AuthGate, api_routes, require_role
@@ -59,6 +61,8 @@ from twin.health import HealthRegistry
 from twin.optimizer.live import LiveOptimizer
 from twin.parts import PartHistory
 from twin.state import Twin
+from twin.sustainability import SustainabilityService
+from twin.whatif.service import WhatIfService
 
 DEFAULT_HORIZON_S = 3600.0  # failure-risk horizon of an app built without a server
 
@@ -74,6 +78,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     routes_optimizer.router,
     routes_anomaly.router,
     routes_deadletters.router,
+    routes_whatif.router,  # issue 27 (whatif)
+    routes_sustainability.router,
     routes_capacity.router,  # issue 27 (capacity)
 )
 
@@ -98,6 +104,8 @@ def create_app(
     open_metrics: bool = False,
     ingest_stats: Callable[[], IngestStats | None] | None = None,
     kafka_lag: Callable[[], float | None] | None = None,
+    whatif: WhatIfService | None = None,  # issue 27 (whatif)
+    sustainability: SustainabilityService | None = None,
 ) -> FastAPI:
     """The API over `twin`. Services not given are built here without background threads
     (an anomaly scorer and a failure-risk service at the default horizon and registry,
@@ -156,6 +164,8 @@ def create_app(
         health=health,
         health_registry=health_registry,
         optimizer=optimizer,
+        whatif=whatif,
+        sustainability=sustainability,
         capacity=capacity,
     )
     app.state.services = services

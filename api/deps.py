@@ -31,6 +31,8 @@ from twin.optimizer.live import LiveOptimizer
 from twin.optimizer.recommendations import RecommendationStore, store_opener
 from twin.parts import PartHistory
 from twin.state import Twin
+from twin.sustainability import SustainabilityService
+from twin.whatif.service import WhatIfService
 
 
 @dataclass
@@ -50,6 +52,9 @@ class Services:
     # the process's component heartbeats (/healthz, /readyz); None: no background jobs
     health_registry: HealthRegistry | None = None
     optimizer: LiveOptimizer | None = None  # issue 19: live proposals and the write path
+    # issue 27 (whatif): None: what-if runs answer 503; sustainability is built if absent
+    whatif: WhatIfService | None = None
+    sustainability: SustainabilityService | None = None
     capacity: CapacityService | None = None  # issue 27 (capacity): headroom and forecast
     _risk_by_horizon: dict[float, FailureRiskService] = field(default_factory=dict)
     _risk_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -160,6 +165,21 @@ async def optimizer_of(request: Request) -> LiveOptimizer | None:
     return services_of(request).optimizer
 
 
+# issue 27 (whatif)
+async def whatif_of(request: Request) -> WhatIfService:
+    svc = services_of(request).whatif
+    if svc is None:
+        raise _absent("what-if runner")
+    return svc
+
+
+async def sustainability_of(request: Request) -> SustainabilityService:
+    services = services_of(request)
+    if services.sustainability is None:
+        services.sustainability = SustainabilityService(services.twin)
+    return services.sustainability
+
+
 # `name: TwinDep` in an endpoint's signature is `name: Twin = Depends(twin_of)`
 TwinDep = Annotated[Twin, Depends(twin_of)]
 KeysDep = Annotated[KeyStore, Depends(keys_of)]
@@ -175,3 +195,5 @@ CapacityDep = Annotated[CapacityService, Depends(capacity_of)]  # issue 27 (capa
 RecommendationsDep = Annotated[RecommendationStore, Depends(recommendations_of)]
 ServicesDep = Annotated[Services, Depends(all_services)]
 OptimizerDep = Annotated[LiveOptimizer | None, Depends(optimizer_of)]
+WhatIfDep = Annotated[WhatIfService, Depends(whatif_of)]  # issue 27 (whatif)
+SustainabilityDep = Annotated[SustainabilityService, Depends(sustainability_of)]

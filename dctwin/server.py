@@ -45,7 +45,9 @@ from twin.optimizer.recommendations import store_opener
 from twin.parts import PartHistory
 from twin.periodic import Periodic
 from twin.state import Twin
+from twin.sustainability import FlexibleLoad, SustainabilityService
 from twin.twin_config import TwinConfig
+from twin.whatif.service import WhatIfService
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ COMPONENTS = (
     "failure-risk",
     "parts",
     "optimizer",
+    "whatif",
     "capacity",  # issue 27
 )
 
@@ -122,6 +125,27 @@ class Server:
         self.alerts.on_tick = alert_events(self.bus)
         self.optimizer = live_optimizer(settings, self.site.site.id, self.store)  # issue 19
         self.keys = KeyStore(settings.apikey_db)
+        # issue 27 (whatif): what-if runs on a bounded executor this server owns; the
+        # physics is the simulator's (this layer may import it, the twin may not)
+        from simulator.whatif import run as run_whatif
+
+        self.whatif = WhatIfService(
+            self.site,
+            self.store,
+            run_whatif,
+            stale_after_s=self.twin.stale_after_s,
+            max_workers=settings.whatif_workers,
+            pue_now=lambda: self.twin.last.pue["site"].value if self.twin.last else None,
+        )
+        self.sustainability = SustainabilityService(
+            self.twin,
+            settings.carbon_intensity,
+            FlexibleLoad(
+                settings.flex_load_kw, settings.flex_load_hours, settings.flex_load_start_hour
+            )
+            if settings.flex_load_kw > 0
+            else None,
+        )
         # issue 27 (capacity): headroom every capacity_refresh_s, forecast hourly
         self.capacity = CapacityService(self.twin, capacity_config(settings))
         self.capacity_job = Periodic(
@@ -147,6 +171,7 @@ class Server:
             ("live", self.live.start, self.live.stop),
             ("alerts", self.alerts.start, self.alerts.stop),
             ("optimizer", self.optimizer.start, self.optimizer.stop),
+            ("whatif", self.whatif.start, self.whatif.stop),  # issue 27
             ("capacity", self.capacity_job.start, self.capacity_job.stop),  # issue 27
         ]
         self.probes: dict[str, list[tuple[str, Callable[[], ComponentHealth]]]] = {
@@ -160,6 +185,7 @@ class Server:
                 ("alert-delivery", lambda: self.alerts.delivery_health(MIN_STALE_S)),
             ],
             "optimizer": [("optimizer", lambda: self.optimizer.health(MIN_STALE_S))],
+            "whatif": [("whatif", self.whatif.health)],  # issue 27
             "capacity": [  # issue 27: a round may include the hourly forecast
                 ("capacity", lambda: self.capacity_job.health(max(MODEL_STALE_S, stale)))
             ],
@@ -297,6 +323,8 @@ class Server:
             open_metrics=s.api_open_metrics,
             ingest_stats=lambda: self.ingestor.stats if self.ingestor else None,
             kafka_lag=lambda: kafka_lag_of(self.ingestor.consumer)() if self.ingestor else None,
+            whatif=self.whatif,
+            sustainability=self.sustainability,
         )
         gc.freeze()  # long-lived startup objects (site, app) leave the GC's scans: fewer pauses
         # uvicorn as configured by api/http_server.py: unparseable requests (a URL over

@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     # rack scores and alert rules
     failure_models: Path = Field(FAILURE_MODELS_ROOT, description="failure model registry")
     failure_horizon: str = Field("1h", description="failure-risk horizon served: 30m, 1h, 24h")
+    # issue 27 (whatif): what-if runs and carbon / water (docs/whatif.md)
+    whatif_workers: int = Field(1, ge=1, le=8, description="what-if runs at once")
+    carbon_intensity: str | None = Field(
+        None, description="grid carbon intensity: CSV file or http(s) URL (docs/whatif.md)"
+    )
+    flex_load_kw: float = Field(0.0, ge=0, description="IT load that can move within a day")
+    flex_load_hours: int = Field(4, ge=1, le=23, description="hours a day it runs")
+    flex_load_start_hour: int = Field(0, ge=0, le=23, description="UTC hour it runs from now")
     # issue 27 (capacity, docs/capacity.md): headroom refresh, peak window, forecast
     capacity_refresh_s: float = Field(30.0, gt=0, description="headroom refresh interval")
     capacity_peak_window_h: float = Field(24.0, gt=0, description="used load: peak over this")

@@ -222,6 +222,8 @@ METRICS: dict[Kind, dict[str, str]] = {
         "chw_pump_speed_pct": "%",  # primary chilled-water pumps, share of design flow
         "cw_pump_speed_pct": "%",  # condenser-water pumps, share of design flow
         "tower_fan_speed_pct": "%",  # cooling-tower fans
+        # issue 27 (whatif): cooling-tower make-up water (evaporation + blowdown), for WUE
+        "makeup_water_lpm": "L/min",
     },
 }
 
@@ -399,6 +401,7 @@ RANGES: dict[Kind, dict[str, tuple[float, float]]] = {
         "chw_pump_speed_pct": _SPEED_PCT,
         "cw_pump_speed_pct": _SPEED_PCT,
         "tower_fan_speed_pct": _SPEED_PCT,
+        "makeup_water_lpm": (0.0, 1.0e6),  # issue 27: 1e6 L/min is a GW of heat rejection
     },
 }
 

@@ -120,6 +120,7 @@ class PlantState:
     outdoor_drybulb_c: float = 20.0
     outdoor_wetbulb_c: float = 15.0
     outdoor_rh_pct: float = 60.0
+    makeup_water_lpm: float = 0.0  # cooling-tower make-up water (issue 27)
 
     @property
     def plant_kw(self) -> float:
@@ -287,6 +288,9 @@ class SiteSimulator:
             "cooling": 0.0,
         }
         self.ledger_kwh = dict.fromkeys(LEDGER_KEYS, 0.0)
+        self.makeup_water_l = 0.0  # tower make-up water since the start (issue 27)
+        # issue 27 (whatif): racks not yet energised draw nothing (installed positions)
+        self.rack_energised = np.ones(lay.n_rack, dtype=bool)
         self.plant = PlantState()
         self._telemetry: TelemetryPlan | None = None
         self.parts = PartCatalog(self)  # GPU/PSU identity (UUID, serial) per slot
@@ -393,6 +397,9 @@ class SiteSimulator:
 
         # GPUs: work offered, minus nodes drained for a lost or failed GPU
         util = self.workload.gpu_util(t, dt_s, rng)
+        dark = ~self.rack_energised[lay.gpu_rack]
+        if dark.any():
+            util = np.where(dark, 0.0, util)
         bad = self.faults.gpu_lost | self.faults.gpu_failed
         if bad.any():
             drained = np.bincount(lay.gpu_node, bad, lay.n_node)[lay.gpu_node] > 0
@@ -410,6 +417,8 @@ class SiteSimulator:
             self.faults.gpu_lost,
             eff.gpu_mem_rth_factor,
         )
+        if dark.any():
+            self.gpu.power_w = np.where(dark, 0.0, self.gpu.power_w)
 
         # electrical chain
         n_gpus = np.maximum(lay.rack_gpu_count, 1)
@@ -418,6 +427,7 @@ class SiteSimulator:
         overhead_w = lay.node_overhead_w * (
             NODE_OVERHEAD_IDLE + (1 - NODE_OVERHEAD_IDLE) * rack_util
         )
+        overhead_w = np.where(self.rack_energised, overhead_w, 0.0)
         rack_dc_w = rack_gpu_w + overhead_w
         rated = lay.rack_psu_rated_w[lay.psu_rack]
         self.psu_out_w, self.psu_in_w, psu_loss_w = pw.psu_stage(
@@ -494,6 +504,7 @@ class SiteSimulator:
         p.cw_supply_c = self.plant_model.cw_supply_c
         p.chiller_kw, p.tower_kw = po.chiller_kw, po.tower_kw
         p.chw_pump_kw, p.cw_pump_kw = po.chw_pump_kw, po.cw_pump_kw
+        p.makeup_water_lpm = po.makeup_water_lpm
         p.chiller_load_kw, p.free_cooling_kw = po.chiller_load_kw, po.free_cooling_kw
         p.chiller_cop, p.chillers_on, p.cooling_load_kw = po.cop, po.chillers_on, po.chw_load_kw
         p.cdu_pump_kw = float(self.cdu.pump_w.sum()) / 1000.0
@@ -562,6 +573,7 @@ class SiteSimulator:
         m["pdu_output"] += p.pdu_output_kw * hours
         m["it_input"] += p.it_kw * hours
         m["cooling"] += p.plant_kw * hours
+        self.makeup_water_l += p.makeup_water_lpm * dt_s / 60.0
         led = self.ledger_kwh
         for key, kw in (
             ("facility", p.facility_kw),

@@ -10,6 +10,10 @@ about 9 at 18/27 degC; times the DOE-2 style part-load curve EIR(PLR) = 0.2 + 0.
 0.5 PLR^2; units are staged at 90 % load each (N+1: three units of half the plant rating).
 Tower approach = 4 K * load fraction / fan speed^0.8; the fan speed is the lowest that
 makes the condenser-water setpoint, fan power P_rated s^3. Pump power = V dp / eta.
+Water (issue 27): the tower evaporates E = f_latent Q_rejected / h_fg (f_latent = 0.8 of
+the heat leaves as latent heat, h_fg = 2430 kJ/kg at ~30 degC); blowdown B = E / (CoC - 1)
+keeps dissolved solids at CoC = 4 cycles of concentration; make-up = E + B (drift is
+negligible with eliminators and not modeled).
 """
 
 from __future__ import annotations
@@ -45,6 +49,17 @@ CHW_TAU_S = 300.0
 CW_TAU_S = 300.0
 LOW_REFRIGERANT_EVAP_K = 6.0  # extra evaporator approach at full severity
 LOW_REFRIGERANT_CAPACITY = 0.4  # capacity lost at full severity
+# issue 27 (whatif): cooling-tower water
+LATENT_FRACTION = 0.8  # share of the rejected heat that leaves by evaporation
+H_FG_KJ_PER_KG = 2430.0  # latent heat of vaporisation of water near 30 degC
+CYCLES_OF_CONCENTRATION = 4.0
+
+
+def makeup_water_lpm(rejected_kw: float) -> float:
+    """Tower make-up water (L/min) for heat rejected by evaporation: evaporation plus
+    blowdown, E (1 + 1 / (CoC - 1))."""
+    evap_kg_s = LATENT_FRACTION * max(rejected_kw, 0.0) / H_FG_KJ_PER_KG
+    return evap_kg_s * (1.0 + 1.0 / (CYCLES_OF_CONCENTRATION - 1.0)) / WATER_RHO * 1000.0 * 60.0
 
 
 def part_load_eir(plr: np.ndarray | float) -> np.ndarray:
@@ -91,6 +106,7 @@ class PlantOutput:
     tower_speed: float = 0.0
     chw_pump_speed: float = 0.0  # flow as a share of the plant's design flow
     cw_pump_speed: float = 0.0
+    makeup_water_lpm: float = 0.0
 
 
 class PlantModel:
@@ -186,5 +202,6 @@ class PlantModel:
         self.cw_supply_c += (cw_eq - self.cw_supply_c) * (1.0 - np.exp(-dt_s / CW_TAU_S))
         o.tower_speed = speed
         o.tower_kw = TOWER_FAN_KW_PER_KW * self.rated_kw * 1.2 * speed**3
+        o.makeup_water_lpm = makeup_water_lpm(o.rejected_kw) if speed > 0 else 0.0
         self.out = o
         return o

@@ -81,6 +81,7 @@ CLASS_METRICS: dict[str, list[str]] = {
         "chw_pump_speed_pct",
         "cw_pump_speed_pct",
         "tower_fan_speed_pct",
+        "makeup_water_lpm",  # issue 27: cooling-tower make-up water meter
     ],
     # an SNMP UPS-MIB agent (RFC 1628), see simulator/ups.py
     "ups": [
@@ -164,6 +165,7 @@ QUANTUM: dict[tuple[str, str], float] = {
     ("plant", "cooling_load_kw"): 0.1,
     ("plant", "outdoor_drybulb_c"): 0.1,
     ("plant", "outdoor_wetbulb_c"): 0.1,
+    ("plant", "makeup_water_lpm"): 0.1,  # issue 27
     # UPS-MIB: whole %, minutes (upsEstimatedMinutesRemaining), seconds, 0.1 V, 0.1 A,
     # whole degC, whole RMS volts, 0.1 Hz, whole watts
     # issue 19 (opt-live): CDU setpoints as its registers hold them; plant speeds x10
@@ -321,6 +323,7 @@ def _blocks(sim: SiteSimulator) -> list[Block]:
                 100.0 * s.plant_model.out.chw_pump_speed,
                 100.0 * s.plant_model.out.cw_pump_speed,
                 100.0 * s.plant_model.out.tower_speed,
+                s.plant.makeup_water_lpm,
             ],
         )
     )

@@ -95,6 +95,8 @@ class Workload:
         self.group_phase = rng.uniform(0, 2 * np.pi, n_groups)
         self.rack_scale = rng.uniform(0.6, 1.0, lay.n_rack)
         self.rack_ar = np.zeros(lay.n_rack)
+        # issue 27 (whatif): a fixed utilisation per rack where finite (a scenario's step)
+        self.util_override = np.full(lay.n_rack, np.nan)
         self.gpu_noise_sigma = np.where(role == ROLE_INFERENCE, 0.02, 0.01)[lay.gpu_rack]
 
     # -- per-rack signals ---------------------------------------------------------------
@@ -138,6 +140,9 @@ class Workload:
         util[grouped] = training[self.rack_group[grouped]]
         steady = 0.90 + 0.01 * np.sin(2 * np.pi * t_s / 300.0)
         util[train & (self.rack_group < 0)] = steady
+        fixed = np.isfinite(self.util_override)
+        if fixed.any():
+            util = np.where(fixed, self.util_override, util)
         return np.clip(util, 0.0, 1.0)
 
     def gpu_util(self, t_s: float, dt_s: float, rng: np.random.Generator) -> np.ndarray:

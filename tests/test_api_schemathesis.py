@@ -30,7 +30,14 @@ from twin.state import Twin
 # Features that answer a documented 503 problem until an operator sets them up: failure
 # risk at a horizon that neither an approved model nor the shipped default (1 h) serves
 # (docs/failure-prediction.md).
-NOT_CONFIGURED_HERE = {"/v1/failure-risk"}
+NOT_CONFIGURED_HERE = {
+    "/v1/failure-risk",
+    # issue 27 (whatif): runs need the server's executor; the routes answer 503 here
+    "/v1/what-if",
+    "/v1/what-if/compare",
+    "/v1/what-if/{run_id}",
+    "/v1/what-if/{run_id}/cancel",
+}
 
 CHECKS = [
     st_checks.status_code_conformance,

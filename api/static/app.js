@@ -481,6 +481,68 @@ async function loadRiskModel() {
     + `validated on ${m.validation.method}: ${figs}`;
 }
 
+// ---------------------------------------------------------------- what-if (issue 27)
+const WHATIF_ROWS = [["pue", "PUE", (v) => fmtPue(v)], ["peak_gpu_temp_c", "peak GPU °C", (v) => v?.toFixed(1)],
+  ["peak_gpu_id", "hottest GPU", (v) => v ?? "–"], ["it_energy_kwh", "IT kWh", fmtKw],
+  ["makeup_water_l", "water L", fmtKw], ["violations", "violations", (v) => v ?? "–"],
+  ["first_breach", "first breach", (b) => (b ? `${b.limit} ${b.device_id} +${b.after_h} h` : "none")]];
+const whatifPicked = new Set();
+
+async function loadWhatIf() {
+  const list = $("whatif");
+  if (!has("/v1/what-if")) {
+    list.replaceChildren(el("li", "none", "not available on this server"));
+    return;
+  }
+  const runs = await api("/v1/what-if?limit=20");
+  list.replaceChildren();
+  if (!runs.length) list.append(el("li", "none", "no runs yet: POST /v1/what-if or dctwin what-if run"));
+  for (const r of runs) {
+    const li = el("li");
+    li.dataset.testid = "whatif-run";
+    const pick = el("input");
+    pick.type = "checkbox";
+    pick.checked = whatifPicked.has(r.id);
+    pick.addEventListener("change", () => (pick.checked ? whatifPicked.add(r.id) : whatifPicked.delete(r.id)));
+    li.append(pick);
+    const text = el("div", "grow");
+    text.append(el("div", "title", r.name || r.id));
+    const pct = r.status === "running" ? ` ${(r.progress * 100).toFixed(0)} %` : "";
+    text.append(el("div", "sub", `${r.status}${pct} · ${r.submitted ? fmtTime(r.submitted) : ""}`));
+    li.append(text);
+    if (ROLE_RANK[S.role] >= ROLE_RANK.operator) {
+      const again = el("button", "ghost", "run again");
+      again.dataset.testid = "whatif-rerun";
+      again.addEventListener("click", async () => {
+        again.disabled = true;  // the saved scenario, from the live state now
+        await api("/v1/what-if", { method: "POST", body: JSON.stringify(r.scenario) }).catch(report);
+        await loadWhatIf();
+      });
+      li.append(again);
+    }
+    list.append(li);
+  }
+}
+
+async function compareWhatIf() {
+  const ids = [...whatifPicked];
+  if (!ids.length) return;
+  const c = await api(`/v1/what-if/compare?ids=${ids.map(encodeURIComponent).join(",")}`);
+  const t = $("whatif-table");
+  const head = el("tr");
+  head.append(el("th", "", ""));
+  c.names.forEach((n, i) => head.append(el("th", "", n || c.ids[i])));
+  const rows = [head];
+  for (const [key, label, fmt] of WHATIF_ROWS) {
+    const tr = el("tr");
+    tr.append(el("th", "", label));
+    for (const v of c.figures[key]) tr.append(el("td", "", String(fmt(v))));
+    rows.push(tr);
+  }
+  t.replaceChildren(...rows);
+  t.hidden = false;
+}
+
 // ---------------------------------------------------------------- capacity (issue 27)
 const CAP_KINDS = ["ups", "plant", "hall", "pdu", "cdu", "crah"];
 
@@ -525,7 +587,7 @@ async function refreshAll() {
   // down or sign the user out: it shows its own error
   await Promise.all([[loadOverview, null], [loadRacks, null], [loadAlerts, "alerts"],
                      [loadRecommendations, "recommendations"],
-                     [loadRiskModel, "risk-model"]].map(([load, list]) =>
+                     [loadRiskModel, "risk-model"], [loadWhatIf, "whatif"]].map(([load, list]) =>
     load().catch((e) => {
       if (e instanceof AuthError || !list) throw e;
       if (list === "risk-model") $(list).textContent = `failure risk model: ${e.message}`;
@@ -592,6 +654,7 @@ function start() {
     if (key) signIn(key).catch((e) => signOut(e.message));
   });
   $("logout").addEventListener("click", () => signOut(""));
+  $("whatif-compare").addEventListener("click", () => compareWhatIf().catch(report));  // issue 27
   $("drill-close").addEventListener("click", () => {
     $("drill").hidden = true; S.selectedRack = null; renderHeatmap();
   });

@@ -16,6 +16,7 @@ from dctwin.cli.apikey import apikey_app
 from dctwin.cli.capacity import capacity_app  # issue 27
 from dctwin.cli.failure import failure_app
 from dctwin.cli.optimize import optimize_app
+from dctwin.cli.whatif import whatif_app  # issue 27
 
 app = typer.Typer(
     help="dctwin: telemetry ingestion and digital-twin monitoring for AI data centers.",
@@ -279,6 +280,7 @@ app.add_typer(apikey_app, name="apikey")
 app.add_typer(capacity_app, name="capacity")  # issue 27
 app.add_typer(failure_app, name="failure")
 app.add_typer(optimize_app, name="optimize")
+app.add_typer(whatif_app, name="what-if")  # issue 27
 
 if __name__ == "__main__":
     app()
