@@ -61,15 +61,26 @@ class IncidentConfig:
     # many intervals of the incident's latest new device: a device alarming hours into a
     # long incident (a failed CRAH that never recovers) is a new problem, not fan-out
     join_intervals: int = 20
+    # ... except children of a member of these classes: a liquid loop or a power feed
+    # couples its children tightly, and they alarm when the parent's fault gets worse
+    # (a pump failing after degrading), however long after the incident opened
+    anytime_parents: tuple[str, ...] = ()  # ("cdu", "pdu") lost recall on dev seeds
     # a member of an incident resolved less than this long ago reopens it (intermittent
     # alarms of one problem are one incident)
     reopen_intervals: int = 240
     # an incident that took this many devices within join_intervals is a storm (a site-wide
     # load or cooling change): any alarm starting while it grows joins it, related or not
     storm_devices: int = 0  # 0: off (on development seeds it swallowed real faults)
+    # grouping ignores parent links of devices that feed more than this many (a CRAH is
+    # the parent of every rack in its hall: one CRAH incident swallowed every GPU fault
+    # on dev seeds); the strict relation of the evaluation keeps them
+    max_fanout: int = 64
     # group keys: devices sharing one are related ("node", "rack")
     group_keys: tuple[str, ...] = ("node", "rack")
     root_rule: str = "earliest"  # "earliest", "upstream" or "strongest" (dev seeds chose)
+    # "earliest": of the devices that alarmed within this many intervals of the first,
+    # the strongest (a lost GPU's node-mates alarm in the same interval as it does)
+    root_window: int = 2
     critical_score: float = 0.9  # severity critical at or above (else warning)
     max_members: int = 200  # evidence keeps this many devices (the strongest)
 
@@ -193,6 +204,15 @@ class Relations:
         """Direct scored parents and children (the strict relation of the evaluation)."""
         return self.parents.get(device_id, set()) | self.children.get(device_id, set())
 
+    def group_neighbours(self, device_id: str, max_fanout: int) -> set[str]:
+        """`neighbours` without links through a parent of more than ``max_fanout``."""
+        kids = self.children.get(device_id, set())
+        out = set() if len(kids) > max_fanout else set(kids)
+        out |= {
+            p for p in self.parents.get(device_id, set()) if len(self.children[p]) <= max_fanout
+        }
+        return out
+
 
 class IncidentTracker:
     """Open, grow, rank and resolve incidents from per-interval device scores.
@@ -289,10 +309,17 @@ class IncidentTracker:
         for i in self.open:
             if device_id in self.incidents[i].members:
                 return self.incidents[i]
-        near = self.rel.neighbours(device_id)
+        near = self.rel.group_neighbours(device_id, self.config.max_fanout)
         keys = self.rel.keys.get(device_id, frozenset())
+        tight = {
+            p
+            for p in self.rel.parents.get(device_id, set())
+            if self.rel.class_of.get(p) in self.config.anytime_parents
+        }
         for i in self.open:
             inc = self.incidents[i]
+            if not tight.isdisjoint(inc.members):
+                return inc
             if bucket - inc.grown_bucket > self.config.join_intervals:
                 continue
             if 0 < self.config.storm_devices <= len(inc.members):
@@ -333,13 +360,15 @@ class IncidentTracker:
     def _rank(self, inc: Incident) -> None:
         ms = list(inc.members.values())
         ids = set(inc.members)
+        first = min(m.first_bucket for m in ms)
         rule = self.config.root_rule
 
         def key(m: Member) -> tuple:
             if rule == "strongest":
                 return (m.min_p, m.first_bucket, m.device_id)
             if rule == "earliest":
-                return (m.first_bucket, m.min_p, m.device_id)
+                late = m.first_bucket - first > self.config.root_window
+                return (late, m.min_p if not late else m.first_bucket, m.device_id)
             # upstream: a device whose children alarm with it explains them
             explains = len(self.rel.children.get(m.device_id, set()) & ids)
             return (-min(explains, 1), m.first_bucket, m.min_p, m.device_id)

@@ -160,18 +160,18 @@ class AnomalyService:
         per = lambda s: max(1, round(s / c.interval_s))  # noqa: E731
         if not self.fitted:
             first = self._first_bucket()
-            have = 0 if first is None else max(0, upto - first) * c.interval_s
-            self.history_s = have
-            # warm start: stored history (a restart, a store filled beforehand) is fitted
-            # at once and the newest complete interval scored in the same round
-            if first is None or upto - first < per(c.train_s):
+            n = 0 if first is None else max(0, upto - first + 1)  # complete intervals
+            self.history_s = n * c.interval_s
+            if n < per(c.train_s):
                 self.status = (
-                    f"warming up: {have / 60:.0f} of {c.train_s / 60:.0f} min of "
+                    f"warming up: {self.history_s / 60:.0f} of {c.train_s / 60:.0f} min of "
                     "history needed before the first scores"
                 )
                 return 0
-            self._fit(upto - 1)
-            self.history_s = c.train_s
+            # warm start: stored history (a restart, a store filled beforehand) is fitted
+            # at once and, when there is more than enough, the newest complete interval is
+            # scored in the same round
+            self._fit(upto - 1 if n > per(c.train_s) else upto)
         done = 0
         lo = self.scorer.scored_until + 1
         if upto - lo + 1 > per(c.history_s):  # too far behind: skip to recent history
