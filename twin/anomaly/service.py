@@ -480,7 +480,7 @@ class AnomalyService:
         callers such as the alert engine read scores without waiting for a refit."""
         if self._background is None:
             self._background = Periodic(
-                self.refresh, every_s or self.config.interval_s, "anomaly-scorer", wait_first=True
+                self.refresh, every_s or self.config.interval_s, "anomaly-scorer", wait_first=False
             )
         self._background.start()
 
