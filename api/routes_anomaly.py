@@ -77,7 +77,36 @@ class IncidentAlarm(BaseModel):
     alarm_intervals: int = Field(ge=1)
 
 
+_ALARM_EXAMPLE: dict[str, Any] = {
+    "device_id": "sv1/h1/cdu-row1",
+    "device_class": "cdu",
+    "relation": "root_cause",
+    "first_alarm": "2026-11-22T03:00:00Z",
+    "last_alarm": "2026-11-22T03:20:00Z",
+    "peak_score": 1.0,
+    "p": 1e-12,
+    "metric": "pump_power_w",
+    "component": "cdu_pump_power",
+    "alarm_intervals": 40,
+}
+_INCIDENT_EXAMPLE: dict[str, Any] = {
+    "id": "inc-2cbedaede4af",
+    "state": "open",
+    "severity": "critical",
+    "score": 1.0,
+    "opened": "2026-11-22T03:00:00Z",
+    "last_alarm": "2026-11-22T03:20:00Z",
+    "resolved": None,
+    "root_cause": _ALARM_EXAMPLE,
+    "suspects": [_ALARM_EXAMPLE],
+    "root_cause_now": [{"metric": "pump_power_w", "component": "cdu_pump_power", "score": 1.0}],
+    "devices": 16,
+    "alarms": [_ALARM_EXAMPLE],
+}
+
+
 class IncidentOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_INCIDENT_EXAMPLE]})
     id: str
     state: Literal["open", "resolved"]
     severity: Literal["warning", "critical"]
@@ -96,7 +125,18 @@ class IncidentOut(BaseModel):
 
 class AnomaliesOut(BaseModel):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"status": "scoring", "items": [_EXAMPLE]}]}
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "scored up to 2026-11-22T03:20:00Z",
+                    "warming_up": False,
+                    "history_s": 3600.0,
+                    "history_needed_s": 3600.0,
+                    "incidents": [_INCIDENT_EXAMPLE],
+                    "items": [_EXAMPLE],
+                }
+            ]
+        }
     )
 
     status: str = Field(description="warm-up progress or how far scoring has got")
