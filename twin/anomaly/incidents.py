@@ -115,7 +115,7 @@ class Incident:
 
     @property
     def peak_score(self) -> float:
-        return max(m.peak_score for m in self.members.values())
+        return max(m.peak_score for m in list(self.members.values()))
 
     def to_doc(self) -> dict:
         return {

@@ -412,7 +412,9 @@ class AnomalyService:
 
     def incident_list(self, state: str = "open", limit: int = 20) -> list[dict]:
         """Incidents, open first then newest first (``state``: open, resolved or all)."""
-        incs = [i for i in self.incidents.incidents.values() if state == "all" or i.state == state]
+        # list() in one C call: the refresh thread may add incidents meanwhile
+        every = list(self.incidents.incidents.values())
+        incs = [i for i in every if state == "all" or i.state == state]
         incs.sort(key=lambda i: (i.state != "open", -i.last_bucket, -i.peak_score, i.id))
         return [self._incident_out(i) for i in incs[:limit]]
 
@@ -421,7 +423,7 @@ class AnomalyService:
         return None if inc is None else self._incident_out(inc)
 
     def open_incidents(self) -> list[dict]:
-        return [self._incident_out(self.incidents.incidents[i]) for i in self.incidents.open]
+        return [self._incident_out(self.incidents.incidents[i]) for i in list(self.incidents.open)]
 
     def _incident_out(self, inc: Incident) -> dict:
         rel = self.incidents.rel
