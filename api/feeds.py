@@ -1,4 +1,5 @@
-"""Live-stream feeds (`GET /v1/stream` event types `anomalies` and `recommendations`).
+"""Live-stream feeds (`GET /v1/stream` event types `anomalies`, `incidents` and
+`recommendations`).
 
 Each is a `Feed` (api/live_view.py): read once per live tick and published only when its value
 changed, so a client sees the top anomalies and the recommendations as they change.
@@ -40,6 +41,35 @@ def anomalies_feed(
         return {"min_score": min_score, "items": items}
 
     return ("anomalies", top)
+
+
+# -- issue 20: anomaly incidents ------------------------------------------------------------
+RECENT_INCIDENTS = 20
+
+
+def incidents_feed(service: AnomalyService, limit: int = RECENT_INCIDENTS) -> Feed:
+    """Event type `incidents`: open incidents (and the latest resolved) with their root
+    cause; published when one opens, grows, changes root cause or resolves (not on every
+    alarming interval: the last alarm time is left out)."""
+
+    def recent() -> dict[str, Any]:
+        items = []
+        for i in service.incident_list("all", limit):
+            root = i["root_cause"] or {}
+            items.append(
+                {
+                    "id": i["id"],
+                    "state": i["state"],
+                    "severity": i["severity"],
+                    "opened": i["opened"].isoformat() + "Z",
+                    "root_device": root.get("device_id"),
+                    "root_metric": root.get("metric"),
+                    "devices": i["devices"],
+                }
+            )
+        return {"warming_up": service.warming_up, "items": items}
+
+    return ("incidents", recent)
 
 
 def recommendations_feed(

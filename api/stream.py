@@ -25,6 +25,8 @@ Server-Sent Events (`text/event-stream`). Event types (`event:` field), each wit
 - `device_event`: a discrete device event (XID, leak, pump or PSU failure) as it lands;
 - `alert`: an alert transition (firing, resolved, acknowledged, silenced);
 - `anomalies`, `recommendations`: the top anomalies / new recommendations when they change;
+- `incidents`: anomaly incidents (open, latest resolved) with their root cause, when one
+  opens, grows, changes root cause or resolves;
 - `reset`: the client's `Last-Event-ID` is older than the replay buffer (or from before a
   server restart): refetch full state, then carry on with the events that follow.
 

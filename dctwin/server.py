@@ -21,7 +21,7 @@ from collections.abc import Callable
 import uvicorn
 
 from api.app import create_app
-from api.feeds import anomalies_feed, recommendations_feed
+from api.feeds import anomalies_feed, incidents_feed, recommendations_feed
 from api.http_server import uvicorn_config
 from api.keys import KeyStore
 from api.live_view import LiveView
@@ -119,6 +119,7 @@ class Server:
             scorers=[anomaly_rack_scorer(self.anomaly), failure_rack_scorer(self.failure_risk)],
             feeds=[
                 anomalies_feed(self.anomaly),
+                incidents_feed(self.anomaly),  # issue 20
                 recommendations_feed(store_opener(self.store.cursor)),
             ],
         )

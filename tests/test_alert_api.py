@@ -183,7 +183,7 @@ def test_rules_and_receivers_without_secrets(env):
     by_name = {r["name"]: r for r in rules}
     assert by_name["GpuTemperatureCritical"]["state"]["firing"] == len(GPUS)
     assert by_name["GpuTemperatureHigh"]["for"] == 120.0
-    assert by_name["GpuAnomalous"]["state"]["health"] == "inactive"
+    assert by_name["AnomalyIncident"]["state"]["health"] == "inactive"
     assert by_name["CduPumpFailed"]["state"]["health"] == "ok"
     r = client.get("/v1/receivers")
     assert r.status_code == 200

@@ -37,7 +37,7 @@ def test_default_rule_set_covers_every_kind_with_summary_and_runbook():
         "xid",
         "pump_failed",
         "psu_failed",
-        "anomaly_score",
+        "anomaly_incident",
         "failure_risk",
         "heat_balance",
         "pue_regression",

@@ -312,6 +312,44 @@ async function loadAlerts() {
   }
 }
 
+// ---------------------------------------------------------------- issue 20: incidents
+async function loadIncidents() {
+  const list = $("incidents");
+  if (!has("/v1/anomalies")) {
+    list.replaceChildren(el("li", "none", "anomaly scoring is not available on this server"));
+    return;
+  }
+  const body = await api("/v1/anomalies?limit=1&incidents=all&incident_limit=20");
+  const incs = body.incidents || [];
+  const open = incs.filter((i) => i.state === "open").length;
+  $("incident-count").textContent = body.warming_up ? "warming up" : `${open} open`;
+  list.replaceChildren();
+  if (body.warming_up) { // why it is empty: not enough stored history yet
+    list.append(el("li", "none", `no scores yet: ${Math.round(body.history_s / 60)} of ` +
+      `${Math.round(body.history_needed_s / 60)} min of history (${body.status})`));
+    return;
+  }
+  if (!incs.length) list.append(el("li", "none", "no incidents: every device within its normal"));
+  for (const i of incs) {
+    const li = el("li");
+    li.dataset.incidentId = i.id;
+    li.append(el("span", `sev ${i.state === "open" ? i.severity : "resolved"}`,
+                 i.state === "open" ? i.severity : "resolved"));
+    const text = el("div", "grow");
+    const rc = i.root_cause || {};
+    text.append(el("div", "title",
+      `root cause ${rc.device_id ?? "?"} · ${rc.metric ?? "?"} (${rc.component ?? "?"})`));
+    const others = (i.alarms || []).filter((a) => a.device_id !== rc.device_id);
+    const evid = others.slice(0, 3).map((a) => `${a.device_id.split("/").pop()} ` +
+      `${a.relation} ${a.peak_score.toFixed(2)}`).join(", ");
+    text.append(el("div", "sub", `score ${i.score.toFixed(2)} · ${i.devices} device(s)` +
+      `${evid ? ` · ${evid}${others.length > 3 ? ", …" : ""}` : ""} · since ` +
+      `${fmtTime(i.opened)}${i.resolved ? ` · resolved ${fmtTime(i.resolved)}` : ""}`));
+    li.append(text);
+    list.append(li);
+  }
+}
+
 // ---------------------------------------------------------------- recommendations
 async function loadRecommendations() {
   const list = $("recommendations");
@@ -411,6 +449,7 @@ function handleEvent(type, data, id) {
   else if (type === "racks") applyRacksEvent(d);
   else if (type === "alert") loadAlerts().catch(report);
   else if (type === "recommendations") loadRecommendations().catch(report);
+  else if (type === "incidents") loadIncidents().catch(report); // issue 20
   else if (type === "device_event") addDeviceEvent(d);
   else if (type === "reset") refreshAll().catch(report); // missed events: reload state
 }
@@ -586,7 +625,7 @@ async function refreshAll() {
   // one panel failing (a feature not running in this process) must not take the others
   // down or sign the user out: it shows its own error
   await Promise.all([[loadOverview, null], [loadRacks, null], [loadAlerts, "alerts"],
-                     [loadRecommendations, "recommendations"],
+                     [loadRecommendations, "recommendations"], [loadIncidents, "incidents"],
                      [loadRiskModel, "risk-model"], [loadWhatIf, "whatif"]].map(([load, list]) =>
     load().catch((e) => {
       if (e instanceof AuthError || !list) throw e;
@@ -623,6 +662,7 @@ async function signIn(key) {
   setInterval(() => loadOverview().catch(report), 60000);
   setInterval(() => loadAlerts().catch(report), 15000);
   setInterval(() => loadRecommendations().catch(report), 60000);
+  setInterval(() => loadIncidents().catch(report), 30000); // issue 20 (warm-up progress)
   setInterval(() => loadUps().catch(report), 10000);
   setInterval(() => loadCapacity().catch(report), 30000); // issue 27
 }

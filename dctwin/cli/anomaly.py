@@ -82,15 +82,22 @@ def anomaly_evaluate(
     dev: bool = typer.Option(False, "--dev", help="development seeds (1-999) only"),
     hours: float = typer.Option(12.0, help="simulated hours per scenario (2 of them train)"),
     step_s: float = typer.Option(30.0, "--step-s", help="seconds between readings"),
-    threshold: float = typer.Option(0.6, help="alarm when a device's score reaches this"),
+    threshold: float = typer.Option(None, help="alarm score (default: the incident config's)"),
+    healthy_seeds: str = typer.Option(
+        None,
+        "--healthy-seeds",
+        help="fault-free runs for false incidents per healthy day (default 1500; --dev: 21)",
+    ),
+    healthy_hours: float = typer.Option(24.0, "--healthy-hours", help="hours per fault-free run"),
     no_multivariate: bool = typer.Option(
         False, "--no-multivariate", help="leave the IsolationForest component out"
     ),
     json_out: Path = typer.Option(None, "--json", help="also write the results here"),
     check: bool = typer.Option(False, "--check", help="exit 1 if an acceptance target fails"),
 ) -> None:
-    """Run the detector over simulator scenarios with injected faults; report event-level
-    precision, recall and detection delay per fault type."""
+    """Run the live scorer over simulator scenarios with injected faults and over fault-free
+    runs; report incidents: recall, strict precision, incidents per fault, false incidents
+    per healthy day and detection delay, per fault type and overall."""
     from experiments.anomaly.evaluate import DEFAULT_EVAL_SEEDS, SeedError, evaluate
     from experiments.anomaly.report import print_evaluation, write_json
 
@@ -103,11 +110,20 @@ def anomaly_evaluate(
     except ValueError as exc:
         typer.echo(f"error: --seeds: {exc}", err=True)
         raise typer.Exit(2) from exc
+    try:
+        healthy = _parse_seeds(healthy_seeds) if healthy_seeds else None
+    except ValueError as exc:
+        typer.echo(f"error: --healthy-seeds: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
-    def progress(seed, run, faults, alarms) -> None:
+    def progress(seed, run, faults, incidents) -> None:
+        found = (
+            "fault-free"
+            if faults is None
+            else f"{faults['detected'].sum()}/{faults.height} faults detected"
+        )
         typer.echo(
-            f"seed {seed}: {run.samples:,} samples, {faults['detected'].sum()}/"
-            f"{faults.height} faults detected, {alarms.height} alarm events, "
+            f"seed {seed}: {run.samples:,} samples, {found}, {incidents.height} incidents, "
             f"{run.wall_s:.0f} s",
             err=True,
         )
@@ -121,6 +137,8 @@ def anomaly_evaluate(
             threshold=threshold,
             multivariate=not no_multivariate,
             progress=progress,
+            healthy_seeds=healthy,
+            healthy_hours=healthy_hours,
         )
     except SeedError as exc:
         typer.echo(f"error: {exc}", err=True)

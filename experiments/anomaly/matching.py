@@ -30,6 +30,8 @@ from typing import cast
 import numpy as np
 import polars as pl
 
+from twin.anomaly.incidents import Relations
+
 ABRUPT = "abrupt"
 EPOCH = datetime(1970, 1, 1)
 SITE_CLASSES = ("meter", "ups", "chiller_plant")
@@ -247,6 +249,161 @@ def per_type(faults: pl.DataFrame) -> pl.DataFrame:
             before_failure=pl.col("before_failure").drop_nulls().mean(),
             median_lead_min=pl.col("lead_min").median(),
             detected_by=pl.col("detected_by").drop_nulls().mode().first(),
+        )
+        .sort("signature", "fault")
+    )
+
+
+# -- incidents (issue 20): strict precision is the headline ---------------------------------
+
+
+def _strict_set(targets: set[str], rel: Relations) -> set[str]:
+    """The faulted device(s) and their direct scored parents and children."""
+    out = set(targets)
+    for t in targets:
+        out |= rel.neighbours(t)
+    return out
+
+
+def match_incidents(
+    incidents: pl.DataFrame,
+    labels: pl.DataFrame,
+    devices: pl.DataFrame,
+    rel: Relations,
+    interval_s: float,
+    last_bucket: int,
+    cfg: MatchConfig,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(one row per fault, one row per incident with its verdict).
+
+    An incident is *true* (strict) for a fault when its top root cause is a faulted device
+    or a direct parent/child of one (`Relations.neighbours`) and it opened between the
+    onset and the failure (or run end) plus ``grace`` intervals; *topological* when its
+    root cause is anywhere the fault acts on (`_affected`) and it opened after the onset.
+    A fault is detected when a strictly true incident exists for it; its delay is that
+    incident's opening interval minus the onset; incidents per fault count them all.
+    """
+
+    def bucket(t: datetime | None) -> int | None:
+        return None if t is None else int((t - EPOCH).total_seconds() // interval_s)
+
+    inc = incidents.select("id", "opened_bucket", "root_device", "devices")
+    faults, hits = [], []
+    for lab in labels.iter_rows(named=True):
+        onset_b = bucket(lab["onset"])
+        assert onset_b is not None
+        fail_b = bucket(lab["failure_time"])
+        end_b = (fail_b if fail_b is not None else last_bucket) + cfg.grace
+        targets = _targets(lab, devices)
+        strict = _strict_set(targets, rel)
+        affected = _affected(lab, targets, devices)
+        in_window = pl.col("opened_bucket").is_between(onset_b, end_b)
+        mine = inc.filter(in_window & pl.col("root_device").is_in(list(strict)))
+        topo = inc.filter(
+            (pl.col("opened_bucket") >= onset_b) & pl.col("root_device").is_in(list(affected))
+        )
+        hits.append(
+            pl.DataFrame(
+                {
+                    "id": mine["id"].to_list() + topo["id"].to_list(),
+                    "strict": [True] * mine.height + [False] * topo.height,
+                },
+                schema={"id": pl.String, "strict": pl.Boolean},
+            )
+        )
+        det = int(cast(int, mine["opened_bucket"].min())) if mine.height else None
+        faults.append(
+            {
+                "fault_id": lab["fault_id"],
+                "fault": lab["fault"],
+                "device_id": lab["device_id"],
+                "signature": lab["signature"],
+                "fails": fail_b is not None,
+                "onset_bucket": onset_b,
+                "failure_bucket": fail_b,
+                "detected": det is not None,
+                "delay_intervals": None if det is None else det - onset_b,
+                "before_failure": None if (fail_b is None or det is None) else det < fail_b,
+                "lead_min": None
+                if (fail_b is None or det is None)
+                else (fail_b - det) * interval_s / 60.0,
+                "incidents": mine.height,
+                "detected_by": mine.sort("opened_bucket")["root_device"][0]
+                if mine.height
+                else None,
+            }
+        )
+    h = pl.concat(hits) if hits else pl.DataFrame(schema={"id": pl.String, "strict": pl.Boolean})
+    verdict = inc.join(
+        h.group_by("id").agg(true_strict=pl.col("strict").any(), true_topological=pl.lit(True)),
+        on="id",
+        how="left",
+    ).with_columns(pl.col("true_strict", "true_topological").fill_null(False))
+    fault_schema = {
+        "fault_id": pl.String,
+        "fault": pl.String,
+        "device_id": pl.String,
+        "signature": pl.String,
+        "fails": pl.Boolean,
+        "onset_bucket": pl.Int64,
+        "failure_bucket": pl.Int64,
+        "detected": pl.Boolean,
+        "delay_intervals": pl.Int64,
+        "before_failure": pl.Boolean,
+        "lead_min": pl.Float64,
+        "incidents": pl.Int64,
+        "detected_by": pl.String,
+    }
+    return pl.DataFrame(faults, schema=fault_schema), verdict.sort("opened_bucket", "id")
+
+
+def summarize_incidents(
+    faults: pl.DataFrame, incidents: pl.DataFrame, healthy_incidents: int, healthy_days: float
+) -> dict:
+    """Headline figures: strict precision first; false incidents per healthy day from the
+    fault-free runs."""
+    n, n_inc = faults.height, incidents.height
+    abrupt = faults.filter(pl.col("signature") == ABRUPT)
+    delays = abrupt["delay_intervals"].drop_nulls().to_numpy()
+    per_fault = faults.filter(pl.col("detected"))["incidents"].to_numpy()
+    gradual = faults.filter((pl.col("signature") != ABRUPT) & pl.col("fails"))
+    return {
+        "faults": n,
+        "recall": float(faults["detected"].sum() / n) if n else float("nan"),
+        "incidents": n_inc,
+        "precision_strict": float(incidents["true_strict"].sum() / n_inc)
+        if n_inc
+        else float("nan"),
+        "precision_topological": float(incidents["true_topological"].sum() / n_inc)
+        if n_inc
+        else float("nan"),
+        "false_incidents": int(n_inc - incidents["true_strict"].sum()),
+        "median_incidents_per_fault": float(np.median(per_fault)) if len(per_fault) else None,
+        "healthy_days": healthy_days,
+        "healthy_incidents": healthy_incidents,
+        "false_incidents_per_healthy_day": healthy_incidents / healthy_days
+        if healthy_days > 0
+        else None,
+        "abrupt_median_delay_intervals": float(np.median(delays)) if len(delays) else None,
+        "gradual_before_failure": float(
+            cast(float, gradual["before_failure"].fill_null(False).mean())
+        )
+        if gradual.height
+        else None,
+    }
+
+
+def per_type_incidents(faults: pl.DataFrame) -> pl.DataFrame:
+    return (
+        faults.group_by("fault", "signature")
+        .agg(
+            n=pl.len(),
+            detected=pl.col("detected").sum(),
+            recall=pl.col("detected").mean(),
+            median_delay_intervals=pl.col("delay_intervals").median(),
+            median_incidents=pl.col("incidents").filter(pl.col("detected")).median(),
+            before_failure=pl.col("before_failure").drop_nulls().mean(),
+            detected_by=pl.col("detected_by").drop_nulls().first(),
         )
         .sort("signature", "fault")
     )

@@ -22,9 +22,11 @@ def print_evaluation(ev: Evaluation, console: Console | None = None) -> None:
     console = console or Console(width=160)
     cfg = ev.config
     console.print(
-        f"[bold]Anomaly detection on simulator seeds {ev.seeds}[/] "
+        f"[bold]Anomaly incidents on simulator seeds {ev.seeds}[/] "
         f"({cfg['hours']:.0f} h each at {cfg['step_s']:.0f} s intervals, first "
-        f"{cfg['train_h']:.0f} h for training; alarm at score >= {cfg['threshold']})"
+        f"{cfg['train_h']:.0f} h for training; alarm at score >= "
+        f"{cfg['incidents']['alarm_score']}); fault-free seeds {ev.healthy_seeds} "
+        f"({cfg['healthy_hours']:.0f} h each)"
     )
     t = Table(title="per fault type (an interval = one reading period)")
     for col in (
@@ -34,9 +36,9 @@ def print_evaluation(ev: Evaluation, console: Console | None = None) -> None:
         "detected",
         "recall",
         "median delay (intervals)",
+        "median incidents per fault",
         "before failure",
-        "median lead (min)",
-        "detected by (most often)",
+        "first root cause (example)",
     ):
         t.add_column(col, justify="left" if col in ("fault", "signature") else "right")
     for r in ev.by_type.iter_rows(named=True):
@@ -47,19 +49,22 @@ def print_evaluation(ev: Evaluation, console: Console | None = None) -> None:
             str(r["detected"]),
             _fmt(r["recall"], pct=True),
             _fmt(r["median_delay_intervals"]),
+            _fmt(r["median_incidents"]),
             _fmt(r["before_failure"], pct=True),
-            _fmt(r["median_lead_min"], digits=0),
             r["detected_by"] or "-",
         )
     console.print(t)
     s = ev.summary
     console.print(
-        f"faults {s['faults']}, recall {_fmt(s['recall'], pct=True)}; alarm events "
-        f"{s['alarm_events']}, false {s['false_alarm_events']}: precision "
-        f"{_fmt(s['precision_topological'], pct=True)} (topological), "
-        f"{_fmt(s['precision_strict'], pct=True)} (faulted device only); abrupt median "
-        f"delay {_fmt(s['abrupt_median_delay_intervals'])} intervals; gradual faults "
-        f"detected before failure {_fmt(s['gradual_before_failure'], pct=True)}"
+        f"faults {s['faults']}, recall {_fmt(s['recall'], pct=True)}; incidents "
+        f"{s['incidents']} (from {s['alarm_events']} alarm events), false {s['false_incidents']}: "
+        f"STRICT precision {_fmt(s['precision_strict'], pct=True)} (topological "
+        f"{_fmt(s['precision_topological'], pct=True)}); median incidents per fault "
+        f"{_fmt(s['median_incidents_per_fault'])}; false incidents per healthy day "
+        f"{_fmt(s['false_incidents_per_healthy_day'])} ({s['healthy_incidents']} in "
+        f"{s['healthy_days']:.2f} days); abrupt median delay "
+        f"{_fmt(s['abrupt_median_delay_intervals'])} intervals; gradual faults detected "
+        f"before failure {_fmt(s['gradual_before_failure'], pct=True)}"
     )
     for name, ok in ev.acceptance().items():
         console.print(f"  {'[green]met[/]' if ok else '[red]NOT met[/]'}: {name}")
@@ -69,6 +74,7 @@ def write_json(ev: Evaluation, path: Path) -> None:
     doc = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "seeds": ev.seeds,
+        "healthy_seeds": ev.healthy_seeds,
         "config": ev.config,
         "summary": ev.summary,
         "acceptance": ev.acceptance(),

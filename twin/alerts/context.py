@@ -30,6 +30,8 @@ class Providers:
     marks the rule as errored for that evaluation and changes none of its alerts."""
 
     anomaly_score: ScoreProvider | None = None  # device id -> score in [0, 1]
+    # issue 20: the open anomaly incidents (AnomalyService.open_incidents)
+    anomaly_incidents: Callable[[datetime], list[dict]] | None = None
     failure_risk: ScoreProvider | None = None  # device id -> failure probability
     heat_balance_residual: ScoreProvider | None = None  # CDU id -> (Q_liquid - P_IT) / P_IT
     pue_interval: PueIntervalProvider | None = None  # energy-based PUE over [start, end)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from twin.alerts.context import Providers
-from twin.anomaly.service import anomaly_provider
+from twin.anomaly.service import anomaly_provider, incidents_provider
 
 if TYPE_CHECKING:
     from twin.anomaly.service import AnomalyService
@@ -60,5 +60,6 @@ def twin_providers(
         heat_balance_residual=heat_balance_residual,
         pue_interval=pue_interval,
         anomaly_score=anomaly_provider(anomaly) if anomaly is not None else None,
+        anomaly_incidents=incidents_provider(anomaly) if anomaly is not None else None,
         failure_risk=failure_risk_now if failure_risk is not None else None,
     )

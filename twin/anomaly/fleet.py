@@ -74,6 +74,11 @@ CATEGORICAL_METRICS = frozenset(
         "row_remap_pending",
         "row_remap_failure",
         "mig_mode",
+        # issue 20: PSU / cabinet temperatures come in whole degrees (PMBus behind Redfish)
+        # and move slowly (tau ~ 2 min): on a quiet rack one holds a value for many
+        # readings, which the stuck test scored as a frozen sensor on healthy racks (false
+        # incidents). A frozen one still shows in the psu_temp residual once load moves.
+        "temp_c",
     }
 )
 RESIDUAL_PARAMS = DetectorParams(abs_floor=1.0)  # residuals arrive in units of their sigma

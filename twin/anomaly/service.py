@@ -30,6 +30,7 @@ from ingest.store import Store
 from twin.anomaly.calibration import p_to_score
 from twin.anomaly.fleet import FleetScorer
 from twin.anomaly.frames import GRID_SQL, add_rates, device_table
+from twin.anomaly.incidents import INCIDENTS_TABLE, Incident, IncidentConfig, IncidentTracker
 from twin.health import ComponentHealth
 from twin.periodic import Periodic
 
@@ -63,6 +64,8 @@ class AnomalyServiceConfig:
     regime_min_devices: int = 8  # classes this small (CRAHs, the plant) never count
     regime_refit_after_s: float = 3600.0  # at most one early refit per this long
     max_chunk_buckets: int = 360  # catch up in pieces of this many intervals
+    incidents: IncidentConfig = IncidentConfig()  # issue 20: alarms grouped into incidents
+    keep_resolved: int = 200  # resolved incidents kept in memory (all stay in DuckDB)
 
 
 def _naive_utc(t: datetime) -> datetime:
@@ -76,6 +79,7 @@ class AnomalyService:
         store: Store,
         config: AnomalyServiceConfig | None = None,
         sink: Callable[[pl.DataFrame], None] | None = None,
+        on_incidents: Callable[[list[dict]], None] | None = None,
     ) -> None:
         self.site = site
         self.sink = sink  # receives every interval's device scores (evaluation, history)
@@ -90,13 +94,19 @@ class AnomalyService:
         self._index: dict[str, int] = {}  # device id -> row of `latest` (built on demand)
         self._index_of: pl.DataFrame | None = None
         self.status = "waiting for history"
+        self.history_s = 0.0  # stored history before the first fit (warm-up progress)
         self._lock = threading.Lock()
         self._background: Periodic | None = None
+        # incidents (issue 20): grouped alarms, persisted, restored on restart
+        self.incidents = IncidentTracker(site, self.config.incidents)
+        self.on_incidents = on_incidents  # receives the incidents that changed
         try:
             self.store.cursor().execute(LATEST_TABLE)
+            self.store.cursor().execute(INCIDENTS_TABLE)
             self.persist = True
         except duckdb.Error:  # a read-only store: scores stay in memory only
             self.persist = False
+        self._restore_incidents()
 
     # -- data ------------------------------------------------------------------------
 
@@ -150,16 +160,18 @@ class AnomalyService:
         per = lambda s: max(1, round(s / c.interval_s))  # noqa: E731
         if not self.fitted:
             first = self._first_bucket()
-            if first is None or upto - first + 1 < per(c.train_s):
-                have = 0 if first is None else max(0, upto - first + 1) * c.interval_s
+            n = 0 if first is None else max(0, upto - first + 1)  # complete intervals
+            self.history_s = n * c.interval_s
+            if n < per(c.train_s):
                 self.status = (
-                    f"warming up: {have / 60:.0f} of {c.train_s / 60:.0f} min of "
+                    f"warming up: {self.history_s / 60:.0f} of {c.train_s / 60:.0f} min of "
                     "history needed before the first scores"
                 )
                 return 0
-            self._fit(upto)
-            self.status = f"trained on history up to {self._bucket_time(upto + 1).isoformat()}Z"
-            return 0
+            # warm start: stored history (a restart, a store filled beforehand) is fitted
+            # at once and, when there is more than enough, the newest complete interval is
+            # scored in the same round
+            self._fit(upto - 1 if n > per(c.train_s) else upto)
         done = 0
         lo = self.scorer.scored_until + 1
         if upto - lo + 1 > per(c.history_s):  # too far behind: skip to recent history
@@ -250,8 +262,18 @@ class AnomalyService:
         self.latest = pl.concat(
             [self.latest.join(latest, on="device_id", how="anti"), latest], how="vertical_relaxed"
         )
-        if not self.persist:
-            return
+        changed = sorted(self.incidents.update(dev))
+        self.incidents.take_changed()
+        self._forget_resolved()
+        docs = [
+            self.incidents.incidents[i].to_doc() for i in changed if i in self.incidents.incidents
+        ]
+        if self.persist:
+            self._persist(latest, docs)
+        if changed and self.on_incidents is not None:
+            self.on_incidents([self._incident_out(self.incidents.incidents[i]) for i in changed])
+
+    def _persist(self, latest: pl.DataFrame, docs: list[dict]) -> None:
         new_rows = latest.to_arrow()  # noqa: F841 - referenced by SQL below
         cur = self.store.cursor()
         cur.execute("BEGIN TRANSACTION")
@@ -260,10 +282,47 @@ class AnomalyService:
                 "DELETE FROM anomaly_latest WHERE device_id IN (SELECT device_id FROM new_rows)"
             )
             cur.execute("INSERT INTO anomaly_latest SELECT * FROM new_rows")
+            if docs:
+                cur.executemany(
+                    "INSERT OR REPLACE INTO anomaly_incidents VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        [
+                            d["id"],
+                            "open" if d["resolved_bucket"] is None else "resolved",
+                            d["opened_bucket"],
+                            d["last_bucket"],
+                            d["root"][0] if d["root"] else None,
+                            json.dumps(d),
+                        ]
+                        for d in docs
+                    ],
+                )
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+
+    def _restore_incidents(self) -> None:
+        """Open incidents (and the most recent resolved ones) from the store."""
+        try:
+            rows = (
+                self.store.cursor()
+                .execute(
+                    "SELECT doc FROM anomaly_incidents WHERE state = 'open' OR id IN "
+                    "(SELECT id FROM anomaly_incidents ORDER BY last_bucket DESC LIMIT ?)",
+                    [self.config.keep_resolved],
+                )
+                .fetchall()
+            )
+        except duckdb.Error:  # no table (a read-only store never written by a server)
+            return
+        self.incidents.restore(json.loads(r[0]) for r in rows)
+
+    def _forget_resolved(self) -> None:
+        inc = self.incidents.incidents
+        resolved = [i for i, x in inc.items() if x.resolved_bucket is not None]
+        for i in sorted(resolved, key=lambda i: inc[i].last_bucket)[: -self.config.keep_resolved]:
+            del inc[i]
 
     # -- views -----------------------------------------------------------------------
 
@@ -337,12 +396,93 @@ class AnomalyService:
         out.sort(key=lambda x: (-x["score"], x["p"], x["id"]))
         return out[:limit]
 
+    # -- incidents (issue 20) ----------------------------------------------------------
+
+    @property
+    def warming_up(self) -> bool:
+        return not self.fitted
+
+    def warmup(self) -> dict:
+        """Whether scores exist yet and, if not, how much stored history is needed."""
+        return {
+            "warming_up": not self.fitted,
+            "history_s": round(self.history_s, 1),
+            "history_needed_s": self.config.train_s,
+        }
+
+    def incident_list(self, state: str = "open", limit: int = 20) -> list[dict]:
+        """Incidents, open first then newest first (``state``: open, resolved or all)."""
+        # list() in one C call: the refresh thread may add incidents meanwhile
+        every = list(self.incidents.incidents.values())
+        incs = [i for i in every if state == "all" or i.state == state]
+        incs.sort(key=lambda i: (i.state != "open", -i.last_bucket, -i.peak_score, i.id))
+        return [self._incident_out(i) for i in incs[:limit]]
+
+    def incident(self, incident_id: str) -> dict | None:
+        inc = self.incidents.incidents.get(incident_id)
+        return None if inc is None else self._incident_out(inc)
+
+    def open_incidents(self) -> list[dict]:
+        return [self._incident_out(self.incidents.incidents[i]) for i in list(self.incidents.open)]
+
+    def _incident_out(self, inc: Incident) -> dict:
+        rel = self.incidents.rel
+        root = inc.root[0] if inc.root else None
+
+        def relation(d: str) -> str:
+            if d == root:
+                return "root_cause"
+            if root is None:
+                return "related"
+            if d in rel.children.get(root, set()):
+                return "child"
+            if d in rel.parents.get(root, set()):
+                return "parent"
+            if not rel.keys.get(d, frozenset()).isdisjoint(rel.keys.get(root, frozenset())):
+                return "same_rack"
+            return "related"
+
+        def member(d: str) -> dict:
+            m = inc.members[d]
+            return {
+                "device_id": d,
+                "device_class": m.device_class,
+                "relation": relation(d),
+                "first_alarm": self._bucket_time(m.first_bucket + 1),
+                "last_alarm": self._bucket_time(m.last_bucket + 1),
+                "peak_score": round(m.peak_score, 4),
+                "p": m.min_p,
+                "metric": m.top_metric,
+                "component": m.top_component,
+                "alarm_intervals": m.alarm_intervals,
+            }
+
+        ranked = inc.root[: self.config.incidents.max_members]
+        suspects = [member(d) for d in inc.root[:TOP_K]]
+        now = self.device(root) if root is not None else None
+        return {
+            "id": inc.id,
+            "state": inc.state,
+            "severity": self.incidents.severity(inc),
+            "score": round(inc.peak_score, 4),
+            "opened": self._bucket_time(inc.opened_bucket + 1),
+            "last_alarm": self._bucket_time(inc.last_bucket + 1),
+            "resolved": None
+            if inc.resolved_bucket is None
+            else self._bucket_time(inc.resolved_bucket + 1),
+            "root_cause": suspects[0] if suspects else None,
+            "suspects": suspects,
+            "root_cause_now": now["top_metrics"] if now is not None else [],
+            "devices": len(inc.members),
+            "alarms": [member(d) for d in ranked],
+        }
+
     def start_background(self, every_s: float | None = None) -> None:
         """Refresh in a daemon thread every ``every_s`` (default: the scoring interval), so
         callers such as the alert engine read scores without waiting for a refit."""
         if self._background is None:
             self._background = Periodic(
-                self.refresh, every_s or self.config.interval_s, "anomaly-scorer", wait_first=True
+                self.refresh, every_s or self.config.interval_s, "anomaly-scorer", wait_first=False
             )
         self._background.start()
 
@@ -412,5 +552,14 @@ def anomaly_provider(service: AnomalyService) -> Callable[[datetime], dict[str, 
 
     def provide(now: datetime) -> dict[str, float]:
         return service.scores()
+
+    return provide
+
+
+def incidents_provider(service: AnomalyService) -> Callable[[datetime], list[dict]]:
+    """Provider for `anomaly_incident` alert rules: the open incidents now (issue 20)."""
+
+    def provide(now: datetime) -> list[dict]:
+        return service.open_incidents()
 
     return provide

@@ -1,6 +1,6 @@
 """Kinds over values other parts of the twin compute, read through
-`twin.alerts.context.Providers`: `anomaly_score`, `failure_risk`, `heat_balance`,
-`pue_regression`. Without its provider a rule is reported inactive, never silently
+`twin.alerts.context.Providers`: `anomaly_score`, `anomaly_incident`, `failure_risk`,
+`heat_balance`, `pue_regression`. Without its provider a rule is reported inactive, never silently
 quiet."""
 
 from __future__ import annotations
@@ -50,6 +50,56 @@ class AnomalyScoreRule(ScoreRule):
 
     def selector(self) -> Selector | None:
         return self.select
+
+
+# -- issue 20: one alert per anomaly incident -----------------------------------------------
+
+
+@rule_kind
+class AnomalyIncidentRule(RuleBase):
+    """One alert per open anomaly incident (alarms grouped by topology and time), labelled
+    with its root-cause device; it resolves when the incident does. `select` filters on
+    the root-cause device, `min_score` / `min_devices` on the incident."""
+
+    kind: Literal["anomaly_incident"]
+    select: Selector = Field(default_factory=Selector)
+    min_score: float = Field(0.0, ge=0.0, le=1.0, description="peak device score")
+    min_devices: int = Field(1, ge=1, description="devices alarming in the incident")
+
+    def evaluate(self, ctx: RuleContext, latched: set[str]) -> Outcome:
+        fn = ctx.providers.anomaly_incidents
+        if fn is None:
+            return Outcome(
+                unknown=set(latched), inactive="no anomaly_incidents provider configured"
+            )
+        hits = []
+        for inc in fn(ctx.now):
+            root = inc["root_cause"]
+            if root is None or not ctx.matches(root["device_id"], self.select):
+                continue
+            # once firing, an incident's alert stays until the incident resolves
+            if inc["id"] not in latched and (
+                inc["score"] < self.min_score or inc["devices"] < self.min_devices
+            ):
+                continue
+            dev = root["device_id"]
+            hits.append(
+                Hit(
+                    inc["id"],
+                    ctx.topology.labels_for(dev),
+                    float(inc["score"]),
+                    {
+                        "incident_id": inc["id"],
+                        "device_id": dev,
+                        "root_metric": root["metric"] or "-",
+                        "root_component": root["component"] or "-",
+                        "devices": inc["devices"],
+                        "incident_severity": inc["severity"],
+                    },
+                    since=inc["opened"],
+                )
+            )
+        return Outcome(hits=hits)
 
 
 @rule_kind
