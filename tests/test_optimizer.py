@@ -230,11 +230,11 @@ def test_short_closed_loop_has_no_gpu_violations_and_measures_outcomes(env, tmp_
         days=2 / 24,
         step_s=120.0,
         store=store,
-        oracle=True,
+        optimum=True,
     )
     assert res.decisions == 8
     assert res.recommendations >= 1
-    assert res.ml.gpu_violation_steps == 0 and res.oracle.gpu_violation_steps == 0
+    assert res.ml.gpu_violation_steps == 0 and res.optimum.gpu_violation_steps == 0
     assert res.baseline.cooling_kwh > 0
     rep = store.report()
     measured = store.list("measured")

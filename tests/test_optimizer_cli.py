@@ -66,7 +66,7 @@ def test_train_then_evaluate(tmp_path):
             "2024-05-21",
             "--days",
             "0.05",
-            "--no-oracle",
+            "--no-optimum",
             "--quiet",
         ],
     )
@@ -89,7 +89,7 @@ def test_train_then_evaluate(tmp_path):
             "0.05",
             "--step-s",
             "120",
-            "--no-oracle",
+            "--no-optimum",
             "--quiet",
             "--json",
             str(tmp_path / "e.json"),
