@@ -144,6 +144,9 @@ METRICS: dict[Kind, dict[str, str]] = {
         # issue 22: Redfish (fans of a cooling chassis, e.g. a CDU or rear-door unit)
         "fan_speed_pct": "%",
         "fan_speed_rpm": "rpm",
+        # issue 19 (opt-live): setpoints the CDU controller runs at (the active, ramped value)
+        "supply_setpoint_c": "Cel",  # secondary (TCS) supply temperature setpoint
+        "dp_setpoint_kpa": "kPa",  # secondary loop differential-pressure setpoint
     },
     Kind.power: {
         "input_power_w": "W",
@@ -213,6 +216,12 @@ METRICS: dict[Kind, dict[str, str]] = {
         "outdoor_wetbulb_c": "Cel",
         # issue 22: BACnet
         "chiller_running": "bool",  # a chiller's run status (binary-input present-value)
+        # issue 19 (opt-live): chilled-water plant mode and state
+        "economizer_enabled": "bool",  # waterside economizer allowed (1) or locked out (0)
+        "chillers_running": "1",  # chillers staged on
+        "chw_pump_speed_pct": "%",  # primary chilled-water pumps, share of design flow
+        "cw_pump_speed_pct": "%",  # condenser-water pumps, share of design flow
+        "tower_fan_speed_pct": "%",  # cooling-tower fans
     },
 }
 
@@ -315,6 +324,9 @@ RANGES: dict[Kind, dict[str, tuple[float, float]]] = {
         # issue 22: Redfish
         "fan_speed_pct": _SPEED_PCT,
         "fan_speed_rpm": _RPM,
+        # issue 19 (opt-live)
+        "supply_setpoint_c": _TEMP,
+        "dp_setpoint_kpa": _KPA,
     },
     Kind.power: {
         "input_power_w": _SITE_W,
@@ -381,6 +393,12 @@ RANGES: dict[Kind, dict[str, tuple[float, float]]] = {
         "outdoor_wetbulb_c": (-100.0, 80.0),
         # issue 22: BACnet
         "chiller_running": _BOOL,
+        # issue 19 (opt-live)
+        "economizer_enabled": _BOOL,
+        "chillers_running": (0.0, 1_000.0),
+        "chw_pump_speed_pct": _SPEED_PCT,
+        "cw_pump_speed_pct": _SPEED_PCT,
+        "tower_fan_speed_pct": _SPEED_PCT,
     },
 }
 

@@ -90,3 +90,15 @@ ENVELOPES: dict[str, Envelope] = {
         ),
     )
 }
+
+# issue 19 (opt-live): where each optimizer control travels as telemetry and sits in a
+# register map: (device class, contract metric). Telemetry carries the active (ramped)
+# value the equipment runs at; a writable (holding) register takes the command.
+CONTROL_METRICS: dict[str, tuple[str, str]] = {
+    "chw_supply_setpoint_c": ("plant", "chw_supply_setpoint_c"),
+    "cw_supply_setpoint_c": ("plant", "cw_supply_setpoint_c"),
+    "economizer_enabled": ("plant", "economizer_enabled"),
+    "cdu_supply_setpoint_c": ("cdu", "supply_setpoint_c"),
+    "cdu_dp_setpoint_kpa": ("cdu", "dp_setpoint_kpa"),
+    "crah_supply_setpoint_c": ("crah", "supply_air_setpoint_c"),
+}

@@ -27,6 +27,7 @@ STAGE_UP_PLR = 0.9
 IRREVERSIBILITY = 0.05  # 1/COP = 1/COP_carnot + this
 REFRIGERANT_APPROACH_K = 1.5
 CW_DESIGN_DT_K = 5.0
+CHW_DESIGN_DT_K = 6.0  # plant design chilled-water delta-T: design flow = rating / this
 COP_MAX = 12.0
 ECONOMIZER_APPROACH_K = 1.5
 MIN_CW_FOR_CHILLERS_C = 13.0
@@ -85,6 +86,8 @@ class PlantOutput:
     cop: float = 0.0
     chillers_on: int = 0
     tower_speed: float = 0.0
+    chw_pump_speed: float = 0.0  # flow as a share of the plant's design flow
+    cw_pump_speed: float = 0.0
 
 
 class PlantModel:
@@ -112,6 +115,7 @@ class PlantModel:
         o = PlantOutput()
         c_chw = max(c_chw, 1e-3)
         o.chw_pump_kw = pump_kw(c_chw, CHW_PUMP_DP_KPA)
+        o.chw_pump_speed = c_chw / (self.rated_kw / CHW_DESIGN_DT_K)
         o.chw_load_kw = heat_kw + o.chw_pump_kw  # pump work ends up in the water
         a = 1.0 - np.exp(-dt_s / CHW_TAU_S)
         self.chw_supply_c += (chw_setpoint_c - self.chw_supply_c) * a
@@ -157,9 +161,9 @@ class PlantModel:
                 np.sum(np.divide(unit_load, cop, out=np.zeros(N_CHILLERS), where=on))
             )
             o.cop = q_ch / o.chiller_kw if o.chiller_kw > 0 else 0.0
-        o.cw_pump_kw = pump_kw(
-            (n_on + (o.free_cooling_kw > 0)) * self.unit_kw * 1.2 / CW_DESIGN_DT_K, CW_PUMP_DP_KPA
-        )
+        cw_units = n_on + (o.free_cooling_kw > 0)
+        o.cw_pump_kw = pump_kw(cw_units * self.unit_kw * 1.2 / CW_DESIGN_DT_K, CW_PUMP_DP_KPA)
+        o.cw_pump_speed = cw_units / (N_CHILLERS + 1)  # one condenser pump per unit and the HX
         o.rejected_kw = q_ch + o.chiller_kw + o.free_cooling_kw + o.cw_pump_kw
         rej_frac = o.rejected_kw / (self.rated_kw * 1.2)
         if speed is None:

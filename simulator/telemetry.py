@@ -49,6 +49,9 @@ CLASS_METRICS: dict[str, list[str]] = {
         "primary_flow_lpm",
         "reservoir_level_pct",
         "leak_detected",
+        # issue 19 (opt-live): the active (ramped) setpoints
+        "supply_setpoint_c",
+        "dp_setpoint_kpa",
     ],
     "pdu": ["power_w", "energy_kwh", "input_power_w"],
     "crah": [
@@ -72,6 +75,12 @@ CLASS_METRICS: dict[str, list[str]] = {
         "outdoor_wetbulb_c",
         "chw_supply_setpoint_c",
         "cw_supply_setpoint_c",
+        # issue 19 (opt-live): plant mode and state
+        "economizer_enabled",
+        "chillers_running",
+        "chw_pump_speed_pct",
+        "cw_pump_speed_pct",
+        "tower_fan_speed_pct",
     ],
     # an SNMP UPS-MIB agent (RFC 1628), see simulator/ups.py
     "ups": [
@@ -157,6 +166,12 @@ QUANTUM: dict[tuple[str, str], float] = {
     ("plant", "outdoor_wetbulb_c"): 0.1,
     # UPS-MIB: whole %, minutes (upsEstimatedMinutesRemaining), seconds, 0.1 V, 0.1 A,
     # whole degC, whole RMS volts, 0.1 Hz, whole watts
+    # issue 19 (opt-live): CDU setpoints as its registers hold them; plant speeds x10
+    ("cdu", "supply_setpoint_c"): 0.01,
+    ("cdu", "dp_setpoint_kpa"): 0.1,
+    ("plant", "chw_pump_speed_pct"): 0.1,
+    ("plant", "cw_pump_speed_pct"): 0.1,
+    ("plant", "tower_fan_speed_pct"): 0.1,
     ("ups", "battery_charge_pct"): 1.0,
     ("ups", "battery_runtime_s"): 60.0,
     ("ups", "battery_time_on_battery_s"): 1.0,
@@ -236,6 +251,8 @@ def _blocks(sim: SiteSimulator) -> list[Block]:
                 s.cdu_primary_flow_lpm,
                 s.cdu_reservoir_pct,
                 s.cdu_leak_detected,
+                s.controls.active["cdu_supply_setpoint_c"],
+                s.controls.active["cdu_dp_setpoint_kpa"],
             ],
         ),
         Block(
@@ -258,7 +275,7 @@ def _blocks(sim: SiteSimulator) -> list[Block]:
                 s.crah_fan_speed * 100.0,
                 s.crah_fan_w,
                 s.crah_airflow_m3h,
-                s.controls.commanded["crah_supply_setpoint_c"],
+                s.controls.active["crah_supply_setpoint_c"],
             ],
         ),
     ]
@@ -297,8 +314,13 @@ def _blocks(sim: SiteSimulator) -> list[Block]:
                 s.plant.cooling_load_kw,
                 s.plant.outdoor_drybulb_c,
                 s.plant.outdoor_wetbulb_c,
-                s.controls.get("chw_supply_setpoint_c"),
-                s.controls.get("cw_supply_setpoint_c"),
+                s.controls.get("chw_supply_setpoint_c", active=True),
+                s.controls.get("cw_supply_setpoint_c", active=True),
+                s.controls.get("economizer_enabled", active=True),
+                s.plant_model.out.chillers_on,
+                100.0 * s.plant_model.out.chw_pump_speed,
+                100.0 * s.plant_model.out.cw_pump_speed,
+                100.0 * s.plant_model.out.tower_speed,
             ],
         )
     )
