@@ -27,12 +27,8 @@ from twin.state import Twin
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    models, con = trained(tmp_path_factory.mktemp("opt") / "history.duckdb")
-    history = con.sql(
-        "SELECT * FROM optimizer_history WHERE since_change_s >= 300 ORDER BY time"
-    ).pl()
+    models, history = trained(tmp_path_factory.mktemp("opt") / "history.duckdb")
     yield models, history
-    con.close()
 
 
 def _states(history, n: int, seed: int = 0) -> list[dict[str, float]]:

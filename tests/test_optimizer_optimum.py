@@ -18,8 +18,7 @@ CONTROL_S, STEP_S = 900.0, 120.0
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    m, con = trained(tmp_path_factory.mktemp("optimum") / "history.duckdb")
-    con.close()
+    m, _ = trained(tmp_path_factory.mktemp("optimum") / "history.duckdb")
     return m
 
 

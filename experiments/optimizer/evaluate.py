@@ -29,6 +29,7 @@ from experiments.optimizer.dataset import SETTLE_S, observe
 from experiments.optimizer.optimum import TrueOptimum
 from experiments.optimizer.outcome import OUTCOME_WINDOW_S, measure_settled
 from experiments.optimizer.plant_control import apply_setpoints, read_setpoints
+from experiments.optimizer.telemetry_view import TelemetryView
 from simulator.model import SiteSimulator
 from twin.leakage import LeakageError
 from twin.optimizer.models import PlantModels
@@ -201,9 +202,10 @@ def _advance(
     return float(kw.mean()), tmax
 
 
-def check_after_training(models: PlantModels, start: datetime) -> None:
-    """Refuse to evaluate on or before the history the models learned from: a week inside
-    (or before the end of) the training data would grade the models on what they saw."""
+def check_after_training(models: PlantModels, start: datetime, days: float = 0.0) -> None:
+    """Refuse to evaluate on or before the history the models learned from (a week inside
+    or before the end of the training data would grade the models on what they saw), or on
+    days overlapping the week their savings were calibrated on."""
     if models.data_window is None:
         raise LeakageError(
             f"model {models.version} records no training data window; "
@@ -216,6 +218,16 @@ def check_after_training(models: PlantModels, start: datetime) -> None:
             f"of model {models.version}'s training history ({end:%Y-%m-%d %H:%M} UTC): "
             "evaluate on a later period or train on earlier data"
         )
+    cal = getattr(models, "calibration", None)
+    if cal is not None:
+        c0 = datetime.fromisoformat(cal.week_start)
+        c1 = c0 + timedelta(days=cal.days)
+        e0 = start.astimezone(UTC)
+        if e0 < c1 and c0 < e0 + timedelta(days=days):
+            raise LeakageError(
+                f"evaluation {e0:%Y-%m-%d %H:%M} + {days:g} days overlaps the calibration "
+                f"week of model {models.version} ({c0:%Y-%m-%d %H:%M} + {cal.days:g} days)"
+            )
 
 
 def evaluate(
@@ -234,7 +246,7 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     c = constraints or Constraints()
-    check_after_training(models, start)
+    check_after_training(models, start, days)
     t0 = start.astimezone(UTC).timestamp()
     horizon = days * 86400.0
 
@@ -249,6 +261,8 @@ def evaluate(
     # generator, so the ML run's draws do not depend on whether the optimum runs)
     opt_at_optimum = Optimizer(models, c, seed=seed + 1)
     ref = TrueOptimum(c) if optimum else None
+    ml_view = TelemetryView(ml_sim)
+    or_view = TelemetryView(or_sim) if or_sim is not None else None
     res = EvalResult(
         days,
         start.isoformat(),
@@ -270,9 +284,9 @@ def evaluate(
         lim, cool_max = c.gpu_temp_limit_c, c.tcs_max_c
         _advance(base_sim, control_s, step_s, res.baseline, lim, coolant_max_c=cool_max)
         # ML loop: observe, recommend, accept, apply; counterfactual on the old setpoints
-        obs = observe(ml_sim)
-        cur = read_setpoints(ml_sim.controls)
-        dec = opt.recommend({n: obs[n] for n in STATE}, dict(zip(SETPOINTS, cur, strict=True)))
+        # the ML sees the plant's telemetry, as `dctwin serve` does (current_state)
+        seen = ml_view.observe(ml_sim)
+        dec = opt.recommend(seen.state, seen.setpoints)
         res.decisions += 1
         rec_id = None
         if dec.recommended is not None:
@@ -310,7 +324,7 @@ def evaluate(
             key = dec.category
             res.no_recommendation[key] = res.no_recommendation.get(key, 0) + 1
         # predicted saving of what is now commanded against the fixed baseline setpoints
-        state = np.array([obs[n] for n in STATE])
+        state = np.array([seen.state[n] for n in STATE])
         now_sp = read_setpoints(ml_sim.controls)
         judged = not models.domain.state_reasons(state)
         if judged:
@@ -327,12 +341,9 @@ def evaluate(
             res.realised_cooling_on_predicted_kwh += (res.baseline.cooling_kwh - b0[1]) - (
                 res.ml.cooling_kwh - m0[1]
             )
-        if ref is not None and or_sim is not None and res.optimum is not None:
-            o_obs = observe(or_sim)
-            o_cur = read_setpoints(or_sim.controls)
-            o_dec = opt_at_optimum.recommend(
-                {n: o_obs[n] for n in STATE}, dict(zip(SETPOINTS, o_cur, strict=True))
-            )
+        if ref is not None and or_sim is not None and or_view and res.optimum is not None:
+            o_seen = or_view.observe(or_sim)
+            o_dec = opt_at_optimum.recommend(o_seen.state, o_seen.setpoints)
             extra = []
             if o_dec.recommended is not None:
                 extra.append(np.array([o_dec.recommended[n] for n in SETPOINTS]))
