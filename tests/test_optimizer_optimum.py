@@ -107,3 +107,32 @@ def test_small_evaluation_with_the_optimum_is_deterministic(models):
     assert a["optimum"]["gpu_violation_steps"] == 0
     # the optimum never does worse than holding the fixed setpoints
     assert a["baseline"]["facility_kwh"] - a["optimum"]["facility_kwh"] >= -1e-6
+
+
+def _summary(**kw) -> dict:
+    s = {
+        "cooling_savings_pct": 40.0,
+        "ml": {"gpu_violation_steps": 0, "coolant_violation_steps": 0},
+        "fraction_of_optimum_facility_savings": 0.95,
+        "median_realised_over_predicted_ge_1kw": 1.0,
+    }
+    s.update(kw)
+    return s
+
+
+def test_acceptance_targets_guard_each_figure():
+    from dctwin.cli.optimize import acceptance
+
+    assert all(ok for _, ok in acceptance(_summary()))
+    for bad in (
+        {"cooling_savings_pct": 24.9},
+        {"ml": {"gpu_violation_steps": 1, "coolant_violation_steps": 0}},
+        {"ml": {"gpu_violation_steps": 0, "coolant_violation_steps": 2}},
+        {"fraction_of_optimum_facility_savings": 0.89},
+        {"fraction_of_optimum_facility_savings": 1.01},  # beating it: not an optimum
+        {"fraction_of_optimum_facility_savings": None},
+        {"median_realised_over_predicted_ge_1kw": 0.79},
+        {"median_realised_over_predicted_ge_1kw": 1.21},
+        {"median_realised_over_predicted_ge_1kw": None},
+    ):
+        assert sum(not ok for _, ok in acceptance(_summary(**bad))) == 1, bad

@@ -201,7 +201,7 @@ def calibrate(
             {
                 "model": str(model),
                 "version": cal.version,
-                "calibration": dataclasses.asdict(cal.calibration),
+                "calibration": dataclasses.asdict(cal.calibration) if cal.calibration else None,
             },
             indent=2,
         )
@@ -258,6 +258,12 @@ def evaluate(
     rec = RecommendationStore(duckdb.connect(str(store)))
     with Progress(disable=quiet) as bar:
         task = bar.add_task(f"closed loop, {days:g} days", total=1)
+
+        def tick(k: int, n: int) -> None:
+            bar.update(task, completed=k, total=n)
+            if quiet and k % 96 == 0:  # a line a simulated day, for logs of long runs
+                typer.echo(f"{k}/{n} decisions", err=True)
+
         res = run(
             models,
             model_site,
@@ -269,7 +275,7 @@ def evaluate(
             step_s=step_s,
             store=rec,
             optimum=optimum,
-            progress=lambda k, n: bar.update(task, completed=k, total=n),
+            progress=tick,
         )
     summary = res.summary()
     summary["lifecycle_report"] = rec.report()

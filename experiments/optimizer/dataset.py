@@ -191,13 +191,14 @@ def explore_to_store(
     policy = ExplorationPolicy(seed)
     per_hold = max(1, int(round(hold_s / step_s)))
     per_hour = max(1, int(round(3600.0 / step_s)))
-    state = {"current": np.array([sim.controls.get(n) for n in SETPOINTS]), "next": per_hold}
+    current = [np.array([sim.controls.get(n) for n in SETPOINTS])]
+    next_change = [per_hold]
 
     def command(i: int, s: SiteSimulator) -> None:
-        if i == state["next"]:
-            state["current"], jump = policy.next(state["current"])
-            apply_setpoints(s.controls, state["current"])
-            state["next"] = i + per_hold * (3 if jump else 1)
+        if i == next_change[0]:
+            current[0], jump = policy.next(current[0])
+            apply_setpoints(s.controls, current[0])
+            next_change[0] = i + per_hold * (3 if jump else 1)
         if progress and i % per_hour == 0:
             progress(i / per_hour)
 
