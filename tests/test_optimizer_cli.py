@@ -63,7 +63,7 @@ def test_train_then_evaluate(tmp_path):
             "--store",
             str(tmp_path / "x.duckdb"),
             "--start",
-            "2024-05-21",
+            "2024-03-05",
             "--days",
             "0.05",
             "--no-optimum",

@@ -130,9 +130,13 @@ def test_acceptance_targets_guard_each_figure():
         {"ml": {"gpu_violation_steps": 0, "coolant_violation_steps": 2}},
         {"fraction_of_optimum_facility_savings": 0.89},
         {"fraction_of_optimum_facility_savings": 1.01},  # beating it: not an optimum
-        {"fraction_of_optimum_facility_savings": None},
         {"median_realised_over_predicted_ge_1kw": 0.79},
         {"median_realised_over_predicted_ge_1kw": 1.21},
         {"median_realised_over_predicted_ge_1kw": None},
     ):
         assert sum(not ok for _, ok in acceptance(_summary(**bad))) == 1, bad
+    # no optimum run: both of its lines fail, the others stand
+    fails = [
+        n for n, ok in acceptance(_summary(fraction_of_optimum_facility_savings=None)) if not ok
+    ]
+    assert len(fails) == 2 and all("optimum" in n for n in fails)
