@@ -100,3 +100,14 @@ def test_evaluation_overlapping_the_calibration_week_is_refused(stored):
     with pytest.raises(LeakageError, match="calibration week"):
         check_after_training(m, datetime(2025, 8, 6, tzinfo=UTC), 7.0)
     check_after_training(m, datetime(2025, 8, 11, tzinfo=UTC), 7.0)  # after it: fine
+
+
+def test_calibration_floor_steps_down_when_few_large_recommendations():
+    from experiments.optimizer.calibrate import fit_ladder
+
+    # two >= 1 kW and six 0.6 kW predictions, all realising half: at 1 kW too few; at
+    # 0.5 kW the factor 0.5 leaves only the two (0.6 kW scaled) above it; at 0.25 kW all
+    # eight stay (0.3 kW scaled), the small ones below it do not count
+    pairs = [(1.2, 0.6)] * 2 + [(0.6, 0.3)] * 6 + [(0.1, 0.0)] * 10
+    scale, used, floor = fit_ladder(pairs)
+    assert floor == 0.25 and scale == pytest.approx(0.5) and used == 8

@@ -11,7 +11,8 @@ after the plant settles against a counterfactual on the previous setpoints
 the recommendations whose *scaled* prediction is >= `min_predicted_kw` (a fixed point:
 which recommendations count depends on the factor), so that on held-out data the median
 realised/predicted of recommendations predicted >= 1 kW is 1 if the calibration week is
-representative.
+representative. Too few recommendations >= 1 kW on the calibration week: the floor steps
+down FLOOR_LADDER_KW (recorded in the Calibration).
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from experiments.optimizer.evaluate import evaluate
 from twin.optimizer.models import Calibration, PlantModels
 
 MIN_PREDICTED_KW = 1.0
-MIN_USED = 5  # fewer recommendations than this: no calibration, said so
+# with fewer than MIN_USED recommendations at MIN_PREDICTED_KW, the floor steps down this
+# ladder (the largest floor with enough of them is used, and recorded)
+FLOOR_LADDER_KW = (1.0, 0.5, 0.25)
+MIN_USED = 5  # fewer recommendations than this at every floor: no calibration, said so
 SCALE_BOUNDS = (0.05, 1.5)
 
 
@@ -57,6 +61,19 @@ def fit_scale(
     return scale, int(used.sum())
 
 
+def fit_ladder(pairs: list[tuple[float, float]]) -> tuple[float, int, float]:
+    """(factor, used, floor): `fit_scale` at the first floor of FLOOR_LADDER_KW with enough
+    recommendations."""
+    err: CalibrationError | None = None
+    for floor in FLOOR_LADDER_KW:
+        try:
+            return (*fit_scale(pairs, floor), floor)
+        except CalibrationError as exc:
+            err = exc
+    assert err is not None
+    raise err
+
+
 def calibrate(
     models: PlantModels,
     site: Site,
@@ -81,10 +98,10 @@ def calibrate(
         optimum=False,
         progress=progress,
     )
-    scale, used = fit_scale(res.per_rec_pairs)
+    scale, used, floor = fit_ladder(res.per_rec_pairs)
     cal = Calibration(
         savings_scale=scale,
-        min_predicted_kw=MIN_PREDICTED_KW,
+        min_predicted_kw=floor,
         week_start=start.astimezone(UTC).isoformat(),
         days=days,
         seed=seed,
