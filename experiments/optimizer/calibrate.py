@@ -47,12 +47,18 @@ def fit_scale(
     real = np.array([r for _, r in pairs], float)
     scale = 1.0
     used = np.zeros(len(pred), bool)
+    raw = pred >= min_predicted_kw
+    seen = (  # what the calibration week showed, for the error message
+        f"; unscaled: {int(raw.sum())} of {len(pred)} recommendations predicted >= "
+        f"{min_predicted_kw} kW, median realised/predicted "
+        + (f"{float(np.median(real[raw] / pred[raw])):.3f}" if raw.any() else "n/a")
+    )
     for _ in range(50):
         used = pred * scale >= min_predicted_kw
         if used.sum() < MIN_USED:
             raise CalibrationError(
                 f"{int(used.sum())} recommendations predicted >= {min_predicted_kw} kW "
-                f"(after scaling by {scale:.3f}) on the calibration week; need >= {MIN_USED}"
+                f"(after scaling by {scale:.3f}) on the calibration week; need >= {MIN_USED}" + seen
             )
         new = float(np.clip(np.median(real[used] / pred[used]), *SCALE_BOUNDS))
         if abs(new - scale) < 1e-9:
@@ -64,14 +70,13 @@ def fit_scale(
 def fit_ladder(pairs: list[tuple[float, float]]) -> tuple[float, int, float]:
     """(factor, used, floor): `fit_scale` at the first floor of FLOOR_LADDER_KW with enough
     recommendations."""
-    err: CalibrationError | None = None
+    errors = []
     for floor in FLOOR_LADDER_KW:
         try:
             return (*fit_scale(pairs, floor), floor)
         except CalibrationError as exc:
-            err = exc
-    assert err is not None
-    raise err
+            errors.append(str(exc))
+    raise CalibrationError(" | ".join(errors))
 
 
 def calibrate(
