@@ -8,7 +8,7 @@ Memory is bounded by `chunk_rows` whatever the site size or run length.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,8 +37,15 @@ class BatchRun:
     """Reads at start, start + step, ... (`n_reads` of them), stepping the physics between."""
 
     def __init__(
-        self, sim: SiteSimulator, hours: float, step_s: float = 10.0, chunk_rows: int = 4_000_000
+        self,
+        sim: SiteSimulator,
+        hours: float,
+        step_s: float = 10.0,
+        chunk_rows: int = 4_000_000,
+        before_step: Callable[[int, SiteSimulator], None] | None = None,
     ) -> None:
+        """`before_step(i, sim)` runs before the physics steps to read i (issue 19: an
+        exploration policy commands setpoints there)."""
         if hours <= 0 or step_s <= 0:
             raise ValueError(f"hours and step_s must be > 0 (got {hours}, {step_s})")
         self.sim = sim
@@ -48,6 +55,7 @@ class BatchRun:
         self.reads_per_chunk = max(1, min(self.n_reads, chunk_rows // max(self.plan.size, 1)))
         self.samples = 0
         self.events = 0
+        self.before_step = before_step
 
     def chunks(self) -> Iterator[SampleChunk]:
         plan, sim = self.plan, self.sim
@@ -58,6 +66,8 @@ class BatchRun:
         k, masked = 0, False
         for i in range(self.n_reads):
             if i:
+                if self.before_step is not None:
+                    self.before_step(i, sim)
                 sim.step(self.step_s)
             values[k], mask = plan.read(sim)
             times[k] = int(round(sim.time_s * 1000.0))

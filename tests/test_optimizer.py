@@ -27,12 +27,8 @@ from twin.state import Twin
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    models, con = trained(tmp_path_factory.mktemp("opt") / "history.duckdb")
-    history = con.sql(
-        "SELECT * FROM optimizer_history WHERE since_change_s >= 300 ORDER BY time"
-    ).pl()
+    models, history = trained(tmp_path_factory.mktemp("opt") / "history.duckdb")
     yield models, history
-    con.close()
 
 
 def _states(history, n: int, seed: int = 0) -> list[dict[str, float]]:
@@ -238,11 +234,11 @@ def test_short_closed_loop_has_no_gpu_violations_and_measures_outcomes(env, tmp_
         days=2 / 24,
         step_s=120.0,
         store=store,
-        oracle=True,
+        optimum=True,
     )
     assert res.decisions == 8
     assert res.recommendations >= 1
-    assert res.ml.gpu_violation_steps == 0 and res.oracle.gpu_violation_steps == 0
+    assert res.ml.gpu_violation_steps == 0 and res.optimum.gpu_violation_steps == 0
     assert res.baseline.cooling_kwh > 0
     rep = store.report()
     measured = store.list("measured")

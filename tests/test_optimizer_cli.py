@@ -49,7 +49,7 @@ def test_train_then_evaluate(tmp_path):
     out = json.loads(r.output)
     assert out["rows_train"] > out["rows_holdout"] > 0
     assert "facility_kw" in out["holdout_error"]
-    assert out["data_window"][0].startswith("2024-05-20")
+    assert out["data_window"][0].startswith("2024-03-04")
     # a period inside the training history is refused before anything runs
     r = runner.invoke(
         app,
@@ -63,10 +63,10 @@ def test_train_then_evaluate(tmp_path):
             "--store",
             str(tmp_path / "x.duckdb"),
             "--start",
-            "2024-05-21",
+            "2024-03-05",
             "--days",
             "0.05",
-            "--no-oracle",
+            "--no-optimum",
             "--quiet",
         ],
     )
@@ -89,14 +89,17 @@ def test_train_then_evaluate(tmp_path):
             "0.05",
             "--step-s",
             "120",
-            "--no-oracle",
+            "--no-optimum",
             "--quiet",
+            "--check",
             "--json",
             str(tmp_path / "e.json"),
         ],
     )
-    assert r.exit_code == 0, r.output
-    assert "zero GPU limit violations" in r.output
+    # --check: without the optimum its share target cannot pass -> exit 1, report written
+    assert r.exit_code == 1, r.output
+    assert "zero GPU and coolant limit violations: PASS" in r.output
+    assert "true optimum's (facility) savings: FAIL" in r.output
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["decisions"] == 5 and res["ml"]["gpu_violation_steps"] == 0
     # a second training into the same file learns only the period it explored

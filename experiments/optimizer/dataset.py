@@ -1,5 +1,11 @@
 """Training data: simulator runs under an exploration policy, kept as history in DuckDB.
 
+Issue 19 (item 2): `explore_to_store` runs the policy and writes the simulator's
+*telemetry* into a store's `samples` table (the batch path of `dctwin simulate --out
+x.duckdb`: the same rows ingest writes); `twin/optimizer/history.py` builds the training
+rows from there. `explore` / `save_history` (simulator internals -> `optimizer_history`)
+remain only as a reference for tests; `dctwin optimize train` no longer uses them.
+
 Every `hold_s` the exploration policy commands new setpoints: mostly a random walk of at
 most one step of the optimizer's ramp limit per setpoint, sometimes a uniform draw from
 the exploration box held three times as long (so the models see both the neighbourhood of
@@ -19,10 +25,14 @@ from datetime import UTC, datetime
 import duckdb
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from domain.site import Site
 from experiments.optimizer.plant_control import apply_setpoints
+from experiments.simulate import samples_table
+from simulator.batch import BatchRun
 from simulator.model import SiteSimulator
+from twin.optimizer.history import SETTLE_S, history_table
 from twin.optimizer.space import (
     DEFAULT_MAX_STEP,
     FEATURES,
@@ -32,7 +42,6 @@ from twin.optimizer.space import (
 )
 
 EXTRA = ("it_kw", "facility_kw", "cooling_kw")
-SETTLE_S = 300.0  # rows this soon after the setpoints stopped ramping are transients
 
 # exploration box, inside the envelopes: wide enough to cover where the optimizer goes
 EXPLORE_LO = np.array([8.0, 16.0, 24.0, 5.0, 18.0, 0.0])
@@ -157,3 +166,63 @@ def load_history(con: duckdb.DuckDBPyConnection, settled_only: bool = True) -> p
     """Training rows in time order (per run, runs ordered by their first time)."""
     where = f"WHERE since_change_s >= {SETTLE_S}" if settled_only else ""
     return con.sql(f"SELECT * FROM optimizer_history {where} ORDER BY time, run_id").pl()
+
+
+def explore_to_store(
+    con: duckdb.DuckDBPyConnection,
+    site: Site,
+    *,
+    seed: int,
+    start_s: float,
+    hours: float,
+    climate: str = "temperate",
+    step_s: float = 60.0,
+    hold_s: float = 900.0,
+    progress: Callable[[float], None] | None = None,
+    all_metrics: bool = False,
+) -> int:
+    """Run the simulator under the exploration policy and store its telemetry in the
+    `samples` table of `con` (a Store's connection); returns the samples stored. Only the
+    (kind, metric) pairs the optimizer's history table reads are kept unless `all_metrics`
+    (a full site's telemetry at 60 s is ~37 M samples a week; the optimizer reads ~15 %)."""
+    sim = SiteSimulator(
+        site, seed=seed, start_time_s=start_s, climate=climate, horizon_s=hours * 3600.0
+    )
+    policy = ExplorationPolicy(seed)
+    per_hold = max(1, int(round(hold_s / step_s)))
+    per_hour = max(1, int(round(3600.0 / step_s)))
+    current = [np.array([sim.controls.get(n) for n in SETPOINTS])]
+    next_change = [per_hold]
+
+    def command(i: int, s: SiteSimulator) -> None:
+        if i == next_change[0]:
+            current[0], jump = policy.next(current[0])
+            apply_setpoints(s.controls, current[0])
+            next_change[0] = i + per_hold * (3 if jump else 1)
+        if progress and i % per_hour == 0:
+            progress(i / per_hour)
+
+    run = BatchRun(sim, hours, step_s, chunk_rows=2_000_000, before_step=command)
+    plan = run.plan
+    dicts = {
+        "device": pa.array(plan.device_dict, pa.string()),
+        "metric": pa.array(plan.metric_dict, pa.string()),
+        "kind": pa.array(plan.kind_dict, pa.string()),
+        "rack": pa.array(plan.rack_dict, pa.string()),
+    }
+    pairs = sorted({f"{src.kind.value}|{src.metric}" for src in history_table(site).values()})
+    where = (
+        ""
+        if all_metrics
+        else "WHERE kind::VARCHAR || '|' || metric::VARCHAR IN (SELECT unnest($pairs))"
+    )
+    stored = 0
+    for chunk in run.chunks():
+        chunk_table = samples_table(chunk, plan, dicts)  # noqa: F841 - scanned by name below
+        n = con.execute(
+            "INSERT INTO samples SELECT read_time, device_id::VARCHAR, metric::VARCHAR, "
+            f"value, kind::VARCHAR, rack::VARCHAR FROM chunk_table {where}",
+            {} if all_metrics else {"pairs": pairs},
+        ).fetchone()
+        stored += int(n[0]) if n else 0
+    return stored

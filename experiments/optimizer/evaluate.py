@@ -1,4 +1,5 @@
-"""Closed-loop evaluation on the simulator: fixed setpoints vs the ML optimizer vs an oracle.
+"""Closed-loop evaluation on the simulator: fixed setpoints vs the ML optimizer vs the true
+optimum.
 
 Three simulators start from the same seed, time, load and weather. Every `control_s`:
 * baseline keeps the site's fixed setpoints;
@@ -6,17 +7,17 @@ Three simulators start from the same seed, time, load and weather. Every `contro
   accepted (who = "closed-loop evaluator") and applied; a copy of the simulator kept on the
   previous setpoints is the counterfactual that measures the realised saving of that
   recommendation after the plant settles (outcome.measure_settled; lifecycle -> measured);
-* oracle: searches the simulator's own true model: it evaluates the current setpoints, a
-  +/- one-step move of each setpoint, the economizer toggle and random moves (all inside
-  the same envelope, ramp, class and coil limits) on copies of its state over the interval,
-  and applies the lowest mean facility power that keeps every GPU under the same cap.
+* optimum: the same objective under the same constraints on the simulator's true model
+  (experiments/optimizer/optimum.py): exhaustive search on the decision grid of the box
+  reachable this step, the ML optimizer's own choice from the optimum's state added, then a
+  pattern search no neighbour improves.
 Cooling = chillers + towers + plant pumps + CDU pumps + CRAH fans. A GPU violation is a
-simulator step where any GPU is above the limit.
+simulator step where any GPU is above the limit; a coolant violation one where a CDU's
+supply is above its ASHRAE class.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,19 +26,16 @@ import numpy as np
 
 from domain.site import Site
 from experiments.optimizer.dataset import SETTLE_S, observe
+from experiments.optimizer.optimum import TrueOptimum
 from experiments.optimizer.outcome import OUTCOME_WINDOW_S, measure_settled
 from experiments.optimizer.plant_control import apply_setpoints, read_setpoints
+from experiments.optimizer.telemetry_view import TelemetryView
 from simulator.model import SiteSimulator
 from twin.leakage import LeakageError
 from twin.optimizer.models import PlantModels
 from twin.optimizer.recommendations import RecommendationStore
-from twin.optimizer.search import CHW, CRAH, ECON, Optimizer
-from twin.optimizer.space import (
-    N_SP,
-    SETPOINTS,
-    STATE,
-    Constraints,
-)
+from twin.optimizer.search import Optimizer
+from twin.optimizer.space import SETPOINTS, STATE, Constraints
 
 EVALUATOR = "closed-loop evaluator"
 
@@ -49,8 +47,12 @@ class RunTotals:
     it_kwh: float = 0.0
     gpu_violation_steps: int = 0
     gpu_temp_max_c: float = -np.inf
+    coolant_violation_steps: int = 0  # a CDU supply above its ASHRAE class
+    cdu_supply_max_c: float = -np.inf
 
-    def add(self, sim: SiteSimulator, dt_s: float, limit_c: float) -> None:
+    def add(
+        self, sim: SiteSimulator, dt_s: float, limit_c: float, coolant_max_c: float = np.inf
+    ) -> None:
         p, h = sim.plant, dt_s / 3600.0
         self.cooling_kwh += (p.plant_kw + p.cdu_pump_kw + p.crah_fan_kw) * h
         self.facility_kwh += p.facility_kw * h
@@ -58,6 +60,9 @@ class RunTotals:
         t = float(sim.gpu.temp_c.max())
         self.gpu_temp_max_c = max(self.gpu_temp_max_c, t)
         self.gpu_violation_steps += int(t > limit_c)
+        cdu = float(sim.cdu.supply_c.max()) if len(sim.cdu.supply_c) else -np.inf
+        self.cdu_supply_max_c = max(self.cdu_supply_max_c, cdu)
+        self.coolant_violation_steps += int(cdu > coolant_max_c)
 
     @property
     def pue(self) -> float:
@@ -73,7 +78,7 @@ class EvalResult:
     model_version: str
     baseline: RunTotals
     ml: RunTotals
-    oracle: RunTotals | None
+    optimum: RunTotals | None
     decisions: int = 0
     recommendations: int = 0
     no_recommendation: dict[str, int] = field(default_factory=dict)
@@ -95,6 +100,9 @@ class EvalResult:
     per_rec_live_true_kw: float = 0.0
     per_rec_first_interval_kw: float = 0.0  # true counterfactual, first interval (ramps)
     per_rec_unsettled: int = 0  # a ramp outlasted the wait
+    # (predicted, realised) kW per recommendation, for the median ratio (acceptance)
+    per_rec_pairs: list[tuple[float, float]] = field(default_factory=list)
+    optimum_trials: int = 0  # simulator copies the optimum ran (its cost)
     wall_s: float = 0.0
 
     def savings_pct(self, run: RunTotals) -> float:
@@ -109,29 +117,40 @@ class EvalResult:
         return self.baseline.facility_kwh - self.ml.facility_kwh
 
     @property
-    def oracle_fraction(self) -> float | None:
-        if self.oracle is None:
+    def optimum_fraction(self) -> float | None:
+        """Share of the optimum's cooling savings vs the fixed setpoints."""
+        if self.optimum is None:
             return None
-        return self.realised_cooling_kwh / (self.baseline.cooling_kwh - self.oracle.cooling_kwh)
+        return self.realised_cooling_kwh / (self.baseline.cooling_kwh - self.optimum.cooling_kwh)
 
     @property
-    def oracle_facility_fraction(self) -> float | None:
-        """The same on facility energy: the objective both the ML search and the oracle
+    def optimum_facility_fraction(self) -> float | None:
+        """The same on facility energy: the objective both the ML search and the optimum
         minimise (cooling traded against GPU leakage in IT power)."""
-        if self.oracle is None:
+        if self.optimum is None:
             return None
-        return self.realised_facility_kwh / (self.baseline.facility_kwh - self.oracle.facility_kwh)
+        return self.realised_facility_kwh / (self.baseline.facility_kwh - self.optimum.facility_kwh)
+
+    def median_realised_over_predicted(self, min_predicted_kw: float = 1.0) -> float | None:
+        """Median realised/predicted saving over recommendations predicted >= the floor."""
+        r = [real / pred for pred, real in self.per_rec_pairs if pred >= min_predicted_kw]
+        return float(np.median(r)) if r else None
 
     def summary(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k not in ("baseline", "ml", "oracle")}
-        for name in ("baseline", "ml", "oracle"):
+        skip = ("baseline", "ml", "optimum", "per_rec_pairs")
+        out = {k: v for k, v in asdict(self).items() if k not in skip}
+        for name in ("baseline", "ml", "optimum"):
             run = getattr(self, name)
             if run is not None:
                 out[name] = {**asdict(run), "pue": run.pue}
         out["cooling_savings_pct"] = self.savings_pct(self.ml)
-        out["oracle_cooling_savings_pct"] = self.savings_pct(self.oracle) if self.oracle else None
-        out["fraction_of_oracle_savings"] = self.oracle_fraction
-        out["fraction_of_oracle_facility_savings"] = self.oracle_facility_fraction
+        out["optimum_cooling_savings_pct"] = (
+            self.savings_pct(self.optimum) if self.optimum else None
+        )
+        out["fraction_of_optimum_savings"] = self.optimum_fraction
+        out["fraction_of_optimum_facility_savings"] = self.optimum_facility_fraction
+        out["per_rec_ge_1kw"] = sum(p >= 1.0 for p, _ in self.per_rec_pairs)
+        out["median_realised_over_predicted_ge_1kw"] = self.median_realised_over_predicted()
         out["realised_cooling_savings_kwh"] = self.realised_cooling_kwh
         out["realised_facility_savings_kwh"] = self.realised_facility_kwh
         out["predicted_over_realised_facility"] = (
@@ -160,6 +179,7 @@ def _advance(
     totals: RunTotals | None,
     limit_c: float,
     tail: list | None = None,
+    coolant_max_c: float = np.inf,
 ) -> tuple[float, float]:
     """Step `seconds`; returns (mean facility kW, max GPU temp) over the steps. `tail`
     (a list) receives (states, facility kW) of the last SETTLE_S, as metered."""
@@ -173,7 +193,7 @@ def _advance(
         kw[i] = sim.plant.facility_kw
         tmax = max(tmax, float(sim.gpu.temp_c.max()))
         if totals is not None:
-            totals.add(sim, step_s, limit_c)
+            totals.add(sim, step_s, limit_c, coolant_max_c)
         if tail is not None and i >= n - n_tail:
             obs = observe(sim)
             states.append([obs[k] for k in STATE])
@@ -182,75 +202,10 @@ def _advance(
     return float(kw.mean()), tmax
 
 
-class Oracle:
-    """Greedy search over the simulator's true model (copies of the live state)."""
-
-    def __init__(
-        self,
-        c: Constraints,
-        seed: int,
-        n_random: int = 12,
-        step_s: float = 300.0,
-        n_verify: int = 4,
-    ) -> None:
-        self.c, self.n_random, self.step_s, self.n_verify = c, n_random, step_s, n_verify
-        self.rng = np.random.default_rng([seed, 0x0AC])
-
-    def candidates(self, cur: np.ndarray) -> np.ndarray:
-        lo, hi = self.c.box(cur)
-        step = np.array([self.c.max_step[n] for n in SETPOINTS])
-        out = [cur.copy()]
-        for i in range(ECON):
-            for sign in (-1.0, 1.0):
-                v = cur.copy()
-                v[i] = np.clip(cur[i] + sign * step[i], lo[i], hi[i])
-                out.append(v)
-        v = cur.copy()
-        v[ECON] = 1.0 - round(cur[ECON])
-        out.append(v)
-        rnd = self.rng.uniform(lo, hi, (self.n_random, N_SP))
-        rnd[:, ECON] = np.round(rnd[:, ECON])
-        out.extend(rnd)
-        cand = np.array(out)
-        # the same coil rule the optimizer obeys: CRAH supply >= chw supply + approach
-        cand[:, CRAH] = np.clip(
-            np.maximum(cand[:, CRAH], cand[:, CHW] + self.c.coil_approach_k), lo[CRAH], hi[CRAH]
-        )
-        keep = cand[:, CRAH] >= cand[:, CHW] + self.c.coil_approach_k - 1e-9
-        return np.unique(cand[keep], axis=0)
-
-    def choose(self, sim: SiteSimulator, control_s: float, run_step_s: float) -> np.ndarray:
-        """Screen every candidate at the coarse step, then check the best ones, in order
-        of power, at the run's own step (a coarse step misses short load peaks): the first
-        that keeps every GPU under the cap and the loop in class is applied."""
-        cur = read_setpoints(sim.controls)
-        screened = []
-        for cand in self.candidates(cur):
-            kw, tmax, cdu_ok = self._try(sim, cand, control_s, self.step_s)
-            if tmax <= self.c.gpu_temp_cap_c and cdu_ok:
-                screened.append((kw, cand))
-        screened.sort(key=lambda kc: kc[0])
-        safest, safest_t = cur, np.inf
-        for _, cand in screened[: self.n_verify]:
-            _, tmax, cdu_ok = self._try(sim, cand, control_s, run_step_s)
-            if tmax <= self.c.gpu_temp_cap_c and cdu_ok:
-                return cand
-            if tmax < safest_t:
-                safest, safest_t = cand, tmax
-        return safest
-
-    def _try(
-        self, sim: SiteSimulator, cand: np.ndarray, control_s: float, step_s: float
-    ) -> tuple[float, float, bool]:
-        trial = copy.deepcopy(sim)
-        apply_setpoints(trial.controls, cand)
-        kw, tmax = _advance(trial, control_s, step_s, None, 0.0)
-        return kw, tmax, float(trial.cdu.supply_c.max()) <= self.c.tcs_max_c
-
-
-def check_after_training(models: PlantModels, start: datetime) -> None:
-    """Refuse to evaluate on or before the history the models learned from: a week inside
-    (or before the end of) the training data would grade the models on what they saw."""
+def check_after_training(models: PlantModels, start: datetime, days: float = 0.0) -> None:
+    """Refuse to evaluate on or before the history the models learned from (a week inside
+    or before the end of the training data would grade the models on what they saw), or on
+    days overlapping the week their savings were calibrated on."""
     if models.data_window is None:
         raise LeakageError(
             f"model {models.version} records no training data window; "
@@ -263,6 +218,16 @@ def check_after_training(models: PlantModels, start: datetime) -> None:
             f"of model {models.version}'s training history ({end:%Y-%m-%d %H:%M} UTC): "
             "evaluate on a later period or train on earlier data"
         )
+    cal = getattr(models, "calibration", None)
+    if cal is not None:
+        c0 = datetime.fromisoformat(cal.week_start)
+        c1 = c0 + timedelta(days=cal.days)
+        e0 = start.astimezone(UTC)
+        if e0 < c1 and c0 < e0 + timedelta(days=days):
+            raise LeakageError(
+                f"evaluation {e0:%Y-%m-%d %H:%M} + {days:g} days overlaps the calibration "
+                f"week of model {models.version} ({c0:%Y-%m-%d %H:%M} + {cal.days:g} days)"
+            )
 
 
 def evaluate(
@@ -277,11 +242,11 @@ def evaluate(
     step_s: float = 60.0,
     constraints: Constraints | None = None,
     store: RecommendationStore | None = None,
-    oracle: bool = True,
+    optimum: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     c = constraints or Constraints()
-    check_after_training(models, start)
+    check_after_training(models, start, days)
     t0 = start.astimezone(UTC).timestamp()
     horizon = days * 86400.0
 
@@ -289,10 +254,15 @@ def evaluate(
         return SiteSimulator(site, seed=seed, start_time_s=t0, climate=climate, horizon_s=horizon)
 
     base_sim, ml_sim = make(), make()
-    or_sim = make() if oracle else None
+    or_sim = make() if optimum else None
     baseline_sp = read_setpoints(base_sim.controls)
     opt = Optimizer(models, c, seed=seed)
-    orc = Oracle(c, seed) if oracle else None
+    # the ML's choice from the optimum's own state joins the optimum's candidates (its own
+    # generator, so the ML run's draws do not depend on whether the optimum runs)
+    opt_at_optimum = Optimizer(models, c, seed=seed + 1)
+    ref = TrueOptimum(c) if optimum else None
+    ml_view = TelemetryView(ml_sim)
+    or_view = TelemetryView(or_sim) if or_sim is not None else None
     res = EvalResult(
         days,
         start.isoformat(),
@@ -301,7 +271,7 @@ def evaluate(
         models.version,
         RunTotals(),
         RunTotals(),
-        RunTotals() if oracle else None,
+        RunTotals() if optimum else None,
     )
     n_ctrl = int(round(horizon / control_s))
     h = control_s / 3600.0
@@ -311,11 +281,12 @@ def evaluate(
     for k in range(n_ctrl):
         b0 = (res.baseline.facility_kwh, res.baseline.cooling_kwh)
         m0 = (res.ml.facility_kwh, res.ml.cooling_kwh)
-        _advance(base_sim, control_s, step_s, res.baseline, c.gpu_temp_limit_c)
+        lim, cool_max = c.gpu_temp_limit_c, c.tcs_max_c
+        _advance(base_sim, control_s, step_s, res.baseline, lim, coolant_max_c=cool_max)
         # ML loop: observe, recommend, accept, apply; counterfactual on the old setpoints
-        obs = observe(ml_sim)
-        cur = read_setpoints(ml_sim.controls)
-        dec = opt.recommend({n: obs[n] for n in STATE}, dict(zip(SETPOINTS, cur, strict=True)))
+        # the ML sees the plant's telemetry, as `dctwin serve` does (current_state)
+        seen = ml_view.observe(ml_sim)
+        dec = opt.recommend(seen.state, seen.setpoints)
         res.decisions += 1
         rec_id = None
         if dec.recommended is not None:
@@ -336,6 +307,7 @@ def evaluate(
             )
             assert dec.predicted_savings_kw is not None  # set with every recommendation
             res.per_rec_predicted_kw += dec.predicted_savings_kw
+            res.per_rec_pairs.append((dec.predicted_savings_kw, out.realised_kw))
             res.per_rec_realised_kw += out.realised_kw
             res.per_rec_predicted_at_window_kw += out.predicted_at_window_kw
             if settled_before:  # the live method needs a settled window before the change
@@ -352,7 +324,7 @@ def evaluate(
             key = dec.category
             res.no_recommendation[key] = res.no_recommendation.get(key, 0) + 1
         # predicted saving of what is now commanded against the fixed baseline setpoints
-        state = np.array([obs[n] for n in STATE])
+        state = np.array([seen.state[n] for n in STATE])
         now_sp = read_setpoints(ml_sim.controls)
         judged = not models.domain.state_reasons(state)
         if judged:
@@ -360,7 +332,7 @@ def evaluate(
             res.predicted_savings_kwh += float(p.facility_kw[0] - p.facility_kw[1]) * h
             res.predicted_cooling_savings_kwh += float(p.cooling_kw[0] - p.cooling_kw[1]) * h
             res.predicted_intervals += 1
-        _advance(ml_sim, control_s, step_s, res.ml, c.gpu_temp_limit_c, tail=before)
+        _advance(ml_sim, control_s, step_s, res.ml, lim, tail=before, coolant_max_c=cool_max)
         settled_before = dec.recommended is None and k > 0
         if judged:
             res.realised_on_predicted_kwh += (res.baseline.facility_kwh - b0[0]) - (
@@ -369,9 +341,16 @@ def evaluate(
             res.realised_cooling_on_predicted_kwh += (res.baseline.cooling_kwh - b0[1]) - (
                 res.ml.cooling_kwh - m0[1]
             )
-        if orc is not None and or_sim is not None:
-            apply_setpoints(or_sim.controls, orc.choose(or_sim, control_s, step_s))
-            _advance(or_sim, control_s, step_s, res.oracle, c.gpu_temp_limit_c)
+        if ref is not None and or_sim is not None and or_view and res.optimum is not None:
+            o_seen = or_view.observe(or_sim)
+            o_dec = opt_at_optimum.recommend(o_seen.state, o_seen.setpoints)
+            extra = []
+            if o_dec.recommended is not None:
+                extra.append(np.array([o_dec.recommended[n] for n in SETPOINTS]))
+            best = ref.choose(or_sim, control_s, step_s, extra=extra)
+            apply_setpoints(or_sim.controls, best.setpoints)
+            _advance(or_sim, control_s, step_s, res.optimum, lim, coolant_max_c=cool_max)
+            res.optimum_trials = ref.trials
         if progress:
             progress(k + 1, n_ctrl)
     res.wall_s = (datetime.now(UTC) - wall0).total_seconds()

@@ -213,6 +213,21 @@ class Prediction:
         )
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Predicted savings x `savings_scale`: the median realised/predicted saving of the
+    recommendations predicted (after scaling) >= `min_predicted_kw` on the calibration
+    week, each measured after the plant settled against a counterfactual."""
+
+    savings_scale: float
+    min_predicted_kw: float
+    week_start: str  # UTC ISO
+    days: float
+    seed: int
+    n_recommendations: int  # measured on the calibration week
+    n_used: int  # of them predicted >= min_predicted_kw (after scaling)
+
+
 @dataclass
 class PlantModels:
     power: dict[str, list[HistGradientBoostingRegressor]]
@@ -226,6 +241,15 @@ class PlantModels:
     holdout_error: dict[str, dict[str, float]] = field(default_factory=dict)
     # first and last history row (UTC ISO): an evaluation must start after the last
     data_window: tuple[str, str] | None = None
+    # issue 19 opt-ml: shrinkage of predicted savings, fitted on a calibration week that is
+    # neither training nor evaluation (experiments/optimizer/calibrate.py); None: raw
+    calibration: Calibration | None = None
+
+    @property
+    def savings_scale(self) -> float:
+        """Factor applied to every predicted saving (1.0 before calibration)."""
+        cal = getattr(self, "calibration", None)  # models pickled before the field existed
+        return 1.0 if cal is None else cal.savings_scale
 
     def predict(self, x: np.ndarray, ensemble: bool = True) -> Prediction:
         """Predictions for raw FEATURES rows; ensemble=False uses only the first (full-data)

@@ -34,6 +34,9 @@ class FeatureSource:
     metric: str
     agg: str  # a key of AGG_SQL, over the devices reporting the metric
     scale: float = 1.0
+    # issue 19 opt-ml: one device only (history queries, twin/optimizer/history.py; the
+    # latest-readings `observe` below is for tables without it)
+    device: str | None = None
 
 
 # how devices' values combine into one site-wide feature (DuckDB aggregate over `value`)
@@ -42,6 +45,9 @@ AGG_SQL: dict[str, str] = {
     "max": "max(value)",
     "min": "min(value)",
     "p95": "quantile_cont(value, 0.95)",
+    # issue 19 opt-ml: totals over units and the hottest-percentile GPU (training targets)
+    "sum": "sum(value)",
+    "p99": "quantile_cont(value, 0.99)",
 }
 
 FEATURE_METRICS: dict[str, FeatureSource] = {
@@ -55,6 +61,25 @@ FEATURE_METRICS: dict[str, FeatureSource] = {
     "outdoor_wetbulb_c": FeatureSource(Kind.facility, "outdoor_wetbulb_c", "mean"),
 }
 assert set(FEATURE_METRICS) == set(FEATURES), "every optimizer feature has one telemetry source"
+
+
+# --- issue 19 opt-ml: the outcomes the models learn, from the same telemetry -------------
+# Plant powers from the chiller plant's own meters; CDU pump and CRAH fan power summed over
+# the units (W -> kW); the site's facility input meter (its device id comes from the site
+# file, `history.target_metrics`); GPU and supply temperatures as the hottest reading.
+# noncooling_kw = facility_kw - the five cooling terms (history.training_rows).
+TARGET_METRICS: dict[str, FeatureSource] = {
+    "chiller_kw": FeatureSource(Kind.facility, "chiller_power_kw", "sum"),
+    "tower_kw": FeatureSource(Kind.facility, "tower_power_kw", "sum"),
+    "plant_pump_kw": FeatureSource(Kind.facility, "pump_power_kw", "sum"),
+    "cdu_pump_kw": FeatureSource(Kind.cooling, "pump_power_w", "sum", 0.001),
+    "crah_fan_kw": FeatureSource(Kind.air, "fan_power_w", "sum", 0.001),
+    "gpu_temp_max_c": FeatureSource(Kind.gpu, "gpu_temp_c", "max"),
+    "gpu_temp_p99_c": FeatureSource(Kind.gpu, "gpu_temp_c", "p99"),
+    "cdu_supply_max_c": FeatureSource(Kind.cooling, "supply_temp_c", "max"),
+    "crah_supply_max_c": FeatureSource(Kind.air, "supply_air_temp_c", "max"),
+}
+# --- end issue 19 opt-ml -----------------------------------------------------------------
 
 GUARD_METRICS: dict[str, FeatureSource] = {
     "gpu_temp_max_c": FeatureSource(Kind.gpu, "gpu_temp_c", "max"),

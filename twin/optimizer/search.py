@@ -44,6 +44,7 @@ class Decision:
     binding_constraint: str | None = None
     predicted_gpu_temp_max_c: float | None = None  # upper quantile at the recommendation
     active_constraints: list[str] = field(default_factory=list)
+    uncalibrated_savings_kw: float | None = None  # before the calibration's shrinkage
 
     @property
     def pue_delta(self) -> float | None:
@@ -142,13 +143,17 @@ class Optimizer:
             return dec
         both = self.predict_setpoints(np.vstack([cur, best_sp]), s)
         pc, pb = both.row(0), both.row(1)
-        saving = pc.power_members[:, 0] - pb.power_members[:, 0]
+        # issue 19 opt-ml: savings shrunk by the calibration week's realised/predicted
+        k = self.models.savings_scale
+        raw = pc.power_members[:, 0] - pb.power_members[:, 0]
+        saving = k * raw
+        dec.uncalibrated_savings_kw = float(raw.mean())
         it_cur = pc.mean["noncooling_kw"][0]
         dec.baseline_facility_kw = float(pc.facility_kw[0])
-        dec.predicted_facility_kw = float(pb.facility_kw[0])
+        dec.predicted_facility_kw = float(pc.facility_kw[0] - saving.mean())  # calibrated
         dec.predicted_savings_kw = float(saving.mean())
         dec.savings_low_kw, dec.savings_high_kw = float(saving.min()), float(saving.max())
-        dec.predicted_cooling_savings_kw = float(pc.cooling_kw[0] - pb.cooling_kw[0])
+        dec.predicted_cooling_savings_kw = float(k * (pc.cooling_kw[0] - pb.cooling_kw[0]))
         dec.predicted_gpu_temp_max_c = float(pb.gpu_temp_upper_c[0])
         # PUE from the learned split: non-cooling power is IT + UPS losses + misc
         dec.predicted_it_kw = float(it_cur)
