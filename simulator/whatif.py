@@ -53,6 +53,7 @@ FINE_AFTER_CHANGE_S = 1800.0
 TRAINING_ABOVE = 0.85  # a rack whose median GPU is this busy is training (inference < 0.8)
 CKPT_UTIL, CKPT_S = 0.10, 120.0  # a checkpoint: 2 min at 10 % every 30-60 min
 CKPT_PERIOD_S = (1800.0, 3600.0)
+PSU_EFFICIENCY = 0.94  # GPU watts to rack input watts within a substep (domain/capacity.py)
 
 
 class RunCancelledError(Exception):
@@ -184,14 +185,19 @@ class HeldWorkload(Workload):
 
 class SubsteppedGpuModel(GpuModel):
     """The GPU model stepped at FINE_STEP_S within a longer site step while a GPU is near
-    its limits: GPUs heat and throttle within seconds (20 s lag, 5 s controller), loops
-    and the plant in minutes, so only the GPUs need the fine step (their coolant held over
-    the site step). A 30 s step of the whole site there overshoots by 15 K."""
+    its limits: GPUs heat and throttle within seconds (20 s lag, 5 s controller), CDUs,
+    air and the plant in minutes, so only the GPUs need the fine step. Their coolant
+    follows their rack's power within the step (the rack's coolant rise is its liquid heat
+    over the loop's flow, large on a loop whose pumps stopped); the rest of the site is
+    held. A 30 s step of the whole site there overshoots."""
+
+    sim: SiteSimulator
 
     @classmethod
-    def of(cls, gpu: GpuModel) -> SubsteppedGpuModel:
+    def of(cls, sim: SiteSimulator) -> SubsteppedGpuModel:
         fine = cls.__new__(cls)
-        fine.__dict__.update(gpu.__dict__)
+        fine.__dict__.update(sim.gpu.__dict__)
+        fine.sim = sim
         return fine
 
     def step(
@@ -205,18 +211,30 @@ class SubsteppedGpuModel(GpuModel):
     ) -> None:
         hot = dt_s > FINE_STEP_S and self.temp_c.max(initial=0.0) >= FINE_ABOVE_C
         n = int(np.ceil(dt_s / FINE_STEP_S - 1e-9)) if hot else 1
+        if n == 1:
+            super().step(dt_s, util, coolant_c, rth_factor, hung, mem_rth_factor)
+            self.step_max_temp_c = self.temp_c
+            return
+        lay = self.sim.layout
+        rack_cs = self.sim.cdu.c_s[lay.rack_cdu] / lay.cdu_rack_count[lay.rack_cdu]
+        # K of coolant (mid-rack) per W of GPU power in the rack (PSU losses ~6 %)
+        k_rack = 0.5 * lay.rack_liquid / (PSU_EFFICIENCY * 1000.0 * np.maximum(rack_cs, 1e-6))
+        rack_w0 = np.bincount(lay.gpu_rack, self.power_w, lay.n_rack)
         energy_mj = self.energy_mj
         power_j = np.zeros_like(self.power_w)
+        coolant = coolant_c
         for k in range(n):
-            super().step(dt_s / n, util, coolant_c, rth_factor, hung, mem_rth_factor)
+            super().step(dt_s / n, util, coolant, rth_factor, hung, mem_rth_factor)
             power_j += self.power_w * (dt_s / n)
             # the hottest reading within the site step, for the run's peaks and limits
-            self.step_max_temp_c = self.temp_c if k == 0 else np.maximum(
-                self.step_max_temp_c, self.temp_c
+            self.step_max_temp_c = (
+                self.temp_c if k == 0 else np.maximum(self.step_max_temp_c, self.temp_c)
             )
-        if n > 1:  # the site step's heat and energy: the mean power over its substeps
-            self.power_w = power_j / dt_s
-            self.energy_mj = energy_mj + power_j * 1000.0
+            rack_w = np.bincount(lay.gpu_rack, self.power_w, lay.n_rack)
+            coolant = coolant_c + (k_rack * (rack_w - rack_w0))[lay.gpu_rack]
+        # the site step's heat and energy: the mean power over its substeps
+        self.power_w = power_j / dt_s
+        self.energy_mj = energy_mj + power_j * 1000.0
 
 
 def _by_id(ids: list[str], values: dict[str, float], default: float) -> NDArray[np.float64]:
@@ -254,7 +272,7 @@ def whatif_simulator(site: Site, sc: Scenario, live: LiveState) -> SiteSimulator
             util[lay.gpu_rack == rack_of[rack]] = add.utilisation
     util = np.where(np.isnan(util), mean_util, np.clip(util, 0.0, 1.0))
     sim.workload = HeldWorkload(sim, util)
-    sim.gpu = SubsteppedGpuModel.of(sim.gpu)
+    sim.gpu = SubsteppedGpuModel.of(sim)
     ctl = sim.controls
     for name, value in live.setpoints.items():
         env = ENVELOPES.get(name)
@@ -366,7 +384,9 @@ class Recorder:
         self.facility_kwh += p.facility_kw * h
         self.it_kwh += p.it_kw * h
         self.water_l += p.makeup_water_lpm * dt_s / 60.0
-        temp = getattr(s.gpu, "step_max_temp_c", s.gpu.temp_c) if gpu_temp_c is None else gpu_temp_c
+        temp = s.gpu.temp_c if gpu_temp_c is None else gpu_temp_c
+        if gpu_temp_c is None and isinstance(s.gpu, SubsteppedGpuModel):
+            temp = s.gpu.step_max_temp_c
         self.gpu_peak = np.maximum(self.gpu_peak, temp)
         sp = s.controls
         self.peak["cdu_supply_c"] = max(
