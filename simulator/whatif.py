@@ -241,11 +241,19 @@ def _by_id(ids: list[str], values: dict[str, float], default: float) -> NDArray[
     return np.array([values.get(i, default) for i in ids], dtype=float)
 
 
+class WhatIfSimulator(SiteSimulator):
+    """The site simulator without its sensors: a run reads the physics, never telemetry
+    (the sensors draw from their own generator, so the physics is the same)."""
+
+    def _measure(self) -> None:
+        pass
+
+
 def whatif_simulator(site: Site, sc: Scenario, live: LiveState) -> SiteSimulator:
     """A simulator of the scenario's site in the live state (see the module docstring),
     settled, calibrated, the scenario's failures planned; its changes not yet applied."""
     horizon_s = sc.horizon_h * 3600.0
-    sim = SiteSimulator(
+    sim = WhatIfSimulator(
         site,
         seed=sc.seed,
         start_time_s=live.time_s,
