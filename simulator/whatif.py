@@ -2,7 +2,8 @@
 changes applied on schedule, the figures an operator asks for collected as it runs.
 
 Taken from telemetry (`domain.whatif.LiveState`): the time, every GPU's utilisation (held
-from then on unless the scenario changes it), the plant's chilled- and condenser-water
+from then on unless the scenario changes it; training racks pause for checkpoints as the
+workload model runs them, HeldWorkload), the plant's chilled- and condenser-water
 setpoints, the CRAH supply-air setpoints, and the outdoor dry-bulb and wet-bulb (the
 offset of the live reading from the climate's seasonal and diurnal normal is kept over
 the horizon). GPU temperatures and powers calibrate each GPU's coolant-to-die thermal
