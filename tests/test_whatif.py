@@ -398,3 +398,17 @@ def test_gpu_substeps_near_the_limits_match_fine_site_steps(tmp_path):
     assert fine.peak_gpu_temp_c > 85.0  # the loop's GPUs at their limits
     assert abs(coarse.peak_gpu_temp_c - fine.peak_gpu_temp_c) <= 0.5
     assert abs(coarse.pue - fine.pue) / fine.pue < 0.002
+
+
+def test_cdu_failure_in_small_meets_the_targets_on_both_reference_sets():
+    """`dctwin what-if evaluate [--fresh] --only cdu_failure` on the small site, 1 h: two
+    different references (seed 7 / 31, July / August), the what-if within the targets on
+    both (the small site's jobs are mostly idle then: the limits are tested above)."""
+    site = load_site(SMALL_SITE)
+    out = [
+        evaluate(site, horizon_h=1.0, only=["cdu_failure"], history_min=20, fresh=fresh)[0]
+        for fresh in (False, True)
+    ]
+    assert out[0].pue_truth != out[1].pue_truth  # another reference
+    for c in out:
+        assert c.pue_error_pct <= 2.0 and c.peak_gpu_error_k <= 1.5, c
