@@ -28,7 +28,15 @@ import numpy as np
 
 from simulator.model import SiteSimulator
 from simulator.sitegen import synthetic_site
-from twin.capacity.forecast import DAY_S, HOUR_S, ForecastConfig, daily, first_over, forecast
+from twin.capacity.forecast import (
+    DAY_S,
+    HOUR_S,
+    ForecastConfig,
+    _lad,
+    daily,
+    first_over,
+    forecast,
+)
 
 COVERAGE_BAND = (0.85, 0.95)
 RUNOUT_TOLERANCE = 0.10
@@ -147,6 +155,12 @@ def evaluate_series(
     # (a day a big job paused is not the load the site grows into)
     typical = _running_median(peaks, TYPICAL_DAYS)
     held_typical = typical[n_hist : n_hist + n]
+    # issue 27 (whatif2): a bound, not a forecast: the LAD line through all the days'
+    # peaks, the held-out month included (it knows the growth the forecaster estimates);
+    # how close a trend can come to the true date, whose typical peak carries the
+    # workload's day-to-day noise
+    x = np.column_stack([np.ones(days.size), (days - days[0]) / DAY_S])
+    oracle_line = (x @ _lad(x, peaks))[n_hist : n_hist + n]
     for frac in RUNOUT_AFTER:
         k = int(frac * n)
         capacity = float(np.max(held_typical[: k + 1])) - 1e-6  # reached by day k
@@ -154,12 +168,18 @@ def evaluate_series(
         pred_s = first_over(fc.day_s[:n], fc.peak_kw[:n], capacity)
         lead = true_i + 1  # days from the forecast origin (the last history day)
         err = None if pred_s is None else (pred_s - held_days[true_i]) / DAY_S
+        oracle_s = first_over(held_days[:n], oracle_line, capacity)
+        oracle_err = None if oracle_s is None else (oracle_s - held_days[true_i]) / DAY_S
         res.runouts.append(
             {
                 "capacity_kw": round(capacity, 2),
                 "true_lead_days": lead,
                 "pred_error_days": None if err is None else round(float(err), 2),
                 "within_10pct": bool(err is not None and abs(err) <= RUNOUT_TOLERANCE * lead),
+                "oracle_error_days": None if oracle_err is None else round(float(oracle_err), 2),
+                "oracle_within_10pct": bool(
+                    oracle_err is not None and abs(oracle_err) <= RUNOUT_TOLERANCE * lead
+                ),
             }
         )
     return res
@@ -185,6 +205,7 @@ def evaluate(scenarios: tuple[Scenario, ...] = SCENARIOS, progress=None) -> dict
         "coverage_max": max(cov),
         "coverage_mean": float(np.mean(cov)),
         "runouts_within_10pct": sum(ro["within_10pct"] for ro in runs),
+        "oracle_runouts_within_10pct": sum(ro["oracle_within_10pct"] for ro in runs),
         "runouts": len(runs),
         "coverage_pooled": pooled,
         # the target is on all held-out values together: one series' 30 days alone
@@ -227,5 +248,9 @@ def summary_lines(report: dict) -> list[str]:
     out.append(
         f"run-outs within 10 %: {report['runouts_within_10pct']}/{report['runouts']}: "
         f"{'ok' if report['runout_ok'] else 'MISSED'}; {report['seconds']} s"
+    )
+    out.append(
+        "bound: a LAD line through all days (held-out included) within 10 %: "
+        f"{report['oracle_runouts_within_10pct']}/{report['runouts']}"
     )
     return out

@@ -48,6 +48,10 @@ TEMP_TARGET_K = 1.5
 RUN_TARGET_S = 30.0
 START_S = 1_751_356_800.0  # 2025-07-01 08:00 UTC: a summer morning, the load climbing
 TRUTH_SEED, WHATIF_SEED = 7, 0
+# issue 27 (whatif2): a second, fresh set, fixed (docs/whatif.md) before the method change
+# was run on it: another reference seed and an August afternoon, the same five scenarios
+FRESH_START_S = 1_755_007_200.0  # 2025-08-12 14:00 UTC
+FRESH_TRUTH_SEED = 31
 
 
 def base_site(site: Site, name: str) -> Site:
@@ -125,14 +129,16 @@ def compare(
     workdir: Path,
     history_min: float = 30.0,
     truth_step_s: float = 10.0,
+    start_s: float = START_S,
+    truth_seed: int = TRUTH_SEED,
 ) -> Comparison:
     validate_scenario(site, sc)
     truth_site = scenario_site(site, sc)  # added racks exist, dark until the change
-    t0 = START_S + history_min * 60.0
+    t0 = start_s + history_min * 60.0
     truth = SiteSimulator(
         truth_site,
-        seed=TRUTH_SEED,
-        start_time_s=START_S,
+        seed=truth_seed,
+        start_time_s=start_s,
         faults=failure_spec(truth_site, sc, t0) or None,
         horizon_s=history_min * 60.0 + sc.horizon_h * 3600.0,
     )
@@ -188,13 +194,26 @@ def evaluate(
     only: list[str] | None = None,
     history_min: float = 30.0,
     progress=None,
+    fresh: bool = False,
 ) -> list[Comparison]:
+    """`fresh`: the second set (FRESH_TRUTH_SEED from FRESH_START_S)."""
+    start_s, truth_seed = (FRESH_START_S, FRESH_TRUTH_SEED) if fresh else (START_S, TRUTH_SEED)
     out = []
     with tempfile.TemporaryDirectory(prefix="whatif-eval-") as tmp:
         for name, sc in scenarios(site, horizon_h).items():
             if only and name not in only:
                 continue
-            out.append(compare(base_site(site, name), name, sc, Path(tmp), history_min))
+            out.append(
+                compare(
+                    base_site(site, name),
+                    name,
+                    sc,
+                    Path(tmp),
+                    history_min,
+                    start_s=start_s,
+                    truth_seed=truth_seed,
+                )
+            )
             if progress is not None:
                 progress(out[-1])
     return out

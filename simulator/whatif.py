@@ -2,7 +2,8 @@
 changes applied on schedule, the figures an operator asks for collected as it runs.
 
 Taken from telemetry (`domain.whatif.LiveState`): the time, every GPU's utilisation (held
-from then on unless the scenario changes it), the plant's chilled- and condenser-water
+from then on unless the scenario changes it; training racks pause for checkpoints as the
+workload model runs them, HeldWorkload), the plant's chilled- and condenser-water
 setpoints, the CRAH supply-air setpoints, and the outdoor dry-bulb and wet-bulb (the
 offset of the live reading from the climate's seasonal and diurnal normal is kept over
 the horizon). GPU temperatures and powers calibrate each GPU's coolant-to-die thermal
@@ -33,7 +34,7 @@ from domain.whatif import (
     failed_device_id,
 )
 from simulator.model import SiteSimulator
-from simulator.thermal import R_TH_K_PER_W, SW_SLOWDOWN_C
+from simulator.thermal import R_TH_K_PER_W, SW_SLOWDOWN_C, GpuModel
 from simulator.weather import CLIMATES, DAY_S, YEAR_S, Climate, Weather, wet_bulb_c
 from simulator.workload import Workload
 
@@ -49,6 +50,11 @@ CHW_SUPPLY_MARGIN_K = 2.0  # the plant short of capacity: chilled water 2 K over
 FINE_STEP_S = 10.0  # the step while GPUs are near their limits (the telemetry's own rate)
 FINE_ABOVE_C = 78.0
 FINE_AFTER_CHANGE_S = 1800.0
+# issue 27 (whatif2): training as the workload model runs it (simulator/workload.py)
+TRAINING_ABOVE = 0.85  # a rack whose median GPU is this busy is training (inference < 0.8)
+CKPT_UTIL, CKPT_S = 0.10, 120.0  # a checkpoint: 2 min at 10 % every 30-60 min
+CKPT_PERIOD_S = (1800.0, 3600.0)
+PSU_EFFICIENCY = 0.94  # GPU watts to rack input watts within a substep (domain/capacity.py)
 
 
 class RunCancelledError(Exception):
@@ -141,30 +147,114 @@ class ForecastWeather(Weather):
 
 
 class HeldWorkload(Workload):
-    """Each GPU at its live utilisation; a scenario's steps override racks from their time."""
+    """Each GPU at its live utilisation, training racks with the workload model's
+    checkpoint pauses; a scenario's steps override racks from their time.
+
+    Training (a rack's median GPU above TRAINING_ABOVE: inference peaks below 0.8) pauses
+    for a checkpoint, 2 min at 10 %, every 30-60 min, as simulator/workload.py runs it;
+    each resume heats the GPUs faster than their thermal controller reacts, which is what
+    sets the peak temperature on a loop near its limits. The period and phase of each rack
+    are drawn from the run's seed (a live snapshot does not show them); a rack caught in a
+    pause or a job start-up is held at that level."""
 
     def __init__(self, sim: SiteSimulator, gpu_util: NDArray[np.float64]) -> None:
         super().__init__(sim.layout, sim.seed)
+        lay = sim.layout
         self.held = gpu_util
         self.steps: list[tuple[float, NDArray[np.bool_], float]] = []
+        n_gpus = np.maximum(lay.rack_gpu_count, 1)
+        order = np.lexsort((gpu_util, lay.gpu_rack))  # per-rack median, vectorized
+        first = np.concatenate([[0], np.cumsum(lay.rack_gpu_count)[:-1]])
+        mid = np.minimum(first + n_gpus // 2, len(gpu_util) - 1)
+        rack_median = np.where(lay.rack_gpu_count > 0, gpu_util[order][mid], 0.0)
+        self.training_rack = rack_median >= TRAINING_ABOVE
+        rng = np.random.default_rng([sim.seed, 0xC4B])
+        self.ckpt_period_s = rng.uniform(*CKPT_PERIOD_S, lay.n_rack)
+        self.ckpt_phase_s = rng.uniform(0.0, 1.0, lay.n_rack) * self.ckpt_period_s
 
     def gpu_util(self, t_s: float, dt_s: float, rng: np.random.Generator) -> np.ndarray:
-        util = self.held
+        lay = self.layout
+        pause = self.training_rack & (
+            (t_s + self.ckpt_phase_s) % self.ckpt_period_s > self.ckpt_period_s - CKPT_S
+        )
+        util = np.where(pause[lay.gpu_rack], CKPT_UTIL, self.held)
         for at_s, gpus, value in self.steps:
             if t_s >= at_s:
                 util = np.where(gpus, value, util)
         return util
 
 
+class SubsteppedGpuModel(GpuModel):
+    """The GPU model stepped at FINE_STEP_S within a longer site step while a GPU is near
+    its limits: GPUs heat and throttle within seconds (20 s lag, 5 s controller), CDUs,
+    air and the plant in minutes, so only the GPUs need the fine step. Their coolant
+    follows their rack's power within the step (the rack's coolant rise is its liquid heat
+    over the loop's flow, large on a loop whose pumps stopped); the rest of the site is
+    held. A 30 s step of the whole site there overshoots."""
+
+    sim: SiteSimulator
+
+    @classmethod
+    def of(cls, sim: SiteSimulator) -> SubsteppedGpuModel:
+        fine = cls.__new__(cls)
+        fine.__dict__.update(sim.gpu.__dict__)
+        fine.sim = sim
+        return fine
+
+    def step(
+        self,
+        dt_s: float,
+        util: np.ndarray,
+        coolant_c: np.ndarray,
+        rth_factor: np.ndarray,
+        hung: np.ndarray,
+        mem_rth_factor: np.ndarray | None = None,
+    ) -> None:
+        hot = dt_s > FINE_STEP_S and self.temp_c.max(initial=0.0) >= FINE_ABOVE_C
+        n = int(np.ceil(dt_s / FINE_STEP_S - 1e-9)) if hot else 1
+        if n == 1:
+            super().step(dt_s, util, coolant_c, rth_factor, hung, mem_rth_factor)
+            self.step_max_temp_c = self.temp_c
+            return
+        lay = self.sim.layout
+        rack_cs = self.sim.cdu.c_s[lay.rack_cdu] / lay.cdu_rack_count[lay.rack_cdu]
+        # K of coolant (mid-rack) per W of GPU power in the rack (PSU losses ~6 %)
+        k_rack = 0.5 * lay.rack_liquid / (PSU_EFFICIENCY * 1000.0 * np.maximum(rack_cs, 1e-6))
+        rack_w0 = np.bincount(lay.gpu_rack, self.power_w, lay.n_rack)
+        energy_mj = self.energy_mj
+        power_j = np.zeros_like(self.power_w)
+        coolant = coolant_c
+        for k in range(n):
+            super().step(dt_s / n, util, coolant, rth_factor, hung, mem_rth_factor)
+            power_j += self.power_w * (dt_s / n)
+            # the hottest reading within the site step, for the run's peaks and limits
+            self.step_max_temp_c = (
+                self.temp_c if k == 0 else np.maximum(self.step_max_temp_c, self.temp_c)
+            )
+            rack_w = np.bincount(lay.gpu_rack, self.power_w, lay.n_rack)
+            coolant = coolant_c + (k_rack * (rack_w - rack_w0))[lay.gpu_rack]
+        # the site step's heat and energy: the mean power over its substeps
+        self.power_w = power_j / dt_s
+        self.energy_mj = energy_mj + power_j * 1000.0
+
+
 def _by_id(ids: list[str], values: dict[str, float], default: float) -> NDArray[np.float64]:
     return np.array([values.get(i, default) for i in ids], dtype=float)
+
+
+class WhatIfSimulator(SiteSimulator):
+    """The site simulator without its sensors: a run reads the physics, never telemetry
+    (the sensors draw from their own generator, so the physics is the same)."""
+
+    def _measure(self) -> None:
+        pass
 
 
 def whatif_simulator(site: Site, sc: Scenario, live: LiveState) -> SiteSimulator:
     """A simulator of the scenario's site in the live state (see the module docstring),
     settled, calibrated, the scenario's failures planned; its changes not yet applied."""
     horizon_s = sc.horizon_h * 3600.0
-    sim = SiteSimulator(
+    sim = WhatIfSimulator(
         site,
         seed=sc.seed,
         start_time_s=live.time_s,
@@ -191,6 +281,7 @@ def whatif_simulator(site: Site, sc: Scenario, live: LiveState) -> SiteSimulator
             util[lay.gpu_rack == rack_of[rack]] = add.utilisation
     util = np.where(np.isnan(util), mean_util, np.clip(util, 0.0, 1.0))
     sim.workload = HeldWorkload(sim, util)
+    sim.gpu = SubsteppedGpuModel.of(sim)
     ctl = sim.controls
     for name, value in live.setpoints.items():
         env = ENVELOPES.get(name)
@@ -303,6 +394,8 @@ class Recorder:
         self.it_kwh += p.it_kw * h
         self.water_l += p.makeup_water_lpm * dt_s / 60.0
         temp = s.gpu.temp_c if gpu_temp_c is None else gpu_temp_c
+        if gpu_temp_c is None and isinstance(s.gpu, SubsteppedGpuModel):
+            temp = s.gpu.step_max_temp_c
         self.gpu_peak = np.maximum(self.gpu_peak, temp)
         sp = s.controls
         self.peak["cdu_supply_c"] = max(
@@ -453,10 +546,9 @@ def run(
         while changes and changes[0][0] <= sim.time_s + 1e-6:
             changes.pop(0)[1]()
             fine_until = sim.time_s + FINE_AFTER_CHANGE_S
-        # GPUs heat, throttle and shut down within seconds (20 s time constant): fine
-        # steps after a change and while a GPU is near its limits, else step_s
-        hot = sim.gpu.temp_c.max(initial=0.0) >= FINE_ABOVE_C
-        dt = min(sc.step_s, FINE_STEP_S) if hot or sim.time_s < fine_until else sc.step_s
+        # fine steps of the whole site after a change (loops and valves settle); while a
+        # GPU is near its limits only the GPUs take fine steps (SubsteppedGpuModel)
+        dt = min(sc.step_s, FINE_STEP_S) if sim.time_s < fine_until else sc.step_s
         if changes:  # land on the next change
             dt = min(dt, max(changes[0][0] - sim.time_s, 1.0))
         dt = min(dt, end_s - sim.time_s)

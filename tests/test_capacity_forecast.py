@@ -80,3 +80,19 @@ def test_evaluation_is_deterministic_on_a_small_scenario():
     for r in a["results"]:
         assert 0.0 <= r["coverage"] <= 1.0 and r["mape_pct"] < 25.0
         assert len(r["runouts"]) == 3
+
+
+def test_runout_bound_of_a_line_through_all_days():
+    """The evaluation's bound (issue 27 part whatif2): a line through all the daily peaks
+    dates a run-out exactly when the peaks are that line."""
+    from experiments.capacity_eval import evaluate_series
+    from twin.capacity.forecast import ForecastConfig
+
+    days = 74
+    t = np.arange(days * 24) * 3600.0
+    peak = 500.0 + 4.0 * (t // 86400.0)  # 4 kW/day growth, the same peak all day
+    data = {"t_s": t, "power_kw": peak, "outdoor_c": np.full(t.size, 20.0)}
+    r = evaluate_series("line", "power_kw", data, 60 * 24, ForecastConfig(horizon_days=14))
+    for ro in r.runouts:
+        assert ro["oracle_error_days"] == 0.0 and ro["oracle_within_10pct"]
+        assert ro["pred_error_days"] == 0.0  # a noiseless line is forecast exactly

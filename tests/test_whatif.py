@@ -332,3 +332,83 @@ def test_sample_scenarios_fit_the_example_site():
     for f in files:
         doc = tomllib.loads(f.read_text()) if f.suffix == ".toml" else json.loads(f.read_text())
         validate_scenario(site, Scenario.model_validate(doc))
+
+
+# -- issue 27 (whatif2): the workload's checkpoints, GPU substeps near the limits ----------
+
+
+def _small_live(tmp_path, seed: int = 7):
+    """A reference on the small site, its last reads through a real store: the live state."""
+    from experiments.whatif_eval import START_S, _write_live
+    from simulator.model import SiteSimulator
+    from twin.whatif.live_state import live_state
+
+    site = load_site(SMALL_SITE)
+    truth = SiteSimulator(site, seed=seed, start_time_s=START_S, horizon_s=3 * 3600.0)
+    while truth.time_s < START_S + 1200.0:
+        truth.step(10.0)
+    store = Store(tmp_path / "live.duckdb")
+    try:
+        _write_live(truth, store, 3, 10.0)
+        return site, live_state(store, 60.0, known={d.id for d in site.devices()})
+    finally:
+        store.close()
+
+
+def test_training_racks_pause_for_checkpoints_inference_is_held(tmp_path):
+    import numpy as np
+
+    from simulator.whatif import CKPT_S, CKPT_UTIL, TRAINING_ABOVE, whatif_simulator
+
+    sc = Scenario(horizon_h=2.0)
+    site, live = _small_live(tmp_path, seed=0)  # seed 0: four racks train, two serve
+    sim = whatif_simulator(site, sc, live)
+    wl, lay = sim.workload, sim.layout
+    held = wl.held
+    rack_median = np.array(  # the upper median
+        [np.sort(held[lay.gpu_rack == r])[lay.rack_gpu_count[r] // 2] for r in range(lay.n_rack)]
+    )
+    assert (wl.training_rack == (rack_median >= TRAINING_ABOVE)).all()
+    assert wl.training_rack.any() and (~wl.training_rack).any()
+    rng = np.random.default_rng(0)
+    t = live.time_s + np.arange(0.0, 2 * 3600.0, 10.0)
+    util = np.array([wl.gpu_util(x, 10.0, rng) for x in t])  # (time, GPU)
+    train = wl.training_rack[lay.gpu_rack]
+    assert (util[:, ~train] == held[~train]).all()  # inference and idle: held
+    assert (np.isclose(util[:, train], CKPT_UTIL) | np.isclose(util[:, train], held[train])).all()
+    # each training rack pauses 2 min in every 30-60 min
+    r = int(np.flatnonzero(wl.training_rack)[0])
+    g = int(np.flatnonzero(lay.gpu_rack == r)[0])
+    pause_s = 10.0 * np.isclose(util[:, g], CKPT_UTIL).sum()
+    assert 2 * CKPT_S <= pause_s <= 4 * CKPT_S + 20.0
+
+
+def test_gpu_substeps_near_the_limits_match_fine_site_steps(tmp_path):
+    """A failed CDU: 30 s site steps with 10 s GPU substeps give the peak GPU temperature
+    of 10 s steps of the whole site within 0.5 K."""
+    from domain.whatif import Failure, scenario_site
+
+    site = load_site(SMALL_SITE)
+    cdu = site.halls[0].cdus[0].id
+    sc = Scenario(horizon_h=1.5, failures=[Failure(component=cdu)], step_s=30.0)
+    site, live = _small_live(tmp_path, seed=0)
+    coarse = run_whatif(scenario_site(site, sc), sc, live)
+    fine_sc = sc.model_copy(update={"step_s": 10.0})
+    fine = run_whatif(scenario_site(site, fine_sc), fine_sc, live)
+    assert fine.peak_gpu_temp_c > 85.0  # the loop's GPUs at their limits
+    assert abs(coarse.peak_gpu_temp_c - fine.peak_gpu_temp_c) <= 0.5
+    assert abs(coarse.pue - fine.pue) / fine.pue < 0.002
+
+
+def test_cdu_failure_in_small_meets_the_targets_on_both_reference_sets():
+    """`dctwin what-if evaluate [--fresh] --only cdu_failure` on the small site, 1 h: two
+    different references (seed 7 / 31, July / August), the what-if within the targets on
+    both (the small site's jobs are mostly idle then: the limits are tested above)."""
+    site = load_site(SMALL_SITE)
+    out = [
+        evaluate(site, horizon_h=1.0, only=["cdu_failure"], history_min=20, fresh=fresh)[0]
+        for fresh in (False, True)
+    ]
+    assert out[0].pue_truth != out[1].pue_truth  # another reference
+    for c in out:
+        assert c.pue_error_pct <= 2.0 and c.peak_gpu_error_k <= 1.5, c

@@ -89,6 +89,9 @@ def evaluate(
     only: list[str] = typer.Option(None, help="scenario(s) to run (default: all five)"),
     check: bool = typer.Option(False, "--check", help="exit 1 if a target is missed"),
     output: Path = typer.Option(None, "--output", "-o", help="write the figures as JSON"),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="the second reference (seed 31, 2025-08-12 14:00 UTC)"
+    ),
 ) -> None:
     """What-if from the live state against the truth on five scenarios (docs/whatif.md)."""
     from dataclasses import asdict
@@ -114,7 +117,7 @@ def evaluate(
             f"{c.whatif_s:>6.1f}  {'yes' if c.ok else 'NO'}"
         )
 
-    out = run_eval(s, horizon_h=horizon_h, only=only or None, progress=show)
+    out = run_eval(s, horizon_h=horizon_h, only=only or None, progress=show, fresh=fresh)
     if output is not None:
         output.write_text(json.dumps([asdict(c) for c in out], indent=2, default=float))
     missed = [c.scenario for c in out if not c.ok]
