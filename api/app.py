@@ -27,6 +27,7 @@ from api import (
     routes_anomaly,
     routes_core,
     routes_deadletters,
+    routes_demo,
     routes_failure,
     routes_health,
     routes_keys,
@@ -47,6 +48,7 @@ from api.metrics import (
     twin_provider,
 )
 from api.problems import FieldError, Problem, problem_content, problem_example, problem_response
+from api.scenarios import PageLogLike, ScenarioRunnerLike
 from ingest.stats import IngestStats
 from twin.alerts.service import AlertService
 from twin.anomaly.service import AnomalyService
@@ -70,6 +72,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     routes_optimizer.router,
     routes_anomaly.router,
     routes_deadletters.router,
+    routes_demo.router,  # issue 26 (demo-story): scenarios, runbooks, on-call inbox
 )
 
 
@@ -91,6 +94,8 @@ def create_app(
     open_metrics: bool = False,
     ingest_stats: Callable[[], IngestStats | None] | None = None,
     kafka_lag: Callable[[], float | None] | None = None,
+    scenarios: ScenarioRunnerLike | None = None,  # issue 26 (demo-story)
+    oncall: PageLogLike | None = None,  # issue 26 (demo-story)
 ) -> FastAPI:
     """The API over `twin`. Services not given are built here without background threads
     (an anomaly scorer and a failure-risk service at the default horizon and registry,
@@ -145,6 +150,8 @@ def create_app(
         parts=parts if parts is not None else PartHistory(twin.store),
         health=health,
         health_registry=health_registry,
+        scenarios=scenarios,
+        oncall=oncall,
     )
     app.state.services = services
     app.add_middleware(AuthGate, keys_of=lambda: services.keys)
@@ -173,6 +180,7 @@ def create_app(
 
     for r in (*ROUTERS, *routers):
         include(app, r)
+    app.include_router(routes_demo.open_router)  # issue 26: runbook pages, open like /healthz
     dashboard.mount(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -21,6 +21,7 @@ from fastapi import Depends, HTTPException, Request
 from api.keys import KeyStore
 from api.live_view import LiveView
 from api.metrics import MetricsRegistry
+from api.scenarios import PageLogLike, ScenarioRunnerLike
 from twin.alerts.service import AlertService
 from twin.anomaly.service import AnomalyService
 from twin.events import EventBus
@@ -47,6 +48,9 @@ class Services:
     health: Callable[[], dict[str, Any]] | None = None  # extra /healthz fields (counters)
     # the process's component heartbeats (/healthz, /readyz); None: no background jobs
     health_registry: HealthRegistry | None = None
+    # issue 26 (demo-story): scenario runner on a simulated site, the demo's on-call inbox
+    scenarios: ScenarioRunnerLike | None = None
+    oncall: PageLogLike | None = None
     _risk_by_horizon: dict[float, FailureRiskService] = field(default_factory=dict)
     _risk_lock: threading.Lock = field(default_factory=threading.Lock)
     # opens the optimizer's recommendation store over the twin's database

@@ -8,6 +8,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.site import EXAMPLE_SITE
+from domain.topics import SIM_CONTROL_TOPIC
 from twin.failure.model import parse_horizon_s
 from twin.failure.registry import DEFAULT_ROOT as FAILURE_MODELS_ROOT
 
@@ -63,6 +64,13 @@ class Settings(BaseSettings):
     # rack scores and alert rules
     failure_models: Path = Field(FAILURE_MODELS_ROOT, description="failure model registry")
     failure_horizon: str = Field("1h", description="failure-risk horizon served: 30m, 1h, 24h")
+    # issue 26 (demo-story): the site is the simulator's (scenarios may be played on it)
+    simulated_site: bool = Field(
+        False, description="the site is simulated: POST /v1/scenarios/{name}/run plays on it"
+    )
+    sim_control_topic: str = Field(
+        SIM_CONTROL_TOPIC, description="Kafka topic the simulated collector source reads"
+    )
 
     @field_validator("failure_horizon")
     @classmethod

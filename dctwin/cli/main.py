@@ -15,6 +15,7 @@ from dctwin.cli.anomaly import anomaly_app
 from dctwin.cli.apikey import apikey_app
 from dctwin.cli.failure import failure_app
 from dctwin.cli.optimize import optimize_app
+from dctwin.cli.scenario import scenario_app
 
 app = typer.Typer(
     help="dctwin: telemetry ingestion and digital-twin monitoring for AI data centers.",
@@ -46,14 +47,37 @@ def demo(
     port: int = typer.Option(None, help="API port (default DCTWIN_API_PORT or 8000)"),
     workdir: Path = typer.Option(Path("var/demo"), help="where the demo keeps its files"),
     interval_s: float = typer.Option(1.0, help="collection interval, seconds"),
+    history_hours: float = typer.Option(
+        6.0, "--history-hours", min=0, help="simulated past stored before going live (0: none)"
+    ),
+    history_step_s: float = typer.Option(
+        60.0, "--history-step-s", min=1, help="seconds between history reads"
+    ),
+    scenario: str = typer.Option(
+        "default", "--scenario", help="scenario played live (dctwin scenario list)"
+    ),
+    quiet_site: bool = typer.Option(False, "--quiet-site", help="no scenario: a healthy site"),
+    oncall: bool = typer.Option(True, help="run the local on-call webhook receiver"),
 ) -> None:
     """Run broker, simulated collectors, ingest, twin and API on localhost."""
-    from dctwin.demo import run_demo
+    from api.scenarios import ScenarioError, UnknownScenarioError
+    from dctwin.demo import DemoOptions, run_demo
 
     _logging(False)
+    opts = DemoOptions(
+        interval_s=interval_s,
+        history_hours=history_hours,
+        history_step_s=history_step_s,
+        scenario=None if quiet_site else scenario,
+        oncall=oncall,
+    )
     # uvicorn re-raises Ctrl-C after its clean shutdown; that is a normal exit
-    with contextlib.suppress(KeyboardInterrupt):
-        run_demo(_settings(api_port=port), workdir, interval_s)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            run_demo(_settings(api_port=port), workdir, opts)
+    except (ScenarioError, UnknownScenarioError) as exc:
+        typer.echo(f"error: --scenario: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 @app.command()
@@ -277,6 +301,7 @@ app.add_typer(anomaly_app, name="anomaly")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(failure_app, name="failure")
 app.add_typer(optimize_app, name="optimize")
+app.add_typer(scenario_app, name="scenario")
 
 if __name__ == "__main__":
     app()

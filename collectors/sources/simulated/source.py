@@ -8,19 +8,25 @@ reporting; device events (XIDs, leaks, failed pumps/PSUs/fans) come with the rea
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from itertools import compress
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from kafka import KafkaConsumer, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
 from collectors.base import Readings, now_ms
 from domain.contract import Event, EventKind
 from domain.site import EXAMPLE_SITE, load_site
+from domain.topics import ensure_topics
 from simulator.model import SiteSimulator
 from simulator.weather import CLIMATES
+
+log = logging.getLogger(__name__)
 
 
 class PartSwap(BaseModel):
@@ -51,6 +57,13 @@ class SimulatedSourceConfig(BaseModel):
         None, description="where to write the ground-truth labels (JSON lines)"
     )
     climate: Literal[tuple(CLIMATES)] = "temperate"  # type: ignore[valid-type]
+    # issue 26 (demo-story): scenarios played into the running simulation
+    control_topic: str | None = Field(
+        None, description="Kafka topic of scenario fault specs (sim.control); none: off"
+    )
+    control_bootstrap: str | None = Field(
+        None, description="Kafka bootstrap of control_topic (the daemon's cluster)"
+    )
     part_swaps: list[PartSwap] = Field(
         default_factory=list,
         description="maintenance: replace the part in a GPU/PSU slot (new UUID and serial) "
@@ -106,6 +119,11 @@ class SimulatedSource:
             if swap.device_id not in (*self.sim.parts.gpu_index, *self.sim.parts.psu_index):
                 raise ValueError(f"part_swaps: {swap.device_id!r} is not a GPU or PSU of the site")
         self._swaps = sorted(config.part_swaps, key=lambda s: s.after_s)
+        self._control: KafkaConsumer | None = None
+        if config.control_topic:
+            self._control = _control_consumer(
+                config.control_bootstrap or "127.0.0.1:9092", config.control_topic
+            )
 
     def advance(self) -> None:
         now = time.monotonic()
@@ -182,11 +200,47 @@ class SimulatedSource:
         return events
 
     def read(self) -> Readings:
+        self._apply_control()
         self.advance()
         return self.snapshot(now_ms())
 
+    def _apply_control(self) -> None:
+        """Scenarios sent since the last read join the simulation, onsets from now."""
+        if self._control is None:
+            return
+        for records in self._control.poll(timeout_ms=0).values():
+            for rec in records:
+                try:
+                    msg = json.loads(rec.value)
+                    added = self.sim.inject(str(msg["faults"]))
+                except (ValueError, KeyError, TypeError) as exc:  # FaultSpecError included
+                    log.warning("scenario message at offset %d ignored: %s", rec.offset, exc)
+                    continue
+                log.info(
+                    "scenario %s: %d faults injected (%s)",
+                    msg.get("scenario"),
+                    len(added),
+                    ", ".join(f"{f.type}@{f.device_id}" for f in added),
+                )
+                if self.config.labels_file is not None:
+                    self.sim.write_labels(self.config.labels_file)
+
     def close(self) -> None:
-        pass
+        if self._control is not None:
+            self._control.close()
+
+
+def _control_consumer(bootstrap: str, topic: str) -> KafkaConsumer:
+    """A group-less reader of the control topic positioned at its end: only scenarios sent
+    after the collector started play (an old one must not replay on restart)."""
+    ensure_topics(bootstrap, 1, (topic,))
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)
+    for tp in tps:
+        consumer.position(tp)  # resolve the end offset now, before any scenario is sent
+    return consumer
 
 
 # plugin entry points (collectors/sources/__init__.py)

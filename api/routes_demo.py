@@ -1,0 +1,131 @@
+"""Scenarios, runbooks and the demo's on-call inbox (issue 26).
+
+- `GET /v1/scenarios`, `POST /v1/scenarios/{name}/run` (operator): timed fault sequences
+  played on a simulated site (dctwin/scenario.py, docs/scenarios.md); 409 on a site that
+  is not simulated, 404 for an unknown scenario, 422 for one that does not fit the site.
+- `GET /v1/runbooks/{rule}` (markdown) and the open `GET /runbooks/{rule}` (HTML, what alert
+  and webhook `runbook_url`s point at: a runbook holds no site data, and on-call opens it
+  from a page without an API key). One file per default rule in docs/runbooks/.
+- `GET /v1/oncall/pages`: what the demo's local webhook receiver got (dctwin/oncall.py),
+  each with whether its signature verified; 409 where no receiver runs in this process.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, Response
+from markdown_it import MarkdownIt
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import require_role
+from api.deps import services_of
+from api.keys import Role
+from api.problems import ProblemError, problem_responses
+from api.scenarios import (
+    PageLogLike,
+    ReceivedPage,
+    ScenarioError,
+    ScenarioInfo,
+    ScenarioRunnerLike,
+    UnknownScenarioError,
+)
+
+RUNBOOK_DIR = Path(__file__).resolve().parents[1] / "docs" / "runbooks"
+_RULE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,80}$")
+_md = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+router = APIRouter(tags=["demo"])
+open_router = APIRouter(tags=["demo"])
+
+
+async def scenarios_of(request: Request) -> ScenarioRunnerLike:
+    runner = services_of(request).scenarios
+    if runner is None:
+        raise ProblemError(
+            409,
+            "this site is not simulated: scenarios inject faults into a simulated site only "
+            "(dctwin demo, or dctwin serve with DCTWIN_SIMULATED_SITE=true)",
+            "not-simulated",
+        )
+    return runner
+
+
+async def pages_of(request: Request) -> PageLogLike:
+    log = services_of(request).oncall
+    if log is None:
+        raise ProblemError(
+            409, "no on-call receiver runs in this process (dctwin demo runs one)", "no-receiver"
+        )
+    return log
+
+
+@router.get("/v1/scenarios", summary="Scenarios this site can play")
+async def list_scenarios(
+    runner: Annotated[ScenarioRunnerLike, Depends(scenarios_of)],
+) -> list[ScenarioInfo]:
+    return runner.list()
+
+
+@router.post(
+    "/v1/scenarios/{name}/run",
+    summary="Play a scenario on the simulated site (operator)",
+    dependencies=[Depends(require_role(Role.operator))],
+    responses=problem_responses(
+        404, 409, 422, e404="no scenario 'nope' (known: default, utility-dip)"
+    ),
+)
+async def run_scenario(
+    name: str, runner: Annotated[ScenarioRunnerLike, Depends(scenarios_of)]
+) -> dict[str, Any]:
+    try:
+        return await run_in_threadpool(runner.run, name)
+    except UnknownScenarioError as exc:
+        raise ProblemError(404, str(exc), "not-found") from exc
+    except ScenarioError as exc:
+        raise ProblemError(422, str(exc), "invalid-scenario") from exc
+
+
+def runbook_text(rule: str) -> str:
+    path = RUNBOOK_DIR / f"{rule}.md"
+    if not _RULE.match(rule) or not path.is_file():
+        known = sorted(p.stem for p in RUNBOOK_DIR.glob("*.md"))
+        raise ProblemError(
+            404,
+            f"no runbook for rule {rule!r} ({len(known)} runbooks: one per default alert rule, "
+            "docs/runbooks/)",
+            "not-found",
+        )
+    return path.read_text()
+
+
+@router.get(
+    "/v1/runbooks/{rule}",
+    summary="The runbook of an alert rule (markdown)",
+    response_class=Response,
+    responses={200: {"content": {"text/markdown": {}}}, **problem_responses(404)},
+)
+async def get_runbook(rule: str) -> Response:
+    return Response(runbook_text(rule), media_type="text/markdown; charset=utf-8")
+
+
+@open_router.get("/runbooks/{rule}", include_in_schema=False)
+async def runbook_page(rule: str) -> HTMLResponse:
+    body = _md.render(runbook_text(rule))
+    return HTMLResponse(
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<title>{html.escape(rule)} runbook</title>"
+        '<meta name=viewport content="width=device-width,initial-scale=1">'
+        '<link rel=stylesheet href="/static/app.css"></head>'
+        f'<body class="doc"><main class="doc">{body}</main></body></html>',
+        headers={"Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'"},
+    )
+
+
+@router.get("/v1/oncall/pages", summary="Pages the demo's on-call receiver got, newest first")
+async def oncall_pages(log: Annotated[PageLogLike, Depends(pages_of)]) -> list[ReceivedPage]:
+    return log.pages()
