@@ -6,6 +6,7 @@
 - `GET /v1/runbooks/{rule}` (markdown) and the open `GET /runbooks/{rule}` (HTML, what alert
   and webhook `runbook_url`s point at: a runbook holds no site data, and on-call opens it
   from a page without an API key). One file per default rule in docs/runbooks/.
+- `GET /v1/events`: the device events timeline (the dashboard's events panel on first paint).
 - `GET /v1/oncall/pages`: what the demo's local webhook receiver got (dctwin/oncall.py),
   each with whether its signature verified; 409 where no receiver runs in this process.
 """
@@ -14,16 +15,18 @@ from __future__ import annotations
 
 import html
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from markdown_it import MarkdownIt
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import require_role
-from api.deps import services_of
+from api.deps import TwinDep, services_of
 from api.keys import Role
 from api.problems import ProblemError, problem_responses
 from api.scenarios import (
@@ -34,6 +37,7 @@ from api.scenarios import (
     ScenarioRunnerLike,
     UnknownScenarioError,
 )
+from api.shape import now_naive_utc
 
 RUNBOOK_DIR = Path(__file__).resolve().parents[1] / "docs" / "runbooks"
 _RULE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,80}$")
@@ -129,3 +133,42 @@ async def runbook_page(rule: str) -> HTMLResponse:
 @router.get("/v1/oncall/pages", summary="Pages the demo's on-call receiver got, newest first")
 async def oncall_pages(log: Annotated[PageLogLike, Depends(pages_of)]) -> list[ReceivedPage]:
     return log.pages()
+
+
+class DeviceEventOut(BaseModel):
+    time: datetime
+    device_id: str
+    kind: str
+    severity: str
+    message: str | None
+
+
+@router.get(
+    "/v1/events",
+    summary="Device events, newest first (XIDs, leaks, failed pumps/PSUs, swaps)",
+    responses=problem_responses(422),
+)
+def list_events(
+    twin: TwinDep,
+    hours: Annotated[float, Query(gt=0, le=168, description="how far back")] = 6,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    device_id: Annotated[str | None, Query(max_length=300, description="id prefix")] = None,
+) -> list[DeviceEventOut]:
+    """The events timeline: what the stream's `device_event`s were, for a page that just
+    opened. Identity reports (`inventory`) are left out, as in the stream."""
+    since = now_naive_utc() - timedelta(hours=hours)
+    sql = (
+        "SELECT read_time, device_id, kind, severity, message FROM events "
+        "WHERE kind <> 'inventory' AND read_time >= ?"
+    )
+    params: list[Any] = [since]
+    if device_id:
+        sql += " AND starts_with(device_id, ?)"
+        params.append(device_id)
+    sql += " ORDER BY read_time DESC LIMIT ?"
+    params.append(limit)
+    rows = twin.store.cursor().execute(sql, params).fetchall()
+    return [
+        DeviceEventOut(time=t.replace(tzinfo=UTC), device_id=d, kind=k, severity=s, message=m)
+        for t, d, k, s, m in rows
+    ]

@@ -64,6 +64,8 @@ def demo(
     from dctwin.demo import DemoOptions, run_demo
 
     _logging(False)
+    # kafka-python warns of every slow selector round under the history's load: noise here
+    logging.getLogger("kafka").setLevel(logging.ERROR)
     opts = DemoOptions(
         interval_s=interval_s,
         history_hours=history_hours,
