@@ -80,7 +80,9 @@ def test_first_paint_signout_and_oncall_inbox(site, tmp_path):
                 expect(page.locator(f"#{card}")).to_have_text(fmt_kw(api[field]), timeout=20_000)
             # PUE axis: at most three decimals, labels that differ
             page.wait_for_selector("#pue-chart svg path")
-            labels = [t.inner_text() for t in page.query_selector_all("#pue-chart svg text")]
+            labels = [
+                t.text_content() or "" for t in page.query_selector_all("#pue-chart svg text")
+            ]
             y = [s for s in labels if re.fullmatch(r"\d+\.\d+", s)]
             assert len(y) == 3 and all(len(s.split(".")[1]) <= 3 for s in y), labels
             assert len(set(y)) == 3, labels
@@ -89,7 +91,7 @@ def test_first_paint_signout_and_oncall_inbox(site, tmp_path):
                 "unavailable: the alert engine is not running", timeout=10_000
             )
             expect(page.locator("[data-testid=events]")).to_contain_text(
-                re.compile(r"no device events in the last 6 h|\w")
+                "no device events in the last 6 h"
             )
             expect(page.locator("[data-testid=recommendations]")).to_contain_text("none")
             # the wall-screen switch enlarges the type

@@ -126,7 +126,7 @@ def test_demo_history_first_scenario_pages_oncall_and_sigint_stops_all(tmp_path)
             on_battery = next(
                 (m["value"] for m in dev.get("metrics", []) if m["metric"] == "on_battery"), None
             )
-            pages = httpx.get(f"{url}/v1/oncall/pages", headers=AUTH).json()
+            pages = httpx.get(f"{url}/v1/oncall/pages", headers=AUTH).json()["pages"]
             paged = [
                 p
                 for p in pages

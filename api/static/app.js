@@ -555,9 +555,9 @@ function endSession() {
 async function loadOncall() {
   const link = $("oncall-link");
   if (!has("/v1/oncall/pages")) { link.hidden = true; return; }
-  const pages = await api("/v1/oncall/pages").catch(() => null);
-  link.hidden = pages == null;
-  if (pages) link.textContent = `on-call pages (${pages.length})`;
+  const body = await api("/v1/oncall/pages");
+  link.hidden = !body.receiver_running;
+  link.textContent = `on-call pages (${body.pages.length})`;
 }
 
 function signOut(message) {

@@ -15,9 +15,11 @@ async function load() {
   const key = sessionStorage.getItem("dctwin.apikey");
   if (!key) { $("error").textContent = "sign in on the dashboard first (the key stays in that tab)"; return; }
   const res = await fetch("/v1/oncall/pages", { headers: { Authorization: `Bearer ${key}` } });
-  const body = await res.json();
-  if (!res.ok) { $("error").textContent = body.detail || `HTTP ${res.status}`; return; }
-  $("error").textContent = "";
+  const doc = await res.json();
+  if (!res.ok) { $("error").textContent = doc.detail || `HTTP ${res.status}`; return; }
+  $("error").textContent = doc.receiver_running ? ""
+    : "no on-call receiver runs in this process (dctwin demo runs one)";
+  const body = doc.pages;
   $("count").textContent = `${body.length} received`;
   const rows = $("rows");
   rows.replaceChildren();
