@@ -12,6 +12,7 @@ part (collector, API, services, receiver, broker), children included.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -186,12 +187,13 @@ def _stop_all(
     receiver: OnCallReceiver | None,
     server: Server | None,
     broker: DevBroker | None,
-) -> None:
+) -> bool:
     """Everything down within STOP_BUDGET_S: the collector is told first (it flushes while
     the services stop), the broker last (ingest commits its offsets to it). A service
     still in a long round (a DuckDB query) past its share is left to die with the
     process: the demo's database is thrown away at the next start anyway."""
     deadline = time.monotonic() + STOP_BUDGET_S
+    clean = True
     if collector is not None and collector.poll() is None:
         collector.send_signal(signal.SIGTERM)
     if receiver is not None:
@@ -202,16 +204,21 @@ def _stop_all(
         stopper.join(max(0.5, deadline - time.monotonic() - 2.0))
         if stopper.is_alive():
             console.print("[yellow]services still finishing a round: not waiting for them[/]")
+            clean = False
     if collector is not None:
         stop_process(collector, timeout_s=max(0.5, deadline - time.monotonic() - 1.0))
     if broker is not None:
         broker.stop(timeout_s=max(0.5, deadline - time.monotonic()))
+    return clean
 
 
 def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = None) -> None:
     opts = options or DemoOptions()
     workdir.mkdir(parents=True, exist_ok=True)
-    previous: dict[int, Any] = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupt)}
+    previous: dict[signal.Signals, Any] = {
+        signal.SIGINT: signal.getsignal(signal.SIGINT),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupt),
+    }
     broker: DevBroker | None = None
     collector: subprocess.Popen[bytes] | None = None
     server: Server | None = None
@@ -246,12 +253,23 @@ def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = No
         # turns Ctrl-C into KeyboardInterrupt in whatever thread runs a query: ours again
         # so that the main thread gets it and stops everything
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous.setdefault(sig, signal.signal(sig, _raise_interrupt))
             signal.signal(sig, _raise_interrupt)
-        # ingest first; the jobs (twin, models, alerts) once the history is stored, so that
-        # alert rules never judge a half-loaded past (a live reading queued behind it)
+        # ingest first; the jobs (twin, models, alerts) once the history is stored and live
+        # readings arrive, so that alert rules never judge the seam (nothing newer than
+        # the history's end would read as telemetry lost)
         server.start_ingest(jobs=False)
-        # live from now: the collector starts with the history, which ends where it begins
+        if opts.history_hours > 0:
+            console.print(f"simulating the last {opts.history_hours:g} h of the site …")
+            samples, took_s = history_first(
+                server, opts.history_hours, opts.history_step_s, workdir
+            )
+            console.print(
+                f"[green]history[/] {samples:,} samples ({opts.history_hours:g} h every "
+                f"{opts.history_step_s:g} s) simulated and stored in {took_s:.1f} s"
+            )
+        # then live: the collector after the history (history arriving beside live data
+        # is late data to ingest, which recomputes rollups for it: several times slower);
+        # the seam is a gap of the history's duration in the charts
         cfg = collector_config(
             workdir / "collector.toml",
             settings.site_file.resolve(),
@@ -272,16 +290,6 @@ def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = No
             f"log {workdir / 'collector.log'}"
         )
         before = _accounted(server)
-        if opts.history_hours > 0:
-            console.print(f"simulating the last {opts.history_hours:g} h of the site …")
-            samples, took_s = history_first(
-                server, opts.history_hours, opts.history_step_s, workdir
-            )
-            console.print(
-                f"[green]history[/] {samples:,} samples ({opts.history_hours:g} h every "
-                f"{opts.history_step_s:g} s) simulated and stored in {took_s:.1f} s"
-            )
-            before += samples
         _wait_live(server, collector, before)
         server.start_jobs()
         if opts.scenario and server.scenarios is not None:
@@ -302,7 +310,14 @@ def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = No
         api.run()
     finally:
         console.print("stopping…")
-        _stop_all(collector, receiver, server, broker)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        clean = _stop_all(collector, receiver, server, broker)
+        for signum, handler in previous.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(signum, handler)
         console.print("stopped.")
+        if not clean:
+            # a service thread is still inside DuckDB: the interpreter's exit would abort
+            # under it; every child is stopped and the demo's database is thrown away
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
