@@ -169,12 +169,18 @@ def history_first(server: Server, hours: float, step_s: float, workdir: Path) ->
 
 
 def _wait_live(
-    server: Server, collector: subprocess.Popen[bytes], before: int, timeout_s: float = 60.0
+    server: Server,
+    collector: subprocess.Popen[bytes],
+    before: int,
+    samples: int,
+    timeout_s: float = 90.0,
 ) -> None:
-    """Until the live collector's first samples are stored (its control reader is then
-    positioned too, so a scenario sent next reaches it)."""
+    """Until `samples` live samples are stored: two whole reads of the site, so every
+    device has a reading newer than the history's end before the alert rules look (else
+    the seam reads as telemetry lost), and the collector's control reader is positioned
+    (a scenario sent next reaches it)."""
     deadline = time.monotonic() + timeout_s
-    while _accounted(server) <= before:
+    while _accounted(server) < before + max(samples, 1):
         if collector.poll() is not None:
             raise RuntimeError(f"the simulated collector exited with code {collector.returncode}")
         if time.monotonic() > deadline:
@@ -258,6 +264,7 @@ def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = No
         # readings arrive, so that alert rules never judge the seam (nothing newer than
         # the history's end would read as telemetry lost)
         server.start_ingest(jobs=False)
+        per_read = 0
         if opts.history_hours > 0:
             console.print(f"simulating the last {opts.history_hours:g} h of the site …")
             samples, took_s = history_first(
@@ -267,6 +274,7 @@ def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = No
                 f"[green]history[/] {samples:,} samples ({opts.history_hours:g} h every "
                 f"{opts.history_step_s:g} s) simulated and stored in {took_s:.1f} s"
             )
+            per_read = samples // max(1, round(opts.history_hours * 3600 / opts.history_step_s))
         # then live: the collector after the history (history arriving beside live data
         # is late data to ingest, which recomputes rollups for it: several times slower);
         # the seam is a gap of the history's duration in the charts
@@ -289,8 +297,10 @@ def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = No
             f"[green]collector[/] simulated site live, pid {collector.pid}, "
             f"log {workdir / 'collector.log'}"
         )
-        before = _accounted(server)
-        _wait_live(server, collector, before)
+        # two whole reads of the site (samples per read: from the history's)
+        _wait_live(server, collector, _accounted(server), 2 * per_read)
+        if not per_read:
+            time.sleep(3 * opts.interval_s)  # no history: no seam, a few reads suffice
         server.start_jobs()
         if opts.scenario and server.scenarios is not None:
             # through the control topic, as `dctwin scenario run` does: onsets from now
