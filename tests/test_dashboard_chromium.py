@@ -77,7 +77,7 @@ def demo(tmp_path):
             str(tmp_path / "demo"),
             # issue 26: a short past (history first) and no scenario: a healthy site
             "--history-hours",
-            "0.25",
+            "2",
             "--quiet-site",
         ],
         stdout=log,

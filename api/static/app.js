@@ -555,7 +555,12 @@ function endSession() {
 async function loadOncall() {
   const link = $("oncall-link");
   if (!has("/v1/oncall/pages")) { link.hidden = true; return; }
-  const body = await api("/v1/oncall/pages");
+  let body;
+  try { body = await api("/v1/oncall/pages"); } catch (e) {
+    if (e instanceof AuthError) throw e;
+    link.hidden = true; // the link is an extra: its failure takes nothing else down
+    return;
+  }
   link.hidden = !body.receiver_running;
   link.textContent = `on-call pages (${body.pages.length})`;
 }

@@ -51,7 +51,7 @@ def demo(
         6.0, "--history-hours", min=0, help="simulated past stored before going live (0: none)"
     ),
     history_step_s: float = typer.Option(
-        60.0, "--history-step-s", min=1, help="seconds between history reads"
+        300.0, "--history-step-s", min=1, help="seconds between history reads"
     ),
     scenario: str = typer.Option(
         "default", "--scenario", help="scenario played live (dctwin scenario list)"
