@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from markdown_it import MarkdownIt
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import require_role
@@ -61,6 +61,17 @@ async def scenarios_of(request: Request) -> ScenarioRunnerLike:
 
 
 class OncallPages(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "receiver_running": True,
+                    "pages": ReceivedPage.model_config["json_schema_extra"]["examples"],  # type: ignore[index]
+                }
+            ]
+        }
+    )
+
     receiver_running: bool = Field(
         description="an on-call receiver runs in this process (dctwin demo runs one)"
     )
@@ -71,7 +82,29 @@ async def pages_of(request: Request) -> PageLogLike | None:
     return services_of(request).oncall
 
 
-@router.get("/v1/scenarios", summary="Scenarios this site can play")
+class ScenarioRunOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "scenario": "utility-dip",
+                    "faults": 1,
+                    "spec": "utility_dip@sv1/facility/ups:onset=5,duration=60,depth=1",
+                }
+            ]
+        }
+    )
+
+    scenario: str
+    faults: int = Field(description="faults sent to the simulated site")
+    spec: str = Field(description="the simulator fault spec sent (docs/simulator.md)")
+
+
+@router.get(
+    "/v1/scenarios",
+    summary="Scenarios this site can play",
+    responses=problem_responses(409, e409="this site is not simulated"),
+)
 async def list_scenarios(
     runner: Annotated[ScenarioRunnerLike, Depends(scenarios_of)],
 ) -> list[ScenarioInfo]:
@@ -88,9 +121,9 @@ async def list_scenarios(
 )
 async def run_scenario(
     name: str, runner: Annotated[ScenarioRunnerLike, Depends(scenarios_of)]
-) -> dict[str, Any]:
+) -> ScenarioRunOut:
     try:
-        return await run_in_threadpool(runner.run, name)
+        return ScenarioRunOut(**await run_in_threadpool(runner.run, name))
     except UnknownScenarioError as exc:
         raise ProblemError(404, str(exc), "not-found") from exc
     except ScenarioError as exc:
@@ -114,7 +147,16 @@ def runbook_text(rule: str) -> str:
     "/v1/runbooks/{rule}",
     summary="The runbook of an alert rule (markdown)",
     response_class=Response,
-    responses={200: {"content": {"text/markdown": {}}}, **problem_responses(404)},
+    responses={
+        200: {
+            "content": {
+                "text/markdown": {
+                    "example": "# UpsOnBattery: UPS on battery\n\n## What it means\n\n..."
+                }
+            }
+        },
+        **problem_responses(404, e404="no runbook for rule 'Nope'"),
+    },
 )
 async def get_runbook(rule: str) -> Response:
     return Response(runbook_text(rule), media_type="text/markdown; charset=utf-8")
@@ -140,6 +182,20 @@ async def oncall_pages(log: Annotated[PageLogLike | None, Depends(pages_of)]) ->
 
 
 class DeviceEventOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "time": "2026-12-07T06:13:05.190Z",
+                    "device_id": "sv1/h1/crah3",
+                    "kind": "fan_failed",
+                    "severity": "critical",
+                    "message": "CRAH fan motor failed",
+                }
+            ]
+        }
+    )
+
     time: datetime
     device_id: str
     kind: str

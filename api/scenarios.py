@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ScenarioError(ValueError):
@@ -21,6 +21,25 @@ class UnknownScenarioError(LookupError):
 
 
 class ScenarioInfo(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "utility-dip",
+                    "description": "a 60 s utility outage carried by the UPS battery",
+                    "faults": [
+                        {
+                            "at": "5s",
+                            "kind": "utility_dip",
+                            "device": "sv1/facility/ups",
+                            "duration": "60s",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
     name: str
     description: str
     faults: list[dict[str, Any]] = Field(description="at, kind, device, duration per fault")
@@ -33,6 +52,29 @@ class ScenarioRunnerLike(Protocol):
 
 
 class ReceivedPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "received_at": "2026-12-07T06:14:19Z",
+                    "signature_valid": True,
+                    "status": "firing",
+                    "receiver": "demo-oncall",
+                    "alerts": [
+                        {
+                            "status": "firing",
+                            "labels": {"alertname": "UpsOnBattery", "severity": "critical"},
+                            "annotations": {
+                                "summary": "UPS sv1/facility/ups on battery",
+                                "runbook_url": "http://127.0.0.1:8000/runbooks/UpsOnBattery",
+                            },
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
     received_at: str = Field(description="RFC 3339 UTC time the receiver got it")
     signature_valid: bool = Field(description="HMAC-SHA256 signature and timestamp verified")
     status: str = Field(description="firing or resolved (the webhook's group status)")
