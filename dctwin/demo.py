@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -62,6 +63,8 @@ def collector_config(
     interval_s: float,
     faults: str | None = None,
     control_topic: str | None = None,
+    catch_up_from_s: float | None = None,
+    catch_up_step_s: float = HISTORY_STEP_S,
 ) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = (
@@ -73,6 +76,8 @@ def collector_config(
         text += f"faults = {json.dumps(faults)}\n"
     if control_topic:
         text += f'control_topic = "{control_topic}"\ncontrol_bootstrap = "{bootstrap}"\n'
+    if catch_up_from_s is not None:  # continue the history's simulation, no seam
+        text += f"catch_up_from_s = {catch_up_from_s!r}\ncatch_up_step_s = {catch_up_step_s!r}\n"
     path.write_text(text)
     return path
 
@@ -84,7 +89,7 @@ def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
 
 
 def start_history(
-    settings: Settings, hours: float, step_s: float, log_path: Path
+    settings: Settings, hours: float, step_s: float, start_s: float, log_path: Path
 ) -> subprocess.Popen[bytes]:
     """`dctwin simulate` of the last `hours` into Kafka, as the collector batches a site's
     collectors would send (experiments/simulate.py's KafkaSink): its own process, so
@@ -93,7 +98,7 @@ def start_history(
         [
             sys.executable, "-m", "dctwin.cli.main", "simulate",
             "--site", str(settings.site_file.resolve()), "--hours", f"{hours:g}",
-            "--step-s", f"{step_s:g}", "--start", f"now-{hours * 3600.0:.0f}s",
+            "--step-s", f"{step_s:g}", "--start", datetime.fromtimestamp(start_s, UTC).isoformat(),
             "--seed", str(SEED), "--kafka", settings.kafka_bootstrap, "--quiet",
         ],
         stdout=open(log_path, "wb"),
@@ -135,12 +140,14 @@ def _behind(server: Server, ends: dict[tuple[str, int], int]) -> int:
     return out
 
 
-def history_first(server: Server, hours: float, step_s: float, workdir: Path) -> tuple[int, float]:
+def history_first(
+    server: Server, hours: float, step_s: float, start_s: float, workdir: Path
+) -> tuple[int, float]:
     """Simulate the past into Kafka and wait until ingest has stored all of it, with a
     progress bar; (samples, seconds)."""
     t0 = time.monotonic()
     log_path = workdir / "history.log"
-    proc = start_history(server.settings, hours, step_s, log_path)
+    proc = start_history(server.settings, hours, step_s, start_s, log_path)
     expected = int(round(hours * 3600.0 / step_s))  # reads; samples known at the end
     try:
         with Progress(
@@ -220,6 +227,21 @@ def _stop_all(
     return clean
 
 
+def _wait_fresh(server: Server, after_s: float, timeout_s: float = 30.0) -> None:
+    """Until no device's latest reading is older than `after_s` (the history's end): the
+    alert rules then see a live site, not the seam (a PDU whose partition ingest has not
+    reached yet would read as telemetry lost). A device that stays silent (one the
+    history had and the live site lost) only costs the timeout."""
+    after = datetime.fromtimestamp(after_s, UTC).replace(tzinfo=None)
+    deadline = time.monotonic() + timeout_s
+    cur = server.store.cursor()
+    while time.monotonic() < deadline:
+        row = cur.execute("SELECT count(*) FROM latest WHERE read_time < ?", [after]).fetchone()
+        if row is not None and row[0] == 0:
+            return
+        time.sleep(0.5)
+
+
 def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = None) -> None:
     opts = options or DemoOptions()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -267,10 +289,12 @@ def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = No
         # the history's end would read as telemetry lost)
         server.start_ingest(jobs=False)
         per_read = 0
+        history_from_s = None
         if opts.history_hours > 0:
             console.print(f"simulating the last {opts.history_hours:g} h of the site …")
+            history_from_s = time.time() - opts.history_hours * 3600.0
             samples, took_s = history_first(
-                server, opts.history_hours, opts.history_step_s, workdir
+                server, opts.history_hours, opts.history_step_s, history_from_s, workdir
             )
             console.print(
                 f"[green]history[/] {samples:,} samples ({opts.history_hours:g} h every "
@@ -279,13 +303,16 @@ def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = No
             per_read = samples // max(1, round(opts.history_hours * 3600 / opts.history_step_s))
         # then live: the collector after the history (history arriving beside live data
         # is late data to ingest, which recomputes rollups for it: several times slower);
-        # the seam is a gap of the history's duration in the charts
+        # its simulation continues the history's (same seed, same steps), so the site is
+        # the same site across the seam; the charts show a gap of the history's duration
         cfg = collector_config(
             workdir / "collector.toml",
             settings.site_file.resolve(),
             settings.kafka_bootstrap,
             opts.interval_s,
             control_topic=settings.sim_control_topic,
+            catch_up_from_s=history_from_s,
+            catch_up_step_s=opts.history_step_s,
         )
         log = open(workdir / "collector.log", "ab")  # noqa: SIM115
         collector = subprocess.Popen(
@@ -299,9 +326,12 @@ def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = No
             f"[green]collector[/] simulated site live, pid {collector.pid}, "
             f"log {workdir / 'collector.log'}"
         )
-        # two whole reads of the site (samples per read: from the history's)
+        # two whole reads of the site (samples per read: from the history's), then every
+        # reading the twin holds newer than the history
         _wait_live(server, collector, _accounted(server), 2 * per_read)
-        if not per_read:
+        if history_from_s is not None:
+            _wait_fresh(server, history_from_s + opts.history_hours * 3600.0)
+        else:
             time.sleep(3 * opts.interval_s)  # no history: no seam, a few reads suffice
         server.start_jobs()
         if opts.scenario and server.scenarios is not None:

@@ -64,6 +64,13 @@ class SimulatedSourceConfig(BaseModel):
     control_bootstrap: str | None = Field(
         None, description="Kafka bootstrap of control_topic (the daemon's cluster)"
     )
+    catch_up_from_s: float | None = Field(
+        None,
+        description="Unix seconds: start the simulation here and step it to now without "
+        "emitting, so the live site continues a history simulated elsewhere with the same "
+        "seed and step (dctwin demo); none: start now",
+    )
+    catch_up_step_s: float = Field(300.0, gt=0, description="step of the catch-up")
     part_swaps: list[PartSwap] = Field(
         default_factory=list,
         description="maintenance: replace the part in a GPU/PSU slot (new UUID and serial) "
@@ -81,10 +88,18 @@ class SimulatedSource:
         self.sim = simulator or SiteSimulator(
             self.site,
             seed=config.seed,
-            start_time_s=time.time(),
+            start_time_s=config.catch_up_from_s or time.time(),
             faults=config.faults,
             climate=config.climate,
         )
+        if simulator is None and config.catch_up_from_s is not None:
+            # the same steps as the batch history (a read every step, experiments'
+            # BatchRun), so the state at its last read is the history's exactly; then on
+            # to now in one step
+            step = config.catch_up_step_s
+            while self.sim.time_s + step <= time.time():
+                self.sim.step(step)
+            self.sim.step(max(0.0, time.time() - self.sim.time_s))
         if config.labels_file is not None:
             self.sim.write_labels(config.labels_file)
         plan = self.sim.telemetry
