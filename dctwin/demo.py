@@ -78,6 +78,8 @@ def collector_config(
         text += f'control_topic = "{control_topic}"\ncontrol_bootstrap = "{bootstrap}"\n'
     if catch_up_from_s is not None:  # continue the history's simulation, no seam
         text += f"catch_up_from_s = {catch_up_from_s!r}\ncatch_up_step_s = {catch_up_step_s!r}\n"
+    # the demo's spool beside its other files: two demos (other workdirs) never share one
+    text += f'\n[spool]\ndir = "{path.parent / "spool"}"\n'
     path.write_text(text)
     return path
 
