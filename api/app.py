@@ -28,6 +28,7 @@ from api import (
     routes_capacity,
     routes_core,
     routes_deadletters,
+    routes_demo,
     routes_failure,
     routes_health,
     routes_keys,
@@ -51,6 +52,7 @@ from api.metrics import (
     twin_provider,
 )
 from api.problems import FieldError, Problem, problem_content, problem_example, problem_response
+from api.scenarios import PageLogLike, ScenarioRunnerLike
 from ingest.stats import IngestStats
 from twin.alerts.service import AlertService
 from twin.anomaly.service import AnomalyService
@@ -81,6 +83,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     routes_whatif.router,  # issue 27 (whatif)
     routes_sustainability.router,
     routes_capacity.router,  # issue 27 (capacity)
+    routes_demo.router,  # issue 26 (demo-story): scenarios, runbooks, on-call inbox
 )
 
 
@@ -106,6 +109,8 @@ def create_app(
     kafka_lag: Callable[[], float | None] | None = None,
     whatif: WhatIfService | None = None,  # issue 27 (whatif)
     sustainability: SustainabilityService | None = None,
+    scenarios: ScenarioRunnerLike | None = None,  # issue 26 (demo-story)
+    oncall: PageLogLike | None = None,  # issue 26 (demo-story)
 ) -> FastAPI:
     """The API over `twin`. Services not given are built here without background threads
     (an anomaly scorer and a failure-risk service at the default horizon and registry,
@@ -167,6 +172,8 @@ def create_app(
         whatif=whatif,
         sustainability=sustainability,
         capacity=capacity,
+        scenarios=scenarios,
+        oncall=oncall,
     )
     app.state.services = services
     app.add_middleware(AuthGate, keys_of=lambda: services.keys)
@@ -195,6 +202,7 @@ def create_app(
 
     for r in (*ROUTERS, *routers):
         include(app, r)
+    app.include_router(routes_demo.open_router)  # issue 26: runbook pages, open like /healthz
     dashboard.mount(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

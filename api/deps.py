@@ -21,6 +21,7 @@ from fastapi import Depends, HTTPException, Request
 from api.keys import KeyStore
 from api.live_view import LiveView
 from api.metrics import MetricsRegistry
+from api.scenarios import PageLogLike, ScenarioRunnerLike
 from twin.alerts.service import AlertService
 from twin.anomaly.service import AnomalyService
 from twin.capacity.service import CapacityService
@@ -56,6 +57,9 @@ class Services:
     whatif: WhatIfService | None = None
     sustainability: SustainabilityService | None = None
     capacity: CapacityService | None = None  # issue 27 (capacity): headroom and forecast
+    # issue 26 (demo-story): scenario runner on a simulated site, the demo's on-call inbox
+    scenarios: ScenarioRunnerLike | None = None
+    oncall: PageLogLike | None = None
     _risk_by_horizon: dict[float, FailureRiskService] = field(default_factory=dict)
     _risk_lock: threading.Lock = field(default_factory=threading.Lock)
     # opens the optimizer's recommendation store over the twin's database

@@ -27,6 +27,8 @@ from api.keys import KeyStore
 from api.live_view import LiveView
 from api.metrics import alert_events, kafka_lag_of
 from api.rack_scores import anomaly_rack_scorer, failure_rack_scorer
+from api.scenarios import PageLogLike
+from dctwin.scenario import ScenarioRunner
 from dctwin.settings import Settings
 from domain.site import load_site
 from domain.topics import ensure_topics
@@ -192,6 +194,13 @@ class Server:
             ],
         }
         self._started: list[str] = []
+        # issue 26 (demo-story): scenarios on a simulated site; the demo's on-call inbox
+        self.scenarios: ScenarioRunner | None = (
+            ScenarioRunner(self.site, settings.kafka_bootstrap, settings.sim_control_topic)
+            if settings.simulated_site
+            else None
+        )
+        self.oncall: PageLogLike | None = None  # set by the demo before uvicorn_server()
 
     # -- health ---------------------------------------------------------------------------
 
@@ -257,11 +266,15 @@ class Server:
             **self.alerts.health(),
         }
 
-    def start_ingest(self) -> None:
+    def start_ingest(self, jobs: bool = True) -> None:
+        """Start ingest, then (`jobs`) every background job; the demo starts the jobs once
+        its history is stored (issue 26)."""
         s = self.settings
         ensure_topics(s.kafka_bootstrap, s.topic_partitions)
         if s.alerts_topic:
             ensure_topics(s.kafka_bootstrap, s.topic_partitions, (s.alerts_topic,))
+        if s.simulated_site:  # issue 26: one partition keeps scenario messages in order
+            ensure_topics(s.kafka_bootstrap, 1, (s.sim_control_topic,))
         # evaluate alerts right after each stored poll, not only on the 1 s tick
         self.ingestor = Ingestor(
             self.store,
@@ -274,7 +287,8 @@ class Server:
         self.ingest_started_at = time.time()
         self.ingest_thread.start()
         self.health_registry.register("ingest", self.ingest_health)
-        self.start_jobs()
+        if jobs:
+            self.start_jobs()
 
     def start_jobs(self) -> None:
         """Start every background job, in order (idempotent)."""
@@ -286,16 +300,29 @@ class Server:
                     self.health_registry.register(component, probe)
 
     def stop_jobs(self) -> None:
-        """Stop the started background jobs, newest first."""
-        for name, _start, stop in reversed(self.jobs):
-            if name in self._started:
-                for component, _probe in self.probes.get(name, ()):
-                    self.health_registry.unregister(component)
-                try:
-                    stop()
-                except Exception:  # one job failing to stop must not keep the others running
-                    log.exception("stopping %s failed", name)
-                self._started.remove(name)
+        """Stop the started background jobs: each is told at once and all are joined
+        together (issue 26: a stop costs the slowest job's round, not the sum of them)."""
+        names = [name for name, _s, _stop in reversed(self.jobs) if name in self._started]
+        for name in names:
+            for component, _probe in self.probes.get(name, ()):
+                self.health_registry.unregister(component)
+        stops = {name: stop for name, _start, stop in self.jobs}
+
+        def stop_one(name: str) -> None:
+            t0 = time.monotonic()
+            try:
+                stops[name]()
+            except Exception:  # one job failing to stop must not keep the others running
+                log.exception("stopping %s failed", name)
+            log.debug("stopped %s in %.1f s", name, time.monotonic() - t0)
+
+        threads = [threading.Thread(target=stop_one, args=(n,), name=f"stop-{n}") for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for name in names:
+            self._started.remove(name)
 
     def _ingest_loop(self) -> None:
         assert self.ingestor is not None
@@ -326,6 +353,8 @@ class Server:
             kafka_lag=lambda: kafka_lag_of(self.ingestor.consumer)() if self.ingestor else None,
             whatif=self.whatif,
             sustainability=self.sustainability,
+            scenarios=self.scenarios,
+            oncall=self.oncall,
         )
         gc.freeze()  # long-lived startup objects (site, app) leave the GC's scans: fewer pauses
         # uvicorn as configured by api/http_server.py: unparseable requests (a URL over
@@ -334,13 +363,15 @@ class Server:
 
     def stop(self) -> None:
         self.health_registry.unregister("ingest")
-        self.stop_jobs()
-        if self.ingestor is not None:
+        if self.ingestor is not None:  # ingest finishes its round while the jobs stop
             self.ingestor.stop_event.set()
+        self.stop_jobs()
         if self.ingest_thread is not None:
             self.ingest_thread.join(timeout=15)
         if self.ingestor is not None:
             self.ingestor.close()
+        if self.scenarios is not None:
+            self.scenarios.close()
         self.store.close()
 
     def run_forever(self) -> None:

@@ -8,6 +8,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.site import EXAMPLE_SITE
+from domain.topics import SIM_CONTROL_TOPIC
 from twin.failure.model import parse_horizon_s
 from twin.failure.registry import DEFAULT_ROOT as FAILURE_MODELS_ROOT
 
@@ -94,6 +95,13 @@ class Settings(BaseSettings):
     optimizer_guard_gpu_temp_c: float = Field(83.0, description="revert above this GPU temp")
     optimizer_guard_coolant_c: float = Field(40.0, description="revert above this CDU supply")
     optimizer_guard_dp_min_kpa: float = Field(2.0, description="revert below this loop dp")
+    # issue 26 (demo-story): the site is the simulator's (scenarios may be played on it)
+    simulated_site: bool = Field(
+        False, description="the site is simulated: POST /v1/scenarios/{name}/run plays on it"
+    )
+    sim_control_topic: str = Field(
+        SIM_CONTROL_TOPIC, description="Kafka topic the simulated collector source reads"
+    )
 
     @field_validator("failure_horizon")
     @classmethod

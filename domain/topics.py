@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 ALL_TOPICS = (*ALL_TELEMETRY_TOPICS, EVENTS_TOPIC, DEAD_LETTER_TOPIC)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# issue 26 (demo-story): scenario fault specs for a simulated site (dctwin/scenario.py ->
+# the simulated collector source); never created on a real site's cluster
+SIM_CONTROL_TOPIC = "sim.control"
 
 
 def ensure_topics(

@@ -105,6 +105,14 @@ class FaultInjector:
         out, self.events = self.events, []
         return out
 
+    def add(self, faults: list[Fault]) -> None:
+        """Faults injected into a running simulation (scenarios, issue 26): they act from
+        their onset on, like the plan's own; ids continue the plan's numbering."""
+        for f in faults:
+            f.fault_id = f"F{len(self.plan.faults):03d}"
+            self.plan.faults.append(f)
+            (self.sensor_faults if f.kind.device_class == "sensor" else self.physical).append(f)
+
     def effects(self, sim, t_prev: float, t: float) -> Effects:
         lay = self.layout
         e = Effects(

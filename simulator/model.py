@@ -22,7 +22,7 @@ from domain.site import Site
 from simulator import power as pw
 from simulator.air import CrahModel
 from simulator.controls import Controls
-from simulator.faults import FaultPlan, parse_faults
+from simulator.faults import Fault, FaultPlan, parse_faults
 from simulator.injector import FaultInjector, SimEvent
 from simulator.layout import SiteLayout
 from simulator.liquid import DP_MIN_DEFAULT_KPA, DT_DEFAULT_K, CduModel
@@ -319,6 +319,13 @@ class SiteSimulator:
     def drain_events(self) -> list[SimEvent]:
         """Device events raised since the last call (XIDs, leaks, failed pumps, ...)."""
         return self.faults.drain_events()
+
+    def inject(self, spec: str) -> list[Fault]:
+        """Add the faults of a spec (docs/simulator.md) to the running simulation, onsets
+        relative to now; raises FaultSpecError naming the bad item (issue 26: scenarios)."""
+        added = parse_faults(spec, self.layout, self.time_s, self.seed).faults
+        self.faults.add(added)
+        return added
 
     def labels(self) -> list[dict]:
         """Ground truth: one row per injected fault."""

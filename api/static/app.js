@@ -7,7 +7,9 @@ const $ = (id) => document.getElementById(id);
 const KEY_STORE = "dctwin.apikey";
 const S = {
   key: null, role: null, paths: new Set(), lastEventId: null, racks: [], rackFields: [],
-  mode: "temp", selectedRack: null, selectedDevice: null, alertsTimer: null, events: [],
+  mode: "temp", selectedRack: null, selectedDevice: null, events: [],
+  // issue 26: one session at a time; sign-out ends its timers and stream (no polling after)
+  session: null,
 };
 const ROLE_RANK = { viewer: 0, operator: 1, admin: 2 };
 
@@ -16,6 +18,7 @@ class AuthError extends Error {}
 
 async function api(path, opts = {}) {
   const res = await fetch(path, {
+    signal: S.session?.abort.signal,
     ...opts,
     headers: { Authorization: `Bearer ${S.key}`, Accept: "application/json",
                ...(opts.body ? { "Content-Type": "application/json" } : {}),
@@ -81,9 +84,12 @@ async function loadOverview() {
     step = "10 s";
   }
   $("site-name").textContent = o.site_name;
+  showPower(o.facility_kw, o.it_kw, o.cooling_kw); // first paint: the API's figures
   $("pue-range").textContent = o.pue_history.length ? `${o.pue_history.length} × ${step}` : "";
   lineChart($("pue-chart"), [{ colour: "#4fb3ff",
-    points: o.pue_history.map((p) => [Date.parse(p.time), p.value]) }], { digits: 3 });
+    points: o.pue_history.map((p) => [Date.parse(p.time), p.value]) }],
+    { digits: 2, maxDigits: 3, minSpan: 0.02,
+      empty: "no PUE history yet: it needs facility and IT meter readings" });
 }
 
 // ---------------------------------------------------------------- heat map
@@ -266,10 +272,11 @@ async function loadUps() {
 }
 
 // ---------------------------------------------------------------- alerts
-const alertId = (a) => a.id ?? a.alert_id ?? a.fingerprint;
-const isActive = (a) => !["resolved", "inactive"].includes(String(a.state ?? a.status ?? "firing"));
-const isAcked = (a) => Boolean(a.acknowledged ?? a.acked ?? a.ack ?? a.acknowledged_at ??
-                               (a.state === "acknowledged"));
+// fields of the API's AlertOut: id, alertname, status (firing|resolved), severity, labels,
+// annotations (summary, runbook_url), starts_at, acknowledged ({by, at, comment} or null)
+const alertId = (a) => a.id;
+const isActive = (a) => a.status === "firing";
+const isAcked = (a) => a.acknowledged != null;
 
 async function loadAlerts() {
   const list = $("alerts");
@@ -281,18 +288,26 @@ async function loadAlerts() {
   const alerts = (Array.isArray(body) ? body : body.items || []).filter(isActive);
   $("alert-count").textContent = `${alerts.length} active`;
   list.replaceChildren();
-  if (!alerts.length) list.append(el("li", "none", "no active alerts"));
+  if (!alerts.length) list.append(el("li", "none", "no active alerts: every rule's condition is clear"));
   const canAck = ROLE_RANK[S.role] >= ROLE_RANK.operator && has("/v1/alerts/{alert_id}/ack");
   for (const a of alerts) {
     const li = el("li");
     li.dataset.alertId = alertId(a);
-    const sev = String(a.severity ?? a.labels?.severity ?? "info");
+    const sev = String(a.severity || "info");
     li.append(el("span", `sev ${isAcked(a) ? "acked" : sev}`, isAcked(a) ? "acked" : sev));
     const text = el("div", "grow");
-    const summary = a.summary ?? a.annotations?.summary ?? a.name ?? a.rule ?? alertId(a);
-    text.append(el("div", "title", summary));
-    const where = a.device_id ?? a.labels?.device_id ?? a.labels?.rack ?? "";
-    text.append(el("div", "sub", `${where} · since ${fmtTime(a.starts_at ?? a.startsAt)}`));
+    text.append(el("div", "title", a.annotations.summary || a.alertname));
+    const where = a.labels.device_id || a.labels.cdu || a.labels.pdu || a.labels.rack || "";
+    const sub = el("div", "sub", `${a.alertname} · ${where} · since ${fmtTime(a.starts_at)}` +
+      (isAcked(a) ? ` · acked by ${a.acknowledged.by}` : ""));
+    if (a.annotations.runbook_url) {
+      const rb = el("a", "runbook", "runbook");
+      rb.href = a.annotations.runbook_url;
+      rb.target = "_blank";
+      rb.rel = "noopener";
+      sub.append(" · ", rb);
+    }
+    text.append(sub);
     li.append(text);
     if (canAck && !isAcked(a)) {
       const b = el("button", "ack", "Acknowledge");
@@ -354,7 +369,7 @@ async function loadIncidents() {
 async function loadRecommendations() {
   const list = $("recommendations");
   if (!has("/v1/recommendations")) {
-    list.replaceChildren(el("li", "none", "none yet: no optimizer runs on this server"));
+    list.replaceChildren(el("li", "none", "none: no optimizer runs on this server"));
     return;
   }
   const body = await api("/v1/recommendations?limit=50");
@@ -373,7 +388,8 @@ async function loadRecommendations() {
       list.append(li);
     }
   }
-  if (!recs.length) list.append(el("li", "none", "none yet"));
+  if (!recs.length) list.append(el("li", "none",
+    "none yet: the optimizer proposes once it has a model and enough plant history"));
   for (const r of recs) {
     const li = el("li");
     const text = el("div", "grow");
@@ -421,12 +437,20 @@ function setpointName(k) {
 }
 
 // ---------------------------------------------------------------- device events
+// the timeline: GET /v1/events on first paint, then the stream's device_event
+async function loadEvents() {
+  if (!has("/v1/events")) return;
+  S.events = await api("/v1/events?hours=6&limit=50");
+  addDeviceEvent(null);
+}
+
 function addDeviceEvent(e) {
   if (e) S.events.unshift(e);
   S.events.length = Math.min(S.events.length, 50);
   const list = $("events");
   list.replaceChildren();
-  if (!S.events.length) list.append(el("li", "none", "no device events since this page opened"));
+  if (!S.events.length) list.append(el("li", "none",
+    "no device events in the last 6 h (XIDs, leaks, failed pumps or PSUs show here)"));
   for (const x of S.events) {
     const li = el("li");
     li.append(el("span", `sev ${x.severity}`, x.severity));
@@ -454,13 +478,15 @@ function handleEvent(type, data, id) {
   else if (type === "reset") refreshAll().catch(report); // missed events: reload state
 }
 
-async function follow() {
+async function follow(session) {
   let retryMs = 2000;
-  for (;;) {
+  const current = () => S.session === session;
+  while (current()) {
     try {
       const headers = { Authorization: `Bearer ${S.key}`, Accept: "text/event-stream" };
       if (S.lastEventId) headers["Last-Event-ID"] = S.lastEventId;
-      const res = await fetch("/v1/stream", { headers, cache: "no-store" });
+      const res = await fetch("/v1/stream", { headers, cache: "no-store",
+                                              signal: session.abort.signal });
       if (res.status === 401) { signOut("the API key was rejected"); return; }
       if (!res.ok || !res.body) throw new Error(`stream HTTP ${res.status}`);
       setLive(true);
@@ -489,16 +515,17 @@ async function follow() {
         }
       }
     } catch (e) {
-      if (!S.key) return;
+      if (!current()) return;
     }
+    if (!current()) return;
     setLive(false);
     await new Promise((r) => setTimeout(r, retryMs));
-    if (!S.key) return;
   }
 }
 
 // ---------------------------------------------------------------- session
 function report(e) {
+  if (e.name === "AbortError" || !S.session) return; // signed out meanwhile
   if (e instanceof AuthError) signOut(e.message);
   else console.warn("dctwin:", e.message || e);
 }
@@ -626,6 +653,7 @@ async function refreshAll() {
   // down or sign the user out: it shows its own error
   await Promise.all([[loadOverview, null], [loadRacks, null], [loadAlerts, "alerts"],
                      [loadRecommendations, "recommendations"], [loadIncidents, "incidents"],
+                     [loadEvents, "events"], [loadOncall, null],
                      [loadRiskModel, "risk-model"], [loadWhatIf, "whatif"]].map(([load, list]) =>
     load().catch((e) => {
       if (e instanceof AuthError || !list) throw e;
@@ -657,17 +685,46 @@ async function signIn(key) {
   $("logout").hidden = false;
   $("login").hidden = true;
   $("main").hidden = false;
+  endSession(); // signing in again replaces the session: never two sets of timers
+  const session = { timers: [], abort: new AbortController() };
+  S.session = session;
   await refreshAll();
-  follow();
-  setInterval(() => loadOverview().catch(report), 60000);
-  setInterval(() => loadAlerts().catch(report), 15000);
-  setInterval(() => loadRecommendations().catch(report), 60000);
-  setInterval(() => loadIncidents().catch(report), 30000); // issue 20 (warm-up progress)
-  setInterval(() => loadUps().catch(report), 10000);
-  setInterval(() => loadCapacity().catch(report), 30000); // issue 27
+  if (S.session !== session) return;
+  follow(session);
+  const every = (fn, ms) => session.timers.push(setInterval(() => fn().catch(report), ms));
+  every(loadOverview, 60000);
+  every(loadAlerts, 15000);
+  every(loadRecommendations, 60000);
+  every(loadUps, 10000);
+  every(loadOncall, 15000);
+  every(loadIncidents, 30000); // issue 20 (warm-up progress)
+  every(loadCapacity, 30000); // issue 27
+}
+
+function endSession() {
+  const s = S.session;
+  S.session = null;
+  if (!s) return;
+  s.timers.forEach(clearInterval);
+  s.abort.abort(); // the live stream and any request in flight
+}
+
+// the demo's on-call inbox (GET /v1/oncall/pages): a header link with the page count
+async function loadOncall() {
+  const link = $("oncall-link");
+  if (!has("/v1/oncall/pages")) { link.hidden = true; return; }
+  let body;
+  try { body = await api("/v1/oncall/pages"); } catch (e) {
+    if (e instanceof AuthError) throw e;
+    link.hidden = true; // the link is an extra: its failure takes nothing else down
+    return;
+  }
+  link.hidden = !body.receiver_running;
+  link.textContent = `on-call pages (${body.pages.length})`;
 }
 
 function signOut(message) {
+  endSession();
   S.key = null;
   sessionStorage.removeItem(KEY_STORE);
   $("main").hidden = true;
@@ -691,10 +748,18 @@ function start() {
   $("login-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const key = $("key-input").value.trim();
-    if (key) signIn(key).catch((e) => signOut(e.message));
+    if (key) signIn(key).catch((e) => { if (e.name !== "AbortError") signOut(e.message); });
   });
   $("logout").addEventListener("click", () => signOut(""));
   $("whatif-compare").addEventListener("click", () => compareWhatIf().catch(report));  // issue 27
+  // NOC wall screen: large type, remembered on this screen (?wall=1 sets it too)
+  const wall = params.get("wall") === "1" || localStorage.getItem("dctwin.wall") === "1";
+  document.body.classList.toggle("wall", wall);
+  $("wall").addEventListener("click", () => {
+    const on = document.body.classList.toggle("wall");
+    localStorage.setItem("dctwin.wall", on ? "1" : "0");
+    loadOverview().catch(report); // redraw the chart at the new size
+  });
   $("drill-close").addEventListener("click", () => {
     $("drill").hidden = true; S.selectedRack = null; renderHeatmap();
   });
@@ -706,7 +771,7 @@ function start() {
     });
   }
   const key = sessionStorage.getItem(KEY_STORE);
-  if (key) signIn(key).catch((e) => signOut(e.message));
+  if (key) signIn(key).catch((e) => { if (e.name !== "AbortError") signOut(e.message); });
   else signOut("");
 }
 

@@ -30,7 +30,10 @@ function svg(tag, attrs, text) {
   return e;
 }
 
-function lineChart(container, series, { unit = "", digits = 1, title = "" } = {}) {
+// digits..maxDigits decimals on the y axis; minSpan: the axis spans at least this much
+// (a flat PUE of 1.085 draws as 1.07..1.10, not 1.085000..1.085010)
+function lineChart(container, series, { unit = "", digits = 1, maxDigits = 3, minSpan = 0,
+                                        title = "", empty = "no history yet" } = {}) {
   // drawn in CSS pixels of the container, so text keeps its shape at any size
   const W = Math.max(container.clientWidth, 200), H = Math.max(container.clientHeight, 80);
   const R = 10, T = 10, B = Math.round(parseFloat(getComputedStyle(container).fontSize) * 1.4);
@@ -40,17 +43,21 @@ function lineChart(container, series, { unit = "", digits = 1, title = "" } = {}
   container.replaceChildren(root);
   if (pts.length < 2) {
     root.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" },
-                    "no history yet"));
+                    empty));
     return;
   }
   let [tmin, tmax] = [Math.min(...pts.map((p) => p[0])), Math.max(...pts.map((p) => p[0]))];
   let [vmin, vmax] = [Math.min(...pts.map((p) => p[1])), Math.max(...pts.map((p) => p[1]))];
+  if (vmax - vmin < minSpan) { // widen around the middle
+    const mid = (vmax + vmin) / 2;
+    [vmin, vmax] = [mid - minSpan / 2, mid + minSpan / 2];
+  }
   const pad = (vmax - vmin) * 0.1 || Math.abs(vmax) * 0.01 || 1;
   vmin -= pad; vmax += pad;
   if (tmax === tmin) tmax = tmin + 1;
   // enough decimals that three tick labels differ, however flat the series
   const span = Math.max(vmax - vmin - 2 * pad, 1e-9);
-  const dg = Math.min(6, Math.max(digits, Math.ceil(-Math.log10(span / 2)) + 1));
+  const dg = Math.min(maxDigits, Math.max(digits, Math.ceil(-Math.log10(span / 2)) + 1));
   const yLabels = [vmin + pad, (vmin + vmax) / 2, vmax - pad].map((v) => [v,
     `${v.toFixed(dg)}${unit}`]);
   const charW = parseFloat(getComputedStyle(container).fontSize) * 0.72 * 0.62; // tick text

@@ -16,6 +16,7 @@ from dctwin.cli.apikey import apikey_app
 from dctwin.cli.capacity import capacity_app  # issue 27
 from dctwin.cli.failure import failure_app
 from dctwin.cli.optimize import optimize_app
+from dctwin.cli.scenario import scenario_app
 from dctwin.cli.whatif import whatif_app  # issue 27
 
 app = typer.Typer(
@@ -48,14 +49,39 @@ def demo(
     port: int = typer.Option(None, help="API port (default DCTWIN_API_PORT or 8000)"),
     workdir: Path = typer.Option(Path("var/demo"), help="where the demo keeps its files"),
     interval_s: float = typer.Option(1.0, help="collection interval, seconds"),
+    history_hours: float = typer.Option(
+        6.0, "--history-hours", min=0, help="simulated past stored before going live (0: none)"
+    ),
+    history_step_s: float = typer.Option(
+        300.0, "--history-step-s", min=1, help="seconds between history reads"
+    ),
+    scenario: str = typer.Option(
+        "default", "--scenario", help="scenario played live (dctwin scenario list)"
+    ),
+    quiet_site: bool = typer.Option(False, "--quiet-site", help="no scenario: a healthy site"),
+    oncall: bool = typer.Option(True, help="run the local on-call webhook receiver"),
 ) -> None:
     """Run broker, simulated collectors, ingest, twin and API on localhost."""
-    from dctwin.demo import run_demo
+    from api.scenarios import ScenarioError, UnknownScenarioError
+    from dctwin.demo import DemoOptions, run_demo
 
     _logging(False)
+    # kafka-python warns of every slow selector round under the history's load: noise here
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    opts = DemoOptions(
+        interval_s=interval_s,
+        history_hours=history_hours,
+        history_step_s=history_step_s,
+        scenario=None if quiet_site else scenario,
+        oncall=oncall,
+    )
     # uvicorn re-raises Ctrl-C after its clean shutdown; that is a normal exit
-    with contextlib.suppress(KeyboardInterrupt):
-        run_demo(_settings(api_port=port), workdir, interval_s)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            run_demo(_settings(api_port=port), workdir, opts)
+    except (ScenarioError, UnknownScenarioError) as exc:
+        typer.echo(f"error: --scenario: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 @app.command()
@@ -281,6 +307,7 @@ app.add_typer(capacity_app, name="capacity")  # issue 27
 app.add_typer(failure_app, name="failure")
 app.add_typer(optimize_app, name="optimize")
 app.add_typer(whatif_app, name="what-if")  # issue 27
+app.add_typer(scenario_app, name="scenario")
 
 if __name__ == "__main__":
     app()

@@ -306,7 +306,7 @@ class AlertEngine:
         fields = {
             **labels,
             "value": hit.value,
-            "runbook_base": self.rules.settings.runbook_base,
+            "runbook_base": self.rules.settings.runbook_base or f"{self.external_url}/runbooks",
             "downstream": self._downstream(labels),
             **hit.context,
         }

@@ -337,7 +337,9 @@ class FlapSettings(_Strict):
 class EngineSettings(_Strict):
     flapping: FlapSettings = Field(default_factory=FlapSettings)
     runbook_base: str = Field(
-        "https://runbooks.example.invalid/dctwin", description="fills {runbook_base} in annotations"
+        "",
+        description="fills {runbook_base} in annotations; empty: the API's own runbooks, "
+        "{external_url}/runbooks (issue 26)",
     )
 
 

@@ -8,20 +8,26 @@ reporting; device events (XIDs, leaks, failed pumps/PSUs/fans) come with the rea
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from itertools import compress
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from kafka import KafkaConsumer, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
 from collectors.base import Readings, now_ms
 from collectors.sources.simulated.bms import SimulatedBms
 from domain.contract import Event, EventKind
 from domain.site import EXAMPLE_SITE, load_site
+from domain.topics import ensure_topics
 from simulator.model import SiteSimulator
 from simulator.weather import CLIMATES
+
+log = logging.getLogger(__name__)
 
 
 class PartSwap(BaseModel):
@@ -57,6 +63,20 @@ class SimulatedSourceConfig(BaseModel):
         None, ge=1, le=65535, description="serve the simulated BMS (Modbus TCP) on this port"
     )
     bms_host: str = Field("127.0.0.1", description="address the simulated BMS binds")
+    # issue 26 (demo-story): scenarios played into the running simulation
+    control_topic: str | None = Field(
+        None, description="Kafka topic of scenario fault specs (sim.control); none: off"
+    )
+    control_bootstrap: str | None = Field(
+        None, description="Kafka bootstrap of control_topic (the daemon's cluster)"
+    )
+    catch_up_from_s: float | None = Field(
+        None,
+        description="Unix seconds: start the simulation here and step it to now without "
+        "emitting, so the live site continues a history simulated elsewhere with the same "
+        "seed and step (dctwin demo); none: start now",
+    )
+    catch_up_step_s: float = Field(300.0, gt=0, description="step of the catch-up")
     part_swaps: list[PartSwap] = Field(
         default_factory=list,
         description="maintenance: replace the part in a GPU/PSU slot (new UUID and serial) "
@@ -74,10 +94,18 @@ class SimulatedSource:
         self.sim = simulator or SiteSimulator(
             self.site,
             seed=config.seed,
-            start_time_s=time.time(),
+            start_time_s=config.catch_up_from_s or time.time(),
             faults=config.faults,
             climate=config.climate,
         )
+        if simulator is None and config.catch_up_from_s is not None:
+            # the same steps as the batch history (a read every step, experiments'
+            # BatchRun), so the state at its last read is the history's exactly; then on
+            # to now in one step
+            step = config.catch_up_step_s
+            while self.sim.time_s + step <= time.time():
+                self.sim.step(step)
+            self.sim.step(max(0.0, time.time() - self.sim.time_s))
         if config.labels_file is not None:
             self.sim.write_labels(config.labels_file)
         plan = self.sim.telemetry
@@ -115,6 +143,11 @@ class SimulatedSource:
         self.bms: SimulatedBms | None = None
         if config.bms_port is not None:  # writes command this simulator's setpoints
             self.bms = SimulatedBms(self.sim, self.site, config.bms_host, config.bms_port).start()
+        self._control: KafkaConsumer | None = None
+        if config.control_topic:
+            self._control = _control_consumer(
+                config.control_bootstrap or "127.0.0.1:9092", config.control_topic
+            )
 
     def advance(self) -> None:
         now = time.monotonic()
@@ -191,13 +224,50 @@ class SimulatedSource:
         return events
 
     def read(self) -> Readings:
+        self._apply_control()
         self.advance()
         return self.snapshot(now_ms())
+
+    def _apply_control(self) -> None:
+        """Scenarios sent since the last read join the simulation, onsets from now."""
+        if self._control is None:
+            return
+        for records in self._control.poll(timeout_ms=0).values():
+            for rec in records:
+                try:
+                    msg = json.loads(rec.value)
+                    added = self.sim.inject(str(msg["faults"]))
+                except (ValueError, KeyError, TypeError) as exc:  # FaultSpecError included
+                    log.warning("scenario message at offset %d ignored: %s", rec.offset, exc)
+                    continue
+                log.info(
+                    "scenario %s: %d faults injected (%s)",
+                    msg.get("scenario"),
+                    len(added),
+                    ", ".join(f"{f.type}@{f.device_id}" for f in added),
+                )
+                if self.config.labels_file is not None:
+                    self.sim.write_labels(self.config.labels_file)
 
     def close(self) -> None:
         if self.bms is not None:
             self.bms.stop()
             self.bms = None
+        if self._control is not None:
+            self._control.close()
+
+
+def _control_consumer(bootstrap: str, topic: str) -> KafkaConsumer:
+    """A group-less reader of the control topic positioned at its end: only scenarios sent
+    after the collector started play (an old one must not replay on restart)."""
+    ensure_topics(bootstrap, 1, (topic,))
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)
+    for tp in tps:
+        consumer.position(tp)  # resolve the end offset now, before any scenario is sent
+    return consumer
 
 
 # plugin entry points (collectors/sources/__init__.py)
