@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 import polars as pl
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import CapacityDep
 from api.problems import problem_responses
@@ -47,6 +47,33 @@ class CapacityElement(BaseModel):
 
 
 class CapacityOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "time": "2026-11-22T03:00:00Z",
+                    "basis": "peak",
+                    "peak_window_h": 24.0,
+                    "elements": [
+                        {
+                            "kind": "rack",
+                            "id": "sv1/h1/r1/rk01",
+                            "parent": "sv1/h1/r1/pdu1",
+                            "resource": "power",
+                            "weather": None,
+                            "used_kw": 38.2,
+                            "capacity_n_kw": 46.0,
+                            "capacity_n1_kw": 41.4,
+                            "headroom_n_kw": 7.8,
+                            "headroom_n1_kw": 3.2,
+                            "limiting": "rack_breaker",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
     time: datetime = Field(description="the twin tick the figures read")
     basis: str = Field(description="peak: the higher of now and the last peak_window_h; latest")
     peak_window_h: float
@@ -118,6 +145,45 @@ class ForecastSeriesOut(BaseModel):
 
 
 class ForecastOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "time": "2026-11-22T03:00:00Z",
+                    "history_start": "2026-10-23T03:00:00Z",
+                    "horizon_days": 30,
+                    "series": [
+                        {
+                            "scope": "h1",
+                            "resource": "power",
+                            "status": "ok",
+                            "detail": None,
+                            "level": 0.9,
+                            "weather_kw_per_k": 1.8,
+                            "trend_kw_per_day": 2.4,
+                            "capacity_n_kw": 1200.0,
+                            "capacity_n1_kw": 900.0,
+                            "runout_n": None,
+                            "runout_n1": {
+                                "expected": "2026-12-10T00:00:00Z",
+                                "earliest": "2026-12-04T00:00:00Z",
+                                "latest": "2026-12-19T00:00:00Z",
+                            },
+                            "points": [
+                                {
+                                    "day": "2026-11-23T00:00:00Z",
+                                    "peak_kw": 842.0,
+                                    "lower_kw": 815.0,
+                                    "upper_kw": 870.0,
+                                }
+                            ],
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
     time: datetime = Field(description="forecast origin (the last whole hour)")
     history_start: datetime
     horizon_days: int

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 
 from api.deps import SustainabilityDep
+from api.examples import SUSTAINABILITY, ok_example
 from api.problems import ProblemError
 from twin.sustainability import IntensityError
 
@@ -28,7 +29,11 @@ def _naive(t: datetime) -> datetime:
     return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
 
 
-@router.get("/sustainability", summary="Daily or monthly CUE and WUE, flexible-load advice")
+@router.get(
+    "/sustainability",
+    summary="Daily or monthly CUE and WUE, flexible-load advice",
+    responses=ok_example(SUSTAINABILITY),
+)
 def sustainability(
     svc: SustainabilityDep,
     period: Annotated[Literal["day", "month"], Query()] = "day",

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 
 from api.auth import require_role
 from api.deps import WhatIfDep
+from api.examples import WHATIF_COMPARE, WHATIF_RUN, ok_example
 from api.keys import Role
 from api.problems import ProblemError, problem_response
 from domain.whatif import Scenario, ScenarioError
@@ -47,6 +48,10 @@ KEY_FIGURES = (
     status_code=202,
     dependencies=operator,
     summary="Run a what-if scenario from the live state (background; poll its id)",
+    responses=ok_example(
+        {**WHATIF_RUN, "status": "queued", "progress": 0.0, "finished": None, "result": None},
+        202,
+    ),
 )
 def submit(scenario: Scenario, svc: WhatIfDep, request: Request) -> JSONResponse:
     try:
@@ -74,12 +79,16 @@ def submit(scenario: Scenario, svc: WhatIfDep, request: Request) -> JSONResponse
     return JSONResponse(run, status_code=202, headers={"Location": f"/v1/what-if/{run['id']}"})
 
 
-@router.get("", summary="What-if runs, newest first")
+@router.get(
+    "",
+    summary="What-if runs, newest first",
+    responses=ok_example([{**WHATIF_RUN, "result": None}]),
+)
 def runs(svc: WhatIfDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict[str, Any]]:
     return svc.runs(limit)
 
 
-@router.get("/compare", summary="What-if runs side by side")
+@router.get("/compare", summary="What-if runs side by side", responses=ok_example(WHATIF_COMPARE))
 def compare(
     svc: WhatIfDep,
     ids: Annotated[str, Query(min_length=1, description="run ids, comma-separated")],
@@ -116,12 +125,24 @@ def _run_or_404(svc: Any, run_id: str) -> dict[str, Any]:
     return result
 
 
-@router.get("/{run_id}", summary="One what-if run: status, progress and result")
+@router.get(
+    "/{run_id}",
+    summary="One what-if run: status, progress and result",
+    responses=ok_example(WHATIF_RUN),
+)
 def get_run(run_id: str, svc: WhatIfDep) -> dict[str, Any]:
     return _run_or_404(svc, run_id)
 
 
-@router.delete("/{run_id}", dependencies=operator, summary="Cancel a what-if run")
+_CANCELLED = {**WHATIF_RUN, "status": "cancelled", "progress": 0.4, "result": None}
+
+
+@router.delete(
+    "/{run_id}",
+    dependencies=operator,
+    summary="Cancel a what-if run",
+    responses=ok_example(_CANCELLED),
+)
 def cancel(run_id: str, svc: WhatIfDep) -> dict[str, Any]:
     _run_or_404(svc, run_id)
     run = svc.cancel(run_id)
@@ -129,6 +150,11 @@ def cancel(run_id: str, svc: WhatIfDep) -> dict[str, Any]:
     return run
 
 
-@router.post("/{run_id}/cancel", dependencies=operator, summary="Cancel a what-if run")
+@router.post(
+    "/{run_id}/cancel",
+    dependencies=operator,
+    summary="Cancel a what-if run",
+    responses=ok_example(_CANCELLED),
+)
 def cancel_post(run_id: str, svc: WhatIfDep) -> dict[str, Any]:
     return cancel(run_id, svc)
