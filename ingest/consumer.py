@@ -71,6 +71,10 @@ class IngestConfig:
     heartbeat_interval_ms: int = 1_000
     max_poll_interval_ms: int = 60_000
     maintenance_every_s: float | None = 30.0  # rollups + retention; None: never
+    # issue 26 (story): one maintenance pass rolls up at most this much data time, and
+    # passes follow each write until the backlog is gone: rolling 6 h of demo history in
+    # one pass held the writer ~35 s, and every device looked silent to the alert rules
+    rollup_span_per_pass_s: float | None = 600.0
     dlq_compression: str = "zstd"
     # where dead letters the topic refused are kept (JSON lines); None: beside the store
     quarantine_path: Path | None = None
@@ -208,6 +212,7 @@ class Ingestor:
         self._done: queue.Queue[_Done] = queue.Queue()
         self._writer: threading.Thread | None = None
         self._last_maintenance = time.monotonic()
+        self._rollup_backlog = False  # the last pass left minutes to roll: go on soon
         self.consumer.subscribe(topics=list(topics), listener=_Rebalance(self))
 
     # -- one poll, inline -----------------------------------------------------------------
@@ -367,14 +372,21 @@ class Ingestor:
 
     def _maybe_maintain(self) -> None:
         every = self.config.maintenance_every_s
-        if every is None or time.monotonic() - self._last_maintenance < every:
+        if every is None or (
+            not self._rollup_backlog and time.monotonic() - self._last_maintenance < every
+        ):
             return
         t0 = time.monotonic()
         unknown = self._partitions_without_data_time()
+        backlog = False
         for store, partitions in self.router.by_store():
             held = bool(unknown if partitions is None else unknown & partitions)
-            done = store.maintain(hold_rollups=held)
+            done = store.maintain(
+                hold_rollups=held, max_rollup_span_s=self.config.rollup_span_per_pass_s
+            )
             self.stats.late_rollup_buckets += done.get("dirty", 0)
+            backlog = backlog or bool(done.get("backlog"))
+        self._rollup_backlog = backlog
         self._last_maintenance = time.monotonic()
         self.stats.maintenance_runs += 1
         self.stats.maintenance_seconds += self._last_maintenance - t0

@@ -199,12 +199,17 @@ class Rollups:
             {"t": tier, "u": until},
         )
 
-    def advance(self, now: datetime | None = None, hold: bool = False) -> dict[str, int]:
+    def advance(
+        self, now: datetime | None = None, hold: bool = False, max_span_s: float | None = None
+    ) -> dict[str, int]:
         """Roll up every minute (hour) that ended `lateness_s` before `now` and before the
-        data clock; recompute dirty buckets. `hold`: only the latter. One transaction."""
+        data clock; recompute dirty buckets. `hold`: only the latter. One transaction.
+        `max_span_s`: roll at most this much time in one call (`backlog` 1 in the answer:
+        call again), so that a long backlog (a simulated history, a restart after
+        downtime) never holds the store's writer for long (issue 26, story)."""
         now = _now(now)
         con = self.con
-        out = {"minutes": 0, "hours": 0, "dirty": 0}
+        out = {"minutes": 0, "hours": 0, "dirty": 0, "backlog": 0}
         con.execute("BEGIN TRANSACTION")
         try:
             marks = self.watermarks()
@@ -220,6 +225,10 @@ class Rollups:
                 first = one_row(con.execute("SELECT min(read_time) FROM samples"))[0]
                 start = floor_to(first, MINUTE) if first is not None else None
             out["dirty"] = self._recompute_dirty(marks["1m"], marks["1h"])
+            if start is not None and max_span_s is not None and not hold:
+                capped = floor_to(start + timedelta(seconds=max(60.0, max_span_s)), MINUTE)
+                if target > capped:
+                    target, out["backlog"] = capped, 1
             if start is not None and target > start and not hold:
                 self._roll_minutes(start, target)
                 self._set("1m", target)

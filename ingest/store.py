@@ -493,11 +493,17 @@ class Store:
 
     # -- maintenance ----------------------------------------------------------------------
 
-    def maintain(self, now: datetime | None = None, hold_rollups: bool = False) -> dict[str, int]:
-        """Advance rollups (unless held: late data is still recomputed), then apply
+    def maintain(
+        self,
+        now: datetime | None = None,
+        hold_rollups: bool = False,
+        max_rollup_span_s: float | None = None,
+    ) -> dict[str, int]:
+        """Advance rollups (unless held: late data is still recomputed; at most
+        `max_rollup_span_s` of data time, `backlog` 1 when more is left), then apply
         retention. Cheap when there is nothing to do."""
         with self._write_lock:
-            done = self.rollups.advance(now, hold=hold_rollups)
+            done = self.rollups.advance(now, hold=hold_rollups, max_span_s=max_rollup_span_s)
             done.update(self.rollups.apply_retention(now))
             done["rows_compacted"] = self.rollups.compact_step()
             # operators' view of dead letters is bounded: the topic keeps the originals

@@ -261,3 +261,28 @@ def test_held_rollups_do_not_advance_but_late_data_is_still_recomputed(store):
         raw_rollup(store, "1 minute", f"WHERE read_time < '{cut}'"),
         rel_tol=1e-12,
     )
+
+
+def test_a_long_backlog_rolls_up_in_bounded_passes_to_the_same_tables(store, tmp_path):
+    """Issue 26 (story): a pass rolls at most `max_rollup_span_s` of data time and says
+    a backlog is left, so the writer (ingest) is never held for the whole backlog; the
+    passes together give exactly the one-pass tables, counter increases included."""
+    now = T0 + timedelta(hours=HOURS, minutes=5)
+    passes = []
+    while True:
+        done = store.maintain(now, max_rollup_span_s=1800)
+        passes.append(done["minutes"])
+        if not done["backlog"]:
+            break
+    assert passes[:-1] == [30] * (len(passes) - 1) and len(passes) == 7, passes
+    assert sum(passes) == HOURS * 60 + 4
+    one = Store(tmp_path / "one.duckdb", retention=Retention(lateness_s=60, idle_close_s=120))
+    n = HOURS * 3600 // STEP_S
+    for chunk in range(0, n, 100):
+        one.write(series(chunk, min(n, chunk + 100)), [], {})
+    assert one.maintain(now)["backlog"] == 0
+    for name in ("rollup_1m", "rollup_1h"):
+        assert_frame_equal(table(store, name), table(one, name), rel_tol=1e-12)
+    inc = "SELECT device_id, bucket, increase FROM rollup_1m ORDER BY ALL"
+    assert store.cursor().sql(inc).fetchall() == one.cursor().sql(inc).fetchall()
+    one.close()

@@ -547,6 +547,30 @@ async function loadRiskModel() {
     + `validated on ${m.validation.method}: ${figs}`;
 }
 
+// ---------------------------------------------------------------- issue 26 (story): risk
+// the riskiest devices with the model's reasons, so a risk on the heat map has its why
+async function loadRiskTop() {
+  const list = $("risk-top");
+  if (!has("/v1/failure-risk")) { list.replaceChildren(); return; }
+  const body = await api("/v1/failure-risk?limit=5&min_risk=0.05");
+  list.replaceChildren();
+  if (!body.devices.length) {
+    list.append(el("li", "none", "no device above 5 % failure risk within the horizon"));
+    return;
+  }
+  for (const d of body.devices) {
+    const li = el("li");
+    li.dataset.testid = "risk-device";
+    li.dataset.device = d.device_id;
+    li.append(el("span", `sev ${d.alarm ? "critical" : "warning"}`, d.alarm ? "at risk" : "watch"));
+    const text = el("div", "grow");
+    text.append(el("div", "title", `${d.device_id} · risk ${(100 * d.risk).toFixed(0)} %`));
+    text.append(el("div", "sub", `why: ${d.reasons.join("; ") || "no single feature stands out"}`));
+    li.append(text);
+    list.append(li);
+  }
+}
+
 // ---------------------------------------------------------------- what-if (issue 27)
 const WHATIF_ROWS = [["pue", "PUE", (v) => fmtPue(v)], ["peak_gpu_temp_c", "peak GPU °C", (v) => v?.toFixed(1)],
   ["peak_gpu_id", "hottest GPU", (v) => v ?? "–"], ["it_energy_kwh", "IT kWh", fmtKw],
@@ -654,7 +678,8 @@ async function refreshAll() {
   await Promise.all([[loadOverview, null], [loadRacks, null], [loadAlerts, "alerts"],
                      [loadRecommendations, "recommendations"], [loadIncidents, "incidents"],
                      [loadEvents, "events"], [loadOncall, null],
-                     [loadRiskModel, "risk-model"], [loadWhatIf, "whatif"]].map(([load, list]) =>
+                     [loadRiskModel, "risk-model"], [loadWhatIf, "whatif"],
+                     [loadRiskTop, "risk-top"]].map(([load, list]) =>
     load().catch((e) => {
       if (e instanceof AuthError || !list) throw e;
       if (list === "risk-model") $(list).textContent = `failure risk model: ${e.message}`;
@@ -698,6 +723,7 @@ async function signIn(key) {
   every(loadUps, 10000);
   every(loadOncall, 15000);
   every(loadIncidents, 30000); // issue 20 (warm-up progress)
+  every(loadRiskTop, 30000); // issue 26 (story)
   every(loadCapacity, 30000); // issue 27
 }
 
