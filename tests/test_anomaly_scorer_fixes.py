@@ -123,3 +123,38 @@ def test_fresh_held_out_seeds_run_only_outside_development():
         check_seeds([2000], dev=True)
     with pytest.raises(SeedError, match="use --dev"):
         check_seeds([21], dev=False)
+
+
+def test_residual_evidence_fades_where_the_model_extrapolates():
+    from dataclasses import replace
+
+    from twin.anomaly.features import Residual
+    from twin.anomaly.residuals import apply_residual, fit_residual
+
+    rng = np.random.default_rng(3)
+    res = Residual("loss", "psu", "input_w", ("output_w",), "input_w", pooled=True)
+
+    def frame(lo: float, hi: float, buckets: np.ndarray) -> pl.DataFrame:
+        out = rng.uniform(lo, hi, len(buckets))
+        # a curved efficiency: a straight fit on [lo, hi] misses it further out
+        return pl.DataFrame(
+            {
+                "device_id": "psu0",
+                "bucket": buckets,
+                "output_w": out,
+                "input_w": out + 1e-3 * out**2 + rng.normal(0, 1.0, len(buckets)),
+            }
+        )
+
+    model = fit_residual(frame(300, 600, np.arange(600)), res)
+    assert model is not None
+    assert 300 <= model.driver_lo[0] < 310 and 590 < model.driver_hi[0] <= 600
+    inside = apply_residual(model, frame(350, 550, np.arange(600, 700)))
+    assert np.abs(inside["c"].to_numpy()).max() < 6  # in range: the fit holds
+    far = frame(1150, 1200, np.arange(700, 800))
+    c_far = np.abs(apply_residual(model, far)["c"].to_numpy())
+    blind = replace(model, driver_lo=np.zeros(0), driver_hi=np.zeros(0))
+    c_blind = np.abs(apply_residual(blind, far)["c"].to_numpy())
+    # two ranges beyond: the same departure counts 1 / (1 + 4 * 2) as much
+    assert np.allclose(c_far * 9.0, c_blind, rtol=0.1)
+    assert c_blind.min() > 10  # what used to alarm (curvature, not a fault)
