@@ -83,7 +83,10 @@ def test_a_cdu_fault_is_one_incident_rooted_at_the_cdu_with_the_api_shape(cdu_st
         alarming = scores.filter(
             (pl.col("score") >= 0.6) & pl.col("device_id").str.starts_with("t1/h1/row1/")
         )["device_id"].n_unique()
-        assert alarming >= 10  # the fan-out: the CDU's GPUs (and PSUs) alarm too
+        # the fan-out: the CDU's GPUs (and PSUs) alarm too. Issue 20 part anom2: fewer
+        # than before (>= 10): with the flow gone, the GPUs' rack heat per flow leaves the
+        # range their thermal fit saw, and extrapolated evidence fades
+        assert alarming >= 5
         mine = [
             i
             for i in live.incident_list("all", 100)
@@ -92,7 +95,7 @@ def test_a_cdu_fault_is_one_incident_rooted_at_the_cdu_with_the_api_shape(cdu_st
         assert len(mine) == 1, [i["root_cause"] for i in mine]
         (inc,) = mine
         assert inc["root_cause"]["device_id"] == CDU
-        assert inc["devices"] >= 10 and inc["state"] == "open"
+        assert inc["devices"] >= 5 and inc["state"] == "open"
         # every row-1 GPU that alarmed belongs to this one incident, none opened its own
         others = [
             i

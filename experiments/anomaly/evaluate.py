@@ -36,10 +36,12 @@ from twin.anomaly.incidents import IncidentConfig, Relations
 from twin.anomaly.service import AnomalyService, AnomalyServiceConfig
 
 DEV_SEEDS = range(1, 1000)  # used while building and tuning the detector
-EVAL_SEEDS = range(1000, 2000)  # held out: the acceptance figures
-DEFAULT_EVAL_SEEDS = (1000, 1001, 1002, 1003, 1004)
+EVAL_SEEDS = range(1000, 3000)  # held out: the acceptance figures
+# issue 20 part anom2: a fresh held-out set (1000-1004 / 1500 were run once already and
+# are spent); declared in docs/anomaly.md before it was run
+DEFAULT_EVAL_SEEDS = (2000, 2001, 2002, 2003, 2004)
 # issue 20: fault-free runs for false incidents per healthy day, fixed before evaluating
-DEFAULT_HEALTHY_SEEDS = (1500,)
+DEFAULT_HEALTHY_SEEDS = (2500,)
 DEFAULT_DEV_HEALTHY_SEEDS = (21,)
 START = datetime(2025, 7, 7, tzinfo=UTC)  # a Monday in summer: chillers run
 
@@ -116,8 +118,8 @@ def make_scenario(
 
     items = []
     cdus = list(by_class["cdu"])
-    # device faults first, then sensor faults on devices still untouched
-    # the UPS faults (`random=False`: a site has one UPS) are left to the UPS battery rules
+    # device faults first, then sensor faults on devices still untouched; the UPS faults
+    # (`random=False`: a site has one UPS) after them, below
     types = [t for t in CATALOG if CATALOG[t].random]
     for ftype in sorted(types, key=lambda t: CATALOG[t].device_class == "sensor"):
         kind = CATALOG[ftype]
@@ -146,6 +148,16 @@ def make_scenario(
         if ftype == "coolant_leak":
             params.append(f"rate={70.0 / (span(0.2, 0.33) / h):.3f}")
         items.append(f"{ftype}@{target}:{','.join(params)}")
+    # issue 20 part anom2: the UPS faults (`random=False`) all act on the site's one UPS,
+    # so one of them, drawn with the seed, is placed per scenario (drawn last: the other
+    # placements stay what they were). Before, they stopped scenario building.
+    ups_types = sorted(t for t in CATALOG if CATALOG[t].device_class == "ups")
+    if ups_types and by_class.get("ups"):
+        ftype = str(rng.choice(ups_types))
+        params = [onset()]
+        if "duration" in CATALOG[ftype].defaults and ftype != "utility_dip":
+            params.append(f"duration={span(0.2, 0.33):.0f}")
+        items.append(f"{ftype}@{by_class['ups'][0]}:{','.join(params)}")
     return Scenario(seed, site, ";\n".join(items), hours, step_s, train_h)
 
 

@@ -62,7 +62,7 @@ RESIDUALS: tuple[Residual, ...] = (
         "mem_temp_c",
         common="rack_id",
     ),
-    Residual("gpu_power_peer", "gpu", "power_w", ("peer_power_w",), "power_w"),
+    Residual("gpu_power_peer", "gpu", "power_w", ("peer_power_w",), "power_w"),  # node-mates
     Residual(
         "psu_loss",
         "psu",
@@ -70,6 +70,11 @@ RESIDUALS: tuple[Residual, ...] = (
         ("output_power_w", "output_power_w_sq"),
         "input_power_w",
         pooled=True,
+        # issue 20 part anom2: a rack's PSUs share its load (current sharing), so a load
+        # the training window never saw moves the efficiency-curve error of all of them
+        # alike (on a healthy dev day: 76 PSUs alarming for an hour after a job started);
+        # one aging PSU still departs from its rack-mates
+        common="rack_id",
     ),
     Residual(
         "psu_temp",
@@ -82,7 +87,13 @@ RESIDUALS: tuple[Residual, ...] = (
     ),
     Residual("psu_share", "psu", "output_power_w", ("peer_output_power_w",), "output_power_w"),
     Residual(
-        "cdu_flow", "cdu", "flow_lpm", ("pump_speed_pct", "pump_speed_sq"), "flow_lpm", pooled=True
+        "cdu_flow",
+        "cdu",
+        "flow_lpm",
+        ("pump_speed_pct", "pump_speed_sq"),
+        "flow_lpm",
+        pooled=True,
+        common="hall",
     ),
     Residual(
         "cdu_dp",
@@ -91,6 +102,7 @@ RESIDUALS: tuple[Residual, ...] = (
         ("pump_speed_pct", "pump_speed_sq"),
         "diff_pressure_kpa",
         pooled=True,
+        common="hall",
     ),
     Residual(
         "cdu_pump_power",
@@ -99,6 +111,9 @@ RESIDUALS: tuple[Residual, ...] = (
         ("pump_speed_sq", "pump_speed_cu"),
         "pump_power_w",
         pooled=True,
+        # issue 20 part anom2: the hall's pumps answer a load change together (all four
+        # CDUs alarmed at once on a healthy dev day); a worn pump departs from the others
+        common="hall",
     ),
     Residual(
         "cdu_heat_balance", "cdu", "heat_flow", ("loop_it_w",), "return_temp_c", common="hall"
@@ -218,7 +233,12 @@ def class_frames(g: pl.DataFrame, devices: pl.DataFrame) -> dict[str, pl.DataFra
             )
         if "power_w" in f.columns:
             f = f.with_columns(_lag("power_w", 1), _lag("power_w", 2))
-        f = _peer(f, "rack_id", "power_w")
+        # issue 20 part anom2: peers are the GPU's node-mates (a node runs one job; a
+        # rack may run several, and a job starting on half a rack put ~100 GPUs of a
+        # healthy dev day in alarm); a drained node (a GPU off the bus) moves together
+        # and does not out-shout the lost GPU
+        f = f.with_columns(node_id=pl.col("device_id").str.replace(r"/[^/]+$", ""))
+        f = _peer(f, "node_id", "power_w")
         out["gpu"] = f
 
     # hall air as the racks see it: supply of the running CRAHs, and heat per airflow

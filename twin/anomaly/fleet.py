@@ -79,13 +79,23 @@ CATEGORICAL_METRICS = frozenset(
         # readings, which the stuck test scored as a frozen sensor on healthy racks (false
         # incidents). A frozen one still shows in the psu_temp residual once load moves.
         "temp_c",
+        # issue 20 part anom2: NVML die / memory temperatures are whole degrees too; an
+        # idle or steadily loaded GPU holds one for many readings (a third of the false
+        # incidents on a healthy dev day). A frozen one shows in gpu_thermal / gpu_mem_thermal
+        # once the power moves.
+        "gpu_temp_c",
+        "mem_temp_c",
     }
 )
 RESIDUAL_PARAMS = DetectorParams(abs_floor=1.0)  # residuals arrive in units of their sigma
 MISSING_PRIOR = (1.0, 50.0)  # pseudo-counts (empty, full) for a device's empty-bucket rate
 PRIME_BUCKETS = 360  # history the streaming states are primed on at each fit
 STORM_P, STORM_MIN_DEVICES = 1e-4, 8  # see FleetScorer._less_storm
-COUNTER_RESET_P = 1e-7  # a monotonic counter going backwards: reset (driver reload, meter)
+# a monotonic counter going backwards: a reset (driver reload, meter). Certain, not a
+# tail event: strong enough to open an incident in the interval it happens (issue 20 part
+# anom2: at 1e-7 it scored ~0.66 after the Bonferroni factor, one interval long, and
+# never opened one; driver reloads were found 94 intervals late, by other signs)
+COUNTER_RESET_P = 1e-12
 
 
 @dataclass

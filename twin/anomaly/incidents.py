@@ -37,6 +37,8 @@ from twin.topology import Topology
 
 # unscored topology nodes the relation walks through to the next scored device
 PASS_THROUGH = frozenset({"node", "shelf", "rack", "hall_air"})
+# the scorer's component for a device that stopped reporting (twin/anomaly/fleet.py)
+SILENT_COMPONENT = "no_data"
 # classes whose devices sit above the rack: an incident rooted at one is a facility problem
 FACILITY = frozenset({"cdu", "crah", "pdu", "ups", "chiller_plant", "meter"})
 
@@ -368,7 +370,12 @@ class IncidentTracker:
                 return (m.min_p, m.first_bucket, m.device_id)
             if rule == "earliest":
                 late = m.first_bucket - first > self.config.root_window
-                return (late, m.min_p if not late else m.first_bucket, m.device_id)
+                # issue 20 part anom2: a device that went silent explains what its
+                # neighbours do next (a GPU off the bus: its node is drained, and the
+                # node-mates' power falls with a far smaller p than k empty intervals
+                # can reach), never the other way round
+                silent = m.top_component == SILENT_COMPONENT
+                return (late, not silent, m.min_p if not late else m.first_bucket, m.device_id)
             # upstream: a device whose children alarm with it explains them
             explains = len(self.rel.children.get(m.device_id, set()) & ids)
             return (-min(explains, 1), m.first_bucket, m.min_p, m.device_id)

@@ -42,6 +42,31 @@ class ResidualModel:
     coef: pl.DataFrame  # device_id, b0..bk (drivers' units), mu, sigma, sd0.. (per scale)
     tail: np.ndarray  # (scales, 4) pooled tail sums of |z| on the calibration split
     fitted_until: int  # last bucket of the history it saw
+    # issue 20 part anom2: the class's driver range in the fit window (lo, hi per driver);
+    # empty: no range known (every point counts in full)
+    driver_lo: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    driver_hi: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+# issue 20 part anom2: how fast evidence fades with the distance of the drivers beyond the
+# range the model was fitted on (in units of that range): a linear/quadratic fit is
+# extrapolated there, and a load the training window never saw (a job starting on racks
+# idle all through it) put most PSUs, all CDU pumps and ~100 GPUs of a healthy dev day in
+# alarm for an hour. A residual's z is divided by 1 + EXTRAPOLATION_K * distance: a point
+# half a range beyond counts a third, a fault's large departure still alarms.
+EXTRAPOLATION_K = 4.0
+RANGE_QUANTILES = (0.005, 0.995)  # the fit window's driver range, robust to a spike
+
+
+def _extrapolation(model: ResidualModel, x: np.ndarray) -> np.ndarray:
+    """1 + EXTRAPOLATION_K * (largest distance of a row's drivers beyond the fitted range,
+    in units of that range); 1 inside it."""
+    if x.shape[1] == 0 or model.driver_lo.shape[0] != x.shape[1] or len(x) == 0:
+        return np.ones(len(x))
+    span = np.maximum(model.driver_hi - model.driver_lo, 1e-9)
+    out = np.maximum(model.driver_lo - x, 0.0) + np.maximum(x - model.driver_hi, 0.0)
+    d = np.nan_to_num(out / span, nan=0.0).max(axis=1)
+    return 1.0 + EXTRAPOLATION_K * d
 
 
 def _less_common_mode(f: pl.DataFrame, c: np.ndarray, res: Residual) -> np.ndarray:
@@ -213,7 +238,13 @@ def fit_residual(frame: pl.DataFrame, res: Residual) -> ResidualModel | None:
             **{f"sd{j}": sds[j] for j in range(len(sds))},
         }
     ).filter(ok)
-    return ResidualModel(res, table, np.array(tails), int(buckets.max()))
+    x_fit = _drivers(f, res)  # the whole window: fitted and calibrated on
+    lo, hi = (
+        np.quantile(x_fit, RANGE_QUANTILES, axis=0)
+        if len(x_fit) and x_fit.shape[1]
+        else (np.zeros(0), np.zeros(0))
+    )
+    return ResidualModel(res, table, np.array(tails), int(buckets.max()), lo, hi)
 
 
 def _ew_mean(
@@ -286,6 +317,7 @@ def apply_residual(model: ResidualModel, frame: pl.DataFrame) -> pl.DataFrame:
     b = f.select([f"b{i}" for i in range(len(res.drivers) + 1)]).to_numpy()
     r = f[res.target].to_numpy() - b[:, 0] - np.einsum("nk,nk->n", x, b[:, 1:])
     c = _less_common_mode(f, (r - f["mu"].to_numpy()) / f["sigma"].to_numpy(), res)
+    c = c / _extrapolation(model, x)
     return f.select(
         "device_id", "bucket", *[f"sd{j}" for j in range(len(SMOOTHING_INTERVALS))]
     ).with_columns(residual=pl.lit(res.name), c=c)

@@ -1,0 +1,160 @@
+"""Issue 20 part anom2: scorer-side fixes the held-out incident evaluation asked for.
+
+A counter reset opens an incident in the interval it happens; a device that went silent is
+named as the root cause over its node-mates; GPU power peers are node-mates; the evaluation
+places a UPS fault and runs the fresh held-out seeds only outside development mode.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from domain.site import load_site
+from experiments.anomaly.evaluate import (
+    DEFAULT_EVAL_SEEDS,
+    DEFAULT_HEALTHY_SEEDS,
+    SeedError,
+    check_seeds,
+    make_scenario,
+)
+from simulator.model import SiteSimulator
+from twin.anomaly.calibration import p_to_score
+from twin.anomaly.features import class_frames
+from twin.anomaly.fleet import COUNTER_RESET_P
+from twin.anomaly.frames import device_table
+from twin.anomaly.incidents import IncidentConfig, IncidentTracker
+
+SITE = Path(__file__).parent / "data" / "anomaly_site.toml"
+START = datetime(2025, 7, 7, tzinfo=UTC)
+
+
+def _rows(rows: list[tuple[str, int, float, str]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        [
+            {
+                "device_id": d,
+                "bucket": b,
+                "score": float(p_to_score(np.array([p]))[0]),
+                "p": p,
+                "top_metric": comp,
+                "top_component": comp,
+            }
+            for d, b, p, comp in rows
+        ]
+    )
+
+
+def test_a_silent_gpu_is_the_root_cause_over_its_drained_node_mates():
+    site = load_site(SITE)
+    tr = IncidentTracker(site, IncidentConfig())
+    lost = "t1/h1/row1/rk101/n01/gpu0"
+    mates = [f"t1/h1/row1/rk101/n01/gpu{i}" for i in (1, 2, 3)]
+    # the node is drained in the interval the GPU goes silent: its mates' power falls with
+    # a far smaller p than one or two empty intervals can reach
+    tr.update(_rows([(m, 100, 1e-60, "gpu_power_peer") for m in mates]))
+    tr.update(
+        _rows([(lost, 101, 1e-6, "no_data")] + [(m, 101, 1e-70, "gpu_power_peer") for m in mates])
+    )
+    f = tr.frame()
+    assert f.height == 1
+    assert f["root_device"][0] == lost
+    # outside the root window, silence does not jump the queue
+    tr2 = IncidentTracker(site, IncidentConfig())
+    tr2.update(_rows([(m, 100, 1e-60, "gpu_power_peer") for m in mates]))
+    tr2.update(_rows([(lost, 110, 1e-9, "no_data")]))
+    assert tr2.frame()["root_device"][0] != lost
+
+
+def test_a_counter_reset_alone_opens_an_incident_in_its_interval():
+    # Bonferroni over a GPU's components (some 60): still at or above open_score
+    n_components = 100
+    score = float(p_to_score(np.array([COUNTER_RESET_P * n_components]))[0])
+    assert score >= IncidentConfig().open_score
+    site = load_site(SITE)
+    tr = IncidentTracker(site, IncidentConfig())
+    gpu = "t1/h1/row1/rk101/n02/gpu4"
+    tr.update(_rows([(gpu, 50, COUNTER_RESET_P * n_components, "energy_mj:reset")]))
+    f = tr.frame()
+    assert f.height == 1 and f["opened_bucket"][0] == 50
+
+
+def test_gpu_power_peers_are_node_mates():
+    site = load_site(SITE)
+    devices = device_table(site)
+    gpus = devices.filter(pl.col("device_class") == "gpu")["device_id"].to_list()
+    node = gpus[0].rsplit("/", 1)[0]
+    rows = []
+    for g in gpus:
+        # one node runs a job at 600 W, the rest of the rack idles at 100 W
+        w = 600.0 if g.startswith(node + "/") else 100.0
+        rows.append({"device_id": g, "metric": "power_w", "bucket": 1, "t_s": 30.0, "value": w})
+    frames = class_frames(pl.DataFrame(rows), devices)
+    peers = frames["gpu"].select("device_id", "peer_power_w")
+    busy = peers.filter(pl.col("device_id").str.starts_with(node + "/"))
+    assert busy["peer_power_w"].to_list() == [600.0] * busy.height
+    assert set(peers.join(busy, on="device_id", how="anti")["peer_power_w"]) == {100.0}
+
+
+def test_scenarios_place_one_ups_fault_and_the_simulator_takes_them():
+    ups_faults = set()
+    for seed in (11, 12, 13, 14):
+        sc = make_scenario(seed)
+        last = sc.spec.splitlines()[-1]
+        assert last.split("@")[1].startswith("ev/facility/ups:")
+        ups_faults.add(last.split("@")[0])
+        # every other catalog fault is still there, each on its own device
+        assert len(sc.spec.splitlines()) == 13
+        SiteSimulator(
+            sc.site, seed=seed, start_time_s=START.timestamp(), faults=sc.spec, horizon_s=43200.0
+        )
+    assert len(ups_faults) >= 2  # drawn with the seed
+
+
+def test_fresh_held_out_seeds_run_only_outside_development():
+    assert DEFAULT_EVAL_SEEDS == (2000, 2001, 2002, 2003, 2004)
+    assert DEFAULT_HEALTHY_SEEDS == (2500,)
+    check_seeds([*DEFAULT_EVAL_SEEDS, *DEFAULT_HEALTHY_SEEDS], dev=False)
+    with pytest.raises(SeedError, match="held-out seeds are only run without --dev"):
+        check_seeds([2000], dev=True)
+    with pytest.raises(SeedError, match="use --dev"):
+        check_seeds([21], dev=False)
+
+
+def test_residual_evidence_fades_where_the_model_extrapolates():
+    from dataclasses import replace
+
+    from twin.anomaly.features import Residual
+    from twin.anomaly.residuals import apply_residual, fit_residual
+
+    rng = np.random.default_rng(3)
+    res = Residual("loss", "psu", "input_w", ("output_w",), "input_w", pooled=True)
+
+    def frame(lo: float, hi: float, buckets: np.ndarray) -> pl.DataFrame:
+        out = rng.uniform(lo, hi, len(buckets))
+        # a curved efficiency: a straight fit on [lo, hi] misses it further out
+        return pl.DataFrame(
+            {
+                "device_id": "psu0",
+                "bucket": buckets,
+                "output_w": out,
+                "input_w": out + 1e-3 * out**2 + rng.normal(0, 1.0, len(buckets)),
+            }
+        )
+
+    model = fit_residual(frame(300, 600, np.arange(600)), res)
+    assert model is not None
+    assert 300 <= model.driver_lo[0] < 310 and 590 < model.driver_hi[0] <= 600
+    inside = apply_residual(model, frame(350, 550, np.arange(600, 700)))
+    assert np.abs(inside["c"].to_numpy()).max() < 6  # in range: the fit holds
+    far = frame(1150, 1200, np.arange(700, 800))
+    c_far = np.abs(apply_residual(model, far)["c"].to_numpy())
+    blind = replace(model, driver_lo=np.zeros(0), driver_hi=np.zeros(0))
+    c_blind = np.abs(apply_residual(blind, far)["c"].to_numpy())
+    # two ranges beyond: the same departure counts 1 / (1 + 4 * 2) as much
+    assert np.allclose(c_far * 9.0, c_blind, rtol=0.1)
+    assert c_blind.min() > 10  # what used to alarm (curvature, not a fault)
