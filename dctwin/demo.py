@@ -18,6 +18,7 @@ from domain.site import load_site
 from domain.topics import ensure_topics
 
 console = Console()
+DEMO_OPTIMIZER_INTERVAL_S = 120.0  # issue 19/26 (opt-default); DCTWIN_OPTIMIZER_INTERVAL_S wins
 
 
 def collector_config(
@@ -43,6 +44,9 @@ def simulated_bms_writer(settings: Settings, workdir: Path) -> int:
     settings.optimizer_writer_file = writer
     if "optimizer_advisory_only" not in settings.model_fields_set:
         settings.optimizer_advisory_only = False
+    # issue 19/26 (opt-default): a proposal within the demo's first minutes (serve: 900 s)
+    if "optimizer_interval_s" not in settings.model_fields_set:
+        settings.optimizer_interval_s = DEMO_OPTIMIZER_INTERVAL_S
     return port
 
 

@@ -94,6 +94,16 @@ class Settings(BaseSettings):
     optimizer_guard_gpu_temp_c: float = Field(83.0, description="revert above this GPU temp")
     optimizer_guard_coolant_c: float = Field(40.0, description="revert above this CDU supply")
     optimizer_guard_dp_min_kpa: float = Field(2.0, description="revert below this loop dp")
+    # issue 19/26 (opt-default): shipped default model and live realised savings
+    optimizer_shipped_default: bool = Field(
+        True, description="serve the shipped default model when the site has none (same site only)"
+    )
+    optimizer_settle_s: float = Field(
+        300.0, ge=0, description="after a change's ramps end, before its outcome is metered"
+    )
+    optimizer_outcome_window_s: float = Field(
+        600.0, gt=0, description="metered window of a change's realised saving"
+    )
 
     @field_validator("failure_horizon")
     @classmethod

@@ -16,6 +16,7 @@ evaluates them outside it.
 from __future__ import annotations
 
 import hashlib
+import gzip
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -278,7 +279,10 @@ class PlantModels:
             raise FileNotFoundError(
                 f"no trained optimizer model at {path}: run `dctwin optimize train` first"
             )
-        obj = pickle.loads(path.read_bytes())
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":  # opt-default: the shipped model is gzip-compressed (size)
+            raw = gzip.decompress(raw)
+        obj = pickle.loads(raw)
         if not isinstance(obj, PlantModels):
             raise TypeError(f"{path} does not hold optimizer models")
         return obj
