@@ -125,7 +125,9 @@ class Server:
             ],
         )
         self.alerts.on_tick = alert_events(self.bus)
-        self.optimizer = live_optimizer(settings, self.site.site.id, self.store, self.site)  # issue 19
+        self.optimizer = live_optimizer(
+            settings, self.site.site.id, self.store, self.site
+        )  # issue 19
         self.keys = KeyStore(settings.apikey_db)
         # issue 27 (whatif): what-if runs on a bounded executor this server owns; the
         # physics is the simulator's (this layer may import it, the twin may not)

@@ -27,7 +27,7 @@ EXAMPLE = ROOT / "domain" / "sites" / "example.toml"
 def test_the_package_ships_a_small_default_for_the_example_site():
     sm = shipped()
     assert sm is not None, "twin/optimizer/default_model/<version>/ is missing"
-    assert sm.path.stat().st_size < 5_000_000  # the package stays small
+    assert sm.path.stat().st_size < 8_000_000  # the package stays small (a few MB)
     assert sm.meta["site_fingerprint"] == site_fingerprint(load_site(EXAMPLE))
     models = PlantModels.load(sm.path)  # gzip-compressed pickle
     assert models.version == sm.version == sm.meta["version"]

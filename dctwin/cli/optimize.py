@@ -413,7 +413,9 @@ def train_default_cmd(
         help="telemetry store of the exploration runs (periods already in it are reused)",
     ),
     out: Path = typer.Option(
-        None, "--out", help="where to write it (default: the package's twin/optimizer/default_model)"
+        None,
+        "--out",
+        help="where to write it (default: the package's twin/optimizer/default_model)",
     ),
     periods: int = typer.Option(
         None, "--periods", help="fewer exploration periods (tests; default: the shipped recipe)"

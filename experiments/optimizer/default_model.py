@@ -42,9 +42,22 @@ def windows(
     spacing_days: float = DEFAULT_SPACING_DAYS,
 ) -> list[tuple[datetime, datetime]]:
     return [
-        (start + timedelta(days=i * spacing_days), start + timedelta(days=i * spacing_days + period_days))
+        (
+            start + timedelta(days=i * spacing_days),
+            start + timedelta(days=i * spacing_days + period_days),
+        )
         for i in range(periods)
     ]
+
+
+def _offset(
+    progress: Callable[[float], None] | None, done_h: float
+) -> Callable[[float], None] | None:
+    """A period's hours as hours of the whole run."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda h: report(done_h + h)
 
 
 def _explored(store: Store, begin: datetime, end: datetime) -> bool:
@@ -76,7 +89,9 @@ def train_default(
             if _explored(store, begin, end):
                 log(f"period {begin:%Y-%m-%d}: reusing the telemetry in {data_db}")
                 continue
-            log(f"period {begin:%Y-%m-%d}: exploring {period_days:g} days (seed {DEFAULT_SEED + i})")
+            log(
+                f"period {begin:%Y-%m-%d}: exploring {period_days:g} days (seed {DEFAULT_SEED + i})"
+            )
             explore_to_store(
                 store.con,
                 site,
@@ -85,7 +100,7 @@ def train_default(
                 hours=period_days * 24,
                 climate=DEFAULT_CLIMATE,
                 step_s=DEFAULT_STEP_S,
-                progress=(lambda h, i=i: progress(i * period_days * 24 + h)) if progress else None,
+                progress=_offset(progress, i * period_days * 24),
             )
         history = pl.concat(
             [training_rows(store.cursor(), site, b, e, bucket_s=DEFAULT_STEP_S) for b, e in wins]
@@ -148,8 +163,7 @@ def _meta(
 def model_card(meta: dict[str, Any]) -> str:
     err = meta["holdout_error"]
     rows = "\n".join(
-        f"| {t} | {e['mean']:.2f} | {e['mae']:.3f} | {e['rmse']:.3f} |"
-        for t, e in err.items()
+        f"| {t} | {e['mean']:.2f} | {e['mae']:.3f} | {e['rmse']:.3f} |" for t, e in err.items()
     )
     g = err.get("gpu_temp_max_c", {})
     periods = ", ".join(f"{b[:10]}" for b, _ in meta["exploration"]["periods"])
@@ -163,7 +177,7 @@ of its own, and only to the site it was trained on (fingerprint
 
 ## Data
 
-Stored telemetry of exploration runs of the simulator on the example site (2048 GPUs), through
+Stored telemetry of exploration runs of the simulator on {meta["site_file"]}, through
 the store path (`explore_to_store` -> `samples`; rows by `twin/optimizer/history.py`):
 {len(meta["exploration"]["periods"])} periods of {meta["exploration"]["period_days"]:g} days
 starting {periods} (seeds {meta["exploration"]["seeds"][0]}–{meta["exploration"]["seeds"][-1]},

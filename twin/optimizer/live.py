@@ -48,7 +48,6 @@ from twin.optimizer.recommendations import (
     ACCEPTED,
     EXPIRED,
     FAILED,
-    MEASURED,
     PROPOSED,
     REVERTED,
     LifecycleError,

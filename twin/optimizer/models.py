@@ -15,8 +15,8 @@ evaluates them outside it.
 
 from __future__ import annotations
 
-import hashlib
 import gzip
+import hashlib
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
