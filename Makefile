@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench soak lint fmt clean failure-model
+.PHONY: demo test bench soak lint fmt clean failure-model optimizer-model
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ bench: $(STAMP)
 # split and hyper-parameters, so it reproduces; writes model.joblib, meta.json, MODEL_CARD.md
 failure-model: $(STAMP)
 	$(BIN)/dctwin failure train-default
+
+# issue 19/26 (opt-default): the optimizer model shipped for the example site
+# (twin/optimizer/default_model/): fixed seeds, periods and split; ~10 min on 2 cores
+optimizer-model: $(STAMP)
+	$(BIN)/dctwin optimize train-default
 
 # 30 minutes of the demo's processes under chaos, then an audit (bench/soak.py)
 soak: $(STAMP)

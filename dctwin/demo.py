@@ -58,6 +58,9 @@ class DemoOptions:
     oncall: bool = True
 
 
+DEMO_OPTIMIZER_INTERVAL_S = 120.0  # issue 19/26 (opt-default); DCTWIN_OPTIMIZER_INTERVAL_S wins
+
+
 def collector_config(
     path: Path,
     site_file: Path,
@@ -98,6 +101,9 @@ def simulated_bms_writer(settings: Settings, workdir: Path) -> int:
     settings.optimizer_writer_file = writer
     if "optimizer_advisory_only" not in settings.model_fields_set:
         settings.optimizer_advisory_only = False
+    # issue 19/26 (opt-default): a proposal within the demo's first minutes (serve: 900 s)
+    if "optimizer_interval_s" not in settings.model_fields_set:
+        settings.optimizer_interval_s = DEMO_OPTIMIZER_INTERVAL_S
     return port
 
 

@@ -30,7 +30,7 @@ from api.rack_scores import anomaly_rack_scorer, failure_rack_scorer
 from api.scenarios import PageLogLike
 from dctwin.scenario import ScenarioRunner
 from dctwin.settings import Settings
-from domain.site import load_site
+from domain.site import Site, load_site
 from domain.topics import ensure_topics
 from ingest.consumer import Ingestor
 from ingest.store import Store
@@ -44,6 +44,7 @@ from twin.failure.service import FailureRiskService
 from twin.health import ComponentHealth, HealthRegistry
 from twin.optimizer.live import LiveConfig, LiveOptimizer
 from twin.optimizer.recommendations import store_opener
+from twin.optimizer.shipped import shipped_for  # issue 19/26 (opt-default)
 from twin.parts import PartHistory
 from twin.periodic import Periodic
 from twin.state import Twin
@@ -126,7 +127,9 @@ class Server:
             ],
         )
         self.alerts.on_tick = alert_events(self.bus)
-        self.optimizer = live_optimizer(settings, self.site.site.id, self.store)  # issue 19
+        self.optimizer = live_optimizer(
+            settings, self.site.site.id, self.store, self.site
+        )  # issue 19
         self.keys = KeyStore(settings.apikey_db)
         # issue 27 (whatif): what-if runs on a bounded executor this server owns; the
         # physics is the simulator's (this layer may import it, the twin may not)
@@ -382,7 +385,9 @@ class Server:
             self.stop()
 
 
-def live_optimizer(settings: Settings, site_id: str, store: Store) -> LiveOptimizer:
+def live_optimizer(
+    settings: Settings, site_id: str, store: Store, site: Site | None = None
+) -> LiveOptimizer:
     """Issue 19 (opt-live): the live optimizer and its write path from the settings; the
     writer (a collectors capability) is built here, the twin only sees the protocol."""
     s = settings
@@ -391,6 +396,7 @@ def live_optimizer(settings: Settings, site_id: str, store: Store) -> LiveOptimi
         from collectors.sources.modbus.writer import ModbusSetpointWriter, load_writer_config
 
         writer = ModbusSetpointWriter(load_writer_config(s.optimizer_writer_file))
+    shipped, shipped_note = shipped_for(site) if s.optimizer_shipped_default else (None, None)
     cfg = LiveConfig(
         site_id=site_id,
         model_path=s.optimizer_model,
@@ -402,6 +408,12 @@ def live_optimizer(settings: Settings, site_id: str, store: Store) -> LiveOptimi
         guard_gpu_temp_c=s.optimizer_guard_gpu_temp_c,
         guard_coolant_supply_c=s.optimizer_guard_coolant_c,
         guard_dp_min_kpa=s.optimizer_guard_dp_min_kpa,
+        # issue 19/26 (opt-default): the shipped default only for the site it was trained on
+        shipped=shipped,
+        shipped_note=shipped_note,
+        settle_s=s.optimizer_settle_s,
+        outcome_window_s=s.optimizer_outcome_window_s,
+        site=site,
     )
     return LiveOptimizer(cfg, store_opener(store.cursor), store.cursor, writer)
 

@@ -102,6 +102,16 @@ class Settings(BaseSettings):
     sim_control_topic: str = Field(
         SIM_CONTROL_TOPIC, description="Kafka topic the simulated collector source reads"
     )
+    # issue 19/26 (opt-default): shipped default model and live realised savings
+    optimizer_shipped_default: bool = Field(
+        True, description="serve the shipped default model when the site has none (same site only)"
+    )
+    optimizer_settle_s: float = Field(
+        300.0, ge=0, description="after a change's ramps end, before its outcome is metered"
+    )
+    optimizer_outcome_window_s: float = Field(
+        600.0, gt=0, description="metered window of a change's realised saving"
+    )
 
     @field_validator("failure_horizon")
     @classmethod

@@ -381,7 +381,10 @@ async function loadRecommendations() {
     if (st && st.running) {
       const at = (t) => (t ? new Date(t).toLocaleTimeString() : "–");
       const mode = st.advisory_only ? "advisory only" : `writes via ${st.writer || "–"}`;
-      const line = `live optimizer: last run ${at(st.last_run_at)}, next ${at(st.next_run_at)}, ${mode}`
+      // issue 19/26 (opt-default): which model serves, shipped default or the site's own
+      const src = { shipped_default: "shipped default", site_trained: "site-trained" }[st.model_source];
+      const model = st.model_version ? ` · model ${st.model_version} (${src || "?"})` : " · no model";
+      const line = `live optimizer: last run ${at(st.last_run_at)}, next ${at(st.next_run_at)}, ${mode}${model}`
         + (st.last_outcome && st.last_outcome !== "recommended" ? ` · no proposal: ${st.reason}` : "");
       const li = el("li", "none", line);
       li.dataset.testid = "rec-status";
@@ -402,7 +405,10 @@ async function loadRecommendations() {
     if (r.pue_delta != null) why.push(`PUE ${r.pue_delta > 0 ? "+" : ""}${r.pue_delta.toFixed(3)}`);
     if (r.binding_constraint) why.push(`binding: ${r.binding_constraint}`);
     if (r.decided_by) why.push(`by ${r.decided_by}`);
-    if (r.realised_savings_kw != null) why.push(`realised −${r.realised_savings_kw.toFixed(1)} kW`);
+    // issue 19/26 (opt-default): realised beside predicted, once the change has settled
+    if (r.realised_savings_kw != null) {
+      why.push(`predicted −${(r.predicted_savings_kw ?? 0).toFixed(1)} kW, realised −${r.realised_savings_kw.toFixed(1)} kW`);
+    } else if (r.applied_at && r.status === "accepted") why.push("applied: realised saving once settled");
     if (r.status_note) why.push(r.status_note); // issue 19: expired / failed / reverted, why
     text.append(el("div", "sub", why.join(" · ")));
     li.append(text);

@@ -402,3 +402,62 @@ def _ratio(x: float | None) -> str:
 
 def _ok(flag: bool) -> str:
     return "PASS" if flag else "FAIL"
+
+
+# issue 19/26 (opt-default): the model shipped for the example site
+@optimize_app.command("train-default")
+def train_default_cmd(
+    data: Path = typer.Option(
+        DEFAULT_DIR / "default-history.duckdb",
+        "--data",
+        help="telemetry store of the exploration runs (periods already in it are reused)",
+    ),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="where to write it (default: the package's twin/optimizer/default_model)",
+    ),
+    periods: int = typer.Option(
+        None, "--periods", help="fewer exploration periods (tests; default: the shipped recipe)"
+    ),
+    period_days: float = typer.Option(None, "--period-days", help="(tests)"),
+    site: Path = typer.Option(None, "--site", help="another site TOML (tests; default: example)"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Train the optimizer model shipped for the example site, reproducibly (fixed seeds,
+    periods, split and hyper-parameters): writes <out>/<version>/ with model.pkl, meta.json
+    and MODEL_CARD.md, replacing the previous default."""
+    from rich.progress import Progress
+
+    from experiments.optimizer import default_model as dm
+    from twin.optimizer.shipped import SHIPPED_ROOT
+
+    n = periods or dm.DEFAULT_PERIODS
+    days = period_days or dm.DEFAULT_PERIOD_DAYS
+    with Progress(disable=quiet) as bar:
+        task = bar.add_task("exploring + training", total=n * days * 24)
+        models, vdir = dm.train_default(
+            data,
+            out or SHIPPED_ROOT,
+            periods=n,
+            period_days=days,
+            site_file=site or dm.SITE_FILE,
+            log=(lambda _m: None) if quiet else bar.console.print,
+            progress=lambda h: bar.update(task, completed=h),
+        )
+    meta = json.loads((vdir / "meta.json").read_text())
+    keep = ("cooling_kw", "facility_kw", "gpu_temp_max_c")
+    typer.echo(
+        json.dumps(
+            {
+                "version": models.version,
+                "path": str(vdir),
+                "model_bytes": meta["model_bytes"],
+                "rows_train": models.n_train,
+                "rows_holdout": models.n_holdout,
+                "data_window": models.data_window,
+                "holdout_error": {k: models.holdout_error[k] for k in keep},
+            },
+            indent=2,
+        )
+    )

@@ -39,7 +39,9 @@ import numpy as np
 
 from domain.control import SetpointWriteError, SetpointWriter
 from domain.plant import ENVELOPES
+from domain.site import Site
 from twin.health import ComponentHealth
+from twin.optimizer.history import HistoryError, history_rows
 from twin.optimizer.models import PlantModels
 from twin.optimizer.observe import current_state, guard_readings
 from twin.optimizer.recommendations import (
@@ -52,7 +54,8 @@ from twin.optimizer.recommendations import (
     RecommendationStore,
 )
 from twin.optimizer.search import Decision, Optimizer
-from twin.optimizer.space import SETPOINTS, Constraints
+from twin.optimizer.shipped import SHIPPED, SITE, ShippedModel
+from twin.optimizer.space import FEATURES, SETPOINTS, Constraints
 from twin.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -100,6 +103,14 @@ class LiveConfig:
     expire_after_s: float | None = None  # default: two control intervals
     constraints: Constraints = field(default_factory=Constraints)
     seed: int = 0
+    # issue 19/26 (opt-default): the shipped default, served while `model_path` is absent;
+    # None when the package has none or it was trained on another site (`shipped_note` why)
+    shipped: ShippedModel | None = None
+    shipped_note: str | None = None
+    # issue 19/26 (opt-default): live realised savings, measured once a change settled
+    settle_s: float = 300.0  # after the written setpoints finished ramping
+    outcome_window_s: float = 600.0  # metered window averaged after settling
+    site: Site | None = None  # its facility meter: what the realised saving is metered on
 
     @property
     def max_proposal_age_s(self) -> float:
@@ -128,7 +139,7 @@ class LiveOptimizer:
             self.guard, config.guard_interval_s, "optimizer-guard", wait_first=True
         )
         self._models: PlantModels | None = None
-        self._model_mtime: float | None = None
+        self._model_mtime: tuple[float, str] | None = None
         self._model_error: str | None = None
         self._lock = threading.Lock()  # one change in flight per plant
         self.last_run_at: datetime | None = None
@@ -157,14 +168,30 @@ class LiveOptimizer:
 
     # -- the serving model ----------------------------------------------------------------
 
+    def model_source(self) -> tuple[Path | None, str | None]:
+        """The file served and where it comes from: the site's own trained model at
+        `model_path` when present, else the shipped default for this site (issue 19/26)."""
+        if self.config.model_path.exists():
+            return self.config.model_path, SITE
+        if self.config.shipped is not None:
+            return self.config.shipped.path, SHIPPED
+        return None, None
+
     def models(self) -> PlantModels | None:
-        """The model at `model_path`, reloaded when the file changes (a new training)."""
-        path = self.config.model_path
-        try:
-            mtime = path.stat().st_mtime
-        except FileNotFoundError:
+        """The serving model (`model_source`), reloaded when the file changes (a new
+        training)."""
+        path, _source = self.model_source()
+        if path is None:
             self._models, self._model_mtime = None, None
-            self._model_error = f"no trained model at {path}: run `dctwin optimize train`"
+            self._model_error = (
+                f"no trained model at {self.config.model_path}: run `dctwin optimize train`"
+                + (f"; {self.config.shipped_note}" if self.config.shipped_note else "")
+            )
+            return None
+        try:
+            mtime = (path.stat().st_mtime, str(path))
+        except FileNotFoundError:
+            self._models, self._model_mtime, self._model_error = None, None, f"{path} vanished"
             return None
         if mtime != self._model_mtime:
             try:
@@ -368,7 +395,89 @@ class LiveOptimizer:
             if violation:
                 self._revert(store, rec, violation)
                 reverted.append(int(rec["id"]))
+            elif rec["status"] == ACCEPTED:
+                self._measure(store, rec, now)
         return reverted
+
+    # -- realised savings (issue 19/26, opt-default) --------------------------------------
+
+    def realised(self, rec: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+        """A written change's realised facility saving from metered telemetry, or None
+        while it has not settled. The window starts `settle_s` after the published
+        setpoints last moved (the ramps ended) and lasts `outcome_window_s`. No
+        counterfactual plant exists live, so the models stand in for it: realised =
+        mean[model(previous setpoints, metered state) - metered facility kW] over the
+        window, minus the same model error over the window just before the change (adjusted
+        baseline; 0 when no rows precede it). docs/optimizer.md "Live realised savings"."""
+        c, models = self.config, self.models()
+        if c.site is None or models is None or not rec.get("previous_setpoints"):
+            return None
+        bucket_s = max(1.0, min(60.0, c.outcome_window_s / 10))
+        t0 = rec["applied_at"]
+        try:
+            after = history_rows(self.cursor(), c.site, t0, now, bucket_s)
+        except HistoryError:
+            return None
+        settled = after.filter(after["since_change_s"] >= c.settle_s)
+        if settled.is_empty():
+            return None
+        start = settled["time"][0]
+        end = start + timedelta(seconds=c.outcome_window_s)
+        if now < end + timedelta(seconds=bucket_s):  # the last bucket must be complete
+            return None
+        win = settled.filter((settled["time"] >= start) & (settled["time"] < end))
+        prev = rec["previous_setpoints"]
+
+        def counterfactual(rows: Any) -> np.ndarray:
+            x = rows.select(FEATURES).to_numpy().astype(float)
+            for k in SETPOINTS:
+                if k in prev:
+                    x[:, FEATURES.index(k)] = float(prev[k])
+            return np.asarray(models.predict(x).facility_kw.mean(0))
+
+        metered = win["facility_kw"].to_numpy()
+        model_prev = counterfactual(win)
+        model_new = np.asarray(models.predict(win.select(FEATURES).to_numpy()).facility_kw.mean(0))
+        try:
+            before = history_rows(
+                self.cursor(), c.site, t0 - timedelta(seconds=c.outcome_window_s), t0, bucket_s
+            )
+        except HistoryError:
+            before = after.clear()
+        bias_kw = (
+            float(np.mean(counterfactual(before) - before["facility_kw"].to_numpy()))
+            if before.height
+            else 0.0
+        )
+        return {
+            "realised_savings_kw": float(np.mean(model_prev - metered)) - bias_kw,
+            "window": (_iso(start), _iso(end)),
+            "rows": win.height,
+            "baseline_bias_kw": bias_kw,
+            "baseline_rows": before.height,
+            "repredicted_savings_kw": float(np.mean(model_prev - model_new)),
+            "metered_facility_kw": float(metered.mean()),
+        }
+
+    def _measure(self, store: RecommendationStore, rec: dict[str, Any], now: datetime) -> None:
+        try:
+            r = self.realised(rec, now)
+        except Exception:  # a measurement problem must not stop the guard
+            log.exception("optimizer: measuring #%d failed", rec["id"])
+            return
+        if r is None:
+            return
+        note = (
+            f"live, metered: window {r['window'][0]} .. {r['window'][1]} ({r['rows']} rows, "
+            f"{self.config.settle_s:g} s after the ramps); counterfactual = the models at the "
+            f"previous setpoints, baseline error {r['baseline_bias_kw']:+.2f} kW over "
+            f"{r['baseline_rows']} rows before the change removed; models re-predict "
+            f"{r['repredicted_savings_kw']:.2f} kW at the window's state; metered facility "
+            f"{r['metered_facility_kw']:.1f} kW"
+        )
+        with contextlib.suppress(LifecycleError):  # reverted meanwhile
+            store.record_outcome(rec["id"], r["realised_savings_kw"], note, now)
+            log.info("optimizer: #%d realised %.2f kW", rec["id"], r["realised_savings_kw"])
 
     def violation(self, since: datetime) -> str | None:
         c = self.config
@@ -393,7 +502,7 @@ class LiveOptimizer:
                 log.error("optimizer: revert of #%d failed: %s", rec["id"], exc)
                 return
             store.audit(rec["id"], "revert", "guard", self.writer.name, prev, back)
-            store.end(rec["id"], ACCEPTED, REVERTED, f"reverted: {violation}")
+            store.end(rec["id"], rec["status"], REVERTED, f"reverted: {violation}")
             log.warning("optimizer: #%d reverted (%s)", rec["id"], violation)
 
     # -- status ---------------------------------------------------------------------------
@@ -412,8 +521,11 @@ class LiveOptimizer:
             "last_run_at": _iso(self.last_run_at),
             "next_run_at": _iso(nxt),
             "last_run_duration_s": self.last_duration_s,
-            "model": str(c.model_path),
+            "model": str(self.model_source()[0] or c.model_path),
             "model_version": m.version if m is not None else None,
+            # issue 19/26 (opt-default): shipped_default or site_trained (None: no model)
+            "model_source": self.model_source()[1] if m is not None else None,
+            "model_calibrated": m is not None and m.calibration is not None,
             "model_problem": self._model_error,
             "last_outcome": self.last_outcome,
             "reason": self.last_reason,

@@ -15,6 +15,7 @@ evaluates them outside it.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import pickle
 from collections.abc import Callable
@@ -278,7 +279,10 @@ class PlantModels:
             raise FileNotFoundError(
                 f"no trained optimizer model at {path}: run `dctwin optimize train` first"
             )
-        obj = pickle.loads(path.read_bytes())
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":  # opt-default: the shipped model is gzip-compressed (size)
+            raw = gzip.decompress(raw)
+        obj = pickle.loads(raw)
         if not isinstance(obj, PlantModels):
             raise TypeError(f"{path} does not hold optimizer models")
         return obj

@@ -233,10 +233,11 @@ class RecommendationStore:
         return self.get(rec_id)
 
     def in_watch(self, since: datetime) -> list[dict[str, Any]]:
-        """Accepted, written changes applied at or after `since` (in their watch window)."""
+        """Accepted (or already measured: opt-default) written changes applied at or after
+        `since` (in their watch window)."""
         return self._rows(
-            "WHERE status = ? AND applied_at IS NOT NULL AND applied_at >= ?",
-            [ACCEPTED, _naive(since)],
+            "WHERE status IN (?, ?) AND applied_at IS NOT NULL AND applied_at >= ?",
+            [ACCEPTED, MEASURED, _naive(since)],
         )
 
     def audit(
