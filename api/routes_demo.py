@@ -5,7 +5,8 @@
   is not simulated, 404 for an unknown scenario, 422 for one that does not fit the site.
 - `GET /v1/runbooks/{rule}` (markdown) and the open `GET /runbooks/{rule}` (HTML, what alert
   and webhook `runbook_url`s point at: a runbook holds no site data, and on-call opens it
-  from a page without an API key). One file per default rule in docs/runbooks/.
+  from a page without an API key). One file per default rule in twin/alerts/runbooks/
+  (package data, so an installed wheel serves them too).
 - `GET /v1/events`: the device events timeline (the dashboard's events panel on first paint).
 - `GET /v1/oncall/pages`: what the demo's local webhook receiver got (dctwin/oncall.py),
   each with whether its signature verified (`receiver_running` false and no pages where
@@ -17,7 +18,6 @@ from __future__ import annotations
 import html
 import re
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -39,8 +39,8 @@ from api.scenarios import (
     UnknownScenarioError,
 )
 from api.shape import now_naive_utc
+from twin.alerts.rules import RUNBOOK_DIR
 
-RUNBOOK_DIR = Path(__file__).resolve().parents[1] / "docs" / "runbooks"
 _RULE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,80}$")
 _md = MarkdownIt("commonmark", {"html": False}).enable("table")
 
@@ -137,7 +137,7 @@ def runbook_text(rule: str) -> str:
         raise ProblemError(
             404,
             f"no runbook for rule {rule!r} ({len(known)} runbooks: one per default alert rule, "
-            "docs/runbooks/)",
+            "twin/alerts/runbooks/)",
             "not-found",
         )
     return path.read_text()

@@ -3,8 +3,11 @@ control topic), runbooks (one per default rule, served), the on-call receiver.""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import time
+import tomllib
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -163,6 +166,12 @@ def test_every_default_rule_has_a_served_runbook(tmp_path):
     names = {r.name for r in rules.rules}
     files = {p.stem for p in RUNBOOK_DIR.glob("*.md")}
     assert names <= files, f"rules without a runbook: {sorted(names - files)}"
+    # and an installed wheel carries them: the package data of twin.alerts matches each
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    data = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]
+    for p in RUNBOOK_DIR.glob("*.md"):
+        rel = p.relative_to(RUNBOOK_DIR.parent).as_posix()
+        assert any(fnmatch.fnmatch(rel, g) for g in data["twin.alerts"]), rel
     for r in rules.rules:
         assert r.annotations.runbook_url == "{runbook_base}/" + r.name
         text = (RUNBOOK_DIR / f"{r.name}.md").read_text()

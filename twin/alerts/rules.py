@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from twin.alerts.context import RuleContext
 
 DEFAULT_RULES = "default_rules.yaml"
+# one markdown runbook per default rule, <RuleName>.md, package data beside the rules
+RUNBOOK_DIR = Path(__file__).resolve().parent / "runbooks"
 ALL_METRICS = {m for per_kind in METRICS.values() for m in per_kind}
 RESERVED_LABELS = {"alertname", "severity"}
 # labels the topology attaches (see grouping.py) and rules may aggregate `by`
