@@ -108,6 +108,23 @@ def _sum_strict(col: str) -> pl.Expr:
     return _sum_strict_expr(pl.col(col))
 
 
+def _elements(df: pl.DataFrame, kind: str, **columns: str | pl.Expr) -> pl.DataFrame:
+    """`df`'s rows as capacity elements of `kind`: `columns` give id, parent, resource,
+    capacity_n_kw, capacity_n1_kw and limiting (strings name columns of `df`, as in
+    `select`); used_kw is `df`'s, weather is for the plant only."""
+    return df.select(
+        kind=pl.lit(kind),
+        id=columns["id"],
+        parent=columns["parent"],
+        resource=columns["resource"],
+        weather=pl.lit(None, pl.String),
+        used_kw="used_kw",
+        capacity_n_kw=columns["capacity_n_kw"],
+        capacity_n1_kw=columns["capacity_n1_kw"],
+        limiting=columns["limiting"],
+    )
+
+
 def headroom(site: Site, state: pl.DataFrame) -> pl.DataFrame:
     """One row per (element, resource[, weather]); columns as in SCHEMA."""
     state = state.select(
@@ -117,13 +134,12 @@ def headroom(site: Site, state: pl.DataFrame) -> pl.DataFrame:
     racks = _racks(site).join(
         _state_value(state, "power_kw").rename({"value": "used_kw"}), on="id", how="left"
     )
-    rack_out = racks.select(
-        kind=pl.lit("rack"),
+    rack_out = _elements(
+        racks,
+        "rack",
         id="id",
         parent="row",
         resource=pl.lit("power"),
-        weather=pl.lit(None, pl.String),
-        used_kw="used_kw",
         capacity_n_kw="cap_n",
         capacity_n1_kw="cap_n1",
         limiting="limiting",
@@ -156,13 +172,12 @@ def headroom(site: Site, state: pl.DataFrame) -> pl.DataFrame:
         right_on="pdu",
         how="left",
     )
-    pdu_out = pdus.select(
-        kind=pl.lit("pdu"),
+    pdu_out = _elements(
+        pdus,
+        "pdu",
         id="id",
         parent="hall",
         resource=pl.lit("power"),
-        weather=pl.lit(None, pl.String),
-        used_kw="used_kw",
         capacity_n_kw="cap_n",
         capacity_n1_kw="cap_n1",
         limiting="limiting",
@@ -176,13 +191,12 @@ def headroom(site: Site, state: pl.DataFrame) -> pl.DataFrame:
         )
         .join(pdus.select("id", p_n="cap_n", p_n1="cap_n1"), left_on="pdu", right_on="id")
     )
-    row_out = rows.select(
-        kind=pl.lit("row"),
+    row_out = _elements(
+        rows,
+        "row",
         id="row",
         parent="hall",
         resource=pl.lit("power"),
-        weather=pl.lit(None, pl.String),
-        used_kw="used_kw",
         capacity_n_kw=pl.min_horizontal("rk_n", "p_n"),
         capacity_n1_kw=pl.min_horizontal("rk_n1", "p_n1"),
         limiting=pl.when(pl.col("p_n") < pl.col("rk_n"))
@@ -213,13 +227,12 @@ def headroom(site: Site, state: pl.DataFrame) -> pl.DataFrame:
     hall_power = pdus.group_by("hall", maintain_order=True).agg(
         used_kw=_sum_strict("used_kw"), cap_n=pl.col("cap_n").sum(), cap_n1=pl.col("cap_n1").sum()
     )
-    hall_power_out = hall_power.select(
-        kind=pl.lit("hall"),
+    hall_power_out = _elements(
+        hall_power,
+        "hall",
         id="hall",
         parent=pl.lit(sid),
         resource=pl.lit("power"),
-        weather=pl.lit(None, pl.String),
-        used_kw="used_kw",
         capacity_n_kw="cap_n",
         capacity_n1_kw="cap_n1",
         limiting=pl.lit("pdus"),
@@ -236,13 +249,12 @@ def headroom(site: Site, state: pl.DataFrame) -> pl.DataFrame:
         .join(heat, on="id", how="left")
         .with_columns(used_kw=pl.coalesce("measured", "derived"))
     )
-    cdu_out = cdus.select(
-        kind=pl.lit("cdu"),
+    cdu_out = _elements(
+        cdus,
+        "cdu",
         id="id",
         parent="hall",
         resource=pl.lit("cooling"),
-        weather=pl.lit(None, pl.String),
-        used_kw="used_kw",
         capacity_n_kw="cap_n",
         capacity_n1_kw=pl.lit(0.0),
         limiting=pl.lit("cdu_rating"),
@@ -258,13 +270,12 @@ def headroom(site: Site, state: pl.DataFrame) -> pl.DataFrame:
     crahs = crahs.with_columns(
         used_kw=pl.coalesce("measured", pl.col("air") / pl.len().over("hall"))
     )
-    crah_out = crahs.select(
-        kind=pl.lit("crah"),
+    crah_out = _elements(
+        crahs,
+        "crah",
         id="id",
         parent="hall",
         resource=pl.lit("cooling"),
-        weather=pl.lit(None, pl.String),
-        used_kw="used_kw",
         capacity_n_kw="cap_n",
         capacity_n1_kw=pl.lit(0.0),
         limiting=pl.lit("crah_rating"),
