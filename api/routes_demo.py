@@ -6,7 +6,7 @@
 - `GET /v1/runbooks/{rule}` (markdown) and the open `GET /runbooks/{rule}` (HTML, what alert
   and webhook `runbook_url`s point at: a runbook holds no site data, and on-call opens it
   from a page without an API key). One file per default rule in twin/alerts/runbooks/
-  (package data, so an installed wheel serves them too).
+  (package data, so an installed wheel serves them too; docs/runbooks links there).
 - `GET /v1/events`: the device events timeline (the dashboard's events panel on first paint).
 - `GET /v1/oncall/pages`: what the demo's local webhook receiver got (dctwin/oncall.py),
   each with whether its signature verified (`receiver_running` false and no pages where
