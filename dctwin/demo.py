@@ -59,6 +59,8 @@ class DemoOptions:
 
 
 DEMO_OPTIMIZER_INTERVAL_S = 120.0  # issue 19/26 (opt-default); DCTWIN_OPTIMIZER_INTERVAL_S wins
+DEMO_OPTIMIZER_SETTLE_S = 120.0  # after the ramps end, before the outcome is metered
+DEMO_OPTIMIZER_OUTCOME_WINDOW_S = 240.0
 
 
 def collector_config(
@@ -104,6 +106,11 @@ def simulated_bms_writer(settings: Settings, workdir: Path) -> int:
     # issue 19/26 (opt-default): a proposal within the demo's first minutes (serve: 900 s)
     if "optimizer_interval_s" not in settings.model_fields_set:
         settings.optimizer_interval_s = DEMO_OPTIMIZER_INTERVAL_S
+    # and an accepted change's realised saving within minutes (serve: 300 s + 600 s)
+    if "optimizer_settle_s" not in settings.model_fields_set:
+        settings.optimizer_settle_s = DEMO_OPTIMIZER_SETTLE_S
+    if "optimizer_outcome_window_s" not in settings.model_fields_set:
+        settings.optimizer_outcome_window_s = DEMO_OPTIMIZER_OUTCOME_WINDOW_S
     return port
 
 
@@ -302,6 +309,9 @@ def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = No
                 workdir / "receivers.yaml", receiver.url, pages.secret
             )
             console.print(f"[green]on-call receiver[/] {receiver.url} (signed webhooks)")
+        # the optimizer's write path before the Server reads the settings (its optimizer
+        # takes interval, writer and advisory mode at construction)
+        bms_port = simulated_bms_writer(settings, workdir)
         server = Server(settings)
         server.oncall = pages
         # importing polars (by Server) replaces the SIGINT handler with its own, which
@@ -338,7 +348,7 @@ def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = No
             control_topic=settings.sim_control_topic,
             catch_up_from_s=history_from_s,
             catch_up_step_s=opts.history_step_s,
-            bms_port=simulated_bms_writer(settings, workdir),
+            bms_port=bms_port,
         )
         log = open(workdir / "collector.log", "ab")  # noqa: SIM115
         collector = subprocess.Popen(

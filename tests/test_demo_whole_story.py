@@ -125,6 +125,24 @@ def test_demo_tells_the_story_in_five_minutes(tmp_path):
             expect(page.locator("[data-testid=alerts]")).to_contain_text(
                 paged_alert["alertname"], timeout=30_000
             )
+            # the loop closed: a live recommendation, accepted in the dashboard, is written
+            # to the simulated plant over Modbus and read back (the panel shows it)
+            accept = page.locator("[data-testid=rec-accept]").first
+            expect(accept).to_be_visible(timeout=150_000)  # the demo proposes every 120 s
+            accept.click()
+            row = page.locator("#recommendations li").filter(has_text="written: ")
+            expect(row.first).to_contain_text("accepted", timeout=30_000)
+            recs = httpx.get(
+                f"{url}/v1/recommendations", params={"status": "accepted"}, headers=AUTH
+            ).json()
+            assert recs, "the accepted recommendation"
+            rec = recs[0]
+            assert rec["decided_by"] and rec["applied_at"], rec
+            writes = httpx.get(f"{url}/v1/recommendations/{rec['id']}/writes", headers=AUTH)
+            (write,) = writes.json()
+            assert write["action"] == "apply" and write["ok"], write
+            assert write["writer"] == "simulated-bms", write
+            print(f"accepted #{rec['id']}: {rec['applied_setpoints']}")
             shot = tmp_path / "story-dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
             print(f"dashboard screenshot: {shot}")

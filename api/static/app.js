@@ -389,6 +389,15 @@ async function loadRecommendations() {
       const li = el("li", "none", line);
       li.dataset.testid = "rec-status";
       list.append(li);
+      // the plant's setpoints as its telemetry reports them now: an applied change shows
+      // here as the plant ramps to it
+      const sp = Object.entries(st.state || {}).filter(([k]) => k.includes("setpoint"));
+      if (sp.length) {
+        const now = el("li", "none", "plant at last run: "
+          + sp.map(([k, v]) => `${setpointName(k)} ${v == null ? "–" : v.toFixed(1)}`).join(", "));
+        now.dataset.testid = "plant-setpoints";
+        list.append(now);
+      }
     }
   }
   if (!recs.length) list.append(el("li", "none",
@@ -409,6 +418,12 @@ async function loadRecommendations() {
     if (r.realised_savings_kw != null) {
       why.push(`predicted −${(r.predicted_savings_kw ?? 0).toFixed(1)} kW, realised −${r.realised_savings_kw.toFixed(1)} kW`);
     } else if (r.applied_at && r.status === "accepted") why.push("applied: realised saving once settled");
+    // what the plant's registers read back after the write (the change as the plant holds it)
+    if (r.applied_setpoints && r.applied_at) {
+      const w = Object.entries(r.applied_setpoints).filter(([k, v]) => cur[k] == null || Math.abs(cur[k] - v) >= 0.05)
+        .map(([k, v]) => `${setpointName(k)} ${v.toFixed(1)}`);
+      if (w.length) why.push(`written: ${w.join(", ")}`);
+    }
     if (r.status_note) why.push(r.status_note); // issue 19: expired / failed / reverted, why
     text.append(el("div", "sub", why.join(" · ")));
     li.append(text);
