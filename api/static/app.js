@@ -466,7 +466,9 @@ async function loadEvents() {
 }
 
 function addDeviceEvent(e) {
-  if (e) S.events.unshift(e);
+  // the stream may bring an event the first-paint fetch already listed: keep one
+  const key = (x) => `${Date.parse(x.time)}|${x.device_id}|${x.kind}|${x.message ?? ""}`; // ISO forms differ
+  if (e && !S.events.some((x) => key(x) === key(e))) S.events.unshift(e);
   S.events.length = Math.min(S.events.length, 50);
   const list = $("events");
   list.replaceChildren();
