@@ -83,28 +83,37 @@ def test_a_cdu_fault_is_one_incident_rooted_at_the_cdu_with_the_api_shape(cdu_st
         alarming = scores.filter(
             (pl.col("score") >= 0.6) & pl.col("device_id").str.starts_with("t1/h1/row1/")
         )["device_id"].n_unique()
-        # the fan-out: the CDU's GPUs (and PSUs) alarm too. Issue 20 part anom2: fewer
-        # than before (>= 10): with the flow gone, the GPUs' rack heat per flow leaves the
-        # range their thermal fit saw, and extrapolated evidence fades
-        assert alarming >= 5
-        mine = [
-            i
-            for i in live.incident_list("all", 100)
-            if CDU in {a["device_id"] for a in i["alarms"]}
-        ]
+        # the fan-out: the CDU's GPUs alarm too. Issue 20 part anom2: fewer than before
+        # (>= 10): with the flow gone, the GPUs' rack heat per flow leaves the range their
+        # thermal fit saw, and extrapolated evidence fades. After the 2000-2004 held-out
+        # run (smoothed spreads floored at the noise floor, docs/anomaly.md): the PSUs'
+        # one-degree temperature alarms are gone, in row 1 and in row 2 alike (row 2 is
+        # not cooled by this CDU; they were two false incidents there)
+        assert alarming >= 4
+        every = live.incident_list("all", 100)
+        mine = [i for i in every if CDU in {a["device_id"] for a in i["alarms"]}]
         assert len(mine) == 1, [i["root_cause"] for i in mine]
         (inc,) = mine
         assert inc["root_cause"]["device_id"] == CDU
-        assert inc["devices"] >= 5 and inc["state"] == "open"
-        # every row-1 GPU that alarmed belongs to this one incident, none opened its own
+        assert inc["devices"] >= 2 and inc["state"] == "open"
+        # nothing outside the faulted CDU's row opens an incident
+        assert all(
+            i["root_cause"]["device_id"].startswith("t1/h1/row1/") for i in every if i is not inc
+        )
+        # a row-1 GPU that starts alarming within the join window of the incident's latest
+        # new device joins it; one that starts later opens its own (the join window's
+        # limit: before the floor, the PSU temperature alarms kept this incident growing
+        # and every row-1 GPU joined it)
+        join = timedelta(seconds=live.config.incidents.join_intervals * live.config.interval_s)
+        latest = max(a["first_alarm"] for a in inc["alarms"])
         others = [
             i
-            for i in live.incident_list("all", 100)
-            if i["id"] != inc["id"]
+            for i in every
+            if i is not inc
             and i["root_cause"]["device_id"].startswith("t1/h1/row1/")
             and i["root_cause"]["device_class"] == "gpu"
         ]
-        assert others == []
+        assert all(i["opened"] > latest + join for i in others), (latest, others)
         relations = {a["relation"] for a in inc["alarms"] if a["device_id"] != CDU}
         assert "child" in relations
 

@@ -77,7 +77,7 @@ def anomaly_score(
 def anomaly_evaluate(
     seeds: str = typer.Option(
         None,
-        help="seeds: 2000-2004 or 2000,2002 (default: the held-out evaluation seeds 2000-2004)",
+        help="seeds: 3000-3004 or 3000,3002 (default: the held-out evaluation seeds 3000-3004)",
     ),
     dev: bool = typer.Option(False, "--dev", help="development seeds (1-999) only"),
     hours: float = typer.Option(12.0, help="simulated hours per scenario (2 of them train)"),
@@ -86,7 +86,7 @@ def anomaly_evaluate(
     healthy_seeds: str = typer.Option(
         None,
         "--healthy-seeds",
-        help="fault-free runs for false incidents per healthy day (default 2500; --dev: 21)",
+        help="fault-free runs for false incidents per healthy day (default 3500; --dev: 21)",
     ),
     healthy_hours: float = typer.Option(24.0, "--healthy-hours", help="hours per fault-free run"),
     no_multivariate: bool = typer.Option(
