@@ -144,11 +144,40 @@ class FleetScorer:
                 f"{self.scored_until} is already scored: train on the past only"
             )
         hist = history.filter(pl.col("bucket") <= until_bucket)
+        recent = pl.col("bucket") > until_bucket - PRIME_BUCKETS
         frames_all = class_frames(hist, self.devices)
-        g, frames = hist, frames_all
+        return self.fit_frames(
+            frames_all,
+            presence(hist),
+            hist.filter(recent),
+            {c: f.filter(recent) for c, f in frames_all.items()},
+            until_bucket,
+            exclude_devices,
+        )
+
+    def fit_frames(
+        self,
+        frames_all: dict[str, pl.DataFrame],
+        present: pl.DataFrame,
+        recent: pl.DataFrame,
+        recent_frames: dict[str, pl.DataFrame],
+        until_bucket: int,
+        exclude_devices: set[str] | None = None,
+    ) -> Models:
+        """`fit` from its parts, which a caller may build piecewise (issue 24: the
+        service's fit reads the store in chunks, not as one long grid): the class frames
+        the models train on (``frames_all``, buckets <= until_bucket), each device's
+        non-empty buckets in the window (`presence`), and the last PRIME_BUCKETS of the
+        long grid and of the class frames (the streaming states start from them)."""
+        if until_bucket < self.scored_until:
+            raise ValueError(
+                f"refit up to bucket {until_bucket} but bucket "
+                f"{self.scored_until} is already scored: train on the past only"
+            )
+        frames = frames_all
         if exclude_devices:
             out = ~pl.col("device_id").is_in(list(exclude_devices))
-            g = g.filter(out)
+            present = present.filter(out)
             frames = {c: f.filter(out) for c, f in frames_all.items()}
         models = Models(fitted_until=until_bucket)
         for cls, frame in frames.items():
@@ -156,9 +185,8 @@ class FleetScorer:
                 m = fit_residual(frame, res)
                 if m is not None:
                     models.residual[res.name] = m
-        lo = int(cast(int, g["bucket"].min())) if g.height else until_bucket
+        lo = int(cast(int, present["first"].min())) if present.height else until_bucket
         span = until_bucket - lo + 1
-        present = g.group_by("device_id").agg(pl.col("bucket").n_unique().alias("n"))
         a, b = MISSING_PRIOR
         models.missing_rate = present.with_columns(
             q=((span - pl.col("n")).clip(lower_bound=0) + a) / (span + a + b)
@@ -172,8 +200,7 @@ class FleetScorer:
                 if mv is not None:
                     models.multivariate[cls] = mv
         self.models = models
-        recent = pl.col("bucket") > until_bucket - PRIME_BUCKETS
-        self._prime(hist.filter(recent), {c: f.filter(recent) for c, f in frames_all.items()})
+        self._prime(recent, recent_frames)
         self.scored_until = max(self.scored_until, until_bucket)
         return models
 
@@ -399,6 +426,13 @@ class FleetScorer:
                 "p": p.ravel(),
             }
         )
+
+
+def presence(g: pl.DataFrame) -> pl.DataFrame:
+    """device_id, n (its non-empty buckets), first (its first bucket) of a long grid."""
+    return g.group_by("device_id").agg(
+        n=pl.col("bucket").n_unique().cast(pl.Int64), first=pl.col("bucket").min()
+    )
 
 
 def _empty_components() -> pl.DataFrame:
