@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -41,7 +41,7 @@ TOP_K = 3
 # a fit's history is read in pieces; each is read with this many intervals before it, so
 # lags (a GPU's previous power readings) and counter rates at its start are those the whole
 # window gives (for devices that report at least every FIT_CONTEXT_BUCKETS / 2 intervals)
-FIT_CONTEXT_BUCKETS = 60
+FIT_CONTEXT_BUCKETS = 30
 PRESENCE_SQL = """
 SELECT device_id, count(DISTINCT floor(epoch_us(read_time) / $step_us))::BIGINT AS n,
        min(floor(epoch_us(read_time) / $step_us))::BIGINT AS first
@@ -82,7 +82,8 @@ class AnomalyServiceConfig:
     regime_fraction: float = 0.5
     regime_min_devices: int = 8  # classes this small (CRAHs, the plant) never count
     regime_refit_after_s: float = 3600.0  # at most one early refit per this long
-    max_chunk_buckets: int = 360  # catch up (and read a fit's history) in pieces this long
+    max_chunk_buckets: int = 360  # catch up in pieces of this many intervals
+    fit_piece_buckets: int = 60  # a fit reads its history in pieces of this many (memory)
     # issue 24 (memory): a fit trains on at most this many samples of its window (of the
     # metrics the models read, `features.FIT_METRICS`); beyond it, on `fit_blocks` evenly
     # spaced runs of consecutive intervals that hold that many (newest run ending at the
@@ -158,8 +159,8 @@ class AnomalyService:
 
     def fit_blocks(self, lo: int, hi: int) -> list[tuple[int, int]]:
         """The runs of buckets [a, b] a fit of [lo, hi] trains on (see fit_max_samples):
-        the whole window in max_chunk_buckets pieces, or, when it holds more samples of
-        the fit's metrics than the cap, fit_blocks evenly spaced runs holding that many."""
+        the whole window, or, when it holds more samples of the fit's metrics than the
+        cap, fit_blocks evenly spaced runs of equal length holding that many."""
         c = self.config
         span = hi - lo + 1
         keep = span
@@ -171,8 +172,7 @@ class AnomalyService:
             if n > c.fit_max_samples:
                 keep = max(1, span * c.fit_max_samples // n)
         if keep >= span:
-            step = max(1, c.max_chunk_buckets)
-            return [(a, min(hi, a + step - 1)) for a in range(lo, hi + 1, step)]
+            return [(lo, hi)]
         k = max(1, min(c.fit_blocks, keep))
         length = max(1, keep // k)
         if k == 1:
@@ -181,19 +181,34 @@ class AnomalyService:
         gap = (span - length) / (k - 1)
         return [(lo + round(i * gap), lo + round(i * gap) + length - 1) for i in range(k)]
 
+    def _pieces(
+        self, lo: int, hi: int, metrics: frozenset[str] | None, floor: int | None = None
+    ) -> Iterator[tuple[pl.DataFrame, dict[str, pl.DataFrame]]]:
+        """Long grid and class frames of [lo, hi], fit_piece_buckets at a time, each read
+        with the context before it (not before ``floor``, default lo) and trimmed to its
+        own buckets."""
+        step = max(1, self.config.fit_piece_buckets)
+        floor = lo if floor is None else floor
+        for a in range(lo, hi + 1, step):
+            b = min(hi, a + step - 1)
+            g = self._load(max(floor, a - FIT_CONTEXT_BUCKETS), b, metrics)
+            mine = pl.col("bucket") >= a
+            frames = {cls: f.filter(mine) for cls, f in class_frames(g, self.devices).items()}
+            yield g.filter(mine), frames
+
     def _fit_frames(self, lo: int, hi: int) -> dict[str, pl.DataFrame]:
         """Class frames of the buckets a fit of [lo, hi] trains on, read piece by piece
         (only the fit's metrics), each piece with its context before it; sorted by device
         and bucket as `class_frames` of the whole window would be."""
         parts: dict[str, list[pl.DataFrame]] = {}
         for a, b in self.fit_blocks(lo, hi):
-            g = self._load(max(lo, a - FIT_CONTEXT_BUCKETS), b, FIT_METRICS)
-            for cls, f in class_frames(g, self.devices).items():
-                cols = {c for r in residuals_for(cls, f) for c in used_columns(f, r)}
-                f = f.filter(pl.col("bucket") >= a).select(c for c in f.columns if c in cols)
-                if f.height:
-                    parts.setdefault(cls, []).append(f)
-            del g
+            for _, frames in self._pieces(a, b, FIT_METRICS, floor=lo):
+                for cls, f in frames.items():
+                    cols = {c for r in residuals_for(cls, f) for c in used_columns(f, r)}
+                    if f.height:
+                        parts.setdefault(cls, []).append(
+                            f.select(c for c in f.columns if c in cols)
+                        )
         out = {}
         for cls in list(parts):  # one class at a time: its pieces go as its frame is made
             out[cls] = pl.concat(parts.pop(cls), how="diagonal_relaxed").sort("device_id", "bucket")
@@ -278,18 +293,17 @@ class AnomalyService:
                 self.devices.filter(pl.col("device_class").is_in(list(regime)))["device_id"]
             )
         first = lo - 4  # as a catch-up chunk: a few intervals before (lags, rates)
-        frames = self._fit_frames(first, upto)
         present = (
             self.store.cursor().sql(PRESENCE_SQL, params=self._window_params(first, upto)).pl()
         )
-        # the streaming states start from the last PRIME_BUCKETS: every metric on the first
-        # fit (the raw series' states), the fit's metrics after (residuals only)
-        p_lo = upto - PRIME_BUCKETS + 1
+        # the streaming states start from the last PRIME_BUCKETS, read piece by piece as
+        # the states carry: every metric on the first fit (the raw series), the fit's
+        # metrics after (residuals only)
         metrics = None if self.scorer.scored_until < 0 else FIT_METRICS
-        g = self._load(max(first, p_lo - FIT_CONTEXT_BUCKETS), upto, metrics)
-        recent = pl.col("bucket") >= p_lo
-        recent_frames = {cls: f.filter(recent) for cls, f in class_frames(g, self.devices).items()}
-        self.scorer.fit_frames(frames, present, g.filter(recent), recent_frames, upto, exclude)
+        p_lo = max(first, upto - PRIME_BUCKETS + 1)
+        self.scorer.fit_frames(
+            self._fit_frames(first, upto), present, self._pieces(p_lo, upto, metrics), upto, exclude
+        )
         self.fitted = True
         self.last_fit_bucket = upto
 
