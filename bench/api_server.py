@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from api.http_server import uvicorn_config
 from api.keys import KeyStore
 from api.live_view import LiveView
 from api.rack_scores import anomaly_rack_scorer
+from dctwin import POLARS_MALLOC_CONF
 from dctwin.settings import Settings
 from domain.site import EXAMPLE_SITE, load_site
 from ingest.store import Store
@@ -31,11 +33,14 @@ def spawn(
     db: Path, keys: Path, port: int, stderr: int | IO[Any] | None = subprocess.DEVNULL
 ) -> subprocess.Popen[bytes]:
     """Start this server in its own process (the caller waits for the port and stops it)."""
+    # polars' allocator as `dctwin serve` sets it (dctwin/__init__.py), before polars loads
+    env = {"_RJEM_MALLOC_CONF": POLARS_MALLOC_CONF} | dict(os.environ)
     return subprocess.Popen(
         [sys.executable, "-m", "bench.api_server", "--db", str(db), "--keys", str(keys),
          "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=stderr,
+        env=env,
     )  # fmt: skip
 
 

@@ -11,7 +11,10 @@ models read) and, past `fit_max_samples`, on evenly spaced runs of it.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dctwin import POLARS_MALLOC_CONF
 from domain.site import load_site
 from experiments.simulate import run_simulation
 from ingest.store import Store
@@ -205,3 +209,16 @@ def test_piecewise_class_frames_equal_the_whole_window_frames(store_path, chunk)
         a = f.select(cols).sort("device_id", "bucket")
         b = p.select(cols).sort("device_id", "bucket")
         assert a.equals(b), cls
+
+
+def test_the_dctwin_command_returns_polars_freed_pages_at_once():
+    """dctwin/__init__.py sets polars' allocator before polars loads, unless set already
+    (polars puts its own defaults in front; jemalloc takes the last value of an option)."""
+    code = "import dctwin, os, polars; print(os.environ['_RJEM_MALLOC_CONF'])"
+    env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip().endswith(POLARS_MALLOC_CONF)
+    env["_RJEM_MALLOC_CONF"] = "dirty_decay_ms:5000"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip().endswith("dirty_decay_ms:5000")
+    assert POLARS_MALLOC_CONF not in out.stdout

@@ -83,7 +83,7 @@ class AnomalyServiceConfig:
     regime_min_devices: int = 8  # classes this small (CRAHs, the plant) never count
     regime_refit_after_s: float = 3600.0  # at most one early refit per this long
     max_chunk_buckets: int = 360  # catch up in pieces of this many intervals
-    fit_piece_buckets: int = 60  # a fit reads its history in pieces of this many (memory)
+    fit_piece_buckets: int = 30  # a fit reads its history in pieces of this many (memory)
     # issue 24 (memory): a fit trains on at most this many samples of its window (of the
     # metrics the models read, `features.FIT_METRICS`); beyond it, on `fit_blocks` evenly
     # spaced runs of consecutive intervals that hold that many (newest run ending at the
