@@ -89,7 +89,7 @@ class AnomalyServiceConfig:
     # spaced runs of consecutive intervals that hold that many (newest run ending at the
     # fit's end). What a fit holds is bounded by it, whatever the site's size and rate.
     # 0: no cap (every interval of the window).
-    fit_max_samples: int = 2_000_000
+    fit_max_samples: int = 1_000_000
     fit_blocks: int = 24
     incidents: IncidentConfig = IncidentConfig()  # issue 20: alarms grouped into incidents
     keep_resolved: int = 200  # resolved incidents kept in memory (all stay in DuckDB)
