@@ -75,6 +75,8 @@ def store_path(tmp_path_factory) -> Path:
 
 
 def _config(**kw) -> AnomalyServiceConfig:
+    # catch-up and the presence count in pieces of 50 intervals (several in the window)
+    kw = {"max_chunk_buckets": 50} | kw
     return AnomalyServiceConfig(interval_s=30.0, train_s=2 * 3600.0, lag_s=0.0, **kw)
 
 

@@ -214,6 +214,19 @@ class AnomalyService:
             out[cls] = pl.concat(parts.pop(cls), how="diagonal_relaxed").sort("device_id", "bucket")
         return out
 
+    def _presence(self, lo: int, hi: int) -> pl.DataFrame:
+        """Each device's non-empty buckets in [lo, hi] and its first (`fleet.presence`),
+        counted by DuckDB an hour (max_chunk_buckets) at a time: the pieces share no
+        bucket, so their counts add up, and none holds the whole window's distinct pairs."""
+        step = max(1, self.config.max_chunk_buckets)
+        parts = [
+            self.store.cursor()
+            .sql(PRESENCE_SQL, params=self._window_params(a, min(hi, a + step - 1)))
+            .pl()
+            for a in range(lo, hi + 1, step)
+        ]
+        return pl.concat(parts).group_by("device_id").agg(pl.col("n").sum(), pl.col("first").min())
+
     def _newest_bucket(self) -> int | None:
         row = self.store.cursor().execute("SELECT max(read_time) FROM samples").fetchone()
         if row is None or row[0] is None:
@@ -293,9 +306,7 @@ class AnomalyService:
                 self.devices.filter(pl.col("device_class").is_in(list(regime)))["device_id"]
             )
         first = lo - 4  # as a catch-up chunk: a few intervals before (lags, rates)
-        present = (
-            self.store.cursor().sql(PRESENCE_SQL, params=self._window_params(first, upto)).pl()
-        )
+        present = self._presence(first, upto)
         # the streaming states start from the last PRIME_BUCKETS, read piece by piece as
         # the states carry: every metric on the first fit (the raw series), the fit's
         # metrics after (residuals only)
