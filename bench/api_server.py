@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,11 @@ from api.http_server import uvicorn_config
 from api.keys import KeyStore
 from api.live_view import LiveView
 from api.rack_scores import anomaly_rack_scorer
+from dctwin import POLARS_MALLOC_CONF
+from dctwin.settings import Settings
 from domain.site import EXAMPLE_SITE, load_site
 from ingest.store import Store
-from twin.anomaly.service import AnomalyService
+from twin.anomaly.service import AnomalyService, AnomalyServiceConfig
 from twin.events import EventBus
 from twin.state import Twin
 
@@ -30,11 +33,14 @@ def spawn(
     db: Path, keys: Path, port: int, stderr: int | IO[Any] | None = subprocess.DEVNULL
 ) -> subprocess.Popen[bytes]:
     """Start this server in its own process (the caller waits for the port and stops it)."""
+    # polars' allocator as `dctwin serve` sets it (dctwin/__init__.py), before polars loads
+    env = {"_RJEM_MALLOC_CONF": POLARS_MALLOC_CONF} | dict(os.environ)
     return subprocess.Popen(
         [sys.executable, "-m", "bench.api_server", "--db", str(db), "--keys", str(keys),
          "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=stderr,
+        env=env,
     )  # fmt: skip
 
 
@@ -44,9 +50,16 @@ def main() -> None:
     ap.add_argument("--keys", required=True)
     ap.add_argument("--port", type=int, required=True)
     args = ap.parse_args()
-    twin = Twin(load_site(EXAMPLE_SITE), Store(args.db))
+    # the memory settings as `dctwin serve` takes them (DCTWIN_DUCKDB_MEMORY_LIMIT,
+    # DCTWIN_ANOMALY_FIT_MAX_SAMPLES; issue 24)
+    settings = Settings()
+    twin = Twin(load_site(EXAMPLE_SITE), Store(args.db, memory_limit=settings.duckdb_memory_limit))
     bus = EventBus()
-    anomaly = AnomalyService(twin.site, twin.store)
+    anomaly = AnomalyService(
+        twin.site,
+        twin.store,
+        AnomalyServiceConfig(fit_max_samples=settings.anomaly_fit_max_samples),
+    )
     live = LiveView(twin, bus, interval_s=1.0, scorers=[anomaly_rack_scorer(anomaly)])
     app = create_app(twin, keys=KeyStore(args.keys), bus=bus, live=live, anomaly=anomaly)
     anomaly.start_background()

@@ -37,7 +37,7 @@ from ingest.store import Store
 from twin.alerts.providers import twin_providers
 from twin.alerts.service import AlertService
 from twin.alerts.service import load_config as load_alert_config
-from twin.anomaly.service import AnomalyService
+from twin.anomaly.service import AnomalyService, AnomalyServiceConfig
 from twin.capacity.service import CapacityConfig, CapacityService
 from twin.events import EventBus
 from twin.failure.service import FailureRiskService
@@ -85,14 +85,18 @@ class Server:
         rules, receivers = load_alert_config(
             settings.alert_rules_file, settings.alert_receivers_file, settings.alerts_topic
         )
-        self.store = Store(settings.db_path)
+        self.store = Store(settings.db_path, memory_limit=settings.duckdb_memory_limit)
         self.twin = Twin(self.site, self.store, config=twin_config(settings))
         # the twin ticks in the background: rollups, heat balance and PUE stay current and
         # rollup history accrues whether or not anyone reads the API
         self.twin_ticker = Periodic(self.twin.tick, settings.twin_tick_s, "twin", wait_first=True)
         # anomaly scores and the failure-risk table that device state, rack scores, the
         # live stream and alert rules read; their own threads keep them current
-        self.anomaly = AnomalyService(self.site, self.store)
+        self.anomaly = AnomalyService(
+            self.site,
+            self.store,
+            AnomalyServiceConfig(fit_max_samples=settings.anomaly_fit_max_samples),
+        )
         self.failure_risk = FailureRiskService(
             self.store, settings.failure_horizon_s, settings.failure_models
         )

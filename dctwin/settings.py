@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     api_open_healthz: bool = Field(True, description="serve /healthz without a key")
     api_open_metrics: bool = Field(False, description="serve /metrics without a key")
     live_interval_s: float = Field(1.0, gt=0, description="live view tick (PUE, racks, SSE)")
+    # issue 24 (memory): the store's DuckDB buffer pool and the anomaly fit's history
+    duckdb_memory_limit: str = Field(
+        "512MB", description="DuckDB memory_limit of the store: beyond it, evicted or spilled"
+    )
+    anomaly_fit_max_samples: int = Field(
+        1_000_000, ge=0, description="samples an anomaly model fit trains on at most (0: all)"
+    )
     ready_max_lag_records: int = Field(
         1000, ge=0, description="/readyz: ready once ingest is at most this many records behind"
     )

@@ -225,6 +225,9 @@ def run_scenario(
                 train_s=sc.train_h * 3600.0,
                 lag_s=0.0,
                 incidents=incidents or IncidentConfig(),
+                # the evaluated model fits on its whole window (issue 24's memory cap is the
+                # server's; its effect is bounded in tests/test_anomaly_memory.py)
+                fit_max_samples=0,
             )
             live = AnomalyService(sc.site, store, config, sink=parts.append)
             live.scorer.use_multivariate = multivariate

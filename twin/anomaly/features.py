@@ -172,6 +172,33 @@ RESIDUALS: tuple[Residual, ...] = (
 )
 
 CLASSES = ("gpu", "psu", "cdu", "crah", "pdu", "chiller_plant")
+# The metrics `class_frames` reads (by name, or as a residual's column): a model fit needs
+# no other, so the service's fit loads only these (issue 24: the fit's memory). Keep in
+# step with class_frames; tests/test_anomaly_memory.py checks the frames are the same.
+FIT_METRICS = frozenset(
+    {
+        *(c for r in RESIDUALS for c in r.columns),
+        "gpu_temp_c",
+        "mem_temp_c",
+        "power_w",
+        "supply_temp_c",
+        "return_temp_c",
+        "flow_lpm",
+        "input_power_w",
+        "output_power_w",
+        "fan_speed_pct",
+        "supply_air_temp_c",
+        "return_air_temp_c",
+        "airflow_m3h",
+        "chw_supply_temp_c",
+        "cw_supply_temp_c",
+        "cooling_load_kw",
+        "pump_speed_pct",
+        "primary_flow_lpm",
+        "primary_return_temp_c",
+        "primary_supply_temp_c",
+    }
+)
 
 
 def _lag(col: str, k: int) -> pl.Expr:

@@ -19,6 +19,7 @@ history that ends before the next bucket to score — the models refuse anything
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -144,11 +145,40 @@ class FleetScorer:
                 f"{self.scored_until} is already scored: train on the past only"
             )
         hist = history.filter(pl.col("bucket") <= until_bucket)
+        recent = pl.col("bucket") > until_bucket - PRIME_BUCKETS
         frames_all = class_frames(hist, self.devices)
-        g, frames = hist, frames_all
+        return self.fit_frames(
+            frames_all,
+            presence(hist),
+            [(hist.filter(recent), {c: f.filter(recent) for c, f in frames_all.items()})],
+            until_bucket,
+            exclude_devices,
+        )
+
+    def fit_frames(
+        self,
+        frames_all: dict[str, pl.DataFrame],
+        present: pl.DataFrame,
+        prime: Iterable[tuple[pl.DataFrame, dict[str, pl.DataFrame]]],
+        until_bucket: int,
+        exclude_devices: set[str] | None = None,
+    ) -> Models:
+        """`fit` from its parts, which a caller may build piecewise (issue 24: the
+        service's fit reads the store in chunks, not as one long grid): the class frames
+        the models train on (``frames_all``, buckets <= until_bucket), each device's
+        non-empty buckets in the window (`presence`), and the last PRIME_BUCKETS of the
+        long grid and of the class frames (the streaming states start from them), in
+        pieces in time order (the states carry from one to the next). ``frames_all`` is
+        emptied once the models are fitted."""
+        if until_bucket < self.scored_until:
+            raise ValueError(
+                f"refit up to bucket {until_bucket} but bucket "
+                f"{self.scored_until} is already scored: train on the past only"
+            )
+        frames = frames_all
         if exclude_devices:
             out = ~pl.col("device_id").is_in(list(exclude_devices))
-            g = g.filter(out)
+            present = present.filter(out)
             frames = {c: f.filter(out) for c, f in frames_all.items()}
         models = Models(fitted_until=until_bucket)
         for cls, frame in frames.items():
@@ -156,9 +186,8 @@ class FleetScorer:
                 m = fit_residual(frame, res)
                 if m is not None:
                     models.residual[res.name] = m
-        lo = int(cast(int, g["bucket"].min())) if g.height else until_bucket
+        lo = int(cast(int, present["first"].min())) if present.height else until_bucket
         span = until_bucket - lo + 1
-        present = g.group_by("device_id").agg(pl.col("bucket").n_unique().alias("n"))
         a, b = MISSING_PRIOR
         models.missing_rate = present.with_columns(
             q=((span - pl.col("n")).clip(lower_bound=0) + a) / (span + a + b)
@@ -171,9 +200,12 @@ class FleetScorer:
                 mv = fit_multivariate(cls, feats, cols, until_bucket, self.seed)
                 if mv is not None:
                     models.multivariate[cls] = mv
+                del feats
         self.models = models
-        recent = pl.col("bucket") > until_bucket - PRIME_BUCKETS
-        self._prime(hist.filter(recent), {c: f.filter(recent) for c, f in frames_all.items()})
+        # the training frames go before the priming (issue 24: the fit's peak memory)
+        del frames
+        frames_all.clear()
+        self._prime(prime)
         self.scored_until = max(self.scored_until, until_bucket)
         return models
 
@@ -193,19 +225,21 @@ class FleetScorer:
         keep = old.missing_rate.join(models.missing_rate, on="device_id", how="anti")
         models.missing_rate = pl.concat([models.missing_rate, keep])
 
-    def _prime(self, recent: pl.DataFrame, frames: dict[str, pl.DataFrame]) -> None:
-        """Run the streaming states over recent history (scores discarded)."""
-        if self.scored_until < 0:  # first fit: raw series start warm
-            self.raw.score(
-                recent.select("device_id", "metric", "bucket", "t_s", "value").filter(
-                    ~pl.col("metric").str.ends_with(RESET_SUFFIX)
-                )
-            )
+    def _prime(self, pieces: Iterable[tuple[pl.DataFrame, dict[str, pl.DataFrame]]]) -> None:
+        """Run the streaming states over recent history (scores discarded), piece by piece."""
+        first = self.scored_until < 0  # first fit: raw series start warm
         # residuals under the new models, from scratch
         self.resid = SeriesBank(["device_id", "residual"], RESIDUAL_PARAMS)
         self.smooth = SmootherState()
-        for cls, frame in frames.items():
-            self._residual_components(cls, frame)
+        for recent, frames in pieces:
+            if first:
+                self.raw.score(
+                    recent.select("device_id", "metric", "bucket", "t_s", "value").filter(
+                        ~pl.col("metric").str.ends_with(RESET_SUFFIX)
+                    )
+                )
+            for cls, frame in frames.items():
+                self._residual_components(cls, frame)
 
     def _mv_features(self, cls: str, frame: pl.DataFrame, models: Models) -> pl.DataFrame:
         base = frame.select("device_id", "bucket")
@@ -399,6 +433,13 @@ class FleetScorer:
                 "p": p.ravel(),
             }
         )
+
+
+def presence(g: pl.DataFrame) -> pl.DataFrame:
+    """device_id, n (its non-empty buckets), first (its first bucket) of a long grid."""
+    return g.group_by("device_id").agg(
+        n=pl.col("bucket").n_unique().cast(pl.Int64), first=pl.col("bucket").min()
+    )
 
 
 def _empty_components() -> pl.DataFrame:

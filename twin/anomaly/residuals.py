@@ -103,10 +103,19 @@ def _drivers(f: pl.DataFrame, res: Residual) -> np.ndarray:
     return f.select(res.drivers).to_numpy().astype(np.float64)
 
 
+def used_columns(frame: pl.DataFrame, res: Residual) -> list[str]:
+    """The columns of a class frame that fitting or applying ``res`` reads."""
+    want = ("device_id", "bucket", *res.columns, res.blame, res.common)
+    return [c for c in dict.fromkeys(want) if c is not None and c in frame.columns]
+
+
 def _design(frame: pl.DataFrame, res: Residual):
     """Rows with every column present; drivers standardized (for a well-posed solve)."""
-    f = frame.drop_nulls(list(res.columns)).filter(
-        pl.all_horizontal([pl.col(c).is_finite() for c in res.columns])
+    # only the columns it reads: the copy below is then a fraction of the frame (issue 24)
+    f = (
+        frame.select(used_columns(frame, res))
+        .drop_nulls(list(res.columns))
+        .filter(pl.all_horizontal([pl.col(c).is_finite() for c in res.columns]))
     )
     x = _drivers(f, res)
     x_mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
@@ -320,7 +329,11 @@ class SmootherState:
 def apply_residual(model: ResidualModel, frame: pl.DataFrame) -> pl.DataFrame:
     """Normalized residual c per (device, bucket) of a class frame, for fitted devices."""
     res = model.residual
-    f = frame.join(model.coef, on="device_id", how="inner").drop_nulls(list(res.columns))
+    f = (
+        frame.select(used_columns(frame, res))
+        .join(model.coef, on="device_id", how="inner")
+        .drop_nulls(list(res.columns))
+    )
     f = f.filter(pl.all_horizontal([pl.col(c).is_finite() for c in res.columns]))
     x = _drivers(f, res)
     b = f.select([f"b{i}" for i in range(len(res.drivers) + 1)]).to_numpy()

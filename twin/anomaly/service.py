@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -28,14 +28,33 @@ import polars as pl
 from domain.site import Site
 from ingest.store import Store
 from twin.anomaly.calibration import p_to_score
-from twin.anomaly.fleet import FleetScorer
+from twin.anomaly.features import FIT_METRICS, class_frames, residuals_for
+from twin.anomaly.fleet import PRIME_BUCKETS, FleetScorer
 from twin.anomaly.frames import GRID_SQL, add_rates, device_table
 from twin.anomaly.incidents import INCIDENTS_TABLE, Incident, IncidentConfig, IncidentTracker
+from twin.anomaly.residuals import used_columns
 from twin.health import ComponentHealth
 from twin.periodic import Periodic
 
 log = logging.getLogger(__name__)
 TOP_K = 3
+# a fit's history is read in pieces; each is read with this many intervals before it, so
+# lags (a GPU's previous power readings) and counter rates at its start are those the whole
+# window gives (for devices that report at least every FIT_CONTEXT_BUCKETS / 2 intervals)
+FIT_CONTEXT_BUCKETS = 30
+PRESENCE_SQL = """
+SELECT device_id, count(DISTINCT floor(epoch_us(read_time) / $step_us))::BIGINT AS n,
+       min(floor(epoch_us(read_time) / $step_us))::BIGINT AS first
+FROM samples WHERE read_time >= $start AND read_time < $end
+GROUP BY device_id
+"""
+FIT_GRID_SQL = GRID_SQL.replace(
+    "WHERE read_time", "WHERE metric IN (SELECT unnest($metrics)) AND read_time"
+)
+COUNT_SQL = """
+SELECT count(*) FROM samples
+WHERE metric IN (SELECT unnest($metrics)) AND read_time >= $start AND read_time < $end
+"""
 LATEST_TABLE = """
 CREATE TABLE IF NOT EXISTS anomaly_latest (
     device_id VARCHAR PRIMARY KEY,
@@ -64,6 +83,14 @@ class AnomalyServiceConfig:
     regime_min_devices: int = 8  # classes this small (CRAHs, the plant) never count
     regime_refit_after_s: float = 3600.0  # at most one early refit per this long
     max_chunk_buckets: int = 360  # catch up in pieces of this many intervals
+    fit_piece_buckets: int = 30  # a fit reads its history in pieces of this many (memory)
+    # issue 24 (memory): a fit trains on at most this many samples of its window (of the
+    # metrics the models read, `features.FIT_METRICS`); beyond it, on `fit_blocks` evenly
+    # spaced runs of consecutive intervals that hold that many (newest run ending at the
+    # fit's end). What a fit holds is bounded by it, whatever the site's size and rate.
+    # 0: no cap (every interval of the window).
+    fit_max_samples: int = 1_000_000
+    fit_blocks: int = 24
     incidents: IncidentConfig = IncidentConfig()  # issue 20: alarms grouped into incidents
     keep_resolved: int = 200  # resolved incidents kept in memory (all stay in DuckDB)
 
@@ -113,22 +140,92 @@ class AnomalyService:
     def _bucket_time(self, bucket: int) -> datetime:
         return datetime(1970, 1, 1) + timedelta(seconds=bucket * self.config.interval_s)
 
-    def _load(self, lo_bucket: int, hi_bucket: int) -> pl.DataFrame:
-        """Grid of buckets [lo, hi] from the samples table."""
-        step = self.config.interval_s
-        g = (
+    def _load(
+        self, lo_bucket: int, hi_bucket: int, metrics: frozenset[str] | None = None
+    ) -> pl.DataFrame:
+        """Grid of buckets [lo, hi] from the samples table (only ``metrics`` if given)."""
+        params = self._window_params(lo_bucket, hi_bucket)
+        if metrics is not None:
+            params["metrics"] = sorted(metrics)
+        sql = GRID_SQL if metrics is None else FIT_GRID_SQL
+        return add_rates(self.store.cursor().sql(sql, params=params).pl())
+
+    def _window_params(self, lo_bucket: int, hi_bucket: int) -> dict[str, object]:
+        return {
+            "step_us": int(round(self.config.interval_s * 1e6)),
+            "start": self._bucket_time(lo_bucket),
+            "end": self._bucket_time(hi_bucket + 1),
+        }
+
+    def fit_blocks(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The runs of buckets [a, b] a fit of [lo, hi] trains on (see fit_max_samples):
+        the whole window, or, when it holds more samples of the fit's metrics than the
+        cap, fit_blocks evenly spaced runs of equal length holding that many."""
+        c = self.config
+        span = hi - lo + 1
+        keep = span
+        if c.fit_max_samples > 0:
+            p = self._window_params(lo, hi) | {"metrics": sorted(FIT_METRICS)}
+            del p["step_us"]
+            row = self.store.cursor().execute(COUNT_SQL, p).fetchone()
+            n = int(row[0]) if row is not None else 0
+            if n > c.fit_max_samples:
+                keep = max(1, span * c.fit_max_samples // n)
+        if keep >= span:
+            return [(lo, hi)]
+        k = max(1, min(c.fit_blocks, keep))
+        length = max(1, keep // k)
+        if k == 1:
+            return [(hi - length + 1, hi)]
+        # evenly spaced starts, the first at lo and the last run ending at hi
+        gap = (span - length) / (k - 1)
+        return [(lo + round(i * gap), lo + round(i * gap) + length - 1) for i in range(k)]
+
+    def _pieces(
+        self, lo: int, hi: int, metrics: frozenset[str] | None, floor: int | None = None
+    ) -> Iterator[tuple[pl.DataFrame, dict[str, pl.DataFrame]]]:
+        """Long grid and class frames of [lo, hi], fit_piece_buckets at a time, each read
+        with the context before it (not before ``floor``, default lo) and trimmed to its
+        own buckets."""
+        step = max(1, self.config.fit_piece_buckets)
+        floor = lo if floor is None else floor
+        for a in range(lo, hi + 1, step):
+            b = min(hi, a + step - 1)
+            g = self._load(max(floor, a - FIT_CONTEXT_BUCKETS), b, metrics)
+            mine = pl.col("bucket") >= a
+            frames = {cls: f.filter(mine) for cls, f in class_frames(g, self.devices).items()}
+            yield g.filter(mine), frames
+
+    def _fit_frames(self, lo: int, hi: int) -> dict[str, pl.DataFrame]:
+        """Class frames of the buckets a fit of [lo, hi] trains on, read piece by piece
+        (only the fit's metrics), each piece with its context before it; sorted by device
+        and bucket as `class_frames` of the whole window would be."""
+        parts: dict[str, list[pl.DataFrame]] = {}
+        for a, b in self.fit_blocks(lo, hi):
+            for _, frames in self._pieces(a, b, FIT_METRICS, floor=lo):
+                for cls, f in frames.items():
+                    cols = {c for r in residuals_for(cls, f) for c in used_columns(f, r)}
+                    if f.height:
+                        parts.setdefault(cls, []).append(
+                            f.select(c for c in f.columns if c in cols)
+                        )
+        out = {}
+        for cls in list(parts):  # one class at a time: its pieces go as its frame is made
+            out[cls] = pl.concat(parts.pop(cls), how="diagonal_relaxed").sort("device_id", "bucket")
+        return out
+
+    def _presence(self, lo: int, hi: int) -> pl.DataFrame:
+        """Each device's non-empty buckets in [lo, hi] and its first (`fleet.presence`),
+        counted by DuckDB an hour (max_chunk_buckets) at a time: the pieces share no
+        bucket, so their counts add up, and none holds the whole window's distinct pairs."""
+        step = max(1, self.config.max_chunk_buckets)
+        parts = [
             self.store.cursor()
-            .sql(
-                GRID_SQL,
-                params={
-                    "step_us": int(round(step * 1e6)),
-                    "start": self._bucket_time(lo_bucket),
-                    "end": self._bucket_time(hi_bucket + 1),
-                },
-            )
+            .sql(PRESENCE_SQL, params=self._window_params(a, min(hi, a + step - 1)))
             .pl()
-        )
-        return add_rates(g)
+            for a in range(lo, hi + 1, step)
+        ]
+        return pl.concat(parts).group_by("device_id").agg(pl.col("n").sum(), pl.col("first").min())
 
     def _newest_bucket(self) -> int | None:
         row = self.store.cursor().execute("SELECT max(read_time) FROM samples").fetchone()
@@ -208,7 +305,16 @@ class AnomalyService:
             exclude -= set(
                 self.devices.filter(pl.col("device_class").is_in(list(regime)))["device_id"]
             )
-        self.scorer.fit(self._load(lo - 4, upto), upto, exclude)
+        first = lo - 4  # as a catch-up chunk: a few intervals before (lags, rates)
+        present = self._presence(first, upto)
+        # the streaming states start from the last PRIME_BUCKETS, read piece by piece as
+        # the states carry: every metric on the first fit (the raw series), the fit's
+        # metrics after (residuals only)
+        metrics = None if self.scorer.scored_until < 0 else FIT_METRICS
+        p_lo = max(first, upto - PRIME_BUCKETS + 1)
+        self.scorer.fit_frames(
+            self._fit_frames(first, upto), present, self._pieces(p_lo, upto, metrics), upto, exclude
+        )
         self.fitted = True
         self.last_fit_bucket = upto
 
