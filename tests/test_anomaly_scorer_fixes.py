@@ -221,3 +221,22 @@ def test_a_steady_reading_keeps_its_rounding_error_at_every_smoothing_scale():
     # a thermal interface that lost 3 degrees still alarms
     hot = rows(steady, np.arange(2000, 2240), shift=3.0)
     assert worst_score(model, hot) >= 0.6
+
+
+def test_a_lag_is_the_bucket_k_earlier_never_a_row_from_another_time():
+    """History stored every 5 minutes (or a gap) has no bucket 1 or 2 intervals back: the
+    lag is unknown there, not the reading of 5 minutes earlier."""
+    import polars as pl
+
+    from twin.anomaly.features import _lag
+
+    f = pl.DataFrame(
+        {
+            "device_id": ["a"] * 5 + ["b"] * 2,
+            "bucket": [0, 10, 11, 12, 20, 11, 12],
+            "power_w": [100.0, 700.0, 710.0, 720.0, 300.0, 5.0, 6.0],
+        }
+    )
+    out = f.with_columns(_lag("power_w", 1), _lag("power_w", 2)).sort("device_id", "bucket")
+    assert out["power_w_lag1"].to_list() == [None, None, 700.0, 710.0, None, None, 5.0]
+    assert out["power_w_lag2"].to_list() == [None, None, None, 700.0, None, None, None]
