@@ -257,9 +257,81 @@ def summarise(probes: list[Probe], floor: float = 1.0) -> dict:
     }
 
 
+def compare(models: PlantModels, probes: list[dict], shift_fraction: float = 0.25) -> list[dict]:
+    """Other estimates of the same recommendations' savings (`probes`: the JSON lines of a
+    run), each against the realised one: `point` (the two single predictions, from the
+    commanded setpoints), `members_1_2` (the ensemble members that did not rank the
+    search), `shifted` (the move averaged over 32 shifted copies of both points within
+    +-shift_fraction of each setpoint's per-step limit), `shifted_capped` (each cooling
+    term's saving capped at what the plant drew then: the counterfactual copy's window),
+    `shifted_no_noncooling` (the non-cooling term left out)."""
+    from twin.optimizer.space import DEFAULT_MAX_STEP
+
+    step = np.array([DEFAULT_MAX_STEP[n] for n in SETPOINTS])
+    step[SETPOINTS.index("economizer_enabled")] = 0.0
+    d = np.random.default_rng(0).uniform(-1, 1, (32, len(SETPOINTS))) * step * shift_fraction
+    est: dict[str, list[float]] = {
+        k: []
+        for k in ("point", "members_1_2", "shifted", "shifted_capped", "shifted_no_noncooling")
+    }
+    real = np.array([pr["measured_kw"] for pr in probes])
+    for pr in probes:
+        st, cur, rec = (np.array(pr[k]) for k in ("state", "commanded_sp", "recommended_sp"))
+        x = np.vstack([cur, rec, cur + d, rec + d])
+        p = models.predict(np.hstack([x, np.broadcast_to(st, (len(x), len(st)))]))
+        comp = np.array([p.mean[c] for c in COMPONENTS])
+        n = len(d)
+        point = comp[:, 0] - comp[:, 1]
+        shifted = comp[:, 2 : 2 + n].mean(1) - comp[:, 2 + n :].mean(1)
+        drawn = np.maximum(comp[:, 0] - np.array(pr["level_err_current_kw"]), 0.0)
+        capped = shifted.copy()
+        capped[:-1] = np.minimum(capped[:-1], drawn[:-1])
+        est["point"].append(float(point.sum()))
+        est["members_1_2"].append(float((p.power_members[1:, 0] - p.power_members[1:, 1]).mean()))
+        est["shifted"].append(float(shifted.sum()))
+        est["shifted_capped"].append(float(capped.sum()))
+        est["shifted_no_noncooling"].append(float(shifted[:-1].sum()))
+    members = np.array([pr["predicted_members_kw"] for pr in probes])
+    tel = np.array([pr["telemetry_sp"] for pr in probes])
+    cmd = np.array([pr["commanded_sp"] for pr in probes])
+    pred = np.array([pr["predicted_raw_kw"] for pr in probes])
+    out: list[dict] = [
+        {
+            "recommendations": len(probes),
+            "sum_predicted_kw": float(pred.sum()),
+            "sum_realised_kw": float(real.sum()),
+            "mean_member0_kw": float(members[:, 0].mean()),  # the member that ranks
+            "mean_other_members_kw": float(members[:, 1:].mean()),
+            "mean_realised_kw": float(real.mean()),
+            "max_abs_telemetry_minus_commanded": dict(
+                zip(SETPOINTS, np.abs(tel - cmd).max(0).tolist(), strict=True)
+            ),
+            "max_abs_saving_from_telemetry_minus_from_commanded_kw": float(
+                np.abs(pred - np.array([pr["predicted_from_commanded_kw"] for pr in probes])).max()
+            ),
+            "window_start_s_min_max": [
+                min(pr["window_start_s"] for pr in probes),
+                max(pr["window_start_s"] for pr in probes),
+            ],
+        }
+    ]
+    for name, v in est.items():
+        e = np.array(v)
+        row: dict = {"estimate": name, "corr_with_realised": float(np.corrcoef(e, real)[0, 1])}
+        for floor in (1.0, 0.5, 0.25):
+            sel = e >= floor
+            row[f"n_ge_{floor:g}"] = int(sel.sum())
+            row[f"median_ratio_ge_{floor:g}"] = (
+                float(np.median(real[sel] / e[sel])) if sel.any() else None
+            )
+        out.append(row)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m experiments.optimizer.diagnose --model M [--hours 24]`: one JSON line
-    per recommendation, then summary lines (medians over recommendations >= 1 and 0.5 kW)."""
+    per recommendation, then summary lines (medians over recommendations >= 1 and 0.5 kW);
+    `--compare RUN.jsonl`: other estimates of that run's savings against the realised."""
     import argparse
     import dataclasses
     import json
@@ -273,8 +345,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hours", type=float, default=24.0)
     ap.add_argument("--gpus", type=int, default=256)
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--compare", help="a run's JSON lines: other estimates of its savings")
     a = ap.parse_args(argv)
     models = PlantModels.load(a.model)
+    if a.compare:
+        with open(a.compare) as f:
+            probes_in = [json.loads(line) for line in f if line.startswith('{"at"')]
+        for row in compare(models, probes_in):
+            print(json.dumps(row))
+        return
     site = synthetic_site(a.gpus, racks_per_row=4)
     start = datetime.fromisoformat(a.start).replace(tzinfo=UTC)
     probes = diagnose(models, site, start=start, hours=a.hours, seed=a.seed, progress=a.progress)
