@@ -49,14 +49,7 @@ class OldFit(AnomalyService):
     """The fit before issue 24: the whole window as one long grid, every metric."""
 
     def _fit(self, upto: int) -> None:
-        c = self.config
-        lo = upto - max(1, round(c.history_s / c.interval_s)) + 1
-        exclude = {d for d, b in self.last_alarm.items() if b >= lo}
-        regime = self._regime_classes(exclude)
-        if regime:
-            exclude -= set(
-                self.devices.filter(pl.col("device_class").is_in(list(regime)))["device_id"]
-            )
+        lo, exclude = self._fit_window(upto)
         self.scorer.fit(self._load(lo - 4, upto), upto, exclude)
         self.fitted = True
         self.last_fit_bucket = upto

@@ -292,7 +292,9 @@ class AnomalyService:
         self.status = f"scored up to {self._bucket_time(upto + 1).isoformat()}Z"
         return done
 
-    def _fit(self, upto: int) -> None:
+    def _fit_window(self, upto: int) -> tuple[int, set[str]]:
+        """The first bucket a fit ending at `upto` trains on, and the devices it leaves
+        out (alarming in the window, unless their whole class alarms: a new regime)."""
         c = self.config
         lo = upto - max(1, round(c.history_s / c.interval_s)) + 1
         exclude = {d for d, b in self.last_alarm.items() if b >= lo}
@@ -305,6 +307,10 @@ class AnomalyService:
             exclude -= set(
                 self.devices.filter(pl.col("device_class").is_in(list(regime)))["device_id"]
             )
+        return lo, exclude
+
+    def _fit(self, upto: int) -> None:
+        lo, exclude = self._fit_window(upto)
         first = lo - 4  # as a catch-up chunk: a few intervals before (lags, rates)
         present = self._presence(first, upto)
         # the streaming states start from the last PRIME_BUCKETS, read piece by piece as
