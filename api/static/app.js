@@ -17,6 +17,8 @@ const ROLE_RANK = { viewer: 0, operator: 1, admin: 2 };
 class AuthError extends Error {}
 
 async function api(path, opts = {}) {
+  // signed out while a refresh was still under way: its remaining requests are not sent
+  if (!S.key) throw new DOMException("signed out", "AbortError");
   const res = await fetch(path, {
     signal: S.session?.abort.signal,
     ...opts,
@@ -693,6 +695,7 @@ async function loadCapacity() {
 }
 
 async function refreshAll() {
+  const session = S.session;
   if (!S.events.length) addDeviceEvent(null);
   const pue = await api("/v1/pue");
   showPue(pue);
@@ -709,13 +712,14 @@ async function refreshAll() {
       else $(list).replaceChildren(el("li", "none", `unavailable: ${e.message}`));
       report(e);
     })));
+  if (S.session !== session) return; // signed out (or in again) meanwhile
   await loadCapacity().catch((e) => { // issue 27: its own error, the rest keeps working
-    if (e instanceof AuthError) throw e;
+    if (e instanceof AuthError || e.name === "AbortError") throw e;
     $("capacity-runout").textContent = `unavailable: ${e.message}`;
     report(e);
   });
   await loadUps().catch((e) => { // a site without UPS readings keeps the rest working
-    if (e instanceof AuthError) throw e;
+    if (e instanceof AuthError || e.name === "AbortError") throw e;
     $("ups-state").textContent = `unavailable: ${e.message}`;
     report(e);
   });
