@@ -59,7 +59,15 @@ def test_oversized_and_malformed_requests_are_problems(app_and_token, protocol, 
     target, status = CASES[case]
     cls = http_protocol() if protocol == "auto" else ProblemH11Protocol
     with serve(app, http=cls) as url:
-        got, headers, body = raw_get(url, target, token)
+        try:
+            got, headers, body = raw_get(url, target, token)
+        except ConnectionResetError:
+            # h11 only (not the server's default parser): a 100 kB head that arrives in
+            # pieces (a loaded machine) overruns its 16 kB buffer; it answers 431 and
+            # closes while the client is still sending, and the kernel resets the
+            # connection before the answer is read. Nothing reaches the app either way.
+            assert protocol == "h11" and status == 414, case
+            return
     if protocol == "h11" and status == 414:
         # h11 has no URL limit of its own, and a head that arrives whole passes its 16 kB
         # buffer check: the app answers (or, for a head over the buffer, 431 below)
