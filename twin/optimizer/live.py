@@ -414,6 +414,10 @@ class LiveOptimizer:
             return None
         bucket_s = max(1.0, min(60.0, c.outcome_window_s / 10))
         t0 = rec["applied_at"]
+        # the window cannot have closed before settle + window after the write: no query
+        # on each guard round until then
+        if now < t0 + timedelta(seconds=c.settle_s + c.outcome_window_s + bucket_s):
+            return None
         try:
             after = history_rows(self.cursor(), c.site, t0, now, bucket_s)
         except HistoryError:
