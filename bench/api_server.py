@@ -21,6 +21,7 @@ from api.keys import KeyStore
 from api.live_view import LiveView
 from api.rack_scores import anomaly_rack_scorer
 from dctwin import POLARS_MALLOC_CONF
+from dctwin.broker import free_port, stop_process, wait_for_port
 from dctwin.settings import Settings
 from domain.site import EXAMPLE_SITE, load_site
 from ingest.store import Store
@@ -42,6 +43,22 @@ def spawn(
         stderr=stderr,
         env=env,
     )  # fmt: skip
+
+
+def start_server(
+    db: Path, keys: Path, stderr: int | IO[Any] | None, wait_s: float
+) -> tuple[subprocess.Popen[bytes], int, str]:
+    """`spawn` on a free port with a new viewer key, once it answers: (process, port,
+    token). The caller stops the process (`stop_process`)."""
+    _, token = KeyStore(keys).create("bench", "viewer")
+    port = free_port()
+    proc = spawn(db, keys, port, stderr)
+    try:
+        wait_for_port("127.0.0.1", port, wait_s)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc, port, token
 
 
 def main() -> None:

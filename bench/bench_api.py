@@ -17,11 +17,10 @@ from pathlib import Path
 
 import httpx
 
-from api.keys import KeyStore
-from bench.api_server import spawn
+from bench.api_server import start_server
 from bench.harness import Result
 from bench.loadgen import run_load
-from dctwin.broker import free_port, stop_process, wait_for_port
+from dctwin.broker import stop_process
 from domain.site import EXAMPLE_SITE, load_site
 from experiments.simdata import fill_store
 from ingest.store import Store
@@ -40,11 +39,8 @@ def run(quick: bool = False) -> list[Result]:
         store = Store(db)
         fill_store(store, site, minutes=2 if quick else 10)
         store.close()
-        _, token = KeyStore(Path(tmp) / "keys.duckdb").create("bench", "viewer")
-        port = free_port()
-        proc = spawn(db, Path(tmp) / "keys.duckdb", port, subprocess.PIPE)
+        proc, port, token = start_server(db, Path(tmp) / "keys.duckdb", subprocess.PIPE, 60)
         try:
-            wait_for_port("127.0.0.1", port, 60)
             headers = {"Authorization": f"Bearer {token}"}
             base = f"http://127.0.0.1:{port}"
             for path in ("/v1/pue", f"/v1/devices/{gpus[0]}"):  # fail fast on a broken app

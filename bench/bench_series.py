@@ -41,8 +41,7 @@ import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from api.keys import KeyStore
-from bench.api_server import spawn
+from bench.api_server import start_server
 from bench.harness import Result
 from bench.series_data import T0, db_bytes, fill_history, site_series
 from dctwin.broker import free_port, stop_process, wait_for_port
@@ -222,11 +221,8 @@ def run(quick: bool = False) -> list[Result]:
             )
 
             # through HTTP: the app in its own process, as `dctwin serve` configures it
-            _, token = KeyStore(Path(tmp) / "keys.duckdb").create("bench", "viewer")
-            port = free_port()
-            proc = spawn(db, Path(tmp) / "keys.duckdb", port, subprocess.DEVNULL)
+            proc, port, token = start_server(db, Path(tmp) / "keys.duckdb", subprocess.DEVNULL, 120)
             try:
-                wait_for_port("127.0.0.1", port, 120)
                 params = {
                     "id": gpu,
                     "metric": METRIC,
@@ -343,11 +339,8 @@ def run_memory() -> list[Result]:
             store = Store(db)
             fill_history(store, site_series(load_site(EXAMPLE_SITE)), HOURS)
             store.close()
-        _, token = KeyStore(Path(tmp) / "keys.duckdb").create("bench", "viewer")
-        port = free_port()
-        proc = spawn(db, Path(tmp) / "keys.duckdb", port, subprocess.DEVNULL)
+        proc, port, token = start_server(db, Path(tmp) / "keys.duckdb", subprocess.DEVNULL, 120)
         try:
-            wait_for_port("127.0.0.1", port, 120)
             with httpx.Client(
                 base_url=f"http://127.0.0.1:{port}",
                 headers={"Authorization": f"Bearer {token}"},
