@@ -123,7 +123,28 @@ def _stream(seed: int, hours: float, late_frac: float):
         bucket = int(np.ceil((rt - T0).total_seconds() / B))
         return bucket + int(rng.random() < late_frac)
 
-    return [(arrival(r[0]), r) for r in samples], [(arrival(e[0]), e) for e in events]
+    # part swaps (the twin's part_swapped events) on GPU and PSU slots, one slot swapped
+    # twice sometimes; the twin writes them seconds after the inventory report, so some
+    # arrive after their bucket was read, up to 3 buckets late
+    swapped = [
+        (a, e)
+        for _ in range(int(rng.integers(1, 5)))
+        for e in [
+            (
+                T0 + timedelta(seconds=float(rng.uniform(0, end_s))),
+                str(rng.choice([d[0] for d in DEVICES if d[3] in ("gpu", "psu")])),
+                "part_swapped",
+                "info",
+                "part swapped",
+                json.dumps({"new_serial": "x"}),
+            )
+        ]
+        for a in [int(np.ceil((e[0] - T0).total_seconds() / B)) + int(rng.integers(0, 4))]
+    ]
+    return (
+        [(arrival(r[0]), r) for r in samples],
+        [(arrival(e[0]), e) for e in events] + swapped,
+    )
 
 
 def _same(live: pl.DataFrame, ref: pl.DataFrame, where: str) -> None:
@@ -152,8 +173,9 @@ def _same(live: pl.DataFrame, ref: pl.DataFrame, where: str) -> None:
 )
 def test_live_features_equal_the_sql_reference(seed, late_frac, strides):
     """Random streams (gaps, devices gone for good, missing metrics, counter resets, XID
-    and collector events on devices and racks, samples up to one bucket late), compared
-    tick by tick over more than the 6-h lookback (ticks skip buckets now and then)."""
+    and collector events on devices and racks, samples up to one bucket late, part swaps
+    learnt up to 3 buckets late), compared tick by tick over more than the 6-h lookback
+    (ticks skip buckets now and then)."""
     hours = 8.0
     samples, events = _stream(seed, hours, late_frac)
     con = duckdb.connect()
@@ -282,5 +304,117 @@ def test_a_fresh_store_has_risk_before_its_first_feature_tick(tmp_path):
         ref = failure_risks(store, as_of, 3600, models)
         cols = ["device_id", "risk", "status"]
         assert svc.table.select(cols).sort("device_id").equals(ref.select(cols).sort("device_id"))
+    finally:
+        store.close()
+
+
+def test_a_part_swap_starts_the_features_afresh(tmp_path):
+    """A GPU swapped in its slot (the twin's part history writes `part_swapped` from the
+    inventory reports): from the swap on, the slot's features, live and SQL alike, see
+    only the new part: not the old part's XIDs, temperatures or failure, even when the
+    swap event lands after its bucket was read. The rack's events still count."""
+    from domain.contract import Event, EventBatch, EventKind
+    from twin.failure.features import failed_devices
+    from twin.parts import PartHistory
+
+    gpu, peer = "sv1/h1/row1/rk101/n01/gpu0", "sv1/h1/row1/rk101/n01/gpu1"
+    rack = "rk101"
+    swap_t = T0 + timedelta(hours=2, seconds=130)  # inside the bucket ending at 2 h 5 min
+    store = Store(tmp_path / "swap.duckdb")
+
+    def store_events(*evs: tuple[datetime, str, EventKind, dict]) -> None:
+        """As ingest stores an event batch off the events topic."""
+        batch = EventBatch(
+            collector="test",
+            site="sv1",
+            rack=rack,
+            seq=len(evs) + int(evs[0][0].timestamp()),
+            sent_time_ms=0,
+            events=[
+                Event(
+                    device_id=d,
+                    kind=k,
+                    severity="info" if k == EventKind.inventory else "critical",
+                    read_time_ms=int((t - datetime(1970, 1, 1)).total_seconds() * 1000),
+                    attrs=a,
+                )
+                for t, d, k, a in evs
+            ],
+        )
+        store.write([], [batch], {})
+
+    def samples_until(minutes: float, since: float) -> None:
+        rows = []
+        for m in np.arange(since, minutes, 1.0):
+            rt = T0 + timedelta(minutes=float(m))
+            new = rt >= swap_t
+            # the old part runs hot and piles up corrected ECC errors; the new one is cool
+            temp = 60.0 if new else 90.0
+            ecc = (m - 122) if new else 10.0 * m
+            for dev, tc, e in ((gpu, temp, ecc), (peer, 70.0, 0.0)):
+                for metric, v in (
+                    ("gpu_temp_c", tc),
+                    ("power_w", 400.0),
+                    ("ecc_corrected_total", e),
+                ):
+                    rows.append((rt, dev, metric, float(v), "gpu", rack))
+        store.cursor().executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def at(minutes: float) -> datetime:
+        return T0 + timedelta(minutes=minutes)
+
+    try:
+        ph = PartHistory(store)
+        old, new = {"uuid": "GPU-old", "serial": "100"}, {"uuid": "GPU-new", "serial": "200"}
+        store_events(
+            (T0, gpu, EventKind.inventory, old),
+            (T0, peer, EventKind.inventory, {"uuid": "GPU-peer", "serial": "300"}),
+        )
+        ph.update()
+        samples_until(120, 0)
+        store_events(
+            (at(100), gpu, EventKind.xid, {"xid": 94}),
+            (at(101), gpu, EventKind.xid, {"xid": 94}),
+            (at(110), gpu, EventKind.xid, {"xid": 79}),  # the old part fell off the bus
+            (at(105), peer, EventKind.xid, {"xid": 94}),
+            (at(115), rack, EventKind.source_error, {}),
+        )
+        live = LiveFeatures(B)
+        con = store.cursor()
+
+        def both(t: datetime) -> pl.DataFrame:
+            got, ref = live.advance(con, t), compute_features(con, t, t)
+            _same(got, ref, f"tick {t}")
+            return got.filter(pl.col("device_id") == gpu)
+
+        before = both(at(120))
+        assert before["xid94_2h"].to_list() == [2] and before["temp_c"][0] == pytest.approx(90)
+        assert gpu in failed_devices(con, at(120))["device_id"].to_list()
+
+        # the new part reports (inventory and readings); the twin's part history has not
+        # run yet, so the first tick after the swap does not know of it
+        store_events((swap_t, gpu, EventKind.inventory, new))
+        samples_until(125, 120)
+        unaware = both(at(125))
+        assert unaware["xid94_2h"].to_list() == [2]
+        samples_until(130, 125)
+        assert ph.update() == 1  # writes part_swapped at swap_t, a bucket late
+        [(t_swap,)] = con.execute(
+            "SELECT read_time FROM events WHERE kind = 'part_swapped' AND device_id = ?", [gpu]
+        ).fetchall()
+        assert t_swap == swap_t
+
+        after = both(at(130))  # live reads the swap's bucket again, without the old part
+        row = after.row(0, named=True)
+        assert row["xid94_2h"] == 0 and row["xid79_2h"] == 0  # the old part's XIDs
+        assert row["temp_c"] == pytest.approx(60)  # no old-part reading in its buckets
+        assert row["temp_slope_kph"] == pytest.approx(0, abs=1e-9)
+        assert row["ecc_corr_1h"] < 10  # the new part's counter, not 10 a minute
+        assert row["collector_errors_1h"] == 1  # the rack's error still counts
+        assert gpu not in failed_devices(con, at(130))["device_id"].to_list()
+        peer_row = live.features(at(130)).filter(pl.col("device_id") == peer)
+        assert peer_row["xid94_2h"].to_list() == [1]
+        # a restarted service (warm-up over the lookback) agrees
+        assert LiveFeatures(B).advance(con, at(130)).equals(live.features(at(130)))
     finally:
         store.close()

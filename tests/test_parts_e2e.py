@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import orjson
+import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 
@@ -22,11 +23,12 @@ from domain.site import load_site
 from domain.topics import ensure_topics
 from ingest.consumer import Ingestor
 from ingest.store import Store
+from simulator.injector import SimEvent
 from tests.apihelpers import bearer, keys_per_role
 from tests.helpers import ingest_until
 from tests.twin_sim import SMALL_SITE
 from twin.failure import registry
-from twin.failure.features import CLASSES, FEATURES
+from twin.failure.features import CLASSES, FEATURES, features_asof
 from twin.failure.model import ClassModel, FailureModel
 from twin.failure.service import FailureRiskService
 from twin.parts import PartHistory
@@ -102,19 +104,55 @@ def test_gpu_swap_is_recorded_and_the_new_part_starts_a_fresh_risk_history(
         parts.update()
         assert risk.refresh() is True
 
+    def xid94_of_slot() -> int:
+        """The slot's `xid94_2h` failure feature as of the newest reading (the reference
+        features a fresh store's risk is scored from)."""
+        cur = store.cursor()
+        [(newest,)] = cur.execute("SELECT max(read_time) FROM samples").fetchall()
+        feats = features_asof(cur, newest).filter(pl.col("device_id") == gpu)
+        assert feats.height == 1, feats
+        return int(feats["xid94_2h"][0])
+
+    def a_second_after(uuid: str) -> bool:
+        """A reading stored over a second after the part's first report."""
+        return bool(
+            store.cursor()
+            .execute(
+                "SELECT max(read_time) >= (SELECT min(read_time) FROM events WHERE "
+                "kind = 'inventory' AND attrs->>'uuid' = ?) + INTERVAL 1100 MILLISECOND "
+                "FROM samples",
+                [uuid],
+            )
+            .fetchall()[0][0]
+        )
+
+    def old_xid_stored() -> bool:
+        return bool(
+            store.cursor()
+            .execute("SELECT count(*) FROM events WHERE kind = 'xid' AND device_id = ?", [gpu])
+            .fetchall()[0][0]
+        )
+
     try:
         old = source.sim.parts.identity(gpu)
+        # the old part raises a contained ECC error (XID 94, a failure feature)
+        source.sim.faults.events.append(
+            SimEvent(int(source.sim.time_s * 1000), gpu, "xid", "critical", "XID 94", {"xid": 94})
+        )
         # over a second of readings: features are scored as of the newest whole second
-        run(7, lambda: inventory_of(str(old["uuid"])))
+        run(7, lambda: inventory_of(str(old["uuid"])) and old_xid_stored())
         assert (parts.current(gpu) or {}).get("uuid") == old["uuid"]
         before = parts.risk_history(str(old["uuid"]))
         assert len(before) == 1 and before[0]["device_id"] == gpu
+        assert xid94_of_slot() == 1
 
         # maintenance: the GPU in the slot is replaced
         swapped_old, new = source.sim.swap_part(gpu)
         assert swapped_old == old and new["uuid"] != old["uuid"]
         assert new["serial"] != old["serial"]
-        run(3, lambda: inventory_of(str(new["uuid"])))
+        # over a second of the new part's readings: features are scored as of a whole
+        # second, which must be after the swap
+        run(7, lambda: inventory_of(str(new["uuid"])) and a_second_after(str(new["uuid"])))
 
         # the twin recorded the swap, as an event the stream and alert rules see
         [(t_swap, attrs)] = (
@@ -139,6 +177,9 @@ def test_gpu_swap_is_recorded_and_the_new_part_starts_a_fresh_risk_history(
         assert len(fresh) == 1 and fresh[0]["time"] >= t_swap
         assert parts.risk_history(str(old["uuid"])) == before
         assert before[0]["time"] < t_swap
+        # the new part's failure features start at the swap: the old part's XID is in
+        # the slot's 2-h window but no longer counts
+        assert xid94_of_slot() == 0
 
         keys, tokens = keys_per_role(tmp_path / "keys.duckdb")
         client = TestClient(

@@ -6,6 +6,13 @@ last snapshot time ((end - bucket_s, end]); windows are frames over those bucket
 row at t sees buckets ending at or before t and nothing later. The whole computation is
 SQL (no per-sample Python). tests/test_failure_leakage.py recomputes features on history
 truncated at t and requires identical rows.
+
+A part swap starts afresh: the twin writes a `part_swapped` event when a slot's part
+changes (twin/parts.py), at the new part's first report, which is its tenure's start.
+A row (device, t) reads only the device's samples and its own events since the newest
+such event at or before t, so a new GPU's features never count the old one's XIDs or
+counters. The device's samples before a swap but in the swap's own bucket are left out
+altogether (a bucket then holds one part only, the peers' medians included).
 """
 
 from __future__ import annotations
@@ -85,26 +92,54 @@ def _ts(t: datetime) -> str:
 
 
 def _frame(window_s: int, bucket_s: int) -> str:
-    """A window over the buckets ending in (t - window_s, t]."""
+    """A window over the buckets ending in (t - window_s, t] of the same part (a swap
+    starts a new partition)."""
     back = max(window_s - bucket_s, 0)
     return (
-        f"(PARTITION BY device_id ORDER BY bucket_end RANGE BETWEEN "
+        f"(PARTITION BY device_id, part_since ORDER BY bucket_end RANGE BETWEEN "
         f"INTERVAL {back} SECOND PRECEDING AND CURRENT ROW)"
     )
 
 
-def bucket_query(samples: str, anchor: str, lo: str, b: int) -> str:
+def swaps_query(events: str, lo: str, hi: str) -> str:
+    """(device_id, swap_t) of the part swaps in (lo, hi]: where a slot's new part's
+    tenure starts (the twin's `part_swapped` events)."""
+    return (
+        f"SELECT DISTINCT device_id, read_time AS swap_t FROM {events} "
+        f"WHERE kind = 'part_swapped' AND read_time > TIMESTAMP '{lo}' "
+        f"AND read_time <= TIMESTAMP '{hi}'"
+    )
+
+
+def bucket_query(samples: str, anchor: str, lo: str, b: int, swaps: str | None = None) -> str:
     """Per (device, bucket) aggregates of the samples in (lo, anchor], buckets
     (end - b, end] ending on the grid anchored at `anchor`: the one definition both the
-    SQL features and the live ones (twin/failure/live.py) reduce samples with."""
-    return f"""
-    WITH s AS (
-      SELECT *, TIMESTAMP '{anchor}' - to_seconds(
-               {b} * floor(epoch(TIMESTAMP '{anchor}' - read_time) / {b})) AS bucket_end
-      FROM {samples}
+    SQL features and the live ones (twin/failure/live.py) reduce samples with.
+
+    `swaps` (a table name: device_id, swap_t; None: no swap in the span): each bucket row
+    gets `part_since`, the newest swap at or before its samples (NULL: none), and a
+    device's samples before a swap in that swap's bucket are dropped."""
+    bucket_end = (
+        f"TIMESTAMP '{anchor}' - to_seconds({b} * floor(epoch(TIMESTAMP '{anchor}' - read_time)"
+        f" / {b}))"
+    )
+    span = f"""
+      SELECT *, {bucket_end} AS bucket_end FROM {samples}
       WHERE read_time > TIMESTAMP '{lo}' AND read_time <= TIMESTAMP '{anchor}'
-        AND kind IN ('gpu', 'power', 'cooling', 'air'))
-    SELECT device_id, bucket_end, any_value(rack) AS rack,
+        AND kind IN ('gpu', 'power', 'cooling', 'air')"""
+    if swaps is None:
+        s = f"SELECT *, NULL::TIMESTAMP AS part_since FROM ({span})"
+    else:
+        # p: the swap that started the sample's part; n: the next swap, whose bucket
+        # holds only the new part's samples
+        s = f"""
+      SELECT x.*, p.swap_t AS part_since FROM ({span}) x
+      ASOF LEFT JOIN {swaps} p ON x.device_id = p.device_id AND x.read_time >= p.swap_t
+      ASOF LEFT JOIN {swaps} n ON x.device_id = n.device_id AND x.read_time < n.swap_t
+      WHERE n.swap_t IS NULL OR n.swap_t > x.bucket_end"""
+    return f"""
+    WITH s AS ({s})
+    SELECT device_id, bucket_end, any_value(rack) AS rack, max(part_since) AS part_since,
       CASE WHEN any_value(kind) = 'gpu' THEN 'gpu' WHEN any_value(kind) = 'cooling' THEN 'cdu'
            WHEN any_value(kind) = 'air' THEN 'crah'
            WHEN bool_or(metric = 'output_power_w') THEN 'psu' END AS device_class,
@@ -172,14 +207,19 @@ def compute_features(
     lo = end - timedelta(seconds=n_steps * bucket_s + LOOKBACK_S)
     anchor, b = _ts(end), bucket_s
     f15, f30, f1h, f2h, f6h = (_frame(w, b) for w in (900, 1800, 3600, 7200, LOOKBACK_S))
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _fb AS {bucket_query(samples, anchor, _ts(lo), b)}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _fsw AS {swaps_query(events, _ts(lo), anchor)}")
+    has_swaps = bool(con.sql("SELECT count(*) FROM _fsw").fetchall()[0][0])
+    swaps = "_fsw" if has_swaps else None  # no swap: the plain reduction, no as-of joins
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _fb AS {bucket_query(samples, anchor, _ts(lo), b, swaps)}"
+    )
     # peer deviations (same class and rack/hall, same bucket), then windows over buckets
     con.execute(f"""
     CREATE OR REPLACE TEMP TABLE _fw0 AS
     WITH p AS (
       SELECT *, epoch(bucket_end - TIMESTAMP '{anchor}') / 3600.0 AS th
       FROM ({peers_query("_fb")}))
-    SELECT device_id, device_class, rack, bucket_end, last_read,
+    SELECT device_id, device_class, rack, bucket_end, last_read, part_since,
       {b}.0 / nullif(max(n_reads) OVER {f6h}, 0) AS read_interval_s,
       sum(n_reads) OVER {f15} / nullif(3 * max(n_reads) OVER {f6h}, 0) AS read_ratio_15m,
       max(n_metrics) OVER {f6h} - n_metrics AS metrics_missing,
@@ -236,18 +276,29 @@ def compute_features(
         for x in FAILURE_XID_CODES
     )
     cls = ", ".join(f"'{c}'" for c in classes)
+    # the part in the slot at t: the newest swap at or before t (NULL: none in the span)
+    current_part = (
+        "SELECT g0.*, x.swap_t AS cur_since FROM g0 ASOF LEFT JOIN _fsw x "
+        "ON g0.device_id = x.device_id AND g0.t >= x.swap_t"
+        if has_swaps
+        else "SELECT *, NULL::TIMESTAMP AS cur_since FROM g0"
+    )
     # grid: every device seen within the lookback before t, at every t; as-of join to
-    # its newest bucket (a silent device keeps its last features and grows stale_reads)
+    # its newest bucket (a silent device keeps its last features and grows stale_reads),
+    # if that bucket is of the part in the slot at t (a new part not reporting yet has no
+    # row); events: the device's own since its part's swap, its rack's all
     out = con.sql(f"""
-    WITH g AS (
+    WITH g0 AS (
       SELECT d.device_id, t.t FROM (SELECT DISTINCT device_id FROM _fw
                                     WHERE device_class IN ({cls})) d,
         (SELECT TIMESTAMP '{anchor}' - to_seconds({b} * k) AS t
          FROM range(0, {n_steps + 1}) r(k)) t),
+    g AS ({current_part}),
     j AS (
       SELECT g.t, w.* FROM g ASOF JOIN _fw w
         ON g.device_id = w.device_id AND w.bucket_end <= g.t
-      WHERE w.bucket_end > g.t - INTERVAL {LOOKBACK_S} SECOND),
+      WHERE w.bucket_end > g.t - INTERVAL {LOOKBACK_S} SECOND
+        AND w.part_since IS NOT DISTINCT FROM g.cur_since),
     ev AS (
       SELECT j.device_id, j.t, {xid_counts},
         count(*) FILTER (e.kind = 'source_error' AND e.read_time > j.t - INTERVAL 1 HOUR)
@@ -255,8 +306,10 @@ def compute_features(
       FROM j JOIN {events} e
         ON (e.device_id = j.device_id OR e.device_id = j.rack)
        AND e.read_time <= j.t AND e.read_time > j.t - INTERVAL {XID_WINDOW_S} SECOND
+       AND (e.device_id <> j.device_id OR j.part_since IS NULL
+            OR e.read_time >= j.part_since)
       GROUP BY j.device_id, j.t)
-    SELECT j.* EXCLUDE (bucket_end, last_read, read_interval_s),
+    SELECT j.* EXCLUDE (bucket_end, last_read, read_interval_s, part_since),
       epoch(j.t - j.last_read) / nullif(j.read_interval_s, 0) AS stale_reads,
       j.read_interval_s,
       -- linear extrapolation of the loss ratio: hours since it left 1 (the peers' level)
@@ -292,13 +345,22 @@ def failed_devices(
     con: duckdb.DuckDBPyConnection, now: datetime, events: str = "events"
 ) -> pl.DataFrame:
     """Devices with a failure event (XID 79/48/95/64, device lost, pump/PSU/fan failed) in
-    the lookback: they are not at risk, they have failed."""
+    the lookback: they are not at risk, they have failed. A failure before the slot's
+    newest part swap was the old part's: the new part has not failed."""
     crit = "('79', '48', '95', '64')"
+    now_s = _ts(now)
     return con.sql(f"""
-    SELECT device_id, max(read_time) AS failed_at, arg_max(message, read_time) AS message
-    FROM {events}
-    WHERE read_time <= TIMESTAMP '{_ts(now)}'
-      AND read_time > TIMESTAMP '{_ts(now)}' - INTERVAL {LOOKBACK_S} SECOND
-      AND (kind IN ('device_lost', 'pump_failed', 'psu_fault', 'fan_failed')
-           OR (kind = 'xid' AND attrs->>'xid' IN {crit}))
-    GROUP BY device_id""").pl()
+    WITH sw AS (
+      SELECT device_id, max(read_time) AS since FROM {events}
+      WHERE kind = 'part_swapped' AND read_time <= TIMESTAMP '{now_s}'
+        AND read_time > TIMESTAMP '{now_s}' - INTERVAL {LOOKBACK_S} SECOND
+      GROUP BY device_id)
+    SELECT e.device_id, max(e.read_time) AS failed_at,
+      arg_max(e.message, e.read_time) AS message
+    FROM {events} e LEFT JOIN sw ON sw.device_id = e.device_id
+    WHERE e.read_time <= TIMESTAMP '{now_s}'
+      AND e.read_time > TIMESTAMP '{now_s}' - INTERVAL {LOOKBACK_S} SECOND
+      AND (e.kind IN ('device_lost', 'pump_failed', 'psu_fault', 'fan_failed')
+           OR (e.kind = 'xid' AND e.attrs->>'xid' IN {crit}))
+      AND (sw.since IS NULL OR e.read_time >= sw.since)
+    GROUP BY e.device_id""").pl()

@@ -27,6 +27,15 @@ arriving up to one bucket (5 min) after its bucket closed is in the features fro
 next tick on, exactly as the SQL reference would see it then. Samples later than that
 stay in the store (training and the reference see them) but not in the live ring; the
 difference leaves the features after 6 h.
+
+Part swaps: each tick reads the twin's `part_swapped` events of the lookback (a slot's
+new part; twin/parts.py writes them). A device's ring buckets before its newest swap are
+cleared (samples, counters) and its own events before it are not counted, so the new
+part's features start from the swap, as the reference's do. The swap's own bucket is
+read with the reference's filter (the device's samples before the swap left out). A swap
+the tick learns of after its bucket was read (the part history writes the event a few
+seconds after the inventory report) has the buckets from the swap's on read again, so
+the rack peers' medians in that bucket match the reference too.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from twin.failure.features import (
     _ts,
     bucket_query,
     peers_query,
+    swaps_query,
 )
 
 SHORT = 27  # buckets in time order: the 2-h loss-ratio slope's frame (25) + 15-min average
@@ -117,6 +127,10 @@ class LiveFeatures:
                 "xid": pl.String,
             }
         )
+        # part swaps of the lookback (device_id, swap_t) already applied, and per device
+        # the newest one at or before the last tick: where its part's features start
+        self.swaps = pl.DataFrame(schema=_SWAP_SCHEMA)
+        self.part_since = pl.DataFrame(schema=_SWAP_SCHEMA)
 
     # -- state --------------------------------------------------------------------
     def _grow(self, n: int) -> None:
@@ -159,6 +173,22 @@ class LiveFeatures:
         self.n_metrics[:, slots] = np.nan
         for a in self.cols.values():
             a[:, slots] = np.nan
+
+    def forget_before(self, device_id: str, since: datetime) -> None:
+        """Clear a device's ring buckets that end before `since` (a new part's tenure
+        start): the new part's windows hold only its own buckets."""
+        i = self.ids.get(device_id)
+        if i is None:
+            return
+        first = _bucket_of(since, self.bucket_s)  # the swap's own bucket stays
+        cells = np.flatnonzero(self.slot_bucket < first)
+        self.valid[i, cells] = False
+        self.cls[i, cells] = -1
+        self.last_us[i, cells] = 0
+        self.n_reads[i, cells] = np.nan
+        self.n_metrics[i, cells] = np.nan
+        for a in self.cols.values():
+            a[i, cells] = np.nan
 
     def fold(self, rows: pl.DataFrame, lo: int, hi: int) -> None:
         """Replace buckets lo+1..hi with `rows` (bucket_rows of all their samples)."""
@@ -213,6 +243,17 @@ class LiveFeatures:
                 and self._count(con, samples, lo, self.tick) == self._late_count
             ):
                 lo = self.tick
+        # part swaps of the lookback (the reference reads the same span); one learnt of
+        # after its bucket was read sends the read back to that bucket
+        lookback_lo = _from_us((hi - self.nb) * self.bucket_s * _US)
+        swaps = con.sql(
+            swaps_query(events, _ts(lookback_lo), _ts(t)) + " ORDER BY device_id, swap_t"
+        ).pl()
+        swaps = swaps.with_columns(pl.col("swap_t").cast(pl.Datetime("us")))
+        new = swaps.join(self.swaps, on=["device_id", "swap_t"], how="anti")
+        if not new.is_empty() and self.tick is not None:
+            first_new = min(_bucket_of(s, self.bucket_s) for s in new["swap_t"])
+            lo = max(min(lo, first_new - 1), hi - self.nb)
         # counted before the rows are read: a sample landing in between is counted
         # low, so the next tick reads its bucket again rather than missing it
         self._late_count = (
@@ -220,10 +261,14 @@ class LiveFeatures:
         )
         t_lo = _from_us(lo * self.bucket_s * _US)
         # the reference's own bucket reduction and peer deviations, over the new span only
+        live_swaps = swaps  # noqa: F841 - referenced by SQL below
+        buckets = bucket_query(
+            samples, _ts(t), _ts(t_lo), self.bucket_s, None if swaps.is_empty() else "live_swaps"
+        )
         rows = con.sql(
             f"SELECT *, epoch_us(last_read) AS last_us, "
             f"epoch_us(bucket_end) // {self.bucket_s * _US} AS bucket FROM ("
-            + peers_query(f"({bucket_query(samples, _ts(t), _ts(t_lo), self.bucket_s)})")
+            + peers_query(f"({buckets})")
             + ")"
         ).pl()
         ev = con.sql(
@@ -231,7 +276,7 @@ class LiveFeatures:
             "WHERE read_time > ? AND read_time <= ? AND kind IN ('xid', 'source_error')",
             params=[max(t_lo, t - timedelta(seconds=XID_WINDOW_S)), t],
         ).pl()
-        return self.advance_rows(rows, ev, t, lo)
+        return self.advance_rows(rows, ev, t, lo, swaps)
 
     def _count(self, con: duckdb.DuckDBPyConnection, samples: str, lo: int, hi: int) -> int:
         step = self.bucket_s * _US
@@ -246,12 +291,25 @@ class LiveFeatures:
         self.__init__(self.bucket_s, self.late_buckets, self.classes)  # type: ignore[misc]
 
     def advance_rows(
-        self, rows: pl.DataFrame, events: pl.DataFrame, t: datetime, lo: int
+        self,
+        rows: pl.DataFrame,
+        events: pl.DataFrame,
+        t: datetime,
+        lo: int,
+        swaps: pl.DataFrame | None = None,
     ) -> pl.DataFrame:
         """advance() on what was read: `rows` the bucket rows (bucket_query + peers_query)
-        of buckets lo+1..t, `events` every xid/source_error event in the same span."""
+        of buckets lo+1..t, `events` every xid/source_error event in the same span,
+        `swaps` every part swap (device_id, swap_t) of the lookback up to t."""
         hi = _epoch_us(t) // (self.bucket_s * _US)
         self.fold(rows, lo, hi)
+        if swaps is not None:
+            self.swaps = swaps.select(self.swaps.columns)
+            self.part_since = swaps.group_by("device_id").agg(pl.col("swap_t").max())
+        # every tick, not only when a swap is new: a re-read bucket may bring back an
+        # old part's bucket (a swap's previous bucket read late); swaps are few
+        for device_id, since in self.part_since.iter_rows():
+            self.forget_before(device_id, since)
         t_lo = _from_us(lo * self.bucket_s * _US)
         keep_from = t - timedelta(seconds=XID_WINDOW_S)
         ev = events.with_columns(pl.col("read_time").cast(pl.Datetime("us")))
@@ -413,6 +471,10 @@ class LiveFeatures:
         ev = self.events.filter(
             (pl.col("read_time") > t - timedelta(seconds=XID_WINDOW_S)) & (pl.col("read_time") <= t)
         )
+        # a device's own events before its part's swap were the old part's
+        ev = ev.join(self.part_since, on="device_id", how="left").filter(
+            pl.col("swap_t").is_null() | (pl.col("read_time") >= pl.col("swap_t"))
+        )
         hour = t - timedelta(hours=1)
         per = ev.group_by("device_id").agg(
             *[
@@ -438,6 +500,15 @@ class LiveFeatures:
                 for c in cols
             ],
         )
+
+
+_SWAP_SCHEMA: dict[str, pl.DataType] = {"device_id": pl.String(), "swap_t": pl.Datetime("us")}
+
+
+def _bucket_of(t: datetime, bucket_s: int) -> int:
+    """Index of the bucket (end - bucket_s, end] holding t, ends on the absolute grid."""
+    step = bucket_s * _US
+    return -(-_epoch_us(t) // step)
 
 
 def _nan0(a: np.ndarray) -> np.ndarray:
