@@ -476,6 +476,17 @@ def retrain(
     finally:
         con.close()
     rep = res.report
+    recs = rep["records"]
+    typer.echo(
+        f"records: {recs['failure_records']} failure(s) on {recs['devices_failed']} device(s); "
+        f"{recs['note']}"
+    )
+    if recs["unresolved_serial_only"]:
+        typer.echo(
+            f"warning: {recs['unresolved_serial_only']} failure record(s) given by serial "
+            "could not be placed in a slot (see report.json records.unresolved_examples)",
+            err=True,
+        )
     _print_report({"horizon_s": horizon_s, "classes": rep["candidate"]["classes"]})
     if rep["serving"]:
         typer.echo(f"serving model {rep['serving']['version']} ({rep['serving']['source']}):")

@@ -4,8 +4,11 @@ Data: feature rows from the site's store (`compute_features` over all stored sam
 labelled by the imported failure records (`twin/failure/records.py`): a record with
 failure = true is a failure of that device at that time, so a row (device, t) is
 positive when the device has such a record in (t, t + horizon]. Rows at a failure time
-are dropped (detection, not risk). Records known by serial only are not used until a
-parts history maps serials to devices (reported as unresolved).
+are dropped (detection, not risk). A record known by serial only labels the slot the
+twin's parts history (`part_tenures`) had that part in at the record's time
+(`place_by_serial`); one it cannot place (a serial no slot reported, or a part in no slot
+then) labels nothing and is reported: count and examples in meta.json, report.json and
+the CLI's output.
 
 Split, in time order over the store's scoring times: the earliest half trains, the next
 quarter calibrates (risk calibration and operating thresholds), the latest quarter is
@@ -44,7 +47,7 @@ from experiments.failure.evaluate import evaluate
 from twin.failure import registry
 from twin.failure.features import compute_features
 from twin.failure.model import FailureModel, check_disjoint
-from twin.failure.records import load_records
+from twin.failure.records import PLACE_EXAMPLES, load_records, place_by_serial
 
 MIN_EPISODES = 2  # held-out failure episodes a class needs to be judged
 MAX_CLASS_DROP = 0.05  # PR-AUC a judged class may lose while the mean improves
@@ -66,8 +69,9 @@ class RetrainResult:
 
 
 def site_labels(records: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """Failure events (device_id, failure_time, record_id, action) from the records, and
-    how many failure records could not be used (serial only)."""
+    """Failure events (device_id, failure_time, record_id, action) from the records
+    (serial-only ones already placed in their slot), and how many failure records name
+    no device (a serial the parts history could not place)."""
     fails = records.filter(pl.col("failure"))
     unresolved = fails.filter(pl.col("device_id").is_null()).height
     return (
@@ -193,12 +197,25 @@ def _prior_rows(seeds: list[int], data: Path, horizon_s: float) -> pl.DataFrame:
 
 def site_rows(con: duckdb.DuckDBPyConnection, horizon_s: float) -> tuple[pl.DataFrame, dict]:
     """Labelled feature rows over the whole store, and what the records contributed."""
-    recs = load_records(con)
+    recs, unplaced = place_by_serial(con, load_records(con))
     fails, unresolved = site_labels(recs)
+    unplaced = unplaced.join(recs.filter(pl.col("failure")).select("record_id"), on="record_id")
+    placed = int(recs.filter(pl.col("failure") & pl.col("placed_by_serial")).height)
+    placement = {
+        "failure_records_by_serial": placed + unresolved,
+        "placed_by_serial": placed,
+        "unresolved_serial_only": unresolved,
+        "unresolved_examples": [
+            {**r, "time": r["time"].isoformat()}
+            for r in unplaced.head(PLACE_EXAMPLES).iter_rows(named=True)
+        ],
+    }
     if fails.is_empty():
         raise RetrainError(
-            "no failure records with a device_id in the store: import some with "
+            "no failure records that name a device in the store (a device_id, or a serial "
+            "the parts history places in a slot): import some with "
             "`dctwin failure import-records`"
+            + (f"; {records_note(placement)}" if unresolved else "")
         )
     start, end = con.sql("SELECT min(read_time), max(read_time) FROM samples").fetchall()[0]
     if start is None:
@@ -208,11 +225,24 @@ def site_rows(con: duckdb.DuckDBPyConnection, horizon_s: float) -> tuple[pl.Data
     info = {
         "records": recs.height,
         "failure_records": fails.height,
-        "unresolved_serial_only": unresolved,
+        **placement,
         "devices_failed": fails["device_id"].n_unique(),
         "history": [start.isoformat(), end.isoformat()],
     }
     return rows, info
+
+
+def records_note(info: dict) -> str:
+    """What the serial-only failure records became, in words (report and CLI)."""
+    n, placed = info["failure_records_by_serial"], info["placed_by_serial"]
+    text = f"{placed} of {n} failure record(s) given by serial placed in their slot"
+    left = info["unresolved_serial_only"]
+    if left:
+        examples = "; ".join(
+            f"{e['serial']} at {e['time']}: {e['reason']}" for e in info["unresolved_examples"]
+        )
+        text += f"; {left} not placed, so they label nothing (e.g. {examples})"
+    return text
 
 
 def retrain(
@@ -253,6 +283,7 @@ def retrain(
     report = {
         "decision": "promoted" if promote else "refused",
         "reason": reason,
+        "records": {**info, "note": records_note(info)},
         "metric": (
             f"mean PR-AUC over classes with >= {MIN_EPISODES} held-out failure episodes; "
             f"no judged class may lose more than {MAX_CLASS_DROP}"

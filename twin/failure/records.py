@@ -18,6 +18,11 @@ CSV columns (header row required; names case-insensitive; order free):
 All or nothing: a file with any bad row imports nothing, and every error names its row
 (the CSV line number, header = row 1) and field. Importing the same record twice keeps
 one (a record's id is a hash of its fields), so a corrected file can be re-imported.
+
+A record given by serial only names a part, not a slot: `place_by_serial` puts it in
+the slot that held that part at the record's time, from the twin's part tenures
+(`part_tenures`, twin/parts.py; the serial or the UUID may be given). A part that no
+slot ever reported, or that was in no slot at that time, stays unplaced and is reported.
 """
 
 from __future__ import annotations
@@ -250,3 +255,112 @@ def load_records(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
         f"SELECT record_id, device_id, serial, time, component, action, failure, notes "
         f"FROM {TABLE} ORDER BY time, record_id"
     ).pl()
+
+
+TENURES = "part_tenures"  # twin/parts.py: which part was in which slot, from when to when
+PLACE_EXAMPLES = 5  # unplaced records named in a report
+_UNPLACED_SCHEMA: dict[str, pl.DataType] = {
+    "record_id": pl.String(),
+    "serial": pl.String(),
+    "time": pl.Datetime("us"),
+    "reason": pl.String(),
+}
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    row = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
+    ).fetchall()[0]
+    return bool(row and row[0])
+
+
+def place_by_serial(
+    con: duckdb.DuckDBPyConnection, records: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`records` with the device_id of every serial-only record the part tenures place
+    (the slot whose tenure of that part covers the record's time: installed_at <= time
+    <= removed_at, the removal itself still the old slot's, as a swap's events are), and
+    a `placed_by_serial` flag; and the serial-only records not placed (record_id, serial,
+    time, reason). One as-of join per identifier, no loop over records."""
+    ident = pl.col("serial").str.strip_chars().str.to_lowercase()
+    records = records.with_columns(pl.lit(False).alias("placed_by_serial"))
+    wanted = records.filter(pl.col("device_id").is_null() & pl.col("serial").is_not_null())
+    if wanted.is_empty():
+        return records, pl.DataFrame(schema=_UNPLACED_SCHEMA)
+    tenures = (
+        con.sql(
+            f"SELECT device_id AS slot, uuid, serial, installed_at, removed_at FROM {TENURES}"
+        ).pl()
+        if _has_table(con, TENURES)
+        else pl.DataFrame(
+            schema={
+                "slot": pl.String,
+                "uuid": pl.String,
+                "serial": pl.String,
+                "installed_at": pl.Datetime("us"),
+                "removed_at": pl.Datetime("us"),
+            }
+        )
+    )
+    # a part is known by its serial or its UUID (operators copy either off the label)
+    keyed = (
+        pl.concat(
+            [
+                tenures.select(ident.alias("key"), "slot", "installed_at", "removed_at"),
+                tenures.select(
+                    pl.col("uuid").str.strip_chars().str.to_lowercase().alias("key"),
+                    "slot",
+                    "installed_at",
+                    "removed_at",
+                ),
+            ]
+        )
+        .drop_nulls("key")
+        .unique()
+        .with_columns(pl.col("installed_at", "removed_at").cast(pl.Datetime("us")))
+        .sort("installed_at")
+    )
+    left = wanted.select(
+        "record_id", "serial", pl.col("time").cast(pl.Datetime("us")), ident.alias("key")
+    ).sort("time")
+    # the part's newest tenure that began at or before the record; it covers the record
+    # unless it ended before it (a part's tenures never overlap)
+    j = left.join_asof(
+        keyed,
+        left_on="time",
+        right_on="installed_at",
+        by="key",
+        strategy="backward",
+        check_sortedness=False,
+    )
+    covered = pl.col("slot").is_not_null() & (
+        pl.col("removed_at").is_null() | (pl.col("time") <= pl.col("removed_at"))
+    )
+    placed = j.filter(covered).select("record_id", pl.col("slot").alias("placed_slot"))
+    known = keyed["key"].unique().implode()
+    unplaced = j.filter(~covered).select(
+        "record_id",
+        "serial",
+        "time",
+        pl.when(~pl.col("key").is_in(known))
+        .then(pl.lit("no slot ever reported this serial or UUID"))
+        .when(pl.col("slot").is_null())
+        .then(pl.lit("in no slot at that time (first reported later)"))
+        .otherwise(
+            pl.format(
+                "in no slot at that time (left {} at {})",
+                pl.col("slot"),
+                pl.col("removed_at").dt.to_string("%Y-%m-%dT%H:%M:%S"),
+            )
+        )
+        .alias("reason"),
+    )
+    out = (
+        records.join(placed, on="record_id", how="left")
+        .with_columns(
+            pl.coalesce("device_id", "placed_slot").alias("device_id"),
+            pl.col("placed_slot").is_not_null().alias("placed_by_serial"),
+        )
+        .drop("placed_slot")
+    )
+    return out, unplaced.sort("time", "record_id")
