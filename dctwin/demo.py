@@ -39,12 +39,20 @@ from dctwin.settings import Settings
 from domain.contract import ALL_TELEMETRY_TOPICS, EVENTS_TOPIC
 from domain.site import load_site
 from domain.topics import ensure_topics
+from simulator.batch import ReadSchedule
 
 console = Console()
 SEED = 7
 # history every 5 min (the dashboard's PUE bucket): 6 h of the example site is 2.1 M
 # samples, stored in 17 s on a loaded 2-core machine; every 60 s (10.4 M) took 288 s
 HISTORY_STEP_S = 300.0
+# and the last 2 min of every 30 every 10 s (the anomaly scorer's interval): live
+# transients (a job starting: 120 -> 700 W in a second, the loop following over minutes)
+# settle within a 5-min step, and models fitted only on settled reads alarm on every live
+# one (simulator.batch.ReadSchedule; docs/anomaly.md)
+HISTORY_FINE_BURST_S = 120.0
+HISTORY_FINE_EVERY_S = 1800.0
+HISTORY_FINE_STEP_S = 10.0
 INGEST_WAIT_S = 600.0
 STOP_BUDGET_S = 8.0  # issue 26: everything stops within 10 s of Ctrl-C/SIGTERM
 
@@ -54,10 +62,21 @@ class DemoOptions:
     interval_s: float = 1.0
     history_hours: float = 6.0
     history_step_s: float = HISTORY_STEP_S
+    history_fine_burst_s: float = HISTORY_FINE_BURST_S
+
+    def history_schedule(self) -> ReadSchedule:
+        return ReadSchedule(
+            self.history_step_s,
+            self.history_fine_burst_s,
+            HISTORY_FINE_EVERY_S,
+            HISTORY_FINE_STEP_S,
+        )
+
     scenario: str | None = DEFAULT_SCENARIO  # None: a quiet site, no faults
     oncall: bool = True
 
 
+DEMO_ANOMALY_FIT_MAX_SAMPLES = 3_000_000
 DEMO_OPTIMIZER_INTERVAL_S = 120.0  # issue 19/26 (opt-default); DCTWIN_OPTIMIZER_INTERVAL_S wins
 DEMO_OPTIMIZER_SETTLE_S = 120.0  # after the ramps end, before the outcome is metered
 DEMO_OPTIMIZER_OUTCOME_WINDOW_S = 240.0
@@ -71,7 +90,7 @@ def collector_config(
     faults: str | None = None,
     control_topic: str | None = None,
     catch_up_from_s: float | None = None,
-    catch_up_step_s: float = HISTORY_STEP_S,
+    catch_up: ReadSchedule | None = None,  # the history's reads (default: every 300 s)
     bms_port: int | None = None,  # issue 19 (opt-live): the simulated BMS
 ) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +105,13 @@ def collector_config(
     if control_topic:
         text += f'control_topic = "{control_topic}"\ncontrol_bootstrap = "{bootstrap}"\n'
     if catch_up_from_s is not None:  # continue the history's simulation, no seam
-        text += f"catch_up_from_s = {catch_up_from_s!r}\ncatch_up_step_s = {catch_up_step_s!r}\n"
+        sched = catch_up or ReadSchedule(HISTORY_STEP_S)
+        text += (
+            f"catch_up_from_s = {catch_up_from_s!r}\ncatch_up_step_s = {sched.step_s!r}\n"
+            f"catch_up_fine_burst_s = {sched.fine_burst_s!r}\n"
+            f"catch_up_fine_every_s = {sched.fine_every_s!r}\n"
+            f"catch_up_fine_step_s = {sched.fine_step_s!r}\n"
+        )
     # the demo's spool beside its other files: two demos (other workdirs) never share one
     text += f'\n[spool]\ndir = "{path.parent / "spool"}"\n'
     path.write_text(text)
@@ -121,7 +146,7 @@ def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
 
 
 def start_history(
-    settings: Settings, hours: float, step_s: float, start_s: float, log_path: Path
+    settings: Settings, hours: float, schedule: ReadSchedule, start_s: float, log_path: Path
 ) -> subprocess.Popen[bytes]:
     """`dctwin simulate` of the last `hours` into Kafka, as the collector batches a site's
     collectors would send (experiments/simulate.py's KafkaSink): its own process, so
@@ -130,8 +155,12 @@ def start_history(
         [
             sys.executable, "-m", "dctwin.cli.main", "simulate",
             "--site", str(settings.site_file.resolve()), "--hours", f"{hours:g}",
-            "--step-s", f"{step_s:g}", "--start", datetime.fromtimestamp(start_s, UTC).isoformat(),
+            "--step-s", f"{schedule.step_s:g}",
+            "--start", datetime.fromtimestamp(start_s, UTC).isoformat(),
             "--seed", str(SEED), "--kafka", settings.kafka_bootstrap, "--quiet",
+            "--fine-burst-s", f"{schedule.fine_burst_s:g}",
+            "--fine-every-s", f"{schedule.fine_every_s:g}",
+            "--fine-step-s", f"{schedule.fine_step_s:g}",
         ],
         stdout=open(log_path, "wb"),
         stderr=subprocess.STDOUT,
@@ -173,14 +202,14 @@ def _behind(server: Server, ends: dict[tuple[str, int], int]) -> int:
 
 
 def history_first(
-    server: Server, hours: float, step_s: float, start_s: float, workdir: Path
+    server: Server, hours: float, schedule: ReadSchedule, start_s: float, workdir: Path
 ) -> tuple[int, float]:
     """Simulate the past into Kafka and wait until ingest has stored all of it, with a
     progress bar; (samples, seconds)."""
     t0 = time.monotonic()
     log_path = workdir / "history.log"
-    proc = start_history(server.settings, hours, step_s, start_s, log_path)
-    expected = int(round(hours * 3600.0 / step_s))  # reads; samples known at the end
+    proc = start_history(server.settings, hours, schedule, start_s, log_path)
+    expected = len(schedule.steps(hours))  # reads; samples known at the end
     try:
         with Progress(
             TextColumn("[bold]history[/] {task.description}"), BarColumn(),
@@ -312,6 +341,11 @@ def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = No
         # the optimizer's write path before the Server reads the settings (its optimizer
         # takes interval, writer and advisory mode at construction)
         bms_port = simulated_bms_writer(settings, workdir)
+        if "anomaly_fit_max_samples" not in settings.model_fields_set:
+            # the whole history in the first fit: its 10-s bursts are spread over the hours,
+            # and the cap's evenly spaced blocks would keep about half of them (2.2 M samples
+            # of the fit's metrics for 6 h; the cap is for stores of days, docs/anomaly.md)
+            settings.anomaly_fit_max_samples = DEMO_ANOMALY_FIT_MAX_SAMPLES
         server = Server(settings)
         server.oncall = pages
         # importing polars (by Server) replaces the SIGINT handler with its own, which
@@ -328,14 +362,21 @@ def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = No
         if opts.history_hours > 0:
             console.print(f"simulating the last {opts.history_hours:g} h of the site …")
             history_from_s = time.time() - opts.history_hours * 3600.0
+            schedule = opts.history_schedule()
             samples, took_s = history_first(
-                server, opts.history_hours, opts.history_step_s, history_from_s, workdir
+                server, opts.history_hours, schedule, history_from_s, workdir
+            )
+            fine = (
+                f", the last {schedule.fine_burst_s:g} s of every {schedule.fine_every_s:g} s "
+                f"every {schedule.fine_step_s:g} s"
+                if schedule.fine_burst_s > 0
+                else ""
             )
             console.print(
                 f"[green]history[/] {samples:,} samples ({opts.history_hours:g} h every "
-                f"{opts.history_step_s:g} s) simulated and stored in {took_s:.1f} s"
+                f"{opts.history_step_s:g} s{fine}) simulated and stored in {took_s:.1f} s"
             )
-            per_read = samples // max(1, round(opts.history_hours * 3600 / opts.history_step_s))
+            per_read = samples // len(schedule.steps(opts.history_hours))
         # then live: the collector after the history (history arriving beside live data
         # is late data to ingest, which recomputes rollups for it: several times slower);
         # its simulation continues the history's (same seed, same steps), so the site is
@@ -347,7 +388,7 @@ def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = No
             opts.interval_s,
             control_topic=settings.sim_control_topic,
             catch_up_from_s=history_from_s,
-            catch_up_step_s=opts.history_step_s,
+            catch_up=opts.history_schedule(),
             bms_port=bms_port,
         )
         log = open(workdir / "collector.log", "ab")  # noqa: SIM115

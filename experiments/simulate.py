@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ingest.store import Store
-from simulator.batch import BatchRun, SampleChunk
+from simulator.batch import BatchRun, ReadSchedule, SampleChunk
 from simulator.injector import SimEvent
 from simulator.model import SiteSimulator
 from simulator.telemetry import TelemetryPlan
@@ -65,6 +65,9 @@ class RunSummary:
     samples_per_s: float
     peak_rss_mb: float
     outputs: list[str]
+    fine_burst_s: float = 0.0  # also the last this many seconds of every fine_every_s
+    fine_every_s: float = 0.0
+    fine_step_s: float = 0.0  # read every this many seconds
 
 
 def samples_table(chunk: SampleChunk, plan: TelemetryPlan, dicts: dict[str, pa.Array]) -> pa.Table:
@@ -220,6 +223,8 @@ class KafkaSink:
     def write_chunk(self, chunk: SampleChunk) -> None:
         import numpy as np
 
+        self.batcher.interval_s = chunk.step_s  # a fine tail's batches say so
+
         from collectors.base import Readings
         from domain.contract import Event, EventKind, Kind
 
@@ -272,15 +277,17 @@ def run_simulation(
     progress: bool = True,
     chunk_rows: int = 4_000_000,
     collector: str = "simulate",
+    schedule: ReadSchedule | None = None,
 ) -> RunSummary:
-    """Run `hours` of `sim` in batch mode into the chosen outputs."""
+    """Run `hours` of `sim` in batch mode into the chosen outputs (`schedule`: reads
+    other than every `step_s`, simulator.batch.ReadSchedule)."""
     if fmt == "auto":
         fmt = "duckdb" if out is not None and out.suffix == ".duckdb" else "parquet"
     if fmt not in ("parquet", "duckdb", "both"):
         raise ValueError(f"format: {fmt!r} is not one of auto, parquet, duckdb, both")
     if out is None and kafka_bootstrap is None:
         raise ValueError("out: give an output path, a Kafka bootstrap, or both")
-    run = BatchRun(sim, hours, step_s, chunk_rows)
+    run = BatchRun(sim, hours, step_s, chunk_rows, schedule=schedule)
     plan = run.plan
     dicts = {
         "device": pa.array(plan.device_dict, pa.string()),
@@ -337,6 +344,10 @@ def run_simulation(
         0.0,
         [],
     )
+    if schedule is not None and schedule.fine_burst_s > 0:
+        summary.fine_burst_s = schedule.fine_burst_s
+        summary.fine_every_s = schedule.fine_every_s
+        summary.fine_step_s = schedule.fine_step_s
     info = asdict(summary)
     ev_t, lab_t = events_table(events, run_id), labels_table(labels)
     outputs: list[str] = []

@@ -28,6 +28,7 @@ from dctwin.scenario import (
     scenario_names,
 )
 from ingest.store import Store
+from simulator.batch import BatchRun, ReadSchedule, catch_up
 from simulator.model import SiteSimulator
 from tests.apihelpers import bearer, serve
 from tests.simtools import JAN, small_site
@@ -121,6 +122,42 @@ def test_live_source_continues_the_batch_history(site):
     # stepping without reads (the catch-up) reaches the same state as the batch run's
     # reads and steps: same physics, same workload, same sensor noise
     np.testing.assert_array_equal(plan.read(batch)[0], replay.telemetry.read(replay)[0])
+
+
+def test_catch_up_replays_a_history_with_fine_bursts(site):
+    """The demo's history reads every 5 min and, the last 2 min of every 30, every 10 s;
+    the live source's catch-up steps the same way, so at every read of the history it is
+    the very same simulation, and each chunk of the run says its step (interval_s)."""
+    start, hours = 1_736_900_000.0, 1.0
+    schedule = ReadSchedule(300.0, fine_burst_s=60.0, fine_every_s=1800.0, fine_step_s=10.0)
+    offsets = np.cumsum(schedule.steps(hours))
+    coarse = [0.0, 300.0, 600.0, 900.0, 1200.0, 1500.0]
+    burst = [1750.0, 1760.0, 1770.0, 1780.0, 1790.0]
+    assert list(offsets) == coarse + burst + [1800.0, 2100.0, 2400.0, 2700.0, 3000.0, 3300.0] + [
+        t + 1800.0 for t in burst
+    ]
+    batch = SiteSimulator(site, seed=7, start_time_s=start, horizon_s=hours * 3600)
+    run = BatchRun(batch, hours, chunk_rows=10**9, schedule=schedule)
+    chunks = list(run.chunks())
+    assert [(c.reads, c.step_s) for c in chunks] == [
+        (6, 300.0), (1, 250.0), (5, 10.0), (5, 300.0), (1, 250.0), (4, 10.0)
+    ]  # fmt: skip
+    size = run.plan.size
+    assert chunks[-1].read_time_ms[-1] == round((start + 3590.0) * 1000)
+    live = SiteSimulator(site, seed=7, start_time_s=start)
+    catch_up(live, start, start + 1780.0, schedule)  # in the first burst
+    assert live.time_s == pytest.approx(start + 1780.0)
+    np.testing.assert_array_equal(
+        live.telemetry.read(live)[0], chunks[2].value[2 * size : 3 * size]
+    )
+    catch_up(live, start, start + 3590.0, schedule)  # on from there: the history's last read
+    last = chunks[-1].value[-size:]
+    np.testing.assert_array_equal(live.telemetry.read(live)[0], last)
+    # the catch-up of a plain 5-min history (no bursts) is another simulation
+    plain = SiteSimulator(site, seed=7, start_time_s=start)
+    catch_up(plain, start, start + 3590.0, ReadSchedule(300.0))
+    plain.step(start + 3590.0 - plain.time_s)
+    assert not np.array_equal(plain.telemetry.read(plain)[0], last)
 
 
 def test_scenario_reaches_the_simulated_source_through_kafka(kafka_bootstrap, unique, site):

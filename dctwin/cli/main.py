@@ -55,6 +55,13 @@ def demo(
     history_step_s: float = typer.Option(
         300.0, "--history-step-s", min=1, help="seconds between history reads"
     ),
+    history_fine_burst_s: float = typer.Option(
+        120.0,  # dctwin.demo.HISTORY_FINE_BURST_S
+        "--history-fine-burst-s",
+        min=0,
+        help="the history's last this many seconds of every 30 min read every 10 s, the "
+        "anomaly scorer's interval, too (its models learn live transients; 0: none)",
+    ),
     scenario: str = typer.Option(
         "default", "--scenario", help="scenario played live (dctwin scenario list)"
     ),
@@ -72,6 +79,7 @@ def demo(
         interval_s=interval_s,
         history_hours=history_hours,
         history_step_s=history_step_s,
+        history_fine_burst_s=history_fine_burst_s,
         scenario=None if quiet_site else scenario,
         oncall=oncall,
     )
@@ -196,6 +204,16 @@ def simulate(
     ),
     hours: float = typer.Option(1.0, "--hours", help="simulated hours"),
     step_s: float = typer.Option(10.0, "--step-s", help="seconds between reads"),
+    fine_burst_s: float = typer.Option(
+        0.0,
+        "--fine-burst-s",
+        min=0,
+        help="also read the last this many seconds of every --fine-every-s every --fine-step-s",
+    ),
+    fine_every_s: float = typer.Option(1800.0, "--fine-every-s", min=1, help="burst period"),
+    fine_step_s: float = typer.Option(
+        10.0, "--fine-step-s", min=0.001, help="seconds between reads within a burst"
+    ),
     faults: str = typer.Option(
         None,
         "--faults",
@@ -229,6 +247,7 @@ def simulate(
 
     from domain.site import EXAMPLE_SITE, SiteFileError, load_site
     from experiments.simulate import run_simulation
+    from simulator.batch import ReadSchedule
     from simulator.faults import FaultSpecError
     from simulator.model import SiteSimulator
     from simulator.sitegen import site_toml, synthetic_site
@@ -285,6 +304,7 @@ def simulate(
             kafka_bootstrap=kafka,
             faults=faults,
             progress=not quiet,
+            schedule=ReadSchedule(step_s, fine_burst_s, fine_every_s, fine_step_s),
         )
     except (SiteFileError, FaultSpecError, ValueError) as exc:
         fail(str(exc))

@@ -24,6 +24,7 @@ from collectors.sources.simulated.bms import SimulatedBms
 from domain.contract import Event, EventKind
 from domain.site import EXAMPLE_SITE, load_site
 from domain.topics import ensure_topics
+from simulator.batch import ReadSchedule, catch_up
 from simulator.model import SiteSimulator
 from simulator.weather import CLIMATES
 
@@ -77,6 +78,15 @@ class SimulatedSourceConfig(BaseModel):
         "seed and step (dctwin demo); none: start now",
     )
     catch_up_step_s: float = Field(300.0, gt=0, description="step of the catch-up")
+    catch_up_fine_burst_s: float = Field(
+        0.0,
+        ge=0,
+        description="the history also read the last this many seconds of every "
+        "catch_up_fine_every_s every catch_up_fine_step_s (simulator.batch.ReadSchedule; "
+        "the demo's 10-s bursts): the catch-up steps the same way; 0: none",
+    )
+    catch_up_fine_every_s: float = Field(1800.0, gt=0, description="period of the bursts")
+    catch_up_fine_step_s: float = Field(10.0, gt=0, description="step within a burst")
     part_swaps: list[PartSwap] = Field(
         default_factory=list,
         description="maintenance: replace the part in a GPU/PSU slot (new UUID and serial) "
@@ -102,9 +112,13 @@ class SimulatedSource:
             # the same steps as the batch history (a read every step, experiments'
             # BatchRun), so the state at its last read is the history's exactly; then on
             # to now in one step
-            step = config.catch_up_step_s
-            while self.sim.time_s + step <= time.time():
-                self.sim.step(step)
+            schedule = ReadSchedule(
+                config.catch_up_step_s,
+                config.catch_up_fine_burst_s,
+                config.catch_up_fine_every_s,
+                config.catch_up_fine_step_s,
+            )
+            catch_up(self.sim, config.catch_up_from_s, time.time(), schedule)
             self.sim.step(max(0.0, time.time() - self.sim.time_s))
         if config.labels_file is not None:
             self.sim.write_labels(config.labels_file)
