@@ -487,6 +487,11 @@ def retrain(
             "could not be placed in a slot (see report.json records.unresolved_examples)",
             err=True,
         )
+    for cls, feats in rep["unreported_features"].items():
+        typer.echo(
+            f"{cls}: {len(feats)} feature(s) have no value in the store (metrics the site "
+            f"does not report), left out of the model: {', '.join(feats)}"
+        )
     _print_report({"horizon_s": horizon_s, "classes": rep["candidate"]["classes"]})
     if rep["serving"]:
         typer.echo(f"serving model {rep['serving']['version']} ({rep['serving']['source']}):")

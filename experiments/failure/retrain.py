@@ -46,7 +46,7 @@ from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # n
 from experiments.failure.evaluate import evaluate
 from twin.failure import registry
 from twin.failure.features import compute_features
-from twin.failure.model import FailureModel, check_disjoint
+from twin.failure.model import ClassModel, FailureModel, check_disjoint
 from twin.failure.records import PLACE_EXAMPLES, load_records, place_by_serial
 
 MIN_EPISODES = 2  # held-out failure episodes a class needs to be judged
@@ -245,6 +245,21 @@ def records_note(info: dict) -> str:
     return text
 
 
+def untrained_reason(cls: str, m: ClassModel, cal: pl.DataFrame) -> str:
+    """Why `fit` left the class without a classifier, in words (FailureModel.fit's
+    conditions: >= 2 failure and >= 2 healthy training rows, failure and healthy rows
+    in the calibration slice, at least one feature the site reports)."""
+    if not m.features:
+        return f"{cls}: the site reports none of its features ({', '.join(m.unreported)})"
+    y_cal = cal.filter(pl.col("device_class") == cls)["y"]
+    pos_cal = int(y_cal.sum())
+    return (
+        f"{cls}: {m.n_pos} failure and {m.n_train - m.n_pos} healthy row(s) in the training "
+        f"slice (needs >= 2 of each), {pos_cal} failure and {y_cal.len() - pos_cal} healthy "
+        "row(s) in the calibration slice (needs >= 1 of each)"
+    )
+
+
 def retrain(
     con: duckdb.DuckDBPyConnection,
     root: Path,
@@ -262,6 +277,22 @@ def retrain(
         )
     with threadpool_limits(1):  # see default_model.py: OpenMP spinning on busy machines
         model = FailureModel(horizon_s).fit(fit_rows, cal, progress=progress)
+    site_classes = sorted(set(rows["device_class"].drop_nulls()))
+    if not any(model.classes[c].clf is not None for c in site_classes if c in model.classes):
+        # a candidate that scores nothing is no candidate: say what each class lacked
+        raise RetrainError(
+            "no device class could be trained: "
+            + "; ".join(untrained_reason(c, model.classes[c], cal) for c in site_classes)
+            + ". Import failure records spread over the store's history, or retrain once "
+            "it is longer"
+        )
+    # features no training row has a value of (metrics the site does not report): left
+    # out of the candidate's feature lists, so it never reads them when scoring
+    unreported = {
+        c: list(m.unreported)
+        for c, m in model.classes.items()
+        if c in site_classes and m.unreported
+    }
     cand = evaluate(model, test)
     try:
         serving_v: registry.ModelVersion | None = registry.newest_approved(root, horizon_s)
@@ -290,6 +321,7 @@ def retrain(
         ),
         "heldout_window": window(test),
         "judged_classes": sorted(_judged(cand)),
+        "unreported_features": unreported,
         "candidate": cand,
         "serving": None
         if serving_v is None
@@ -303,6 +335,7 @@ def retrain(
         ),
         "records": info,
         "prior_seeds": prior_seeds or [],
+        "unreported_features": unreported,
         "data_window": {"train": window(train), "calibrate": window(cal), "test": window(test)},
         "metrics": cand,
         "validation": {

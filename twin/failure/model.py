@@ -181,6 +181,10 @@ class ClassModel:
     n_pos: int
     calibration: str = "none"  # isotonic | platt
     calibration_episodes: int = 0
+    # FEATURES of the class with no value in the training rows (a metric the site does
+    # not report): left out of `features`. A tuple, so models pickled before this field
+    # existed read the class default
+    unreported: tuple[str, ...] = ()
 
     def risk(self, x: np.ndarray) -> np.ndarray:
         """Calibrated probability of failure within the horizon for feature rows x."""
@@ -199,7 +203,10 @@ class FailureModel:
         for cls in CLASSES:
             tr = _trainable(train.filter(pl.col("device_class") == cls), self.horizon_s)
             ca = _trainable(calibrate.filter(pl.col("device_class") == cls), self.horizon_s)
-            feats = FEATURES[cls]
+            # a feature with no value in any training row (the site reports no ECC, say)
+            # carries nothing to learn, and an all-NaN column breaks the trees' binning:
+            # the class model leaves it out, and scoring reads only the model's features
+            feats, unreported = reported_features(tr, FEATURES[cls])
             y = tr["y"].to_numpy()
             healthy = tr.filter(pl.col("failure_time").is_null())
             baseline = {f: float(cast(float | None, healthy[f].median()) or 0.0) for f in feats}
@@ -207,9 +214,24 @@ class FailureModel:
             # a calibration slice without positives (a site's records, a quiet quarter)
             # cannot place a threshold: no classifier for the class, as with too few
             # training positives
-            if y.sum() < 2 or (len(y) - y.sum()) < 2 or yc_all.sum() == 0 or yc_all.all():
+            if (
+                not feats
+                or y.sum() < 2
+                or (len(y) - y.sum()) < 2
+                or yc_all.sum() == 0
+                or yc_all.all()
+            ):
                 self.classes[cls] = ClassModel(
-                    feats, None, None, 1.0, baseline, {}, 0.0, len(y), int(y.sum())
+                    feats,
+                    None,
+                    None,
+                    1.0,
+                    baseline,
+                    {},
+                    0.0,
+                    len(y),
+                    int(y.sum()),
+                    unreported=unreported,
                 )
                 continue
             # small, regularised trees: a few dozen failure episodes per class, and
@@ -243,6 +265,7 @@ class FailureModel:
                 int(y.sum()),
                 how,
                 n_eps,
+                unreported,
             )
             if progress is not None:
                 progress(cls)
@@ -274,6 +297,17 @@ def lost_flag(rows: pl.DataFrame) -> pl.Expr:
     peer_fresh = pl.col("stale_reads").min().over(["t", "rack", "device_class"]) < LOST_AFTER_READS
     silent = (pl.col("stale_reads") >= LOST_AFTER_READS) & peer_fresh
     return ((pl.col("xid79_2h").fill_null(0) > 0) | silent.fill_null(False)).alias("lost")
+
+
+def reported_features(rows: pl.DataFrame, feats: list[str]) -> tuple[list[str], tuple[str, ...]]:
+    """(the features with at least one value in `rows`, the ones with none). A column
+    absent from `rows` counts as having none."""
+    have = [
+        f
+        for f in feats
+        if f in rows.columns and rows[f].cast(pl.Float64).fill_nan(None).null_count() < rows.height
+    ]
+    return have, tuple(f for f in feats if f not in have)
 
 
 def _x(rows: pl.DataFrame, feats: list[str]) -> np.ndarray:
