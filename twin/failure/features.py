@@ -127,9 +127,10 @@ def bucket_query(samples: str, anchor: str, lo: str, b: int, swaps: str | None =
       SELECT *, {bucket_end} AS bucket_end FROM {samples}
       WHERE read_time > TIMESTAMP '{lo}' AND read_time <= TIMESTAMP '{anchor}'
         AND kind IN ('gpu', 'power', 'cooling', 'air')"""
-    if swaps is None:
-        s = f"SELECT *, NULL::TIMESTAMP AS part_since FROM ({span})"
+    if swaps is None:  # the plain reduction: no part column to carry through it
+        s, part_since = span, "NULL::TIMESTAMP"
     else:
+        part_since = "max(part_since)"
         # p: the swap that started the sample's part; n: the next swap, whose bucket
         # holds only the new part's samples
         s = f"""
@@ -139,7 +140,7 @@ def bucket_query(samples: str, anchor: str, lo: str, b: int, swaps: str | None =
       WHERE n.swap_t IS NULL OR n.swap_t > x.bucket_end"""
     return f"""
     WITH s AS ({s})
-    SELECT device_id, bucket_end, any_value(rack) AS rack, max(part_since) AS part_since,
+    SELECT device_id, bucket_end, any_value(rack) AS rack, {part_since} AS part_since,
       CASE WHEN any_value(kind) = 'gpu' THEN 'gpu' WHEN any_value(kind) = 'cooling' THEN 'cdu'
            WHEN any_value(kind) = 'air' THEN 'crah'
            WHEN bool_or(metric = 'output_power_w') THEN 'psu' END AS device_class,
