@@ -235,10 +235,7 @@ def import_records(
 
 def load_records(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """All imported records (an empty frame with the columns when none)."""
-    found = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE]
-    ).fetchall()[0]
-    if not (found and found[0]):
+    if not _has_table(con, TABLE):
         return pl.DataFrame(
             schema={
                 "record_id": pl.String,
