@@ -203,20 +203,20 @@ def _behind(server: Server, ends: dict[tuple[str, int], int]) -> int:
 
 def history_first(
     server: Server, hours: float, schedule: ReadSchedule, start_s: float, workdir: Path
-) -> tuple[int, float]:
+) -> tuple[int, int, float]:
     """Simulate the past into Kafka and wait until ingest has stored all of it, with a
-    progress bar; (samples, seconds)."""
+    progress bar; (samples, reads, seconds)."""
     t0 = time.monotonic()
     log_path = workdir / "history.log"
     proc = start_history(server.settings, hours, schedule, start_s, log_path)
-    expected = len(schedule.steps(hours))  # reads; samples known at the end
+    reads = len(schedule.steps(hours))  # samples known at the end
     try:
         with Progress(
             TextColumn("[bold]history[/] {task.description}"), BarColumn(),
             TextColumn("{task.completed:,.0f} samples stored"), TimeElapsedColumn(),
             console=console, transient=True,
         ) as bar:  # fmt: skip
-            task = bar.add_task(f"{hours:g} h, {expected} reads", total=None)
+            task = bar.add_task(f"{hours:g} h, {reads} reads", total=None)
             while proc.poll() is None:
                 bar.update(task, completed=_accounted(server))
                 time.sleep(0.25)
@@ -235,7 +235,7 @@ def history_first(
     finally:
         if proc.poll() is None:
             stop_process(proc, timeout_s=5)
-    return samples, time.monotonic() - t0
+    return samples, reads, time.monotonic() - t0
 
 
 def _wait_live(
@@ -359,11 +359,11 @@ def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = No
         server.start_ingest(jobs=False)
         per_read = 0
         history_from_s = None
+        schedule = opts.history_schedule()  # the history's reads, replayed by the collector
         if opts.history_hours > 0:
             console.print(f"simulating the last {opts.history_hours:g} h of the site …")
             history_from_s = time.time() - opts.history_hours * 3600.0
-            schedule = opts.history_schedule()
-            samples, took_s = history_first(
+            samples, history_reads, took_s = history_first(
                 server, opts.history_hours, schedule, history_from_s, workdir
             )
             fine = (
@@ -376,7 +376,7 @@ def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = No
                 f"[green]history[/] {samples:,} samples ({opts.history_hours:g} h every "
                 f"{opts.history_step_s:g} s{fine}) simulated and stored in {took_s:.1f} s"
             )
-            per_read = samples // len(schedule.steps(opts.history_hours))
+            per_read = samples // history_reads
         # then live: the collector after the history (history arriving beside live data
         # is late data to ingest, which recomputes rollups for it: several times slower);
         # its simulation continues the history's (same seed, same steps), so the site is
@@ -388,7 +388,7 @@ def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = No
             opts.interval_s,
             control_topic=settings.sim_control_topic,
             catch_up_from_s=history_from_s,
-            catch_up=opts.history_schedule(),
+            catch_up=schedule,
             bms_port=bms_port,
         )
         log = open(workdir / "collector.log", "ab")  # noqa: SIM115

@@ -66,8 +66,7 @@ class ReadSchedule:
         per_burst = int(round(self.fine_burst_s / self.fine_step_s))
         ends = np.arange(self.fine_every_s, span_s + self.fine_every_s, self.fine_every_s)
         fine = (ends[:, None] - self.fine_step_s * np.arange(per_burst)[None, :]).ravel()
-        t = np.union1d(coarse, fine[(fine >= 0) & (fine < span_s)])
-        return t
+        return np.union1d(coarse, fine[(fine >= 0) & (fine < span_s)])
 
     def steps(self, hours: float) -> np.ndarray:
         """The physics step before each read of a run of `hours` (the first read is at its
@@ -98,7 +97,7 @@ def catch_up(sim: SiteSimulator, start_s: float, until_s: float, schedule: ReadS
 
 class BatchRun:
     """Reads at start, start + step, ... (`n_reads` of them), stepping the physics between;
-    optionally the last `fine_tail_s` every `fine_step_s` instead (`read_steps`)."""
+    with a `ReadSchedule`, its bursts of finer reads as well."""
 
     def __init__(
         self,
