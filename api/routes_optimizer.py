@@ -121,6 +121,9 @@ class RecommendationOut(BaseModel):
     applied_at: datetime | None = None
     applied_setpoints: dict[str, float] | None = None
     previous_setpoints: dict[str, float] | None = None
+    # each write point's value before the change (`<control>@<device>`): what a revert
+    # writes back, unit by unit
+    previous_points: dict[str, float] | None = None
     reverted_at: datetime | None = None
 
     @classmethod

@@ -34,4 +34,15 @@ class SetpointWriter(Protocol):
         back to what they held and SetpointWriteError is raised."""
         ...
 
+    def read_points(self) -> dict[str, float]:
+        """The commanded value of every write point, keyed `<control>@<device>`: what a
+        revert puts back, unit by unit (units of one control may differ: `read` gives
+        their mean)."""
+        ...
+
+    def write_points(self, values: Mapping[str, float]) -> dict[str, float]:
+        """`write` per point (keys of `read_points`): each unit gets its own value; the
+        read-back per point. Same checks and undo as `write`."""
+        ...
+
     def close(self) -> None: ...

@@ -209,9 +209,19 @@ def test_guard_limit_crossed_after_the_change_reverts_it(live_site):
     s = live_site
     # GPUs run far above 30 degC: the first reading after the change crosses this limit
     opt = s.server.optimizer
+    # the two CRAHs at different setpoints (their mean unchanged, so the proposals stay
+    # current): the revert must put each back to its own, not both to their mean
+    writer = opt.writer
+    assert writer is not None
+    crahs = sorted(k for k in writer.read_points() if k.startswith("crah_supply_setpoint_c@"))
+    assert len(crahs) == 2, crahs
+    mean = sum(writer.read_points()[k] for k in crahs) / 2
+    own = {crahs[0]: mean - 0.5, crahs[1]: mean + 0.5}
+    writer.write_points(own)
     opt.config = dataclasses.replace(opt.config, guard_gpu_temp_c=30.0)
     rec = _accept_live(s)
     before = rec["previous_setpoints"]
+    assert rec["previous_points"][crahs[0]] == pytest.approx(mean - 0.5, abs=0.05)
     wait_for(
         lambda: s.get(f"/v1/recommendations/{rec['id']}").json()["status"] == "reverted",
         timeout_s=30,
@@ -222,6 +232,14 @@ def test_guard_limit_crossed_after_the_change_reverts_it(live_site):
     ctl = s.sim.controls
     for k in SETPOINTS:
         assert ctl.get(k) == pytest.approx(before[k], abs=RESOLUTION[k] / 2 + 1e-9), k
+    # unit by unit: each CRAH has its own setpoint back (the simulator's command and the
+    # registers)
+    assert list(ctl.commanded["crah_supply_setpoint_c"]) == pytest.approx(
+        [own[k] for k in crahs], abs=0.05
+    )
+    back = writer.read_points()
+    for k, v in own.items():
+        assert back[k] == pytest.approx(v, abs=0.05), k
     actions = [w["action"] for w in s.get(f"/v1/recommendations/{rec['id']}/writes").json()]
     assert actions == ["revert", "apply"]  # newest first
 

@@ -29,7 +29,7 @@ from collectors.sources.modbus.writer import (
     encode,
 )
 from collectors.sources.simulated.bms import CONTROL_OF, SimulatedBms, bms_writer_config
-from domain.control import SetpointWriter
+from domain.control import SetpointWriteError, SetpointWriter
 from ingest.store import Store
 from tests.apihelpers import bearer
 from tests.modbus_server import ModbusTestServer, free_port
@@ -271,3 +271,24 @@ def test_write_point_must_be_a_holding_register():
             ],
         )
     assert ExcCodes.ILLEGAL_VALUE == 3  # what the simulated BMS answers outside the envelope
+
+
+def test_points_are_read_and_written_unit_by_unit(bms_rig):
+    """`read_points` / `write_points`: what a revert uses to give every unit its own value
+    back (issue 19: units of one control may differ). An unknown point or a value that
+    is not a number is refused before anything is written."""
+    rig, bms = bms_rig
+    writer = rig.opt.writer
+    assert writer is not None
+    points = writer.read_points()
+    crahs = sorted(k for k in points if k.startswith("crah_supply_setpoint_c@"))
+    assert len(crahs) >= 2 and all("/crah" in k for k in crahs)  # keyed by device id
+    own = {k: 20.0 + 0.5 * i for i, k in enumerate(crahs)}
+    back = writer.write_points(own)
+    assert back == pytest.approx(own)
+    assert writer.read_points() == pytest.approx({**points, **own})
+    n = len(bms.writes)
+    for bad in ({"crah_supply_setpoint_c@nowhere": 21.0}, {crahs[0]: float("nan")}):
+        with pytest.raises(SetpointWriteError):
+            writer.write_points(bad)
+    assert len(bms.writes) == n

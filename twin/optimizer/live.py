@@ -12,7 +12,7 @@ Two background jobs, started and stopped by `dctwin.server.Server`:
 * `guard` (every `guard_interval_s`, default 10 s): expires proposals whose state drifted
   beyond `STATE_TOLERANCE` / `SETPOINT_TOLERANCE_FRACTION`, and watches every written change
   for `watch_s`: a reading after it above the GPU or coolant limit, or a loop dp below its
-  floor, writes the previous setpoints back (status `reverted`).
+  floor, writes the previous setpoints back, each unit its own (status `reverted`).
 
 `accept` checks, in this order: the lifecycle (409), staleness (409, and the proposal is
 expired), the envelope and the rate-of-change limit against the plant's current setpoints
@@ -366,6 +366,9 @@ class LiveOptimizer:
             assert self.writer is not None
             store.accept(rec_id, who, note)  # the lifecycle's own check: one decision wins
             try:
+                # unit by unit, for the revert: CDUs (CRAHs) may hold different setpoints,
+                # which `current` (their mean per control) cannot restore
+                previous_points = self.writer.read_points()
                 back = self.writer.write(target)
             except SetpointWriteError as exc:
                 store.audit(rec_id, "apply", who.strip(), self.writer.name, target, None, str(exc))
@@ -375,7 +378,9 @@ class LiveOptimizer:
                 ) from None
             store.audit(rec_id, "apply", who.strip(), self.writer.name, target, back)
             log.info("optimizer: #%d written by %s: %s", rec_id, who, back)
-            return store.applied(rec_id, back, {k: float(v) for k, v in current.items()})
+            return store.applied(
+                rec_id, back, {k: float(v) for k, v in current.items()}, previous_points
+            )
 
     # -- the watch ------------------------------------------------------------------------
 
@@ -495,12 +500,15 @@ class LiveOptimizer:
         return None
 
     def _revert(self, store: RecommendationStore, rec: dict[str, Any], violation: str) -> None:
-        prev = rec["previous_setpoints"] or rec["current_setpoints"]
+        # each unit's own value when it was recorded (applied by this version), else the
+        # per-control values (every unit of a control gets their mean)
+        points = rec.get("previous_points")
+        prev = points or rec["previous_setpoints"] or rec["current_setpoints"]
         with self._lock:
             if self.writer is None:
                 return
             try:
-                back = self.writer.write(prev)
+                back = self.writer.write_points(prev) if points else self.writer.write(prev)
             except SetpointWriteError as exc:  # keep watching: the next round retries
                 store.audit(rec["id"], "revert", "guard", self.writer.name, prev, None, str(exc))
                 log.error("optimizer: revert of #%d failed: %s", rec["id"], exc)

@@ -62,6 +62,8 @@ ALTER TABLE recommendations ADD COLUMN IF NOT EXISTS applied_at TIMESTAMP;
 ALTER TABLE recommendations ADD COLUMN IF NOT EXISTS applied_setpoints JSON;
 ALTER TABLE recommendations ADD COLUMN IF NOT EXISTS previous_setpoints JSON;
 ALTER TABLE recommendations ADD COLUMN IF NOT EXISTS reverted_at TIMESTAMP;
+-- every write point's value before the change, unit by unit: what a revert writes back
+ALTER TABLE recommendations ADD COLUMN IF NOT EXISTS previous_points JSON;
 CREATE SEQUENCE IF NOT EXISTS setpoint_write_seq START 1;
 CREATE TABLE IF NOT EXISTS setpoint_writes (
     id BIGINT PRIMARY KEY DEFAULT nextval('setpoint_write_seq'),
@@ -84,6 +86,7 @@ JSON_COLUMNS = (
     "why",
     "applied_setpoints",
     "previous_setpoints",
+    "previous_points",
 )
 
 
@@ -223,12 +226,22 @@ class RecommendationStore:
         return [int(r[0]) for r in rows]
 
     def applied(
-        self, rec_id: int, applied: dict[str, float], previous: dict[str, float]
+        self,
+        rec_id: int,
+        applied: dict[str, float],
+        previous: dict[str, float],
+        previous_points: dict[str, float] | None = None,
     ) -> dict[str, Any]:
         self.con.execute(
             "UPDATE recommendations SET applied_at = ?, applied_setpoints = ?, "
-            "previous_setpoints = ? WHERE id = ?",
-            [_now(), json.dumps(applied), json.dumps(previous), rec_id],
+            "previous_setpoints = ?, previous_points = ? WHERE id = ?",
+            [
+                _now(),
+                json.dumps(applied),
+                json.dumps(previous),
+                None if previous_points is None else json.dumps(previous_points),
+                rec_id,
+            ],
         )
         return self.get(rec_id)
 

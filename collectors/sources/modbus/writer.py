@@ -122,6 +122,12 @@ class _Target:
     register: Register
 
     @property
+    def key(self) -> str:
+        """The point's key in `read_points` / `write_points`."""
+        p = self.point
+        return f"{p.control}@{p.device_id or f'unit {p.unit_id}'}"
+
+    @property
     def label(self) -> str:
         p, r = self.point, self.register
         dev = f" ({p.device_id})" if p.device_id else ""
@@ -222,31 +228,51 @@ class ModbusSetpointWriter:
             )
         return t.value(back)
 
+    def read_points(self) -> dict[str, float]:
+        with self._lock:
+            return {t.key: t.value(self._read_words(t)) for t in self.targets}
+
     def write(self, values: Mapping[str, float]) -> dict[str, float]:
-        unknown = set(values) - set(self.controls())
+        self._check(values, self.controls(), "write point for")
+        todo = [
+            (t, float(values[t.point.control])) for t in self.targets if t.point.control in values
+        ]
+        out: dict[str, list[float]] = {}
+        for t, v in self._write_all(todo):
+            out.setdefault(t.point.control, []).append(v)
+        log.info("modbus writer %s: wrote %s", self.name, dict(values))
+        return {c: sum(v) / len(v) for c, v in out.items()}
+
+    def write_points(self, values: Mapping[str, float]) -> dict[str, float]:
+        self._check(values, [t.key for t in self.targets], "point")
+        todo = [(t, float(values[t.key])) for t in self.targets if t.key in values]
+        back = {t.key: v for t, v in self._write_all(todo)}
+        log.info("modbus writer %s: wrote points %s", self.name, dict(values))
+        return back
+
+    def _check(self, values: Mapping[str, float], known: list[str], what: str) -> None:
+        unknown = set(values) - set(known)
         if unknown:
-            raise SetpointWriteError(
-                f"{self.name}: no write point for {sorted(unknown)} (known: {self.controls()})"
-            )
+            raise SetpointWriteError(f"{self.name}: no {what} {sorted(unknown)} (known: {known})")
         for c, v in values.items():
             if not math.isfinite(v):
                 raise SetpointWriteError(f"{self.name}: {c} = {v} is not a finite number")
+
+    def _write_all(self, todo: list[tuple[_Target, float]]) -> list[tuple[_Target, float]]:
+        """Write and read back each (point, value); on a failure put the points already
+        written back to what they held and raise."""
         with self._lock:
-            todo = [t for t in self.targets if t.point.control in values]
-            before = {id(t): self._read_words(t) for t in todo}  # to undo a partial write
+            before = {id(t): self._read_words(t) for t, _ in todo}  # to undo a partial write
             done: list[_Target] = []
-            out: dict[str, list[float]] = {}
+            out = []
             try:
-                for t in todo:
+                for t, v in todo:
                     done.append(t)
-                    out.setdefault(t.point.control, []).append(
-                        self._write_one(t, float(values[t.point.control]))
-                    )
+                    out.append((t, self._write_one(t, v)))
             except SetpointWriteError:
                 self._undo(done, before)
                 raise
-        log.info("modbus writer %s: wrote %s", self.name, dict(values))
-        return {c: sum(v) / len(v) for c, v in out.items()}
+        return out
 
     def _undo(self, done: list[_Target], before: dict[int, list[int]]) -> None:
         for t in done:
