@@ -21,6 +21,7 @@ from pathlib import Path
 import joblib  # type: ignore[import-untyped]  # no stubs or py.typed
 
 from twin.failure.model import FailureModel
+from twin.model_files import ModelVersionError, load_checked
 
 DEFAULT_ROOT = Path("var/models/failure")
 # the shipped default model(s): package data, written only by `dctwin failure train-default`
@@ -49,7 +50,11 @@ class ModelVersion:
         return SHIPPED if self.path.resolve().parent == SHIPPED_ROOT else SITE
 
     def load(self) -> FailureModel:
-        return joblib.load(self.path / "model.joblib")
+        path = self.path / "model.joblib"
+        try:
+            return load_checked(path, lambda: joblib.load(path), "dctwin failure train")
+        except ModelVersionError as exc:  # served as "no model", with the reason
+            raise RegistryError(str(exc)) from None
 
     def describe(self) -> dict:
         """What the API says about a model: version, where it comes from, when it was

@@ -92,23 +92,24 @@ class FailureRiskService:
 
     def refresh(self, now: datetime | None = None) -> bool:
         """Rescore if the tick or the approved model changed; True when it rescored.
-        Raises RegistryError (and remembers it) when no approved model serves the horizon."""
+        Raises RegistryError (and remembers it) when no approved model serves the horizon
+        or the approved one cannot be loaded (saved by another scikit-learn)."""
         with self._lock:
             try:
                 version = registry.newest_approved(self.root, self.horizon_s).version
+                self.error = None
+                as_of = self._as_of(now)
+                if as_of is None:
+                    return False
+                key = (math.floor(as_of.replace(tzinfo=UTC).timestamp() / self.tick_s), version)
+                if key == self._key:
+                    return False
+                table = self._score(as_of, version)  # loads the model: RegistryError too
             except registry.RegistryError as exc:
                 self.error, self.table, self.by_device, self._key = exc, None, {}, None
                 self.by_rack = {}
                 self.model_version = None
                 raise
-            self.error = None
-            as_of = self._as_of(now)
-            if as_of is None:
-                return False
-            key = (math.floor(as_of.replace(tzinfo=UTC).timestamp() / self.tick_s), version)
-            if key == self._key:
-                return False
-            table = self._score(as_of, version)
             self.by_device = {r["device_id"]: r for r in table.iter_rows(named=True)}
             self.by_rack = dict(
                 table.filter(pl.col("rack").is_not_null())

@@ -30,6 +30,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.neighbors import KDTree
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # no stubs
 
+from twin.model_files import load_checked
 from twin.optimizer.space import (
     COOLING_TARGETS,
     FEATURES,
@@ -282,7 +283,7 @@ class PlantModels:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":  # opt-default: the shipped model is gzip-compressed (size)
             raw = gzip.decompress(raw)
-        obj = pickle.loads(raw)
+        obj = load_checked(path, lambda: pickle.loads(raw), "dctwin optimize train")
         if not isinstance(obj, PlantModels):
             raise TypeError(f"{path} does not hold optimizer models")
         return obj
