@@ -116,10 +116,10 @@ def test_scenarios_place_one_ups_fault_and_the_simulator_takes_them():
 
 
 def test_fresh_held_out_seeds_run_only_outside_development():
-    # 2000-2004 / 2500 were run once (docs/anomaly.md) and are spent: the default is the
-    # set declared after it
-    assert DEFAULT_EVAL_SEEDS == (3000, 3001, 3002, 3003, 3004)
-    assert DEFAULT_HEALTHY_SEEDS == (3500,)
+    # 2000-2004 / 2500 and 3000-3004 / 3500 were run once (docs/anomaly.md) and are
+    # spent: the default is the set declared after them
+    assert DEFAULT_EVAL_SEEDS == (3100, 3101, 3102, 3103, 3104)
+    assert DEFAULT_HEALTHY_SEEDS == (3600,)
     check_seeds([*DEFAULT_EVAL_SEEDS, *DEFAULT_HEALTHY_SEEDS], dev=False)
     with pytest.raises(SeedError, match="held-out seeds are only run without --dev"):
         check_seeds([3000], dev=True)
