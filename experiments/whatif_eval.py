@@ -2,7 +2,8 @@
 the truth, the simulator that produced that live telemetry continued with the same change.
 
 Per scenario: a reference simulator (seed `truth_seed`) runs `history_min` minutes; its
-last readings go through the real simulated source into a real Store, and the twin's
+last readings (the calibration window's, CALIBRATION_WINDOW_S of 10 s reads) go through the
+real simulated source into a real Store, and the twin's
 `live_state` reads them back. The what-if (its own seed, `whatif_seed`: it knows the
 site, not the reference's workload schedule, weather systems or part draws) runs the
 scenario from that state; the reference continues with the change applied at the same
@@ -11,7 +12,8 @@ temperature over the horizon and every GPU (absolute error; for the reference it
 reading without per-read noise, which is what the what-if is calibrated to).
 Targets: PUE within 2 %, peak GPU temperature within 1.5 K, a 24 h run < 30 s.
 Fixed before any result was looked at: the five scenarios below, the seeds, the start
-time, the horizon and the targets.
+time, the horizon and the targets. Three reference sets (REFERENCE_SETS), each declared in
+docs/whatif.md before the method then being changed was run on it.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from ingest.store import Store
 from simulator.model import SiteSimulator
 from simulator.whatif import Recorder, apply_changes, failure_spec, result_of
 from simulator.whatif import run as run_whatif
-from twin.whatif.live_state import live_state
+from twin.whatif.live_state import CALIBRATION_WINDOW_S, live_state
 
 PUE_TARGET_PCT = 2.0
 TEMP_TARGET_K = 1.5
@@ -155,11 +157,14 @@ def compare(
     new = {r for a in sc.add_racks for r in a.racks}
     dark = np.array([r in new for r in truth.layout.rack_keys])
     truth.rack_energised = ~dark
-    while truth.time_s < t0 - 2 * truth_step_s - 1e-6:
+    # the last reads reach the twin's store: the calibration window's (a live twin's store
+    # holds its recent history)
+    reads = int(round(CALIBRATION_WINDOW_S / truth_step_s)) + 1
+    while truth.time_s < t0 - (reads - 1) * truth_step_s - 1e-6:
         truth.step(truth_step_s)
     store = Store(workdir / f"{name}.duckdb")
     try:
-        _write_live(truth, store, 3, truth_step_s)  # the last reads reach the twin's store
+        _write_live(truth, store, reads, truth_step_s)
         live = live_state(store, 60.0, known={d.id for d in site.devices()})
     finally:
         store.close()
