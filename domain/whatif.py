@@ -226,6 +226,10 @@ class LiveState:
     cw_supply_c: float | None = None
     cdu_supply_c: dict[str, float] = field(default_factory=dict)
     pue: float | None = None  # the twin's current PUE, for reference
+    # each GPU's recent readings (twin.whatif.live_state.CALIBRATION_WINDOW_S), oldest
+    # first, one entry per read that has both: its thermal resistance is fitted over them
+    gpu_temp_window_c: dict[str, list[float]] = field(default_factory=dict)
+    gpu_power_window_w: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass

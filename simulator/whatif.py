@@ -6,8 +6,13 @@ from then on unless the scenario changes it; training racks pause for checkpoint
 workload model runs them, HeldWorkload), the plant's chilled- and condenser-water
 setpoints, the CRAH supply-air setpoints, and the outdoor dry-bulb and wet-bulb (the
 offset of the live reading from the climate's seasonal and diurnal normal is kept over
-the horizon). GPU temperatures and powers calibrate each GPU's coolant-to-die thermal
-resistance, so a GPU that runs hot now runs hot in the prediction. Model-initialised:
+the horizon). Each GPU's coolant-to-die thermal resistance is calibrated, so a GPU that
+runs hot now runs hot in the prediction: the least-squares slope through the origin of its
+recent readings' temperature rise over the modelled coolant on their measured power (the
+live state's window, twin/whatif/live_state.py, 10 min; reads above CALIBRATE_MIN_POWER_W,
+at least CALIBRATE_MIN_READS of them), else its latest temperature's rise over the model's
+power (issue 27: a single reading, at 1 K resolution and taken while the load moved, put
+the hottest GPU of the second reference set 1.95 K off at 95 %). Model-initialised:
 loop flows, valve positions, water and air temperatures (settled at the live load and
 setpoints), CDU setpoints (the site file's), part-to-part power spread (the run's seed).
 The run is numpy only; the twin gives it plain data and gets plain data back.
@@ -43,6 +48,9 @@ CALIBRATE_MIN_POWER_W = (
     300.0  # below it the 1 K reading resolution and sensor offset dominate the rise
 )
 RTH_RANGE = (0.5, 3.0)  # calibrated resistance as a multiple of the nominal one
+# fewer window reads above CALIBRATE_MIN_POWER_W than this: the latest reading alone
+# (a GPU that just came under load, a twin with a minute of history)
+CALIBRATE_MIN_READS = 6
 # limits a run checks (first breach and peak per device)
 CRAH_SUPPLY_MAX_C = 27.0  # ASHRAE TC9.9 recommended inlet maximum
 CDU_SUPPLY_MARGIN_K = 3.0  # a CDU that cannot hold its supply setpoint within 3 K
@@ -301,17 +309,63 @@ def whatif_simulator(site: Site, sc: Scenario, live: LiveState) -> SiteSimulator
     if live.cw_supply_c is not None:
         sim.plant_model.cw_supply_c = live.cw_supply_c
     _settle(sim, SETTLE_STEPS)
-    # calibrate each reported GPU's thermal resistance to its live temperature
+    # calibrate each reported GPU's thermal resistance: over its window of recent readings,
+    # else to its latest temperature
     temp = _by_id(lay.gpu_ids, live.gpu_temp_c, np.nan)
+    temp_w, power_w = _windows(lay.gpu_ids, live)
     for _ in range(2):
         coolant = (sim.cdu.supply_c[lay.rack_cdu] + 0.5 * sim.rack_dt_k)[lay.gpu_rack]
-        power = sim.gpu.power_w
-        ok = np.isfinite(temp) & (power > CALIBRATE_MIN_POWER_W)
-        r = np.divide(temp - coolant, power, out=np.full_like(power, np.nan), where=ok)
-        factor = np.clip(r / R_TH_K_PER_W, *RTH_RANGE)
-        sim.gpu_rth_part = np.where(ok & np.isfinite(factor), factor, sim.gpu_rth_part)
+        sim.gpu_rth_part = calibrated_rth(
+            temp, sim.gpu.power_w, coolant, temp_w, power_w, sim.gpu_rth_part
+        )
         _settle(sim, SETTLE_STEPS // 3)
     return sim
+
+
+def _windows(ids: list[str], live: LiveState) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The GPUs' window reads as (GPU, read) arrays, NaN-padded (no window: all NaN)."""
+    n = max((len(v) for v in live.gpu_temp_window_c.values()), default=0)
+    temp_w = np.full((len(ids), n), np.nan)
+    power_w = np.full((len(ids), n), np.nan)
+    for i, g in enumerate(ids):  # per GPU, not per read
+        t, p = live.gpu_temp_window_c.get(g), live.gpu_power_window_w.get(g)
+        if t and p and len(t) == len(p):
+            temp_w[i, n - len(t) :], power_w[i, n - len(p) :] = t, p
+    return temp_w, power_w
+
+
+def calibrated_rth(
+    temp_c: NDArray[np.float64],
+    power_model_w: NDArray[np.float64],
+    coolant_c: NDArray[np.float64],
+    temp_window_c: NDArray[np.float64],
+    power_window_w: NDArray[np.float64],
+    rth_part: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """Each GPU's thermal resistance as a multiple of the nominal one (RTH_RANGE).
+
+    With at least CALIBRATE_MIN_READS window reads above CALIBRATE_MIN_POWER_W: the
+    least-squares slope through the origin of the reads' rise over the modelled coolant
+    on their measured power (the 1 K resolution, the read noise and the die's lag behind
+    a load that moves average out over the window). Else the latest temperature's rise
+    over the model's power; no usable reading: `rth_part` as it is."""
+    use = (
+        np.isfinite(temp_window_c)
+        & np.isfinite(power_window_w)
+        & (power_window_w > CALIBRATE_MIN_POWER_W)
+    )
+    p_w = np.where(use, power_window_w, 0.0)
+    rise_k = np.where(use, temp_window_c - coolant_c[:, None], 0.0)
+    p2 = (p_w * p_w).sum(axis=1)
+    fit = use.sum(axis=1) >= CALIBRATE_MIN_READS
+    r_window = np.divide((rise_k * p_w).sum(axis=1), p2, out=np.full_like(p2, np.nan), where=fit)
+    ok = np.isfinite(temp_c) & (power_model_w > CALIBRATE_MIN_POWER_W)
+    r_latest = np.divide(
+        temp_c - coolant_c, power_model_w, out=np.full_like(power_model_w, np.nan), where=ok
+    )
+    r = np.where(fit, r_window, r_latest)
+    factor = np.clip(r / R_TH_K_PER_W, *RTH_RANGE)
+    return np.where(np.isfinite(factor), factor, rth_part)
 
 
 def _settle(sim: SiteSimulator, n: int) -> None:

@@ -92,6 +92,14 @@ def evaluate(
     fresh: bool = typer.Option(
         False, "--fresh", help="the second reference (seed 31, 2025-08-12 14:00 UTC)"
     ),
+    reference_set: int = typer.Option(
+        None,
+        "--set",
+        min=1,
+        max=3,
+        help="reference set: 1 (seed 7, 2025-07-01 08:00 UTC, the default), 2 (= --fresh), "
+        "3 (seed 53, 2025-09-03 13:00 UTC)",
+    ),
 ) -> None:
     """What-if from the live state against the truth on five scenarios (docs/whatif.md)."""
     from dataclasses import asdict
@@ -117,7 +125,16 @@ def evaluate(
             f"{c.whatif_s:>6.1f}  {'yes' if c.ok else 'NO'}"
         )
 
-    out = run_eval(s, horizon_h=horizon_h, only=only or None, progress=show, fresh=fresh)
+    if fresh and reference_set not in (None, 2):
+        raise typer.BadParameter("--fresh is --set 2", param_hint="--set")
+    out = run_eval(
+        s,
+        horizon_h=horizon_h,
+        only=only or None,
+        progress=show,
+        fresh=fresh,
+        reference_set=reference_set,
+    )
     if output is not None:
         output.write_text(json.dumps([asdict(c) for c in out], indent=2, default=float))
     missed = [c.scenario for c in out if not c.ok]

@@ -5,6 +5,12 @@ plant's setpoints, water temperatures and outdoor conditions, the CRAHs' supply-
 setpoints. Only readings within `stale_after_s` of the newest GPU reading count; the
 state's time is that newest reading (so a what-if of a site whose telemetry stopped
 starts when the site was last seen, not now).
+
+Each GPU's readings of the last `CALIBRATION_WINDOW_S` (temperature and power from the
+`samples` table, paired by read time, oldest first) come with the state: the what-if fits
+the GPU's coolant-to-die thermal resistance over them (simulator/whatif.py), where a single
+reading is off by the 1 K temperature resolution, the sensor's read noise and the die's
+20 s lag behind a load that moved.
 """
 
 from __future__ import annotations
@@ -22,6 +28,26 @@ PLANT = {
     "cw_supply_temp_c": "cw_supply_c",
 }
 SETPOINTS = ("chw_supply_setpoint_c", "cw_supply_setpoint_c")
+# 10 min: 60 reads at the 10 s telemetry rate, enough to average the 1 K resolution and
+# the load's swings, short enough that the coolant and the part stay as they are now
+CALIBRATION_WINDOW_S = 600.0
+# per GPU: its temperature and power reads of the window, paired by read time (one
+# query, grouped in DuckDB: no per-sample Python)
+WINDOW_SQL = """
+WITH w AS (
+    SELECT device_id, read_time,
+        max(value) FILTER (WHERE metric = 'gpu_temp_c') AS temp_c,
+        max(value) FILTER (WHERE metric = 'power_w') AS power_w
+    FROM samples
+    WHERE kind = 'gpu' AND metric IN ('gpu_temp_c', 'power_w')
+        AND read_time > make_timestamp($since_us) AND read_time <= make_timestamp($until_us)
+    GROUP BY device_id, read_time
+)
+SELECT device_id, list(temp_c ORDER BY read_time) AS temp_c,
+    list(power_w ORDER BY read_time) AS power_w
+FROM w WHERE temp_c IS NOT NULL AND power_w IS NOT NULL
+GROUP BY device_id
+"""
 
 
 class NoLiveStateError(ValueError):
@@ -29,10 +55,14 @@ class NoLiveStateError(ValueError):
 
 
 def live_state(
-    store: Store, stale_after_s: float, pue: float | None = None, known: set[str] | None = None
+    store: Store,
+    stale_after_s: float,
+    pue: float | None = None,
+    known: set[str] | None = None,
+    window_s: float = CALIBRATION_WINDOW_S,
 ) -> LiveState:
     """`known`: the site's device ids; readings of other devices (not in the site file)
-    are not part of the state."""
+    are not part of the state. `window_s`: the GPUs' recent readings carried (0: none)."""
     metrics = [*GPU_METRICS, *PLANT, *SETPOINTS, "supply_air_setpoint_c", "supply_temp_c"]
     df = pl.from_arrow(
         store.cursor()
@@ -70,4 +100,23 @@ def live_state(
         vals = list(pairs("facility", name).values())
         if vals:
             st.setpoints[name] = float(vals[0])
+    if window_s > 0:
+        _windows(store, st, t_ms, window_s, set(st.gpu_temp_c))
     return st
+
+
+def _windows(store: Store, st: LiveState, t_ms: int, window_s: float, gpus: set[str]) -> None:
+    """The GPUs' (in `gpus`) reads of the `window_s` up to `t_ms` into `st`."""
+    w = pl.from_arrow(
+        store.cursor()
+        .sql(
+            WINDOW_SQL,
+            params={"since_us": int((t_ms - window_s * 1000.0) * 1000), "until_us": t_ms * 1000},
+        )
+        .to_arrow_table()
+    )
+    assert isinstance(w, pl.DataFrame)
+    w = w.filter(pl.col("device_id").is_in(list(gpus)))
+    ids = w["device_id"].to_list()
+    st.gpu_temp_window_c = dict(zip(ids, w["temp_c"].to_list(), strict=True))
+    st.gpu_power_window_w = dict(zip(ids, w["power_w"].to_list(), strict=True))
