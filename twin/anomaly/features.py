@@ -11,8 +11,7 @@ cannot explain is the residual the detectors watch:
   degraded thermal interface raises it long before any temperature threshold.
 - PSU input power against output power (the efficiency curve): aging shows as loss.
 - CDU flow and pressure against pump speed: a worn pump needs more speed for the flow.
-- CDU heat balance: flow x (return - supply) against the IT power of the loop's racks
-  (with the loop's thermal lag).
+- CDU heat balance: flow x (return - supply) against the IT power of the loop's racks.
 - CRAH fan speed and air temperature rise against the hall's air-side load.
 - Chiller power against cooling load and water temperatures (COP): low refrigerant.
 
@@ -116,16 +115,8 @@ RESIDUALS: tuple[Residual, ...] = (
         # CDUs alarmed at once on a healthy dev day); a worn pump departs from the others
         common="hall",
     ),
-    # the loop's water mass lags the IT power (first order, ~10 s on the simulated loops):
-    # without the lags every job start or end reads as a heat-balance fault until the loop
-    # settles (a quiet demo opened cdu_heat_balance incidents on job changes)
     Residual(
-        "cdu_heat_balance",
-        "cdu",
-        "heat_flow",
-        ("loop_it_w", "loop_it_w_lag1", "loop_it_w_lag2"),
-        "return_temp_c",
-        common="hall",
+        "cdu_heat_balance", "cdu", "heat_flow", ("loop_it_w",), "return_temp_c", common="hall"
     ),
     Residual(
         "cdu_supply",
@@ -340,8 +331,6 @@ def class_frames(g: pl.DataFrame, devices: pl.DataFrame) -> dict[str, pl.DataFra
             .agg(pl.col("value").mean().alias("chw_supply_c"))
         )
         f = f.join(plant, on="bucket", how="left")
-        if "loop_it_w" in f.columns:
-            f = f.with_columns(_lag("loop_it_w", 1), _lag("loop_it_w", 2))
         if "pump_speed_pct" in f.columns:
             sp = pl.col("pump_speed_pct") / 100.0
             f = f.with_columns(pump_speed_sq=sp**2, pump_speed_cu=sp**3)
