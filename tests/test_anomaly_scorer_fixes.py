@@ -116,8 +116,8 @@ def test_scenarios_place_one_ups_fault_and_the_simulator_takes_them():
 
 
 def test_fresh_held_out_seeds_run_only_outside_development():
-    # 2000-2004 / 2500 and 3000-3004 / 3500 were run once (docs/anomaly.md) and are
-    # spent: the default is the set declared after them
+    # every declared set was run once and is spent (docs/anomaly.md); the default is the
+    # newest, until a new one is declared
     assert DEFAULT_EVAL_SEEDS == (3100, 3101, 3102, 3103, 3104)
     assert DEFAULT_HEALTHY_SEEDS == (3600,)
     check_seeds([*DEFAULT_EVAL_SEEDS, *DEFAULT_HEALTHY_SEEDS], dev=False)
