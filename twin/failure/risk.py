@@ -28,18 +28,27 @@ from twin.failure.explain import explain
 from twin.failure.features import failed_devices, features_asof
 
 REASON_FLOOR = 0.05  # explain devices at or above this risk (and lost/failed ones)
-_cache: dict[tuple[str, float], registry.ModelVersion] = {}
-_models: dict[str, object] = {}
-_lock = threading.Lock()
 
 
-def serving_model(horizon_s: float, root: Path = registry.DEFAULT_ROOT):
-    """(model, version) of the newest approved model; reloads when a newer one appears."""
-    v = registry.newest_approved(root, horizon_s)
-    with _lock:
-        if v.version not in _models:
-            _models[v.version] = v.load()
-        return _models[v.version], v
+class ServingModels:
+    """The newest approved model per (registry, horizon), loaded once and reloaded when a
+    newer one is approved; the one it replaces is dropped (bounded). Owned by whoever
+    serves (`FailureRiskService`, a bench); safe to share between threads."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[Path, float], tuple[str, object]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, horizon_s: float, root: Path = registry.DEFAULT_ROOT):
+        """(model, version); RegistryError when none is approved or it cannot be loaded."""
+        v = registry.newest_approved(root, horizon_s)
+        key = (Path(root), float(horizon_s))
+        with self._lock:
+            held = self._loaded.get(key)
+            if held is None or held[0] != v.version:
+                held = (v.version, v.load())
+                self._loaded[key] = held
+            return held[1], v
 
 
 def failure_risks(
@@ -48,11 +57,13 @@ def failure_risks(
     horizon_s: float = 3600.0,
     root: Path = registry.DEFAULT_ROOT,
     top_reasons: int = 3,
+    models: ServingModels | None = None,
 ) -> pl.DataFrame:
     """Ranked risk table: device_id, device_class, rack, risk, alarm, status, reasons,
-    model_version, horizon_s, t. `store` is an ingest Store (or anything with cursor())."""
+    model_version, horizon_s, t. `store` is an ingest Store (or anything with cursor()).
+    `models`: the caller's loaded models (default: the model is loaded for this call)."""
     now = (now or datetime.now(UTC)).replace(tzinfo=None)
-    model, version = serving_model(horizon_s, root)
+    model, version = (models or ServingModels()).get(horizon_s, root)
     cur = store.cursor()
     feats = features_asof(cur, now)
     if feats.is_empty():

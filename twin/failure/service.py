@@ -40,7 +40,7 @@ from twin.failure import registry
 from twin.failure.features import failed_devices
 from twin.failure.live import LiveFeatures, tick_floor
 from twin.failure.model import LOST_AFTER_READS
-from twin.failure.risk import failure_risks, risk_table, serving_model
+from twin.failure.risk import ServingModels, failure_risks, risk_table
 from twin.health import ComponentHealth
 from twin.periodic import Periodic
 
@@ -72,6 +72,7 @@ class FailureRiskService:
         self.bucket_s = bucket_s
         self._key: tuple[int, str] | None = None  # (loss tick, model version) of the table
         self.live = LiveFeatures(bucket_s)
+        self.models = ServingModels()  # the approved model, loaded once per version
         self._feats: pl.DataFrame | None = None  # feature rows of the last feature tick
         self._feat_tick: datetime | None = None
         self._base: pl.DataFrame | None = None  # the table scored at the feature tick
@@ -136,7 +137,7 @@ class FailureRiskService:
             self._feat_tick, self._base = tick, None
             self._seen, self._seen_to = {}, tick
         if self._base is None or self._base["model_version"].first() != version:
-            model, _ = serving_model(self.horizon_s, self.root)
+            model, _ = self.models.get(self.horizon_s, self.root)
             assert self._feats is not None
             self._base = risk_table(
                 self._feats, model, version, failed_devices(cur, tick), self.horizon_s
@@ -148,7 +149,7 @@ class FailureRiskService:
             # most one bucket), score with the reference as of the newest reading: it
             # reads under a bucket of data, and the site has risk from its first minute.
             self.scored_at = as_of
-            return failure_risks(self.store, as_of, self.horizon_s, self.root)
+            return failure_risks(self.store, as_of, self.horizon_s, self.root, models=self.models)
         if as_of <= tick or self._base.is_empty():
             return self._base
         self.scored_at = as_of
