@@ -46,3 +46,12 @@ class SetpointWriter(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def per_control(points: Mapping[str, float]) -> dict[str, float]:
+    """Write-point values (`read_points` keys, `<control>@<device>`) -> each control's
+    mean over its units (what `read` gives)."""
+    got: dict[str, list[float]] = {}
+    for key, value in points.items():
+        got.setdefault(key.split("@", 1)[0], []).append(value)
+    return {c: sum(v) / len(v) for c, v in got.items()}

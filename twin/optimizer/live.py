@@ -37,7 +37,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from domain.control import SetpointWriteError, SetpointWriter
+from domain.control import SetpointWriteError, SetpointWriter, per_control
 from domain.plant import ENVELOPES
 from domain.site import Site
 from twin.health import ComponentHealth
@@ -331,9 +331,10 @@ class LiveOptimizer:
             target["economizer_enabled"] = float(round(target["economizer_enabled"]))
             writing = self.writer is not None and not self.config.advisory_only
             try:
-                current = (
-                    self.writer.read() if writing and self.writer else rec["current_setpoints"]
-                )
+                # unit by unit, once: the plant's current setpoints are their means per
+                # control, and a revert writes each unit back its own (`previous_points`)
+                points = self.writer.read_points() if writing and self.writer else None
+                current = per_control(points) if points is not None else rec["current_setpoints"]
             except SetpointWriteError as exc:  # the device is unreachable: nothing written
                 assert self.writer is not None
                 store.accept(rec_id, who, note)
@@ -366,9 +367,6 @@ class LiveOptimizer:
             assert self.writer is not None
             store.accept(rec_id, who, note)  # the lifecycle's own check: one decision wins
             try:
-                # unit by unit, for the revert: CDUs (CRAHs) may hold different setpoints,
-                # which `current` (their mean per control) cannot restore
-                previous_points = self.writer.read_points()
                 back = self.writer.write(target)
             except SetpointWriteError as exc:
                 store.audit(rec_id, "apply", who.strip(), self.writer.name, target, None, str(exc))
@@ -378,9 +376,7 @@ class LiveOptimizer:
                 ) from None
             store.audit(rec_id, "apply", who.strip(), self.writer.name, target, back)
             log.info("optimizer: #%d written by %s: %s", rec_id, who, back)
-            return store.applied(
-                rec_id, back, {k: float(v) for k, v in current.items()}, previous_points
-            )
+            return store.applied(rec_id, back, {k: float(v) for k, v in current.items()}, points)
 
     # -- the watch ------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from collectors.sources.modbus.source import (
     decode,
     load_register_map,
 )
-from domain.control import SetpointWriteError
+from domain.control import SetpointWriteError, per_control
 
 log = logging.getLogger(__name__)
 
@@ -201,11 +201,7 @@ class ModbusSetpointWriter:
         return words[: r.width]
 
     def read(self) -> dict[str, float]:
-        with self._lock:
-            got: dict[str, list[float]] = {}
-            for t in self.targets:
-                got.setdefault(t.point.control, []).append(t.value(self._read_words(t)))
-        return {c: sum(v) / len(v) for c, v in got.items()}
+        return per_control(self.read_points())
 
     def _write_one(self, t: _Target, value: float) -> float:
         r = t.register
