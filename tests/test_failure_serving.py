@@ -204,3 +204,28 @@ def test_telemetry_loss_flagged_within_two_reads(trained):
     assert rep["silence_only_delay_reads_p50"] > rep["loss_delay_reads_p50"]
     # a few calibration episodes per class: Platt, not a collapsing isotonic step
     assert {m.calibration for m in model.classes.values() if m.clf is not None} == {"platt"}
+
+
+def test_a_rescoring_scans_the_registry_once_and_labels_the_model_it_used(trained, monkeypatch):
+    """The version a table is labelled with is the one whose model scored it: refresh
+    finds the newest approved version once and hands it on (it used to scan again when
+    loading, so an approval landing between the two scans mislabelled the table)."""
+    root, paths, model, v, _ = trained
+    registry.approve(v.version, root / "models")
+    calls: list[float | None] = []
+    real = registry.newest_approved
+
+    def counted(r=registry.DEFAULT_ROOT, horizon_s=None, fallback=True):
+        calls.append(horizon_s)
+        return real(r, horizon_s, fallback)
+
+    monkeypatch.setattr(registry, "newest_approved", counted)
+    store = Store(paths[-1])
+    try:
+        risk = FailureRiskService(store, 1800, root / "models")
+        assert risk.refresh() is True
+        assert calls == [1800.0]
+        assert risk.model_version == v.version
+        assert risk.table is not None and set(risk.table["model_version"]) == {v.version}
+    finally:
+        store.close()

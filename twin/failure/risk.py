@@ -39,9 +39,16 @@ class ServingModels:
         self._loaded: dict[tuple[Path, float], tuple[str, object]] = {}
         self._lock = threading.Lock()
 
-    def get(self, horizon_s: float, root: Path = registry.DEFAULT_ROOT):
-        """(model, version); RegistryError when none is approved or it cannot be loaded."""
-        v = registry.newest_approved(root, horizon_s)
+    def get(
+        self,
+        horizon_s: float,
+        root: Path = registry.DEFAULT_ROOT,
+        version: registry.ModelVersion | None = None,
+    ):
+        """(model, version); RegistryError when none is approved or it cannot be loaded.
+        `version`: the newest approved one as the caller already found it (its label then
+        names the model that scored, even if another is approved meanwhile)."""
+        v = version or registry.newest_approved(root, horizon_s)
         key = (Path(root), float(horizon_s))
         with self._lock:
             held = self._loaded.get(key)
@@ -58,12 +65,14 @@ def failure_risks(
     root: Path = registry.DEFAULT_ROOT,
     top_reasons: int = 3,
     models: ServingModels | None = None,
+    version: registry.ModelVersion | None = None,
 ) -> pl.DataFrame:
     """Ranked risk table: device_id, device_class, rack, risk, alarm, status, reasons,
     model_version, horizon_s, t. `store` is an ingest Store (or anything with cursor()).
-    `models`: the caller's loaded models (default: the model is loaded for this call)."""
+    `models`: the caller's loaded models (default: the model is loaded for this call);
+    `version`: the approved version to score with (default: the newest)."""
     now = (now or datetime.now(UTC)).replace(tzinfo=None)
-    model, version = (models or ServingModels()).get(horizon_s, root)
+    model, version = (models or ServingModels()).get(horizon_s, root, version)
     cur = store.cursor()
     feats = features_asof(cur, now)
     if feats.is_empty():

@@ -97,7 +97,9 @@ class FailureRiskService:
         or the approved one cannot be loaded (saved by another scikit-learn)."""
         with self._lock:
             try:
-                version = registry.newest_approved(self.root, self.horizon_s).version
+                # one registry scan per refresh: the version labelled is the one loaded
+                approved = registry.newest_approved(self.root, self.horizon_s)
+                version = approved.version
                 self.error = None
                 as_of = self._as_of(now)
                 if as_of is None:
@@ -105,7 +107,7 @@ class FailureRiskService:
                 key = (math.floor(as_of.replace(tzinfo=UTC).timestamp() / self.tick_s), version)
                 if key == self._key:
                     return False
-                table = self._score(as_of, version)  # loads the model: RegistryError too
+                table = self._score(as_of, approved)  # loads the model: RegistryError too
             except registry.RegistryError as exc:
                 self.error, self.table, self.by_device, self._key = exc, None, {}, None
                 self.by_rack = {}
@@ -127,9 +129,10 @@ class FailureRiskService:
                     log.exception("failure-risk on_scored hook failed")
             return True
 
-    def _score(self, as_of: datetime, version: str) -> pl.DataFrame:
+    def _score(self, as_of: datetime, approved: registry.ModelVersion) -> pl.DataFrame:
         """The feature tick's table (rescored when the tick or the model changed), with
         the loss tick's telemetry-loss and failure events over it."""
+        version = approved.version
         cur = self.store.cursor()
         tick = tick_floor(as_of, self.bucket_s)
         if tick != self._feat_tick:
@@ -137,7 +140,7 @@ class FailureRiskService:
             self._feat_tick, self._base = tick, None
             self._seen, self._seen_to = {}, tick
         if self._base is None or self._base["model_version"].first() != version:
-            model, _ = self.models.get(self.horizon_s, self.root)
+            model, _ = self.models.get(self.horizon_s, self.root, approved)
             assert self._feats is not None
             self._base = risk_table(
                 self._feats, model, version, failed_devices(cur, tick), self.horizon_s
@@ -149,7 +152,9 @@ class FailureRiskService:
             # most one bucket), score with the reference as of the newest reading: it
             # reads under a bucket of data, and the site has risk from its first minute.
             self.scored_at = as_of
-            return failure_risks(self.store, as_of, self.horizon_s, self.root, models=self.models)
+            return failure_risks(
+                self.store, as_of, self.horizon_s, self.root, models=self.models, version=approved
+            )
         if as_of <= tick or self._base.is_empty():
             return self._base
         self.scored_at = as_of
