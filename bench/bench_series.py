@@ -326,6 +326,18 @@ def _rss_result(rss: float, rss_now: float, status: str, vm_rss: float | None) -
     )
 
 
+def _memory_store(tmp: Path) -> Path:
+    """The memory figures' store in `tmp`: a copy of DCTWIN_BENCH_SERIES_DB, else built."""
+    db = tmp / "series.duckdb"
+    if prebuilt := os.environ.get("DCTWIN_BENCH_SERIES_DB"):
+        shutil.copy(prebuilt, db)
+    else:
+        store = Store(db)
+        fill_history(store, site_series(load_site(EXAMPLE_SITE)), HOURS)
+        store.close()
+    return db
+
+
 def run_memory() -> list[Result]:
     """The server's memory alone (`--memory`): no VictoriaMetrics, no series timings.
 
@@ -333,13 +345,7 @@ def run_memory() -> list[Result]:
     `dctwin serve` configures its memory (DCTWIN_DUCKDB_MEMORY_LIMIT,
     DCTWIN_ANOMALY_FIT_MAX_SAMPLES), read as in the full run."""
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "series.duckdb"
-        if prebuilt := os.environ.get("DCTWIN_BENCH_SERIES_DB"):
-            shutil.copy(prebuilt, db)
-        else:
-            store = Store(db)
-            fill_history(store, site_series(load_site(EXAMPLE_SITE)), HOURS)
-            store.close()
+        db = _memory_store(Path(tmp))
         proc, port, token = start_server(db, Path(tmp) / "keys.duckdb", subprocess.DEVNULL, 120)
         try:
             with httpx.Client(
@@ -364,13 +370,7 @@ def run_serve_memory() -> list[Result]:
     from dctwin.broker import DevBroker
 
     with tempfile.TemporaryDirectory() as tmp, DevBroker() as broker:
-        db = Path(tmp) / "series.duckdb"
-        if prebuilt := os.environ.get("DCTWIN_BENCH_SERIES_DB"):
-            shutil.copy(prebuilt, db)
-        else:
-            store = Store(db)
-            fill_history(store, site_series(load_site(EXAMPLE_SITE)), HOURS)
-            store.close()
+        db = _memory_store(Path(tmp))
         keys = Path(tmp) / "keys.duckdb"
         _, token = KeyStore(keys).create("bench", "viewer")
         port = free_port()

@@ -118,8 +118,8 @@ def test_scenarios_place_one_ups_fault_and_the_simulator_takes_them():
 def test_fresh_held_out_seeds_run_only_outside_development():
     # every declared set was run once and is spent (docs/anomaly.md); the default is the
     # newest, until a new one is declared
-    assert DEFAULT_EVAL_SEEDS == (3100, 3101, 3102, 3103, 3104)
-    assert DEFAULT_HEALTHY_SEEDS == (3600,)
+    assert DEFAULT_EVAL_SEEDS == (3200, 3201, 3202, 3203, 3204)
+    assert DEFAULT_HEALTHY_SEEDS == (3700,)
     check_seeds([*DEFAULT_EVAL_SEEDS, *DEFAULT_HEALTHY_SEEDS], dev=False)
     with pytest.raises(SeedError, match="held-out seeds are only run without --dev"):
         check_seeds([3000], dev=True)
@@ -240,3 +240,53 @@ def test_a_lag_is_the_bucket_k_earlier_never_a_row_from_another_time():
     out = f.with_columns(_lag("power_w", 1), _lag("power_w", 2)).sort("device_id", "bucket")
     assert out["power_w_lag1"].to_list() == [None, None, 700.0, 710.0, None, None, 5.0]
     assert out["power_w_lag2"].to_list() == [None, None, None, 700.0, None, None, None]
+
+
+def test_a_per_device_model_fades_beyond_its_own_devices_range_not_the_class_range():
+    """Issue 26, the quiet demo: GPUs that idled all through the fit window, other racks
+    busy, then a job starts on them. The class's range saw 700 W (the busy racks), so the
+    class-range guard counted the idle GPUs' extrapolated coefficients in full; a per-
+    device model knows only its own device's range, and its evidence fades beyond it. A
+    departure inside the device's own range still counts in full."""
+    from dataclasses import replace
+
+    from twin.anomaly.features import Residual
+    from twin.anomaly.residuals import apply_residual, fit_residual
+
+    rng = np.random.default_rng(5)
+    res = Residual("peer", "gpu", "power_w", ("peer_power_w",), "power_w")
+
+    def rows(dev: str, peer: np.ndarray, buckets: np.ndarray, offset: float) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "device_id": dev,
+                "bucket": buckets,
+                "peer_power_w": peer,
+                "power_w": peer + offset + rng.normal(0, 2.0, len(buckets)),
+            }
+        )
+
+    n = 600
+    b = np.arange(n)
+    idle_all_window = rng.uniform(50, 60, n)
+    mixed = np.where(b % 200 < 100, rng.uniform(50, 60, n), rng.uniform(690, 705, n))
+    model = fit_residual(
+        pl.concat([rows("idle0", idle_all_window, b, 0.0), rows("mixed0", mixed, b, 0.0)]), res
+    )
+    assert model is not None
+    bounds = model.coef.sort("device_id")  # idle0, mixed0: each its own range
+    assert bounds["hi0"][0] < 61 and bounds["hi0"][1] > 690
+    assert model.driver_hi[0] > 690  # the class's range covers the busy load
+
+    later = np.arange(n, n + 100)
+    busy = rng.uniform(690, 705, 100)
+    # the job starts: idle0 runs 12 W above its node's median (a part of its own)
+    c_idle0 = np.abs(apply_residual(model, rows("idle0", busy, later, 12.0))["c"].to_numpy())
+    blind = replace(model, coef=model.coef.drop("lo0", "hi0"))  # the class range only
+    c_blind = np.abs(apply_residual(blind, rows("idle0", busy, later, 12.0))["c"].to_numpy())
+    assert np.median(c_blind) > 4  # what used to alarm
+    # ~640 W beyond its own range, in units of the class's ~650 W span: 1 / (1 + 4 * 0.98)
+    assert 4.5 < np.median(c_blind) / np.median(c_idle0) < 5.3
+    # inside its own range the same departure counts in full
+    c_mixed = np.abs(apply_residual(model, rows("mixed0", busy, later, 12.0))["c"].to_numpy())
+    assert np.median(c_mixed) > 4

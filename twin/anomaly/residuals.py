@@ -58,15 +58,37 @@ EXTRAPOLATION_K = 4.0
 RANGE_QUANTILES = (0.005, 0.995)  # the fit window's driver range, robust to a spike
 
 
-def _extrapolation(model: ResidualModel, x: np.ndarray) -> np.ndarray:
+def _extrapolation(
+    model: ResidualModel,
+    x: np.ndarray,
+    lo: np.ndarray | None = None,
+    hi: np.ndarray | None = None,
+) -> np.ndarray:
     """1 + EXTRAPOLATION_K * (largest distance of a row's drivers beyond the fitted range,
-    in units of that range); 1 inside it."""
+    in units of the class's range); 1 inside it. ``lo``/``hi``: per-row bounds (for a
+    per-device model, its device's own range in the fit window); else the class's."""
     if x.shape[1] == 0 or model.driver_lo.shape[0] != x.shape[1] or len(x) == 0:
         return np.ones(len(x))
     span = np.maximum(model.driver_hi - model.driver_lo, 1e-9)
-    out = np.maximum(model.driver_lo - x, 0.0) + np.maximum(x - model.driver_hi, 0.0)
+    lo = model.driver_lo if lo is None else lo
+    hi = model.driver_hi if hi is None else hi
+    out = np.maximum(lo - x, 0.0) + np.maximum(x - hi, 0.0)
     d = np.nan_to_num(out / span, nan=0.0).max(axis=1)
     return 1.0 + EXTRAPOLATION_K * d
+
+
+def _device_bounds(f: pl.DataFrame, res: Residual) -> pl.DataFrame:
+    """Each device's own driver range in the fit window (RANGE_QUANTILES), as columns
+    lo0.., hi0.. of a per-device model's table. Issue 26, the quiet demo: a job starting
+    on racks that idled through the stored history put ~70 GPUs of one row into GPU
+    thermal and power-peer incidents (7 alerts in ten quiet minutes); the class's range
+    had seen that load (other rows ran jobs), so only the device's own range says that
+    its coefficients are extrapolated there."""
+    q0, q1 = RANGE_QUANTILES
+    return f.group_by("device_id").agg(
+        *[pl.col(d).quantile(q0, "linear").alias(f"lo{i}") for i, d in enumerate(res.drivers)],
+        *[pl.col(d).quantile(q1, "linear").alias(f"hi{i}") for i, d in enumerate(res.drivers)],
+    )
 
 
 def _less_common_mode(f: pl.DataFrame, c: np.ndarray, res: Residual) -> np.ndarray:
@@ -256,6 +278,8 @@ def fit_residual(frame: pl.DataFrame, res: Residual) -> ResidualModel | None:
             **{f"sd{j}": sds[j] for j in range(len(sds))},
         }
     ).filter(ok)
+    if not res.pooled and res.drivers:  # a pooled model's coefficients are the class's
+        table = table.join(_device_bounds(f, res), on="device_id", how="left")
     x_fit = _drivers(f, res)  # the whole window: fitted and calibrated on
     lo, hi = (
         np.quantile(x_fit, RANGE_QUANTILES, axis=0)
@@ -339,7 +363,13 @@ def apply_residual(model: ResidualModel, frame: pl.DataFrame) -> pl.DataFrame:
     b = f.select([f"b{i}" for i in range(len(res.drivers) + 1)]).to_numpy()
     r = f[res.target].to_numpy() - b[:, 0] - np.einsum("nk,nk->n", x, b[:, 1:])
     c = _less_common_mode(f, (r - f["mu"].to_numpy()) / f["sigma"].to_numpy(), res)
-    c = c / _extrapolation(model, x)
+    k = len(res.drivers)
+    if k and f"lo{k - 1}" in f.columns:  # a per-device model: its device's own range
+        lo = f.select([f"lo{i}" for i in range(k)]).to_numpy().astype(np.float64)
+        hi = f.select([f"hi{i}" for i in range(k)]).to_numpy().astype(np.float64)
+        c = c / _extrapolation(model, x, lo, hi)
+    else:
+        c = c / _extrapolation(model, x)
     return f.select(
         "device_id", "bucket", *[f"sd{j}" for j in range(len(SMOOTHING_INTERVALS))]
     ).with_columns(residual=pl.lit(res.name), c=c)
