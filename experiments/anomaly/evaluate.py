@@ -38,9 +38,9 @@ from twin.anomaly.service import AnomalyService, AnomalyServiceConfig
 DEV_SEEDS = range(1, 1000)  # used while building and tuning the detector
 EVAL_SEEDS = range(1000, 4000)  # held out: the acceptance figures
 # issue 20: the newest held-out set, declared in docs/anomaly.md before it was run. Every
-# set so far (1000-1004 / 1500, 2000-2004 / 2500, 3000-3004 / 3500, 3100-3104 / 3600) was
-# run once and is spent: declare a new one (docs/anomaly.md, here) before the next change.
-# 3200-3204 / 3700: declared 2026-12-07 for the per-device driver ranges
+# set so far (1000-1004 / 1500, 2000-2004 / 2500, 3000-3004 / 3500, 3100-3104 / 3600,
+# 3200-3204 / 3700: the per-device driver ranges) was run once and is spent: declare a
+# new one (docs/anomaly.md, here) before the next change
 DEFAULT_EVAL_SEEDS = (3200, 3201, 3202, 3203, 3204)
 # issue 20: fault-free runs for false incidents per healthy day, fixed before evaluating
 DEFAULT_HEALTHY_SEEDS = (3700,)
