@@ -32,6 +32,7 @@ from api.keys import DEMO_KEY, KeyStore, Role
 from collectors.sources.modbus.writer import writer_toml
 from collectors.sources.simulated.bms import bms_writer_config
 from dctwin.broker import DevBroker, free_port, stop_process
+from dctwin.memory import fix_mmap_threshold
 from dctwin.oncall import OnCallReceiver, PageLog, new_secret, receivers_file
 from dctwin.scenario import DEFAULT_SCENARIO, check_against_site, find_scenario
 from dctwin.server import Server
@@ -346,6 +347,7 @@ def run_demo(settings: Settings, workdir: Path, options: DemoOptions | None = No
             # and the cap's evenly spaced blocks would keep about half of them (2.2 M samples
             # of the fit's metrics for 6 h; the cap is for stores of days, docs/anomaly.md)
             settings.anomaly_fit_max_samples = DEMO_ANOMALY_FIT_MAX_SAMPLES
+        fix_mmap_threshold(settings.malloc_mmap_threshold_bytes)
         server = Server(settings)
         server.oncall = pages
         # importing polars (by Server) replaces the SIGINT handler with its own, which

@@ -104,15 +104,16 @@ def serve(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run ingest + twin + API against a broker."""
+    from dctwin.memory import fix_mmap_threshold
     from dctwin.server import Server
 
     _logging(verbose)
+    settings = _settings(
+        kafka_bootstrap=bootstrap, db_path=db, site_file=site, api_host=host, api_port=port
+    )
+    fix_mmap_threshold(settings.malloc_mmap_threshold_bytes)
     try:
-        server = Server(
-            _settings(
-                kafka_bootstrap=bootstrap, db_path=db, site_file=site, api_host=host, api_port=port
-            )
-        )
+        server = Server(settings)
     except ValueError as exc:  # site, alert rules or receivers file: names file and line
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from twin.anomaly.streaming import DetectorParams, DetectorState, score_points
+from twin.anomaly.streaming import DetectorParams, DetectorState, score_points_batched
 
 
 class SeriesBank:
@@ -54,7 +54,8 @@ class SeriesBank:
         pts = pts.join(self.index, on=self.key, how="inner").sort("_idx", "t_s")
         ids = pts["_idx"].to_numpy()
         starts = np.flatnonzero(np.diff(ids, prepend=-1) != 0)
-        res, new = score_points(
+        # a batch of series at a time: the fit's priming scores every raw series
+        res, new = score_points_batched(
             pts["t_s"].to_numpy(),
             pts["value"].to_numpy(),
             starts,

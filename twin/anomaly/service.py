@@ -30,7 +30,7 @@ from ingest.store import Store
 from twin.anomaly.calibration import p_to_score
 from twin.anomaly.features import FIT_METRICS, class_frames, residuals_for
 from twin.anomaly.fleet import PRIME_BUCKETS, FleetScorer
-from twin.anomaly.frames import GRID_SQL, add_rates, device_table
+from twin.anomaly.frames import GRID_SQL, RATE_SUFFIX, RESET_SUFFIX, add_rates, device_table
 from twin.anomaly.incidents import INCIDENTS_TABLE, Incident, IncidentConfig, IncidentTracker
 from twin.anomaly.residuals import used_columns
 from twin.health import ComponentHealth
@@ -50,6 +50,11 @@ GROUP BY device_id
 """
 FIT_GRID_SQL = GRID_SQL.replace(
     "WHERE read_time", "WHERE metric IN (SELECT unnest($metrics)) AND read_time"
+)
+# the long-grid rows the fit's metrics give: their own and their counters' rates and resets
+# (`add_rates` works per series, so filtering after it equals reading only these)
+FIT_GRID_METRICS = sorted(
+    FIT_METRICS | {m + s for m in FIT_METRICS for s in (RATE_SUFFIX, RESET_SUFFIX)}
 )
 COUNT_SQL = """
 SELECT count(*) FROM samples
@@ -186,14 +191,17 @@ class AnomalyService:
     ) -> Iterator[tuple[pl.DataFrame, dict[str, pl.DataFrame]]]:
         """Long grid and class frames of [lo, hi], fit_piece_buckets at a time, each read
         with the context before it (not before ``floor``, default lo) and trimmed to its
-        own buckets."""
+        own buckets. The class frames hold the fit's metrics only (all the residuals read;
+        issue 24: the wide frames of every metric were the first fit's peak memory)."""
         step = max(1, self.config.fit_piece_buckets)
         floor = lo if floor is None else floor
         for a in range(lo, hi + 1, step):
             b = min(hi, a + step - 1)
             g = self._load(max(floor, a - FIT_CONTEXT_BUCKETS), b, metrics)
+            fit_g = g if metrics is not None else g.filter(pl.col("metric").is_in(FIT_GRID_METRICS))
             mine = pl.col("bucket") >= a
-            frames = {cls: f.filter(mine) for cls, f in class_frames(g, self.devices).items()}
+            frames = {cls: f.filter(mine) for cls, f in class_frames(fit_g, self.devices).items()}
+            del fit_g
             yield g.filter(mine), frames
 
     def _fit_frames(self, lo: int, hi: int) -> dict[str, pl.DataFrame]:
