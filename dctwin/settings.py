@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     live_interval_s: float = Field(1.0, gt=0, description="live view tick (PUE, racks, SSE)")
     # issue 24 (memory): the store's DuckDB buffer pool and the anomaly fit's history
     duckdb_memory_limit: str = Field(
-        "64MB", description="DuckDB memory_limit of the store: beyond it, evicted or spilled"
+        "512MB", description="DuckDB memory_limit of the store: beyond it, evicted or spilled"
     )
     malloc_mmap_threshold_bytes: int = Field(
         131072, ge=0, description="glibc mmap threshold, fixed (0: glibc's adaptive default)"

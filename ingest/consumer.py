@@ -74,9 +74,7 @@ class IngestConfig:
     # issue 26 (story): one maintenance pass rolls up at most this much data time, and
     # passes follow each write until the backlog is gone: rolling 6 h of demo history in
     # one pass held the writer ~35 s, and every device looked silent to the alert rules
-    # (issue 24, memory) 180 s: a pass over the example site at 10 s (410 k samples) fits
-    # the server's 64 MB DuckDB limit; 600 s (1.36 M samples) needs more than 64 MB
-    rollup_span_per_pass_s: float | None = 180.0
+    rollup_span_per_pass_s: float | None = 600.0
     dlq_compression: str = "zstd"
     # where dead letters the topic refused are kept (JSON lines); None: beside the store
     quarantine_path: Path | None = None
