@@ -327,29 +327,26 @@ def score_points_batched(
     n = len(x)
     if n <= batch_points or len(starts) <= 1:
         return score_points(t_s, x, starts, params, state)
-    st = state if state is not None else DetectorState.empty(len(starts))
+    # the state after each batch is written over its series' entries in a copy
+    end = (
+        state.take(np.arange(len(starts)))
+        if state is not None
+        else DetectorState.empty(len(starts))
+    )
     # series k goes to batch floor(starts[k] / batch_points), a batch of several whole
     # series (or one long one); consecutive batches, in order
     first = np.flatnonzero(np.diff(starts // batch_points, prepend=-1) != 0)
     bounds = np.append(first, len(starts))
     parts: list[PointScores] = []
-    states: list[DetectorState] = []
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         lo = int(starts[a])
         hi = int(starts[b]) if b < len(starts) else n
-        res, new = score_points(
-            t_s[lo:hi], x[lo:hi], starts[a:b] - lo, params, st.take(np.arange(a, b))
-        )
+        which = np.arange(a, b)
+        res, new = score_points(t_s[lo:hi], x[lo:hi], starts[a:b] - lo, params, end.take(which))
         parts.append(res)
-        states.append(new)
+        end.put(which, new)
     scores = PointScores(
         **{f.name: np.concatenate([getattr(r, f.name) for r in parts]) for f in fields(PointScores)}
-    )
-    end = DetectorState(
-        **{
-            f.name: np.concatenate([getattr(s, f.name) for s in states])
-            for f in fields(DetectorState)
-        }
     )
     return scores, end
 
